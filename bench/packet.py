@@ -1,0 +1,75 @@
+"""The synthetic RTP packet the bench sends: a fixed header and a payload that proves its own integrity.
+
+Payload layout (big-endian): ``magic u32 | seq u32 | send_ns u64 | filler``, where the filler is
+``FILLERS[seq % 251]``; a sink that decrypts a packet can check every payload byte and read the
+send time (``time.monotonic_ns()`` of the source, the same clock on this machine).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+RTP_HEADER_LEN = 12
+PAYLOAD_TYPE = 96
+MAGIC = 0x4C564C42  # "LVLB"
+_HEAD = struct.Struct("!BBHII")
+_STAMP = struct.Struct("!IIQ")
+STAMP_LEN = _STAMP.size
+_FILLER_KINDS = 251
+
+
+def filler(seq: int, length: int) -> bytes:
+    """The expected filler bytes for packet ``seq``; only ``seq % 251`` matters."""
+    k = seq % _FILLER_KINDS
+    return bytes((k + i) & 0xFF for i in range(length))
+
+
+@dataclass(frozen=True)
+class BenchPacket:
+    """One plaintext RTP packet of the bench stream."""
+
+    ssrc: int
+    seq: int  # 32-bit extended sequence; the RTP header carries its low 16 bits
+    send_ns: int
+    size: int  # whole RTP packet length in bytes
+
+    def __post_init__(self) -> None:
+        if self.size < RTP_HEADER_LEN + STAMP_LEN:
+            raise ValueError(f"packet size {self.size} is below the minimum {RTP_HEADER_LEN + STAMP_LEN}")
+        if not 0 <= self.seq < 1 << 32:
+            raise ValueError(f"sequence out of range: {self.seq}")
+
+    def __bytes__(self) -> bytes:
+        head = _HEAD.pack(0x80, PAYLOAD_TYPE, self.seq & 0xFFFF, self.seq & 0xFFFFFFFF, self.ssrc)
+        stamp = _STAMP.pack(MAGIC, self.seq, self.send_ns)
+        return head + stamp + filler(self.seq, self.size - RTP_HEADER_LEN - STAMP_LEN)
+
+    @classmethod
+    def parse(cls, data: bytes | memoryview) -> BenchPacket:
+        """Parse and fully verify a decrypted packet; ValueError says what is wrong."""
+        if len(data) < RTP_HEADER_LEN + STAMP_LEN:
+            raise ValueError(f"packet too short: {len(data)} bytes")
+        vpxcc, mpt, seq16, _ts, ssrc = _HEAD.unpack_from(data, 0)
+        if vpxcc != 0x80 or mpt & 0x7F != PAYLOAD_TYPE:
+            raise ValueError(f"not a bench RTP header: {vpxcc:#x} {mpt:#x}")
+        magic, seq, send_ns = _STAMP.unpack_from(data, RTP_HEADER_LEN)
+        if magic != MAGIC:
+            raise ValueError(f"bad payload magic {magic:#x}")
+        if seq & 0xFFFF != seq16:
+            raise ValueError(f"header sequence {seq16} does not match payload sequence {seq}")
+        start = RTP_HEADER_LEN + STAMP_LEN
+        if bytes(data[start:]) != filler(seq, len(data) - start):
+            raise ValueError(f"payload of packet {seq} is corrupt")
+        return cls(ssrc=ssrc, seq=seq, send_ns=send_ns, size=len(data))
+
+
+class FillerTable:
+    """Precomputed fillers so the hot paths compare/copy instead of building bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.length = size - RTP_HEADER_LEN - STAMP_LEN
+        self.fillers = [filler(k, self.length) for k in range(_FILLER_KINDS)]
+
+    def for_seq(self, seq: int) -> bytes:
+        return self.fillers[seq % _FILLER_KINDS]
