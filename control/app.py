@@ -1,0 +1,101 @@
+"""The control-plane aiohttp application: middlewares, store and HTTP client lifetimes, lease reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from control.api import SERVICE_KEY, add_routes
+from control.config import ControlConfig
+from control.metrics import ControlMetrics
+from control.service import ControlService
+from control.store import Store, open_store
+from levelchat.web import make_cors_middleware, make_error_middleware
+
+log = logging.getLogger("levelchat.control")
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+def route_template(request: web.Request) -> str:
+    """The route's template (``/v1/nodes/{id}``), never the concrete path: ids stay out of labels."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def reap_interval_s(config: ControlConfig) -> float:
+    return max(0.05, min(1.0, config.lease_seconds / 4))
+
+
+def create_app(
+    config: ControlConfig,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """An app serving ``config``; it opens ``config.store`` unless given a ``store`` (which it then
+    does not close)."""
+    metrics = ControlMetrics()
+
+    def count(request: web.Request, status: int) -> None:
+        metrics.http_requests.labels(route=route_template(request), code=str(status)).inc()
+
+    # levelchat.web types its middlewares as plain callables; aiohttp wants its Middleware protocol.
+    middlewares = [
+        cast(Middleware, make_error_middleware(count)),
+        cast(Middleware, make_cors_middleware(config.cors_origins)),
+    ]
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=64 * 1024,
+    )
+    add_routes(app)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        own_store = store is None
+        the_store = store if store is not None else await open_store(config.store, prefix=f"levelchat:{config.project}:")
+        session = aiohttp.ClientSession()
+        svc = ControlService(config, the_store, session, metrics, clock)
+        app[SERVICE_KEY] = svc
+        reaper = asyncio.create_task(_reap_forever(svc, reap_interval_s(config)), name="control-lease-reaper")
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await session.close()
+            if own_store:
+                await the_store.close()
+
+    app.cleanup_ctx.append(lifetime)
+    return app
+
+
+async def _reap_forever(svc: ControlService, interval_s: float) -> None:
+    while True:
+        try:
+            await svc.reap()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("lease reaper failed; retrying")
+        await asyncio.sleep(interval_s)
+
+
+def serve(config: ControlConfig) -> None:
+    """Run until interrupted."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if config.dev:
+        log.warning("dev mode: API key %r, project %r, store %s", *sorted(config.api_keys)[:1], config.project, config.store)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None, access_log=None)

@@ -1,0 +1,55 @@
+"""Control-plane storage: ``open_store(url)`` picks the implementation from the URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from control.store.base import Store
+
+__all__ = ["Store", "StoreKind", "StoreUrl", "open_store"]
+
+
+class StoreKind(StrEnum):
+    SQLITE = "sqlite"
+    REDIS = "redis"
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """``sqlite:///relative/or/absolute.db`` (``sqlite:////abs.db`` also works), ``sqlite://:memory:``,
+    ``redis://host:port/db`` (``rediss://`` for TLS)."""
+
+    kind: StoreKind
+    target: str  # the sqlite path or ``:memory:``; the full redis URL
+
+    @classmethod
+    def parse(cls, url: str) -> StoreUrl:
+        if url == "sqlite://:memory:":
+            return cls(StoreKind.SQLITE, ":memory:")
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if not path:
+                raise ValueError(f"store URL {url!r} names no file")
+            return cls(StoreKind.SQLITE, path)
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            parts = urlsplit(url)
+            if parts.scheme != "unix" and not parts.hostname:
+                raise ValueError(f"store URL {url!r} names no host")
+            return cls(StoreKind.REDIS, url)
+        raise ValueError(
+            f"store URL {url!r} is not sqlite:///PATH, sqlite://:memory: or redis://HOST:PORT/DB"
+        )
+
+
+async def open_store(url: str, *, prefix: str = "levelchat:") -> Store:
+    """Open (and for SQLite create) the store; ``prefix`` namespaces Redis keys."""
+    parsed = StoreUrl.parse(url)
+    if parsed.kind is StoreKind.SQLITE:
+        from control.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(parsed.target)
+    from control.store.redis import RedisStore
+
+    return await RedisStore.open(parsed.target, prefix)

@@ -1,0 +1,177 @@
+"""Redis store (redis-py asyncio): every write is one Lua script, atomic across control-plane replicas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from control.model import (
+    Capacity,
+    Heartbeat,
+    HeartbeatOutcome,
+    Load,
+    Node,
+    NodeRegistration,
+    Placement,
+    PlacementOutcome,
+    RegisterOutcome,
+    Room,
+    RoomSpec,
+    RoomState,
+)
+from control.store import redis_scripts as lua
+from control.store.base import Store
+
+
+def _opt_int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def _node(h: Mapping[str, str]) -> Node:
+    return Node(
+        id=h["id"],
+        url=h["url"],
+        media_host=h["media_host"],
+        media_port=int(h["media_port"]),
+        region=h.get("region") or None,
+        capacity=Capacity(max_participants=int(h["max_participants"]), max_rooms=int(h["max_rooms"])),
+        version=h.get("version", ""),
+        registered_at=int(h["registered_at"]),
+        lease_expires_at=int(h["lease_expires_at"]),
+        revoked=h.get("revoked") == "1",
+        healthy=h.get("healthy") == "1",
+        draining=h.get("draining") == "1",
+        load=Load(
+            rooms=int(h.get("load_rooms", "0")),
+            participants=int(h.get("load_participants", "0")),
+            cpu=float(h.get("load_cpu", "0")),
+            packets_per_s=float(h.get("load_pps", "0")),
+        ),
+        placed_since_report=int(h.get("placed", "0")),
+    )
+
+
+def _room(h: Mapping[str, str]) -> Room:
+    spec = RoomSpec(
+        room=h["room"],
+        max_participants=_opt_int(h.get("max_participants")),
+        codecs=tuple(json.loads(h.get("codecs") or "[]")),
+        region=h.get("region") or None,
+        empty_timeout_s=_opt_int(h.get("empty_timeout_s")),
+    )
+    return Room(spec=spec, node_id=h["node_id"], state=RoomState(h["state"]), placed_at=int(h["placed_at"]))
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def _s(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+class RedisStore(Store):
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._r = client
+        self._p = prefix
+        self._register = client.register_script(lua.REGISTER)
+        self._heartbeat = client.register_script(lua.HEARTBEAT)
+        self._revoke = client.register_script(lua.REVOKE)
+        self._provision = client.register_script(lua.PROVISION)
+        self._unhealthy = client.register_script(lua.MARK_UNHEALTHY)
+        self._place = client.register_script(lua.PLACE)
+        self._release = client.register_script(lua.RELEASE)
+        self._expire = client.register_script(lua.EXPIRE)
+
+    @classmethod
+    async def open(cls, url: str, prefix: str) -> RedisStore:
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        store = cls(client, prefix)
+        await store.ping()
+        return store
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def _call(self, script: Any, *args: object) -> Any:
+        return await script(keys=[], args=[self._p, *(_s(a) for a in args)])
+
+    async def register_node(
+        self, reg: NodeRegistration, now_ms: int, lease_ms: int
+    ) -> tuple[RegisterOutcome, Node | None]:
+        outcome = await self._call(
+            self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.media_host, reg.media_port,
+            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version,
+        )
+        return RegisterOutcome(outcome), await self.get_node(reg.id)
+
+    async def heartbeat(
+        self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
+    ) -> tuple[HeartbeatOutcome, Node | None]:
+        outcome = await self._call(
+            self._heartbeat, node_id, now_ms, now_ms + lease_ms, int(hb.healthy), int(hb.draining),
+            hb.load.rooms, hb.load.participants, repr(hb.load.cpu), repr(hb.load.packets_per_s),
+        )
+        return HeartbeatOutcome(outcome), await self.get_node(node_id)
+
+    async def revoke(self, node_id: str, now_ms: int) -> Node | None:
+        if not await self._call(self._revoke, node_id, now_ms):
+            return None
+        return await self.get_node(node_id)
+
+    async def provision(self, node_id: str, now_ms: int) -> Node | None:
+        if not await self._call(self._provision, node_id):
+            return None
+        return await self.get_node(node_id)
+
+    async def mark_unhealthy(self, node_id: str) -> None:
+        await self._call(self._unhealthy, node_id)
+
+    async def get_node(self, node_id: str) -> Node | None:
+        h = cast("dict[str, str]", await self._r.hgetall(f"{self._p}node:{node_id}"))
+        return _node(h) if h else None
+
+    async def list_nodes(self) -> list[Node]:
+        ids = sorted(cast("set[str]", await self._r.smembers(f"{self._p}nodes")))
+        async with self._r.pipeline(transaction=False) as pipe:
+            for node_id in ids:
+                pipe.hgetall(f"{self._p}node:{node_id}")
+            hashes = await pipe.execute()
+        return [_node(h) for h in hashes if h]
+
+    async def place_room(self, spec: RoomSpec, now_ms: int, exclude: frozenset[str]) -> Placement:
+        outcome, node_id, live, passing, prev_flat = await self._call(
+            self._place, spec.room, now_ms, spec.region, json.dumps(sorted(exclude)),
+            spec.max_participants, json.dumps(list(spec.codecs)), spec.region, spec.empty_timeout_s,
+        )
+        result = PlacementOutcome(outcome)
+        previous = _room(_pairs(prev_flat)) if prev_flat else None
+        if result not in (PlacementOutcome.PLACED, PlacementOutcome.EXISTING):
+            return Placement(result, live_nodes=int(live), passing_nodes=int(passing))
+        node = await self.get_node(node_id)
+        if result is PlacementOutcome.EXISTING:
+            return Placement(result, previous, node)
+        room = Room(spec=spec, node_id=node_id, state=RoomState.LIVE, placed_at=now_ms)
+        return Placement(result, room, node, previous, int(live), int(passing))
+
+    async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
+        fields: list[object] = ["0"]
+        if restore is not None:
+            s = restore.spec
+            fields = ["1", restore.node_id, restore.state.value, restore.placed_at, s.max_participants,
+                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s]
+        await self._call(self._release, room, node_id, *fields)
+
+    async def get_room(self, room: str) -> Room | None:
+        h = cast("dict[str, str]", await self._r.hgetall(f"{self._p}room:{room}"))
+        return _room(h) if h else None
+
+    async def expire_leases(self, now_ms: int) -> list[str]:
+        ids = await self._call(self._expire, now_ms)
+        return sorted(str(i) for i in ids)

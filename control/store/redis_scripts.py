@@ -1,0 +1,184 @@
+"""Lua scripts of the Redis store: each runs atomically inside Redis, so replicas never race.
+
+Keys under the prefix ``P`` (ARGV[1]): ``P nodes`` (set of node ids), ``P node:<id>`` (hash),
+``P room:<room>`` (hash), ``P node_rooms:<id>`` (set of the rooms live on that node).
+Keys are built inside the scripts, so a single Redis (or a primary with replicas) is required,
+not Redis Cluster.  ``PLACE`` is ``control.placement.choose`` in Lua: keep the two in step.
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""
+local P = ARGV[1]
+local function nkey(id) return P .. 'node:' .. id end
+local function rkey(room) return P .. 'room:' .. room end
+local function nrkey(id) return P .. 'node_rooms:' .. id end
+local function lose_rooms(id)
+  local lost = 0
+  for _, r in ipairs(redis.call('SMEMBERS', nrkey(id))) do
+    local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
+    if f[1] == id and f[2] == 'live' then
+      redis.call('HSET', rkey(r), 'state', 'lost')
+      lost = lost + 1
+    end
+  end
+  redis.call('DEL', nrkey(id))
+  return lost
+end
+"""
+
+# ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version
+REGISTER = PRELUDE + r"""
+local id = ARGV[2]
+local now = tonumber(ARGV[3])
+local k = nkey(id)
+local old = redis.call('HMGET', k, 'revoked', 'lease_expires_at')
+local existed = old[2] ~= false
+if existed then
+  if old[1] == '1' then return 'revoked' end
+  if tonumber(old[2]) > now then return 'exists' end
+  lose_rooms(id)
+end
+redis.call('DEL', k)
+redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_port', ARGV[7],
+  'region', ARGV[8], 'max_participants', ARGV[9], 'max_rooms', ARGV[10], 'version', ARGV[11],
+  'registered_at', ARGV[3], 'lease_expires_at', ARGV[4], 'revoked', '0', 'healthy', '1', 'draining', '0',
+  'load_rooms', '0', 'load_participants', '0', 'load_cpu', '0', 'load_pps', '0', 'placed', '0')
+redis.call('SADD', P .. 'nodes', id)
+if existed then return 'reregistered' end
+return 'created'
+"""
+
+# ARGV: P, id, now, lease_expires_at, healthy, draining, rooms, participants, cpu, pps
+HEARTBEAT = PRELUDE + r"""
+local k = nkey(ARGV[2])
+local f = redis.call('HMGET', k, 'revoked', 'lease_expires_at')
+if not f[2] then return 'unknown' end
+if f[1] == '1' then return 'revoked' end
+if tonumber(f[2]) <= tonumber(ARGV[3]) then return 'expired' end
+redis.call('HSET', k, 'healthy', ARGV[5], 'draining', ARGV[6], 'load_rooms', ARGV[7],
+  'load_participants', ARGV[8], 'load_cpu', ARGV[9], 'load_pps', ARGV[10], 'placed', '0',
+  'lease_expires_at', ARGV[4])
+return 'ok'
+"""
+
+# ARGV: P, id, now
+REVOKE = PRELUDE + r"""
+local id = ARGV[2]
+local k = nkey(id)
+local lease = redis.call('HGET', k, 'lease_expires_at')
+if not lease then return 0 end
+redis.call('HSET', k, 'revoked', '1')
+if tonumber(lease) > tonumber(ARGV[3]) then redis.call('HSET', k, 'lease_expires_at', ARGV[3]) end
+lose_rooms(id)
+return 1
+"""
+
+# ARGV: P, id
+PROVISION = PRELUDE + r"""
+local k = nkey(ARGV[2])
+if redis.call('EXISTS', k) == 0 then return 0 end
+redis.call('HSET', k, 'revoked', '0', 'healthy', '1', 'draining', '0', 'placed', '0')
+return 1
+"""
+
+# ARGV: P, id
+MARK_UNHEALTHY = PRELUDE + r"""
+local k = nkey(ARGV[2])
+if redis.call('EXISTS', k) == 0 then return 0 end
+redis.call('HSET', k, 'healthy', '0')
+return 1
+"""
+
+# ARGV: P, room, now, region ('' = none), exclude (JSON list),
+#       max_participants, codecs (JSON), spec region, empty_timeout_s  ('' = none)
+# Returns {outcome, node id, live nodes, passing nodes, previous room hash (flat)}.
+PLACE = PRELUDE + r"""
+local room = ARGV[2]
+local now = tonumber(ARGV[3])
+local region = ARGV[4]
+local exclude = {}
+for _, id in ipairs(cjson.decode(ARGV[5])) do exclude[id] = true end
+local rk = rkey(room)
+local prev = redis.call('HGETALL', rk)
+local cur = redis.call('HMGET', rk, 'node_id', 'state')
+if cur[1] and cur[2] == 'live' then
+  local h = redis.call('HMGET', nkey(cur[1]), 'revoked', 'lease_expires_at')
+  if h[2] and h[1] == '0' and tonumber(h[2]) > now then return {'existing', cur[1], 0, 0, prev} end
+end
+local function better(a, b)
+  if b == nil then return true end
+  if a.s ~= b.s then return a.s < b.s end
+  if a.r ~= b.r then return a.r < b.r end
+  return a.id < b.id
+end
+local live, passing = 0, 0
+local best, best_local = nil, nil
+for _, id in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  local f = redis.call('HMGET', nkey(id), 'revoked', 'lease_expires_at', 'healthy', 'draining', 'max_rooms',
+    'max_participants', 'load_rooms', 'load_participants', 'load_cpu', 'placed', 'region')
+  if f[2] and f[1] == '0' and tonumber(f[2]) > now then
+    live = live + 1
+    if not exclude[id] and f[3] == '1' and f[4] == '0' then
+      passing = passing + 1
+      local placed = tonumber(f[10])
+      local rooms = tonumber(f[7]) + placed
+      local parts = tonumber(f[8]) + placed
+      local maxr = tonumber(f[5])
+      local maxp = tonumber(f[6])
+      if rooms < maxr and parts < maxp then
+        local rf = rooms / maxr
+        local c = {s = math.max(rf, parts / maxp, tonumber(f[9])), r = rf, id = id}
+        if better(c, best) then best = c end
+        if region ~= '' and f[11] == region and better(c, best_local) then best_local = c end
+      end
+    end
+  end
+end
+local chosen = best_local or best
+if chosen == nil then
+  local why = 'full'
+  if live == 0 then why = 'no_nodes' elseif passing == 0 then why = 'all_failing' end
+  return {why, '', live, passing, prev}
+end
+if cur[1] and cur[1] ~= chosen.id then redis.call('SREM', nrkey(cur[1]), room) end
+redis.call('HINCRBY', nkey(chosen.id), 'placed', 1)
+redis.call('DEL', rk)
+redis.call('HSET', rk, 'room', room, 'node_id', chosen.id, 'state', 'live', 'placed_at', ARGV[3],
+  'max_participants', ARGV[6], 'codecs', ARGV[7], 'region', ARGV[8], 'empty_timeout_s', ARGV[9])
+redis.call('SADD', nrkey(chosen.id), room)
+return {'placed', chosen.id, live, passing, prev}
+"""
+
+# ARGV: P, room, node id, restore ('1'/'0'), then the restored record:
+#       node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s
+RELEASE = PRELUDE + r"""
+local room = ARGV[2]
+local node = ARGV[3]
+local rk = rkey(room)
+local f = redis.call('HMGET', rk, 'node_id', 'state')
+if f[1] ~= node or f[2] ~= 'live' then return 0 end
+local placed = tonumber(redis.call('HGET', nkey(node), 'placed') or '0')
+if placed > 0 then redis.call('HINCRBY', nkey(node), 'placed', -1) end
+redis.call('SREM', nrkey(node), room)
+redis.call('DEL', rk)
+if ARGV[4] == '1' then
+  redis.call('HSET', rk, 'room', room, 'node_id', ARGV[5], 'state', ARGV[6], 'placed_at', ARGV[7],
+    'max_participants', ARGV[8], 'codecs', ARGV[9], 'region', ARGV[10], 'empty_timeout_s', ARGV[11])
+  if ARGV[6] == 'live' then redis.call('SADD', nrkey(ARGV[5]), room) end
+end
+return 1
+"""
+
+# ARGV: P, now.  Returns the ids of nodes whose live rooms were marked lost.
+EXPIRE = PRELUDE + r"""
+local now = tonumber(ARGV[2])
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  local f = redis.call('HMGET', nkey(id), 'revoked', 'lease_expires_at')
+  if f[2] and (f[1] == '1' or tonumber(f[2]) <= now) and redis.call('SCARD', nrkey(id)) > 0 then
+    if lose_rooms(id) > 0 then table.insert(out, id) end
+  end
+end
+return out
+"""
