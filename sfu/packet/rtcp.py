@@ -177,7 +177,9 @@ class SenderReport:
     @classmethod
     def parse_body(cls, body: bytes, count: int) -> Self:
         if len(body) < _SR_INFO.size:
-            raise ValueError(f"RTCP SR body of {len(body)} bytes is shorter than the {_SR_INFO.size}-byte sender info")
+            raise ValueError(
+                f"RTCP SR body of {len(body)} bytes is shorter than the {_SR_INFO.size}-byte sender info"
+            )
         ssrc, ntp, rtp_ts, packets, octets = _SR_INFO.unpack_from(body, 0)
         reports = _parse_blocks(body, _SR_INFO.size, count, "SR")
         ext = body[_SR_INFO.size + count * ReportBlock.SIZE :]
@@ -268,7 +270,9 @@ class Sdes:
                     raise ValueError(f"RTCP SDES item at {pos} has no length byte")
                 size = body[pos + 1]
                 if pos + 2 + size > n:
-                    raise ValueError(f"RTCP SDES item of {size} bytes at {pos + 2} overruns the {n}-byte body")
+                    raise ValueError(
+                        f"RTCP SDES item of {size} bytes at {pos + 2} overruns the {n}-byte body"
+                    )
                 items.append((item_type, bytes(body[pos + 2 : pos + 2 + size])))
                 pos += 2 + size
             if pos > n:
@@ -379,7 +383,9 @@ class Nack:
     def parse_body(cls, body: bytes, fmt: int) -> Self:
         sender, media = _fb_ssrcs(body, "NACK")
         if (len(body) - 8) % 4:
-            raise ValueError(f"RTCP NACK FCI of {len(body) - 8} bytes is not a whole number of 4-byte entries")
+            raise ValueError(
+                f"RTCP NACK FCI of {len(body) - 8} bytes is not a whole number of 4-byte entries"
+            )
         seqs: list[int] = []
         for pos in range(8, len(body), 4):
             pid, blp = _HH.unpack_from(body, pos)
@@ -539,7 +545,17 @@ class UnknownRtcp:
 
 
 RtcpPacket = (
-    SenderReport | ReceiverReport | Sdes | Bye | Nack | TransportCC | Pli | Fir | Remb | Feedback | UnknownRtcp
+    SenderReport
+    | ReceiverReport
+    | Sdes
+    | Bye
+    | Nack
+    | TransportCC
+    | Pli
+    | Fir
+    | Remb
+    | Feedback
+    | UnknownRtcp
 )
 
 
@@ -594,7 +610,9 @@ def parse_compound(data: bytes | bytearray | memoryview) -> list[RtcpPacket]:
         if b0 & 0x20:
             pad = body[-1] if body else 0
             if pad == 0 or pad > len(body):
-                raise ValueError(f"RTCP padding of {pad} bytes is invalid in the {len(body)}-byte body at {pos}")
+                raise ValueError(
+                    f"RTCP padding of {pad} bytes is invalid in the {len(body)}-byte body at {pos}"
+                )
             body = body[: len(body) - pad]
         packets.append(_parse_one(packet_type, b0 & 0x1F, body))
         pos = end

@@ -219,7 +219,9 @@ class RtpHeader:
         if profile == ONE_BYTE_PROFILE or _is_two_byte(profile):
             return profile, _pack_extension_elements(profile, self.extensions)
         if len(self.extension_raw) % 4:
-            raise ValueError(f"RTP raw header extension block of {len(self.extension_raw)} bytes is not 32-bit aligned")
+            raise ValueError(
+                f"RTP raw header extension block of {len(self.extension_raw)} bytes is not 32-bit aligned"
+            )
         return profile, self.extension_raw
 
     def __bytes__(self) -> bytes:
