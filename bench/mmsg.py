@@ -58,7 +58,7 @@ class Ring:
         #: Slot pointers typed for pylibsrtp's lib (srtp_protect/unprotect take them directly).
         self.ptrs: list[Any] = [srtp_ffi.cast("void *", base + i * SLOT_SIZE) for i in range(count)]
         #: A writable view of all slots: slot i starts at i * SLOT_SIZE.
-        self.view = memoryview(srtp_ffi.buffer(self.mem))  # type: ignore[arg-type]
+        self.view = memoryview(srtp_ffi.buffer(self.mem))
         self.iovs: Any = ffi.new("struct iovec[]", count)
         self.msgs: Any = ffi.new("struct mmsghdr[]", count)
         self._names: list[Any] = []

@@ -1,0 +1,66 @@
+"""``python -m bench``: the forwarding-throughput comparison (see bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.compare import Workload, compare, default_targets, table
+
+
+def _fanouts(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"fan-out list must be integers: {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("empty fan-out list")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="LevelChat forwarding bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fanout_default, help_text in (
+        ("compare", "16", "run the targets side by side at one fan-out (or a comma list)"),
+        ("sweep", "1,4,16", "compare at several fan-outs and print a table"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--fanout", type=_fanouts, default=_fanouts(fanout_default),
+                         help=f"destinations per packet, or a comma list (default {fanout_default})")
+        cmd.add_argument("--seconds", type=float, default=3.0, help="traffic duration per run (default 3)")
+        cmd.add_argument("--in-pps", type=float, default=0.0,
+                         help="paced-phase source packets/s (0, default: half the slowest target's capacity)")
+        cmd.add_argument("--mode", choices=("both", "capacity", "paced"), default="both",
+                         help="capacity: flood runs only; paced: runs at --in-pps only; both (default)")
+        cmd.add_argument("--targets", default="c,baseline", help="comma list of c, baseline, baseline_plain")
+        cmd.add_argument("--verify-every", type=int, default=0, help="sinks check every V-th packet (0: auto)")
+        cmd.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes")
+        cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")
+        cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    targets = default_targets([t for t in args.targets.split(",") if t])
+    results = []
+    for fanout in args.fanout:
+        work = Workload(fanout=fanout, seconds=args.seconds, in_pps=args.in_pps, size=args.size,
+                        verify_every=args.verify_every, pin=not args.no_pin)
+        results.append(compare(targets, work, args.mode))
+    doc = results[0] if len(results) == 1 else {"runs": results}
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2)
+            fh.write("\n")
+    if len(results) > 1 or args.command == "sweep":
+        print(table(results))
+    else:
+        print(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The comparison harness: same SRTP traffic through each target, one after the other.
+
+For each target: start the sinks (one socket per destination), start the forwarder, pin it to its
+own core (``pin``), sample its CPU time, run the source, wait for the sinks to drain, sample the
+CPU time again, stop it.  ``out_pps_per_cpu`` = packets delivered to the sinks / forwarder CPU
+seconds over the traffic window (``bench.proc.cpu_seconds``: exact, from /proc schedstat).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from bench.proc import cpu_seconds
+from bench.targets import (
+    REPO_ROOT,
+    BaselineTarget,
+    CTarget,
+    Target,
+    TargetError,
+    Wiring,
+    finish_json,
+    read_ready,
+)
+
+#: Name of the SFU node target (see the HOOK in bench/targets.py); its figures get the ratios.
+NODE = "node"
+
+
+@dataclass(frozen=True)
+class Workload:
+    fanout: int
+    seconds: float = 3.0
+    in_pps: float = 0.0  # 0: as fast as the source can push
+    size: int = 1200
+    verify_every: int = 0  # 0: automatic (every packet when it is cheap enough)
+    drain_ms: int = 400
+    pin: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fanout <= 64:
+            raise ValueError(f"fanout must be 1..64, got {self.fanout}")
+        if not 0 < self.seconds <= 600:
+            raise ValueError(f"seconds must be in (0, 600], got {self.seconds}")
+        if self.in_pps < 0:
+            raise ValueError(f"in_pps must be >= 0, got {self.in_pps}")
+
+    @property
+    def count(self) -> int:
+        """Packets the source sends (flood mode: a cap the source will not reach in time)."""
+        rate = self.in_pps if self.in_pps > 0 else 400_000
+        return max(1, int(rate * self.seconds))
+
+    @property
+    def sample_every(self) -> int:
+        """Sinks decrypt and check every V-th packet, so that about 20k/s get checked in total."""
+        if self.verify_every:
+            return self.verify_every
+        if self.in_pps <= 0:
+            return 16
+        return max(1, math.ceil(self.in_pps * self.fanout / 20_000))
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+
+
+def _pin(pid: int, cpu: int) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
+
+
+def run_target(target: Target, work: Workload) -> dict[str, Any]:
+    """One measured run of one target; returns its figures."""
+    in_key, sink_keys = target.make_keys(work.fanout)
+    bound = work.seconds + 10.0
+    sink_argv = [sys.executable, "-m", "bench.traffic", "sink", "--expect", str(work.count),
+                 "--seconds", str(bound), "--idle-ms", str(work.drain_ms),
+                 "--verify-every", str(work.sample_every), "--size", str(work.size)]
+    for key in sink_keys:
+        sink_argv += ["--key", str(key)]
+    sinks = _spawn(sink_argv)
+    running = None
+    try:
+        ports = read_ready(sinks, timeout=20)
+        running = target.start(Wiring(in_key, ports, sink_keys, bound))
+        if work.pin:
+            _pin(running.pid, 1)
+            _pin(sinks.pid, 0)
+        source = _spawn([sys.executable, "-m", "bench.traffic", "source", "--port", str(running.port),
+                         "--key", str(in_key), "--count", str(work.count), "--pps", str(work.in_pps),
+                         "--seconds", str(work.seconds), "--size", str(work.size)])
+        if work.pin:
+            _pin(source.pid, 0)
+        cpu0 = cpu_seconds(running.pid)
+        t0 = time.monotonic()
+        src = finish_json(source, timeout=work.seconds + 20)
+        snk = finish_json(sinks, timeout=bound + 10)
+        cpu = cpu_seconds(running.pid) - cpu0
+        window = time.monotonic() - t0
+        own = running.stop()
+        running = None
+    finally:
+        if running is not None:
+            try:
+                running.stop()
+            except TargetError:
+                pass
+        if sinks.poll() is None:
+            sinks.kill()
+            sinks.wait(5)
+    delivered = int(snk["received"])
+    expected = int(src["sent"]) * work.fanout
+    return {
+        "target": target.name,
+        "in_pps": work.in_pps,
+        "out_pps_per_cpu": round(delivered / cpu, 1) if cpu > 0 else None,
+        "forwarded_pps_per_cpu": round(own["out_packets"] / cpu, 1) if cpu > 0 and "out_packets" in own else None,
+        "delivered": delivered,
+        "sent": int(src["sent"]),
+        "loss": round(1 - delivered / expected, 6) if expected else None,
+        "latency_ms": snk["latency_ms"],
+        "forwarder_cpu_s": round(cpu, 6),
+        "forwarder_cpu_share": round(cpu / window, 4) if window > 0 else None,
+        "sample_every": work.sample_every,
+        "verified": snk["verified"],
+        "corrupt": snk["corrupt"],
+        "rejected_at_sinks": snk["rejected"],
+        "sink_cpu_s": snk["cpu_s"],
+        "source_cpu_s": src["cpu_s"],
+        "source_pps": src["pps"],
+        "forwarder_reported": own,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a and b else None
+
+
+#: Paced phase rate as a share of the slowest target's capacity (so every target keeps up).
+PACED_LOAD = 0.5
+#: What the Python source can push on a shared core; the paced rate never asks for more.
+SOURCE_MAX_PPS = 120_000.0
+
+
+def paced_rate(capacity_out_pps_per_cpu: list[float | None], fanout: int) -> float:
+    """A common in-rate for the paced phase: half what the slowest target forwards on one core."""
+    known = [c for c in capacity_out_pps_per_cpu if c]
+    if not known:
+        return 1000.0
+    return round(min(SOURCE_MAX_PPS, PACED_LOAD * min(known) / fanout), 1)
+
+
+def compare(targets: list[Target], work: Workload, mode: str = "both") -> dict[str, Any]:
+    """Run every target with the same traffic and assemble the contract's JSON object.
+
+    ``mode`` ``capacity``: one flood run per target (``work.in_pps`` ignored), whose delivered
+    out-packets per forwarder CPU-second are the headline; loss and latency then describe an
+    overloaded forwarder.  ``paced``: one run per target at ``work.in_pps``.  ``both`` (default):
+    the capacity runs give ``out_pps_per_cpu``, then paced runs at ``work.in_pps`` (or, when it is
+    0, half the slowest target's capacity) give ``loss`` and ``latency_ms`` under the same load.
+    """
+    if mode not in ("both", "capacity", "paced"):
+        raise ValueError(f"mode must be both, capacity or paced, got {mode!r}")
+    if mode == "paced" and work.in_pps <= 0:
+        raise ValueError("paced mode needs in_pps > 0")
+    capacity: dict[str, dict[str, Any]] = {}
+    paced: dict[str, dict[str, Any]] = {}
+    if mode in ("both", "capacity"):
+        flood = replace(work, in_pps=0.0)
+        capacity = {t.name: run_target(t, flood) for t in targets}
+    paced_work = work
+    if mode == "both":
+        rate = work.in_pps or paced_rate([r["out_pps_per_cpu"] for r in capacity.values()], work.fanout)
+        paced_work = replace(work, in_pps=rate)
+    if mode in ("both", "paced"):
+        paced = {t.name: run_target(t, paced_work) for t in targets}
+
+    runs: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        head = capacity.get(t.name) or paced[t.name]
+        tail = paced.get(t.name) or capacity[t.name]
+        runs[t.name] = {
+            "out_pps_per_cpu": head["out_pps_per_cpu"],
+            "loss": tail["loss"],
+            "latency_ms": tail["latency_ms"],
+            "capacity_run": capacity.get(t.name),
+            "paced_run": paced.get(t.name),
+        }
+
+    def pps(name: str) -> float | None:
+        run = runs.get(name)
+        return run["out_pps_per_cpu"] if run else None
+
+    primary = NODE if NODE in runs else ("baseline" if "baseline" in runs else next(iter(runs)))
+    return {
+        "workload": asdict(work) | {"mode": mode, "paced_in_pps": paced_work.in_pps if paced else None},
+        "node_out_pps_per_cpu": pps(NODE),
+        "baseline_out_pps_per_cpu": pps("baseline"),
+        "c_out_pps_per_cpu": pps("c"),
+        "ratio": _ratio(pps(NODE), pps("baseline")),
+        "ratio_vs_c": _ratio(pps(NODE), pps("c")),
+        "baseline_vs_c": _ratio(pps("baseline"), pps("c")),
+        "primary": primary,
+        "loss": runs[primary]["loss"],
+        "latency_ms": runs[primary]["latency_ms"],
+        "targets": runs,
+    }
+
+
+def default_targets(names: list[str]) -> list[Target]:
+    """Targets by name: ``c``, ``baseline`` (mmsg), ``baseline_plain``."""
+    known: dict[str, Target] = {"c": CTarget(), "baseline": BaselineTarget("mmsg"),
+                                "baseline_plain": BaselineTarget("plain")}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)} (the node target is not wired yet)")
+    return [known[n] for n in names]
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table: one row per (fan-out, target); loss/latency are from the paced runs."""
+    head = (f"{'fanout':>6} {'target':<15} {'out pps/cpu':>12} {'vs C':>6} {'paced in pps':>12} "
+            f"{'loss':>8} {'p50 ms':>8} {'p99 ms':>8} {'p999 ms':>8}")
+    rows = [head, "-" * len(head)]
+    for res in results:
+        c_pps = res["c_out_pps_per_cpu"]
+        for name, run in res["targets"].items():
+            lat = run["latency_ms"]
+            vs_c = _ratio(run["out_pps_per_cpu"], c_pps)
+            rate = res["workload"]["paced_in_pps"]
+            rows.append(
+                f"{res['workload']['fanout']:>6} {name:<15} {run['out_pps_per_cpu'] or 0:>12,.0f} "
+                f"{vs_c if vs_c is not None else '-':>6} {rate if rate is not None else '-':>12} "
+                f"{run['loss']:>8.4f} {_ms(lat['p50'])} {_ms(lat['p99'])} {_ms(lat['p999'])}"
+            )
+    return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
