@@ -57,6 +57,11 @@ class Workload:
         return max(1, int(rate * self.seconds))
 
     @property
+    def source_bound_s(self) -> float:
+        """The source's own time bound: the duration when flooding, some slack when paced."""
+        return self.seconds if self.in_pps <= 0 else self.seconds * 1.5 + 1.0
+
+    @property
     def sample_every(self) -> int:
         """Sinks decrypt and check every V-th packet, so that about 20k/s get checked in total."""
         if self.verify_every:
@@ -79,7 +84,7 @@ def _pin(pid: int, cpu: int) -> None:
 def run_target(target: Target, work: Workload) -> dict[str, Any]:
     """One measured run of one target; returns its figures."""
     in_key, sink_keys = target.make_keys(work.fanout)
-    bound = work.seconds + 10.0
+    bound = work.source_bound_s + 10.0
     sink_argv = [sys.executable, "-m", "bench.traffic", "sink", "--expect", str(work.count),
                  "--seconds", str(bound), "--idle-ms", str(work.drain_ms),
                  "--verify-every", str(work.sample_every), "--size", str(work.size)]
@@ -95,7 +100,7 @@ def run_target(target: Target, work: Workload) -> dict[str, Any]:
             _pin(sinks.pid, 0)
         source = _spawn([sys.executable, "-m", "bench.traffic", "source", "--port", str(running.port),
                          "--key", str(in_key), "--count", str(work.count), "--pps", str(work.in_pps),
-                         "--seconds", str(work.seconds), "--size", str(work.size)])
+                         "--seconds", str(work.source_bound_s), "--size", str(work.size)])
         if work.pin:
             _pin(source.pid, 0)
         cpu0 = cpu_seconds(running.pid)
