@@ -268,11 +268,19 @@ def codecs_match(a: CodecParams, b: CodecParams) -> bool:
 
 
 def find_match(codec: CodecParams, candidates: Iterable[CodecParams]) -> CodecParams | None:
-    """The first primary codec among ``candidates`` that ``codec`` matches."""
-    for other in candidates:
-        if other.is_primary and codecs_match(codec, other):
-            return other
-    return None
+    """The primary codec among ``candidates`` that ``codec`` matches best.
+
+    The first match wins, except that for H264 a candidate of the very same profile (not
+    only the same family) is preferred: 42e01f goes to 42e01f before 42001f.
+    """
+    matches = [other for other in candidates if other.is_primary and codecs_match(codec, other)]
+    if codec.lname == "h264" and len(matches) > 1:
+        mine = H264ProfileLevel.of(codec)
+        for other in matches:
+            theirs = H264ProfileLevel.of(other)
+            if mine is not None and theirs is not None and theirs.profile is mine.profile:
+                return other
+    return matches[0] if matches else None
 
 
 def filter_rtcp_fb(codec: CodecParams, supported: frozenset[str] = SUPPORTED_RTCP_FB) -> CodecParams:

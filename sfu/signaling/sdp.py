@@ -34,6 +34,7 @@ from sfu.signaling.codecs import (
     MediaKind,
     codecs_match,
     filter_rtcp_fb,
+    find_match,
 )
 
 __all__ = [
@@ -1001,7 +1002,7 @@ def _map_track(
     used: set[int] = set()
     primaries = [c for c in out.track.codecs if c.is_primary]
     for pub in primaries:
-        sub = next((c for c in offered if c.is_primary and c.pt not in used and codecs_match(pub, c)), None)
+        sub = find_match(pub, (c for c in offered if c.pt not in used))
         if sub is None:
             if pub is primaries[0]:
                 return None
