@@ -136,7 +136,5 @@ class Certificate:
         return ctx
 
 
-def _accept_any_certificate(
-    conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int
-) -> bool:
+def _accept_any_certificate(conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int) -> bool:
     return True

@@ -13,7 +13,10 @@ OpenSSL's: its timer runs on the real clock (1 s, doubling), which the binding c
 that advances at real speed (``time.monotonic()``) the two agree.
 
 Robustness: a datagram that is not a sequence of whole DTLS 1.0/1.2 records is dropped before
-OpenSSL sees it and counted in ``drops``.  Well-formed records that fail decryption are
+OpenSSL sees it and counted in ``drops``, and so is anything but a ClientHello before the
+handshake starts.  During the handshake, a well-formed but bogus plaintext record can still fail
+it (OpenSSL answers with a fatal alert); the node only feeds datagrams from the ICE-validated
+address, so that takes an on-path attacker, who could block the session anyway.  Well-formed records that fail decryption are
 discarded silently by OpenSSL (RFC 6347 section 4.1.2.1), so garbage never ends an established
 association; only a real fatal alert or close_notify from the peer does.  ``feed`` never raises.
 """
@@ -69,6 +72,7 @@ class DtlsDrop(enum.Enum):
     """Why a fed datagram was not given to OpenSSL."""
 
     MALFORMED = "malformed"  # not a sequence of whole DTLS 1.0/1.2 records
+    UNEXPECTED = "unexpected"  # before the handshake: anything but a ClientHello to a server
     NOT_OPEN = "not_open"  # arrived after FAILED or CLOSED
 
 
@@ -130,6 +134,10 @@ class DtlsEndpoint:
             self.drops[DtlsDrop.MALFORMED] += 1
             return []
         if self.state is DtlsState.NEW:
+            # Only a ClientHello opens a server; a client speaks first, after start().
+            if self.role is DtlsRole.CLIENT or not _starts_with_client_hello(datagram):
+                self.drops[DtlsDrop.UNEXPECTED] += 1
+                return []
             self.start(now_ms)
         if not self.is_open:
             return []
@@ -141,7 +149,9 @@ class DtlsEndpoint:
         """Fail a handshake past its deadline, or let OpenSSL retransmit its last flight."""
         if self.state is DtlsState.CONNECTING and self._handshake_deadline_ms is not None:
             if now_ms >= self._handshake_deadline_ms:
-                self._fail(DtlsFailure.HANDSHAKE_TIMEOUT, f"no handshake after {self.handshake_timeout_ms} ms")
+                self._fail(
+                    DtlsFailure.HANDSHAKE_TIMEOUT, f"no handshake after {self.handshake_timeout_ms} ms"
+                )
                 return
         if self.state not in (DtlsState.CONNECTING, DtlsState.CONNECTED):
             return
@@ -162,7 +172,9 @@ class DtlsEndpoint:
         if self.state is not DtlsState.CONNECTED:
             return False
         if len(data) > self.max_application_size:
-            raise ValueError(f"data: {len(data)} bytes exceed the {self.max_application_size}-byte DTLS payload")
+            raise ValueError(
+                f"data: {len(data)} bytes exceed the {self.max_application_size}-byte DTLS payload"
+            )
         try:
             self._conn.send(data)
         except SSL.Error as exc:
@@ -230,7 +242,9 @@ class DtlsEndpoint:
             return
         if not fingerprint_matches(cert, self.remote_fingerprints):
             self._shutdown()
-            self._fail(DtlsFailure.FINGERPRINT_MISMATCH, "peer certificate does not match the signaled fingerprint")
+            self._fail(
+                DtlsFailure.FINGERPRINT_MISMATCH, "peer certificate does not match the signaled fingerprint"
+            )
             return
         name = self._conn.get_selected_srtp_profile()
         try:
@@ -341,6 +355,17 @@ def split_records(data: bytes) -> list[bytes] | None:
 
 def is_dtls_datagram(data: bytes) -> bool:
     return split_records(data) is not None
+
+
+def _starts_with_client_hello(datagram: bytes) -> bool:
+    # record type handshake, epoch 0, first handshake message client_hello (1)
+    return (
+        len(datagram) > RECORD_HEADER_LEN
+        and datagram[0] == 22
+        and datagram[3] == 0
+        and datagram[4] == 0
+        and datagram[RECORD_HEADER_LEN] == 1
+    )
 
 
 def pack_records(data: bytes, mtu: int) -> list[bytes]:

@@ -57,8 +57,12 @@ class SrtpProfile(enum.Enum):
     AES_CM_128_HMAC_SHA1_80 = _ProfileSpec(
         b"SRTP_AES128_CM_SHA1_80", lib.srtp_profile_aes128_cm_sha1_80, 16, 14, 10, 14
     )
-    AEAD_AES_128_GCM = _ProfileSpec(b"SRTP_AEAD_AES_128_GCM", lib.srtp_profile_aead_aes_128_gcm, 16, 12, 16, 20)
-    AEAD_AES_256_GCM = _ProfileSpec(b"SRTP_AEAD_AES_256_GCM", lib.srtp_profile_aead_aes_256_gcm, 32, 12, 16, 20)
+    AEAD_AES_128_GCM = _ProfileSpec(
+        b"SRTP_AEAD_AES_128_GCM", lib.srtp_profile_aead_aes_128_gcm, 16, 12, 16, 20
+    )
+    AEAD_AES_256_GCM = _ProfileSpec(
+        b"SRTP_AEAD_AES_256_GCM", lib.srtp_profile_aead_aes_256_gcm, 32, 12, 16, 20
+    )
 
     @property
     def openssl_name(self) -> bytes:
@@ -239,7 +243,9 @@ class SrtpContext:
         self.direction = direction
         self.last_error: SrtpError | None = None
         policy = ffi.new("srtp_policy_t *")
-        rc = lib.srtp_crypto_policy_set_from_profile_for_rtp(ffi.addressof(policy.rtp), profile.libsrtp_profile)
+        rc = lib.srtp_crypto_policy_set_from_profile_for_rtp(
+            ffi.addressof(policy.rtp), profile.libsrtp_profile
+        )
         if rc != 0:
             raise SrtpFailure(f"policy for {profile.name} (rtp)", rc)
         rc = lib.srtp_crypto_policy_set_from_profile_for_rtcp(
@@ -249,7 +255,9 @@ class SrtpContext:
             raise SrtpFailure(f"policy for {profile.name} (rtcp)", rc)
         key = ffi.new("unsigned char[]", master)
         policy.key = key
-        policy.ssrc.type = lib.ssrc_any_outbound if direction is SrtpDirection.OUTBOUND else lib.ssrc_any_inbound
+        policy.ssrc.type = (
+            lib.ssrc_any_outbound if direction is SrtpDirection.OUTBOUND else lib.ssrc_any_inbound
+        )
         policy.window_size = window_size
         policy.allow_repeat_tx = 1 if allow_repeat_tx else 0
         ptr = ffi.new("srtp_t *")
