@@ -109,7 +109,11 @@ class Certificate:
         return [(a, self.fingerprint(a)) for a in ("sha-256", "sha-384", "sha-512")]
 
     def ssl_context(self, srtp_profiles: Sequence[SrtpProfile]) -> SSL.Context:
-        """The DTLS context offering ``srtp_profiles`` in that order of preference; cached."""
+        """The DTLS context offering ``srtp_profiles`` in that order of preference; cached.
+
+        It sets ``OP_NO_QUERY_MTU``: each connection must call ``set_ciphertext_mtu`` (a memory BIO
+        has no path MTU to query, and OpenSSL cannot write a flight with an MTU of 0).
+        """
         if not srtp_profiles:
             raise ValueError("srtp_profiles: at least one profile is needed")
         cache_key = tuple(srtp_profiles)
