@@ -76,6 +76,8 @@ __all__ = [
 
 MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 64
+#: Simulcast layers the node receives per section; further ones are left out of the answer.
+MAX_SIMULCAST_LAYERS = 4
 SCTP_PORT = 5000
 MAX_MESSAGE_SIZE = 262144
 RTP_PROTOS = frozenset({"UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP"})
@@ -84,13 +86,13 @@ DATACHANNEL_FMT = "webrtc-datachannel"
 
 # Static payload types a browser may list without a=rtpmap (RFC 3551).
 _STATIC_PTS: Mapping[int, tuple[str, int, int | None]] = {
-    0: ("PCMU", 8000, 1),
-    3: ("GSM", 8000, 1),
-    4: ("G723", 8000, 1),
-    8: ("PCMA", 8000, 1),
-    9: ("G722", 8000, 1),
-    13: ("CN", 8000, 1),
-    18: ("G729", 8000, 1),
+    0: ("PCMU", 8000, None),
+    3: ("GSM", 8000, None),
+    4: ("G723", 8000, None),
+    8: ("PCMA", 8000, None),
+    9: ("G722", 8000, None),
+    13: ("CN", 8000, None),
+    18: ("G729", 8000, None),
 }
 
 _TOKEN = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
@@ -803,7 +805,7 @@ def _answer_simulcast(media: MediaSection, extensions: Mapping[str, int]) -> Sim
         alternatives = tuple(a for a in layer.alternatives if a[0] in declared)
         if alternatives:
             layers.append(SimulcastLayer(alternatives))
-    return Simulcast("recv", tuple(layers)) if layers else None
+    return Simulcast("recv", tuple(layers[:MAX_SIMULCAST_LAYERS])) if layers else None
 
 
 def _inactive_or_rejected(media: MediaSection, policy: CodecPolicy, reason: str) -> AnsweredSection:

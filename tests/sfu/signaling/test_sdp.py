@@ -521,6 +521,19 @@ def test_simulcast_answers_only_declared_rids_and_keeps_paused() -> None:
     assert neg.sections[1].simulcast.value() == "recv q;~h;f"
 
 
+def test_simulcast_layers_are_capped() -> None:
+    rids = [f"r{i}" for i in range(6)]
+    text = chrome_offer().replace(
+        "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n", "".join(f"a=rid:{r} send\r\n" for r in rids)
+    )
+    text = text.replace("a=simulcast:send q;h;f", "a=simulcast:send " + ";".join(rids))
+    offer = parse_sdp(text)
+    assert len(offer.media[1].rids) == 6
+    neg = negotiate_publish(offer, CodecPolicy.default())
+    assert neg.tracks[1].rids == ("r0", "r1", "r2", "r3")
+    assert lines_of(build_answer(offer, neg, LOCAL), "a=rid:") == [f"a=rid:r{i} recv" for i in range(4)]
+
+
 # --- subscribe (WHEP) --------------------------------------------------------------------------
 
 
