@@ -123,11 +123,17 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 raise ValueError("must be an integer")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"must be an integer, got {value!r}") from None
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError("must be a number")
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"must be a number, got {value!r}") from None
         if isinstance(default, str):
             if not isinstance(value, str):
                 raise ValueError("must be a string")
