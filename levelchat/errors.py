@@ -8,8 +8,9 @@ HTTP status of their own: a server that must refuse with one picks the nearest f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 TYPE_BASE = "https://levelchat.io/errors/"
 SDK_ONLY_STATUSES = frozenset({400, 406, 415, 422})

@@ -6,8 +6,9 @@ Claims and refusals follow ``shared/design/contracts.md`` (Tokens).  Time is pas
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jwt
 
@@ -119,9 +120,9 @@ class TokenVerifier:
             raise ApiError("token/invalid", "claim scopes must be a list of strings")
         sub = raw.get("sub")
         identity = validate_identity(sub) if sub is not None else None
-        room = raw.get("room")
-        room = validate_room(room) if room is not None else None
-        name = raw.get("name")
+        raw_room = raw.get("room")
+        room = validate_room(raw_room) if raw_room is not None else None
+        display = raw.get("name")
         metadata = raw.get("metadata")
         return Claims(
             key_id=kid,
@@ -129,7 +130,7 @@ class TokenVerifier:
             room=room,
             scopes=frozenset(scopes),
             expires_at=int(exp) if exp is not None else None,
-            name=name if isinstance(name, str) else None,
+            name=display if isinstance(display, str) else None,
             metadata=metadata if isinstance(metadata, str) else None,
         )
 

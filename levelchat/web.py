@@ -8,16 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from levelchat.errors import ApiError, to_http
 
 log = logging.getLogger("levelchat.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID_KEY = "request_id"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 MAX_BODY_BYTES = 64 * 1024
 EXPOSED_HEADERS = "Location, ETag, Link, X-Request-Id, Retry-After, X-RateLimit-Reset"
 
@@ -58,7 +60,7 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiErr
 
 def make_error_middleware(
     on_response: Callable[[web.Request, int], None] | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """Turn every failure into a catalogue problem; ``on_response`` sees (request, status)."""
 
     @web.middleware
@@ -72,9 +74,9 @@ def make_error_middleware(
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            err = _from_http_exception(exc, request)
-            log.info("request %s %s %s failed: %s", rid, request.method, request.path, err)
-            resp = problem_response(request, err)
+            mapped = _from_http_exception(exc, request)
+            log.info("request %s %s %s failed: %s", rid, request.method, request.path, mapped)
+            resp = problem_response(request, mapped)
         except Exception:
             log.exception("request %s %s %s crashed", rid, request.method, request.path)
             resp = problem_response(request, ApiError("internal_error", "unexpected server condition"))
@@ -89,7 +91,7 @@ def make_error_middleware(
 
 def make_cors_middleware(
     allowed_origins: Iterable[str] | None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """CORS for WHIP/WHEP/room API. ``None`` allows any origin (dev mode)."""
     origins = None if allowed_origins is None else frozenset(allowed_origins)
 

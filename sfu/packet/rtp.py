@@ -464,6 +464,56 @@ def copy_rewrite(
         return -1
 
     one = profile == ONE_BYTE_PROFILE
+    tail = src_len - body_end  # payload + padding
+    if one and ext_map is not None and src_len <= len(dst):
+        # Single pass for the common case, one-byte form in and out: the output block is never
+        # longer than the input one, so it fits. An element mapped to an id above 14 needs the
+        # two-byte form: give up and take the general path below.
+        map_len = len(ext_map)
+        q0 = csrc_end + 4
+        q = q0
+        p = body
+        general = False
+        while p < body_end:
+            h = src[p]
+            if h < 16:
+                p += 1
+                continue
+            i = h >> 4
+            if i == 15:
+                break
+            start = p + 1
+            p = start + (h & 0x0F) + 1
+            if p > body_end:
+                return -1
+            o = ext_map[i] if i < map_len else 0
+            if o:
+                if o > 14:
+                    if two_byte_ok:
+                        general = True
+                        break
+                    continue
+                dst[q] = (o << 4) | (h & 0x0F)
+                q += 1
+                dst[q : q + p - start] = src[start:p]
+                q += p - start
+        if not general:
+            if q == q0:
+                new_len = csrc_end + tail
+                dst[FIXED_HEADER_LENGTH:csrc_end] = src[FIXED_HEADER_LENGTH:csrc_end]
+                dst[csrc_end:new_len] = src[body_end:src_len]
+                _FIXED.pack_into(dst, 0, b0 & 0xEF, b1, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF)
+                return new_len
+            while q & 3:
+                dst[q] = 0
+                q += 1
+            new_len = q + tail
+            dst[FIXED_HEADER_LENGTH:csrc_end] = src[FIXED_HEADER_LENGTH:csrc_end]
+            _EXT_HDR.pack_into(dst, csrc_end, ONE_BYTE_PROFILE, (q - q0) >> 2)
+            dst[q:new_len] = src[body_end:src_len]
+            _FIXED.pack_into(dst, 0, b0, b1, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF)
+            return new_len
+
     known = one or profile & 0xFFF0 == TWO_BYTE_PROFILE
     if ext_map is None:
         verbatim = True
@@ -517,7 +567,6 @@ def copy_rewrite(
         _FIXED.pack_into(dst, 0, b0, b1, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF)
         return src_len
 
-    tail = src_len - body_end  # payload + padding
     kept = 0
     if known and ext_map is not None:
         kept = kept_two if need_two else kept_one

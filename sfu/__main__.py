@@ -1,0 +1,73 @@
+"""``python -m sfu`` / ``levelchat-sfu``: run an SFU node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from levelchat.config import ConfigError
+from sfu import config as node_config
+from sfu.logs import setup_logging
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="levelchat-sfu", description="LevelChat SFU node")
+    p.add_argument("--config", help="TOML config file")
+    p.add_argument("--dev", action="store_true", help="dev mode: key devkey/secret, loopback, rooms on first join")
+    p.add_argument("--dev-allow-remote", action="store_true", default=None)
+    p.add_argument("--node-id")
+    p.add_argument("--region")
+    p.add_argument("--http-host")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--media-host")
+    p.add_argument("--media-port", type=int)
+    p.add_argument("--public-ip", help="address advertised in ICE candidates (NAT 1:1)")
+    p.add_argument("--public-url")
+    p.add_argument("--control-url")
+    p.add_argument("--log-json", action="store_true", default=None)
+    p.add_argument("--log-level")
+    return p.parse_args(argv)
+
+
+async def run(cfg: node_config.NodeConfig) -> None:
+    from sfu.node import Node
+
+    node = Node(cfg)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{node.port.port})", flush=True)
+    await stop.wait()
+    await node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "dev") and v is not None}
+    try:
+        cfg = node_config.load(file=args.config, flags=flags, dev=args.dev)
+    except ConfigError as exc:
+        print(f"levelchat-sfu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level, cfg.log_json)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        logging.getLogger(__name__).warning("uvloop is not installed; using asyncio's loop")
+    try:
+        asyncio.run(run(cfg))
+    except OSError as exc:
+        print(f"levelchat-sfu: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The node's HTTP API: WHIP, WHEP, rooms, health, metrics (``shared/design/contracts.md``)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from levelchat.errors import ApiError
+from levelchat.tokens import Claims, validate_room
+from levelchat.web import (
+    bearer_token,
+    json_response,
+    make_cors_middleware,
+    make_error_middleware,
+    read_json,
+)
+from sfu import clock
+from sfu.metrics import CONTENT_TYPE, render
+from sfu.routing.rooms import Room, RoomPolicy
+from sfu.transport.peer import CloseReason
+
+if TYPE_CHECKING:
+    from sfu.node import Node
+
+NODE_KEY = web.AppKey("node", object)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+SDP_TYPE = "application/sdp"
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE_KEY]  # type: ignore[return-value]
+
+
+def _claims(request: web.Request) -> Claims:
+    return _node(request).verifier.verify(bearer_token(request), time.time())
+
+
+async def _read_sdp(request: web.Request) -> str:
+    if request.content_type != SDP_TYPE:
+        raise ApiError("bad_request", f"content type must be {SDP_TYPE}, not {request.content_type or 'none'}")
+    raw = await request.content.read(64 * 1024 + 1)
+    if len(raw) > 64 * 1024:
+        raise ApiError("bad_request", "SDP offer is larger than 65536 bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError("bad_request", "SDP offer is not UTF-8") from None
+
+
+def _identity(claims: Claims, prefix: str) -> str:
+    return claims.identity or f"{prefix}-{secrets.token_hex(4)}"
+
+
+def _sdp_created(request: web.Request, kind: str, room: str, session_id: str, etag: str, answer: str) -> web.Response:
+    return web.Response(
+        status=201,
+        body=answer.encode(),
+        headers={
+            "Content-Type": SDP_TYPE,
+            "Location": f"/{kind}/{room}/{session_id}",
+            "ETag": etag,
+        },
+    )
+
+
+async def whip_post(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    claims.require("room:join", "room:publish")
+    claims.require_room(room_id)
+    offer = await _read_sdp(request)
+    now = clock.now_ms()
+    room = node.room_for_join(room_id, now)
+    session, answer = node.sessions.publish(room, _identity(claims, "whip"), claims.name, offer, now)
+    return _sdp_created(request, "whip", room_id, session.id, session.etag, answer)
+
+
+async def whep_post(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    target = request.match_info.get("identity")
+    claims = _claims(request)
+    claims.require("room:join", "room:subscribe")
+    claims.require_room(room_id)
+    offer = await _read_sdp(request)
+    now = clock.now_ms()
+    room = node.rooms.get(room_id, now)
+    session, answer = node.sessions.subscribe(room, _identity(claims, "whep"), target, offer, now)
+    return _sdp_created(request, "whep", room_id, session.id, session.etag, answer)
+
+
+async def session_delete(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    claims.require("room:join")
+    claims.require_room(room_id)
+    node.sessions.end(request.match_info["session"], room_id, clock.now_ms())
+    return web.Response(status=200)
+
+
+async def session_patch(request: web.Request) -> web.StreamResponse:
+    # The node is ICE-lite with its candidate in the answer: no trickle, no ICE restart (yet).
+    raise ApiError(
+        "bad_request",
+        "this WHIP/WHEP session supports neither trickle ICE nor ICE restart; "
+        "send a new offer with POST",
+        headers={"Allow": "POST, DELETE, OPTIONS"},
+    )
+
+
+# -- rooms -----------------------------------------------------------------------------------------
+def _policy_from(body: dict[str, object], node: Node) -> RoomPolicy:
+    cfg = node.config
+    max_p = body.get("max_participants", cfg.default_max_participants)
+    if not isinstance(max_p, int) or isinstance(max_p, bool) or not 1 <= max_p <= cfg.max_participants:
+        raise ApiError("bad_request", f"max_participants must be an integer from 1 to {cfg.max_participants}")
+    codecs = body.get("codecs", list(cfg.default_codecs))
+    if not isinstance(codecs, list) or not codecs or not all(isinstance(c, str) for c in codecs):
+        raise ApiError("bad_request", "codecs must be a non-empty list of codec names")
+    from sfu.signaling.codecs import CodecPolicy
+
+    try:
+        CodecPolicy.parse(codecs)
+    except ValueError as exc:
+        raise ApiError("bad_request", f"codecs: {exc}") from None
+    timeout = body.get("empty_timeout_s", cfg.default_empty_timeout_s)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= 86400:
+        raise ApiError("bad_request", "empty_timeout_s must be an integer from 0 to 86400")
+    return RoomPolicy(max_participants=max_p, codecs=tuple(codecs), empty_timeout_s=timeout)
+
+
+async def rooms_post(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    claims = _claims(request)
+    claims.require("room:create")
+    body = await read_json(request)
+    room_id = body.get("room")
+    room_id = validate_room(room_id) if room_id is not None else "room-" + secrets.token_hex(6)
+    claims.require_room(room_id)
+    policy = _policy_from(body, node)
+    node.check_accepting_rooms()
+    room, created = node.rooms.create(room_id, policy, clock.now_ms())
+    return json_response(room.describe(), status=201 if created else 200)
+
+
+async def rooms_list(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    _claims(request).require("room:admin")
+    return json_response({"rooms": [r.describe() for r in node.rooms.rooms.values()]})
+
+
+async def room_get(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    if "room:admin" not in claims.scopes:
+        claims.require("room:join")
+        claims.require_room(room_id)
+    room: Room = node.rooms.get(room_id, clock.now_ms())
+    return json_response(room.describe())
+
+
+async def room_delete(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    claims.require("room:admin")
+    claims.require_room(room_id)
+    now = clock.now_ms()
+    room = node.rooms.rooms.get(room_id)
+    if room is None:
+        node.rooms.get(room_id, now)  # room_not_found unless recently closed
+        return web.Response(status=204)
+    node.router.close_room(room, CloseReason.ROOM_CLOSED, now)
+    node.sessions.expire()
+    return web.Response(status=204)
+
+
+# -- operations ------------------------------------------------------------------------------------
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    ready, reason = node.readiness()
+    return json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    return web.Response(body=render(node.metrics_registry), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def create_app(node: Node) -> web.Application:
+    def count(request: web.Request, status: int) -> None:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        key = (route, str(status))
+        node.http_counts[key] = node.http_counts.get(key, 0) + 1
+
+    app = web.Application(
+        middlewares=[make_error_middleware(count), make_cors_middleware(node.config.cors_origins)],
+        client_max_size=256 * 1024,
+    )
+    app[NODE_KEY] = node
+    r = app.router
+    r.add_post("/whip/{room}", whip_post)
+    r.add_delete("/whip/{room}/{session}", session_delete)
+    r.add_patch("/whip/{room}/{session}", session_patch)
+    r.add_post("/whep/{room}", whep_post)
+    r.add_post("/whep/{room}/{identity}", whep_post)
+    r.add_delete("/whep/{room}/{session}", session_delete)
+    r.add_patch("/whep/{room}/{session}", session_patch)
+    r.add_post("/v1/rooms", rooms_post)
+    r.add_get("/v1/rooms", rooms_list)
+    r.add_get("/v1/rooms/{room}", room_get)
+    r.add_delete("/v1/rooms/{room}", room_delete)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    if STATIC_DIR.is_dir():
+        r.add_get("/", index)
+        r.add_static("/static", STATIC_DIR)
+    return app

@@ -1,0 +1,172 @@
+"""WHIP and WHEP sessions: SDP offer in, answer out, participant wired into the router.
+
+No HTTP here: the handlers in ``sfu.api.http`` authenticate and call these functions.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+
+from levelchat.errors import ApiError
+from sfu.routing.participant import Participant, ParticipantKind
+from sfu.routing.rooms import Room
+from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
+from sfu.routing.track import TrackCodec
+from sfu.signaling import sdp
+from sfu.signaling.codecs import HDREXT_MID, CodecPolicy
+from sfu.transport.dtls import DtlsRole
+from sfu.transport.peer import CloseReason, PeerTransport
+
+MAX_SDP_BYTES = 64 * 1024
+
+
+@dataclass
+class MediaSession:
+    """One WHIP or WHEP resource (``/whip/{room}/{id}``)."""
+
+    id: str
+    room_id: str
+    participant: Participant
+    etag: str
+
+
+class SessionService:
+    def __init__(self, router: Router, *, advertised_ip: str, preferred_role: sdp.Setup = sdp.Setup.PASSIVE) -> None:
+        self.router = router
+        self.advertised_ip = advertised_ip
+        self.preferred_role = preferred_role
+        self.sessions: dict[str, MediaSession] = {}
+        #: the negotiated description of each published track, by track sid (for subscribers)
+        self.published: dict[str, sdp.PublishedTrack] = {}
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def parse_offer(text: str) -> sdp.SessionDesc:
+        if len(text) > MAX_SDP_BYTES:
+            raise ApiError("bad_request", f"SDP offer is larger than {MAX_SDP_BYTES} bytes")
+        try:
+            return sdp.parse_sdp(text)
+        except ValueError as exc:
+            raise ApiError("bad_request", f"invalid SDP offer: {exc}") from None
+
+    def _transport(self, offer: sdp.SessionDesc, now_ms: int) -> tuple[PeerTransport, sdp.Setup]:
+        ufrag, _pwd, fingerprints, setup = offer.transport
+        answered = sdp.answer_setup(setup, self.preferred_role)
+        role = DtlsRole.SERVER if answered is sdp.Setup.PASSIVE else DtlsRole.CLIENT
+        spec = TransportSpec(
+            dtls_role=role,
+            remote_ufrag=ufrag,
+            remote_fingerprints=[(f.algorithm, f.value) for f in fingerprints],
+        )
+        return self.router.new_transport(spec, now_ms), answered
+
+    def _local(self, transport: PeerTransport, role: sdp.Setup) -> sdp.LocalParams:
+        return sdp.LocalParams(
+            ice_ufrag=transport.ice.ufrag,
+            ice_pwd=transport.ice.pwd,
+            fingerprint=self.router.certificate.fingerprint("sha-256"),
+            candidates=((self.advertised_ip, self.router.port.port),),
+            dtls_role=role,
+        )
+
+    def _register(self, room: Room, participant: Participant) -> MediaSession:
+        session = MediaSession(
+            id=participant.sid, room_id=room.id, participant=participant, etag='"' + secrets.token_hex(8) + '"'
+        )
+        self.sessions[session.id] = session
+        return session
+
+    # -- WHIP ------------------------------------------------------------------------------------
+    def publish(
+        self, room: Room, identity: str, name: str | None, offer_text: str, now_ms: int
+    ) -> tuple[MediaSession, str]:
+        offer = self.parse_offer(offer_text)
+        negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
+        if not negotiation.tracks:
+            raise ApiError("bad_request", "the offer sends no audio or video")
+        participant = Participant(identity=identity, room_id=room.id, kind=ParticipantKind.WHIP, name=name)
+        specs: list[TrackSpec] = []
+        for track in negotiation.tracks:
+            codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+            for ssrc in track.ssrcs:
+                specs.append(
+                    TrackSpec(
+                        kind=track.kind.value,
+                        mid=track.mid,
+                        ssrc=ssrc,
+                        codecs=codecs,
+                        ext_ids=dict(track.header_extensions),
+                        rtx_ssrc=track.rtx_ssrcs.get(ssrc),
+                    )
+                )
+        if not specs:
+            raise ApiError("bad_request", "the offer signals no SSRC for its media (a=ssrc lines are required)")
+        self.router.admit(room, participant, now_ms)
+        transport, role = self._transport(offer, now_ms)
+        self.router.attach_publisher(room, participant, transport, specs, now_ms)
+        by_mid = {t.mid: t for t in negotiation.tracks}
+        for published in participant.tracks.values():
+            self.published[published.sid] = sdp.PublishedTrack.from_publish(
+                published.sid, identity, by_mid[published.mid]
+            )
+        answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
+        return self._register(room, participant), answer
+
+    # -- WHEP ------------------------------------------------------------------------------------
+    def subscribe(
+        self, room: Room, identity: str, target: str | None, offer_text: str, now_ms: int
+    ) -> tuple[MediaSession, str]:
+        offer = self.parse_offer(offer_text)
+        source = self.router.current_publisher(room, target)
+        if source is None:
+            who = f"participant {target!r}" if target else "any participant"
+            raise ApiError("not_found", f"room {room.id!r} has no media published by {who}")
+        outgoing = [
+            sdp.OutgoingTrack(track=self.published[t.sid], ssrc=random.getrandbits(32) or 1)
+            for t in source.tracks.values()
+            if t.sid in self.published
+        ]
+        negotiation = sdp.negotiate_subscribe(
+            offer, outgoing, CodecPolicy.parse(room.policy.codecs), cname=f"levelchat-{identity}"
+        )
+        if not negotiation.tracks:
+            raise ApiError("bad_request", "the offer has no receiving audio or video section")
+        participant = Participant(
+            identity=identity, room_id=room.id, kind=ParticipantKind.WHEP, target_identity=target
+        )
+        specs = [
+            DownTrackSpec(
+                kind=t.kind.value,
+                mid=t.mid,
+                ssrc=t.ssrc,
+                out_payload_types={m.name: m.subscriber_pt for m in t.mappings},
+                # sdes:mid would carry the publisher's mid value: dropped until it is rewritten
+                out_ext_ids={u: i for u, i in t.header_extensions.items() if u != HDREXT_MID},
+            )
+            for t in negotiation.tracks
+        ]
+        self.router.admit(room, participant, now_ms)
+        transport, role = self._transport(offer, now_ms)
+        self.router.attach_subscriber(room, participant, transport, specs, now_ms)
+        answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
+        return self._register(room, participant), answer
+
+    # -- ending ----------------------------------------------------------------------------------
+    def end(self, session_id: str, room_id: str, now_ms: int) -> None:
+        session = self.sessions.get(session_id)
+        if session is None or session.room_id != room_id:
+            raise ApiError("not_found", f"no session {session_id!r} in room {room_id!r}")
+        self.router.leave(session.participant, CloseReason.LEFT, now_ms)
+        self.forget(session.participant)
+
+    def forget(self, participant: Participant) -> None:
+        self.sessions.pop(participant.sid, None)
+        for track in participant.tracks.values():
+            self.published.pop(track.sid, None)
+
+    def expire(self) -> None:
+        """Drop sessions whose participant is gone (transport closed, replaced, room closed)."""
+        for sid in [sid for sid, s in self.sessions.items() if s.participant.closed]:
+            self.forget(self.sessions[sid].participant)

@@ -1,0 +1,126 @@
+"""The node's typed configuration: TOML file < environment (``LEVELCHAT_SFU_*``) < flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
+
+ENV_PREFIX = "LEVELCHAT_SFU_"
+SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
+DEV_KEYS = {"devkey": "secret"}
+DEFAULT_CODECS = ("opus", "VP8", "VP9", "H264", "AV1")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str = ""
+    region: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 7880
+    media_host: str = "127.0.0.1"
+    media_port: int = 7882
+    #: the address put in ICE candidates (NAT 1:1); empty = media_host (must then be specific)
+    public_ip: str = ""
+    #: the URL clients and the control plane reach this node's HTTP API at; empty = derived
+    public_url: str = ""
+    api_keys: dict[str, str] = field(default_factory=dict)
+    project: str = "levelchat"
+    control_url: str = ""
+    dev: bool = False
+    dev_allow_remote: bool = False
+    auto_create_rooms: bool = True
+    default_max_participants: int = 100
+    max_participants: int = 1000  # node-wide
+    max_rooms: int = 200
+    default_codecs: tuple[str, ...] = DEFAULT_CODECS
+    default_empty_timeout_s: int = 300
+    srtp_profiles: tuple[str, ...] = SRTP_PROFILE_NAMES
+    #: None: any origin may call the API from a browser (dev); otherwise the allowed origins
+    cors_origins: tuple[str, ...] | None = None
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    def validate(self) -> None:
+        for name in ("http_port", "media_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{name}: {value} is not a port number")
+        try:
+            ipaddress.ip_address(self.media_host)
+        except ValueError:
+            raise ConfigError(f"media_host: {self.media_host!r} is not an IP address") from None
+        if self.public_ip:
+            try:
+                ipaddress.ip_address(self.public_ip)
+            except ValueError:
+                raise ConfigError(f"public_ip: {self.public_ip!r} is not an IP address") from None
+        elif self.media_host in ("0.0.0.0", "::"):
+            raise ConfigError("public_ip must be set when media_host is a wildcard address")
+        if not self.api_keys:
+            raise ConfigError("api_keys: at least one API key is needed (or run with --dev)")
+        for name in self.srtp_profiles:
+            if name not in SRTP_PROFILE_NAMES:
+                raise ConfigError(f"srtp_profiles: unknown profile {name!r}")
+        if not self.srtp_profiles:
+            raise ConfigError("srtp_profiles: at least one profile is needed")
+        for name in ("default_max_participants", "max_participants", "max_rooms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.dev and not self.dev_allow_remote:
+            for name in ("http_host", "media_host"):
+                if not is_loopback(getattr(self, name)):
+                    raise ConfigError(
+                        f"dev mode listens on loopback only ({name}={getattr(self, name)}); "
+                        "pass --dev-allow-remote to override"
+                    )
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level: {self.log_level!r}")
+
+    @property
+    def advertised_ip(self) -> str:
+        return self.public_ip or self.media_host
+
+    @property
+    def effective_node_id(self) -> str:
+        return self.node_id or f"node-{socket.gethostname()}-{self.http_port}"
+
+    def url(self, http_port: int | None = None) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.http_host if self.http_host not in ("0.0.0.0", "::") else self.advertised_ip
+        return f"http://{host}:{http_port or self.http_port}"
+
+
+DEV_DEFAULTS: Mapping[str, Any] = {
+    "dev": True,
+    "api_keys": DEV_KEYS,
+    "project": "levelchat",
+    "http_host": "127.0.0.1",
+    "http_port": 7880,
+    "media_host": "127.0.0.1",
+    "media_port": 7882,
+    "auto_create_rooms": True,
+}
+
+
+def load(
+    *,
+    file: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    dev: bool = False,
+) -> NodeConfig:
+    layers: list[Mapping[str, Any]] = []
+    if dev:
+        layers.append(DEV_DEFAULTS)
+    if file:
+        layers.append(load_toml(file))
+    layers.append(from_env(NodeConfig, ENV_PREFIX, environ))
+    if flags:
+        layers.append({k: v for k, v in flags.items() if v is not None})
+    return build(NodeConfig, *layers)

@@ -1,0 +1,94 @@
+"""Plain-integer counters for the media plane, exported to Prometheus by a collector.
+
+The hot path only does ``counters.x += 1`` or ``drops[reason] += 1`` on preallocated lists: no
+locks, no label lookups.  Enum values double as metric labels.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class DropReason(enum.IntEnum):
+    """Why a datagram arriving on the media port was not used. ``name.lower()`` is the metric label."""
+
+    UNKNOWN_PROTOCOL = 0  # first byte matches no RFC 7983 range
+    TOO_SHORT = 1
+    STUN_MALFORMED = 2
+    STUN_UNKNOWN_USER = 3  # USERNAME names no session
+    STUN_BAD_INTEGRITY = 4  # MESSAGE-INTEGRITY fails with the session's password
+    STUN_UNEXPECTED = 5  # not a binding request
+    DTLS_UNKNOWN_ADDRESS = 6
+    DTLS_REJECTED = 7  # the DTLS endpoint refused the record
+    SRTP_UNKNOWN_ADDRESS = 8
+    SRTP_NOT_READY = 9  # SRTP before the DTLS handshake completed
+    SRTP_AUTH_FAILED = 10
+    SRTP_REPLAY = 11
+    SRTP_OTHER = 12
+    RTP_MALFORMED = 13
+    RTP_UNKNOWN_SSRC = 14
+    RTCP_MALFORMED = 15
+    NOT_PUBLISHING = 16  # media from a participant that has no published track
+    SEND_FAILED = 17  # the kernel refused a send (buffer full)
+    SEQ_TOO_OLD = 18  # the sequence munger could not place the packet
+    RTX_UNKNOWN = 19
+
+
+class Direction(enum.IntEnum):
+    INBOUND = 0
+    OUTBOUND = 1
+
+
+class MediaCounters:
+    """Node-wide media counters. Attributes are plain ints, updated in place."""
+
+    __slots__ = (
+        "datagrams_in",
+        "rtp_in",
+        "rtcp_in",
+        "rtp_out",
+        "rtcp_out",
+        "bytes_out",
+        "drops",
+        "srtp_errors",
+        "nack_in",
+        "pli_in",
+        "keyframe_requests",
+        "retransmits",
+        "latency_buckets",
+        "latency_sum_s",
+        "latency_count",
+    )
+
+    #: forward latency histogram bounds (seconds); the last bucket is +Inf
+    LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+    def __init__(self) -> None:
+        self.datagrams_in = 0
+        self.rtp_in = [0, 0]  # [audio, video]
+        self.rtcp_in = 0
+        self.rtp_out = [0, 0]
+        self.rtcp_out = 0
+        self.bytes_out = 0
+        self.drops = [0] * len(DropReason)
+        self.srtp_errors = [0, 0]  # by Direction
+        self.nack_in = 0
+        self.pli_in = 0
+        self.keyframe_requests = 0
+        self.retransmits = 0
+        self.latency_buckets = [0] * (len(self.LATENCY_BOUNDS) + 1)
+        self.latency_sum_s = 0.0
+        self.latency_count = 0
+
+    def observe_latency(self, seconds: float) -> None:
+        i = 0
+        for bound in self.LATENCY_BOUNDS:
+            if seconds <= bound:
+                break
+            i += 1
+        self.latency_buckets[i] += 1
+        self.latency_sum_s += seconds
+        self.latency_count += 1
+
+    def drop_counts(self) -> dict[str, int]:
+        return {r.name.lower(): self.drops[r] for r in DropReason}

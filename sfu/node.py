@@ -1,0 +1,159 @@
+"""The SFU node: one media port, the router, the HTTP API and housekeeping, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from levelchat.errors import ApiError
+from levelchat.tokens import ApiKey, TokenVerifier
+from sfu import clock
+from sfu.api.http import create_app
+from sfu.api.sessions import SessionService
+from sfu.config import NodeConfig
+from sfu.counters import MediaCounters
+from sfu.metrics import NodeCollector, make_registry
+from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
+from sfu.routing.router import Router
+from sfu.transport.certificate import Certificate
+from sfu.transport.peer import CloseReason
+from sfu.transport.srtp import SrtpProfile
+from sfu.transport.udp import MediaPort
+
+log = logging.getLogger(__name__)
+TICK_S = 1.0
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.instance = secrets.token_hex(4)
+        self.counters = MediaCounters()
+        self.port = MediaPort(config.media_host, config.media_port, self.counters)
+        self.certificate = Certificate.generate()
+        self.rooms = RoomRegistry(max_rooms=config.max_rooms, max_participants=config.max_participants)
+        self.verifier = TokenVerifier([ApiKey(k, s) for k, s in config.api_keys.items()], config.project)
+        self.http_counts: dict[tuple[str, str], int] = {}
+        self.metrics_registry = make_registry(NodeCollector(self.counters, self._gauges, self.http_counts))
+        self.draining = False
+        self.revoked = False
+        self.self_check_ok = True
+        self.self_check_reason = "not run yet"
+        self._runner: web.AppRunner | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self.router: Router
+        self.sessions: SessionService
+        self.http_port = config.http_port
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.port.open(loop)
+        self.router = Router(
+            rooms=self.rooms,
+            port=self.port,
+            certificate=self.certificate,
+            counters=self.counters,
+            srtp_profiles=[SrtpProfile.from_name(n) for n in self.config.srtp_profiles],
+            loop=loop,
+        )
+        self.sessions = SessionService(self.router, advertised_ip=self.config.advertised_ip)
+        self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses
+        if addresses:
+            self.http_port = int(addresses[0][1])
+        self.self_check_ok = True
+        self.self_check_reason = "media port open"
+        self._tick_task = asyncio.create_task(self._ticker())
+        log.info(
+            "node %s listening: http %s, media udp %s:%d (advertised %s)",
+            self.config.effective_node_id,
+            self.url,
+            self.config.media_host,
+            self.port.port,
+            self.config.advertised_ip,
+        )
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            try:
+                await self._tick_task
+            except asyncio.CancelledError:
+                pass
+        now = clock.now_ms()
+        for room in list(self.rooms.rooms.values()):
+            self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.port.close()
+
+    @property
+    def url(self) -> str:
+        return self.config.url(self.http_port)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.router.tick(clock.now_ms())
+                self.sessions.expire()
+            except Exception:
+                log.exception("housekeeping tick failed")
+
+    # -- admission -------------------------------------------------------------------------------
+    def check_accepting_rooms(self) -> None:
+        if self.revoked:
+            raise ApiError("node_revoked", "this node was revoked and accepts no new work")
+        if not self.self_check_ok:
+            raise ApiError("room_check_failed", f"this node's self-check fails: {self.self_check_reason}")
+        if self.draining:
+            raise ApiError("service_unavailable", "this node is draining and accepts no new rooms")
+
+    def default_policy(self) -> RoomPolicy:
+        cfg = self.config
+        return RoomPolicy(
+            max_participants=cfg.default_max_participants,
+            codecs=tuple(cfg.default_codecs),
+            empty_timeout_s=cfg.default_empty_timeout_s,
+        )
+
+    def room_for_join(self, room_id: str, now_ms: int) -> Room:
+        if self.revoked:
+            raise ApiError("node_revoked", "this node was revoked and accepts no new work")
+        room = self.rooms.rooms.get(room_id)
+        if room is not None:
+            return room
+        if not self.config.auto_create_rooms:
+            return self.rooms.get(room_id, now_ms)  # room_not_found (closed rooms are not joinable)
+        self.check_accepting_rooms()
+        room, _ = self.rooms.create(room_id, self.default_policy(), now_ms)
+        return room
+
+    # -- health ----------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        if self.revoked:
+            return False, "revoked"
+        if self.draining:
+            return False, "draining"
+        if not self.port.is_open:
+            return False, "media port closed"
+        if not self.self_check_ok:
+            return False, f"self-check failing: {self.self_check_reason}"
+        return True, "ok"
+
+    def _gauges(self) -> dict[str, Any]:
+        tracks = sum(len(p.tracks) for r in self.rooms.rooms.values() for p in r.participants.values())
+        return {
+            "sfu_rooms": len(self.rooms.rooms),
+            "sfu_participants": self.rooms.participant_count,
+            "sfu_tracks": tracks,
+            "sfu_self_check_ok": 1 if self.self_check_ok else 0,
+        }

@@ -1,0 +1,147 @@
+"""One subscriber's copy of one published stream: the per-subscriber half of forwarding.
+
+A DownTrack outlives the track it is bound to: when the publisher leaves and comes back (or a
+simulcast layer changes), ``bind`` points it at the new source and the sequence and timestamp
+mungers keep the subscriber's stream continuous.  Video waits for a keyframe after each bind.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from typing import TYPE_CHECKING
+
+from sfu.counters import DropReason, MediaCounters
+from sfu.packet.rtp import copy_rewrite
+from sfu.packet.seq import SeqMunger, TimestampMunger
+from sfu.transport.peer import PeerTransport
+
+if TYPE_CHECKING:
+    from sfu.routing.track import PublishedTrack
+
+NO_PT = -1
+
+
+class DownTrack:
+    def __init__(
+        self,
+        *,
+        peer: PeerTransport,
+        kind: str,
+        mid: str,
+        ssrc: int,
+        out_payload_types: dict[str, int],
+        out_ext_ids: dict[str, int],
+        counters: MediaCounters,
+    ) -> None:
+        self.sid = "DT_" + secrets.token_hex(6)
+        self.peer = peer
+        self.kind = kind
+        self.mid = mid
+        self.ssrc = ssrc
+        self.out_payload_types = {k.lower(): v for k, v in out_payload_types.items()}  # codec name -> PT
+        self.out_ext_ids = dict(out_ext_ids)  # uri -> id negotiated with the subscriber
+        self.source: PublishedTrack | None = None
+        self.waiting_keyframe = kind == "video"
+        self.seq = SeqMunger(random.getrandbits(16))
+        self.ts = TimestampMunger(random.getrandbits(32))
+        self.pt_map = [NO_PT] * 128
+        self.ext_map = [0] * 256
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.paused = False
+        self._counters = counters
+        self._kind_index = 1 if kind == "video" else 0
+        self._last_forward_ms = 0
+
+    def can_carry(self, track: PublishedTrack) -> bool:
+        return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
+
+    def bind(self, track: PublishedTrack, now_ms: int) -> None:
+        """Start forwarding ``track``; the outgoing stream continues where it was."""
+        if self.source is track:
+            return
+        self.unbind()
+        pt_map = [NO_PT] * 128
+        for codec in track.codecs:
+            out_pt = self.out_payload_types.get(codec.name.lower())
+            if out_pt is not None:
+                pt_map[codec.payload_type & 0x7F] = out_pt
+        ext_map = [0] * 256
+        for uri, in_id in track.ext_ids.items():
+            out_id = self.out_ext_ids.get(uri)
+            if out_id is not None:
+                ext_map[in_id] = out_id
+        self.pt_map = pt_map
+        self.ext_map = ext_map
+        elapsed = max(now_ms - self._last_forward_ms, 1) if self.packets_sent else 0
+        self.seq.switch_source()
+        self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
+        self.source = track
+        self.waiting_keyframe = self.kind == "video"
+        track.attach(self)
+        if self.waiting_keyframe:
+            track.request_keyframe(now_ms)
+
+    def unbind(self) -> None:
+        if self.source is not None:
+            self.source.detach(self)
+            self.source = None
+
+    def forward(self, view: memoryview, length: int, seq: int, ts: int, keyframe: bool, now_ms: int) -> None:
+        peer = self.peer
+        if self.paused or peer.tx is None:
+            return
+        if self.waiting_keyframe:
+            if not keyframe:
+                return
+            self.waiting_keyframe = False
+        pt = self.pt_map[view[1] & 0x7F]
+        if pt == NO_PT:
+            self._counters.drops[DropReason.RTP_MALFORMED] += 1
+            return
+        out_seq = self.seq.map(seq)
+        if out_seq < 0:
+            self._counters.drops[DropReason.SEQ_TOO_OLD] += 1
+            return
+        out_ts = self.ts.map(ts)
+        n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=out_ts, pt=pt, ext_map=self.ext_map)
+        if n < 0:
+            self._counters.drops[DropReason.RTP_MALFORMED] += 1
+            return
+        if peer.send_rtp(n):
+            self.packets_sent += 1
+            self.octets_sent += n - 12
+            self._last_forward_ms = now_ms
+            counters = self._counters
+            counters.rtp_out[self._kind_index] += 1
+            counters.bytes_out += n
+
+    def retransmit(self, out_seqs: list[int], now_ms: int) -> int:
+        """Answer a NACK from the retransmission cache; returns how many were resent."""
+        track = self.source
+        if track is None or track.rtx_cache is None:
+            return 0
+        sent = 0
+        peer = self.peer
+        for out_seq in out_seqs:
+            in_seq = self.seq.unmap(out_seq)
+            if in_seq < 0:
+                continue
+            hit = track.rtx_cache.get(in_seq)
+            if hit is None:
+                continue
+            buf, length = hit
+            view = memoryview(buf)
+            pt = self.pt_map[view[1] & 0x7F]
+            if pt == NO_PT:
+                continue
+            ts = int.from_bytes(view[4:8], "big")
+            n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=self.ts.translate(ts), pt=pt, ext_map=self.ext_map)
+            if n > 0 and peer.send_rtp(n):
+                sent += 1
+        self._counters.retransmits += sent
+        return sent
+
+    def close(self) -> None:
+        self.unbind()

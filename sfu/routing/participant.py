@@ -1,0 +1,213 @@
+"""A participant in a room: the media it publishes and the streams it receives.
+
+A participant owns up to two transports (a WHIP session publishes, a WHEP session subscribes, a
+signaling session has both).  ``PublisherSink`` and ``SubscriberSink`` are what those transports
+hand unprotected media to; they route RTP to tracks and answer RTCP.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from struct import unpack_from
+
+from sfu.counters import DropReason, MediaCounters
+from sfu.packet import rtcp
+from sfu.routing.downtrack import DownTrack
+from sfu.routing.track import PublishedTrack
+from sfu.transport.peer import CloseReason, PeerTransport
+
+log = logging.getLogger(__name__)
+
+#: SSRC the node uses as the sender of its own RTCP (reports, PLIs, NACKs)
+NODE_RTCP_SSRC = 0x4C43_0001
+
+
+class ParticipantKind(enum.Enum):
+    WHIP = "whip"
+    WHEP = "whep"
+    RTC = "rtc"
+
+
+@dataclass
+class Participant:
+    identity: str
+    room_id: str
+    kind: ParticipantKind
+    name: str | None = None
+    sid: str = field(default_factory=lambda: "PA_" + secrets.token_hex(8))
+    tracks: dict[int, PublishedTrack] = field(default_factory=dict)  # by SSRC
+    downtracks: list[DownTrack] = field(default_factory=list)
+    publisher: PeerTransport | None = None
+    subscriber: PeerTransport | None = None
+    #: WHEP: whose tracks to receive (None: the room's first publisher)
+    target_identity: str | None = None
+    on_gone: Callable[[Participant, CloseReason], None] | None = None
+    closed: bool = False
+    joined_ms: int = 0
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "identity": self.identity,
+            "sid": self.sid,
+            "kind": self.kind.value,
+            "name": self.name,
+            "tracks": [t.describe() for t in self.tracks.values()],
+            "subscriptions": len(self.downtracks),
+        }
+
+    def transport_closed(self, reason: CloseReason) -> None:
+        if not self.closed and self.on_gone is not None:
+            self.on_gone(self, reason)
+
+    def close(self, reason: CloseReason) -> None:
+        """Release every resource: tracks, downtracks, transports."""
+        if self.closed:
+            return
+        self.closed = True
+        for dt in self.downtracks:
+            dt.close()
+        for track in self.tracks.values():
+            for dt in list(track.downtracks):
+                dt.unbind()
+        for transport in (self.publisher, self.subscriber):
+            if transport is not None:
+                transport.close(reason)
+
+    # -- periodic RTCP -------------------------------------------------------------------------
+    def send_reports(self, now_ms: int) -> None:
+        if self.publisher is not None and self.tracks:
+            blocks = []
+            for track in self.tracks.values():
+                if not track.stats.started:
+                    continue
+                fig = track.stats.report()
+                lsr, dlsr = 0, 0
+                if track.last_sr is not None:
+                    ntp, _, arrived = track.last_sr
+                    lsr = (ntp >> 16) & 0xFFFFFFFF
+                    dlsr = ((now_ms - arrived) * 65536) // 1000
+                blocks.append(
+                    rtcp.ReportBlock(
+                        ssrc=track.ssrc,
+                        fraction_lost=fig.fraction_lost,
+                        cumulative_lost=fig.cumulative_lost,
+                        highest_seq=fig.highest_seq,
+                        jitter=fig.jitter,
+                        lsr=lsr,
+                        dlsr=dlsr,
+                    )
+                )
+            if blocks:
+                self.publisher.send_rtcp(bytes(rtcp.ReceiverReport(ssrc=NODE_RTCP_SSRC, reports=blocks[:31])))
+        if self.subscriber is not None:
+            for dt in self.downtracks:
+                src = dt.source
+                if src is None or src.last_sr is None or not dt.packets_sent:
+                    continue
+                ntp, rtp_ts, arrived = src.last_sr
+                # advance the publisher's clock pair to now, then map into the subscriber's timeline
+                elapsed_ms = now_ms - arrived
+                ntp_now = ntp + (elapsed_ms << 32) // 1000
+                ts_now = (rtp_ts + elapsed_ms * src.codec.clock_rate // 1000) & 0xFFFFFFFF
+                sr = rtcp.SenderReport(
+                    ssrc=dt.ssrc,
+                    ntp_timestamp=ntp_now & 0xFFFFFFFFFFFFFFFF,
+                    rtp_timestamp=dt.ts.translate(ts_now),
+                    packet_count=dt.packets_sent & 0xFFFFFFFF,
+                    octet_count=dt.octets_sent & 0xFFFFFFFF,
+                    reports=[],
+                )
+                self.subscriber.send_rtcp(bytes(sr))
+
+
+class PublisherSink:
+    """Receives a publishing transport's media and routes it to the participant's tracks."""
+
+    def __init__(self, participant: Participant, counters: MediaCounters) -> None:
+        self.participant = participant
+        self.counters = counters
+        self.by_ssrc = participant.tracks
+        self.rtx_ssrcs: dict[int, PublishedTrack] = {}
+
+    def on_rtp(self, cbuf: object, view: memoryview, length: int, now_ms: int) -> None:
+        if length < 12:
+            self.counters.drops[DropReason.RTP_MALFORMED] += 1
+            return
+        track = self.by_ssrc.get(unpack_from("!I", view, 8)[0])
+        if track is None:
+            self.counters.drops[DropReason.RTP_UNKNOWN_SSRC] += 1
+            return
+        track.on_rtp(view, length, now_ms)
+
+    def on_rtcp(self, data: bytes, now_ms: int) -> None:
+        try:
+            packets = rtcp.parse_compound(data)
+        except ValueError:
+            self.counters.drops[DropReason.RTCP_MALFORMED] += 1
+            return
+        for packet in packets:
+            if isinstance(packet, rtcp.SenderReport):
+                track = self.by_ssrc.get(packet.ssrc)
+                if track is not None:
+                    track.last_sr = (packet.ntp_timestamp, packet.rtp_timestamp, now_ms)
+
+    def on_connected(self, now_ms: int) -> None:
+        log.info("publisher %s connected", self.participant.identity)
+
+    def on_closed(self, reason: CloseReason) -> None:
+        self.participant.transport_closed(reason)
+
+    def request_keyframe(self, media_ssrc: int) -> None:
+        transport = self.participant.publisher
+        if transport is not None:
+            transport.send_rtcp(bytes(rtcp.Pli(sender_ssrc=NODE_RTCP_SSRC, media_ssrc=media_ssrc)))
+
+
+class SubscriberSink:
+    """Receives a subscribing transport's RTCP: keyframe requests and NACKs."""
+
+    def __init__(self, participant: Participant, counters: MediaCounters) -> None:
+        self.participant = participant
+        self.counters = counters
+
+    def on_rtp(self, cbuf: object, view: memoryview, length: int, now_ms: int) -> None:
+        self.counters.drops[DropReason.NOT_PUBLISHING] += 1
+
+    def _downtrack(self, ssrc: int) -> DownTrack | None:
+        for dt in self.participant.downtracks:
+            if dt.ssrc == ssrc:
+                return dt
+        return None
+
+    def on_rtcp(self, data: bytes, now_ms: int) -> None:
+        try:
+            packets = rtcp.parse_compound(data)
+        except ValueError:
+            self.counters.drops[DropReason.RTCP_MALFORMED] += 1
+            return
+        for packet in packets:
+            if isinstance(packet, (rtcp.Pli, rtcp.Fir)):
+                self.counters.pli_in += 1
+                targets = [packet.media_ssrc] if isinstance(packet, rtcp.Pli) else [e.ssrc for e in packet.entries]
+                for ssrc in targets:
+                    dt = self._downtrack(ssrc)
+                    if dt is not None and dt.source is not None:
+                        dt.source.request_keyframe(now_ms)
+            elif isinstance(packet, rtcp.Nack):
+                self.counters.nack_in += 1
+                dt = self._downtrack(packet.media_ssrc)
+                if dt is not None:
+                    dt.retransmit(packet.seqs, now_ms)
+
+    def on_connected(self, now_ms: int) -> None:
+        for dt in self.participant.downtracks:
+            if dt.source is not None and dt.kind == "video":
+                dt.waiting_keyframe = True
+                dt.source.request_keyframe(now_ms)
+
+    def on_closed(self, reason: CloseReason) -> None:
+        self.participant.transport_closed(reason)

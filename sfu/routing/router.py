@@ -1,0 +1,202 @@
+"""The node's routing core: participants join rooms with transports, tracks and subscriptions.
+
+The signaling layer above negotiates SDP and hands plain values down (``TrackSpec``,
+``DownTrackSpec``, ``TransportSpec``); this layer wires transports to tracks and keeps
+subscribers bound to the right sources as publishers come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from sfu import clock
+from sfu.counters import MediaCounters
+from sfu.routing.downtrack import DownTrack
+from sfu.routing.participant import Participant, PublisherSink, SubscriberSink
+from sfu.routing.rooms import Room, RoomRegistry
+from sfu.routing.track import PublishedTrack, TrackCodec
+from sfu.transport.certificate import Certificate
+from sfu.transport.dtls import DtlsRole
+from sfu.transport.peer import CloseReason, PeerTransport
+from sfu.transport.srtp import SrtpProfile
+from sfu.transport.udp import MediaPort
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransportSpec:
+    dtls_role: DtlsRole
+    remote_ufrag: str
+    remote_fingerprints: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    kind: str
+    mid: str
+    ssrc: int
+    codecs: list[TrackCodec]
+    ext_ids: dict[str, int] = field(default_factory=dict)
+    rtx_ssrc: int | None = None
+    rid: str | None = None
+
+
+@dataclass(frozen=True)
+class DownTrackSpec:
+    kind: str
+    mid: str
+    ssrc: int
+    out_payload_types: dict[str, int]
+    out_ext_ids: dict[str, int]
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        rooms: RoomRegistry,
+        port: MediaPort,
+        certificate: Certificate,
+        counters: MediaCounters,
+        srtp_profiles: list[SrtpProfile],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.rooms = rooms
+        self.port = port
+        self.certificate = certificate
+        self.counters = counters
+        self.srtp_profiles = srtp_profiles
+        self.loop = loop
+        self.participants: dict[str, Participant] = {}  # by sid
+
+    def new_transport(self, spec: TransportSpec, now_ms: int) -> PeerTransport:
+        return PeerTransport(
+            port=self.port,
+            certificate=self.certificate,
+            dtls_role=spec.dtls_role,
+            remote_ufrag=spec.remote_ufrag,
+            remote_fingerprints=spec.remote_fingerprints,
+            srtp_profiles=self.srtp_profiles,
+            counters=self.counters,
+            now_ms=now_ms,
+            loop=self.loop,
+        )
+
+    # -- joining ---------------------------------------------------------------------------------
+    def admit(self, room: Room, participant: Participant, now_ms: int) -> None:
+        """Seat the participant (cap checks); a previous session of the same identity is replaced."""
+        previous = self.rooms.admit(room, participant, now_ms)
+        participant.joined_ms = now_ms
+        participant.on_gone = self._on_participant_gone
+        self.participants[participant.sid] = participant
+        if previous is not None and previous is not participant:
+            self._close(previous, CloseReason.REPLACED, now_ms, release=False)
+
+    def attach_publisher(
+        self, room: Room, participant: Participant, transport: PeerTransport, tracks: list[TrackSpec], now_ms: int
+    ) -> None:
+        sink = PublisherSink(participant, self.counters)
+        participant.publisher = transport
+        transport.sink = sink
+        for spec in tracks:
+            track = PublishedTrack(
+                kind=spec.kind,
+                ssrc=spec.ssrc,
+                codecs=spec.codecs,
+                mid=spec.mid,
+                owner=participant.identity,
+                counters=self.counters,
+                request_keyframe=sink.request_keyframe,
+                rid=spec.rid,
+                rtx_ssrc=spec.rtx_ssrc,
+                ext_ids=spec.ext_ids,
+            )
+            participant.tracks[spec.ssrc] = track
+        self._rebind_room(room, now_ms)
+
+    def attach_subscriber(
+        self,
+        room: Room,
+        participant: Participant,
+        transport: PeerTransport,
+        specs: list[DownTrackSpec],
+        now_ms: int,
+    ) -> None:
+        participant.subscriber = transport
+        transport.sink = SubscriberSink(participant, self.counters)
+        for spec in specs:
+            participant.downtracks.append(
+                DownTrack(
+                    peer=transport,
+                    kind=spec.kind,
+                    mid=spec.mid,
+                    ssrc=spec.ssrc,
+                    out_payload_types=spec.out_payload_types,
+                    out_ext_ids=spec.out_ext_ids,
+                    counters=self.counters,
+                )
+            )
+        self._rebind_room(room, now_ms)
+
+    def current_publisher(self, room: Room, identity: str | None) -> Participant | None:
+        if identity is not None:
+            p = room.participants.get(identity)
+            return p if p is not None and p.tracks else None
+        return next(room.publishers(), None)
+
+    def _rebind_room(self, room: Room, now_ms: int) -> None:
+        """Point every WHEP-style subscriber's idle downtracks at the room's current publisher."""
+        for sub in room.participants.values():
+            if not sub.downtracks or sub.target_identity == "*":
+                continue
+            source = self.current_publisher(room, sub.target_identity)
+            if source is None or source is sub:
+                continue
+            for dt in sub.downtracks:
+                if dt.source is not None and dt.source.owner == source.identity and dt.source in source.tracks.values():
+                    continue
+                match = next((t for t in source.tracks.values() if dt.can_carry(t) and not t.rid), None)
+                if match is None:
+                    match = next((t for t in source.tracks.values() if dt.can_carry(t)), None)
+                if match is not None:
+                    dt.bind(match, now_ms)
+
+    # -- leaving ---------------------------------------------------------------------------------
+    def _on_participant_gone(self, participant: Participant, reason: CloseReason) -> None:
+        self.leave(participant, reason, clock.now_ms())
+
+    def leave(self, participant: Participant, reason: CloseReason, now_ms: int) -> None:
+        self._close(participant, reason, now_ms, release=True)
+
+    def _close(self, participant: Participant, reason: CloseReason, now_ms: int, *, release: bool) -> None:
+        if participant.closed:
+            return
+        log.info("participant %s leaves room %s (%s)", participant.identity, participant.room_id, reason.value)
+        participant.close(reason)
+        self.participants.pop(participant.sid, None)
+        room = self.rooms.rooms.get(participant.room_id)
+        if room is not None:
+            if release:
+                self.rooms.release(room, participant, now_ms)
+            self._rebind_room(room, now_ms)
+
+    def close_room(self, room: Room, reason: CloseReason, now_ms: int) -> None:
+        for p in self.rooms.close(room, now_ms):
+            p.close(reason)
+            self.participants.pop(p.sid, None)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def tick(self, now_ms: int) -> None:
+        """Once a second: consent freshness, RTCP reports, empty rooms."""
+        for participant in list(self.participants.values()):
+            for transport in (participant.publisher, participant.subscriber):
+                if transport is not None:
+                    transport.tick(now_ms)
+            if not participant.closed:
+                participant.send_reports(now_ms)
+        for room in self.rooms.expired_empty(now_ms):
+            log.info("room %s closed after %d s empty", room.id, room.policy.empty_timeout_s)
+            self.close_room(room, CloseReason.ROOM_CLOSED, now_ms)

@@ -1,0 +1,171 @@
+"""A published media stream and its fan-out to subscribers (the forwarding hot path).
+
+``PublishedTrack.on_rtp`` runs once per incoming packet: it updates receive statistics, stores
+the packet in the retransmission cache and hands it to each ``DownTrack``, which rewrites it
+into its subscriber's output buffer and sends it.  No logging, no awaits, no per-packet objects
+beyond what the socket layer needs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from struct import unpack_from
+from typing import TYPE_CHECKING
+
+from sfu.counters import MediaCounters
+from sfu.packet.codecs import is_keyframe
+from sfu.packet.rtp import header_length
+from sfu.routing.stats import ReceiveStats
+
+if TYPE_CHECKING:
+    from sfu.routing.downtrack import DownTrack
+
+#: retransmission cache slots per video track (a power of two); audio keeps none
+RTX_CACHE_SLOTS = 512
+RTX_SLOT_BYTES = 1500
+KEYFRAME_REQUEST_INTERVAL_MS = 500
+
+
+@dataclass(frozen=True)
+class TrackCodec:
+    name: str  # "VP8", "opus", "red", ...
+    clock_rate: int
+    payload_type: int
+
+
+class RtxCache:
+    """The last N packets of a stream by sequence number, for answering NACKs."""
+
+    __slots__ = ("_bufs", "_lens", "_seqs", "_mask")
+
+    def __init__(self, slots: int = RTX_CACHE_SLOTS) -> None:
+        self._mask = slots - 1
+        self._bufs = [bytearray(RTX_SLOT_BYTES) for _ in range(slots)]
+        self._lens = [0] * slots
+        self._seqs = [-1] * slots
+
+    def put(self, view: memoryview, length: int, seq: int) -> None:
+        if length > RTX_SLOT_BYTES:
+            return
+        i = seq & self._mask
+        self._bufs[i][:length] = view[:length]
+        self._lens[i] = length
+        self._seqs[i] = seq
+
+    def get(self, seq: int) -> tuple[bytearray, int] | None:
+        i = seq & self._mask
+        if self._seqs[i] != seq:
+            return None
+        return self._bufs[i], self._lens[i]
+
+
+class PublishedTrack:
+    def __init__(
+        self,
+        *,
+        kind: str,
+        ssrc: int,
+        codecs: list[TrackCodec],
+        mid: str,
+        owner: str,
+        counters: MediaCounters,
+        request_keyframe: Callable[[int], None],
+        rid: str | None = None,
+        rtx_ssrc: int | None = None,
+        ext_ids: dict[str, int] | None = None,
+    ) -> None:
+        self.sid = "TR_" + secrets.token_hex(6)
+        self.kind = kind
+        self.is_video = kind == "video"
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        if not codecs:
+            raise ValueError("a track needs at least one codec")
+        self.codecs = list(codecs)  # the publisher's payload types, preferred first
+        self.codec = codecs[0]
+        self.codec_by_pt: list[str | None] = [None] * 128
+        for c in codecs:
+            self.codec_by_pt[c.payload_type & 0x7F] = c.name
+        self.mid = mid
+        self.rid = rid
+        self.owner = owner
+        self.ext_ids = dict(ext_ids or {})  # uri -> id in the publisher's packets
+        self.downtracks: list[DownTrack] = []
+        self.stats = ReceiveStats(self.codec.clock_rate)
+        self.rtx_cache = RtxCache() if self.is_video else None
+        self.muted = False
+        self._counters = counters
+        self._kind_index = 1 if self.is_video else 0
+        self._request_keyframe_cb = request_keyframe
+        self._last_keyframe_request_ms = -KEYFRAME_REQUEST_INTERVAL_MS
+        self.keyframe_pending = False  # a downtrack waits for a keyframe
+        self._keyframe_deferred = False  # a throttled request is still owed
+        # the last sender report: (ntp 64-bit, rtp ts, arrival ms)
+        self.last_sr: tuple[int, int, int] | None = None
+
+    # -- hot path --------------------------------------------------------------------------------
+    def on_rtp(self, view: memoryview, length: int, now_ms: int) -> None:
+        self._counters.rtp_in[self._kind_index] += 1
+        seq = (view[2] << 8) | view[3]
+        ts = unpack_from("!I", view, 4)[0]
+        self.stats.update(seq, ts, now_ms)
+        cache = self.rtx_cache
+        if cache is not None:
+            cache.put(view, length, seq)
+        keyframe = False
+        if self.keyframe_pending:
+            keyframe = self._check_keyframe(view, length)
+            if self._keyframe_deferred and not keyframe:
+                self.request_keyframe(now_ms)
+        for dt in self.downtracks:
+            dt.forward(view, length, seq, ts, keyframe, now_ms)
+
+    def _check_keyframe(self, view: memoryview, length: int) -> bool:
+        offset = header_length(view, length)
+        if offset < 0:
+            return False
+        name = self.codec_by_pt[view[1] & 0x7F]
+        if name is not None and is_keyframe(name, view[offset:length]):
+            self.keyframe_pending = False  # the waiting downtracks start with this packet
+            self._keyframe_deferred = False
+            return True
+        return False
+
+    # -- control ---------------------------------------------------------------------------------
+    def request_keyframe(self, now_ms: int) -> bool:
+        """Ask the publisher for a keyframe (PLI), at most once per interval."""
+        if not self.is_video:
+            return False
+        self.keyframe_pending = True
+        if now_ms - self._last_keyframe_request_ms < KEYFRAME_REQUEST_INTERVAL_MS:
+            self._keyframe_deferred = True  # sent by on_rtp once the interval has passed
+            return False
+        self._keyframe_deferred = False
+        self._last_keyframe_request_ms = now_ms
+        self._counters.keyframe_requests += 1
+        self._request_keyframe_cb(self.ssrc)
+        return True
+
+    def attach(self, dt: DownTrack) -> None:
+        if dt not in self.downtracks:
+            self.downtracks = [*self.downtracks, dt]
+            if self.is_video:
+                self.keyframe_pending = True
+
+    def detach(self, dt: DownTrack) -> None:
+        if dt in self.downtracks:
+            self.downtracks = [d for d in self.downtracks if d is not dt]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "sid": self.sid,
+            "kind": self.kind,
+            "codec": self.codec.name,
+            "mid": self.mid,
+            "rid": self.rid,
+            "muted": self.muted,
+            "subscribers": len(self.downtracks),
+        }
+

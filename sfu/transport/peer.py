@@ -1,0 +1,275 @@
+"""One participant's transport on the shared media port: ICE-lite address, DTLS, SRTP.
+
+It knows nothing of rooms.  Unprotected media goes to a ``MediaSink`` (the routing layer);
+media to send is written by the routing layer into ``out_view`` and sent with ``send_rtp``,
+which protects it in place.  Timers are driven from outside with the time passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pylibsrtp._binding import ffi
+
+from sfu import clock
+from sfu.counters import Direction, DropReason, MediaCounters
+from sfu.transport.certificate import Certificate
+from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
+from sfu.transport.ice import BindingCheck, IceCredentials
+from sfu.transport.srtp import SrtpContext, SrtpError, SrtpProfile
+from sfu.transport.udp import Address, MediaPort
+
+log = logging.getLogger(__name__)
+
+#: RFC 7675: consent expires 30 s after the last authenticated check.
+CONSENT_TIMEOUT_MS = 30_000
+#: A session that has not completed ICE and DTLS by then is dropped.
+SETUP_TIMEOUT_MS = 30_000
+OUT_BUFFER_SIZE = 2048
+
+
+class TransportState(enum.Enum):
+    NEW = "new"  # waiting for the first connectivity check
+    CONNECTING = "connecting"  # address known, DTLS under way
+    CONNECTED = "connected"  # SRTP keys in place
+    CLOSED = "closed"
+
+
+class CloseReason(enum.Enum):
+    LEFT = "left"
+    CONSENT_EXPIRED = "consent_expired"
+    SETUP_TIMEOUT = "setup_timeout"
+    DTLS_FAILED = "dtls_failed"
+    DTLS_CLOSED = "dtls_closed"
+    REPLACED = "replaced"
+    NODE_SHUTDOWN = "node_shutdown"
+    ROOM_CLOSED = "room_closed"
+    DRAINED = "drained"
+
+
+class MediaSink(Protocol):
+    def on_rtp(self, cbuf: Any, view: memoryview, length: int, now_ms: int) -> None: ...
+
+    def on_rtcp(self, data: bytes, now_ms: int) -> None: ...
+
+    def on_connected(self, now_ms: int) -> None: ...
+
+    def on_closed(self, reason: CloseReason) -> None: ...
+
+
+_SRTP_DROP = {
+    SrtpError.AUTH_FAIL: DropReason.SRTP_AUTH_FAILED,
+    SrtpError.REPLAY_FAIL: DropReason.SRTP_REPLAY,
+    SrtpError.REPLAY_OLD: DropReason.SRTP_REPLAY,
+}
+
+
+class PeerTransport:
+    def __init__(
+        self,
+        *,
+        port: MediaPort,
+        certificate: Certificate,
+        dtls_role: DtlsRole,
+        remote_ufrag: str,
+        remote_fingerprints: list[tuple[str, str]],
+        srtp_profiles: list[SrtpProfile],
+        counters: MediaCounters,
+        now_ms: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._port = port
+        self._ice = IceCredentials.generate()
+        self._remote_ufrag = remote_ufrag
+        self._counters = counters
+        self._loop = loop
+        self.sink: MediaSink | None = None
+        self.state = TransportState.NEW
+        self.created_ms = now_ms
+        self.last_consent_ms = now_ms
+        self.addr: Address | None = None
+        self.rx: SrtpContext | None = None
+        self.tx: SrtpContext | None = None
+        self.profile: SrtpProfile | None = None
+        self.out_cbuf = ffi.new("unsigned char[]", OUT_BUFFER_SIZE)
+        self.out_view = memoryview(ffi.buffer(self.out_cbuf))
+        self.dtls = DtlsEndpoint(
+            certificate=certificate,
+            role=dtls_role,
+            remote_fingerprints=remote_fingerprints,
+            srtp_profiles=srtp_profiles,
+            send=self._send_dtls,
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_app_data: Callable[[bytes], None] | None = None
+        port.add_peer(self)
+
+    # -- DatagramPeer ------------------------------------------------------------------------------
+    @property
+    def ice(self) -> IceCredentials:
+        return self._ice
+
+    @property
+    def remote_ufrag(self) -> str | None:
+        return self._remote_ufrag
+
+    def on_ice_check(self, addr: Address, check: BindingCheck, now_ms: int) -> None:
+        if self.state is TransportState.CLOSED:
+            return
+        self.last_consent_ms = now_ms
+        if self.addr is None or (check.use_candidate and addr != self.addr):
+            if self.addr is not None:
+                self._port.unbind_address(self.addr, self)
+            self.addr = addr
+            self._port.bind_address(addr, self)
+        if self.state is TransportState.NEW:
+            self.state = TransportState.CONNECTING
+            self.dtls.start(now_ms)
+            self._arm_timer()
+
+    def on_dtls(self, data: bytes, now_ms: int) -> None:
+        if self.state is TransportState.CLOSED:
+            return
+        app = self.dtls.feed(data, now_ms)
+        if self.dtls.state is DtlsState.CONNECTED and self.state is not TransportState.CONNECTED:
+            self._on_dtls_connected(now_ms)
+        elif self.dtls.state is DtlsState.FAILED:
+            log.info("DTLS failed for %s: %s", self.addr, self.dtls.failure_reason)
+            self.close(CloseReason.DTLS_FAILED)
+            return
+        elif self.dtls.state is DtlsState.CLOSED:
+            self.close(CloseReason.DTLS_CLOSED, send_alert=False)
+            return
+        else:
+            self._arm_timer()
+        if app and self._on_app_data is not None:
+            for chunk in app:
+                self._on_app_data(chunk)
+
+    def on_srtp(self, cbuf: Any, view: memoryview, length: int, now_ms: int) -> None:
+        rx = self.rx
+        sink = self.sink
+        if rx is None or sink is None:
+            self._counters.drops[DropReason.SRTP_NOT_READY] += 1
+            return
+        pt = view[1] & 0x7F
+        if 63 < pt < 96:  # RFC 5761: RTCP packet types 192-223
+            n = rx.unprotect_rtcp(cbuf, length)
+            if n < 0:
+                self._srtp_drop(n)
+                return
+            self._counters.rtcp_in += 1
+            sink.on_rtcp(bytes(view[:n]), now_ms)
+        else:
+            n = rx.unprotect_rtp(cbuf, length)
+            if n < 0:
+                self._srtp_drop(n)
+                return
+            sink.on_rtp(cbuf, view, n, now_ms)
+
+    def _srtp_drop(self, code: int) -> None:
+        self._counters.srtp_errors[Direction.INBOUND] += 1
+        self._counters.drops[_SRTP_DROP.get(SrtpError.from_code(-code), DropReason.SRTP_OTHER)] += 1
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send_rtp(self, length: int) -> bool:
+        """Protect ``out_view[:length]`` in place and send it."""
+        tx = self.tx
+        addr = self.addr
+        if tx is None or addr is None:
+            return False
+        n = tx.protect_rtp(self.out_cbuf, length)
+        if n < 0:
+            self._counters.srtp_errors[Direction.OUTBOUND] += 1
+            return False
+        return self._port.sendto(self.out_view[:n], addr)
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        tx = self.tx
+        addr = self.addr
+        if tx is None or addr is None:
+            return False
+        protected = tx.protect_rtcp_bytes(packet)
+        if protected is None:
+            self._counters.srtp_errors[Direction.OUTBOUND] += 1
+            return False
+        self._counters.rtcp_out += 1
+        return self._port.sendto(protected, addr)
+
+    def send_app_data(self, data: bytes) -> None:
+        if self.state is TransportState.CONNECTED:
+            self.dtls.send_application(data)
+
+    def set_app_data_handler(self, handler: Callable[[bytes], None] | None) -> None:
+        self._on_app_data = handler
+
+    def _send_dtls(self, datagram: bytes) -> None:
+        if self.addr is not None:
+            self._port.sendto(datagram, self.addr)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _on_dtls_connected(self, now_ms: int) -> None:
+        keys = self.dtls.srtp_keys
+        if keys is None:
+            self.close(CloseReason.DTLS_FAILED)
+            return
+        self.profile = keys.profile
+        self.rx = SrtpContext.inbound(keys)
+        self.tx = SrtpContext.outbound(keys)
+        self.state = TransportState.CONNECTED
+        self._cancel_timer()
+        if self.sink is not None:
+            self.sink.on_connected(now_ms)
+
+    def tick(self, now_ms: int) -> None:
+        """Periodic housekeeping: consent freshness and setup deadline."""
+        if self.state is TransportState.CLOSED:
+            return
+        if self.state is not TransportState.CONNECTED and now_ms - self.created_ms > SETUP_TIMEOUT_MS:
+            self.close(CloseReason.SETUP_TIMEOUT)
+        elif self.state is not TransportState.NEW and now_ms - self.last_consent_ms > CONSENT_TIMEOUT_MS:
+            self.close(CloseReason.CONSENT_EXPIRED)
+
+    def close(self, reason: CloseReason, send_alert: bool = True) -> None:
+        if self.state is TransportState.CLOSED:
+            return
+        self.state = TransportState.CLOSED
+        self._cancel_timer()
+        if send_alert:
+            try:
+                self.dtls.close()
+            except Exception:  # never let a teardown path raise
+                log.debug("DTLS close failed", exc_info=True)
+        self._port.remove_peer(self)
+        self.rx = None
+        self.tx = None
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_closed(reason)
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        deadline = self.dtls.next_timeout_ms()
+        if deadline is None:
+            return
+        now_ms = clock.now_ms()
+        self._timer = self._loop.call_later(max(0, deadline - now_ms) / 1000, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state is TransportState.CLOSED or self.state is TransportState.CONNECTED:
+            return
+        self.dtls.handle_timeout(clock.now_ms())
+        if self.dtls.state is DtlsState.FAILED:
+            self.close(CloseReason.DTLS_FAILED)
+        else:
+            self._arm_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from sfu.node import Node
+from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
+from tests.e2e.conftest import token
+
+
+async def test_publisher_reaches_two_subscribers(node: Node) -> None:
+    room = "demo-1"
+    pub = WhipPublisher(node.url, room, token(room, "alice"))
+    await pub.connect()
+    subs = [WhepSubscriber(node.url, room, token(room, f"viewer-{i}")) for i in range(2)]
+    try:
+        for s in subs:
+            status, body = await s.connect()
+            assert status == 201, body
+        await wait_for(lambda: all(s.frames["video"] >= 20 and s.frames["audio"] >= 20 for s in subs), 15, "frames")
+        for s in subs:
+            assert s.logs["video"].gaps() == []
+            assert s.logs["audio"].gaps() == []
+            assert s.logs["video"].keyframes_at, "the subscriber's stream starts without a keyframe"
+    finally:
+        for s in subs:
+            await s.close()
+        await pub.close()
