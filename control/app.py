@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -17,8 +16,9 @@ from control.api import SERVICE_KEY, add_routes
 from control.config import ControlConfig
 from control.metrics import ControlMetrics
 from control.service import ControlService
-from control.store import Store, open_store
-from levelchat.web import make_cors_middleware, make_error_middleware
+from control.store import Store, open_store, unavailable_errors
+from levelchat.errors import ApiError
+from levelchat.web import Handler, make_cors_middleware, make_error_middleware
 
 log = logging.getLogger("levelchat.control")
 
@@ -29,6 +29,21 @@ def route_template(request: web.Request) -> str:
     """The route's template (``/v1/nodes/{id}``), never the concrete path: ids stay out of labels."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def make_store_errors_middleware() -> Middleware:
+    """A store that cannot be reached answers ``service_unavailable`` rather than ``internal_error``."""
+    errors = unavailable_errors()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except errors as exc:
+            log.error("store unavailable during %s %s: %s", request.method, request.path, exc)
+            raise ApiError("service_unavailable", f"the control plane's store is unavailable: {type(exc).__name__}") from None
+
+    return middleware
 
 
 def reap_interval_s(config: ControlConfig) -> float:
@@ -48,10 +63,10 @@ def create_app(
     def count(request: web.Request, status: int) -> None:
         metrics.http_requests.labels(route=route_template(request), code=str(status)).inc()
 
-    # levelchat.web types its middlewares as plain callables; aiohttp wants its Middleware protocol.
     middlewares = [
-        cast(Middleware, make_error_middleware(count)),
-        cast(Middleware, make_cors_middleware(config.cors_origins)),
+        make_error_middleware(count),
+        make_cors_middleware(config.cors_origins),
+        make_store_errors_middleware(),
     ]
     app = web.Application(
         middlewares=middlewares,

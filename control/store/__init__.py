@@ -8,7 +8,20 @@ from urllib.parse import urlsplit
 
 from control.store.base import Store
 
-__all__ = ["Store", "StoreKind", "StoreUrl", "open_store"]
+__all__ = ["Store", "StoreKind", "StoreUrl", "open_store", "unavailable_errors"]
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the store cannot be reached right now" (answered ``service_unavailable``)."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, ConnectionError, TimeoutError]
+    try:
+        import redis.exceptions
+    except ImportError:  # pragma: no cover - redis is optional
+        return tuple(errors)
+    errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError]
+    return tuple(errors)
 
 
 class StoreKind(StrEnum):

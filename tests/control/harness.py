@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,6 +33,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_redis(binary: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A throw-away redis-server on a free loopback port (no persistence); its URL once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not answer PING within 10 s")
 
 
 def flush_redis(url: str) -> None:
@@ -72,7 +94,7 @@ class StandInNode:
             self.rooms.append(body["room"])
             return json_response({"room": body["room"]}, status=self.reply_status)
 
-        app = web.Application(middlewares=[make_error_middleware()])  # type: ignore[list-item]
+        app = web.Application(middlewares=[make_error_middleware()])
         app.router.add_post("/v1/rooms", create_room)
         self._runner = web.AppRunner(app)
         await self._runner.setup()

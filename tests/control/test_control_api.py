@@ -424,10 +424,14 @@ async def test_probes_and_metrics(cp: ControlPlane, nodes: list[StandInNode]) ->
     await cp.heartbeat("node-2", draining=True)
     await cp.heartbeat("node-1", healthy=True)
     await cp.heartbeat("ghost", healthy=True)
-    await asyncio.sleep(1.1)  # one reaper pass refreshes the gauges
-    reply = await cp.call("GET", "/metrics", scopes=())
+    deadline = time.monotonic() + 5
+    while True:  # a reaper pass (every second here) refreshes the gauges
+        reply = await cp.call("GET", "/metrics", scopes=())
+        text = reply.body
+        if 'levelchat_control_nodes{state="draining"} 1.0' in text or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert reply.headers["Content-Type"].startswith("text/plain")
-    text = reply.body
     assert 'levelchat_control_nodes{state="live"} 1.0' in text
     assert 'levelchat_control_nodes{state="draining"} 1.0' in text
     assert 'levelchat_http_requests_total{code="200",route="/v1/nodes/{id}/status"} 2.0' in text

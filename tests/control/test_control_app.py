@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.control.harness import ControlPlane, StandInNode, flush_redis, make_config
+from tests.control.harness import ControlPlane, StandInNode, flush_redis, make_config, start_redis
 
 
 async def test_sqlite_state_survives_restart(tmp_path: Path, nodes: list[StandInNode]) -> None:
@@ -78,3 +79,25 @@ async def test_concurrent_placements_on_sqlite_respect_capacity(tmp_path: Path, 
         assert [len(n.rooms) for n in nodes] == [20, 15, 5]
     finally:
         await plane.stop()
+
+
+@pytest.mark.redis
+async def test_store_outage_is_service_unavailable(nodes: list[StandInNode]) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    proc, url = start_redis(binary)
+    plane = await ControlPlane(make_config(url)).start()
+    try:
+        await plane.register(nodes[0])
+        proc.terminate()
+        proc.wait(timeout=10)
+        reply = await asyncio.wait_for(plane.create_room(room="no-store"), timeout=30)
+        reply.problem(503, "service_unavailable")
+        assert reply.headers["Retry-After"] == "30"
+        (await plane.call("GET", "/readyz", scopes=())).problem(503, "service_unavailable")
+        assert (await plane.call("GET", "/healthz", scopes=())).status == 200
+    finally:
+        await plane.stop()
+        if proc.poll() is None:
+            proc.kill()
