@@ -24,7 +24,7 @@ Header extension blocks:
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -39,8 +39,10 @@ __all__ = [
     "get_extension",
     "header_length",
     "identity_ext_map",
+    "is_identity_for",
     "make_ext_map",
     "padding_length",
+    "patch_header",
     "payload_length",
     "payload_offset",
 ]
@@ -52,6 +54,7 @@ EXT_MAP_SIZE = 256  # an ext_map indexed by any two-byte id
 
 _FIXED = struct.Struct("!BBHII")
 _EXT_HDR = struct.Struct("!HH")
+_SEQ_TS_SSRC = struct.Struct("!BHII")
 
 Buffer = bytes | bytearray | memoryview
 
@@ -405,6 +408,27 @@ def identity_ext_map(ids: Sequence[int]) -> list[int]:
     return make_ext_map({i: i for i in ids})
 
 
+def is_identity_for(ext_map: Sequence[int], ids: Iterable[int]) -> bool:
+    """Whether ``ext_map`` keeps every id in ``ids`` (the publisher's negotiated ids) unchanged.
+
+    Compute it once per (publisher, subscriber) pair; when true, pass ``ext_map=None`` to
+    ``copy_rewrite`` for its fastest path (the block is copied without being walked).
+    """
+    return all(i < len(ext_map) and ext_map[i] == i for i in ids)
+
+
+def patch_header(buf: bytearray | memoryview, *, ssrc: int, seq: int, ts: int, pt: int) -> None:
+    """Overwrite payload type (marker kept), sequence number, timestamp and SSRC in place.
+
+    For a packet already rewritten by ``copy_rewrite`` for one subscriber and copied for another
+    with the same ``ext_map``: one block rewrite, then only this per subscriber. ``buf`` must hold
+    at least 12 bytes.
+    """
+    _SEQ_TS_SSRC.pack_into(
+        buf, 1, (buf[1] & 0x80) | (pt & 0x7F), seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc & 0xFFFFFFFF
+    )
+
+
 def copy_rewrite(
     src: Buffer,
     src_len: int,
@@ -423,9 +447,10 @@ def copy_rewrite(
     field widths); the marker bit, CSRCs, payload and padding are kept. Header extensions are
     filtered and renumbered through ``ext_map``: ``ext_map[incoming id]`` is the outgoing id, 0
     (or an id past the end of ``ext_map``) drops the element. ``ext_map=None`` keeps the block
-    byte for byte. When every element keeps its id the block is also copied as is (fast path).
-    Otherwise the block is rebuilt in the one-byte form when every kept element fits it, else in
-    the two-byte form; with ``two_byte_ok=False`` (the subscriber did not negotiate
+    byte for byte without walking it: the fast path, for pairs where ``is_identity_for`` holds.
+    A one-byte block is rebuilt in one pass (padding between elements is squeezed out). Other
+    blocks are copied as is when every element keeps its id, else rebuilt in the one-byte form
+    when every kept element fits it, otherwise in the two-byte form; with ``two_byte_ok=False`` (the subscriber did not negotiate
     ``extmap-allow-mixed``) elements that do not fit the one-byte form are dropped instead.
     When nothing is kept the block is removed and the X bit cleared. Blocks of other profiles
     are dropped unless ``ext_map`` is ``None``.
@@ -495,8 +520,14 @@ def copy_rewrite(
                     continue
                 dst[q] = (o << 4) | (h & 0x0F)
                 q += 1
-                dst[q : q + p - start] = src[start:p]
-                q += p - start
+                if p - start <= 4:  # a byte loop beats two slice objects for short values
+                    while start < p:
+                        dst[q] = src[start]
+                        q += 1
+                        start += 1
+                else:
+                    dst[q : q + p - start] = src[start:p]
+                    q += p - start
         if not general:
             if q == q0:
                 new_len = csrc_end + tail

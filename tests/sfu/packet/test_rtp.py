@@ -20,8 +20,10 @@ from sfu.packet.rtp import (
     get_extension,
     header_length,
     identity_ext_map,
+    is_identity_for,
     make_ext_map,
     padding_length,
+    patch_header,
     payload_length,
     payload_offset,
 )
@@ -537,3 +539,29 @@ def test_fuzz_random_bytes_and_truncations() -> None:
     for _ in range(2000):
         data = bytes([0x80 | rng.randrange(64)]) + os.urandom(rng.randrange(0, 60))
         _check_one(data, rng.choice(maps), dst)
+
+
+def test_is_identity_for() -> None:
+    m = make_ext_map({1: 1, 2: 2, 3: 5})
+    assert is_identity_for(m, [1, 2])
+    assert not is_identity_for(m, [1, 3])
+    assert not is_identity_for(m, [4])
+    assert not is_identity_for([0, 1], [1, 2])  # 2 is past the end: dropped
+
+
+def test_patch_header_after_one_rewrite() -> None:
+    _, data = aio_packet()
+    n, shared = rewrite(data, make_ext_map({1: 5, 4: 2}))
+    for sub in range(3):
+        out = bytearray(shared[:n])
+        patch_header(out, ssrc=100 + sub, seq=65536 + sub, ts=-1, pt=97)
+        pkt = RtpPacket.parse(bytes(out))
+        h = pkt.header
+        assert (h.ssrc, h.sequence_number, h.timestamp, h.payload_type, h.marker) == (
+            100 + sub,
+            sub,
+            0xFFFFFFFF,
+            97,
+            True,
+        )
+        assert h.extensions == [(5, b"0"), (2, struct.pack("!H", 777))] and pkt.payload == b"payload!"
