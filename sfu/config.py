@@ -40,6 +40,8 @@ class NodeConfig:
     default_codecs: tuple[str, ...] = DEFAULT_CODECS
     default_empty_timeout_s: int = 300
     srtp_profiles: tuple[str, ...] = SRTP_PROFILE_NAMES
+    #: DTLS role answered to an ``actpass`` offer: "passive" (node is DTLS server) or "active"
+    dtls_role: str = "passive"
     #: None: any origin may call the API from a browser (dev); otherwise the allowed origins
     cors_origins: tuple[str, ...] | None = None
     log_json: bool = False
@@ -78,6 +80,8 @@ class NodeConfig:
                         f"dev mode listens on loopback only ({name}={getattr(self, name)}); "
                         "pass --dev-allow-remote to override"
                     )
+        if self.dtls_role not in ("passive", "active"):
+            raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
 

@@ -19,6 +19,7 @@ from sfu.counters import MediaCounters
 from sfu.metrics import NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
+from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
 from sfu.transport.peer import CloseReason
 from sfu.transport.srtp import SrtpProfile
@@ -61,7 +62,9 @@ class Node:
             srtp_profiles=[SrtpProfile.from_name(n) for n in self.config.srtp_profiles],
             loop=loop,
         )
-        self.sessions = SessionService(self.router, advertised_ip=self.config.advertised_ip)
+        self.sessions = SessionService(
+            self.router, advertised_ip=self.config.advertised_ip, preferred_role=Setup(self.config.dtls_role)
+        )
         self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
