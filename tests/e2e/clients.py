@@ -45,6 +45,9 @@ class RtpLog:
     """Every RTP packet a receiver got: (seq, timestamp, arrival)."""
 
     packets: list[tuple[int, int, float]] = field(default_factory=list)
+    #: sequence numbers to lose on the wire, before decryption, on their first arrival
+    lose_once: set[int] = field(default_factory=set)
+    lost: list[int] = field(default_factory=list)
     keyframes_at: list[float] = field(default_factory=list)  # arrival of each VP8 keyframe start
 
     def gaps(self) -> list[tuple[int, int]]:
@@ -154,6 +157,26 @@ class WhepSubscriber:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         await wait_for(lambda: self.pc.connectionState == "connected", timeout, "subscriber connected")
         return status, body
+
+    def simulate_loss(self, kind: str) -> None:
+        """Drop the SRTP packets of ``kind`` whose sequence numbers are in ``logs[kind].lose_once``
+        as they come off the socket (the RTP header of SRTP is clear text), once each."""
+        log = self.logs[kind]
+        ice = self._receivers[kind].transport.transport
+        original = ice._recv
+
+        async def recv() -> bytes:
+            while True:
+                data: bytes = await original()
+                if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                    seq = (data[2] << 8) | data[3]
+                    if seq in log.lose_once:
+                        log.lose_once.discard(seq)
+                        log.lost.append(seq)
+                        continue
+                return data
+
+        ice._recv = recv
 
     async def close(self) -> None:
         for t in self._tasks:
