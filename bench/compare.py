@@ -41,6 +41,11 @@ class Workload:
     verify_every: int = 0  # 0: automatic (every packet when it is cheap enough)
     drain_ms: int = 400
     pin: bool = True
+    #: Flood runs send at most this many out-packets' worth per second (in-rate = this / fanout):
+    #: roughly 2x what the fastest forwarder handles, so the overload is spread evenly.  An
+    #: unbounded flood makes the forwarder drop >32k packets in a row, libsrtp's rollover-counter
+    #: guess goes wrong and every later packet fails authentication.
+    flood_out_pps: float = 600_000.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.fanout <= 64:
@@ -51,10 +56,14 @@ class Workload:
             raise ValueError(f"in_pps must be >= 0, got {self.in_pps}")
 
     @property
+    def source_pps(self) -> float:
+        """What the source is asked for: ``in_pps``, or the flood cap when flooding."""
+        return self.in_pps if self.in_pps > 0 else self.flood_out_pps / self.fanout
+
+    @property
     def count(self) -> int:
-        """Packets the source sends (flood mode: a cap the source will not reach in time)."""
-        rate = self.in_pps if self.in_pps > 0 else 400_000
-        return max(1, int(rate * self.seconds))
+        """Packets the source sends (flooding: a cap it may not reach before ``seconds``)."""
+        return max(1, int(self.source_pps * self.seconds))
 
     @property
     def source_bound_s(self) -> float:
@@ -99,7 +108,7 @@ def run_target(target: Target, work: Workload) -> dict[str, Any]:
             _pin(running.pid, 1)
             _pin(sinks.pid, 0)
         source = _spawn([sys.executable, "-m", "bench.traffic", "source", "--port", str(running.port),
-                         "--key", str(in_key), "--count", str(work.count), "--pps", str(work.in_pps),
+                         "--key", str(in_key), "--count", str(work.count), "--pps", str(work.source_pps),
                          "--seconds", str(work.source_bound_s), "--size", str(work.size)])
         if work.pin:
             _pin(source.pid, 0)
@@ -183,7 +192,8 @@ def compare(targets: list[Target], work: Workload, mode: str = "both") -> dict[s
     paced_work = work
     if mode == "both":
         rate = work.in_pps or paced_rate([r["out_pps_per_cpu"] for r in capacity.values()], work.fanout)
-        paced_work = replace(work, in_pps=rate)
+        # unpinned: at half load the forwarder leaves room on its core that the sinks can use
+        paced_work = replace(work, in_pps=rate, pin=False)
     if mode in ("both", "paced"):
         paced = {t.name: run_target(t, paced_work) for t in targets}
 
