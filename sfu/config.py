@@ -44,6 +44,11 @@ class NodeConfig:
     dtls_role: str = "passive"
     #: None: any origin may call the API from a browser (dev); otherwise the allowed origins
     cors_origins: tuple[str, ...] | None = None
+    self_check_interval_s: float = 10.0
+    self_check_deadline_ms: int = 1000
+    self_check_failures: int = 3  # consecutive failures that make the node unhealthy
+    self_check_recoveries: int = 2  # consecutive passes that make it healthy again
+    max_loop_lag_ms: int = 500
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -80,6 +85,10 @@ class NodeConfig:
                         f"dev mode listens on loopback only ({name}={getattr(self, name)}); "
                         "pass --dev-allow-remote to override"
                     )
+        if self.self_check_interval_s <= 0 or self.self_check_deadline_ms <= 0:
+            raise ConfigError("self_check_interval_s and self_check_deadline_ms must be positive")
+        if self.self_check_failures < 1 or self.self_check_recoveries < 1:
+            raise ConfigError("self_check_failures and self_check_recoveries must be at least 1")
         if self.dtls_role not in ("passive", "active"):
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -19,6 +19,7 @@ from sfu.counters import MediaCounters
 from sfu.metrics import NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
+from sfu.selfcheck import SelfCheck
 from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
 from sfu.transport.peer import CloseReason
@@ -47,6 +48,7 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self.router: Router
+        self.selfcheck: SelfCheck | None = None
         self.sessions: SessionService
         self.http_port = config.http_port
 
@@ -73,7 +75,16 @@ class Node:
         if addresses:
             self.http_port = int(addresses[0][1])
         self.self_check_ok = True
-        self.self_check_reason = "media port open"
+        self.self_check_reason = "not run yet"
+        self.selfcheck = SelfCheck(
+            self,
+            interval_s=self.config.self_check_interval_s,
+            deadline_ms=self.config.self_check_deadline_ms,
+            failures_to_fail=self.config.self_check_failures,
+            passes_to_recover=self.config.self_check_recoveries,
+            max_loop_lag_ms=self.config.max_loop_lag_ms,
+        )
+        await self.selfcheck.start()
         self._tick_task = asyncio.create_task(self._ticker())
         log.info(
             "node %s listening: http %s, media udp %s:%d (advertised %s)",
@@ -85,6 +96,8 @@ class Node:
         )
 
     async def stop(self) -> None:
+        if self.selfcheck is not None:
+            await self.selfcheck.stop()
         if self._tick_task is not None:
             self._tick_task.cancel()
             try:
@@ -153,10 +166,15 @@ class Node:
         return True, "ok"
 
     def _gauges(self) -> dict[str, Any]:
-        tracks = sum(len(p.tracks) for r in self.rooms.rooms.values() for p in r.participants.values())
+        rooms = self.rooms.public_rooms()
+        tracks = sum(len(p.tracks) for r in rooms for p in r.participants.values())
+        check = self.selfcheck
+        last = check.last if check is not None else None
         return {
-            "sfu_rooms": len(self.rooms.rooms),
+            "sfu_rooms": len(rooms),
             "sfu_participants": self.rooms.participant_count,
             "sfu_tracks": tracks,
             "sfu_self_check_ok": 1 if self.self_check_ok else 0,
+            "sfu_self_check_duration_seconds": last.duration_s if last is not None else 0.0,
+            "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
         }

@@ -152,7 +152,7 @@ async def rooms_post(request: web.Request) -> web.StreamResponse:
 async def rooms_list(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     _claims(request).require("room:admin")
-    return json_response({"rooms": [r.describe() for r in node.rooms.rooms.values()]})
+    return json_response({"rooms": [r.describe() for r in node.rooms.public_rooms()]})
 
 
 async def room_get(request: web.Request) -> web.StreamResponse:

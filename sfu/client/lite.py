@@ -13,7 +13,7 @@ import re
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aioice import stun
 from pylibsrtp._binding import ffi
@@ -151,9 +151,16 @@ class LiteEndpoint:
             self.ice, self.certificate.fingerprint("sha-256"), send=send, video_ssrc=video_ssrc, audio_ssrc=audio_ssrc
         )
 
-    async def connect(self, answer_text: str, timeout_s: float = 5.0) -> None:
-        """ICE check, then DTLS client handshake; raises TimeoutError or ConnectionError."""
-        self.remote = Answer.parse(answer_text)
+    async def connect(
+        self, answer_text: str, timeout_s: float = 5.0, address: tuple[str, int] | None = None
+    ) -> None:
+        """ICE check, then DTLS client handshake; raises TimeoutError or ConnectionError.
+
+        ``address`` replaces the answer's candidate (e.g. a node probing itself behind NAT)."""
+        remote = Answer.parse(answer_text)
+        if address is not None:
+            remote = replace(remote, candidate=address)
+        self.remote = remote
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._ice_ok = loop.create_future()

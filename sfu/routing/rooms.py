@@ -42,6 +42,8 @@ class Room:
     state: RoomState = RoomState.OPEN
     empty_since_ms: int | None = None
     closed_ms: int | None = None
+    #: the node's own (self-check) room: not listed, not counted against caps or in metrics
+    internal: bool = False
 
     def publishers(self) -> Iterator[Participant]:
         for p in self.participants.values():
@@ -72,7 +74,14 @@ class RoomRegistry:
 
     @property
     def participant_count(self) -> int:
-        return sum(len(r.participants) for r in self.rooms.values())
+        return sum(len(r.participants) for r in self.rooms.values() if not r.internal)
+
+    @property
+    def room_count(self) -> int:
+        return sum(1 for r in self.rooms.values() if not r.internal)
+
+    def public_rooms(self) -> list[Room]:
+        return [r for r in self.rooms.values() if not r.internal]
 
     def get(self, room_id: str, now_ms: int) -> Room:
         room = self.rooms.get(room_id)
@@ -84,14 +93,16 @@ class RoomRegistry:
             return closed
         raise ApiError("room_not_found", f"room {room_id!r} is not open on this node")
 
-    def create(self, room_id: str, policy: RoomPolicy, now_ms: int) -> tuple[Room, bool]:
+    def create(
+        self, room_id: str, policy: RoomPolicy, now_ms: int, *, internal: bool = False
+    ) -> tuple[Room, bool]:
         """The open room with that id, created if needed; True when it was created."""
         room = self.rooms.get(room_id)
         if room is not None:
             return room, False
-        if len(self.rooms) >= self.max_rooms:
+        if not internal and self.room_count >= self.max_rooms:
             raise ApiError("service_unavailable", f"this node hosts its maximum of {self.max_rooms} rooms")
-        room = Room(id=room_id, policy=policy, created_ms=now_ms, empty_since_ms=now_ms)
+        room = Room(id=room_id, policy=policy, created_ms=now_ms, empty_since_ms=now_ms, internal=internal)
         self.closed.pop(room_id, None)
         self.rooms[room_id] = room
         return room, True
@@ -107,7 +118,7 @@ class RoomRegistry:
                     "room/cap-denied",
                     f"room {room.id!r} is at its cap of {room.policy.max_participants} participants",
                 )
-            if self.participant_count >= self.max_participants:
+            if not room.internal and self.participant_count >= self.max_participants:
                 raise ApiError(
                     "room/cap-denied", f"this node is at its cap of {self.max_participants} participants"
                 )

@@ -73,6 +73,8 @@ class MediaPort:
         loop.add_reader(sock.fileno(), self._on_readable)
 
     def close(self) -> None:
+        if self._sock is not None:
+            self.requested_port = self.port  # reopening binds the same port again
         if self._sock is not None and self._loop is not None:
             try:
                 self._loop.remove_reader(self._sock.fileno())

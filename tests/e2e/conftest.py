@@ -12,6 +12,12 @@ from sfu.config import load
 from sfu.node import Node
 
 DEV_KEY = ApiKey("devkey", "secret")
+#: the node's self-check keeps a probe publisher and a probe subscriber on its media port
+PROBE_PEERS = 2
+
+
+def public_participants(node: Node) -> list[Any]:
+    return [p for p in node.router.participants.values() if not p.identity.startswith("selfcheck-")]
 
 
 @pytest.fixture(autouse=True)
