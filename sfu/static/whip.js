@@ -1,0 +1,126 @@
+// WHIP (RFC 9725) publish and WHEP subscribe against a LevelChat SFU node.
+//
+// One RTCPeerConnection per session; the offer goes out with the candidates gathered so far
+// (the node is ICE-lite and puts its own candidate in the answer: no trickle needed);
+// the answer's `Location` is the session resource that `leave()` DELETEs.
+
+const SDP = "application/sdp";
+const GATHER_WAIT_MS = 1000;
+
+/** An HTTP refusal from the node, carrying the error catalogue code of its problem body. */
+export class NodeError extends Error {
+  constructor(status, code, detail) {
+    super(`${status} ${code}: ${detail}`);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+async function problemOf(response) {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    return new NodeError(response.status, body.code ?? "unknown", body.detail ?? body.title ?? text);
+  } catch {
+    return new NodeError(response.status, "unknown", text || response.statusText);
+  }
+}
+
+function gathered(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+export class MediaSession {
+  /**
+   * @param {"whip"|"whep"} kind
+   * @param {string} baseUrl the node's URL ("" for the page's own origin)
+   * @param {string} token a join token for the room
+   * @param {(state: string) => void} [onState] called with each connection state
+   */
+  constructor(kind, baseUrl, token, onState) {
+    this.kind = kind;
+    this.baseUrl = baseUrl;
+    this.token = token;
+    this.location = null;
+    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    this.onState = onState ?? (() => {});
+    this.pc.addEventListener("connectionstatechange", () => this.onState(this.pc.connectionState));
+  }
+
+  /** Publish every track of `stream` to `room` (WHIP). */
+  static async publish(baseUrl, room, token, stream, onState) {
+    const session = new MediaSession("whip", baseUrl, token, onState);
+    try {
+      for (const track of stream.getTracks()) {
+        session.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+      }
+      await session.negotiate(`/whip/${encodeURIComponent(room)}`);
+    } catch (err) {
+      session.pc.close();
+      throw err;
+    }
+    return session;
+  }
+
+  /**
+   * Watch the room's current publisher, or the one named by `identity` (WHEP).
+   * @returns {Promise<{session: MediaSession, stream: MediaStream}>}
+   */
+  static async watch(baseUrl, room, identity, token, onState) {
+    const session = new MediaSession("whep", baseUrl, token, onState);
+    const stream = new MediaStream();
+    session.pc.addEventListener("track", (event) => stream.addTrack(event.track));
+    try {
+      session.pc.addTransceiver("video", { direction: "recvonly" });
+      session.pc.addTransceiver("audio", { direction: "recvonly" });
+      const target = identity ? `/${encodeURIComponent(identity)}` : "";
+      await session.negotiate(`/whep/${encodeURIComponent(room)}${target}`);
+    } catch (err) {
+      session.pc.close();
+      throw err;
+    }
+    return { session, stream };
+  }
+
+  async negotiate(path) {
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await gathered(this.pc, GATHER_WAIT_MS);
+    const response = await fetch(this.baseUrl + path, {
+      method: "POST",
+      headers: { "Content-Type": SDP, Authorization: `Bearer ${this.token}` },
+      body: this.pc.localDescription.sdp,
+    });
+    if (response.status !== 201) throw await problemOf(response);
+    this.location = response.headers.get("Location");
+    const answer = await response.text();
+    await this.pc.setRemoteDescription({ type: "answer", sdp: answer });
+  }
+
+  /** End the session: DELETE its resource on the node, then close the peer connection. */
+  async leave() {
+    const location = this.location;
+    this.location = null;
+    const senders = this.pc.getSenders();
+    this.pc.close();
+    for (const s of senders) s.track?.stop();
+    this.onState("closed");
+    if (!location) return;
+    const response = await fetch(new URL(location, this.baseUrl || window.location.href), {
+      method: "DELETE",
+      keepalive: true,
+      headers: { Authorization: `Bearer ${this.token}` },
+    });
+    if (!response.ok) throw await problemOf(response);
+  }
+}

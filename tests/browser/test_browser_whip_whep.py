@@ -1,0 +1,165 @@
+"""Headless Chromium on the node's demo page: WHIP publish and WHEP watch, against aiortc and itself."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser
+
+from levelchat.tokens import ApiKey, TokenVerifier
+from sfu.node import Node
+from tests.browser.demo_page import CHROMIUM, DemoPage
+from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
+from tests.e2e.conftest import token
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+]
+FRAMES = 30
+
+
+def _sessions(node: Node, room: str, kind: str = "") -> list[str]:
+    """The node's WHIP or WHEP sessions in ``room`` (the node may hold others, e.g. its self-check's)."""
+    return [
+        sid
+        for sid, s in node.sessions.sessions.items()
+        if s.room_id == room and (not kind or s.participant.kind.value == kind)
+    ]
+
+
+async def test_chromium_publishes_aiortc_receives(node: Node, browser: Browser) -> None:
+    room = "browser-pub-1"
+    page = await DemoPage.open(browser, node.url)
+    sub = WhepSubscriber(node.url, room, token(room, "viewer"))
+    try:
+        await page.join_as(room, "alice")
+        await page.publish()
+        assert await page.wait_state("publish", "connected", "failed") == "connected"
+        status, body = await sub.connect()
+        assert status == 201, body
+        assert "VP8/90000" in body or "H264/90000" in body
+        await wait_for(lambda: sub.frames["video"] >= FRAMES and sub.frames["audio"] >= FRAMES, 15, "frames")
+        assert sub.logs["video"].gaps() == []
+        assert sub.logs["audio"].gaps() == []
+        assert sub.logs["video"].keyframes_at, "the forwarded stream starts without a keyframe"
+        sent = await page.rtp_stats("publish", "video")
+        assert sent["framesEncoded"] >= FRAMES and sent["frameWidth"] == 640, sent
+        assert await page.wait_shown_stat("publish", "video.framesEncoded") > 0
+
+        whip = _sessions(node, room, "whip")
+        assert len(whip) == 1
+        await page.leave("publish")
+        assert await page.wait_state("publish", "closed") == "closed"
+        await wait_for(lambda: not _sessions(node, room, "whip"), 5, "the WHIP session deleted")
+        assert "publish: left" in await page.log_text()
+        assert page.errors == []
+    finally:
+        await sub.close()
+        await page.close()
+
+
+async def test_aiortc_publishes_chromium_watches(node: Node, browser: Browser) -> None:
+    room = "browser-sub-1"
+    pub = WhipPublisher(node.url, room, token(room, "alice"))
+    await pub.connect()
+    page = await DemoPage.open(browser, node.url)
+    try:
+        await page.join_as(room, "bob")
+        await page.watch()
+        assert await page.wait_state("watch", "connected", "failed") == "connected"
+        video = await page.wait_rtp("watch", "video", "framesDecoded", FRAMES)
+        audio = await page.wait_rtp("watch", "audio", "packetsReceived", FRAMES)
+        assert video["packetsLost"] == 0 and audio["packetsLost"] == 0, (video, audio)
+        assert video["codec"] == "video/VP8", video
+        assert (video["frameWidth"], video["frameHeight"]) == (320, 240), video
+        pixels = await page.video_pixels("watch")
+        assert pixels is not None and pixels["width"] == 320
+        assert max(pixels["mean"]) > 10, f"the watched video is black: {pixels}"
+        assert await page.wait_shown_stat("watch", "video.framesDecoded") > 0
+
+        assert len(_sessions(node, room, "whep")) == 1
+        await page.leave("watch")
+        assert await page.wait_state("watch", "closed") == "closed"
+        await wait_for(lambda: not _sessions(node, room, "whep"), 5, "the WHEP session deleted")
+        assert _sessions(node, room, "whip"), "the viewer's leave ended the publisher"
+        assert page.errors == []
+    finally:
+        await page.close()
+        await pub.close()
+
+
+async def test_chromium_publishes_chromium_watches(node: Node, browser: Browser, tmp_path: Path) -> None:
+    room = "browser-both-1"
+    publisher = await DemoPage.open(browser, node.url)
+    viewer = await DemoPage.open(browser, node.url)
+    try:
+        await publisher.join_as(room, "carol")
+        await publisher.publish()
+        assert await publisher.wait_state("publish", "connected", "failed") == "connected"
+        await viewer.join_as(room, "dave")
+        await viewer.watch(publisher="carol")  # WHEP /whep/{room}/{identity}
+        assert await viewer.wait_state("watch", "connected", "failed") == "connected"
+        started = time.monotonic()
+        video = await viewer.wait_rtp("watch", "video", "framesDecoded", FRAMES)
+        audio = await viewer.wait_rtp("watch", "audio", "packetsReceived", FRAMES)
+        assert time.monotonic() - started < 10
+        assert video["packetsLost"] == 0 and audio["packetsLost"] == 0, (video, audio)
+        assert (video["frameWidth"], video["frameHeight"]) == (640, 480), video
+        pixels = await viewer.video_pixels("watch")
+        # Chromium's fake camera draws on green
+        assert pixels is not None and pixels["mean"][1] > 2 * pixels["mean"][0], pixels
+        assert await viewer.wait_shown_stat("watch", "video.framesDecoded", above=FRAMES) > FRAMES
+        shot_dir = Path(os.environ.get("LEVELCHAT_SCREENSHOT_DIR", tmp_path))
+        shot = shot_dir / "demo-watching.png"
+        await viewer.page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert publisher.errors == [] and viewer.errors == []
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_page_dev_token_verifies_in_python(node: Node, browser: Browser) -> None:
+    page = await DemoPage.open(browser, node.url)
+    try:
+        jwt: str = await page.page.evaluate(
+            """async () => {
+              const m = await import("/static/devtoken.js");
+              return m.mintDevToken({room: "token-room", identity: "erin", scopes: ["room:publish", "room:join"]});
+            }"""
+        )
+        claims = TokenVerifier([ApiKey("devkey", "secret")], "levelchat").verify(jwt, time.time())
+        assert (claims.identity, claims.room) == ("erin", "token-room")
+        assert claims.scopes == {"room:join", "room:publish"}
+        assert claims.expires_at is not None and 590 <= claims.expires_at - time.time() <= 601
+    finally:
+        await page.close()
+
+
+@pytest.mark.parametrize(
+    ("panel", "pasted", "shown"),
+    [
+        ("publish", "not-a-token", "token/invalid"),
+        ("watch", "", "paste a watch token"),
+        ("watch", "VALID", "not_found"),  # nobody publishes in the room
+    ],
+)
+async def test_page_shows_refusals(node: Node, browser: Browser, panel: str, pasted: str, shown: str) -> None:
+    room = "browser-refused"
+    page = await DemoPage.open(browser, node.url)
+    try:
+        await page.join_as(room, "frank", dev_mode=False)
+        if pasted == "VALID":
+            pasted = token(room, "frank", ("room:join", "room:subscribe"))
+        await page.paste_token("watch" if panel == "watch" else "publish", pasted)
+        await (page.publish() if panel == "publish" else page.watch())
+        assert await page.wait_state("watch" if panel == "watch" else "publish", "failed", "connected") == "failed"
+        assert shown in await page.log_text()
+        assert not _sessions(node, room)
+    finally:
+        await page.close()
