@@ -15,7 +15,7 @@ from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
 from sfu.routing.track import TrackCodec
 from sfu.signaling import sdp
-from sfu.signaling.codecs import HDREXT_MID, CodecPolicy
+from sfu.signaling.codecs import CodecPolicy
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.peer import CloseReason, PeerTransport
 
@@ -142,8 +142,7 @@ class SessionService:
                 mid=t.mid,
                 ssrc=t.ssrc,
                 out_payload_types={m.name: m.subscriber_pt for m in t.mappings},
-                # sdes:mid would carry the publisher's mid value: dropped until it is rewritten
-                out_ext_ids={u: i for u, i in t.header_extensions.items() if u != HDREXT_MID},
+                out_ext_ids=dict(t.header_extensions),
             )
             for t in negotiation.tracks
         ]

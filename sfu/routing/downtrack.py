@@ -12,7 +12,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from sfu.counters import DropReason, MediaCounters
-from sfu.packet.rtp import copy_rewrite
+from sfu.packet.rtp import copy_rewrite, get_extension
 from sfu.packet.seq import SeqMunger, TimestampMunger
 from sfu.transport.peer import PeerTransport
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from sfu.routing.track import PublishedTrack
 
 NO_PT = -1
+#: RFC 8843 BUNDLE demux: the value is the receiver's mid, so it is rewritten per subscriber
+HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 
 class DownTrack:
@@ -53,6 +55,8 @@ class DownTrack:
         self._counters = counters
         self._kind_index = 1 if kind == "video" else 0
         self._last_forward_ms = 0
+        #: (subscriber's mid extension id, its mid) when the publisher's mid value differs
+        self._mid_patch: tuple[int, bytes] | None = None
 
     def can_carry(self, track: PublishedTrack) -> bool:
         return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
@@ -68,10 +72,16 @@ class DownTrack:
             if out_pt is not None:
                 pt_map[codec.payload_type & 0x7F] = out_pt
         ext_map = [0] * 256
+        self._mid_patch = None
         for uri, in_id in track.ext_ids.items():
             out_id = self.out_ext_ids.get(uri)
-            if out_id is not None:
-                ext_map[in_id] = out_id
+            if out_id is None:
+                continue
+            if uri == HDREXT_MID and track.mid != self.mid:
+                if len(track.mid) != len(self.mid):
+                    continue  # cannot be rewritten in place: drop it, receivers demux by SSRC
+                self._mid_patch = (out_id, self.mid.encode())
+            ext_map[in_id] = out_id
         self.pt_map = pt_map
         self.ext_map = ext_map
         elapsed = max(now_ms - self._last_forward_ms, 1) if self.packets_sent else 0
@@ -109,6 +119,8 @@ class DownTrack:
         if n < 0:
             self._counters.drops[DropReason.RTP_MALFORMED] += 1
             return
+        if self._mid_patch is not None:
+            self._patch_mid(peer.out_view, n)
         if peer.send_rtp(n):
             self.packets_sent += 1
             self.octets_sent += n - 12
@@ -116,6 +128,13 @@ class DownTrack:
             counters = self._counters
             counters.rtp_out[self._kind_index] += 1
             counters.bytes_out += n
+
+    def _patch_mid(self, out: memoryview, length: int) -> None:
+        assert self._mid_patch is not None
+        ext_id, value = self._mid_patch
+        loc = get_extension(out, length, ext_id)
+        if loc is not None and loc[1] == len(value):
+            out[loc[0] : loc[0] + loc[1]] = value
 
     def retransmit(self, out_seqs: list[int], now_ms: int) -> int:
         """Answer a NACK from the retransmission cache; returns how many were resent."""
@@ -138,6 +157,8 @@ class DownTrack:
                 continue
             ts = int.from_bytes(view[4:8], "big")
             n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=self.ts.translate(ts), pt=pt, ext_map=self.ext_map)
+            if n > 0 and self._mid_patch is not None:
+                self._patch_mid(peer.out_view, n)
             if n > 0 and peer.send_rtp(n):
                 sent += 1
         self._counters.retransmits += sent

@@ -49,6 +49,7 @@ class RtpLog:
     lose_once: set[int] = field(default_factory=set)
     lost: list[int] = field(default_factory=list)
     keyframes_at: list[float] = field(default_factory=list)  # arrival of each VP8 keyframe start
+    mids: set[str | None] = field(default_factory=set)  # values of the sdes:mid extension seen
 
     def gaps(self) -> list[tuple[int, int]]:
         """Pairs of consecutive packets whose sequence numbers are not consecutive."""
@@ -65,6 +66,7 @@ def _log_rtp(receiver: RTCRtpReceiver, log: RtpLog, vp8_pts: set[int]) -> None:
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
         now = time.monotonic()
         log.packets.append((packet.sequence_number, packet.timestamp, now))
+        log.mids.add(packet.extensions.mid)
         if packet.payload_type in vp8_pts and vp8_is_keyframe(packet.payload):
             log.keyframes_at.append(now)
         await original(packet, arrival_time_ms)
@@ -117,7 +119,16 @@ class WhipPublisher:
 
 
 class WhepSubscriber:
-    def __init__(self, base_url: str, room: str, token: str, *, video: bool = True, audio: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        room: str,
+        token: str,
+        *,
+        video: bool = True,
+        audio: bool = True,
+        audio_first: bool = False,
+    ) -> None:
         self.url = f"{base_url}/whep/{room}"
         self.token = token
         self.pc = RTCPeerConnection(NO_ICE_SERVERS)
@@ -126,7 +137,8 @@ class WhepSubscriber:
         self.first_frame_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._receivers: dict[str, RTCRtpReceiver] = {}
-        for kind, on in (("video", video), ("audio", audio)):
+        order = (("audio", audio), ("video", video)) if audio_first else (("video", video), ("audio", audio))
+        for kind, on in order:
             if on:
                 tr = self.pc.addTransceiver(kind, direction="recvonly")
                 self.logs[kind] = RtpLog()

@@ -23,3 +23,21 @@ async def test_publisher_reaches_two_subscribers(node: Node) -> None:
         for s in subs:
             await s.close()
         await pub.close()
+
+
+async def test_mid_extension_carries_the_subscribers_mid(node: Node) -> None:
+    room = "mids-1"
+    pub = WhipPublisher(node.url, room, token(room, "alice"))  # video mid 0, audio mid 1
+    sub = WhepSubscriber(node.url, room, token(room, "bob"), audio_first=True)  # audio 0, video 1
+    try:
+        await pub.connect()
+        status, body = await sub.connect()
+        assert status == 201, body
+        await wait_for(lambda: sub.frames["video"] >= 10 and sub.frames["audio"] >= 10, 15, "frames")
+        mids = {t.kind: t.mid for t in sub.pc.getTransceivers()}
+        assert mids == {"audio": "0", "video": "1"}
+        assert sub.logs["video"].mids == {"1"}
+        assert sub.logs["audio"].mids == {"0"}
+    finally:
+        await sub.close()
+        await pub.close()
