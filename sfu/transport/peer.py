@@ -134,7 +134,10 @@ class PeerTransport:
     def on_dtls(self, data: bytes, now_ms: int) -> None:
         if self.state is TransportState.CLOSED:
             return
+        refused = sum(self.dtls.drops.values())
         app = self.dtls.feed(data, now_ms)
+        if sum(self.dtls.drops.values()) != refused:
+            self._counters.drops[DropReason.DTLS_REJECTED] += 1
         if self.dtls.state is DtlsState.CONNECTED and self.state is not TransportState.CONNECTED:
             self._on_dtls_connected(now_ms)
         elif self.dtls.state is DtlsState.FAILED:
