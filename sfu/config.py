@@ -44,11 +44,18 @@ class NodeConfig:
     dtls_role: str = "passive"
     #: None: any origin may call the API from a browser (dev); otherwise the allowed origins
     cors_origins: tuple[str, ...] | None = None
+    #: token buckets on WHIP/WHEP/room API/signaling; a rate of 0 turns that limit off
+    rate_limit_ip_per_s: float = 20.0
+    rate_limit_ip_burst: int = 100
+    rate_limit_key_per_s: float = 200.0
+    rate_limit_key_burst: int = 1000
     self_check_interval_s: float = 10.0
     self_check_deadline_ms: int = 1000
     self_check_failures: int = 3  # consecutive failures that make the node unhealthy
     self_check_recoveries: int = 2  # consecutive passes that make it healthy again
     max_loop_lag_ms: int = 500
+    #: after a revocation, live sessions are kept this long, then closed
+    revoke_drain_s: float = 30.0
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -85,10 +92,20 @@ class NodeConfig:
                         f"dev mode listens on loopback only ({name}={getattr(self, name)}); "
                         "pass --dev-allow-remote to override"
                     )
+        for rate, burst in (
+            (self.rate_limit_ip_per_s, self.rate_limit_ip_burst),
+            (self.rate_limit_key_per_s, self.rate_limit_key_burst),
+        ):
+            if rate < 0 or (rate > 0 and burst < 1):
+                raise ConfigError("rate limits need a rate >= 0 and, when on, a burst >= 1")
         if self.self_check_interval_s <= 0 or self.self_check_deadline_ms <= 0:
             raise ConfigError("self_check_interval_s and self_check_deadline_ms must be positive")
         if self.self_check_failures < 1 or self.self_check_recoveries < 1:
             raise ConfigError("self_check_failures and self_check_recoveries must be at least 1")
+        if self.revoke_drain_s < 0:
+            raise ConfigError(f"revoke_drain_s: {self.revoke_drain_s} must not be negative")
+        if self.control_url and not self.control_url.startswith(("http://", "https://")):
+            raise ConfigError(f"control_url: {self.control_url!r} must be an http(s) URL")
         if self.dtls_role not in ("passive", "active"):
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

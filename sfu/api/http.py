@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from levelchat.errors import ApiError
+from levelchat.ratelimit import Limit, make_rate_limit_middleware
 from levelchat.tokens import Claims, validate_room
 from levelchat.web import (
     bearer_token,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 NODE_KEY = web.AppKey("node", object)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SDP_TYPE = "application/sdp"
+RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc")
 
 
 def _node(request: web.Request) -> Node:
@@ -208,8 +210,14 @@ def create_app(node: Node) -> web.Application:
         key = (route, str(status))
         node.http_counts[key] = node.http_counts.get(key, 0) + 1
 
+    cfg = node.config
+    limiter = make_rate_limit_middleware(
+        per_ip=Limit(cfg.rate_limit_ip_per_s, cfg.rate_limit_ip_burst) if cfg.rate_limit_ip_per_s > 0 else None,
+        per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
+        paths=RATE_LIMITED_PATHS,
+    )
     app = web.Application(
-        middlewares=[make_error_middleware(count), make_cors_middleware(node.config.cors_origins)],
+        middlewares=[make_error_middleware(count), make_cors_middleware(cfg.cors_origins), limiter],
         client_max_size=256 * 1024,
     )
     app[NODE_KEY] = node

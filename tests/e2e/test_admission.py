@@ -1,0 +1,112 @@
+"""Admission with real clients: the cap race, seats freed on leave, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from sfu.client.lite import LiteEndpoint
+from sfu.node import Node
+from sfu.transport.certificate import Certificate
+from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
+from tests.e2e.conftest import token
+
+CERT = Certificate.generate()
+
+
+async def _whip(http: aiohttp.ClientSession, node: Node, room: str, identity: str) -> tuple[int, Any, Any]:
+    offer = LiteEndpoint(CERT)
+    try:
+        sdp = offer.offer(send=True, video_ssrc=1000 + hash(identity) % 100000)
+    finally:
+        offer.sock.close()
+    async with http.post(
+        f"{node.url}/whip/{room}",
+        data=sdp,
+        headers={"Authorization": f"Bearer {token(room, identity)}", "Content-Type": "application/sdp"},
+    ) as resp:
+        body = await resp.json() if resp.content_type.endswith("json") else await resp.text()
+        return resp.status, body, resp.headers.copy()
+
+
+async def _create_room(http: aiohttp.ClientSession, node: Node, room: str, cap: int) -> None:
+    tok = token(room, "admin", scopes=("room:create", "room:admin"))
+    async with http.post(
+        f"{node.url}/v1/rooms", json={"room": room, "max_participants": cap}, headers={"Authorization": f"Bearer {tok}"}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def test_fifty_clients_race_for_the_last_three_seats(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory(rate_limit_ip_per_s=0, rate_limit_key_per_s=0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for round_no in range(5):
+                room = f"race-{round_no}"
+                await _create_room(http, node, room, cap=5)
+                for i in range(2):
+                    status, body, _ = await _whip(http, node, room, f"early-{i}")
+                    assert status == 201, body
+                results = await asyncio.gather(*(_whip(http, node, room, f"racer-{i}") for i in range(50)))
+                statuses = [s for s, _, _ in results]
+                assert statuses.count(201) == 3, statuses
+                assert statuses.count(429) == 47
+                for status, body, headers in results:
+                    if status == 429:
+                        assert body["code"] == "room/cap-denied"
+                        assert body["status"] == 429
+                        assert headers["Content-Type"] == "application/problem+json"
+                assert len(node.rooms.rooms[room].participants) == 5
+    finally:
+        await node.stop()
+
+
+async def test_leaving_frees_the_seat_at_once(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory()
+    room = "one-seat"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _create_room(http, node, room, cap=1)
+        first = WhipPublisher(node.url, room, token(room, "first"))
+        await first.connect()
+        async with aiohttp.ClientSession() as http:
+            status, body, _ = await _whip(http, node, room, "second")
+            assert (status, body["code"]) == (429, "room/cap-denied")
+            assert await first.delete() == 200
+            status, body, _ = await _whip(http, node, room, "second")
+            assert status == 201, body
+        await first.close()
+    finally:
+        await node.stop()
+
+
+async def test_rate_limit_refuses_with_headers_and_spares_live_sessions(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory(rate_limit_ip_per_s=0.5, rate_limit_ip_burst=3)
+    room = "limited"
+    pub = WhipPublisher(node.url, room, token(room, "alice"))
+    sub = WhepSubscriber(node.url, room, token(room, "bob"))
+    try:
+        await pub.connect()  # request 1
+        await sub.connect()  # request 2
+        await wait_for(lambda: sub.frames["video"] >= 5, 10, "frames")
+        async with aiohttp.ClientSession() as http:
+            status, _, _ = await _whip(http, node, "other-room", "carol")  # request 3
+            assert status == 201
+            status, body, headers = await _whip(http, node, "other-room", "dave")
+            assert status == 429
+            assert body["code"] == "rate_limited"
+            assert int(headers["Retry-After"]) >= 1
+            assert int(headers["X-RateLimit-Reset"]) > time.time()
+            assert headers["X-Request-Id"] == body["request_id"]
+            async with http.get(f"{node.url}/healthz") as resp:  # probes are never limited
+                assert resp.status == 200
+        before = sub.frames["video"]
+        await wait_for(lambda: sub.frames["video"] >= before + 10, 10, "frames after the refusals")
+    finally:
+        await sub.close()
+        await pub.close()
+        await node.stop()
