@@ -110,3 +110,28 @@ async def test_rate_limit_refuses_with_headers_and_spares_live_sessions(node_fac
         await sub.close()
         await pub.close()
         await node.stop()
+
+
+async def test_same_identity_replaces_the_older_session(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory()
+    room = "replace"
+    first = WhipPublisher(node.url, room, token(room, "alice"))
+    sub = WhepSubscriber(node.url, room, token(room, "bob"))
+    second = WhipPublisher(node.url, room, token(room, "alice"))
+    try:
+        await first.connect()
+        await sub.connect()
+        await wait_for(lambda: sub.frames["video"] >= 10, 10, "frames from the first session")
+        old = node.rooms.rooms[room].participants["alice"]
+        await second.connect()  # no DELETE: the newer session takes the seat
+        new = node.rooms.rooms[room].participants["alice"]
+        assert new is not old and old.closed
+        assert len(node.rooms.rooms[room].participants) == 2
+        await wait_for(lambda: first.pc.connectionState in ("closed", "failed"), 10, "old session closed")
+        before = sub.frames["video"]
+        await wait_for(lambda: sub.frames["video"] >= before + 10, 10, "frames from the newer session")
+        assert sub.logs["video"].gaps() == []
+    finally:
+        for c in (sub, first, second):
+            await c.close()
+        await node.stop()
