@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="paced-phase source packets/s (0, default: half the slowest target's capacity)")
         cmd.add_argument("--mode", choices=("both", "capacity", "paced"), default="both",
                          help="capacity: flood runs only; paced: runs at --in-pps only; both (default)")
-        cmd.add_argument("--targets", default="c,baseline", help="comma list of c, baseline, baseline_plain")
+        cmd.add_argument("--targets", default="node,baseline,c",
+                         help="comma list of node, baseline, c, baseline_plain (default node,baseline,c)")
         cmd.add_argument("--verify-every", type=int, default=0, help="sinks check every V-th packet (0: auto)")
         cmd.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes")
         cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")

@@ -1,9 +1,12 @@
 """The comparison harness: same SRTP traffic through each target, one after the other.
 
-For each target: start the sinks (one socket per destination), start the forwarder, pin it to its
-own core (``pin``), sample its CPU time, run the source, wait for the sinks to drain, sample the
-CPU time again, stop it.  ``out_pps_per_cpu`` = packets delivered to the sinks / forwarder CPU
-seconds over the traffic window (``bench.proc.cpu_seconds``: exact, from /proc schedstat).
+For each target: set up (keyed targets: start the sinks, one socket per destination, then the
+forwarder with their ports and keys, then the source; session targets such as the SFU node:
+start the node, then the source, which publishes over WHIP, then the sinks, which subscribe over
+WHEP), pin the forwarder to its own core (``pin``), sample its CPU time, tell the source to go,
+wait for the sinks to drain, sample the CPU time again, stop it.  ``out_pps_per_cpu`` = packets
+delivered to the sinks / forwarder CPU seconds over the traffic window (``bench.proc.cpu_seconds``:
+exact, from /proc schedstat); session setup is outside that window.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from bench.proc import cpu_seconds
 from bench.targets import (
     REPO_ROOT,
     BaselineTarget,
     CTarget,
+    KeyedTarget,
+    NodeTarget,
+    SessionTarget,
     Target,
     TargetError,
     Wiring,
@@ -39,13 +45,17 @@ class Workload:
     in_pps: float = 0.0  # 0: as fast as the source can push
     size: int = 1200
     verify_every: int = 0  # 0: automatic (every packet when it is cheap enough)
-    drain_ms: int = 400
+    drain_ms: int = 1000  # sinks stop after this much silence (a busy box stalls processes for 100s of ms)
     pin: bool = True
     #: Flood runs send at most this many out-packets' worth per second (in-rate = this / fanout):
     #: roughly 2x what the fastest forwarder handles, so the overload is spread evenly.  An
     #: unbounded flood makes the forwarder drop >32k packets in a row, libsrtp's rollover-counter
     #: guess goes wrong and every later packet fails authentication.
     flood_out_pps: float = 600_000.0
+    #: A per-target bound on the flood's in-rate (0: none), set by ``run_target`` from the target's
+    #: ``max_flood_in_pps``: a forwarder that falls far behind drops long runs in its socket
+    #: queue whenever it is descheduled, and a run of >32k lost packets desyncs SRTP (above).
+    max_flood_in_pps: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.fanout <= 64:
@@ -58,7 +68,10 @@ class Workload:
     @property
     def source_pps(self) -> float:
         """What the source is asked for: ``in_pps``, or the flood cap when flooding."""
-        return self.in_pps if self.in_pps > 0 else self.flood_out_pps / self.fanout
+        if self.in_pps > 0:
+            return self.in_pps
+        flood = self.flood_out_pps / self.fanout
+        return min(flood, self.max_flood_in_pps) if self.max_flood_in_pps > 0 else flood
 
     @property
     def count(self) -> int:
@@ -80,8 +93,9 @@ class Workload:
         return max(1, math.ceil(self.in_pps * self.fanout / 20_000))
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+def _spawn(argv: list[str], stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
 
 
 def _pin(pid: int, cpu: int) -> None:
@@ -90,45 +104,120 @@ def _pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
 
 
-def run_target(target: Target, work: Workload) -> dict[str, Any]:
-    """One measured run of one target; returns its figures."""
+class _Stoppable(Protocol):
+    pid: int
+
+    def stop(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Setup:
+    """The processes of one run once every session is up and the source waits for its go."""
+
+    running: _Stoppable
+    sinks: subprocess.Popen[str]
+    source: subprocess.Popen[str]
+
+
+def _sink_argv(work: Workload, bound: float) -> list[str]:
+    return [sys.executable, "-m", "bench.traffic", "sink", "--expect", str(work.count),
+            "--seconds", str(bound), "--idle-ms", str(work.drain_ms),
+            "--verify-every", str(work.sample_every), "--size", str(work.size)]
+
+
+def _source_argv(work: Workload) -> list[str]:
+    return [sys.executable, "-m", "bench.traffic", "source", "--count", str(work.count),
+            "--pps", str(work.source_pps), "--seconds", str(work.source_bound_s), "--size", str(work.size),
+            "--wait-go"]
+
+
+def _kill(*procs: subprocess.Popen[str] | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def _setup_keyed(target: KeyedTarget, work: Workload, bound: float, procs: list[subprocess.Popen[str]]) -> _Setup:
     in_key, sink_keys = target.make_keys(work.fanout)
-    bound = work.source_bound_s + 10.0
-    sink_argv = [sys.executable, "-m", "bench.traffic", "sink", "--expect", str(work.count),
-                 "--seconds", str(bound), "--idle-ms", str(work.drain_ms),
-                 "--verify-every", str(work.sample_every), "--size", str(work.size)]
+    sink_argv = _sink_argv(work, bound)
     for key in sink_keys:
         sink_argv += ["--key", str(key)]
     sinks = _spawn(sink_argv)
-    running = None
+    procs.append(sinks)
+    ports = read_ready(sinks, timeout=20)
+    running = target.start(Wiring(in_key, ports, sink_keys, bound))
     try:
-        ports = read_ready(sinks, timeout=20)
-        running = target.start(Wiring(in_key, ports, sink_keys, bound))
+        source = _spawn([*_source_argv(work), "--port", str(running.port), "--key", str(in_key)], stdin=True)
+        procs.append(source)
+        read_ready(source, timeout=20)
+    except BaseException:
+        _stop_quietly(running)
+        raise
+    return _Setup(running, sinks, source)
+
+
+def _setup_sessions(target: SessionTarget, work: Workload, bound: float,
+                    procs: list[subprocess.Popen[str]]) -> _Setup:
+    running = target.launch(bound)
+    try:
+        pub = running.publisher()
+        source = _spawn([*_source_argv(work), "--whip", pub.url, "--token", pub.token], stdin=True)
+        procs.append(source)
+        read_ready(source, timeout=30)  # published: WHEP needs a publisher in the room
+        sink_argv = _sink_argv(work, bound)
+        for i in range(work.fanout):
+            sub = running.subscriber(i)
+            sink_argv += ["--whep", sub.url, "--token", sub.token]
+        sinks = _spawn(sink_argv)
+        procs.append(sinks)
+        read_ready(sinks, timeout=30)
+    except BaseException:
+        _stop_quietly(running)
+        raise
+    return _Setup(running, sinks, source)
+
+
+def _stop_quietly(running: _Stoppable) -> None:
+    try:
+        running.stop()
+    except TargetError:
+        pass
+
+
+def run_target(target: Target, work: Workload) -> dict[str, Any]:
+    """One measured run of one target; returns its figures."""
+    cap = float(getattr(target, "max_flood_in_pps", 0.0))
+    if work.in_pps <= 0 and cap > 0:
+        work = replace(work, max_flood_in_pps=cap)
+    bound = work.source_bound_s + 10.0
+    procs: list[subprocess.Popen[str]] = []
+    setup: _Setup | None = None
+    try:
+        if isinstance(target, SessionTarget):
+            setup = _setup_sessions(target, work, bound, procs)
+        else:
+            setup = _setup_keyed(target, work, bound, procs)
+        running, sinks, source = setup.running, setup.sinks, setup.source
         if work.pin:
             _pin(running.pid, 1)
             _pin(sinks.pid, 0)
-        source = _spawn([sys.executable, "-m", "bench.traffic", "source", "--port", str(running.port),
-                         "--key", str(in_key), "--count", str(work.count), "--pps", str(work.source_pps),
-                         "--seconds", str(work.source_bound_s), "--size", str(work.size)])
-        if work.pin:
             _pin(source.pid, 0)
         cpu0 = cpu_seconds(running.pid)
         t0 = time.monotonic()
+        assert source.stdin is not None
+        source.stdin.write("go\n")
+        source.stdin.flush()
         src = finish_json(source, timeout=work.seconds + 20)
         snk = finish_json(sinks, timeout=bound + 10)
         cpu = cpu_seconds(running.pid) - cpu0
         window = time.monotonic() - t0
         own = running.stop()
-        running = None
+        setup = None
     finally:
-        if running is not None:
-            try:
-                running.stop()
-            except TargetError:
-                pass
-        if sinks.poll() is None:
-            sinks.kill()
-            sinks.wait(5)
+        if setup is not None:
+            _stop_quietly(setup.running)
+        _kill(*procs)
     delivered = int(snk["received"])
     expected = int(src["sent"]) * work.fanout
     return {
@@ -146,9 +235,12 @@ def run_target(target: Target, work: Workload) -> dict[str, Any]:
         "verified": snk["verified"],
         "corrupt": snk["corrupt"],
         "rejected_at_sinks": snk["rejected"],
+        "gaps_at_sinks": snk["gaps"],
+        "late_at_sinks": snk["late"],
         "sink_cpu_s": snk["cpu_s"],
         "source_cpu_s": src["cpu_s"],
         "source_pps": src["pps"],
+        "source_asked_pps": round(work.source_pps, 1),
         "forwarder_reported": own,
     }
 
@@ -230,12 +322,12 @@ def compare(targets: list[Target], work: Workload, mode: str = "both") -> dict[s
 
 
 def default_targets(names: list[str]) -> list[Target]:
-    """Targets by name: ``c``, ``baseline`` (mmsg), ``baseline_plain``."""
-    known: dict[str, Target] = {"c": CTarget(), "baseline": BaselineTarget("mmsg"),
+    """Targets by name: ``node`` (the SFU node), ``c``, ``baseline`` (mmsg), ``baseline_plain``."""
+    known: dict[str, Target] = {NODE: NodeTarget(), "c": CTarget(), "baseline": BaselineTarget("mmsg"),
                                 "baseline_plain": BaselineTarget("plain")}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)} (the node target is not wired yet)")
+        raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)}")
     return [known[n] for n in names]
 
 

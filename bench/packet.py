@@ -18,6 +18,19 @@ _STAMP = struct.Struct("!IIQ")
 STAMP_LEN = _STAMP.size
 _FILLER_KINDS = 251
 
+#: Streams through the SFU node are VP8 (payload type 96): the payload then starts with a 1-byte
+#: VP8 payload descriptor (S bit, partition 0, no extensions) and the first byte of the VP8
+#: payload header, whose low bit P is clear on a keyframe (RFC 7741).  The stamp follows.
+VP8_DESCRIPTOR = 0x10
+VP8_KEYFRAME = 0x00
+VP8_INTERFRAME = 0x01
+VP8_PREFIX_LEN = 2
+
+
+def stamp_offset(vp8: bool) -> int:
+    """Where the stamp (magic, seq, send_ns) starts in a bench RTP packet."""
+    return RTP_HEADER_LEN + (VP8_PREFIX_LEN if vp8 else 0)
+
 
 def filler(seq: int, length: int) -> bytes:
     """The expected filler bytes for packet ``seq``; only ``seq % 251`` matters."""
@@ -67,8 +80,10 @@ class BenchPacket:
 class FillerTable:
     """Precomputed fillers so the hot paths compare/copy instead of building bytes."""
 
-    def __init__(self, size: int) -> None:
-        self.length = size - RTP_HEADER_LEN - STAMP_LEN
+    def __init__(self, size: int, stamp_at: int = RTP_HEADER_LEN) -> None:
+        if size < stamp_at + STAMP_LEN:
+            raise ValueError(f"packet size {size} leaves no room for the stamp at {stamp_at}")
+        self.length = size - stamp_at - STAMP_LEN
         self.fillers = [filler(k, self.length) for k in range(_FILLER_KINDS)]
 
     def for_seq(self, seq: int) -> bytes:

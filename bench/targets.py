@@ -1,32 +1,36 @@
-"""What the harness compares: a ``Target`` starts a forwarder that takes SRTP from the source and
-delivers it to every sink; ``RunningTarget`` is its live process.
+"""What the harness compares: a target starts a forwarder that takes SRTP from the source and
+delivers it to every sink; its running form reports the pid whose CPU time is measured.
 
-Shipped targets: ``CTarget`` (bench/cforward.c) and ``BaselineTarget`` (bench/baseline.py).
+Two kinds:
+  * ``KeyedTarget`` (``CTarget`` = bench/cforward.c, ``BaselineTarget`` = bench/baseline.py): the
+    harness makes pre-shared keys (``make_keys``), opens the sinks, then ``start(Wiring)`` gives
+    the forwarder the keys and sink ports; the source sends to ``RunningTarget.port``.
+  * ``SessionTarget`` (``NodeTarget`` = the SFU node, ``python -m sfu --dev``): ``launch`` starts
+    the node; the source and the sinks then set up their own sessions with it
+    (``bench.session``: WHIP for the source, one WHEP per sink; ICE-lite + DTLS-SRTP), so each
+    keeps its ICE-verified socket and its DTLS-derived key.  ``RunningSessionTarget`` hands out
+    the WHIP/WHEP URLs and tokens (``publisher``/``subscriber``) and, on ``stop``, the node's own
+    counters scraped from ``/metrics``.
 
-=== HOOK: the SFU node target ================================================================
-A ``NodeTarget`` (name ``"node"``) plugs in here later; the harness already reports
-``node_out_pps_per_cpu``, ``ratio`` (node / bare Python) and ``ratio_vs_c`` (node / C) as soon as a
-target named ``"node"`` is in the run (see ``compare.NODE``).  It will:
-  * start ``python -m sfu --dev`` (or attach to a running node) and return its pid for CPU sampling;
-  * publish one track and subscribe ``fanout`` times through a client that does ICE-lite STUN +
-    DTLS-SRTP, so its ``make_keys`` must return the keys that DTLS negotiated (not random ones) and
-    ``start`` must tell the source where to send (``RunningTarget.port``) - or the handshake client
-    must own the source/sink sockets and hand them to ``bench.traffic``;
-  * stop the node (or just detach) in ``RunningTarget.stop``.
-Nothing else in the harness needs to change.
-===============================================================================================
+``bench.compare.run_target`` drives both; figures of the target named ``"node"`` become
+``node_out_pps_per_cpu``, ``ratio`` (node / bare Python) and ``ratio_vs_c`` (node / C).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import selectors
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from bench.cbuild import build_cforward
 from bench.proc import READY
@@ -59,7 +63,7 @@ class RunningTarget(Protocol):
         ...
 
 
-class Target(Protocol):
+class KeyedTarget(Protocol):
     name: str
 
     def make_keys(self, fanout: int) -> tuple[Key, list[Key]]:
@@ -68,6 +72,42 @@ class Target(Protocol):
 
     def start(self, wiring: Wiring) -> RunningTarget:
         ...
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A WHIP or WHEP URL and the bearer token to POST an offer there with."""
+
+    url: str
+    token: str
+
+
+class RunningSessionTarget(Protocol):
+    pid: int  # whose CPU time is the forwarder's
+
+    def publisher(self) -> Endpoint:
+        """Where the source publishes (WHIP)."""
+        ...
+
+    def subscriber(self, index: int) -> Endpoint:
+        """Where sink ``index`` subscribes (WHEP)."""
+        ...
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the forwarder (bounded wait) and return its own stats."""
+        ...
+
+
+@runtime_checkable
+class SessionTarget(Protocol):
+    name: str
+
+    def launch(self, seconds: float) -> RunningSessionTarget:
+        """Start the forwarder; it must stop by itself (or be stopped) within ``seconds``."""
+        ...
+
+
+Target = KeyedTarget | SessionTarget
 
 
 class TargetError(RuntimeError):
@@ -157,3 +197,129 @@ class BaselineTarget:
         for port, key in zip(wiring.sink_ports, wiring.sink_keys, strict=True):
             argv += ["--dest", f"{port}:{key}"]
         return ProcessTarget(argv)
+
+
+# -- the SFU node ----------------------------------------------------------------------------------
+
+#: The dev-mode API key of ``python -m sfu --dev`` (see sfu/config.py DEV_KEYS).
+DEV_KEY_ID = "devkey"
+DEV_KEY_SECRET = "secret"  # noqa: S105 - the public dev key, loopback only
+BENCH_ROOM = "bench"
+_NODE_READY = re.compile(r"ready: (http://\S+)")
+_METRIC = re.compile(r'^levelchat_sfu_([a-z_]+?)(?:_total)?(?:\{(?:kind|reason|direction)="([a-z_]+)"\})? (\S+)$')
+
+
+class RunningNode:
+    """A ``python -m sfu --dev`` process on ephemeral loopback ports."""
+
+    def __init__(self, argv: list[str], start_timeout: float = 30.0) -> None:
+        self._log: IO[str] = tempfile.TemporaryFile("w+", prefix="bench-node-")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO_ROOT)
+        self.pid = self.proc.pid
+        self.url = self._read_url(start_timeout)
+
+    def _read_url(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+        sel.close()
+        line = self.proc.stdout.readline() if ready else ""
+        match = _NODE_READY.search(line)
+        if match is None:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise TargetError(f"the node did not get ready: {line!r} {self.log_tail()}")
+        return match.group(1)
+
+    def log_tail(self, limit: int = 2000) -> str:
+        self._log.seek(0)
+        return self._log.read()[-limit:]
+
+    def _token(self, identity: str) -> str:
+        from levelchat.tokens import ApiKey, mint
+
+        with warnings.catch_warnings():  # PyJWT: the dev key is short (InsecureKeyLengthWarning)
+            warnings.simplefilter("ignore")
+            return mint(ApiKey(DEV_KEY_ID, DEV_KEY_SECRET), project="levelchat", now_s=time.time(), ttl_s=600,
+                        identity=identity, room=BENCH_ROOM,
+                        scopes=["room:join", "room:publish", "room:subscribe"])
+
+    def publisher(self) -> Endpoint:
+        return Endpoint(f"{self.url}/whip/{BENCH_ROOM}", self._token("bench-source"))
+
+    def subscriber(self, index: int) -> Endpoint:
+        return Endpoint(f"{self.url}/whep/{BENCH_ROOM}", self._token(f"bench-sink-{index}"))
+
+    def counters(self) -> dict[str, Any]:
+        """The node's media counters from ``/metrics`` (non-zero ones; drops by reason)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+            text = resp.read().decode()
+        return parse_node_metrics(text)
+
+    def stop(self) -> dict[str, Any]:
+        own: dict[str, Any] = {}
+        if self.proc.poll() is None:
+            try:
+                own = self.counters()
+            except OSError as exc:
+                own = {"metrics_error": str(exc)}
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise TargetError(f"the node did not stop in 10 s: {self.log_tail()}") from None
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+        warnings = [line for line in self.log_tail(20_000).splitlines() if line.strip()]
+        self._log.close()
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            raise TargetError(f"the node exited {self.proc.returncode}: {warnings[-20:]}")
+        own["log_lines"] = len(warnings)
+        own["log_tail"] = warnings[-5:]
+        return own
+
+
+def parse_node_metrics(text: str) -> dict[str, Any]:
+    """``packets_received.video`` -> ``in_packets`` etc. from the node's Prometheus text."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line)
+        if match is None:
+            continue
+        name, label, value = match.groups()
+        values[f"{name}.{label}" if label else name] = float(value)
+    drops = {k.split(".", 1)[1]: int(v) for k, v in values.items() if k.startswith("packets_dropped.") and v}
+    return {
+        "in_packets": int(values.get("packets_received.video", 0)),
+        "out_packets": int(values.get("packets_forwarded.video", 0)),
+        "rtcp_in": int(values.get("packets_received.rtcp", 0)),
+        "rtcp_out": int(values.get("packets_forwarded.rtcp", 0)),
+        "keyframe_requests": int(values.get("keyframe_requests", 0)),
+        "drops": drops,
+        "srtp_errors": {k.split(".", 1)[1]: int(v) for k, v in values.items()
+                        if k.startswith("srtp_errors.") and v},
+    }
+
+
+class NodeTarget:
+    """The LevelChat SFU node, ``python -m sfu --dev`` on ephemeral ports, sessions over WHIP/WHEP."""
+
+    name = "node"
+    #: Flood at most this many in-packets/s: at 150k/s (what the source can push) a node that
+    #: forwards ~40-60k/s and is descheduled for ~0.25 s on a busy box loses >32k packets in a
+    #: row, and libsrtp's rollover guess then fails (``srtp_errors`` in its report).
+    max_flood_in_pps = 60_000.0
+
+    def __init__(self, log_level: str = "WARNING") -> None:
+        self.log_level = log_level
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "sfu", "--dev", "--http-port", "0", "--media-port", "0",
+                "--log-level", self.log_level]
+
+    def launch(self, seconds: float) -> RunningSessionTarget:
+        return RunningNode(self.argv())
