@@ -62,7 +62,7 @@ def test_cli_writes_the_contract_fields(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "compare", "--fanout", "2", "--seconds", "0.5", "--mode", "paced",
-         "--in-pps", "400", "--json", str(out)],
+         "--in-pps", "400", "--targets", "c,baseline", "--json", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -85,5 +85,9 @@ def test_workload_bounds(kwargs: dict[str, float], message: str) -> None:
 
 
 def test_unknown_target_is_refused() -> None:
-    with pytest.raises(ValueError, match="not wired yet"):
-        default_targets(["node"])
+    with pytest.raises(ValueError, match="unknown target"):
+        default_targets(["c", "nope"])
+
+
+def test_node_is_a_known_target() -> None:
+    assert [t.name for t in default_targets(["node", "baseline", "c"])] == ["node", "baseline", "c"]
