@@ -92,12 +92,12 @@ class NodeConfig:
                         f"dev mode listens on loopback only ({name}={getattr(self, name)}); "
                         "pass --dev-allow-remote to override"
                     )
-        for rate, burst in (
-            (self.rate_limit_ip_per_s, self.rate_limit_ip_burst),
-            (self.rate_limit_key_per_s, self.rate_limit_key_burst),
-        ):
-            if rate < 0 or (rate > 0 and burst < 1):
-                raise ConfigError("rate limits need a rate >= 0 and, when on, a burst >= 1")
+        for limit in ("rate_limit_ip", "rate_limit_key"):
+            rate, burst = getattr(self, f"{limit}_per_s"), getattr(self, f"{limit}_burst")
+            if rate < 0:
+                raise ConfigError(f"{limit}_per_s: {rate} must be >= 0 (0 turns the limit off)")
+            if rate > 0 and burst < 1:
+                raise ConfigError(f"{limit}_burst: {burst} must be at least 1 while {limit}_per_s is on")
         if self.self_check_interval_s <= 0 or self.self_check_deadline_ms <= 0:
             raise ConfigError("self_check_interval_s and self_check_deadline_ms must be positive")
         if self.self_check_failures < 1 or self.self_check_recoveries < 1:
