@@ -18,6 +18,7 @@ from aioice import stun
 
 from sfu import clock
 from sfu.counters import MediaCounters
+from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import random_ice_string
@@ -98,6 +99,7 @@ class RecordingSink:
 class RawClient:
     def __init__(self, cert: Certificate = CLIENT_CERT) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)  # bursts of a few hundred
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
         self.ufrag = random_ice_string(8)
@@ -277,3 +279,33 @@ async def open_link(node_role: DtlsRole = DtlsRole.SERVER, port: MediaPort | Non
     peer.sink = sink
     await connect(peer, client, port, node_role)
     return Link(port, peer, client, port.counters, sink)
+
+
+# -- media --------------------------------------------------------------------------------------------
+
+#: VP8 payloads (RFC 7741): descriptor byte S=1 PID=0, then the frame tag (P bit 0 = key frame)
+VP8_KEY = bytes([0x10, 0x50, 0x02, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00]) + bytes(20)
+VP8_DELTA = bytes([0x10, 0x31, 0x02, 0x00]) + bytes(20)
+VP8_CONTINUATION = bytes([0x00, 0x00, 0x00, 0x00]) + bytes(20)  # S=0: not a frame start
+OPUS_FRAME = bytes([0xFC, 0xFF, 0xFE]) + bytes(30)
+
+
+def rtp_bytes(
+    seq: int,
+    ts: int,
+    *,
+    ssrc: int,
+    pt: int,
+    payload: bytes,
+    marker: bool = False,
+    extensions: list[tuple[int, bytes]] | None = None,
+) -> bytes:
+    header = RtpHeader(
+        payload_type=pt,
+        sequence_number=seq & 0xFFFF,
+        timestamp=ts & 0xFFFFFFFF,
+        ssrc=ssrc,
+        marker=marker,
+        extensions=list(extensions or []),
+    )
+    return bytes(RtpPacket(header, payload))

@@ -1,0 +1,312 @@
+"""PublishedTrack fan-out and keyframe handling, RtxCache; packets go out through real CONNECTED
+transports and are read back, unprotected, by raw clients."""
+
+from __future__ import annotations
+
+import pytest
+
+from sfu.counters import MediaCounters
+from sfu.packet.rtp import RtpPacket
+from sfu.routing.downtrack import DownTrack
+from sfu.routing.track import (
+    KEYFRAME_REQUEST_INTERVAL_MS,
+    RTX_CACHE_SLOTS,
+    RTX_SLOT_BYTES,
+    PublishedTrack,
+    RtxCache,
+    TrackCodec,
+)
+from tests.sfu.routing.harness import (
+    OPUS_FRAME,
+    VP8_CONTINUATION,
+    VP8_DELTA,
+    VP8_KEY,
+    Link,
+    rtp_bytes,
+)
+
+VP8 = TrackCodec("VP8", 90_000, 96)
+OPUS = TrackCodec("opus", 48_000, 111)
+PUB_SSRC = 0xA1B2C3D4
+T0 = 100_000
+
+
+class KeyframeRequests:
+    """Stands in for the publisher side (PublisherSink.request_keyframe): records the SSRCs."""
+
+    def __init__(self) -> None:
+        self.ssrcs: list[int] = []
+
+    def __call__(self, ssrc: int) -> None:
+        self.ssrcs.append(ssrc)
+
+
+def video_track(counters: MediaCounters, requests: KeyframeRequests | None = None) -> PublishedTrack:
+    return PublishedTrack(
+        kind="video",
+        ssrc=PUB_SSRC,
+        codecs=[VP8],
+        mid="0",
+        owner="alice",
+        counters=counters,
+        request_keyframe=requests or KeyframeRequests(),
+    )
+
+
+def audio_track(counters: MediaCounters) -> PublishedTrack:
+    return PublishedTrack(
+        kind="audio",
+        ssrc=PUB_SSRC + 1,
+        codecs=[OPUS],
+        mid="1",
+        owner="alice",
+        counters=counters,
+        request_keyframe=KeyframeRequests(),
+    )
+
+
+def downtrack(link: Link, kind: str = "video", ssrc: int = 0x5EB5C0DE) -> DownTrack:
+    return DownTrack(
+        peer=link.peer,
+        kind=kind,
+        mid="0" if kind == "video" else "1",
+        ssrc=ssrc,
+        out_payload_types={"VP8": 100} if kind == "video" else {"opus": 109},
+        out_ext_ids={},
+        counters=link.counters,
+    )
+
+
+def push(track: PublishedTrack, seq: int, payload: bytes, now_ms: int, pt: int | None = None) -> None:
+    pt = track.codec.payload_type if pt is None else pt
+    data = rtp_bytes(seq, seq * 3000, ssrc=track.ssrc, pt=pt, payload=payload)
+    track.on_rtp(memoryview(data), len(data), now_ms)
+
+
+async def received(link: Link, count: int) -> list[RtpPacket]:
+    out = [RtpPacket.parse(await link.client.recv_rtp()) for _ in range(count)]
+    assert await link.client.nothing_arrives(0.1)
+    return out
+
+
+# -- RtxCache -----------------------------------------------------------------------------------------
+
+
+def test_rtx_cache_returns_what_was_put() -> None:
+    cache = RtxCache()
+    data = bytes(range(200))
+    cache.put(memoryview(data), len(data), 4242)
+    hit = cache.get(4242)
+    assert hit is not None
+    buf, length = hit
+    assert length == 200 and bytes(buf[:length]) == data
+    assert cache.get(4243) is None
+
+
+@pytest.mark.parametrize(
+    ("puts", "present", "absent"),
+    [
+        (range(0, RTX_CACHE_SLOTS), [0, RTX_CACHE_SLOTS - 1], [RTX_CACHE_SLOTS]),
+        (range(0, RTX_CACHE_SLOTS + 10), [10, RTX_CACHE_SLOTS + 9], [0, 9]),  # the oldest 10 overwritten
+        (range(65530, 65536 + 6), [65535, 0, 5], [65529]),  # wraps (stored as 16-bit seqs)
+        (range(65536 - RTX_CACHE_SLOTS, 65536 + RTX_CACHE_SLOTS), list(range(0, RTX_CACHE_SLOTS)), [65535, 65536 - RTX_CACHE_SLOTS]),
+    ],
+    ids=["full", "overwrite", "wrap", "wrap-full-turn"],
+)
+def test_rtx_cache_slots_and_wrap(puts: range, present: list[int], absent: list[int]) -> None:
+    cache = RtxCache()
+    for ext in puts:
+        seq = ext & 0xFFFF
+        data = seq.to_bytes(2, "big") * 10
+        cache.put(memoryview(data), len(data), seq)
+    for seq in present:
+        hit = cache.get(seq)
+        assert hit is not None, seq
+        assert bytes(hit[0][:2]) == seq.to_bytes(2, "big") and hit[1] == 20
+    for seq in absent:
+        assert cache.get(seq) is None, seq
+
+
+def test_rtx_cache_skips_packets_larger_than_a_slot() -> None:
+    cache = RtxCache(slots=16)
+    small = b"\x01" * 100
+    cache.put(memoryview(small), len(small), 3)
+    big = b"\x02" * (RTX_SLOT_BYTES + 1)
+    cache.put(memoryview(big), len(big), 3 + 16)  # same slot: must not answer for either wrongly
+    assert cache.get(3 + 16) is None
+    hit = cache.get(3)
+    assert hit is not None and bytes(hit[0][: hit[1]]) == small
+    exact = b"\x03" * RTX_SLOT_BYTES
+    cache.put(memoryview(exact), len(exact), 4)
+    hit = cache.get(4)
+    assert hit is not None and hit[1] == RTX_SLOT_BYTES
+
+
+# -- construction ------------------------------------------------------------------------------------
+
+
+def test_track_needs_a_codec() -> None:
+    with pytest.raises(ValueError, match="at least one codec"):
+        PublishedTrack(
+            kind="audio", ssrc=1, codecs=[], mid="0", owner="a", counters=MediaCounters(), request_keyframe=print
+        )
+
+
+def test_video_keeps_a_retransmission_cache_and_audio_does_not() -> None:
+    counters = MediaCounters()
+    assert video_track(counters).rtx_cache is not None
+    assert audio_track(counters).rtx_cache is None
+
+
+# -- forwarding ----------------------------------------------------------------------------------------
+
+
+async def test_audio_is_forwarded_from_the_first_packet(link: Link) -> None:
+    track = audio_track(link.counters)
+    dt = downtrack(link, "audio")
+    dt.bind(track, T0)
+    for i in range(5):
+        push(track, 700 + i, OPUS_FRAME, T0 + 20 * i)
+    got = await received(link, 5)
+    assert [p.header.ssrc for p in got] == [dt.ssrc] * 5
+    assert [p.header.payload_type for p in got] == [109] * 5
+    assert all(p.payload == OPUS_FRAME for p in got)
+    assert link.counters.rtp_in == [5, 0] and link.counters.rtp_out == [5, 0]
+    assert link.counters.keyframe_requests == 0
+    assert track.stats.packets == 5 and track.stats.extended_max == 704
+
+
+async def test_video_waits_for_a_keyframe(link: Link) -> None:
+    requests = KeyframeRequests()
+    track = video_track(link.counters, requests)
+    dt = downtrack(link)
+    dt.bind(track, T0)
+    assert requests.ssrcs == [PUB_SSRC]  # bind asks the publisher for one
+    assert dt.waiting_keyframe and track.keyframe_pending
+    for seq, payload in ((1, VP8_DELTA), (2, VP8_CONTINUATION), (3, VP8_DELTA)):
+        push(track, seq, payload, T0 + seq)
+    assert await link.client.nothing_arrives(0.1)
+    assert link.counters.rtp_in[1] == 3 and link.counters.rtp_out[1] == 0
+    push(track, 4, VP8_KEY, T0 + 4)
+    push(track, 5, VP8_CONTINUATION, T0 + 5)
+    push(track, 6, VP8_DELTA, T0 + 6)
+    got = await received(link, 3)
+    assert [p.payload for p in got] == [VP8_KEY, VP8_CONTINUATION, VP8_DELTA]
+    assert not dt.waiting_keyframe and not track.keyframe_pending
+    # the first packet out gets the downtrack's base; the rest follow it
+    seqs = [p.header.sequence_number for p in got]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(3)]
+
+
+async def test_a_keyframe_of_another_payload_type_does_not_count(link: Link) -> None:
+    track = video_track(link.counters)
+    dt = downtrack(link)
+    dt.bind(track, T0)
+    push(track, 1, VP8_KEY, T0, pt=97)  # not a VP8 payload type of this track
+    assert dt.waiting_keyframe and track.keyframe_pending
+    push(track, 2, VP8_KEY, T0 + 1)
+    got = await received(link, 1)
+    assert got[0].header.payload_type == 100
+
+
+async def test_fan_out_to_two_subscribers(link: Link, second_link: Link) -> None:
+    track = video_track(link.counters)
+    dts = [downtrack(link, ssrc=0x1111), downtrack(second_link, ssrc=0x2222)]
+    for dt in dts:
+        dt.bind(track, T0)
+    assert track.downtracks == dts
+    push(track, 10, VP8_KEY, T0)
+    for i in range(1, 4):
+        push(track, 10 + i, VP8_DELTA, T0 + i)
+    for lk, dt in ((link, dts[0]), (second_link, dts[1])):
+        got = await received(lk, 4)
+        assert {p.header.ssrc for p in got} == {dt.ssrc}
+        assert [p.payload for p in got] == [VP8_KEY] + [VP8_DELTA] * 3
+    assert link.counters.rtp_out[1] == 8
+
+
+async def test_a_late_subscriber_waits_without_stalling_the_first(link: Link, second_link: Link) -> None:
+    requests = KeyframeRequests()
+    track = video_track(link.counters, requests)
+    first = downtrack(link, ssrc=0x1111)
+    first.bind(track, T0)
+    push(track, 1, VP8_KEY, T0)
+    push(track, 2, VP8_DELTA, T0 + 1)
+    late = downtrack(second_link, ssrc=0x2222)
+    late.bind(track, T0 + 2 * KEYFRAME_REQUEST_INTERVAL_MS)
+    assert requests.ssrcs == [PUB_SSRC, PUB_SSRC]
+    push(track, 3, VP8_DELTA, T0 + 2 * KEYFRAME_REQUEST_INTERVAL_MS + 1)
+    push(track, 4, VP8_KEY, T0 + 2 * KEYFRAME_REQUEST_INTERVAL_MS + 2)
+    assert [p.payload for p in await received(link, 4)] == [VP8_KEY, VP8_DELTA, VP8_DELTA, VP8_KEY]
+    assert [p.payload for p in await received(second_link, 1)] == [VP8_KEY]
+
+
+def test_attach_and_detach_are_idempotent(link: Link) -> None:
+    track = video_track(link.counters)
+    a, b = downtrack(link, ssrc=1), downtrack(link, ssrc=2)
+    track.attach(a)
+    track.attach(a)
+    track.attach(b)
+    assert track.downtracks == [a, b]
+    track.detach(a)
+    track.detach(a)
+    assert track.downtracks == [b]
+    assert track.describe()["subscribers"] == 1
+
+
+# -- keyframe request throttling ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("times", "sent"),
+    [
+        ([0], [True]),
+        ([0, 1], [True, False]),
+        ([0, KEYFRAME_REQUEST_INTERVAL_MS - 1], [True, False]),
+        ([0, KEYFRAME_REQUEST_INTERVAL_MS], [True, True]),
+        ([0, 100, 200, 600, 700, 1100], [True, False, False, True, False, True]),
+    ],
+)
+def test_keyframe_requests_are_throttled(times: list[int], sent: list[bool]) -> None:
+    counters = MediaCounters()
+    requests = KeyframeRequests()
+    track = video_track(counters, requests)
+    assert [track.request_keyframe(T0 + t) for t in times] == sent
+    assert len(requests.ssrcs) == sent.count(True) == counters.keyframe_requests
+
+
+def test_audio_never_requests_keyframes() -> None:
+    counters = MediaCounters()
+    track = audio_track(counters)
+    assert track.request_keyframe(T0) is False
+    assert counters.keyframe_requests == 0 and not track.keyframe_pending
+
+
+async def test_a_throttled_request_is_sent_by_a_later_packet(link: Link) -> None:
+    requests = KeyframeRequests()
+    track = video_track(link.counters, requests)
+    dt = downtrack(link)
+    dt.bind(track, T0)  # request 1 at T0
+    assert track.request_keyframe(T0 + 100) is False  # e.g. a subscriber's PLI: deferred
+    push(track, 1, VP8_DELTA, T0 + 200)
+    push(track, 2, VP8_DELTA, T0 + KEYFRAME_REQUEST_INTERVAL_MS - 1)
+    assert len(requests.ssrcs) == 1
+    push(track, 3, VP8_DELTA, T0 + KEYFRAME_REQUEST_INTERVAL_MS)  # the interval has passed
+    assert len(requests.ssrcs) == 2
+    push(track, 4, VP8_DELTA, T0 + KEYFRAME_REQUEST_INTERVAL_MS + 1)
+    push(track, 5, VP8_DELTA, T0 + 3 * KEYFRAME_REQUEST_INTERVAL_MS)  # owed nothing: no more
+    assert len(requests.ssrcs) == 2
+    assert link.counters.keyframe_requests == 2
+    push(track, 6, VP8_KEY, T0 + 3 * KEYFRAME_REQUEST_INTERVAL_MS + 1)
+    assert [p.payload for p in await received(link, 1)] == [VP8_KEY]
+
+
+async def test_a_keyframe_settles_a_deferred_request(link: Link) -> None:
+    requests = KeyframeRequests()
+    track = video_track(link.counters, requests)
+    downtrack(link).bind(track, T0)
+    track.request_keyframe(T0 + 10)  # deferred
+    push(track, 1, VP8_KEY, T0 + 20)  # the keyframe came anyway
+    push(track, 2, VP8_DELTA, T0 + 10 * KEYFRAME_REQUEST_INTERVAL_MS)
+    assert len(requests.ssrcs) == 1
+    await received(link, 2)

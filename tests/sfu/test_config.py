@@ -1,0 +1,236 @@
+"""The node's configuration: TOML file < LEVELCHAT_SFU_* environment < flags, rejected keys and
+values named in the error, the dev-mode loopback guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from levelchat.config import ConfigError
+from sfu.config import DEV_KEYS, SRTP_PROFILE_NAMES, NodeConfig, load
+
+KEYS = {"LEVELCHAT_SFU_API_KEYS": "k1=s1"}
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sfu.toml"
+    path.write_text(text)
+    return str(path)
+
+
+# -- layers ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("in_file", "in_env", "in_flags", "expected"),
+    [
+        (None, None, None, 7880),
+        (1001, None, None, 1001),
+        (1001, "2002", None, 2002),
+        (1001, "2002", 3003, 3003),
+        (None, "2002", 3003, 3003),
+        (1001, None, 3003, 3003),
+        (None, "2002", None, 2002),
+    ],
+)
+def test_file_then_env_then_flags(
+    tmp_path: Path, in_file: int | None, in_env: str | None, in_flags: int | None, expected: int
+) -> None:
+    file = write(tmp_path, f"http_port = {in_file}\n") if in_file is not None else None
+    env = dict(KEYS)
+    if in_env is not None:
+        env["LEVELCHAT_SFU_HTTP_PORT"] = in_env
+    flags = {"http_port": in_flags} if in_flags is not None else {"http_port": None}
+    cfg = load(file=file, environ=env, flags=flags)
+    assert cfg.http_port == expected
+
+
+def test_every_kind_of_value_from_each_layer(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        """
+node_id = "n1"
+api_keys = { "filekey" = "filesecret" }
+default_codecs = ["opus", "VP8"]
+auto_create_rooms = false
+max_rooms = 7
+srtp_profiles = ["AEAD_AES_128_GCM"]
+""",
+    )
+    env = {
+        "LEVELCHAT_SFU_REGION": "eu-1",
+        "LEVELCHAT_SFU_MAX_PARTICIPANTS": "50",
+        "LEVELCHAT_SFU_LOG_JSON": "yes",
+        "LEVELCHAT_SFU_CORS_ORIGINS": "https://a.example,https://b.example",
+        "LEVELCHAT_CONTROL_WHATEVER": "ignored: another prefix",
+        "PATH": "/usr/bin",
+    }
+    cfg = load(file=file, environ=env, flags={"media-port": 9000, "dtls_role": "active"})
+    assert cfg.node_id == "n1" and cfg.region == "eu-1"
+    assert cfg.api_keys == {"filekey": "filesecret"}
+    assert cfg.default_codecs == ("opus", "VP8")
+    assert cfg.auto_create_rooms is False and cfg.log_json is True
+    assert cfg.max_rooms == 7 and cfg.max_participants == 50
+    assert cfg.srtp_profiles == ("AEAD_AES_128_GCM",)
+    assert cfg.cors_origins == ("https://a.example", "https://b.example")
+    assert cfg.media_port == 9000 and cfg.dtls_role == "active"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("k1=s1", {"k1": "s1"}), ("k1=s1,k2=s2", {"k1": "s1", "k2": "s2"}), ('{"k3": "s3"}', {"k3": "s3"})],
+)
+def test_api_keys_from_the_environment(value: str, expected: dict[str, str]) -> None:
+    assert load(environ={"LEVELCHAT_SFU_API_KEYS": value}).api_keys == expected
+
+
+def test_defaults() -> None:
+    cfg = load(environ=KEYS)
+    assert (cfg.http_host, cfg.http_port, cfg.media_host, cfg.media_port) == ("127.0.0.1", 7880, "127.0.0.1", 7882)
+    assert cfg.srtp_profiles == SRTP_PROFILE_NAMES and cfg.dtls_role == "passive" and not cfg.dev
+    assert cfg.advertised_ip == "127.0.0.1"
+    assert cfg.url() == "http://127.0.0.1:7880" and cfg.url(9999) == "http://127.0.0.1:9999"
+
+
+# -- rejected keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("file", "unknown setting 'bogus_key'"),
+        ("env", "unknown environment setting LEVELCHAT_SFU_BOGUS_KEY"),
+        ("flags", "unknown setting 'bogus_key'"),
+    ],
+)
+def test_unknown_keys_are_rejected(tmp_path: Path, layer: str, message: str) -> None:
+    env = dict(KEYS)
+    file = None
+    flags: dict[str, Any] = {}
+    if layer == "file":
+        file = write(tmp_path, "bogus_key = 1\n")
+    elif layer == "env":
+        env["LEVELCHAT_SFU_BOGUS_KEY"] = "1"
+    else:
+        flags["bogus-key"] = 1
+    with pytest.raises(ConfigError) as info:
+        load(file=file, environ=env, flags=flags)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('http_port = "eighty"', "http_port"),
+        ("max_rooms = true", "max_rooms"),
+        ("dev = 3", "dev"),
+        ('api_keys = "not a table"', "api_keys"),
+        ("node_id = 5", "node_id"),
+        ("srtp_profiles = 1", "srtp_profiles"),
+    ],
+)
+def test_wrong_types_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(file=write(tmp_path, toml + "\n"), environ=KEYS)
+    assert str(info.value).startswith(key)
+
+
+@pytest.mark.parametrize(
+    "problem",
+    ["missing", "not-toml"],
+)
+def test_unreadable_files(tmp_path: Path, problem: str) -> None:
+    path = tmp_path / "missing.toml" if problem == "missing" else Path(write(tmp_path, "this is = = not toml"))
+    with pytest.raises(ConfigError, match=str(path.name)):
+        load(file=str(path), environ=KEYS)
+
+
+# -- validation ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"http_port": 70000}, "http_port"),
+        ({"media_port": -1}, "media_port"),
+        ({"media_host": "media.example"}, "media_host"),
+        ({"public_ip": "not-an-ip"}, "public_ip"),
+        ({"media_host": "0.0.0.0"}, "public_ip"),
+        ({"srtp_profiles": ["SRTP_NULL"]}, "srtp_profiles"),
+        ({"srtp_profiles": []}, "srtp_profiles"),
+        ({"default_max_participants": 0}, "default_max_participants"),
+        ({"max_participants": 0}, "max_participants"),
+        ({"max_rooms": 0}, "max_rooms"),
+        ({"dtls_role": "actpass"}, "dtls_role"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"rate_limit_ip_per_s": -1.0}, "rate_limit_ip_per_s"),
+        ({"rate_limit_key_per_s": 5.0, "rate_limit_key_burst": 0}, "rate_limit_key_burst"),
+        ({"self_check_interval_s": 0.0}, "self_check_interval_s"),
+        ({"self_check_failures": 0}, "self_check_failures"),
+        ({"control_url": "ftp://control"}, "control_url"),
+    ],
+)
+def test_validation_errors_name_the_key(settings: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=KEYS, flags=settings)
+    assert key in str(info.value)
+
+
+def test_api_keys_are_required_outside_dev_mode() -> None:
+    with pytest.raises(ConfigError, match="api_keys"):
+        load(environ={})
+
+
+def test_wildcard_media_host_with_a_public_ip() -> None:
+    cfg = load(environ=KEYS, flags={"media_host": "0.0.0.0", "public_ip": "127.0.0.2"})
+    assert cfg.advertised_ip == "127.0.0.2"
+
+
+# -- dev mode -------------------------------------------------------------------------------------------
+
+
+def test_dev_mode_defaults() -> None:
+    cfg = load(dev=True, environ={})
+    assert cfg.dev and cfg.api_keys == DEV_KEYS and cfg.project == "levelchat"
+    assert (cfg.http_host, cfg.http_port, cfg.media_host, cfg.media_port) == ("127.0.0.1", 7880, "127.0.0.1", 7882)
+    assert cfg.auto_create_rooms
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused_key"),
+    [
+        ({"http_host": "0.0.0.0"}, "http_host"),
+        ({"media_host": "10.1.2.3"}, "media_host"),
+        ({"http_host": "192.168.1.5", "media_host": "127.0.0.1"}, "http_host"),
+        ({"http_host": "127.0.0.5", "media_host": "127.0.0.9"}, None),
+        ({"http_host": "::1", "media_host": "::1"}, None),
+        ({"http_host": "localhost"}, None),
+        ({"http_host": "0.0.0.0", "dev_allow_remote": True}, None),
+        ({"media_host": "10.1.2.3", "dev-allow-remote": "true"}, None),
+    ],
+)
+def test_dev_mode_loopback_guard(flags: dict[str, Any], refused_key: str | None) -> None:
+    if refused_key is None:
+        cfg = load(dev=True, environ={}, flags=flags)
+        assert cfg.dev
+    else:
+        with pytest.raises(ConfigError) as info:
+            load(dev=True, environ={}, flags=flags)
+        message = str(info.value)
+        assert f"{refused_key}=" in message and "--dev-allow-remote" in message
+
+
+def test_dev_guard_applies_to_hosts_from_the_file_and_env(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="http_host"):
+        load(dev=True, file=write(tmp_path, 'http_host = "0.0.0.0"\n'), environ={})
+    with pytest.raises(ConfigError, match="media_host"):
+        load(dev=True, environ={"LEVELCHAT_SFU_MEDIA_HOST": "10.0.0.1"})
+
+
+def test_the_config_is_frozen() -> None:
+    cfg = NodeConfig(api_keys={"k": "s"})
+    cfg.validate()
+    with pytest.raises(AttributeError):
+        cfg.http_port = 1  # type: ignore[misc]
