@@ -98,7 +98,7 @@ def _number(obj: Mapping[str, Any], name: str, *, default: float = 0.0) -> float
 
 
 def parse_node_id(value: object) -> str:
-    if not isinstance(value, str) or not NODE_ID_RE.match(value):
+    if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
         raise ValueError(f"node id {value!r} must be 1 to 64 letters, digits, '.', '_' or '-', starting alphanumeric")
     return value
 
@@ -106,7 +106,7 @@ def parse_node_id(value: object) -> str:
 def parse_region(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not REGION_RE.match(value):
+    if not isinstance(value, str) or not REGION_RE.fullmatch(value):
         raise ValueError(f"region {value!r} must be 1 to 64 letters, digits, '.', '_' or '-'")
     return value
 
@@ -282,7 +282,7 @@ def _parse_codecs(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_CODECS:
         raise ValueError(f"field 'codecs' must be a list of at most {MAX_CODECS} codec names")
     for c in value:
-        if not isinstance(c, str) or not CODEC_RE.match(c):
+        if not isinstance(c, str) or not CODEC_RE.fullmatch(c):
             raise ValueError(f"codec {c!r} must be 1 to 32 letters, digits, '.', '_' or '-'")
     return tuple(value)
 

@@ -71,7 +71,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{name}: {value!r} is not a boolean")
     if tp is int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{name}: {value!r} is not an integer")
         try:
             return int(value)
@@ -88,7 +88,10 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         return value
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            try:
+                value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            except ValueError:
+                raise ConfigError(f"{name}: {value!r} is not a JSON list") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: {value!r} is not a list")
         (item,) = typing.get_args(tp)[:1]

@@ -33,7 +33,7 @@ ALGORITHMS = ("HS256", "ES256")
 
 
 def validate_room(room: object) -> str:
-    if not isinstance(room, str) or not ROOM_RE.match(room):
+    if not isinstance(room, str) or not ROOM_RE.fullmatch(room):
         raise ApiError("invalid_room", f"room id {room!r} must be 4 to 64 letters, digits or dashes")
     return room
 
