@@ -123,6 +123,8 @@ class NodeConfig:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = self.http_host if self.http_host not in ("0.0.0.0", "::") else self.advertised_ip
+        if ":" in host:  # an IPv6 literal goes in brackets (RFC 3986)
+            host = f"[{host}]"
         return f"http://{host}:{http_port or self.http_port}"
 
 
