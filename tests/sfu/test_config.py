@@ -234,3 +234,17 @@ def test_the_config_is_frozen() -> None:
     cfg.validate()
     with pytest.raises(AttributeError):
         cfg.http_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        ({}, "http://127.0.0.1:7880"),
+        ({"http_host": "0.0.0.0", "media_host": "0.0.0.0", "public_ip": "127.0.0.7"}, "http://127.0.0.7:7880"),
+        ({"http_host": "::1"}, "http://[::1]:7880"),
+        ({"http_host": "::", "media_host": "0.0.0.0", "public_ip": "2001:db8::1"}, "http://[2001:db8::1]:7880"),
+        ({"public_url": "https://sfu.example/"}, "https://sfu.example"),
+    ],
+)
+def test_url_is_a_valid_url_for_every_host(settings: dict[str, Any], url: str) -> None:
+    assert load(environ=KEYS, flags=settings).url() == url
