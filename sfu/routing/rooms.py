@@ -137,6 +137,7 @@ class RoomRegistry:
         room.state = RoomState.CLOSED
         room.closed_ms = now_ms
         self.rooms.pop(room.id, None)
+        self.forget_old(now_ms)  # keeps the memory of closed rooms to the last 24 h
         self.closed[room.id] = room
         left = list(room.participants.values())
         room.participants.clear()
