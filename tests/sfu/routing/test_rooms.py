@@ -109,6 +109,34 @@ def test_forget_old_keeps_only_recent_closed_rooms() -> None:
     assert sorted(reg.closed) == ["room-2", "room-3"]
 
 
+def test_closed_rooms_older_than_24_hours_do_not_pile_up() -> None:
+    """The memory of closed rooms stays bounded even when nobody asks for the old ones."""
+    reg = registry(max_rooms=1000)
+    for i in range(100):
+        room, _ = reg.create(f"old-{i}", policy(), T0)
+        reg.close(room, T0)
+    assert len(reg.closed) == 100
+    later = T0 + CLOSED_RETENTION_MS + 1
+    room, _ = reg.create("fresh", policy(), later)
+    reg.close(room, later)
+    assert list(reg.closed) == ["fresh"]
+
+
+def test_internal_rooms_do_not_count_against_caps() -> None:
+    reg = registry(max_rooms=1, max_participants=1)
+    probe, _ = reg.create("self-check", policy(max_participants=2), T0, internal=True)
+    public, _ = reg.create("room-1", policy(), T0)
+    reg.admit(probe, person("probe-pub", probe.id), T0)
+    reg.admit(probe, person("probe-sub", probe.id), T0)
+    reg.admit(public, person("a"), T0)  # the node cap of 1 ignores the probe's 2
+    assert (reg.room_count, reg.participant_count) == (1, 1)
+    assert reg.public_rooms() == [public]
+    with api_error("room/cap-denied", 429):
+        reg.admit(probe, person("probe-3", probe.id), T0)  # its own room cap still holds
+    with api_error("service_unavailable", 503):
+        reg.create("room-2", policy(), T0)
+
+
 # -- admit / release ---------------------------------------------------------------------------------
 
 
