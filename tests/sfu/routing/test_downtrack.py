@@ -10,7 +10,7 @@ import pytest
 
 from sfu.counters import DropReason
 from sfu.packet.rtp import RtpPacket
-from sfu.routing.downtrack import DownTrack
+from sfu.routing.downtrack import HDREXT_MID, DownTrack
 from sfu.routing.track import PublishedTrack, TrackCodec
 from sfu.transport.peer import CloseReason
 from tests.sfu.routing.harness import (
@@ -60,11 +60,12 @@ def downtrack(
     ssrc: int = 0xBBBB0001,
     out_payload_types: dict[str, int] | None = None,
     out_ext_ids: dict[str, int] | None = None,
+    mid: str = "0",
 ) -> DownTrack:
     return DownTrack(
         peer=link.peer,
         kind=kind,
-        mid="0",
+        mid=mid,
         ssrc=ssrc,
         out_payload_types=out_payload_types or ({"VP8": 100} if kind == "video" else {"opus": 109}),
         out_ext_ids=out_ext_ids or {},
@@ -164,6 +165,42 @@ async def test_ssrc_pt_and_extensions_are_rewritten(
     assert got.header.extensions == ext_out
     assert (got.header.extension_profile is None) == (ext_out == [])
     assert got.payload == OPUS_FRAME
+
+
+@pytest.mark.parametrize(
+    ("pub_mid", "sub_mid", "ext_out"),
+    [
+        ("0", "0", [(9, b"0")]),  # same mid: the value passes through
+        ("0", "3", [(9, b"3")]),  # rewritten to the subscriber's mid
+        ("ab", "cd", [(9, b"cd")]),
+        ("0", "12", []),  # different length: cannot be patched in place, dropped
+    ],
+)
+async def test_mid_extension_carries_the_subscribers_mid(
+    link: Link, pub_mid: str, sub_mid: str, ext_out: list[tuple[int, bytes]]
+) -> None:
+    src = PublishedTrack(
+        kind="video",
+        ssrc=0xAAAA0001,
+        codecs=[VP8],
+        mid=pub_mid,
+        owner="alice",
+        counters=link.counters,
+        request_keyframe=lambda ssrc: None,
+        ext_ids={HDREXT_MID: 4, ABS_SEND_TIME: 3},
+    )
+    dt = downtrack(link, mid=sub_mid, out_ext_ids={HDREXT_MID: 9, ABS_SEND_TIME: 2})
+    dt.bind(src, T0)
+    ext_in = [(4, pub_mid.encode()), (3, b"\x01\x02\x03")]
+    push(src, 1, 0, VP8_KEY, T0, extensions=ext_in)
+    push(src, 2, 3000, VP8_DELTA, T0 + 33, extensions=ext_in)
+    kept = await _receive_losing(link, 2, lose={1})
+    assert kept[0].header.extensions == [*ext_out, (2, b"\x01\x02\x03")]
+    # a retransmission carries the same rewritten value
+    assert dt.retransmit([(kept[0].header.sequence_number + 1) & 0xFFFF], T0 + 100) == 1
+    resent = RtpPacket.parse(await link.client.recv_rtp())
+    assert resent.header.extensions == [*ext_out, (2, b"\x01\x02\x03")]
+    assert resent.payload == VP8_DELTA
 
 
 @pytest.mark.parametrize(
