@@ -115,6 +115,24 @@ async def test_handshake_connects_and_tells_the_sink_once(port: MediaPort, clien
     assert peer.dtls.srtp_keys.local_key == client.dtls.srtp_keys.remote_key
 
 
+async def test_node_retransmits_a_lost_client_hello(port: MediaPort, client: RawClient) -> None:
+    """As DTLS client the node must resend its first flight on its own timer (about 1 s)."""
+    peer = new_peer(port, client, node_role=DtlsRole.CLIENT)
+    sink = RecordingSink()
+    peer.sink = sink
+    await client.check(peer, port)
+    lost = await client.recv()  # the ClientHello, lost on the way
+    assert lost[0] == 22 and lost[13] == 1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await client.handshake(peer, port, DtlsRole.CLIENT)
+    async with asyncio.timeout(2):
+        while state(peer) is not TransportState.CONNECTED:
+            await asyncio.sleep(0.002)
+    assert 0.5 < loop.time() - started < 3.0
+    assert sink.connected and peer.dtls.datagrams_sent >= 3
+
+
 async def test_wrong_client_fingerprint_fails_the_transport(port: MediaPort, client: RawClient) -> None:
     peer = new_peer(port, client, remote_fingerprints=[("sha-256", NODE_CERT.fingerprint())])
     sink = RecordingSink()
