@@ -216,8 +216,16 @@ def create_app(node: Node) -> web.Application:
         per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
         paths=RATE_LIMITED_PATHS,
     )
+    # The inner error middleware turns refusals (the handlers', the limiter's) into problems before
+    # CORS decorates them, so a browser app can read every problem; the outer one answers the CORS
+    # middleware's own refusal (an origin not allowed) and counts every response once.
     app = web.Application(
-        middlewares=[make_error_middleware(count), make_cors_middleware(cfg.cors_origins), limiter],
+        middlewares=[
+            make_error_middleware(count),
+            make_cors_middleware(cfg.cors_origins),
+            make_error_middleware(),
+            limiter,
+        ],
         client_max_size=256 * 1024,
     )
     app[NODE_KEY] = node
