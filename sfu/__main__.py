@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def run(cfg: node_config.NodeConfig) -> None:
+async def run(cfg: node_config.NodeConfig) -> int:
+    """Serve until SIGINT/SIGTERM (exit 0) or until the control-plane agent gives up (exit 1)."""
     from sfu.node import Node
 
     node = Node(cfg)
@@ -42,8 +43,18 @@ async def run(cfg: node_config.NodeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{node.port.port})", flush=True)
-    await stop.wait()
+    waiters = [asyncio.create_task(stop.wait())]
+    if node.agent is not None:
+        waiters.append(asyncio.create_task(node.agent.fatal.wait()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    reason = node.agent.fatal_reason if node.agent is not None else None
     await node.stop()
+    if reason is not None:
+        print(f"levelchat-sfu: exiting: {reason}", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         logging.getLogger(__name__).warning("uvloop is not installed; using asyncio's loop")
     try:
-        asyncio.run(run(cfg))
+        return asyncio.run(run(cfg))
     except OSError as exc:
         print(f"levelchat-sfu: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

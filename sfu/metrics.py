@@ -20,10 +20,13 @@ class NodeCollector(Collector):
         counters: MediaCounters,
         gauges: Callable[[], dict[str, float]],
         http_counts: dict[tuple[str, str], int],
+        counter_values: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self._c = counters
         self._gauges = gauges
         self._http = http_counts
+        #: plain totals kept elsewhere (name without ``_total``), exported as counters
+        self._counter_values = counter_values
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
         c = self._c
@@ -31,6 +34,8 @@ class NodeCollector(Collector):
             g = GaugeMetricFamily(PREFIX + name, name.replace("_", " "))
             g.add_metric([], value)
             yield g
+        for name, value in (self._counter_values() if self._counter_values is not None else {}).items():
+            yield CounterMetricFamily(PREFIX + name, name.replace("_", " "), value=value)
         rx = CounterMetricFamily(PREFIX + "sfu_packets_received", "RTP packets received", labels=["kind"])
         rx.add_metric(["audio"], c.rtp_in[0])
         rx.add_metric(["video"], c.rtp_in[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from aiohttp import web
 from levelchat.errors import ApiError
 from levelchat.tokens import ApiKey, TokenVerifier
 from sfu import clock
+from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
 from sfu.config import NodeConfig
@@ -40,7 +42,9 @@ class Node:
         self.rooms = RoomRegistry(max_rooms=config.max_rooms, max_participants=config.max_participants)
         self.verifier = TokenVerifier([ApiKey(k, s) for k, s in config.api_keys.items()], config.project)
         self.http_counts: dict[tuple[str, str], int] = {}
-        self.metrics_registry = make_registry(NodeCollector(self.counters, self._gauges, self.http_counts))
+        self.metrics_registry = make_registry(
+            NodeCollector(self.counters, self._gauges, self.http_counts, self._counter_values)
+        )
         self.draining = False
         self.revoked = False
         self.self_check_ok = True
@@ -49,6 +53,7 @@ class Node:
         self._tick_task: asyncio.Task[None] | None = None
         self.router: Router
         self.selfcheck: SelfCheck | None = None
+        self.agent: ControlPlaneAgent | None = None
         self.sessions: SessionService
         self.http_port = config.http_port
 
@@ -86,6 +91,9 @@ class Node:
         )
         await self.selfcheck.start()
         self._tick_task = asyncio.create_task(self._ticker())
+        if self.config.control_url:
+            self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
+            self.agent.start()  # registers in the background: never delays serving
         log.info(
             "node %s listening: http %s, media udp %s:%d (advertised %s)",
             self.config.effective_node_id,
@@ -96,6 +104,8 @@ class Node:
         )
 
     async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
         if self.selfcheck is not None:
             await self.selfcheck.stop()
         if self._tick_task is not None:
@@ -114,6 +124,10 @@ class Node:
     @property
     def url(self) -> str:
         return self.config.url(self.http_port)
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id or f"node-{socket.gethostname()}-{self.http_port}"
 
     async def _ticker(self) -> None:
         while True:
@@ -153,6 +167,29 @@ class Node:
         room, _ = self.rooms.create(room_id, self.default_policy(), now_ms)
         return room
 
+    # -- control plane (sfu.agent) ---------------------------------------------------------------
+    def load_snapshot(self) -> LoadSnapshot:
+        return LoadSnapshot(
+            rooms=self.rooms.room_count,
+            participants=self.rooms.participant_count,
+            packets_out=sum(self.counters.rtp_out),
+            healthy=self.self_check_ok and self.port.is_open,
+            draining=self.draining,
+        )
+
+    def revoke(self) -> None:
+        """Refuse new work from now on (``node_revoked``); live sessions stay until closed."""
+        self.revoked = True
+
+    def close_all_rooms(self, reason: CloseReason) -> int:
+        """Close every public room and its sessions; the number closed."""
+        now = clock.now_ms()
+        rooms = self.rooms.public_rooms()
+        for room in rooms:
+            self.router.close_room(room, reason, now)
+        self.sessions.expire()
+        return len(rooms)
+
     # -- health ----------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
         if self.revoked:
@@ -164,6 +201,10 @@ class Node:
         if not self.self_check_ok:
             return False, f"self-check failing: {self.self_check_reason}"
         return True, "ok"
+
+    def _counter_values(self) -> dict[str, float]:
+        failures = self.agent.heartbeat_failures if self.agent is not None else 0
+        return {"sfu_control_plane_heartbeat_failures": failures}
 
     def _gauges(self) -> dict[str, Any]:
         rooms = self.rooms.public_rooms()
