@@ -131,15 +131,20 @@ class PublisherSink:
         self.participant = participant
         self.counters = counters
         self.by_ssrc = participant.tracks
-        self.rtx_ssrcs: dict[int, PublishedTrack] = {}
+        self.rtx_ssrcs: dict[int, PublishedTrack] = {
+            t.rtx_ssrc: t for t in participant.tracks.values() if t.rtx_ssrc is not None
+        }
 
     def on_rtp(self, cbuf: object, view: memoryview, length: int, now_ms: int) -> None:
         if length < 12:
             self.counters.drops[DropReason.RTP_MALFORMED] += 1
             return
-        track = self.by_ssrc.get(unpack_from("!I", view, 8)[0])
+        ssrc = unpack_from("!I", view, 8)[0]
+        track = self.by_ssrc.get(ssrc)
         if track is None:
-            self.counters.drops[DropReason.RTP_UNKNOWN_SSRC] += 1
+            # RTX from the publisher is not unwrapped yet: NACKs are served from the node's cache
+            reason = DropReason.RTX_UNKNOWN if ssrc in self.rtx_ssrcs else DropReason.RTP_UNKNOWN_SSRC
+            self.counters.drops[reason] += 1
             return
         track.on_rtp(view, length, now_ms)
 

@@ -115,6 +115,8 @@ class Router:
                 ext_ids=spec.ext_ids,
             )
             participant.tracks[spec.ssrc] = track
+            if track.rtx_ssrc is not None:
+                sink.rtx_ssrcs[track.rtx_ssrc] = track
         self._rebind_room(room, now_ms)
 
     def attach_subscriber(

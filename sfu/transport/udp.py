@@ -13,6 +13,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from typing import Any, Protocol
 
 from pylibsrtp._binding import ffi
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 BUFFER_SIZE = 2048
 RECV_BUDGET = 256
+#: one SRTP datagram in this many is timed for the forward-latency histogram
+LATENCY_SAMPLE = 64
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
@@ -57,6 +60,7 @@ class MediaPort:
         self._cbuf = ffi.new("unsigned char[]", BUFFER_SIZE)
         self._view = memoryview(ffi.buffer(self._cbuf))
         self.send_errors = 0
+        self._latency_countdown = LATENCY_SAMPLE
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -140,16 +144,17 @@ class MediaPort:
         counters = self.counters
         drops = counters.drops
         now_ms = clock.now_ms()
+        sampled = self._latency_countdown
         for _ in range(RECV_BUDGET):
             try:
                 n, addr = sock.recvfrom_into(view)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # e.g. ICMP-reported errors on some kernels
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
                     continue
                 log.warning("media receive failed: %s", exc)
-                return
+                break
             counters.datagrams_in += 1
             if n < 4:
                 drops[DropReason.TOO_SHORT] += 1
@@ -160,7 +165,14 @@ class MediaPort:
                 if peer is None:
                     drops[DropReason.SRTP_UNKNOWN_ADDRESS] += 1
                     continue
-                peer.on_srtp(cbuf, view, n, now_ms)
+                sampled -= 1
+                if sampled:
+                    peer.on_srtp(cbuf, view, n, now_ms)
+                else:  # time one datagram in LATENCY_SAMPLE: receive to last send
+                    sampled = LATENCY_SAMPLE
+                    started = time.perf_counter()
+                    peer.on_srtp(cbuf, view, n, now_ms)
+                    counters.observe_latency(time.perf_counter() - started)
             elif b0 < 4:
                 self._on_stun(bytes(view[:n]), addr, now_ms)
             elif 19 < b0 < 64:
@@ -171,6 +183,7 @@ class MediaPort:
                 peer.on_dtls(bytes(view[:n]), now_ms)
             else:
                 drops[DropReason.UNKNOWN_PROTOCOL] += 1
+        self._latency_countdown = sampled
 
     def _on_stun(self, data: bytes, addr: Address, now_ms: int) -> None:
         drops = self.counters.drops
