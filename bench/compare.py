@@ -98,25 +98,37 @@ def _spawn(argv: list[str], stdin: bool = False) -> subprocess.Popen[str]:
                             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
 
 
-def _pin(pid: int, cpu: int) -> None:
+def pin(pid: int, cpu: int) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2:
         os.sched_setaffinity(pid, {cpus[cpu % len(cpus)]})
 
 
-class _Stoppable(Protocol):
+class Stoppable(Protocol):
     pid: int
 
     def stop(self) -> dict[str, Any]: ...
 
 
 @dataclass
-class _Setup:
+class RunSetup:
     """The processes of one run once every session is up and the source waits for its go."""
 
-    running: _Stoppable
+    running: Stoppable
     sinks: subprocess.Popen[str]
     source: subprocess.Popen[str]
+
+    def pin(self) -> None:
+        """The forwarder alone on the second CPU, source and sinks on the first."""
+        pin(self.running.pid, 1)
+        pin(self.sinks.pid, 0)
+        pin(self.source.pid, 0)
+
+    def go(self) -> None:
+        """Let the source start sending."""
+        assert self.source.stdin is not None
+        self.source.stdin.write("go\n")
+        self.source.stdin.flush()
 
 
 def _sink_argv(work: Workload, bound: float) -> list[str]:
@@ -131,14 +143,14 @@ def _source_argv(work: Workload) -> list[str]:
             "--wait-go"]
 
 
-def _kill(*procs: subprocess.Popen[str] | None) -> None:
+def kill_all(*procs: subprocess.Popen[str] | None) -> None:
     for proc in procs:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(5)
 
 
-def _setup_keyed(target: KeyedTarget, work: Workload, bound: float, procs: list[subprocess.Popen[str]]) -> _Setup:
+def _setup_keyed(target: KeyedTarget, work: Workload, bound: float, procs: list[subprocess.Popen[str]]) -> RunSetup:
     in_key, sink_keys = target.make_keys(work.fanout)
     sink_argv = _sink_argv(work, bound)
     for key in sink_keys:
@@ -152,13 +164,13 @@ def _setup_keyed(target: KeyedTarget, work: Workload, bound: float, procs: list[
         procs.append(source)
         read_ready(source, timeout=20)
     except BaseException:
-        _stop_quietly(running)
+        stop_quietly(running)
         raise
-    return _Setup(running, sinks, source)
+    return RunSetup(running, sinks, source)
 
 
 def _setup_sessions(target: SessionTarget, work: Workload, bound: float,
-                    procs: list[subprocess.Popen[str]]) -> _Setup:
+                    procs: list[subprocess.Popen[str]]) -> RunSetup:
     running = target.launch(bound)
     try:
         pub = running.publisher()
@@ -173,41 +185,46 @@ def _setup_sessions(target: SessionTarget, work: Workload, bound: float,
         procs.append(sinks)
         read_ready(sinks, timeout=30)
     except BaseException:
-        _stop_quietly(running)
+        stop_quietly(running)
         raise
-    return _Setup(running, sinks, source)
+    return RunSetup(running, sinks, source)
 
 
-def _stop_quietly(running: _Stoppable) -> None:
+def stop_quietly(running: Stoppable) -> None:
     try:
         running.stop()
     except TargetError:
         pass
 
 
+def target_workload(target: Target, work: Workload) -> Workload:
+    """``work`` with the target's own flood bound applied (``max_flood_in_pps``, if it has one)."""
+    cap = float(getattr(target, "max_flood_in_pps", 0.0))
+    return replace(work, max_flood_in_pps=cap) if work.in_pps <= 0 and cap > 0 else work
+
+
+def setup_run(target: Target, work: Workload, bound: float, procs: list[subprocess.Popen[str]]) -> RunSetup:
+    """Start the forwarder, the sinks and the source (which then waits for ``go``); every process
+    started is appended to ``procs`` so the caller can kill them whatever happens."""
+    if isinstance(target, SessionTarget):
+        return _setup_sessions(target, work, bound, procs)
+    return _setup_keyed(target, work, bound, procs)
+
+
 def run_target(target: Target, work: Workload) -> dict[str, Any]:
     """One measured run of one target; returns its figures."""
-    cap = float(getattr(target, "max_flood_in_pps", 0.0))
-    if work.in_pps <= 0 and cap > 0:
-        work = replace(work, max_flood_in_pps=cap)
+    work = target_workload(target, work)
     bound = work.source_bound_s + 10.0
     procs: list[subprocess.Popen[str]] = []
-    setup: _Setup | None = None
+    setup: RunSetup | None = None
     try:
-        if isinstance(target, SessionTarget):
-            setup = _setup_sessions(target, work, bound, procs)
-        else:
-            setup = _setup_keyed(target, work, bound, procs)
+        setup = setup_run(target, work, bound, procs)
         running, sinks, source = setup.running, setup.sinks, setup.source
         if work.pin:
-            _pin(running.pid, 1)
-            _pin(sinks.pid, 0)
-            _pin(source.pid, 0)
+            setup.pin()
         cpu0 = cpu_seconds(running.pid)
         t0 = time.monotonic()
-        assert source.stdin is not None
-        source.stdin.write("go\n")
-        source.stdin.flush()
+        setup.go()
         src = finish_json(source, timeout=work.seconds + 20)
         snk = finish_json(sinks, timeout=bound + 10)
         cpu = cpu_seconds(running.pid) - cpu0
@@ -216,8 +233,8 @@ def run_target(target: Target, work: Workload) -> dict[str, Any]:
         setup = None
     finally:
         if setup is not None:
-            _stop_quietly(setup.running)
-        _kill(*procs)
+            stop_quietly(setup.running)
+        kill_all(*procs)
     delivered = int(snk["received"])
     expected = int(src["sent"]) * work.fanout
     return {
