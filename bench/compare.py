@@ -34,7 +34,7 @@ from bench.targets import (
     read_ready,
 )
 
-#: Name of the SFU node target (see the HOOK in bench/targets.py); its figures get the ratios.
+#: Name of the SFU node target (``NodeTarget`` in bench/targets.py); its figures get the ratios.
 NODE = "node"
 
 
