@@ -111,7 +111,8 @@ async function start(panel) {
     if (panel === "publish") {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
       $("publish-video").srcObject = stream;
-      entry.session = await MediaSession.publish("", room(), token, stream, onState);
+      const videoCodec = $("publish-codec").value;
+      entry.session = await MediaSession.publish("", room(), token, stream, onState, { videoCodec });
     } else {
       const target = $("watch-identity").value.trim();
       const result = await MediaSession.watch("", room(), target, token, onState);

@@ -41,6 +41,18 @@ function gathered(pc, timeoutMs) {
   });
 }
 
+// Codecs that ride along with any media codec (retransmission, redundancy, FEC).
+const AUXILIARY = new Set(["video/rtx", "video/red", "video/ulpfec", "video/flexfec-03"]);
+
+/** The browser's video codecs restricted to `name` (plus its auxiliaries), for setCodecPreferences. */
+export function onlyCodec(name) {
+  const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs ?? [];
+  const wanted = `video/${name}`.toLowerCase();
+  const chosen = codecs.filter((c) => c.mimeType.toLowerCase() === wanted);
+  if (!chosen.length) throw new Error(`this browser cannot send ${name}`);
+  return [...chosen, ...codecs.filter((c) => AUXILIARY.has(c.mimeType.toLowerCase()))];
+}
+
 export class MediaSession {
   /**
    * @param {"whip"|"whep"} kind
@@ -58,12 +70,22 @@ export class MediaSession {
     this.pc.addEventListener("connectionstatechange", () => this.onState(this.pc.connectionState));
   }
 
-  /** Publish every track of `stream` to `room` (WHIP). */
-  static async publish(baseUrl, room, token, stream, onState) {
+  /**
+   * Publish every track of `stream` to `room` (WHIP).
+   * @param {{videoCodec?: string, videoEncodings?: RTCRtpEncodingParameters[]}} [options]
+   *   videoCodec: offer only this video codec ("VP8", "VP9", "H264", "AV1"); default: all the browser has;
+   *   videoEncodings: the video sender's encodings (several with `rid`s: simulcast)
+   */
+  static async publish(baseUrl, room, token, stream, onState, options = {}) {
     const session = new MediaSession("whip", baseUrl, token, onState);
     try {
       for (const track of stream.getTracks()) {
-        session.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+        const init = { direction: "sendonly", streams: [stream] };
+        if (track.kind === "video" && options.videoEncodings) init.sendEncodings = options.videoEncodings;
+        const transceiver = session.pc.addTransceiver(track, init);
+        if (track.kind === "video" && options.videoCodec) {
+          transceiver.setCodecPreferences(onlyCodec(options.videoCodec));
+        }
       }
       await session.negotiate(`/whip/${encodeURIComponent(room)}`);
     } catch (err) {
@@ -107,20 +129,28 @@ export class MediaSession {
     await this.pc.setRemoteDescription({ type: "answer", sdp: answer });
   }
 
-  /** End the session: DELETE its resource on the node, then close the peer connection. */
+  /**
+   * End the session: DELETE its resource on the node first (closing the peer connection first
+   * would let the node see the DTLS close and end the session on its own), then close.
+   */
   async leave() {
     const location = this.location;
     this.location = null;
-    const senders = this.pc.getSenders();
-    this.pc.close();
-    for (const s of senders) s.track?.stop();
-    this.onState("closed");
-    if (!location) return;
-    const response = await fetch(new URL(location, this.baseUrl || window.location.href), {
-      method: "DELETE",
-      keepalive: true,
-      headers: { Authorization: `Bearer ${this.token}` },
-    });
-    if (!response.ok) throw await problemOf(response);
+    try {
+      if (location) {
+        const response = await fetch(new URL(location, this.baseUrl || window.location.href), {
+          method: "DELETE",
+          keepalive: true,
+          headers: { Authorization: `Bearer ${this.token}` },
+        });
+        // 404: the node had already ended the session (e.g. the connection failed): nothing to undo
+        if (!response.ok && response.status !== 404) throw await problemOf(response);
+      }
+    } finally {
+      const senders = this.pc.getSenders();
+      this.pc.close();
+      for (const s of senders) s.track?.stop();
+      this.onState("closed");
+    }
   }
 }

@@ -101,7 +101,8 @@ class DemoPage:
     async def paste_token(self, panel: Panel, token: str) -> None:
         await self.page.fill(f"#{panel}-token", token)
 
-    async def publish(self) -> None:
+    async def publish(self, video_codec: str = "") -> None:
+        await self.page.select_option("#publish-codec", video_codec)
         await self.page.click("#publish-start")
 
     async def watch(self, publisher: str = "") -> None:
