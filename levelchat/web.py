@@ -21,7 +21,7 @@ log = logging.getLogger("levelchat.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 MAX_BODY_BYTES = 64 * 1024
-EXPOSED_HEADERS = "Location, ETag, Link, X-Request-Id, Retry-After, X-RateLimit-Reset"
+EXPOSED_HEADERS = "Location, ETag, Link, X-Request-Id, Retry-After, X-RateLimit-Reset, LevelChat-Refused-Track"
 
 
 def new_request_id() -> str:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 NODE_KEY = web.AppKey("node", object)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SDP_TYPE = "application/sdp"
+#: WHEP answer header naming each published track the subscriber's offer cannot carry
+REFUSED_TRACK_HEADER = "LevelChat-Refused-Track"
 RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc")
 
 
@@ -93,7 +95,11 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     now = clock.now_ms()
     room = node.rooms.get(room_id, now)
     session, answer = node.sessions.subscribe(room, _identity(claims, "whep"), target, offer, now)
-    return _sdp_created(request, "whep", room_id, session.id, session.etag, answer)
+    resp = _sdp_created(request, "whep", room_id, session.id, session.etag, answer)
+    for kind, code, _detail in session.refused:
+        # a track the subscriber cannot decode: its section is answered inactive
+        resp.headers.add(REFUSED_TRACK_HEADER, f"kind={kind}; code={code}")
+    return resp
 
 
 async def session_delete(request: web.Request) -> web.StreamResponse:
@@ -134,7 +140,10 @@ def _policy_from(body: dict[str, object], node: Node) -> RoomPolicy:
     timeout = body.get("empty_timeout_s", cfg.default_empty_timeout_s)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 0 <= timeout <= 86400:
         raise ApiError("bad_request", "empty_timeout_s must be an integer from 0 to 86400")
-    return RoomPolicy(max_participants=max_p, codecs=tuple(codecs), empty_timeout_s=timeout)
+    recording = body.get("recording", False)
+    if not isinstance(recording, bool):
+        raise ApiError("bad_request", "recording must be true or false")
+    return RoomPolicy(max_participants=max_p, codecs=tuple(codecs), empty_timeout_s=timeout, recording=recording)
 
 
 async def rooms_post(request: web.Request) -> web.StreamResponse:
@@ -182,6 +191,21 @@ async def room_delete(request: web.Request) -> web.StreamResponse:
     node.router.close_room(room, CloseReason.ROOM_CLOSED, now)
     node.sessions.expire()
     return web.Response(status=204)
+
+
+async def recording_post(request: web.Request) -> web.StreamResponse:
+    """Start recording a room: the scope and the room's policy are checked; this self-hosted
+    node has no recorder, so a permitted request is answered ``onprem_disabled``."""
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    if "recording:write" not in claims.scopes:
+        raise ApiError("recording/not-permitted", "recording needs a token with the recording:write scope")
+    claims.require_room(room_id)
+    room = node.rooms.get(room_id, clock.now_ms())
+    if not room.policy.recording:
+        raise ApiError("recording/not-permitted", f"room {room_id!r} does not allow recording")
+    raise ApiError("onprem_disabled", "recording is not available on a self-hosted node")
 
 
 # -- operations ------------------------------------------------------------------------------------
@@ -241,6 +265,7 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/v1/rooms", rooms_list)
     r.add_get("/v1/rooms/{room}", room_get)
     r.add_delete("/v1/rooms/{room}", room_delete)
+    r.add_post("/v1/rooms/{room}/recording", recording_post)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)

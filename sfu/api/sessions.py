@@ -30,6 +30,8 @@ class MediaSession:
     room_id: str
     participant: Participant
     etag: str
+    #: tracks the subscriber's offer could not carry: (kind, catalogue code, detail)
+    refused: tuple[tuple[str, str, str], ...] = ()
 
 
 class SessionService:
@@ -150,7 +152,9 @@ class SessionService:
         transport, role = self._transport(offer, now_ms)
         self.router.attach_subscriber(room, participant, transport, specs, now_ms)
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        return self._register(room, participant), answer
+        session = self._register(room, participant)
+        session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
+        return session, answer
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session_id: str, room_id: str, now_ms: int) -> None:

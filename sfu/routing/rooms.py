@@ -30,6 +30,7 @@ class RoomPolicy:
     max_participants: int
     codecs: tuple[str, ...]
     empty_timeout_s: int
+    recording: bool = False  # whether recording may be requested in this room
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Room:
             "max_participants": self.policy.max_participants,
             "codecs": list(self.policy.codecs),
             "empty_timeout_s": self.policy.empty_timeout_s,
+            "recording": self.policy.recording,
             "num_participants": len(self.participants),
             "participants": [p.describe() for p in self.participants.values()],
             "created_at_ms": self.created_ms,

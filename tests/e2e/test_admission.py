@@ -135,3 +135,77 @@ async def test_same_identity_replaces_the_older_session(node_factory: Callable[.
         for c in (sub, first, second):
             await c.close()
         await node.stop()
+
+
+async def test_recording_requests_follow_scope_and_room_policy(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for room, allowed in (("rec-room", True), ("norec-room", False)):
+                async with http.post(
+                    f"{node.url}/v1/rooms",
+                    json={"room": room, "recording": allowed},
+                    headers={"Authorization": f"Bearer {token(room, 'admin', scopes=('room:create',))}"},
+                ) as resp:
+                    assert resp.status == 201
+                    assert (await resp.json())["recording"] is allowed
+
+            async def record(room: str, scopes: tuple[str, ...]) -> tuple[int, dict[str, Any]]:
+                tok = token(room, "rec", scopes=scopes)
+                async with http.post(
+                    f"{node.url}/v1/rooms/{room}/recording", headers={"Authorization": f"Bearer {tok}"}
+                ) as resp:
+                    return resp.status, await resp.json()
+
+            status, body = await record("rec-room", ("room:join",))
+            assert (status, body["code"]) == (400, "recording/not-permitted")
+            assert "recording:write" in body["detail"]
+            status, body = await record("norec-room", ("room:join", "recording:write"))
+            assert (status, body["code"]) == (400, "recording/not-permitted")
+            status, body = await record("rec-room", ("room:join", "recording:write"))
+            assert (status, body["code"]) == (503, "onprem_disabled")
+    finally:
+        await node.stop()
+
+
+async def test_codec_policy_refuses_publishers_and_subscribers_that_cannot_fit(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory()
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _create_room(http, node, "vp8-only", cap=10)
+            async with http.post(
+                f"{node.url}/v1/rooms",
+                json={"room": "h264-only", "codecs": ["opus", "H264"]},
+                headers={"Authorization": f"Bearer {token('h264-only', 'admin', scopes=('room:create',))}"},
+            ) as resp:
+                assert resp.status == 201
+        # the lite client offers VP8 only: a room that allows only H264 refuses it
+        async with aiohttp.ClientSession() as http:
+            status, body, _ = await _whip(http, node, "h264-only", "vp8-publisher")
+        assert (status, body["code"]) == (406, "codec/unsupported")
+        assert "VP8" in body["detail"]
+        # a VP8 publisher, and a subscriber whose video can only be H264: audio only, video refused
+        pub = WhipPublisher(node.url, "vp8-only", token("vp8-only", "alice"))
+        await pub.connect()
+        sub = WhepSubscriber(node.url, "vp8-only", token("vp8-only", "bob"))
+        from aiortc.rtcrtpsender import RTCRtpSender
+
+        h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == "H264"]
+        video = next(t for t in sub.pc.getTransceivers() if t.kind == "video")
+        video.setCodecPreferences(h264)
+        await sub.pc.setLocalDescription(await sub.pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{node.url}/whep/vp8-only",
+                data=sub.pc.localDescription.sdp,
+                headers={"Authorization": f"Bearer {token('vp8-only', 'bob')}", "Content-Type": "application/sdp"},
+            ) as resp:
+                assert resp.status == 201
+                assert resp.headers.getall("LevelChat-Refused-Track") == ["kind=video; code=codec/unsupported"]
+                answer = await resp.text()
+        video_section = answer.split("m=video")[1].split("m=")[0]
+        assert "a=inactive" in video_section
+        await sub.close()
+        await pub.close()
+    finally:
+        await node.stop()
