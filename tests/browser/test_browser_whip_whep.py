@@ -73,7 +73,9 @@ async def test_aiortc_publishes_chromium_watches(node: Node, browser: Browser) -
     await pub.connect()
     page = await DemoPage.open(browser, node.url)
     try:
-        await page.join_as(room, "bob")
+        # as a production page would: a token from elsewhere, pasted (dev mode off)
+        await page.join_as(room, "bob", dev_mode=False)
+        await page.paste_token("watch", token(room, "bob", ("room:join", "room:subscribe")))
         await page.watch()
         assert await page.wait_state("watch", "connected", "failed") == "connected"
         video = await page.wait_rtp("watch", "video", "framesDecoded", FRAMES)
