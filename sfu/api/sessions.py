@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from levelchat.errors import ApiError
 from sfu.routing.participant import Participant, ParticipantKind
@@ -15,7 +15,7 @@ from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
 from sfu.routing.track import TrackCodec
 from sfu.signaling import sdp
-from sfu.signaling.codecs import CodecPolicy
+from sfu.signaling.codecs import CodecPolicy, codecs_match
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.peer import CloseReason, PeerTransport
 
@@ -125,14 +125,15 @@ class SessionService:
         if source is None:
             who = f"participant {target!r}" if target else "any participant"
             raise ApiError("not_found", f"room {room.id!r} has no media published by {who}")
+        policy = CodecPolicy.parse(room.policy.codecs)
         outgoing = [
-            sdp.OutgoingTrack(track=self.published[t.sid], ssrc=random.getrandbits(32) or 1)
+            sdp.OutgoingTrack(
+                track=self._with_room_codecs(self.published[t.sid], offer, policy), ssrc=random.getrandbits(32) or 1
+            )
             for t in source.tracks.values()
             if t.sid in self.published
         ]
-        negotiation = sdp.negotiate_subscribe(
-            offer, outgoing, CodecPolicy.parse(room.policy.codecs), cname=f"levelchat-{identity}"
-        )
+        negotiation = sdp.negotiate_subscribe(offer, outgoing, policy, cname=f"levelchat-{identity}")
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer has no receiving audio or video section")
         participant = Participant(
@@ -155,6 +156,29 @@ class SessionService:
         session = self._register(room, participant)
         session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
         return session, answer
+
+    @staticmethod
+    def _with_room_codecs(
+        track: sdp.PublishedTrack, offer: sdp.SessionDesc, policy: CodecPolicy
+    ) -> sdp.PublishedTrack:
+        """The track's codecs, then the other room codecs of its kind that the subscriber offers.
+
+        The first stays the codec being sent; the others are answered too, so the subscriber can
+        follow a later publisher (a rejoin, the next publisher of the room) that sends one of them.
+        """
+        kind = track.kind
+        have = list(track.codecs)
+        used = {c.pt for c in have}
+        free = (pt for pt in range(96, 128) if pt not in used)
+        offered = [c for m in offer.media if m.kind is kind for c in m.codecs if c.is_primary]
+        for codec in policy.select(offered):
+            if not codec.is_primary or any(codecs_match(codec, c) for c in have):
+                continue
+            pt = next(free, None)
+            if pt is None:
+                break
+            have.append(replace(codec, pt=pt, rtx_pt=None))
+        return replace(track, codecs=tuple(have))
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session_id: str, room_id: str, now_ms: int) -> None:

@@ -210,11 +210,6 @@ async def test_chromium_viewer_follows_the_rooms_next_publisher(node: Node, brow
         await publisher.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node: a WHEP answer carries only the codecs of the publisher current at subscribe time "
-    "(sdp._map_track maps out.track.codecs), so a later publisher in another codec is never bound",
-)
 async def test_chromium_viewer_follows_a_publisher_in_a_codec_the_first_lacked(node: Node, browser: Browser) -> None:
     room = "browser-repub-2"
     publisher = await DemoPage.open(browser, node.url)
