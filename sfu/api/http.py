@@ -92,6 +92,8 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     claims.require("room:join", "room:subscribe")
     claims.require_room(room_id)
     offer = await _read_sdp(request)
+    if node.revoked:
+        raise ApiError("node_revoked", "this node was revoked and accepts no new work")
     now = clock.now_ms()
     room = node.rooms.get(room_id, now)
     session, answer = node.sessions.subscribe(room, _identity(claims, "whep"), target, offer, now)

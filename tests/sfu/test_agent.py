@@ -261,7 +261,6 @@ async def test_revocation_refuses_new_work_and_closes_sessions_after_the_drain_d
         await pub.close()
 
 
-@pytest.mark.xfail(strict=True, reason="sfu/api/http.py whep_post does not check node.revoked (WHEP is new work)")
 async def test_revoked_node_refuses_whep(control: ControlPlane, nodes: Any) -> None:
     node: Node = await nodes("sfu-rev-whep", control.url)
     await control.wait_state("sfu-rev-whep", "live")
