@@ -44,7 +44,7 @@ def summarize(collapsed: str, top: int = 20) -> tuple[int, list[Hotspot], list[H
         frames = [_LINE_NO.sub(")", f) for f in stack.split(";")]
         total += n
         own[frames[-1]] += n
-        for frame in set(frames):
+        for frame in dict.fromkeys(frames):  # once each, outermost first (ties rank callers first)
             incl[frame] += n
     if total == 0:
         return 0, [], []

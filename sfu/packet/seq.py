@@ -101,6 +101,11 @@ class SeqUnwrapper:
             d -= _SEQ_MOD
         return self._highest + d
 
+    def advance(self, count: int) -> None:
+        """Record ``count`` consecutive values after the highest (for a caller that skipped
+        ``unwrap`` on an in-order run)."""
+        self._highest += count
+
     def unwrap(self, seq: int) -> int:
         """The extended value of ``seq``, recording it as the highest when it is newer."""
         if not self._started:
@@ -151,9 +156,14 @@ class SeqMunger:
     A ring of ``window`` entries (a power of two) remembers recent packets for duplicate and
     drop detection and for ``unmap``; packets more than ``window - 1`` behind the newest are
     ``TOO_OLD``.
+
+    Fast path: while packets arrive in order without gaps (``seq`` is the newest + 1), ``map``
+    only adds the current offset and counts the packet; the rings and highest values catch up
+    (``_sync``) the next time anything else needs them, writing at most ``window`` entries.
     """
 
     __slots__ = (
+        "_d16",
         "_deltas",
         "_first_in",
         "_first_out",
@@ -161,8 +171,10 @@ class SeqMunger:
         "_highest_out",
         "_in_ext",
         "_in_state",
+        "_lazy",
         "_mask",
         "_max_ranges",
+        "_next",
         "_out_ext",
         "_out_in",
         "_pending_switch",
@@ -197,6 +209,11 @@ class SeqMunger:
         # Outgoing ext seq -> incoming 16-bit seq, for unmap.
         self._out_ext = [-1] * window
         self._out_in = [0] * window
+        # Fast path: the 16-bit seq that continues the run (-1: none), its offset, and how many
+        # packets the fast path mapped since the last ``_sync``.
+        self._next = -1
+        self._d16 = 0
+        self._lazy = 0
 
     @property
     def started(self) -> bool:
@@ -205,11 +222,46 @@ class SeqMunger:
     @property
     def last_out(self) -> int:
         """The highest outgoing 16-bit sequence number handed out (``base - 1`` before any)."""
+        self._sync()
         return self._highest_out & 0xFFFF
 
     def switch_source(self) -> None:
         """The next packet is the first of a new incoming stream; out continues at last + 1."""
+        self._sync()
         self._pending_switch = True
+        self._next = -1
+
+    def _sync(self) -> None:
+        """Bring highest values and rings up to date with the fast path's packets."""
+        count = self._lazy
+        if not count:
+            return
+        self._lazy = 0
+        first = self._highest_in + 1
+        last = self._highest_in + count
+        delta = self._deltas[-1]
+        self._highest_in = last
+        self._highest_out = last + delta
+        self._unwrap.advance(count)  # it did not see them either
+        mask = self._mask
+        in_ext_ring, in_state, out_ext_ring, out_in = self._in_ext, self._in_state, self._out_ext, self._out_in
+        mapped = self._MAPPED
+        for in_ext in range(max(first, last - self._window + 1), last + 1):
+            slot = in_ext & mask
+            in_ext_ring[slot] = in_ext
+            in_state[slot] = mapped
+            out_ext = in_ext + delta
+            slot = out_ext & mask
+            out_ext_ring[slot] = out_ext
+            out_in[slot] = in_ext & 0xFFFF
+
+    def _rearm(self) -> None:
+        """Point the fast path after the newest incoming packet, under the current offset."""
+        if self._pending_switch:
+            self._next = -1
+            return
+        self._next = (self._highest_in + 1) & 0xFFFF
+        self._d16 = self._deltas[-1]
 
     def _start(self, seq: int) -> int:
         self._unwrap.reset()
@@ -253,6 +305,16 @@ class SeqMunger:
 
     def map(self, seq: int) -> int:
         """Outgoing 16-bit sequence number for incoming ``seq``, or a negative ``SeqOutcome``."""
+        if seq == self._next:
+            self._next = (seq + 1) & 0xFFFF
+            self._lazy += 1
+            return (seq + self._d16) & 0xFFFF
+        self._sync()
+        out = self._map(seq)
+        self._rearm()
+        return out
+
+    def _map(self, seq: int) -> int:
         if self._pending_switch:
             in_ext = self._start(seq)
             self._highest_out = in_ext + self._deltas[0]
@@ -273,6 +335,13 @@ class SeqMunger:
 
     def drop(self, seq: int) -> DropOutcome:
         """Skip incoming ``seq`` without leaving a gap when possible."""
+        self._sync()
+        try:
+            return self._drop(seq)
+        finally:
+            self._rearm()
+
+    def _drop(self, seq: int) -> DropOutcome:
         if self._pending_switch:
             return DropOutcome.NOT_STARTED
         in_ext = self._unwrap.unwrap(seq)
@@ -295,15 +364,18 @@ class SeqMunger:
 
     def insert(self) -> int:
         """Allocate the next outgoing sequence number for a packet the forwarder originates."""
+        self._sync()
         self._highest_out += 1
         if not self._pending_switch:
             self._add_range(self._highest_in + 1, self._deltas[-1] + 1)
         slot = self._highest_out & self._mask
         self._out_ext[slot] = -1  # no incoming packet behind it
+        self._rearm()
         return self._highest_out & 0xFFFF
 
     def unmap(self, out_seq: int) -> int:
         """Incoming 16-bit sequence number forwarded as ``out_seq`` (recent ones only), or -1."""
+        self._sync()
         d = (out_seq - self._highest_out) & 0xFFFF
         if d >= _SEQ_HALF:
             d -= _SEQ_MOD

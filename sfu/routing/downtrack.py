@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from sfu.routing.track import PublishedTrack
 
 NO_PT = -1
+#: what ``PublishedTrack.on_rtp`` found a packet's header to be, once for all its subscribers
+SHAPE_PLAIN = 0  # well-formed, no extension block, no padding
+# a well-formed packet with extensions (no padding) passes the mask of its ids (``1 << id``)
+SHAPE_OTHER = -1  # anything else: ``copy_rewrite`` checks and rewrites it
 #: RFC 8843 BUNDLE demux: the value is the receiver's mid, so it is rewritten per subscriber
 HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
@@ -48,7 +52,12 @@ class DownTrack:
         self.seq = SeqMunger(random.getrandbits(16))
         self.ts = TimestampMunger(random.getrandbits(32))
         self.pt_map = [NO_PT] * 128
+        #: second header byte in -> out (marker kept, payload type mapped), NO_PT when unmapped
+        self._b1_map = [NO_PT] * 256
         self.ext_map = [0] * 256
+        #: bit mask of the extension ids that reach this subscriber unchanged: a packet whose ids
+        #: all are in it is copied with its extension block as is
+        self._ext_same = 0
         self.packets_sent = 0
         self.octets_sent = 0
         self.paused = False
@@ -83,7 +92,13 @@ class DownTrack:
                 self._mid_patch = (out_id, self.mid.encode())
             ext_map[in_id] = out_id
         self.pt_map = pt_map
+        self._b1_map = [NO_PT if pt_map[b & 0x7F] == NO_PT else (b & 0x80) | pt_map[b & 0x7F] for b in range(256)]
         self.ext_map = ext_map
+        self._ext_same = 0
+        if self._mid_patch is None:
+            for ext_id in range(1, 256):
+                if ext_map[ext_id] == ext_id:
+                    self._ext_same |= 1 << ext_id
         elapsed = max(now_ms - self._last_forward_ms, 1) if self.packets_sent else 0
         self.seq.switch_source()
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
@@ -98,36 +113,46 @@ class DownTrack:
             self.source.detach(self)
             self.source = None
 
-    def forward(self, view: memoryview, length: int, seq: int, ts: int, keyframe: bool, now_ms: int) -> None:
+    def forward(
+        self, view: memoryview, length: int, seq: int, ts: int, keyframe: bool, now_ms: int, shape: int = SHAPE_OTHER
+    ) -> int:
+        """Rewrite and queue one packet of the source for this subscriber; returns the bytes
+        queued (before SRTP), 0 when nothing was sent.  ``shape``: ``SHAPE_PLAIN``, ``SHAPE_OTHER`` or a mask of extension ids."""
         peer = self.peer
         if self.paused or peer.tx is None:
-            return
+            return 0
         if self.waiting_keyframe:
             if not keyframe:
-                return
+                return 0
             self.waiting_keyframe = False
-        pt = self.pt_map[view[1] & 0x7F]
-        if pt == NO_PT:
+        b1 = self._b1_map[view[1]]
+        if b1 == NO_PT:
             self._counters.drops[DropReason.RTP_MALFORMED] += 1
-            return
+            return 0
         out_seq = self.seq.map(seq)
         if out_seq < 0:
             self._counters.drops[DropReason.SEQ_TOO_OLD] += 1
-            return
+            return 0
         out_ts = self.ts.map(ts)
-        n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=out_ts, pt=pt, ext_map=self.ext_map)
-        if n < 0:
-            self._counters.drops[DropReason.RTP_MALFORMED] += 1
-            return
-        if self._mid_patch is not None:
-            self._patch_mid(peer.out_view, n)
-        if peer.send_rtp(n):
-            self.packets_sent += 1
-            self.octets_sent += n - 12
-            self._last_forward_ms = now_ms
-            counters = self._counters
-            counters.rtp_out[self._kind_index] += 1
-            counters.bytes_out += n
+        if shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same):
+            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
+                return 0
+            n = length
+        else:
+            n = copy_rewrite(
+                view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=out_ts, pt=b1 & 0x7F, ext_map=self.ext_map
+            )
+            if n < 0:
+                self._counters.drops[DropReason.RTP_MALFORMED] += 1
+                return 0
+            if self._mid_patch is not None:
+                self._patch_mid(peer.out_view, n)
+            if not peer.send_rtp(n):
+                return 0
+        self.packets_sent += 1
+        self.octets_sent += n - 12
+        self._last_forward_ms = now_ms
+        return n
 
     def _patch_mid(self, out: memoryview, length: int) -> None:
         assert self._mid_patch is not None

@@ -22,6 +22,47 @@ from sfu.routing.stats import ReceiveStats
 if TYPE_CHECKING:
     from sfu.routing.downtrack import DownTrack
 
+# the ``shape`` argument of ``DownTrack.forward`` (same values as sfu.routing.downtrack.SHAPE_*,
+# which imports this module); a packet with extensions passes the mask of their ids instead
+_SHAPE_PLAIN = 0
+_SHAPE_OTHER = -1
+
+
+def extension_ids(view: memoryview, length: int) -> int:
+    """Bit mask of the header extension ids in a well-formed RTP packet with its X bit set, or
+    -1 when the block is anything but plain elements (empty, padding other than up to 3 zero
+    bytes at its end for the one-byte form, reserved id 15, other profiles)."""
+    pos = 12 + (view[0] & 0x0F) * 4
+    profile = (view[pos] << 8) | view[pos + 1]
+    end = pos + 4 + ((view[pos + 2] << 8) | view[pos + 3]) * 4
+    pos += 4
+    mask = 0
+    if profile == 0xBEDE:
+        while pos < end:
+            b = view[pos]
+            if b == 0:  # only trailing padding may follow
+                if end - pos > 3 or any(view[pos:end]):
+                    return -1
+                break
+            ext_id = b >> 4
+            if ext_id == 15:
+                return -1
+            mask |= 1 << ext_id
+            pos += 2 + (b & 0x0F)
+    elif profile & 0xFFF0 == 0x1000:
+        while pos < end:
+            ext_id = view[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            if pos + 1 >= end:
+                return -1
+            mask |= 1 << ext_id
+            pos += 2 + view[pos + 1]
+    else:
+        return -1
+    return mask if mask and pos <= end else -1
+
 #: retransmission cache slots per video track (a power of two); audio keeps none
 RTX_CACHE_SLOTS = 512
 RTX_SLOT_BYTES = 1500
@@ -107,9 +148,19 @@ class PublishedTrack:
 
     # -- hot path --------------------------------------------------------------------------------
     def on_rtp(self, view: memoryview, length: int, now_ms: int) -> None:
-        self._counters.rtp_in[self._kind_index] += 1
+        counters = self._counters
+        kind = self._kind_index
+        counters.rtp_in[kind] += 1
         seq = (view[2] << 8) | view[3]
         ts = unpack_from("!I", view, 4)[0]
+        b0 = view[0]
+        top = b0 & 0xF0  # version, padding, extension
+        if top == 0x80:
+            shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
+        elif top == 0x90 and header_length(view, length) >= 0:
+            shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
+        else:
+            shape = _SHAPE_OTHER
         self.stats.update(seq, ts, now_ms)
         cache = self.rtx_cache
         if cache is not None:
@@ -119,8 +170,16 @@ class PublishedTrack:
             keyframe = self._check_keyframe(view, length)
             if self._keyframe_deferred and not keyframe:
                 self.request_keyframe(now_ms)
+        sent = 0
+        octets = 0
         for dt in self.downtracks:
-            dt.forward(view, length, seq, ts, keyframe, now_ms)
+            n = dt.forward(view, length, seq, ts, keyframe, now_ms, shape)
+            if n:
+                sent += 1
+                octets += n
+        if sent:
+            counters.rtp_out[kind] += sent
+            counters.bytes_out += octets
 
     def _check_keyframe(self, view: memoryview, length: int) -> bool:
         offset = header_length(view, length)

@@ -1,8 +1,16 @@
 """One participant's transport on the shared media port: ICE-lite address, DTLS, SRTP.
 
-It knows nothing of rooms.  Unprotected media goes to a ``MediaSink`` (the routing layer);
-media to send is written by the routing layer into ``out_view`` and sent with ``send_rtp``,
-which protects it in place.  Timers are driven from outside with the time passed in.
+It knows nothing of rooms.  Unprotected media goes to a ``MediaSink`` (the routing layer).
+Media to send goes out one of two ways, both protected in place in a slot of the port's send
+ring and sent with the port's next batch (``MediaPort.flush``):
+
+* ``forward_rtp(src, length, b1, seq, ts, ssrc)``, the forwarding fast path: ``src`` copied
+  as it is with the 11 header bytes after the first replaced (payload type and marker, sequence
+  number, timestamp, SSRC);
+* ``send_rtp(length)``: whatever the routing layer wrote into ``out_view`` (header extensions
+  rewritten, retransmissions).
+
+Timers are driven from outside with the time passed in.
 """
 
 from __future__ import annotations
@@ -11,15 +19,17 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from struct import Struct
 from typing import Any, Protocol
 
-from pylibsrtp._binding import ffi
+from pylibsrtp._binding import ffi, lib
 
 from sfu import clock
 from sfu.counters import Direction, DropReason, MediaCounters
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
+from sfu.transport.mmsg import key_of_address
 from sfu.transport.srtp import SrtpContext, SrtpError, SrtpProfile
 from sfu.transport.udp import Address, MediaPort
 
@@ -30,6 +40,10 @@ CONSENT_TIMEOUT_MS = 30_000
 #: A session that has not completed ICE and DTLS by then is dropped.
 SETUP_TIMEOUT_MS = 30_000
 OUT_BUFFER_SIZE = 2048
+#: payload type and marker, sequence number, timestamp, SSRC: the RTP header after its first byte
+_B1_SEQ_TS_SSRC = Struct("!BHII")
+_srtp_protect = lib.srtp_protect
+_memmove = ffi.memmove
 
 
 class TransportState(enum.Enum):
@@ -92,6 +106,10 @@ class PeerTransport:
         self.created_ms = now_ms
         self.last_consent_ms = now_ms
         self.addr: Address | None = None
+        self._addr_key = 0  # the port's key for ``addr`` (0: none, or not IPv4)
+        self._ring = port.out_ring
+        self._len_p: Any = ffi.new("int *")
+        self._tx_srtp: Any = None  # the outbound ``srtp_t`` while connected
         self.rx: SrtpContext | None = None
         self.tx: SrtpContext | None = None
         self.profile: SrtpProfile | None = None
@@ -126,6 +144,10 @@ class PeerTransport:
                 self._port.unbind_address(self.addr, self)
             self.addr = addr
             self._port.bind_address(addr, self)
+            try:
+                self._addr_key = key_of_address(addr[0], addr[1])
+            except ValueError:
+                self._addr_key = 0
         if self.state is TransportState.NEW:
             self.state = TransportState.CONNECTING
             self.dtls.start(now_ms)
@@ -180,16 +202,63 @@ class PeerTransport:
 
     # -- sending ---------------------------------------------------------------------------------
     def send_rtp(self, length: int) -> bool:
-        """Protect ``out_view[:length]`` in place and send it."""
-        tx = self.tx
-        addr = self.addr
-        if tx is None or addr is None:
+        """Protect ``out_view[:length]`` (in a send slot) and queue it on the port."""
+        srtp = self._tx_srtp
+        key = self._addr_key
+        if srtp is None or not key or length + 16 > OUT_BUFFER_SIZE:
             return False
-        n = tx.protect_rtp(self.out_cbuf, length)
-        if n < 0:
+        ring = self._ring
+        k = ring.n
+        if k == ring.count:
+            self._port.flush()
+            k = 0
+        ptr = ring.ptrs[k]
+        _memmove(ptr, self.out_cbuf, length)
+        return self._queue(ptr, k, length)
+
+    def forward_rtp(self, src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+        """Queue ``src[:length]`` with header bytes 1-11 replaced (``b1`` = marker | PT), protected.
+
+        ``src`` is any buffer (or cffi pointer) holding a well-formed RTP packet of ``length``
+        bytes, at most ``BUFFER_SIZE`` of the port; the values must fit their fields.
+        """
+        srtp = self._tx_srtp
+        key = self._addr_key
+        if srtp is None or not key:
+            return False
+        ring = self._ring
+        k = ring.n
+        if k == ring.count:
+            self._port.flush()
+            k = 0
+        ptr = ring.ptrs[k]
+        _memmove(ptr, src, length)
+        _B1_SEQ_TS_SSRC.pack_into(ring.views[k], 1, b1, seq, ts, ssrc)
+        len_p = self._len_p
+        len_p[0] = length
+        if _srtp_protect(srtp, ptr, len_p):
             self._counters.srtp_errors[Direction.OUTBOUND] += 1
             return False
-        return self._port.sendto(self.out_view[:n], addr)
+        ring.iov_lens[2 * k + 1] = len_p[0]
+        ring.names[2 * k] = key
+        ring.n = k + 1
+        if not self._port.batching:
+            self._port.flush()
+        return True
+
+    def _queue(self, ptr: Any, k: int, length: int) -> bool:
+        ring = self._ring
+        len_p = self._len_p
+        len_p[0] = length
+        if _srtp_protect(self._tx_srtp, ptr, len_p):
+            self._counters.srtp_errors[Direction.OUTBOUND] += 1
+            return False
+        ring.iov_lens[2 * k + 1] = len_p[0]
+        ring.names[2 * k] = self._addr_key
+        ring.n = k + 1
+        if not self._port.batching:
+            self._port.flush()
+        return True
 
     def send_rtcp(self, packet: bytes) -> bool:
         tx = self.tx
@@ -223,6 +292,7 @@ class PeerTransport:
         self.profile = keys.profile
         self.rx = SrtpContext.inbound(keys)
         self.tx = SrtpContext.outbound(keys)
+        self._tx_srtp = self.tx.srtp
         self.state = TransportState.CONNECTED
         self._cancel_timer()
         if self.sink is not None:
@@ -250,6 +320,7 @@ class PeerTransport:
         self._port.remove_peer(self)
         self.rx = None
         self.tx = None
+        self._tx_srtp = None
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.on_closed(reason)

@@ -1,10 +1,16 @@
 """The node's one UDP media port: every participant's STUN, DTLS, SRTP and SRTCP share it.
 
-Datagrams are read with ``recv_into`` a preallocated cffi buffer (SRTP is then unprotected in
-place in that same memory), classified by their first byte (RFC 7983) and handed to the peer
-that owns the source address.  STUN checks find their peer by ICE username instead, which is how
-an address becomes known.  The reader drains at most ``budget`` datagrams per wakeup so that
-signaling and timers still run under load.
+Datagrams are read in batches with ``recvmmsg`` into a ring of preallocated cffi slots (SRTP is
+then unprotected in place in that same memory), classified by their first byte (RFC 7983) and
+handed to the peer that owns the source address.  STUN checks find their peer by ICE username
+instead, which is how an address becomes known.  The reader drains at most ``RECV_BUDGET``
+datagrams per wakeup so that signaling and timers still run under load.
+
+Outgoing RTP is batched too: peers write each protected packet into the next slot of the port's
+``out_ring`` (``PeerTransport.forward_rtp``/``send_rtp``) and the port hands the whole ring to
+``sendmmsg`` after each received batch, before the reader returns to the loop, when the ring is
+full, and before any datagram sent with ``sendto`` (so RTCP, DTLS and STUN keep their order
+relative to media).  Outside a reader wakeup a queued packet is sent at once.
 """
 
 from __future__ import annotations
@@ -16,17 +22,22 @@ import socket
 import time
 from typing import Any, Protocol
 
-from pylibsrtp._binding import ffi
-
 from sfu import clock
 from sfu.counters import DropReason, MediaCounters
 from sfu.transport.ice import BindingCheck, IceCredentials, authenticate, binding_success, parse_check
+from sfu.transport.mmsg import LEN_INDEX, LEN_STRIDE, RecvRing, SendRing, address_of_key, key_of_address
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 BUFFER_SIZE = 2048
 RECV_BUDGET = 256
+#: datagrams per recvmmsg call (RECV_BUDGET is a multiple of it)
+RECV_BATCH = 32
+#: outgoing slots: room for a whole received batch at fan-out 32 before a mid-batch flush
+SEND_SLOTS = 1024
+#: an outgoing slot holds a packet of up to BUFFER_SIZE bytes plus any SRTP trailer
+SEND_SLOT_SIZE = BUFFER_SIZE + 256
 #: one SRTP datagram in this many is timed for the forward-latency histogram
 LATENCY_SAMPLE = 64
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -57,8 +68,12 @@ class MediaPort:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._by_ufrag: dict[str, DatagramPeer] = {}
         self._by_addr: dict[Address, DatagramPeer] = {}
-        self._cbuf = ffi.new("unsigned char[]", BUFFER_SIZE)
-        self._view = memoryview(ffi.buffer(self._cbuf))
+        self._by_key: dict[int, DatagramPeer] = {}
+        self._in_ring = RecvRing(RECV_BATCH, BUFFER_SIZE)
+        #: where peers queue protected RTP; see the module docstring
+        self.out_ring = SendRing(SEND_SLOTS, SEND_SLOT_SIZE)
+        #: true while the reader runs: queued packets wait for the batch flush
+        self.batching = False
         self.send_errors = 0
         self._latency_countdown = LATENCY_SAMPLE
 
@@ -103,16 +118,22 @@ class MediaPort:
 
     def bind_address(self, addr: Address, peer: DatagramPeer) -> None:
         self._by_addr[addr] = peer
+        key = _key(addr)
+        if key is not None:
+            self._by_key[key] = peer
 
     def unbind_address(self, addr: Address, peer: DatagramPeer) -> None:
         if self._by_addr.get(addr) is peer:
             del self._by_addr[addr]
+            key = _key(addr)
+            if key is not None and self._by_key.get(key) is peer:
+                del self._by_key[key]
 
     def remove_peer(self, peer: DatagramPeer) -> None:
         if self._by_ufrag.get(peer.ice.ufrag) is peer:
             del self._by_ufrag[peer.ice.ufrag]
         for addr in [a for a, p in self._by_addr.items() if p is peer]:
-            del self._by_addr[addr]
+            self.unbind_address(addr, peer)
 
     @property
     def peer_count(self) -> int:
@@ -120,9 +141,12 @@ class MediaPort:
 
     # -- I/O -------------------------------------------------------------------------------------
     def sendto(self, data: bytes | memoryview, addr: Address) -> bool:
+        """Send one datagram now (after any queued RTP, which keeps its place in line)."""
         sock = self._sock
         if sock is None:
             return False
+        if self.out_ring.n:
+            self.flush()
         try:
             sock.sendto(data, addr)
             return True
@@ -134,56 +158,93 @@ class MediaPort:
                 log.warning("media send to %s failed: %s", addr, exc)
         return False
 
+    def flush(self) -> int:
+        """Send every queued RTP packet now; returns how many the kernel took."""
+        ring = self.out_ring
+        sock = self._sock
+        if not ring.n:
+            return 0
+        if sock is None:
+            ring.discard()
+            return 0
+        sent, refused = ring.send(sock.fileno())
+        for err in refused:
+            if err in (errno.EAGAIN, errno.ENOBUFS):
+                self.counters.drops[DropReason.SEND_FAILED] += 1
+            else:
+                self.send_errors += 1
+                if err not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    log.warning("media send failed: %s", errno.errorcode.get(err, err))
+        return sent
+
     def _on_readable(self) -> None:
         sock = self._sock
         if sock is None:
             return
-        view = self._view
-        cbuf = self._cbuf
-        by_addr = self._by_addr
+        fd = sock.fileno()
+        ring = self._in_ring
+        views = ring.views
+        ptrs = ring.ptrs
+        lens = ring.lens
+        names = ring.names
+        by_key = self._by_key
         counters = self.counters
         drops = counters.drops
         now_ms = clock.now_ms()
         sampled = self._latency_countdown
-        for _ in range(RECV_BUDGET):
-            try:
-                n, addr = sock.recvfrom_into(view)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP-reported errors on some kernels
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
-                    continue
-                log.warning("media receive failed: %s", exc)
-                break
-            counters.datagrams_in += 1
-            if n < 4:
-                drops[DropReason.TOO_SHORT] += 1
-                continue
-            b0 = view[0]
-            if 127 < b0 < 192:
-                peer = by_addr.get(addr)
-                if peer is None:
-                    drops[DropReason.SRTP_UNKNOWN_ADDRESS] += 1
-                    continue
-                sampled -= 1
-                if sampled:
-                    peer.on_srtp(cbuf, view, n, now_ms)
-                else:  # time one datagram in LATENCY_SAMPLE: receive to last send
-                    sampled = LATENCY_SAMPLE
-                    started = time.perf_counter()
-                    peer.on_srtp(cbuf, view, n, now_ms)
+        total = 0
+        self.batching = True
+        try:
+            while total < RECV_BUDGET:
+                got = ring.recv(fd, RECV_BATCH)
+                if got <= 0:
+                    if got in (-errno.ECONNREFUSED, -errno.EHOSTUNREACH):
+                        total += 1  # an ICMP-reported error, cleared by reading it: go on
+                        continue
+                    if got < 0 and got not in (-errno.EAGAIN, -errno.EINTR):
+                        log.warning("media receive failed: %s", errno.errorcode.get(-got, -got))
+                    break
+                total += got
+                counters.datagrams_in += got
+                started = 0.0
+                for i in range(got):
+                    n = lens[i * LEN_STRIDE + LEN_INDEX]
+                    if n < 4:
+                        drops[DropReason.TOO_SHORT] += 1
+                        continue
+                    view = views[i]
+                    b0 = view[0]
+                    if 127 < b0 < 192:
+                        peer = by_key.get(names[i * 2])
+                        if peer is None:
+                            drops[DropReason.SRTP_UNKNOWN_ADDRESS] += 1
+                            continue
+                        sampled -= 1
+                        if not sampled:  # time one datagram in LATENCY_SAMPLE: receive to sent
+                            sampled = LATENCY_SAMPLE
+                            started = time.perf_counter()
+                        peer.on_srtp(ptrs[i], view, n, now_ms)
+                    elif b0 < 4:
+                        self._on_stun(bytes(view[:n]), address_of_key(names[i * 2]), now_ms)
+                    elif 19 < b0 < 64:
+                        peer = by_key.get(names[i * 2])
+                        if peer is None:
+                            drops[DropReason.DTLS_UNKNOWN_ADDRESS] += 1
+                            continue
+                        peer.on_dtls(bytes(view[:n]), now_ms)
+                    else:
+                        drops[DropReason.UNKNOWN_PROTOCOL] += 1
+                if self.out_ring.n:
+                    self.flush()
+                if started:
                     counters.observe_latency(time.perf_counter() - started)
-            elif b0 < 4:
-                self._on_stun(bytes(view[:n]), addr, now_ms)
-            elif 19 < b0 < 64:
-                peer = by_addr.get(addr)
-                if peer is None:
-                    drops[DropReason.DTLS_UNKNOWN_ADDRESS] += 1
-                    continue
-                peer.on_dtls(bytes(view[:n]), now_ms)
-            else:
-                drops[DropReason.UNKNOWN_PROTOCOL] += 1
-        self._latency_countdown = sampled
+                if got < RECV_BATCH:
+                    break
+        finally:
+            self.batching = False
+            self._latency_countdown = sampled
+            if self.out_ring.n:
+                self.flush()
 
     def _on_stun(self, data: bytes, addr: Address, now_ms: int) -> None:
         drops = self.counters.drops
@@ -200,3 +261,10 @@ class MediaPort:
             return
         self.sendto(binding_success(check, addr, peer.ice), addr)
         peer.on_ice_check(addr, check, now_ms)
+
+
+def _key(addr: Address) -> int | None:
+    try:
+        return key_of_address(addr[0], addr[1])
+    except (ValueError, IndexError, TypeError):
+        return None

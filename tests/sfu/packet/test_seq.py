@@ -356,3 +356,54 @@ ELAPSED_CASES = [
 @pytest.mark.parametrize(("now", "then", "rate", "ticks"), ELAPSED_CASES)
 def test_elapsed_ticks(now: int, then: int, rate: int, ticks: int) -> None:
     assert elapsed_ticks(now, then, rate) == ticks
+
+
+class _SlowMunger(SeqMunger):
+    """The same munger with its in-order fast path switched off: every packet takes ``_map``."""
+
+    __slots__ = ()
+
+    def _rearm(self) -> None:
+        self._next = -1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fast_path_matches_the_full_munger_on_random_streams(seed: int) -> None:
+    rng = random.Random(seed)
+    base = rng.randrange(65536)
+    fast, slow = SeqMunger(base, window=64, max_ranges=8), _SlowMunger(base, window=64, max_ranges=8)
+    seq = rng.randrange(65536)
+    runs = 0
+    for i in range(6000):
+        r = rng.random() * (0.2 if (i // 500) % 2 else 1.0)  # odd phases: long in-order runs
+        if r < 0.80:  # mostly in order, across the 16-bit wrap
+            seq = (seq + 1) & 0xFFFF
+            pick = seq
+        elif r < 0.86:  # a gap
+            seq = (seq + rng.randrange(2, 40)) & 0xFFFF
+            pick = seq
+        else:  # late, duplicate or very old
+            pick = (seq - rng.randrange(0, 200)) & 0xFFFF
+        op = rng.random()
+        if (i // 500) % 2 and rng.random() < 0.99:
+            op = 0.0  # odd phases: runs longer than the window between other operations
+        if op < 0.9:
+            a, b = fast.map(pick), slow.map(pick)
+            runs += a == b and pick == seq
+            assert a == b
+        elif op < 0.95:
+            assert fast.drop(pick) == slow.drop(pick)
+        elif op < 0.97:
+            assert fast.insert() == slow.insert()
+        elif op < 0.98:
+            fast.switch_source()
+            slow.switch_source()
+            seq = rng.randrange(65536)
+        else:
+            assert fast.last_out == slow.last_out
+            out = (fast.last_out - rng.randrange(0, 100)) & 0xFFFF
+            assert fast.unmap(out) == slow.unmap(out)
+    assert fast.last_out == slow.last_out
+    for out in range(65536 - 1, 0, -997):
+        assert fast.unmap(out) == slow.unmap(out)
+    assert runs > 1000
