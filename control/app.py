@@ -64,8 +64,9 @@ def create_app(
         metrics.http_requests.labels(route=route_template(request), code=str(status)).inc()
 
     middlewares = [
-        make_error_middleware(count),
+        make_error_middleware(count),  # answers the CORS middleware's own refusals; counts once
         make_cors_middleware(config.cors_origins),
+        make_error_middleware(),  # problems made inside, so CORS decorates them for browser apps
         make_store_errors_middleware(),
     ]
     app = web.Application(

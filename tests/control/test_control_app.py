@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.control.harness import ControlPlane, StandInNode, flush_redis, make_config, start_redis
@@ -101,3 +102,19 @@ async def test_store_outage_is_service_unavailable(nodes: list[StandInNode]) -> 
         await plane.stop()
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_problems_carry_cors_headers_for_browser_apps(tmp_path: Path) -> None:
+    """A refusal made inside the app is still readable by a script on an allowed origin."""
+    plane = await ControlPlane(make_config(f"sqlite:///{tmp_path}/c.db", cors_origins=("https://app.example",))).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                plane.url + "/v1/nodes", headers={"Origin": "https://app.example"}
+            ) as resp:
+                assert resp.status == 401
+                assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+                assert "X-Request-Id" in resp.headers["Access-Control-Expose-Headers"]
+                assert (await resp.json())["code"] == "unauthorized"
+    finally:
+        await plane.stop()
