@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import jwt
 
 from sfu.client.lite import LiteEndpoint
 from sfu.node import Node
@@ -36,7 +37,9 @@ async def _whip(http: aiohttp.ClientSession, node: Node, room: str, identity: st
 async def _create_room(http: aiohttp.ClientSession, node: Node, room: str, cap: int) -> None:
     tok = token(room, "admin", scopes=("room:create", "room:admin"))
     async with http.post(
-        f"{node.url}/v1/rooms", json={"room": room, "max_participants": cap}, headers={"Authorization": f"Bearer {tok}"}
+        f"{node.url}/v1/rooms",
+        json={"room": room, "max_participants": cap},
+        headers={"Authorization": f"Bearer {tok}"},
     ) as resp:
         assert resp.status == 201, await resp.text()
 
@@ -84,7 +87,9 @@ async def test_leaving_frees_the_seat_at_once(node_factory: Callable[..., Any]) 
         await node.stop()
 
 
-async def test_rate_limit_refuses_with_headers_and_spares_live_sessions(node_factory: Callable[..., Any]) -> None:
+async def test_rate_limit_refuses_with_headers_and_spares_live_sessions(
+    node_factory: Callable[..., Any],
+) -> None:
     node: Node = await node_factory(rate_limit_ip_per_s=0.5, rate_limit_ip_burst=3)
     room = "limited"
     pub = WhipPublisher(node.url, room, token(room, "alice"))
@@ -168,7 +173,9 @@ async def test_recording_requests_follow_scope_and_room_policy(node_factory: Cal
         await node.stop()
 
 
-async def test_codec_policy_refuses_publishers_and_subscribers_that_cannot_fit(node_factory: Callable[..., Any]) -> None:
+async def test_codec_policy_refuses_publishers_and_subscribers_that_cannot_fit(
+    node_factory: Callable[..., Any],
+) -> None:
     node: Node = await node_factory()
     try:
         async with aiohttp.ClientSession() as http:
@@ -198,14 +205,154 @@ async def test_codec_policy_refuses_publishers_and_subscribers_that_cannot_fit(n
             async with http.post(
                 f"{node.url}/whep/vp8-only",
                 data=sub.pc.localDescription.sdp,
-                headers={"Authorization": f"Bearer {token('vp8-only', 'bob')}", "Content-Type": "application/sdp"},
+                headers={
+                    "Authorization": f"Bearer {token('vp8-only', 'bob')}",
+                    "Content-Type": "application/sdp",
+                },
             ) as resp:
                 assert resp.status == 201
-                assert resp.headers.getall("LevelChat-Refused-Track") == ["kind=video; code=codec/unsupported"]
+                assert resp.headers.getall("LevelChat-Refused-Track") == [
+                    "kind=video; code=codec/unsupported"
+                ]
                 answer = await resp.text()
         video_section = answer.split("m=video")[1].split("m=")[0]
         assert "a=inactive" in video_section
         await sub.close()
         await pub.close()
     finally:
+        await node.stop()
+
+
+async def test_every_refusal_in_a_live_room_leaves_its_media_flowing(
+    node_factory: Callable[..., Any],
+) -> None:
+    node: Node = await node_factory(rate_limit_ip_per_s=0.001, rate_limit_ip_burst=40)
+    room = "busy-room"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{node.url}/v1/rooms",
+            json={"room": room, "max_participants": 3, "codecs": ["opus", "VP8"]},
+            headers={"Authorization": f"Bearer {token(room, 'admin', scopes=('room:create',))}"},
+        ) as resp:
+            assert resp.status == 201
+    pub = WhipPublisher(node.url, room, token(room, "alice"))
+    sub = WhepSubscriber(node.url, room, token(room, "bob"))
+    try:
+        await pub.connect()
+        await sub.connect()
+        async with aiohttp.ClientSession() as http:
+            status, _, _ = await _whip(http, node, room, "carol")  # the third and last seat
+            assert status == 201
+        await wait_for(lambda: sub.frames["video"] >= 10, 10, "frames")
+        offer = LiteEndpoint(CERT)
+        good_sdp = offer.offer(send=True, video_ssrc=4242)
+        offer.sock.close()
+        expired = token(room, "eve", ttl_s=-120)
+        now = int(time.time())
+        long_identity = jwt.encode(
+            {
+                "iss": "devkey",
+                "aud": "levelchat",
+                "sub": "x" * 129,
+                "room": room,
+                "exp": now + 60,
+                "scopes": ["room:join", "room:publish"],
+            },
+            "secret",
+            headers={"kid": "devkey"},
+        )
+        cases: list[tuple[str, str, dict[str, str], str, int, str]] = [
+            (
+                "POST",
+                f"/whip/{room}",
+                {"Authorization": f"Bearer {token(room, 'dave')}"},
+                good_sdp,
+                429,
+                "room/cap-denied",
+            ),
+            ("POST", f"/whip/{room}", {}, good_sdp, 401, "unauthorized"),
+            ("POST", f"/whip/{room}", {"Authorization": "Bearer not.a.jwt"}, good_sdp, 401, "token/invalid"),
+            ("POST", f"/whip/{room}", {"Authorization": f"Bearer {expired}"}, good_sdp, 401, "token/expired"),
+            (
+                "POST",
+                f"/whip/{room}",
+                {"Authorization": f"Bearer {token(room, 'eve', scopes=('room:join',))}"},
+                good_sdp,
+                401,
+                "token/unauthorized",
+            ),
+            (
+                "POST",
+                f"/whip/{room}",
+                {"Authorization": f"Bearer {token('other-room', 'eve')}"},
+                good_sdp,
+                401,
+                "token/unauthorized",
+            ),
+            (
+                "POST",
+                f"/whip/{room}",
+                {"Authorization": f"Bearer {token(room, 'eve')}"},
+                "v=0\r\n",
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                f"/whip/{room}",
+                {"Authorization": f"Bearer {long_identity}"},
+                good_sdp,
+                400,
+                "invalid_identity",
+            ),
+            (
+                "POST",
+                "/whip/no",
+                {"Authorization": f"Bearer {token(room, 'eve')}"},
+                good_sdp,
+                400,
+                "invalid_room",
+            ),
+            (
+                "POST",
+                f"/v1/rooms/{room}/recording",
+                {"Authorization": f"Bearer {token(room, 'eve')}"},
+                "",
+                400,
+                "recording/not-permitted",
+            ),
+            (
+                "DELETE",
+                f"/v1/rooms/{room}",
+                {"Authorization": f"Bearer {token(room, 'eve')}"},
+                "",
+                401,
+                "token/unauthorized",
+            ),
+            ("GET", "/v1/nowhere", {}, "", 404, "not_found"),
+        ]
+        async with aiohttp.ClientSession() as http:
+            for method, path, headers, body, status, code in cases:
+                headers = {**headers, "Content-Type": "application/sdp"}
+                async with http.request(method, node.url + path, data=body, headers=headers) as resp:
+                    problem = await resp.json()
+                    assert (resp.status, problem["code"]) == (status, code), (path, problem)
+                    assert resp.headers["X-Request-Id"] == problem["request_id"]
+            # and the rate limiter, once the burst is spent
+            for _ in range(40):
+                async with http.post(
+                    f"{node.url}/whip/{room}", data=good_sdp, headers={"Content-Type": "application/sdp"}
+                ) as resp:
+                    if resp.status == 429 and (await resp.json())["code"] == "rate_limited":
+                        break
+            else:
+                raise AssertionError("the rate limiter never refused")
+        before = sub.frames["video"]
+        await wait_for(lambda: sub.frames["video"] >= before + 20, 10, "media after every refusal")
+        assert sub.logs["video"].gaps() == [] and sub.logs["audio"].gaps() == []
+        assert len(node.rooms.rooms[room].participants) == 3
+        assert not any(code == "500" for (_, code) in node.http_counts)
+    finally:
+        await sub.close()
+        await pub.close()
         await node.stop()
