@@ -13,6 +13,8 @@ from levelchat.config import ConfigError, build, from_env, is_loopback, load_tom
 ENV_PREFIX = "LEVELCHAT_SFU_"
 SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
 DEV_KEYS = {"devkey": "secret"}
+#: HS256 secrets shorter than this are refused outside dev mode (RFC 7518 §3.2)
+MIN_SECRET_LENGTH = 32
 DEFAULT_CODECS = ("opus", "VP8", "VP9", "H264", "AV1")
 
 
@@ -77,6 +79,10 @@ class NodeConfig:
             raise ConfigError("public_ip must be set when media_host is a wildcard address")
         if not self.api_keys:
             raise ConfigError("api_keys: at least one API key is needed (or run with --dev)")
+        if not self.dev:
+            short = [kid for kid, secret in self.api_keys.items() if len(secret) < MIN_SECRET_LENGTH]
+            if short:
+                raise ConfigError(f"api_keys: the secret of {', '.join(short)} is shorter than {MIN_SECRET_LENGTH} characters")
         for name in self.srtp_profiles:
             if name not in SRTP_PROFILE_NAMES:
                 raise ConfigError(f"srtp_profiles: unknown profile {name!r}")

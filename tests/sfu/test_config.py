@@ -11,7 +11,8 @@ import pytest
 from levelchat.config import ConfigError
 from sfu.config import DEV_KEYS, SRTP_PROFILE_NAMES, NodeConfig, load
 
-KEYS = {"LEVELCHAT_SFU_API_KEYS": "k1=s1"}
+S1 = "s1-" + "x" * 32
+KEYS = {"LEVELCHAT_SFU_API_KEYS": f"k1={S1}"}
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -52,7 +53,7 @@ def test_every_kind_of_value_from_each_layer(tmp_path: Path) -> None:
         tmp_path,
         """
 node_id = "n1"
-api_keys = { "filekey" = "filesecret" }
+api_keys = { "filekey" = "filesecret-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" }
 default_codecs = ["opus", "VP8"]
 auto_create_rooms = false
 max_rooms = 7
@@ -69,7 +70,7 @@ srtp_profiles = ["AEAD_AES_128_GCM"]
     }
     cfg = load(file=file, environ=env, flags={"media-port": 9000, "dtls_role": "active"})
     assert cfg.node_id == "n1" and cfg.region == "eu-1"
-    assert cfg.api_keys == {"filekey": "filesecret"}
+    assert cfg.api_keys == {"filekey": "filesecret-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}
     assert cfg.default_codecs == ("opus", "VP8")
     assert cfg.auto_create_rooms is False and cfg.log_json is True
     assert cfg.max_rooms == 7 and cfg.max_participants == 50
@@ -80,7 +81,14 @@ srtp_profiles = ["AEAD_AES_128_GCM"]
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("k1=s1", {"k1": "s1"}), ("k1=s1,k2=s2", {"k1": "s1", "k2": "s2"}), ('{"k3": "s3"}', {"k3": "s3"})],
+    [
+        ("k1=s1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", {"k1": "s1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}),
+        (
+            "k1=s1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx,k2=s2xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            {"k1": "s1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "k2": "s2xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},
+        ),
+        ('{"k3": "s3xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}', {"k3": "s3xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}),
+    ],
 )
 def test_api_keys_from_the_environment(value: str, expected: dict[str, str]) -> None:
     assert load(environ={"LEVELCHAT_SFU_API_KEYS": value}).api_keys == expected
@@ -88,7 +96,12 @@ def test_api_keys_from_the_environment(value: str, expected: dict[str, str]) -> 
 
 def test_defaults() -> None:
     cfg = load(environ=KEYS)
-    assert (cfg.http_host, cfg.http_port, cfg.media_host, cfg.media_port) == ("127.0.0.1", 7880, "127.0.0.1", 7882)
+    assert (cfg.http_host, cfg.http_port, cfg.media_host, cfg.media_port) == (
+        "127.0.0.1",
+        7880,
+        "127.0.0.1",
+        7882,
+    )
     assert cfg.srtp_profiles == SRTP_PROFILE_NAMES and cfg.dtls_role == "passive" and not cfg.dev
     assert cfg.advertised_ip == "127.0.0.1"
     assert cfg.url() == "http://127.0.0.1:7880" and cfg.url(9999) == "http://127.0.0.1:9999"
@@ -142,7 +155,9 @@ def test_wrong_types_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     ["missing", "not-toml"],
 )
 def test_unreadable_files(tmp_path: Path, problem: str) -> None:
-    path = tmp_path / "missing.toml" if problem == "missing" else Path(write(tmp_path, "this is = = not toml"))
+    path = (
+        tmp_path / "missing.toml" if problem == "missing" else Path(write(tmp_path, "this is = = not toml"))
+    )
     with pytest.raises(ConfigError, match=str(path.name)):
         load(file=str(path), environ=KEYS)
 
@@ -194,7 +209,12 @@ def test_wildcard_media_host_with_a_public_ip() -> None:
 def test_dev_mode_defaults() -> None:
     cfg = load(dev=True, environ={})
     assert cfg.dev and cfg.api_keys == DEV_KEYS and cfg.project == "levelchat"
-    assert (cfg.http_host, cfg.http_port, cfg.media_host, cfg.media_port) == ("127.0.0.1", 7880, "127.0.0.1", 7882)
+    assert (cfg.http_host, cfg.http_port, cfg.media_host, cfg.media_port) == (
+        "127.0.0.1",
+        7880,
+        "127.0.0.1",
+        7882,
+    )
     assert cfg.auto_create_rooms
 
 
@@ -230,7 +250,7 @@ def test_dev_guard_applies_to_hosts_from_the_file_and_env(tmp_path: Path) -> Non
 
 
 def test_the_config_is_frozen() -> None:
-    cfg = NodeConfig(api_keys={"k": "s"})
+    cfg = NodeConfig(api_keys={"k": "s" * 32})
     cfg.validate()
     with pytest.raises(AttributeError):
         cfg.http_port = 1  # type: ignore[misc]
@@ -240,11 +260,23 @@ def test_the_config_is_frozen() -> None:
     ("settings", "url"),
     [
         ({}, "http://127.0.0.1:7880"),
-        ({"http_host": "0.0.0.0", "media_host": "0.0.0.0", "public_ip": "127.0.0.7"}, "http://127.0.0.7:7880"),
+        (
+            {"http_host": "0.0.0.0", "media_host": "0.0.0.0", "public_ip": "127.0.0.7"},
+            "http://127.0.0.7:7880",
+        ),
         ({"http_host": "::1"}, "http://[::1]:7880"),
-        ({"http_host": "::", "media_host": "0.0.0.0", "public_ip": "2001:db8::1"}, "http://[2001:db8::1]:7880"),
+        (
+            {"http_host": "::", "media_host": "0.0.0.0", "public_ip": "2001:db8::1"},
+            "http://[2001:db8::1]:7880",
+        ),
         ({"public_url": "https://sfu.example/"}, "https://sfu.example"),
     ],
 )
 def test_url_is_a_valid_url_for_every_host(settings: dict[str, Any], url: str) -> None:
     assert load(environ=KEYS, flags=settings).url() == url
+
+
+def test_short_secrets_are_refused_outside_dev_mode() -> None:
+    with pytest.raises(ConfigError, match="k1 is shorter than 32"):
+        load(environ={"LEVELCHAT_SFU_API_KEYS": "k1=short"})
+    assert load(dev=True, environ={}).api_keys == DEV_KEYS  # the dev key is short on purpose
