@@ -134,6 +134,8 @@ class SendRing(_Ring):
         super().__init__(count, slot_size)
         #: slots filled and not sent yet
         self.n = 0
+        #: false while the owner batches (it flushes itself); true: a writer sends each packet
+        self.auto_flush = True
 
     def send(self, fd: int) -> tuple[int, list[int]]:
         """Send the filled slots; returns (sent, errnos of the datagrams the kernel refused).

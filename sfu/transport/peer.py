@@ -31,7 +31,7 @@ from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import key_of_address
 from sfu.transport.srtp import SrtpContext, SrtpError, SrtpProfile
-from sfu.transport.udp import Address, MediaPort
+from sfu.transport.udp import SEND_SLOTS, Address, MediaPort
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,16 @@ class PeerTransport:
         self.last_consent_ms = now_ms
         self.addr: Address | None = None
         self._addr_key = 0  # the port's key for ``addr`` (0: none, or not IPv4)
-        self._ring = port.out_ring
+        ring = port.out_ring
+        self._ring = ring
+        self._ptrs = ring.ptrs
+        self._views = ring.views
+        self._iov_lens = ring.iov_lens
+        self._names = ring.names
         self._len_p: Any = ffi.new("int *")
         self._tx_srtp: Any = None  # the outbound ``srtp_t`` while connected
+        self._rtp_trailer = 0  # what protecting adds under the negotiated profile
+        self._send_key = 0  # ``_addr_key`` once connected: queued RTP can go out
         self.rx: SrtpContext | None = None
         self.tx: SrtpContext | None = None
         self.profile: SrtpProfile | None = None
@@ -148,6 +155,8 @@ class PeerTransport:
                 self._addr_key = key_of_address(addr[0], addr[1])
             except ValueError:
                 self._addr_key = 0
+            if self._tx_srtp is not None:
+                self._send_key = self._addr_key
         if self.state is TransportState.NEW:
             self.state = TransportState.CONNECTING
             self.dtls.start(now_ms)
@@ -203,13 +212,11 @@ class PeerTransport:
     # -- sending ---------------------------------------------------------------------------------
     def send_rtp(self, length: int) -> bool:
         """Protect ``out_view[:length]`` (in a send slot) and queue it on the port."""
-        srtp = self._tx_srtp
-        key = self._addr_key
-        if srtp is None or not key or length + 16 > OUT_BUFFER_SIZE:
+        if not self._send_key or length + 16 > OUT_BUFFER_SIZE:
             return False
         ring = self._ring
         k = ring.n
-        if k == ring.count:
+        if k == SEND_SLOTS:
             self._port.flush()
             k = 0
         ptr = ring.ptrs[k]
@@ -222,27 +229,26 @@ class PeerTransport:
         ``src`` is any buffer (or cffi pointer) holding a well-formed RTP packet of ``length``
         bytes, at most ``BUFFER_SIZE`` of the port; the values must fit their fields.
         """
-        srtp = self._tx_srtp
-        key = self._addr_key
-        if srtp is None or not key:
+        key = self._send_key
+        if not key:
             return False
         ring = self._ring
         k = ring.n
-        if k == ring.count:
+        if k == SEND_SLOTS:
             self._port.flush()
             k = 0
-        ptr = ring.ptrs[k]
+        ptr = self._ptrs[k]
         _memmove(ptr, src, length)
-        _B1_SEQ_TS_SSRC.pack_into(ring.views[k], 1, b1, seq, ts, ssrc)
+        _B1_SEQ_TS_SSRC.pack_into(self._views[k], 1, b1, seq, ts, ssrc)
         len_p = self._len_p
         len_p[0] = length
-        if _srtp_protect(srtp, ptr, len_p):
+        if _srtp_protect(self._tx_srtp, ptr, len_p):
             self._counters.srtp_errors[Direction.OUTBOUND] += 1
             return False
-        ring.iov_lens[2 * k + 1] = len_p[0]
-        ring.names[2 * k] = key
+        self._iov_lens[2 * k + 1] = length + self._rtp_trailer
+        self._names[2 * k] = key
         ring.n = k + 1
-        if not self._port.batching:
+        if ring.auto_flush:
             self._port.flush()
         return True
 
@@ -256,7 +262,7 @@ class PeerTransport:
         ring.iov_lens[2 * k + 1] = len_p[0]
         ring.names[2 * k] = self._addr_key
         ring.n = k + 1
-        if not self._port.batching:
+        if ring.auto_flush:
             self._port.flush()
         return True
 
@@ -293,6 +299,8 @@ class PeerTransport:
         self.rx = SrtpContext.inbound(keys)
         self.tx = SrtpContext.outbound(keys)
         self._tx_srtp = self.tx.srtp
+        self._rtp_trailer = keys.profile.rtp_trailer_length
+        self._send_key = self._addr_key
         self.state = TransportState.CONNECTED
         self._cancel_timer()
         if self.sink is not None:
@@ -321,6 +329,7 @@ class PeerTransport:
         self.rx = None
         self.tx = None
         self._tx_srtp = None
+        self._send_key = 0
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.on_closed(reason)

@@ -72,8 +72,6 @@ class MediaPort:
         self._in_ring = RecvRing(RECV_BATCH, BUFFER_SIZE)
         #: where peers queue protected RTP; see the module docstring
         self.out_ring = SendRing(SEND_SLOTS, SEND_SLOT_SIZE)
-        #: true while the reader runs: queued packets wait for the batch flush
-        self.batching = False
         self.send_errors = 0
         self._latency_countdown = LATENCY_SAMPLE
 
@@ -193,7 +191,7 @@ class MediaPort:
         now_ms = clock.now_ms()
         sampled = self._latency_countdown
         total = 0
-        self.batching = True
+        self.out_ring.auto_flush = False  # the reader flushes after each batch
         try:
             while total < RECV_BUDGET:
                 got = ring.recv(fd, RECV_BATCH)
@@ -241,7 +239,7 @@ class MediaPort:
                 if got < RECV_BATCH:
                     break
         finally:
-            self.batching = False
+            self.out_ring.auto_flush = True
             self._latency_countdown = sampled
             if self.out_ring.n:
                 self.flush()
