@@ -12,7 +12,8 @@ background while WHIP/WHEP and the room API serve as usual, and readiness stays 
   advertises; failures are counted (``heartbeat_failures``); ``not_found`` means the lease lapsed
   or the control plane forgot us: register again.
 - ``node_revoked`` (410), at registration or heartbeat: the node refuses new work at once, keeps
-  its live sessions for ``revoke_drain_s``, then closes what is left; heartbeats stop.
+  its live sessions for ``revoke_drain_s``, then closes what is left; heartbeats stop, and
+  registration is tried now and then: once an operator re-provisions the node, it takes work again.
 """
 
 from __future__ import annotations
@@ -201,6 +202,10 @@ class NodeTokens:
         return self._token
 
 
+#: while revoked, registration is retried every this many heartbeat intervals (at least 1 s)
+REVOKED_POLL_HEARTBEATS = 5
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     control_url: str
@@ -284,12 +289,13 @@ class ControlPlaneAgent:
         while True:
             try:
                 kind = await self._register()
-                if kind is ReplyKind.OK:
-                    kind = await self._heartbeat_until_change()
-                    if kind is ReplyKind.NOT_FOUND:
-                        continue
-                if kind is ReplyKind.REVOKED:
-                    await self._drain_after_revocation()
+                while kind is ReplyKind.OK or kind is ReplyKind.REVOKED:
+                    if kind is ReplyKind.OK:
+                        kind = await self._heartbeat_until_change()
+                    else:
+                        kind = await self._drain_until_reprovisioned()
+                if kind is ReplyKind.NOT_FOUND:
+                    continue
                 return
             except asyncio.CancelledError:
                 raise
@@ -382,7 +388,10 @@ class ControlPlaneAgent:
             if next_at < now:
                 next_at = now + self.heartbeat_interval_s
 
-    async def _drain_after_revocation(self) -> None:
+    async def _drain_until_reprovisioned(self) -> ReplyKind:
+        """Refuse new work, close what is left at the drain deadline, and ask now and then
+        whether an operator re-provisioned this node (``POST /v1/nodes/{id}/provision``):
+        registration then succeeds and the node takes work again."""
         self.state = AgentState.REVOKED
         drain_s = self.settings.revoke_drain_s
         self.node.revoke()
@@ -392,9 +401,24 @@ class ControlPlaneAgent:
             self.settings.node_id,
             drain_s,
         )
-        await asyncio.sleep(drain_s)
-        closed = self.node.close_all_rooms(CloseReason.DRAINED)
-        log.warning("revocation drain deadline passed: closed %d room(s)", closed)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        drained = False
+        poll_s = max(1.0, self.heartbeat_interval_s * REVOKED_POLL_HEARTBEATS)
+        while True:
+            await asyncio.sleep(min(poll_s, deadline - loop.time()) if not drained else poll_s)
+            if not drained and loop.time() >= deadline:
+                drained = True
+                closed = self.node.close_all_rooms(CloseReason.DRAINED)
+                log.warning("revocation drain deadline passed: closed %d room(s)", closed)
+            reply = await self._call("POST", "/v1/nodes", self._registration())
+            if reply.kind is ReplyKind.OK:
+                self._adopt(reply)
+                self.registrations += 1
+                self.node.revoked = False
+                self.state = AgentState.REGISTERED
+                log.warning("node %r was re-provisioned: taking new work again", self.settings.node_id)
+                return ReplyKind.OK
 
     def _fail(self, reason: str) -> None:
         self.state = AgentState.FAILED

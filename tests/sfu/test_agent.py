@@ -483,3 +483,20 @@ def test_settings_from_config() -> None:
     cfg = load(dev=True, flags={"control_url": "http://127.0.0.1:7700/", "node_id": "n-1", "revoke_drain_s": 4}, environ={})
     s = AgentSettings.from_config(cfg)
     assert (s.control_url, s.node_id, s.revoke_drain_s) == ("http://127.0.0.1:7700", "n-1", 4.0)
+
+
+async def test_revoked_node_comes_back_when_reprovisioned(control: ControlPlane, nodes: Any) -> None:
+    node: Node = await nodes("sfu-back", control.url, revoke_drain_s=0)
+    await control.wait_state("sfu-back", "live")
+    await control.call("DELETE", "/v1/nodes/sfu-back")
+    await until(lambda: node.revoked, 3, "node.revoked")
+    refused = await http("POST", f"{node.url}/v1/rooms", tok=token("room:create"), body={"room": "back-room"})
+    assert refused.status == 410 and refused.body["code"] == "node_revoked"
+    assert (await control.call("POST", "/v1/nodes/sfu-back/provision")).status == 200
+    await until(lambda: not node.revoked, 5, "the node takes work again")
+    await control.wait_state("sfu-back", "live")
+    assert agent_of(node).state is AgentState.REGISTERED
+    created = await http("POST", f"{node.url}/v1/rooms", tok=token("room:create"), body={"room": "back-room"})
+    assert created.status == 201, created.body
+    ready = await http("GET", f"{node.url}/readyz", tok="-")
+    assert ready.status == 200
