@@ -160,10 +160,12 @@ class SeqMunger:
     Fast path: while packets arrive in order without gaps (``seq`` is the newest + 1), ``map``
     only adds the current offset and counts the packet; the rings and highest values catch up
     (``_sync``) the next time anything else needs them, writing at most ``window`` entries.
+    A hot loop may inline it: ``if seq == m.fast_next: m.fast_next = (seq + 1) & 0xFFFF;
+    m.fast_count += 1; out = (seq + m.fast_delta) & 0xFFFF``, else call ``map``.
     """
 
     __slots__ = (
-        "_d16",
+        "fast_delta",
         "_deltas",
         "_first_in",
         "_first_out",
@@ -171,10 +173,10 @@ class SeqMunger:
         "_highest_out",
         "_in_ext",
         "_in_state",
-        "_lazy",
+        "fast_count",
         "_mask",
         "_max_ranges",
-        "_next",
+        "fast_next",
         "_out_ext",
         "_out_in",
         "_pending_switch",
@@ -211,9 +213,9 @@ class SeqMunger:
         self._out_in = [0] * window
         # Fast path: the 16-bit seq that continues the run (-1: none), its offset, and how many
         # packets the fast path mapped since the last ``_sync``.
-        self._next = -1
-        self._d16 = 0
-        self._lazy = 0
+        self.fast_next = -1
+        self.fast_delta = 0
+        self.fast_count = 0
 
     @property
     def started(self) -> bool:
@@ -229,14 +231,14 @@ class SeqMunger:
         """The next packet is the first of a new incoming stream; out continues at last + 1."""
         self._sync()
         self._pending_switch = True
-        self._next = -1
+        self.fast_next = -1
 
     def _sync(self) -> None:
         """Bring highest values and rings up to date with the fast path's packets."""
-        count = self._lazy
+        count = self.fast_count
         if not count:
             return
-        self._lazy = 0
+        self.fast_count = 0
         first = self._highest_in + 1
         last = self._highest_in + count
         delta = self._deltas[-1]
@@ -258,10 +260,10 @@ class SeqMunger:
     def _rearm(self) -> None:
         """Point the fast path after the newest incoming packet, under the current offset."""
         if self._pending_switch:
-            self._next = -1
+            self.fast_next = -1
             return
-        self._next = (self._highest_in + 1) & 0xFFFF
-        self._d16 = self._deltas[-1]
+        self.fast_next = (self._highest_in + 1) & 0xFFFF
+        self.fast_delta = self._deltas[-1]
 
     def _start(self, seq: int) -> int:
         self._unwrap.reset()
@@ -305,10 +307,10 @@ class SeqMunger:
 
     def map(self, seq: int) -> int:
         """Outgoing 16-bit sequence number for incoming ``seq``, or a negative ``SeqOutcome``."""
-        if seq == self._next:
-            self._next = (seq + 1) & 0xFFFF
-            self._lazy += 1
-            return (seq + self._d16) & 0xFFFF
+        if seq == self.fast_next:
+            self.fast_next = (seq + 1) & 0xFFFF
+            self.fast_count += 1
+            return (seq + self.fast_delta) & 0xFFFF
         self._sync()
         out = self._map(seq)
         self._rearm()
@@ -395,13 +397,19 @@ class TimestampMunger:
     After ``switch_source(elapsed)`` the next timestamp maps to the last outgoing one plus
     ``elapsed`` ticks (at least 1), which the caller computes from its clock with
     ``elapsed_ticks(now_ms, last_sent_ms, clock_rate)``.
+
+    A hot loop may inline ``map`` while ``fast_offset >= 0`` (-1 until the first timestamp of a
+    source): ``out = (ts + fast_offset) & 0xFFFFFFFF``, and ``newest_out = out`` when
+    ``0 < (out - newest_out) & 0xFFFFFFFF < 2**31``.
     """
 
-    __slots__ = ("_gap", "_last_out", "_offset", "_pending")
+    __slots__ = ("_gap", "_offset", "_pending", "fast_offset", "newest_out")
 
     def __init__(self, base: int) -> None:
         self._offset = 0
-        self._last_out = (base - 1) & 0xFFFFFFFF
+        self.fast_offset = -1
+        #: the newest outgoing timestamp handed out
+        self.newest_out = (base - 1) & 0xFFFFFFFF
         self._gap = 1
         self._pending = True
 
@@ -417,25 +425,26 @@ class TimestampMunger:
     @property
     def last_out(self) -> int:
         """The newest outgoing timestamp handed out."""
-        return self._last_out
+        return self.newest_out
 
     def switch_source(self, elapsed: int) -> None:
         """The next timestamp starts a new source, ``elapsed`` ticks after the last one out."""
         self._pending = True
+        self.fast_offset = -1
         self._gap = elapsed if elapsed > 0 else 1
 
     def map(self, ts: int) -> int:
         """Outgoing timestamp for incoming ``ts``; remembers it when it is the newest."""
         if self._pending:
             self._pending = False
-            out = (self._last_out + self._gap) & 0xFFFFFFFF
-            self._offset = (out - ts) & 0xFFFFFFFF
-            self._last_out = out
+            out = (self.newest_out + self._gap) & 0xFFFFFFFF
+            self._offset = self.fast_offset = (out - ts) & 0xFFFFFFFF
+            self.newest_out = out
             return out
         out = (ts + self._offset) & 0xFFFFFFFF
-        d = (out - self._last_out) & 0xFFFFFFFF
+        d = (out - self.newest_out) & 0xFFFFFFFF
         if 0 < d < _TS_HALF:
-            self._last_out = out
+            self.newest_out = out
         return out
 
     def translate(self, ts: int) -> int:

@@ -129,11 +129,24 @@ class DownTrack:
         if b1 == NO_PT:
             self._counters.drops[DropReason.RTP_MALFORMED] += 1
             return 0
-        out_seq = self.seq.map(seq)
-        if out_seq < 0:
-            self._counters.drops[DropReason.SEQ_TOO_OLD] += 1
-            return 0
-        out_ts = self.ts.map(ts)
+        m = self.seq
+        if seq == m.fast_next:  # SeqMunger.map's in-order fast path, inlined
+            m.fast_next = (seq + 1) & 0xFFFF
+            m.fast_count += 1
+            out_seq = (seq + m.fast_delta) & 0xFFFF
+        else:
+            out_seq = m.map(seq)
+            if out_seq < 0:
+                self._counters.drops[DropReason.SEQ_TOO_OLD] += 1
+                return 0
+        tm = self.ts
+        offset = tm.fast_offset
+        if offset >= 0:  # TimestampMunger.map, inlined
+            out_ts = (ts + offset) & 0xFFFFFFFF
+            if 0 < (out_ts - tm.newest_out) & 0xFFFFFFFF < 0x80000000:
+                tm.newest_out = out_ts
+        else:
+            out_ts = tm.map(ts)
         if shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same):
             if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
                 return 0

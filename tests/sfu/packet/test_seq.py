@@ -364,7 +364,7 @@ class _SlowMunger(SeqMunger):
     __slots__ = ()
 
     def _rearm(self) -> None:
-        self._next = -1
+        self.fast_next = -1
 
 
 @pytest.mark.parametrize("seed", range(12))
