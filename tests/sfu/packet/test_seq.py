@@ -407,3 +407,23 @@ def test_fast_path_matches_the_full_munger_on_random_streams(seed: int) -> None:
     for out in range(65536 - 1, 0, -997):
         assert fast.unmap(out) == slow.unmap(out)
     assert runs > 1000
+
+
+def test_timestamp_fast_fields_follow_map() -> None:
+    rng = random.Random(7)
+    inlined, called = TimestampMunger(123), TimestampMunger(123)
+    ts = rng.randrange(1 << 32)
+    for i in range(2000):
+        ts = (ts + rng.choice([3000, 3000, 0, -3000, 1 << 31, 90000])) & 0xFFFFFFFF
+        if i % 500 == 499:
+            inlined.switch_source(90)
+            called.switch_source(90)
+        if inlined.fast_offset >= 0:
+            out = (ts + inlined.fast_offset) & 0xFFFFFFFF
+            if 0 < (out - inlined.newest_out) & 0xFFFFFFFF < 1 << 31:
+                inlined.newest_out = out
+        else:
+            out = inlined.map(ts)
+        assert out == called.map(ts)
+        assert inlined.last_out == called.last_out
+    assert called.fast_offset == called.offset

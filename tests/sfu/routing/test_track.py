@@ -3,6 +3,8 @@ transports and are read back, unprotected, by raw clients."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from sfu.counters import MediaCounters
@@ -15,6 +17,7 @@ from sfu.routing.track import (
     PublishedTrack,
     RtxCache,
     TrackCodec,
+    extension_ids,
 )
 from tests.sfu.routing.harness import (
     OPUS_FRAME,
@@ -310,3 +313,32 @@ async def test_a_keyframe_settles_a_deferred_request(link: Link) -> None:
     push(track, 2, VP8_DELTA, T0 + 10 * KEYFRAME_REQUEST_INTERVAL_MS)
     assert len(requests.ssrcs) == 1
     await received(link, 2)
+
+
+def _with_ext(profile: int, body: bytes, cc: int = 0) -> bytes:
+    body += bytes(-len(body) % 4)
+    return (
+        struct.pack("!BBHII", 0x90 | cc, 96, 1, 2, 3)
+        + bytes(4 * cc)
+        + struct.pack("!HH", profile, len(body) // 4)
+        + body
+        + b"payload"
+    )
+
+
+EXT_ID_CASES = [
+    ("one-byte, two elements", _with_ext(0xBEDE, bytes([0x10, 0xAA, 0x31, 1, 2])), (1 << 1) | (1 << 3)),
+    ("one-byte, trailing padding", _with_ext(0xBEDE, bytes([0x20, 7])), 1 << 2),
+    ("one-byte after CSRCs", _with_ext(0xBEDE, bytes([0xE0, 7]), cc=2), 1 << 14),
+    ("one-byte, padding between elements", _with_ext(0xBEDE, bytes([0x10, 1, 0, 0, 0, 0x20, 1])), -1),
+    ("one-byte, reserved id 15", _with_ext(0xBEDE, bytes([0xF0, 1])), -1),
+    ("one-byte, empty block", _with_ext(0xBEDE, b""), -1),
+    ("two-byte, padding between", _with_ext(0x1000, bytes([5, 1, 9, 0, 200, 0])), (1 << 5) | (1 << 200)),
+    ("two-byte, element past the end", _with_ext(0x1000, bytes([5, 9, 1, 2])), -1),
+    ("other profile", _with_ext(0x1234, bytes(4)), -1),
+]
+
+
+@pytest.mark.parametrize(("name", "packet", "mask"), EXT_ID_CASES, ids=[c[0] for c in EXT_ID_CASES])
+def test_extension_ids(name: str, packet: bytes, mask: int) -> None:
+    assert extension_ids(memoryview(packet), len(packet)) == mask

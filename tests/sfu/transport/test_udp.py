@@ -18,6 +18,7 @@ from aioice import stun
 
 from sfu.counters import DropReason, MediaCounters
 from sfu.transport.ice import BindingCheck, IceCredentials
+from sfu.transport.mmsg import key_of_address
 from sfu.transport.udp import RECV_BUDGET, Address, MediaPort
 from tests.sfu.routing.harness import RawClient, binding_request, open_port
 
@@ -372,3 +373,73 @@ async def test_sendto_a_closed_port_is_harmless(port: MediaPort, clients: list[R
     assert port.is_open
     assert port.sendto(b"\x80" * 20, clients[0].addr) is True
     assert await clients[0].recv() == b"\x80" * 20
+
+
+# -- batched sending ---------------------------------------------------------------------------
+
+
+@dataclass
+class EchoPeer(RecordingPeer):
+    """Queues each SRTP datagram back to its sender in the port's send ring, as
+    ``PeerTransport`` does, optionally followed by a ``sendto`` of ``trailer``."""
+
+    trailer: bytes | None = None
+    batching_seen: list[bool] = field(default_factory=list)
+
+    def on_srtp(self, cbuf: Any, view: memoryview, length: int, now_ms: int) -> None:
+        ring = self.port.out_ring
+        self.batching_seen.append(not ring.auto_flush)
+        addr = self.checks[-1][0]
+        k = ring.n
+        if k == ring.count:
+            self.port.flush()
+            k = 0
+        ring.views[k][:length] = view[:length]
+        ring.iov_lens[2 * k + 1] = length
+        ring.names[2 * k] = key_of_address(*addr)
+        ring.n = k + 1
+        if self.trailer is not None:
+            self.port.sendto(self.trailer, addr)
+
+
+async def recv_n(client: RawClient, n: int) -> list[bytes]:
+    return [await client.recv() for _ in range(n)]
+
+
+async def test_queued_packets_go_out_after_each_batch_in_order(port: MediaPort, clients: list[RawClient]) -> None:
+    peer = EchoPeer(port)
+    port.add_peer(peer)
+    client = clients[0]
+    await bind(port, peer, client)
+    total = 3 * RECV_BUDGET
+    for seq in range(total):
+        client.send(rtp(seq), ("127.0.0.1", port.port))
+    got = await recv_n(client, total)
+    assert [struct.unpack_from("!H", d, 2)[0] for d in got] == list(range(total))
+    assert got[5] == rtp(5)
+    assert all(peer.batching_seen) and len(peer.batching_seen) == total
+    assert port.out_ring.n == 0 and port.out_ring.auto_flush
+    assert port.counters.drops[DropReason.SEND_FAILED] == 0
+
+
+async def test_sendto_keeps_its_place_after_queued_media(port: MediaPort, clients: list[RawClient]) -> None:
+    peer = EchoPeer(port, trailer=RTCP_RR)
+    port.add_peer(peer)
+    client = clients[0]
+    await bind(port, peer, client)
+    for seq in range(3):
+        client.send(rtp(seq), ("127.0.0.1", port.port))
+    got = await recv_n(client, 6)
+    assert got == [rtp(0), RTCP_RR, rtp(1), RTCP_RR, rtp(2), RTCP_RR]
+
+
+async def test_flush_on_a_closed_port_discards_the_queue(port: MediaPort, clients: list[RawClient]) -> None:
+    ring = port.out_ring
+    ring.views[0][:4] = b"\x80abc"
+    ring.iov_lens[1] = 4
+    ring.names[0] = key_of_address(*clients[0].addr)
+    ring.n = 1
+    port.close()
+    assert port.flush() == 0
+    assert ring.n == 0
+    assert await clients[0].nothing_arrives(0.1)
