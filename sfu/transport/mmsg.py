@@ -22,7 +22,7 @@ from typing import Any
 import cffi
 from pylibsrtp._binding import ffi as srtp_ffi
 
-__all__ = ["MAX_VLEN", "RecvRing", "SendRing", "address_of_key", "key_of_address"]
+__all__ = ["MAX_VLEN", "RecvRing", "SendRing", "address_of_key", "gso_supported", "key_of_address"]
 
 _CDEF = """
 struct iovec { void *iov_base; size_t iov_len; };
@@ -73,8 +73,8 @@ def address_of_key(key: int) -> tuple[str, int]:
 
 class _Ring:
     def __init__(self, count: int, slot_size: int) -> None:
-        if not 0 < count <= MAX_VLEN:
-            raise ValueError(f"ring size must be 1..{MAX_VLEN}, got {count}")
+        if not 0 < count <= 4 * MAX_VLEN:
+            raise ValueError(f"ring size must be 1..{4 * MAX_VLEN}, got {count}")
         if slot_size <= 0 or slot_size % 16:
             raise ValueError(f"slot size must be a positive multiple of 16, got {slot_size}")
         self.count = count
@@ -127,41 +127,179 @@ class RecvRing(_Ring):
 
 
 class SendRing(_Ring):
-    """Send slots filled in order: write slot ``n``, set ``iov_lens[2n + 1]`` and ``names[2n]``,
-    then ``n += 1``; ``send`` hands slots ``0..n-1`` to the kernel and empties the ring."""
+    """Send slots in ``lanes`` lanes of ``depth`` slots; a lane holds packets for one address.
 
-    def __init__(self, count: int, slot_size: int) -> None:
-        super().__init__(count, slot_size)
-        #: slots filled and not sent yet
-        self.n = 0
+    A writer takes a lane (``lane = used; used += 1``, ``fills[lane] = 0``), fills its slots in
+    order: slot ``k = lane * depth + i`` gets the packet, ``iov_lens[2k + 1]`` its length and
+    ``names[2k]`` the address key, then ``fills[lane] = i + 1``.  ``epoch`` changes whenever the
+    ring is emptied, which tells a writer that its lane is gone.  ``send`` hands everything to
+    the kernel in lane order and empties the ring.
+
+    With ``gso`` (UDP generic segmentation offload, Linux 4.18+) the packets of a lane go out as
+    few ``sendmmsg`` messages as their sizes allow: one per run of equal sizes (a shorter one
+    may end a run), each with a ``UDP_SEGMENT`` control message, so the kernel walks its stack
+    once per run instead of once per packet.  Without it, one message per packet.
+    """
+
+    def __init__(self, lanes: int, depth: int, slot_size: int, *, gso: bool = False) -> None:
+        if not 0 < depth <= 64:
+            raise ValueError(f"lane depth must be 1..64, got {depth}")
+        super().__init__(lanes * depth, slot_size)
+        self.lanes = lanes
+        self.depth = depth
+        self.gso = gso
+        #: packets in each lane taken since the ring was last emptied
+        self.fills = [0] * lanes
+        #: lanes taken since the ring was last emptied
+        self.used = 0
+        #: changes each time the ring is emptied
+        self.epoch = 0
         #: false while the owner batches (it flushes itself); true: a writer sends each packet
         self.auto_flush = True
+        self._max_gso_bytes = 65000
+        # one GSO message per slot at worst, each with its own UDP_SEGMENT control message
+        self._gmsgs: Any = _ffi.new("struct mmsghdr[]", self.count)
+        self._ctrl: Any = _ffi.new("unsigned char[]", self.count * _CMSG_SPACE)
+        ctrl_base = int(_ffi.cast("uintptr_t", self._ctrl))
+        ctrl = memoryview(_ffi.buffer(self._ctrl))
+        for i in range(self.count):
+            struct.pack_into("=QiiH", ctrl, i * _CMSG_SPACE, _CMSG_LEN, socket.SOL_UDP, UDP_SEGMENT, 0)
+            hdr = self._gmsgs[i].msg_hdr
+            hdr.msg_namelen = _SOCKADDR_IN
+            hdr.msg_control = _ffi.cast("void *", ctrl_base + i * _CMSG_SPACE)
+        #: ``gso_sizes[i * (CMSG_SPACE // 2) + 8]`` is message i's segment size
+        self._gso_sizes = ctrl.cast("H")
+        self._iov_ptrs = [_ffi.addressof(self._iovs, k) for k in range(self.count)]
+        self._name_ptrs = [self._msgs[k].msg_hdr.msg_name for k in range(self.count)]
+        self._msg_ptrs = [_ffi.addressof(self._msgs, k) for k in range(self.count)]
+
+    @property
+    def n(self) -> int:
+        """Packets queued."""
+        fills = self.fills
+        return sum(fills[i] for i in range(self.used))
+
+    def discard(self) -> None:
+        self.used = 0
+        self.epoch += 1
 
     def send(self, fd: int) -> tuple[int, list[int]]:
-        """Send the filled slots; returns (sent, errnos of the datagrams the kernel refused).
+        """Send the queued packets; returns (sent, errnos of the datagrams the kernel refused).
 
         A refused datagram is dropped and the rest still go out; on EAGAIN/ENOBUFS (socket
-        buffer full) every remaining one is dropped, one errno each.
+        buffer full) every remaining one is dropped, one errno each.  A GSO message the kernel
+        refuses is retried packet by packet.
         """
-        vlen = self.n
-        self.n = 0
+        used = self.used
+        self.used = 0
+        self.epoch += 1
+        if self.gso:
+            return self._send_gso(fd, used)
+        sent = 0
+        refused: list[int] = []
+        for lane in range(used):
+            fill = self.fills[lane]
+            if fill:
+                s, r = self._send_plain(fd, lane * self.depth, fill)
+                sent += s
+                refused += r
+        return sent, refused
+
+    def _send_plain(self, fd: int, start: int, count: int) -> tuple[int, list[int]]:
         done = 0
         sent = 0
         refused: list[int] = []
-        msgs = self._msgs
-        while done < vlen:
-            k: int = _libc.sendmmsg(fd, _ffi.addressof(msgs, done), vlen - done, 0)
+        msg_ptrs = self._msg_ptrs
+        while done < count:
+            k: int = _libc.sendmmsg(fd, msg_ptrs[start + done], count - done, 0)
             if k > 0:
                 done += k
                 sent += k
                 continue
             err = int(_ffi.errno) if k < 0 else 0
-            if err in (11, 105):  # EAGAIN, ENOBUFS: the rest would fail the same way now
-                refused.extend([err] * (vlen - done))
+            if err in _FULL:  # the rest would fail the same way now
+                refused.extend([err] * (count - done))
                 break
             refused.append(err)  # e.g. ECONNREFUSED left by an earlier ICMP error: skip this one
             done += 1
         return sent, refused
 
-    def discard(self) -> None:
-        self.n = 0
+    def _send_gso(self, fd: int, used: int) -> tuple[int, list[int]]:
+        gmsgs = self._gmsgs
+        sizes_out = self._gso_sizes
+        iov_lens = self.iov_lens
+        iov_ptrs = self._iov_ptrs
+        name_ptrs = self._name_ptrs
+        depth = self.depth
+        cap = self._max_gso_bytes
+        runs: list[tuple[int, int]] = []  # (first slot, packets) of each message
+        for lane in range(used):
+            fill = self.fills[lane]
+            if not fill:
+                continue
+            base = lane * depth
+            sizes = iov_lens[2 * base + 1 : 2 * (base + fill) : 2].tolist()
+            size = sizes[0]
+            if sizes.count(size) >= fill - 1 and sizes[-1] <= size and size * fill <= cap:
+                runs.append((base, fill))
+                continue
+            start = 0  # split into runs of equal sizes, each ended by at most one shorter packet
+            while start < fill:
+                size = sizes[start]
+                end = start + 1
+                limit = min(fill, start + max(1, cap // size))
+                while end < limit and sizes[end] == size:
+                    end += 1
+                if end < limit and sizes[end] < size:
+                    end += 1
+                runs.append((base + start, end - start))
+                start = end
+        step = _CMSG_SPACE // 2
+        for i, (first, count) in enumerate(runs):
+            hdr = gmsgs[i].msg_hdr
+            hdr.msg_name = name_ptrs[first]
+            hdr.msg_iov = iov_ptrs[first]
+            hdr.msg_iovlen = count
+            if count > 1:
+                sizes_out[i * step + 8] = iov_lens[2 * first + 1]
+                hdr.msg_controllen = _CMSG_SPACE
+            else:
+                hdr.msg_controllen = 0
+        total = len(runs)
+        done = 0
+        sent = 0
+        refused: list[int] = []
+        while done < total:
+            k: int = _libc.sendmmsg(fd, _ffi.addressof(gmsgs, done), total - done, 0)
+            if k > 0:
+                sent += sum(runs[j][1] for j in range(done, done + k))
+                done += k
+                continue
+            err = int(_ffi.errno) if k < 0 else 0
+            first, count = runs[done]
+            if err in _FULL:
+                refused.extend([err] * sum(c for _, c in runs[done:]))
+                break
+            if count > 1:  # the kernel would not segment this one: packet by packet
+                s, r = self._send_plain(fd, first, count)
+                sent += s
+                refused += r
+            else:
+                refused.append(err)
+            done += 1
+        return sent, refused
+
+
+UDP_SEGMENT = 103
+_CMSG_LEN = 16 + 2  # struct cmsghdr (size_t len, int level, int type) + the u16 segment size
+_CMSG_SPACE = 24
+_FULL = (11, 105)  # EAGAIN, ENOBUFS
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """Whether the kernel segments UDP for this socket (``UDP_SEGMENT`` is known)."""
+    try:
+        sock.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 0)
+    except OSError:
+        return False
+    return True

@@ -31,7 +31,7 @@ from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import key_of_address
 from sfu.transport.srtp import SrtpContext, SrtpError, SrtpProfile
-from sfu.transport.udp import SEND_SLOTS, Address, MediaPort
+from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ OUT_BUFFER_SIZE = 2048
 _B1_SEQ_TS_SSRC = Struct("!BHII")
 _srtp_protect = lib.srtp_protect
 _memmove = ffi.memmove
+_LANE_DEPTH = SEND_LANE_DEPTH
 
 
 class TransportState(enum.Enum):
@@ -113,6 +114,12 @@ class PeerTransport:
         self._views = ring.views
         self._iov_lens = ring.iov_lens
         self._names = ring.names
+        self._fills = ring.fills
+        # this peer's lane in the send ring: valid while ``_lane_epoch == ring.epoch``
+        self._lane = 0
+        self._lane_base = 0
+        self._lane_fill = 0
+        self._lane_epoch = -1
         self._len_p: Any = ffi.new("int *")
         self._tx_srtp: Any = None  # the outbound ``srtp_t`` while connected
         self._rtp_trailer = 0  # what protecting adds under the negotiated profile
@@ -215,13 +222,19 @@ class PeerTransport:
         if not self._send_key or length + 16 > OUT_BUFFER_SIZE:
             return False
         ring = self._ring
-        k = ring.n
-        if k == SEND_SLOTS:
-            self._port.flush()
-            k = 0
-        ptr = ring.ptrs[k]
+        fill = self._lane_fill
+        if self._lane_epoch != ring.epoch or fill == _LANE_DEPTH:
+            fill = self._take_lane()
+        k = self._lane_base + fill
+        ptr = self._ptrs[k]
         _memmove(ptr, self.out_cbuf, length)
-        return self._queue(ptr, k, length)
+        len_p = self._len_p
+        len_p[0] = length
+        if _srtp_protect(self._tx_srtp, ptr, len_p):
+            self._counters.srtp_errors[Direction.OUTBOUND] += 1
+            return False
+        self._commit(k, fill, len_p[0])
+        return True
 
     def forward_rtp(self, src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
         """Queue ``src[:length]`` with header bytes 1-11 replaced (``b1`` = marker | PT), protected.
@@ -233,10 +246,10 @@ class PeerTransport:
         if not key:
             return False
         ring = self._ring
-        k = ring.n
-        if k == SEND_SLOTS:
-            self._port.flush()
-            k = 0
+        fill = self._lane_fill
+        if self._lane_epoch != ring.epoch or fill == _LANE_DEPTH:
+            fill = self._take_lane()
+        k = self._lane_base + fill
         ptr = self._ptrs[k]
         _memmove(ptr, src, length)
         _B1_SEQ_TS_SSRC.pack_into(self._views[k], 1, b1, seq, ts, ssrc)
@@ -247,24 +260,36 @@ class PeerTransport:
             return False
         self._iov_lens[2 * k + 1] = length + self._rtp_trailer
         self._names[2 * k] = key
-        ring.n = k + 1
+        fill += 1
+        self._lane_fill = fill
+        self._fills[self._lane] = fill
         if ring.auto_flush:
             self._port.flush()
         return True
 
-    def _queue(self, ptr: Any, k: int, length: int) -> bool:
+    def _take_lane(self) -> int:
+        """Take the next free lane of the send ring (flushing it first when none is left)."""
         ring = self._ring
-        len_p = self._len_p
-        len_p[0] = length
-        if _srtp_protect(self._tx_srtp, ptr, len_p):
-            self._counters.srtp_errors[Direction.OUTBOUND] += 1
-            return False
-        ring.iov_lens[2 * k + 1] = len_p[0]
-        ring.names[2 * k] = self._addr_key
-        ring.n = k + 1
-        if ring.auto_flush:
+        lane = ring.used
+        if lane == ring.lanes:
             self._port.flush()
-        return True
+            lane = 0
+        ring.used = lane + 1
+        ring.fills[lane] = 0
+        self._lane = lane
+        self._lane_base = lane * _LANE_DEPTH
+        self._lane_epoch = ring.epoch
+        self._lane_fill = 0
+        return 0
+
+    def _commit(self, k: int, fill: int, length: int) -> None:
+        self._iov_lens[2 * k + 1] = length
+        self._names[2 * k] = self._send_key
+        fill += 1
+        self._lane_fill = fill
+        self._fills[self._lane] = fill
+        if self._ring.auto_flush:
+            self._port.flush()
 
     def send_rtcp(self, packet: bytes) -> bool:
         tx = self.tx

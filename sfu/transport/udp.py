@@ -25,7 +25,15 @@ from typing import Any, Protocol
 from sfu import clock
 from sfu.counters import DropReason, MediaCounters
 from sfu.transport.ice import BindingCheck, IceCredentials, authenticate, binding_success, parse_check
-from sfu.transport.mmsg import LEN_INDEX, LEN_STRIDE, RecvRing, SendRing, address_of_key, key_of_address
+from sfu.transport.mmsg import (
+    LEN_INDEX,
+    LEN_STRIDE,
+    RecvRing,
+    SendRing,
+    address_of_key,
+    gso_supported,
+    key_of_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,10 @@ BUFFER_SIZE = 2048
 RECV_BUDGET = 256
 #: datagrams per recvmmsg call (RECV_BUDGET is a multiple of it)
 RECV_BATCH = 32
-#: outgoing slots: room for a whole received batch at fan-out 32 before a mid-batch flush
-SEND_SLOTS = 1024
+#: outgoing slots: a lane of SEND_LANE_DEPTH per destination and received batch, SEND_LANES
+#: destinations before a mid-batch flush
+SEND_LANES = 64
+SEND_LANE_DEPTH = RECV_BATCH
 #: an outgoing slot holds a packet of up to BUFFER_SIZE bytes plus any SRTP trailer
 SEND_SLOT_SIZE = BUFFER_SIZE + 256
 #: one SRTP datagram in this many is timed for the forward-latency histogram
@@ -60,7 +70,7 @@ class DatagramPeer(Protocol):
 
 
 class MediaPort:
-    def __init__(self, host: str, port: int, counters: MediaCounters) -> None:
+    def __init__(self, host: str, port: int, counters: MediaCounters, *, gso: bool = True) -> None:
         self.host = host
         self.requested_port = port
         self.counters = counters
@@ -71,7 +81,9 @@ class MediaPort:
         self._by_key: dict[int, DatagramPeer] = {}
         self._in_ring = RecvRing(RECV_BATCH, BUFFER_SIZE)
         #: where peers queue protected RTP; see the module docstring
-        self.out_ring = SendRing(SEND_SLOTS, SEND_SLOT_SIZE)
+        self.out_ring = SendRing(SEND_LANES, SEND_LANE_DEPTH, SEND_SLOT_SIZE)
+        #: send queued RTP with UDP GSO where the kernel has it (``out_ring.gso`` once open)
+        self.gso_enabled = gso
         self.send_errors = 0
         self._latency_countdown = LATENCY_SAMPLE
 
@@ -85,6 +97,7 @@ class MediaPort:
                 pass
         sock.bind((self.host, self.requested_port))
         sock.setblocking(False)
+        self.out_ring.gso = self.gso_enabled and gso_supported(sock)
         self._sock = sock
         self._loop = loop
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -143,7 +156,7 @@ class MediaPort:
         sock = self._sock
         if sock is None:
             return False
-        if self.out_ring.n:
+        if self.out_ring.used:
             self.flush()
         try:
             sock.sendto(data, addr)
@@ -160,7 +173,7 @@ class MediaPort:
         """Send every queued RTP packet now; returns how many the kernel took."""
         ring = self.out_ring
         sock = self._sock
-        if not ring.n:
+        if not ring.used:
             return 0
         if sock is None:
             ring.discard()
@@ -232,7 +245,7 @@ class MediaPort:
                         peer.on_dtls(bytes(view[:n]), now_ms)
                     else:
                         drops[DropReason.UNKNOWN_PROTOCOL] += 1
-                if self.out_ring.n:
+                if self.out_ring.used:
                     self.flush()
                 if started:
                     counters.observe_latency(time.perf_counter() - started)
@@ -241,7 +254,7 @@ class MediaPort:
         finally:
             self.out_ring.auto_flush = True
             self._latency_countdown = sampled
-            if self.out_ring.n:
+            if self.out_ring.used:
                 self.flush()
 
     def _on_stun(self, data: bytes, addr: Address, now_ms: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -12,10 +13,10 @@ import pytest
 from sfu.transport.mmsg import (
     LEN_INDEX,
     LEN_STRIDE,
-    MAX_VLEN,
     RecvRing,
     SendRing,
     address_of_key,
+    gso_supported,
     key_of_address,
 )
 
@@ -61,10 +62,10 @@ def test_keys_refuse_what_is_not_ipv4(host: str, port: int) -> None:
         key_of_address(host, port)
 
 
-@pytest.mark.parametrize(("count", "slot"), [(0, 2048), (MAX_VLEN + 1, 2048), (4, 0), (4, 1500)])
-def test_ring_shapes_are_checked(count: int, slot: int) -> None:
+@pytest.mark.parametrize(("lanes", "depth", "slot"), [(0, 8, 2048), (4, 0, 2048), (4, 65, 2048), (4096, 2, 2048), (4, 4, 1500)])
+def test_ring_shapes_are_checked(lanes: int, depth: int, slot: int) -> None:
     with pytest.raises(ValueError):
-        SendRing(count, slot)
+        SendRing(lanes, depth, slot)
 
 
 def test_recv_fills_slots_with_bytes_lengths_and_sender_keys(socks: list[socket.socket]) -> None:
@@ -94,32 +95,61 @@ def test_recv_takes_at_most_vlen(socks: list[socket.socket]) -> None:
     assert [struct.unpack_from("!H", ring.views[i])[0] for i in range(2)] == [4, 5]
 
 
-def test_send_delivers_each_slot_to_its_address_in_order(socks: list[socket.socket]) -> None:
-    tx, a, b = socks
-    ring = SendRing(16, 2048)
-    dests = [a, b, a, a, b]
-    for k, dest in enumerate(dests):
-        payload = bytes([k]) * (100 + k)
+def fill_lane(ring: SendRing, dest: socket.socket, payloads: list[bytes]) -> None:
+    lane = ring.used
+    ring.used += 1
+    for i, payload in enumerate(payloads):
+        k = lane * ring.depth + i
         ring.views[k][: len(payload)] = payload
         ring.iov_lens[2 * k + 1] = len(payload)
         ring.names[2 * k] = key_of_address(*dest.getsockname())
-    ring.n = len(dests)
-    assert ring.send(tx.fileno()) == (5, [])
-    assert ring.n == 0
-    assert recv_all(a, 3) == [bytes([k]) * (100 + k) for k in (0, 2, 3)]
-    assert recv_all(b, 2) == [bytes([k]) * (100 + k) for k in (1, 4)]
+    ring.fills[lane] = len(payloads)
+
+
+def packets(tag: int, sizes: list[int]) -> list[bytes]:
+    return [bytes([tag, i]) + bytes([i]) * (size - 2) for i, size in enumerate(sizes)]
+
+
+# (sizes in lane A, sizes in lane B): equal runs, a shorter last one, shorter ones inside runs,
+# longer ones after shorter ones, single packets, a run past the 65 000-byte GSO cap
+SEND_CASES = [
+    ([1210] * 32, [1210] * 5),
+    ([1210, 1210, 800], [1]),
+    ([1210, 900, 1210, 1210, 300, 1300, 1300], [50, 60, 70]),
+    ([2000] * 32, [1400] * 3 + [20]),
+]
+
+
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+@pytest.mark.parametrize(("sizes_a", "sizes_b"), SEND_CASES)
+def test_send_delivers_each_lane_to_its_address_in_order(
+    socks: list[socket.socket], gso: bool, sizes_a: list[int], sizes_b: list[int]
+) -> None:
+    tx, a, b = socks
+    if gso and not gso_supported(tx):
+        pytest.skip("no UDP GSO in this kernel")
+    ring = SendRing(4, 32, 2304, gso=gso)
+    epoch = ring.epoch
+    first_a, second_b, third_a = packets(1, sizes_a), packets(2, sizes_b), packets(3, [100, 100])
+    fill_lane(ring, a, first_a)
+    fill_lane(ring, b, second_b)
+    fill_lane(ring, a, third_a)
+    assert ring.n == len(first_a) + len(second_b) + 2
+    assert ring.send(tx.fileno()) == (ring_n := len(first_a) + len(second_b) + 2, [])
+    assert ring.used == 0 and ring.n == 0 and ring.epoch != epoch
+    assert recv_all(a, len(first_a) + 2) == first_a + third_a
+    assert recv_all(b, len(second_b)) == second_b
     assert ring.send(tx.fileno()) == (0, [])  # empty: nothing happens
+    assert ring_n > 0
 
 
-def test_a_refused_datagram_is_skipped_and_the_rest_go_out(socks: list[socket.socket]) -> None:
+@pytest.mark.parametrize("gso", [False, True], ids=["plain", "gso"])
+def test_a_refused_datagram_is_skipped_and_the_rest_go_out(socks: list[socket.socket], gso: bool) -> None:
     tx, a, _ = socks
-    ring = SendRing(4, 2048)
-    for k in range(3):
-        ring.iov_lens[2 * k + 1] = 10
-        ring.names[2 * k] = key_of_address(*a.getsockname())
-    ring.names[2] = key_of_address("127.0.0.1", 0)  # port 0: the kernel refuses this one (EINVAL)
-    ring.n = 3
-    sent, refused = ring.send(tx.fileno())
-    assert (sent, len(refused)) == (2, 1)
-    assert refused[0] != 0
-    assert len(recv_all(a, 2)) == 2
+    ring = SendRing(2, 4, 2048, gso=gso and gso_supported(tx))
+    fill_lane(ring, a, packets(1, [10, 10, 10]))
+    ring.names[0] = key_of_address("127.0.0.1", 0)  # port 0: the kernel refuses this one (EINVAL)
+    fill_lane(ring, a, packets(2, [10]))
+    # GSO: the lane's message is refused, then retried packet by packet
+    assert ring.send(tx.fileno()) == (3, [errno.EINVAL])
+    assert recv_all(a, 3) == packets(1, [10, 10, 10])[1:] + packets(2, [10])

@@ -390,14 +390,16 @@ class EchoPeer(RecordingPeer):
         ring = self.port.out_ring
         self.batching_seen.append(not ring.auto_flush)
         addr = self.checks[-1][0]
-        k = ring.n
-        if k == ring.count:
+        lane = ring.used  # one lane per packet: the ring fills up and flushes mid-batch too
+        if lane == ring.lanes:
             self.port.flush()
-            k = 0
+            lane = 0
+        ring.used = lane + 1
+        k = lane * ring.depth
         ring.views[k][:length] = view[:length]
         ring.iov_lens[2 * k + 1] = length
         ring.names[2 * k] = key_of_address(*addr)
-        ring.n = k + 1
+        ring.fills[lane] = 1
         if self.trailer is not None:
             self.port.sendto(self.trailer, addr)
 
@@ -418,7 +420,7 @@ async def test_queued_packets_go_out_after_each_batch_in_order(port: MediaPort, 
     assert [struct.unpack_from("!H", d, 2)[0] for d in got] == list(range(total))
     assert got[5] == rtp(5)
     assert all(peer.batching_seen) and len(peer.batching_seen) == total
-    assert port.out_ring.n == 0 and port.out_ring.auto_flush
+    assert port.out_ring.used == 0 and port.out_ring.auto_flush
     assert port.counters.drops[DropReason.SEND_FAILED] == 0
 
 
@@ -438,8 +440,9 @@ async def test_flush_on_a_closed_port_discards_the_queue(port: MediaPort, client
     ring.views[0][:4] = b"\x80abc"
     ring.iov_lens[1] = 4
     ring.names[0] = key_of_address(*clients[0].addr)
-    ring.n = 1
+    ring.fills[0] = 1
+    ring.used = 1
     port.close()
     assert port.flush() == 0
-    assert ring.n == 0
+    assert ring.n == 0 and ring.used == 0
     assert await clients[0].nothing_arrives(0.1)
