@@ -245,17 +245,29 @@ class SeqMunger:
         self._highest_in = last
         self._highest_out = last + delta
         self._unwrap.advance(count)  # it did not see them either
-        mask = self._mask
-        in_ext_ring, in_state, out_ext_ring, out_in = self._in_ext, self._in_state, self._out_ext, self._out_in
-        mapped = self._MAPPED
-        for in_ext in range(max(first, last - self._window + 1), last + 1):
-            slot = in_ext & mask
-            in_ext_ring[slot] = in_ext
-            in_state[slot] = mapped
-            out_ext = in_ext + delta
-            slot = out_ext & mask
-            out_ext_ring[slot] = out_ext
-            out_in[slot] = in_ext & 0xFFFF
+        lo = max(first, last - self._window + 1)
+        # contiguous runs: at most two ring segments each, written with slice assignments
+        for start, stop in self._segments(lo, last + 1):
+            a = start & self._mask
+            b = a + stop - start
+            self._in_ext[a:b] = range(start, stop)
+            self._in_state[a:b] = [self._MAPPED] * (stop - start)
+        for start, stop in self._segments(lo + delta, last + delta + 1):
+            a = start & self._mask
+            b = a + stop - start
+            self._out_ext[a:b] = range(start, stop)
+            low = (start - delta) & 0xFFFF  # the incoming 16-bit seq behind ``start``
+            if low + stop - start <= _SEQ_MOD:
+                self._out_in[a:b] = range(low, low + stop - start)
+            else:
+                self._out_in[a:b] = [*range(low, _SEQ_MOD), *range(0, low + stop - start - _SEQ_MOD)]
+
+    def _segments(self, start: int, stop: int) -> tuple[tuple[int, int], ...]:
+        """``[start, stop)`` (at most ``window`` long) cut where the ring index wraps."""
+        split = (start | self._mask) + 1  # the next multiple of window after start
+        if stop <= split:
+            return ((start, stop),)
+        return ((start, split), (split, stop))
 
     def _rearm(self) -> None:
         """Point the fast path after the newest incoming packet, under the current offset."""
