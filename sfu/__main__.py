@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--public-ip", help="address advertised in ICE candidates (NAT 1:1)")
     p.add_argument("--public-url")
     p.add_argument("--control-url")
+    p.add_argument("--drain-deadline-s", type=float, help="SIGTERM drain deadline (seconds)")
     p.add_argument("--log-json", action="store_true", default=None)
     p.add_argument("--log-level")
     return p.parse_args(argv)
@@ -40,8 +41,26 @@ async def run(cfg: node_config.NodeConfig) -> int:
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    terms = 0
+    pending: list[asyncio.Future[None]] = []
+
+    def on_sigterm() -> None:
+        # first SIGTERM: graceful drain, exit when it completes; a second one: exit at once
+        nonlocal terms
+        terms += 1
+        if terms == 1:
+            print(f"levelchat-sfu: SIGTERM: draining (up to {cfg.drain_deadline_s:.0f} s)", file=sys.stderr, flush=True)
+            node.start_drain(cfg.drain_deadline_s)
+            pending.append(asyncio.ensure_future(_stop_when_drained()))
+        else:
+            stop.set()
+
+    async def _stop_when_drained() -> None:
+        await node.drained.wait()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{node.port.port})", flush=True)
     waiters = [asyncio.create_task(stop.wait())]
     if node.agent is not None:

@@ -51,6 +51,8 @@ class NodeConfig:
     rate_limit_ip_burst: int = 100
     rate_limit_key_per_s: float = 200.0
     rate_limit_key_burst: int = 1000
+    #: SIGTERM or the admin drain call: how long live rooms may go on before they are closed
+    drain_deadline_s: float = 300.0
     self_check_interval_s: float = 10.0
     self_check_deadline_ms: int = 1000
     self_check_failures: int = 3  # consecutive failures that make the node unhealthy
@@ -104,6 +106,8 @@ class NodeConfig:
                 raise ConfigError(f"{limit}_per_s: {rate} must be >= 0 (0 turns the limit off)")
             if rate > 0 and burst < 1:
                 raise ConfigError(f"{limit}_burst: {burst} must be at least 1 while {limit}_per_s is on")
+        if self.drain_deadline_s < 0:
+            raise ConfigError("drain_deadline_s must be >= 0")
         if self.self_check_interval_s <= 0 or self.self_check_deadline_ms <= 0:
             raise ConfigError("self_check_interval_s and self_check_deadline_ms must be positive")
         if self.self_check_failures < 1 or self.self_check_recoveries < 1:

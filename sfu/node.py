@@ -30,6 +30,7 @@ from sfu.transport.udp import MediaPort
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+DRAIN_POLL_S = 0.5
 
 
 class Node:
@@ -46,6 +47,8 @@ class Node:
             NodeCollector(self.counters, self._gauges, self.http_counts, self._counter_values)
         )
         self.draining = False
+        self.drained = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
         self.revoked = False
         self.self_check_ok = True
         self.self_check_reason = "not run yet"
@@ -104,6 +107,8 @@ class Node:
         )
 
     async def stop(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
         if self.agent is not None:
             await self.agent.stop()
         if self.selfcheck is not None:
@@ -176,6 +181,45 @@ class Node:
             healthy=self.self_check_ok and self.port.is_open,
             draining=self.draining,
         )
+
+    # -- drain ----------------------------------------------------------------------------------
+    def start_drain(self, deadline_s: float) -> None:
+        """No new rooms from now on; live rooms go on until they empty or the deadline passes,
+        then what is left is closed (reason ``drained``) and ``drained`` is set.  Reversible
+        with ``cancel_drain`` until then.  A second call shortens or extends the deadline."""
+        self.draining = True
+        self.drained.clear()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        self._drain_task = asyncio.create_task(self._drain(deadline_s))
+        log.warning("draining: no new rooms; closing what is left in %.0f s", deadline_s)
+
+    def cancel_drain(self) -> bool:
+        """Take new rooms again; False when there was no drain under way."""
+        if not self.draining or self.drained.is_set():
+            return False
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            self._drain_task = None
+        self.draining = False
+        log.warning("drain cancelled: taking new rooms again")
+        return True
+
+    async def _drain(self, deadline_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + deadline_s
+        while self.rooms.participant_count > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(min(DRAIN_POLL_S, max(0.0, deadline - asyncio.get_running_loop().time())))
+        closed = self.close_all_rooms(CloseReason.DRAINED)
+        log.warning("drain complete: closed %d room(s)", closed)
+        self.drained.set()
+
+    def drain_state(self) -> dict[str, object]:
+        return {
+            "draining": self.draining,
+            "drained": self.drained.is_set(),
+            "rooms": self.rooms.room_count,
+            "participants": self.rooms.participant_count,
+        }
 
     def revoke(self) -> None:
         """Refuse new work from now on (``node_revoked``); live sessions stay until closed."""

@@ -210,6 +210,34 @@ async def recording_post(request: web.Request) -> web.StreamResponse:
     raise ApiError("onprem_disabled", "recording is not available on a self-hosted node")
 
 
+# -- drain (operators) ----------------------------------------------------------------------------
+async def drain_post(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    _claims(request).require("node:admin")
+    deadline_s: object = node.config.drain_deadline_s
+    if request.can_read_body:
+        body = await read_json(request)
+        deadline_s = body.get("deadline_s", deadline_s)
+    if not isinstance(deadline_s, (int, float)) or isinstance(deadline_s, bool) or not 0 <= deadline_s <= 86400:
+        raise ApiError("bad_request", "deadline_s must be a number of seconds from 0 to 86400")
+    node.start_drain(float(deadline_s))
+    return json_response(node.drain_state(), status=202)
+
+
+async def drain_delete(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    _claims(request).require("node:admin")
+    if not node.cancel_drain():
+        raise ApiError("conflict", "this node is not draining (or its drain already completed)")
+    return json_response(node.drain_state())
+
+
+async def drain_get(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    _claims(request).require("node:admin")
+    return json_response(node.drain_state())
+
+
 # -- operations ------------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.StreamResponse:
     return json_response({"status": "ok"})
@@ -268,6 +296,9 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/v1/rooms/{room}", room_get)
     r.add_delete("/v1/rooms/{room}", room_delete)
     r.add_post("/v1/rooms/{room}/recording", recording_post)
+    r.add_post("/v1/node/drain", drain_post)
+    r.add_delete("/v1/node/drain", drain_delete)
+    r.add_get("/v1/node/drain", drain_get)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)

@@ -127,6 +127,11 @@ class Proc:
             return
         self.popen.terminate()
         try:
+            self.popen.wait(timeout=0.5)
+            return
+        except subprocess.TimeoutExpired:
+            self.popen.terminate()  # a node drains on the first SIGTERM; the second ends it at once
+        try:
             self.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.popen.kill()
@@ -171,11 +176,11 @@ class Procs:
                 "--heartbeat-interval-seconds", str(heartbeat_s), *extra_args]
         return self._start(Proc(name, args, f"http://127.0.0.1:{port}", self.workdir, child_env()))
 
-    def node(self, node_id: str, control_url: str, *, env: Mapping[str, str] | None = None,
+    def node(self, node_id: str, control_url: str | None, *, env: Mapping[str, str] | None = None,
              extra_args: Sequence[str] = ()) -> Proc:
         http_port, media_port = free_port(), free_port(socket.SOCK_DGRAM)
         args = ["-m", "sfu", "--dev", "--http-port", str(http_port), "--media-port", str(media_port),
-                "--node-id", node_id, "--control-url", control_url, *extra_args]
+                "--node-id", node_id, *(["--control-url", control_url] if control_url else []), *extra_args]
         name = f"node-{node_id}-{len(self.started)}"
         return self._start(Proc(name, args, f"http://127.0.0.1:{http_port}", self.workdir, child_env(env)))
 
