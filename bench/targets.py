@@ -206,6 +206,7 @@ DEV_KEY_ID = "devkey"
 DEV_KEY_SECRET = "secret"  # noqa: S105 - the public dev key, loopback only
 BENCH_ROOM = "bench"
 _NODE_READY = re.compile(r"ready: (http://\S+)")
+_LATENCY_BUCKET = re.compile(r'^levelchat_sfu_forward_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$')
 _METRIC = re.compile(r'^levelchat_sfu_([a-z_]+?)(?:_total)?(?:\{(?:kind|reason|direction)="([a-z_]+)"\})? (\S+)$')
 
 
@@ -264,7 +265,7 @@ class RunningNode:
                 own = self.counters()
             except OSError as exc:
                 own = {"metrics_error": str(exc)}
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)  # stop now (SIGTERM would start a graceful drain)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -276,7 +277,7 @@ class RunningNode:
                 self.proc.stdout.close()
         warnings = [line for line in self.log_tail(20_000).splitlines() if line.strip()]
         self._log.close()
-        if self.proc.returncode not in (0, -signal.SIGTERM):
+        if self.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
             raise TargetError(f"the node exited {self.proc.returncode}: {warnings[-20:]}")
         own["log_lines"] = len(warnings)
         own["log_tail"] = warnings[-5:]
@@ -293,6 +294,11 @@ def parse_node_metrics(text: str) -> dict[str, Any]:
         name, label, value = match.groups()
         values[f"{name}.{label}" if label else name] = float(value)
     drops = {k.split(".", 1)[1]: int(v) for k, v in values.items() if k.startswith("packets_dropped.") and v}
+    buckets: list[tuple[float, int]] = []
+    for line in text.splitlines():
+        bucket = _LATENCY_BUCKET.match(line)
+        if bucket is not None:
+            buckets.append((float(bucket.group(1)), int(float(bucket.group(2)))))
     return {
         "in_packets": int(values.get("packets_received.video", 0)),
         "out_packets": int(values.get("packets_forwarded.video", 0)),
@@ -302,7 +308,21 @@ def parse_node_metrics(text: str) -> dict[str, Any]:
         "drops": drops,
         "srtp_errors": {k.split(".", 1)[1]: int(v) for k, v in values.items()
                         if k.startswith("srtp_errors.") and v},
+        "forward_latency": latency_summary(buckets),
     }
+
+
+def latency_summary(buckets: list[tuple[float, int]]) -> dict[str, float | int | None]:
+    """The node's own receive-to-sent histogram (1 datagram in 64 is timed): sample count and the
+    bucket bound (ms) that holds the median / 99th / 99.9th percentile (None: past the last bound)."""
+    buckets = sorted(buckets)
+    count = buckets[-1][1] if buckets else 0
+    out: dict[str, float | int | None] = {"samples": count}
+    for name, q in (("p50_le_ms", 0.5), ("p99_le_ms", 0.99), ("p999_le_ms", 0.999)):
+        want = q * count
+        bound = next((le for le, c in buckets if c >= want), None) if count else None
+        out[name] = None if bound is None or bound == float("inf") else round(bound * 1000, 3)
+    return out
 
 
 class NodeTarget:

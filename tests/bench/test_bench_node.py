@@ -56,6 +56,12 @@ levelchat_sfu_packets_dropped_total{reason="too_short"} 0.0
 levelchat_sfu_srtp_errors_total{direction="inbound"} 3.0
 levelchat_sfu_keyframe_requests_total 2.0
 levelchat_sfu_rooms 1.0
+levelchat_sfu_forward_latency_seconds_bucket{le="0.0001"} 10.0
+levelchat_sfu_forward_latency_seconds_bucket{le="0.00025"} 60.0
+levelchat_sfu_forward_latency_seconds_bucket{le="0.0005"} 99.0
+levelchat_sfu_forward_latency_seconds_bucket{le="0.001"} 99.0
+levelchat_sfu_forward_latency_seconds_bucket{le="+Inf"} 100.0
+levelchat_sfu_forward_latency_seconds_count 100.0
 """
 
 
@@ -69,6 +75,7 @@ levelchat_sfu_rooms 1.0
         ("keyframe_requests", 2),
         ("drops", {"srtp_replay": 3}),
         ("srtp_errors", {"inbound": 3}),
+        ("forward_latency", {"samples": 100, "p50_le_ms": 0.25, "p99_le_ms": 0.5, "p999_le_ms": None}),
     ],
 )
 def test_parse_node_metrics(field: str, expected: object) -> None:
@@ -77,7 +84,9 @@ def test_parse_node_metrics(field: str, expected: object) -> None:
 
 def test_parse_node_metrics_of_nothing() -> None:
     assert parse_node_metrics("") == {"in_packets": 0, "out_packets": 0, "rtcp_in": 0, "rtcp_out": 0,
-                                      "keyframe_requests": 0, "drops": {}, "srtp_errors": {}}
+                                      "keyframe_requests": 0, "drops": {}, "srtp_errors": {},
+                                      "forward_latency": {"samples": 0, "p50_le_ms": None,
+                                                          "p99_le_ms": None, "p999_le_ms": None}}
 
 
 @pytest.mark.parametrize(
