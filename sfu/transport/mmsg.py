@@ -281,6 +281,8 @@ class SendRing(_Ring):
                 refused.extend([err] * sum(c for _, c in runs[done:]))
                 break
             if count > 1:  # the kernel would not segment this one: packet by packet
+                if err == _EIO:  # the device cannot checksum segments: never again on this ring
+                    self.gso = False
                 s, r = self._send_plain(fd, first, count)
                 sent += s
                 refused += r
@@ -294,6 +296,7 @@ UDP_SEGMENT = 103
 _CMSG_LEN = 16 + 2  # struct cmsghdr (size_t len, int level, int type) + the u16 segment size
 _CMSG_SPACE = 24
 _FULL = (11, 105)  # EAGAIN, ENOBUFS
+_EIO = 5
 
 
 def gso_supported(sock: socket.socket) -> bool:

@@ -164,6 +164,7 @@ class PeerTransport:
                 self._addr_key = 0
             if self._tx_srtp is not None:
                 self._send_key = self._addr_key
+            self._lane_epoch = -1  # a lane carries one address: the next packet takes a new one
         if self.state is TransportState.NEW:
             self.state = TransportState.CONNECTING
             self.dtls.start(now_ms)

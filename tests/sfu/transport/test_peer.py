@@ -14,6 +14,7 @@ from sfu.counters import Direction, DropReason
 from sfu.packet import rtcp
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.dtls import DtlsFailure, DtlsRole, DtlsState
+from sfu.transport.ice import BindingCheck, parse_check
 from sfu.transport.peer import (
     CONSENT_TIMEOUT_MS,
     SETUP_TIMEOUT_MS,
@@ -406,3 +407,43 @@ async def test_many_peers_share_one_port(port: MediaPort) -> None:
     finally:
         for lk in links:
             lk.client.close()
+
+
+# -- batched forwarding ----------------------------------------------------------------------------
+
+
+async def test_forward_rtp_rewrites_bytes_1_to_11_and_protects(link: Link) -> None:
+    src = rtp(7, payload=bytes(range(200)), ssrc=0x11111111, pt=100)
+    assert link.peer.forward_rtp(memoryview(src), len(src), 0x80 | 96, 4242, 0xDEADBEEF, 0x22222222)
+    assert link.client.rx is not None
+    got = link.client.rx.unprotect_rtp_bytes(await link.client.recv())
+    assert got is not None and got[0] == 0x80 and got[1] == 0x80 | 96
+    assert int.from_bytes(got[2:4], "big") == 4242 and got[4:8] == bytes.fromhex("deadbeef")
+    assert got[8:12] == bytes.fromhex("22222222") and got[12:] == bytes(range(200))
+
+
+async def test_a_lane_keeps_one_address_when_the_session_moves_mid_batch(link: Link) -> None:
+    other = RawClient()
+    ring = link.port.out_ring
+    try:
+        ring.auto_flush = False  # as inside a reader wakeup: packets wait for the flush
+        for seq in range(3):
+            out = rtp(seq)
+            link.peer.out_view[: len(out)] = out
+            assert link.peer.send_rtp(len(out))
+        check = parse_check(link.client.check_for(link.peer, use_candidate=True))
+        assert isinstance(check, BindingCheck)
+        link.peer.on_ice_check(other.addr, check, clock.now_ms())
+        for seq in range(3, 6):
+            src = rtp(seq)
+            ts = int.from_bytes(src[4:8], "big")
+            assert link.peer.forward_rtp(memoryview(src), len(src), 96, seq, ts, 0x1234ABCD)
+        assert ring.n == 6
+        assert link.port.flush() == 6
+        assert link.client.rx is not None
+        rx = link.client.rx
+        assert [rx.unprotect_rtp_bytes(await link.client.recv()) for _ in range(3)] == [rtp(s) for s in range(3)]
+        assert [rx.unprotect_rtp_bytes(await other.recv()) for _ in range(3)] == [rtp(s) for s in range(3, 6)]
+    finally:
+        ring.auto_flush = True
+        other.close()
