@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 REGION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ROOM_ID_RE = re.compile(r"[A-Za-z0-9-]{4,64}")
 CODEC_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MAX_CODECS = 16
 MAX_VERSION = 64
@@ -178,6 +179,8 @@ class NodeRegistration:
     region: str | None
     capacity: Capacity
     version: str
+    #: rooms live on the node as it registers (a node back after its lease lapsed keeps them)
+    rooms: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> NodeRegistration:
@@ -199,7 +202,22 @@ class NodeRegistration:
             region=parse_region(obj.get("region")),
             capacity=Capacity.parse(obj.get("capacity")),
             version=version,
+            rooms=_parse_live_rooms(obj.get("rooms")),
         )
+
+
+MAX_LIVE_ROOMS = 10_000
+
+
+def _parse_live_rooms(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_LIVE_ROOMS:
+        raise ValueError(f"field 'rooms' must be a list of at most {MAX_LIVE_ROOMS} room ids")
+    for room in value:
+        if not isinstance(room, str) or not ROOM_ID_RE.fullmatch(room):
+            raise ValueError(f"field 'rooms' has an invalid room id: {room!r}")
+    return tuple(dict.fromkeys(value))
 
 
 @dataclass(frozen=True)

@@ -436,6 +436,8 @@ class ControlPlaneAgent:
             "region": cfg.region or None,
             "capacity": {"max_participants": cfg.max_participants, "max_rooms": cfg.max_rooms},
             "version": VERSION,
+            # a node back after its lease lapsed keeps its live rooms instead of seeing them re-placed
+            "rooms": [r.id for r in self.node.rooms.public_rooms()],
         }
 
     def _status(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class RedisStore(Store):
     ) -> tuple[RegisterOutcome, Node | None]:
         outcome = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.media_host, reg.media_port,
-            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version,
+            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, *reg.rooms,
         )
         return RegisterOutcome(outcome), await self.get_node(reg.id)
 

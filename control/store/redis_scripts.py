@@ -27,7 +27,8 @@ local function lose_rooms(id)
 end
 """
 
-# ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version
+# ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version,
+# then the ids of the rooms live on the node
 REGISTER = PRELUDE + r"""
 local id = ARGV[2]
 local now = tonumber(ARGV[3])
@@ -45,6 +46,18 @@ redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_po
   'registered_at', ARGV[3], 'lease_expires_at', ARGV[4], 'revoked', '0', 'healthy', '1', 'draining', '0',
   'load_rooms', '0', 'load_participants', '0', 'load_cpu', '0', 'load_pps', '0', 'placed', '0')
 redis.call('SADD', P .. 'nodes', id)
+-- rooms still live on the node (ARGV[12..]): keep them, or learn them after a store loss
+for i = 12, #ARGV do
+  local r = ARGV[i]
+  local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
+  if not f[1] then
+    redis.call('HSET', rkey(r), 'room', r, 'node_id', id, 'state', 'live', 'placed_at', ARGV[3], 'codecs', '[]')
+    redis.call('SADD', nrkey(id), r)
+  elseif f[1] == id and (f[2] == 'live' or f[2] == 'lost') then
+    redis.call('HSET', rkey(r), 'state', 'live')
+    redis.call('SADD', nrkey(id), r)
+  end
+end
 if existed then return 'reregistered' end
 return 'created'
 """

@@ -197,6 +197,15 @@ class SqliteStore(Store):
                 (reg.id, reg.url, reg.media_host, reg.media_port, reg.region, reg.capacity.max_participants,
                  reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms),
             )
+            for room in reg.rooms:  # still live there: keep them (or learn them, after a store loss)
+                c.execute(
+                    "UPDATE rooms SET state = 'live' WHERE room = ? AND node_id = ? AND state IN ('live', 'lost')",
+                    (room, reg.id),
+                )
+                c.execute(
+                    "INSERT OR IGNORE INTO rooms (room, node_id, state, placed_at) VALUES (?, ?, 'live', ?)",
+                    (room, reg.id, now_ms),
+                )
             outcome = RegisterOutcome.CREATED if old is None else RegisterOutcome.REREGISTERED
             return outcome, self._get_node(c, reg.id)
 

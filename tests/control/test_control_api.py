@@ -476,3 +476,35 @@ async def test_cors_preflight(cp: ControlPlane) -> None:
         headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
     )
     reply.problem(403, "forbidden")  # the test config allows no origin
+
+
+async def test_a_node_back_after_its_lease_lapsed_keeps_the_rooms_it_lists(
+    store_url: str, nodes: list[StandInNode]
+) -> None:
+    """No split rooms: a live node re-registering after a lapse (e.g. the control plane was away
+    longer than a lease) lists its rooms, which stay where they are instead of being re-placed."""
+    plane = await ControlPlane(make_config(store_url, lease_seconds=0.6, heartbeat_interval_seconds=0.2)).start()
+    try:
+        assert (await plane.register(nodes[0])).status == 201
+        placed = {}
+        for room in ("kept-room", "gone-room"):
+            created = await plane.create_room(room=room)
+            assert created.status == 201
+            placed[room] = created.body["placed_at"]
+        await wait_for_state(plane, "node-1", "expired")
+        assert (await plane.register(nodes[1])).status == 201  # another node to re-place on
+        again = await plane.register(nodes[0], rooms=["kept-room", "adopted-room"])
+        assert again.status == 201
+        kept = await plane.call("GET", "/v1/rooms/kept-room", scopes=("room:admin",))
+        assert kept.status == 200 and kept.body["node"]["id"] == "node-1" and kept.body["state"] == "live"
+        assert kept.body["placed_at"] == placed["kept-room"]  # not placed again
+        # a room the store never knew (e.g. after losing an in-memory store) is learnt where it lives
+        adopted = await plane.call("GET", "/v1/rooms/adopted-room", scopes=("room:admin",))
+        assert adopted.status == 200 and adopted.body["node"]["id"] == "node-1"
+        # a room the node no longer lists is lost, and is placed again on lookup
+        gone = await plane.call("GET", "/v1/rooms/gone-room", scopes=("room:admin",))
+        assert gone.status == 200 and gone.body["placed_at"] > placed["gone-room"]
+        bad = await plane.register(nodes[0], rooms=["no"])
+        assert "rooms" in bad.problem(400, "bad_request")["detail"]
+    finally:
+        await plane.stop()

@@ -360,11 +360,17 @@ async def test_lapsed_lease_not_found_registers_again(control: ControlPlane, nod
     await control.wait_state("sfu-lapse", "live")
     agent = agent_of(node)
     assert agent.registrations == 1
+    placed = await control.call("POST", "/v1/rooms", {"room": "lapse-room"}, scopes=("room:create",))
+    assert placed.status == 201 and placed.body["node"]["id"] == "sfu-lapse"
     control.clock.offset_s = control.config.lease_seconds + 1  # the lease lapses under the node's feet
     await until(lambda: agent.registrations == 2, 3, "re-registration after not_found")
     view = await control.wait_state("sfu-lapse", "live")
     assert view["url"] == node.url
     assert agent.state is AgentState.REGISTERED
+    # the node listed its live room when it registered again: it stays there, not placed twice
+    room = await control.call("GET", "/v1/rooms/lapse-room", scopes=("room:admin",))
+    assert room.status == 200 and room.body["state"] == "live"
+    assert room.body["node"]["id"] == "sfu-lapse" and room.body["placed_at"] == placed.body["placed_at"]
 
 
 async def test_heartbeat_failures_are_counted_and_a_restarted_control_plane_learns_the_node(nodes: Any) -> None:
