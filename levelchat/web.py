@@ -69,16 +69,18 @@ def make_error_middleware(
         try:
             resp = await handler(request)
         except ApiError as err:
-            log.info("request %s %s %s failed: %s", rid, request.method, request.path, err)
+            log.info("request %s %s %s failed: %s", rid, request.method, request.path, err, extra={"request_id": rid})
             resp = problem_response(request, err)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             mapped = _from_http_exception(exc, request)
-            log.info("request %s %s %s failed: %s", rid, request.method, request.path, mapped)
+            log.info(
+                "request %s %s %s failed: %s", rid, request.method, request.path, mapped, extra={"request_id": rid}
+            )
             resp = problem_response(request, mapped)
         except Exception:
-            log.exception("request %s %s %s crashed", rid, request.method, request.path)
+            log.exception("request %s %s %s crashed", rid, request.method, request.path, extra={"request_id": rid})
             resp = problem_response(request, ApiError("internal_error", "unexpected server condition"))
         if not resp.prepared:
             resp.headers["X-Request-Id"] = rid
