@@ -11,32 +11,12 @@ import socket
 import struct
 from typing import Any
 
-import cffi
 from pylibsrtp._binding import ffi as srtp_ffi
 
 from bench.srtpkit import SLOT_SIZE
+from sfu.transport.mmsg import MAX_VLEN, MSG_DONTWAIT, ffi, libc  # one cffi definition of the calls
 
-_CDEF = """
-struct iovec { void *iov_base; size_t iov_len; };
-struct msghdr {
-    void *msg_name; unsigned int msg_namelen;
-    struct iovec *msg_iov; size_t msg_iovlen;
-    void *msg_control; size_t msg_controllen;
-    int msg_flags;
-};
-struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
-int recvmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags, void *timeout);
-int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
-"""
-
-MSG_DONTWAIT = 0x40
 EAGAIN = 11
-#: Kernel cap on one sendmmsg/recvmmsg call (UIO_MAXIOV).
-MAX_VLEN = 1024
-
-ffi = cffi.FFI()
-ffi.cdef(_CDEF)
-libc: Any = ffi.dlopen(None)
 
 
 def sockaddr_in(host: str, port: int) -> bytes:

@@ -45,6 +45,9 @@ _SOCKADDR_IN = 16
 _ffi = cffi.FFI()
 _ffi.cdef(_CDEF)
 _libc: Any = _ffi.dlopen(None)
+#: the cffi namespace and libc handle for recvmmsg/sendmmsg (ABI mode: no compiler needed)
+ffi = _ffi
+libc = _libc
 
 _HDR = _ffi.sizeof("struct mmsghdr")
 _LEN_OFF = _ffi.offsetof("struct mmsghdr", "msg_len")
