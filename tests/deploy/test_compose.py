@@ -1,0 +1,184 @@
+"""deploy/docker-compose.yml: entry points, host networking, healthchecks on the right ports and
+paths, stop grace above the drain deadline, and every setting accepted by the real loaders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from control.config import ControlConfig
+from levelchat.config import ConfigError
+from sfu.config import NodeConfig
+from tests.deploy.support import (
+    CONTROL_ENTRY,
+    DEPLOY,
+    NODE_ENTRY,
+    PLACEHOLDER_SECRET,
+    REPO,
+    TEST_SECRET,
+    MissingVariable,
+    control_config_for,
+    entry_point,
+    env_file,
+    interpolate,
+    interpolate_tree,
+    load_yaml_docs,
+    node_config_for,
+    split_command,
+)
+
+COMPOSE = DEPLOY / "docker-compose.yml"
+ENV_EXAMPLE = DEPLOY / "levelchat.env.example"
+OPERATOR_ENV = {"LEVELCHAT_API_SECRET": TEST_SECRET, "PUBLIC_IP": "203.0.113.7"}
+
+
+def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    (raw,) = load_yaml_docs(COMPOSE)
+    tree: dict[str, Any] = interpolate_tree(raw, OPERATOR_ENV if env is None else env)
+    return tree
+
+
+def services(kind: str, env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose(env)["services"].items()
+            if "command" in s and entry_point(split_command(s["command"])) == kind}
+
+
+def mounted_files(service: dict[str, Any]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("."):
+            files[target] = (COMPOSE.parent / source).resolve()
+    return files
+
+
+def node_config(service: dict[str, Any], env: dict[str, str] | None = None) -> NodeConfig:
+    environ = dict(service.get("environment", {}) if env is None else env)
+    return node_config_for(split_command(service["command"]), environ, mounted_files(service))
+
+
+def control_config(service: dict[str, Any]) -> ControlConfig:
+    return control_config_for(split_command(service["command"]), dict(service.get("environment", {})),
+                              mounted_files(service))
+
+
+def healthcheck_url(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD", test
+    urls = re.findall(r"https?://[^'\" ]+", " ".join(test))
+    assert len(urls) == 1, test
+    return str(urls[0])
+
+
+def seconds(value: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", value)
+    assert m is not None, value
+    return float(m.group(1)) * units[m.group(2)]
+
+
+def test_two_nodes_and_a_control_plane_on_our_entry_points() -> None:
+    nodes, controls = services(NODE_ENTRY), services(CONTROL_ENTRY)
+    assert len(nodes) == 2 and len(controls) == 1, (nodes.keys(), controls.keys())
+    assert "redis" in compose()["services"]
+    for service in (*nodes.values(), *controls.values()):
+        build = service["build"]
+        assert (COMPOSE.parent / build["context"]).resolve() == REPO
+        assert (REPO / build["dockerfile"]).is_file()
+
+
+def test_node_settings_load_and_nodes_do_not_collide() -> None:
+    configs = {name: node_config(s) for name, s in services(NODE_ENTRY).items()}
+    assert len({c.node_id for c in configs.values()}) == 2 and all(c.node_id for c in configs.values())
+    ports = [p for c in configs.values() for p in (c.http_port, c.media_port)]
+    assert len(set(ports)) == len(ports), ports
+    for name, cfg in configs.items():
+        assert not cfg.dev, name
+        assert cfg.public_ip == OPERATOR_ENV["PUBLIC_IP"], name
+        assert cfg.api_keys == {"prod": TEST_SECRET}, name
+        assert urlsplit(cfg.public_url).port == cfg.http_port, (name, cfg.public_url)
+
+
+def test_nodes_use_host_networking_and_find_the_control_plane() -> None:
+    (control,) = services(CONTROL_ENTRY).values()
+    ctl = control_config(control)
+    for name, service in services(NODE_ENTRY).items():
+        assert service["network_mode"] == "host", name
+        url = urlsplit(node_config(service).control_url)
+        assert (url.hostname, url.port) == ("127.0.0.1", ctl.port), (name, url)
+    assert control["network_mode"] == "host"
+
+
+def test_control_plane_uses_the_redis_service() -> None:
+    (control,) = services(CONTROL_ENTRY).values()
+    cfg = control_config(control)
+    assert not cfg.dev and cfg.api_keys == {"prod": TEST_SECRET}
+    store = urlsplit(cfg.store)
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert store.scheme == "redis"
+    assert (store.hostname, str(store.port)) == (command[command.index("--bind") + 1], command[command.index("--port") + 1])
+    assert control["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("kind,path", [(NODE_ENTRY, "/healthz"), (CONTROL_ENTRY, "/readyz")])
+def test_healthchecks_hit_the_process_own_port(kind: str, path: str) -> None:
+    for name, service in services(kind).items():
+        url = urlsplit(healthcheck_url(service))
+        port = node_config(service).http_port if kind == NODE_ENTRY else control_config(service).port
+        assert (url.hostname, url.port, url.path) == ("127.0.0.1", port, path), name
+
+
+def test_stop_grace_is_above_the_drain_deadline() -> None:
+    for name, service in services(NODE_ENTRY).items():
+        assert service["stop_signal"] == "SIGTERM", name
+        assert seconds(service["stop_grace_period"]) > node_config(service).drain_deadline_s, name
+        assert service["depends_on"]["control"]["condition"] == "service_healthy", name
+
+
+def test_compose_refuses_to_start_without_the_secret() -> None:
+    with pytest.raises(MissingVariable, match="LEVELCHAT_API_SECRET"):
+        compose({"PUBLIC_IP": "203.0.113.7"})
+    with pytest.raises(MissingVariable, match="PUBLIC_IP"):
+        compose({"LEVELCHAT_API_SECRET": TEST_SECRET})
+
+
+def test_the_env_example_placeholder_is_refused_by_both_processes() -> None:
+    example = env_file(ENV_EXAMPLE)
+    assert example["LEVELCHAT_API_SECRET"] == PLACEHOLDER_SECRET
+    for service in services(NODE_ENTRY, example).values():
+        with pytest.raises(ConfigError, match="shorter than 32"):
+            node_config(service)
+    for service in services(CONTROL_ENTRY, example).values():
+        with pytest.raises(ValueError, match="shorter than 32"):
+            control_config(service)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"LEVELCHAT_SFU_PUBLC_IP": "203.0.113.7"},  # a typo in a key
+        {"LEVELCHAT_SFU_MEDIA_PORT": "seven"},  # a value of the wrong type
+        {"LEVELCHAT_SFU_PUBLIC_IP": ""},  # wildcard media_host without an address to advertise
+    ],
+)
+def test_a_broken_node_setting_fails_the_check(change: dict[str, str]) -> None:
+    service = next(iter(services(NODE_ENTRY).values()))
+    with pytest.raises(ConfigError):
+        node_config(service, {**service["environment"], **change})
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"A": "1", "E": ""}
+    table = [
+        ("$$A", "$A"), ("${A}", "1"), ("$A-x", "1-x"), ("${B:-d}", "d"), ("${E:-d}", "d"), ("${E-d}", ""),
+        ("${B:-http://${A}:7}", "http://1:7"), ("${A:+y}", "y"), ("${B:+y}", ""),
+    ]
+    for text, want in table:
+        assert interpolate(text, env) == want, text
+    with pytest.raises(MissingVariable, match="B: need B"):
+        interpolate("${B:?need B}", env)

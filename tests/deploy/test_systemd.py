@@ -1,0 +1,95 @@
+"""deploy/systemd: the units parse as INI with the keys that matter; their command lines, TOML
+files and EnvironmentFile examples are accepted by the real loaders; stop waits out the drain."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+
+from levelchat.config import ConfigError
+from tests.deploy.support import (
+    CONFIG_DIR,
+    CONTROL_ENTRY,
+    DEPLOY,
+    NODE_ENTRY,
+    PLACEHOLDER_SECRET,
+    config_file_of,
+    control_config_for,
+    entry_point,
+    env_file,
+    node_config_for,
+    split_command,
+    with_secret,
+)
+
+UNITS = DEPLOY / "systemd"
+CASES = [("levelchat-sfu.service", NODE_ENTRY), ("levelchat-control.service", CONTROL_ENTRY)]
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string((UNITS / name).read_text(), source=name)
+    return parser
+
+
+def local_files(argv: list[str]) -> dict[str, Path]:
+    """``/etc/levelchat/X.toml`` is the installed copy of deploy/config/X.toml."""
+    path = config_file_of(argv)
+    return {path: CONFIG_DIR / Path(path).name}
+
+
+def example_env(service: configparser.SectionProxy) -> dict[str, str]:
+    """``/etc/levelchat/X.env`` is installed from deploy/systemd/X.env.example."""
+    return env_file(UNITS / (Path(service["EnvironmentFile"].lstrip("-")).name + ".example"))
+
+
+@pytest.mark.parametrize("name,entry", CASES)
+def test_unit_keys(name: str, entry: str) -> None:
+    u = unit(name)
+    assert set(u.sections()) == {"Unit", "Service", "Install"}
+    s = u["Service"]
+    assert s["User"] not in ("", "root", "0") and s["Group"] not in ("", "root", "0")
+    assert s["Restart"] == "on-failure"
+    assert s["KillSignal"] == "SIGTERM"
+    assert int(s["LimitNOFILE"]) >= 65536
+    assert s["EnvironmentFile"].startswith("/etc/levelchat/")
+    assert "network-online.target" in u["Unit"]["After"]
+    assert u["Install"]["WantedBy"] == "multi-user.target"
+    argv = split_command(s["ExecStart"])
+    assert Path(argv[0]).is_absolute() and entry_point(argv) == entry
+
+
+@pytest.mark.parametrize("name,entry", CASES)
+def test_unit_configuration_loads_and_placeholder_is_refused(name: str, entry: str) -> None:
+    s = unit(name)["Service"]
+    argv = split_command(s["ExecStart"])
+    env = example_env(s)
+    assert any(PLACEHOLDER_SECRET in v for v in env.values())
+    if entry == NODE_ENTRY:
+        cfg = node_config_for(argv, with_secret(env), local_files(argv))
+        assert not cfg.dev and cfg.control_url and cfg.public_ip
+        with pytest.raises(ConfigError, match="shorter than 32"):
+            node_config_for(argv, env, local_files(argv))
+    else:
+        ctl = control_config_for(argv, with_secret(env), local_files(argv))
+        assert not ctl.dev and ctl.store.startswith("sqlite:///") and not ctl.store.startswith("sqlite:////")
+        with pytest.raises(ValueError, match="shorter than 32"):
+            control_config_for(argv, env, local_files(argv))
+
+
+def test_sfu_stop_timeout_is_above_the_drain_deadline() -> None:
+    s = unit("levelchat-sfu.service")["Service"]
+    argv = split_command(s["ExecStart"])
+    cfg = node_config_for(argv, with_secret(example_env(s)), local_files(argv))
+    assert int(s["TimeoutStopSec"]) > cfg.drain_deadline_s
+    assert s["KillMode"] == "mixed"  # the SIGTERM goes to the node alone
+
+
+def test_control_state_directory_holds_the_sqlite_file() -> None:
+    s = unit("levelchat-control.service")["Service"]
+    # a relative sqlite:/// path lands in the working directory, which must be writable
+    assert s["WorkingDirectory"] == f"/var/lib/{s['StateDirectory']}"
+    assert s["WorkingDirectory"] in s["ReadWritePaths"].split()
