@@ -5,12 +5,15 @@ get (ConfigMap TOML, Secret, downward API, ``$(VAR)`` expansion) are accepted by
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from control.config import ControlConfig
 from levelchat.config import ConfigError
@@ -200,3 +203,13 @@ def test_a_typo_in_a_node_variable_is_refused(tmp_path: Path) -> None:
     env["LEVELCHAT_SFU_CONTROLURL"] = env.pop("LEVELCHAT_SFU_CONTROL_URL")
     with pytest.raises(ConfigError, match="LEVELCHAT_SFU_CONTROLURL"):
         sfu_config(tmp_path, env=env)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_builds_the_manifests() -> None:
+    result = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    built = [d for d in yaml.safe_load_all(result.stdout) if d]
+    expected = [d for d in documents() if d["kind"] not in ("Kustomization", "Secret")]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in expected)

@@ -4,6 +4,8 @@ files and EnvironmentFile examples are accepted by the real loaders; stop waits 
 from __future__ import annotations
 
 import configparser
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,17 @@ def test_control_state_directory_holds_the_sqlite_file() -> None:
     # a relative sqlite:/// path lands in the working directory, which must be writable
     assert s["WorkingDirectory"] == f"/var/lib/{s['StateDirectory']}"
     assert s["WorkingDirectory"] in s["ReadWritePaths"].split()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    for name, _ in CASES:
+        shutil.copy(UNITS / name, tmp_path / name)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / name) for name, _ in CASES)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    # the programs are not installed here; everything else must be clean
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if line.strip() and "is not executable: No such file or directory" not in line]
+    assert not complaints, "\n".join(complaints)
