@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -101,7 +102,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             try:
                 value = json.loads(value)
             except ValueError:
-                pairs = [p.split("=", 1) for p in value.split(",") if p]
+                # key=value or key:value (whichever comes first: keys hold neither)
+                pairs = [re.split("[=:]", p, maxsplit=1) for p in value.split(",") if p]
                 if not all(len(p) == 2 for p in pairs):
                     raise ConfigError(f"{name}: expected JSON or key=value,key=value") from None
                 value = dict(pairs)

@@ -44,8 +44,8 @@ class NodeConfig:
     srtp_profiles: tuple[str, ...] = SRTP_PROFILE_NAMES
     #: DTLS role answered to an ``actpass`` offer: "passive" (node is DTLS server) or "active"
     dtls_role: str = "passive"
-    #: None: any origin may call the API from a browser (dev); otherwise the allowed origins
-    cors_origins: tuple[str, ...] | None = None
+    #: browser origins allowed to call the API from another origin; None: any (dev mode's default)
+    cors_origins: tuple[str, ...] | None = ()
     #: token buckets on WHIP/WHEP/room API/signaling; a rate of 0 turns that limit off
     rate_limit_ip_per_s: float = 20.0
     rate_limit_ip_burst: int = 100
@@ -147,6 +147,7 @@ DEV_DEFAULTS: Mapping[str, Any] = {
     "media_host": "127.0.0.1",
     "media_port": 7882,
     "auto_create_rooms": True,
+    "cors_origins": None,
 }
 
 

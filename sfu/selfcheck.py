@@ -77,8 +77,15 @@ class SelfCheck:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Run the first check now (so readiness is known when the node starts), then periodically."""
-        self._record(await self.run_once())
+        """Run the first check now (so readiness is known when the node starts), then periodically.
+
+        A node whose very first check fails starts unhealthy at once: it must not take rooms (and
+        be placed on by the control plane) during the failures it would otherwise take to notice."""
+        first = await self.run_once()
+        self._record(first)
+        if not first.ok:
+            self.node.self_check_ok = False
+            self.node.self_check_reason = first.reason
         self._task = asyncio.create_task(self._loop())
         self._lag_task = asyncio.create_task(self._watch_lag())
 

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from sfu.node import Node
-from sfu.selfcheck import PROBE_PUBLISHER
+from sfu.selfcheck import PROBE_PUBLISHER, SelfCheck
 from tests.e2e.clients import WhipPublisher, wait_for
 from tests.e2e.conftest import token
 
@@ -122,4 +122,25 @@ async def test_stalled_event_loop_fails_the_check(node_factory: Callable[..., An
         assert not node.self_check_ok
         await wait_for(lambda: node.self_check_ok, 5, "recovery")
     finally:
+        await node.stop()
+
+
+async def test_a_node_whose_first_check_fails_starts_unhealthy(node_factory: Callable[..., Any]) -> None:
+    node: Node = await node_factory(**FAST)
+    check = None
+    try:
+        node.port.close()  # the media path is broken before the checker's first run
+        check = SelfCheck(
+            node, interval_s=60, deadline_ms=300, failures_to_fail=3, passes_to_recover=2, max_loop_lag_ms=250
+        )
+        await check.start()
+        assert check.runs == 1 and check.last is not None and not check.last.ok
+        assert not node.self_check_ok  # at once, not after three failures
+        status, body = await _get(node, "/readyz")
+        assert status == 503
+        status, problem, _ = await _whip_status(node, "first-room")
+        assert (status, problem["code"]) == (503, "room_check_failed")
+    finally:
+        if check is not None:
+            await check.stop()
         await node.stop()

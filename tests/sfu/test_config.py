@@ -280,3 +280,14 @@ def test_short_secrets_are_refused_outside_dev_mode() -> None:
     with pytest.raises(ConfigError, match="k1 is shorter than 32"):
         load(environ={"LEVELCHAT_SFU_API_KEYS": "k1=short"})
     assert load(dev=True, environ={}).api_keys == DEV_KEYS  # the dev key is short on purpose
+
+
+def test_api_keys_accept_the_control_planes_kid_colon_secret_form_too() -> None:
+    secret = "s" * 32
+    cfg = load(environ={"LEVELCHAT_SFU_API_KEYS": f"a:{secret},b={secret}:x"})
+    assert cfg.api_keys == {"a": secret, "b": f"{secret}:x"}
+
+
+def test_cross_origin_calls_are_off_outside_dev_mode() -> None:
+    assert load(environ=KEYS).cors_origins == ()
+    assert load(dev=True, environ={}).cors_origins is None  # dev allows any origin
