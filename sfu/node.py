@@ -195,9 +195,10 @@ class Node:
         log.warning("draining: no new rooms; closing what is left in %.0f s", deadline_s)
 
     def cancel_drain(self) -> bool:
-        """Take new rooms again; False when there was no drain under way."""
-        if not self.draining or self.drained.is_set():
+        """Take new rooms again (also after a completed drain); False when not draining."""
+        if not self.draining:
             return False
+        self.drained.clear()
         if self._drain_task is not None:
             self._drain_task.cancel()
             self._drain_task = None

@@ -20,6 +20,7 @@ from levelchat.web import (
     read_json,
 )
 from sfu import clock
+from sfu.api import rtc
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.rooms import Room, RoomPolicy
 from sfu.transport.peer import CloseReason
@@ -112,6 +113,26 @@ async def session_delete(request: web.Request) -> web.StreamResponse:
     claims.require_room(room_id)
     node.sessions.end(request.match_info["session"], room_id, clock.now_ms())
     return web.Response(status=200)
+
+
+async def whep_layer(request: web.Request) -> web.StreamResponse:
+    """``POST /whep/{room}/{session}/layer`` ``{"rid": "h"}``: the simulcast layer the session's
+    video receives (``"rid": null``: the highest the publisher sends, the default).  The switch
+    happens at that layer's next keyframe; the answer is ``{"layers": [{"rid", "active"}, ...]``
+    (low to high), ``"target"``, ``"current"``, ``"switching_to"}``.  Auth as for DELETE."""
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    claims.require("room:join")
+    claims.require_room(room_id)
+    body = await read_json(request)
+    if "rid" not in body:
+        raise ApiError("bad_request", 'the body needs "rid": a layer\'s rid, or null for the highest')
+    rid = body["rid"]
+    if rid is not None and (not isinstance(rid, str) or not rid):
+        raise ApiError("bad_request", '"rid" must be a non-empty string or null')
+    result = node.sessions.set_layer(request.match_info["session"], room_id, rid, clock.now_ms())
+    return json_response(result)
 
 
 async def session_patch(request: web.Request) -> web.StreamResponse:
@@ -228,7 +249,7 @@ async def drain_delete(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     _claims(request).require("node:admin")
     if not node.cancel_drain():
-        raise ApiError("conflict", "this node is not draining (or its drain already completed)")
+        raise ApiError("conflict", "this node is not draining")
     return json_response(node.drain_state())
 
 
@@ -291,6 +312,7 @@ def create_app(node: Node) -> web.Application:
     r.add_post("/whep/{room}/{identity}", whep_post)
     r.add_delete("/whep/{room}/{session}", session_delete)
     r.add_patch("/whep/{room}/{session}", session_patch)
+    r.add_post("/whep/{room}/{session}/layer", whep_layer)
     r.add_post("/v1/rooms", rooms_post)
     r.add_get("/v1/rooms", rooms_list)
     r.add_get("/v1/rooms/{room}", room_get)
@@ -302,6 +324,7 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
+    rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
     if STATIC_DIR.is_dir():
         r.add_get("/", index)
         r.add_static("/static", STATIC_DIR)

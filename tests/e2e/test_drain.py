@@ -52,6 +52,12 @@ async def test_admin_drain_keeps_live_rooms_until_the_deadline(node_factory: Cal
         assert time.monotonic() - started < 3
         await wait_for(lambda: sub.pc.connectionState in ("closed", "failed"), 10, "the session ended")
         assert node.rooms.participant_count == 0
+        status, body = await _call(node.url, "GET", "/readyz")
+        assert status == 503  # a completed drain keeps the node out of rotation...
+        status, body = await _call(node.url, "DELETE", "/v1/node/drain", ADMIN)
+        assert status == 200 and body["draining"] is False  # ...until the operator takes it back
+        status, body = await _call(node.url, "GET", "/readyz")
+        assert status == 200
         status, body = await _call(node.url, "DELETE", "/v1/node/drain", ADMIN)
         assert (status, body["code"]) == (409, "conflict")
     finally:
