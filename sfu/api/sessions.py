@@ -13,6 +13,7 @@ from levelchat.errors import ApiError
 from sfu.routing.participant import Participant, ParticipantKind
 from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
+from sfu.routing.simulcast import RidRestrictions, sources
 from sfu.routing.track import TrackCodec
 from sfu.signaling import sdp
 from sfu.signaling.codecs import CodecPolicy, codecs_match
@@ -90,8 +91,28 @@ class SessionService:
             raise ApiError("bad_request", "the offer sends no audio or video")
         participant = Participant(identity=identity, room_id=room.id, kind=ParticipantKind.WHIP, name=name)
         specs: list[TrackSpec] = []
+        placeholder = 0  # simulcast layers' SSRCs come with their first packets (rid extension)
         for track in negotiation.tracks:
             codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+            section = offer.section(track.mid)
+            rid_params = {r.id: r.params for r in section.rids} if section is not None else {}
+            for rid in track.rids:
+                placeholder -= 1
+                try:
+                    RidRestrictions.parse(rid_params.get(rid, ""))
+                except ValueError as exc:
+                    raise ApiError("bad_request", f"mid {track.mid!r}: {exc}") from None
+                specs.append(
+                    TrackSpec(
+                        kind=track.kind.value,
+                        mid=track.mid,
+                        ssrc=placeholder,
+                        codecs=codecs,
+                        ext_ids=dict(track.header_extensions),
+                        rid=rid,
+                        rid_params=rid_params.get(rid, ""),
+                    )
+                )
             for ssrc in track.ssrcs:
                 specs.append(
                     TrackSpec(
@@ -104,7 +125,9 @@ class SessionService:
                     )
                 )
         if not specs:
-            raise ApiError("bad_request", "the offer signals no SSRC for its media (a=ssrc lines are required)")
+            raise ApiError(
+                "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"
+            )
         self.router.admit(room, participant, now_ms)
         transport, role = self._transport(offer, now_ms)
         self.router.attach_publisher(room, participant, transport, specs, now_ms)
@@ -130,7 +153,7 @@ class SessionService:
             sdp.OutgoingTrack(
                 track=self._with_room_codecs(self.published[t.sid], offer, policy), ssrc=random.getrandbits(32) or 1
             )
-            for t in source.tracks.values()
+            for t in sources(source.tracks.values())  # one per simulcast group
             if t.sid in self.published
         ]
         negotiation = sdp.negotiate_subscribe(offer, outgoing, policy, cname=f"levelchat-{identity}")
@@ -179,6 +202,19 @@ class SessionService:
                 break
             have.append(replace(codec, pt=pt, rtx_pt=None))
         return replace(track, codecs=tuple(have))
+
+    # -- simulcast layer choice -------------------------------------------------------------------
+    def set_layer(self, session_id: str, room_id: str, rid: str | None, now_ms: int) -> dict[str, object]:
+        """The WHEP session's video receives simulcast layer ``rid`` (None: the highest sending)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.room_id != room_id or session.participant.kind is not ParticipantKind.WHEP:
+            raise ApiError("not_found", f"no WHEP session {session_id!r} in room {room_id!r}")
+        participant = session.participant
+        video = [dt for dt in participant.downtracks if dt.kind == "video"]
+        dt = next((d for d in video if d.source is not None and d.source.group is not None), None)
+        if dt is None:
+            raise ApiError("bad_request", "this session receives no simulcast video: it has no layers to choose")
+        return self.router.set_layer(participant, dt, rid, now_ms)
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session_id: str, room_id: str, now_ms: int) -> None:

@@ -1,8 +1,13 @@
 """One subscriber's copy of one published stream: the per-subscriber half of forwarding.
 
-A DownTrack outlives the track it is bound to: when the publisher leaves and comes back (or a
-simulcast layer changes), ``bind`` points it at the new source and the sequence and timestamp
-mungers keep the subscriber's stream continuous.  Video waits for a keyframe after each bind.
+A DownTrack outlives the track it is bound to: when the publisher leaves and comes back, ``bind``
+points it at the new source and the sequence and timestamp mungers keep the subscriber's stream
+continuous.  Video waits for a keyframe after each bind.
+
+Simulcast: binding to a layer of a ``SimulcastGroup`` lets the group pick the layer (the
+downtrack's ``target_rid``, or the best one sending).  A layer change while media flows is
+``switch_to``: the current layer keeps being forwarded until the new layer's next keyframe, where
+``switch_now`` moves over without a gap or a duplicate in the outgoing sequence.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class DownTrack:
         self.out_payload_types = {k.lower(): v for k, v in out_payload_types.items()}  # codec name -> PT
         self.out_ext_ids = dict(out_ext_ids)  # uri -> id negotiated with the subscriber
         self.source: PublishedTrack | None = None
+        #: simulcast: the rid this subscriber wants (None: the best layer sending)
+        self.target_rid: str | None = None
+        #: simulcast: the layer this downtrack moves to at that layer's next keyframe
+        self.pending_source: PublishedTrack | None = None
         self.waiting_keyframe = kind == "video"
         self.seq = SeqMunger(random.getrandbits(16))
         self.ts = TimestampMunger(random.getrandbits(32))
@@ -71,10 +80,52 @@ class DownTrack:
         return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
 
     def bind(self, track: PublishedTrack, now_ms: int) -> None:
-        """Start forwarding ``track``; the outgoing stream continues where it was."""
+        """Start forwarding ``track``; the outgoing stream continues where it was.
+
+        For a simulcast layer the group chooses which of its layers (``SimulcastGroup.attach``)."""
+        if track.group is not None:
+            track.group.attach(self, now_ms)
+        else:
+            self.bind_layer(track, now_ms)
+
+    def bind_layer(self, track: PublishedTrack, now_ms: int) -> None:
+        """Forward exactly ``track`` from its next keyframe (video)."""
         if self.source is track:
             return
         self.unbind()
+        self._take(track, now_ms, wait_keyframe=self.kind == "video")
+
+    def switch_to(self, layer: PublishedTrack, now_ms: int) -> None:
+        """Move to ``layer`` at its next keyframe, forwarding the current source until then (a PLI
+        asks the publisher for that keyframe).  Without media flowing yet, this is ``bind_layer``."""
+        if layer is self.source:
+            self.cancel_switch()
+            return
+        if self.source is None or self.waiting_keyframe or self.kind != "video":
+            self.bind_layer(layer, now_ms)
+            return
+        if self.pending_source is not layer:
+            self.cancel_switch()
+            self.pending_source = layer
+        layer.add_switcher(self, now_ms)
+
+    def cancel_switch(self) -> None:
+        if self.pending_source is not None:
+            self.pending_source.remove_switcher(self)
+            self.pending_source = None
+
+    def switch_now(self, layer: PublishedTrack, now_ms: int) -> None:
+        """``layer`` has a keyframe starting: move to it (called by ``layer.on_rtp`` before its
+        fan-out, so that packet is the first forwarded from the new layer)."""
+        if self.pending_source is not layer:
+            return
+        self.pending_source = None
+        if self.source is not None:
+            self.source.detach(self)
+            self.source = None
+        self._take(layer, now_ms, wait_keyframe=False)
+
+    def _take(self, track: PublishedTrack, now_ms: int, *, wait_keyframe: bool) -> None:
         pt_map = [NO_PT] * 128
         for codec in track.codecs:
             out_pt = self.out_payload_types.get(codec.name.lower())
@@ -103,12 +154,13 @@ class DownTrack:
         self.seq.switch_source()
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
         self.source = track
-        self.waiting_keyframe = self.kind == "video"
-        track.attach(self)
-        if self.waiting_keyframe:
+        self.waiting_keyframe = wait_keyframe
+        track.attach(self, wait_keyframe=wait_keyframe)
+        if wait_keyframe:
             track.request_keyframe(now_ms)
 
     def unbind(self) -> None:
+        self.cancel_switch()
         if self.source is not None:
             self.source.detach(self)
             self.source = None

@@ -17,6 +17,7 @@ from struct import unpack_from
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet import rtcp
 from sfu.routing.downtrack import DownTrack
+from sfu.routing.simulcast import learn_layer
 from sfu.routing.track import PublishedTrack
 from sfu.transport.peer import CloseReason, PeerTransport
 
@@ -142,10 +143,13 @@ class PublisherSink:
         ssrc = unpack_from("!I", view, 8)[0]
         track = self.by_ssrc.get(ssrc)
         if track is None:
-            # RTX from the publisher is not unwrapped yet: NACKs are served from the node's cache
-            reason = DropReason.RTX_UNKNOWN if ssrc in self.rtx_ssrcs else DropReason.RTP_UNKNOWN_SSRC
-            self.counters.drops[reason] += 1
-            return
+            # a simulcast layer's first packets name it (rid extension): it takes this SSRC
+            track = learn_layer(self.by_ssrc, self.rtx_ssrcs, view, length, ssrc)
+            if track is None:
+                # RTX from the publisher is not unwrapped yet: NACKs are served from the node's cache
+                reason = DropReason.RTX_UNKNOWN if ssrc in self.rtx_ssrcs else DropReason.RTP_UNKNOWN_SSRC
+                self.counters.drops[reason] += 1
+                return
         track.on_rtp(view, length, now_ms)
 
     def on_rtcp(self, data: bytes, now_ms: int) -> None:

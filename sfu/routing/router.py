@@ -11,11 +11,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from levelchat.errors import ApiError
 from sfu import clock
 from sfu.counters import MediaCounters
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, PublisherSink, SubscriberSink
 from sfu.routing.rooms import Room, RoomRegistry
+from sfu.routing.simulcast import RidRestrictions, SimulcastGroup, form_groups, groups_of
 from sfu.routing.track import PublishedTrack, TrackCodec
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsRole
@@ -42,6 +44,9 @@ class TrackSpec:
     ext_ids: dict[str, int] = field(default_factory=dict)
     rtx_ssrc: int | None = None
     rid: str | None = None
+    #: a simulcast layer's a=rid restrictions ("max-width=640;max-height=360"); ``ssrc`` is then a
+    #: negative placeholder until the publisher's packets name the layer (sfu.routing.simulcast)
+    rid_params: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class Router:
         sink = PublisherSink(participant, self.counters)
         participant.publisher = transport
         transport.sink = sink
+        layers: list[tuple[PublishedTrack, RidRestrictions]] = []
         for spec in tracks:
             track = PublishedTrack(
                 kind=spec.kind,
@@ -117,6 +123,9 @@ class Router:
             participant.tracks[spec.ssrc] = track
             if track.rtx_ssrc is not None:
                 sink.rtx_ssrcs[track.rtx_ssrc] = track
+            if spec.rid is not None:
+                layers.append((track, RidRestrictions.parse(spec.rid_params)))
+        form_groups(layers, now_ms)  # simulcast: each layer's ``group``
         self._rebind_room(room, now_ms)
 
     def attach_subscriber(
@@ -190,6 +199,27 @@ class Router:
             p.close(reason)
             self.participants.pop(p.sid, None)
 
+    # -- simulcast layer choice (WHEP's layer route, the signaling's) ------------------------------
+    @staticmethod
+    def set_layer(participant: Participant, downtrack: DownTrack, rid: str | None, now_ms: int) -> dict[str, object]:
+        """Make the participant's ``downtrack`` receive the simulcast layer ``rid`` (None: the
+        highest sending); the move happens at that layer's next keyframe.  Returns the group's
+        description for it (``layers`` low to high, ``target``, ``current``, ``switching_to``).
+        Raises ``ApiError``: ``not_found`` for a downtrack of someone else, ``bad_request`` when it
+        receives no simulcast source or the source has no such rid."""
+        if downtrack not in participant.downtracks:
+            raise ApiError("not_found", f"participant {participant.identity!r} has no such subscription")
+        group: SimulcastGroup | None = downtrack.source.group if downtrack.source is not None else None
+        if group is None:
+            raise ApiError("bad_request", "this subscription receives no simulcast source: it has no layers to choose")
+        try:
+            group.set_target(downtrack, rid, now_ms)
+        except KeyError:
+            raise ApiError(
+                "bad_request", f"the simulcast source has no layer {rid!r}; its layers are {', '.join(group.rids)}"
+            ) from None
+        return group.describe(downtrack)
+
     # -- housekeeping ----------------------------------------------------------------------------
     def tick(self, now_ms: int) -> None:
         """Once a second: consent freshness, RTCP reports, empty rooms."""
@@ -199,6 +229,8 @@ class Router:
                     transport.tick(now_ms)
             if not participant.closed:
                 participant.send_reports(now_ms)
+                for group in groups_of(participant.tracks.values()):
+                    group.tick(now_ms)
         for room in self.rooms.expired_empty(now_ms):
             log.info("room %s closed after %d s empty", room.id, room.policy.empty_timeout_s)
             self.close_room(room, CloseReason.ROOM_CLOSED, now_ms)

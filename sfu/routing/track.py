@@ -21,6 +21,7 @@ from sfu.routing.stats import ReceiveStats
 
 if TYPE_CHECKING:
     from sfu.routing.downtrack import DownTrack
+    from sfu.routing.simulcast import SimulcastGroup
 
 # the ``shape`` argument of ``DownTrack.forward`` (same values as sfu.routing.downtrack.SHAPE_*,
 # which imports this module); a packet with extensions passes the mask of their ids instead
@@ -131,6 +132,11 @@ class PublishedTrack:
             self.codec_by_pt[c.payload_type & 0x7F] = c.name
         self.mid = mid
         self.rid = rid
+        #: the simulcast group of a layer (``rid`` set); a layer whose SSRC is not known yet has a
+        #: negative placeholder ``ssrc`` (never a real one) until ``PublisherSink`` reads its rid
+        self.group: SimulcastGroup | None = None
+        #: downtracks that switch to this layer at its next keyframe (``DownTrack.switch_to``)
+        self.switching: list[DownTrack] = []
         self.owner = owner
         self.ext_ids = dict(ext_ids or {})  # uri -> id in the publisher's packets
         self.downtracks: list[DownTrack] = []
@@ -168,7 +174,10 @@ class PublishedTrack:
         keyframe = False
         if self.keyframe_pending:
             keyframe = self._check_keyframe(view, length)
-            if self._keyframe_deferred and not keyframe:
+            if keyframe:
+                if self.switching:  # they join the fan-out below, starting with this packet
+                    self._switch_waiting(now_ms)
+            elif self._keyframe_deferred:
                 self.request_keyframe(now_ms)
         sent = 0
         octets = 0
@@ -192,12 +201,23 @@ class PublishedTrack:
             return True
         return False
 
+    def _switch_waiting(self, now_ms: int) -> None:
+        waiting, self.switching = self.switching, []
+        for dt in waiting:
+            dt.switch_now(self, now_ms)
+
     # -- control ---------------------------------------------------------------------------------
     def request_keyframe(self, now_ms: int) -> bool:
-        """Ask the publisher for a keyframe (PLI), at most once per interval."""
+        """Ask the publisher for a keyframe (PLI), at most once per interval.
+
+        Before a layer's SSRC is known the request is owed: ``on_rtp`` sends it with the layer's
+        first packets."""
         if not self.is_video:
             return False
         self.keyframe_pending = True
+        if self.ssrc < 0:
+            self._keyframe_deferred = True
+            return False
         if now_ms - self._last_keyframe_request_ms < KEYFRAME_REQUEST_INTERVAL_MS:
             self._keyframe_deferred = True  # sent by on_rtp once the interval has passed
             return False
@@ -207,15 +227,26 @@ class PublishedTrack:
         self._request_keyframe_cb(self.ssrc)
         return True
 
-    def attach(self, dt: DownTrack) -> None:
+    def attach(self, dt: DownTrack, *, wait_keyframe: bool = True) -> None:
+        """Add ``dt`` to the fan-out; with ``wait_keyframe`` (video) the next keyframe is looked for."""
         if dt not in self.downtracks:
             self.downtracks = [*self.downtracks, dt]
-            if self.is_video:
+            if self.is_video and wait_keyframe:
                 self.keyframe_pending = True
 
     def detach(self, dt: DownTrack) -> None:
         if dt in self.downtracks:
             self.downtracks = [d for d in self.downtracks if d is not dt]
+
+    def add_switcher(self, dt: DownTrack, now_ms: int) -> None:
+        """``dt`` joins this layer at its next keyframe (asked for with a PLI on this layer)."""
+        if dt not in self.switching:
+            self.switching = [*self.switching, dt]
+        self.request_keyframe(now_ms)
+
+    def remove_switcher(self, dt: DownTrack) -> None:
+        if dt in self.switching:
+            self.switching = [d for d in self.switching if d is not dt]
 
     def describe(self) -> dict[str, object]:
         return {

@@ -42,6 +42,14 @@ _RTP_STATS_JS = """async ([panel, type, kind]) => {
   return null;
 }"""
 
+# getStats() figures of every RTP stream of a kind (a simulcast sender has one per layer).
+_ALL_RTP_STATS_JS = """async ([panel, type, kind]) => {
+  const session = window.levelchatDemo[panel].session;
+  if (!session) return [];
+  const report = await session.pc.getStats();
+  return [...report.values()].filter((s) => s.type === type && s.kind === kind);
+}"""
+
 # Mean RGB of the frame a <video> shows now (drawn onto a canvas).
 _VIDEO_PIXELS_JS = """(id) => {
   const video = document.getElementById(id);
@@ -149,6 +157,23 @@ class DemoPage:
         direction = "outbound-rtp" if panel == "publish" else "inbound-rtp"
         stats: dict[str, Any] | None = await self.page.evaluate(_RTP_STATS_JS, [panel, direction, kind])
         return stats or {}
+
+    async def layer_stats(self, panel: Panel, kind: str) -> list[dict[str, Any]]:
+        """Every outbound (publish) or inbound (watch) RTP stream of ``kind``: one per simulcast layer."""
+        direction = "outbound-rtp" if panel == "publish" else "inbound-rtp"
+        stats: list[dict[str, Any]] = await self.page.evaluate(_ALL_RTP_STATS_JS, [panel, direction, kind])
+        return stats
+
+    async def wait_layers_encoded(self, at_least: int, timeout_s: float = 15.0) -> dict[str, int]:
+        """Until the publisher's video layers together encoded ``at_least`` frames: frames per rid."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            per_rid = {str(s.get("rid")): int(s.get("framesEncoded", 0)) for s in await self.layer_stats("publish", "video")}
+            if sum(per_rid.values()) >= at_least:
+                return per_rid
+            if time.monotonic() > deadline:
+                raise AssertionError(f"publish video layers encoded {per_rid}, fewer than {at_least} frames")
+            await asyncio.sleep(0.1)
 
     async def wait_rtp(self, panel: Panel, kind: str, name: str, at_least: int, timeout_s: float = 15.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s

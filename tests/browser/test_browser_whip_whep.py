@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 from playwright.async_api import Browser
 
 from levelchat.tokens import ApiKey, TokenVerifier
@@ -229,30 +232,31 @@ async def test_chromium_viewer_follows_a_publisher_in_a_codec_the_first_lacked(n
         await publisher.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node: Chrome's rid simulcast offer has no a=ssrc lines for video; the WHIP answer accepts "
-    "a=simulcast but sessions.publish registers tracks only by a=ssrc, so the video is dropped",
-)
+async def _publish_simulcast(publisher: DemoPage, room: str, identity: str) -> bool:
+    """Publish the fake camera at 1280x720 in three layers q (320x180), h (640x360), f (1280x720);
+    True when the node's answer accepted simulcast."""
+    accepted: bool = await publisher.page.evaluate(
+        """async ([room, token]) => {
+          const { MediaSession } = await import("/static/whip.js");
+          const stream = await navigator.mediaDevices.getUserMedia({video: {width: 1280, height: 720}, audio: true});
+          const videoEncodings = [
+            {rid: "q", scaleResolutionDownBy: 4}, {rid: "h", scaleResolutionDownBy: 2}, {rid: "f"}];
+          const session = await MediaSession.publish("", room, token, stream, undefined, {videoEncodings});
+          window.levelchatDemo.publish.session = session;
+          return session.pc.remoteDescription.sdp.includes("a=simulcast:recv");
+        }""",
+        [room, token(room, identity, ("room:join", "room:publish"))],
+    )
+    return accepted
+
+
 async def test_chromium_simulcast_publish_reaches_a_viewer(node: Node, browser: Browser) -> None:
     room = "browser-simulcast"
     publisher = await DemoPage.open(browser, node.url)
     viewer = await DemoPage.open(browser, node.url)
     try:
-        status = await publisher.page.evaluate(
-            """async ([room, token]) => {
-              const { MediaSession } = await import("/static/whip.js");
-              const stream = await navigator.mediaDevices.getUserMedia({video: {width: 1280, height: 720}, audio: true});
-              const videoEncodings = [
-                {rid: "q", scaleResolutionDownBy: 4}, {rid: "h", scaleResolutionDownBy: 2}, {rid: "f"}];
-              const session = await MediaSession.publish("", room, token, stream, undefined, {videoEncodings});
-              window.levelchatDemo.publish.session = session;
-              return session.pc.remoteDescription.sdp.includes("a=simulcast:recv");
-            }""",
-            [room, token(room, "lena", ("room:join", "room:publish"))],
-        )
-        assert status, "the node's answer refused simulcast"
-        await publisher.wait_rtp("publish", "video", "framesEncoded", FRAMES)
+        assert await _publish_simulcast(publisher, room, "lena"), "the node's answer refused simulcast"
+        await publisher.wait_layers_encoded(FRAMES)
         await viewer.join_as(room, "mike")
         await viewer.watch()
         assert await viewer.wait_state("watch", "connected", "failed") == "connected"
@@ -262,4 +266,63 @@ async def test_chromium_simulcast_publish_reaches_a_viewer(node: Node, browser: 
         await viewer.wait_rtp("watch", "video", "framesDecoded", FRAMES, timeout_s=8)
     finally:
         await viewer.close()
+        await publisher.close()
+
+
+class FrameSizeSubscriber(WhepSubscriber):
+    """A WHEP subscriber that keeps the width of every video frame it decodes."""
+
+    widths: list[int]
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            self.frames[track.kind] += 1
+            if track.kind == "video":
+                self.widths.append(int(getattr(frame, "width", 0)))
+
+
+async def _choose_layer(node: Node, location: str, tok: str, rid: str | None) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{node.url}{location}/layer", json={"rid": rid}, headers={"Authorization": f"Bearer {tok}"}
+        ) as resp:
+            body: dict[str, Any] = await resp.json(content_type=None)
+            assert resp.status == 200, body
+            return body
+
+
+async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser: Browser) -> None:
+    """Chromium publishes three layers; an aiortc WHEP subscriber moves between them with the layer
+    route and keeps decoding, at each layer's size, with no gap in its RTP sequence."""
+    room = "browser-simulcast-2"
+    publisher = await DemoPage.open(browser, node.url)
+    sub = FrameSizeSubscriber(node.url, room, token(room, "watcher"))
+    sub.widths = []
+    try:
+        assert await _publish_simulcast(publisher, room, "nora")
+        await publisher.wait_layers_encoded(FRAMES)
+        status, body = await sub.connect()
+        assert status == 201, body
+        await wait_for(lambda: sub.frames["video"] >= FRAMES, 15, "frames of the default layer")
+        location = next(f"/whep/{room}/{sid}" for sid in _sessions(node, room, "whep"))
+        tok = token(room, "watcher", ("room:join", "room:subscribe"))
+        widths = {"q": 320, "h": 640, "f": 1280}
+        for rid in ("h", "q", "h", None):
+            chosen = await _choose_layer(node, location, tok, rid)
+            assert chosen["target"] == rid and [x["rid"] for x in chosen["layers"]] == ["q", "h", "f"], chosen
+            # None: back to the best layer the publisher sends now
+            width = widths[rid or chosen["switching_to"] or chosen["current"]]
+            start = len(sub.widths)
+            await wait_for(
+                lambda w=width, n=start: sub.widths[n:][-10:] == [w] * 10, 10, f"10 new frames {width} wide: {chosen}"
+            )
+        assert sub.logs["video"].gaps() == [] and sub.logs["audio"].gaps() == []
+        assert sub.frames["audio"] >= FRAMES
+        assert publisher.errors == []
+    finally:
+        await sub.close()
         await publisher.close()

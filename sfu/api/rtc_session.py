@@ -1,0 +1,521 @@
+"""Multi-party signaling sessions (``GET /v1/rtc``): the methods and notifications of
+``docs/signaling.md``, with no WebSocket here.
+
+A session talks through two callables: ``send(frame)`` queues a text frame and ``close(code,
+reason)`` ends the socket after what is queued.  The service watches the router's room events
+(``sfu.routing.events``) and tells each session's client what changed; subscriber transports are
+renegotiated with one offer outstanding at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from levelchat.errors import ApiError
+from levelchat.tokens import Claims
+from sfu import clock
+from sfu.api.jsonrpc import RpcCode, RpcError, notification
+from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
+from sfu.api.sessions import SessionService
+from sfu.routing.downtrack import DownTrack
+from sfu.routing.events import RoomEvent, RoomEventKind
+from sfu.routing.participant import Participant, ParticipantKind
+from sfu.routing.rooms import Room
+from sfu.routing.router import DownTrackSpec, TrackSpec, TransportSpec
+from sfu.routing.speakers import LevelMeter, Speaker, rank
+from sfu.routing.track import PublishedTrack, TrackCodec
+from sfu.signaling import sdp
+from sfu.signaling.codecs import HDREXT_AUDIO_LEVEL, CodecPolicy
+from sfu.transport.dtls import DtlsRole
+from sfu.transport.peer import CloseReason, PeerTransport
+
+if TYPE_CHECKING:
+    from sfu.node import Node
+
+log = logging.getLogger(__name__)
+
+SPEAKERS_INTERVAL_S = 0.5
+#: WebSocket close codes (the reason text names the cause)
+CLOSE_LEFT = 1000
+CLOSE_ENDED = 4000  # the server ended the session: replaced, room closed, transport lost
+
+
+def _participant_view(p: Participant) -> dict[str, Any]:
+    return {
+        "identity": p.identity,
+        "sid": p.sid,
+        "name": p.name,
+        "kind": p.kind.value,
+        "tracks": [_track_view(t) for t in p.tracks.values()],
+    }
+
+
+def _track_view(t: PublishedTrack) -> dict[str, Any]:
+    return {"sid": t.sid, "kind": t.kind, "codec": t.codec.name, "mid": t.mid, "muted": t.muted}
+
+
+def _str_param(params: dict[str, Any], name: str, *, max_len: int = 64 * 1024) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", f"params.{name} must be a non-empty string"))
+    if len(value) > max_len:
+        raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", f"params.{name} is longer than {max_len}"))
+    return value
+
+
+def _track_specs(negotiation: sdp.PublishNegotiation) -> list[TrackSpec]:
+    specs = []
+    for track in negotiation.tracks:
+        codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+        for ssrc in track.ssrcs:
+            specs.append(
+                TrackSpec(
+                    kind=track.kind.value,
+                    mid=track.mid,
+                    ssrc=ssrc,
+                    codecs=codecs,
+                    ext_ids=dict(track.header_extensions),
+                    rtx_ssrc=track.rtx_ssrcs.get(ssrc),
+                )
+            )
+    return specs
+
+
+@dataclass
+class Link:
+    """How a session reaches its client."""
+
+    send: Callable[[bytes], None]
+    close: Callable[[int, str], None]
+
+
+class RtcSession:
+    def __init__(self, service: RtcService, claims: Claims, room_id: str, identity: str, link: Link) -> None:
+        self.service = service
+        self.claims = claims
+        self.room_id = room_id
+        self.identity = identity
+        self.link = link
+        self.participant: Participant | None = None
+        self.room: Room | None = None
+        self.negotiator: SubscriberNegotiator | None = None
+        self.downtracks: dict[str, DownTrack] = {}  # by track sid
+        self.ended = False
+        self._sync_scheduled = False
+        self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "join": self.join,
+            "publish": self.publish,
+            "unpublish": self.unpublish,
+            "answer": self.answer,
+            "trickle": self.trickle,
+            "mute": self.mute,
+            "leave": self.leave,
+            "ping": self.ping,
+        }
+
+    @property
+    def subscribes(self) -> bool:
+        return "room:subscribe" in self.claims.scopes
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        if not self.ended:
+            self.link.send(notification(method, params))
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the socket after what is queued (the participant is already gone or leaving)."""
+        if not self.ended:
+            self.ended = True
+            self.link.close(code, reason)
+
+    def _joined(self) -> tuple[Room, Participant]:
+        if self.participant is None or self.room is None:
+            raise RpcError(RpcCode.REFUSED, ApiError("bad_request", "call join first"))
+        if self.participant.closed:
+            raise RpcError(RpcCode.REFUSED, ApiError("bad_request", "this session has left the room"))
+        return self.room, self.participant
+
+    # -- methods -----------------------------------------------------------------------------------
+    async def join(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.participant is not None:
+            raise RpcError(RpcCode.REFUSED, ApiError("conflict", "this session already joined"))
+        name = params.get("name", self.claims.name)
+        if name is not None and (not isinstance(name, str) or len(name) > 128):
+            raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.name must be a string of at most 128 characters"))
+        node = self.service.node
+        now = clock.now_ms()
+        room = node.room_for_join(self.room_id, now)
+        participant = Participant(
+            identity=self.identity, room_id=room.id, kind=ParticipantKind.RTC, name=name, target_identity="*"
+        )
+        self.participant, self.room = participant, room
+        self.service.by_sid[participant.sid] = self
+        try:
+            node.router.admit(room, participant, now)
+        except ApiError:
+            self.service.by_sid.pop(participant.sid, None)
+            self.participant = self.room = None
+            raise
+        if self.subscribes:
+            self.negotiator = SubscriberNegotiator(
+                CodecPolicy.parse(room.policy.codecs), cname=f"levelchat-{self.identity}"
+            )
+            self.schedule_sync()
+        others = [p for p in room.participants.values() if p is not participant]
+        return {
+            "room": {"name": room.id, "sid": room.sid, "max_participants": room.policy.max_participants},
+            "participant": _participant_view(participant),
+            "participants": [_participant_view(p) for p in others],
+            "can_publish": "room:publish" in self.claims.scopes,
+            "can_subscribe": self.subscribes,
+        }
+
+    async def publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        room, participant = self._joined()
+        self.claims.require("room:publish")
+        offer = SessionService.parse_offer(_str_param(params, "sdp"))
+        negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
+        if not negotiation.tracks:
+            raise ApiError("bad_request", "the offer sends no audio or video")
+        specs = _track_specs(negotiation)
+        if not specs:
+            raise ApiError("bad_request", "the offer signals no SSRC for its media (a=ssrc lines are required)")
+        router = self.service.node.router
+        now = clock.now_ms()
+        transport = participant.publisher
+        ufrag, _pwd, fingerprints, setup = offer.transport
+        if transport is None:
+            answered = sdp.answer_setup(setup, self.service.preferred_role)
+            role = DtlsRole.SERVER if answered is sdp.Setup.PASSIVE else DtlsRole.CLIENT
+            transport = router.new_transport(
+                TransportSpec(role, ufrag, [(f.algorithm, f.value) for f in fingerprints]), now
+            )
+            self.service.publisher_roles[participant.sid] = answered
+            added = specs
+        else:
+            if ufrag != transport.remote_ufrag:
+                raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
+            keep = {(s.mid, s.ssrc) for s in specs}
+            for track in list(participant.tracks.values()):
+                if (track.mid, track.ssrc) not in keep:
+                    self.service.published.pop(track.sid, None)
+                    router.unpublish(room, participant, track, now)
+            have = {(t.mid, t.ssrc) for t in participant.tracks.values()}
+            added = [s for s in specs if (s.mid, s.ssrc) not in have]
+        if added:
+            router.attach_publisher(room, participant, transport, added, now)
+        by_mid = {t.mid: t for t in negotiation.tracks}
+        for track in participant.tracks.values():
+            if track.sid not in self.service.published and track.mid in by_mid:
+                self.service.published[track.sid] = sdp.PublishedTrack.from_publish(
+                    track.sid, participant.identity, by_mid[track.mid]
+                )
+        answered_role = self.service.publisher_roles.get(participant.sid, sdp.Setup.PASSIVE)
+        answer = sdp.build_answer(offer, negotiation, self.service.local_params(transport, answered_role))
+        if added:
+            # the track_published notifications went out from the router event; now the descriptions exist
+            self.service.resync_room(room)
+        return {"sdp": answer, "tracks": [_track_view(t) for t in participant.tracks.values()]}
+
+    def _own_track(self, participant: Participant, params: dict[str, Any]) -> PublishedTrack:
+        sid = _str_param(params, "track", max_len=64)
+        track = next((t for t in participant.tracks.values() if t.sid == sid), None)
+        if track is None:
+            raise ApiError("not_found", f"you publish no track {sid!r}")
+        return track
+
+    async def unpublish(self, params: dict[str, Any]) -> dict[str, Any]:
+        room, participant = self._joined()
+        track = self._own_track(participant, params)
+        self.service.published.pop(track.sid, None)
+        self.service.node.router.unpublish(room, participant, track, clock.now_ms())
+        return {}
+
+    async def answer(self, params: dict[str, Any]) -> dict[str, Any]:
+        _room, participant = self._joined()
+        negotiator = self.negotiator
+        if negotiator is None or negotiator.pending is None:
+            raise ApiError("bad_request", "there is no offer to answer")
+        text = _str_param(params, "sdp")
+        try:
+            outcome = negotiator.take_answer(text)
+        except ValueError as exc:
+            raise ApiError("bad_request", f"invalid SDP answer: {exc}") from None
+        router = self.service.node.router
+        transport = participant.subscriber
+        if transport is None:
+            raise ApiError("internal_error", "the subscriber transport is missing")
+        if transport.remote_ufrag in ("", None):
+            router.complete_offer_transport(transport, outcome.remote_ufrag, list(outcome.remote_fingerprints))
+        elif transport.remote_ufrag != outcome.remote_ufrag:
+            raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
+        now = clock.now_ms()
+        for section, track in outcome.delivered:
+            source = self.service.find_track(section.track_sid)
+            if source is None:
+                continue  # gone meanwhile: the next offer makes the section inactive
+            spec = DownTrackSpec(
+                kind=track.kind.value,
+                mid=track.mid,
+                ssrc=track.ssrc,
+                out_payload_types={m.name: m.subscriber_pt for m in track.mappings},
+                out_ext_ids=dict(track.header_extensions),
+            )
+            self.downtracks[section.track_sid] = router.subscribe(participant, source, spec, now)
+        self.schedule_sync()  # changes that waited for this answer
+        return {
+            "tracks": [s.describe() for s, _ in outcome.delivered],
+            "refused": [
+                {"track": r.track_id, "kind": r.kind.value, "code": r.code, "detail": r.detail} for r in outcome.refused
+            ],
+        }
+
+    async def trickle(self, params: dict[str, Any]) -> dict[str, Any]:
+        # the node is ICE-lite with its candidate in every description; the client's candidates
+        # are learnt from its connectivity checks, so trickled ones are accepted and not needed
+        self._joined()
+        candidate = params.get("candidate")
+        if candidate is not None and not isinstance(candidate, (str, dict)):
+            raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.candidate must be a string or an object"))
+        return {}
+
+    async def mute(self, params: dict[str, Any]) -> dict[str, Any]:
+        room, participant = self._joined()
+        track = self._own_track(participant, params)
+        muted = params.get("muted")
+        if not isinstance(muted, bool):
+            raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.muted must be true or false"))
+        self.service.node.router.set_muted(room, participant, track, muted, clock.now_ms())
+        return {"track": track.sid, "muted": track.muted}
+
+    async def leave(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.participant is not None and not self.participant.closed:
+            self.service.node.router.leave(self.participant, CloseReason.LEFT, clock.now_ms())
+        self.end(CLOSE_LEFT, "left")
+        return {}
+
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"now_ms": clock.now_ms()}
+
+    # -- subscriber transport ------------------------------------------------------------------
+    def schedule_sync(self) -> None:
+        if not self._sync_scheduled and self.negotiator is not None:
+            self._sync_scheduled = True
+            asyncio.get_running_loop().call_soon(self.sync)
+
+    def sync(self) -> None:
+        """Offer what changed, unless an offer is outstanding (its answer calls this again)."""
+        self._sync_scheduled = False
+        negotiator = self.negotiator
+        participant, room = self.participant, self.room
+        if negotiator is None or negotiator.pending is not None or participant is None or room is None:
+            return
+        if participant.closed or self.ended:
+            return
+        wanted = self.service.wanted_for(room, participant)
+        if not wanted and not negotiator.sections:
+            return
+        router = self.service.node.router
+        transport = participant.subscriber
+        if transport is None:
+            transport = router.new_offer_transport(clock.now_ms())
+            router.attach_offer_subscriber(participant, transport)
+        try:
+            offer = negotiator.plan(wanted, self.service.local_params(transport, sdp.Setup.PASSIVE))
+        except ValueError:
+            log.exception("no offer could be made for %s", participant.identity)
+            return
+        if offer is None:
+            return
+        for section in offer.removed:
+            dt = self.downtracks.pop(section.track_sid, None)
+            if dt is not None:
+                router.unsubscribe(participant, dt)
+        self.notify("offer", offer.describe(negotiator.sections))
+
+    def active_track_sids(self) -> set[str]:
+        if self.negotiator is None:
+            return set()
+        return {s.track_sid for s in self.negotiator.sections if s.state is SectionState.ACTIVE}
+
+
+class RtcService:
+    """Every signaling session of the node, fed by the router's room events."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.by_sid: dict[str, RtcSession] = {}  # by participant sid
+        #: descriptions of tracks published over signaling, by track sid (WHIP ones live in node.sessions)
+        self.published: dict[str, sdp.PublishedTrack] = {}
+        self.publisher_roles: dict[str, sdp.Setup] = {}
+        self.preferred_role = sdp.Setup(node.config.dtls_role)
+        self._last_speakers: dict[str, tuple[str, ...]] = {}
+        self._told_draining = ""
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.node.router.observers.append(self.on_event)
+        self._task = asyncio.get_running_loop().create_task(self._periodic())
+
+    async def stop(self) -> None:
+        if self.on_event in self.node.router.observers:
+            self.node.router.observers.remove(self.on_event)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def local_params(self, transport: PeerTransport, role: sdp.Setup) -> sdp.LocalParams:
+        router = self.node.router
+        return sdp.LocalParams(
+            ice_ufrag=transport.ice.ufrag,
+            ice_pwd=transport.ice.pwd,
+            fingerprint=router.certificate.fingerprint("sha-256"),
+            candidates=((self.node.config.advertised_ip, router.port.port),),
+            dtls_role=role,
+            session_id=random.getrandbits(62) or 1,
+        )
+
+    def description(self, track_sid: str) -> sdp.PublishedTrack | None:
+        return self.published.get(track_sid) or self.node.sessions.published.get(track_sid)
+
+    def find_track(self, track_sid: str) -> PublishedTrack | None:
+        for session in (self.node.router.participants.values()):
+            for track in session.tracks.values():
+                if track.sid == track_sid:
+                    return track
+        return None
+
+    def wanted_for(self, room: Room, participant: Participant) -> list[Wanted]:
+        out = []
+        for other in room.participants.values():
+            if other is participant or other.closed:
+                continue
+            for track in other.tracks.values():
+                desc = self.description(track.sid)
+                if desc is not None:
+                    out.append(Wanted(track.sid, other.identity, desc))
+        return out
+
+    def sessions_in(self, room_id: str) -> list[RtcSession]:
+        return [s for s in self.by_sid.values() if s.room_id == room_id and not s.ended]
+
+    def resync_room(self, room: Room) -> None:
+        for s in self.sessions_in(room.id):
+            s.schedule_sync()
+
+    def forget(self, session: RtcSession) -> None:
+        p = session.participant
+        if p is not None and self.by_sid.get(p.sid) is session:
+            del self.by_sid[p.sid]
+            self.publisher_roles.pop(p.sid, None)
+            for track in p.tracks.values():
+                self.published.pop(track.sid, None)
+
+    # -- room events -------------------------------------------------------------------------------
+    def _tell_others(self, room: Room, participant: Participant | None, method: str, params: dict[str, Any]) -> None:
+        for s in self.sessions_in(room.id):
+            if s.participant is not participant and s.participant is not None:
+                s.notify(method, params)
+
+    def on_event(self, event: RoomEvent) -> None:
+        room, p = event.room, event.participant
+        kind = event.kind
+        if kind is RoomEventKind.JOINED and p is not None:
+            self._tell_others(room, p, "participant_joined", {"participant": _participant_view(p)})
+        elif kind is RoomEventKind.PUBLISHED and p is not None:
+            for track in event.tracks:
+                ext_id = track.ext_ids.get(HDREXT_AUDIO_LEVEL)
+                if track.kind == "audio" and ext_id is not None and track.level_meter is None:
+                    track.level_meter = LevelMeter(ext_id)
+                self._tell_others(
+                    room, p, "track_published", {"participant": p.identity, "track": _track_view(track)}
+                )
+            self.resync_room(room)
+        elif kind is RoomEventKind.UNPUBLISHED and p is not None:
+            for track in event.tracks:
+                self._tell_others(room, p, "track_unpublished", {"participant": p.identity, "track": track.sid})
+            self.resync_room(room)
+        elif kind is RoomEventKind.MUTED and p is not None:
+            for track in event.tracks:
+                self._tell_others(
+                    room, p, "track_muted", {"participant": p.identity, "track": track.sid, "muted": track.muted}
+                )
+        elif kind is RoomEventKind.LEFT and p is not None:
+            reason = event.reason.value if event.reason else "left"
+            self._tell_others(
+                room, p, "participant_left", {"participant": p.identity, "sid": p.sid, "reason": reason}
+            )
+            own = self.by_sid.get(p.sid)
+            if own is not None:
+                if event.reason is not CloseReason.LEFT:
+                    own.notify("disconnected", {"reason": reason, "detail": _disconnect_detail(event.reason)})
+                own.end(CLOSE_ENDED if event.reason is not CloseReason.LEFT else CLOSE_LEFT, reason)
+                self.forget(own)
+            self.resync_room(room)
+        elif kind is RoomEventKind.ROOM_CLOSED:
+            reason = self._room_closed_reason(event.reason)
+            for member in event.participants:
+                own = self.by_sid.get(member.sid)
+                if own is not None:
+                    own.notify("room_closed", {"room": room.id, "reason": reason})
+                    own.end(CLOSE_ENDED, reason)
+                    self.forget(own)
+
+    def _room_closed_reason(self, reason: CloseReason | None) -> str:
+        if self.node.revoked and reason is CloseReason.DRAINED:
+            return "node_revoked"
+        return reason.value if reason is not None else "room_closed"
+
+    # -- periodic: active speakers, node state ---------------------------------------------------
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(SPEAKERS_INTERVAL_S)
+            try:
+                self.tick(clock.now_ms())
+            except Exception:
+                log.exception("signaling tick failed")
+
+    def tick(self, now_ms: int) -> None:
+        rooms = {s.room_id for s in self.by_sid.values() if not s.ended}
+        for room_id in rooms:
+            room = self.node.rooms.rooms.get(room_id)
+            if room is None:
+                continue
+            levels = [
+                Speaker(p.identity, t.sid, t.level_meter.current(now_ms))
+                for p in room.participants.values()
+                for t in p.tracks.values()
+                if isinstance(t.level_meter, LevelMeter) and not t.muted
+            ]
+            speakers = rank(levels)
+            key = tuple(f"{s.identity}/{s.track_sid}" for s in speakers)
+            if key != self._last_speakers.get(room_id, ()):
+                self._last_speakers[room_id] = key
+                params = {"speakers": [s.describe() for s in speakers]}
+                for s in self.sessions_in(room_id):
+                    s.notify("active_speakers", params)
+        for room_id in [r for r in self._last_speakers if r not in rooms]:
+            del self._last_speakers[room_id]
+        state = "node_revoked" if self.node.revoked else "draining" if self.node.draining else ""
+        if state != self._told_draining:
+            self._told_draining = state
+            if state:
+                for s in list(self.by_sid.values()):
+                    s.notify("node_draining", {"reason": state})
+
+
+def _disconnect_detail(reason: CloseReason | None) -> str:
+    if reason is CloseReason.REPLACED:
+        return "a newer session with the same identity joined the room"
+    if reason is CloseReason.CONSENT_EXPIRED:
+        return "the media transport stopped answering connectivity checks"
+    return "the media session ended"

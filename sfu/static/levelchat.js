@@ -1,0 +1,256 @@
+// LevelChat SDK: multi-party rooms over the node's signaling WebSocket (docs/signaling.md).
+//
+//   import { connect } from "/static/levelchat.js";
+//   const room = await connect("http://127.0.0.1:7880", token);
+//   room.on("track", ({ participant, kind, stream }) => ...);
+//   await room.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
+//
+// ES module, no build step. Two RTCPeerConnections: the publisher (this page offers) and the
+// subscriber (the node offers whenever the set of tracks to receive changes; answered here).
+
+/** An error with a catalogue code (shared/error-reference.txt), e.g. "room/cap-denied". */
+export class LevelChatError extends Error {
+  constructor(code, message, problem = null) {
+    super(message);
+    this.name = "LevelChatError";
+    this.code = code;
+    this.problem = problem;
+  }
+}
+
+const RPC_TIMEOUT_MS = 10000;
+
+function wsUrl(url, token) {
+  const u = new URL("/v1/rtc", url);
+  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  u.searchParams.set("access_token", token);
+  return u.toString();
+}
+
+class Emitter {
+  constructor() { this._handlers = new Map(); }
+  on(name, fn) {
+    if (!this._handlers.has(name)) this._handlers.set(name, new Set());
+    this._handlers.get(name).add(fn);
+    return () => this._handlers.get(name).delete(fn);
+  }
+  emit(name, value) {
+    for (const fn of this._handlers.get(name) ?? []) {
+      try { fn(value); } catch (err) { console.error(`levelchat: ${name} handler failed`, err); }
+    }
+  }
+}
+
+/**
+ * A joined room. Events: "participant_joined" {participant}, "participant_left" {participant, reason},
+ * "track" {participant, kind, trackSid, stream, track, mid}, "track_removed" {participant, trackSid, mid},
+ * "track_muted" {participant, track, muted}, "active_speakers" {speakers}, "disconnected" {reason, code},
+ * "node_draining" {reason}, "error" LevelChatError.
+ */
+export class Room extends Emitter {
+  constructor(ws) {
+    super();
+    this.ws = ws;
+    this.participant = null; // this participant, as the node describes it
+    this.participants = new Map(); // identity -> {identity, sid, name, tracks}
+    this.remoteTracks = new Map(); // mid -> {participant, kind, trackSid, stream, track}
+    this.activeSpeakers = [];
+    this.publisher = null;
+    this.subscriber = null;
+    this.localTracks = new Map(); // MediaStreamTrack -> published track sid
+    this._nextId = 1;
+    this._pending = new Map();
+    this._offers = Promise.resolve(); // offers are answered one after the other
+    this._closed = false;
+    ws.addEventListener("message", (ev) => this._onMessage(ev.data));
+    ws.addEventListener("close", (ev) => this._onClose(ev));
+  }
+
+  /** Call a method; resolves with its result or rejects with a LevelChatError. */
+  call(method, params = {}) {
+    if (this._closed) return Promise.reject(new LevelChatError("signaling/closed", "the signaling connection is closed"));
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new LevelChatError("signaling/rpc-timeout", `${method} got no answer in ${RPC_TIMEOUT_MS} ms`));
+      }, RPC_TIMEOUT_MS);
+      this._pending.set(id, { resolve, reject, timer });
+      this.ws.send(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
+    });
+  }
+
+  _onMessage(text) {
+    let frame;
+    try { frame = JSON.parse(text); } catch { return; }
+    if (frame.method) { this._onNotification(frame.method, frame.params ?? {}); return; }
+    if (frame.id === null && frame.error) {
+      this.emit("error", toError(frame.error));
+      return;
+    }
+    const pending = this._pending.get(frame.id);
+    if (!pending) return;
+    this._pending.delete(frame.id);
+    clearTimeout(pending.timer);
+    if (frame.error) pending.reject(toError(frame.error));
+    else pending.resolve(frame.result);
+  }
+
+  _onNotification(method, params) {
+    switch (method) {
+      case "participant_joined":
+        this.participants.set(params.participant.identity, params.participant);
+        break;
+      case "participant_left":
+        if (this.participants.get(params.participant)?.sid === params.sid) this.participants.delete(params.participant);
+        break;
+      case "track_published": {
+        const p = this.participants.get(params.participant);
+        if (p) p.tracks = [...p.tracks.filter((t) => t.sid !== params.track.sid), params.track];
+        break;
+      }
+      case "track_unpublished": {
+        const p = this.participants.get(params.participant);
+        if (p) p.tracks = p.tracks.filter((t) => t.sid !== params.track);
+        break;
+      }
+      case "active_speakers":
+        this.activeSpeakers = params.speakers;
+        break;
+      case "offer":
+        this._offers = this._offers.then(() => this._answer(params)).catch((err) => this.emit("error", err));
+        return;
+      default:
+        break;
+    }
+    this.emit(method, params);
+  }
+
+  async _answer(offer) {
+    const pc = this._subscriber();
+    const before = new Map(this.remoteTracks);
+    this._lastOffer = new Map(offer.tracks.map((t) => [t.mid, t]));
+    await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await this.call("answer", { sdp: pc.localDescription.sdp });
+    for (const [mid, info] of before) {
+      if (!this._lastOffer.has(mid)) {
+        this.remoteTracks.delete(mid);
+        info.stream.removeTrack(info.track);
+        this.emit("track_removed", { participant: info.participant, trackSid: info.trackSid, mid });
+      }
+    }
+  }
+
+  _subscriber() {
+    if (this.subscriber) return this.subscriber;
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    pc.addEventListener("track", (ev) => {
+      const mid = ev.transceiver.mid;
+      const info = this._lastOffer?.get(mid);
+      if (!info) return;
+      const stream = this._streamOf(info.participant);
+      stream.addTrack(ev.track);
+      const remote = { participant: info.participant, kind: info.kind, trackSid: info.track, stream, track: ev.track, mid };
+      this.remoteTracks.set(mid, remote);
+      this.emit("track", remote);
+    });
+    this.subscriber = pc;
+    return pc;
+  }
+
+  _streamOf(identity) {
+    this._streams ??= new Map();
+    if (!this._streams.has(identity)) this._streams.set(identity, new MediaStream());
+    return this._streams.get(identity);
+  }
+
+  /** The MediaStream with everything received from ``identity`` (empty until its tracks arrive). */
+  streamOf(identity) { return this._streamOf(identity); }
+
+  /** Publish every track of ``stream`` (renegotiates when called again with more tracks). */
+  async publish(stream) {
+    if (!this.publisher) this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const pc = this.publisher;
+    for (const track of stream.getTracks()) {
+      if (!this.localTracks.has(track)) {
+        pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+        this.localTracks.set(track, null);
+      }
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    const byMid = new Map(result.tracks.map((t) => [t.mid, t.sid]));
+    for (const tr of pc.getTransceivers()) {
+      const track = tr.sender.track;
+      if (track && byMid.has(tr.mid)) this.localTracks.set(track, byMid.get(tr.mid));
+    }
+    return result.tracks;
+  }
+
+  /** Mute or unmute one of this participant's tracks (the node stops forwarding it; others are told). */
+  async mute(track, muted = true) {
+    const sid = this.localTracks.get(track);
+    if (!sid) throw new LevelChatError("bad_request", "that track is not published");
+    track.enabled = !muted;
+    return this.call("mute", { track: sid, muted });
+  }
+
+  /** Leave the room and release both transports. */
+  async leave() {
+    if (this._closed) return;
+    try { await this.call("leave"); } catch { /* the socket may already be gone */ }
+    this._teardown();
+  }
+
+  _teardown() {
+    this._closed = true;
+    this.publisher?.close();
+    this.subscriber?.close();
+    for (const pending of this._pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(new LevelChatError("signaling/closed", "the signaling connection closed"));
+    }
+    this._pending.clear();
+    if (this.ws.readyState <= 1) this.ws.close(1000, "left");
+  }
+
+  _onClose(ev) {
+    const wasOpen = !this._closed;
+    this._teardown();
+    if (wasOpen) this.emit("disconnected", { reason: ev.reason || "closed", code: ev.code });
+  }
+}
+
+function toError(error) {
+  const problem = error.data ?? null;
+  return new LevelChatError(problem?.code ?? "signaling/rpc-error", problem?.detail ?? error.message, problem);
+}
+
+/**
+ * Connect to a node and join the room named in the token.
+ * @param {string} url the node's base URL ("http://127.0.0.1:7880")
+ * @param {string} token a join token (room:join; room:publish and room:subscribe as needed)
+ * @param {{name?: string}} [options]
+ * @returns {Promise<Room>} the joined room (room.participant, room.participants)
+ */
+export async function connect(url, token, options = {}) {
+  const ws = new WebSocket(wsUrl(url, token));
+  const room = new Room(ws);
+  const refused = new Promise((_, reject) => room.on("error", reject));
+  await Promise.race([
+    new Promise((resolve, reject) => {
+      ws.addEventListener("open", resolve, { once: true });
+      ws.addEventListener("close", (ev) =>
+        reject(new LevelChatError("signaling/connect-failed", `the node refused the connection (${ev.code} ${ev.reason})`)),
+      { once: true });
+    }),
+    refused,
+  ]);
+  const joined = await Promise.race([room.call("join", options.name ? { name: options.name } : {}), refused]);
+  room.participant = joined.participant;
+  for (const p of joined.participants) room.participants.set(p.identity, p);
+  room.joined = joined;
+  return room;
+}
