@@ -15,6 +15,7 @@ from levelchat.errors import ApiError
 from sfu import clock
 from sfu.counters import MediaCounters
 from sfu.routing.downtrack import DownTrack
+from sfu.routing.events import RoomEvent, RoomEventKind, RoomObserver
 from sfu.routing.participant import Participant, PublisherSink, SubscriberSink
 from sfu.routing.rooms import Room, RoomRegistry
 from sfu.routing.simulcast import RidRestrictions, SimulcastGroup, form_groups, groups_of
@@ -26,6 +27,8 @@ from sfu.transport.srtp import SrtpProfile
 from sfu.transport.udp import MediaPort
 
 log = logging.getLogger(__name__)
+#: the remote ufrag of a node-offered transport until the answer names the client's
+_UNKNOWN_UFRAG = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Router:
         self.srtp_profiles = srtp_profiles
         self.loop = loop
         self.participants: dict[str, Participant] = {}  # by sid
+        #: told of joins, publications, leaves and closed rooms (sfu.routing.events)
+        self.observers: list[RoomObserver] = []
 
     def new_transport(self, spec: TransportSpec, now_ms: int) -> PeerTransport:
         return PeerTransport(
@@ -99,6 +104,7 @@ class Router:
         self.participants[participant.sid] = participant
         if previous is not None and previous is not participant:
             self._close(previous, CloseReason.REPLACED, now_ms, release=False)
+        self._emit(RoomEvent(RoomEventKind.JOINED, room, participant))
 
     def attach_publisher(
         self, room: Room, participant: Participant, transport: PeerTransport, tracks: list[TrackSpec], now_ms: int
@@ -127,6 +133,8 @@ class Router:
                 layers.append((track, RidRestrictions.parse(spec.rid_params)))
         form_groups(layers, now_ms)  # simulcast: each layer's ``group``
         self._rebind_room(room, now_ms)
+        added = tuple(t for t in participant.tracks.values() if t.ssrc in {s.ssrc for s in tracks})
+        self._emit(RoomEvent(RoomEventKind.PUBLISHED, room, participant, tracks=added))
 
     def attach_subscriber(
         self,
@@ -193,11 +201,97 @@ class Router:
             if release:
                 self.rooms.release(room, participant, now_ms)
             self._rebind_room(room, now_ms)
+            self._emit(RoomEvent(RoomEventKind.LEFT, room, participant, reason=reason))
 
     def close_room(self, room: Room, reason: CloseReason, now_ms: int) -> None:
-        for p in self.rooms.close(room, now_ms):
+        left = self.rooms.close(room, now_ms)
+        for p in left:
             p.close(reason)
             self.participants.pop(p.sid, None)
+        self._emit(RoomEvent(RoomEventKind.ROOM_CLOSED, room, reason=reason, participants=tuple(left)))
+
+    # -- signaling sessions (sfu.api.rtc): tracks come and go, subscriptions follow -------------
+    def _emit(self, event: RoomEvent) -> None:
+        if event.room.internal:
+            return
+        for observer in list(self.observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not break routing
+                log.exception("room observer failed on %s", event.kind.value)
+
+    def new_offer_transport(self, now_ms: int) -> PeerTransport:
+        """A transport for a node-offered session: its ICE credentials go into the offer before
+        the client's are known; ``complete_offer_transport`` adds them from the answer.  The node
+        is the DTLS server (the answer must say ``a=setup:active``)."""
+        return self.new_transport(
+            TransportSpec(DtlsRole.SERVER, remote_ufrag=_UNKNOWN_UFRAG, remote_fingerprints=[("sha-256", "00")]),
+            now_ms,
+        )
+
+    @staticmethod
+    def complete_offer_transport(
+        transport: PeerTransport, remote_ufrag: str, remote_fingerprints: list[tuple[str, str]]
+    ) -> None:
+        # PeerTransport takes the client's ICE/DTLS identity at construction; a node offer knows
+        # it only from the answer.  Connectivity checks are refused until this runs.
+        transport._remote_ufrag = remote_ufrag
+        transport.dtls.remote_fingerprints = list(remote_fingerprints)
+
+    def attach_offer_subscriber(self, participant: Participant, transport: PeerTransport) -> None:
+        """The participant's (node-offered) subscriber transport; downtracks come and go."""
+        participant.subscriber = transport
+        participant.target_identity = "*"  # never rebound WHEP-style by ``_rebind_room``
+        transport.sink = SubscriberSink(participant, self.counters)
+
+    def subscribe(self, participant: Participant, track: PublishedTrack, spec: DownTrackSpec, now_ms: int) -> DownTrack:
+        """Start forwarding ``track`` to the participant's subscriber transport."""
+        transport = participant.subscriber
+        if transport is None:
+            raise ValueError("the participant has no subscriber transport")
+        dt = DownTrack(
+            peer=transport,
+            kind=spec.kind,
+            mid=spec.mid,
+            ssrc=spec.ssrc,
+            out_payload_types=spec.out_payload_types,
+            out_ext_ids=spec.out_ext_ids,
+            counters=self.counters,
+        )
+        dt.paused = track.muted
+        participant.downtracks.append(dt)
+        dt.bind(track, now_ms)
+        return dt
+
+    @staticmethod
+    def unsubscribe(participant: Participant, dt: DownTrack) -> None:
+        dt.close()
+        if dt in participant.downtracks:
+            participant.downtracks.remove(dt)
+
+    def unpublish(self, room: Room, participant: Participant, track: PublishedTrack, now_ms: int) -> None:
+        """Stop taking ``track`` from its publisher; its subscribers stop receiving it."""
+        if participant.tracks.get(track.ssrc) is not track:
+            return
+        del participant.tracks[track.ssrc]
+        for dt in list(track.downtracks):
+            dt.unbind()
+        self._rebind_room(room, now_ms)
+        self._emit(RoomEvent(RoomEventKind.UNPUBLISHED, room, participant, tracks=(track,)))
+
+    def set_muted(self, room: Room, participant: Participant, track: PublishedTrack, muted: bool, now_ms: int) -> None:
+        """Pause (or resume) forwarding ``track`` to every subscriber; video resumes at a keyframe."""
+        if track.muted == muted:
+            return
+        track.muted = muted
+        for dt in list(track.downtracks):
+            dt.paused = muted
+            if not muted:
+                # a rebind: sequence numbers go on without the gap of the pause, timestamps
+                # advance by the time it lasted, video waits for a keyframe (requested)
+                dt.unbind()
+                dt.bind(track, now_ms)
+        self._emit(RoomEvent(RoomEventKind.MUTED, room, participant, tracks=(track,)))
 
     # -- simulcast layer choice (WHEP's layer route, the signaling's) ------------------------------
     @staticmethod

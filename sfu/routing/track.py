@@ -151,6 +151,8 @@ class PublishedTrack:
         self._keyframe_deferred = False  # a throttled request is still owed
         # the last sender report: (ntp 64-bit, rtp ts, arrival ms)
         self.last_sr: tuple[int, int, int] | None = None
+        #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
+        self.level_meter: Callable[[memoryview, int, int], None] | None = None
 
     # -- hot path --------------------------------------------------------------------------------
     def on_rtp(self, view: memoryview, length: int, now_ms: int) -> None:
@@ -168,6 +170,9 @@ class PublishedTrack:
         else:
             shape = _SHAPE_OTHER
         self.stats.update(seq, ts, now_ms)
+        meter = self.level_meter
+        if meter is not None:
+            meter(view, length, now_ms)
         cache = self.rtx_cache
         if cache is not None:
             cache.put(view, length, seq)
