@@ -248,7 +248,13 @@ export async function connect(url, token, options = {}) {
     }),
     refused,
   ]);
-  const joined = await Promise.race([room.call("join", options.name ? { name: options.name } : {}), refused]);
+  let joined;
+  try {
+    joined = await Promise.race([room.call("join", options.name ? { name: options.name } : {}), refused]);
+  } catch (err) {
+    room._teardown(); // a refused join (room/cap-denied, node_revoked, ...) ends the connection
+    throw err;
+  }
   room.participant = joined.participant;
   for (const p of joined.participants) room.participants.set(p.identity, p);
   room.joined = joined;

@@ -6,11 +6,13 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page
 
 from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM
+from tests.e2e.conftest import token
 
 pytestmark = [
     pytest.mark.browser,
@@ -137,3 +139,26 @@ async def test_three_chromium_participants_see_and_hear_each_other(node: Node, b
     finally:
         for p in pages:
             await p.close()
+
+
+async def test_a_refused_join_shows_the_catalogue_code(node: Node, browser: Browser) -> None:
+    room = "browser-room-cap"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            node.url + "/v1/rooms",
+            json={"room": room, "max_participants": 1},
+            headers={"Authorization": "Bearer " + token(room, "admin", ("room:create",))},
+        ) as resp:
+            assert resp.status == 201
+    first, second = await RoomPage.open(browser, node, "one"), await RoomPage.open(browser, node, "two")
+    try:
+        await first.join(room)
+        await second.page.fill("#room", room)
+        await second.page.fill("#identity", "two")
+        await second.page.click("#join")
+        await second.page.wait_for_selector("#state[data-state=left]", timeout=10000)
+        assert "room/cap-denied: room 'browser-room-cap' is at its cap of 1 participants" in await second.log_text()
+        assert list(node.rooms.rooms[room].participants) == ["one"]
+    finally:
+        await first.close()
+        await second.close()
