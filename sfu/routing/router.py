@@ -233,10 +233,9 @@ class Router:
     def complete_offer_transport(
         transport: PeerTransport, remote_ufrag: str, remote_fingerprints: list[tuple[str, str]]
     ) -> None:
-        # PeerTransport takes the client's ICE/DTLS identity at construction; a node offer knows
-        # it only from the answer.  Connectivity checks are refused until this runs.
-        transport._remote_ufrag = remote_ufrag
-        transport.dtls.remote_fingerprints = list(remote_fingerprints)
+        # a node offer knows the client's ICE/DTLS identity only from the answer; connectivity
+        # checks are refused until this runs
+        transport.set_remote(remote_ufrag, remote_fingerprints)
 
     def attach_offer_subscriber(self, participant: Participant, transport: PeerTransport) -> None:
         """The participant's (node-offered) subscriber transport; downtracks come and go."""

@@ -149,6 +149,14 @@ class PeerTransport:
     def remote_ufrag(self) -> str | None:
         return self._remote_ufrag
 
+    def set_remote(self, ufrag: str, fingerprints: list[tuple[str, str]]) -> None:
+        """The client's ICE ufrag and DTLS fingerprints, when they come after construction (a
+        node-offered transport learns them from the answer).  Only before ICE starts."""
+        if self.state is not TransportState.NEW:
+            raise ValueError("the remote ICE/DTLS identity is fixed once connectivity checks began")
+        self._remote_ufrag = ufrag
+        self.dtls.remote_fingerprints = list(fingerprints)
+
     def on_ice_check(self, addr: Address, check: BindingCheck, now_ms: int) -> None:
         if self.state is TransportState.CLOSED:
             return

@@ -49,7 +49,8 @@ async def test_chromium_publishes_aiortc_receives(
         status, body = await sub.connect()
         assert status == 201, body
         await wait_for(lambda: sub.frames["video"] >= FRAMES and sub.frames["audio"] >= FRAMES, 15, "frames")
-        assert sub.logs["video"].gaps() == []
+        # what the node sent is continuous; a packet the loaded loopback lost is NACKed back in
+        assert sub.logs["video"].missing() == []
         assert sub.logs["audio"].gaps() == []
         if sent_as == "video/VP8":
             assert sub.logs["video"].keyframes_at, "the forwarded stream starts without a keyframe"
@@ -320,7 +321,7 @@ async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser
             await wait_for(
                 lambda w=width, n=start: sub.widths[n:][-10:] == [w] * 10, 10, f"10 new frames {width} wide: {chosen}"
             )
-        assert sub.logs["video"].gaps() == [] and sub.logs["audio"].gaps() == []
+        assert sub.logs["video"].missing() == [] and sub.logs["audio"].gaps() == []
         assert sub.frames["audio"] >= FRAMES
         assert publisher.errors == []
     finally:

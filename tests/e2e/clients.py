@@ -51,6 +51,16 @@ class RtpLog:
     keyframes_at: list[float] = field(default_factory=list)  # arrival of each VP8 keyframe start
     mids: set[str | None] = field(default_factory=set)  # values of the sdes:mid extension seen
 
+    def missing(self) -> list[int]:
+        """Sequence numbers between the first and the last never received, even late (NACKed
+        retransmissions fill holes that loss on a loaded machine can make)."""
+        if not self.packets:
+            return []
+        first = self.packets[0][0]
+        offsets = {(seq - first) & 0xFFFF for seq, _, _ in self.packets}
+        last = max(o for o in offsets if o < 0x8000)
+        return [(first + o) & 0xFFFF for o in range(last + 1) if o not in offsets]
+
     def gaps(self) -> list[tuple[int, int]]:
         """Pairs of consecutive packets whose sequence numbers are not consecutive."""
         out = []
