@@ -21,14 +21,14 @@ from levelchat.tokens import Claims
 from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
-from sfu.api.sessions import SessionService
+from sfu.api.sessions import SessionService, ssrc_track_specs
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.participant import Participant, ParticipantKind
 from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, TrackSpec, TransportSpec
 from sfu.routing.speakers import LevelMeter, Speaker, rank
-from sfu.routing.track import PublishedTrack, TrackCodec
+from sfu.routing.track import PublishedTrack
 from sfu.signaling import sdp
 from sfu.signaling.codecs import HDREXT_AUDIO_LEVEL, CodecPolicy
 from sfu.transport.dtls import DtlsRole
@@ -69,21 +69,7 @@ def _str_param(params: dict[str, Any], name: str, *, max_len: int = 64 * 1024) -
 
 
 def _track_specs(negotiation: sdp.PublishNegotiation) -> list[TrackSpec]:
-    specs = []
-    for track in negotiation.tracks:
-        codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
-        for ssrc in track.ssrcs:
-            specs.append(
-                TrackSpec(
-                    kind=track.kind.value,
-                    mid=track.mid,
-                    ssrc=ssrc,
-                    codecs=codecs,
-                    ext_ids=dict(track.header_extensions),
-                    rtx_ssrc=track.rtx_ssrcs.get(ssrc),
-                )
-            )
-    return specs
+    return [spec for track in negotiation.tracks for spec in ssrc_track_specs(track)]
 
 
 @dataclass

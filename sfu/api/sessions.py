@@ -23,6 +23,22 @@ from sfu.transport.peer import CloseReason, PeerTransport
 MAX_SDP_BYTES = 64 * 1024
 
 
+def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
+    """One TrackSpec per media SSRC the offer signals for a negotiated section."""
+    codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+    return [
+        TrackSpec(
+            kind=track.kind.value,
+            mid=track.mid,
+            ssrc=ssrc,
+            codecs=codecs,
+            ext_ids=dict(track.header_extensions),
+            rtx_ssrc=track.rtx_ssrcs.get(ssrc),
+        )
+        for ssrc in track.ssrcs
+    ]
+
+
 @dataclass
 class MediaSession:
     """One WHIP or WHEP resource (``/whip/{room}/{id}``)."""
@@ -113,17 +129,7 @@ class SessionService:
                         rid_params=rid_params.get(rid, ""),
                     )
                 )
-            for ssrc in track.ssrcs:
-                specs.append(
-                    TrackSpec(
-                        kind=track.kind.value,
-                        mid=track.mid,
-                        ssrc=ssrc,
-                        codecs=codecs,
-                        ext_ids=dict(track.header_extensions),
-                        rtx_ssrc=track.rtx_ssrcs.get(ssrc),
-                    )
-                )
+            specs.extend(ssrc_track_specs(track))
         if not specs:
             raise ApiError(
                 "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"
