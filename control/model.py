@@ -209,15 +209,29 @@ class NodeRegistration:
 MAX_LIVE_ROOMS = 10_000
 
 
-def _parse_live_rooms(value: object) -> tuple[str, ...]:
+def _parse_str_list(
+    value: object, limit: int, pattern: re.Pattern[str], too_many: str, bad_item: str
+) -> tuple[str, ...]:
+    """An optional JSON list of strings matching ``pattern``; messages take ``{item!r}``."""
     if value is None:
         return ()
-    if not isinstance(value, list) or len(value) > MAX_LIVE_ROOMS:
-        raise ValueError(f"field 'rooms' must be a list of at most {MAX_LIVE_ROOMS} room ids")
-    for room in value:
-        if not isinstance(room, str) or not ROOM_ID_RE.fullmatch(room):
-            raise ValueError(f"field 'rooms' has an invalid room id: {room!r}")
-    return tuple(dict.fromkeys(value))
+    if not isinstance(value, list) or len(value) > limit:
+        raise ValueError(too_many)
+    for item in value:
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            raise ValueError(bad_item.format(item=item))
+    return tuple(value)
+
+
+def _parse_live_rooms(value: object) -> tuple[str, ...]:
+    rooms = _parse_str_list(
+        value,
+        MAX_LIVE_ROOMS,
+        ROOM_ID_RE,
+        f"field 'rooms' must be a list of at most {MAX_LIVE_ROOMS} room ids",
+        "field 'rooms' has an invalid room id: {item!r}",
+    )
+    return tuple(dict.fromkeys(rooms))
 
 
 @dataclass(frozen=True)
@@ -295,14 +309,13 @@ class Node:
 
 
 def _parse_codecs(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_CODECS:
-        raise ValueError(f"field 'codecs' must be a list of at most {MAX_CODECS} codec names")
-    for c in value:
-        if not isinstance(c, str) or not CODEC_RE.fullmatch(c):
-            raise ValueError(f"codec {c!r} must be 1 to 32 letters, digits, '.', '_' or '-'")
-    return tuple(value)
+    return _parse_str_list(
+        value,
+        MAX_CODECS,
+        CODEC_RE,
+        f"field 'codecs' must be a list of at most {MAX_CODECS} codec names",
+        "codec {item!r} must be 1 to 32 letters, digits, '.', '_' or '-'",
+    )
 
 
 @dataclass(frozen=True)
