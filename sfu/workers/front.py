@@ -18,6 +18,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -55,7 +56,10 @@ DRAIN_MARGIN_S = 5.0
 
 class Front:
     def __init__(self, config: NodeConfig) -> None:
-        self.config = config
+        n = config.worker_count
+        #: the node as a whole: ``max_rooms`` and ``max_participants`` apply to each worker, so the
+        #: node's capacity (what the agent registers) is theirs times the number of workers
+        self.config = replace(config, max_rooms=config.max_rooms * n, max_participants=config.max_participants * n)
         self.verifier = TokenVerifier([ApiKey(k, s) for k, s in config.api_keys.items()], config.project)
         self.pins = PinTable()
         self.supervisor = Supervisor(

@@ -290,6 +290,8 @@ async def test_the_control_plane_sees_one_node_with_the_summed_load(tmp_path: Pa
             nodes = await control_nodes(control.url)
             assert list(nodes) == ["multi-cp"]  # one node, not one per worker
             assert nodes["multi-cp"]["url"] == node.url
+            # capacity: each worker's limits (the defaults, 200 rooms and 1000 participants), twice
+            assert nodes["multi-cp"]["capacity"] == {"max_rooms": 400, "max_participants": 2000}
             # a room placed by the control plane is created through the front
             reply = await call("POST", control.url + "/v1/rooms", {"room": "cp-three"}, token=admin_token())
             assert reply.status == 201, reply.body
