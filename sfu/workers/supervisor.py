@@ -46,7 +46,19 @@ class WorkerState(enum.Enum):
 
 
 def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process, from ``/proc/<pid>/stat`` (None: not readable)."""
+    """CPU seconds of a process, all threads: ``/proc/<pid>/task/*/schedstat`` (nanoseconds), else
+    user + system from ``/proc/<pid>/stat`` (clock ticks).  None: not readable (gone)."""
+    try:
+        total_ns = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total_ns += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended between listing and reading
+        if total_ns:
+            return total_ns / 1e9
+    except OSError:
+        pass
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:

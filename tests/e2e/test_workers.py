@@ -280,9 +280,9 @@ async def test_the_control_plane_sees_one_node_with_the_summed_load(tmp_path: Pa
 
             deadline = time.monotonic() + 10
             seen = await load()
-            while (seen["rooms"], seen["participants"], seen["packets_per_s"] > 0) != (2, 3, True) and (
-                time.monotonic() < deadline
-            ):
+            while (seen["rooms"], seen["participants"], seen["packets_per_s"] > 0, seen["cpu"] > 0) != (
+                2, 3, True, True
+            ) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 seen = await load()
             assert (seen["rooms"], seen["participants"]) == (2, 3)
@@ -297,6 +297,19 @@ async def test_the_control_plane_sees_one_node_with_the_summed_load(tmp_path: Pa
             assert reply.status == 201, reply.body
             rooms = (await call("GET", node.url + "/v1/rooms")).body["rooms"]
             assert sorted(r["room"] for r in rooms) == ["cp-one", "cp-three", "cp-two"]
+            # revoked by an operator: every worker refuses new work, live sessions go on
+            assert (await call("DELETE", control.url + "/v1/nodes/multi-cp")).status in (200, 204)
+            deadline = time.monotonic() + 10
+            refused = None
+            while time.monotonic() < deadline:
+                refused = await call("POST", node.url + "/v1/rooms", {"room": "cp-after-revoke"})
+                if refused.status == 410:
+                    break
+                await asyncio.sleep(0.2)
+            assert refused is not None and (refused.status, refused.body["code"]) == (410, "node_revoked")
+            ready = await call("GET", node.url + "/readyz")
+            assert (ready.status, ready.body["reason"]) == (503, "revoked")
+            assert pubs[0].pc.connectionState == "connected"
         finally:
             await sub.close()
             for pub in pubs:
