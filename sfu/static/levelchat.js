@@ -98,6 +98,8 @@ export class Room extends Emitter {
     this.subscriber = null;
     this.localTracks = new Map(); // MediaStreamTrack -> published track sid
     this.dataChannels = { reliable: null, lossy: null };
+    /** Resolves when the data channels are open (or failed to: an "error" event says why). */
+    this.dataReady = Promise.resolve();
     this._nextId = 1;
     this._pending = new Map();
     this._offers = Promise.resolve(); // offers are answered one after the other
@@ -264,6 +266,7 @@ export class Room extends Emitter {
 
   /** Publish every track of ``stream`` (renegotiates when called again with more tracks). */
   async publish(stream) {
+    await this.dataReady; // one negotiation of the publisher transport at a time
     const pc = this._publisher();
     for (const track of stream.getTracks()) {
       if (!this.localTracks.has(track)) {
@@ -353,11 +356,10 @@ export async function connect(url, token, options = {}) {
   for (const p of joined.participants) room.participants.set(p.identity, p);
   room.joined = joined;
   if (options.data !== false) {
-    try {
-      await room.openData();
-    } catch (err) {
+    // in the background, so that handlers the caller adds now see the first offer's tracks
+    room.dataReady = room.openData().catch((err) => {
       room.emit("error", err instanceof LevelChatError ? err : new LevelChatError("data/open-failed", String(err)));
-    }
+    });
   }
   return room;
 }
