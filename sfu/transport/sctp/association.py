@@ -14,7 +14,8 @@ Robustness: a packet with a bad CRC32c, wrong ports or wrong verification tag, a
 chunk, a chunk in the wrong state or a message over ``max_message_size`` is dropped and counted
 in ``stats.drops`` by reason; nothing here raises on input.  Memory is bounded: the receive side
 holds at most ``receive_window`` bytes and ``max_held_chunks`` chunks (more is dropped unacked,
-so the peer retransmits), the send side at most ``max_buffered_bytes`` (``send_message`` refuses
+so the peer retransmits; the next TSN in sequence is always given room up to twice
+those), the send side at most ``max_buffered_bytes`` (``send_message`` refuses
 more: ``SendOutcome.BUFFER_FULL``).
 """
 
@@ -253,6 +254,7 @@ class Association:
         config: SctpConfig | None = None,
         *,
         stats: SctpStats | None = None,
+        initial_tsn: int | None = None,
     ) -> None:
         self.config = config or SctpConfig()
         self.stats = stats or SctpStats()
@@ -266,7 +268,7 @@ class Association:
         self.peer_supports_reconfig = False
         self._ever_established = False
         # send side
-        self.initial_tsn = secrets.randbits(32)
+        self.initial_tsn = secrets.randbits(32) if initial_tsn is None else initial_tsn & 0xFFFFFFFF
         self._next_tsn = self.initial_tsn
         self._cum_ack = tsn_add(self.initial_tsn, -1)
         self._adv_peer_ack = self._cum_ack
@@ -299,6 +301,7 @@ class Association:
         self._dups: list[int] = []
         self._held: dict[int, DataChunk] = {}
         self._held_bytes = 0
+        self._waiting = 0  # complete ordered messages waiting for an earlier one
         self._in_ssn: dict[int, int] = {}
         self._ordered: dict[int, dict[int, tuple[int, bytes] | None]] = {}
         # stream reset (RFC 6525)
@@ -611,7 +614,7 @@ class Association:
         self._inflight.clear()
         self._held.clear()
         self._ordered.clear()
-        self._held_bytes = self.buffered_bytes = self._flight_bytes = 0
+        self._held_bytes = self.buffered_bytes = self._flight_bytes = self._waiting = 0
         events.append(Closed(reason))
 
     def _start_control(self, chunk: Chunk, tag: int, now_ms: int) -> None:
@@ -657,10 +660,12 @@ class Association:
                 self._dups.append(tsn)
             return
         size = len(chunk.data)
+        # the next TSN in sequence gets twice the room: refusing it could stall the association
+        room = 2 if tsn == tsn_add(self._peer_cum, 1) else 1
         if (
             tsn_diff(tsn, self._peer_cum) > 65535
-            or len(self._held) >= self.config.max_held_chunks
-            or self._held_bytes + size > self.config.receive_window
+            or len(self._held) + self._waiting >= room * self.config.max_held_chunks
+            or self._held_bytes + size > room * self.config.receive_window
         ):
             drops[SctpDrop.RECEIVE_WINDOW_FULL] += 1
             return
@@ -717,6 +722,11 @@ class Association:
                 events.append(MessageReceived(c.stream, ppid, data, True))
             return
         waiting = self._ordered.setdefault(c.stream, {})
+        previous = waiting.pop(c.ssn, None) if c.ssn in waiting else None
+        if previous is not None:  # a second message with that SSN: a broken peer, keep the last
+            self._held_bytes -= len(previous[1])
+        else:
+            self._waiting += 1
         if too_large:
             waiting[c.ssn] = None
         else:
@@ -731,6 +741,7 @@ class Association:
         expected = self._in_ssn.get(stream, 0)
         while expected in waiting:
             item = waiting.pop(expected)
+            self._waiting -= 1
             if item is not None:
                 self._held_bytes -= len(item[1])
                 events.append(MessageReceived(stream, item[0], item[1], False))
@@ -762,6 +773,7 @@ class Association:
         due = sorted((k for k in waiting if not ssn_gt(k, ssn) and not ssn_gt(expected, k)), key=lambda k: (k - expected) & 0xFFFF)
         for k in due:
             item = waiting.pop(k)
+            self._waiting -= 1
             if item is not None:
                 self._held_bytes -= len(item[1])
                 events.append(MessageReceived(stream, item[0], item[1], False))
@@ -1045,7 +1057,9 @@ class Association:
         streams = request.streams or tuple(self._in_ssn)
         for s in streams:
             self._in_ssn[s] = 0
-            for item in (self._ordered.pop(s, None) or {}).values():
+            dropped = self._ordered.pop(s, None) or {}
+            self._waiting -= len(dropped)
+            for item in dropped.values():
                 if item is not None:
                     self._held_bytes -= len(item[1])
         events.append(StreamsReset(tuple(streams)))

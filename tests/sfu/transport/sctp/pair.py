@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sfu.transport.sctp.association import Association, Event, SctpConfig, SctpStats
+from sfu.transport.sctp.association import Association, Event, MessageReceived, SctpConfig, SctpStats
 
 Drop = Callable[[int, bytes], bool]  # (index of the packet on that direction, bytes) -> lose it
 
@@ -20,14 +20,16 @@ class Side:
 
 
 class Pair:
-    def __init__(self, a: SctpConfig | None = None, b: SctpConfig | None = None) -> None:
+    def __init__(
+        self, a: SctpConfig | None = None, b: SctpConfig | None = None, *, tsn_a: int | None = None, tsn_b: int | None = None
+    ) -> None:
         self.now = 1_000
-        self.a = self._side(a)
-        self.b = self._side(b)
+        self.a = self._side(a, tsn_a)
+        self.b = self._side(b, tsn_b)
 
-    def _side(self, config: SctpConfig | None) -> Side:
+    def _side(self, config: SctpConfig | None, tsn: int | None) -> Side:
         side: Side
-        assoc = Association(lambda p: self._out(side, p), config, stats=SctpStats())
+        assoc = Association(lambda p: self._out(side, p), config, stats=SctpStats(), initial_tsn=tsn)
         side = Side(assoc)
         return side
 
@@ -60,6 +62,9 @@ class Pair:
                 if t is not None and t <= self.now:
                     side.events += side.assoc.handle_timeout(self.now)
         self.deliver()
+
+    def messages(self, side: Side, stream: int | None = None) -> list[bytes]:
+        return [e.data for e in side.events if isinstance(e, MessageReceived) and (stream is None or e.stream == stream)]
 
     def connect(self, both: bool = False) -> None:
         self.a.assoc.connect(self.now)
