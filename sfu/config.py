@@ -66,6 +66,10 @@ class NodeConfig:
     #: forwarding worker processes: an integer >= 1, or "auto" (one per core); with more than one,
     #: ``python -m sfu`` is a front process (``sfu.workers``) and worker i uses ``media_port + i``
     workers: int | str = 1
+    #: data channels: each participant's relayed messages and bytes per second (token buckets
+    #: holding two seconds' worth); more is dropped and counted
+    data_messages_per_s: float = 100.0
+    data_bytes_per_s: float = 1_048_576.0
 
     def validate(self) -> None:
         for name in ("http_port", "media_port"):
@@ -122,6 +126,8 @@ class NodeConfig:
             raise ConfigError(f"control_url: {self.control_url!r} must be an http(s) URL")
         if self.dtls_role not in ("passive", "active"):
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
+        if self.data_messages_per_s <= 0 or self.data_bytes_per_s <= 0:
+            raise ConfigError("data_messages_per_s and data_bytes_per_s must be positive")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

@@ -9,6 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from sfu.counters import Direction, DropReason, MediaCounters
+from sfu.routing.data import DataCounters, DataDrop, DataKind
+from sfu.transport.sctp.association import SctpDrop, SctpStats
 
 PREFIX = "levelchat_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -82,3 +84,43 @@ def make_registry(collector: Collector) -> CollectorRegistry:
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+class DataCollector(Collector):
+    """Data channel counters: relayed messages, drops by reason, SCTP input refused by reason."""
+
+    def __init__(self, counters: DataCounters, sctp: SctpStats, gauges: Callable[[], dict[str, float]]) -> None:
+        self._c = counters
+        self._sctp = sctp
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        c, s = self._c, self._sctp
+        for name, value in self._gauges().items():
+            g = GaugeMetricFamily(PREFIX + name, name.replace("_", " "))
+            g.add_metric([], value)
+            yield g
+        rx = CounterMetricFamily(PREFIX + "sfu_data_messages_received", "data messages received", labels=["kind"])
+        relayed = CounterMetricFamily(
+            PREFIX + "sfu_data_messages_relayed", "data messages delivered to a participant", labels=["kind"]
+        )
+        for kind in DataKind:
+            rx.add_metric([kind.name.lower()], c.received[kind])
+            relayed.add_metric([kind.name.lower()], c.relayed[kind])
+        yield rx
+        yield relayed
+        yield CounterMetricFamily(PREFIX + "sfu_data_bytes_relayed", "data payload bytes relayed", value=c.bytes_relayed)
+        drops = CounterMetricFamily(PREFIX + "sfu_data_messages_dropped", "data messages not relayed", labels=["reason"])
+        for reason in DataDrop:
+            drops.add_metric([reason.name.lower()], c.drops[reason])
+        yield drops
+        sctp = CounterMetricFamily(PREFIX + "sfu_sctp_dropped", "SCTP input refused", labels=["reason"])
+        for why in SctpDrop:
+            sctp.add_metric([why.name.lower()], s.drops[why])
+        yield sctp
+        yield CounterMetricFamily(PREFIX + "sfu_sctp_packets_received", "SCTP packets received", value=s.packets_in)
+        yield CounterMetricFamily(PREFIX + "sfu_sctp_packets_sent", "SCTP packets sent", value=s.packets_out)
+        yield CounterMetricFamily(PREFIX + "sfu_sctp_retransmissions", "SCTP chunks retransmitted", value=s.retransmissions)
+        yield CounterMetricFamily(
+            PREFIX + "sfu_sctp_messages_abandoned", "partially reliable messages given up", value=s.abandoned
+        )

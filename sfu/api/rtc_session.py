@@ -20,6 +20,7 @@ from levelchat.errors import ApiError
 from levelchat.tokens import Claims
 from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
+from sfu.api.rtc_data import DataService, data_only_offer, data_section
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
 from sfu.api.sessions import SessionService, ssrc_track_specs
 from sfu.routing.downtrack import DownTrack
@@ -162,13 +163,16 @@ class RtcSession:
 
     async def publish(self, params: dict[str, Any]) -> dict[str, Any]:
         room, participant = self._joined()
-        self.claims.require("room:publish")
-        offer = SessionService.parse_offer(_str_param(params, "sdp"))
+        text = _str_param(params, "sdp")
+        can_publish = "room:publish" in self.claims.scopes
+        if not can_publish and not data_only_offer(text):
+            self.claims.require("room:publish")  # data channels alone: received by anyone, sent with the scope
+        offer = SessionService.parse_offer(text)
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
-        if not negotiation.tracks:
-            raise ApiError("bad_request", "the offer sends no audio or video")
+        if not negotiation.tracks and not negotiation.datachannel:
+            raise ApiError("bad_request", "the offer sends no audio, video or data channel")
         specs = _track_specs(negotiation)
-        if not specs:
+        if negotiation.tracks and not specs:
             raise ApiError("bad_request", "the offer signals no SSRC for its media (a=ssrc lines are required)")
         router = self.service.node.router
         now = clock.now_ms()
@@ -192,8 +196,10 @@ class RtcSession:
                     router.unpublish(room, participant, track, now)
             have = {(t.mid, t.ssrc) for t in participant.tracks.values()}
             added = [s for s in specs if (s.mid, s.ssrc) not in have]
-        if added:
+        if added or participant.publisher is None:
             router.attach_publisher(room, participant, transport, added, now)
+        if negotiation.datachannel:
+            self.service.data.attach(participant, transport, data_section(offer), can_send=can_publish)
         by_mid = {t.mid: t for t in negotiation.tracks}
         for track in participant.tracks.values():
             if track.sid not in self.service.published and track.mid in by_mid:
@@ -342,15 +348,19 @@ class RtcService:
         self._last_speakers: dict[str, tuple[str, ...]] = {}
         self._told_draining = ""
         self._task: asyncio.Task[None] | None = None
+        self.data = DataService(node)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.node.router.observers.append(self.on_event)
+        self.node.router.observers.append(self.data.on_event)
         self._task = asyncio.get_running_loop().create_task(self._periodic())
 
     async def stop(self) -> None:
         if self.on_event in self.node.router.observers:
             self.node.router.observers.remove(self.on_event)
+        if self.data.on_event in self.node.router.observers:
+            self.node.router.observers.remove(self.data.on_event)
         if self._task is not None:
             self._task.cancel()
             try:

@@ -7,6 +7,8 @@
 //
 // ES module, no build step. Two RTCPeerConnections: the publisher (this page offers) and the
 // subscriber (the node offers whenever the set of tracks to receive changes; answered here).
+// The publisher is opened at join with two data channels, "_reliable" (ordered) and "_lossy"
+// (unordered, no retransmission): room.sendData(...) and the "data" event use them.
 
 /** An error with a catalogue code (shared/error-reference.txt), e.g. "room/cap-denied". */
 export class LevelChatError extends Error {
@@ -19,6 +21,42 @@ export class LevelChatError extends Error {
 }
 
 const RPC_TIMEOUT_MS = 10000;
+const DATA_OPEN_TIMEOUT_MS = 10000;
+const ENVELOPE_VERSION = 1;
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+// Data envelopes (docs/signaling.md): every header byte is below 0x80, so a string message
+// stays valid UTF-8. Identities are (length >> 7, length & 127, UTF-8 bytes).
+function identityBytes(identity) {
+  const raw = utf8.encode(identity);
+  const out = new Uint8Array(2 + raw.length);
+  out[0] = raw.length >> 7;
+  out[1] = raw.length & 0x7f;
+  out.set(raw, 2);
+  return out;
+}
+
+function concatBytes(parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) { out.set(p, off); off += p.length; }
+  return out;
+}
+
+/** client -> node: version, destination count, destinations, payload. */
+function outgoingHeader(destinations) {
+  if (destinations.length > 127) throw new LevelChatError("bad_request", "at most 127 destinations");
+  return concatBytes([Uint8Array.of(ENVELOPE_VERSION, destinations.length), ...destinations.map(identityBytes)]);
+}
+
+/** node -> client: {from, payload bytes} */
+function parseIncoming(bytes) {
+  if (bytes.length < 3 || bytes[0] !== ENVELOPE_VERSION) return null;
+  const n = (bytes[1] << 7) | bytes[2];
+  if (3 + n > bytes.length) return null;
+  return { from: fromUtf8.decode(bytes.subarray(3, 3 + n)), payload: bytes.subarray(3 + n) };
+}
 
 function wsUrl(url, token) {
   const u = new URL("/v1/rtc", url);
@@ -42,7 +80,8 @@ class Emitter {
 }
 
 /**
- * A joined room. Events: "participant_joined" {participant}, "participant_left" {participant, reason},
+ * A joined room. Events: "data" {from, data, reliable} (data: a string or a Uint8Array, as sent),
+ * "participant_joined" {participant}, "participant_left" {participant, reason},
  * "track" {participant, kind, trackSid, stream, track, mid}, "track_removed" {participant, trackSid, mid},
  * "track_muted" {participant, track, muted}, "active_speakers" {speakers}, "disconnected" {reason, code},
  * "node_draining" {reason}, "error" LevelChatError.
@@ -58,6 +97,9 @@ export class Room extends Emitter {
     this.publisher = null;
     this.subscriber = null;
     this.localTracks = new Map(); // MediaStreamTrack -> published track sid
+    this.dataChannels = { reliable: null, lossy: null };
+    /** Resolves when the data channels are open (or failed to: an "error" event says why). */
+    this.dataReady = Promise.resolve();
     this._nextId = 1;
     this._pending = new Map();
     this._offers = Promise.resolve(); // offers are answered one after the other
@@ -168,10 +210,64 @@ export class Room extends Emitter {
   /** The MediaStream with everything received from ``identity`` (empty until its tracks arrive). */
   streamOf(identity) { return this._streamOf(identity); }
 
+  _publisher() {
+    if (!this.publisher) this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    return this.publisher;
+  }
+
+  /** Open the publisher transport with the two data channels (connect() does it at join). */
+  async openData() {
+    const pc = this._publisher();
+    if (this.dataChannels.reliable) return;
+    const reliable = pc.createDataChannel("_reliable");
+    const lossy = pc.createDataChannel("_lossy", { ordered: false, maxRetransmits: 0 });
+    this.dataChannels = { reliable, lossy };
+    for (const [channel, isReliable] of [[reliable, true], [lossy, false]]) {
+      channel.binaryType = "arraybuffer";
+      channel.addEventListener("message", (ev) => this._onData(ev.data, isReliable));
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    await Promise.all([reliable, lossy].map((ch) => new Promise((resolve, reject) => {
+      if (ch.readyState === "open") { resolve(); return; }
+      const timer = setTimeout(() => reject(new LevelChatError("data/open-timeout", `${ch.label} did not open`)), DATA_OPEN_TIMEOUT_MS);
+      ch.addEventListener("open", () => { clearTimeout(timer); resolve(); }, { once: true });
+    })));
+  }
+
+  _onData(raw, reliable) {
+    const isText = typeof raw === "string";
+    const msg = parseIncoming(isText ? utf8.encode(raw) : new Uint8Array(raw));
+    if (!msg) return;
+    const data = isText ? fromUtf8.decode(msg.payload) : msg.payload;
+    this.emit("data", { from: msg.from, data, reliable });
+  }
+
+  /**
+   * Send a message to every other participant (or to ``destinations``, a list of identities).
+   * ``data``: a string, an ArrayBuffer or a Uint8Array; it arrives as it was sent. Needs
+   * room:publish (without it the node drops what is sent). ``reliable: false`` uses the lossy
+   * channel (unordered, not retransmitted).
+   */
+  sendData(data, { reliable = true, destinations = [] } = {}) {
+    const channel = reliable ? this.dataChannels.reliable : this.dataChannels.lossy;
+    if (!channel || channel.readyState !== "open") {
+      throw new LevelChatError("data/not-open", "the data channels are not open");
+    }
+    const header = outgoingHeader(destinations);
+    if (typeof data === "string") {
+      channel.send(fromUtf8.decode(header) + data);
+    } else {
+      const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      channel.send(concatBytes([header, bytes]));
+    }
+  }
+
   /** Publish every track of ``stream`` (renegotiates when called again with more tracks). */
   async publish(stream) {
-    if (!this.publisher) this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
-    const pc = this.publisher;
+    await this.dataReady; // one negotiation of the publisher transport at a time
+    const pc = this._publisher();
     for (const track of stream.getTracks()) {
       if (!this.localTracks.has(track)) {
         pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
@@ -232,13 +328,14 @@ function toError(error) {
  * Connect to a node and join the room named in the token.
  * @param {string} url the node's base URL ("http://127.0.0.1:7880")
  * @param {string} token a join token (room:join; room:publish and room:subscribe as needed)
- * @param {{name?: string}} [options]
+ * @param {{name?: string, data?: boolean}} [options] data: false skips opening the data channels
  * @returns {Promise<Room>} the joined room (room.participant, room.participants)
  */
 export async function connect(url, token, options = {}) {
   const ws = new WebSocket(wsUrl(url, token));
   const room = new Room(ws);
   const refused = new Promise((_, reject) => room.on("error", reject));
+  refused.catch(() => {}); // later errors are the "error" event's, not this promise's
   await Promise.race([
     new Promise((resolve, reject) => {
       ws.addEventListener("open", resolve, { once: true });
@@ -258,5 +355,11 @@ export async function connect(url, token, options = {}) {
   room.participant = joined.participant;
   for (const p of joined.participants) room.participants.set(p.identity, p);
   room.joined = joined;
+  if (options.data !== false) {
+    // in the background, so that handlers the caller adds now see the first offer's tracks
+    room.dataReady = room.openData().catch((err) => {
+      room.emit("error", err instanceof LevelChatError ? err : new LevelChatError("data/open-failed", String(err)));
+    });
+  }
   return room;
 }

@@ -1,0 +1,6 @@
+"""SCTP over DTLS for WebRTC data channels (RFC 8261, RFC 8831, RFC 8832), sans-I/O.
+
+``chunks`` and ``packet`` parse and build the wire format; ``association`` is the state machine
+(fed packets and ``now_ms``, it returns packets to send and events); ``dcep`` and ``channels`` put
+data channels on top of it.
+"""
