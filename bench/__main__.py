@@ -1,4 +1,4 @@
-"""``python -m bench``: the forwarding-throughput comparison (see bench/README.md)."""
+"""``python -m bench``: the forwarding-throughput comparison and ``run``, the load generator (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 
 from bench.compare import Workload, compare, default_targets, table
+from bench.loadgen import cli as loadgen_cli
 
 
 def _fanouts(text: str) -> list[int]:
@@ -40,11 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes")
         cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")
         cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
+    loadgen_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return loadgen_cli.main(args)
     targets = default_targets([t for t in args.targets.split(",") if t])
     results = []
     for fanout in args.fanout:
