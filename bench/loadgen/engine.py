@@ -33,9 +33,10 @@ from bench.loadgen.wire import (
     StreamWriter,
     bucket,
 )
-from bench.mmsg import Ring, sockaddr_in
+from bench.mmsg import EAGAIN, Ring, sockaddr_in
 from bench.proc import self_cpu_seconds
 from bench.srtpkit import SLOT_SIZE, InplaceSession, Key
+from sfu.transport.mmsg import MSG_DONTWAIT, ffi, libc
 
 SEND_SLOTS = 64
 RECV_SLOTS = 64
@@ -82,6 +83,18 @@ class Counters:
         }
 
 
+class RecvRing(Ring):
+    """A receive-only ring: its iovec lengths stay SLOT_SIZE, so ``recv`` does not reset them."""
+
+    def recv(self, fd: int, vlen: int) -> int:
+        n = int(libc.recvmmsg(fd, self.msgs, vlen, MSG_DONTWAIT, ffi.NULL))
+        if n < 0:
+            if ffi.errno == EAGAIN:
+                return 0
+            raise OSError(ffi.errno, "recvmmsg failed")
+        return n
+
+
 class _RxStream:
     """One SSRC at a receiver: the node's sequence and its relation to the payload sequence."""
 
@@ -110,9 +123,11 @@ class Receiver:
         self.ssrcs: dict[int, _RxStream] = {}
 
     def drain(self, ring: Ring) -> int:
+        """Read and check what is queued; a short batch ends it (epoll reports the socket again)."""
         view, c, ssrcs, every = ring.view, self.counters, self.ssrcs, self.every
         total = 0
-        while True:
+        n = ring.count
+        while n == ring.count:
             n = ring.recv(self.fd, ring.count)
             if n == 0:
                 return total
@@ -149,6 +164,7 @@ class Receiver:
                     c.recv[st.stream] += 1
                     continue
                 self._verify(ring, i, off, st, seq16, recv_ns)
+        return total
 
     def _verify(self, ring: Ring, i: int, off: int, st: _RxStream, seq16: int, recv_ns: int) -> None:
         c = self.counters
@@ -252,7 +268,7 @@ class Engine:
         for s in senders:
             if s.remote not in self.rings:
                 self.rings[s.remote] = Ring(SEND_SLOTS, dests=[sockaddr_in(*s.remote)])
-        self.rx_ring = Ring(RECV_SLOTS)
+        self.rx_ring = RecvRing(RECV_SLOTS)
         self.stop_requested = False
 
     def run(self, seconds: float, drain_s: float, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

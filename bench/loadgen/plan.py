@@ -19,6 +19,9 @@ AUDIO_PT = 111
 VIDEO_PT = 96
 #: simulcast layers, top first, and their share of the video bitrate
 LAYERS = (("f", 1.0), ("h", 0.25), ("q", 0.0625))
+#: the a=rid restrictions the offer gives each layer (the node ranks layers by them)
+RID_RESTRICTIONS = {"f": "max-width=1280;max-height=720", "h": "max-width=640;max-height=360",
+                    "q": "max-width=320;max-height=180"}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from bench.loadgen.plan import AUDIO_PT, VIDEO_PT, Publisher, Stream, Subscriber
+from bench.loadgen.plan import AUDIO_PT, RID_RESTRICTIONS, VIDEO_PT, Publisher, Stream, Subscriber
 from bench.loadgen.wire import MID_EXT_ID, RID_EXT_ID
 from bench.session import PROFILE, SOCKET_BUFFER, SessionError
 from bench.srtpkit import Key
@@ -67,8 +67,9 @@ def publish_offer(ep: LiteEndpoint, streams: list[Stream]) -> str:
         lines += ["a=sendonly", "a=msid:lg video", "a=rtcp-mux", f"a=rtpmap:{VIDEO_PT} VP8/90000",
                   f"a=rtcp-fb:{VIDEO_PT} nack", f"a=rtcp-fb:{VIDEO_PT} nack pli"]
         if video[0].rid:
-            lines += [f"a=rid:{s.rid} send" for s in video]
-            lines.append("a=simulcast:send " + ";".join(s.rid for s in video))
+            low_first = video[::-1]
+            lines += [f"a=rid:{s.rid} send {RID_RESTRICTIONS.get(s.rid, '')}".rstrip() for s in low_first]
+            lines.append("a=simulcast:send " + ";".join(s.rid for s in low_first))
         else:
             lines.append(f"a=ssrc:{video[0].ssrc} cname:lg")
         sections.append(lines)
