@@ -44,6 +44,8 @@ KEEPALIVE_S = 5.0
 STATS_EVERY_S = 1.0
 #: longest the loop sleeps in epoll while nothing is due
 MAX_WAIT_S = 0.005
+#: after sending, receivers read until ``drain_s`` of silence, but at most this much longer
+MAX_BACKLOG_S = 10.0
 _SSRC = struct.Struct("!I")
 
 
@@ -272,14 +274,16 @@ class Engine:
         self.stop_requested = False
 
     def run(self, seconds: float, drain_s: float, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Send for ``seconds``, keep receiving ``drain_s`` longer; ``emit`` gets a snapshot each second."""
+        """Send for ``seconds``, then receive until ``drain_s`` of silence (a backlog in the sockets is
+        read, not counted as lost; at most ``MAX_BACKLOG_S`` more); ``emit`` gets a snapshot each second."""
         if not 0 < seconds <= 3600 or not 0 <= drain_s <= 60:
             raise ValueError(f"seconds must be in (0, 3600] and drain_s in [0, 60], got {seconds}, {drain_s}")
         selector = selectors.EpollSelector()
         for r in self.receivers:
             selector.register(r.fd, selectors.EVENT_READ, r)
         t0 = time.monotonic()
-        send_end, end = t0 + seconds, t0 + seconds + drain_s
+        send_end, end = t0 + seconds, t0 + seconds + drain_s + MAX_BACKLOG_S
+        last_rx = t0
         heap: list[tuple[float, int]] = []
         n = max(1, len(self.senders))
         for idx, s in enumerate(self.senders):
@@ -290,7 +294,7 @@ class Engine:
         rx_ring = self.rx_ring
         cpu0 = self_cpu_seconds()
         now = t0
-        while now < end and not self.stop_requested:
+        while now < end and not self.stop_requested and (now < send_end or now - last_rx < drain_s):
             while heap and heap[0][0] <= now and now < send_end:
                 _, idx = heapq.heappop(heap)
                 s = self.senders[idx]
@@ -300,7 +304,10 @@ class Engine:
                 wait = min(wait, max(0.0, heap[0][0] - now))
             for key, _ in selector.select(wait):
                 key.data.drain(rx_ring)
+                last_rx = -1.0
             now = time.monotonic()
+            if last_rx < 0:
+                last_rx = now
             if now >= next_stats:
                 emit(self.snapshot(now - t0, cpu0))
                 next_stats += STATS_EVERY_S

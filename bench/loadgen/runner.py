@@ -17,6 +17,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,27 @@ from bench.targets import REPO_ROOT
 #: setup (sessions up) of one step may take this long
 SETUP_TIMEOUT_S = 180.0
 #: past seconds + drain, workers must have reported their final counters within this
-FINISH_GRACE_S = 30.0
+FINISH_GRACE_S = 40.0
+
+
+class Sampler:
+    """Samples the node(s) once a second on its own thread: a busy node's slow /metrics answer
+    must not hold up the progress line (the line then shows the last complete sample)."""
+
+    def __init__(self, probes: list[NodeProbe]) -> None:
+        self.probes = probes
+        self.latest = [p.sample() for p in probes]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="node-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self.latest = [p.sample() for p in self.probes]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 class StepError(RuntimeError):
@@ -213,8 +234,10 @@ class StepRunner:
                     w.proc.wait(5)
                 w.log.close()
         finals = [w.final or {} for w in workers]
-        return self._result(plan, fold(finals), node0, node1, wall, up, setup_s, timeline,
-                            sum(int(f.get("deleted", 0)) for f in finals))
+        result = self._result(plan, fold(finals), node0, node1, wall, up, setup_s, timeline,
+                              sum(int(f.get("deleted", 0)) for f in finals))
+        result["node_urls"] = [p.url for p in probes]
+        return result
 
     def _follow(self, plan: Plan, workers: list[_Worker], probes: list[NodeProbe], t0: float, sessions: str,
                 label: str) -> list[dict[str, Any]]:
@@ -222,8 +245,19 @@ class StepRunner:
         deadline = t0 + sc.seconds + sc.drain_s + FINISH_GRACE_S
         timeline: list[dict[str, Any]] = []
         prev = fold([])
-        prev_node = [p.sample() for p in probes]
+        sampler = Sampler(probes)
+        prev_node = sampler.latest
+        try:
+            self._loop(plan, workers, sampler, t0, deadline, sessions, label, prev, prev_node, timeline)
+        finally:
+            sampler.stop()
+        return timeline
+
+    def _loop(self, plan: Plan, workers: list[_Worker], sampler: Sampler, t0: float, deadline: float, sessions: str,
+              label: str, prev: dict[str, Any], prev_node: list[NodeSample], timeline: list[dict[str, Any]]) -> None:
+        sc = plan.scenario
         tick = 1  # the k-th progress line folds the workers' stats of second k (or is 0.5 s late)
+        last_t = 0.0
         while any(w.final is None for w in workers):
             now = time.monotonic()
             if now > deadline:
@@ -239,28 +273,31 @@ class StepRunner:
             fresh = all(w.final is not None or float(w.last.get("t", 0.0)) >= tick - 0.05 for w in workers)
             if fresh or now >= late_at:
                 cur = fold([w.last for w in workers])
-                node = [p.sample() for p in probes]
-                timeline.append(self._tick(plan, prev, cur, prev_node, node, now - t0, sessions, label))
-                prev, prev_node = cur, node
-                tick += 1
-        return timeline
+                node = sampler.latest
+                timeline.append(self._tick(prev, cur, prev_node, node, now - t0, now - t0 - last_t, sessions))
+                prev, prev_node, last_t = cur, node, now - t0
+                tick = max(tick + 1, int(now - t0) + 1)  # a late runner does not print a burst of lines
 
-    def _tick(self, plan: Plan, prev: dict[str, Any], cur: dict[str, Any], prev_node: list[NodeSample],
-              node: list[NodeSample], t: float, sessions: str, label: str) -> dict[str, Any]:
-        dt = max(1e-6, node[0].at - prev_node[0].at)
+    def _tick(self, prev: dict[str, Any], cur: dict[str, Any], prev_node: list[NodeSample], node: list[NodeSample],
+              t: float, dt: float, sessions: str) -> dict[str, Any]:
+        dt = max(1e-3, dt)
+        node_dt = node[0].at - prev_node[0].at
         rx = sum(_minus(cur["recv"], prev["recv"]).values())
         sent = sum(_minus(cur["sent"], prev["sent"]).values())
         missing = cur["missing"] - prev["missing"]
         loss = missing / (rx + missing) if rx + missing else 0.0
         p99 = percentiles_ms(_minus(cur["hist"], prev["hist"]))["p99"]
-        fwd = sum(n.forwarded - p.forwarded for n, p in zip(node, prev_node, strict=True)) / dt
-        node_cpu = _cpu_delta(prev_node, node)
-        node_pct = None if node_cpu is None else 100 * node_cpu / dt
+        fwd: float | None = None
+        node_pct: float | None = None
+        if node_dt > 0.2:  # a fresh node sample
+            fwd = sum(n.forwarded - p.forwarded for n, p in zip(node, prev_node, strict=True)) / node_dt
+            node_cpu = _cpu_delta(prev_node, node)
+            node_pct = None if node_cpu is None else 100 * node_cpu / node_dt
         gen_pct = 100 * (cur["cpu_s"] - prev["cpu_s"]) / dt
         if self.progress is not None:
             self.progress.line(t, sessions, fwd, rx / dt, loss, p99, node_pct, gen_pct)
         return {"t": round(t, 2), "sent_pps": round(sent / dt, 1), "received_pps": round(rx / dt, 1),
-                "forwarded_pps": round(fwd, 1), "loss": round(loss, 6), "p99_ms": p99,
+                "forwarded_pps": None if fwd is None else round(fwd, 1), "loss": round(loss, 6), "p99_ms": p99,
                 "node_cpu_pct": None if node_pct is None else round(node_pct, 1), "generator_cpu_pct": round(gen_pct, 1)}
 
     @staticmethod
