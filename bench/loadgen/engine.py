@@ -312,9 +312,9 @@ class Engine:
                 emit(self.snapshot(now - t0, cpu0))
                 next_stats += STATS_EVERY_S
             if now >= next_keepalive:
-                for peer in [*self.senders, *self.receivers]:
-                    if peer.keepalive is not None:
-                        peer.keepalive()
+                for alive in [p.keepalive for p in self.senders] + [r.keepalive for r in self.receivers]:
+                    if alive is not None:
+                        alive()
                 next_keepalive = now + KEEPALIVE_S
         selector.close()
         return self.snapshot(time.monotonic() - t0, cpu0)
@@ -326,5 +326,7 @@ class Engine:
         return snap
 
     def close(self) -> None:
-        for peer in [*self.senders, *self.receivers]:
-            peer.close()
+        for sender in self.senders:
+            sender.close()
+        for receiver in self.receivers:
+            receiver.close()
