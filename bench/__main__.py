@@ -1,4 +1,4 @@
-"""``python -m bench``: the forwarding-throughput comparison (see bench/README.md)."""
+"""``python -m bench``: the forwarding-throughput comparison and ``run``, the load generator (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from bench.compare import Workload, compare, default_targets, table
+from bench.loadgen import cli as loadgen_cli
 
 
 def _fanouts(text: str) -> list[int]:
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")
         cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
     _workers_parser(sub)
+    loadgen_cli.add_parser(sub)
     return parser
 
 
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "workers":
         return _run_workers(args)
+    if args.command == "run":
+        return loadgen_cli.main(args)
     targets = default_targets([t for t in args.targets.split(",") if t])
     results = []
     for fanout in args.fanout:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -79,6 +79,9 @@ class NodeCollector(Collector):
 def make_registry(collector: Collector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    # the standard process collector (from /proc), under the project prefix:
+    # levelchat_sfu_process_cpu_seconds_total, levelchat_sfu_process_resident_memory_bytes, ...
+    ProcessCollector(namespace=PREFIX + "sfu", registry=registry)
     return registry
 
 

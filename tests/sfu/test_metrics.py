@@ -134,3 +134,10 @@ def test_values_are_read_at_scrape_time() -> None:
 
 def test_content_type_is_the_text_format() -> None:
     assert CONTENT_TYPE.startswith("text/plain; version=0.0.4")
+
+
+def test_the_process_collector_is_exported_under_the_prefix() -> None:
+    text = render(make_registry(NodeCollector(MediaCounters(), dict, {}))).decode()
+    values = {f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.samples}
+    assert values["levelchat_sfu_process_cpu_seconds"] > 0  # the client strips _total from counter families
+    assert values["levelchat_sfu_process_resident_memory_bytes"] > 1 << 20

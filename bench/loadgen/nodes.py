@@ -1,0 +1,165 @@
+"""Where the load goes and what it costs there: join tokens, a spawned node, node CPU/RSS/counters.
+
+Tokens come from one of two places:
+  * ``LocalTokens``: a node URL and an API key (the spawned dev node's ``devkey``/``secret`` by
+    default): the generator mints its own join tokens.
+  * ``ControlPlaneTokens``: a control-plane URL and an admin key: ``POST /v1/tokens`` per
+    identity (scope ``room:admin`` on an admin token minted locally) answers the token and the URL
+    of the node that holds the room, placing the room first if needed.
+
+``NodeProbe`` samples a node: CPU seconds and RSS from ``/proc/<pid>`` when the harness spawned it,
+else from the node's ``/metrics`` (``levelchat_sfu_process_cpu_seconds_total``,
+``..._process_resident_memory_bytes``, or the unprefixed standard names); forwarded and received
+media packets from ``levelchat_sfu_packets_{forwarded,received}_total`` (audio + video).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bench.proc import cpu_seconds
+from bench.targets import DEV_KEY_ID, DEV_KEY_SECRET, NodeTarget, RunningNode
+
+SCOPES = ["room:join", "room:publish", "room:subscribe"]
+TOKEN_TTL_S = 3600
+_SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
+
+
+def _loopback(url: str) -> str:
+    if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        raise ValueError(f"the load generator only talks to loopback URLs, got {url!r}")
+    return url.rstrip("/")
+
+
+class TokenSource(Protocol):
+    def token(self, room: str, identity: str) -> tuple[str, str]:
+        """(node base URL, join token) for ``identity`` in ``room``."""
+        ...
+
+
+def _mint(key_id: str, secret: str, project: str, room: str, identity: str, scopes: list[str]) -> str:
+    from levelchat.tokens import ApiKey, mint
+
+    with warnings.catch_warnings():  # PyJWT warns about the short dev secret
+        warnings.simplefilter("ignore")
+        return mint(ApiKey(key_id, secret), project=project, now_s=time.time(), ttl_s=TOKEN_TTL_S,
+                    identity=identity, room=room, scopes=scopes)
+
+
+@dataclass(frozen=True)
+class LocalTokens:
+    node_url: str
+    key_id: str = DEV_KEY_ID
+    secret: str = DEV_KEY_SECRET
+    project: str = "levelchat"
+
+    def token(self, room: str, identity: str) -> tuple[str, str]:
+        return _loopback(self.node_url), _mint(self.key_id, self.secret, self.project, room, identity, SCOPES)
+
+
+@dataclass(frozen=True)
+class ControlPlaneTokens:
+    control_url: str
+    key_id: str
+    secret: str
+    project: str = "levelchat"
+
+    def token(self, room: str, identity: str) -> tuple[str, str]:
+        admin = _mint(self.key_id, self.secret, self.project, room, "loadgen-admin", ["room:admin"])
+        body = json.dumps({"room": room, "identity": identity, "scopes": SCOPES, "ttl_s": TOKEN_TTL_S}).encode()
+        req = urllib.request.Request(f"{_loopback(self.control_url)}/v1/tokens", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {admin}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+            answer = json.loads(resp.read())
+        return _loopback(str(answer["url"])), str(answer["token"])
+
+
+# -- the node ----------------------------------------------------------------------------------------
+
+#: what the spawned node is told beyond ``--dev``: no rate limits or caps that a load test trips over
+SPAWN_CONFIG = """\
+rate_limit_ip_per_s = 0.0
+rate_limit_key_per_s = 0.0
+default_max_participants = 5000
+max_participants = 10000
+max_rooms = 1000
+"""
+
+
+def spawn_node(log_level: str = "WARNING") -> tuple[RunningNode, Path]:
+    """``python -m sfu --dev`` on ephemeral loopback ports with ``SPAWN_CONFIG``; the caller stops it."""
+    cfg = Path(tempfile.mkstemp(prefix="loadgen-node-", suffix=".toml")[1])
+    cfg.write_text(SPAWN_CONFIG, encoding="utf-8")
+    return RunningNode([*NodeTarget(log_level).argv(), "--config", str(cfg)]), cfg
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    cpu_s: float | None
+    rss_bytes: int | None
+    forwarded: int  # media packets the node sent to subscribers (audio + video)
+    received: int  # media packets it received from publishers
+    at: float  # time.monotonic() of the sample
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value for the samples the probe needs (kind labels kept)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        name, labels, value = m.groups()
+        out[f"{name}{{{labels}}}" if labels else name] = float(value)
+    return out
+
+
+class NodeProbe:
+    """Reads one node's CPU, RSS and media counters; ``pid`` when the process is ours."""
+
+    def __init__(self, url: str, pid: int | None = None) -> None:
+        self.url = _loopback(url)
+        self.pid = pid
+
+    def sample(self) -> NodeSample:
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:  # noqa: S310
+                values = parse_metrics(resp.read().decode())
+        except OSError:
+            values = {}
+        media = ("audio", "video")
+        fwd = sum(values.get(f'levelchat_sfu_packets_forwarded_total{{kind="{k}"}}', 0.0) for k in media)
+        rx = sum(values.get(f'levelchat_sfu_packets_received_total{{kind="{k}"}}', 0.0) for k in media)
+        cpu: float | None
+        rss: int | None
+        if self.pid is not None:
+            cpu = cpu_seconds(self.pid)
+            rss = _rss_bytes(self.pid)
+        else:
+            cpu = _first(values, "levelchat_sfu_process_cpu_seconds_total", "process_cpu_seconds_total")
+            rss_f = _first(values, "levelchat_sfu_process_resident_memory_bytes", "process_resident_memory_bytes")
+            rss = None if rss_f is None else int(rss_f)
+        return NodeSample(cpu, rss, int(fwd), int(rx), time.monotonic())
+
+
+def _first(values: dict[str, float], *names: str) -> float | None:
+    return next((values[n] for n in names if n in values), None)
+
+
+def _rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,101 @@
+"""The run's outputs besides JSON: a table for stdout and a PNG plot (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("load", "sessions", "fwd pps", "rx pps", "loss", "p50 ms", "p99 ms", "p999 ms", "node CPU",
+           "node RSS MB", "out/node CPU-s", "gen CPU", "gen/node")
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{value:.0f}%"
+    if kind == "loss":
+        return f"{value:.4%}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(doc: dict[str, Any]) -> str:
+    rows = []
+    for s in doc["steps"]:
+        if "error" in s:
+            rows.append([_fmt(s["load"]), _fmt(s.get("sessions")), "error: " + s["error"][:80]])
+            continue
+        lat = s["latency_ms"]
+        rows.append([
+            _fmt(s["load"]) + ("" if s.get("clean", True) else " *"), f"{s['sessions_up']}/{s['sessions']}",
+            _fmt(s["forwarded_pps"]), _fmt(s["received_pps"]), _fmt(s["loss"], "loss"),
+            _fmt(lat["p50"]), _fmt(lat["p99"]), _fmt(lat["p999"]), _fmt(s["node_cpu_pct"], "pct"),
+            _fmt(s["node_rss_mb"]), _fmt(s["out_pps_per_node_cpu"]), _fmt(s["generator_cpu_pct"], "pct"),
+            _fmt(s["generator_vs_node_cpu"]),
+        ])
+    widths = [max(len(c), *(len(r[i]) for r in rows if i < len(r))) for i, c in enumerate(COLUMNS)]
+    lines = [f"scenario {doc['scenario']}: {doc.get('description', '')}".rstrip(": "),
+             "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=False)) for r in rows]
+    ramp = doc.get("ramp")
+    if ramp:
+        lines.append(f"ramp over {ramp['vary']}: highest clean step {ramp['highest_clean']}, stopped by "
+                     f"{ramp['stopped_by']} (loss <= {ramp['max_loss']}, p99 <= {ramp['max_p99_ms']} ms; "
+                     "* = not clean)")
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> None:
+    """Throughput and latency: against the load per step for a ramp, against time for one run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s in doc["steps"] if "error" not in s]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    if len(steps) > 1 or doc.get("ramp"):
+        x = [s["load"] for s in steps]
+        xlabel = f"load ({doc['ramp']['vary'] if doc.get('ramp') else 'sessions'})"
+        series = {
+            "forwarded pps (node)": [s["forwarded_pps"] for s in steps],
+            "received pps (generator)": [s["received_pps"] for s in steps],
+            "expected pps": [s["expected_out_pps"] for s in steps],
+        }
+        lat = {q: [s["latency_ms"][q] for s in steps] for q in ("p50", "p99", "p999")}
+        cpu = {"node CPU %": [s["node_cpu_pct"] for s in steps],
+               "generator CPU %": [s["generator_cpu_pct"] for s in steps]}
+        marker = "o-"
+    else:
+        tl = steps[0]["timeline"] if steps else []
+        x = [p["t"] for p in tl]
+        xlabel = "seconds"
+        series = {"forwarded pps (node)": [p["forwarded_pps"] for p in tl],
+                  "received pps (generator)": [p["received_pps"] for p in tl]}
+        lat = {"p99": [p["p99_ms"] for p in tl]}
+        cpu = {"node CPU %": [p["node_cpu_pct"] for p in tl], "generator CPU %": [p["generator_cpu_pct"] for p in tl]}
+        marker = ".-"
+    for name, ys in series.items():
+        top.plot(x, [float("nan") if y is None else y for y in ys], marker, label=name)
+    top.set_ylabel("packets/s")
+    top.grid(True, alpha=0.3)
+    twin = top.twinx()
+    for name, ys in cpu.items():
+        twin.plot(x, [float("nan") if y is None else y for y in ys], "--", alpha=0.6, label=name)
+    twin.set_ylabel("CPU %")
+    handles = top.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    labels = top.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
+    top.legend(handles, labels, loc="upper left", fontsize=8)
+    for name, ys in lat.items():
+        bottom.plot(x, [float("nan") if y is None else y for y in ys], marker, label=f"{name} latency")
+    bottom.set_ylabel("one-way latency, ms")
+    bottom.set_xlabel(xlabel)
+    bottom.set_yscale("log")
+    bottom.grid(True, alpha=0.3)
+    bottom.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{doc['scenario']}: throughput and latency")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
