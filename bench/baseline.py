@@ -26,9 +26,10 @@ from typing import Any
 import uvloop
 from pylibsrtp._binding import ffi, lib
 
-from bench.mmsg import MAX_VLEN, Ring, sockaddr_in
+from bench.mmsg import Ring, sockaddr_in
 from bench.proc import announce_ready, emit_json
 from bench.srtpkit import SLOT_SIZE, InplaceSession, Key
+from sfu.transport.mmsg import MAX_VLEN
 
 HOST = "127.0.0.1"
 SOCKET_BUFFER = 4 << 20
