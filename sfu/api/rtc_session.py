@@ -20,13 +20,15 @@ from levelchat.errors import ApiError
 from levelchat.tokens import Claims
 from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
+from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
-from sfu.api.sessions import SessionService, ssrc_track_specs
+from sfu.api.sessions import SessionService, publish_track_specs
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.participant import Participant, ParticipantKind
 from sfu.routing.rooms import Room
-from sfu.routing.router import DownTrackSpec, TrackSpec, TransportSpec
+from sfu.routing.router import DownTrackSpec, TransportSpec
+from sfu.routing.simulcast import sources
 from sfu.routing.speakers import LevelMeter, Speaker, rank
 from sfu.routing.track import PublishedTrack
 from sfu.signaling import sdp
@@ -51,12 +53,15 @@ def _participant_view(p: Participant) -> dict[str, Any]:
         "sid": p.sid,
         "name": p.name,
         "kind": p.kind.value,
-        "tracks": [_track_view(t) for t in p.tracks.values()],
+        "tracks": [_track_view(t) for t in sources(p.tracks.values())],
     }
 
 
 def _track_view(t: PublishedTrack) -> dict[str, Any]:
-    return {"sid": t.sid, "kind": t.kind, "codec": t.codec.name, "mid": t.mid, "muted": t.muted}
+    view: dict[str, Any] = {"sid": t.sid, "kind": t.kind, "codec": t.codec.name, "mid": t.mid, "muted": t.muted}
+    if t.group is not None:
+        view["layers"] = t.group.rids  # a simulcast source: its rids, low to high quality
+    return view
 
 
 def _str_param(params: dict[str, Any], name: str, *, max_len: int = 64 * 1024) -> str:
@@ -68,8 +73,10 @@ def _str_param(params: dict[str, Any], name: str, *, max_len: int = 64 * 1024) -
     return value
 
 
-def _track_specs(negotiation: sdp.PublishNegotiation) -> list[TrackSpec]:
-    return [spec for track in negotiation.tracks for spec in ssrc_track_specs(track)]
+def _spec_key(mid: str, ssrc: int, rid: str | None) -> tuple[str, int | str]:
+    """What names a published track across renegotiations: a simulcast layer by its rid (its
+    SSRC is learnt from its packets), any other track by its SSRC."""
+    return (mid, rid) if rid is not None else (mid, ssrc)
 
 
 @dataclass
@@ -102,6 +109,7 @@ class RtcSession:
             "mute": self.mute,
             "leave": self.leave,
             "ping": self.ping,
+            "set_layer": self.set_layer,
         }
 
     @property
@@ -167,9 +175,12 @@ class RtcSession:
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer sends no audio or video")
-        specs = _track_specs(negotiation)
+        # simulcast layers' placeholder SSRCs continue below the ones still unlearnt
+        specs = publish_track_specs(offer, negotiation, min([0, *participant.tracks]))
         if not specs:
-            raise ApiError("bad_request", "the offer signals no SSRC for its media (a=ssrc lines are required)")
+            raise ApiError(
+                "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"
+            )
         router = self.service.node.router
         now = clock.now_ms()
         transport = participant.publisher
@@ -185,13 +196,13 @@ class RtcSession:
         else:
             if ufrag != transport.remote_ufrag:
                 raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
-            keep = {(s.mid, s.ssrc) for s in specs}
+            keep = {_spec_key(s.mid, s.ssrc, s.rid) for s in specs}
             for track in list(participant.tracks.values()):
-                if (track.mid, track.ssrc) not in keep:
+                if _spec_key(track.mid, track.ssrc, track.rid) not in keep:
                     self.service.published.pop(track.sid, None)
                     router.unpublish(room, participant, track, now)
-            have = {(t.mid, t.ssrc) for t in participant.tracks.values()}
-            added = [s for s in specs if (s.mid, s.ssrc) not in have]
+            have = {_spec_key(t.mid, t.ssrc, t.rid) for t in participant.tracks.values()}
+            added = [s for s in specs if _spec_key(s.mid, s.ssrc, s.rid) not in have]
         if added:
             router.attach_publisher(room, participant, transport, added, now)
         by_mid = {t.mid: t for t in negotiation.tracks}
@@ -205,11 +216,11 @@ class RtcSession:
         if added:
             # the track_published notifications went out from the router event; now the descriptions exist
             self.service.resync_room(room)
-        return {"sdp": answer, "tracks": [_track_view(t) for t in participant.tracks.values()]}
+        return {"sdp": answer, "tracks": [_track_view(t) for t in sources(participant.tracks.values())]}
 
     def _own_track(self, participant: Participant, params: dict[str, Any]) -> PublishedTrack:
         sid = _str_param(params, "track", max_len=64)
-        track = next((t for t in participant.tracks.values() if t.sid == sid), None)
+        track = next((t for t in sources(participant.tracks.values()) if t.sid == sid), None)
         if track is None:
             raise ApiError("not_found", f"you publish no track {sid!r}")
         return track
@@ -217,8 +228,9 @@ class RtcSession:
     async def unpublish(self, params: dict[str, Any]) -> dict[str, Any]:
         room, participant = self._joined()
         track = self._own_track(participant, params)
-        self.service.published.pop(track.sid, None)
-        self.service.node.router.unpublish(room, participant, track, clock.now_ms())
+        for layer in layers_of(track):
+            self.service.published.pop(layer.sid, None)
+            self.service.node.router.unpublish(room, participant, layer, clock.now_ms())
         return {}
 
     async def answer(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +287,8 @@ class RtcSession:
         muted = params.get("muted")
         if not isinstance(muted, bool):
             raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.muted must be true or false"))
-        self.service.node.router.set_muted(room, participant, track, muted, clock.now_ms())
+        for layer in layers_of(track):
+            self.service.node.router.set_muted(room, participant, layer, muted, clock.now_ms())
         return {"track": track.sid, "muted": track.muted}
 
     async def leave(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +299,10 @@ class RtcSession:
 
     async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"now_ms": clock.now_ms()}
+
+    async def set_layer(self, params: dict[str, Any]) -> dict[str, Any]:
+        _room, participant = self._joined()
+        return choose_layer(self.service.node.router, participant, self.downtracks, params)
 
     # -- subscriber transport ------------------------------------------------------------------
     def schedule_sync(self) -> None:
@@ -385,7 +402,7 @@ class RtcService:
         for other in room.participants.values():
             if other is participant or other.closed:
                 continue
-            for track in other.tracks.values():
+            for track in sources(other.tracks.values()):
                 desc = self.description(track.sid)
                 if desc is not None:
                     out.append(Wanted(track.sid, other.identity, desc))
@@ -418,7 +435,7 @@ class RtcService:
         if kind is RoomEventKind.JOINED and p is not None:
             self._tell_others(room, p, "participant_joined", {"participant": _participant_view(p)})
         elif kind is RoomEventKind.PUBLISHED and p is not None:
-            for track in event.tracks:
+            for track in sources(event.tracks):
                 ext_id = track.ext_ids.get(HDREXT_AUDIO_LEVEL)
                 if track.kind == "audio" and ext_id is not None and track.level_meter is None:
                     track.level_meter = LevelMeter(ext_id)
@@ -427,11 +444,11 @@ class RtcService:
                 )
             self.resync_room(room)
         elif kind is RoomEventKind.UNPUBLISHED and p is not None:
-            for track in event.tracks:
+            for track in sources(event.tracks):
                 self._tell_others(room, p, "track_unpublished", {"participant": p.identity, "track": track.sid})
             self.resync_room(room)
         elif kind is RoomEventKind.MUTED and p is not None:
-            for track in event.tracks:
+            for track in sources(event.tracks):
                 self._tell_others(
                     room, p, "track_muted", {"participant": p.identity, "track": track.sid, "muted": track.muted}
                 )
