@@ -21,6 +21,12 @@ from sfu.transport.dtls import DtlsRole
 from sfu.transport.peer import CloseReason, PeerTransport
 
 MAX_SDP_BYTES = 64 * 1024
+REMB_FB = "goog-remb"
+
+
+def takes_remb(track: sdp.PublishTrack) -> bool:
+    """The answer to this video section carries ``a=rtcp-fb:... goog-remb``."""
+    return track.kind is sdp.MediaKind.VIDEO and any(REMB_FB in c.rtcp_fb for c in track.codecs)
 
 
 def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
@@ -34,6 +40,7 @@ def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
             codecs=codecs,
             ext_ids=dict(track.header_extensions),
             rtx_ssrc=track.rtx_ssrcs.get(ssrc),
+            remb=takes_remb(track),
         )
         for ssrc in track.ssrcs
     ]
@@ -63,6 +70,7 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
                     ext_ids=dict(track.header_extensions),
                     rid=rid,
                     rid_params=rid_params.get(rid, ""),
+                    remb=takes_remb(track),
                 )
             )
         specs.extend(ssrc_track_specs(track))

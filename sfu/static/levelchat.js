@@ -19,6 +19,12 @@ export class LevelChatError extends Error {
 }
 
 const RPC_TIMEOUT_MS = 10000;
+/** The video encodings of ``publish(stream, {simulcast: true})``: low to high. */
+export const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: "f", maxBitrate: 2000000 },
+];
 
 function wsUrl(url, token) {
   const u = new URL("/v1/rtc", url);
@@ -168,13 +174,19 @@ export class Room extends Emitter {
   /** The MediaStream with everything received from ``identity`` (empty until its tracks arrive). */
   streamOf(identity) { return this._streamOf(identity); }
 
-  /** Publish every track of ``stream`` (renegotiates when called again with more tracks). */
-  async publish(stream) {
+  /**
+   * Publish every track of ``stream`` (renegotiates when called again with more tracks).
+   * ``{simulcast: true}``: video goes out in three layers, rids "q" (1/4 size), "h" (1/2) and "f"
+   * (full), and subscribers choose with ``setLayer``.
+   */
+  async publish(stream, options = {}) {
     if (!this.publisher) this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
     const pc = this.publisher;
     for (const track of stream.getTracks()) {
       if (!this.localTracks.has(track)) {
-        pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+        const init = { direction: "sendonly", streams: [stream] };
+        if (options.simulcast && track.kind === "video") init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+        pc.addTransceiver(track, init);
         this.localTracks.set(track, null);
       }
     }
@@ -187,6 +199,24 @@ export class Room extends Emitter {
       if (track && byMid.has(tr.mid)) this.localTracks.set(track, byMid.get(tr.mid));
     }
     return result.tracks;
+  }
+
+  /**
+   * Choose the simulcast layer received of a remote track (its ``trackSid``): a rid from the
+   * track's ``layers``, or "auto" for the best layer its publisher sends. Resolves with
+   * {track, layers: [{rid, active}], target, current, switching_to}.
+   */
+  setLayer(trackSid, layer) {
+    return this.call("set_layer", { track: trackSid, layer });
+  }
+
+  /** The simulcast layers (rids, low to high) of a remote track, or [] when it has none. */
+  layersOf(trackSid) {
+    for (const p of this.participants.values()) {
+      const t = p.tracks.find((x) => x.sid === trackSid);
+      if (t) return t.layers ?? [];
+    }
+    return [];
   }
 
   /** Mute or unmute one of this participant's tracks (the node stops forwarding it; others are told). */
