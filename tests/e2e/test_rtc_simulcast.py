@@ -17,25 +17,109 @@ from aiortc.rtp import RtpPacket as AiortcPacket
 from sfu.client.lite import LiteEndpoint
 from sfu.counters import DropReason
 from sfu.node import Node
+from sfu.packet.codecs import vp8_descriptor
+from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.certificate import Certificate
 from tests.e2e.clients import wait_for
 from tests.e2e.test_rtc_signaling import RpcFailure, RtcClient
-from tests.e2e.test_simulcast import RID_PACKETS, SimulcastSender, simulcast_offer
+from tests.e2e.test_simulcast import LAYERS, MID_EXT, RID_EXT, RID_PACKETS, SimulcastSender, simulcast_offer
+
+#: each layer's encoder counts its own picture IDs and TL0PICIDX (near a wrap for "h")
+PID_BASE = {"f": 1000, "h": 0x7FF0, "q": 20}
+TL0_BASE = {"f": 7, "h": 250, "q": 100}
+
+
+class DescriptorSender(SimulcastSender):
+    """Like ``SimulcastSender``, with VP8 payload descriptors carrying a 15-bit picture ID and a
+    TL0PICIDX (every second frame on temporal layer 0) counted per layer."""
+
+    def frame(self, n: int) -> None:
+        for rid, (_, packets) in LAYERS.items():
+            key = rid in self.key_wanted
+            self.key_wanted.discard(rid)
+            pid = (PID_BASE[rid] + n) & 0x7FFF
+            desc = bytes([0x80 | (pid >> 8), pid & 0xFF, (TL0_BASE[rid] + n // 2) & 0xFF])
+            for p in range(packets):
+                head = bytes([0x90 if p == 0 else 0x80, 0xC0]) + desc
+                if p == 0:
+                    head += b"\x00\x9d\x01\x2a" if key else b"\x01"
+                extensions = [(MID_EXT, b"0"), (RID_EXT, rid.encode())] if self.sent[rid] < RID_PACKETS else []
+                header = RtpHeader(
+                    payload_type=96,
+                    sequence_number=self.seq[rid],
+                    timestamp=(n * 3000 + 1_000_000 * len(rid)) & 0xFFFFFFFF,
+                    ssrc=self.ssrcs[rid],
+                    marker=p == packets - 1,
+                    extensions=extensions,
+                )
+                self.lite.send_rtp(bytes(RtpPacket(header, head + bytes(40) + f"layer={rid}".encode())))
+                self.seq[rid] = (self.seq[rid] + 1) & 0xFFFF
+                self.sent[rid] += 1
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def _layer_logger(client: RtcClient, mid: str, layers: list[str]) -> None:
-    """Record the layer named at the end of each payload received on ``mid``."""
+def _layer_logger(
+    client: RtcClient, mid: str, layers: list[str], pictures: list[tuple[int, int]] | None = None
+) -> None:
+    """Record the layer named at the end of each payload received on ``mid`` (and the picture ID
+    and TL0PICIDX of each picture's first packet in ``pictures``)."""
     receiver = next(t.receiver for t in client.sub.getTransceivers() if t.mid == mid)
     original = receiver._handle_rtp_packet
 
     async def handle(packet: AiortcPacket, arrival_time_ms: int) -> None:
         tail = bytes(packet.payload)[-7:]
         layers.append(tail[-1:].decode() if tail.startswith(b"layer=") else "?")
+        d = vp8_descriptor(packet.payload)
+        if pictures is not None and d is not None and d.start_of_partition and d.picture_id >= 0:
+            pictures.append((d.picture_id, d.tl0picidx))
         await original(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+
+async def test_picture_ids_stay_continuous_across_layer_switches(node: Node) -> None:
+    """The subscriber's VP8 picture IDs go up by one per picture and TL0PICIDX by at most one,
+    through switches between layers whose encoders count from far apart (and one near the wrap)."""
+    room = "rtc-simulcast-vp8"
+    lite = LiteEndpoint(Certificate.generate())
+    sender = DescriptorSender(lite)
+    lite.on_rtcp = sender.on_rtcp
+    alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
+    bob = RtcClient(node, room, "bob", ("room:join", "room:subscribe"))
+    task: asyncio.Task[None] | None = None
+    try:
+        await bob.join()
+        await alice.join()
+        published = await alice.call("publish", {"sdp": simulcast_offer(lite)})
+        (track,) = published["tracks"]
+        await lite.connect(published["sdp"])
+        task = asyncio.create_task(sender.run(30))
+        await wait_for(lambda: bob.answers, 10, "bob answered the offer")
+        (offered,) = bob.named("offer")[-1]["tracks"]
+        layers: list[str] = []
+        pictures: list[tuple[int, int]] = []
+        _layer_logger(bob, offered["mid"], layers, pictures)
+        await wait_for(lambda: layers.count("f") >= 20, 10, "the highest layer")
+        for choice in ("h", "q", "f", "h"):
+            await bob.call("set_layer", {"track": track["sid"], "layer": choice})
+            await wait_for(lambda w=choice: layers[-15:] == [w] * 15, 5, f"layer {choice}")
+        runs = [layers[0]] + [b for a, b in zip(layers, layers[1:], strict=False) if a != b]
+        assert runs == ["f", "h", "q", "f", "h"], runs
+        assert len(pictures) > 40
+        steps = {(b[0] - a[0]) & 0x7FFF for a, b in zip(pictures, pictures[1:], strict=False)}
+        assert steps == {1}, pictures
+        tl0_steps = {(b[1] - a[1]) & 0xFF for a, b in zip(pictures, pictures[1:], strict=False)}
+        assert tl0_steps <= {0, 1}, pictures
+        assert bob.received[offered["mid"]].log.gaps() == []
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        lite.close()
+        await alice.close()
+        await bob.close()
 
 
 async def test_simulcast_publish_over_signaling_and_set_layer(node: Node) -> None:
