@@ -22,6 +22,7 @@ from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
 from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
+from sfu.api.rtc_timeouts import OfferWatch, check_offer
 from sfu.api.sessions import SessionService, publish_track_specs
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
@@ -100,6 +101,9 @@ class RtcSession:
         self.downtracks: dict[str, DownTrack] = {}  # by track sid
         self.ended = False
         self._sync_scheduled = False
+        #: the outstanding subscriber offer's notification, and when it was sent (sfu.api.rtc_timeouts)
+        self.last_offer: dict[str, Any] | None = None
+        self.offer_watch = OfferWatch(service.offer_timeout_ms)
         self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "join": self.join,
             "publish": self.publish,
@@ -243,6 +247,7 @@ class RtcSession:
             outcome = negotiator.take_answer(text)
         except ValueError as exc:
             raise ApiError("bad_request", f"invalid SDP answer: {exc}") from None
+        self.offer_watch.answered()
         router = self.service.node.router
         transport = participant.subscriber
         if transport is None:
@@ -338,7 +343,9 @@ class RtcSession:
             dt = self.downtracks.pop(section.track_sid, None)
             if dt is not None:
                 router.unsubscribe(participant, dt)
-        self.notify("offer", offer.describe(negotiator.sections))
+        self.last_offer = offer.describe(negotiator.sections)
+        self.notify("offer", self.last_offer)
+        self.offer_watch.sent(clock.now_ms())
 
     def active_track_sids(self) -> set[str]:
         if self.negotiator is None:
@@ -356,6 +363,7 @@ class RtcService:
         self.published: dict[str, sdp.PublishedTrack] = {}
         self.publisher_roles: dict[str, sdp.Setup] = {}
         self.preferred_role = sdp.Setup(node.config.dtls_role)
+        self.offer_timeout_ms = int(node.config.subscriber_offer_timeout_s * 1000)
         self._last_speakers: dict[str, tuple[str, ...]] = {}
         self._told_draining = ""
         self._task: asyncio.Task[None] | None = None
@@ -488,6 +496,9 @@ class RtcService:
                 log.exception("signaling tick failed")
 
     def tick(self, now_ms: int) -> None:
+        for session in list(self.by_sid.values()):
+            if not session.ended:
+                check_offer(session, now_ms)
         rooms = {s.room_id for s in self.by_sid.values() if not s.ended}
         for room_id in rooms:
             room = self.node.rooms.rooms.get(room_id)
