@@ -20,6 +20,13 @@ from levelchat.errors import ApiError
 from levelchat.tokens import Claims
 from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
+from sfu.api.rtc_ice import (
+    apply_answer_ufrag,
+    offer_credentials,
+    offered,
+    request_subscriber_restart,
+    restart_publisher,
+)
 from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
 from sfu.api.rtc_timeouts import OfferWatch, check_offer
@@ -35,6 +42,7 @@ from sfu.routing.track import PublishedTrack
 from sfu.signaling import sdp
 from sfu.signaling.codecs import HDREXT_AUDIO_LEVEL, CodecPolicy
 from sfu.transport.dtls import DtlsRole
+from sfu.transport.ice import IceCredentials
 from sfu.transport.peer import CloseReason, PeerTransport
 
 if TYPE_CHECKING:
@@ -104,6 +112,9 @@ class RtcSession:
         #: the outstanding subscriber offer's notification, and when it was sent (sfu.api.rtc_timeouts)
         self.last_offer: dict[str, Any] | None = None
         self.offer_watch = OfferWatch(service.offer_timeout_ms)
+        #: ICE restart of the subscriber transport: asked for, then in the outstanding offer (sfu.api.rtc_ice)
+        self.ice_restart: IceCredentials | None = None
+        self.restart_in_offer: IceCredentials | None = None
         self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "join": self.join,
             "publish": self.publish,
@@ -114,6 +125,7 @@ class RtcSession:
             "leave": self.leave,
             "ping": self.ping,
             "set_layer": self.set_layer,
+            "restart_ice": self.restart_ice,
         }
 
     @property
@@ -198,8 +210,7 @@ class RtcSession:
             self.service.publisher_roles[participant.sid] = answered
             added = specs
         else:
-            if ufrag != transport.remote_ufrag:
-                raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
+            restart_publisher(transport, offer)  # a new ufrag: ICE restart
             keep = {_spec_key(s.mid, s.ssrc, s.rid) for s in specs}
             for track in list(participant.tracks.values()):
                 if _spec_key(track.mid, track.ssrc, track.rid) not in keep:
@@ -254,8 +265,7 @@ class RtcSession:
             raise ApiError("internal_error", "the subscriber transport is missing")
         if transport.remote_ufrag in ("", None):
             router.complete_offer_transport(transport, outcome.remote_ufrag, list(outcome.remote_fingerprints))
-        elif transport.remote_ufrag != outcome.remote_ufrag:
-            raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
+        apply_answer_ufrag(self, transport, outcome.remote_ufrag)
         now = clock.now_ms()
         for section, track in outcome.delivered:
             source = self.service.find_track(section.track_sid)
@@ -305,6 +315,10 @@ class RtcSession:
     async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"now_ms": clock.now_ms()}
 
+    async def restart_ice(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._joined()
+        return request_subscriber_restart(self)
+
     async def set_layer(self, params: dict[str, Any]) -> dict[str, Any]:
         _room, participant = self._joined()
         return choose_layer(self.service.node.router, participant, self.downtracks, params)
@@ -332,13 +346,15 @@ class RtcSession:
         if transport is None:
             transport = router.new_offer_transport(clock.now_ms())
             router.attach_offer_subscriber(participant, transport)
+        local, restart = offer_credentials(self, self.service.local_params(transport, sdp.Setup.PASSIVE))
         try:
-            offer = negotiator.plan(wanted, self.service.local_params(transport, sdp.Setup.PASSIVE))
+            offer = negotiator.plan(wanted, local, force=restart)
         except ValueError:
             log.exception("no offer could be made for %s", participant.identity)
             return
         if offer is None:
             return
+        offered(self, restart)
         for section in offer.removed:
             dt = self.downtracks.pop(section.track_sid, None)
             if dt is not None:

@@ -151,6 +151,7 @@ export class Room extends Emitter {
   _subscriber() {
     if (this.subscriber) return this.subscriber;
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    this._restartOnFailure(pc, () => this.call("restart_ice"));
     pc.addEventListener("track", (ev) => {
       const mid = ev.transceiver.mid;
       const info = this._lastOffer?.get(mid);
@@ -180,7 +181,10 @@ export class Room extends Emitter {
    * (full), and subscribers choose with ``setLayer``.
    */
   async publish(stream, options = {}) {
-    if (!this.publisher) this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    if (!this.publisher) {
+      this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      this._restartOnFailure(this.publisher, () => this._offerPublisher({ iceRestart: true }));
+    }
     const pc = this.publisher;
     for (const track of stream.getTracks()) {
       if (!this.localTracks.has(track)) {
@@ -190,15 +194,40 @@ export class Room extends Emitter {
         this.localTracks.set(track, null);
       }
     }
-    await pc.setLocalDescription(await pc.createOffer());
-    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    const result = await this._offerPublisher();
     const byMid = new Map(result.tracks.map((t) => [t.mid, t.sid]));
     for (const tr of pc.getTransceivers()) {
       const track = tr.sender.track;
       if (track && byMid.has(tr.mid)) this.localTracks.set(track, byMid.get(tr.mid));
     }
     return result.tracks;
+  }
+
+  async _offerPublisher(offerOptions = {}) {
+    const pc = this.publisher;
+    await pc.setLocalDescription(await pc.createOffer(offerOptions));
+    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    return result;
+  }
+
+  /**
+   * Restart ICE on both transports (new credentials; DTLS and media go on): the publisher
+   * offers again with ``iceRestart``, the node re-offers the subscriber transport. Done by
+   * itself when a transport's connection state becomes "failed".
+   */
+  async restartIce() {
+    const jobs = [];
+    if (this.publisher) jobs.push(this._offerPublisher({ iceRestart: true }));
+    if (this.subscriber) jobs.push(this.call("restart_ice"));
+    await Promise.all(jobs);
+  }
+
+  _restartOnFailure(pc, restart) {
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState !== "failed" || this._closed) return;
+      restart().catch((err) => this.emit("error", err));
+    });
   }
 
   /**
