@@ -103,3 +103,35 @@ async def test_chromium_sends_every_layer_and_a_subscriber_switches_over_signali
     finally:
         await sub.close()
         await context.close()
+
+
+async def test_room_page_publishes_simulcast_and_offers_a_layer_selector(node: Node, browser: Browser) -> None:
+    from tests.browser.test_browser_room import RoomPage
+
+    room = "browser-room-simulcast"
+    ann, ben = await RoomPage.open(browser, node, "ann"), await RoomPage.open(browser, node, "ben")
+    try:
+        await ann.page.set_checked("#simulcast", True)
+        await ann.join(room)
+        await ben.join(room)
+        await ben.wait_receiving(["ann"])
+        selector = ben.page.locator('.tile[data-identity=ann] select.layer')
+        await selector.wait_for(state="visible", timeout=5000)
+        options = await selector.locator("option").all_inner_texts()
+        assert options == ["auto", "q", "h", "f"]
+        assert await ann.page.locator('.tile[data-identity=ben] select.layer').is_hidden()  # ben: no simulcast
+        await selector.select_option("q")
+        await ben.page.wait_for_function(
+            "() => document.querySelector('#log').textContent.includes('layer q of ann')", timeout=5000
+        )
+        viewer = _participant_of(node, "ben")
+        (dt,) = [d for d in viewer.downtracks if d.kind == "video"]
+        await wait_for(lambda: dt.source is not None and dt.source.rid == "q", 10, "ben receives ann's q layer")
+        assert ann.errors == [] and ben.errors == []
+    finally:
+        await ann.close()
+        await ben.close()
+
+
+def _participant_of(node: Node, identity: str) -> Any:
+    return next(p for p in node.router.participants.values() if p.identity == identity)
