@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from bench.compare import Workload, compare, default_targets, table
 
@@ -40,11 +41,38 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes")
         cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")
         cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
+    _workers_parser(sub)
     return parser
+
+
+def _workers_parser(sub: Any) -> None:
+    cmd = sub.add_parser("workers", help="per-worker forwarding efficiency with 1 and more workers (bench/workers.py)")
+    cmd.add_argument("--workers", type=_fanouts, default=[1, 2], help="worker counts (default 1,2)")
+    cmd.add_argument("--fanout", type=int, default=16)
+    cmd.add_argument("--seconds", type=float, default=10.0)
+    cmd.add_argument("--in-pps", type=float, default=1000.0, help="source packets/s per room (default 1000)")
+    cmd.add_argument("--repeat", type=int, default=1, help="runs per worker count, alternating (median)")
+    cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    from bench.workers import bench_workers
+    from bench.workers import table as workers_table
+
+    result = bench_workers(args.workers, fanout=args.fanout, seconds=args.seconds, in_pps=args.in_pps,
+                           repeat=args.repeat)
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+            fh.write("\n")
+    print(workers_table(result))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "workers":
+        return _run_workers(args)
     targets = default_targets([t for t in args.targets.split(",") if t])
     results = []
     for fanout in args.fanout:

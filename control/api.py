@@ -17,7 +17,7 @@ from control.metrics import CONTENT_TYPE
 from control.model import Heartbeat, Node, NodeRegistration, RoomSpec, parse_node_id
 from control.service import ControlService, RoomLocation
 from levelchat.errors import ApiError
-from levelchat.tokens import validate_room
+from levelchat.tokens import Claims, validate_room
 from levelchat.web import bearer_token, json_response, read_json
 
 log = logging.getLogger("levelchat.control.http")
@@ -38,6 +38,18 @@ def _node_id(request: web.Request) -> str:
         return parse_node_id(request.match_info["id"])
     except ValueError as exc:
         raise ApiError("bad_request", str(exc)) from None
+
+
+NODE_IDENTITY_PREFIX = "node:"
+
+
+def _require_node_identity(claims: Claims, node_id: str) -> None:
+    """A ``node:register`` token whose identity is ``node:<id>`` (what nodes mint for themselves)
+    speaks for that node only; a token with no node identity is a fleet credential (any node)."""
+    identity = claims.identity
+    if identity is not None and identity.startswith(NODE_IDENTITY_PREFIX):
+        if identity[len(NODE_IDENTITY_PREFIX) :] != node_id:
+            raise ApiError("token/unauthorized", f"token is for {identity!r}, not for node {node_id!r}")
 
 
 def _parse(fn: Any, *args: Any) -> Any:
@@ -64,16 +76,18 @@ def _room_view(loc: RoomLocation) -> dict[str, Any]:
 
 async def register_node(request: web.Request) -> web.Response:
     svc = _service(request)
-    svc.authorize(bearer_token(request), "node:register")
+    claims = svc.authorize(bearer_token(request), "node:register")
     reg: NodeRegistration = _parse(NodeRegistration.parse, await _body(request))
+    _require_node_identity(claims, reg.id)
     node, _ = await svc.register(reg)
     return json_response(_lease_view(svc, node), status=201, headers={"Location": f"/v1/nodes/{node.id}"})
 
 
 async def node_status(request: web.Request) -> web.Response:
     svc = _service(request)
-    svc.authorize(bearer_token(request), "node:register")
+    claims = svc.authorize(bearer_token(request), "node:register")
     node_id = _node_id(request)
+    _require_node_identity(claims, node_id)
     hb: Heartbeat = _parse(Heartbeat.parse, await _body(request))
     node = await svc.heartbeat(node_id, hb)
     return json_response(_lease_view(svc, node))

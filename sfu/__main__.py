@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--public-ip", help="address advertised in ICE candidates (NAT 1:1)")
     p.add_argument("--public-url")
     p.add_argument("--control-url")
+    p.add_argument("--workers", help='forwarding worker processes: a number, or "auto" (one per core)')
     p.add_argument("--drain-deadline-s", type=float, help="SIGTERM drain deadline (seconds)")
     p.add_argument("--log-json", action="store_true", default=None)
     p.add_argument("--log-level")
@@ -36,8 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(cfg: node_config.NodeConfig) -> int:
     """Serve until SIGINT/SIGTERM (exit 0) or until the control-plane agent gives up (exit 1)."""
     from sfu.node import Node
+    from sfu.workers.front import Front
 
-    node = Node(cfg)
+    # more than one worker: this process is the front (sfu.workers), the workers forward
+    node: Node | Front = Front(cfg) if cfg.worker_count > 1 else Node(cfg)
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,7 +64,8 @@ async def run(cfg: node_config.NodeConfig) -> int:
 
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{node.port.port})", flush=True)
+    ports = f"{node.media_port}" if cfg.worker_count == 1 else f"{node.media_port}+, {cfg.worker_count} workers"
+    print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{ports})", flush=True)
     waiters = [asyncio.create_task(stop.wait())]
     if node.agent is not None:
         waiters.append(asyncio.create_task(node.agent.fatal.wait()))

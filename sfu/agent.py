@@ -26,16 +26,13 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from levelchat.tokens import ApiKey, mint
 from sfu.config import NodeConfig
 from sfu.transport.peer import CloseReason
-
-if TYPE_CHECKING:
-    from sfu.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +229,38 @@ class AgentSettings:
         return cls(**values)
 
 
+class AgentHost(Protocol):
+    """What the agent needs of the node it registers: a ``sfu.node.Node``, or the front of a
+    multi-worker node (``sfu.workers.front``) that reports its workers as one node."""
+
+    config: NodeConfig
+    revoked: bool
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def media_port(self) -> int: ...
+
+    def room_ids(self) -> list[str]: ...
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far, in seconds of one core's budget (the load's ``cpu`` is its rate)."""
+        ...
+
+    def load_snapshot(self) -> LoadSnapshot: ...
+
+    def revoke(self) -> None: ...
+
+    def close_all_rooms(self, reason: CloseReason) -> int: ...
+
+
 class ControlPlaneAgent:
     """Keeps one node registered; start with ``start()`` inside the node's loop."""
 
     def __init__(
         self,
-        node: Node,
+        node: AgentHost,
         settings: AgentSettings,
         *,
         rand: Callable[[], float] = random.random,
@@ -268,7 +291,7 @@ class ControlPlaneAgent:
         if self._task is not None:
             raise RuntimeError("agent already started")
         self._session = aiohttp.ClientSession()
-        self._meter = LoadMeter(time.monotonic(), time.process_time(), self.node.load_snapshot().packets_out)
+        self._meter = LoadMeter(time.monotonic(), self.node.cpu_seconds(), self.node.load_snapshot().packets_out)
         self._task = asyncio.create_task(self._run(), name=f"control-agent-{self.settings.node_id}")
 
     async def stop(self) -> None:
@@ -432,19 +455,19 @@ class ControlPlaneAgent:
         return {
             "id": self.settings.node_id,
             "url": self.node.url,
-            "media": {"host": cfg.advertised_ip, "port": self.node.port.port},
+            "media": {"host": cfg.advertised_ip, "port": self.node.media_port},
             "region": cfg.region or None,
             "capacity": {"max_participants": cfg.max_participants, "max_rooms": cfg.max_rooms},
             "version": VERSION,
             # a node back after its lease lapsed keeps its live rooms instead of seeing them re-placed
-            "rooms": [r.id for r in self.node.rooms.public_rooms()],
+            "rooms": self.node.room_ids(),
         }
 
     def _status(self) -> dict[str, Any]:
         snap = self.node.load_snapshot()
         cpu, pps = 0.0, 0.0
         if self._meter is not None:
-            cpu, pps = self._meter.sample(time.monotonic(), time.process_time(), snap.packets_out)
+            cpu, pps = self._meter.sample(time.monotonic(), self.node.cpu_seconds(), snap.packets_out)
         return {
             "healthy": snap.healthy,
             "draining": snap.draining,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class NodeConfig:
     subscriber_offer_timeout_s: float = 10.0
     log_json: bool = False
     log_level: str = "INFO"
+    #: forwarding worker processes: an integer >= 1, or "auto" (one per core); with more than one,
+    #: ``python -m sfu`` is a front process (``sfu.workers``) and worker i uses ``media_port + i``
+    workers: int | str = 1
 
     def validate(self) -> None:
         for name in ("http_port", "media_port"):
@@ -129,6 +133,17 @@ class NodeConfig:
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
+        if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(f"workers: {self.workers!r} must be an integer >= 1 or \"auto\"")
+        if self.media_port and self.media_port + self.worker_count - 1 > 65535:
+            raise ConfigError(f"media_port: {self.media_port} + {self.worker_count} workers runs past port 65535")
+
+    @property
+    def worker_count(self) -> int:
+        """How many forwarding worker processes: ``workers``, or the number of cores for "auto"."""
+        if isinstance(self.workers, int):
+            return self.workers
+        return max(1, os.cpu_count() or 1)
 
     @property
     def advertised_ip(self) -> str:

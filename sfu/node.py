@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import socket
+import time
 from typing import Any
 
 from aiohttp import web
@@ -76,12 +77,11 @@ class Node:
         self.sessions = SessionService(
             self.router, advertised_ip=self.config.advertised_ip, preferred_role=Setup(self.config.dtls_role)
         )
-        self._runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
-        await site.start()
+        await self.make_site(self._runner).start()
         addresses = self._runner.addresses
-        if addresses:
+        if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
         self.self_check_ok = True
         self.self_check_reason = "not run yet"
@@ -126,6 +126,13 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
         self.port.close()
+
+    def make_app(self) -> web.Application:
+        """The HTTP API (a forwarding worker adds its private routes: ``sfu.workers.worker``)."""
+        return create_app(self)
+
+    def make_site(self, runner: web.AppRunner) -> web.BaseSite:
+        return web.TCPSite(runner, self.config.http_host, self.config.http_port, reuse_address=True)
 
     @property
     def url(self) -> str:
@@ -174,6 +181,16 @@ class Node:
         return room
 
     # -- control plane (sfu.agent) ---------------------------------------------------------------
+    @property
+    def media_port(self) -> int:
+        return self.port.port
+
+    def room_ids(self) -> list[str]:
+        return [r.id for r in self.rooms.public_rooms()]
+
+    def cpu_seconds(self) -> float:
+        return time.process_time()
+
     def load_snapshot(self) -> LoadSnapshot:
         return LoadSnapshot(
             rooms=self.rooms.room_count,

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from levelchat.tokens import ApiKey, TokenVerifier
+from levelchat.tokens import ApiKey, TokenVerifier, mint
 from tests.control.harness import (
     KEY,
     PROJECT,
@@ -508,3 +508,37 @@ async def test_a_node_back_after_its_lease_lapsed_keeps_the_rooms_it_lists(
         assert "rooms" in bad.problem(400, "bad_request")["detail"]
     finally:
         await plane.stop()
+
+
+@pytest.mark.parametrize(
+    ("identity", "status"),
+    [
+        ("node:node-1", 201),  # what a node mints for itself
+        ("node:node-2", 401),  # another node's credential
+        ("node:", 401),
+        ("operator", 201),  # a fleet credential with no node identity
+        (None, 201),
+    ],
+)
+async def test_a_node_bound_token_registers_only_its_own_node(
+    cp: ControlPlane, nodes: list[StandInNode], identity: str | None, status: int
+) -> None:
+    tok = mint(KEY, project=PROJECT, now_s=time.time(), ttl_s=60, identity=identity, scopes=("node:register",))
+    body = {"id": "node-1", "url": nodes[0].url, "media": {"host": "127.0.0.1", "port": 7882},
+            "capacity": {"max_participants": 10, "max_rooms": 5}, "version": "test"}
+    reply = await cp.call("POST", "/v1/nodes", body, tok=tok)
+    if status == 201:
+        assert reply.status == 201
+    else:
+        assert "not for node 'node-1'" in reply.problem(401, "token/unauthorized")["detail"]
+        assert "node-1" not in (await cp.nodes())
+
+
+async def test_a_node_bound_token_cannot_heartbeat_another_node(cp: ControlPlane, nodes: list[StandInNode]) -> None:
+    assert (await cp.register(nodes[0])).status == 201
+    other = mint(KEY, project=PROJECT, now_s=time.time(), ttl_s=60, identity="node:node-9", scopes=("node:register",))
+    reply = await cp.call("PUT", "/v1/nodes/node-1/status", {"healthy": False}, tok=other)
+    assert "node-1" in reply.problem(401, "token/unauthorized")["detail"]
+    own = mint(KEY, project=PROJECT, now_s=time.time(), ttl_s=60, identity="node:node-1", scopes=("node:register",))
+    assert (await cp.call("PUT", "/v1/nodes/node-1/status", {"healthy": True}, tok=own)).status == 200
+    assert (await cp.nodes())["node-1"]["healthy"] is True

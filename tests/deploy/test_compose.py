@@ -94,7 +94,9 @@ def test_two_nodes_and_a_control_plane_on_our_entry_points() -> None:
 def test_node_settings_load_and_nodes_do_not_collide() -> None:
     configs = {name: node_config(s) for name, s in services(NODE_ENTRY).items()}
     assert len({c.node_id for c in configs.values()}) == 2 and all(c.node_id for c in configs.values())
-    ports = [p for c in configs.values() for p in (c.http_port, c.media_port)]
+    # each node's media ports: one per forwarding worker, media_port + i
+    ports = [p for c in configs.values() for p in (c.http_port, *range(c.media_port, c.media_port + c.worker_count))]
+    assert all(c.worker_count > 1 for c in configs.values())
     assert len(set(ports)) == len(ports), ports
     for name, cfg in configs.items():
         assert not cfg.dev, name

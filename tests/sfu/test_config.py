@@ -291,3 +291,38 @@ def test_api_keys_accept_the_control_planes_kid_colon_secret_form_too() -> None:
 def test_cross_origin_calls_are_off_outside_dev_mode() -> None:
     assert load(environ=KEYS).cors_origins == ()
     assert load(dev=True, environ={}).cors_origins is None  # dev allows any origin
+
+
+# -- forwarding workers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        ("", None, 1),  # the default: one process, no front
+        ("workers = 3", None, 3),
+        ('workers = "auto"', None, "auto"),
+        ('workers = "auto"', "2", 2),  # a number per host from the environment
+        ("workers = 3", "auto", "auto"),
+    ],
+)
+def test_workers_from_file_and_env(tmp_path: Path, toml: str, env: str | None, expected: int | str) -> None:
+    environ = {**KEYS, **({"LEVELCHAT_SFU_WORKERS": env} if env is not None else {})}
+    cfg = load(file=write(tmp_path, toml), environ=environ)
+    assert cfg.workers == expected
+    if expected == "auto":
+        assert cfg.worker_count >= 1
+    else:
+        assert cfg.worker_count == expected
+
+
+@pytest.mark.parametrize("value", [0, -2, "many", "", True])
+def test_workers_must_be_a_positive_number_or_auto(value: Any) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        load(environ=KEYS, flags={"workers": value})
+
+
+def test_the_media_port_range_must_fit() -> None:
+    with pytest.raises(ConfigError, match="media_port"):
+        load(environ=KEYS, flags={"workers": 4, "media_port": 65534})
+    assert load(environ=KEYS, flags={"workers": 2, "media_port": 65534}).worker_count == 2

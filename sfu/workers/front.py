@@ -1,0 +1,471 @@
+"""The front of a multi-worker node: the public HTTP port, room pinning, proxying, one node to the
+control plane.
+
+``python -m sfu`` runs a ``Front`` instead of a ``Node`` when ``workers`` > 1.  The front starts
+the workers (``Supervisor``), pins every room to one of them (``PinTable``) and forwards each
+room-scoped request to the room's worker (``proxy``): WHIP/WHEP and their session URLs, the room
+API, the signaling WebSocket.  Workers verify tokens and answer as a node does; the front applies
+the rate limits and CORS (it sees the clients), answers health, readiness, metrics and drain for
+the whole node, and runs the control-plane agent with the workers' load summed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+
+from levelchat.errors import ApiError
+from levelchat.ratelimit import Limit, make_rate_limit_middleware
+from levelchat.tokens import ApiKey, TokenVerifier, validate_room
+from levelchat.web import (
+    bearer_token,
+    json_response,
+    make_cors_middleware,
+    make_error_middleware,
+    read_json,
+)
+from sfu import clock
+from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
+from sfu.api.http import RATE_LIMITED_PATHS, STATIC_DIR
+from sfu.api.rtc import RTC_PATH
+from sfu.config import NodeConfig
+from sfu.metrics import CONTENT_TYPE
+from sfu.transport.peer import CloseReason
+from sfu.workers.metrics import FrontCollector, relabel, render_front
+from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
+from sfu.workers.proxy import forward, forward_websocket
+from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the front's drain waits this long past the workers' deadline before it gives up on them
+DRAIN_MARGIN_S = 5.0
+
+
+class Front:
+    def __init__(self, config: NodeConfig) -> None:
+        n = config.worker_count
+        #: the node as a whole: ``max_rooms`` and ``max_participants`` apply to each worker, so the
+        #: node's capacity (what the agent registers) is theirs times the number of workers
+        self.config = replace(config, max_rooms=config.max_rooms * n, max_participants=config.max_participants * n)
+        self.verifier = TokenVerifier([ApiKey(k, s) for k, s in config.api_keys.items()], config.project)
+        self.pins = PinTable()
+        self.supervisor = Supervisor(
+            config, on_status=self._on_status, on_down=self._on_down, on_up=self._on_up
+        )
+        self.http_counts: dict[tuple[str, str], int] = {}
+        self.http_port = config.http_port
+        self.draining = False
+        self.drained = asyncio.Event()
+        self.agent: ControlPlaneAgent | None = None
+        self._revoked = False
+        self._runner: web.AppRunner | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self.supervisor.start()
+        except RuntimeError as exc:
+            raise OSError(str(exc)) from None
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            await self.supervisor.stop()
+            raise
+        addresses = self._runner.addresses
+        if addresses and isinstance(addresses[0], tuple):
+            self.http_port = int(addresses[0][1])
+        if self.config.control_url:
+            self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
+            self.agent.start()
+        log.info(
+            "node %s listening: http %s, %d forwarding workers on media udp %s ports %s",
+            self.node_id, self.url, len(self.workers), self.config.media_host,
+            ", ".join(str(w.media_port) for w in self.workers),
+        )
+
+    async def stop(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        if self.agent is not None:
+            await self.agent.stop()
+        for task in list(self._background):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.supervisor.stop()
+
+    @property
+    def workers(self) -> list[Worker]:
+        return self.supervisor.workers
+
+    @property
+    def url(self) -> str:
+        return self.config.url(self.http_port)
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id or f"node-{socket.gethostname()}-{self.http_port}"
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- supervisor callbacks ---------------------------------------------------------------------
+    def _on_status(self, w: Worker) -> None:
+        rooms = (w.status or {}).get("rooms", [])
+        self.pins.reconcile(w.index, [r for r in rooms if isinstance(r, str)], clock.now_ms())
+
+    def _on_down(self, w: Worker) -> None:
+        lost = self.pins.drop_worker(w.index)
+        if lost:
+            log.error("worker %d died with %d room(s): %s", w.index, len(lost), ", ".join(sorted(lost)[:20]))
+
+    async def _on_up(self, w: Worker) -> None:
+        """A restarted worker takes on the node's state: revoked, draining."""
+        if self._revoked:
+            await self.supervisor.request(w, "POST", "/internal/revoke", {"revoked": True})
+        if self.draining:
+            await self.supervisor.request(w, "POST", "/internal/drain", {"deadline_s": 0})
+
+    # -- where a request goes ---------------------------------------------------------------------
+    def loads(self) -> list[WorkerLoad]:
+        out = []
+        for w in self.workers:
+            status = w.status or {}
+            participants = status.get("participants", 0)
+            out.append(
+                WorkerLoad(
+                    index=w.index,
+                    up=w.up,
+                    ready=w.up and bool(status.get("ready")),
+                    participants=participants if isinstance(participants, int) else 0,
+                    rooms=len(status.get("rooms", ())),
+                )
+            )
+        return out
+
+    def worker_for(self, room: str | None, *, creating: bool) -> Worker:
+        if room is None:
+            index, how = choose(self.loads()), Route.ANY
+        else:
+            index, how = self.pins.route(room, creating=creating, loads=self.loads(), now_ms=clock.now_ms())
+        if index is None:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        if how is Route.PLACED:
+            log.info("room %s placed on worker %d", room, index, extra={"room": room})
+        return self.workers[index]
+
+    async def _forward(self, w: Worker, request: web.Request, body: bytes | None = None) -> web.Response:
+        if w.session is None:
+            raise ApiError("service_unavailable", f"forwarding worker {w.index} is not up; retry shortly")
+        return await forward(w.session, w.index, request, body=body)
+
+    def _room_route(self, *, creating: bool) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            room = validate_room(request.match_info["room"])
+            return await self._forward(self.worker_for(room, creating=creating), request)
+
+        return handler
+
+    async def rooms_post(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        room: str | None = None
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if isinstance(body, dict):
+            if "room" not in body:
+                # the front names the room, so it knows where it lives
+                body["room"] = "room-" + secrets.token_hex(6)
+                raw = json.dumps(body).encode()
+            if isinstance(body["room"], str):
+                try:
+                    room = validate_room(body["room"])
+                except ApiError:
+                    room = None
+        w = self.worker_for(room, creating=room is not None)
+        return await self._forward(w, request, raw)
+
+    async def rooms_list(self, request: web.Request) -> web.StreamResponse:
+        """Every worker's open rooms; a worker's refusal (the token) comes back as it is."""
+        up = [w for w in self.workers if w.up]
+        if not up:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        answers = await asyncio.gather(*(self._forward(w, request, b"") for w in up))
+        rooms: list[Any] = []
+        for resp in answers:
+            if resp.status != 200:
+                return resp
+            assert isinstance(resp.body, bytes)
+            rooms.extend(json.loads(resp.body).get("rooms", []))
+        return json_response({"rooms": rooms})
+
+    def _rtc_room(self, request: web.Request) -> str | None:
+        """The room a signaling session joins: ``?room=`` or the token's ``room`` claim (read
+        unverified: the worker verifies the token)."""
+        asked = request.query.get("room")
+        if asked is None:
+            tok = bearer_token(request)
+            if tok is None:
+                return None
+            try:
+                claim = jwt.decode(tok, options={"verify_signature": False}).get("room")
+            except jwt.PyJWTError:
+                return None
+            asked = claim if isinstance(claim, str) else None
+        if asked is None:
+            return None
+        try:
+            return validate_room(asked)
+        except ApiError:
+            return None
+
+    async def rtc(self, request: web.Request) -> web.StreamResponse:
+        room = self._rtc_room(request)
+        w = self.worker_for(room, creating=room is not None)
+        if w.session is None:
+            raise ApiError("service_unavailable", f"forwarding worker {w.index} is not up; retry shortly")
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            return await self._forward(w, request)  # a plain GET: the worker answers the problem
+        return await forward_websocket(w.session, w.index, request)
+
+    # -- drain and revocation ---------------------------------------------------------------------
+    @property
+    def revoked(self) -> bool:
+        return self._revoked
+
+    @revoked.setter
+    def revoked(self, value: bool) -> None:
+        if value != self._revoked:
+            self._revoked = value
+            self._spawn(self.supervisor.broadcast("POST", "/internal/revoke", {"revoked": value}))
+
+    def revoke(self) -> None:
+        self.revoked = True
+
+    def close_all_rooms(self, reason: CloseReason) -> int:
+        """Close every room on every worker (in the background); the number of rooms known now."""
+        count = len(self.room_ids())
+        self._spawn(self.supervisor.broadcast("POST", "/internal/close_all", {"reason": reason.value}))
+        return count
+
+    def start_drain(self, deadline_s: float) -> None:
+        """Drain every worker; ``drained`` is set when all have (or the deadline is long past)."""
+        self.draining = True
+        self.drained.clear()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        self._drain_task = asyncio.create_task(self._drain(deadline_s))
+        log.warning("draining %d workers: no new rooms; closing what is left in %.0f s", len(self.workers), deadline_s)
+
+    async def _drain(self, deadline_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + deadline_s + DRAIN_MARGIN_S
+        await self.supervisor.broadcast("POST", "/internal/drain", {"deadline_s": deadline_s})
+        while loop.time() < give_up:
+            states = await self.supervisor.broadcast("GET", "/internal/status")
+            if all(isinstance(s, dict) and s.get("drained") for s in states):
+                break
+            await asyncio.sleep(POLL_S / 2)
+        else:
+            log.error("workers did not report drained %.0f s past the deadline; stopping anyway", DRAIN_MARGIN_S)
+        log.warning("drain complete on every worker")
+        self.drained.set()
+
+    def cancel_drain(self) -> bool:
+        if not self.draining:
+            return False
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            self._drain_task = None
+        self.draining = False
+        self.drained.clear()
+        self._spawn(self.supervisor.broadcast("DELETE", "/internal/drain"))
+        log.warning("drain cancelled: taking new rooms again")
+        return True
+
+    def drain_state(self) -> dict[str, object]:
+        snap = self.load_snapshot()
+        return {
+            "draining": self.draining,
+            "drained": self.drained.is_set(),
+            "rooms": snap.rooms,
+            "participants": snap.participants,
+            "workers": [w.describe() for w in self.workers],
+        }
+
+    def _admin(self, request: web.Request) -> None:
+        self.verifier.verify(bearer_token(request), time.time()).require("node:admin")
+
+    async def drain_post(self, request: web.Request) -> web.StreamResponse:
+        self._admin(request)
+        deadline_s: object = self.config.drain_deadline_s
+        if request.can_read_body:
+            deadline_s = (await read_json(request)).get("deadline_s", deadline_s)
+        if not isinstance(deadline_s, (int, float)) or isinstance(deadline_s, bool) or not 0 <= deadline_s <= 86400:
+            raise ApiError("bad_request", "deadline_s must be a number of seconds from 0 to 86400")
+        self.start_drain(float(deadline_s))
+        return json_response(self.drain_state(), status=202)
+
+    async def drain_delete(self, request: web.Request) -> web.StreamResponse:
+        self._admin(request)
+        if not self.cancel_drain():
+            raise ApiError("conflict", "this node is not draining")
+        return json_response(self.drain_state())
+
+    async def drain_get(self, request: web.Request) -> web.StreamResponse:
+        self._admin(request)
+        return json_response(self.drain_state())
+
+    # -- the node as the agent and the probes see it ----------------------------------------------
+    @property
+    def media_port(self) -> int:
+        return self.workers[0].media_port
+
+    def room_ids(self) -> list[str]:
+        rooms: set[str] = set()
+        for w in self.workers:
+            rooms.update(r for r in (w.status or {}).get("rooms", ()) if isinstance(r, str))
+        return sorted(rooms)
+
+    def cpu_seconds(self) -> float:
+        """The workers' CPU seconds over their number: the load's ``cpu`` is then the node's
+        fraction of its cores in use."""
+        return sum(w.cpu_seconds() for w in self.workers) / len(self.workers)
+
+    def load_snapshot(self) -> LoadSnapshot:
+        participants = 0
+        for w in self.workers:
+            n = (w.status or {}).get("participants", 0)
+            participants += n if isinstance(n, int) else 0
+        healthy = all(w.up and bool((w.status or {}).get("healthy")) for w in self.workers)
+        return LoadSnapshot(
+            rooms=len(self.room_ids()),
+            participants=participants,
+            packets_out=sum(w.packets_out() for w in self.workers),
+            healthy=healthy,
+            draining=self.draining,
+        )
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._revoked:
+            return False, "revoked"
+        if self.draining:
+            return False, "draining"
+        for w in self.workers:
+            if not w.up:
+                exited = f" (exited with status {w.last_exit})" if w.last_exit is not None else ""
+                return False, f"worker {w.index}: {w.state.value}{exited}"
+            if w.status is None:
+                return False, f"worker {w.index}: no status yet"
+            if not w.status.get("ready"):
+                return False, f"worker {w.index}: {w.status.get('reason', 'not ready')}"
+        return True, "ok"
+
+    # -- operations --------------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """Liveness: the front answers (a dead worker is restarted, not a reason to restart all);
+        the workers' states are listed."""
+        up = sum(1 for w in self.workers if w.up)
+        return json_response(
+            {
+                "status": "ok" if up == len(self.workers) else "degraded",
+                "workers": [w.describe() for w in self.workers],
+            }
+        )
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        ready, reason = self.readiness()
+        body = {"ready": ready, "reason": reason, "workers": [w.describe() for w in self.workers]}
+        return json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        async def scrape(w: Worker) -> tuple[int, str] | None:
+            if not w.up or w.session is None:
+                return None
+            try:
+                async with w.session.get("http://worker/metrics") as resp:
+                    return w.index, await resp.text()
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                return None
+
+        texts = [t for t in await asyncio.gather(*(scrape(w) for w in self.workers)) if t is not None]
+        states = {s.value: 0 for s in WorkerState}
+        for w in self.workers:
+            states[w.state.value] += 1
+        collector = FrontCollector(
+            relabel(texts),
+            self.http_counts,
+            self.agent.heartbeat_failures if self.agent is not None else 0,
+            states,
+            {w.index: w.restarts for w in self.workers},
+        )
+        return web.Response(body=render_front(collector), headers={"Content-Type": CONTENT_TYPE})
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    def make_app(self) -> web.Application:
+        def count(request: web.Request, status: int) -> None:
+            resource = request.match_info.route.resource
+            key = (resource.canonical if resource else "unmatched", str(status))
+            self.http_counts[key] = self.http_counts.get(key, 0) + 1
+
+        cfg = self.config
+        limiter = make_rate_limit_middleware(
+            per_ip=Limit(cfg.rate_limit_ip_per_s, cfg.rate_limit_ip_burst) if cfg.rate_limit_ip_per_s > 0 else None,
+            per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
+            paths=RATE_LIMITED_PATHS,
+        )
+        app = web.Application(
+            middlewares=[make_error_middleware(count), make_cors_middleware(cfg.cors_origins), make_error_middleware(), limiter],
+            client_max_size=256 * 1024,
+        )
+        r = app.router
+        creating, existing = self._room_route(creating=True), self._room_route(creating=False)
+        r.add_post("/whip/{room}", creating)
+        r.add_delete("/whip/{room}/{session}", existing)
+        r.add_patch("/whip/{room}/{session}", existing)
+        r.add_post("/whep/{room}", existing)
+        r.add_post("/whep/{room}/{identity}", existing)
+        r.add_delete("/whep/{room}/{session}", existing)
+        r.add_patch("/whep/{room}/{session}", existing)
+        r.add_post("/whep/{room}/{session}/layer", existing)
+        r.add_post("/v1/rooms", self.rooms_post)
+        r.add_get("/v1/rooms", self.rooms_list)
+        r.add_get("/v1/rooms/{room}", existing)
+        r.add_delete("/v1/rooms/{room}", existing)
+        r.add_post("/v1/rooms/{room}/recording", existing)
+        r.add_post("/v1/node/drain", self.drain_post)
+        r.add_delete("/v1/node/drain", self.drain_delete)
+        r.add_get("/v1/node/drain", self.drain_get)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get(RTC_PATH, self.rtc)
+        if STATIC_DIR.is_dir():
+            r.add_get("/", self.index)
+            r.add_static("/static", STATIC_DIR)
+        return app
+

@@ -1,0 +1,155 @@
+"""Forwarding one public request to a worker over its unix socket: plain HTTP, and the signaling
+WebSocket frame by frame both ways.
+
+What the worker answers comes back unchanged (status, body, its headers: ``Location``,
+``ETag``, ``LevelChat-Refused-Track``, ``Retry-After``...), so a worker's refusal reaches the
+client as the same catalogue problem, with the front's request id (passed on in
+``FRONT_REQUEST_ID``).  The front's own middlewares (CORS, rate limits, request counting) wrap
+it; hop-by-hop headers and ``Origin`` (CORS is the front's) are not passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+
+from levelchat.errors import ApiError
+from levelchat.web import request_id
+from sfu.api.jsonrpc import MAX_FRAME_BYTES
+from sfu.api.rtc import HEARTBEAT_S
+from sfu.workers.worker import FRONT_REQUEST_ID
+
+log = logging.getLogger(__name__)
+
+WORKER_BASE = "http://worker"
+PROXY_TIMEOUT_S = 15.0
+#: not passed on in either direction
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Date", "Server",
+        "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept",
+        "Sec-WebSocket-Protocol", FRONT_REQUEST_ID,
+    )
+)
+#: not passed to workers (CORS is answered by the front)
+REQUEST_ONLY = frozenset(("origin", "access-control-request-method", "access-control-request-headers"))
+
+
+def _request_headers(request: web.Request) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in REQUEST_ONLY:
+            out.add(name, value)
+    out[FRONT_REQUEST_ID] = request_id(request)
+    if request.remote:
+        out["X-Forwarded-For"] = request.remote
+    return out
+
+
+def _response_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in resp.headers.items():
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and not lower.startswith("access-control-"):
+            out.add(name, value)
+    return out
+
+
+def unavailable(index: int, exc: BaseException) -> ApiError:
+    log.warning("worker %d did not answer: %s: %s", index, type(exc).__name__, exc)
+    return ApiError("service_unavailable", f"forwarding worker {index} is not answering; retry shortly")
+
+
+async def forward(
+    session: aiohttp.ClientSession, index: int, request: web.Request, *, body: bytes | None = None
+) -> web.Response:
+    """``request`` to the worker behind ``session``; its answer as the front's response."""
+    data = body if body is not None else await request.read()
+    try:
+        async with session.request(
+            request.method,
+            WORKER_BASE + request.path_qs,
+            headers=_request_headers(request),
+            data=data,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
+        ) as resp:
+            raw = await resp.read()
+            return web.Response(status=resp.status, body=raw, headers=_response_headers(resp))
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise unavailable(index, exc) from None
+
+
+async def forward_websocket(session: aiohttp.ClientSession, index: int, request: web.Request) -> web.StreamResponse:
+    """The signaling WebSocket: connect to the worker first (a failure is a problem over HTTP),
+    then accept the client and pass frames both ways until either side closes; the close code
+    and reason (``4000 + status``, the catalogue code) are passed on."""
+    headers = _request_headers(request)
+    try:
+        upstream = await session.ws_connect(
+            WORKER_BASE + request.path_qs,
+            headers=headers,
+            heartbeat=HEARTBEAT_S,
+            max_msg_size=MAX_FRAME_BYTES,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise unavailable(index, exc) from None
+    client = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    try:
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close()
+        raise
+
+    async def to_worker() -> None:
+        while True:
+            msg = await client.receive()
+            if msg.type is WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+            else:
+                break
+        if not upstream.closed:
+            await upstream.close(code=client.close_code or 1000)
+
+    async def to_client() -> None:
+        reason = b""
+        while True:
+            msg = await upstream.receive()
+            if msg.type is WSMsgType.TEXT:
+                await client.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await client.send_bytes(msg.data)
+            else:
+                if msg.type is WSMsgType.CLOSE and isinstance(msg.extra, str):
+                    reason = msg.extra.encode()[:120]
+                break
+        if not client.closed:
+            await client.close(code=upstream.close_code or 1000, message=reason)
+
+    tasks = [asyncio.ensure_future(to_worker()), asyncio.ensure_future(to_client())]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # let the other direction finish its close handshake, briefly
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+    except ConnectionError:
+        pass
+    finally:
+        for t in tasks:
+            t.cancel()
+        if not upstream.closed:
+            await upstream.close()
+        if not client.closed:
+            await client.close()
+    return client
+
