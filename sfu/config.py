@@ -61,6 +61,11 @@ class NodeConfig:
     max_loop_lag_ms: int = 500
     #: after a revocation, live sessions are kept this long, then closed
     revoke_drain_s: float = 30.0
+    #: the bitrate each video publisher is told it may send (REMB, once a second, to publishers that
+    #: negotiated goog-remb): enough for three simulcast layers up to 720p; 0 sends no REMB
+    publisher_max_bitrate_bps: int = 3_000_000
+    #: a subscriber offer unanswered this long is sent again; unanswered again, the session ends
+    subscriber_offer_timeout_s: float = 10.0
     log_json: bool = False
     log_level: str = "INFO"
     #: forwarding worker processes: an integer >= 1, or "auto" (one per core); with more than one,
@@ -120,6 +125,10 @@ class NodeConfig:
             raise ConfigError("self_check_interval_s and self_check_deadline_ms must be positive")
         if self.self_check_failures < 1 or self.self_check_recoveries < 1:
             raise ConfigError("self_check_failures and self_check_recoveries must be at least 1")
+        if not 0 <= self.publisher_max_bitrate_bps <= 1 << 40:
+            raise ConfigError(f"publisher_max_bitrate_bps: {self.publisher_max_bitrate_bps} must be between 0 and 2^40")
+        if self.subscriber_offer_timeout_s <= 0:
+            raise ConfigError(f"subscriber_offer_timeout_s: {self.subscriber_offer_timeout_s} must be positive")
         if self.revoke_drain_s < 0:
             raise ConfigError(f"revoke_drain_s: {self.revoke_drain_s} must not be negative")
         if self.control_url and not self.control_url.startswith(("http://", "https://")):

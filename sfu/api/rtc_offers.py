@@ -87,8 +87,9 @@ class SubscriberNegotiator:
     def active_sids(self) -> set[str]:
         return {s.track_sid for s in self.sections if s.state is not SectionState.INACTIVE}
 
-    def plan(self, wanted: list[Wanted], local: sdp.LocalParams) -> Offer | None:
-        """A new offer when what the participant should receive changed, else None.
+    def plan(self, wanted: list[Wanted], local: sdp.LocalParams, *, force: bool = False) -> Offer | None:
+        """A new offer when what the participant should receive changed (or ``force``: an ICE
+        restart), else None.
 
         Must not be called while an offer is outstanding."""
         if self.pending is not None:
@@ -101,7 +102,7 @@ class SubscriberNegotiator:
                 removed.append(section)
         have = self.active_sids()
         added = [w for w in wanted if w.track_sid not in have and w.track_sid not in self.declined]
-        if not removed and not added:
+        if not removed and not added and not force:
             return None
         for w in added:
             self.sections.append(

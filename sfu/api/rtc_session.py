@@ -21,18 +21,29 @@ from levelchat.tokens import Claims
 from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
 from sfu.api.rtc_data import DataService, data_only_offer, data_section
+from sfu.api.rtc_ice import (
+    apply_answer_ufrag,
+    offer_credentials,
+    offered,
+    request_subscriber_restart,
+    restart_publisher,
+)
+from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
-from sfu.api.sessions import SessionService, ssrc_track_specs
+from sfu.api.rtc_timeouts import OfferWatch, check_offer
+from sfu.api.sessions import SessionService, publish_track_specs
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.participant import Participant, ParticipantKind
 from sfu.routing.rooms import Room
-from sfu.routing.router import DownTrackSpec, TrackSpec, TransportSpec
+from sfu.routing.router import DownTrackSpec, TransportSpec
+from sfu.routing.simulcast import sources
 from sfu.routing.speakers import LevelMeter, Speaker, rank
 from sfu.routing.track import PublishedTrack
 from sfu.signaling import sdp
 from sfu.signaling.codecs import HDREXT_AUDIO_LEVEL, CodecPolicy
 from sfu.transport.dtls import DtlsRole
+from sfu.transport.ice import IceCredentials
 from sfu.transport.peer import CloseReason, PeerTransport
 
 if TYPE_CHECKING:
@@ -52,12 +63,15 @@ def _participant_view(p: Participant) -> dict[str, Any]:
         "sid": p.sid,
         "name": p.name,
         "kind": p.kind.value,
-        "tracks": [_track_view(t) for t in p.tracks.values()],
+        "tracks": [_track_view(t) for t in sources(p.tracks.values())],
     }
 
 
 def _track_view(t: PublishedTrack) -> dict[str, Any]:
-    return {"sid": t.sid, "kind": t.kind, "codec": t.codec.name, "mid": t.mid, "muted": t.muted}
+    view: dict[str, Any] = {"sid": t.sid, "kind": t.kind, "codec": t.codec.name, "mid": t.mid, "muted": t.muted}
+    if t.group is not None:
+        view["layers"] = t.group.rids  # a simulcast source: its rids, low to high quality
+    return view
 
 
 def _str_param(params: dict[str, Any], name: str, *, max_len: int = 64 * 1024) -> str:
@@ -69,8 +83,10 @@ def _str_param(params: dict[str, Any], name: str, *, max_len: int = 64 * 1024) -
     return value
 
 
-def _track_specs(negotiation: sdp.PublishNegotiation) -> list[TrackSpec]:
-    return [spec for track in negotiation.tracks for spec in ssrc_track_specs(track)]
+def _spec_key(mid: str, ssrc: int, rid: str | None) -> tuple[str, int | str]:
+    """What names a published track across renegotiations: a simulcast layer by its rid (its
+    SSRC is learnt from its packets), any other track by its SSRC."""
+    return (mid, rid) if rid is not None else (mid, ssrc)
 
 
 @dataclass
@@ -94,6 +110,12 @@ class RtcSession:
         self.downtracks: dict[str, DownTrack] = {}  # by track sid
         self.ended = False
         self._sync_scheduled = False
+        #: the outstanding subscriber offer's notification, and when it was sent (sfu.api.rtc_timeouts)
+        self.last_offer: dict[str, Any] | None = None
+        self.offer_watch = OfferWatch(service.offer_timeout_ms)
+        #: ICE restart of the subscriber transport: asked for, then in the outstanding offer (sfu.api.rtc_ice)
+        self.ice_restart: IceCredentials | None = None
+        self.restart_in_offer: IceCredentials | None = None
         self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "join": self.join,
             "publish": self.publish,
@@ -103,6 +125,8 @@ class RtcSession:
             "mute": self.mute,
             "leave": self.leave,
             "ping": self.ping,
+            "set_layer": self.set_layer,
+            "restart_ice": self.restart_ice,
         }
 
     @property
@@ -171,9 +195,12 @@ class RtcSession:
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
         if not negotiation.tracks and not negotiation.datachannel:
             raise ApiError("bad_request", "the offer sends no audio, video or data channel")
-        specs = _track_specs(negotiation)
+        # simulcast layers' placeholder SSRCs continue below the ones still unlearnt
+        specs = publish_track_specs(offer, negotiation, min([0, *participant.tracks]))
         if negotiation.tracks and not specs:
-            raise ApiError("bad_request", "the offer signals no SSRC for its media (a=ssrc lines are required)")
+            raise ApiError(
+                "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"
+            )
         router = self.service.node.router
         now = clock.now_ms()
         transport = participant.publisher
@@ -187,15 +214,14 @@ class RtcSession:
             self.service.publisher_roles[participant.sid] = answered
             added = specs
         else:
-            if ufrag != transport.remote_ufrag:
-                raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
-            keep = {(s.mid, s.ssrc) for s in specs}
+            restart_publisher(transport, offer)  # a new ufrag: ICE restart
+            keep = {_spec_key(s.mid, s.ssrc, s.rid) for s in specs}
             for track in list(participant.tracks.values()):
-                if (track.mid, track.ssrc) not in keep:
+                if _spec_key(track.mid, track.ssrc, track.rid) not in keep:
                     self.service.published.pop(track.sid, None)
                     router.unpublish(room, participant, track, now)
-            have = {(t.mid, t.ssrc) for t in participant.tracks.values()}
-            added = [s for s in specs if (s.mid, s.ssrc) not in have]
+            have = {_spec_key(t.mid, t.ssrc, t.rid) for t in participant.tracks.values()}
+            added = [s for s in specs if _spec_key(s.mid, s.ssrc, s.rid) not in have]
         if added or participant.publisher is None:
             router.attach_publisher(room, participant, transport, added, now)
         if negotiation.datachannel:
@@ -211,11 +237,11 @@ class RtcSession:
         if added:
             # the track_published notifications went out from the router event; now the descriptions exist
             self.service.resync_room(room)
-        return {"sdp": answer, "tracks": [_track_view(t) for t in participant.tracks.values()]}
+        return {"sdp": answer, "tracks": [_track_view(t) for t in sources(participant.tracks.values())]}
 
     def _own_track(self, participant: Participant, params: dict[str, Any]) -> PublishedTrack:
         sid = _str_param(params, "track", max_len=64)
-        track = next((t for t in participant.tracks.values() if t.sid == sid), None)
+        track = next((t for t in sources(participant.tracks.values()) if t.sid == sid), None)
         if track is None:
             raise ApiError("not_found", f"you publish no track {sid!r}")
         return track
@@ -223,8 +249,9 @@ class RtcSession:
     async def unpublish(self, params: dict[str, Any]) -> dict[str, Any]:
         room, participant = self._joined()
         track = self._own_track(participant, params)
-        self.service.published.pop(track.sid, None)
-        self.service.node.router.unpublish(room, participant, track, clock.now_ms())
+        for layer in layers_of(track):
+            self.service.published.pop(layer.sid, None)
+            self.service.node.router.unpublish(room, participant, layer, clock.now_ms())
         return {}
 
     async def answer(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -237,14 +264,14 @@ class RtcSession:
             outcome = negotiator.take_answer(text)
         except ValueError as exc:
             raise ApiError("bad_request", f"invalid SDP answer: {exc}") from None
+        self.offer_watch.answered()
         router = self.service.node.router
         transport = participant.subscriber
         if transport is None:
             raise ApiError("internal_error", "the subscriber transport is missing")
         if transport.remote_ufrag in ("", None):
             router.complete_offer_transport(transport, outcome.remote_ufrag, list(outcome.remote_fingerprints))
-        elif transport.remote_ufrag != outcome.remote_ufrag:
-            raise ApiError("bad_request", "a new ICE ufrag (ICE restart) is not supported: leave and join again")
+        apply_answer_ufrag(self, transport, outcome.remote_ufrag)
         now = clock.now_ms()
         for section, track in outcome.delivered:
             source = self.service.find_track(section.track_sid)
@@ -281,7 +308,8 @@ class RtcSession:
         muted = params.get("muted")
         if not isinstance(muted, bool):
             raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.muted must be true or false"))
-        self.service.node.router.set_muted(room, participant, track, muted, clock.now_ms())
+        for layer in layers_of(track):
+            self.service.node.router.set_muted(room, participant, layer, muted, clock.now_ms())
         return {"track": track.sid, "muted": track.muted}
 
     async def leave(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -292,6 +320,14 @@ class RtcSession:
 
     async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"now_ms": clock.now_ms()}
+
+    async def restart_ice(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._joined()
+        return request_subscriber_restart(self)
+
+    async def set_layer(self, params: dict[str, Any]) -> dict[str, Any]:
+        _room, participant = self._joined()
+        return choose_layer(self.service.node.router, participant, self.downtracks, params)
 
     # -- subscriber transport ------------------------------------------------------------------
     def schedule_sync(self) -> None:
@@ -316,18 +352,22 @@ class RtcSession:
         if transport is None:
             transport = router.new_offer_transport(clock.now_ms())
             router.attach_offer_subscriber(participant, transport)
+        local, restart = offer_credentials(self, self.service.local_params(transport, sdp.Setup.PASSIVE))
         try:
-            offer = negotiator.plan(wanted, self.service.local_params(transport, sdp.Setup.PASSIVE))
+            offer = negotiator.plan(wanted, local, force=restart)
         except ValueError:
             log.exception("no offer could be made for %s", participant.identity)
             return
         if offer is None:
             return
+        offered(self, restart)
         for section in offer.removed:
             dt = self.downtracks.pop(section.track_sid, None)
             if dt is not None:
                 router.unsubscribe(participant, dt)
-        self.notify("offer", offer.describe(negotiator.sections))
+        self.last_offer = offer.describe(negotiator.sections)
+        self.notify("offer", self.last_offer)
+        self.offer_watch.sent(clock.now_ms())
 
     def active_track_sids(self) -> set[str]:
         if self.negotiator is None:
@@ -345,6 +385,7 @@ class RtcService:
         self.published: dict[str, sdp.PublishedTrack] = {}
         self.publisher_roles: dict[str, sdp.Setup] = {}
         self.preferred_role = sdp.Setup(node.config.dtls_role)
+        self.offer_timeout_ms = int(node.config.subscriber_offer_timeout_s * 1000)
         self._last_speakers: dict[str, tuple[str, ...]] = {}
         self._told_draining = ""
         self._task: asyncio.Task[None] | None = None
@@ -395,7 +436,7 @@ class RtcService:
         for other in room.participants.values():
             if other is participant or other.closed:
                 continue
-            for track in other.tracks.values():
+            for track in sources(other.tracks.values()):
                 desc = self.description(track.sid)
                 if desc is not None:
                     out.append(Wanted(track.sid, other.identity, desc))
@@ -428,7 +469,7 @@ class RtcService:
         if kind is RoomEventKind.JOINED and p is not None:
             self._tell_others(room, p, "participant_joined", {"participant": _participant_view(p)})
         elif kind is RoomEventKind.PUBLISHED and p is not None:
-            for track in event.tracks:
+            for track in sources(event.tracks):
                 ext_id = track.ext_ids.get(HDREXT_AUDIO_LEVEL)
                 if track.kind == "audio" and ext_id is not None and track.level_meter is None:
                     track.level_meter = LevelMeter(ext_id)
@@ -437,11 +478,11 @@ class RtcService:
                 )
             self.resync_room(room)
         elif kind is RoomEventKind.UNPUBLISHED and p is not None:
-            for track in event.tracks:
+            for track in sources(event.tracks):
                 self._tell_others(room, p, "track_unpublished", {"participant": p.identity, "track": track.sid})
             self.resync_room(room)
         elif kind is RoomEventKind.MUTED and p is not None:
-            for track in event.tracks:
+            for track in sources(event.tracks):
                 self._tell_others(
                     room, p, "track_muted", {"participant": p.identity, "track": track.sid, "muted": track.muted}
                 )
@@ -481,6 +522,9 @@ class RtcService:
                 log.exception("signaling tick failed")
 
     def tick(self, now_ms: int) -> None:
+        for session in list(self.by_sid.values()):
+            if not session.ended:
+                check_offer(session, now_ms)
         rooms = {s.room_id for s in self.by_sid.values() if not s.ended}
         for room_id in rooms:
             room = self.node.rooms.rooms.get(room_id)

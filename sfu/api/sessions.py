@@ -21,6 +21,12 @@ from sfu.transport.dtls import DtlsRole
 from sfu.transport.peer import CloseReason, PeerTransport
 
 MAX_SDP_BYTES = 64 * 1024
+REMB_FB = "goog-remb"
+
+
+def takes_remb(track: sdp.PublishTrack) -> bool:
+    """The answer to this video section carries ``a=rtcp-fb:... goog-remb``."""
+    return track.kind is sdp.MediaKind.VIDEO and any(REMB_FB in c.rtcp_fb for c in track.codecs)
 
 
 def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
@@ -34,9 +40,41 @@ def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
             codecs=codecs,
             ext_ids=dict(track.header_extensions),
             rtx_ssrc=track.rtx_ssrcs.get(ssrc),
+            remb=takes_remb(track),
         )
         for ssrc in track.ssrcs
     ]
+
+
+def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiation, placeholder: int = 0) -> list[TrackSpec]:
+    """Every track a publish offer sends: one per simulcast layer (rid; its SSRC comes with its
+    first packets, so it gets a negative placeholder below ``placeholder``) and one per signalled
+    media SSRC.  ``ApiError`` (``bad_request``) for an a=rid line with bad restrictions."""
+    specs: list[TrackSpec] = []
+    for track in negotiation.tracks:
+        codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+        section = offer.section(track.mid)
+        rid_params = {r.id: r.params for r in section.rids} if section is not None else {}
+        for rid in track.rids:
+            placeholder -= 1
+            try:
+                RidRestrictions.parse(rid_params.get(rid, ""))
+            except ValueError as exc:
+                raise ApiError("bad_request", f"mid {track.mid!r}: {exc}") from None
+            specs.append(
+                TrackSpec(
+                    kind=track.kind.value,
+                    mid=track.mid,
+                    ssrc=placeholder,
+                    codecs=codecs,
+                    ext_ids=dict(track.header_extensions),
+                    rid=rid,
+                    rid_params=rid_params.get(rid, ""),
+                    remb=takes_remb(track),
+                )
+            )
+        specs.extend(ssrc_track_specs(track))
+    return specs
 
 
 @dataclass
@@ -106,30 +144,7 @@ class SessionService:
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer sends no audio or video")
         participant = Participant(identity=identity, room_id=room.id, kind=ParticipantKind.WHIP, name=name)
-        specs: list[TrackSpec] = []
-        placeholder = 0  # simulcast layers' SSRCs come with their first packets (rid extension)
-        for track in negotiation.tracks:
-            codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
-            section = offer.section(track.mid)
-            rid_params = {r.id: r.params for r in section.rids} if section is not None else {}
-            for rid in track.rids:
-                placeholder -= 1
-                try:
-                    RidRestrictions.parse(rid_params.get(rid, ""))
-                except ValueError as exc:
-                    raise ApiError("bad_request", f"mid {track.mid!r}: {exc}") from None
-                specs.append(
-                    TrackSpec(
-                        kind=track.kind.value,
-                        mid=track.mid,
-                        ssrc=placeholder,
-                        codecs=codecs,
-                        ext_ids=dict(track.header_extensions),
-                        rid=rid,
-                        rid_params=rid_params.get(rid, ""),
-                    )
-                )
-            specs.extend(ssrc_track_specs(track))
+        specs = publish_track_specs(offer, negotiation)
         if not specs:
             raise ApiError(
                 "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"

@@ -17,8 +17,9 @@ import secrets
 from typing import TYPE_CHECKING
 
 from sfu.counters import DropReason, MediaCounters
-from sfu.packet.rtp import copy_rewrite, get_extension
+from sfu.packet.rtp import copy_rewrite, get_extension, header_length
 from sfu.packet.seq import SeqMunger, TimestampMunger
+from sfu.packet.vp8 import Vp8Munger
 from sfu.transport.peer import PeerTransport
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ class DownTrack:
         self._last_forward_ms = 0
         #: (subscriber's mid extension id, its mid) when the publisher's mid value differs
         self._mid_patch: tuple[int, bytes] | None = None
+        #: simulcast VP8: picture ID / TL0PICIDX / KEYIDX kept continuous across layer switches
+        #: (set by ``_take``; such packets take the copying path, where the payload can change)
+        self.vp8: Vp8Munger | None = None
 
     def can_carry(self, track: PublishedTrack) -> bool:
         return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
@@ -154,10 +158,25 @@ class DownTrack:
         self.seq.switch_source()
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
         self.source = track
+        self._vp8_follow(track)
         self.waiting_keyframe = wait_keyframe
         track.attach(self, wait_keyframe=wait_keyframe)
         if wait_keyframe:
             track.request_keyframe(now_ms)
+
+    def _vp8_follow(self, track: PublishedTrack) -> None:
+        if track.group is not None and track.codec.name.lower() == "vp8":
+            if self.vp8 is None:
+                self.vp8 = Vp8Munger()
+            self.vp8.switch()
+        else:
+            self.vp8 = None
+
+    def _vp8_rewrite(self, out: memoryview, length: int, retransmission: bool) -> None:
+        assert self.vp8 is not None
+        start = header_length(out, length)
+        if start >= 0:
+            self.vp8.rewrite(out, start, length, retransmission=retransmission)
 
     def unbind(self) -> None:
         self.cancel_switch()
@@ -199,7 +218,7 @@ class DownTrack:
                 tm.newest_out = out_ts
         else:
             out_ts = tm.map(ts)
-        if shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same):
+        if self.vp8 is None and (shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same)):
             if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
                 return 0
             n = length
@@ -212,6 +231,8 @@ class DownTrack:
                 return 0
             if self._mid_patch is not None:
                 self._patch_mid(peer.out_view, n)
+            if self.vp8 is not None:
+                self._vp8_rewrite(peer.out_view, n, False)
             if not peer.send_rtp(n):
                 return 0
         self.packets_sent += 1
@@ -249,6 +270,8 @@ class DownTrack:
             n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=self.ts.translate(ts), pt=pt, ext_map=self.ext_map)
             if n > 0 and self._mid_patch is not None:
                 self._patch_mid(peer.out_view, n)
+            if n > 0 and self.vp8 is not None:
+                self._vp8_rewrite(peer.out_view, n, True)
             if n > 0 and peer.send_rtp(n):
                 sent += 1
         self._counters.retransmits += sent

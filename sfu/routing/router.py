@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from levelchat.errors import ApiError
 from sfu import clock
 from sfu.counters import MediaCounters
+from sfu.routing.bandwidth import send_remb
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind, RoomObserver
 from sfu.routing.participant import Participant, PublisherSink, SubscriberSink
@@ -50,6 +51,8 @@ class TrackSpec:
     #: a simulcast layer's a=rid restrictions ("max-width=640;max-height=360"); ``ssrc`` is then a
     #: negative placeholder until the publisher's packets name the layer (sfu.routing.simulcast)
     rid_params: str = ""
+    #: the publisher negotiated goog-remb for it: it hears the node's bitrate cap (REMB)
+    remb: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,11 @@ class Router:
         counters: MediaCounters,
         srtp_profiles: list[SrtpProfile],
         loop: asyncio.AbstractEventLoop,
+        publisher_max_bitrate_bps: int = 0,
     ) -> None:
         self.rooms = rooms
+        #: REMB sent to each video publisher once a second (0: none; sfu.routing.bandwidth)
+        self.publisher_max_bitrate_bps = publisher_max_bitrate_bps
         self.port = port
         self.certificate = certificate
         self.counters = counters
@@ -126,6 +132,7 @@ class Router:
                 rtx_ssrc=spec.rtx_ssrc,
                 ext_ids=spec.ext_ids,
             )
+            track.remb = spec.remb
             participant.tracks[spec.ssrc] = track
             if track.rtx_ssrc is not None:
                 sink.rtx_ssrcs[track.rtx_ssrc] = track
@@ -322,6 +329,8 @@ class Router:
                     transport.tick(now_ms)
             if not participant.closed:
                 participant.send_reports(now_ms)
+                if self.publisher_max_bitrate_bps:
+                    send_remb(participant, self.publisher_max_bitrate_bps)
                 for group in groups_of(participant.tracks.values()):
                     group.tick(now_ms)
         for room in self.rooms.expired_empty(now_ms):

@@ -151,6 +151,8 @@ class PublishedTrack:
         self._keyframe_deferred = False  # a throttled request is still owed
         # the last sender report: (ntp 64-bit, rtp ts, arrival ms)
         self.last_sr: tuple[int, int, int] | None = None
+        #: the publisher takes REMB for this track (goog-remb negotiated; sfu.routing.bandwidth)
+        self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
 

@@ -58,6 +58,13 @@ function parseIncoming(bytes) {
   return { from: fromUtf8.decode(bytes.subarray(3, 3 + n)), payload: bytes.subarray(3 + n) };
 }
 
+/** The video encodings of ``publish(stream, {simulcast: true})``: low to high. */
+export const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: "f", maxBitrate: 2000000 },
+];
+
 function wsUrl(url, token) {
   const u = new URL("/v1/rtc", url);
   u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
@@ -187,6 +194,7 @@ export class Room extends Emitter {
   _subscriber() {
     if (this.subscriber) return this.subscriber;
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    this._restartOnFailure(pc, () => this.call("restart_ice"));
     pc.addEventListener("track", (ev) => {
       const mid = ev.transceiver.mid;
       const info = this._lastOffer?.get(mid);
@@ -211,7 +219,10 @@ export class Room extends Emitter {
   streamOf(identity) { return this._streamOf(identity); }
 
   _publisher() {
-    if (!this.publisher) this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    if (!this.publisher) {
+      this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      this._restartOnFailure(this.publisher, () => this._offerPublisher({ iceRestart: true }));
+    }
     return this.publisher;
   }
 
@@ -226,9 +237,7 @@ export class Room extends Emitter {
       channel.binaryType = "arraybuffer";
       channel.addEventListener("message", (ev) => this._onData(ev.data, isReliable));
     }
-    await pc.setLocalDescription(await pc.createOffer());
-    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    await this._offerPublisher();
     await Promise.all([reliable, lossy].map((ch) => new Promise((resolve, reject) => {
       if (ch.readyState === "open") { resolve(); return; }
       const timer = setTimeout(() => reject(new LevelChatError("data/open-timeout", `${ch.label} did not open`)), DATA_OPEN_TIMEOUT_MS);
@@ -264,25 +273,74 @@ export class Room extends Emitter {
     }
   }
 
-  /** Publish every track of ``stream`` (renegotiates when called again with more tracks). */
-  async publish(stream) {
+  /**
+   * Publish every track of ``stream`` (renegotiates when called again with more tracks).
+   * ``{simulcast: true}``: video goes out in three layers, rids "q" (1/4 size), "h" (1/2) and "f"
+   * (full), and subscribers choose with ``setLayer``.
+   */
+  async publish(stream, options = {}) {
     await this.dataReady; // one negotiation of the publisher transport at a time
     const pc = this._publisher();
     for (const track of stream.getTracks()) {
       if (!this.localTracks.has(track)) {
-        pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+        const init = { direction: "sendonly", streams: [stream] };
+        if (options.simulcast && track.kind === "video") init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+        pc.addTransceiver(track, init);
         this.localTracks.set(track, null);
       }
     }
-    await pc.setLocalDescription(await pc.createOffer());
-    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    const result = await this._offerPublisher();
     const byMid = new Map(result.tracks.map((t) => [t.mid, t.sid]));
     for (const tr of pc.getTransceivers()) {
       const track = tr.sender.track;
       if (track && byMid.has(tr.mid)) this.localTracks.set(track, byMid.get(tr.mid));
     }
     return result.tracks;
+  }
+
+  async _offerPublisher(offerOptions = {}) {
+    const pc = this.publisher;
+    await pc.setLocalDescription(await pc.createOffer(offerOptions));
+    const result = await this.call("publish", { sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    return result;
+  }
+
+  /**
+   * Restart ICE on both transports (new credentials; DTLS and media go on): the publisher
+   * offers again with ``iceRestart``, the node re-offers the subscriber transport. Done by
+   * itself when a transport's connection state becomes "failed".
+   */
+  async restartIce() {
+    const jobs = [];
+    if (this.publisher) jobs.push(this._offerPublisher({ iceRestart: true }));
+    if (this.subscriber) jobs.push(this.call("restart_ice"));
+    await Promise.all(jobs);
+  }
+
+  _restartOnFailure(pc, restart) {
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState !== "failed" || this._closed) return;
+      restart().catch((err) => this.emit("error", err));
+    });
+  }
+
+  /**
+   * Choose the simulcast layer received of a remote track (its ``trackSid``): a rid from the
+   * track's ``layers``, or "auto" for the best layer its publisher sends. Resolves with
+   * {track, layers: [{rid, active}], target, current, switching_to}.
+   */
+  setLayer(trackSid, layer) {
+    return this.call("set_layer", { track: trackSid, layer });
+  }
+
+  /** The simulcast layers (rids, low to high) of a remote track, or [] when it has none. */
+  layersOf(trackSid) {
+    for (const p of this.participants.values()) {
+      const t = p.tracks.find((x) => x.sid === trackSid);
+      if (t) return t.layers ?? [];
+    }
+    return [];
   }
 
   /** Mute or unmute one of this participant's tracks (the node stops forwarding it; others are told). */

@@ -157,6 +157,17 @@ class PeerTransport:
         self._remote_ufrag = ufrag
         self.dtls.remote_fingerprints = list(fingerprints)
 
+    def restart_ice(self, local: IceCredentials, remote_ufrag: str) -> None:
+        """ICE restart (RFC 8445 §9): new credentials on both sides while DTLS and SRTP go on.
+        Checks with the old ones are refused from now on; media keeps its address until a
+        nominating check comes from another."""
+        if self.state is TransportState.CLOSED:
+            return
+        old = self._ice.ufrag
+        self._ice = local
+        self._remote_ufrag = remote_ufrag
+        self._port.rename_peer(old, self)
+
     def on_ice_check(self, addr: Address, check: BindingCheck, now_ms: int) -> None:
         if self.state is TransportState.CLOSED:
             return

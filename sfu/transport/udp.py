@@ -140,6 +140,12 @@ class MediaPort:
             if key is not None and self._by_key.get(key) is peer:
                 del self._by_key[key]
 
+    def rename_peer(self, old_ufrag: str, peer: DatagramPeer) -> None:
+        """The peer's ICE ufrag changed (ICE restart): checks reach it under the new one only."""
+        if self._by_ufrag.get(old_ufrag) is peer:
+            del self._by_ufrag[old_ufrag]
+        self._by_ufrag[peer.ice.ufrag] = peer
+
     def remove_peer(self, peer: DatagramPeer) -> None:
         if self._by_ufrag.get(peer.ice.ufrag) is peer:
             del self._by_ufrag[peer.ice.ufrag]

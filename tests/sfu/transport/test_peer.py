@@ -14,7 +14,7 @@ from sfu.counters import Direction, DropReason
 from sfu.packet import rtcp
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.dtls import DtlsFailure, DtlsRole, DtlsState
-from sfu.transport.ice import BindingCheck, parse_check
+from sfu.transport.ice import BindingCheck, IceCredentials, parse_check
 from sfu.transport.peer import (
     CONSENT_TIMEOUT_MS,
     SETUP_TIMEOUT_MS,
@@ -447,3 +447,21 @@ async def test_a_lane_keeps_one_address_when_the_session_moves_mid_batch(link: L
     finally:
         ring.auto_flush = True
         other.close()
+
+
+async def test_ice_restart_takes_new_credentials_and_keeps_srtp(link: Link) -> None:
+    old_ufrag, old_pwd, old_client = link.peer.ice.ufrag, link.peer.ice.pwd, link.client.ufrag
+    rx = link.peer.rx
+    new = IceCredentials.generate()
+    link.client.ufrag = "newclnt1"
+    link.peer.restart_ice(new, link.client.ufrag)
+    assert link.peer.ice is new and link.peer.remote_ufrag == "newclnt1"
+    response = await link.client.check(link.peer, link.port, use_candidate=False)
+    assert response.message_class is stun.Class.RESPONSE and response.check_message_integrity(new.pwd.encode())
+    drops = link.counters.drops[DropReason.STUN_UNKNOWN_USER]
+    link.client.send(binding_request(f"{old_ufrag}:{old_client}", old_pwd), link.port_addr)
+    assert await link.client.nothing_arrives()
+    assert link.counters.drops[DropReason.STUN_UNKNOWN_USER] == drops + 1
+    assert link.peer.rx is rx and state(link.peer) is TransportState.CONNECTED
+    assert link.peer.send_rtcp(b"\x80\xc9\x00\x01\x00\x00\x00\x01")  # still keyed, still addressed
+    assert link.port.peer_count == 1

@@ -1,0 +1,146 @@
+"""VP8 payload descriptor (RFC 7741 §4.2) rewriting across source switches, in place.
+
+A subscriber that is moved from one simulcast layer to another receives a new VP8 stream whose
+picture IDs, TL0PICIDX and KEYIDX count from wherever the publisher's encoder for that layer is:
+its decoder sees a jump and may wait for, or ask for, more than the keyframe it just got.
+``Vp8Munger`` keeps those fields continuous for the subscriber, as if one encoder had produced the
+whole stream: at each switch (marked with ``switch``) the first packet of the new source is made
+to follow the last one forwarded (picture ID + 1, TL0PICIDX + 1, KEYIDX + 1) and later packets
+keep that offset.  Packets of the first source pass unchanged.
+
+Widths are kept: a 7-bit picture ID stays 7 bits (the offset works modulo 2^7), a 15-bit one
+15 bits.  No allocation per packet: ``rewrite`` reads and writes the bytes of a buffer.
+"""
+
+from __future__ import annotations
+
+from sfu.packet.rtp import Buffer
+
+Writable = bytearray | memoryview
+
+PID15_MASK = 0x7FFF
+PID7_MASK = 0x7F
+TL0_MASK = 0xFF
+KEYIDX_MASK = 0x1F
+
+#: ``descriptor_fields`` result slots (offsets into the buffer; -1: the field is absent)
+ABSENT = -1
+
+
+def descriptor_fields(buf: Buffer, start: int, end: int) -> tuple[int, int, int, int] | None:
+    """Where the rewritable fields of the VP8 payload descriptor at ``buf[start:end]`` are:
+    (picture ID offset, its width in bits (7, 15 or 0), TL0PICIDX offset, KEYIDX offset), offsets
+    -1 when absent; None when the descriptor is truncated.  (A helper for tests and tools; the
+    munger parses inline.)"""
+    if end - start < 1:
+        return None
+    pid = tl0 = key = ABSENT
+    bits = 0
+    if not buf[start] & 0x80:
+        return pid, bits, tl0, key
+    if end - start < 2:
+        return None
+    x = buf[start + 1]
+    pos = start + 2
+    if x & 0x80:
+        if pos >= end:
+            return None
+        pid = pos
+        bits = 15 if buf[pos] & 0x80 else 7
+        pos += 2 if bits == 15 else 1
+    if x & 0x40:
+        tl0 = pos
+        pos += 1
+    if x & 0x30:
+        if x & 0x10:
+            key = pos
+        pos += 1
+    if pos > end:
+        return None
+    return pid, bits, tl0, key
+
+
+class Vp8Munger:
+    """One subscriber's continuous picture ID / TL0PICIDX / KEYIDX across source switches."""
+
+    __slots__ = ("_pid_delta", "_tl0_delta", "_key_delta", "_last_pid", "_last_tl0", "_last_key", "_resync", "_started")
+
+    def __init__(self) -> None:
+        self._pid_delta = 0
+        self._tl0_delta = 0
+        self._key_delta = 0
+        self._last_pid = -1  # the newest values sent (15-bit space for the picture ID)
+        self._last_tl0 = -1
+        self._last_key = -1
+        self._resync = False
+        self._started = False
+
+    def switch(self) -> None:
+        """The next packet rewritten is the first of a new source (its keyframe)."""
+        self._resync = True
+
+    def rewrite(self, buf: Writable, start: int, end: int, *, retransmission: bool = False) -> bool:
+        """Rewrite the descriptor at ``buf[start:end]`` in place; False when it is truncated (left
+        as it is).  A ``retransmission`` gets the current offsets and moves nothing forward."""
+        if end - start < 1:
+            return False
+        if not buf[start] & 0x80:
+            return True  # no extension byte: no field to keep continuous
+        if end - start < 2:
+            return False
+        x = buf[start + 1]
+        pos = start + 2
+        pid_at = tl0_at = key_at = -1
+        wide = False
+        if x & 0x80:
+            if pos >= end:
+                return False
+            pid_at = pos
+            wide = bool(buf[pos] & 0x80)
+            pos += 2 if wide else 1
+        if x & 0x40:
+            tl0_at = pos
+            pos += 1
+        if x & 0x30:
+            if x & 0x10:
+                key_at = pos
+            pos += 1
+        if pos > end:
+            return False
+        if self._resync and not retransmission:
+            self._resync = False
+            if self._started:
+                # a field the previous source never sent has nothing to follow: kept as it is
+                if pid_at >= 0 and self._last_pid >= 0:
+                    pid = ((buf[pid_at] & 0x7F) << 8) | buf[pid_at + 1] if wide else buf[pid_at] & 0x7F
+                    self._pid_delta = self._last_pid + 1 - pid
+                if tl0_at >= 0 and self._last_tl0 >= 0:
+                    self._tl0_delta = self._last_tl0 + 1 - buf[tl0_at]
+                if key_at >= 0 and self._last_key >= 0:
+                    self._key_delta = self._last_key + 1 - (buf[key_at] & KEYIDX_MASK)
+        if not retransmission:
+            self._started = True
+        if pid_at >= 0:
+            if wide:
+                out = ((((buf[pid_at] & 0x7F) << 8) | buf[pid_at + 1]) + self._pid_delta) & PID15_MASK
+                buf[pid_at] = 0x80 | (out >> 8)
+                buf[pid_at + 1] = out & 0xFF
+                newer = 0 < (out - self._last_pid) & PID15_MASK < 0x4000
+            else:
+                out = ((buf[pid_at] & 0x7F) + self._pid_delta) & PID7_MASK
+                buf[pid_at] = out
+                newer = 0 < (out - self._last_pid) & PID7_MASK < 0x40
+            if not retransmission and (newer or self._last_pid < 0):
+                self._last_pid = out
+        if tl0_at >= 0:
+            out = (buf[tl0_at] + self._tl0_delta) & TL0_MASK
+            buf[tl0_at] = out
+            if not retransmission and (self._last_tl0 < 0 or 0 < (out - self._last_tl0) & TL0_MASK < 0x80):
+                self._last_tl0 = out
+        if key_at >= 0:
+            b = buf[key_at]
+            out = ((b & KEYIDX_MASK) + self._key_delta) & KEYIDX_MASK
+            buf[key_at] = (b & 0xE0) | out
+            if not retransmission and (self._last_key < 0 or 0 < (out - self._last_key) & KEYIDX_MASK < 0x10):
+                self._last_key = out
+        return True
