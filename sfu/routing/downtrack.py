@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from struct import Struct
 from typing import TYPE_CHECKING
 
 from sfu.counters import DropReason, MediaCounters
@@ -31,6 +32,8 @@ SHAPE_PLAIN = 0  # well-formed, no extension block, no padding
 SHAPE_OTHER = -1  # anything else: ``copy_rewrite`` checks and rewrites it
 #: RFC 8843 BUNDLE demux: the value is the receiver's mid, so it is rewritten per subscriber
 HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+#: sequence number and timestamp, bytes 2-7 of an RTP header
+_SEQ_TS = Struct("!HI")
 
 
 class DownTrack:
@@ -169,18 +172,28 @@ class DownTrack:
         self, view: memoryview, length: int, seq: int, ts: int, keyframe: bool, now_ms: int, shape: int = SHAPE_OTHER
     ) -> int:
         """Rewrite and queue one packet of the source for this subscriber; returns the bytes
-        queued (before SRTP), 0 when nothing was sent.  ``shape``: ``SHAPE_PLAIN``, ``SHAPE_OTHER`` or a mask of extension ids."""
+        queued (before SRTP), 0 when nothing was sent.  ``shape``: ``SHAPE_PLAIN``, ``SHAPE_OTHER`` or a mask of extension ids.
+
+        A packet this subscriber cannot take (payload type it did not negotiate, malformed) is
+        refused before its sequence number is mapped and leaves no hole in the outgoing sequence;
+        a refused keyframe leaves the downtrack waiting for the next one."""
         peer = self.peer
         if self.paused or peer.tx is None:
             return 0
-        if self.waiting_keyframe:
-            if not keyframe:
-                return 0
-            self.waiting_keyframe = False
+        waiting = self.waiting_keyframe
+        if waiting and not keyframe:
+            return 0
         b1 = self._b1_map[view[1]]
         if b1 == NO_PT:
-            self._counters.drops[DropReason.RTP_MALFORMED] += 1
-            return 0
+            return self._refuse(seq, keyframe, now_ms)
+        plain = shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same)
+        n = length
+        if not plain:  # rewritten into out_view first: a malformed packet is refused unmapped
+            n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=0, ts=0, pt=b1 & 0x7F, ext_map=self.ext_map)
+            if n < 0:
+                return self._refuse(seq, keyframe, now_ms)
+        if waiting:
+            self.waiting_keyframe = False
         m = self.seq
         if seq == m.fast_next:  # SeqMunger.map's in-order fast path, inlined
             m.fast_next = (seq + 1) & 0xFFFF
@@ -199,25 +212,31 @@ class DownTrack:
                 tm.newest_out = out_ts
         else:
             out_ts = tm.map(ts)
-        if shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same):
+        if plain:
             if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
                 return 0
-            n = length
         else:
-            n = copy_rewrite(
-                view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=out_ts, pt=b1 & 0x7F, ext_map=self.ext_map
-            )
-            if n < 0:
-                self._counters.drops[DropReason.RTP_MALFORMED] += 1
-                return 0
+            out = peer.out_view
+            _SEQ_TS.pack_into(out, 2, out_seq, out_ts)
             if self._mid_patch is not None:
-                self._patch_mid(peer.out_view, n)
+                self._patch_mid(out, n)
             if not peer.send_rtp(n):
                 return 0
         self.packets_sent += 1
         self.octets_sent += n - 12
         self._last_forward_ms = now_ms
         return n
+
+    def _refuse(self, seq: int, keyframe: bool, now_ms: int) -> int:
+        """Count a packet this subscriber cannot take; keep the outgoing sequence without a hole
+        (or, while waiting for a keyframe, keep waiting and look for the next one)."""
+        self._counters.drops[DropReason.RTP_MALFORMED] += 1
+        if self.waiting_keyframe:
+            if keyframe and self.source is not None:
+                self.source.request_keyframe(now_ms)  # the track looks for the next keyframe again
+        else:
+            self.seq.drop(seq)
+        return 0
 
     def _patch_mid(self, out: memoryview, length: int) -> None:
         assert self._mid_patch is not None
