@@ -60,9 +60,12 @@ class DownTrack:
         self.target_rid: str | None = None
         #: simulcast: the layer this downtrack moves to at that layer's next keyframe
         self.pending_source: PublishedTrack | None = None
-        self.waiting_keyframe = kind == "video"
-        self.seq = SeqMunger(random.getrandbits(16))
-        self.ts = TimestampMunger(random.getrandbits(32))
+        #: the track whose fan-out group forwards for this downtrack (its counts are then pending
+        #: there: the properties below bring them up to date first)
+        self.fast_track: PublishedTrack | None = None
+        self._waiting_keyframe = kind == "video"
+        self._seq = SeqMunger(random.getrandbits(16))
+        self._ts = TimestampMunger(random.getrandbits(32))
         self.pt_map = [NO_PT] * 128
         #: second header byte in -> out (marker kept, payload type mapped), NO_PT when unmapped
         self._b1_map = [NO_PT] * 256
@@ -70,14 +73,64 @@ class DownTrack:
         #: bit mask of the extension ids that reach this subscriber unchanged: a packet whose ids
         #: all are in it is copied with its extension block as is
         self._ext_same = 0
-        self.packets_sent = 0
-        self.octets_sent = 0
-        self.paused = False
+        self._packets_sent = 0
+        self._octets_sent = 0
+        self._paused = False
         self._counters = counters
         self._kind_index = 1 if kind == "video" else 0
         self._last_forward_ms = 0
         #: (subscriber's mid extension id, its mid) when the publisher's mid value differs
         self._mid_patch: tuple[int, bytes] | None = None
+
+    # -- state the source's fan-out group may hold pending (see ``PublishedTrack``) ----------------
+    @property
+    def seq(self) -> SeqMunger:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._seq
+
+    @property
+    def ts(self) -> TimestampMunger:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._ts
+
+    @property
+    def packets_sent(self) -> int:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._packets_sent
+
+    @property
+    def octets_sent(self) -> int:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._octets_sent
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        if value != self._paused:
+            self._paused = value
+            self._regroup()
+
+    @property
+    def waiting_keyframe(self) -> bool:
+        return self._waiting_keyframe
+
+    @waiting_keyframe.setter
+    def waiting_keyframe(self, value: bool) -> None:
+        if value != self._waiting_keyframe:
+            self._waiting_keyframe = value
+            self._regroup()
+
+    def _regroup(self) -> None:
+        """Whether this downtrack can be in its source's fan-out group changed."""
+        if self.source is not None:
+            self.source.fast_reset()
 
     def can_carry(self, track: PublishedTrack) -> bool:
         return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
@@ -104,7 +157,7 @@ class DownTrack:
         if layer is self.source:
             self.cancel_switch()
             return
-        if self.source is None or self.waiting_keyframe or self.kind != "video":
+        if self.source is None or self._waiting_keyframe or self.kind != "video":
             self.bind_layer(layer, now_ms)
             return
         if self.pending_source is not layer:
@@ -157,7 +210,7 @@ class DownTrack:
         self.seq.switch_source()
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
         self.source = track
-        self.waiting_keyframe = wait_keyframe
+        self._waiting_keyframe = wait_keyframe
         track.attach(self, wait_keyframe=wait_keyframe)
         if wait_keyframe:
             track.request_keyframe(now_ms)
@@ -178,9 +231,9 @@ class DownTrack:
         refused before its sequence number is mapped and leaves no hole in the outgoing sequence;
         a refused keyframe leaves the downtrack waiting for the next one."""
         peer = self.peer
-        if self.paused or peer.tx is None:
+        if self._paused or peer.tx is None:
             return 0
-        waiting = self.waiting_keyframe
+        waiting = self._waiting_keyframe
         if waiting and not keyframe:
             return 0
         b1 = self._b1_map[view[1]]
@@ -194,7 +247,7 @@ class DownTrack:
                 return self._refuse(seq, keyframe, now_ms)
         if waiting:
             self.waiting_keyframe = False
-        m = self.seq
+        m = self._seq
         if seq == m.fast_next:  # SeqMunger.map's in-order fast path, inlined
             m.fast_next = (seq + 1) & 0xFFFF
             m.fast_count += 1
@@ -204,7 +257,7 @@ class DownTrack:
             if out_seq < 0:
                 self._counters.drops[DropReason.SEQ_TOO_OLD] += 1
                 return 0
-        tm = self.ts
+        tm = self._ts
         offset = tm.fast_offset
         if offset >= 0:  # TimestampMunger.map, inlined
             out_ts = (ts + offset) & 0xFFFFFFFF
@@ -222,8 +275,8 @@ class DownTrack:
                 self._patch_mid(out, n)
             if not peer.send_rtp(n):
                 return 0
-        self.packets_sent += 1
-        self.octets_sent += n - 12
+        self._packets_sent += 1
+        self._octets_sent += n - 12
         self._last_forward_ms = now_ms
         return n
 
@@ -231,7 +284,7 @@ class DownTrack:
         """Count a packet this subscriber cannot take; keep the outgoing sequence without a hole
         (or, while waiting for a keyframe, keep waiting and look for the next one)."""
         self._counters.drops[DropReason.RTP_MALFORMED] += 1
-        if self.waiting_keyframe:
+        if self._waiting_keyframe:
             if keyframe and self.source is not None:
                 self.source.request_keyframe(now_ms)  # the track looks for the next keyframe again
         else:

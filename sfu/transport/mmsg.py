@@ -157,6 +157,9 @@ class SendRing(_Ring):
         self.used = 0
         #: changes each time the ring is emptied
         self.epoch = 0
+        #: changes whenever a writer's sending state changes (connected, closed, moved): whoever
+        #: caches writers' send states (``PublishedTrack``'s fan-out group) checks it per packet
+        self.generation = 0
         #: false while the owner batches (it flushes itself); true: a writer sends each packet
         self.auto_flush = True
         self._max_gso_bytes = 65000
