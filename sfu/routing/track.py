@@ -100,11 +100,12 @@ class RtxCache:
         self._lens = [0] * slots
         self._seqs = [-1] * slots
 
-    def put(self, view: memoryview, length: int, seq: int) -> None:
+    def put(self, view: Any, length: int, seq: int) -> None:
+        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes)."""
         if length > RTX_SLOT_BYTES:
             return
         i = seq & self._mask
-        self._bufs[i][:length] = view[:length]
+        _memmove(self._bufs[i], view, length)
         self._lens[i] = length
         self._seqs[i] = seq
 
@@ -212,9 +213,10 @@ class PublishedTrack:
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
+        src = view if cbuf is None else cbuf
         cache = self.rtx_cache
         if cache is not None:
-            cache.put(view, length, seq)
+            cache.put(src, length, seq)
         keyframe = False
         if self.keyframe_pending:
             keyframe = self._check_keyframe(view, length)
@@ -234,7 +236,7 @@ class PublishedTrack:
                 and self._fast_pt_ok[view[1]]
                 and self._fast_generation == self._fast_ring.generation
             ):
-                sent = self._fast_forward(view if cbuf is None else cbuf, view[1], length, seq, ts, now_ms)
+                sent = self._fast_forward(src, view[1], length, seq, ts, now_ms)
                 if sent:
                     octets = sent * length
                     rest = self._fast_rest
