@@ -117,7 +117,7 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
     sendto = src_sock.sendto
     reader = port._on_readable
 
-    def forward(_a: int, _b: int) -> float:
+    def forward(_a: float, _b: float) -> float:
         t0 = time.process_time()
         for start in range(0, packets, batch):
             for d in data[start : start + batch]:
@@ -127,7 +127,7 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
 
     # the one call of C ``functools_reduce`` brackets the forwarding: callgrind can count only it
     # (``--collect-atstart=no --toggle-collect=functools_reduce``)
-    cpu: float = functools.reduce(forward, [0, 0])
+    cpu: float = functools.reduce(forward, [0.0, 0.0])
     result = {
         "fanout": fanout,
         "packets": packets,
