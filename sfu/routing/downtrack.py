@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from struct import Struct
 from typing import TYPE_CHECKING
 
 from sfu.counters import DropReason, MediaCounters
@@ -32,6 +33,8 @@ SHAPE_PLAIN = 0  # well-formed, no extension block, no padding
 SHAPE_OTHER = -1  # anything else: ``copy_rewrite`` checks and rewrites it
 #: RFC 8843 BUNDLE demux: the value is the receiver's mid, so it is rewritten per subscriber
 HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+#: sequence number and timestamp, bytes 2-7 of an RTP header
+_SEQ_TS = Struct("!HI")
 
 
 class DownTrack:
@@ -58,9 +61,12 @@ class DownTrack:
         self.target_rid: str | None = None
         #: simulcast: the layer this downtrack moves to at that layer's next keyframe
         self.pending_source: PublishedTrack | None = None
-        self.waiting_keyframe = kind == "video"
-        self.seq = SeqMunger(random.getrandbits(16))
-        self.ts = TimestampMunger(random.getrandbits(32))
+        #: the track whose fan-out group forwards for this downtrack (its counts are then pending
+        #: there: the properties below bring them up to date first)
+        self.fast_track: PublishedTrack | None = None
+        self._waiting_keyframe = kind == "video"
+        self._seq = SeqMunger(random.getrandbits(16))
+        self._ts = TimestampMunger(random.getrandbits(32))
         self.pt_map = [NO_PT] * 128
         #: second header byte in -> out (marker kept, payload type mapped), NO_PT when unmapped
         self._b1_map = [NO_PT] * 256
@@ -68,9 +74,9 @@ class DownTrack:
         #: bit mask of the extension ids that reach this subscriber unchanged: a packet whose ids
         #: all are in it is copied with its extension block as is
         self._ext_same = 0
-        self.packets_sent = 0
-        self.octets_sent = 0
-        self.paused = False
+        self._packets_sent = 0
+        self._octets_sent = 0
+        self._paused = False
         self._counters = counters
         self._kind_index = 1 if kind == "video" else 0
         self._last_forward_ms = 0
@@ -79,6 +85,56 @@ class DownTrack:
         #: simulcast VP8: picture ID / TL0PICIDX / KEYIDX kept continuous across layer switches
         #: (set by ``_take``; such packets take the copying path, where the payload can change)
         self.vp8: Vp8Munger | None = None
+
+    # -- state the source's fan-out group may hold pending (see ``PublishedTrack``) ----------------
+    @property
+    def seq(self) -> SeqMunger:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._seq
+
+    @property
+    def ts(self) -> TimestampMunger:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._ts
+
+    @property
+    def packets_sent(self) -> int:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._packets_sent
+
+    @property
+    def octets_sent(self) -> int:
+        if self.fast_track is not None:
+            self.fast_track.fast_sync()
+        return self._octets_sent
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        if value != self._paused:
+            self._paused = value
+            self._regroup()
+
+    @property
+    def waiting_keyframe(self) -> bool:
+        return self._waiting_keyframe
+
+    @waiting_keyframe.setter
+    def waiting_keyframe(self, value: bool) -> None:
+        if value != self._waiting_keyframe:
+            self._waiting_keyframe = value
+            self._regroup()
+
+    def _regroup(self) -> None:
+        """Whether this downtrack can be in its source's fan-out group changed."""
+        if self.source is not None:
+            self.source.fast_reset()
 
     def can_carry(self, track: PublishedTrack) -> bool:
         return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
@@ -105,7 +161,7 @@ class DownTrack:
         if layer is self.source:
             self.cancel_switch()
             return
-        if self.source is None or self.waiting_keyframe or self.kind != "video":
+        if self.source is None or self._waiting_keyframe or self.kind != "video":
             self.bind_layer(layer, now_ms)
             return
         if self.pending_source is not layer:
@@ -159,7 +215,7 @@ class DownTrack:
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
         self.source = track
         self._vp8_follow(track)
-        self.waiting_keyframe = wait_keyframe
+        self._waiting_keyframe = wait_keyframe
         track.attach(self, wait_keyframe=wait_keyframe)
         if wait_keyframe:
             track.request_keyframe(now_ms)
@@ -188,19 +244,32 @@ class DownTrack:
         self, view: memoryview, length: int, seq: int, ts: int, keyframe: bool, now_ms: int, shape: int = SHAPE_OTHER
     ) -> int:
         """Rewrite and queue one packet of the source for this subscriber; returns the bytes
-        queued (before SRTP), 0 when nothing was sent.  ``shape``: ``SHAPE_PLAIN``, ``SHAPE_OTHER`` or a mask of extension ids."""
+        queued (before SRTP), 0 when nothing was sent.  ``shape``: ``SHAPE_PLAIN``, ``SHAPE_OTHER`` or a mask of extension ids.
+
+        A packet this subscriber cannot take (payload type it did not negotiate, malformed) is
+        refused before its sequence number is mapped and leaves no hole in the outgoing sequence;
+        a refused keyframe leaves the downtrack waiting for the next one."""
         peer = self.peer
-        if self.paused or peer.tx is None:
+        if self._paused or peer.tx is None:
             return 0
-        if self.waiting_keyframe:
-            if not keyframe:
-                return 0
-            self.waiting_keyframe = False
+        waiting = self._waiting_keyframe
+        if waiting and not keyframe:
+            return 0
         b1 = self._b1_map[view[1]]
         if b1 == NO_PT:
-            self._counters.drops[DropReason.RTP_MALFORMED] += 1
-            return 0
-        m = self.seq
+            return self._refuse(seq, keyframe, now_ms)
+        # simulcast VP8 takes the copying path: its payload descriptor is rewritten too
+        plain = self.vp8 is None and (
+            shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same)
+        )
+        n = length
+        if not plain:  # rewritten into out_view first: a malformed packet is refused unmapped
+            n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=0, ts=0, pt=b1 & 0x7F, ext_map=self.ext_map)
+            if n < 0:
+                return self._refuse(seq, keyframe, now_ms)
+        if waiting:
+            self.waiting_keyframe = False
+        m = self._seq
         if seq == m.fast_next:  # SeqMunger.map's in-order fast path, inlined
             m.fast_next = (seq + 1) & 0xFFFF
             m.fast_count += 1
@@ -210,7 +279,7 @@ class DownTrack:
             if out_seq < 0:
                 self._counters.drops[DropReason.SEQ_TOO_OLD] += 1
                 return 0
-        tm = self.ts
+        tm = self._ts
         offset = tm.fast_offset
         if offset >= 0:  # TimestampMunger.map, inlined
             out_ts = (ts + offset) & 0xFFFFFFFF
@@ -218,27 +287,33 @@ class DownTrack:
                 tm.newest_out = out_ts
         else:
             out_ts = tm.map(ts)
-        if self.vp8 is None and (shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same)):
+        if plain:
             if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
                 return 0
-            n = length
         else:
-            n = copy_rewrite(
-                view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=out_ts, pt=b1 & 0x7F, ext_map=self.ext_map
-            )
-            if n < 0:
-                self._counters.drops[DropReason.RTP_MALFORMED] += 1
-                return 0
+            out = peer.out_view
+            _SEQ_TS.pack_into(out, 2, out_seq, out_ts)
             if self._mid_patch is not None:
-                self._patch_mid(peer.out_view, n)
+                self._patch_mid(out, n)
             if self.vp8 is not None:
-                self._vp8_rewrite(peer.out_view, n, False)
+                self._vp8_rewrite(out, n, False)
             if not peer.send_rtp(n):
                 return 0
-        self.packets_sent += 1
-        self.octets_sent += n - 12
+        self._packets_sent += 1
+        self._octets_sent += n - 12
         self._last_forward_ms = now_ms
         return n
+
+    def _refuse(self, seq: int, keyframe: bool, now_ms: int) -> int:
+        """Count a packet this subscriber cannot take; keep the outgoing sequence without a hole
+        (or, while waiting for a keyframe, keep waiting and look for the next one)."""
+        self._counters.drops[DropReason.RTP_MALFORMED] += 1
+        if self._waiting_keyframe:
+            if keyframe and self.source is not None:
+                self.source.request_keyframe(now_ms)  # the track looks for the next keyframe again
+        else:
+            self.seq.drop(seq)
+        return 0
 
     def _patch_mid(self, out: memoryview, length: int) -> None:
         assert self._mid_patch is not None

@@ -150,7 +150,7 @@ class PublisherSink:
                 reason = DropReason.RTX_UNKNOWN if ssrc in self.rtx_ssrcs else DropReason.RTP_UNKNOWN_SSRC
                 self.counters.drops[reason] += 1
                 return
-        track.on_rtp(view, length, now_ms)
+        track.on_rtp(view, length, now_ms, cbuf)
 
     def on_rtcp(self, data: bytes, now_ms: int) -> None:
         try:

@@ -9,19 +9,30 @@ beyond what the socket layer needs.
 from __future__ import annotations
 
 import secrets
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from struct import unpack_from
-from typing import TYPE_CHECKING
+from struct import Struct, unpack_from
+from typing import TYPE_CHECKING, Any
+
+from pylibsrtp._binding import ffi, lib
 
 from sfu.counters import MediaCounters
 from sfu.packet.codecs import is_keyframe
 from sfu.packet.rtp import header_length
 from sfu.routing.stats import ReceiveStats
+from sfu.transport.udp import SEND_LANE_DEPTH
 
 if TYPE_CHECKING:
     from sfu.routing.downtrack import DownTrack
     from sfu.routing.simulcast import SimulcastGroup
+
+_NO_PT = -1  # sfu.routing.downtrack.NO_PT
+#: payload type and marker, sequence number, timestamp, SSRC: the RTP header after its first byte
+_B1_SEQ_TS_SSRC = Struct("!BHII")
+_pack_header = _B1_SEQ_TS_SSRC.pack_into
+_srtp_protect = lib.srtp_protect
+_memmove = ffi.memmove
 
 # the ``shape`` argument of ``DownTrack.forward`` (same values as sfu.routing.downtrack.SHAPE_*,
 # which imports this module); a packet with extensions passes the mask of their ids instead
@@ -66,6 +77,7 @@ def extension_ids(view: memoryview, length: int) -> int:
 
 #: retransmission cache slots per video track (a power of two); audio keeps none
 RTX_CACHE_SLOTS = 512
+_LANE_DEPTH = SEND_LANE_DEPTH
 RTX_SLOT_BYTES = 1500
 KEYFRAME_REQUEST_INTERVAL_MS = 500
 
@@ -88,11 +100,12 @@ class RtxCache:
         self._lens = [0] * slots
         self._seqs = [-1] * slots
 
-    def put(self, view: memoryview, length: int, seq: int) -> None:
+    def put(self, view: Any, length: int, seq: int) -> None:
+        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes)."""
         if length > RTX_SLOT_BYTES:
             return
         i = seq & self._mask
-        self._bufs[i][:length] = view[:length]
+        _memmove(self._bufs[i], view, length)
         self._lens[i] = length
         self._seqs[i] = seq
 
@@ -155,9 +168,36 @@ class PublishedTrack:
         self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
+        # -- the fan-out group (see ``fast_form``) --
+        #: the incoming sequence number the group forwards next; -1: no group
+        self._fast_next = -1
+        self._fast_members: list[DownTrack] = []
+        #: per member: (srtp_t, ssrc, seq offset, ts offset, second-byte map, trailer length)
+        self._fast_rows: list[tuple[Any, int, int, int, list[int], int]] = []
+        #: the downtracks outside the group, forwarded one by one
+        self._fast_rest: list[DownTrack] = []
+        self._fast_keep: list[Any] = []  # the members' SrtpContexts, kept alive with their srtp_t
+        self._fast_keys: list[array[int]] = []  # per member: its address key, once per lane slot
+        self._fast_pt_ok: list[bool] = []  # second header byte -> every member maps it
+        self._fast_ext = 0  # extension ids every member receives unchanged (mask)
+        self._fast_ring: Any = None
+        self._fast_flush: Callable[[], int] | None = None
+        self._fast_generation = -1
+        self._fast_epoch = -1  # the ring epoch of the group's lanes
+        self._fast_lane0 = 0  # the group's first lane; member i writes lane lane0 + i
+        self._fast_fill = 0  # packets in the group's lanes
+        self._fast_fills: list[list[int]] = []  # [fill] * members, by fill
+        # what the members were not told yet: packets, their octets, the newest timestamp, when
+        self._fast_count = 0
+        self._fast_octets = 0
+        self._fast_newest_ts = 0
+        self._fast_last_ms = 0
+        self._fast_len_p: Any = ffi.new("int *")
 
     # -- hot path --------------------------------------------------------------------------------
-    def on_rtp(self, view: memoryview, length: int, now_ms: int) -> None:
+    def on_rtp(self, view: memoryview, length: int, now_ms: int, cbuf: Any = None) -> None:
+        """One incoming packet (clear RTP in ``view[:length]``; ``cbuf``, when given, is a cffi
+        pointer to the same bytes, which copies faster)."""
         counters = self._counters
         kind = self._kind_index
         counters.rtp_in[kind] += 1
@@ -175,9 +215,10 @@ class PublishedTrack:
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
+        src = view if cbuf is None else cbuf
         cache = self.rtx_cache
         if cache is not None:
-            cache.put(view, length, seq)
+            cache.put(src, length, seq)
         keyframe = False
         if self.keyframe_pending:
             keyframe = self._check_keyframe(view, length)
@@ -188,7 +229,22 @@ class PublishedTrack:
                 self.request_keyframe(now_ms)
         sent = 0
         octets = 0
-        for dt in self.downtracks:
+        rest = self.downtracks
+        if self._fast_next >= 0:
+            ext = self._fast_ext
+            if (
+                seq == self._fast_next
+                and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
+                and self._fast_pt_ok[view[1]]
+                and self._fast_generation == self._fast_ring.generation
+            ):
+                sent = self._fast_forward(src, view[1], length, seq, ts, now_ms)
+                if sent:
+                    octets = sent * length
+                    rest = self._fast_rest
+            else:
+                self.fast_reset()
+        for dt in rest:
             n = dt.forward(view, length, seq, ts, keyframe, now_ms, shape)
             if n:
                 sent += 1
@@ -196,6 +252,177 @@ class PublishedTrack:
         if sent:
             counters.rtp_out[kind] += sent
             counters.bytes_out += octets
+        if self._fast_next < 0 and self.group is None:
+            self.fast_form((seq + 1) & 0xFFFF)
+
+    # -- the fan-out group ---------------------------------------------------------------------------
+    # While packets arrive in order, every downtrack that forwards them plainly (no keyframe wait,
+    # not paused, connected, in-order fast path of its mungers) does the same per packet but for
+    # its offsets, SSRC, payload type map and SRTP session.  Those downtracks form this track's
+    # group: one loop over per-member tuples copies, rewrites (bytes 1-11) and protects each packet
+    # into the members' own lanes of the send ring, and what each downtrack would count (packets,
+    # octets, sequence and timestamp progress) is kept once for all of them, to be handed over
+    # (``fast_sync``) when anything outside reads it.  Anything else (a gap, a packet with other
+    # extensions or another payload type, a member or peer changing) dissolves the group
+    # (``fast_reset``): the packet goes the one-by-one way and the group forms again after it.
+    # Simulcast layers never form one (their downtracks switch layers packet by packet).
+
+    def _fast_forward(self, src: Any, b1_in: int, length: int, seq: int, ts: int, now_ms: int) -> int:
+        ring = self._fast_ring
+        fill = self._fast_fill
+        if self._fast_epoch != ring.epoch or fill == _LANE_DEPTH:
+            fill = self._fast_lanes()
+        ptrs = ring.ptrs
+        views = ring.views
+        iov_lens = ring.iov_lens
+        len_p = self._fast_len_p
+        k = self._fast_lane0 * _LANE_DEPTH + fill
+        for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
+            ptr = ptrs[k]
+            _memmove(ptr, src, length)
+            _pack_header(views[k], 1, b1_map[b1_in], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+            len_p[0] = length
+            if _srtp_protect(srtp, ptr, len_p):
+                # none of this packet's slots count (they are reused): the group dissolves and
+                # the packet goes the one-by-one way, which counts the error
+                self.fast_reset()
+                return 0
+            iov_lens[2 * k + 1] = length + trailer
+            k += _LANE_DEPTH
+        fill += 1
+        self._fast_fill = fill
+        lane0 = self._fast_lane0
+        fills = self._fast_fills[fill]
+        ring.fills[lane0 : lane0 + len(fills)] = fills
+        self._fast_next = (seq + 1) & 0xFFFF
+        self._fast_count += 1
+        self._fast_octets += length
+        if 0 < (ts - self._fast_newest_ts) & 0xFFFFFFFF < 0x80000000:
+            self._fast_newest_ts = ts
+        self._fast_last_ms = now_ms
+        if ring.auto_flush:
+            flush = self._fast_flush
+            assert flush is not None
+            flush()
+        return len(fills)
+
+    def _fast_lanes(self) -> int:
+        """Take a lane of the send ring per member (flushing it first when too few are left)."""
+        ring = self._fast_ring
+        count = len(self._fast_rows)
+        lane0 = ring.used
+        if lane0 + count > ring.lanes:
+            flush = self._fast_flush
+            assert flush is not None
+            flush()
+            lane0 = 0
+        ring.used = lane0 + count
+        ring.fills[lane0 : lane0 + count] = self._fast_fills[0]
+        names = ring.names
+        for i, keys in enumerate(self._fast_keys):
+            base = (lane0 + i) * _LANE_DEPTH
+            names[2 * base : 2 * (base + _LANE_DEPTH) : 2] = keys
+        self._fast_lane0 = lane0
+        self._fast_epoch = ring.epoch
+        self._fast_fill = 0
+        return 0
+
+    def fast_form(self, next_seq: int) -> None:
+        """Form the group of the downtracks that can forward the packet ``next_seq`` plainly."""
+        members: list[DownTrack] = []
+        rest: list[DownTrack] = []
+        rows: list[tuple[Any, int, int, int, list[int], int]] = []
+        keep: list[Any] = []
+        keys: list[array[int]] = []
+        ring: Any = None
+        flush: Callable[[], int] | None = None
+        for dt in self.downtracks:
+            state = dt.peer.send_state()
+            m = dt._seq
+            tm = dt._ts
+            if (
+                state is None
+                or dt._paused
+                or dt._waiting_keyframe
+                or m.fast_next != next_seq
+                or tm.fast_offset < 0
+                or (ring is not None and state[0] is not ring)
+                or len(members) == state[0].lanes
+            ):
+                rest.append(dt)
+                continue
+            ring, flush, srtp, key, trailer = state
+            members.append(dt)
+            rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer))
+            keep.append(dt.peer.tx)
+            keys.append(array("Q", [key]) * _LANE_DEPTH)
+        if not members:
+            return
+        ext = -1
+        pt_ok = [True] * 256
+        for dt in members:
+            ext &= dt._ext_same
+            b1_map = dt._b1_map
+            for b in range(256):
+                if b1_map[b] == _NO_PT:
+                    pt_ok[b] = False
+            dt.fast_track = self
+        self._fast_members = members
+        self._fast_rest = rest
+        self._fast_rows = rows
+        self._fast_keep = keep
+        self._fast_keys = keys
+        self._fast_ext = ext
+        self._fast_pt_ok = pt_ok
+        self._fast_ring = ring
+        self._fast_flush = flush
+        self._fast_generation = ring.generation
+        self._fast_epoch = -1
+        self._fast_fills = [[fill] * len(members) for fill in range(_LANE_DEPTH + 1)]
+        self._fast_count = 0
+        self._fast_octets = 0
+        self._fast_newest_ts = (members[0]._ts.newest_out - members[0]._ts.fast_offset) & 0xFFFFFFFF
+        self._fast_next = next_seq
+
+    def fast_sync(self) -> None:
+        """Hand what the group counted since the last time over to its members."""
+        count = self._fast_count
+        if not count:
+            return
+        self._fast_count = 0
+        octets = self._fast_octets - 12 * count
+        self._fast_octets = 0
+        next_seq = self._fast_next
+        newest = self._fast_newest_ts
+        last_ms = self._fast_last_ms
+        for dt in self._fast_members:
+            m = dt._seq
+            m.fast_count += count
+            m.fast_next = next_seq
+            tm = dt._ts
+            out = (newest + tm.fast_offset) & 0xFFFFFFFF
+            if 0 < (out - tm.newest_out) & 0xFFFFFFFF < 0x80000000:
+                tm.newest_out = out
+            dt._packets_sent += count
+            dt._octets_sent += octets
+            dt._last_forward_ms = last_ms
+
+    def fast_reset(self) -> None:
+        """Dissolve the group (after ``fast_sync``); it forms again after the next packet."""
+        if self._fast_next < 0 and not self._fast_members:
+            return
+        self.fast_sync()
+        for dt in self._fast_members:
+            dt.fast_track = None
+        self._fast_next = -1
+        self._fast_members = []
+        self._fast_rows = []
+        self._fast_rest = []
+        self._fast_keep = []
+        self._fast_keys = []
+        self._fast_ring = None
+        self._fast_flush = None
+        self._fast_epoch = -1
 
     def _check_keyframe(self, view: memoryview, length: int) -> bool:
         offset = header_length(view, length)
@@ -237,12 +464,14 @@ class PublishedTrack:
     def attach(self, dt: DownTrack, *, wait_keyframe: bool = True) -> None:
         """Add ``dt`` to the fan-out; with ``wait_keyframe`` (video) the next keyframe is looked for."""
         if dt not in self.downtracks:
+            self.fast_reset()
             self.downtracks = [*self.downtracks, dt]
             if self.is_video and wait_keyframe:
                 self.keyframe_pending = True
 
     def detach(self, dt: DownTrack) -> None:
         if dt in self.downtracks:
+            self.fast_reset()
             self.downtracks = [d for d in self.downtracks if d is not dt]
 
     def add_switcher(self, dt: DownTrack, now_ms: int) -> None:

@@ -157,6 +157,9 @@ class SendRing(_Ring):
         self.used = 0
         #: changes each time the ring is emptied
         self.epoch = 0
+        #: changes whenever a writer's sending state changes (connected, closed, moved): whoever
+        #: caches writers' send states (``PublishedTrack``'s fan-out group) checks it per packet
+        self.generation = 0
         #: false while the owner batches (it flushes itself); true: a writer sends each packet
         self.auto_flush = True
         self._max_gso_bytes = 65000
@@ -175,6 +178,7 @@ class SendRing(_Ring):
         self._iov_ptrs = [_ffi.addressof(self._iovs, k) for k in range(self.count)]
         self._name_ptrs = [self._msgs[k].msg_hdr.msg_name for k in range(self.count)]
         self._msg_ptrs = [_ffi.addressof(self._msgs, k) for k in range(self.count)]
+        self._gmsg_ptrs = [_ffi.addressof(self._gmsgs, k) for k in range(self.count)]
 
     @property
     def n(self) -> int:
@@ -273,7 +277,7 @@ class SendRing(_Ring):
         sent = 0
         refused: list[int] = []
         while done < total:
-            k: int = _libc.sendmmsg(fd, _ffi.addressof(gmsgs, done), total - done, 0)
+            k: int = _libc.sendmmsg(fd, self._gmsg_ptrs[done], total - done, 0)
             if k > 0:
                 sent += sum(runs[j][1] for j in range(done, done + k))
                 done += k

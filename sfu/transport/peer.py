@@ -29,7 +29,7 @@ from sfu.counters import Direction, DropReason, MediaCounters
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
-from sfu.transport.mmsg import key_of_address
+from sfu.transport.mmsg import SendRing, key_of_address
 from sfu.transport.srtp import SrtpContext, SrtpError, SrtpProfile
 from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
 
@@ -184,6 +184,7 @@ class PeerTransport:
             if self._tx_srtp is not None:
                 self._send_key = self._addr_key
             self._lane_epoch = -1  # a lane carries one address: the next packet takes a new one
+            self._ring.generation += 1
         if self.state is TransportState.NEW:
             self.state = TransportState.CONNECTING
             self.dtls.start(now_ms)
@@ -287,6 +288,15 @@ class PeerTransport:
             self._port.flush()
         return True
 
+    def send_state(self) -> tuple[SendRing, Callable[[], int], Any, int, int] | None:
+        """What a writer needs to queue protected RTP for this peer into its own lanes of the port's
+        send ring: ``(ring, the port's flush, srtp_t, address key, trailer length)``, or None while
+        it cannot send.
+        Valid while ``ring.generation`` stays the same; the caller keeps ``tx`` alive with it."""
+        if not self._send_key or self.tx is None:
+            return None
+        return self._ring, self._port.flush, self._tx_srtp, self._send_key, self._rtp_trailer
+
     def _take_lane(self) -> int:
         """Take the next free lane of the send ring (flushing it first when none is left)."""
         ring = self._ring
@@ -346,6 +356,7 @@ class PeerTransport:
         self._tx_srtp = self.tx.srtp
         self._rtp_trailer = keys.profile.rtp_trailer_length
         self._send_key = self._addr_key
+        self._ring.generation += 1
         self.state = TransportState.CONNECTED
         self._cancel_timer()
         if self.sink is not None:
@@ -375,6 +386,7 @@ class PeerTransport:
         self.tx = None
         self._tx_srtp = None
         self._send_key = 0
+        self._ring.generation += 1
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.on_closed(reason)

@@ -36,9 +36,10 @@ def test_drop_counts_reports_every_reason_by_label() -> None:
         (0.0, 0),
         (BOUNDS[0], 0),  # a bound is inclusive ("le")
         (BOUNDS[0] * 1.01, 1),
-        (0.0003, 2),
+        (0.00025, BOUNDS.index(0.0003)),
         (BOUNDS[3], 3),
-        (0.002, 4),
+        (0.00095, BOUNDS.index(0.001)),
+        (0.002, BOUNDS.index(0.0025)),
         (BOUNDS[-1], len(BOUNDS) - 1),
         (BOUNDS[-1] + 1e-9, len(BOUNDS)),  # past the last bound: the +Inf bucket
         (7.0, len(BOUNDS)),
@@ -66,3 +67,10 @@ def test_observe_latency_accumulates() -> None:
 
 def test_bounds_increase() -> None:
     assert list(BOUNDS) == sorted(set(BOUNDS)) and BOUNDS[0] > 0
+
+
+def test_bounds_below_one_ms_are_at_most_a_tenth_of_a_ms_apart() -> None:
+    """So a p99 below 1 ms shows as such (a bucket bound of 0.9 ms or lower)."""
+    below = [b for b in BOUNDS if b <= 0.001]
+    assert below[-1] == 0.001 and below[0] <= 0.0001
+    assert all(b - a <= 0.0001 + 1e-12 for a, b in zip(below, below[1:], strict=False))

@@ -288,6 +288,56 @@ async def test_paused_or_disconnected_downtracks_send_nothing(link: Link) -> Non
     assert sum(link.counters.drops) == 0
 
 
+def _malformed(src: PublishedTrack, seq: int, ts: int, payload: bytes, now_ms: int) -> None:
+    """A packet whose padding bit is set with a pad count of 0: ``copy_rewrite`` refuses it."""
+    data = bytearray(rtp_bytes(seq, ts, ssrc=src.ssrc, pt=src.codec.payload_type, payload=payload + b"\x00"))
+    data[0] |= 0x20
+    src.on_rtp(memoryview(data), len(data), now_ms)
+
+
+async def test_a_malformed_packet_leaves_no_hole_in_the_outgoing_sequence(link: Link) -> None:
+    src = track("audio", link=link)
+    dt = downtrack(link, "audio")
+    dt.bind(src, T0)
+    push(src, 10, 0, OPUS_FRAME, T0)
+    _malformed(src, 11, 960, OPUS_FRAME, T0 + 20)
+    push(src, 12, 1920, OPUS_FRAME, T0 + 40)
+    got = await received(link, 2)
+    assert (got[1].header.sequence_number - got[0].header.sequence_number) & 0xFFFF == 1
+    assert link.counters.drops[DropReason.RTP_MALFORMED] == 1
+    assert dt.packets_sent == 2
+
+
+async def test_an_unmapped_payload_type_leaves_no_hole_in_the_outgoing_sequence(link: Link) -> None:
+    src = track("audio", codecs=[OPUS, RED], link=link)
+    dt = downtrack(link, "audio", out_payload_types={"opus": 109})  # red not negotiated
+    dt.bind(src, T0)
+    push(src, 10, 0, OPUS_FRAME, T0)
+    push(src, 11, 960, OPUS_FRAME, T0 + 20, pt=RED.payload_type)
+    push(src, 12, 1920, OPUS_FRAME, T0 + 40)
+    got = await received(link, 2)
+    assert (got[1].header.sequence_number - got[0].header.sequence_number) & 0xFFFF == 1
+
+
+async def test_a_refused_keyframe_keeps_the_downtrack_waiting(link: Link) -> None:
+    src = track("video", codecs=[VP8, H264], link=link)
+    dt = downtrack(link, out_payload_types={"VP8": 100})  # H264 not negotiated with the subscriber
+    dt.bind(src, T0)
+    h264_idr = bytes([0x65, 0x88, 0x80]) + bytes(10)
+    push(src, 1, 0, h264_idr, T0, pt=H264.payload_type)
+    assert dt.waiting_keyframe
+    assert src.keyframe_pending  # the next keyframe is looked for again
+    _malformed(src, 2, 3000, VP8_KEY, T0 + 33)
+    assert dt.waiting_keyframe
+    push(src, 3, 6000, VP8_DELTA, T0 + 66)  # not decodable without a keyframe
+    assert await link.client.nothing_arrives(0.1)
+    push(src, 4, 9000, VP8_KEY, T0 + 100)
+    (got,) = await received(link, 1)
+    assert got.payload == VP8_KEY
+    assert not dt.waiting_keyframe
+    assert link.counters.drops[DropReason.RTP_MALFORMED] == 2
+
+
 # -- binding -------------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from sfu.routing.track import (
     TrackCodec,
     extension_ids,
 )
+from sfu.transport.peer import CloseReason
 from tests.sfu.routing.harness import (
     OPUS_FRAME,
     VP8_CONTINUATION,
@@ -242,6 +243,65 @@ async def test_a_late_subscriber_waits_without_stalling_the_first(link: Link, se
     push(track, 4, VP8_KEY, T0 + 2 * KEYFRAME_REQUEST_INTERVAL_MS + 2)
     assert [p.payload for p in await received(link, 4)] == [VP8_KEY, VP8_DELTA, VP8_DELTA, VP8_KEY]
     assert [p.payload for p in await received(second_link, 1)] == [VP8_KEY]
+
+
+async def test_the_fan_out_group_forwards_as_the_downtracks_would(link: Link, second_link: Link) -> None:
+    """In-order packets go through the track's fan-out group; gaps, a pause and NACKs in between
+    give what each downtrack alone gives: continuous offsets, counts, retransmissions."""
+    track = video_track(link.counters)
+    a, b = downtrack(link, ssrc=0x1111), downtrack(second_link, ssrc=0x2222)
+    for dt in (a, b):
+        dt.bind(track, T0)
+    push(track, 100, VP8_KEY, T0)
+    for seq in range(101, 106):
+        push(track, seq, VP8_DELTA, T0 + seq)
+    assert a.fast_track is track and b.fast_track is track  # the group formed
+    push(track, 108, VP8_DELTA, T0 + 108)  # a gap: one by one, then the group again
+    push(track, 109, VP8_DELTA, T0 + 109)
+    b.paused = True
+    assert b.fast_track is None
+    push(track, 110, VP8_DELTA, T0 + 110)
+    b.paused = False
+    push(track, 111, VP8_DELTA, T0 + 111)
+    assert a.fast_track is track and b.fast_track is track
+    sent_a = [100, 101, 102, 103, 104, 105, 108, 109, 110, 111]
+    sent_b = [s for s in sent_a if s != 110]
+    for lk, dt, seqs in ((link, a, sent_a), (second_link, b, sent_b)):
+        got = await received(lk, len(seqs))
+        assert {p.header.ssrc for p in got} == {dt.ssrc}
+        assert [p.header.payload_type for p in got] == [100] * len(seqs)
+        first = got[0].header
+        assert [(p.header.sequence_number - first.sequence_number) & 0xFFFF for p in got] == [s - 100 for s in seqs]
+        assert [(p.header.timestamp - first.timestamp) & 0xFFFFFFFF for p in got] == [(s - 100) * 3000 for s in seqs]
+        assert dt.packets_sent == len(seqs)
+        assert dt.octets_sent == sum(len(p.payload) for p in got)
+        assert dt.ts.last_out == got[-1].header.timestamp
+        assert dt.seq.last_out == got[-1].header.sequence_number
+    assert link.counters.rtp_out[1] == len(sent_a) + len(sent_b)
+    # a NACK after group forwarding: the munger knows the packets the group sent
+    out_104 = (a.seq.last_out - 7) & 0xFFFF
+    assert a.seq.unmap(out_104) == 104
+    assert a.retransmit([out_104], T0 + 200) == 1
+    raw = await link.client.recv()  # the client has it already (SRTP replay): read the clear header
+    assert struct.unpack_from("!H", raw, 2)[0] == out_104
+
+
+async def test_a_closed_subscriber_leaves_the_fan_out_group(link: Link, second_link: Link) -> None:
+    track = audio_track(link.counters)
+    a, b = downtrack(link, "audio", ssrc=0x1111), downtrack(second_link, "audio", ssrc=0x2222)
+    for dt in (a, b):
+        dt.bind(track, T0)
+    for seq in range(1, 4):
+        push(track, seq, OPUS_FRAME, T0 + seq)
+    assert b.fast_track is track
+    second_link.peer.close(CloseReason.LEFT, send_alert=False)
+    for seq in range(4, 7):
+        push(track, seq, OPUS_FRAME, T0 + seq)
+    assert len(await received(link, 6)) == 6
+    assert len(await received(second_link, 3)) == 3
+    assert b.fast_track is None and a.fast_track is track
+    assert (a.packets_sent, b.packets_sent) == (6, 3)
+    assert link.counters.rtp_out[0] == 9 and sum(link.counters.srtp_errors) == 0
 
 
 def test_attach_and_detach_are_idempotent(link: Link) -> None:
