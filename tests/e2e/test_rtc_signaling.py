@@ -217,6 +217,11 @@ def receives_from(client: RtcClient, others: list[str], frames: int) -> Callable
     return check
 
 
+def all_complete(clients: list[RtcClient]) -> bool:
+    """No sequence number missing between the first and last packet of any received stream."""
+    return all(r.log.missing() == [] for c in clients for r in c.flowing().values())
+
+
 async def test_three_participants_receive_each_other_and_see_leave_and_rejoin(node: Node) -> None:
     room = "rtc-three"
     names = ["alice", "bob", "carol"]
@@ -232,9 +237,12 @@ async def test_three_participants_receive_each_other_and_see_leave_and_rejoin(no
         for c in clients:
             others = [n for n in names if n != c.identity]
             await wait_for(receives_from(c, others, 20), 30, f"{c.identity} receives {others}")
+        # continuity: no hole left in any received stream (a loaded machine can drop loopback
+        # datagrams; NACKed retransmissions fill video holes within a moment)
+        await wait_for(lambda: all_complete(clients), 3, "every stream complete")
         for c in clients:
             for r in c.flowing().values():
-                assert r.log.gaps() == [], (c.identity, r.participant, r.kind)
+                assert r.log.missing() == [], (c.identity, r.participant, r.kind)
             assert all(a["refused"] == [] for a in c.answers)
         alice, bob, carol = clients
         assert [p["participant"]["identity"] for p in alice.named("participant_joined")] == ["bob", "carol"]
@@ -264,8 +272,7 @@ async def test_three_participants_receive_each_other_and_see_leave_and_rejoin(no
             assert carols()[1]["participant"]["sid"] == rejoin["participant"]["sid"]
             others = [n for n in names if n != c.identity]
             await wait_for(receives_from(c, others, 20), 20, f"{c.identity} receives carol again")
-            for r in c.flowing().values():
-                assert r.log.gaps() == []
+            await wait_for(lambda c=c: all_complete([c]), 3, f"{c.identity}'s streams complete")
         await wait_for(receives_from(carol2, ["alice", "bob"], 20), 20, "carol receives again")
     finally:
         for c in clients:
