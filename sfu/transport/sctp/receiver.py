@@ -73,18 +73,23 @@ class Receiver:
             drops[SctpDrop.RECEIVE_WINDOW_FULL] += 1
             return
         self._received.add(tsn)
-        self._advance_cum(events)
+        self._advance_cum()
         self.held[tsn] = chunk
         self._held_bytes += size
         self._reassemble(tsn, events)
+        self._perform_deferred_reset(events)
 
-    def _advance_cum(self, events: list[Event]) -> None:
+    def _advance_cum(self) -> None:
         received = self._received
         nxt = tsn_add(self.peer_cum, 1)
         while nxt in received:
             received.discard(nxt)
             self.peer_cum = nxt
             nxt = tsn_add(nxt, 1)
+
+    def _perform_deferred_reset(self, events: list[Event]) -> None:
+        """A peer's reset request that waited for data (RFC 6525 5.2.2): done once that data is in
+        and delivered, so the stream's last messages still count under their old numbers."""
         if self.deferred_reset is not None and tsn_gte(self.peer_cum, self.deferred_reset.last_tsn):
             request, self.deferred_reset = self.deferred_reset, None
             self.perform_incoming_reset(request, events)
@@ -164,9 +169,10 @@ class Receiver:
             for t in [t for t in self.held if tsn_gte(new, t)]:
                 self._held_bytes -= len(self.held.pop(t).data)
             self.peer_cum = new
-            self._advance_cum(events)
+            self._advance_cum()
             for stream, ssn in chunk.streams:
                 self._skip_ordered(stream, ssn, events)
+            self._perform_deferred_reset(events)
         self.send_sack()
 
     def _skip_ordered(self, stream: int, ssn: int, events: list[Event]) -> None:

@@ -296,8 +296,15 @@ def test_stream_reset_both_ways() -> None:
     assert pair.messages(pair.b) == [b"one", b"two", b"again"]
 
 
-def test_stream_reset_waits_for_data_in_flight() -> None:
+@pytest.mark.parametrize("before", [0, 1, 3])
+def test_stream_reset_waits_for_data_in_flight(before: int) -> None:
+    """The late message is the stream's SSN ``before``: it is delivered before the reset, which
+    then takes the stream back to SSN 0 (a reset done first would strand SSN >= 1 forever)."""
     pair = established()
+    earlier = [f"m{i}".encode() for i in range(before)]
+    for m in earlier:
+        pair.a.assoc.send_message(5, PPID_BINARY, m, pair.now)
+    pair.deliver()
     first = {"done": False}
 
     def drop_first_data(i: int, p: bytes) -> bool:
@@ -312,8 +319,12 @@ def test_stream_reset_waits_for_data_in_flight() -> None:
     pair.deliver()
     assert not any(isinstance(e, StreamsReset) for e in pair.b.events)  # in progress
     pair.run(5000)
-    assert pair.messages(pair.b) == [b"late"]
+    assert pair.messages(pair.b) == [*earlier, b"late"]
     assert StreamsReset((5,)) in pair.b.events and OutgoingStreamsReset((5,)) in pair.a.events
+    assert pair.b.assoc._held == {}
+    pair.a.assoc.send_message(5, PPID_BINARY, b"after", pair.now)  # SSN 0 again on both sides
+    pair.run(500)
+    assert pair.messages(pair.b)[-1] == b"after"
 
 
 def test_shutdown_and_abort() -> None:
