@@ -2,11 +2,14 @@
 
 Senders write each frame's packets into a bounded, preallocated slot ring (``bench.mmsg.Ring``,
 one per node address), protect them in place and hand the ring to one sendmmsg per publisher and
-frame; publishers are kept in a heap by their next due frame, with their phases spread over the
-frame interval.  Receivers are read with recvmmsg when epoll says so; every packet is followed on
-its SSRC's (node-rewritten) sequence and every ``verify_every``-th one (and the first of each SSRC)
-is decrypted and checked byte for byte (``wire.check_packet``), its latency binned.  Nothing is
-allocated per packet beyond what Python's ints and the slot slices cost; there is no logging.
+wake-up; publishers are kept in a heap by their next due frame, with their phases spread over the
+frame interval (frames due within ``SEND_AHEAD_S`` go out together).  Receivers are read with
+recvmmsg when epoll says so, at most every ``RX_BATCH_S``, all ready sockets in one
+``drain_ready`` call: every packet is followed on its SSRC's (node-rewritten) sequence and every
+``verify_every``-th one (and the first of each SSRC) is decrypted and checked (stamp, length,
+payload bytes in one comparison, node-vs-sender sequence), its latency taken from the kernel's
+receive timestamp and binned.  Nothing is allocated per packet beyond two small tuples and a slice
+view; there is no logging.
 """
 
 from __future__ import annotations
