@@ -2,7 +2,13 @@
 
 A ``Ring`` owns ``count`` packet slots of ``SLOT_SIZE`` bytes (allocated through pylibsrtp's ffi so
 libsrtp can work on them in place) and an ``mmsghdr`` array pointing at them.  Slot ``i`` can carry
-a fixed destination address (for sending) or none (for receiving).
+a fixed destination address (for sending) or none (for receiving).  ``lens``/``iov_lens`` are
+integer views of the vectors, so a hot loop reads a received length or sets a send length with one
+index operation instead of a cffi attribute chain.
+
+``StampedRecvRing`` is a receive ring with one control buffer per slot for the kernel's receive
+timestamp (``SO_TIMESTAMPNS``, turned on per socket with ``enable_rx_timestamps``): when the
+datagram was queued to the socket, before the reader got to it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,25 @@ from bench.srtpkit import SLOT_SIZE
 from sfu.transport.mmsg import MAX_VLEN, MSG_DONTWAIT, ffi, libc  # one cffi definition of the calls
 
 EAGAIN = 11
+#: ``SO_TIMESTAMPNS`` (= ``SCM_TIMESTAMPNS``) of Linux's asm-generic socket.h (not in Python's socket)
+SO_TIMESTAMPNS = 35
+_HDR = ffi.sizeof("struct mmsghdr")
+_LEN_OFF = ffi.offsetof("struct mmsghdr", "msg_len")
+_CTLLEN_OFF = ffi.offsetof("struct mmsghdr", "msg_hdr") + ffi.offsetof("struct msghdr", "msg_controllen")
+assert _HDR % 8 == 0 and _LEN_OFF % 4 == 0 and _CTLLEN_OFF % 8 == 0
+#: ``lens[i * LEN_STRIDE + LEN_INDEX]`` is slot i's ``msg_len``
+LEN_STRIDE, LEN_INDEX = _HDR // 4, _LEN_OFF // 4
+#: one control message: ``struct cmsghdr`` (len, level, type) + ``struct timespec`` = CMSG_SPACE(16)
+CTL_SIZE = 32
+_CMSG = struct.Struct("=QiiqQ")
+assert _CMSG.size == CTL_SIZE
+#: the cmsghdr's (level, type) read as one native 64-bit integer: a timestamp is there
+TS_TAG: int = struct.unpack("=q", struct.pack("=ii", socket.SOL_SOCKET, SO_TIMESTAMPNS))[0]
+
+
+def enable_rx_timestamps(sock: socket.socket) -> None:
+    """Have the kernel stamp every datagram ``sock`` receives (``CLOCK_REALTIME``, ns)."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
 def sockaddr_in(host: str, port: int) -> bytes:
@@ -53,6 +78,10 @@ class Ring:
                 self._names.append(name)
                 hdr.msg_name = name
                 hdr.msg_namelen = len(dests[i % len(dests)])
+        #: ``lens[i * LEN_STRIDE + LEN_INDEX]``: slot i's received length (``msg_len``)
+        self.lens = memoryview(ffi.buffer(self.msgs)).cast("I")
+        #: ``iov_lens[2 * i + 1]``: slot i's send length (``iov_len``)
+        self.iov_lens = memoryview(ffi.buffer(self.iovs)).cast("Q")
 
     def recv(self, fd: int, vlen: int) -> int:
         """Receive up to ``vlen`` datagrams without blocking; 0 when nothing is queued."""
@@ -85,3 +114,45 @@ class Ring:
                 continue
             done += n
         return refused
+
+
+class StampedRecvRing(Ring):
+    """Receive slots with the kernel's receive timestamp of each datagram.
+
+    Slot i's control buffer is ``ctl[4 * i : 4 * i + 4]`` (int64 view): ``[1]`` is the (level,
+    type) tag (``TS_TAG`` when a timestamp is there), ``[2]`` and ``[3]`` its seconds and
+    nanoseconds (``CLOCK_REALTIME``).  ``recv`` leaves the iovec lengths alone (nothing sends from
+    these slots); a reader that finds no tag calls ``reset_control`` (the kernel shrinks
+    ``msg_controllen`` to what it wrote).
+    """
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self._ctl: Any = ffi.new("unsigned char[]", count * CTL_SIZE)
+        base = int(ffi.cast("uintptr_t", self._ctl))
+        for i in range(count):
+            self.msgs[i].msg_hdr.msg_control = ffi.cast("void *", base + i * CTL_SIZE)
+        self.ctl = memoryview(ffi.buffer(self._ctl)).cast("q")
+        self._ctllens = memoryview(ffi.buffer(self.msgs)).cast("Q")
+        self.reset_control()
+
+    def reset_control(self) -> None:
+        step, at = _HDR // 8, _CTLLEN_OFF // 8
+        for i in range(self.count):
+            self._ctllens[i * step + at] = CTL_SIZE
+            self.ctl[4 * i + 1] = 0
+
+    def recv(self, fd: int, vlen: int) -> int:
+        n = int(libc.recvmmsg(fd, self.msgs, vlen, MSG_DONTWAIT, ffi.NULL))
+        if n < 0:
+            if ffi.errno == EAGAIN:
+                return 0
+            raise OSError(ffi.errno, "recvmmsg failed")
+        return n
+
+    def stamp_ns(self, i: int) -> int:
+        """Slot i's kernel receive time (``CLOCK_REALTIME`` ns), or -1 if it carries none."""
+        ctl = self.ctl
+        if ctl[4 * i + 1] != TS_TAG:
+            return -1
+        return int(ctl[4 * i + 2]) * 1_000_000_000 + int(ctl[4 * i + 3])

@@ -72,6 +72,8 @@ class InplaceSession:
         self.ctx: Any = holder[0]
         self._holder = holder
         self._len = ffi.new("int *")
+        #: the in/out length cell a hot loop passes to ``lib.srtp_protect``/``srtp_unprotect`` itself
+        self.length_p: Any = self._len
 
     def protect(self, ptr: Any, length: int) -> int:
         """SRTP-protect the RTP packet of ``length`` bytes at ``ptr``; returns the new length."""

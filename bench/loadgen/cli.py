@@ -24,6 +24,9 @@ def add_parser(sub: Any) -> None:
     where.add_argument("--spawn-node", action="store_true", help="start a node on loopback (the default)")
     where.add_argument("--node-url", help="drive this running node (loopback URL)")
     where.add_argument("--control-url", help="drive a fleet: tokens and node URLs from this control plane")
+    cmd.add_argument("--workers", type=int, default=0,
+                     help="with --spawn-node: the node runs a front and this many forwarding worker processes "
+                          "(0: the scenario's node_workers)")
     cmd.add_argument("--api-key", default=None, help=f"API key id (default {DEV_KEY_ID})")
     cmd.add_argument("--api-secret", default=None, help="API secret (default: the dev secret)")
     cmd.add_argument("--project", default="levelchat")
@@ -48,9 +51,14 @@ def main(args: argparse.Namespace) -> int:
             scenario = replace(scenario, generators=args.generators)
         if args.seconds:
             scenario = replace(scenario, seconds=args.seconds)
+        if args.workers:
+            scenario = replace(scenario, node_workers=args.workers)
         scenario.validate()
     except ScenarioError as exc:
         sys.stderr.write(f"scenario error: {exc}\n")
+        return 2
+    if args.workers and (args.node_url or args.control_url):
+        sys.stderr.write("--workers applies to a spawned node only (--spawn-node)\n")
         return 2
     key_id = args.api_key or DEV_KEY_ID
     secret = args.api_secret or DEV_KEY_SECRET
@@ -68,10 +76,10 @@ def main(args: argparse.Namespace) -> int:
             tokens = LocalTokens(args.node_url, key_id, secret, args.project)
             target = {"mode": "node", "node_url": args.node_url}
         else:
-            node, cfg = spawn_node()
+            node, cfg = spawn_node(workers=scenario.node_workers)
             tokens = LocalTokens(node.url)
             node_pid = node.pid
-            target = {"mode": "spawned", "node_url": node.url, "node_pid": node.pid}
+            target = {"mode": "spawned", "node_url": node.url, "node_pid": node.pid, "workers": scenario.node_workers}
         started = time.time()
         doc = run_scenario(scenario, tokens, node_pid, None if args.quiet else _progress)
     except (StepError, TargetError, ValueError, OSError) as exc:

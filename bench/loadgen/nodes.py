@@ -95,20 +95,36 @@ max_rooms = 1000
 """
 
 
-def spawn_node(log_level: str = "WARNING") -> tuple[RunningNode, Path]:
-    """``python -m sfu --dev`` on ephemeral loopback ports with ``SPAWN_CONFIG``; the caller stops it."""
+def spawn_node(log_level: str = "WARNING", workers: int = 1) -> tuple[RunningNode, Path]:
+    """``python -m sfu --dev`` on ephemeral loopback ports with ``SPAWN_CONFIG`` (``workers`` > 1: a
+    front and that many forwarding worker processes); the caller stops it."""
+    if not 1 <= workers <= 16:
+        raise ValueError(f"workers must be 1..16, got {workers}")
     cfg = Path(tempfile.mkstemp(prefix="loadgen-node-", suffix=".toml")[1])
     cfg.write_text(SPAWN_CONFIG, encoding="utf-8")
-    return RunningNode([*NodeTarget(log_level).argv(), "--config", str(cfg)]), cfg
+    extra = ["--workers", str(workers)] if workers > 1 else []
+    return RunningNode([*NodeTarget(log_level).argv(), "--config", str(cfg), *extra]), cfg
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """One process of a node: the node itself, or a multi-worker node's front or one of its workers."""
+
+    role: str  # "node", "front", "worker 0", ...
+    pid: int
+    cpu_s: float | None
+    rss_bytes: int | None
+    forwarded: int | None  # media packets this worker forwarded (None: the front, or not known)
 
 
 @dataclass(frozen=True)
 class NodeSample:
-    cpu_s: float | None
-    rss_bytes: int | None
+    cpu_s: float | None  # every process of the node summed
+    rss_bytes: int | None  # every process of the node summed
     forwarded: int  # media packets the node sent to subscribers (audio + video)
     received: int  # media packets it received from publishers
     at: float  # time.monotonic() of the sample
+    procs: tuple[ProcSample, ...] = ()  # per process, when the harness spawned the node
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -123,12 +139,48 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def metric_sum(values: dict[str, float], name: str, kinds: tuple[str, ...] = (),
+               worker: str | None = None) -> float | None:
+    """Sum of every sample of ``name`` (any labels; ``kinds``: only these ``kind`` labels; ``worker``:
+    only that worker's samples); None when there is none."""
+    total: float | None = None
+    for key, value in values.items():
+        base, _, labels = key.partition("{")
+        if base != name:
+            continue
+        if kinds and not any(f'kind="{k}"' in labels for k in kinds):
+            continue
+        if worker is not None and f'worker="{worker}"' not in labels:
+            continue
+        total = (total or 0.0) + value
+    return total
+
+
+FORWARDED = "levelchat_sfu_packets_forwarded_total"
+RECEIVED = "levelchat_sfu_packets_received_total"
+MEDIA = ("audio", "video")
+
+
 class NodeProbe:
-    """Reads one node's CPU, RSS and media counters; ``pid`` when the process is ours."""
+    """Reads one node's CPU, RSS and media counters; ``pid`` when the process is ours.
+
+    A multi-worker node (its ``/healthz`` lists ``workers``) is its front plus every worker
+    process: CPU and RSS are summed over them and reported per process (``NodeSample.procs``),
+    packets forwarded per worker from the front's ``/metrics`` (``worker`` label).
+    """
 
     def __init__(self, url: str, pid: int | None = None) -> None:
         self.url = _loopback(url)
         self.pid = pid
+
+    def _workers(self) -> list[tuple[int, int]]:
+        """(index, pid) of a multi-worker node's workers; [] for a plain node."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as resp:  # noqa: S310
+                health = json.loads(resp.read())
+        except (OSError, ValueError):
+            return []
+        return [(int(w["index"]), int(w["pid"])) for w in health.get("workers", ()) if w.get("pid")]
 
     def sample(self) -> NodeSample:
         try:
@@ -136,23 +188,38 @@ class NodeProbe:
                 values = parse_metrics(resp.read().decode())
         except OSError:
             values = {}
-        media = ("audio", "video")
-        fwd = sum(values.get(f'levelchat_sfu_packets_forwarded_total{{kind="{k}"}}', 0.0) for k in media)
-        rx = sum(values.get(f'levelchat_sfu_packets_received_total{{kind="{k}"}}', 0.0) for k in media)
+        fwd = metric_sum(values, FORWARDED, MEDIA) or 0.0
+        rx = metric_sum(values, RECEIVED, MEDIA) or 0.0
         cpu: float | None
         rss: int | None
+        procs: list[ProcSample] = []
         if self.pid is not None:
-            cpu = cpu_seconds(self.pid)
-            rss = _rss_bytes(self.pid)
-        else:
-            cpu = _first(values, "levelchat_sfu_process_cpu_seconds_total", "process_cpu_seconds_total")
-            rss_f = _first(values, "levelchat_sfu_process_resident_memory_bytes", "process_resident_memory_bytes")
+            workers = self._workers()
+            procs.append(ProcSample("front" if workers else "node", self.pid, _cpu(self.pid), _rss_bytes(self.pid),
+                                    None if workers else int(fwd)))
+            for index, pid in workers:
+                done = metric_sum(values, FORWARDED, MEDIA, worker=str(index))
+                procs.append(ProcSample(f"worker {index}", pid, _cpu(pid), _rss_bytes(pid),
+                                        None if done is None else int(done)))
+            cpus = [p.cpu_s for p in procs]
+            cpu = None if any(c is None for c in cpus) else sum(c or 0.0 for c in cpus)
+            rss = sum(p.rss_bytes or 0 for p in procs) or None
+        else:  # a multi-worker node's front reports its own and each worker's (``worker`` label): all summed
+            cpu = metric_sum(values, "levelchat_sfu_process_cpu_seconds_total")
+            if cpu is None:
+                cpu = metric_sum(values, "process_cpu_seconds_total")
+            rss_f = metric_sum(values, "levelchat_sfu_process_resident_memory_bytes")
+            if rss_f is None:
+                rss_f = metric_sum(values, "process_resident_memory_bytes")
             rss = None if rss_f is None else int(rss_f)
-        return NodeSample(cpu, rss, int(fwd), int(rx), time.monotonic())
+        return NodeSample(cpu, rss, int(fwd), int(rx), time.monotonic(), tuple(procs))
 
 
-def _first(values: dict[str, float], *names: str) -> float | None:
-    return next((values[n] for n in names if n in values), None)
+def _cpu(pid: int) -> float | None:
+    try:
+        return cpu_seconds(pid)
+    except (ProcessLookupError, OSError):
+        return None
 
 
 def _rss_bytes(pid: int) -> int | None:

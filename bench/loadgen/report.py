@@ -39,6 +39,15 @@ def table(doc: dict[str, Any]) -> str:
     lines = [f"scenario {doc['scenario']}: {doc.get('description', '')}".rstrip(": "),
              "  ".join(c.rjust(w) for c, w in zip(COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=False)) for r in rows]
+    last = next((s for s in reversed(doc["steps"]) if "nodes" in s), None)
+    if last is not None and (len(last["nodes"]) > 1 or any(len(n.get("processes", ())) > 1 for n in last["nodes"])):
+        lines.append(f"per node (step {last['step']}):")
+        for n in last["nodes"]:
+            lines.append(f"  {n['url']}: {n['rooms']} rooms, {n['sessions']} sessions, forwarded {n['forwarded']:,}, "
+                         f"CPU {_fmt(n['cpu_pct'], 'pct')}, RSS {_fmt(n['rss_mb'])} MB")
+            for p in n.get("processes", ()):
+                lines.append(f"    {p['role']} (pid {p['pid']}): CPU {_fmt(p['cpu_pct'], 'pct')}, "
+                             f"RSS {_fmt(p['rss_mb'])} MB, forwarded {_fmt(p['forwarded'])}")
     ramp = doc.get("ramp")
     if ramp:
         lines.append(f"ramp over {ramp['vary']}: highest clean step {ramp['highest_clean']}, stopped by "

@@ -145,18 +145,23 @@ class StepRunner:
         self.node_pid = node_pid
         self.progress = progress
 
-    def _resolve(self, plan: Plan) -> list[NodeProbe]:
-        bases: dict[str, None] = {}
+    def _resolve(self, plan: Plan) -> tuple[list[NodeProbe], dict[str, _Carried]]:
+        """Tokens and URLs for every session; one probe per node the rooms landed on, and what each carries."""
+        bases: dict[str, _Carried] = {}
         for i, p in enumerate(plan.publishers):
             base, tok = self.tokens.token(p.room, p.identity)
             plan.publishers[i] = type(p)(**{**p.__dict__, "url": f"{base}/whip/{p.room}", "token": tok})
-            bases[base] = None
+            carried = bases.setdefault(base, _Carried())
+            carried.rooms.add(p.room)
+            carried.publishers += 1
         for i, s in enumerate(plan.subscribers):
             base, tok = self.tokens.token(s.room, s.identity)
             plan.subscribers[i] = type(s)(**{**s.__dict__, "url": f"{base}/whep/{s.room}/{s.target}", "token": tok})
-            bases[base] = None
+            carried = bases.setdefault(base, _Carried())
+            carried.rooms.add(s.room)
+            carried.receivers += 1
         single = len(bases) == 1
-        return [NodeProbe(b, self.node_pid if single else None) for b in bases]
+        return [NodeProbe(b, self.node_pid if single else None) for b in bases], bases
 
     def _start(self, plan: Plan) -> list[_Worker]:
         workers = []
@@ -206,7 +211,7 @@ class StepRunner:
 
     def run(self, plan: Plan, label: str) -> dict[str, Any]:
         t_setup = time.monotonic()
-        probes = self._resolve(plan)
+        probes, carried = self._resolve(plan)
         workers = self._start(plan)
         try:
             self._wait_all(workers, "published", SETUP_TIMEOUT_S)
@@ -237,6 +242,7 @@ class StepRunner:
         result = self._result(plan, fold(finals), node0, node1, wall, up, setup_s, timeline,
                               sum(int(f.get("deleted", 0)) for f in finals))
         result["node_urls"] = [p.url for p in probes]
+        result["nodes"] = [_per_node(p.url, carried[p.url], a, b, wall) for p, a, b in zip(probes, node0, node1, strict=True)]
         return result
 
     def _follow(self, plan: Plan, workers: list[_Worker], probes: list[NodeProbe], t0: float, sessions: str,
@@ -348,6 +354,45 @@ class StepRunner:
             "sessions_deleted": deleted,
             "timeline": timeline,
         }
+
+
+@dataclass
+class _Carried:
+    """What one node carries in a step: its rooms and sessions."""
+
+    rooms: set[str] = field(default_factory=set)
+    publishers: int = 0
+    receivers: int = 0
+
+
+def _per_node(url: str, carried: _Carried, a: NodeSample, b: NodeSample, wall: float) -> dict[str, Any]:
+    """One node's share of a step: rooms and sessions placed on it, packets it forwarded, its CPU and
+    RSS, and (a spawned node) the same per process: the node, or a front and each worker."""
+    cpu = None if a.cpu_s is None or b.cpu_s is None else b.cpu_s - a.cpu_s
+    out: dict[str, Any] = {
+        "url": url,
+        "rooms": len(carried.rooms),
+        "sessions": carried.publishers + carried.receivers,
+        "publishers": carried.publishers,
+        "receiving_sessions": carried.receivers,
+        "forwarded": b.forwarded - a.forwarded,
+        "cpu_s": None if cpu is None else round(cpu, 4),
+        "cpu_pct": None if cpu is None else round(100 * cpu / wall, 1),
+        "rss_mb": None if b.rss_bytes is None else round(b.rss_bytes / 2**20, 1),
+    }
+    if b.procs:
+        before = {p.pid: p for p in a.procs}
+        procs = []
+        for p in b.procs:
+            q = before.get(p.pid)  # a worker that restarted has a new pid: no delta
+            pcpu = None if q is None or q.cpu_s is None or p.cpu_s is None else p.cpu_s - q.cpu_s
+            fwd = None if q is None or q.forwarded is None or p.forwarded is None else p.forwarded - q.forwarded
+            procs.append({"role": p.role, "pid": p.pid, "cpu_s": None if pcpu is None else round(pcpu, 4),
+                          "cpu_pct": None if pcpu is None else round(100 * pcpu / wall, 1),
+                          "rss_mb": None if p.rss_bytes is None else round(p.rss_bytes / 2**20, 1),
+                          "forwarded": fwd})
+        out["processes"] = procs
+    return out
 
 
 def _cpu_delta(a: list[NodeSample], b: list[NodeSample]) -> float | None:

@@ -110,6 +110,7 @@ class Scenario:
     drain_s: float = 0.5  # after the publishers stop, receivers keep reading this long
     generators: int = 1  # generator processes the sessions are spread over
     verify_every: int = 1  # receivers decrypt and check every V-th packet of each stream
+    node_workers: int = 1  # a spawned node's forwarding worker processes (> 1: a front and N workers)
     rooms: Rooms = field(default_factory=Rooms)
     audio: Audio = field(default_factory=Audio)
     video: Video = field(default_factory=Video)
@@ -122,6 +123,7 @@ class Scenario:
         _bound("drain_s", self.drain_s, 0.1, 10.0)
         _bound("generators", self.generators, 1, 8)
         _bound("verify_every", self.verify_every, 1, 1000)
+        _bound("node_workers", self.node_workers, 1, 16)
         for part in (self.rooms, self.audio, self.video):
             part.validate()
         if not self.audio.enabled and not self.video.enabled:

@@ -21,7 +21,7 @@ from bench.loadgen.wire import (
     checks_for,
     percentiles_ms,
 )
-from bench.mmsg import Ring
+from bench.mmsg import SO_TIMESTAMPNS, Ring
 from bench.srtpkit import SLOT_SIZE, InplaceSession, Key
 
 VIDEO = Stream(id=0, kind="video", ssrc=0x1234, pt=96, packet_size=1200, interval_s=1 / 30, per_frame=3,
@@ -103,7 +103,28 @@ def test_intact_streams_are_verified_with_latency(h: Harness) -> None:
     assert c.verified == 40 + RID_PACKETS + 4
     assert (c.corrupt, c.rejected, c.gaps, c.missing, c.late) == (0, 0, 0, 0, 0)
     assert sum(c.hist) == c.verified
+    assert c.kernel_stamped == c.verified  # every latency is from the kernel's receive timestamp
     assert percentiles_ms(c.hist)["p50"] is not None and percentiles_ms(c.hist)["p50"] < 1000
+
+
+def test_latency_is_the_kernel_queueing_time_not_the_read_time(h: Harness) -> None:
+    """Packets read 200 ms after they arrived still show the sub-200 ms latency they had."""
+    for _ in range(10):
+        h.send(1)
+    time.sleep(0.2)
+    h.receive(10)
+    c = h.counters
+    assert c.verified == c.kernel_stamped == 10
+    assert percentiles_ms(c.hist)["p999"] is not None and percentiles_ms(c.hist)["p999"] < 100
+
+
+def test_without_kernel_stamps_the_latency_is_the_read_time(h: Harness) -> None:
+    h.rx_sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)  # the kernel writes no control message
+    for _ in range(3):
+        h.send(1)
+    h.receive(3)
+    c = h.counters
+    assert c.verified == 3 and c.kernel_stamped == 0 and sum(c.hist) == 3
 
 
 def test_a_corrupt_payload_is_detected(h: Harness) -> None:

@@ -144,3 +144,48 @@ def test_run_refuses_a_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_text('name = "b"\n[rooms]\nsubscribers = 1\nrooms = 3\n')
     assert main(["run", str(bad)]) == 2
     assert "unknown key 'rooms'" in capsys.readouterr().err
+
+
+WORKERS = """\
+name = "two-workers"
+seconds = 2.0
+
+[rooms]
+count = 2
+publishers = 1
+subscribers = 2
+
+[video]
+bitrate_kbps = 300
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_spawned_multi_worker_node_is_measured_over_all_its_processes(tmp_path: Path) -> None:
+    doc = _run(tmp_path, WORKERS, "--spawn-node", "--workers", "2", "--quiet")
+    (step,) = doc["steps"]
+    assert doc["target"]["workers"] == 2
+    assert step["sessions_up"] == step["sessions"] == 2 * (1 + 2)
+    assert step["loss"] <= 0.002 and step["corrupt"] == step["rejected"] == 0
+    assert step["verified"] == step["received"] > 0
+    (node,) = step["nodes"]
+    procs = node["processes"]
+    assert [p["role"] for p in procs] == ["front", "worker 0", "worker 1"]
+    assert len({p["pid"] for p in procs}) == 3
+    # the front pins one room to each worker: both forward, and between them all the node forwarded
+    assert all(p["forwarded"] > 0 for p in procs[1:]), procs
+    assert sum(p["forwarded"] for p in procs[1:]) == node["forwarded"] == step["forwarded"]
+    assert step["forwarded"] >= step["received"]
+    assert all(p["cpu_s"] > 0 and p["rss_mb"] > 10 for p in procs[1:])
+    # node CPU and RSS are the front's plus every worker's
+    assert step["node_cpu_s"] == pytest.approx(sum(p["cpu_s"] for p in procs), abs=1e-3)
+    assert step["node_rss_mb"] == pytest.approx(sum(p["rss_mb"] for p in procs), abs=0.2)
+    assert node["rooms"] == 2 and node["sessions"] == step["sessions"]
+
+
+def test_workers_is_for_a_spawned_node_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(WORKERS)
+    assert main(["run", str(scenario), "--node-url", "http://127.0.0.1:9", "--workers", "2"]) == 2
+    assert "--spawn-node" in capsys.readouterr().err
