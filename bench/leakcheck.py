@@ -104,19 +104,16 @@ def collect_cyclic() -> tuple[int, Counter[str]]:
 def live_counts() -> tuple[Counter[str], dict[str, int]]:
     """Live objects by type, and the session classes' counts (libsrtp sessions still open too)."""
     types: Counter[str] = Counter()
-    srtp_open = 0
     buckets = 0
     from levelchat.ratelimit import TokenBuckets
-    from sfu.transport.srtp import SrtpContext
+    from sfu.transport.srtp import live_sessions
 
     for obj in gc.get_objects():
         types[_type_name(obj)] += 1
-        if isinstance(obj, SrtpContext) and not obj.closed:
-            srtp_open += 1
-        elif isinstance(obj, TokenBuckets):
+        if isinstance(obj, TokenBuckets):
             buckets += len(obj._buckets)
     session = {label: types.get(name, 0) for name, label in SESSION_TYPES.items()}
-    session["srtp_open"] = srtp_open
+    session["srtp_open"] = live_sessions()
     session["ratelimit_buckets"] = buckets
     return types, session
 

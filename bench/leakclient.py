@@ -90,32 +90,62 @@ async def _open(http: aiohttp.ClientSession, gate: asyncio.Semaphore, cert: Cert
         raise
 
 
+class SessionCycle:
+    """The sessions of one cycle: ``open``, ``media``, ``close`` (DELETE all, close the sockets)."""
+
+    def __init__(self, base_url: str, rooms: list[str], publishers: int, viewers: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.rooms = rooms
+        self.publishers = publishers
+        self.viewers = viewers
+        self.result = CycleResult()
+        self.sessions: list[_Session] = []
+        self._cert = Certificate.generate()
+        self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._http: aiohttp.ClientSession | None = None
+        self._started = time.monotonic()
+
+    async def open(self) -> None:
+        self._http = http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        cert, gate, url = self._cert, self._gate, self.base_url
+        pubs = await asyncio.gather(*(
+            _open(http, gate, cert, f"{url}/whip/{room}", room, f"pub-{i}", True)
+            for room in self.rooms for i in range(self.publishers)), return_exceptions=True)
+        self.sessions += [s for s in pubs if isinstance(s, _Session)]
+        subs = await asyncio.gather(*(
+            _open(http, gate, cert, f"{url}/whep/{room}/pub-{i}", room, f"view-{i}-{j}", False)
+            for room in self.rooms for i in range(self.publishers) for j in range(self.viewers)),
+            return_exceptions=True)
+        self.sessions += [s for s in subs if isinstance(s, _Session)]
+        self.result.failed = sum(1 for s in [*pubs, *subs] if not isinstance(s, _Session))
+        self.result.opened = len(self.sessions)
+
+    async def media(self, seconds: float) -> None:
+        self.result.sent += await _media(self.sessions, seconds)
+
+    async def close(self) -> CycleResult:
+        result = self.result
+        result.received = sum(s.endpoint.received for s in self.sessions if not s.publish)
+        if self._http is not None:
+            http, gate = self._http, self._gate
+            result.deleted = sum(await asyncio.gather(*(_delete(http, gate, s) for s in self.sessions)))
+            await http.close()
+            self._http = None
+        for s in self.sessions:
+            s.endpoint.close()
+        self.sessions = []
+        result.seconds = round(time.monotonic() - self._started, 2)
+        return result
+
+
 async def run_cycle(base_url: str, rooms: list[str], publishers: int, viewers: int, seconds: float) -> CycleResult:
     """Open, use and DELETE the sessions of one cycle; the sessions are all gone when it returns."""
-    started = time.monotonic()
-    result = CycleResult()
-    cert = Certificate.generate()
-    gate = asyncio.Semaphore(CONCURRENCY)
-    sessions: list[_Session] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        try:
-            pubs = await asyncio.gather(*(
-                _open(http, gate, cert, f"{base_url}/whip/{room}", room, f"pub-{i}", True)
-                for room in rooms for i in range(publishers)), return_exceptions=True)
-            sessions += [s for s in pubs if isinstance(s, _Session)]
-            subs = await asyncio.gather(*(
-                _open(http, gate, cert, f"{base_url}/whep/{room}/pub-{i}", room, f"view-{i}-{j}", False)
-                for room in rooms for i in range(publishers) for j in range(viewers)), return_exceptions=True)
-            sessions += [s for s in subs if isinstance(s, _Session)]
-            result.failed = sum(1 for s in [*pubs, *subs] if not isinstance(s, _Session))
-            result.opened = len(sessions)
-            result.sent = await _media(sessions, seconds)
-        finally:
-            result.received = sum(s.endpoint.received for s in sessions if not s.publish)
-            result.deleted = sum(await asyncio.gather(*(_delete(http, gate, s) for s in sessions)))
-            for s in sessions:
-                s.endpoint.close()
-    result.seconds = round(time.monotonic() - started, 2)
+    cycle = SessionCycle(base_url, rooms, publishers, viewers)
+    try:
+        await cycle.open()
+        await cycle.media(seconds)
+    finally:
+        result = await cycle.close()
     return result
 
 
