@@ -1,7 +1,8 @@
 """Ended sessions leave nothing behind in the node.
 
 Real WHIP/WHEP sessions (``sfu.client.lite`` through ``bench.leakclient``: ICE, DTLS, SRTP, media,
-PLI and NACK) are created and DELETEd in cycles against a real node.  The garbage collector is
+PLI and NACK) are created and DELETEd in cycles against a real node; signaling sessions (aiortc,
+``/v1/rtc``, media both ways and data channels) leave or drop their socket.  The garbage collector is
 off for the whole test: every transport, DTLS endpoint, OpenSSL connection, SRTP context,
 participant, track and downtrack of a deleted session must be freed by reference counting at once
 (a reference cycle would keep it, with its C memory, until some later full collection), the
@@ -17,11 +18,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.leakclient import SessionCycle
+from sfu.api.rtc import RTC_SERVICE_KEY
 from sfu.node import Node
 from sfu.routing.participant import Participant
 from sfu.transport.srtp import live_sessions
 from tests.e2e.clients import wait_for
 from tests.e2e.conftest import PROBE_PEERS, public_participants
+from tests.e2e.test_rtc_data import DataClient
+from tests.e2e.test_rtc_signaling import receives_from
 
 CYCLES = 3
 ROOMS = 2
@@ -97,3 +101,45 @@ async def test_deleted_sessions_are_freed_at_once(node_factory: Callable[..., An
         assert all(not r.participants for r in node.rooms.closed.values())
     finally:
         await node.stop()
+
+
+async def test_ended_signaling_sessions_are_freed_at_once(node: Node) -> None:
+    service = node._runner.app[RTC_SERVICE_KEY] if node._runner is not None else None
+    assert service is not None
+    gc.collect()
+    srtp_before = live_sessions()
+    for cycle in range(2):
+        room = f"rtc-mem-{cycle}"
+        a, b = DataClient(node, room, "a"), DataClient(node, room, "b")
+        try:
+            for c in (a, b):
+                await c.join()
+                await c.publish()
+                await c.open_data()
+            await wait_for(receives_from(b, ["a"], 5), 15, "b receives a")
+            await wait_for(receives_from(a, ["b"], 5), 15, "a receives b")
+            a.send_text("hello")
+            await wait_for(lambda b=b: len(b.from_("a")) == 1, 10, "b gets a's message")
+            watched = _watch(node)
+            watched += [("rtc_session", weakref.ref(s)) for s in service.by_sid.values()]
+            watched += [("data_session", weakref.ref(s)) for s in service.data.sessions.values()]
+            assert {"rtc_session", "data_session", "track", "downtrack"} <= {kind for kind, _ in watched}
+            gc.disable()
+            await a.call("leave")
+            assert b.ws is not None
+            await b.ws.close()  # no leave: the socket just goes away
+            await wait_for(lambda: public_participants(node) == [], 5, "both gone")
+        finally:
+            await a.close()
+            await b.close()
+        try:
+            await wait_for(lambda w=watched: all(ref() is None for _, ref in w), 2, "the sessions' objects freed")
+        except AssertionError:
+            alive = sorted({kind for kind, ref in watched if ref() is not None})
+            raise AssertionError(f"cycle {cycle}: alive without a collection: {alive}") from None
+        finally:
+            gc.enable()
+        assert (service.by_sid, service.published, service.publisher_roles, service.data.sessions) == ({}, {}, {}, {})
+        assert service.data.relay.rooms == {}
+        assert _port_tables(node) == (PROBE_PEERS,) * 3
+        assert live_sessions() == srtp_before
