@@ -6,9 +6,11 @@ and ``--viewers`` WHEP sessions per publisher, sends media, and DELETEs them all
 has let go of them (and, with ``--empty-timeout``, closed the rooms) this process measures:
 
 * ``rss`` (``/proc/self/statm``) before and after a full garbage collection, and glibc's bytes in
-  use (``mallinfo2``: what ``malloc`` hands out, whatever the fragmentation);
-* ``cyclic``: how many objects only the cycle collector freed, by type (``gc.DEBUG_SAVEALL``):
-  session objects there are released late, with whatever C memory they hold;
+  use after it (``mallinfo2``: what ``malloc`` hands out, whatever the fragmentation);
+* ``held``, ``cyclic``: the malloc'd megabytes and the objects only the cycle collector freed
+  (by type, ``gc.DEBUG_SAVEALL``): session objects there are released late, with whatever C
+  memory they hold (``--no-gc`` skips the collection: what a node does between its rare full
+  collections);
 * live session objects (transports, DTLS endpoints and their OpenSSL connections, open libsrtp
   sessions, participants, tracks, downtracks, retransmission caches), the node's tables (router,
   media port, sessions, rooms open and closed, signaling, rate-limiter buckets, asyncio tasks);
@@ -221,7 +223,7 @@ async def run(args: argparse.Namespace) -> list[Sample]:
             await asyncio.sleep(args.pause)
             rss = rss_bytes()
             before = malloc_in_use()
-            cyclic, cyclic_types = collect_cyclic()
+            cyclic, cyclic_types = collect_cyclic() if not args.no_gc else (0, Counter())
             after = malloc_in_use()
             types, session = live_counts()
             sample = Sample(
@@ -288,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--empty-timeout", type=int, default=1,
                     help="rooms' empty_timeout_s (the check waits for them to close); -1: the node default, no wait")
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between settling and measuring")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="no full collection before measuring (as in production: what cycles keep is counted live)")
     ap.add_argument("--tracemalloc", action="store_true", help="trace allocations (slower) and list growth by line")
     ap.add_argument("--top", type=int, default=8, help="lines of tracemalloc growth shown")
     ap.add_argument("--room-prefix", default="", help=argparse.SUPPRESS)
