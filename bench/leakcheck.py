@@ -180,8 +180,7 @@ async def _settle(node: Node, timeout_s: float, rooms_too: bool) -> None:
     """Wait until the node holds no public participant (and no open public room)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        busy = node.rooms.participant_count or len(node.sessions.sessions)
-        if not busy and (not rooms_too or node.rooms.room_count == 0):
+        if not node.rooms.participant_count and (not rooms_too or node.rooms.room_count == 0):
             return
         await asyncio.sleep(0.1)
 
