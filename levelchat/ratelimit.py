@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import jwt
@@ -18,6 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from levelchat.errors import ApiError
 
+#: keys a ``TokenBuckets`` table remembers at most (each ~0.2 KB)
 MAX_TRACKED = 100_000
 
 
@@ -32,33 +34,53 @@ class Limit:
 
 
 class TokenBuckets:
-    """Independent buckets by key; full buckets are forgotten when the table grows large."""
+    """Independent buckets by key, in a table of at most ``max_tracked`` entries.
 
-    def __init__(self, limit: Limit) -> None:
+    A full bucket is the same as none, so the table only needs the keys seen within the last
+    ``burst / rate`` seconds.  It is kept least recently used first: each ``take`` forgets the
+    oldest entry if its bucket has refilled, and beyond ``max_tracked`` keys (many client
+    addresses at once) the least recently used one goes regardless (that client starts again
+    with a full bucket).  Memory is bounded and every call is O(1)."""
+
+    def __init__(self, limit: Limit, max_tracked: int = MAX_TRACKED) -> None:
+        if max_tracked < 1:
+            raise ValueError("max_tracked must be at least 1")
         self.limit = limit
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time s)
+        self.max_tracked = max_tracked
+        #: key -> (tokens, last time s), least recently used first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, key: str, now_s: float) -> float:
         """Take a token: 0.0 when allowed, else seconds until one is available."""
         rate, burst = self.limit.rate_per_s, self.limit.burst
-        tokens, last = self._buckets.get(key, (float(burst), now_s))
+        buckets = self._buckets
+        tokens, last = buckets.get(key, (float(burst), now_s))
         tokens = min(float(burst), tokens + (now_s - last) * rate)
+        wait = 0.0
         if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now_s)
-            if len(self._buckets) > MAX_TRACKED:
-                self._forget_full(now_s)
-            return 0.0
-        self._buckets[key] = (tokens, now_s)
-        return (1.0 - tokens) / rate
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / rate
+        buckets[key] = (tokens, now_s)
+        buckets.move_to_end(key)
+        self._trim(now_s)
+        return wait
 
     def full_in(self, key: str, now_s: float) -> float:
         tokens, last = self._buckets.get(key, (float(self.limit.burst), now_s))
         tokens = min(float(self.limit.burst), tokens + (now_s - last) * self.limit.rate_per_s)
         return (self.limit.burst - tokens) / self.limit.rate_per_s
 
-    def _forget_full(self, now_s: float) -> None:
-        for key in [k for k in self._buckets if self.full_in(k, now_s) <= 0]:
-            del self._buckets[key]
+    def _trim(self, now_s: float) -> None:
+        buckets = self._buckets
+        while len(buckets) > self.max_tracked:
+            buckets.popitem(last=False)
+        oldest = next(iter(buckets))
+        if len(buckets) > 1 and self.full_in(oldest, now_s) <= 0:
+            del buckets[oldest]
 
 
 def api_key_of(request: web.Request) -> str | None:
@@ -80,8 +102,12 @@ def make_rate_limit_middleware(
     per_key: Limit | None,
     paths: Iterable[str],
     clock: Callable[[], float] = time.time,
+    known_keys: Collection[str] | None = None,
 ) -> Middleware:
-    """Limit requests whose path starts with one of ``paths`` (e.g. ``/whip/``, ``/v1/rooms``)."""
+    """Limit requests whose path starts with one of ``paths`` (e.g. ``/whip/``, ``/v1/rooms``).
+
+    ``known_keys``: the API key ids that get a per-key bucket (the ``kid`` is read before the
+    token is verified, so without it any made-up ``kid`` would take a table entry)."""
     prefixes = tuple(paths)
     ip_buckets = TokenBuckets(per_ip) if per_ip is not None else None
     key_buckets = TokenBuckets(per_key) if per_key is not None else None
@@ -94,7 +120,7 @@ def make_rate_limit_middleware(
             if ip_buckets is not None:
                 checks.append((ip_buckets, request.remote or "unknown", "client address"))
             kid = api_key_of(request) if key_buckets is not None else None
-            if key_buckets is not None and kid is not None:
+            if key_buckets is not None and kid is not None and (known_keys is None or kid in known_keys):
                 checks.append((key_buckets, kid, "API key"))
             for buckets, key, what in checks:
                 wait = buckets.take(key, now)

@@ -290,6 +290,7 @@ def create_app(node: Node) -> web.Application:
         per_ip=Limit(cfg.rate_limit_ip_per_s, cfg.rate_limit_ip_burst) if cfg.rate_limit_ip_per_s > 0 else None,
         per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
         paths=RATE_LIMITED_PATHS,
+        known_keys=frozenset(cfg.api_keys),
     )
     # The inner error middleware turns refusals (the handlers', the limiter's) into problems before
     # CORS decorates them, so a browser app can read every problem; the outer one answers the CORS

@@ -96,6 +96,7 @@ async def rtc_get(request: web.Request) -> web.StreamResponse:
             node.router.leave(participant, CloseReason.LEFT, clock.now_ms())
         service.forget(session)
         session.ended = True
+        session.methods.clear()  # its bound methods refer back to it: no cycle outlives the socket
         queue.put_nowait((_CLOSE, 1000, "closed"))
         try:
             await asyncio.wait_for(writer, 2.0)

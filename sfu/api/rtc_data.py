@@ -202,6 +202,8 @@ class DataSession:
             self._timer = None
         self.transport.set_app_data_handler(None)
         self.service.relay.remove(self.room_id, self.member)
+        self.association = self.channels = None  # the association's send is ours: no cycle
+        self.by_kind.clear()
 
 
 class DataService:

@@ -306,8 +306,10 @@ class LiteEndpoint:
                 self._loop.remove_reader(self.sock.fileno())
             except (ValueError, OSError):
                 pass
-        if self.dtls is not None and self.dtls.state is DtlsState.CONNECTED:
-            self.dtls.close()
+        if self.dtls is not None:
+            if self.dtls.state is DtlsState.CONNECTED:
+                self.dtls.close()
+            self.dtls.release()  # its send callback refers to this endpoint
         self.sock.close()
         for ctx in (self.tx, self.rx):
             if ctx is not None:

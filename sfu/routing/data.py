@@ -143,6 +143,11 @@ class TokenBucket:
 Deliver = Callable[[DataKind, bytes, bool, int], DataDrop | None]
 
 
+def _removed(kind: DataKind, envelope: bytes, text: bool, now_ms: int) -> DataDrop | None:
+    """The ``deliver`` of a member that left the relay."""
+    return DataDrop.NOT_OPEN
+
+
 @dataclass
 class Member:
     identity: str
@@ -178,6 +183,9 @@ class DataRelay:
             del members[member.identity]
             if not members:
                 del self.rooms[room_id]
+        # its deliver is usually a bound method of the member's owner, who holds the member:
+        # without that cycle the owner is freed with its last reference
+        member.deliver = _removed
 
     def on_message(self, room_id: str, sender: Member, kind: DataKind, data: bytes, text: bool, now_ms: int) -> int:
         """Relay one received message; returns how many participants it was queued for."""

@@ -72,8 +72,7 @@ class Participant:
         for dt in self.downtracks:
             dt.close()
         for track in self.tracks.values():
-            for dt in list(track.downtracks):
-                dt.unbind()
+            track.close()  # unbinds its subscribers, frees its retransmission cache
         for transport in (self.publisher, self.subscriber):
             if transport is not None:
                 transport.close(reason)

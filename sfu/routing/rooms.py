@@ -1,5 +1,10 @@
 """Rooms on this node: creation, caps, closing, and the 24 h memory of closed rooms.
 
+A closed room's record is the ``Room`` itself (slotted, its participants gone: ~0.6 KB with its
+id, sid and policy); at most ``CLOSED_ROOMS_MAX`` are kept, oldest forgotten first, so rooms
+created and closed at any rate (auto-created on join) cannot grow the node without bound within
+the 24 hours.
+
 Admission is atomic because it runs on the node's one event loop with no await between the
 check and the insert: with 50 joins racing for the last 3 seats exactly 3 get in.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
     from sfu.routing.participant import Participant
 
 CLOSED_RETENTION_MS = 24 * 3600 * 1000
+#: closed rooms remembered at most (oldest forgotten first, even within CLOSED_RETENTION_MS)
+CLOSED_ROOMS_MAX = 50_000
 
 
 class RoomState(enum.Enum):
@@ -25,7 +33,7 @@ class RoomState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class RoomPolicy:
     max_participants: int
     codecs: tuple[str, ...]
@@ -33,7 +41,7 @@ class RoomPolicy:
     recording: bool = False  # whether recording may be requested in this room
 
 
-@dataclass
+@dataclass(slots=True)
 class Room:
     id: str
     policy: RoomPolicy
@@ -71,7 +79,8 @@ class RoomRegistry:
         self.max_rooms = max_rooms
         self.max_participants = max_participants
         self.rooms: dict[str, Room] = {}
-        self.closed: dict[str, Room] = {}
+        #: closed rooms by id, oldest closed first (``forget_old`` pops from the front)
+        self.closed: OrderedDict[str, Room] = OrderedDict()
         self.accepting = True  # False while draining or revoked: no new rooms
 
     @property
@@ -139,8 +148,9 @@ class RoomRegistry:
         room.state = RoomState.CLOSED
         room.closed_ms = now_ms
         self.rooms.pop(room.id, None)
-        self.forget_old(now_ms)  # keeps the memory of closed rooms to the last 24 h
+        self.closed.pop(room.id, None)  # closed again: it moves to the end
         self.closed[room.id] = room
+        self.forget_old(now_ms)  # keeps the memory of closed rooms to the last 24 h, and bounded
         left = list(room.participants.values())
         room.participants.clear()
         return left
@@ -153,5 +163,13 @@ class RoomRegistry:
         ]
 
     def forget_old(self, now_ms: int) -> None:
-        for rid in [rid for rid, r in self.closed.items() if now_ms - (r.closed_ms or 0) > CLOSED_RETENTION_MS]:
-            del self.closed[rid]
+        """Forget closed rooms older than 24 h, and the oldest beyond ``CLOSED_ROOMS_MAX``.
+
+        Records are in closing order (time only goes forward), so this looks at the oldest ones
+        only: O(1) per call plus what it forgets."""
+        closed = self.closed
+        while closed:
+            room = closed[next(iter(closed))]
+            if len(closed) <= CLOSED_ROOMS_MAX and now_ms - (room.closed_ms or 0) <= CLOSED_RETENTION_MS:
+                break
+            closed.popitem(last=False)

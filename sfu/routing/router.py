@@ -282,8 +282,12 @@ class Router:
         del participant.tracks[track.ssrc]
         for dt in list(track.downtracks):
             dt.unbind()
+        sink = participant.publisher.sink if participant.publisher is not None else None
+        if isinstance(sink, PublisherSink) and track.rtx_ssrc is not None:
+            sink.rtx_ssrcs.pop(track.rtx_ssrc, None)
         self._rebind_room(room, now_ms)
         self._emit(RoomEvent(RoomEventKind.UNPUBLISHED, room, participant, tracks=(track,)))
+        track.close()  # its retransmission cache goes now
 
     def set_muted(self, room: Room, participant: Participant, track: PublishedTrack, muted: bool, now_ms: int) -> None:
         """Pause (or resume) forwarding ``track`` to every subscriber; video resumes at a keyframe."""

@@ -116,6 +116,10 @@ class RtxCache:
         return self._bufs[i], self._lens[i]
 
 
+def _no_keyframe_request(ssrc: int) -> None:
+    """The keyframe request of a closed track: its publisher is gone."""
+
+
 class PublishedTrack:
     def __init__(
         self,
@@ -483,6 +487,24 @@ class PublishedTrack:
     def remove_switcher(self, dt: DownTrack) -> None:
         if dt in self.switching:
             self.switching = [d for d in self.switching if d is not dt]
+
+    def close(self) -> None:
+        """The publisher is gone: unbind the subscribers and let go of the simulcast group, the
+        callback to the publisher and the retransmission cache, so that the track's memory (the
+        cache is ~750 KB for video) is freed with its last reference, not at the next full
+        garbage collection (those references form cycles through the publisher)."""
+        self.fast_reset()
+        for dt in list(self.switching):
+            dt.cancel_switch()
+        for dt in list(self.downtracks):
+            dt.unbind()
+        self.downtracks = []
+        self.switching = []
+        self.group = None
+        self.rtx_cache = None
+        self.level_meter = None
+        self.keyframe_pending = False
+        self._request_keyframe_cb = _no_keyframe_request
 
     def describe(self) -> dict[str, object]:
         return {

@@ -203,6 +203,16 @@ class DtlsEndpoint:
         self.state = DtlsState.CLOSED
         self._retransmit_at_ms = None
 
+    def release(self) -> None:
+        """The owner is done with this endpoint: it is CLOSED (no alert; ``close`` sends one) and
+        lets go of the ``send`` callback, which usually refers back to the owner.  Without that
+        reference cycle a closed session's transport, this endpoint and its OpenSSL connection are
+        freed as soon as the session is dropped, not at the next full garbage collection."""
+        if self.is_open or self.state is DtlsState.NEW:
+            self.state = DtlsState.CLOSED
+        self._retransmit_at_ms = None
+        self._send = _discard
+
     # -- internals -------------------------------------------------------------------------------
     def _guarded(self, step: Callable[..., None], *args: object) -> None:
         try:
@@ -330,6 +340,10 @@ class DtlsEndpoint:
         for datagram in pack_records(pending, self.mtu):
             self.datagrams_sent += 1
             self._send(datagram)
+
+
+def _discard(datagram: bytes) -> None:
+    """The ``send`` of a released endpoint."""
 
 
 def split_records(data: bytes) -> list[bytes] | None:

@@ -382,6 +382,8 @@ class PeerTransport:
             except Exception:  # never let a teardown path raise
                 log.debug("DTLS close failed", exc_info=True)
         self._port.remove_peer(self)
+        self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
+        self._on_app_data = None
         self.rx = None
         self.tx = None
         self._tx_srtp = None

@@ -216,10 +216,21 @@ class SrtpDirection(enum.Enum):
     INBOUND = "inbound"  # we unprotect
 
 
+#: libsrtp sessions created by ``SrtpContext`` and not deallocated yet (``live_sessions()``)
+_live = 0
+
+
+def live_sessions() -> int:
+    """How many libsrtp sessions this process holds (each is freed by ``close`` or with its context)."""
+    return _live
+
+
 def _dealloc(ptr: Any) -> None:
+    global _live
     if ptr[0] != ffi.NULL:
         lib.srtp_dealloc(ptr[0])
         ptr[0] = ffi.NULL
+        _live -= 1
 
 
 class SrtpContext:
@@ -264,6 +275,8 @@ class SrtpContext:
         rc = lib.srtp_create(ptr, policy)
         if rc != 0:
             raise SrtpFailure("srtp_create", rc)
+        global _live
+        _live += 1
         # ffi.gc frees the session if close() is never called; close() zeroes the slot first.
         self._ptr = ffi.gc(ptr, _dealloc)
         #: The raw ``srtp_t`` for loops that call ``lib.srtp_protect`` themselves. None once closed.

@@ -437,6 +437,7 @@ class Front:
             per_ip=Limit(cfg.rate_limit_ip_per_s, cfg.rate_limit_ip_burst) if cfg.rate_limit_ip_per_s > 0 else None,
             per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
             paths=RATE_LIMITED_PATHS,
+            known_keys=frozenset(cfg.api_keys),
         )
         app = web.Application(
             middlewares=[make_error_middleware(count), make_cors_middleware(cfg.cors_origins), make_error_middleware(), limiter],

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from levelchat.errors import ApiError
+from sfu.routing import rooms as rooms_module
 from sfu.routing.participant import Participant, ParticipantKind
 from sfu.routing.rooms import CLOSED_RETENTION_MS, RoomPolicy, RoomRegistry, RoomState
 
@@ -120,6 +121,28 @@ def test_closed_rooms_older_than_24_hours_do_not_pile_up() -> None:
     room, _ = reg.create("fresh", policy(), later)
     reg.close(room, later)
     assert list(reg.closed) == ["fresh"]
+
+
+def test_closed_rooms_are_bounded_oldest_forgotten_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rooms_module, "CLOSED_ROOMS_MAX", 5)
+    reg = registry(max_rooms=1000)
+    for i in range(12):
+        room, _ = reg.create(f"room-{i}", policy(), T0 + i)
+        reg.close(room, T0 + i)
+    assert list(reg.closed) == [f"room-{i}" for i in range(7, 12)]
+    assert reg.get("room-11", T0 + 20).state is RoomState.CLOSED
+    with api_error("room_not_found", 404):
+        reg.get("room-6", T0 + 20)
+
+
+def test_a_closed_record_keeps_no_participants() -> None:
+    reg = registry()
+    room, _ = reg.create("room-1", policy(), T0)
+    reg.admit(room, person("a"), T0)
+    left = reg.close(room, T0 + 1)
+    assert [p.identity for p in left] == ["a"]
+    assert reg.closed["room-1"].participants == {}
+    assert not hasattr(room, "__dict__"), "room records are slotted: small"
 
 
 def test_internal_rooms_do_not_count_against_caps() -> None:

@@ -4,6 +4,8 @@ when publishers come and go, leaving, and housekeeping ticks on passed-in time."
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -277,6 +279,52 @@ async def test_leave_releases_everything(node: Node) -> None:
     assert node.port.peer_count == 0
     node.router.leave(alice, CloseReason.LEFT, now + 9)  # twice: nothing changes
     assert room.empty_since_ms == now + 7
+
+
+async def _simulcast_publisher(node: Node, room: Room) -> Participant:
+    p = Participant(identity="sim", room_id=room.id, kind=ParticipantKind.WHIP)
+    node.router.admit(room, p, clock.now_ms())
+    client = node.client()
+    transport = node.transport(client)
+    specs = [TrackSpec(kind="audio", mid="0", ssrc=0x300, codecs=[OPUS])] + [
+        TrackSpec(kind="video", mid="1", ssrc=-(i + 1), codecs=[VP8], rid=rid, rid_params="")
+        for i, rid in enumerate(("h", "l"))
+    ]
+    node.router.attach_publisher(room, p, transport, specs, clock.now_ms())
+    await connect(transport, client, node.port, DtlsRole.SERVER)
+    return p
+
+
+async def test_participants_that_left_are_freed_without_a_collection(node: Node) -> None:
+    """Nothing of a participant outlives its leave in a reference cycle (a simulcast group, the
+    track's keyframe callback to its publisher, the DTLS endpoint's send callback): all of it is
+    freed with the last reference, not at some later full garbage collection."""
+    room = node.room()
+    refs: list[weakref.ref[object]] = []
+    gc.collect()
+    gc.disable()
+    try:
+        publisher = await _simulcast_publisher(node, room)
+        viewer, _ = await node.subscriber(room, "viewer", target="sim", video=True)
+        layers = [t for t in publisher.tracks.values() if t.rid]
+        assert len(layers) == 2 and layers[0].group is not None
+        assert any(dt.source is not None for dt in viewer.downtracks)
+        for p in (publisher, viewer):
+            refs.append(weakref.ref(p))
+            for transport in (p.publisher, p.subscriber):
+                if transport is not None:
+                    refs += [weakref.ref(transport), weakref.ref(transport.dtls), weakref.ref(transport.dtls._conn)]
+            refs += [weakref.ref(t) for t in p.tracks.values()] + [weakref.ref(dt) for dt in p.downtracks]
+        refs.append(weakref.ref(layers[0].group))
+        del layers, p, transport
+        now = clock.now_ms()
+        node.router.leave(viewer, CloseReason.LEFT, now)
+        node.router.leave(publisher, CloseReason.LEFT, now)
+        del publisher, viewer
+        alive = [type(r()).__name__ for r in refs if r() is not None]
+        assert alive == []
+    finally:
+        gc.enable()
 
 
 async def test_a_transport_closing_makes_its_participant_leave(node: Node) -> None:

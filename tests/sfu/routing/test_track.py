@@ -317,6 +317,26 @@ def test_attach_and_detach_are_idempotent(link: Link) -> None:
     assert track.describe()["subscribers"] == 1
 
 
+def test_close_unbinds_and_lets_go_of_the_publisher_and_the_cache(link: Link) -> None:
+    requests = KeyframeRequests()
+    track = video_track(link.counters, requests)
+    dt = downtrack(link)
+    dt.bind(track, T0)
+    switching = downtrack(link, ssrc=3)
+    track.add_switcher(switching, T0)
+    switching.pending_source = track
+    assert track.rtx_cache is not None and requests.ssrcs
+    track.close()
+    assert dt.source is None and track.downtracks == [] and track.switching == []
+    assert switching.pending_source is None
+    assert track.rtx_cache is None and track.group is None
+    before = len(requests.ssrcs)
+    track.request_keyframe(T0 + 10 * KEYFRAME_REQUEST_INTERVAL_MS)
+    assert len(requests.ssrcs) == before, "a closed track still calls its publisher"
+    push(track, 1, VP8_KEY, T0 + 1)  # a late packet is harmless
+    assert dt.retransmit([dt.seq.fast_delta + 1], T0 + 2) == 0
+
+
 # -- keyframe request throttling ---------------------------------------------------------------------
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -310,6 +312,44 @@ def test_close_during_handshake() -> None:
     wire.client.close()
     assert wire.client.state is DtlsState.CLOSED
     assert wire.client.next_timeout_ms() is None
+
+
+class Owner:
+    """An owner whose endpoint's ``send`` is its own bound method: a reference cycle until released."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.dtls = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("sha-256", CERT_B.fingerprint())], [GCM], self.send)
+
+    def send(self, datagram: bytes) -> None:
+        self.sent.append(datagram)
+
+
+def test_release_closes_silently_and_breaks_the_owner_cycle() -> None:
+    owner = Owner()
+    owner.dtls.start(0)
+    assert len(owner.sent) == 1  # the ClientHello
+    ref = weakref.ref(owner)
+    conn_ref = weakref.ref(owner.dtls._conn)
+    gc.disable()
+    try:
+        owner.dtls.release()
+        assert owner.dtls.state is DtlsState.CLOSED and owner.dtls.next_timeout_ms() is None
+        owner.dtls.handle_timeout(10_000)
+        owner.dtls.close()
+        assert len(owner.sent) == 1, "a released endpoint still sends"
+        del owner
+        assert ref() is None and conn_ref() is None, "freed only by the cycle collector"
+    finally:
+        gc.enable()
+
+
+def test_release_after_failure_keeps_the_failure() -> None:
+    wire = make_wire(server_profiles=[CM], client_profiles=[GCM])
+    connect(wire)
+    assert wire.server.state is DtlsState.FAILED
+    wire.server.release()
+    assert wire.server.state is DtlsState.FAILED and wire.server.failure_reason is not None
 
 
 # -- timeouts ------------------------------------------------------------------------------------
