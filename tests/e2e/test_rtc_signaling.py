@@ -217,9 +217,24 @@ def receives_from(client: RtcClient, others: list[str], frames: int) -> Callable
     return check
 
 
-def all_complete(clients: list[RtcClient]) -> bool:
-    """No sequence number missing between the first and last packet of any received stream."""
-    return all(r.log.missing() == [] for c in clients for r in c.flowing().values())
+def holes(clients: list[RtcClient]) -> dict[tuple[str, str, str], list[int]]:
+    """Sequence numbers missing between the first and last packet of each received stream:
+    none for video (the node answers NACKs); audio is not retransmitted (no NACK for opus), so
+    a datagram lost on this loaded loopback stays lost: at most 1 in 200 of audio is tolerated."""
+    found: dict[tuple[str, str, str], list[int]] = {}
+    for c in clients:
+        for r in c.flowing().values():
+            missing = r.log.missing()
+            if missing and (r.kind == "video" or len(missing) * 200 > len(r.log.packets)):
+                found[(c.identity, r.participant, r.kind)] = missing
+    return found
+
+
+async def wait_complete(clients: list[RtcClient], timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while holes(clients) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert holes(clients) == {}
 
 
 async def test_three_participants_receive_each_other_and_see_leave_and_rejoin(node: Node) -> None:
@@ -239,10 +254,8 @@ async def test_three_participants_receive_each_other_and_see_leave_and_rejoin(no
             await wait_for(receives_from(c, others, 20), 30, f"{c.identity} receives {others}")
         # continuity: no hole left in any received stream (a loaded machine can drop loopback
         # datagrams; NACKed retransmissions fill video holes within a moment)
-        await wait_for(lambda: all_complete(clients), 3, "every stream complete")
+        await wait_complete(clients)
         for c in clients:
-            for r in c.flowing().values():
-                assert r.log.missing() == [], (c.identity, r.participant, r.kind)
             assert all(a["refused"] == [] for a in c.answers)
         alice, bob, carol = clients
         assert [p["participant"]["identity"] for p in alice.named("participant_joined")] == ["bob", "carol"]
@@ -272,7 +285,7 @@ async def test_three_participants_receive_each_other_and_see_leave_and_rejoin(no
             assert carols()[1]["participant"]["sid"] == rejoin["participant"]["sid"]
             others = [n for n in names if n != c.identity]
             await wait_for(receives_from(c, others, 20), 20, f"{c.identity} receives carol again")
-            await wait_for(lambda c=c: all_complete([c]), 3, f"{c.identity}'s streams complete")
+            await wait_complete([c])
         await wait_for(receives_from(carol2, ["alice", "bob"], 20), 20, "carol receives again")
     finally:
         for c in clients:
