@@ -161,11 +161,8 @@ class PublisherSink:
     def _on_rtx(self, track: PublishedTrack, cbuf: object, view: memoryview, length: int, now_ms: int) -> None:
         """A packet of ``track``'s RTX stream: unwrapped in place into the packet it repairs,
         which fills its hole like a late packet; probes and packets nobody asked for are dropped."""
-        if track.ssrc < 0:  # a simulcast layer whose own SSRC is not known yet
-            self.counters.drops[DropReason.RTX_UNKNOWN] += 1
-            return
-        start = unwrap_rtx(view, length, track.rtx_apt, track.ssrc)
-        if start < 0:
+        start = unwrap_rtx(view, length, track.rtx_apt, max(track.ssrc, 0))
+        if start < 0 or track.ssrc < 0:  # (a simulcast layer whose own SSRC is not known yet)
             reason = DropReason.RTX_PADDING if start == RtxOutcome.PADDING_ONLY else DropReason.RTX_UNKNOWN
             self.counters.drops[reason] += 1
             return

@@ -1,5 +1,6 @@
-"""Chromium publishes over a lossy leg: the node NACKs it, unwraps its RTX, and an aiortc viewer
-gets every packet and decodes.
+"""Chromium publishes over a lossy leg: the node NACKs it, unwraps its RTX (the FID SSRC, or for
+simulcast each layer's RTX SSRC learnt from repaired-rtp-stream-id), and an aiortc viewer gets
+every packet and decodes.
 
 netem is not available in this sandbox (no sch_netem), so the loss is made by a UDP relay on a
 second loopback address: the node's ICE candidate names the relay (``public_ip``), which passes
@@ -20,6 +21,7 @@ from playwright.async_api import Browser
 from sfu.counters import DropReason, RecoveredVia
 from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM, DemoPage
+from tests.browser.test_browser_whip_whep import _publish_simulcast
 from tests.e2e.clients import WhepSubscriber, wait_for
 from tests.e2e.conftest import token
 
@@ -125,6 +127,41 @@ async def test_chromium_publisher_leg_loss_is_repaired_by_upstream_nack(
         sent = await page.rtp_stats("publish", "video")
         assert sent.get("nackCount", 0) >= 1 and sent.get("retransmittedPacketsSent", 0) >= LOSSES, sent
         assert page.errors == []
+    finally:
+        await sub.close()
+        await page.close()
+        relay.close()
+        await node.stop()
+
+
+async def test_chromium_simulcast_layer_loss_is_repaired_through_its_repaired_rid(
+    node_factory: Callable[..., Any], browser: Browser
+) -> None:
+    node: Node = await node_factory(public_ip=RELAY_HOST)
+    relay = LossyRelay(node.port.port, ("127.0.0.1", node.port.port), EVERY, LOSSES)
+    room = "browser-upstream-nack-simulcast"
+    page = await DemoPage.open(browser, node.url)
+    sub = WhepSubscriber(node.url, room, token(room, "viewer"), audio=False)
+    try:
+        assert await _publish_simulcast(page, room, "alice"), "the node's answer refused simulcast"
+        await page.wait_layers_encoded(30)
+        status, body = await sub.connect()
+        assert status == 201, body
+        await wait_for(lambda: sub.frames["video"] >= 10, 15, "first frames")
+        viewer = next(p for p in node.router.participants.values() if p.identity == "viewer")
+        layer = viewer.downtracks[0].source
+        assert layer is not None and layer.rid is not None and layer.nack is not None
+        plis = node.counters.pli_in
+        relay.drop_ssrcs.add(layer.ssrc)
+        await wait_for(lambda: len(relay.dropped) >= LOSSES, 30, "packets of the layer lost on the publisher's leg")
+        frames = sub.frames["video"]
+        await wait_for(lambda: sub.frames["video"] >= frames + 30, 15, "frames after the losses")
+        await wait_for(lambda: sub.logs["video"].missing() == [], 10, "every packet at the viewer")
+        assert layer.rtx_ssrc is not None, "the layer's RTX SSRC was not learnt from its repaired rid"
+        counters = node.counters
+        assert counters.recovered[RecoveredVia.RTX] >= LOSSES, (counters.recovered, counters.holes_given_up)
+        assert counters.drops[DropReason.RTX_UNKNOWN] == 0, counters.drop_counts()
+        assert node.counters.pli_in == plis, "the viewer's decoder asked for a keyframe"
     finally:
         await sub.close()
         await page.close()

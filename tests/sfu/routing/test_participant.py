@@ -148,3 +148,15 @@ async def test_rtx_with_a_payload_type_without_apt_is_dropped(link: Link) -> Non
     send(link, rtx(2, 2, VP8_DELTA))
     await link.client.nothing_arrives(0.1)
     assert counters.drops[DropReason.RTX_UNKNOWN] == 1 and counters.recovered[RecoveredVia.RTX] == 1
+
+
+async def test_rtx_before_its_layer_is_known_is_dropped_by_what_it_is(link: Link) -> None:
+    """Chromium may probe with a layer's RTX (padding, repaired rid) before the layer's own first
+    packet: learnt as the layer's RTX, dropped as padding; real RTX then cannot be placed yet."""
+    counters = link.counters
+    sink, track = publishing(link, counters, rid="h")
+    sink.on_rtp(None, memoryview(bytearray(probe := rtx(1, 0, b"", "h", padding=100))), len(probe), 0)
+    early = rtx(2, 7, VP8_DELTA, "h")
+    sink.on_rtp(None, memoryview(bytearray(early)), len(early), 0)
+    assert track.rtx_ssrc == RTX_SSRC and track.ssrc < 0
+    assert counters.drops[DropReason.RTX_PADDING] == 1 and counters.drops[DropReason.RTX_UNKNOWN] == 1
