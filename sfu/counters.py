@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from bisect import bisect_left
 
+from sfu.packet.nack import GiveUp, NackAttempt
+
 
 class DropReason(enum.IntEnum):
     """Why a datagram arriving on the media port was not used. ``name.lower()`` is the metric label."""
@@ -32,7 +34,16 @@ class DropReason(enum.IntEnum):
     NOT_PUBLISHING = 16  # media from a participant that has no published track
     SEND_FAILED = 17  # the kernel refused a send (buffer full)
     SEQ_TOO_OLD = 18  # the sequence munger could not place the packet
-    RTX_UNKNOWN = 19
+    RTX_UNKNOWN = 19  # an RTX packet that cannot be unwrapped (no apt= for its payload type, malformed)
+    RTX_PADDING = 20  # a padding-only RTX packet (bandwidth probe): nothing to restore
+    RTX_UNREQUESTED = 21  # an RTX packet of no open hole (a duplicate, payload padding, given up)
+
+
+class RecoveredVia(enum.IntEnum):
+    """How a hole in a publisher's stream was filled (``name.lower()`` is the metric label)."""
+
+    RTX = 0  # a retransmission the node asked for
+    REORDER = 1  # the packet itself, late
 
 
 class Direction(enum.IntEnum):
@@ -56,6 +67,10 @@ class MediaCounters:
         "pli_in",
         "keyframe_requests",
         "retransmits",
+        "nack_out",
+        "nack_out_seqs",
+        "recovered",
+        "holes_given_up",
         "latency_buckets",
         "latency_sum_s",
         "latency_count",
@@ -81,6 +96,12 @@ class MediaCounters:
         self.pli_in = 0
         self.keyframe_requests = 0
         self.retransmits = 0
+        #: upstream loss recovery (sfu.packet.nack): NACK packets sent to publishers, the sequence
+        #: numbers they asked for (by NackAttempt), holes filled (by RecoveredVia), given up (GiveUp)
+        self.nack_out = 0
+        self.nack_out_seqs = [0] * len(NackAttempt)
+        self.recovered = [0] * len(RecoveredVia)
+        self.holes_given_up = [0] * len(GiveUp)
         self.latency_buckets = [0] * (len(self.LATENCY_BOUNDS) + 1)
         self.latency_sum_s = 0.0
         self.latency_count = 0

@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from sfu.counters import Direction, DropReason, MediaCounters
+from sfu.counters import Direction, DropReason, MediaCounters, RecoveredVia
+from sfu.packet.nack import GiveUp, NackAttempt
 from sfu.routing.data import DataCounters, DataDrop, DataKind
 from sfu.transport.sctp.association import SctpDrop, SctpStats
 
@@ -61,6 +62,7 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(PREFIX + "sfu_pli", "PLI/FIR received from subscribers", value=c.pli_in)
         yield CounterMetricFamily(PREFIX + "sfu_keyframe_requests", "keyframe requests sent", value=c.keyframe_requests)
         yield CounterMetricFamily(PREFIX + "sfu_retransmits", "packets resent from the NACK cache", value=c.retransmits)
+        yield from _upstream_recovery(c)
         buckets: list[tuple[str, float]] = []
         cumulative = 0
         for bound, count in zip(c.LATENCY_BOUNDS, c.latency_buckets, strict=False):
@@ -74,6 +76,29 @@ class NodeCollector(Collector):
         for (route, code), n in sorted(self._http.items()):
             http.add_metric([route, code], n)
         yield http
+
+
+def _upstream_recovery(c: MediaCounters) -> Iterator[object]:
+    """Loss recovery on the publisher leg: NACKs sent upstream, holes recovered or given up."""
+    yield CounterMetricFamily(PREFIX + "sfu_upstream_nack", "NACKs sent to publishers", value=c.nack_out)
+    seqs = CounterMetricFamily(
+        PREFIX + "sfu_upstream_nacked_packets", "sequence numbers NACKed to publishers", labels=["attempt"]
+    )
+    for attempt in NackAttempt:
+        seqs.add_metric([attempt.name.lower()], c.nack_out_seqs[attempt])
+    yield seqs
+    recovered = CounterMetricFamily(
+        PREFIX + "sfu_upstream_recovered_packets", "lost publisher packets that arrived after all", labels=["via"]
+    )
+    for via in RecoveredVia:
+        recovered.add_metric([via.name.lower()], c.recovered[via])
+    yield recovered
+    given_up = CounterMetricFamily(
+        PREFIX + "sfu_upstream_holes_given_up", "lost publisher packets no longer asked for", labels=["reason"]
+    )
+    for why in GiveUp:
+        given_up.add_metric([why.name.lower()], c.holes_given_up[why])
+    yield given_up
 
 
 def make_registry(collector: Collector) -> CollectorRegistry:

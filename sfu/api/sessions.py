@@ -29,6 +29,16 @@ def takes_remb(track: sdp.PublishTrack) -> bool:
     return track.kind is sdp.MediaKind.VIDEO and any(REMB_FB in c.rtcp_fb for c in track.codecs)
 
 
+def takes_nack(track: sdp.PublishTrack) -> bool:
+    """The answer to this video section carries ``a=rtcp-fb:... nack``: the node NACKs upstream."""
+    return track.kind is sdp.MediaKind.VIDEO and any("nack" in c.rtcp_fb for c in track.codecs if not c.is_rtx)
+
+
+def rtx_apt(track: sdp.PublishTrack) -> dict[int, int]:
+    """The section's RTX payload types and what each repairs (apt=)."""
+    return {c.pt: c.apt for c in track.codecs if c.is_rtx and c.apt is not None}
+
+
 def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
     """One TrackSpec per media SSRC the offer signals for a negotiated section."""
     codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
@@ -41,6 +51,8 @@ def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
             ext_ids=dict(track.header_extensions),
             rtx_ssrc=track.rtx_ssrcs.get(ssrc),
             remb=takes_remb(track),
+            nack=takes_nack(track),
+            rtx_apt=rtx_apt(track),
         )
         for ssrc in track.ssrcs
     ]
@@ -71,6 +83,8 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
                     rid=rid,
                     rid_params=rid_params.get(rid, ""),
                     remb=takes_remb(track),
+                    nack=takes_nack(track),
+                    rtx_apt=rtx_apt(track),
                 )
             )
         specs.extend(ssrc_track_specs(track))

@@ -16,6 +16,7 @@ from struct import unpack_from
 
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet import rtcp
+from sfu.packet.rtx import RtxOutcome, unwrap_rtx
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.simulcast import learn_layer
 from sfu.routing.track import PublishedTrack
@@ -142,14 +143,37 @@ class PublisherSink:
         ssrc = unpack_from("!I", view, 8)[0]
         track = self.by_ssrc.get(ssrc)
         if track is None:
-            # a simulcast layer's first packets name it (rid extension): it takes this SSRC
-            track = learn_layer(self.by_ssrc, self.rtx_ssrcs, view, length, ssrc)
+            repaired = self.rtx_ssrcs.get(ssrc)
+            if repaired is None:
+                # a simulcast layer's first packets name it (rid extension): it takes this SSRC;
+                # a layer's RTX stream names it with the repaired-rid extension (learnt as its RTX)
+                track = learn_layer(self.by_ssrc, self.rtx_ssrcs, view, length, ssrc)
+                repaired = self.rtx_ssrcs.get(ssrc) if track is None else None
+            if repaired is not None:
+                self._on_rtx(repaired, cbuf, view, length, now_ms)
+                return
             if track is None:
-                # RTX from the publisher is not unwrapped yet: NACKs are served from the node's cache
-                reason = DropReason.RTX_UNKNOWN if ssrc in self.rtx_ssrcs else DropReason.RTP_UNKNOWN_SSRC
-                self.counters.drops[reason] += 1
+                self.counters.drops[DropReason.RTP_UNKNOWN_SSRC] += 1
                 return
         track.on_rtp(view, length, now_ms, cbuf)
+
+    def _on_rtx(self, track: PublishedTrack, cbuf: object, view: memoryview, length: int, now_ms: int) -> None:
+        """A packet of ``track``'s RTX stream: unwrapped in place into the packet it repairs,
+        which fills its hole like a late packet; probes and packets nobody asked for are dropped."""
+        start = unwrap_rtx(view, length, track.rtx_apt, max(track.ssrc, 0))
+        if start < 0 or track.ssrc < 0:  # (a simulcast layer whose own SSRC is not known yet)
+            reason = DropReason.RTX_PADDING if start == RtxOutcome.PADDING_ONLY else DropReason.RTX_UNKNOWN
+            self.counters.drops[reason] += 1
+            return
+        inner = view[start:]
+        if not track.on_repair(inner, length - start, now_ms, None if cbuf is None else cbuf + start):  # type: ignore[operator]
+            self.counters.drops[DropReason.RTX_UNREQUESTED] += 1
+
+    def send_nack(self, media_ssrc: int, seqs: list[int]) -> None:
+        """Ask the publisher to send these packets of ``media_ssrc`` again (Generic NACK)."""
+        transport = self.participant.publisher
+        if transport is not None:
+            transport.send_rtcp(bytes(rtcp.Nack(sender_ssrc=NODE_RTCP_SSRC, media_ssrc=media_ssrc, seqs=seqs)))
 
     def on_rtcp(self, data: bytes, now_ms: int) -> None:
         try:

@@ -53,6 +53,10 @@ class TrackSpec:
     rid_params: str = ""
     #: the publisher negotiated goog-remb for it: it hears the node's bitrate cap (REMB)
     remb: bool = False
+    #: the publisher negotiated generic NACK (video): the node asks it for lost packets again
+    nack: bool = False
+    #: RTX payload type -> the payload type it repairs (apt=), to unwrap the publisher's RTX
+    rtx_apt: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,9 @@ class Router:
                 rid=spec.rid,
                 rtx_ssrc=spec.rtx_ssrc,
                 ext_ids=spec.ext_ids,
+                nack=spec.nack,
+                rtx_apt=spec.rtx_apt,
+                send_nack=sink.send_nack,
             )
             track.remb = spec.remb
             participant.tracks[spec.ssrc] = track

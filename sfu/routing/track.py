@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from pylibsrtp._binding import ffi, lib
 
-from sfu.counters import MediaCounters
+from sfu.counters import MediaCounters, RecoveredVia
 from sfu.packet.codecs import is_keyframe
+from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
+from sfu.packet.rtx import apt_table
 from sfu.routing.stats import ReceiveStats
 from sfu.transport.udp import SEND_LANE_DEPTH
 
@@ -77,6 +79,10 @@ def extension_ids(view: memoryview, length: int) -> int:
 
 #: retransmission cache slots per video track (a power of two); audio keeps none
 RTX_CACHE_SLOTS = 512
+# where a packet stands in its stream, for the upstream NACK tracker (``PublishedTrack.nack``)
+_NEWEST = 0  # in order, or newer than all before it
+_LATE = 1  # older than the newest (a recovered hole, reordering or a duplicate)
+_STALE = 2  # so much older that its retransmission cache slot holds a newer packet
 _LANE_DEPTH = SEND_LANE_DEPTH
 RTX_SLOT_BYTES = 1500
 KEYFRAME_REQUEST_INTERVAL_MS = 500
@@ -134,6 +140,9 @@ class PublishedTrack:
         rid: str | None = None,
         rtx_ssrc: int | None = None,
         ext_ids: dict[str, int] | None = None,
+        nack: bool = False,
+        rtx_apt: dict[int, int] | None = None,
+        send_nack: Callable[[int, list[int]], None] | None = None,
     ) -> None:
         self.sid = "TR_" + secrets.token_hex(6)
         self.kind = kind
@@ -159,6 +168,16 @@ class PublishedTrack:
         self.downtracks: list[DownTrack] = []
         self.stats = ReceiveStats(self.codec.clock_rate)
         self.rtx_cache = RtxCache() if self.is_video else None
+        #: upstream loss recovery, for video that negotiated ``nack``: holes in what the publisher
+        #: sends are NACKed to it (``send_nack(media_ssrc, seqs)``), its retransmissions (RTX,
+        #: ``on_repair``) and late packets fill them (sfu.packet.nack)
+        self.nack: NackTracker | None = None
+        if nack and self.is_video and send_nack is not None:
+            self.nack = NackTracker(given_up=counters.holes_given_up, requested=counters.nack_out_seqs)
+        self._send_nack = send_nack
+        #: RTX payload type -> the payload type it repairs (apt=), -1: none (sfu.packet.rtx)
+        self.rtx_apt = apt_table(rtx_apt or {})
+        self._repairing = False  # ``on_rtp`` is handling a retransmission
         self.muted = False
         self._counters = counters
         self._kind_index = 1 if self.is_video else 0
@@ -220,13 +239,22 @@ class PublishedTrack:
         if meter is not None:
             meter(view, length, now_ms)
         src = view if cbuf is None else cbuf
+        order = _NEWEST
+        nack = self.nack
+        if nack is not None:  # NackTracker.on_packet's in-order case, inlined
+            if seq == nack.next_seq and now_ms < nack.due_ms:
+                nack.next_seq = (seq + 1) & 0xFFFF
+            else:
+                order = self._nack_update(nack, seq, now_ms)
         cache = self.rtx_cache
-        if cache is not None:
+        if cache is not None and order != _STALE:
             cache.put(src, length, seq)
         keyframe = False
         if self.keyframe_pending:
             keyframe = self._check_keyframe(view, length)
             if keyframe:
+                if nack is not None:
+                    nack.keyframe(seq)  # decoders start again here: older holes are moot
                 if self.switching:  # they join the fan-out below, starting with this packet
                     self._switch_waiting(now_ms)
             elif self._keyframe_deferred:
@@ -256,8 +284,37 @@ class PublishedTrack:
         if sent:
             counters.rtp_out[kind] += sent
             counters.bytes_out += octets
-        if self._fast_next < 0 and self.group is None:
+        if self._fast_next < 0 and self.group is None and order == _NEWEST:
             self.fast_form((seq + 1) & 0xFFFF)
+
+    def _nack_update(self, nack: NackTracker, seq: int, now_ms: int) -> int:
+        """A packet out of order, or a NACK batch is due: where the packet stands (``_NEWEST``,
+        ``_LATE``, ``_STALE``); sends what is due to the publisher."""
+        outcome = nack.on_packet(seq, now_ms, repaired=self._repairing)
+        order = _NEWEST
+        if outcome == NackOutcome.RECOVERED or outcome == NackOutcome.LATE:
+            if outcome == NackOutcome.RECOVERED:
+                self._counters.recovered[RecoveredVia.RTX if self._repairing else RecoveredVia.REORDER] += 1
+            order = _LATE if nack.behind(seq) < RTX_CACHE_SLOTS else _STALE
+        seqs = nack.due(now_ms)
+        if seqs and self._send_nack is not None:
+            self._counters.nack_out += 1
+            self._send_nack(self.ssrc, seqs)
+        return order
+
+    def on_repair(self, view: memoryview, length: int, now_ms: int, cbuf: Any = None) -> bool:
+        """A retransmission of one of this track's packets (an unwrapped RTX packet, RFC 4588):
+        it goes the way of any packet (subscribers, retransmission cache) when it fills an open
+        hole; False when it does not (not asked for: a duplicate, or RTX used as padding)."""
+        nack = self.nack
+        if nack is None or not nack.is_hole((view[2] << 8) | view[3]):
+            return False
+        self._repairing = True
+        try:
+            self.on_rtp(view, length, now_ms, cbuf)
+        finally:
+            self._repairing = False
+        return True
 
     # -- the fan-out group ---------------------------------------------------------------------------
     # While packets arrive in order, every downtrack that forwards them plainly (no keyframe wait,

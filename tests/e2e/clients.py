@@ -92,6 +92,21 @@ async def _post_sdp(url: str, token: str, sdp: str) -> tuple[int, str, dict[str,
             return resp.status, await resp.text(), dict(resp.headers)
 
 
+@dataclass
+class SendLoss:
+    """Packets of one sender lost on the publisher-to-node leg (``WhipPublisher.lose_sent``)."""
+
+    ssrc: int
+    offsets: set[int]  # from the first sequence number sent after arming, each lost once
+    first: int | None = None
+    lost: list[int] = field(default_factory=list)  # sequence numbers dropped, in order
+    sent: int = 0  # packets of ``ssrc`` sent (or lost) since arming
+
+    @property
+    def done(self) -> bool:
+        return not self.offsets
+
+
 class WhipPublisher:
     def __init__(self, base_url: str, room: str, token: str, *, video: bool = True, audio: bool = True) -> None:
         self.url = f"{base_url}/whip/{room}"
@@ -115,6 +130,32 @@ class WhipPublisher:
         self.location = headers["Location"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         await wait_for(lambda: self.pc.connectionState == "connected", timeout, "publisher connected")
+
+    def lose_sent(self, kind: str, offsets: set[int]) -> SendLoss:
+        """Drop the ``kind`` sender's media packets (its primary SSRC, not its RTX) at these
+        offsets from the next one it sends, once each, as they leave for the node: SRTP leaves
+        the RTP header in clear text."""
+        sender = next(t.sender for t in self.pc.getTransceivers() if t.kind == kind)
+        loss = SendLoss(sender._ssrc, set(offsets))
+        ice = sender.transport.transport
+        original = ice._send
+
+        async def send(data: bytes) -> None:
+            if len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                if int.from_bytes(data[8:12], "big") == loss.ssrc:
+                    seq = (data[2] << 8) | data[3]
+                    if loss.first is None:
+                        loss.first = seq
+                    loss.sent += 1
+                    offset = (seq - loss.first) & 0xFFFF
+                    if offset in loss.offsets:
+                        loss.offsets.discard(offset)
+                        loss.lost.append(seq)
+                        return
+            await original(data)
+
+        ice._send = send
+        return loss
 
     async def close(self) -> None:
         await self.pc.close()

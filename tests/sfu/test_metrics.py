@@ -12,7 +12,7 @@ from prometheus_client.samples import Sample
 from sfu.counters import Direction, DropReason, MediaCounters
 from sfu.metrics import CONTENT_TYPE, NodeCollector, make_registry, render
 
-ALLOWED_LABELS = {"kind", "reason", "direction", "route", "code", "le"}
+ALLOWED_LABELS = {"kind", "reason", "direction", "route", "code", "le", "attempt", "via"}  # enum values only
 
 
 def scrape(counters: MediaCounters, gauges: Mapping[str, float] | None = None, http: dict[tuple[str, str], int] | None = None) -> dict[str, Sample]:
@@ -49,6 +49,10 @@ def counters() -> MediaCounters:
     c.pli_in = 42
     c.keyframe_requests = 43
     c.retransmits = 44
+    c.nack_out = 51
+    c.nack_out_seqs = [52, 53]
+    c.recovered = [54, 55]
+    c.holes_given_up = [56, 57, 58, 59, 60]
     return c
 
 
@@ -68,6 +72,16 @@ def counters() -> MediaCounters:
         ("levelchat_sfu_pli_total{}", 42),
         ("levelchat_sfu_keyframe_requests_total{}", 43),
         ("levelchat_sfu_retransmits_total{}", 44),
+        ("levelchat_sfu_upstream_nack_total{}", 51),
+        ("levelchat_sfu_upstream_nacked_packets_total{attempt=first}", 52),
+        ("levelchat_sfu_upstream_nacked_packets_total{attempt=retry}", 53),
+        ("levelchat_sfu_upstream_recovered_packets_total{via=rtx}", 54),
+        ("levelchat_sfu_upstream_recovered_packets_total{via=reorder}", 55),
+        ("levelchat_sfu_upstream_holes_given_up_total{reason=retries}", 56),
+        ("levelchat_sfu_upstream_holes_given_up_total{reason=overflow}", 57),
+        ("levelchat_sfu_upstream_holes_given_up_total{reason=too_old}", 58),
+        ("levelchat_sfu_upstream_holes_given_up_total{reason=reset}", 59),
+        ("levelchat_sfu_upstream_holes_given_up_total{reason=keyframe}", 60),
     ],
 )
 def test_counter_names_and_values(counters: MediaCounters, key: str, expected: int) -> None:

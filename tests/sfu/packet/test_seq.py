@@ -152,6 +152,13 @@ MUNGER_CASES = [
     ("gap stays a gap", 0, [(M, 1), (M, 4)], [0, 3]),
     ("late fills its slot", 0, [(M, 1), (M, 4), (M, 3), (M, 2)], [0, 3, 2, 1]),
     ("late across incoming wrap", 500, [(M, 65534), (M, 1), (M, 0), (M, 65535)], [500, 503, 502, 501]),
+    # upstream loss recovery: a packet recovered late (RTX or reordering) takes the slot it would
+    # have had, whatever went on in between (fast-path runs, wraps, drops)
+    ("late after an in-order run", 0, [(M, 1), (M, 2), (M, 4), (M, 5), (M, 6), (M, 7), (M, 3)], [0, 1, 3, 4, 5, 6, 2]),
+    ("late across the outgoing wrap", 65534, [(M, 10), (M, 12), (M, 13), (M, 11)], [65534, 0, 1, 65535]),
+    ("late across both wraps", 65535, [(M, 65535), (M, 1), (M, 2), (M, 0)], [65535, 1, 2, 0]),
+    ("late after a drop keeps the shifted offset", 0, [(M, 1), ("drop", 2), (M, 4), (M, 5), (M, 3)], [0, SKIP, 2, 3, 1]),
+    ("late then its duplicate", 0, [(M, 1), (M, 3), (M, 2), (M, 2)], [0, 2, 1, D]),
     ("duplicate newest", 0, [(M, 1), (M, 1)], [0, D]),
     ("duplicate older", 0, [(M, 1), (M, 2), (M, 3), (M, 2)], [0, 1, 2, D]),
     ("before first is too old", 0, [(M, 10), (M, 9)], [0, OLD]),
@@ -198,6 +205,7 @@ def test_seq_munger_window() -> None:
     assert m.map(1100) == 100
     assert m.map(1037) == 37  # 63 behind: inside the window
     assert m.map(1036) == SeqOutcome.TOO_OLD  # 64 behind
+    assert m.map(1099) == 99  # late, never sent: mapped
     assert m.drop(1000) == DropOutcome.TOO_OLD
 
 

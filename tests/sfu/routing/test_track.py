@@ -422,3 +422,143 @@ EXT_ID_CASES = [
 @pytest.mark.parametrize(("name", "packet", "mask"), EXT_ID_CASES, ids=[c[0] for c in EXT_ID_CASES])
 def test_extension_ids(name: str, packet: bytes, mask: int) -> None:
     assert extension_ids(memoryview(packet), len(packet)) == mask
+
+
+# -- upstream loss recovery (NACKs to the publisher, late packets) ------------------------------------
+
+
+class Nacks:
+    """Stands in for PublisherSink.send_nack: records (media SSRC, seqs) batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, list[int]]] = []
+
+    def __call__(self, ssrc: int, seqs: list[int]) -> None:
+        self.batches.append((ssrc, list(seqs)))
+
+
+def nacking_track(counters: MediaCounters, nacks: Nacks, *, nack: bool = True) -> PublishedTrack:
+    return PublishedTrack(
+        kind="video",
+        ssrc=PUB_SSRC,
+        codecs=[VP8],
+        mid="0",
+        owner="alice",
+        counters=counters,
+        request_keyframe=KeyframeRequests(),
+        nack=nack,
+        rtx_apt={97: 96},
+        send_nack=nacks,
+    )
+
+
+def test_gaps_are_nacked_in_batches_and_retried() -> None:
+    counters = MediaCounters()
+    nacks = Nacks()
+    track = nacking_track(counters, nacks)
+    push(track, 1, VP8_KEY, T0)
+    push(track, 2, VP8_DELTA, T0)
+    push(track, 5, VP8_DELTA, T0 + 1)  # 3 and 4 lost: one NACK for both
+    push(track, 6, VP8_DELTA, T0 + 2)
+    push(track, 8, VP8_DELTA, T0 + 3)  # 7 lost, within the batch interval: waits
+    assert nacks.batches == [(PUB_SSRC, [3, 4])]
+    push(track, 9, VP8_DELTA, T0 + 10)
+    assert nacks.batches[-1] == (PUB_SSRC, [7])
+    push(track, 4, VP8_DELTA, T0 + 20)  # plain reordering fills a hole
+    push(track, 10, VP8_DELTA, T0 + 101)  # a round trip (default 100 ms) later: 3 again
+    assert nacks.batches[-1] == (PUB_SSRC, [3])
+    assert counters.nack_out == 3
+    assert counters.nack_out_seqs == [3, 1]  # first / retry
+    assert counters.recovered == [0, 1]  # rtx / reorder
+    assert track.nack is not None and track.nack.holes == [3, 7]
+
+
+def test_no_nacks_without_nack_negotiated_nor_for_audio() -> None:
+    counters = MediaCounters()
+    nacks = Nacks()
+    track = nacking_track(counters, nacks, nack=False)
+    assert track.nack is None
+    push(track, 1, VP8_KEY, T0)
+    push(track, 5, VP8_DELTA, T0 + 1)
+    assert audio_track(counters).nack is None
+    assert nacks.batches == [] and counters.nack_out == 0
+
+
+def test_a_keyframe_makes_older_holes_moot() -> None:
+    counters = MediaCounters()
+    nacks = Nacks()
+    track = nacking_track(counters, nacks)
+    push(track, 1, VP8_KEY, T0)
+    push(track, 4, VP8_DELTA, T0 + 1)
+    track.request_keyframe(T0 + 2)  # a subscriber asked: the track looks for the next keyframe
+    push(track, 5, VP8_KEY, T0 + 3)
+    assert track.nack is not None and track.nack.holes == []
+    assert counters.holes_given_up[4] == 2  # GiveUp.KEYFRAME
+    push(track, 6, VP8_DELTA, T0 + 500)
+    assert nacks.batches == [(PUB_SSRC, [2, 3])]  # no retry: nothing open
+
+
+async def test_a_late_packet_takes_its_slot_for_every_subscriber_and_the_cache(
+    link: Link, second_link: Link
+) -> None:
+    """The fan-out group forwards in-order packets; the late one goes one by one with the
+    sequence number it would have had; a subscriber's NACK that came before it is answered by
+    the packet itself, and a NACK after it from the cache."""
+    counters = link.counters
+    nacks = Nacks()
+    track = nacking_track(counters, nacks)
+    a, b = downtrack(link, ssrc=0x1111), downtrack(second_link, ssrc=0x2222)
+    for dt in (a, b):
+        dt.bind(track, T0)
+    push(track, 65530, VP8_KEY, T0)
+    for seq in (65531, 65532, 65533, 65535, 0, 1):  # 65534 lost, across the wrap
+        push(track, seq, VP8_DELTA, T0 + 1)
+    assert a.fast_track is track and b.fast_track is track
+    assert nacks.batches == [(PUB_SSRC, [65534])]
+    before = [await received(lk, 7) for lk in (link, second_link)]
+    out_hole = [(got[4].header.sequence_number - 1) & 0xFFFF for got in before]
+    assert [got[3].header.sequence_number for got in before] == [(o - 1) & 0xFFFF for o in out_hole]
+    assert a.retransmit([out_hole[0]], T0 + 2) == 0  # the subscriber's NACK: not in the cache yet
+    push(track, 65534, VP8_CONTINUATION, T0 + 3)  # the late packet (reordered, or RTX unwrapped)
+    push(track, 2, VP8_DELTA, T0 + 4)  # the stream goes on
+    push(track, 3, VP8_DELTA, T0 + 5)
+    for lk, dt, out in ((link, a, out_hole[0]), (second_link, b, out_hole[1])):
+        got = await received(lk, 3)
+        assert [p.header.sequence_number for p in got] == [out, (out + 4) & 0xFFFF, (out + 5) & 0xFFFF]
+        assert got[0].payload == VP8_CONTINUATION
+        assert got[0].header.timestamp == (before[0 if dt is a else 1][0].header.timestamp + 4 * 3000) & 0xFFFFFFFF
+    assert counters.drops == [0] * len(counters.drops)
+    assert counters.recovered == [0, 1]
+    assert a.fast_track is track and b.fast_track is track  # the group formed again
+    assert a.retransmit([out_hole[0]], T0 + 6) == 1  # now the cache has it
+    raw = await link.client.recv()
+    assert struct.unpack_from("!H", raw, 2)[0] == out_hole[0]
+
+
+def test_a_packet_older_than_the_cache_does_not_evict_a_newer_one() -> None:
+    counters = MediaCounters()
+    track = nacking_track(counters, Nacks())
+    push(track, 0, VP8_KEY, T0)
+    push(track, 2, VP8_DELTA, T0)  # 1 lost
+    for seq in range(3, RTX_CACHE_SLOTS + 2):
+        push(track, seq, VP8_DELTA, T0 + 1)
+    assert track.rtx_cache is not None
+    assert track.rtx_cache.get(RTX_CACHE_SLOTS + 1) is not None  # the slot 1 maps to
+    push(track, 1, VP8_DELTA, T0 + 2)  # far too late for the cache
+    assert track.rtx_cache.get(RTX_CACHE_SLOTS + 1) is not None and track.rtx_cache.get(1) is None
+
+
+def test_on_repair_takes_only_a_packet_of_an_open_hole() -> None:
+    counters = MediaCounters()
+    nacks = Nacks()
+    track = nacking_track(counters, nacks)
+    push(track, 10, VP8_KEY, T0)
+    push(track, 12, VP8_DELTA, T0)
+    dup = rtp_bytes(10, 30000, ssrc=PUB_SSRC, pt=96, payload=VP8_KEY)
+    assert track.on_repair(memoryview(dup), len(dup), T0 + 1) is False
+    lost = rtp_bytes(11, 33000, ssrc=PUB_SSRC, pt=96, payload=VP8_DELTA)
+    assert track.on_repair(memoryview(lost), len(lost), T0 + 3) is True
+    assert track.on_repair(memoryview(lost), len(lost), T0 + 4) is False  # filled already
+    assert counters.recovered == [1, 0]
+    assert track.nack is not None and track.nack.rtt_ms < 100  # answered at the first try: a sample
+    assert track.stats.packets == 3
