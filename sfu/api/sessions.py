@@ -77,6 +77,11 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
     return specs
 
 
+def new_etag() -> str:
+    """A fresh strong entity-tag for a session's ICE session (RFC 9110 §8.8.3)."""
+    return '"' + secrets.token_hex(8) + '"'
+
+
 @dataclass
 class MediaSession:
     """One WHIP or WHEP resource (``/whip/{room}/{id}``)."""
@@ -87,6 +92,8 @@ class MediaSession:
     etag: str
     #: tracks the subscriber's offer could not carry: (kind, catalogue code, detail)
     refused: tuple[tuple[str, str, str], ...] = ()
+    #: the bundle's first section (kind, mid): where an ICE restart's answer puts the candidates
+    bundle_tag: tuple[str, str] = ("video", "0")
 
 
 class SessionService:
@@ -128,10 +135,11 @@ class SessionService:
             dtls_role=role,
         )
 
-    def _register(self, room: Room, participant: Participant) -> MediaSession:
-        session = MediaSession(
-            id=participant.sid, room_id=room.id, participant=participant, etag='"' + secrets.token_hex(8) + '"'
-        )
+    def _register(self, room: Room, participant: Participant, offer: sdp.SessionDesc) -> MediaSession:
+        tag = offer.bundle_tag
+        session = MediaSession(id=participant.sid, room_id=room.id, participant=participant, etag=new_etag())
+        if tag is not None:
+            session.bundle_tag = (tag.kind.value, tag.mid)
         self.sessions[session.id] = session
         return session
 
@@ -158,7 +166,7 @@ class SessionService:
                 published.sid, identity, by_mid[published.mid]
             )
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        return self._register(room, participant), answer
+        return self._register(room, participant, offer), answer
 
     # -- WHEP ------------------------------------------------------------------------------------
     def subscribe(
@@ -197,7 +205,7 @@ class SessionService:
         transport, role = self._transport(offer, now_ms)
         self.router.attach_subscriber(room, participant, transport, specs, now_ms)
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        session = self._register(room, participant)
+        session = self._register(room, participant, offer)
         session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
         return session, answer
 
@@ -236,6 +244,18 @@ class SessionService:
         if dt is None:
             raise ApiError("bad_request", "this session receives no simulcast video: it has no layers to choose")
         return self.router.set_layer(participant, dt, rid, now_ms)
+
+    def lookup(self, session_id: str, room_id: str, kind: ParticipantKind) -> MediaSession:
+        """The live ``kind`` (WHIP or WHEP) session ``session_id`` of ``room_id``; ``not_found``."""
+        session = self.sessions.get(session_id)
+        if session is None or session.room_id != room_id or session.participant.kind is not kind:
+            raise ApiError("not_found", f"no {kind.value.upper()} session {session_id!r} in room {room_id!r}")
+        return session
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        """The node's host candidate (address, media port)."""
+        return self.advertised_ip, self.router.port.port
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session_id: str, room_id: str, now_ms: int) -> None:
