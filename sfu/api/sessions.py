@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from levelchat.errors import ApiError
@@ -104,6 +105,8 @@ class SessionService:
         self.sessions: dict[str, MediaSession] = {}
         #: the negotiated description of each published track, by track sid (for subscribers)
         self.published: dict[str, sdp.PublishedTrack] = {}
+        #: descriptions of tracks published elsewhere (the signaling WebSocket's), for WHEP viewers
+        self.other_descriptions: list[Mapping[str, sdp.PublishedTrack]] = []
 
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod
@@ -178,12 +181,11 @@ class SessionService:
             who = f"participant {target!r}" if target else "any participant"
             raise ApiError("not_found", f"room {room.id!r} has no media published by {who}")
         policy = CodecPolicy.parse(room.policy.codecs)
+        described = [self.description(t.sid) for t in sources(source.tracks.values())]  # one per simulcast group
         outgoing = [
-            sdp.OutgoingTrack(
-                track=self._with_room_codecs(self.published[t.sid], offer, policy), ssrc=random.getrandbits(32) or 1
-            )
-            for t in sources(source.tracks.values())  # one per simulcast group
-            if t.sid in self.published
+            sdp.OutgoingTrack(track=self._with_room_codecs(d, offer, policy), ssrc=random.getrandbits(32) or 1)
+            for d in described
+            if d is not None
         ]
         negotiation = sdp.negotiate_subscribe(offer, outgoing, policy, cname=f"levelchat-{identity}")
         if not negotiation.tracks:
@@ -208,6 +210,15 @@ class SessionService:
         session = self._register(room, participant, offer)
         session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
         return session, answer
+
+    def description(self, track_sid: str) -> sdp.PublishedTrack | None:
+        """The negotiated description of a published track, whichever API published it."""
+        found = self.published.get(track_sid)
+        for other in self.other_descriptions:
+            if found is not None:
+                break
+            found = other.get(track_sid)
+        return found
 
     @staticmethod
     def _with_room_codecs(
