@@ -20,9 +20,11 @@ from levelchat.web import (
     read_json,
 )
 from sfu import clock
-from sfu.api import rtc
+from sfu.api import rtc, session_ice
 from sfu.metrics import CONTENT_TYPE, render
+from sfu.routing.participant import ParticipantKind
 from sfu.routing.rooms import Room, RoomPolicy
+from sfu.signaling import sdpfrag
 from sfu.transport.peer import CloseReason
 
 if TYPE_CHECKING:
@@ -136,12 +138,40 @@ async def whep_layer(request: web.Request) -> web.StreamResponse:
 
 
 async def session_patch(request: web.Request) -> web.StreamResponse:
-    # The node is ICE-lite with its candidate in the answer: no trickle, no ICE restart (yet).
-    raise ApiError(
-        "bad_request",
-        "this WHIP/WHEP session supports neither trickle ICE nor ICE restart; "
-        "send a new offer with POST",
-        headers={"Allow": "POST, DELETE, OPTIONS"},
+    """``PATCH /whip|whep/{room}/{session}`` with an ``application/trickle-ice-sdpfrag`` body
+    (RFC 9725 §4.3): candidates only (trickle) are accepted with 204 (the node, ICE-lite, learns
+    the client's address from its checks); new ``a=ice-ufrag``/``a=ice-pwd`` restart ICE: 200
+    with the node's new credentials as a fragment and the session's new ``ETag``.  ``If-Match``
+    names the ICE session (``*`` for a restart); a stale one is ``conflict`` (see
+    ``sfu.api.session_ice``).  Auth as for DELETE."""
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    claims.require("room:join")
+    claims.require_room(room_id)
+    kind = ParticipantKind.WHIP if request.path.startswith("/whip/") else ParticipantKind.WHEP
+    accept = {"Accept-Patch": sdpfrag.CONTENT_TYPE}
+    if request.content_type != sdpfrag.CONTENT_TYPE:
+        raise ApiError(
+            "bad_request",
+            f"content type must be {sdpfrag.CONTENT_TYPE} (trickle ICE or ICE restart), not {request.content_type or 'none'}",
+            headers=accept,
+        )
+    raw = await request.content.read(sdpfrag.MAX_FRAGMENT_BYTES + 1)
+    if len(raw) > sdpfrag.MAX_FRAGMENT_BYTES:
+        raise ApiError("bad_request", f"the fragment is larger than {sdpfrag.MAX_FRAGMENT_BYTES} bytes", headers=accept)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError("bad_request", "the fragment is not UTF-8", headers=accept) from None
+    session = node.sessions.lookup(request.match_info["session"], room_id, kind)
+    result = session_ice.patch_ice(
+        session, text, request.headers.get("If-Match"), advertised=node.sessions.advertised
+    )
+    if result.fragment is None:
+        return web.Response(status=204, headers={"ETag": result.etag})
+    return web.Response(
+        status=200, body=result.fragment.encode(), headers={"Content-Type": sdpfrag.CONTENT_TYPE, "ETag": result.etag}
     )
 
 

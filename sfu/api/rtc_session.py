@@ -383,6 +383,7 @@ class RtcService:
         self.by_sid: dict[str, RtcSession] = {}  # by participant sid
         #: descriptions of tracks published over signaling, by track sid (WHIP ones live in node.sessions)
         self.published: dict[str, sdp.PublishedTrack] = {}
+        node.sessions.other_descriptions.append(self.published)  # WHEP viewers watch them too
         self.publisher_roles: dict[str, sdp.Setup] = {}
         self.preferred_role = sdp.Setup(node.config.dtls_role)
         self.offer_timeout_ms = int(node.config.subscriber_offer_timeout_s * 1000)

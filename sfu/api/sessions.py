@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from levelchat.errors import ApiError
@@ -91,6 +92,11 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
     return specs
 
 
+def new_etag() -> str:
+    """A fresh strong entity-tag for a session's ICE session (RFC 9110 §8.8.3)."""
+    return '"' + secrets.token_hex(8) + '"'
+
+
 @dataclass
 class MediaSession:
     """One WHIP or WHEP resource (``/whip/{room}/{id}``)."""
@@ -101,6 +107,8 @@ class MediaSession:
     etag: str
     #: tracks the subscriber's offer could not carry: (kind, catalogue code, detail)
     refused: tuple[tuple[str, str, str], ...] = ()
+    #: the bundle's first section (kind, mid): where an ICE restart's answer puts the candidates
+    bundle_tag: tuple[str, str] = ("video", "0")
 
 
 class SessionService:
@@ -111,6 +119,8 @@ class SessionService:
         self.sessions: dict[str, MediaSession] = {}
         #: the negotiated description of each published track, by track sid (for subscribers)
         self.published: dict[str, sdp.PublishedTrack] = {}
+        #: descriptions of tracks published elsewhere (the signaling WebSocket's), for WHEP viewers
+        self.other_descriptions: list[Mapping[str, sdp.PublishedTrack]] = []
 
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod
@@ -142,10 +152,11 @@ class SessionService:
             dtls_role=role,
         )
 
-    def _register(self, room: Room, participant: Participant) -> MediaSession:
-        session = MediaSession(
-            id=participant.sid, room_id=room.id, participant=participant, etag='"' + secrets.token_hex(8) + '"'
-        )
+    def _register(self, room: Room, participant: Participant, offer: sdp.SessionDesc) -> MediaSession:
+        tag = offer.bundle_tag
+        session = MediaSession(id=participant.sid, room_id=room.id, participant=participant, etag=new_etag())
+        if tag is not None:
+            session.bundle_tag = (tag.kind.value, tag.mid)
         self.sessions[session.id] = session
         return session
 
@@ -172,7 +183,7 @@ class SessionService:
                 published.sid, identity, by_mid[published.mid]
             )
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        return self._register(room, participant), answer
+        return self._register(room, participant, offer), answer
 
     # -- WHEP ------------------------------------------------------------------------------------
     def subscribe(
@@ -184,12 +195,11 @@ class SessionService:
             who = f"participant {target!r}" if target else "any participant"
             raise ApiError("not_found", f"room {room.id!r} has no media published by {who}")
         policy = CodecPolicy.parse(room.policy.codecs)
+        described = [self.description(t.sid) for t in sources(source.tracks.values())]  # one per simulcast group
         outgoing = [
-            sdp.OutgoingTrack(
-                track=self._with_room_codecs(self.published[t.sid], offer, policy), ssrc=random.getrandbits(32) or 1
-            )
-            for t in sources(source.tracks.values())  # one per simulcast group
-            if t.sid in self.published
+            sdp.OutgoingTrack(track=self._with_room_codecs(d, offer, policy), ssrc=random.getrandbits(32) or 1)
+            for d in described
+            if d is not None
         ]
         negotiation = sdp.negotiate_subscribe(offer, outgoing, policy, cname=f"levelchat-{identity}")
         if not negotiation.tracks:
@@ -211,9 +221,18 @@ class SessionService:
         transport, role = self._transport(offer, now_ms)
         self.router.attach_subscriber(room, participant, transport, specs, now_ms)
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        session = self._register(room, participant)
+        session = self._register(room, participant, offer)
         session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
         return session, answer
+
+    def description(self, track_sid: str) -> sdp.PublishedTrack | None:
+        """The negotiated description of a published track, whichever API published it."""
+        found = self.published.get(track_sid)
+        for other in self.other_descriptions:
+            if found is not None:
+                break
+            found = other.get(track_sid)
+        return found
 
     @staticmethod
     def _with_room_codecs(
@@ -250,6 +269,18 @@ class SessionService:
         if dt is None:
             raise ApiError("bad_request", "this session receives no simulcast video: it has no layers to choose")
         return self.router.set_layer(participant, dt, rid, now_ms)
+
+    def lookup(self, session_id: str, room_id: str, kind: ParticipantKind) -> MediaSession:
+        """The live ``kind`` (WHIP or WHEP) session ``session_id`` of ``room_id``; ``not_found``."""
+        session = self.sessions.get(session_id)
+        if session is None or session.room_id != room_id or session.participant.kind is not kind:
+            raise ApiError("not_found", f"no {kind.value.upper()} session {session_id!r} in room {room_id!r}")
+        return session
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        """The node's host candidate (address, media port)."""
+        return self.advertised_ip, self.router.port.port
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session_id: str, room_id: str, now_ms: int) -> None:

@@ -137,6 +137,7 @@ class LiteEndpoint:
         self.out_view = memoryview(ffi.buffer(self.out_cbuf))
         self.received = 0
         self.srtp_failures = 0
+        self.checks_answered = 0  # authenticated Binding successes (consent refreshes included)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ice_ok: asyncio.Future[None] | None = None
         self._dtls_done: asyncio.Future[None] | None = None
@@ -190,6 +191,29 @@ class LiteEndpoint:
             except TimeoutError:
                 self.dtls.handle_timeout(clock.now_ms())
         self._dtls_done.result()
+
+    def ice_fragment(self, kind: str = "video", mid: str = "0") -> str:
+        """An ``application/trickle-ice-sdpfrag`` with this endpoint's ICE credentials and host
+        candidate (a WHIP/WHEP ``PATCH`` body, RFC 8840)."""
+        return (
+            f"a=ice-ufrag:{self.ice.ufrag}\r\na=ice-pwd:{self.ice.pwd}\r\nm={kind} 9 UDP/TLS/RTP/SAVPF 0\r\n"
+            f"a=mid:{mid}\r\na=candidate:1 1 udp 2130706431 127.0.0.1 {self.local_port} typ host\r\n"
+            "a=end-of-candidates\r\n"
+        )
+
+    def restart_ice(self) -> str:
+        """New local ICE credentials (``pc.restartIce()``); the fragment that carries them."""
+        self.ice = IceCredentials.generate()
+        return self.ice_fragment()
+
+    def apply_remote_ice(self, fragment: str) -> None:
+        """The peer's new ICE credentials (its answer to a restart): later checks use them."""
+        assert self.remote is not None
+        ufrag = _ICE_UFRAG.search(fragment)
+        pwd = _ICE_PWD.search(fragment)
+        if ufrag is None or pwd is None:
+            raise ValueError("the fragment lacks a=ice-ufrag or a=ice-pwd")
+        self.remote = replace(self.remote, ufrag=ufrag.group(1), pwd=pwd.group(1))
 
     def send_check(self, use_candidate: bool = False) -> None:
         """A connectivity check (also the consent refresh, RFC 7675)."""
@@ -263,10 +287,10 @@ class LiteEndpoint:
             msg.message_class == stun.Class.RESPONSE
             and self.remote is not None
             and msg.check_message_integrity(self.remote.pwd.encode())
-            and self._ice_ok is not None
-            and not self._ice_ok.done()
         ):
-            self._ice_ok.set_result(None)
+            self.checks_answered += 1
+            if self._ice_ok is not None and not self._ice_ok.done():
+                self._ice_ok.set_result(None)
 
     def _check_dtls(self) -> None:
         dtls = self.dtls

@@ -107,6 +107,12 @@ class Vp8Munger:
             pos += 1
         if pos > end:
             return False
+        self.apply(buf, pid_at, wide, tl0_at, key_at, retransmission)
+        return True
+
+    def apply(self, buf: Writable, pid_at: int, wide: bool, tl0_at: int, key_at: int, retransmission: bool) -> None:
+        """Rewrite the fields found at these offsets (-1: absent): picture ID (15 bits when
+        ``wide``, else 7), TL0PICIDX, KEYIDX.  Shared by the VP8 and VP9 parsers."""
         if self._resync and not retransmission:
             self._resync = False
             if self._started:
@@ -143,4 +149,3 @@ class Vp8Munger:
             buf[key_at] = (b & 0xE0) | out
             if not retransmission and (self._last_key < 0 or 0 < (out - self._last_key) & KEYIDX_MASK < 0x10):
                 self._last_key = out
-        return True

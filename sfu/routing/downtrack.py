@@ -21,6 +21,7 @@ from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import copy_rewrite, get_extension, header_length
 from sfu.packet.seq import SeqMunger, TimestampMunger
 from sfu.packet.vp8 import Vp8Munger
+from sfu.packet.vp9 import Vp9Munger
 from sfu.transport.peer import PeerTransport
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ SHAPE_OTHER = -1  # anything else: ``copy_rewrite`` checks and rewrites it
 HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 #: sequence number and timestamp, bytes 2-7 of an RTP header
 _SEQ_TS = Struct("!HI")
+#: simulcast codecs whose payload descriptor is kept continuous across layer switches
+_DESCRIPTOR_MUNGERS: dict[str, type[Vp8Munger]] = {"vp8": Vp8Munger, "vp9": Vp9Munger}
 
 
 class DownTrack:
@@ -82,8 +85,9 @@ class DownTrack:
         self._last_forward_ms = 0
         #: (subscriber's mid extension id, its mid) when the publisher's mid value differs
         self._mid_patch: tuple[int, bytes] | None = None
-        #: simulcast VP8: picture ID / TL0PICIDX / KEYIDX kept continuous across layer switches
-        #: (set by ``_take``; such packets take the copying path, where the payload can change)
+        #: simulcast VP8 (or VP9: a ``Vp9Munger``): picture ID / TL0PICIDX / KEYIDX kept continuous
+        #: across layer switches (set by ``_take``; such packets take the copying path, where the
+        #: payload can change)
         self.vp8: Vp8Munger | None = None
 
     # -- state the source's fan-out group may hold pending (see ``PublishedTrack``) ----------------
@@ -221,12 +225,13 @@ class DownTrack:
             track.request_keyframe(now_ms)
 
     def _vp8_follow(self, track: PublishedTrack) -> None:
-        if track.group is not None and track.codec.name.lower() == "vp8":
-            if self.vp8 is None:
-                self.vp8 = Vp8Munger()
-            self.vp8.switch()
-        else:
+        munger = _DESCRIPTOR_MUNGERS.get(track.codec.name.lower()) if track.group is not None else None
+        if munger is None:
             self.vp8 = None
+            return
+        if type(self.vp8) is not munger:
+            self.vp8 = munger()
+        self.vp8.switch()
 
     def _vp8_rewrite(self, out: memoryview, length: int, retransmission: bool) -> None:
         assert self.vp8 is not None

@@ -119,6 +119,7 @@ async function start(panel) {
       entry.session = result.session;
       $("watch-video").srcObject = result.stream;
     }
+    entry.session.onError = (err) => log(`${panel}: ICE restart failed: ${err.message}`, true);
     $(`${panel}-leave`).disabled = false;
     log(`${panel}: session ${entry.session.location}`);
     startStats(panel);

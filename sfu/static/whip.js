@@ -2,9 +2,11 @@
 //
 // One RTCPeerConnection per session; the offer goes out with the candidates gathered so far
 // (the node is ICE-lite and puts its own candidate in the answer: no trickle needed);
-// the answer's `Location` is the session resource that `leave()` DELETEs.
+// the answer's `Location` is the session resource that `leave()` DELETEs and `restartIce()`
+// PATCHes (RFC 9725 §4.3.2); a session whose connection fails restarts ICE by itself.
 
 const SDP = "application/sdp";
+const SDPFRAG = "application/trickle-ice-sdpfrag";
 const GATHER_WAIT_MS = 1000;
 
 /** An HTTP refusal from the node, carrying the error catalogue code of its problem body. */
@@ -15,6 +17,32 @@ export class NodeError extends Error {
     this.code = code;
     this.detail = detail;
   }
+}
+
+/**
+ * The ICE part of a local description as an sdpfrag (RFC 8840): credentials, and the bundle's
+ * first section with its candidates.
+ */
+export function iceFragment(sdp) {
+  const lines = sdp.split(/\r?\n/);
+  const first = lines.findIndex((l) => l.startsWith("m="));
+  const next = lines.findIndex((l, i) => i > first && l.startsWith("m="));
+  const section = lines.slice(first, next < 0 ? undefined : next);
+  const pick = (prefix) => section.find((l) => l.startsWith(prefix)) ?? lines.find((l) => l.startsWith(prefix));
+  const ufrag = pick("a=ice-ufrag:");
+  const pwd = pick("a=ice-pwd:");
+  if (first < 0 || !ufrag || !pwd) throw new Error("the local description has no ICE credentials");
+  const out = [ufrag, pwd, section[0], pick("a=mid:")];
+  out.push(...section.filter((l) => l.startsWith("a=candidate:") || l === "a=end-of-candidates"));
+  return out.filter(Boolean).join("\r\n") + "\r\n";
+}
+
+/** `sdp` with its ICE credentials replaced by those of the sdpfrag `fragment`. */
+export function withIceOf(sdp, fragment) {
+  const ufrag = /^a=ice-ufrag:(\S+)/m.exec(fragment);
+  const pwd = /^a=ice-pwd:(\S+)/m.exec(fragment);
+  if (!ufrag || !pwd) throw new Error("the node's fragment has no ICE credentials");
+  return sdp.replace(/^a=ice-ufrag:\S+/gm, `a=ice-ufrag:${ufrag[1]}`).replace(/^a=ice-pwd:\S+/gm, `a=ice-pwd:${pwd[1]}`);
 }
 
 async function problemOf(response) {
@@ -65,9 +93,20 @@ export class MediaSession {
     this.baseUrl = baseUrl;
     this.token = token;
     this.location = null;
+    this.etag = null;
+    this.restarts = 0;
+    this._restarting = null;
     this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
     this.onState = onState ?? (() => {});
-    this.pc.addEventListener("connectionstatechange", () => this.onState(this.pc.connectionState));
+    /** Called with what went wrong when a restart after a failure did not work (replaceable). */
+    this.onError = (err) => console.error("levelchat: ICE restart failed", err);
+    this.pc.addEventListener("connectionstatechange", () => {
+      this.onState(this.pc.connectionState);
+      // a lost path (a network change, a NAT rebinding): new ICE credentials, same DTLS and media
+      if (this.pc.connectionState === "failed" && this.location) {
+        this.restartIce().catch((err) => this.onError(err));
+      }
+    });
   }
 
   /**
@@ -125,8 +164,43 @@ export class MediaSession {
     });
     if (response.status !== 201) throw await problemOf(response);
     this.location = response.headers.get("Location");
+    this.etag = response.headers.get("ETag");
     const answer = await response.text();
     await this.pc.setRemoteDescription({ type: "answer", sdp: answer });
+  }
+
+  /**
+   * ICE restart (RFC 9725 §4.3.2): new local credentials go to the session resource in a
+   * `PATCH` (`If-Match: *`); the node answers with its own new credentials and a new ETag,
+   * which replace those of the current answer. DTLS, SRTP and the media go on. One at a time:
+   * a call while one runs returns that one.
+   */
+  restartIce() {
+    if (!this._restarting) {
+      this._restarting = this._restartIce().finally(() => { this._restarting = null; });
+    }
+    return this._restarting;
+  }
+
+  async _restartIce() {
+    if (!this.location) throw new Error("no session to restart");
+    this.pc.restartIce();
+    await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
+    const response = await fetch(new URL(this.location, this.baseUrl || window.location.href), {
+      method: "PATCH",
+      headers: { "Content-Type": SDPFRAG, "If-Match": "*", Authorization: `Bearer ${this.token}` },
+      body: iceFragment(this.pc.localDescription.sdp),
+    });
+    if (response.status !== 200) {
+      // keep the old ICE session: roll the local offer back so the connection stays usable
+      const problem = await problemOf(response);
+      await this.pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      throw problem;
+    }
+    this.etag = response.headers.get("ETag");
+    const fragment = await response.text();
+    await this.pc.setRemoteDescription({ type: "answer", sdp: withIceOf(this.pc.remoteDescription.sdp, fragment) });
+    this.restarts += 1;
   }
 
   /**

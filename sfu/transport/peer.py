@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 CONSENT_TIMEOUT_MS = 30_000
 #: A session that has not completed ICE and DTLS by then is dropped.
 SETUP_TIMEOUT_MS = 30_000
+#: Media is still accepted this long from an address media moved away from (packets in flight on
+#: the old pair while an ICE restart switches), and from one an authenticated check came on.
+EXTRA_ADDRESS_GRACE_MS = 2_000
+MAX_EXTRA_ADDRESSES = 4
 OUT_BUFFER_SIZE = 2048
 #: payload type and marker, sequence number, timestamp, SSRC: the RTP header after its first byte
 _B1_SEQ_TS_SSRC = Struct("!BHII")
@@ -107,6 +111,8 @@ class PeerTransport:
         self.created_ms = now_ms
         self.last_consent_ms = now_ms
         self.addr: Address | None = None
+        #: addresses media is also accepted from (receive only), and until when
+        self._extra: dict[Address, int] = {}
         self._addr_key = 0  # the port's key for ``addr`` (0: none, or not IPv4)
         ring = port.out_ring
         self._ring = ring
@@ -174,7 +180,8 @@ class PeerTransport:
         self.last_consent_ms = now_ms
         if self.addr is None or (check.use_candidate and addr != self.addr):
             if self.addr is not None:
-                self._port.unbind_address(self.addr, self)
+                self._also_receive(self.addr, now_ms)
+            self._extra.pop(addr, None)
             self.addr = addr
             self._port.bind_address(addr, self)
             try:
@@ -185,10 +192,26 @@ class PeerTransport:
                 self._send_key = self._addr_key
             self._lane_epoch = -1  # a lane carries one address: the next packet takes a new one
             self._ring.generation += 1
+        elif addr != self.addr and self._port.peer_at(addr) in (None, self):
+            self._also_receive(addr, now_ms)
         if self.state is TransportState.NEW:
             self.state = TransportState.CONNECTING
             self.dtls.start(now_ms)
             self._arm_timer()
+
+    def _also_receive(self, addr: Address, now_ms: int) -> None:
+        """Accept media from ``addr`` too for ``EXTRA_ADDRESS_GRACE_MS`` (SRTP authenticates it):
+        the pair media moved away from, or one an authenticated check came on (an ICE restart's
+        new pair, used by the client before its nominating check arrives).  At most
+        ``MAX_EXTRA_ADDRESSES``; the oldest goes first."""
+        extra = self._extra
+        if addr not in extra and len(extra) >= MAX_EXTRA_ADDRESSES:
+            oldest = min(extra, key=extra.__getitem__)
+            del extra[oldest]
+            if oldest != self.addr:
+                self._port.unbind_address(oldest, self)
+        extra[addr] = now_ms + EXTRA_ADDRESS_GRACE_MS
+        self._port.bind_address(addr, self)
 
     def on_dtls(self, data: bytes, now_ms: int) -> None:
         if self.state is TransportState.CLOSED:
@@ -366,6 +389,11 @@ class PeerTransport:
         """Periodic housekeeping: consent freshness and setup deadline."""
         if self.state is TransportState.CLOSED:
             return
+        if self._extra:
+            for addr in [a for a, until in self._extra.items() if now_ms >= until]:
+                del self._extra[addr]
+                if addr != self.addr:
+                    self._port.unbind_address(addr, self)
         if self.state is not TransportState.CONNECTED and now_ms - self.created_ms > SETUP_TIMEOUT_MS:
             self.close(CloseReason.SETUP_TIMEOUT)
         elif self.state is not TransportState.NEW and now_ms - self.last_consent_ms > CONSENT_TIMEOUT_MS:

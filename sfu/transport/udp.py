@@ -133,6 +133,10 @@ class MediaPort:
         if key is not None:
             self._by_key[key] = peer
 
+    def peer_at(self, addr: Address) -> DatagramPeer | None:
+        """The peer media from ``addr`` goes to, if any."""
+        return self._by_addr.get(addr)
+
     def unbind_address(self, addr: Address, peer: DatagramPeer) -> None:
         if self._by_addr.get(addr) is peer:
             del self._by_addr[addr]

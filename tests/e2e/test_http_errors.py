@@ -228,10 +228,11 @@ def _cases() -> list[Case]:
         Case("delete: no token", "DELETE", f"{whip}/PA_0000", 401, "unauthorized"),
         Case("delete: token for another room", "DELETE", f"{whip}/PA_0000", 401, "token/unauthorized",
              bearer=token("demo-2", "alice")),
-        Case("patch: no ICE restart", "PATCH", f"{whip}/PA_0000", 400, "bad_request", "ICE restart",
-             bearer=good, body="a=ice-ufrag:x", content_type="application/trickle-ice-sdpfrag",
-             allow="POST, DELETE, OPTIONS"),
-        Case("patch whep", "PATCH", f"{whep}/PA_0000", 400, "bad_request", "trickle", allow="POST, DELETE, OPTIONS"),
+        Case("patch: unknown session", "PATCH", f"{whip}/PA_0000", 404, "not_found", "PA_0000",
+             bearer=good, body="a=end-of-candidates", content_type="application/trickle-ice-sdpfrag"),
+        Case("patch: not an sdpfrag", "PATCH", f"{whep}/PA_0000", 400, "bad_request", "trickle-ice-sdpfrag",
+             bearer=good, body="v=0", content_type="application/sdp"),
+        Case("patch: no token", "PATCH", f"{whep}/PA_0000", 401, "unauthorized"),
         # routing
         Case("unknown route", "GET", "/nope", 404, "not_found", "/nope"),
         Case("unknown nested route", "POST", "/whip", 404, "not_found"),
@@ -430,7 +431,7 @@ async def test_cross_origin_publish_exposes_location(node: Node) -> None:
         ("POST", f"/whip/{ROOM}", 401, "unauthorized"),
         ("POST", "/whip/ab", 400, "invalid_room"),
         ("GET", "/nope", 404, "not_found"),
-        ("PATCH", f"/whip/{ROOM}/PA_1", 400, "bad_request"),
+        ("PATCH", f"/whip/{ROOM}/PA_1", 401, "unauthorized"),
     ],
 )
 async def test_cross_origin_problems_are_readable(node: Node, method: str, path: str, status: int, code: str) -> None:

@@ -141,7 +141,21 @@ async def test_rooms_spread_over_workers_and_media_flows_through_the_front(two: 
             async with http.patch(url + pubs[1].location, headers={"Authorization": f"Bearer {pubs[1].token}"}) as resp:
                 problem = await resp.json(content_type=None)
                 assert (resp.status, problem["code"]) == (400, "bad_request")
-                assert resp.headers["Allow"] == "POST, DELETE, OPTIONS"
+                assert resp.headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
+            # an ICE restart reaches the room's worker and its answer (fragment, ETag) comes back
+            frag = "a=ice-ufrag:abcd\r\na=ice-pwd:" + "p" * 22 + "\r\n"
+            async with http.patch(
+                url + pubs[1].location,
+                data=frag,
+                headers={
+                    "Authorization": f"Bearer {pubs[1].token}",
+                    "Content-Type": "application/trickle-ice-sdpfrag",
+                    "If-Match": "*",
+                },
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["Content-Type"] == "application/trickle-ice-sdpfrag"
+                assert resp.headers["ETag"].startswith('"') and "a=ice-ufrag:" in await resp.text()
 
         # the session URL points at the front, which sends the DELETE to the room's worker
         assert pubs[1].location is not None and pubs[1].location.startswith("/whip/spread-two/")

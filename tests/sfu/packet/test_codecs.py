@@ -18,6 +18,7 @@ from sfu.packet.codecs import (
     is_keyframe,
     vp8_descriptor,
     vp8_is_keyframe,
+    vp9_descriptor,
     vp9_is_keyframe,
 )
 
@@ -145,6 +146,8 @@ def test_h264_table(name: str, payload: bytes, key: bool) -> None:
     assert is_keyframe("h264", payload) is key
 
 
+KEY_HEADER = bytes([0x82, 0x49, 0x83, 0x42])  # frame_marker 2, profile 0, KEY_FRAME, sync code
+
 VP9_CASES = [
     # byte 0: I P L F B E V Z
     ("key, no extras", bytes([0x08]) + b"\x82\x49\x83", True),
@@ -158,8 +161,33 @@ VP9_CASES = [
     ("non-flexible, L, truncated tl0", bytes([0xA8, 0x81, 0x02, 0x00]), False),
     ("flexible, L, sid 0", bytes([0xB8, 0x81, 0x02, 0x00]) + b"\x82", True),
     ("flexible inter with p_diff", bytes([0xF8, 0x81, 0x02, 0x00, 0x02]) + b"\x82", False),
-    ("key with scalability structure", bytes([0x0A, 0x18, 0x01, 0x40, 0x00, 0xF0]), True),
+    # V: scalability structure | N_S |Y|G|-|-|-|, sizes, N_G, then | TID |U| R |-|-| and R P_DIFFs
+    ("key with scalability structure", bytes([0x0A, 0x18, 0x01, 0x40, 0x00, 0xF0, 0x01, 0x00]) + KEY_HEADER, True),
+    ("3 spatial layers, 2 pictures", bytes([0x0A, 0x58]) + bytes(12) + bytes([0x02, 0x04, 0x01, 0x00]) + KEY_HEADER,
+     True),
+    ("scalability structure truncated in its group", bytes([0x0A, 0x18, 0x01, 0x40, 0x00, 0xF0]), False),
+    ("scalability structure truncated in a P_DIFF", bytes([0x0A, 0x08, 0x01, 0x04]), False),
+    ("7-bit picture id, L, sid 0", bytes([0xA8, 0x05, 0x00, 0x07]) + KEY_HEADER, True),
+    ("sid 0 with inter-layer dependency", bytes([0xA8, 0x81, 0x02, 0x01, 0x07]) + KEY_HEADER, False),
+    ("descriptor only, no frame header", bytes([0x08]), False),
+    ("intra-only frame (frame_type 1)", bytes([0x08, 0x86]), False),
+    ("show_existing_frame", bytes([0x08, 0x88]), False),
+    ("bad frame marker", bytes([0x08, 0x42, 0x49, 0x83, 0x42]), False),
+    ("wrong sync code", bytes([0x08, 0x82, 0x00, 0x00, 0x00]), False),
+    ("full sync code", bytes([0x08]) + KEY_HEADER, True),
+    ("profile 2 key", bytes([0x08, 0x92, 0x49, 0x83, 0x42]), True),
+    ("profile 3 key", bytes([0x08, 0xB0, 0x24, 0xC1, 0xA1]), True),
+    ("profile 3 intra-only", bytes([0x08, 0xB2]), False),
+    ("flexible inter, P_DIFF chain too long", bytes([0xD8, 0x81, 0x02, 0x03, 0x03, 0x03, 0x02]), False),
     ("empty", b"", False),
+]
+
+# (payload, picture id, its bits, tl0picidx, tid, sid, size)
+VP9_DESCRIPTORS = [
+    ("15-bit pid, non-flexible", bytes([0xAC, 0x81, 0x02, 0x40, 0x07]) + KEY_HEADER, (0x102, 15, 7, 2, 0, 5)),
+    ("7-bit pid", bytes([0x88, 0x05]) + KEY_HEADER, (5, 7, -1, -1, -1, 2)),
+    ("flexible: no tl0picidx", bytes([0xF8, 0xFF, 0xFF, 0x22, 0x02]) + KEY_HEADER, (0x7FFF, 15, -1, 1, 1, 5)),
+    ("no picture id", bytes([0x28, 0x00, 0x09]) + KEY_HEADER, (-1, 0, 9, 0, 0, 3)),
 ]
 
 
@@ -167,6 +195,27 @@ VP9_CASES = [
 def test_vp9_table(name: str, payload: bytes, key: bool) -> None:
     assert vp9_is_keyframe(payload) is key
     assert is_keyframe("VP9", payload) is key
+
+
+@pytest.mark.parametrize(("name", "payload", "want"), VP9_DESCRIPTORS, ids=[c[0] for c in VP9_DESCRIPTORS])
+def test_vp9_descriptor(name: str, payload: bytes, want: tuple[int, int, int, int, int, int]) -> None:
+    d = vp9_descriptor(payload)
+    assert d is not None
+    assert (d.picture_id, d.picture_id_bits, d.tl0picidx, d.tid, d.sid, d.size) == want
+    if d.tl0picidx >= 0:
+        assert payload[d.tl0picidx_offset] == d.tl0picidx
+    assert vp9_descriptor(payload[:1] if payload[0] & 0x80 else b"") is None
+
+
+@pytest.mark.parametrize("payload", [
+    bytes([0xD8, 0x81, 0x02, 0x03, 0x03, 0x03, 0x02]),  # flexible, P: more than 3 chained P_DIFFs
+    bytes([0xD8, 0x81, 0x02, 0x03]),  # flexible, P: the P_DIFF is missing
+    bytes([0x0A, 0x18, 0x01, 0x40, 0x00, 0xF0]),  # scalability structure without its N_G
+    bytes([0x0A, 0x10, 0x01, 0x40]),  # scalability structure cut in its sizes
+    bytes([0x80]),  # picture id missing
+])
+def test_vp9_descriptor_refuses_truncated(payload: bytes) -> None:
+    assert vp9_descriptor(payload) is None
 
 
 # AV1 aggregation header: Z Y W W N - - -
@@ -206,3 +255,4 @@ def test_fuzz_never_raises() -> None:
         for codec in ("VP8", "VP9", "H264", "AV1"):
             assert isinstance(is_keyframe(codec, data), bool)
         vp8_descriptor(data)
+        vp9_descriptor(data)

@@ -17,6 +17,8 @@ from sfu.transport.dtls import DtlsFailure, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials, parse_check
 from sfu.transport.peer import (
     CONSENT_TIMEOUT_MS,
+    EXTRA_ADDRESS_GRACE_MS,
+    MAX_EXTRA_ADDRESSES,
     SETUP_TIMEOUT_MS,
     CloseReason,
     PeerTransport,
@@ -159,6 +161,10 @@ async def test_use_candidate_from_a_new_address_moves_the_session(link: Link) ->
         other.send(link.client.check_for(link.peer, use_candidate=False), link.port_addr)
         await other.recv()
         assert link.peer.addr == old
+        # ...though media from there is taken already (a restarted ICE's new pair before its nomination)
+        other.send(link.client.protect(rtp(10)), link.port_addr)
+        await link.sink.wait(1)
+        moved_ms = clock.now_ms()
         other.send(link.client.check_for(link.peer, use_candidate=True), link.port_addr)
         await other.recv()
         assert link.peer.addr == other.addr
@@ -170,13 +176,44 @@ async def test_use_candidate_from_a_new_address_moves_the_session(link: Link) ->
         protected = await other.recv()
         assert link.client.rx is not None
         assert link.client.rx.unprotect_rtp_bytes(protected) == out
+        # what is still in flight on the old address is taken for a grace period, then refused
         link.client.send(link.client.protect(rtp(2)), link.port_addr)
+        await link.sink.wait(2)
+        link.peer.tick(moved_ms + EXTRA_ADDRESS_GRACE_MS - 1)
+        link.client.send(link.client.protect(rtp(3)), link.port_addr)
+        await link.sink.wait(3)
+        link.peer.tick(clock.now_ms() + EXTRA_ADDRESS_GRACE_MS)
+        link.client.send(link.client.protect(rtp(4)), link.port_addr)
         await _until_drop(link, DropReason.SRTP_UNKNOWN_ADDRESS)
-        other.send(link.client.protect(rtp(3)), link.port_addr)
-        await link.sink.wait(1)
-        assert link.sink.rtp == [rtp(3)]
+        other.send(link.client.protect(rtp(5)), link.port_addr)
+        await link.sink.wait(4)
+        assert link.sink.rtp == [rtp(10), rtp(2), rtp(3), rtp(5)]
     finally:
         other.close()
+
+
+async def test_extra_addresses_are_bounded_and_never_taken_from_another_peer(link: Link) -> None:
+    port = link.port
+    others = [RawClient() for _ in range(MAX_EXTRA_ADDRESSES + 1)]
+    second = await open_link(port=port)
+    try:
+        for other in others:  # authenticated checks from more places than are kept
+            other.send(link.client.check_for(link.peer, use_candidate=False), link.port_addr)
+            await other.recv()
+        assert [port.peer_at(o.addr) is link.peer for o in others] == [False] + [True] * MAX_EXTRA_ADDRESSES
+        assert port.peer_at(link.client.addr) is link.peer and link.peer.addr == link.client.addr
+        # a check from the address another session uses does not take it
+        second.client.send(link.client.check_for(link.peer, use_candidate=False), link.port_addr)
+        await second.client.recv()
+        assert port.peer_at(second.client.addr) is second.peer
+        link.peer.tick(clock.now_ms() + EXTRA_ADDRESS_GRACE_MS)
+        assert [port.peer_at(o.addr) for o in others] == [None] * len(others)
+        assert port.peer_at(link.client.addr) is link.peer  # its own address stays
+        assert port.peer_at(second.client.addr) is second.peer
+    finally:
+        second.client.close()
+        for other in others:
+            other.close()
 
 
 async def _until_drop(link: Link, reason: DropReason, count: int = 1) -> None:

@@ -1,0 +1,77 @@
+"""VP9 payload descriptor (RFC 9628 §4.2) rewriting across source switches, in place.
+
+As for VP8 (``sfu.packet.vp8``): a subscriber moved from one simulcast layer to another gets a
+stream whose picture IDs and TL0PICIDX count from wherever that layer's encoder is.
+``Vp9Munger`` keeps them continuous (the first packet of the new source follows the last one
+forwarded: picture ID + 1, TL0PICIDX + 1; later packets keep that offset).  The picture ID keeps
+its width (7 or 15 bits, wrapping there); TL0PICIDX is only in non-flexible mode with layer
+indices.  Flexible mode's P_DIFFs are differences between picture IDs: one offset leaves them
+right.  No allocation per packet.
+
+Descriptor: ``|I|P|L|F|B|E|V|Z|``, then with I ``|M| PICTURE ID |`` (and a second byte when M),
+with L ``| TID |U| SID |D|`` and, in non-flexible mode (F=0), ``TL0PICIDX``.
+"""
+
+from __future__ import annotations
+
+from sfu.packet.rtp import Buffer
+from sfu.packet.vp8 import ABSENT, Vp8Munger, Writable
+
+
+def descriptor_fields(buf: Buffer, start: int, end: int) -> tuple[int, int, int] | None:
+    """Where the rewritable fields of the VP9 payload descriptor at ``buf[start:end]`` are:
+    (picture ID offset, its width in bits (7, 15 or 0), TL0PICIDX offset), offsets -1 when
+    absent; None when the descriptor is truncated.  (For tests and tools: the munger parses
+    inline.)"""
+    if end - start < 1:
+        return None
+    b0 = buf[start]
+    pos = start + 1
+    pid = tl0 = ABSENT
+    bits = 0
+    if b0 & 0x80:
+        if pos >= end:
+            return None
+        pid = pos
+        bits = 15 if buf[pos] & 0x80 else 7
+        pos += 2 if bits == 15 else 1
+    if b0 & 0x20:
+        pos += 1
+        if not b0 & 0x10:
+            tl0 = pos
+            pos += 1
+    if pos > end:
+        return None
+    return pid, bits, tl0
+
+
+class Vp9Munger(Vp8Munger):
+    """One subscriber's continuous VP9 picture ID / TL0PICIDX across source switches."""
+
+    __slots__ = ()
+
+    def rewrite(self, buf: Writable, start: int, end: int, *, retransmission: bool = False) -> bool:
+        """Rewrite the descriptor at ``buf[start:end]`` in place; False when it is truncated (left
+        as it is).  A ``retransmission`` gets the current offsets and moves nothing forward."""
+        if end - start < 1:
+            return False
+        b0 = buf[start]
+        pos = start + 1
+        pid_at = tl0_at = -1
+        wide = False
+        if b0 & 0x80:
+            if pos >= end:
+                return False
+            pid_at = pos
+            wide = bool(buf[pos] & 0x80)
+            pos += 2 if wide else 1
+        if b0 & 0x20:
+            pos += 1
+            if not b0 & 0x10:
+                tl0_at = pos
+                pos += 1
+        if pos > end:
+            return False
+        if pid_at >= 0 or tl0_at >= 0:
+            self.apply(buf, pid_at, wide, tl0_at, -1, retransmission)
+        return True

@@ -1,0 +1,152 @@
+"""Chromium publishes VP9 simulcast over WHIP (three encodings, ``scalabilityMode`` L1T3); a
+Chromium WHEP viewer moves between the layers with ``POST /whep/{room}/{session}/layer`` and keeps
+decoding, at each layer's width, without asking for more than the switches' keyframes.
+
+(aiortc has no VP9 decoder: the viewer is Chromium.)  What the node forwarded is checked too: its
+VP9 picture IDs stay continuous across the switches (``Vp9Munger``; Chromium's L1T3 is in
+flexible mode, without TL0PICIDX)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser
+
+from sfu.node import Node
+from sfu.packet.codecs import vp9_descriptor
+from sfu.routing.track import PublishedTrack
+from tests.browser.demo_page import CHROMIUM, DemoPage
+from tests.e2e.clients import wait_for
+from tests.e2e.conftest import token
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(150),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+]
+FRAMES = 30
+WIDTHS = {"q": 320, "h": 640, "f": 1280}
+
+_PUBLISH_JS = """async ([room, token]) => {
+  const { MediaSession } = await import("/static/whip.js");
+  const stream = await navigator.mediaDevices.getUserMedia({video: {width: 1280, height: 720}, audio: false});
+  const videoEncodings = [
+    {rid: "q", scaleResolutionDownBy: 4, scalabilityMode: "L1T3"},
+    {rid: "h", scaleResolutionDownBy: 2, scalabilityMode: "L1T3"},
+    {rid: "f", scalabilityMode: "L1T3"}];
+  const session = await MediaSession.publish("", room, token, stream, undefined, {videoCodec: "VP9", videoEncodings});
+  window.levelchatDemo.publish.session = session;
+  const params = session.pc.getSenders()[0].getParameters();
+  return {simulcast: session.pc.remoteDescription.sdp.includes("a=simulcast:recv"),
+          modes: params.encodings.map((e) => e.scalabilityMode ?? null)};
+}"""
+
+
+def _layers(node: Node, identity: str) -> dict[str, PublishedTrack]:
+    p = next((p for p in node.router.participants.values() if p.identity == identity), None)
+    return {} if p is None else {t.rid: t for t in p.tracks.values() if t.rid}
+
+
+async def _choose_layer(node: Node, location: str, tok: str, rid: str | None) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{node.url}{location}/layer", json={"rid": rid}, headers={"Authorization": f"Bearer {tok}"}
+        ) as resp:
+            body: dict[str, Any] = await resp.json(content_type=None)
+            assert resp.status == 200, body
+            return body
+
+
+class Pictures:
+    """The VP9 picture ID and TL0PICIDX of each picture the node sends the viewer, read from the
+    clear packets its transport is handed (rewritten in the transport's buffer, or forwarded as
+    they came)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def _read(self, view: Any, length: int) -> None:
+        if length <= 12:
+            return
+        start = 12 + 4 * (view[0] & 0x0F)
+        if view[0] & 0x10 and length >= start + 4:
+            start += 4 + 4 * ((view[start + 2] << 8) | view[start + 3])
+        d = vp9_descriptor(bytes(view[start:length]))
+        if d is not None and d.start_of_frame and d.picture_id >= 0:
+            self.seen.append((d.picture_id, d.tl0picidx))
+
+    def hook(self, peer: Any) -> None:
+        send_rtp, forward_rtp = peer.send_rtp, peer.forward_rtp
+
+        def send(length: int) -> bool:
+            self._read(peer.out_view, length)
+            return bool(send_rtp(length))
+
+        def forward(src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+            self._read(src, length)
+            return bool(forward_rtp(src, length, b1, seq, ts, ssrc))
+
+        peer.send_rtp, peer.forward_rtp = send, forward
+
+
+async def test_chromium_vp9_simulcast_to_a_chromium_viewer_switching_layers(node: Node, browser: Browser) -> None:
+    room = "browser-vp9-simulcast"
+    publisher = await DemoPage.open(browser, node.url)
+    viewer = await DemoPage.open(browser, node.url)
+    try:
+        sent = await publisher.page.evaluate(_PUBLISH_JS, [room, token(room, "vera", ("room:join", "room:publish"))])
+        assert sent["simulcast"], "the node's answer refused simulcast"
+        assert sent["modes"] == ["L1T3"] * 3, sent
+        await wait_for(lambda: len(_layers(node, "vera")) == 3 and all(t.ssrc > 0 for t in _layers(node, "vera").values()),
+                       15, "every layer's SSRC learnt")
+        layers = _layers(node, "vera")
+        assert {t.codec.name for t in layers.values()} == {"VP9"}
+        await wait_for(lambda: all(t.stats.packets > 50 for t in layers.values()), 20, "every layer sending")
+
+        await viewer.join_as(room, "walt")
+        await viewer.watch()
+        assert await viewer.wait_state("watch", "connected", "failed") == "connected"
+        stats = await viewer.wait_rtp("watch", "video", "framesDecoded", FRAMES, timeout_s=15)
+        assert stats["codec"] == "video/VP9", stats
+        session = next(s for s in node.sessions.sessions.values() if s.participant.identity == "walt-viewer")
+        pictures = Pictures()
+        assert session.participant.subscriber is not None
+        pictures.hook(session.participant.subscriber)
+        location = f"/whep/{room}/{session.id}"
+        tok = token(room, "walt-viewer", ("room:join", "room:subscribe"))
+        decoded = stats["framesDecoded"]
+        dt = next(d for d in session.participant.downtracks if d.kind == "video")
+        for rid in ("q", "h", "f", "q", None):
+            chosen = await _choose_layer(node, location, tok, rid)
+            assert chosen["target"] == rid and [x["rid"] for x in chosen["layers"]] == ["q", "h", "f"], chosen
+            width = WIDTHS[rid or chosen["switching_to"] or chosen["current"]]
+            await wait_for(lambda w=width: dt.source is not None and WIDTHS[dt.source.rid or ""] == w, 10,
+                           f"the node forwards the {width} layer")
+            stats = await viewer.wait_rtp("watch", "video", "framesDecoded", decoded + FRAMES)
+            await wait_for_width(viewer, width)
+            decoded = stats["framesDecoded"]
+        stats = await viewer.rtp_stats("watch", "video")
+        assert stats["packetsLost"] == 0 and stats["framesDropped"] == 0, stats
+        # the node's VP9 descriptors: one picture ID after the other, TL0PICIDX never jumps
+        assert len(pictures.seen) > 100
+        steps = {(b[0] - a[0]) & 0x7FFF for a, b in zip(pictures.seen, pictures.seen[1:], strict=False)}
+        assert steps == {1}, pictures.seen
+        tl0 = [t for _, t in pictures.seen]
+        # Chromium sends L1T3 in flexible mode: no TL0PICIDX (the crafted-packet test covers it)
+        assert set(tl0) == {-1} or {(b - a) & 0xFF for a, b in zip(tl0, tl0[1:], strict=False)} <= {0, 1}, tl0
+        assert publisher.errors == [] and viewer.errors == []
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def wait_for_width(page: DemoPage, width: int, timeout_s: float = 10.0) -> None:
+    await page.page.wait_for_function(
+        """(w) => window.levelchatDemo.watch.session.pc.getStats().then((r) => {
+             for (const s of r.values()) if (s.type === "inbound-rtp" && s.kind === "video") window.__w = s.frameWidth;
+           }).then(() => window.__w === w)""",
+        arg=width,
+        timeout=timeout_s * 1000,
+    )

@@ -1,0 +1,100 @@
+"""Chromium restarts ICE on WHIP and WHEP sessions through ``whip.js`` (``session.restartIce()``:
+``pc.restartIce()``, then a ``PATCH`` with the new credentials): the node answers with its own,
+the DTLS/SRTP session goes on, and an aiortc WHEP viewer keeps receiving the publisher."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import Browser
+
+from sfu.node import Node
+from sfu.routing.participant import Participant
+from tests.browser.demo_page import CHROMIUM, DemoPage
+from tests.e2e.clients import WhepSubscriber, wait_for
+from tests.e2e.conftest import token
+from tests.e2e.test_rtc_ice_restart import check
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+]
+FRAMES = 30
+
+_SESSION_JS = """(panel) => {
+  const s = window.levelchatDemo[panel].session;
+  const sdp = s.pc.remoteDescription.sdp;
+  return {etag: s.etag, restarts: s.restarts, state: s.pc.connectionState,
+          remoteUfrag: /a=ice-ufrag:(\\S+)/.exec(sdp)[1],
+          localUfrag: /a=ice-ufrag:(\\S+)/.exec(s.pc.localDescription.sdp)[1]};
+}"""
+
+# The connection reports "failed" once (as after a lost path): the session must restart by itself.
+_FAIL_ONCE_JS = """(panel) => {
+  const pc = window.levelchatDemo[panel].session.pc;
+  Object.defineProperty(pc, "connectionState", {get: () => "failed", configurable: true});
+  pc.dispatchEvent(new Event("connectionstatechange"));
+  delete pc.connectionState;
+}"""
+
+
+def _participant(node: Node, identity: str) -> Participant:
+    return next(p for p in node.router.participants.values() if p.identity == identity)
+
+
+async def test_chromium_whip_and_whep_restart_ice(node: Node, browser: Browser) -> None:
+    room = "browser-whip-restart"
+    publisher = await DemoPage.open(browser, node.url)
+    viewer = await DemoPage.open(browser, node.url)
+    sub = WhepSubscriber(node.url, room, token(room, "aiortc-viewer"))
+    try:
+        await publisher.join_as(room, "olga")
+        await publisher.publish("VP8")
+        assert await publisher.wait_state("publish", "connected", "failed") == "connected"
+        status, body = await sub.connect()
+        assert status == 201, body
+        await viewer.join_as(room, "pete")
+        await viewer.watch()
+        assert await viewer.wait_state("watch", "connected", "failed") == "connected"
+        await wait_for(lambda: sub.frames["video"] >= FRAMES, 15, "the aiortc viewer decodes the publisher")
+        decoded = (await viewer.wait_rtp("watch", "video", "framesDecoded", FRAMES))["framesDecoded"]
+
+        # the publisher restarts ICE over WHIP
+        pub_t = _participant(node, "olga").publisher
+        assert pub_t is not None
+        old_ice, old_remote, rx = pub_t.ice, pub_t.remote_ufrag, pub_t.rx
+        before = await publisher.page.evaluate(_SESSION_JS, "publish")
+        assert before["etag"] and before["remoteUfrag"] == old_ice.ufrag and before["restarts"] == 0
+        await publisher.page.evaluate("() => window.levelchatDemo.publish.session.restartIce()")
+        after = await publisher.page.evaluate(_SESSION_JS, "publish")
+        assert after["restarts"] == 1 and after["etag"] != before["etag"]
+        assert (after["remoteUfrag"], after["localUfrag"]) == (pub_t.ice.ufrag, pub_t.remote_ufrag)
+        assert pub_t.ice.ufrag != old_ice.ufrag and pub_t.remote_ufrag != old_remote
+        assert pub_t.rx is rx and pub_t.state.value == "connected"
+        consent = pub_t.last_consent_ms
+        await wait_for(lambda: pub_t.last_consent_ms > consent, 15, "Chromium's checks with the new credentials")
+        assert not await check(node, old_ice.ufrag, old_ice.pwd, old_remote or "")
+        frames = sub.frames["video"]
+        await wait_for(lambda: sub.frames["video"] >= frames + FRAMES, 15, "the aiortc viewer after the restart")
+        assert await publisher.state("publish") == "connected"
+
+        # the Chromium viewer's connection "fails": it restarts ICE over WHEP by itself
+        sub_t = _participant(node, "pete-viewer").subscriber
+        assert sub_t is not None
+        old_sub_ufrag, sub_rx = sub_t.ice.ufrag, sub_t.rx
+        await viewer.page.evaluate(_FAIL_ONCE_JS, "watch")
+        await viewer.page.wait_for_function("() => window.levelchatDemo.watch.session.restarts === 1", timeout=10_000)
+        watched = await viewer.page.evaluate(_SESSION_JS, "watch")
+        assert watched["remoteUfrag"] == sub_t.ice.ufrag != old_sub_ufrag
+        assert watched["localUfrag"] == sub_t.remote_ufrag and sub_t.rx is sub_rx
+        await viewer.wait_rtp("watch", "video", "framesDecoded", decoded + 2 * FRAMES)
+        # (the page's badge shows the faked "failed": the real connection never left "connected")
+        assert watched["state"] == "connected"
+
+        # what the node sent the aiortc viewer is complete across both restarts
+        assert sub.logs["video"].missing() == [] and sub.logs["audio"].gaps() == []
+        assert publisher.errors == [] and viewer.errors == []
+    finally:
+        await sub.close()
+        await viewer.close()
+        await publisher.close()
