@@ -562,6 +562,7 @@ class PublishedTrack:
         self.level_meter = None
         self.keyframe_pending = False
         self._request_keyframe_cb = _no_keyframe_request
+        self._send_nack = None
 
     def describe(self) -> dict[str, object]:
         return {
