@@ -12,7 +12,7 @@ import secrets
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from struct import Struct, unpack_from
+from struct import Struct
 from typing import TYPE_CHECKING, Any
 
 from pylibsrtp._binding import ffi, lib
@@ -35,6 +35,7 @@ _B1_SEQ_TS_SSRC = Struct("!BHII")
 _pack_header = _B1_SEQ_TS_SSRC.pack_into
 _srtp_protect = lib.srtp_protect
 _memmove = ffi.memmove
+_unpack_seq_ts = Struct("!HI").unpack_from
 
 # the ``shape`` argument of ``DownTrack.forward`` (same values as sfu.routing.downtrack.SHAPE_*,
 # which imports this module); a packet with extensions passes the mask of their ids instead
@@ -98,28 +99,29 @@ class TrackCodec:
 class RtxCache:
     """The last N packets of a stream by sequence number, for answering NACKs."""
 
-    __slots__ = ("_bufs", "_lens", "_seqs", "_mask")
+    __slots__ = ("bufs", "lens", "seqs", "mask")
 
     def __init__(self, slots: int = RTX_CACHE_SLOTS) -> None:
-        self._mask = slots - 1
-        self._bufs = [bytearray(RTX_SLOT_BYTES) for _ in range(slots)]
-        self._lens = [0] * slots
-        self._seqs = [-1] * slots
+        self.mask = slots - 1
+        self.bufs = [bytearray(RTX_SLOT_BYTES) for _ in range(slots)]
+        self.lens = [0] * slots
+        self.seqs = [-1] * slots
 
     def put(self, view: Any, length: int, seq: int) -> None:
-        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes)."""
+        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes).
+        (``PublishedTrack.on_rtp`` inlines this: keep the two alike.)"""
         if length > RTX_SLOT_BYTES:
             return
-        i = seq & self._mask
-        _memmove(self._bufs[i], view, length)
-        self._lens[i] = length
-        self._seqs[i] = seq
+        i = seq & self.mask
+        _memmove(self.bufs[i], view, length)
+        self.lens[i] = length
+        self.seqs[i] = seq
 
     def get(self, seq: int) -> tuple[bytearray, int] | None:
-        i = seq & self._mask
-        if self._seqs[i] != seq:
+        i = seq & self.mask
+        if self.seqs[i] != seq:
             return None
-        return self._bufs[i], self._lens[i]
+        return self.bufs[i], self.lens[i]
 
 
 def _no_keyframe_request(ssrc: int) -> None:
@@ -224,8 +226,7 @@ class PublishedTrack:
         counters = self._counters
         kind = self._kind_index
         counters.rtp_in[kind] += 1
-        seq = (view[2] << 8) | view[3]
-        ts = unpack_from("!I", view, 4)[0]
+        seq, ts = _unpack_seq_ts(view, 2)
         b0 = view[0]
         top = b0 & 0xF0  # version, padding, extension
         if top == 0x80:
@@ -234,7 +235,22 @@ class PublishedTrack:
             shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
         else:
             shape = _SHAPE_OTHER
-        self.stats.update(seq, ts, now_ms)
+        stats = self.stats  # ReceiveStats.update, inlined
+        stats.packets += 1
+        if (seq - stats.max_seq) & 0xFFFF == 1 and stats.started:  # in order
+            if not seq:
+                stats.cycles += 0x10000
+            stats.max_seq = seq
+        else:
+            stats.sequence(seq)
+        transit = (now_ms * stats.clock_rate // 1000 - ts) & 0xFFFFFFFF
+        last = stats.transit
+        if last is not None:
+            d = (transit - last) & 0xFFFFFFFF
+            if d > 0x7FFFFFFF:
+                d = 0x100000000 - d
+            stats.jitter_q4 += d - ((stats.jitter_q4 + 8) >> 4)
+        stats.transit = transit
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
@@ -247,8 +263,11 @@ class PublishedTrack:
             else:
                 order = self._nack_update(nack, seq, now_ms)
         cache = self.rtx_cache
-        if cache is not None and order != _STALE:
-            cache.put(src, length, seq)
+        if cache is not None and order != _STALE and length <= RTX_SLOT_BYTES:  # RtxCache.put, inlined
+            i = seq & cache.mask
+            _memmove(cache.bufs[i], src, length)
+            cache.lens[i] = length
+            cache.seqs[i] = seq
         keyframe = False
         if self.keyframe_pending:
             keyframe = self._check_keyframe(view, length)
