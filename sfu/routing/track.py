@@ -35,7 +35,8 @@ _B1_SEQ_TS_SSRC = Struct("!BHII")
 _pack_header = _B1_SEQ_TS_SSRC.pack_into
 _srtp_protect = lib.srtp_protect
 _memmove = ffi.memmove
-_unpack_seq_ts = Struct("!HI").unpack_from
+#: the RTP header's first 8 bytes: V/P/X/CC, marker and payload type, sequence number, timestamp
+_unpack_head = Struct("!BBHI").unpack_from
 
 # the ``shape`` argument of ``DownTrack.forward`` (same values as sfu.routing.downtrack.SHAPE_*,
 # which imports this module); a packet with extensions passes the mask of their ids instead
@@ -210,6 +211,9 @@ class PublishedTrack:
         self._fast_generation = -1
         self._fast_epoch = -1  # the ring epoch of the group's lanes
         self._fast_lane0 = 0  # the group's first lane; member i writes lane lane0 + i
+        self._fast_slot0 = 0  # lane0 * _LANE_DEPTH: the first member's first slot
+        self._fast_span = slice(0, 0)  # the group's lanes, lane0 to lane0 + members
+        self._fast_size = 0  # members
         self._fast_fill = 0  # packets in the group's lanes
         self._fast_fills: list[list[int]] = []  # [fill] * members, by fill
         # what the members were not told yet: packets, their octets, the newest timestamp, when
@@ -226,8 +230,7 @@ class PublishedTrack:
         counters = self._counters
         kind = self._kind_index
         counters.rtp_in[kind] += 1
-        seq, ts = _unpack_seq_ts(view, 2)
-        b0 = view[0]
+        b0, b1, seq, ts = _unpack_head(view)
         top = b0 & 0xF0  # version, padding, extension
         if top == 0x80:
             shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
@@ -286,10 +289,10 @@ class PublishedTrack:
             if (
                 seq == self._fast_next
                 and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
-                and self._fast_pt_ok[view[1]]
+                and self._fast_pt_ok[b1]
                 and self._fast_generation == self._fast_ring.generation
             ):
-                sent = self._fast_forward(src, view[1], length, seq, ts, now_ms)
+                sent = self._fast_forward(src, b1, length, seq, ts, now_ms)
                 if sent:
                     octets = sent * length
                     rest = self._fast_rest
@@ -356,7 +359,7 @@ class PublishedTrack:
         views = ring.views
         iov_lens = ring.iov_lens
         len_p = self._fast_len_p
-        k = self._fast_lane0 * _LANE_DEPTH + fill
+        k = self._fast_slot0 + fill
         for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
             ptr = ptrs[k]
             _memmove(ptr, src, length)
@@ -371,9 +374,7 @@ class PublishedTrack:
             k += _LANE_DEPTH
         fill += 1
         self._fast_fill = fill
-        lane0 = self._fast_lane0
-        fills = self._fast_fills[fill]
-        ring.fills[lane0 : lane0 + len(fills)] = fills
+        ring.fills[self._fast_span] = self._fast_fills[fill]
         self._fast_next = (seq + 1) & 0xFFFF
         self._fast_count += 1
         self._fast_octets += length
@@ -384,7 +385,7 @@ class PublishedTrack:
             flush = self._fast_flush
             assert flush is not None
             flush()
-        return len(fills)
+        return self._fast_size
 
     def _fast_lanes(self) -> int:
         """Take a lane of the send ring per member (flushing it first when too few are left)."""
@@ -403,6 +404,8 @@ class PublishedTrack:
             base = (lane0 + i) * _LANE_DEPTH
             names[2 * base : 2 * (base + _LANE_DEPTH) : 2] = keys
         self._fast_lane0 = lane0
+        self._fast_slot0 = lane0 * _LANE_DEPTH
+        self._fast_span = slice(lane0, lane0 + count)
         self._fast_epoch = ring.epoch
         self._fast_fill = 0
         return 0
@@ -459,6 +462,7 @@ class PublishedTrack:
         self._fast_generation = ring.generation
         self._fast_epoch = -1
         self._fast_fills = [[fill] * len(members) for fill in range(_LANE_DEPTH + 1)]
+        self._fast_size = len(members)
         self._fast_count = 0
         self._fast_octets = 0
         self._fast_newest_ts = (members[0]._ts.newest_out - members[0]._ts.fast_offset) & 0xFFFFFFFF
