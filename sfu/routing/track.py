@@ -286,14 +286,49 @@ class PublishedTrack:
         rest = self.downtracks
         if self._fast_next >= 0:
             ext = self._fast_ext
+            ring = self._fast_ring
             if (
                 seq == self._fast_next
                 and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
                 and self._fast_pt_ok[b1]
-                and self._fast_generation == self._fast_ring.generation
+                and self._fast_generation == ring.generation
             ):
-                sent = self._fast_forward(src, b1, length, seq, ts, now_ms)
-                if sent:
+                # the group forwards the packet (see "the fan-out group" below)
+                fill = self._fast_fill
+                if self._fast_epoch != ring.epoch or fill == _LANE_DEPTH:
+                    fill = self._fast_lanes()
+                ptrs = ring.ptrs
+                views = ring.views
+                iov_lens = ring.iov_lens
+                len_p = self._fast_len_p
+                k = self._fast_slot0 + fill
+                for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
+                    ptr = ptrs[k]
+                    _memmove(ptr, src, length)
+                    _pack_header(views[k], 1, b1_map[b1], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+                    len_p[0] = length
+                    if _srtp_protect(srtp, ptr, len_p):
+                        # none of this packet's slots count (they are reused): the group
+                        # dissolves and the packet goes the one-by-one way, which counts the error
+                        self.fast_reset()
+                        break
+                    iov_lens[2 * k + 1] = length + trailer
+                    k += _LANE_DEPTH
+                else:
+                    fill += 1
+                    self._fast_fill = fill
+                    ring.fills[self._fast_span] = self._fast_fills[fill]
+                    self._fast_next = (seq + 1) & 0xFFFF
+                    self._fast_count += 1
+                    self._fast_octets += length
+                    if 0 < (ts - self._fast_newest_ts) & 0xFFFFFFFF < 0x80000000:
+                        self._fast_newest_ts = ts
+                    self._fast_last_ms = now_ms
+                    if ring.auto_flush:
+                        flush = self._fast_flush
+                        assert flush is not None
+                        flush()
+                    sent = self._fast_size
                     octets = sent * length
                     rest = self._fast_rest
             else:
@@ -349,43 +384,6 @@ class PublishedTrack:
     # extensions or another payload type, a member or peer changing) dissolves the group
     # (``fast_reset``): the packet goes the one-by-one way and the group forms again after it.
     # Simulcast layers never form one (their downtracks switch layers packet by packet).
-
-    def _fast_forward(self, src: Any, b1_in: int, length: int, seq: int, ts: int, now_ms: int) -> int:
-        ring = self._fast_ring
-        fill = self._fast_fill
-        if self._fast_epoch != ring.epoch or fill == _LANE_DEPTH:
-            fill = self._fast_lanes()
-        ptrs = ring.ptrs
-        views = ring.views
-        iov_lens = ring.iov_lens
-        len_p = self._fast_len_p
-        k = self._fast_slot0 + fill
-        for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
-            ptr = ptrs[k]
-            _memmove(ptr, src, length)
-            _pack_header(views[k], 1, b1_map[b1_in], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
-            len_p[0] = length
-            if _srtp_protect(srtp, ptr, len_p):
-                # none of this packet's slots count (they are reused): the group dissolves and
-                # the packet goes the one-by-one way, which counts the error
-                self.fast_reset()
-                return 0
-            iov_lens[2 * k + 1] = length + trailer
-            k += _LANE_DEPTH
-        fill += 1
-        self._fast_fill = fill
-        ring.fills[self._fast_span] = self._fast_fills[fill]
-        self._fast_next = (seq + 1) & 0xFFFF
-        self._fast_count += 1
-        self._fast_octets += length
-        if 0 < (ts - self._fast_newest_ts) & 0xFFFFFFFF < 0x80000000:
-            self._fast_newest_ts = ts
-        self._fast_last_ms = now_ms
-        if ring.auto_flush:
-            flush = self._fast_flush
-            assert flush is not None
-            flush()
-        return self._fast_size
 
     def _fast_lanes(self) -> int:
         """Take a lane of the send ring per member (flushing it first when too few are left)."""
