@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from struct import unpack_from
+from struct import Struct
 
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet import rtcp
@@ -23,6 +23,7 @@ from sfu.routing.track import PublishedTrack
 from sfu.transport.peer import CloseReason, PeerTransport
 
 log = logging.getLogger(__name__)
+_unpack_ssrc = Struct("!I").unpack_from
 
 #: SSRC the node uses as the sender of its own RTCP (reports, PLIs, NACKs)
 NODE_RTCP_SSRC = 0x4C43_0001
@@ -140,7 +141,7 @@ class PublisherSink:
         if length < 12:
             self.counters.drops[DropReason.RTP_MALFORMED] += 1
             return
-        ssrc = unpack_from("!I", view, 8)[0]
+        ssrc = _unpack_ssrc(view, 8)[0]
         track = self.by_ssrc.get(ssrc)
         if track is None:
             repaired = self.rtx_ssrcs.get(ssrc)

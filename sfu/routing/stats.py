@@ -21,7 +21,7 @@ class ReceiveStats:
         "cycles",
         "max_seq",
         "jitter_q4",
-        "_transit",
+        "transit",
         "_expected_prior",
         "_received_prior",
         "started",
@@ -34,13 +34,27 @@ class ReceiveStats:
         self.cycles = 0
         self.max_seq = 0
         self.jitter_q4 = 0  # jitter × 16, integer arithmetic as in RFC 3550 A.8
-        self._transit: int | None = None
+        #: the last packet's relative transit time (timestamp units), None before the first
+        self.transit: int | None = None
         self._expected_prior = 0
         self._received_prior = 0
         self.started = False
 
     def update(self, seq: int, ts: int, now_ms: int) -> None:
+        """One received packet.  (``PublishedTrack.on_rtp`` inlines this: keep the two alike.)"""
         self.packets += 1
+        self.sequence(seq)
+        arrival = now_ms * self.clock_rate // 1000
+        transit = (arrival - ts) & 0xFFFFFFFF
+        if self.transit is not None:
+            d = (transit - self.transit) & 0xFFFFFFFF
+            if d > 0x7FFFFFFF:
+                d = 0x100000000 - d
+            self.jitter_q4 += d - ((self.jitter_q4 + 8) >> 4)
+        self.transit = transit
+
+    def sequence(self, seq: int) -> None:
+        """The sequence number part of ``update`` (packets not counted)."""
         if not self.started:
             self.started = True
             self.base_seq = seq
@@ -51,14 +65,6 @@ class ReceiveStats:
                 if seq < self.max_seq:
                     self.cycles += 0x10000
                 self.max_seq = seq
-        arrival = now_ms * self.clock_rate // 1000
-        transit = (arrival - ts) & 0xFFFFFFFF
-        if self._transit is not None:
-            d = (transit - self._transit) & 0xFFFFFFFF
-            if d > 0x7FFFFFFF:
-                d = 0x100000000 - d
-            self.jitter_q4 += d - ((self.jitter_q4 + 8) >> 4)
-        self._transit = transit
 
     @property
     def extended_max(self) -> int:

@@ -12,7 +12,7 @@ import secrets
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from struct import Struct, unpack_from
+from struct import Struct
 from typing import TYPE_CHECKING, Any
 
 from pylibsrtp._binding import ffi, lib
@@ -35,6 +35,8 @@ _B1_SEQ_TS_SSRC = Struct("!BHII")
 _pack_header = _B1_SEQ_TS_SSRC.pack_into
 _srtp_protect = lib.srtp_protect
 _memmove = ffi.memmove
+#: the RTP header's first 8 bytes: V/P/X/CC, marker and payload type, sequence number, timestamp
+_unpack_head = Struct("!BBHI").unpack_from
 
 # the ``shape`` argument of ``DownTrack.forward`` (same values as sfu.routing.downtrack.SHAPE_*,
 # which imports this module); a packet with extensions passes the mask of their ids instead
@@ -98,28 +100,29 @@ class TrackCodec:
 class RtxCache:
     """The last N packets of a stream by sequence number, for answering NACKs."""
 
-    __slots__ = ("_bufs", "_lens", "_seqs", "_mask")
+    __slots__ = ("bufs", "lens", "seqs", "mask")
 
     def __init__(self, slots: int = RTX_CACHE_SLOTS) -> None:
-        self._mask = slots - 1
-        self._bufs = [bytearray(RTX_SLOT_BYTES) for _ in range(slots)]
-        self._lens = [0] * slots
-        self._seqs = [-1] * slots
+        self.mask = slots - 1
+        self.bufs = [bytearray(RTX_SLOT_BYTES) for _ in range(slots)]
+        self.lens = [0] * slots
+        self.seqs = [-1] * slots
 
     def put(self, view: Any, length: int, seq: int) -> None:
-        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes)."""
+        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes).
+        (``PublishedTrack.on_rtp`` inlines this: keep the two alike.)"""
         if length > RTX_SLOT_BYTES:
             return
-        i = seq & self._mask
-        _memmove(self._bufs[i], view, length)
-        self._lens[i] = length
-        self._seqs[i] = seq
+        i = seq & self.mask
+        _memmove(self.bufs[i], view, length)
+        self.lens[i] = length
+        self.seqs[i] = seq
 
     def get(self, seq: int) -> tuple[bytearray, int] | None:
-        i = seq & self._mask
-        if self._seqs[i] != seq:
+        i = seq & self.mask
+        if self.seqs[i] != seq:
             return None
-        return self._bufs[i], self._lens[i]
+        return self.bufs[i], self.lens[i]
 
 
 def _no_keyframe_request(ssrc: int) -> None:
@@ -208,6 +211,9 @@ class PublishedTrack:
         self._fast_generation = -1
         self._fast_epoch = -1  # the ring epoch of the group's lanes
         self._fast_lane0 = 0  # the group's first lane; member i writes lane lane0 + i
+        self._fast_slot0 = 0  # lane0 * _LANE_DEPTH: the first member's first slot
+        self._fast_span = slice(0, 0)  # the group's lanes, lane0 to lane0 + members
+        self._fast_size = 0  # members
         self._fast_fill = 0  # packets in the group's lanes
         self._fast_fills: list[list[int]] = []  # [fill] * members, by fill
         # what the members were not told yet: packets, their octets, the newest timestamp, when
@@ -224,9 +230,7 @@ class PublishedTrack:
         counters = self._counters
         kind = self._kind_index
         counters.rtp_in[kind] += 1
-        seq = (view[2] << 8) | view[3]
-        ts = unpack_from("!I", view, 4)[0]
-        b0 = view[0]
+        b0, b1, seq, ts = _unpack_head(view)
         top = b0 & 0xF0  # version, padding, extension
         if top == 0x80:
             shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
@@ -234,7 +238,22 @@ class PublishedTrack:
             shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
         else:
             shape = _SHAPE_OTHER
-        self.stats.update(seq, ts, now_ms)
+        stats = self.stats  # ReceiveStats.update, inlined
+        stats.packets += 1
+        if (seq - stats.max_seq) & 0xFFFF == 1 and stats.started:  # in order
+            if not seq:
+                stats.cycles += 0x10000
+            stats.max_seq = seq
+        else:
+            stats.sequence(seq)
+        transit = (now_ms * stats.clock_rate // 1000 - ts) & 0xFFFFFFFF
+        last = stats.transit
+        if last is not None:
+            d = (transit - last) & 0xFFFFFFFF
+            if d > 0x7FFFFFFF:
+                d = 0x100000000 - d
+            stats.jitter_q4 += d - ((stats.jitter_q4 + 8) >> 4)
+        stats.transit = transit
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
@@ -247,8 +266,11 @@ class PublishedTrack:
             else:
                 order = self._nack_update(nack, seq, now_ms)
         cache = self.rtx_cache
-        if cache is not None and order != _STALE:
-            cache.put(src, length, seq)
+        if cache is not None and order != _STALE and length <= RTX_SLOT_BYTES:  # RtxCache.put, inlined
+            i = seq & cache.mask
+            _memmove(cache.bufs[i], src, length)
+            cache.lens[i] = length
+            cache.seqs[i] = seq
         keyframe = False
         if self.keyframe_pending:
             keyframe = self._check_keyframe(view, length)
@@ -264,14 +286,49 @@ class PublishedTrack:
         rest = self.downtracks
         if self._fast_next >= 0:
             ext = self._fast_ext
+            ring = self._fast_ring
             if (
                 seq == self._fast_next
                 and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
-                and self._fast_pt_ok[view[1]]
-                and self._fast_generation == self._fast_ring.generation
+                and self._fast_pt_ok[b1]
+                and self._fast_generation == ring.generation
             ):
-                sent = self._fast_forward(src, view[1], length, seq, ts, now_ms)
-                if sent:
+                # the group forwards the packet (see "the fan-out group" below)
+                fill = self._fast_fill
+                if self._fast_epoch != ring.epoch or fill == _LANE_DEPTH:
+                    fill = self._fast_lanes()
+                ptrs = ring.ptrs
+                views = ring.views
+                iov_lens = ring.iov_lens
+                len_p = self._fast_len_p
+                k = self._fast_slot0 + fill
+                for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
+                    ptr = ptrs[k]
+                    _memmove(ptr, src, length)
+                    _pack_header(views[k], 1, b1_map[b1], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+                    len_p[0] = length
+                    if _srtp_protect(srtp, ptr, len_p):
+                        # none of this packet's slots count (they are reused): the group
+                        # dissolves and the packet goes the one-by-one way, which counts the error
+                        self.fast_reset()
+                        break
+                    iov_lens[2 * k + 1] = length + trailer
+                    k += _LANE_DEPTH
+                else:
+                    fill += 1
+                    self._fast_fill = fill
+                    ring.fills[self._fast_span] = self._fast_fills[fill]
+                    self._fast_next = (seq + 1) & 0xFFFF
+                    self._fast_count += 1
+                    self._fast_octets += length
+                    if 0 < (ts - self._fast_newest_ts) & 0xFFFFFFFF < 0x80000000:
+                        self._fast_newest_ts = ts
+                    self._fast_last_ms = now_ms
+                    if ring.auto_flush:
+                        flush = self._fast_flush
+                        assert flush is not None
+                        flush()
+                    sent = self._fast_size
                     octets = sent * length
                     rest = self._fast_rest
             else:
@@ -328,45 +385,6 @@ class PublishedTrack:
     # (``fast_reset``): the packet goes the one-by-one way and the group forms again after it.
     # Simulcast layers never form one (their downtracks switch layers packet by packet).
 
-    def _fast_forward(self, src: Any, b1_in: int, length: int, seq: int, ts: int, now_ms: int) -> int:
-        ring = self._fast_ring
-        fill = self._fast_fill
-        if self._fast_epoch != ring.epoch or fill == _LANE_DEPTH:
-            fill = self._fast_lanes()
-        ptrs = ring.ptrs
-        views = ring.views
-        iov_lens = ring.iov_lens
-        len_p = self._fast_len_p
-        k = self._fast_lane0 * _LANE_DEPTH + fill
-        for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
-            ptr = ptrs[k]
-            _memmove(ptr, src, length)
-            _pack_header(views[k], 1, b1_map[b1_in], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
-            len_p[0] = length
-            if _srtp_protect(srtp, ptr, len_p):
-                # none of this packet's slots count (they are reused): the group dissolves and
-                # the packet goes the one-by-one way, which counts the error
-                self.fast_reset()
-                return 0
-            iov_lens[2 * k + 1] = length + trailer
-            k += _LANE_DEPTH
-        fill += 1
-        self._fast_fill = fill
-        lane0 = self._fast_lane0
-        fills = self._fast_fills[fill]
-        ring.fills[lane0 : lane0 + len(fills)] = fills
-        self._fast_next = (seq + 1) & 0xFFFF
-        self._fast_count += 1
-        self._fast_octets += length
-        if 0 < (ts - self._fast_newest_ts) & 0xFFFFFFFF < 0x80000000:
-            self._fast_newest_ts = ts
-        self._fast_last_ms = now_ms
-        if ring.auto_flush:
-            flush = self._fast_flush
-            assert flush is not None
-            flush()
-        return len(fills)
-
     def _fast_lanes(self) -> int:
         """Take a lane of the send ring per member (flushing it first when too few are left)."""
         ring = self._fast_ring
@@ -384,6 +402,8 @@ class PublishedTrack:
             base = (lane0 + i) * _LANE_DEPTH
             names[2 * base : 2 * (base + _LANE_DEPTH) : 2] = keys
         self._fast_lane0 = lane0
+        self._fast_slot0 = lane0 * _LANE_DEPTH
+        self._fast_span = slice(lane0, lane0 + count)
         self._fast_epoch = ring.epoch
         self._fast_fill = 0
         return 0
@@ -440,6 +460,7 @@ class PublishedTrack:
         self._fast_generation = ring.generation
         self._fast_epoch = -1
         self._fast_fills = [[fill] * len(members) for fill in range(_LANE_DEPTH + 1)]
+        self._fast_size = len(members)
         self._fast_count = 0
         self._fast_octets = 0
         self._fast_newest_ts = (members[0]._ts.newest_out - members[0]._ts.fast_offset) & 0xFFFFFFFF

@@ -30,7 +30,7 @@ from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing, key_of_address
-from sfu.transport.srtp import SrtpContext, SrtpError, SrtpProfile
+from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpProfile
 from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ OUT_BUFFER_SIZE = 2048
 #: payload type and marker, sequence number, timestamp, SSRC: the RTP header after its first byte
 _B1_SEQ_TS_SSRC = Struct("!BHII")
 _srtp_protect = lib.srtp_protect
+_srtp_unprotect = lib.srtp_unprotect
 _memmove = ffi.memmove
 _LANE_DEPTH = SEND_LANE_DEPTH
 
@@ -249,12 +250,18 @@ class PeerTransport:
                 return
             self._counters.rtcp_in += 1
             sink.on_rtcp(bytes(view[:n]), now_ms)
-        else:
-            n = rx.unprotect_rtp(cbuf, length)
-            if n < 0:
-                self._srtp_drop(n)
+        else:  # SrtpContext.unprotect_rtp, inlined
+            srtp = rx.srtp
+            if srtp is None:
+                self._srtp_drop(-CONTEXT_CLOSED)
                 return
-            sink.on_rtp(cbuf, view, n, now_ms)
+            len_p = rx.len_p
+            len_p[0] = length
+            rc = _srtp_unprotect(srtp, cbuf, len_p)
+            if rc:
+                self._srtp_drop(-rc)
+                return
+            sink.on_rtp(cbuf, view, len_p[0], now_ms)
 
     def _srtp_drop(self, code: int) -> None:
         self._counters.srtp_errors[Direction.INBOUND] += 1
