@@ -23,7 +23,7 @@ from sfu.packet import rtcp
 from sfu.packet.codecs import vp8_descriptor
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.certificate import Certificate
-from tests.e2e.clients import WhepSubscriber
+from tests.e2e.clients import WhepSubscriber, wait_for
 from tests.e2e.conftest import token
 
 if TYPE_CHECKING:
@@ -215,3 +215,15 @@ async def whip_publish(node_url: str, room: str, identity: str, offer: str) -> s
             answer = await resp.text()
             assert resp.status == 201, answer
             return answer
+
+
+async def walk_whep_layers(node: Node, room: str, location: str, layers: list[str]) -> None:
+    """As the WHEP viewer "viewer" at ``location``: choose layer q, then h, then automatic (f),
+    checking each answer and waiting for 20 packets of that layer in ``layers`` each time."""
+    viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
+    for rid in ("q", "h", None):
+        status, result = await post_layer(node, location, viewer_tok, {"rid": rid})
+        assert status == 200, result
+        assert result["target"] == rid and [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
+        want = rid or "f"
+        await wait_for(lambda w=want: layers[-20:] == [w] * 20, 5, f"layer {want}")

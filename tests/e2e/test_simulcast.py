@@ -18,6 +18,7 @@ from tests.e2e.simulcast_support import (
     post_layer,
     runs,
     simulcast_offer,
+    walk_whep_layers,
     whep_location,
     whip_publish,
 )
@@ -48,13 +49,7 @@ async def test_rid_layers_reach_a_whep_subscriber_that_switches_layers(node: Nod
         await wait_for(lambda: layers_seen.count("f") >= 30, 10, "the highest layer, by default")
         assert set(layers_seen) == {"f"}
 
-        viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
-        for rid in ("q", "h", None):
-            status, result = await post_layer(node, location, viewer_tok, {"rid": rid})
-            assert status == 200, result
-            assert result["target"] == rid and [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
-            want = rid or "f"
-            await wait_for(lambda w=want: layers_seen[-20:] == [w] * 20, 5, f"layer {want}")
+        await walk_whep_layers(node, room, location, layers_seen)
 
         # each switch is one clean cut: f..f q..q h..h f..f, no packet of the old layer after the new one
         assert runs(layers_seen) == ["f", "q", "h", "f"], runs(layers_seen)
@@ -66,6 +61,7 @@ async def test_rid_layers_reach_a_whep_subscriber_that_switches_layers(node: Nod
         assert node.counters.drops[DropReason.RTP_UNKNOWN_SSRC] == 0
 
         # refusals, each with its catalogue code
+        viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
         refusals = [
             (location, viewer_tok, {"rid": "x"}, 400, "bad_request"),
             (location, viewer_tok, {"rid": 3}, 400, "bad_request"),

@@ -19,9 +19,9 @@ from tests.e2e.simulcast_support import (
     SimulcastSender,
     layer_logger,
     payload_logger,
-    post_layer,
     runs,
     simulcast_offer,
+    walk_whep_layers,
     whep_location,
 )
 from tests.e2e.test_http_errors import call
@@ -53,13 +53,7 @@ async def test_whep_viewer_of_a_signaling_simulcast_source(node: Node) -> None:
         assert "a=sendonly" in video and video.count("a=ssrc:") >= 1 and "a=simulcast" not in video
         location = whep_location(node, room, "viewer")
         await wait_for(lambda: layers.count("f") >= 30, 10, "the highest layer, by default")
-        viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
-        for rid in ("q", "h", None):
-            status, result = await post_layer(node, location, viewer_tok, {"rid": rid})
-            assert status == 200, result
-            assert result["target"] == rid and [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
-            want = rid or "f"
-            await wait_for(lambda w=want: layers[-20:] == [w] * 20, 5, f"layer {want}")
+        await walk_whep_layers(node, room, location, layers)
         assert runs(layers) == ["f", "q", "h", "f"], runs(layers)
         assert sub.logs["video"].gaps() == [] and len(sub.logs["video"].packets) == len(layers)
         assert sender.plis["q"] >= 1 and sender.plis["h"] >= 1
