@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
 from playwright.async_api import Browser
@@ -17,6 +15,7 @@ from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM, DemoPage
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
+from tests.e2e.simulcast_support import choose_layer
 
 pytestmark = [
     pytest.mark.browser,
@@ -286,16 +285,6 @@ class FrameSizeSubscriber(WhepSubscriber):
                 self.widths.append(int(getattr(frame, "width", 0)))
 
 
-async def _choose_layer(node: Node, location: str, tok: str, rid: str | None) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{node.url}{location}/layer", json={"rid": rid}, headers={"Authorization": f"Bearer {tok}"}
-        ) as resp:
-            body: dict[str, Any] = await resp.json(content_type=None)
-            assert resp.status == 200, body
-            return body
-
-
 async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser: Browser) -> None:
     """Chromium publishes three layers; an aiortc WHEP subscriber moves between them with the layer
     route and keeps decoding, at each layer's size, with no gap in its RTP sequence."""
@@ -313,7 +302,7 @@ async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser
         tok = token(room, "watcher", ("room:join", "room:subscribe"))
         widths = {"q": 320, "h": 640, "f": 1280}
         for rid in ("h", "q", "h", None):
-            chosen = await _choose_layer(node, location, tok, rid)
+            chosen = await choose_layer(node, location, tok, rid)
             assert chosen["target"] == rid and [x["rid"] for x in chosen["layers"]] == ["q", "h", "f"], chosen
             # None: back to the best layer the publisher sends now
             width = widths[rid or chosen["switching_to"] or chosen["current"]]

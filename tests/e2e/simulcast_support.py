@@ -22,6 +22,7 @@ from sfu.node import Node
 from sfu.packet import rtcp
 from sfu.packet.codecs import vp8_descriptor
 from sfu.packet.rtp import RtpHeader, RtpPacket
+from sfu.routing.track import PublishedTrack
 from sfu.transport.certificate import Certificate
 from tests.e2e.clients import WhepSubscriber, wait_for
 from tests.e2e.conftest import token
@@ -222,8 +223,20 @@ async def walk_whep_layers(node: Node, room: str, location: str, layers: list[st
     checking each answer and waiting for 20 packets of that layer in ``layers`` each time."""
     viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
     for rid in ("q", "h", None):
-        status, result = await post_layer(node, location, viewer_tok, {"rid": rid})
-        assert status == 200, result
+        result = await choose_layer(node, location, viewer_tok, rid)
         assert result["target"] == rid and [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
         want = rid or "f"
         await wait_for(lambda w=want: layers[-20:] == [w] * 20, 5, f"layer {want}")
+
+
+async def choose_layer(node: Node, location: str, tok: str, rid: str | None) -> dict[str, Any]:
+    """``post_layer`` with ``{"rid": rid}``, which must succeed: the answer's body."""
+    status, body = await post_layer(node, location, tok, {"rid": rid})
+    assert status == 200, body
+    return body
+
+
+def published_layers(node: Node, identity: str) -> dict[str, PublishedTrack]:
+    """The simulcast layers ``identity`` publishes, by rid (empty while it is not in a room)."""
+    p = next((p for p in node.router.participants.values() if p.identity == identity), None)
+    return {} if p is None else {t.rid: t for t in p.tracks.values() if t.rid}

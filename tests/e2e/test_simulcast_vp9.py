@@ -23,8 +23,8 @@ from tests.e2e.conftest import token
 from tests.e2e.simulcast_support import (
     RID_PACKETS,
     SimulcastSender,
+    choose_layer,
     layer_of,
-    post_layer,
     runs,
     simulcast_offer,
 )
@@ -99,8 +99,7 @@ async def test_vp9_simulcast_layer_switches_keep_picture_ids_continuous(node: No
         await wait_for(lambda: [p[0] for p in got.pictures].count("f") >= 20, 10, "the highest layer, by default")
         viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
         for rid in ("h", "q", "f", "h", "q"):
-            status, result = await post_layer(node, location, viewer_tok, {"rid": rid})
-            assert status == 200, result
+            await choose_layer(node, location, viewer_tok, rid)
             await wait_for(lambda r=rid: [p[0] for p in got.pictures[-12:]] == [r] * 12, 5, f"layer {rid}")
 
         layers = [p[0] for p in got.pictures]
