@@ -15,7 +15,7 @@ from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM
 from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
-from tests.e2e.simulcast_support import published_layers
+from tests.e2e.simulcast_support import consume_widths, published_layers
 from tests.e2e.test_rtc_signaling import RtcClient
 
 pytestmark = [
@@ -41,13 +41,7 @@ class WidthClient(RtcClient):
     widths: list[int]
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except Exception:
-                return
-            if track.kind == "video":
-                self.widths.append(int(getattr(frame, "width", 0)))
+        await consume_widths(track, self.widths)
 
 
 async def _publish(browser: Browser, node: Node, room: str, identity: str) -> tuple[Any, list[dict[str, Any]]]:

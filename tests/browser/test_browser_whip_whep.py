@@ -15,7 +15,7 @@ from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM, DemoPage
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
-from tests.e2e.simulcast_support import choose_layer
+from tests.e2e.simulcast_support import choose_layer, consume_widths
 
 pytestmark = [
     pytest.mark.browser,
@@ -275,14 +275,7 @@ class FrameSizeSubscriber(WhepSubscriber):
     widths: list[int]
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except Exception:
-                return
-            self.frames[track.kind] += 1
-            if track.kind == "video":
-                self.widths.append(int(getattr(frame, "width", 0)))
+        await consume_widths(track, self.widths, self.frames)
 
 
 async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser: Browser) -> None:

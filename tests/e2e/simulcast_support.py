@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket as AiortcPacket
 
 from sfu.client.lite import LiteEndpoint
@@ -240,3 +241,17 @@ def published_layers(node: Node, identity: str) -> dict[str, PublishedTrack]:
     """The simulcast layers ``identity`` publishes, by rid (empty while it is not in a room)."""
     p = next((p for p in node.router.participants.values() if p.identity == identity), None)
     return {} if p is None else {t.rid: t for t in p.tracks.values() if t.rid}
+
+
+async def consume_widths(track: MediaStreamTrack, widths: list[int], frames: dict[str, int] | None = None) -> None:
+    """Decode ``track`` until it ends, keeping the width of every video frame (and counting the
+    frames by kind in ``frames``): the ``_consume`` of a client that checks which layer it gets."""
+    while True:
+        try:
+            frame = await track.recv()
+        except Exception:
+            return
+        if frames is not None:
+            frames[track.kind] += 1
+        if track.kind == "video":
+            widths.append(int(getattr(frame, "width", 0)))
