@@ -87,6 +87,9 @@ class Ring:
         """Receive up to ``vlen`` datagrams without blocking; 0 when nothing is queued."""
         for i in range(vlen):
             self.iovs[i].iov_len = SLOT_SIZE
+        return self._recvmmsg(fd, vlen)
+
+    def _recvmmsg(self, fd: int, vlen: int) -> int:
         n = int(libc.recvmmsg(fd, self.msgs, vlen, MSG_DONTWAIT, ffi.NULL))
         if n < 0:
             if ffi.errno == EAGAIN:
@@ -143,12 +146,8 @@ class StampedRecvRing(Ring):
             self.ctl[4 * i + 1] = 0
 
     def recv(self, fd: int, vlen: int) -> int:
-        n = int(libc.recvmmsg(fd, self.msgs, vlen, MSG_DONTWAIT, ffi.NULL))
-        if n < 0:
-            if ffi.errno == EAGAIN:
-                return 0
-            raise OSError(ffi.errno, "recvmmsg failed")
-        return n
+        """As ``Ring.recv``, without first resetting the slots' iov lengths."""
+        return self._recvmmsg(fd, vlen)
 
     def stamp_ns(self, i: int) -> int:
         """Slot i's kernel receive time (``CLOCK_REALTIME`` ns), or -1 if it carries none."""

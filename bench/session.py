@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from bench.srtpkit import Key
-from sfu.client.lite import LiteEndpoint
+from sfu.client.lite import Answer, LiteEndpoint
 from sfu.transport.certificate import Certificate
 from sfu.transport.srtp import SrtpProfile
 
@@ -84,6 +84,25 @@ async def _post_offer(http: aiohttp.ClientSession, spec: SessionSpec, sdp: str) 
         return body
 
 
+async def take_over(ep: LiteEndpoint, answer: str, *, sending: bool, socket_buffer: int, timeout_s: float,
+                    what: str) -> tuple[Answer, Key]:
+    """Finish ICE and DTLS with the node's ``answer``, then hand the endpoint's socket to the
+    caller's own loop (no asyncio reader; ``socket_buffer`` bytes each way).  The answer and the
+    SRTP master key of our direction (outbound when ``sending``, else inbound); ``SessionError``
+    (naming ``what``) when the handshake fails."""
+    try:
+        await ep.connect(answer, timeout_s=timeout_s)
+    except (TimeoutError, ConnectionError, ValueError) as exc:
+        raise SessionError(f"{what}: {exc}") from exc
+    asyncio.get_running_loop().remove_reader(ep.sock.fileno())  # the caller's loop owns it now
+    keys = ep.dtls.srtp_keys if ep.dtls is not None else None
+    if keys is None or keys.profile is not PROFILE or ep.remote is None:
+        raise SessionError(f"{what}: DTLS did not yield {PROFILE.name} keys")
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        ep.sock.setsockopt(socket.SOL_SOCKET, opt, socket_buffer)
+    return ep.remote, Key(keys.local_master if sending else keys.remote_master)
+
+
 async def _open_one(http: aiohttp.ClientSession, spec: SessionSpec, cert: Certificate,
                     timeout_s: float) -> MediaSession:
     ep = LiteEndpoint(cert, srtp_profiles=[PROFILE])
@@ -93,18 +112,11 @@ async def _open_one(http: aiohttp.ClientSession, spec: SessionSpec, cert: Certif
         else:
             sdp = ep.offer(send=False)
         answer = await _post_offer(http, spec, sdp)
-        try:
-            await ep.connect(answer, timeout_s=timeout_s)
-        except (TimeoutError, ConnectionError, ValueError) as exc:
-            raise SessionError(f"{spec.role.value} {spec.url}: {exc}") from exc
-        asyncio.get_running_loop().remove_reader(ep.sock.fileno())  # the bench loop owns it now
-        keys = ep.dtls.srtp_keys if ep.dtls is not None else None
-        if keys is None or keys.profile is not PROFILE or ep.remote is None:
-            raise SessionError(f"{spec.role.value}: DTLS did not yield {PROFILE.name} keys")
-        master = keys.local_master if spec.role is Role.PUBLISH else keys.remote_master
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            ep.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        return MediaSession(ep, ep.remote.candidate, Key(master), list(ep.remote.ssrcs))
+        remote, key = await take_over(
+            ep, answer, sending=spec.role is Role.PUBLISH, socket_buffer=SOCKET_BUFFER, timeout_s=timeout_s,
+            what=f"{spec.role.value} {spec.url}",
+        )
+        return MediaSession(ep, remote.candidate, key, list(remote.ssrcs))
     except BaseException:
         ep.close()
         raise

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from levelchat.config import ConfigError
 from sfu import config as node_config
 from sfu.logs import setup_logging
+from sfu.signals import stop_on_signals
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,28 +42,12 @@ async def run(cfg: node_config.NodeConfig) -> int:
     # more than one worker: this process is the front (sfu.workers), the workers forward
     node: Node | Front = Front(cfg) if cfg.worker_count > 1 else Node(cfg)
     await node.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    terms = 0
-    pending: list[asyncio.Future[None]] = []
 
-    def on_sigterm() -> None:
-        # first SIGTERM: graceful drain, exit when it completes; a second one: exit at once
-        nonlocal terms
-        terms += 1
-        if terms == 1:
-            print(f"levelchat-sfu: SIGTERM: draining (up to {cfg.drain_deadline_s:.0f} s)", file=sys.stderr, flush=True)
-            node.start_drain(cfg.drain_deadline_s)
-            pending.append(asyncio.ensure_future(_stop_when_drained()))
-        else:
-            stop.set()
+    def announce_drain() -> None:
+        print(f"levelchat-sfu: SIGTERM: draining (up to {cfg.drain_deadline_s:.0f} s)", file=sys.stderr, flush=True)
 
-    async def _stop_when_drained() -> None:
-        await node.drained.wait()
-        stop.set()
-
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # first SIGTERM: graceful drain, exit when it completes; a second one: exit at once
+    stop = stop_on_signals(node, cfg.drain_deadline_s, announce_drain)
     ports = f"{node.media_port}" if cfg.worker_count == 1 else f"{node.media_port}+, {cfg.worker_count} workers"
     print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{ports})", flush=True)
     waiters = [asyncio.create_task(stop.wait())]

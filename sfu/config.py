@@ -157,7 +157,11 @@ class NodeConfig:
 
     @property
     def effective_node_id(self) -> str:
-        return self.node_id or f"node-{socket.gethostname()}-{self.http_port}"
+        return self.node_id_at(self.http_port)
+
+    def node_id_at(self, http_port: int) -> str:
+        """``node_id``, or one made of the host name and the HTTP port the node is bound to."""
+        return self.node_id or f"node-{socket.gethostname()}-{http_port}"
 
     def url(self, http_port: int | None = None) -> str:
         if self.public_url:
@@ -179,6 +183,22 @@ DEV_DEFAULTS: Mapping[str, Any] = {
     "auto_create_rooms": True,
     "cors_origins": None,
 }
+
+
+class HttpBound:
+    """The public address and identity of what serves the API (a node, or a multi-worker front)
+    once its HTTP port is bound (``http_port``; 0 in ``config`` means any free port)."""
+
+    config: NodeConfig
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        return self.config.url(self.http_port)
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id_at(self.http_port)
 
 
 def load(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from enum import IntEnum
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -50,14 +51,8 @@ class NodeCollector(Collector):
         fw.add_metric(["rtcp"], c.rtcp_out)
         yield fw
         yield CounterMetricFamily(PREFIX + "sfu_bytes_forwarded", "bytes forwarded", value=c.bytes_out)
-        drops = CounterMetricFamily(PREFIX + "sfu_packets_dropped", "datagrams dropped", labels=["reason"])
-        for reason in DropReason:
-            drops.add_metric([reason.name.lower()], c.drops[reason])
-        yield drops
-        srtp = CounterMetricFamily(PREFIX + "sfu_srtp_errors", "SRTP failures", labels=["direction"])
-        for d in Direction:
-            srtp.add_metric([d.name.lower()], c.srtp_errors[d])
-        yield srtp
+        yield _by_member("sfu_packets_dropped", "datagrams dropped", "reason", DropReason, c.drops)
+        yield _by_member("sfu_srtp_errors", "SRTP failures", "direction", Direction, c.srtp_errors)
         yield CounterMetricFamily(PREFIX + "sfu_nack", "NACKs received from subscribers", value=c.nack_in)
         yield CounterMetricFamily(PREFIX + "sfu_pli", "PLI/FIR received from subscribers", value=c.pli_in)
         yield CounterMetricFamily(PREFIX + "sfu_keyframe_requests", "keyframe requests sent", value=c.keyframe_requests)
@@ -81,24 +76,24 @@ class NodeCollector(Collector):
 def _upstream_recovery(c: MediaCounters) -> Iterator[object]:
     """Loss recovery on the publisher leg: NACKs sent upstream, holes recovered or given up."""
     yield CounterMetricFamily(PREFIX + "sfu_upstream_nack", "NACKs sent to publishers", value=c.nack_out)
-    seqs = CounterMetricFamily(
-        PREFIX + "sfu_upstream_nacked_packets", "sequence numbers NACKed to publishers", labels=["attempt"]
+    yield _by_member(
+        "sfu_upstream_nacked_packets", "sequence numbers NACKed to publishers", "attempt", NackAttempt, c.nack_out_seqs
     )
-    for attempt in NackAttempt:
-        seqs.add_metric([attempt.name.lower()], c.nack_out_seqs[attempt])
-    yield seqs
-    recovered = CounterMetricFamily(
-        PREFIX + "sfu_upstream_recovered_packets", "lost publisher packets that arrived after all", labels=["via"]
+    yield _by_member(
+        "sfu_upstream_recovered_packets", "lost publisher packets that arrived after all", "via", RecoveredVia, c.recovered
     )
-    for via in RecoveredVia:
-        recovered.add_metric([via.name.lower()], c.recovered[via])
-    yield recovered
-    given_up = CounterMetricFamily(
-        PREFIX + "sfu_upstream_holes_given_up", "lost publisher packets no longer asked for", labels=["reason"]
+    yield _by_member(
+        "sfu_upstream_holes_given_up", "lost publisher packets no longer asked for", "reason", GiveUp, c.holes_given_up
     )
-    for why in GiveUp:
-        given_up.add_metric([why.name.lower()], c.holes_given_up[why])
-    yield given_up
+
+
+def _by_member(name: str, doc: str, label: str, members: type[IntEnum], counts: Sequence[int]) -> CounterMetricFamily:
+    """A counter family with one sample per member of ``members`` (labelled with its lower-case
+    name), read from ``counts`` indexed by member."""
+    family = CounterMetricFamily(PREFIX + name, doc, labels=[label])
+    for member in members:
+        family.add_metric([member.name.lower()], counts[member])
+    return family
 
 
 def make_registry(collector: Collector) -> CollectorRegistry:
@@ -128,24 +123,11 @@ class DataCollector(Collector):
             g = GaugeMetricFamily(PREFIX + name, name.replace("_", " "))
             g.add_metric([], value)
             yield g
-        rx = CounterMetricFamily(PREFIX + "sfu_data_messages_received", "data messages received", labels=["kind"])
-        relayed = CounterMetricFamily(
-            PREFIX + "sfu_data_messages_relayed", "data messages delivered to a participant", labels=["kind"]
-        )
-        for kind in DataKind:
-            rx.add_metric([kind.name.lower()], c.received[kind])
-            relayed.add_metric([kind.name.lower()], c.relayed[kind])
-        yield rx
-        yield relayed
+        yield _by_member("sfu_data_messages_received", "data messages received", "kind", DataKind, c.received)
+        yield _by_member("sfu_data_messages_relayed", "data messages delivered to a participant", "kind", DataKind, c.relayed)
         yield CounterMetricFamily(PREFIX + "sfu_data_bytes_relayed", "data payload bytes relayed", value=c.bytes_relayed)
-        drops = CounterMetricFamily(PREFIX + "sfu_data_messages_dropped", "data messages not relayed", labels=["reason"])
-        for reason in DataDrop:
-            drops.add_metric([reason.name.lower()], c.drops[reason])
-        yield drops
-        sctp = CounterMetricFamily(PREFIX + "sfu_sctp_dropped", "SCTP input refused", labels=["reason"])
-        for why in SctpDrop:
-            sctp.add_metric([why.name.lower()], s.drops[why])
-        yield sctp
+        yield _by_member("sfu_data_messages_dropped", "data messages not relayed", "reason", DataDrop, c.drops)
+        yield _by_member("sfu_sctp_dropped", "SCTP input refused", "reason", SctpDrop, s.drops)
         yield CounterMetricFamily(PREFIX + "sfu_sctp_packets_received", "SCTP packets received", value=s.packets_in)
         yield CounterMetricFamily(PREFIX + "sfu_sctp_packets_sent", "SCTP packets sent", value=s.packets_out)
         yield CounterMetricFamily(PREFIX + "sfu_sctp_retransmissions", "SCTP chunks retransmitted", value=s.retransmissions)

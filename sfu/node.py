@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
-from sfu.config import NodeConfig
+from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
 from sfu.metrics import NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
@@ -34,7 +33,7 @@ TICK_S = 1.0
 DRAIN_POLL_S = 0.5
 
 
-class Node:
+class Node(HttpBound):
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.instance = secrets.token_hex(4)
@@ -133,14 +132,6 @@ class Node:
 
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
         return web.TCPSite(runner, self.config.http_host, self.config.http_port, reuse_address=True)
-
-    @property
-    def url(self) -> str:
-        return self.config.url(self.http_port)
-
-    @property
-    def node_id(self) -> str:
-        return self.config.node_id or f"node-{socket.gethostname()}-{self.http_port}"
 
     async def _ticker(self) -> None:
         while True:

@@ -20,7 +20,7 @@ import aiohttp
 
 from bench.loadgen.plan import AUDIO_PT, RID_RESTRICTIONS, VIDEO_PT, Publisher, Stream, Subscriber
 from bench.loadgen.wire import MID_EXT_ID, RID_EXT_ID
-from bench.session import PROFILE, SOCKET_BUFFER, SessionError
+from bench.session import PROFILE, SOCKET_BUFFER, SessionError, take_over
 from bench.srtpkit import Key
 from sfu.client.lite import LiteEndpoint
 from sfu.transport.certificate import Certificate
@@ -103,18 +103,10 @@ async def _open(http: aiohttp.ClientSession, cert: Certificate, url: str, token:
     try:
         sdp = publish_offer(ep, publish) if publish is not None else ep.offer(send=False)
         answer, location = await _post(http, url, token, sdp)
-        try:
-            await ep.connect(answer, timeout_s=timeout_s)
-        except (TimeoutError, ConnectionError, ValueError) as exc:
-            raise SessionError(f"{url}: {exc}") from exc
-        asyncio.get_running_loop().remove_reader(ep.sock.fileno())  # the generator loop owns it now
-        keys = ep.dtls.srtp_keys if ep.dtls is not None else None
-        if keys is None or keys.profile is not PROFILE or ep.remote is None:
-            raise SessionError(f"{url}: DTLS did not yield {PROFILE.name} keys")
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            ep.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER // 4)
-        master = keys.local_master if publish is not None else keys.remote_master
-        return OpenSession(ep, ep.remote.candidate, Key(master), location, token)
+        remote, key = await take_over(
+            ep, answer, sending=publish is not None, socket_buffer=SOCKET_BUFFER // 4, timeout_s=timeout_s, what=url
+        )
+        return OpenSession(ep, remote.candidate, key, location, token)
     except BaseException:
         ep.close()
         raise

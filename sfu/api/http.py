@@ -28,6 +28,7 @@ from sfu.signaling import sdpfrag
 from sfu.transport.peer import CloseReason
 
 if TYPE_CHECKING:
+    from sfu.config import NodeConfig
     from sfu.node import Node
 
 NODE_KEY = web.AppKey("node", object)
@@ -309,13 +310,15 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-def create_app(node: Node) -> web.Application:
-    def count(request: web.Request, status: int) -> None:
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        key = (route, str(status))
-        node.http_counts[key] = node.http_counts.get(key, 0) + 1
+def api_application(cfg: NodeConfig, http_counts: dict[tuple[str, str], int]) -> web.Application:
+    """An empty application with the API's middlewares (errors, CORS, rate limits), counting each
+    response in ``http_counts`` by (route, status): shared by a node and a multi-worker front."""
 
-    cfg = node.config
+    def count(request: web.Request, status: int) -> None:
+        resource = request.match_info.route.resource
+        key = (resource.canonical if resource else "unmatched", str(status))
+        http_counts[key] = http_counts.get(key, 0) + 1
+
     limiter = make_rate_limit_middleware(
         per_ip=Limit(cfg.rate_limit_ip_per_s, cfg.rate_limit_ip_burst) if cfg.rate_limit_ip_per_s > 0 else None,
         per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
@@ -325,7 +328,7 @@ def create_app(node: Node) -> web.Application:
     # The inner error middleware turns refusals (the handlers', the limiter's) into problems before
     # CORS decorates them, so a browser app can read every problem; the outer one answers the CORS
     # middleware's own refusal (an origin not allowed) and counts every response once.
-    app = web.Application(
+    return web.Application(
         middlewares=[
             make_error_middleware(count),
             make_cors_middleware(cfg.cors_origins),
@@ -334,6 +337,17 @@ def create_app(node: Node) -> web.Application:
         ],
         client_max_size=256 * 1024,
     )
+
+
+def add_static_routes(router: web.UrlDispatcher) -> None:
+    """``/`` (the demo page) and ``/static``, when the static folder is installed."""
+    if STATIC_DIR.is_dir():
+        router.add_get("/", index)
+        router.add_static("/static", STATIC_DIR)
+
+
+def create_app(node: Node) -> web.Application:
+    app = api_application(node.config, node.http_counts)
     app[NODE_KEY] = node
     r = app.router
     r.add_post("/whip/{room}", whip_post)
@@ -356,7 +370,5 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
-    if STATIC_DIR.is_dir():
-        r.add_get("/", index)
-        r.add_static("/static", STATIC_DIR)
+    add_static_routes(r)
     return app

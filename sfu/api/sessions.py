@@ -42,21 +42,37 @@ def rtx_apt(track: sdp.PublishTrack) -> dict[int, int]:
 
 def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
     """One TrackSpec per media SSRC the offer signals for a negotiated section."""
-    codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
-    return [
-        TrackSpec(
-            kind=track.kind.value,
-            mid=track.mid,
-            ssrc=ssrc,
-            codecs=codecs,
-            ext_ids=dict(track.header_extensions),
-            rtx_ssrc=track.rtx_ssrcs.get(ssrc),
-            remb=takes_remb(track),
-            nack=takes_nack(track),
-            rtx_apt=rtx_apt(track),
-        )
-        for ssrc in track.ssrcs
-    ]
+    codecs = _media_codecs(track)
+    return [_track_spec(track, ssrc, codecs, rtx_ssrc=track.rtx_ssrcs.get(ssrc)) for ssrc in track.ssrcs]
+
+
+def _media_codecs(track: sdp.PublishTrack) -> list[TrackCodec]:
+    return [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+
+
+def _track_spec(
+    track: sdp.PublishTrack,
+    ssrc: int,
+    codecs: list[TrackCodec],
+    *,
+    rtx_ssrc: int | None = None,
+    rid: str | None = None,
+    rid_params: str = "",
+) -> TrackSpec:
+    """The TrackSpec of one SSRC (or one simulcast layer) of a negotiated section."""
+    return TrackSpec(
+        kind=track.kind.value,
+        mid=track.mid,
+        ssrc=ssrc,
+        codecs=codecs,
+        ext_ids=dict(track.header_extensions),
+        rtx_ssrc=rtx_ssrc,
+        rid=rid,
+        rid_params=rid_params,
+        remb=takes_remb(track),
+        nack=takes_nack(track),
+        rtx_apt=rtx_apt(track),
+    )
 
 
 def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiation, placeholder: int = 0) -> list[TrackSpec]:
@@ -65,7 +81,7 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
     media SSRC.  ``ApiError`` (``bad_request``) for an a=rid line with bad restrictions."""
     specs: list[TrackSpec] = []
     for track in negotiation.tracks:
-        codecs = [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+        codecs = _media_codecs(track)
         section = offer.section(track.mid)
         rid_params = {r.id: r.params for r in section.rids} if section is not None else {}
         for rid in track.rids:
@@ -74,20 +90,7 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
                 RidRestrictions.parse(rid_params.get(rid, ""))
             except ValueError as exc:
                 raise ApiError("bad_request", f"mid {track.mid!r}: {exc}") from None
-            specs.append(
-                TrackSpec(
-                    kind=track.kind.value,
-                    mid=track.mid,
-                    ssrc=placeholder,
-                    codecs=codecs,
-                    ext_ids=dict(track.header_extensions),
-                    rid=rid,
-                    rid_params=rid_params.get(rid, ""),
-                    remb=takes_remb(track),
-                    nack=takes_nack(track),
-                    rtx_apt=rtx_apt(track),
-                )
-            )
+            specs.append(_track_spec(track, placeholder, codecs, rid=rid, rid_params=rid_params.get(rid, "")))
         specs.extend(ssrc_track_specs(track))
     return specs
 

@@ -85,6 +85,13 @@ class Vp8Descriptor:
     keyidx: int  # -1 when absent
 
 
+def _picture_id(payload: Payload, pos: int) -> tuple[int, int]:
+    """The VP8/VP9 picture ID at ``payload[pos]`` (M bit: 15 bits, else 7) and its width."""
+    if payload[pos] & 0x80:
+        return ((payload[pos] & 0x7F) << 8) | payload[pos + 1], 15
+    return payload[pos] & 0x7F, 7
+
+
 def vp8_descriptor(payload: Payload) -> Vp8Descriptor | None:
     """Parse the VP8 payload descriptor, or ``None`` when truncated."""
     size = _vp8_descriptor_size(payload)
@@ -99,14 +106,8 @@ def vp8_descriptor(payload: Payload) -> Vp8Descriptor | None:
         pos = 2
         if x & 0x80:
             pid_off = pos
-            if payload[pos] & 0x80:
-                picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
-                pid_bits = 15
-                pos += 2
-            else:
-                picture_id = payload[pos] & 0x7F
-                pid_bits = 7
-                pos += 1
+            picture_id, pid_bits = _picture_id(payload, pos)
+            pos += 2 if pid_bits == 15 else 1
         if x & 0x40:
             tl0_off = pos
             tl0 = payload[pos]
@@ -250,14 +251,8 @@ def vp9_descriptor(payload: Payload) -> Vp9Descriptor | None:
     pos = 1
     if b0 & 0x80:
         pid_off = pos
-        if payload[pos] & 0x80:
-            picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
-            pid_bits = 15
-            pos += 2
-        else:
-            picture_id = payload[pos]
-            pid_bits = 7
-            pos += 1
+        picture_id, pid_bits = _picture_id(payload, pos)
+        pos += 2 if pid_bits == 15 else 1
     if b0 & 0x20:
         layer = payload[pos]
         tid, sid, dependency = layer >> 5, (layer >> 1) & 0x07, bool(layer & 0x01)

@@ -30,34 +30,10 @@ ABSENT = -1
 def descriptor_fields(buf: Buffer, start: int, end: int) -> tuple[int, int, int, int] | None:
     """Where the rewritable fields of the VP8 payload descriptor at ``buf[start:end]`` are:
     (picture ID offset, its width in bits (7, 15 or 0), TL0PICIDX offset, KEYIDX offset), offsets
-    -1 when absent; None when the descriptor is truncated.  (A helper for tests and tools; the
-    munger parses inline.)"""
-    if end - start < 1:
-        return None
-    pid = tl0 = key = ABSENT
-    bits = 0
-    if not buf[start] & 0x80:
-        return pid, bits, tl0, key
-    if end - start < 2:
-        return None
-    x = buf[start + 1]
-    pos = start + 2
-    if x & 0x80:
-        if pos >= end:
-            return None
-        pid = pos
-        bits = 15 if buf[pos] & 0x80 else 7
-        pos += 2 if bits == 15 else 1
-    if x & 0x40:
-        tl0 = pos
-        pos += 1
-    if x & 0x30:
-        if x & 0x10:
-            key = pos
-        pos += 1
-    if pos > end:
-        return None
-    return pid, bits, tl0, key
+    -1 when absent; None when the descriptor is truncated.  (A helper for tests and tools: the
+    munger's own parser, its rewrite left out.)"""
+    locator = _Vp8Locator()
+    return locator.found if locator.rewrite(memoryview(buf), start, end) else None
 
 
 class Vp8Munger:
@@ -149,3 +125,16 @@ class Vp8Munger:
             buf[key_at] = (b & 0xE0) | out
             if not retransmission and (self._last_key < 0 or 0 < (out - self._last_key) & KEYIDX_MASK < 0x10):
                 self._last_key = out
+
+
+class _Vp8Locator(Vp8Munger):
+    """``Vp8Munger``'s parser with ``apply`` noting where the fields are instead of rewriting."""
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = (ABSENT, 0, ABSENT, ABSENT)
+
+    def apply(self, buf: Writable, pid_at: int, wide: bool, tl0_at: int, key_at: int, retransmission: bool) -> None:
+        self.found = (pid_at, (15 if wide else 7) if pid_at >= 0 else 0, tl0_at, key_at)

@@ -21,28 +21,10 @@ from sfu.packet.vp8 import ABSENT, Vp8Munger, Writable
 def descriptor_fields(buf: Buffer, start: int, end: int) -> tuple[int, int, int] | None:
     """Where the rewritable fields of the VP9 payload descriptor at ``buf[start:end]`` are:
     (picture ID offset, its width in bits (7, 15 or 0), TL0PICIDX offset), offsets -1 when
-    absent; None when the descriptor is truncated.  (For tests and tools: the munger parses
-    inline.)"""
-    if end - start < 1:
-        return None
-    b0 = buf[start]
-    pos = start + 1
-    pid = tl0 = ABSENT
-    bits = 0
-    if b0 & 0x80:
-        if pos >= end:
-            return None
-        pid = pos
-        bits = 15 if buf[pos] & 0x80 else 7
-        pos += 2 if bits == 15 else 1
-    if b0 & 0x20:
-        pos += 1
-        if not b0 & 0x10:
-            tl0 = pos
-            pos += 1
-    if pos > end:
-        return None
-    return pid, bits, tl0
+    absent; None when the descriptor is truncated.  (For tests and tools: the munger's own parser,
+    its rewrite left out.)"""
+    locator = _Vp9Locator()
+    return locator.found if locator.rewrite(memoryview(buf), start, end) else None
 
 
 class Vp9Munger(Vp8Munger):
@@ -75,3 +57,16 @@ class Vp9Munger(Vp8Munger):
         if pid_at >= 0 or tl0_at >= 0:
             self.apply(buf, pid_at, wide, tl0_at, -1, retransmission)
         return True
+
+
+class _Vp9Locator(Vp9Munger):
+    """``Vp9Munger``'s parser with ``apply`` noting where the fields are instead of rewriting."""
+
+    __slots__ = ("found",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = (ABSENT, 0, ABSENT)
+
+    def apply(self, buf: Writable, pid_at: int, wide: bool, tl0_at: int, key_at: int, retransmission: bool) -> None:
+        self.found = (pid_at, (15 if wide else 7) if pid_at >= 0 else 0, tl0_at)

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -26,20 +25,17 @@ import jwt
 from aiohttp import web
 
 from levelchat.errors import ApiError
-from levelchat.ratelimit import Limit, make_rate_limit_middleware
 from levelchat.tokens import ApiKey, TokenVerifier, validate_room
 from levelchat.web import (
     bearer_token,
     json_response,
-    make_cors_middleware,
-    make_error_middleware,
     read_json,
 )
 from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
-from sfu.api.http import RATE_LIMITED_PATHS, STATIC_DIR
+from sfu.api.http import add_static_routes, api_application
 from sfu.api.rtc import RTC_PATH
-from sfu.config import NodeConfig
+from sfu.config import HttpBound, NodeConfig
 from sfu.metrics import CONTENT_TYPE
 from sfu.transport.peer import CloseReason
 from sfu.workers.metrics import FrontCollector, relabel, render_front
@@ -54,7 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DRAIN_MARGIN_S = 5.0
 
 
-class Front:
+class Front(HttpBound):
     def __init__(self, config: NodeConfig) -> None:
         n = config.worker_count
         #: the node as a whole: ``max_rooms`` and ``max_participants`` apply to each worker, so the
@@ -116,14 +112,6 @@ class Front:
     @property
     def workers(self) -> list[Worker]:
         return self.supervisor.workers
-
-    @property
-    def url(self) -> str:
-        return self.config.url(self.http_port)
-
-    @property
-    def node_id(self) -> str:
-        return self.config.node_id or f"node-{socket.gethostname()}-{self.http_port}"
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -423,26 +411,8 @@ class Front:
         )
         return web.Response(body=render_front(collector), headers={"Content-Type": CONTENT_TYPE})
 
-    async def index(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC_DIR / "index.html")
-
     def make_app(self) -> web.Application:
-        def count(request: web.Request, status: int) -> None:
-            resource = request.match_info.route.resource
-            key = (resource.canonical if resource else "unmatched", str(status))
-            self.http_counts[key] = self.http_counts.get(key, 0) + 1
-
-        cfg = self.config
-        limiter = make_rate_limit_middleware(
-            per_ip=Limit(cfg.rate_limit_ip_per_s, cfg.rate_limit_ip_burst) if cfg.rate_limit_ip_per_s > 0 else None,
-            per_key=Limit(cfg.rate_limit_key_per_s, cfg.rate_limit_key_burst) if cfg.rate_limit_key_per_s > 0 else None,
-            paths=RATE_LIMITED_PATHS,
-            known_keys=frozenset(cfg.api_keys),
-        )
-        app = web.Application(
-            middlewares=[make_error_middleware(count), make_cors_middleware(cfg.cors_origins), make_error_middleware(), limiter],
-            client_max_size=256 * 1024,
-        )
+        app = api_application(self.config, self.http_counts)
         r = app.router
         creating, existing = self._room_route(creating=True), self._room_route(creating=False)
         r.add_post("/whip/{room}", creating)
@@ -465,8 +435,6 @@ class Front:
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics)
         r.add_get(RTC_PATH, self.rtc)
-        if STATIC_DIR.is_dir():
-            r.add_get("/", self.index)
-            r.add_static("/static", STATIC_DIR)
+        add_static_routes(r)
         return app
 

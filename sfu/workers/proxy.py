@@ -110,29 +110,13 @@ async def forward_websocket(session: aiohttp.ClientSession, index: int, request:
         raise
 
     async def to_worker() -> None:
-        while True:
-            msg = await client.receive()
-            if msg.type is WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
-            else:
-                break
+        await _pass_frames(client, upstream)
         if not upstream.closed:
             await upstream.close(code=client.close_code or 1000)
 
     async def to_client() -> None:
-        reason = b""
-        while True:
-            msg = await upstream.receive()
-            if msg.type is WSMsgType.TEXT:
-                await client.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await client.send_bytes(msg.data)
-            else:
-                if msg.type is WSMsgType.CLOSE and isinstance(msg.extra, str):
-                    reason = msg.extra.encode()[:120]
-                break
+        msg = await _pass_frames(upstream, client)
+        reason = msg.extra.encode()[:120] if msg.type is WSMsgType.CLOSE and isinstance(msg.extra, str) else b""
         if not client.closed:
             await client.close(code=upstream.close_code or 1000, message=reason)
 
@@ -153,3 +137,18 @@ async def forward_websocket(session: aiohttp.ClientSession, index: int, request:
             await client.close()
     return client
 
+
+_Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pass_frames(src: _Socket, dst: _Socket) -> aiohttp.WSMessage:
+    """Send on ``dst`` each text or binary frame ``src`` receives; the first other message (a
+    close, an error) ends it and is returned."""
+    while True:
+        msg = await src.receive()
+        if msg.type is WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        else:
+            return msg

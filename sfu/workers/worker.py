@@ -32,6 +32,7 @@ from levelchat.web import REQUEST_ID_KEY, json_response, read_json
 from sfu.config import NodeConfig
 from sfu.logs import setup_logging
 from sfu.node import Node
+from sfu.signals import stop_on_signals
 from sfu.transport.peer import CloseReason
 
 log = logging.getLogger("sfu.workers.worker")
@@ -165,26 +166,9 @@ async def run(cfg: NodeConfig, index: int, socket_path: str) -> int:
     node = WorkerNode(cfg, index=index, socket_path=socket_path)
     await node.start()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    terms = 0
-
-    def on_sigterm() -> None:
-        # the front drains its workers itself; a SIGTERM sent to the worker (systemd's control
-        # group, an operator) drains it like a node, and a second one ends it
-        nonlocal terms
-        terms += 1
-        if terms == 1:
-            node.start_drain(cfg.drain_deadline_s)
-            loop.create_task(_stop_when_drained())
-        else:
-            stop.set()
-
-    async def _stop_when_drained() -> None:
-        await node.drained.wait()
-        stop.set()
-
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # the front drains its workers itself; a SIGTERM sent to the worker (systemd's control group,
+    # an operator) drains it like a node, and a second one ends it
+    stop = stop_on_signals(node, cfg.drain_deadline_s)
     # the front keeps our stdin open: end-of-file means it is gone
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -12,10 +12,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from playwright.async_api import Browser
 
 from sfu.node import Node
-from sfu.routing.track import PublishedTrack
 from tests.browser.demo_page import CHROMIUM
 from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
+from tests.e2e.simulcast_support import consume_widths, published_layers
 from tests.e2e.test_rtc_signaling import RtcClient
 
 pytestmark = [
@@ -41,18 +41,7 @@ class WidthClient(RtcClient):
     widths: list[int]
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except Exception:
-                return
-            if track.kind == "video":
-                self.widths.append(int(getattr(frame, "width", 0)))
-
-
-def _layers(node: Node, identity: str) -> dict[str, PublishedTrack]:
-    p = next((p for p in node.router.participants.values() if p.identity == identity), None)
-    return {} if p is None else {t.rid: t for t in p.tracks.values() if t.rid}
+        await consume_widths(track, self.widths)
 
 
 async def _publish(browser: Browser, node: Node, room: str, identity: str) -> tuple[Any, list[dict[str, Any]]]:
@@ -67,7 +56,7 @@ async def _publish(browser: Browser, node: Node, room: str, identity: str) -> tu
 
 
 async def _packets_per_layer(node: Node, identity: str, seconds: float) -> dict[str, int]:
-    layers = _layers(node, identity)
+    layers = published_layers(node, identity)
     before = {rid: t.stats.packets for rid, t in layers.items()}
     await asyncio.sleep(seconds)
     return {rid: t.stats.packets - before[rid] for rid, t in layers.items()}
@@ -82,8 +71,8 @@ async def test_chromium_sends_every_layer_and_a_subscriber_switches_over_signali
         (video,) = tracks
         assert video["layers"] == ["q", "h", "f"], video
         # with the node's REMB (3 Mbit/s by default) Chrome sends its top layer too
-        await wait_for(lambda: all(t.ssrc > 0 for t in _layers(node, "sim").values()), 15, "every layer's SSRC learnt")
-        await wait_for(lambda: _layers(node, "sim")["f"].stats.packets > 300, 20, "packets of the top layer")
+        await wait_for(lambda: all(t.ssrc > 0 for t in published_layers(node, "sim").values()), 15, "every layer's SSRC learnt")
+        await wait_for(lambda: published_layers(node, "sim")["f"].stats.packets > 300, 20, "packets of the top layer")
         rates = await _packets_per_layer(node, "sim", 2.0)
         assert all(n > 20 for n in rates.values()), rates
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import pytest
 from playwright.async_api import Browser
 
 from sfu.node import Node
 from sfu.packet.codecs import vp9_descriptor
-from sfu.routing.track import PublishedTrack
 from tests.browser.demo_page import CHROMIUM, DemoPage
 from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
+from tests.e2e.simulcast_support import choose_layer, published_layers
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,21 +41,6 @@ _PUBLISH_JS = """async ([room, token]) => {
   return {simulcast: session.pc.remoteDescription.sdp.includes("a=simulcast:recv"),
           modes: params.encodings.map((e) => e.scalabilityMode ?? null)};
 }"""
-
-
-def _layers(node: Node, identity: str) -> dict[str, PublishedTrack]:
-    p = next((p for p in node.router.participants.values() if p.identity == identity), None)
-    return {} if p is None else {t.rid: t for t in p.tracks.values() if t.rid}
-
-
-async def _choose_layer(node: Node, location: str, tok: str, rid: str | None) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{node.url}{location}/layer", json={"rid": rid}, headers={"Authorization": f"Bearer {tok}"}
-        ) as resp:
-            body: dict[str, Any] = await resp.json(content_type=None)
-            assert resp.status == 200, body
-            return body
 
 
 class Pictures:
@@ -99,9 +83,9 @@ async def test_chromium_vp9_simulcast_to_a_chromium_viewer_switching_layers(node
         sent = await publisher.page.evaluate(_PUBLISH_JS, [room, token(room, "vera", ("room:join", "room:publish"))])
         assert sent["simulcast"], "the node's answer refused simulcast"
         assert sent["modes"] == ["L1T3"] * 3, sent
-        await wait_for(lambda: len(_layers(node, "vera")) == 3 and all(t.ssrc > 0 for t in _layers(node, "vera").values()),
+        await wait_for(lambda: len(published_layers(node, "vera")) == 3 and all(t.ssrc > 0 for t in published_layers(node, "vera").values()),
                        15, "every layer's SSRC learnt")
-        layers = _layers(node, "vera")
+        layers = published_layers(node, "vera")
         assert {t.codec.name for t in layers.values()} == {"VP9"}
         await wait_for(lambda: all(t.stats.packets > 50 for t in layers.values()), 20, "every layer sending")
 
@@ -119,7 +103,7 @@ async def test_chromium_vp9_simulcast_to_a_chromium_viewer_switching_layers(node
         decoded = stats["framesDecoded"]
         dt = next(d for d in session.participant.downtracks if d.kind == "video")
         for rid in ("q", "h", "f", "q", None):
-            chosen = await _choose_layer(node, location, tok, rid)
+            chosen = await choose_layer(node, location, tok, rid)
             assert chosen["target"] == rid and [x["rid"] for x in chosen["layers"]] == ["q", "h", "f"], chosen
             width = WIDTHS[rid or chosen["switching_to"] or chosen["current"]]
             await wait_for(lambda w=width: dt.source is not None and WIDTHS[dt.source.rid or ""] == w, 10,

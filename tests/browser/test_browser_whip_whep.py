@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
 from playwright.async_api import Browser
@@ -17,6 +15,7 @@ from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM, DemoPage
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
+from tests.e2e.simulcast_support import choose_layer, consume_widths
 
 pytestmark = [
     pytest.mark.browser,
@@ -276,24 +275,7 @@ class FrameSizeSubscriber(WhepSubscriber):
     widths: list[int]
 
     async def _consume(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except Exception:
-                return
-            self.frames[track.kind] += 1
-            if track.kind == "video":
-                self.widths.append(int(getattr(frame, "width", 0)))
-
-
-async def _choose_layer(node: Node, location: str, tok: str, rid: str | None) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{node.url}{location}/layer", json={"rid": rid}, headers={"Authorization": f"Bearer {tok}"}
-        ) as resp:
-            body: dict[str, Any] = await resp.json(content_type=None)
-            assert resp.status == 200, body
-            return body
+        await consume_widths(track, self.widths, self.frames)
 
 
 async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser: Browser) -> None:
@@ -313,7 +295,7 @@ async def test_chromium_simulcast_to_aiortc_switching_layers(node: Node, browser
         tok = token(room, "watcher", ("room:join", "room:subscribe"))
         widths = {"q": 320, "h": 640, "f": 1280}
         for rid in ("h", "q", "h", None):
-            chosen = await _choose_layer(node, location, tok, rid)
+            chosen = await choose_layer(node, location, tok, rid)
             assert chosen["target"] == rid and [x["rid"] for x in chosen["layers"]] == ["q", "h", "f"], chosen
             # None: back to the best layer the publisher sends now
             width = widths[rid or chosen["switching_to"] or chosen["current"]]

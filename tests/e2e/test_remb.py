@@ -8,36 +8,19 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from sfu.client.lite import LiteEndpoint
 from sfu.packet import rtcp
-from sfu.transport.certificate import Certificate
 from tests.e2e.clients import wait_for
-from tests.e2e.conftest import token
-from tests.e2e.test_simulcast import SimulcastSender, simulcast_offer
+from tests.e2e.simulcast_support import SimulcastSender, simulcast_offer, whip_publish
 
 
 def with_remb(offer: str) -> str:
     return offer.replace("a=rtcp-fb:96 nack pli\r\n", "a=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 goog-remb\r\n")
 
 
-async def _publish(node_url: str, room: str, offer: str) -> str:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{node_url}/whip/{room}",
-            data=offer,
-            headers={"Authorization": f"Bearer {token(room, 'pub')}", "Content-Type": "application/sdp"},
-        ) as resp:
-            answer = await resp.text()
-            assert resp.status == 201, answer
-            return answer
-
-
 async def _rembs_heard(node_url: str, room: str, offer_of: Callable[[LiteEndpoint], str], seconds: float,
                        enough: Callable[[list[rtcp.Remb], SimulcastSender], bool] | None = None) -> tuple[list[rtcp.Remb], SimulcastSender, str]:
-    lite = LiteEndpoint(Certificate.generate())
-    sender = SimulcastSender(lite)
+    sender = SimulcastSender.create()
     rembs: list[rtcp.Remb] = []
 
     def on_rtcp(data: bytes) -> None:
@@ -45,23 +28,18 @@ async def _rembs_heard(node_url: str, room: str, offer_of: Callable[[LiteEndpoin
         with contextlib.suppress(ValueError):
             rembs.extend(p for p in rtcp.parse_compound(data) if isinstance(p, rtcp.Remb))
 
-    lite.on_rtcp = on_rtcp
-    task: asyncio.Task[Any] | None = None
+    sender.lite.on_rtcp = on_rtcp
     try:
-        answer = await _publish(node_url, room, offer_of(lite))
-        await lite.connect(answer)
-        task = asyncio.create_task(sender.run(seconds + 1))
+        answer = await whip_publish(node_url, room, "pub", offer_of(sender.lite))
+        await sender.lite.connect(answer)
+        sender.start(seconds + 1)
         if enough is None:
             await asyncio.sleep(seconds)
         else:
             await wait_for(lambda: enough(rembs, sender), seconds, "REMB for every layer")
         return rembs, sender, answer
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        lite.close()
+        await sender.stop()
 
 
 async def test_a_remb_publisher_hears_the_cap_for_every_layer(node_factory: Callable[..., Any]) -> None:

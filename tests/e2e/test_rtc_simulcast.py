@@ -9,20 +9,14 @@ whose payload ends with the layer's rid); the subscriber is the aiortc ``RtcClie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
-from aiortc.rtp import RtpPacket as AiortcPacket
 
-from sfu.client.lite import LiteEndpoint
 from sfu.counters import DropReason
 from sfu.node import Node
-from sfu.packet.codecs import vp8_descriptor
-from sfu.packet.rtp import RtpHeader, RtpPacket
-from sfu.transport.certificate import Certificate
 from tests.e2e.clients import wait_for
+from tests.e2e.simulcast_support import RID_PACKETS, SimulcastSender, layer_logger, runs, simulcast_offer
 from tests.e2e.test_rtc_signaling import RpcFailure, RtcClient
-from tests.e2e.test_simulcast import LAYERS, MID_EXT, RID_EXT, RID_PACKETS, SimulcastSender, simulcast_offer
 
 #: each layer's encoder counts its own picture IDs and TL0PICIDX (near a wrap for "h")
 PID_BASE = {"f": 1000, "h": 0x7FF0, "q": 20}
@@ -33,79 +27,41 @@ class DescriptorSender(SimulcastSender):
     """Like ``SimulcastSender``, with VP8 payload descriptors carrying a 15-bit picture ID and a
     TL0PICIDX (every second frame on temporal layer 0) counted per layer."""
 
-    def frame(self, n: int) -> None:
-        for rid, (_, packets) in LAYERS.items():
-            key = rid in self.key_wanted
-            self.key_wanted.discard(rid)
-            pid = (PID_BASE[rid] + n) & 0x7FFF
-            desc = bytes([0x80 | (pid >> 8), pid & 0xFF, (TL0_BASE[rid] + n // 2) & 0xFF])
-            for p in range(packets):
-                head = bytes([0x90 if p == 0 else 0x80, 0xC0]) + desc
-                if p == 0:
-                    head += b"\x00\x9d\x01\x2a" if key else b"\x01"
-                extensions = [(MID_EXT, b"0"), (RID_EXT, rid.encode())] if self.sent[rid] < RID_PACKETS else []
-                header = RtpHeader(
-                    payload_type=96,
-                    sequence_number=self.seq[rid],
-                    timestamp=(n * 3000 + 1_000_000 * len(rid)) & 0xFFFFFFFF,
-                    ssrc=self.ssrcs[rid],
-                    marker=p == packets - 1,
-                    extensions=extensions,
-                )
-                self.lite.send_rtp(bytes(RtpPacket(header, head + bytes(40) + f"layer={rid}".encode())))
-                self.seq[rid] = (self.seq[rid] + 1) & 0xFFFF
-                self.sent[rid] += 1
+    def head(self, rid: str, n: int, p: int, packets: int, key: bool) -> bytes:
+        pid = (PID_BASE[rid] + n) & 0x7FFF
+        desc = bytes([0x90 if p == 0 else 0x80, 0xC0, 0x80 | (pid >> 8), pid & 0xFF, (TL0_BASE[rid] + n // 2) & 0xFF])
+        if p == 0:
+            desc += b"\x00\x9d\x01\x2a" if key else b"\x01"
+        return desc
+
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _layer_logger(
-    client: RtcClient, mid: str, layers: list[str], pictures: list[tuple[int, int]] | None = None
-) -> None:
-    """Record the layer named at the end of each payload received on ``mid`` (and the picture ID
-    and TL0PICIDX of each picture's first packet in ``pictures``)."""
-    receiver = next(t.receiver for t in client.sub.getTransceivers() if t.mid == mid)
-    original = receiver._handle_rtp_packet
-
-    async def handle(packet: AiortcPacket, arrival_time_ms: int) -> None:
-        tail = bytes(packet.payload)[-7:]
-        layers.append(tail[-1:].decode() if tail.startswith(b"layer=") else "?")
-        d = vp8_descriptor(packet.payload)
-        if pictures is not None and d is not None and d.start_of_partition and d.picture_id >= 0:
-            pictures.append((d.picture_id, d.tl0picidx))
-        await original(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
 
 
 async def test_picture_ids_stay_continuous_across_layer_switches(node: Node) -> None:
     """The subscriber's VP8 picture IDs go up by one per picture and TL0PICIDX by at most one,
     through switches between layers whose encoders count from far apart (and one near the wrap)."""
     room = "rtc-simulcast-vp8"
-    lite = LiteEndpoint(Certificate.generate())
-    sender = DescriptorSender(lite)
-    lite.on_rtcp = sender.on_rtcp
+    sender = DescriptorSender.create()
     alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
     bob = RtcClient(node, room, "bob", ("room:join", "room:subscribe"))
-    task: asyncio.Task[None] | None = None
     try:
         await bob.join()
         await alice.join()
-        published = await alice.call("publish", {"sdp": simulcast_offer(lite)})
+        published = await alice.call("publish", {"sdp": simulcast_offer(sender.lite)})
         (track,) = published["tracks"]
-        await lite.connect(published["sdp"])
-        task = asyncio.create_task(sender.run(30))
+        await sender.lite.connect(published["sdp"])
+        sender.start(30)
         await wait_for(lambda: bob.answers, 10, "bob answered the offer")
         (offered,) = bob.named("offer")[-1]["tracks"]
         layers: list[str] = []
         pictures: list[tuple[int, int]] = []
-        _layer_logger(bob, offered["mid"], layers, pictures)
+        layer_logger(bob, offered["mid"], layers, pictures)
         await wait_for(lambda: layers.count("f") >= 20, 10, "the highest layer")
         for choice in ("h", "q", "f", "h"):
             await bob.call("set_layer", {"track": track["sid"], "layer": choice})
             await wait_for(lambda w=choice: layers[-15:] == [w] * 15, 5, f"layer {choice}")
-        runs = [layers[0]] + [b for a, b in zip(layers, layers[1:], strict=False) if a != b]
-        assert runs == ["f", "h", "q", "f", "h"], runs
+        assert runs(layers) == ["f", "h", "q", "f", "h"], runs(layers)
         assert len(pictures) > 40
         steps = {(b[0] - a[0]) & 0x7FFF for a, b in zip(pictures, pictures[1:], strict=False)}
         assert steps == {1}, pictures
@@ -113,32 +69,25 @@ async def test_picture_ids_stay_continuous_across_layer_switches(node: Node) -> 
         assert tl0_steps <= {0, 1}, pictures
         assert bob.received[offered["mid"]].log.gaps() == []
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        lite.close()
+        await sender.stop()
         await alice.close()
         await bob.close()
 
 
 async def test_simulcast_publish_over_signaling_and_set_layer(node: Node) -> None:
     room = "rtc-simulcast"
-    lite = LiteEndpoint(Certificate.generate())
-    sender = SimulcastSender(lite)
-    lite.on_rtcp = sender.on_rtcp
+    sender = SimulcastSender.create()
     alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
     bob = RtcClient(node, room, "bob", ("room:join", "room:subscribe"))
-    task: asyncio.Task[None] | None = None
     try:
         await bob.join()
         await alice.join()
-        published = await alice.call("publish", {"sdp": simulcast_offer(lite)})
+        published = await alice.call("publish", {"sdp": simulcast_offer(sender.lite)})
         assert "a=simulcast:recv f;h;q" in published["sdp"]
         (track,) = published["tracks"]  # one source, not one track per layer
         assert track["kind"] == "video" and track["layers"] == ["q", "h", "f"], track
-        await lite.connect(published["sdp"])
-        task = asyncio.create_task(sender.run(30))
+        await sender.lite.connect(published["sdp"])
+        sender.start(30)
 
         await wait_for(lambda: bob.named("track_published"), 5, "track_published")
         (announced,) = bob.named("track_published")
@@ -149,7 +98,7 @@ async def test_simulcast_publish_over_signaling_and_set_layer(node: Node) -> Non
         assert bob.named("offer")[-1]["sdp"].count("m=video") == 1
 
         layers: list[str] = []
-        _layer_logger(bob, offered["mid"], layers)
+        layer_logger(bob, offered["mid"], layers)
         await wait_for(lambda: layers.count("f") >= 30, 10, "the highest layer, by default")
         assert set(layers) == {"f"}
 
@@ -159,8 +108,7 @@ async def test_simulcast_publish_over_signaling_and_set_layer(node: Node) -> Non
             assert result["track"] == track["sid"] and result["target"] == (None if choice == "auto" else choice)
             assert [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
             await wait_for(lambda w=want: layers[-20:] == [w] * 20, 5, f"layer {want}")
-        runs = [layers[0]] + [b for a, b in zip(layers, layers[1:], strict=False) if a != b]
-        assert runs == ["f", "q", "h", "f"], runs
+        assert runs(layers) == ["f", "q", "h", "f"], runs(layers)
         received = bob.received[offered["mid"]]
         assert received.log.gaps() == [] and len(received.log.packets) >= len(layers)
         assert sender.plis["q"] >= 1 and sender.plis["h"] >= 1
@@ -192,11 +140,7 @@ async def test_simulcast_publish_over_signaling_and_set_layer(node: Node) -> Non
         await asyncio.sleep(0.3)
         assert bob.named("track_unpublished") == [{"participant": "alice", "track": track["sid"]}]
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        lite.close()
+        await sender.stop()
         await alice.close()
         await bob.close()
 
@@ -205,16 +149,14 @@ async def test_renegotiating_a_simulcast_publisher_keeps_its_layers(node: Node) 
     """A second ``publish`` with the same simulcast section keeps the source (layers are named by
     rid across offers, their SSRCs having been learnt meanwhile)."""
     room = "rtc-simulcast-reneg"
-    lite = LiteEndpoint(Certificate.generate())
-    sender = SimulcastSender(lite)
+    sender = SimulcastSender.create()
     alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
-    task: asyncio.Task[None] | None = None
     try:
         await alice.join()
-        offer = simulcast_offer(lite)
+        offer = simulcast_offer(sender.lite)
         first = await alice.call("publish", {"sdp": offer})
-        await lite.connect(first["sdp"])
-        task = asyncio.create_task(sender.run(10))
+        await sender.lite.connect(first["sdp"])
+        sender.start(10)
         publisher = next(p for p in node.router.participants.values() if p.identity == "alice")
         await wait_for(lambda: all(t.ssrc > 0 for t in publisher.tracks.values()), 5, "layers learnt")
         tracks_before = dict(publisher.tracks)
@@ -222,9 +164,5 @@ async def test_renegotiating_a_simulcast_publisher_keeps_its_layers(node: Node) 
         assert again["tracks"] == first["tracks"]
         assert publisher.tracks == tracks_before
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        lite.close()
+        await sender.stop()
         await alice.close()

@@ -9,92 +9,73 @@ RTP level: one clean cut per switch, no gap in the sequence.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import pytest
 
-from sfu.client.lite import LiteEndpoint
 from sfu.counters import DropReason
 from sfu.node import Node
-from sfu.transport.certificate import Certificate
 from tests.e2e.clients import WhepSubscriber, wait_for
 from tests.e2e.conftest import token
+from tests.e2e.simulcast_support import (
+    SimulcastSender,
+    layer_logger,
+    payload_logger,
+    runs,
+    simulcast_offer,
+    walk_whep_layers,
+    whep_location,
+)
 from tests.e2e.test_http_errors import call
 from tests.e2e.test_rtc_signaling import RtcClient
-from tests.e2e.test_rtc_simulcast import _layer_logger
-from tests.e2e.test_simulcast import SimulcastSender, _payload_logger, _post_layer, simulcast_offer
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def _runs(layers: list[str]) -> list[str]:
-    return [layers[0]] + [b for a, b in zip(layers, layers[1:], strict=False) if a != b]
-
-
 async def test_whep_viewer_of_a_signaling_simulcast_source(node: Node) -> None:
     room = "mixed-simulcast-ws"
-    lite = LiteEndpoint(Certificate.generate())
-    sender = SimulcastSender(lite)
-    lite.on_rtcp = sender.on_rtcp
+    sender = SimulcastSender.create()
     alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
     sub = WhepSubscriber(node.url, room, token(room, "viewer"), audio=False)
     layers: list[str] = []
-    task: asyncio.Task[None] | None = None
     try:
         await alice.join()
-        published = await alice.call("publish", {"sdp": simulcast_offer(lite)})
+        published = await alice.call("publish", {"sdp": simulcast_offer(sender.lite)})
         (track,) = published["tracks"]
         assert track["layers"] == ["q", "h", "f"]
-        await lite.connect(published["sdp"])
-        task = asyncio.create_task(sender.run(30))
+        await sender.lite.connect(published["sdp"])
+        sender.start(30)
         publisher = next(p for p in node.router.participants.values() if p.identity == "alice")
         await wait_for(lambda: all(t.ssrc > 0 for t in publisher.tracks.values()), 5, "every layer's SSRC learnt")
 
-        _payload_logger(sub, layers)
+        payload_logger(sub, layers)
         status, answer = await sub.connect()
         assert status == 201, answer
         video = answer[answer.index("m=video"):]
         assert "a=sendonly" in video and video.count("a=ssrc:") >= 1 and "a=simulcast" not in video
-        location = next(f"/whep/{room}/{sid}" for sid, s in node.sessions.sessions.items()
-                        if s.participant.identity == "viewer")
+        location = whep_location(node, room, "viewer")
         await wait_for(lambda: layers.count("f") >= 30, 10, "the highest layer, by default")
-        viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
-        for rid in ("q", "h", None):
-            status, result = await _post_layer(node, location, viewer_tok, {"rid": rid})
-            assert status == 200, result
-            assert result["target"] == rid and [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
-            want = rid or "f"
-            await wait_for(lambda w=want: layers[-20:] == [w] * 20, 5, f"layer {want}")
-        assert _runs(layers) == ["f", "q", "h", "f"], _runs(layers)
+        await walk_whep_layers(node, room, location, layers)
+        assert runs(layers) == ["f", "q", "h", "f"], runs(layers)
         assert sub.logs["video"].gaps() == [] and len(sub.logs["video"].packets) == len(layers)
         assert sender.plis["q"] >= 1 and sender.plis["h"] >= 1
         assert node.counters.drops[DropReason.RTP_UNKNOWN_SSRC] == 0
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await sender.stop()
         await sub.close()
-        lite.close()
         await alice.close()
 
 
 async def test_signaling_subscriber_of_a_whip_simulcast_source(node: Node) -> None:
     room = "mixed-simulcast-whip"
-    lite = LiteEndpoint(Certificate.generate())
-    sender = SimulcastSender(lite)
-    lite.on_rtcp = sender.on_rtcp
+    sender = SimulcastSender.create()
     bob = RtcClient(node, room, "bob", ("room:join", "room:subscribe"))
-    task: asyncio.Task[None] | None = None
     try:
         await bob.join()
-        reply = await call(node, "POST", f"/whip/{room}", bearer=token(room, "alice"), body=simulcast_offer(lite),
+        reply = await call(node, "POST", f"/whip/{room}", bearer=token(room, "alice"), body=simulcast_offer(sender.lite),
                            content_type="application/sdp")
         assert reply.status == 201, reply.text
         assert "a=simulcast:recv f;h;q" in reply.text
-        await lite.connect(reply.text)
-        task = asyncio.create_task(sender.run(30))
+        await sender.lite.connect(reply.text)
+        sender.start(30)
 
         await wait_for(lambda: bob.named("track_published"), 5, "track_published")
         (announced,) = bob.named("track_published")
@@ -104,21 +85,17 @@ async def test_signaling_subscriber_of_a_whip_simulcast_source(node: Node) -> No
         (offered,) = bob.named("offer")[-1]["tracks"]
         assert offered["track"] == track["sid"]
         layers: list[str] = []
-        _layer_logger(bob, offered["mid"], layers)
+        layer_logger(bob, offered["mid"], layers)
         await wait_for(lambda: layers.count("f") >= 30, 10, "the highest layer, by default")
         for choice in ("q", "h", "auto"):
             result = await bob.call("set_layer", {"track": track["sid"], "layer": choice})
             assert [x["rid"] for x in result["layers"]] == ["q", "h", "f"]
             want = "f" if choice == "auto" else choice
             await wait_for(lambda w=want: layers[-20:] == [w] * 20, 5, f"layer {want}")
-        assert _runs(layers) == ["f", "q", "h", "f"], _runs(layers)
+        assert runs(layers) == ["f", "q", "h", "f"], runs(layers)
         assert bob.received[offered["mid"]].log.gaps() == []
         assert sender.plis["q"] >= 1 and sender.plis["h"] >= 1
         assert node.counters.drops[DropReason.RTP_UNKNOWN_SSRC] == 0
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        lite.close()
+        await sender.stop()
         await bob.close()

@@ -8,8 +8,6 @@ flexible mode, without TL0PICIDX: ``tests/browser/test_browser_vp9_simulcast.py`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,20 +16,19 @@ from sfu.client.lite import LiteEndpoint
 from sfu.counters import DropReason
 from sfu.node import Node
 from sfu.packet.codecs import vp9_descriptor, vp9_is_keyframe
-from sfu.packet.rtp import RtpHeader, RtpPacket, header_length
+from sfu.packet.rtp import header_length
 from sfu.transport.certificate import Certificate
 from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
-from tests.e2e.test_http_errors import call
-from tests.e2e.test_simulcast import (
-    LAYERS,
-    MID_EXT,
-    RID_EXT,
+from tests.e2e.simulcast_support import (
     RID_PACKETS,
     SimulcastSender,
-    _post_layer,
+    choose_layer,
+    layer_of,
+    runs,
     simulcast_offer,
 )
+from tests.e2e.test_http_errors import call
 
 pytestmark = pytest.mark.timeout(60)
 #: each layer's encoder counts from its own place (near the wraps for "h")
@@ -42,32 +39,17 @@ KEY_HEADER = bytes([0x82, 0x49, 0x83, 0x42])
 
 
 class Vp9Sender(SimulcastSender):
-    def frame(self, n: int) -> None:
-        for rid, (_, packets) in LAYERS.items():
-            key = rid in self.key_wanted
-            self.key_wanted.discard(rid)
-            pid = (PID_BASE[rid] + n) & 0x7FFF
-            tid = TIDS[n % 4]
-            tl0 = (TL0_BASE[rid] + (n + 3) // 4) & 0xFF  # counts the TID 0 pictures
-            for p in range(packets):
-                b0 = 0x80 | 0x20 | (0x00 if key else 0x40) | (0x08 if p == 0 else 0) | (0x04 if p == packets - 1 else 0)
-                desc = bytes([b0 | (0x02 if key and p == 0 else 0), 0x80 | (pid >> 8), pid & 0xFF,
-                              (tid << 5) | (0x10 if tid else 0), tl0])
-                if p == 0:
-                    # key: a scalability structure (one layer, its size) and a key frame header
-                    desc += bytes([0x10, 0x05, 0x00, 0x02, 0xD0]) + KEY_HEADER if key else bytes([0x86])
-                extensions = [(MID_EXT, b"0"), (RID_EXT, rid.encode())] if self.sent[rid] < RID_PACKETS else []
-                header = RtpHeader(
-                    payload_type=96,
-                    sequence_number=self.seq[rid],
-                    timestamp=(n * 3000 + 1_000_000 * len(rid)) & 0xFFFFFFFF,
-                    ssrc=self.ssrcs[rid],
-                    marker=p == packets - 1,
-                    extensions=extensions,
-                )
-                self.lite.send_rtp(bytes(RtpPacket(header, desc + bytes(40) + f"layer={rid}".encode())))
-                self.seq[rid] = (self.seq[rid] + 1) & 0xFFFF
-                self.sent[rid] += 1
+    def head(self, rid: str, n: int, p: int, packets: int, key: bool) -> bytes:
+        pid = (PID_BASE[rid] + n) & 0x7FFF
+        tid = TIDS[n % 4]
+        tl0 = (TL0_BASE[rid] + (n + 3) // 4) & 0xFF  # counts the TID 0 pictures
+        b0 = 0x80 | 0x20 | (0x00 if key else 0x40) | (0x08 if p == 0 else 0) | (0x04 if p == packets - 1 else 0)
+        desc = bytes([b0 | (0x02 if key and p == 0 else 0), 0x80 | (pid >> 8), pid & 0xFF,
+                      (tid << 5) | (0x10 if tid else 0), tl0])
+        if p == 0:
+            # key: a scalability structure (one layer, its size) and a key frame header
+            desc += bytes([0x10, 0x05, 0x00, 0x02, 0xD0]) + KEY_HEADER if key else bytes([0x86])
+        return desc
 
 
 @dataclass
@@ -86,7 +68,7 @@ class Received:
         self.seqs.append((view[2] << 8) | view[3])
         d = vp9_descriptor(payload)
         if d is not None and d.start_of_frame:
-            layer = payload[-1:].decode() if payload[-7:-1] == b"layer=" else "?"
+            layer = layer_of(payload)
             self.pictures.append((layer, d.picture_id, d.tl0picidx, vp9_is_keyframe(payload)))
 
 
@@ -97,19 +79,16 @@ def _vp9_offer(lite: LiteEndpoint, *, send: bool) -> str:
 
 async def test_vp9_simulcast_layer_switches_keep_picture_ids_continuous(node: Node) -> None:
     room = "vp9-simulcast"
-    pub = LiteEndpoint(Certificate.generate())
-    sender = Vp9Sender(pub)
-    pub.on_rtcp = sender.on_rtcp
+    sender = Vp9Sender.create()
     got = Received()
     sub = LiteEndpoint(Certificate.generate(), on_rtp=got)
-    task: asyncio.Task[None] | None = None
     try:
         reply = await call(node, "POST", f"/whip/{room}", bearer=token(room, "alice"),
-                           body=_vp9_offer(pub, send=True), content_type="application/sdp")
+                           body=_vp9_offer(sender.lite, send=True), content_type="application/sdp")
         assert reply.status == 201, reply.text
         assert "VP9/90000" in reply.text and "a=simulcast:recv f;h;q" in reply.text
-        await pub.connect(reply.text)
-        task = asyncio.create_task(sender.run(30))
+        await sender.lite.connect(reply.text)
+        sender.start(30)
         await wait_for(lambda: all(n > RID_PACKETS for n in sender.sent.values()), 5, "every layer sending")
 
         reply = await call(node, "POST", f"/whep/{room}", bearer=token(room, "viewer"),
@@ -120,13 +99,11 @@ async def test_vp9_simulcast_layer_switches_keep_picture_ids_continuous(node: No
         await wait_for(lambda: [p[0] for p in got.pictures].count("f") >= 20, 10, "the highest layer, by default")
         viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
         for rid in ("h", "q", "f", "h", "q"):
-            status, result = await _post_layer(node, location, viewer_tok, {"rid": rid})
-            assert status == 200, result
+            await choose_layer(node, location, viewer_tok, rid)
             await wait_for(lambda r=rid: [p[0] for p in got.pictures[-12:]] == [r] * 12, 5, f"layer {rid}")
 
         layers = [p[0] for p in got.pictures]
-        runs = [layers[0]] + [b for a, b in zip(layers, layers[1:], strict=False) if a != b]
-        assert runs == ["f", "h", "q", "f", "h", "q"], runs
+        assert runs(layers) == ["f", "h", "q", "f", "h", "q"], runs(layers)
         # every layer starts at a key frame, as the stream does
         starts = [i for i in range(len(layers)) if i == 0 or layers[i] != layers[i - 1]]
         assert all(got.pictures[i][3] for i in starts), [got.pictures[i] for i in starts]
@@ -140,9 +117,5 @@ async def test_vp9_simulcast_layer_switches_keep_picture_ids_continuous(node: No
         assert sender.plis["q"] >= 1 and sender.plis["h"] >= 1
         assert node.counters.drops[DropReason.RTP_UNKNOWN_SSRC] == 0
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        pub.close()
+        await sender.stop()
         sub.close()

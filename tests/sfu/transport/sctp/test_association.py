@@ -41,6 +41,20 @@ def has_data(packet: bytes) -> bool:
     return any(isinstance(c, DataChunk) for c in parse_chunks(packet[12:]))
 
 
+def drop_first_data() -> Callable[[int, bytes], bool]:
+    """A ``drop`` filter that loses the first packet carrying DATA, and nothing else."""
+    lost = False
+
+    def drop(_i: int, p: bytes) -> bool:
+        nonlocal lost
+        if not lost and has_data(p):
+            lost = True
+            return True
+        return False
+
+    return drop
+
+
 def test_handshake_either_side_and_both() -> None:
     for both in (False, True):
         pair = Pair()
@@ -126,15 +140,7 @@ def test_sack_loss_is_repaired_too() -> None:
 
 def test_unordered_messages_do_not_wait_for_a_lost_one() -> None:
     pair = established()
-    lost = {"done": False}
-
-    def drop_first_data(i: int, p: bytes) -> bool:
-        if not lost["done"] and has_data(p):
-            lost["done"] = True
-            return True
-        return False
-
-    pair.a.drop = drop_first_data
+    pair.a.drop = drop_first_data()
     for i in range(3):
         pair.a.assoc.send_message(4, PPID_BINARY, bytes([i]), pair.now, ordered=False)
     pair.deliver()
@@ -146,15 +152,7 @@ def test_unordered_messages_do_not_wait_for_a_lost_one() -> None:
 @pytest.mark.parametrize("ordered", [True, False])
 def test_partial_reliability_forward_tsn(ordered: bool) -> None:
     pair = established()
-    dropped = {"n": 0}
-
-    def drop_first_two_data(i: int, p: bytes) -> bool:
-        if has_data(p) and dropped["n"] < 1:
-            dropped["n"] += 1
-            return True
-        return False
-
-    pair.a.drop = drop_first_two_data
+    pair.a.drop = drop_first_data()
     lossy = [bytes([i]) * 3000 for i in range(3)]  # three chunks each
     for m in lossy:
         pair.a.assoc.send_message(6, PPID_BINARY, m, pair.now, ordered=ordered, max_retransmits=0)
@@ -263,15 +261,7 @@ def test_send_refusals() -> None:
 
 def test_receive_side_holds_a_bounded_number_of_chunks() -> None:
     pair = established(b=SctpConfig(max_held_chunks=4))
-    lost = {"done": False}
-
-    def drop_first_data(i: int, p: bytes) -> bool:
-        if not lost["done"] and has_data(p):
-            lost["done"] = True
-            return True
-        return False
-
-    pair.a.drop = drop_first_data
+    pair.a.drop = drop_first_data()
     msgs = [bytes([i]) * 100 for i in range(12)]
     for m in msgs:
         pair.a.assoc.send_message(0, PPID_BINARY, m, pair.now)
@@ -305,15 +295,7 @@ def test_stream_reset_waits_for_data_in_flight(before: int) -> None:
     for m in earlier:
         pair.a.assoc.send_message(5, PPID_BINARY, m, pair.now)
     pair.deliver()
-    first = {"done": False}
-
-    def drop_first_data(i: int, p: bytes) -> bool:
-        if not first["done"] and has_data(p):
-            first["done"] = True
-            return True
-        return False
-
-    pair.a.drop = drop_first_data
+    pair.a.drop = drop_first_data()
     pair.a.assoc.send_message(5, PPID_BINARY, b"late", pair.now)
     pair.a.assoc.reset_streams([5], pair.now)
     pair.deliver()
