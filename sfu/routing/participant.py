@@ -172,9 +172,7 @@ class PublisherSink:
 
     def send_nack(self, media_ssrc: int, seqs: list[int]) -> None:
         """Ask the publisher to send these packets of ``media_ssrc`` again (Generic NACK)."""
-        transport = self.participant.publisher
-        if transport is not None:
-            transport.send_rtcp(bytes(rtcp.Nack(sender_ssrc=NODE_RTCP_SSRC, media_ssrc=media_ssrc, seqs=seqs)))
+        self._to_publisher(rtcp.Nack(sender_ssrc=NODE_RTCP_SSRC, media_ssrc=media_ssrc, seqs=seqs))
 
     def on_rtcp(self, data: bytes, now_ms: int) -> None:
         try:
@@ -195,9 +193,12 @@ class PublisherSink:
         self.participant.transport_closed(reason)
 
     def request_keyframe(self, media_ssrc: int) -> None:
+        self._to_publisher(rtcp.Pli(sender_ssrc=NODE_RTCP_SSRC, media_ssrc=media_ssrc))
+
+    def _to_publisher(self, packet: rtcp.Nack | rtcp.Pli) -> None:
         transport = self.participant.publisher
         if transport is not None:
-            transport.send_rtcp(bytes(rtcp.Pli(sender_ssrc=NODE_RTCP_SSRC, media_ssrc=media_ssrc)))
+            transport.send_rtcp(bytes(packet))
 
 
 class SubscriberSink:
