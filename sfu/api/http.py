@@ -47,6 +47,17 @@ def _claims(request: web.Request) -> Claims:
     return _node(request).verifier.verify(bearer_token(request), time.time())
 
 
+def _room_claims(request: web.Request, *scopes: str) -> tuple[Node, str, Claims]:
+    """The node, the path's room and the token's claims, checked: the token carries ``scopes``
+    and, when it names a room, names this one."""
+    node = _node(request)
+    room_id = validate_room(request.match_info["room"])
+    claims = _claims(request)
+    claims.require(*scopes)
+    claims.require_room(room_id)
+    return node, room_id, claims
+
+
 async def _read_sdp(request: web.Request) -> str:
     if request.content_type != SDP_TYPE:
         raise ApiError("bad_request", f"content type must be {SDP_TYPE}, not {request.content_type or 'none'}")
@@ -76,11 +87,7 @@ def _sdp_created(request: web.Request, kind: str, room: str, session_id: str, et
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    claims.require("room:join", "room:publish")
-    claims.require_room(room_id)
+    node, room_id, claims = _room_claims(request, "room:join", "room:publish")
     offer = await _read_sdp(request)
     now = clock.now_ms()
     room = node.room_for_join(room_id, now)
@@ -89,12 +96,8 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 
 
 async def whep_post(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
+    node, room_id, claims = _room_claims(request, "room:join", "room:subscribe")
     target = request.match_info.get("identity")
-    claims = _claims(request)
-    claims.require("room:join", "room:subscribe")
-    claims.require_room(room_id)
     offer = await _read_sdp(request)
     if node.revoked:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
@@ -109,11 +112,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
 
 
 async def session_delete(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    claims.require("room:join")
-    claims.require_room(room_id)
+    node, room_id, claims = _room_claims(request, "room:join")
     node.sessions.end(request.match_info["session"], room_id, clock.now_ms())
     return web.Response(status=200)
 
@@ -123,11 +122,7 @@ async def whep_layer(request: web.Request) -> web.StreamResponse:
     video receives (``"rid": null``: the highest the publisher sends, the default).  The switch
     happens at that layer's next keyframe; the answer is ``{"layers": [{"rid", "active"}, ...]``
     (low to high), ``"target"``, ``"current"``, ``"switching_to"}``.  Auth as for DELETE."""
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    claims.require("room:join")
-    claims.require_room(room_id)
+    node, room_id, claims = _room_claims(request, "room:join")
     body = await read_json(request)
     if "rid" not in body:
         raise ApiError("bad_request", 'the body needs "rid": a layer\'s rid, or null for the highest')
@@ -145,11 +140,7 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
     with the node's new credentials as a fragment and the session's new ``ETag``.  ``If-Match``
     names the ICE session (``*`` for a restart); a stale one is ``conflict`` (see
     ``sfu.api.session_ice``).  Auth as for DELETE."""
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    claims.require("room:join")
-    claims.require_room(room_id)
+    node, room_id, claims = _room_claims(request, "room:join")
     kind = ParticipantKind.WHIP if request.path.startswith("/whip/") else ParticipantKind.WHEP
     accept = {"Accept-Patch": sdpfrag.CONTENT_TYPE}
     if request.content_type != sdpfrag.CONTENT_TYPE:
@@ -232,11 +223,7 @@ async def room_get(request: web.Request) -> web.StreamResponse:
 
 
 async def room_delete(request: web.Request) -> web.StreamResponse:
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    claims.require("room:admin")
-    claims.require_room(room_id)
+    node, room_id, claims = _room_claims(request, "room:admin")
     now = clock.now_ms()
     room = node.rooms.rooms.get(room_id)
     if room is None:
