@@ -67,6 +67,19 @@ class Claims:
         if self.room is not None and self.room != room:
             raise ApiError("token/unauthorized", f"token is for room {self.room!r}, not {room!r}")
 
+    def require_room_access(self, room: str) -> None:
+        """The token may act *in* ``room`` (join it, publish, subscribe, act on its sessions, read
+        it): its ``room`` claim names that room, or it has no ``room`` claim and carries
+        ``room:admin`` (an operator's token).  A room-less token without ``room:admin`` is not a
+        key to every room: ``token/unauthorized``.  (Creating a room, ``room:create``, only needs
+        ``require_room``: a provisioning token may be room-less.)"""
+        if self.room is None and "room:admin" not in self.scopes:
+            raise ApiError(
+                "token/unauthorized",
+                f"token has no room claim: it may act in room {room!r} only with the room:admin scope",
+            )
+        self.require_room(room)
+
 
 @dataclass(frozen=True)
 class ApiKey:

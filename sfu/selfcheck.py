@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sfu import clock
+from sfu.api.sessions import Owner
 from sfu.client.lite import LiteEndpoint
 from sfu.routing.rooms import Room, RoomPolicy
 from sfu.transport.certificate import Certificate
@@ -177,9 +178,9 @@ class SelfCheck:
         pub = LiteEndpoint(self._cert, host=host)
         sub = LiteEndpoint(self._cert, host=host, on_rtp=self._on_rtp)
         self._pub, self._sub = pub, sub
-        _, answer = node.sessions.publish(room, PROBE_PUBLISHER, None, pub.offer(send=True, video_ssrc=PROBE_SSRC), now)
+        _, answer = node.sessions.publish(room, Owner.node(PROBE_PUBLISHER), None, pub.offer(send=True, video_ssrc=PROBE_SSRC), now)
         await pub.connect(answer, timeout_s=self.deadline_ms / 1000, address=address)
-        _, answer = node.sessions.subscribe(room, PROBE_SUBSCRIBER, PROBE_PUBLISHER, sub.offer(send=False), now)
+        _, answer = node.sessions.subscribe(room, Owner.node(PROBE_SUBSCRIBER), PROBE_PUBLISHER, sub.offer(send=False), now)
         await sub.connect(answer, timeout_s=self.deadline_ms / 1000, address=address)
 
     async def _probe(self) -> bool:

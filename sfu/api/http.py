@@ -21,6 +21,7 @@ from levelchat.web import (
 )
 from sfu import clock
 from sfu.api import rtc, session_ice
+from sfu.api.sessions import MediaSession, Owner
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.participant import ParticipantKind
 from sfu.routing.rooms import Room, RoomPolicy
@@ -37,6 +38,8 @@ SDP_TYPE = "application/sdp"
 #: WHEP answer header naming each published track the subscriber's offer cannot carry
 REFUSED_TRACK_HEADER = "LevelChat-Refused-Track"
 RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc")
+WHIP_SCOPES = ("room:join", "room:publish")
+WHEP_SCOPES = ("room:join", "room:subscribe")
 
 
 def _node(request: web.Request) -> Node:
@@ -49,13 +52,23 @@ def _claims(request: web.Request) -> Claims:
 
 def _room_claims(request: web.Request, *scopes: str) -> tuple[Node, str, Claims]:
     """The node, the path's room and the token's claims, checked: the token carries ``scopes``
-    and, when it names a room, names this one."""
+    and may act in this room (its ``room`` claim names it, or it has none and carries
+    ``room:admin``: ``Claims.require_room_access``)."""
     node = _node(request)
     room_id = validate_room(request.match_info["room"])
     claims = _claims(request)
     claims.require(*scopes)
-    claims.require_room(room_id)
+    claims.require_room_access(room_id)
     return node, room_id, claims
+
+
+def _owned_session(request: web.Request, *scopes: str) -> tuple[Node, MediaSession]:
+    """The session of the path (``/whip|whep/{room}/{session}``), when the token may act on it:
+    the identity that created it, or ``room:admin`` (``sfu.api.sessions.Owner``); any other
+    token gets ``not_found``, as for an id that does not exist."""
+    node, room_id, claims = _room_claims(request, *scopes)
+    kind = ParticipantKind.WHIP if request.path.startswith("/whip/") else ParticipantKind.WHEP
+    return node, node.sessions.owned(request.match_info["session"], room_id, kind, claims)
 
 
 async def _read_sdp(request: web.Request) -> str:
@@ -70,8 +83,10 @@ async def _read_sdp(request: web.Request) -> str:
         raise ApiError("bad_request", "SDP offer is not UTF-8") from None
 
 
-def _identity(claims: Claims, prefix: str) -> str:
-    return claims.identity or f"{prefix}-{secrets.token_hex(4)}"
+def _owner(claims: Claims, prefix: str, scopes: tuple[str, ...]) -> Owner:
+    """Who the new session belongs to: the token's identity, or a random one when it has none
+    (an anonymous session: see ``Owner``)."""
+    return Owner.of(claims, claims.identity or f"{prefix}-{secrets.token_hex(4)}", scopes)
 
 
 def _sdp_created(request: web.Request, kind: str, room: str, session_id: str, etag: str, answer: str) -> web.Response:
@@ -87,23 +102,23 @@ def _sdp_created(request: web.Request, kind: str, room: str, session_id: str, et
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
-    node, room_id, claims = _room_claims(request, "room:join", "room:publish")
+    node, room_id, claims = _room_claims(request, *WHIP_SCOPES)
     offer = await _read_sdp(request)
     now = clock.now_ms()
     room = node.room_for_join(room_id, now)
-    session, answer = node.sessions.publish(room, _identity(claims, "whip"), claims.name, offer, now)
+    session, answer = node.sessions.publish(room, _owner(claims, "whip", WHIP_SCOPES), claims.name, offer, now)
     return _sdp_created(request, "whip", room_id, session.id, session.etag, answer)
 
 
 async def whep_post(request: web.Request) -> web.StreamResponse:
-    node, room_id, claims = _room_claims(request, "room:join", "room:subscribe")
+    node, room_id, claims = _room_claims(request, *WHEP_SCOPES)
     target = request.match_info.get("identity")
     offer = await _read_sdp(request)
     if node.revoked:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
     now = clock.now_ms()
     room = node.rooms.get(room_id, now)
-    session, answer = node.sessions.subscribe(room, _identity(claims, "whep"), target, offer, now)
+    session, answer = node.sessions.subscribe(room, _owner(claims, "whep", WHEP_SCOPES), target, offer, now)
     resp = _sdp_created(request, "whep", room_id, session.id, session.etag, answer)
     for kind, code, _detail in session.refused:
         # a track the subscriber cannot decode: its section is answered inactive
@@ -112,8 +127,8 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
 
 
 async def session_delete(request: web.Request) -> web.StreamResponse:
-    node, room_id, claims = _room_claims(request, "room:join")
-    node.sessions.end(request.match_info["session"], room_id, clock.now_ms())
+    node, session = _owned_session(request, "room:join")
+    node.sessions.end(session, clock.now_ms())
     return web.Response(status=200)
 
 
@@ -122,14 +137,14 @@ async def whep_layer(request: web.Request) -> web.StreamResponse:
     video receives (``"rid": null``: the highest the publisher sends, the default).  The switch
     happens at that layer's next keyframe; the answer is ``{"layers": [{"rid", "active"}, ...]``
     (low to high), ``"target"``, ``"current"``, ``"switching_to"}``.  Auth as for DELETE."""
-    node, room_id, claims = _room_claims(request, "room:join")
+    node, session = _owned_session(request, "room:join")
     body = await read_json(request)
     if "rid" not in body:
         raise ApiError("bad_request", 'the body needs "rid": a layer\'s rid, or null for the highest')
     rid = body["rid"]
     if rid is not None and (not isinstance(rid, str) or not rid):
         raise ApiError("bad_request", '"rid" must be a non-empty string or null')
-    result = node.sessions.set_layer(request.match_info["session"], room_id, rid, clock.now_ms())
+    result = node.sessions.set_layer(session, rid, clock.now_ms())
     return json_response(result)
 
 
@@ -156,7 +171,7 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError("bad_request", "the fragment is not UTF-8", headers=accept) from None
-    session = node.sessions.lookup(request.match_info["session"], room_id, kind)
+    session = node.sessions.owned(request.match_info["session"], room_id, kind, claims)
     result = session_ice.patch_ice(
         session, text, request.headers.get("If-Match"), advertised=node.sessions.advertised
     )
@@ -205,10 +220,26 @@ async def rooms_post(request: web.Request) -> web.StreamResponse:
     return json_response(room.describe(), status=201 if created else 200)
 
 
+def _room_view(node: Node, room: Room, claims: Claims) -> dict[str, object]:
+    """Room info: its participants by identity (and public sid); each one's WHIP/WHEP session
+    URL (``session``) only for a ``room:admin`` token: a session URL is its creator's capability."""
+    view = room.describe()
+    if "room:admin" in claims.scopes:
+        participants = []
+        for p in room.participants.values():
+            entry = p.describe()
+            session = node.sessions.session_of(p)
+            entry["session"] = f"/{p.kind.value}/{room.id}/{session.id}" if session is not None else None
+            participants.append(entry)
+        view["participants"] = participants
+    return view
+
+
 async def rooms_list(request: web.Request) -> web.StreamResponse:
     node = _node(request)
-    _claims(request).require("room:admin")
-    return json_response({"rooms": [r.describe() for r in node.rooms.public_rooms()]})
+    claims = _claims(request)
+    claims.require("room:admin")
+    return json_response({"rooms": [_room_view(node, r, claims) for r in node.rooms.public_rooms()]})
 
 
 async def room_get(request: web.Request) -> web.StreamResponse:
@@ -217,9 +248,9 @@ async def room_get(request: web.Request) -> web.StreamResponse:
     claims = _claims(request)
     if "room:admin" not in claims.scopes:
         claims.require("room:join")
-        claims.require_room(room_id)
+    claims.require_room_access(room_id)
     room: Room = node.rooms.get(room_id, clock.now_ms())
-    return json_response(room.describe())
+    return json_response(_room_view(node, room, claims))
 
 
 async def room_delete(request: web.Request) -> web.StreamResponse:
@@ -242,7 +273,7 @@ async def recording_post(request: web.Request) -> web.StreamResponse:
     claims = _claims(request)
     if "recording:write" not in claims.scopes:
         raise ApiError("recording/not-permitted", "recording needs a token with the recording:write scope")
-    claims.require_room(room_id)
+    claims.require_room_access(room_id)
     room = node.rooms.get(room_id, clock.now_ms())
     if not room.policy.recording:
         raise ApiError("recording/not-permitted", f"room {room_id!r} does not allow recording")

@@ -50,7 +50,7 @@ def _authorize(node: Node, request: web.Request) -> tuple[Claims, str, str]:
     asked = request.query.get("room")
     if asked is not None:
         validate_room(asked)
-        claims.require_room(asked)
+        claims.require_room_access(asked)
     room = claims.room or asked
     if room is None:
         raise ApiError("bad_request", "the token has no room claim: name the room with ?room=")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from levelchat.errors import ApiError
+from levelchat.tokens import Claims
 from sfu.routing.participant import Participant, ParticipantKind
 from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
@@ -100,6 +101,50 @@ def new_etag() -> str:
     return '"' + secrets.token_hex(8) + '"'
 
 
+#: random bits in a session id: the session URL is a capability (``MediaSession``)
+SESSION_ID_BITS = 128
+
+
+def new_session_id() -> str:
+    """A WHIP/WHEP session id: 128 random bits as 32 hex digits, unrelated to the participant's
+    public ``sid`` (which room info and the signaling events show to every member)."""
+    return secrets.token_hex(SESSION_ID_BITS // 8)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who may act on a session's URL (``DELETE``, ``PATCH``, the layer choice): the identity
+    (token ``sub``) that created it, or any token with ``room:admin`` for the room.  A session made
+    with a token that has no ``sub`` is *anonymous* (its participant got a random identity): then
+    the URL itself (128 random bits, shown only to its creator and to admins) is the capability,
+    presented with a token that could have created it: no ``sub``, valid for the room, with
+    ``scopes`` (the creating request's)."""
+
+    identity: str
+    anonymous: bool
+    scopes: frozenset[str]
+    #: the node's own (the self-check's probes): only ``room:admin`` acts on it
+    internal: bool = False
+
+    @classmethod
+    def of(cls, claims: Claims, identity: str, scopes: tuple[str, ...]) -> Owner:
+        return cls(identity=identity, anonymous=claims.identity is None, scopes=frozenset(scopes))
+
+    @classmethod
+    def node(cls, identity: str) -> Owner:
+        return cls(identity=identity, anonymous=False, scopes=frozenset(), internal=True)
+
+    def permits(self, claims: Claims) -> bool:
+        """``claims`` (already checked for the room) may act on the session."""
+        if "room:admin" in claims.scopes:
+            return True
+        if self.internal:
+            return False
+        if self.anonymous:
+            return claims.identity is None and self.scopes <= claims.scopes
+        return claims.identity == self.identity
+
+
 @dataclass
 class MediaSession:
     """One WHIP or WHEP resource (``/whip/{room}/{id}``)."""
@@ -108,6 +153,7 @@ class MediaSession:
     room_id: str
     participant: Participant
     etag: str
+    owner: Owner
     #: tracks the subscriber's offer could not carry: (kind, catalogue code, detail)
     refused: tuple[tuple[str, str, str], ...] = ()
     #: the bundle's first section (kind, mid): where an ICE restart's answer puts the candidates
@@ -120,6 +166,8 @@ class SessionService:
         self.advertised_ip = advertised_ip
         self.preferred_role = preferred_role
         self.sessions: dict[str, MediaSession] = {}
+        #: session id by participant sid
+        self.by_participant: dict[str, str] = {}
         #: the negotiated description of each published track, by track sid (for subscribers)
         self.published: dict[str, sdp.PublishedTrack] = {}
         #: descriptions of tracks published elsewhere (the signaling WebSocket's), for WHEP viewers
@@ -155,18 +203,22 @@ class SessionService:
             dtls_role=role,
         )
 
-    def _register(self, room: Room, participant: Participant, offer: sdp.SessionDesc) -> MediaSession:
+    def _register(self, room: Room, participant: Participant, offer: sdp.SessionDesc, owner: Owner) -> MediaSession:
         tag = offer.bundle_tag
-        session = MediaSession(id=participant.sid, room_id=room.id, participant=participant, etag=new_etag())
+        session = MediaSession(
+            id=new_session_id(), room_id=room.id, participant=participant, etag=new_etag(), owner=owner
+        )
         if tag is not None:
             session.bundle_tag = (tag.kind.value, tag.mid)
         self.sessions[session.id] = session
+        self.by_participant[participant.sid] = session.id
         return session
 
     # -- WHIP ------------------------------------------------------------------------------------
     def publish(
-        self, room: Room, identity: str, name: str | None, offer_text: str, now_ms: int
+        self, room: Room, owner: Owner, name: str | None, offer_text: str, now_ms: int
     ) -> tuple[MediaSession, str]:
+        identity = owner.identity
         offer = self.parse_offer(offer_text)
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
         if not negotiation.tracks:
@@ -186,12 +238,13 @@ class SessionService:
                 published.sid, identity, by_mid[published.mid]
             )
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        return self._register(room, participant, offer), answer
+        return self._register(room, participant, offer, owner), answer
 
     # -- WHEP ------------------------------------------------------------------------------------
     def subscribe(
-        self, room: Room, identity: str, target: str | None, offer_text: str, now_ms: int
+        self, room: Room, owner: Owner, target: str | None, offer_text: str, now_ms: int
     ) -> tuple[MediaSession, str]:
+        identity = owner.identity
         offer = self.parse_offer(offer_text)
         source = self.router.current_publisher(room, target)
         if source is None:
@@ -224,7 +277,7 @@ class SessionService:
         transport, role = self._transport(offer, now_ms)
         self.router.attach_subscriber(room, participant, transport, specs, now_ms)
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
-        session = self._register(room, participant, offer)
+        session = self._register(room, participant, offer, owner)
         session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
         return session, answer
 
@@ -260,12 +313,29 @@ class SessionService:
             have.append(replace(codec, pt=pt, rtx_pt=None))
         return replace(track, codecs=tuple(have))
 
-    # -- simulcast layer choice -------------------------------------------------------------------
-    def set_layer(self, session_id: str, room_id: str, rid: str | None, now_ms: int) -> dict[str, object]:
-        """The WHEP session's video receives simulcast layer ``rid`` (None: the highest sending)."""
+    # -- the session URL: a capability of its creator ------------------------------------------
+    def owned(self, session_id: str, room_id: str, kind: ParticipantKind, claims: Claims) -> MediaSession:
+        """The ``kind`` (WHIP or WHEP) session ``session_id`` of ``room_id``, when ``claims`` (already
+        checked for the room) may act on it (``Owner.permits``).  Otherwise ``not_found``, the very
+        answer an id that never existed gets, so nobody learns or probes others' session ids."""
         session = self.sessions.get(session_id)
-        if session is None or session.room_id != room_id or session.participant.kind is not ParticipantKind.WHEP:
-            raise ApiError("not_found", f"no WHEP session {session_id!r} in room {room_id!r}")
+        if (
+            session is None
+            or session.room_id != room_id
+            or session.participant.kind is not kind
+            or not session.owner.permits(claims)
+        ):
+            raise ApiError("not_found", f"no {kind.value.upper()} session {session_id!r} in room {room_id!r}")
+        return session
+
+    def session_of(self, participant: Participant) -> MediaSession | None:
+        """The WHIP/WHEP session of ``participant`` (None for a signaling one)."""
+        session_id = self.by_participant.get(participant.sid)
+        return self.sessions.get(session_id) if session_id is not None else None
+
+    # -- simulcast layer choice -------------------------------------------------------------------
+    def set_layer(self, session: MediaSession, rid: str | None, now_ms: int) -> dict[str, object]:
+        """The WHEP session's video receives simulcast layer ``rid`` (None: the highest sending)."""
         participant = session.participant
         video = [dt for dt in participant.downtracks if dt.kind == "video"]
         dt = next((d for d in video if d.source is not None and d.source.group is not None), None)
@@ -273,28 +343,20 @@ class SessionService:
             raise ApiError("bad_request", "this session receives no simulcast video: it has no layers to choose")
         return self.router.set_layer(participant, dt, rid, now_ms)
 
-    def lookup(self, session_id: str, room_id: str, kind: ParticipantKind) -> MediaSession:
-        """The live ``kind`` (WHIP or WHEP) session ``session_id`` of ``room_id``; ``not_found``."""
-        session = self.sessions.get(session_id)
-        if session is None or session.room_id != room_id or session.participant.kind is not kind:
-            raise ApiError("not_found", f"no {kind.value.upper()} session {session_id!r} in room {room_id!r}")
-        return session
-
     @property
     def advertised(self) -> tuple[str, int]:
         """The node's host candidate (address, media port)."""
         return self.advertised_ip, self.router.port.port
 
     # -- ending ----------------------------------------------------------------------------------
-    def end(self, session_id: str, room_id: str, now_ms: int) -> None:
-        session = self.sessions.get(session_id)
-        if session is None or session.room_id != room_id:
-            raise ApiError("not_found", f"no session {session_id!r} in room {room_id!r}")
+    def end(self, session: MediaSession, now_ms: int) -> None:
         self.router.leave(session.participant, CloseReason.LEFT, now_ms)
         self.forget(session.participant)
 
     def forget(self, participant: Participant) -> None:
-        self.sessions.pop(participant.sid, None)
+        session_id = self.by_participant.pop(participant.sid, None)
+        if session_id is not None:
+            self.sessions.pop(session_id, None)
         for track in participant.tracks.values():
             self.published.pop(track.sid, None)
 
