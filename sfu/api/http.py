@@ -62,13 +62,25 @@ def _room_claims(request: web.Request, *scopes: str) -> tuple[Node, str, Claims]
     return node, room_id, claims
 
 
-def _owned_session(request: web.Request, *scopes: str) -> tuple[Node, MediaSession]:
+def _session_claims(request: web.Request) -> tuple[Node, str, Claims]:
+    """As ``_room_claims`` for a session URL: the token has ``room:join`` or ``room:admin``."""
+    node, room_id, claims = _room_claims(request)
+    if "room:admin" not in claims.scopes:
+        claims.require("room:join")
+    return node, room_id, claims
+
+
+def _owned_session(request: web.Request) -> tuple[Node, MediaSession]:
     """The session of the path (``/whip|whep/{room}/{session}``), when the token may act on it:
-    the identity that created it, or ``room:admin`` (``sfu.api.sessions.Owner``); any other
-    token gets ``not_found``, as for an id that does not exist."""
-    node, room_id, claims = _room_claims(request, *scopes)
+    the identity that created it, or ``room:admin`` for the room (``sfu.api.sessions.Owner``);
+    any other token gets ``not_found``, as for an id that does not exist."""
+    node, room_id, claims = _session_claims(request)
+    return node, _owned(node, request, room_id, claims)
+
+
+def _owned(node: Node, request: web.Request, room_id: str, claims: Claims) -> MediaSession:
     kind = ParticipantKind.WHIP if request.path.startswith("/whip/") else ParticipantKind.WHEP
-    return node, node.sessions.owned(request.match_info["session"], room_id, kind, claims)
+    return node.sessions.owned(request.match_info["session"], room_id, kind, claims)
 
 
 async def _read_sdp(request: web.Request) -> str:
@@ -127,7 +139,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
 
 
 async def session_delete(request: web.Request) -> web.StreamResponse:
-    node, session = _owned_session(request, "room:join")
+    node, session = _owned_session(request)
     node.sessions.end(session, clock.now_ms())
     return web.Response(status=200)
 
@@ -137,7 +149,7 @@ async def whep_layer(request: web.Request) -> web.StreamResponse:
     video receives (``"rid": null``: the highest the publisher sends, the default).  The switch
     happens at that layer's next keyframe; the answer is ``{"layers": [{"rid", "active"}, ...]``
     (low to high), ``"target"``, ``"current"``, ``"switching_to"}``.  Auth as for DELETE."""
-    node, session = _owned_session(request, "room:join")
+    node, session = _owned_session(request)
     body = await read_json(request)
     if "rid" not in body:
         raise ApiError("bad_request", 'the body needs "rid": a layer\'s rid, or null for the highest')
@@ -155,8 +167,7 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
     with the node's new credentials as a fragment and the session's new ``ETag``.  ``If-Match``
     names the ICE session (``*`` for a restart); a stale one is ``conflict`` (see
     ``sfu.api.session_ice``).  Auth as for DELETE."""
-    node, room_id, claims = _room_claims(request, "room:join")
-    kind = ParticipantKind.WHIP if request.path.startswith("/whip/") else ParticipantKind.WHEP
+    node, room_id, claims = _session_claims(request)
     accept = {"Accept-Patch": sdpfrag.CONTENT_TYPE}
     if request.content_type != sdpfrag.CONTENT_TYPE:
         raise ApiError(
@@ -171,7 +182,7 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError("bad_request", "the fragment is not UTF-8", headers=accept) from None
-    session = node.sessions.owned(request.match_info["session"], room_id, kind, claims)
+    session = _owned(node, request, room_id, claims)
     result = session_ice.patch_ice(
         session, text, request.headers.get("If-Match"), advertised=node.sessions.advertised
     )

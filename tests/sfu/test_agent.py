@@ -242,7 +242,7 @@ async def test_revocation_refuses_new_work_and_closes_sessions_after_the_drain_d
         await until(lambda: node.revoked, 2 * control.config.heartbeat_interval_seconds + 1, "node.revoked")
         assert agent.state is AgentState.REVOKED
 
-        whip = await http("POST", f"{node.url}/whip/new-room", tok=token("room:join", "room:publish"), sdp=SDP)
+        whip = await http("POST", f"{node.url}/whip/new-room", tok=token("room:join", "room:publish", room="new-room"), sdp=SDP)
         assert whip.status == 410 and whip.body["code"] == "node_revoked", whip.body
         rooms = await http("POST", f"{node.url}/v1/rooms", tok=token("room:create"), body={"room": "other-room"})
         assert rooms.status == 410 and rooms.body["code"] == "node_revoked", rooms.body
@@ -268,7 +268,7 @@ async def test_revoked_node_refuses_whep(control: ControlPlane, nodes: Any) -> N
     assert created.status == 201
     await control.call("DELETE", "/v1/nodes/sfu-rev-whep")
     await until(lambda: node.revoked, 3, "node.revoked")
-    whep = await http("POST", f"{node.url}/whep/whep-room", tok=token("room:join", "room:subscribe"), sdp=SDP)
+    whep = await http("POST", f"{node.url}/whep/whep-room", tok=token("room:join", "room:subscribe", room="whep-room"), sdp=SDP)
     assert whep.status == 410 and whep.body["code"] == "node_revoked", whep.body
 
 
