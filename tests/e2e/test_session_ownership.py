@@ -210,6 +210,7 @@ async def test_owner_and_room_admin_still_act(live: Live) -> None:
     assert (await call(node, "DELETE", live.sub_loc, bearer=viewer_tok)).status == 200
     assert_problem(await call(node, "DELETE", live.sub_loc, bearer=viewer_tok), 404, "not_found", live.sub_loc)
     assert not node.sessions.sessions.keys() & {live.pub_loc.rsplit("/", 1)[1], live.sub_loc.rsplit("/", 1)[1]}
+    assert len(node.sessions.by_participant) == len(node.sessions.sessions)  # both tables forget
 
 
 async def test_anonymous_session_needs_a_token_that_could_have_created_it(live: Live) -> None:
