@@ -16,7 +16,10 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aioice import stun
 
@@ -25,13 +28,14 @@ from sfu.node import Node
 from sfu.routing.participant import Participant
 from sfu.signaling.sdpfrag import CONTENT_TYPE
 from sfu.transport.certificate import Certificate
-from tests.e2e.clients import wait_for
+from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
-from tests.e2e.procs import admin_token
+from tests.e2e.procs import Procs, admin_token
 from tests.e2e.test_http_errors import Reply, assert_problem, call, unbound_token
 from tests.e2e.test_rtc_ice_restart import VIDEO_SSRC, send_video
 from tests.e2e.test_rtc_signaling import _refused_upgrade
 from tests.e2e.test_whip_ice_restart import Seqs
+from tests.e2e.test_workers import wait_for_ready
 
 pytestmark = pytest.mark.timeout(90)
 ROOM = "owned-sessions"
@@ -255,3 +259,66 @@ async def test_room_less_token_is_not_a_key_to_every_room(live: Live) -> None:
     # with room:admin, a room-less token is an operator's: it may act in any room
     assert (await call(node, "GET", info, bearer=unbound_token("ops", ("room:admin",)))).status == 200
     await live.flowing("after the room-less token's attempts")
+
+
+async def _json(http: aiohttp.ClientSession, url: str, tok: str) -> dict[str, Any]:
+    async with http.get(url, headers={"Authorization": f"Bearer {tok}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert isinstance(body, dict)
+        return body
+
+
+async def _status(method: str, url: str, tok: str, *, body: str | None = None, content_type: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {tok}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.request(method, url, data=body, headers=headers) as resp:
+            text = await resp.text()
+            code = (await resp.json(content_type=None)).get("code", "") if resp.status >= 400 else ""
+            assert resp.status < 500, text
+            return resp.status, code
+
+
+async def test_through_the_workers_front(tmp_path: Path) -> None:
+    """The same refusals through a two-worker node's front (real processes, aiortc peers): the
+    front routes session URLs by room, the worker checks the owner."""
+    procs = Procs(tmp_path)
+    room = "owned-front"
+    pub = WhipPublisher("", room, token(room, "alice"), audio=False)
+    sub = WhepSubscriber("", room, token(room, "viewer"), audio=False)
+    try:
+        node = procs.node("owned-front", None, extra_args=("--workers", "2"))
+        await node.wait_healthy()
+        assert (await wait_for_ready(node)).status == 200
+        pub.url, pub.base_url, sub.url = f"{node.url}/whip/{room}", node.url, f"{node.url}/whep/{room}"
+        await pub.connect(timeout=20)
+        status, answer = await sub.connect(timeout=20)
+        assert status == 201, answer
+        packets = sub.logs["video"].packets
+        await wait_for(lambda: len(packets) > 20, 30, "the viewer receives through the front")
+        assert pub.location is not None
+        async with aiohttp.ClientSession() as http:
+            admin_view = await _json(http, f"{node.url}/v1/rooms/{room}", admin_token("room:admin"))
+            member_view = await _json(http, f"{node.url}/v1/rooms/{room}", token(room, "mallory", JOIN_ALL))
+        sessions = {p["identity"]: p["session"] for p in admin_view["participants"]}
+        assert sessions["alice"] == pub.location
+        sub_loc = sessions["viewer"]
+        assert sub_loc.startswith(f"/whep/{room}/") and SESSION_ID.fullmatch(sub_loc.rsplit("/", 1)[1])
+        assert all("session" not in p for p in member_view["participants"])
+        mallory = token(room, "mallory", JOIN_ALL)
+        for loc in (pub.location, sub_loc):
+            assert await _status("DELETE", node.url + loc, mallory) == (404, "not_found")
+            assert await _status("PATCH", node.url + loc, mallory, body=EVIL_RESTART, content_type=CONTENT_TYPE) == (
+                404, "not_found")
+        layer = node.url + sub_loc + "/layer"
+        assert await _status("POST", layer, mallory, body='{"rid": "q"}', content_type="application/json") == (
+            404, "not_found")
+        count = len(packets)
+        await wait_for(lambda: len(packets) > count + 20, 30, "the viewer's media keeps flowing")
+        assert await _status("DELETE", node.url + pub.location, admin_token("room:admin")) == (200, "")
+    finally:
+        await pub.close()
+        await sub.close()
+        procs.stop_all()
