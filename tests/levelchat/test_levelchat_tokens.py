@@ -183,6 +183,27 @@ def test_require_room(bound: str | None, asked: str, ok: bool) -> None:
     assert repr(asked) in info.value.detail
 
 
+@pytest.mark.parametrize(
+    ("bound", "scopes", "asked", "ok"),
+    [
+        (None, ("room:join",), "demo-1", False),  # a room-less join token is not a key to every room
+        (None, ("room:join", "room:publish", "room:subscribe", "room:create"), "demo-1", False),
+        (None, ("room:admin",), "demo-1", True),  # an operator's token
+        ("demo-1", ("room:join",), "demo-1", True),
+        ("demo-1", ("room:admin",), "demo-2", False),  # room:admin bound to another room
+    ],
+)
+def test_require_room_access(bound: str | None, scopes: tuple[str, ...], asked: str, ok: bool) -> None:
+    claims = _c(scopes, room=bound)
+    if ok:
+        claims.require_room_access(asked)
+        return
+    with pytest.raises(ApiError) as info:
+        claims.require_room_access(asked)
+    assert info.value.code == "token/unauthorized"
+    assert repr(asked) in info.value.detail
+
+
 # -- validators --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("room", "ok"),
