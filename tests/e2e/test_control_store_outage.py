@@ -41,13 +41,16 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Setup]:  # noqa: F811
+async def setup(request: pytest.FixtureRequest, tmp_path: Path,
+                redis_server: RedisServer) -> AsyncIterator[Setup]:  # noqa: F811
+    """The node runs ``request.param`` forwarding workers (default 1)."""
+    workers = int(getattr(request, "param", 1))
     procs = Procs(tmp_path)
     try:
         (plane,) = replicas(procs, redis_server.url, 1, lease_s=LEASE_S, heartbeat_s=HEARTBEAT_S,
                             extra_args=("--store-timeout-seconds", str(STORE_TIMEOUT_S)))
         await plane.wait_healthy()
-        node = procs.node(NODE_ID, plane.url)
+        node = procs.node(NODE_ID, plane.url, extra_args=["--workers", str(workers)] if workers > 1 else [])
         await node.wait_healthy()
         await wait_nodes_state(plane.url, [NODE_ID], "live", timeout_s=15)
         yield Setup(redis_server, plane, node)
@@ -106,6 +109,7 @@ async def test_hung_redis_is_refused_quickly_logged_once_and_recovered(setup: Se
     assert slowest < REFUSAL_WITHIN_S
 
 
+@pytest.mark.parametrize("setup", [1, 2], indirect=True, ids=["one-process", "two-workers"])
 async def test_rooms_learnt_after_flushall_keep_their_settings(setup: Setup) -> None:
     plane = setup.plane.url
     created = await call("POST", plane + "/v1/rooms",
