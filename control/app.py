@@ -84,6 +84,7 @@ def create_app(
             config.store, prefix=f"levelchat:{config.project}:", timeout_s=config.store_timeout_seconds
         )
         the_store = BoundedStore(inner, config.store_timeout_seconds, unavailable_errors())
+        metrics.store_up.set_function(lambda: 1.0 if the_store.available else 0.0)
         session = aiohttp.ClientSession()
         svc = ControlService(config, the_store, session, metrics, clock)
         app[SERVICE_KEY] = svc

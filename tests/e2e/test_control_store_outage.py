@@ -93,6 +93,7 @@ async def test_hung_redis_is_refused_quickly_logged_once_and_recovered(setup: Se
         assert log.count("store outage:") == 1, setup.plane.tail()
         assert "Traceback" not in log and "lease reaper failed" not in log, setup.plane.tail()
         assert (await call("GET", plane + "/healthz")).status == 200  # alive, just not ready
+        assert "levelchat_control_store_up 0.0" in (await call("GET", plane + "/metrics")).body
         assert (await call("GET", setup.node.url + "/readyz")).status == 200  # the node serves on
     finally:
         setup.redis.cont()
@@ -102,6 +103,7 @@ async def test_hung_redis_is_refused_quickly_logged_once_and_recovered(setup: Se
     seconds = float(ended[0].split("store outage ended after ")[1].split()[0])
     assert seconds >= 4.0, ended
     assert (await call("GET", plane + "/readyz")).status == 200
+    assert "levelchat_control_store_up 1.0" in (await call("GET", plane + "/metrics")).body
     # the node's lease lapsed meanwhile; it registers again and takes rooms
     await wait_nodes_state(plane, [NODE_ID], "live", timeout_s=15)
     created = await call("POST", plane + "/v1/rooms", {"room": "after-outage"})
