@@ -268,7 +268,8 @@ class Node(HttpBound):
 
     def _counter_values(self) -> dict[str, float]:
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
-        return {"sfu_control_plane_heartbeat_failures": failures}
+        failovers = self.agent.failovers if self.agent is not None else 0
+        return {"sfu_control_plane_heartbeat_failures": failures, "sfu_control_plane_failovers": failovers}
 
     def _gauges(self) -> dict[str, Any]:
         rooms = self.rooms.public_rooms()

@@ -416,6 +416,7 @@ class Front(HttpBound):
             self.agent.heartbeat_failures if self.agent is not None else 0,
             states,
             {w.index: w.restarts for w in self.workers},
+            failovers=self.agent.failovers if self.agent is not None else 0,
         )
         return web.Response(body=render_front(collector), headers={"Content-Type": CONTENT_TYPE})
 

@@ -86,6 +86,8 @@ async def test_killing_the_replica_in_use_keeps_the_lease_and_placement(fleet: F
     old = await call("GET", survivor.url + "/v1/rooms/" + placed[NODE_ID])
     assert old.status == 200 and old.body["state"] == "live" and old.body["node"]["id"] == NODE_ID, old.body
 
+    metrics = await call("GET", fleet.node.url + "/metrics")
+    assert "levelchat_sfu_control_plane_failovers_total 1.0" in metrics.body, metrics.body
     log = fleet.node.stderr()
     assert "failing over to " + survivor.url in log, fleet.node.tail()
     assert log.count("failing over") == 1, fleet.node.tail()  # stuck to the survivor since
