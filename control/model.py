@@ -214,6 +214,9 @@ class NodeRegistration:
 
 
 MAX_LIVE_ROOMS = 10_000
+#: ``POST /v1/nodes`` bodies (a node's rooms and their settings) may be this large; other bodies
+#: keep ``levelchat.web.MAX_BODY_BYTES``.  Only a caller holding ``node:register`` gets to send it.
+MAX_REGISTRATION_BYTES = 4 * 1024 * 1024
 
 
 def _parse_str_list(

@@ -16,7 +16,7 @@ from control.model import NodeRegistration, RegisterOutcome, RoomSpec, RoomState
 from control.store import StoreUnavailable, open_store, unavailable_errors
 from control.store.base import Store
 from control.store.bounded import BoundedStore
-from tests.control.harness import start_redis
+from tests.control.harness import ControlPlane, StandInNode, make_config, start_redis
 from tests.control.test_store import LEASE, T0, reg, store  # noqa: F401 (fixture)
 
 BOUND_S = 0.5
@@ -63,6 +63,26 @@ def test_room_settings_are_parsed_and_checked() -> None:
                 {"room-a": "opus"}):
         with pytest.raises(ValueError, match="room_settings"):
             NodeRegistration.parse({**body, "room_settings": bad})
+
+
+async def test_a_node_with_many_rooms_registers_with_their_settings(tmp_path: object) -> None:
+    """2,000 rooms with settings (about 300 KB, beyond the 64 KB of other bodies) are accepted."""
+    plane = await ControlPlane(make_config("sqlite://:memory:")).start()
+    node = await StandInNode("many-rooms").start()
+    try:
+        rooms = [f"room-{i:04d}-{'x' * 40}" for i in range(2000)]
+        settings = {r: {"max_participants": 100, "codecs": ["opus", "VP8", "VP9", "H264", "AV1"],
+                        "empty_timeout_s": 300} for r in rooms}
+        reply = await plane.register(node, rooms=rooms, room_settings=settings)
+        assert reply.status == 201, reply.body
+        room = await plane.call("GET", f"/v1/rooms/{rooms[-1]}")
+        assert room.status == 200 and room.body["codecs"] == ["opus", "VP8", "VP9", "H264", "AV1"], room.body
+        too_big = {"padding": "x" * (4 * 1024 * 1024)}
+        refused = await plane.register(node, **too_big)
+        assert refused.status == 400 and "larger than" in refused.body["detail"], refused.body
+    finally:
+        await node.stop()
+        await plane.stop()
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ async def test_hung_redis_is_refused_quickly_logged_once_and_recovered(setup: Se
     ended = [line for line in setup.plane.stderr().splitlines() if "store outage ended after" in line]
     assert len(ended) == 1, ended
     seconds = float(ended[0].split("store outage ended after ")[1].split()[0])
-    assert seconds >= 4.0, ended
+    assert seconds >= 2.5, ended  # it began at the first call that timed out, ~1 s after SIGSTOP
     assert (await call("GET", plane + "/readyz")).status == 200
     assert "levelchat_control_store_up 1.0" in (await call("GET", plane + "/metrics")).body
     # the node's lease lapsed meanwhile; it registers again and takes rooms
