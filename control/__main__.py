@@ -32,6 +32,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-seconds", type=float, default=s)
     p.add_argument("--heartbeat-interval-seconds", type=float, default=s)
     p.add_argument("--node-timeout-seconds", type=float, default=s)
+    p.add_argument("--store-timeout-seconds", type=float, default=s, help="bound of one store call [1]")
     p.add_argument("--max-placement-attempts", type=int, default=s)
     p.add_argument("--cors-origin", dest="cors_origins", action="append", default=s, metavar="ORIGIN")
     p.add_argument("--log-level", default=s)

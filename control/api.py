@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from control.metrics import CONTENT_TYPE
-from control.model import Heartbeat, Node, NodeRegistration, RoomSpec, parse_node_id
+from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistration, RoomSpec, parse_node_id
 from control.service import ControlService, RoomLocation
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims, validate_room
@@ -77,7 +77,8 @@ def _room_view(loc: RoomLocation) -> dict[str, Any]:
 async def register_node(request: web.Request) -> web.Response:
     svc = _service(request)
     claims = svc.authorize(bearer_token(request), "node:register")
-    reg: NodeRegistration = _parse(NodeRegistration.parse, await _body(request))
+    body = await read_json(request, max_bytes=MAX_REGISTRATION_BYTES)  # a node's rooms with their settings
+    reg: NodeRegistration = _parse(NodeRegistration.parse, body)
     _require_node_identity(claims, reg.id)
     node, _ = await svc.register(reg)
     return json_response(_lease_view(svc, node), status=201, headers={"Location": f"/v1/nodes/{node.id}"})

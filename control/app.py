@@ -16,7 +16,8 @@ from control.api import SERVICE_KEY, add_routes
 from control.config import ControlConfig
 from control.metrics import ControlMetrics
 from control.service import ControlService
-from control.store import Store, open_store, unavailable_errors
+from control.store import Store, StoreUnavailable, open_store, unavailable_errors
+from control.store.bounded import BoundedStore
 from levelchat.errors import ApiError
 from levelchat.web import Handler, make_cors_middleware, make_error_middleware
 
@@ -32,7 +33,8 @@ def route_template(request: web.Request) -> str:
 
 
 def make_store_errors_middleware() -> Middleware:
-    """A store that cannot be reached answers ``service_unavailable`` rather than ``internal_error``."""
+    """A store that cannot be reached answers ``service_unavailable`` (with ``Retry-After``)
+    rather than ``internal_error``; the outage itself is logged once by ``BoundedStore``."""
     errors = unavailable_errors()
 
     @web.middleware
@@ -40,8 +42,9 @@ def make_store_errors_middleware() -> Middleware:
         try:
             return await handler(request)
         except errors as exc:
-            log.error("store unavailable during %s %s: %s", request.method, request.path, exc)
-            raise ApiError("service_unavailable", f"the control plane's store is unavailable: {type(exc).__name__}") from None
+            if not isinstance(exc, StoreUnavailable):
+                log.warning("store unavailable during %s %s: %s", request.method, request.path, exc)
+            raise ApiError("service_unavailable", f"the control plane's store is unavailable: {exc}") from None
 
     return middleware
 
@@ -57,7 +60,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """An app serving ``config``; it opens ``config.store`` unless given a ``store`` (which it then
-    does not close)."""
+    does not close).  Either way every store call is bounded (``BoundedStore``)."""
     metrics = ControlMetrics()
 
     def count(request: web.Request, status: int) -> None:
@@ -77,7 +80,11 @@ def create_app(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
-        the_store = store if store is not None else await open_store(config.store, prefix=f"levelchat:{config.project}:")
+        inner = store if store is not None else await open_store(
+            config.store, prefix=f"levelchat:{config.project}:", timeout_s=config.store_timeout_seconds
+        )
+        the_store = BoundedStore(inner, config.store_timeout_seconds, unavailable_errors())
+        metrics.store_up.set_function(lambda: 1.0 if the_store.available else 0.0)
         session = aiohttp.ClientSession()
         svc = ControlService(config, the_store, session, metrics, clock)
         app[SERVICE_KEY] = svc
@@ -90,7 +97,7 @@ def create_app(
                 await reaper
             await session.close()
             if own_store:
-                await the_store.close()
+                await inner.close()
 
     app.cleanup_ctx.append(lifetime)
     return app
@@ -102,6 +109,8 @@ async def _reap_forever(svc: ControlService, interval_s: float) -> None:
             await svc.reap()
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable:
+            pass  # logged once per outage by BoundedStore; this loop is also what notices the end
         except Exception:
             log.exception("lease reaper failed; retrying")
         await asyncio.sleep(interval_s)

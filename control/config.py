@@ -31,6 +31,7 @@ class ControlConfig:
     lease_seconds: float = 10.0
     heartbeat_interval_seconds: float = 2.0  # advertised to nodes
     node_timeout_seconds: float = 3.0  # calls to a node's room API
+    store_timeout_seconds: float = 1.0  # one store call (Redis socket timeouts, and overall)
     max_placement_attempts: int = 3  # nodes tried for one room before giving up
     cors_origins: tuple[str, ...] | None = ()  # None: any origin (dev mode)
     log_level: str = "info"
@@ -68,6 +69,8 @@ class ControlConfig:
             )
         if self.node_timeout_seconds <= 0:
             raise ValueError(f"node_timeout_seconds must be > 0, got {self.node_timeout_seconds}")
+        if not 0 < self.store_timeout_seconds <= 60:
+            raise ValueError(f"store_timeout_seconds must be > 0 and at most 60, got {self.store_timeout_seconds}")
         if self.max_placement_attempts < 1:
             raise ValueError(f"max_placement_attempts must be >= 1, got {self.max_placement_attempts}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -26,6 +26,12 @@ class ControlMetrics:
             ["route", "code"],
             registry=self.registry,
         )
+        self.store_up = Gauge(
+            "levelchat_control_store_up",
+            "1 while the store answers, 0 during a store outage (control.store.bounded)",
+            registry=self.registry,
+        )
+        self.store_up.set(1)
         for state in NodeState:
             self.nodes.labels(state=state.value).set(0)
 

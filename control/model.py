@@ -181,6 +181,12 @@ class NodeRegistration:
     version: str
     #: rooms live on the node as it registers (a node back after its lease lapsed keeps them)
     rooms: tuple[str, ...] = ()
+    #: the settings of (some of) those rooms, by room id: a store that lost them learns them back
+    room_settings: Mapping[str, RoomSpec] = field(default_factory=dict)
+
+    def settings_of(self, room: str) -> RoomSpec:
+        """The room's reported settings, or none (defaults) when the node did not report them."""
+        return self.room_settings.get(room) or RoomSpec(room=room)
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> NodeRegistration:
@@ -203,10 +209,14 @@ class NodeRegistration:
             capacity=Capacity.parse(obj.get("capacity")),
             version=version,
             rooms=_parse_live_rooms(obj.get("rooms")),
+            room_settings=_parse_room_settings(obj.get("room_settings")),
         )
 
 
 MAX_LIVE_ROOMS = 10_000
+#: ``POST /v1/nodes`` bodies (a node's rooms and their settings) may be this large; other bodies
+#: keep ``levelchat.web.MAX_BODY_BYTES``.  Only a caller holding ``node:register`` gets to send it.
+MAX_REGISTRATION_BYTES = 4 * 1024 * 1024
 
 
 def _parse_str_list(
@@ -232,6 +242,27 @@ def _parse_live_rooms(value: object) -> tuple[str, ...]:
         "field 'rooms' has an invalid room id: {item!r}",
     )
     return tuple(dict.fromkeys(rooms))
+
+
+def _parse_room_settings(value: object) -> dict[str, RoomSpec]:
+    """``{room id: {"max_participants", "codecs", "empty_timeout_s"}}``, each checked as in
+    ``POST /v1/rooms`` (``RoomSpec.parse``); other keys of an entry are ignored."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_LIVE_ROOMS:
+        raise ValueError(f"field 'room_settings' must be an object of at most {MAX_LIVE_ROOMS} rooms")
+    settings: dict[str, RoomSpec] = {}
+    for room, entry in value.items():
+        if not ROOM_ID_RE.fullmatch(room):
+            raise ValueError(f"field 'room_settings' has an invalid room id: {room!r}")
+        if not isinstance(entry, dict):
+            raise ValueError(f"field 'room_settings.{room}' must be an object")
+        try:
+            spec = RoomSpec.parse({k: entry.get(k) for k in ("max_participants", "codecs", "empty_timeout_s")}, room)
+        except ValueError as exc:
+            raise ValueError(f"room_settings.{room}: {exc}") from None
+        settings[room] = spec
+    return settings
 
 
 @dataclass(frozen=True)

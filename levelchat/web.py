@@ -130,7 +130,7 @@ async def read_json(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> di
         raise ApiError("bad_request", f"content type must be application/json, not {ctype or 'none'}")
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError("bad_request", f"request body is larger than {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
+    raw = await _read_at_most(request, max_bytes + 1)
     if len(raw) > max_bytes:
         raise ApiError("bad_request", f"request body is larger than {max_bytes} bytes")
     try:
@@ -140,6 +140,20 @@ async def read_json(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> di
     if not isinstance(data, dict):
         raise ApiError("bad_request", "body must be a JSON object")
     return data
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body (``StreamReader.read(n)`` returns what has arrived so far,
+    which is less than the body once it spans several chunks)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def bearer_token(request: web.Request) -> str | None:

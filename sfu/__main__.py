@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--public-ip", help="address advertised in ICE candidates (NAT 1:1)")
     p.add_argument("--public-url")
     p.add_argument("--control-url")
+    p.add_argument("--control-urls", help="control-plane replicas to fail over between, comma-separated")
     p.add_argument("--workers", help='forwarding worker processes: a number, or "auto" (one per core)')
     p.add_argument("--drain-deadline-s", type=float, help="SIGTERM drain deadline (seconds)")
     p.add_argument("--log-json", action="store_true", default=None)

@@ -3,6 +3,9 @@
 Contract: ``control/README.md`` (Nodes).  The agent never blocks the node: registration runs in the
 background while WHIP/WHEP and the room API serve as usual, and readiness stays local.
 
+- Several control-plane replicas (``control_urls``, sharing one store): every request goes to the
+  one that last answered; when it cannot be reached or answers 5xx the next one is tried at once,
+  and only after a full round of failures does the caller back off (``_call``).
 - Registration (``POST /v1/nodes``) is retried with exponential backoff and full jitter while the
   control plane is unreachable or answers 5xx.
 - ``node_exists`` (409): the id's lease may be this node's previous run, so the agent waits the
@@ -205,7 +208,8 @@ REVOKED_POLL_HEARTBEATS = 5
 
 @dataclass(frozen=True)
 class AgentSettings:
-    control_url: str
+    #: the control-plane replicas, in the order they are tried (at least one)
+    control_urls: tuple[str, ...]
     node_id: str
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
@@ -218,10 +222,19 @@ class AgentSettings:
     exists_margin_s: float = 0.25
     default_heartbeat_interval_s: float = 2.0
 
+    def __post_init__(self) -> None:
+        if not self.control_urls:
+            raise ValueError("at least one control-plane URL is needed")
+
+    @property
+    def control_url(self) -> str:
+        """The first control-plane URL (the one tried first)."""
+        return self.control_urls[0]
+
     @classmethod
     def from_config(cls, cfg: NodeConfig, **overrides: Any) -> AgentSettings:
         values: dict[str, Any] = {
-            "control_url": cfg.control_url.rstrip("/"),
+            "control_urls": cfg.control_endpoints,
             "node_id": cfg.effective_node_id,
             "revoke_drain_s": cfg.revoke_drain_s,
         }
@@ -243,6 +256,11 @@ class AgentHost(Protocol):
     def media_port(self) -> int: ...
 
     def room_ids(self) -> list[str]: ...
+
+    def room_settings(self) -> dict[str, dict[str, Any]]:
+        """Each live room's settings (``max_participants``, ``codecs``, ``empty_timeout_s``) by id:
+        a control plane that lost its store learns the rooms back with them."""
+        ...
 
     def cpu_seconds(self) -> float:
         """CPU time used so far, in seconds of one core's budget (the load's ``cpu`` is its rate)."""
@@ -272,6 +290,10 @@ class ControlPlaneAgent:
         self.heartbeat_failures = 0
         self.heartbeats = 0
         self.registrations = 0
+        #: times a request moved on to the next control-plane URL
+        self.failovers = 0
+        self._url_index = 0
+        self._answered_url: str | None = settings.control_urls[0]
         self.lease_s: float | None = None
         self.heartbeat_interval_s = settings.default_heartbeat_interval_s
         #: set when the node must exit (its id is held by another live node, or refused outright)
@@ -285,6 +307,11 @@ class ControlPlaneAgent:
         self._meter: LoadMeter | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def control_url(self) -> str:
+        """The control-plane URL requests go to now (the one that last answered)."""
+        return self.settings.control_urls[self._url_index]
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -341,7 +368,7 @@ class ControlPlaneAgent:
                 self.state = AgentState.REGISTERED
                 log.info(
                     "registered with the control plane %s as %s (lease %s s, heartbeat every %s s)",
-                    self.settings.control_url,
+                    self.control_url,
                     self.settings.node_id,
                     self.lease_s,
                     self.heartbeat_interval_s,
@@ -353,7 +380,7 @@ class ControlPlaneAgent:
                 if waited_for_lease:
                     self._fail(
                         f"node_exists: node id {self.settings.node_id!r} is held by another live node "
-                        f"(control plane {self.settings.control_url}: {reply.detail}); "
+                        f"(control plane {self.control_url}: {reply.detail}); "
                         "give this node another id or revoke the other one"
                     )
                     return ReplyKind.REFUSED
@@ -374,7 +401,7 @@ class ControlPlaneAgent:
             delay = self._backoff.next_delay(self._rand())
             level = logging.ERROR if reply.kind is ReplyKind.REFUSED else logging.WARNING
             log.log(level, "registration with %s failed (%s); retrying in %.1f s",
-                    self.settings.control_url, reply.describe(), delay)
+                    self._all_urls(), reply.describe(), delay)
             await asyncio.sleep(delay)
 
     async def _heartbeat_until_change(self) -> ReplyKind:
@@ -461,6 +488,8 @@ class ControlPlaneAgent:
             "version": VERSION,
             # a node back after its lease lapsed keeps its live rooms instead of seeing them re-placed
             "rooms": self.node.room_ids(),
+            # and a control plane that lost its store learns them back with their settings
+            "room_settings": self.node.room_settings(),
         }
 
     def _status(self) -> dict[str, Any]:
@@ -489,11 +518,39 @@ class ControlPlaneAgent:
             self.lease_s = float(lease)
 
     # -- HTTP ------------------------------------------------------------------------------------
+    def _all_urls(self) -> str:
+        return ", ".join(self.settings.control_urls)
+
     async def _call(
         self, method: str, path: str, body: Mapping[str, Any], *, timeout_s: float | None = None
     ) -> ControlReply:
+        """One request, failing over: the current URL first; on no reply or a 5xx, the next one at
+        once, up to one full round.  The URL that answers becomes the current one."""
+        urls = self.settings.control_urls
+        reply = await self._call_one(urls[self._url_index], method, path, body, timeout_s)
+        for _ in range(len(urls) - 1):
+            if not _fails_over(reply):
+                break
+            leaving = urls[self._url_index]
+            self._url_index = (self._url_index + 1) % len(urls)
+            self.failovers += 1
+            # loud once, when the replica that answered last goes away; quiet while all are down
+            level = logging.WARNING if leaving == self._answered_url else logging.DEBUG
+            log.log(level, "control plane %s failed (%s); failing over to %s", leaving, reply.describe(), self.control_url)
+            reply = await self._call_one(self.control_url, method, path, body, timeout_s)
+        if not _fails_over(reply):
+            self._answered_url = self.control_url
+        elif len(urls) > 1:
+            # a full round failed: the next round (after the caller's backoff) starts where this one did
+            self._url_index = (self._url_index + 1) % len(urls)
+            self._answered_url = None
+        return reply
+
+    async def _call_one(
+        self, base: str, method: str, path: str, body: Mapping[str, Any], timeout_s: float | None
+    ) -> ControlReply:
         assert self._session is not None
-        url = self.settings.control_url + path
+        url = base + path
         headers = {"Authorization": f"Bearer {self._tokens.get(self._wall())}"}
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.settings.request_timeout_s)
         try:
@@ -504,3 +561,8 @@ class ControlPlaneAgent:
                 return ControlReply.parse(resp.status, resp.headers.get("Retry-After"), raw)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return ControlReply.unreachable(f"{method} {url}: {type(exc).__name__}: {exc}")
+
+
+def _fails_over(reply: ControlReply) -> bool:
+    """No reply, or a 5xx: another replica may serve the request."""
+    return reply.status is None or reply.status >= 500

@@ -17,6 +17,7 @@ DEV_KEYS = {"devkey": "secret"}
 #: HS256 secrets shorter than this are refused outside dev mode (RFC 7518 §3.2)
 MIN_SECRET_LENGTH = 32
 DEFAULT_CODECS = ("opus", "VP8", "VP9", "H264", "AV1")
+MAX_CONTROL_URLS = 16
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class NodeConfig:
     api_keys: dict[str, str] = field(default_factory=dict)
     project: str = "levelchat"
     control_url: str = ""
+    #: several control-plane replicas (sharing one store): the agent fails over between them;
+    #: ``control_url``, when also set, is tried first
+    control_urls: tuple[str, ...] = ()
     dev: bool = False
     dev_allow_remote: bool = False
     auto_create_rooms: bool = True
@@ -133,6 +137,11 @@ class NodeConfig:
             raise ConfigError(f"revoke_drain_s: {self.revoke_drain_s} must not be negative")
         if self.control_url and not self.control_url.startswith(("http://", "https://")):
             raise ConfigError(f"control_url: {self.control_url!r} must be an http(s) URL")
+        for url in self.control_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"control_urls: {url!r} must be an http(s) URL")
+        if len(self.control_urls) > MAX_CONTROL_URLS:
+            raise ConfigError(f"control_urls: at most {MAX_CONTROL_URLS} URLs")
         if self.dtls_role not in ("passive", "active"):
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.data_messages_per_s <= 0 or self.data_bytes_per_s <= 0:
@@ -150,6 +159,13 @@ class NodeConfig:
         if isinstance(self.workers, int):
             return self.workers
         return max(1, os.cpu_count() or 1)
+
+    @property
+    def control_endpoints(self) -> tuple[str, ...]:
+        """The control-plane URLs to register with, in order, without duplicates or a trailing
+        slash: ``control_url`` first, then ``control_urls``; empty = no control plane."""
+        urls = ((self.control_url,) if self.control_url else ()) + self.control_urls
+        return tuple(dict.fromkeys(u.rstrip("/") for u in urls))
 
     @property
     def advertised_ip(self) -> str:

@@ -94,7 +94,7 @@ class Node(HttpBound):
         )
         await self.selfcheck.start()
         self._tick_task = asyncio.create_task(self._ticker())
-        if self.config.control_url:
+        if self.config.control_endpoints:
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()  # registers in the background: never delays serving
         log.info(
@@ -179,6 +179,16 @@ class Node(HttpBound):
     def room_ids(self) -> list[str]:
         return [r.id for r in self.rooms.public_rooms()]
 
+    def room_settings(self) -> dict[str, dict[str, Any]]:
+        return {
+            r.id: {
+                "max_participants": r.policy.max_participants,
+                "codecs": list(r.policy.codecs),
+                "empty_timeout_s": r.policy.empty_timeout_s,
+            }
+            for r in self.rooms.public_rooms()
+        }
+
     def cpu_seconds(self) -> float:
         return time.process_time()
 
@@ -258,7 +268,8 @@ class Node(HttpBound):
 
     def _counter_values(self) -> dict[str, float]:
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
-        return {"sfu_control_plane_heartbeat_failures": failures}
+        failovers = self.agent.failovers if self.agent is not None else 0
+        return {"sfu_control_plane_heartbeat_failures": failures, "sfu_control_plane_failovers": failovers}
 
     def _gauges(self) -> dict[str, Any]:
         rooms = self.rooms.public_rooms()

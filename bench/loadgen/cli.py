@@ -23,7 +23,8 @@ def add_parser(sub: Any) -> None:
     where = cmd.add_mutually_exclusive_group()
     where.add_argument("--spawn-node", action="store_true", help="start a node on loopback (the default)")
     where.add_argument("--node-url", help="drive this running node (loopback URL)")
-    where.add_argument("--control-url", help="drive a fleet: tokens and node URLs from this control plane")
+    where.add_argument("--control-url", help="drive a fleet: tokens and node URLs from this control plane "
+                       "(several replicas comma-separated: failed over)")
     cmd.add_argument("--workers", type=int, default=0,
                      help="with --spawn-node: the node runs a front and this many forwarding worker processes "
                           "(0: the scenario's node_workers)")

@@ -3,7 +3,7 @@
 Tokens come from one of two places:
   * ``LocalTokens``: a node URL and an API key (the spawned dev node's ``devkey``/``secret`` by
     default): the generator mints its own join tokens.
-  * ``ControlPlaneTokens``: a control-plane URL and an admin key: ``POST /v1/tokens`` per
+  * ``ControlPlaneTokens``: a control-plane URL (or several replicas, failed over) and an admin key: ``POST /v1/tokens`` per
     identity (scope ``room:admin`` on an admin token minted locally) answers the token and the URL
     of the node that holds the room, placing the room first if needed.
 
@@ -19,9 +19,10 @@ import json
 import re
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -65,22 +66,49 @@ class LocalTokens:
         return _loopback(self.node_url), _mint(self.key_id, self.secret, self.project, room, identity, SCOPES)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ControlPlaneTokens:
+    """``control_url`` may name several control-plane replicas, comma-separated: a request that
+    gets no answer or a 5xx goes to the next one at once, and later requests stay with the one
+    that answered."""
+
     control_url: str
     key_id: str
     secret: str
     project: str = "levelchat"
+    _current: int = field(default=0, repr=False)
+
+    @property
+    def control_urls(self) -> list[str]:
+        return [_loopback(u.strip()) for u in self.control_url.split(",") if u.strip()]
 
     def token(self, room: str, identity: str) -> tuple[str, str]:
         admin = _mint(self.key_id, self.secret, self.project, room, "loadgen-admin", ["room:admin"])
         body = json.dumps({"room": room, "identity": identity, "scopes": SCOPES, "ttl_s": TOKEN_TTL_S}).encode()
-        req = urllib.request.Request(f"{_loopback(self.control_url)}/v1/tokens", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {admin}",
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
-            answer = json.loads(resp.read())
-        return _loopback(str(answer["url"])), str(answer["token"])
+        urls = self.control_urls
+        if not urls:
+            raise ValueError("no control-plane URL given")
+        failure: Exception | None = None
+        for step in range(len(urls)):
+            index = (self._current + step) % len(urls)
+            req = urllib.request.Request(f"{urls[index]}/v1/tokens", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {admin}",
+                                                  "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+                    answer = json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    raise
+                failure = exc
+                continue
+            except OSError as exc:  # no answer (URLError, refused, timed out): the next replica
+                failure = exc
+                continue
+            self._current = index
+            return _loopback(str(answer["url"])), str(answer["token"])
+        assert failure is not None
+        raise failure
 
 
 # -- the node ----------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from control.store.base import Store
+from control.store.base import Store, StoreUnavailable
 
-__all__ = ["Store", "StoreKind", "StoreUrl", "open_store", "unavailable_errors"]
+__all__ = ["Store", "StoreKind", "StoreUnavailable", "StoreUrl", "open_store", "unavailable_errors"]
 
 
 def unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -56,8 +56,9 @@ class StoreUrl:
         )
 
 
-async def open_store(url: str, *, prefix: str = "levelchat:") -> Store:
-    """Open (and for SQLite create) the store; ``prefix`` namespaces Redis keys."""
+async def open_store(url: str, *, prefix: str = "levelchat:", timeout_s: float = 1.0) -> Store:
+    """Open (and for SQLite create) the store; ``prefix`` namespaces Redis keys; ``timeout_s``
+    bounds Redis socket connects and reads (``control.store.bounded`` bounds whole calls)."""
     parsed = StoreUrl.parse(url)
     if parsed.kind is StoreKind.SQLITE:
         from control.store.sqlite import SqliteStore
@@ -65,4 +66,4 @@ async def open_store(url: str, *, prefix: str = "levelchat:") -> Store:
         return await SqliteStore.open(parsed.target)
     from control.store.redis import RedisStore
 
-    return await RedisStore.open(parsed.target, prefix)
+    return await RedisStore.open(parsed.target, prefix, timeout_s=timeout_s)

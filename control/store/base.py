@@ -20,6 +20,10 @@ from control.model import (
 )
 
 
+class StoreUnavailable(ConnectionError):
+    """The store did not answer in time or cannot be reached (``control.store.bounded``)."""
+
+
 class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...

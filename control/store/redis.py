@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from control.model import (
     Capacity,
@@ -73,6 +75,16 @@ def _s(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _learnt_settings(reg: NodeRegistration) -> str:
+    """``{room: [max_participants, codecs JSON, empty_timeout_s]}`` as the hash fields of a room
+    learnt from a registering node (``REGISTER``)."""
+    out: dict[str, list[str]] = {}
+    for room in reg.rooms:
+        spec = reg.settings_of(room)
+        out[room] = [_s(spec.max_participants), json.dumps(list(spec.codecs)), _s(spec.empty_timeout_s)]
+    return json.dumps(out)
+
+
 class RedisStore(Store):
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._r = client
@@ -87,8 +99,16 @@ class RedisStore(Store):
         self._expire = client.register_script(lua.EXPIRE)
 
     @classmethod
-    async def open(cls, url: str, prefix: str) -> RedisStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True)
+    async def open(cls, url: str, prefix: str, *, timeout_s: float = 1.0) -> RedisStore:
+        """A client whose connects and reads give up after ``timeout_s`` (a stalled Redis must not
+        hold a request), retrying a failed command once at once (a connection Redis dropped)."""
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
         store = cls(client, prefix)
         await store.ping()
         return store
@@ -107,7 +127,8 @@ class RedisStore(Store):
     ) -> tuple[RegisterOutcome, Node | None]:
         outcome = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.media_host, reg.media_port,
-            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, *reg.rooms,
+            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version,
+            _learnt_settings(reg), *reg.rooms,
         )
         return RegisterOutcome(outcome), await self.get_node(reg.id)
 

@@ -28,6 +28,7 @@ end
 """
 
 # ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version,
+# the settings of rooms to learn (JSON {room: [max_participants, codecs JSON, empty_timeout_s]}),
 # then the ids of the rooms live on the node
 REGISTER = PRELUDE + r"""
 local id = ARGV[2]
@@ -46,12 +47,15 @@ redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_po
   'registered_at', ARGV[3], 'lease_expires_at', ARGV[4], 'revoked', '0', 'healthy', '1', 'draining', '0',
   'load_rooms', '0', 'load_participants', '0', 'load_cpu', '0', 'load_pps', '0', 'placed', '0')
 redis.call('SADD', P .. 'nodes', id)
--- rooms still live on the node (ARGV[12..]): keep them, or learn them after a store loss
-for i = 12, #ARGV do
+-- rooms still live on the node (ARGV[13..]): keep them, or learn them (with their settings) after a store loss
+local learnt = cjson.decode(ARGV[12])
+for i = 13, #ARGV do
   local r = ARGV[i]
   local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
   if not f[1] then
-    redis.call('HSET', rkey(r), 'room', r, 'node_id', id, 'state', 'live', 'placed_at', ARGV[3], 'codecs', '[]')
+    local st = learnt[r] or {'', '[]', ''}
+    redis.call('HSET', rkey(r), 'room', r, 'node_id', id, 'state', 'live', 'placed_at', ARGV[3],
+      'max_participants', st[1], 'codecs', st[2], 'region', '', 'empty_timeout_s', st[3])
     redis.call('SADD', nrkey(id), r)
   elseif f[1] == id and (f[2] == 'live' or f[2] == 'lost') then
     redis.call('HSET', rkey(r), 'state', 'live')

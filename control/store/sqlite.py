@@ -202,10 +202,8 @@ class SqliteStore(Store):
                     "UPDATE rooms SET state = 'live' WHERE room = ? AND node_id = ? AND state IN ('live', 'lost')",
                     (room, reg.id),
                 )
-                c.execute(
-                    "INSERT OR IGNORE INTO rooms (room, node_id, state, placed_at) VALUES (?, ?, 'live', ?)",
-                    (room, reg.id, now_ms),
-                )
+                learnt = Room(spec=reg.settings_of(room), node_id=reg.id, state=RoomState.LIVE, placed_at=now_ms)
+                c.execute(f"INSERT OR IGNORE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?)", _room_params(learnt))
             outcome = RegisterOutcome.CREATED if old is None else RegisterOutcome.REREGISTERED
             return outcome, self._get_node(c, reg.id)
 

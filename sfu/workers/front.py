@@ -89,7 +89,7 @@ class Front(HttpBound):
         addresses = self._runner.addresses
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
-        if self.config.control_url:
+        if self.config.control_endpoints:
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()
         log.info(
@@ -337,6 +337,14 @@ class Front(HttpBound):
             rooms.update(r for r in (w.status or {}).get("rooms", ()) if isinstance(r, str))
         return sorted(rooms)
 
+    def room_settings(self) -> dict[str, dict[str, Any]]:
+        settings: dict[str, dict[str, Any]] = {}
+        for w in self.workers:
+            reported = (w.status or {}).get("room_settings")
+            if isinstance(reported, dict):
+                settings.update((k, v) for k, v in reported.items() if isinstance(k, str) and isinstance(v, dict))
+        return settings
+
     def cpu_seconds(self) -> float:
         """The workers' CPU seconds over their number: the load's ``cpu`` is then the node's
         fraction of its cores in use."""
@@ -408,6 +416,7 @@ class Front(HttpBound):
             self.agent.heartbeat_failures if self.agent is not None else 0,
             states,
             {w.index: w.restarts for w in self.workers},
+            failovers=self.agent.failovers if self.agent is not None else 0,
         )
         return web.Response(body=render_front(collector), headers={"Content-Type": CONTENT_TYPE})
 

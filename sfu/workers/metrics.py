@@ -19,7 +19,9 @@ from prometheus_client.samples import Sample
 from sfu.metrics import PREFIX, make_registry, render
 
 #: families (names without ``_total``) that the front exports itself instead of the workers'
-FRONT_ONLY = frozenset((PREFIX + "http_requests", PREFIX + "sfu_control_plane_heartbeat_failures"))
+FRONT_ONLY = frozenset((
+    PREFIX + "http_requests", PREFIX + "sfu_control_plane_heartbeat_failures", PREFIX + "sfu_control_plane_failovers"
+))
 
 
 def relabel(texts: Sequence[tuple[int, str]]) -> list[Metric]:
@@ -46,12 +48,14 @@ class FrontCollector(Collector):
         heartbeat_failures: int,
         states: dict[str, int],
         restarts: dict[int, int],
+        failovers: int = 0,
     ) -> None:
         self._workers = workers
         self._http = http_counts
         self._failures = heartbeat_failures
         self._states = states
         self._restarts = restarts
+        self._failovers = failovers
 
     def collect(self) -> Iterator[Metric]:
         yield from self._workers
@@ -67,6 +71,9 @@ class FrontCollector(Collector):
         yield restarts
         yield CounterMetricFamily(
             PREFIX + "sfu_control_plane_heartbeat_failures", "sfu control plane heartbeat failures", value=self._failures
+        )
+        yield CounterMetricFamily(
+            PREFIX + "sfu_control_plane_failovers", "sfu control plane failovers", value=self._failovers
         )
         http = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests", labels=["route", "code"])
         for (route, code), n in sorted(self._http.items()):

@@ -81,9 +81,9 @@ def seconds(value: str) -> float:
     return float(m.group(1)) * units[m.group(2)]
 
 
-def test_two_nodes_and_a_control_plane_on_our_entry_points() -> None:
+def test_two_nodes_and_two_control_plane_replicas_on_our_entry_points() -> None:
     nodes, controls = services(NODE_ENTRY), services(CONTROL_ENTRY)
-    assert len(nodes) == 2 and len(controls) == 1, (nodes.keys(), controls.keys())
+    assert len(nodes) == 2 and len(controls) == 2, (nodes.keys(), controls.keys())
     assert "redis" in compose()["services"]
     for service in (*nodes.values(), *controls.values()):
         build = service["build"]
@@ -105,26 +105,31 @@ def test_node_settings_load_and_nodes_do_not_collide() -> None:
         assert urlsplit(cfg.public_url).port == cfg.http_port, (name, cfg.public_url)
 
 
-def test_nodes_use_host_networking_and_find_the_control_plane() -> None:
-    (control,) = services(CONTROL_ENTRY).values()
-    ctl = control_config(control)
+def test_nodes_use_host_networking_and_know_every_control_plane_replica() -> None:
+    controls = services(CONTROL_ENTRY)
+    ports = sorted(control_config(c).port for c in controls.values())
+    assert len(set(ports)) == len(ports) == 2, ports  # host networking: one port each
     for name, service in services(NODE_ENTRY).items():
         assert service["network_mode"] == "host", name
-        url = urlsplit(node_config(service).control_url)
-        assert (url.hostname, url.port) == ("127.0.0.1", ctl.port), (name, url)
-    assert control["network_mode"] == "host"
+        urls = [urlsplit(u) for u in node_config(service).control_endpoints]
+        assert sorted((u.hostname, u.port) for u in urls) == [("127.0.0.1", p) for p in ports], (name, urls)
+        assert set(service["depends_on"]) >= set(controls), name
+    assert all(c["network_mode"] == "host" for c in controls.values())
 
 
-def test_control_plane_uses_the_redis_service() -> None:
-    (control,) = services(CONTROL_ENTRY).values()
-    cfg = control_config(control)
-    assert not cfg.dev and cfg.api_keys == {"prod": TEST_SECRET}
-    store = urlsplit(cfg.store)
+def test_control_plane_replicas_share_the_redis_service() -> None:
     redis = compose()["services"]["redis"]
     command = redis["command"]
-    assert store.scheme == "redis"
-    assert (store.hostname, str(store.port)) == (command[command.index("--bind") + 1], command[command.index("--port") + 1])
-    assert control["depends_on"]["redis"]["condition"] == "service_healthy"
+    stores = set()
+    for name, control in services(CONTROL_ENTRY).items():
+        cfg = control_config(control)
+        assert not cfg.dev and cfg.api_keys == {"prod": TEST_SECRET}, name
+        store = urlsplit(cfg.store)
+        assert store.scheme == "redis"
+        assert (store.hostname, str(store.port)) == (command[command.index("--bind") + 1], command[command.index("--port") + 1])
+        assert control["depends_on"]["redis"]["condition"] == "service_healthy", name
+        stores.add(cfg.store)
+    assert len(stores) == 1, stores
 
 
 @pytest.mark.parametrize("kind,path", [(NODE_ENTRY, "/healthz"), (CONTROL_ENTRY, "/readyz")])
@@ -139,7 +144,8 @@ def test_stop_grace_is_above_the_drain_deadline() -> None:
     for name, service in services(NODE_ENTRY).items():
         assert service["stop_signal"] == "SIGTERM", name
         assert seconds(service["stop_grace_period"]) > node_config(service).drain_deadline_s, name
-        assert service["depends_on"]["control"]["condition"] == "service_healthy", name
+        for control in services(CONTROL_ENTRY):
+            assert service["depends_on"][control]["condition"] == "service_healthy", name
 
 
 def test_compose_refuses_to_start_without_the_secret() -> None:

@@ -118,7 +118,7 @@ def control_config(tmp: Path, secret: str = TEST_SECRET) -> ControlConfig:
 def test_every_manifest_parses_and_kustomization_lists_them() -> None:
     docs = documents()
     kinds = {d["kind"] for d in docs}
-    assert {"Namespace", "ConfigMap", "Secret", "Service", "Deployment", "DaemonSet", "StatefulSet"} <= kinds, kinds
+    assert {"Namespace", "ConfigMap", "Secret", "Service", "DaemonSet", "StatefulSet"} <= kinds, kinds
     (kust,) = [d for d in docs if d["kind"] == "Kustomization"]
     listed = set(kust["resources"])
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
@@ -167,15 +167,25 @@ def test_sfu_grace_period_is_above_the_drain_deadline(tmp_path: Path) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
 
 
-def test_nodes_reach_the_control_plane_service(tmp_path: Path) -> None:
-    url = urlsplit(sfu_config(tmp_path).control_url)
-    service = find("Service", "levelchat-control")
-    assert url.hostname == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
-    (port,) = service["spec"]["ports"]
+def test_nodes_know_every_control_plane_replica(tmp_path: Path) -> None:
+    """One URL per replica (stable StatefulSet pod names under the headless Service), so that a node
+    fails over between them; backends use the load-balanced Service."""
     workload, container = container_running(CONTROL_ENTRY)
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert workload["kind"] == "StatefulSet"
+    headless = find("Service", workload["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert url.port == port["port"] and named[port["targetPort"]] == control_config(tmp_path).port
-    assert service["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    for service in (headless, find("Service", "levelchat-control")):
+        (port,) = service["spec"]["ports"]
+        assert named[port["targetPort"]] == control_config(tmp_path).port
+        assert service["spec"]["selector"].items() <= labels.items()
+    domain = f"{headless['metadata']['name']}.{headless['metadata']['namespace']}.svc.cluster.local"
+    urls = [urlsplit(u) for u in sfu_config(tmp_path).control_endpoints]
+    replicas = workload["spec"]["replicas"]
+    assert replicas >= 2
+    assert [(u.hostname, u.port) for u in urls] == [
+        (f"{workload['metadata']['name']}-{i}.{domain}", headless["spec"]["ports"][0]["port"]) for i in range(replicas)]
 
 
 def test_control_plane_store_is_the_redis_service(tmp_path: Path) -> None:
@@ -200,8 +210,8 @@ def test_the_secret_template_placeholder_is_refused(tmp_path: Path) -> None:
 def test_a_typo_in_a_node_variable_is_refused(tmp_path: Path) -> None:
     _, container = container_running(NODE_ENTRY)
     env = pod_env(container)
-    env["LEVELCHAT_SFU_CONTROLURL"] = env.pop("LEVELCHAT_SFU_CONTROL_URL")
-    with pytest.raises(ConfigError, match="LEVELCHAT_SFU_CONTROLURL"):
+    env["LEVELCHAT_SFU_CONTROLURLS"] = env.pop("LEVELCHAT_SFU_CONTROL_URLS")
+    with pytest.raises(ConfigError, match="LEVELCHAT_SFU_CONTROLURLS"):
         sfu_config(tmp_path, env=env)
 
 

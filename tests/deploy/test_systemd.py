@@ -72,12 +72,12 @@ def test_unit_configuration_loads_and_placeholder_is_refused(name: str, entry: s
     assert any(PLACEHOLDER_SECRET in v for v in env.values())
     if entry == NODE_ENTRY:
         cfg = node_config_for(argv, with_secret(env), local_files(argv))
-        assert not cfg.dev and cfg.control_url and cfg.public_ip
+        assert not cfg.dev and len(cfg.control_endpoints) == 2 and cfg.public_ip  # two replicas
         with pytest.raises(ConfigError, match="shorter than 32"):
             node_config_for(argv, env, local_files(argv))
     else:
         ctl = control_config_for(argv, with_secret(env), local_files(argv))
-        assert not ctl.dev and ctl.store.startswith("sqlite:///") and not ctl.store.startswith("sqlite:////")
+        assert not ctl.dev and ctl.store.startswith("redis://")  # shared by the replicas
         with pytest.raises(ValueError, match="shorter than 32"):
             control_config_for(argv, env, local_files(argv))
 

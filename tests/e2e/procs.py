@@ -56,6 +56,7 @@ def admin_token(*scopes: str, room: str | None = None, identity: str = "e2e-admi
 class Reply:
     status: int
     body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 async def call(method: str, url: str, body: Any = None, *, token: str | None = None, sdp: str | None = None,
@@ -68,9 +69,10 @@ async def call(method: str, url: str, body: Any = None, *, token: str | None = N
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
         async with http.request(method, url, headers=headers, **kwargs) as resp:
             raw = await resp.read()
+            headers = dict(resp.headers)
             if "json" in resp.headers.get("Content-Type", ""):
-                return Reply(resp.status, json.loads(raw))
-            return Reply(resp.status, raw.decode("utf-8", "replace"))
+                return Reply(resp.status, json.loads(raw), headers)
+            return Reply(resp.status, raw.decode("utf-8", "replace"), headers)
 
 
 @dataclass
