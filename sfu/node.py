@@ -72,6 +72,7 @@ class Node(HttpBound):
             srtp_profiles=[SrtpProfile.from_name(n) for n in self.config.srtp_profiles],
             loop=loop,
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
+            setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
         )
         self.sessions = SessionService(
             self.router, advertised_ip=self.config.advertised_ip, preferred_role=Setup(self.config.dtls_role)
