@@ -18,6 +18,7 @@ from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
+from sfu.memtrim import HeapTrimmer
 from sfu.metrics import NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
@@ -54,6 +55,8 @@ class Node(HttpBound):
         self.self_check_reason = "not run yet"
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        #: gives the heap back to the system after many sessions ended (sfu.memtrim)
+        self.heap_trimmer = HeapTrimmer()
         self.router: Router
         self.selfcheck: SelfCheck | None = None
         self.agent: ControlPlaneAgent | None = None
@@ -138,8 +141,10 @@ class Node(HttpBound):
         while True:
             await asyncio.sleep(TICK_S)
             try:
-                self.router.tick(clock.now_ms())
+                now = clock.now_ms()
+                self.router.tick(now)
                 self.sessions.expire()
+                self.heap_trimmer.observe(len(self.router.participants), now)
             except Exception:
                 log.exception("housekeeping tick failed")
 
