@@ -148,9 +148,9 @@ class NodeConfig:
             raise ConfigError("data_messages_per_s and data_bytes_per_s must be positive")
         if self.session_setup_timeout_s <= 0:
             raise ConfigError(f"session_setup_timeout_s: {self.session_setup_timeout_s} must be positive")
-        for name in ("max_media_sections", "max_ssrcs", "max_published_tracks"):
-            if not 1 <= getattr(self, name) <= 1024:
-                raise ConfigError(f"{name}: {getattr(self, name)} must be from 1 to 1024")
+        for name, ceiling in (("max_media_sections", 64), ("max_ssrcs", 1024), ("max_published_tracks", 256)):
+            if not 1 <= getattr(self, name) <= ceiling:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be from 1 to {ceiling}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

@@ -23,6 +23,7 @@ from sfu.metrics import NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
+from sfu.signaling.limits import OfferLimits
 from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
 from sfu.transport.peer import CloseReason
@@ -77,8 +78,12 @@ class Node(HttpBound):
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
         )
+        cfg = self.config
         self.sessions = SessionService(
-            self.router, advertised_ip=self.config.advertised_ip, preferred_role=Setup(self.config.dtls_role)
+            self.router,
+            advertised_ip=cfg.advertised_ip,
+            preferred_role=Setup(cfg.dtls_role),
+            limits=OfferLimits(cfg.max_media_sections, cfg.max_ssrcs, cfg.max_published_tracks),
         )
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
