@@ -40,3 +40,21 @@ def ssrc_bomb(lines: int = 2500) -> str:
     text = lite_offer()
     bomb = "".join(f"a=ssrc:{1000000 + i} cname:x\r\n" for i in range(lines))
     return text.replace("a=msid:lite video\r\n", "a=msid:lite video\r\n" + bomb, 1)
+
+
+def many_tracks_offer(sections: int, ssrcs_per_section: int, base: int = 0x7000) -> str:
+    """A publish offer of ``sections`` VP8 video sections, each sending ``ssrcs_per_section``
+    media SSRCs (one track each, no RTX): tracks = sections * ssrcs_per_section."""
+    text = lite_offer()
+    head, _, rest = text.partition("m=video")
+    video = "m=video" + rest.partition("m=audio")[0]
+    body = []
+    for i in range(sections):
+        section = video.replace("a=mid:0", f"a=mid:{i}")
+        lines = [line for line in section.split("\r\n") if line and not line.startswith(("a=ssrc:", "a=msid:"))]
+        for k in range(ssrcs_per_section):
+            lines.append(f"a=ssrc:{base + i * 100 + k} cname:many")
+        lines.append(f"a=msid:many v{i}")
+        body.append("\r\n".join(lines) + "\r\n")
+    head = head.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE " + " ".join(str(i) for i in range(sections)))
+    return head + "".join(body)
