@@ -5,7 +5,8 @@ WHIP publishers and WHEP viewers (``ROOMS`` rooms, one publisher and ``VIEWERS_P
 each) signaled over HTTP, none of which ever sends an ICE check.  Its resident memory
 (``/proc/PID/status`` ``VmRSS``) and open descriptors are read before, once they are all created
 (at most ``MAX_BYTES_PER_SESSION`` each) and after the node timed them out (``session_setup_timeout_s``
-is short here): RSS back within ``RSS_RETURN`` of the start, the descriptors back where they were.
+is short here): RSS back within ``RSS_RETURN`` of the start, the descriptors back where they were.  With
+``max_participants`` at ``SESSIONS``, one more session is refused (``room/cap-denied``, 429).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ async def test_sessions_without_media_are_small_and_given_back(procs: Procs) -> 
         "LEVELCHAT_SFU_RATE_LIMIT_KEY_PER_S": "0",
         "LEVELCHAT_SFU_DEFAULT_EMPTY_TIMEOUT_S": "1",
         "LEVELCHAT_SFU_SESSION_SETUP_TIMEOUT_S": str(SETUP_TIMEOUT_S),
+        "LEVELCHAT_SFU_MAX_PARTICIPANTS": str(SESSIONS),  # the node's session cap
     })
     await node.wait_healthy()
     pid = node.pid
@@ -134,6 +136,8 @@ async def test_sessions_without_media_are_small_and_given_back(procs: Procs) -> 
         rss_full = vm_rss(pid)
         per_session = (rss_full - rss_start) / SESSIONS
         fds_full = open_fds(pid)
+        # the node holds at most ``max_participants`` sessions: one more is refused
+        assert await _post(http, gate, f"{node.url}/whip/fp-0", "fp-0", "one-too-many", True) == 429
 
     await _wait(lambda: _zero(node.url), SETUP_TIMEOUT_S + 30, "the sessions that never did ICE to time out")
     # the node gives the heap back at its next housekeeping trim (sfu.memtrim: at most every 5 s)
