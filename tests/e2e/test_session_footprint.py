@@ -34,7 +34,7 @@ VIEWERS_PER_ROOM = 4
 SESSIONS = ROOMS * (1 + VIEWERS_PER_ROOM)
 MAX_BYTES_PER_SESSION = 100 * 1024
 RSS_RETURN = 0.10
-SETUP_TIMEOUT_S = 4
+SETUP_TIMEOUT_S = 10  # creating the sessions takes ~2 s; they must all be there when measured
 CONCURRENCY = 8
 log = logging.getLogger(__name__)
 FINGERPRINT = ":".join(f"{i:02X}" for i in range(32))
@@ -132,14 +132,17 @@ async def test_sessions_without_media_are_small_and_given_back(procs: Procs) -> 
                 for room in rooms for v in range(VIEWERS_PER_ROOM)))
         created_s = time.monotonic() - started
         assert statuses.count(201) == SESSIONS, f"not all created: {sorted(set(statuses))}"
-        assert created_s < SETUP_TIMEOUT_S, f"creating {SESSIONS} sessions took {created_s:.1f} s: they timed out first"
         rss_full = vm_rss(pid)
         per_session = (rss_full - rss_start) / SESSIONS
         fds_full = open_fds(pid)
+        live = await _participants(node.url)
+        assert live == SESSIONS, f"{SESSIONS - live} sessions timed out before the measure (created in {created_s:.1f} s)"
         # the node holds at most ``max_participants`` sessions: one more is refused
         assert await _post(http, gate, f"{node.url}/whip/fp-0", "fp-0", "one-too-many", True) == 429
 
-    await _wait(lambda: _zero(node.url), SETUP_TIMEOUT_S + 30, "the sessions that never did ICE to time out")
+    # gone by ``session_setup_timeout_s`` after they were made (and a housekeeping tick or two)
+    await _wait(lambda: _zero(node.url), started + SETUP_TIMEOUT_S + 15 - time.monotonic(),
+                f"the sessions that never did ICE to time out after {SETUP_TIMEOUT_S} s")
     # the node gives the heap back at its next housekeeping trim (sfu.memtrim: at most every 5 s)
     bound = rss_start * (1 + RSS_RETURN)
     deadline = time.monotonic() + 20
@@ -150,7 +153,7 @@ async def test_sessions_without_media_are_small_and_given_back(procs: Procs) -> 
     fds_end = open_fds(pid)
     figures = (f"{SESSIONS} sessions: RSS {rss_start / 2**20:.1f} MiB -> {rss_full / 2**20:.1f} MiB "
                f"({per_session / 1024:.1f} KiB/session) -> {rss_end / 2**20:.1f} MiB after the timeout; "
-               f"fds {fds_start} -> {fds_full} -> {fds_end}")
+               f"fds {fds_start} -> {fds_full} -> {fds_end}; created in {created_s:.1f} s")
     log.info("%s", figures)
     assert per_session <= MAX_BYTES_PER_SESSION, figures
     assert rss_end <= bound, figures
