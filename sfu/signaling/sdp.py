@@ -391,6 +391,7 @@ class _MediaBuilder:
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
+        self._group_items = 0
 
     def parse(self) -> SessionDesc:
         text = self.text
@@ -505,7 +506,8 @@ class _Parser:
             parts = attr.split()
             if not parts:
                 raise ValueError(f"{where}: empty a=group")
-            if sum(len(g[1]) for g in groups) + len(parts) - 1 > MAX_GROUP_MIDS:
+            self._group_items += len(parts)  # the semantics and its mids
+            if self._group_items > MAX_GROUP_MIDS:
                 raise ValueError(f"{where}: a=group lines name more than {MAX_GROUP_MIDS} mids")
             groups.append((parts[0], tuple(parts[1:])))
         elif name == "ice-lite":

@@ -33,6 +33,7 @@ def _pathological() -> dict[str, str]:
         "rtcp-fb-star": lite.replace("a=rtpmap:96", "a=rtcp-fb:* nack\r\n" * (filler // 18) + "a=rtpmap:96", 1),
         "many-fmts": lite.replace("m=video 9 UDP/TLS/RTP/SAVPF 96", "m=video 9 UDP/TLS/RTP/SAVPF " + "96 " * 20000, 1),
         "bundle-mids": lite.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1" + " 0" * 30000, 1),
+        "empty-group-lines": lite.replace("a=group:BUNDLE 0 1\r\n", "a=group:BUNDLE 0 1\r\n" + "a=group:LS\r\n" * 5000, 1),
         "group-lines": lite.replace("a=group:BUNDLE 0 1\r\n", "a=group:BUNDLE 0 1\r\n" + "a=group:LS 0 1\r\n" * 4000, 1),
         "rids": lite.replace("a=rtpmap:96", "".join(f"a=rid:r{i} send\r\n" for i in range(3300)) + "a=rtpmap:96", 1),
         "simulcast-line": lite.replace("a=rtpmap:96", "a=simulcast:send " + ";".join(f"r{i}" for i in range(9000)) + "\r\na=rtpmap:96", 1),
