@@ -50,7 +50,7 @@ SESSION_TYPES = {
     "sfu.routing.participant.Participant": "participants",
     "sfu.routing.track.PublishedTrack": "tracks",
     "sfu.routing.downtrack.DownTrack": "downtracks",
-    "sfu.routing.track.RtxCache": "rtx_caches",
+    "sfu.routing.rtx_cache.RtxCache": "rtx_caches",
     "sfu.client.lite.LiteEndpoint": "lite_endpoints",
 }
 

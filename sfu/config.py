@@ -79,6 +79,15 @@ class NodeConfig:
     #: holding two seconds' worth); more is dropped and counted
     data_messages_per_s: float = 100.0
     data_bytes_per_s: float = 1_048_576.0
+    #: a transport that has not completed ICE and DTLS this long after its offer is closed (and
+    #: its session with it)
+    session_setup_timeout_s: float = 30.0
+    #: what one offer (WHIP, WHEP, the WebSocket ``publish``) may declare: audio/video/data
+    #: sections, and ``a=ssrc`` SSRCs over all of them (Chrome's simulcast video with RTX is 6)
+    max_media_sections: int = 16
+    max_ssrcs: int = 32
+    #: tracks one participant may publish at once (a simulcast video is one per layer)
+    max_published_tracks: int = 16
 
     def validate(self) -> None:
         for name in ("http_port", "media_port"):
@@ -146,6 +155,11 @@ class NodeConfig:
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.data_messages_per_s <= 0 or self.data_bytes_per_s <= 0:
             raise ConfigError("data_messages_per_s and data_bytes_per_s must be positive")
+        if self.session_setup_timeout_s <= 0:
+            raise ConfigError(f"session_setup_timeout_s: {self.session_setup_timeout_s} must be positive")
+        for name, ceiling in (("max_media_sections", 64), ("max_ssrcs", 1024), ("max_published_tracks", 256)):
+            if not 1 <= getattr(self, name) <= ceiling:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be from 1 to {ceiling}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

@@ -18,10 +18,12 @@ from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
+from sfu.memtrim import HeapTrimmer
 from sfu.metrics import NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
+from sfu.signaling.limits import OfferLimits
 from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
 from sfu.transport.peer import CloseReason
@@ -54,6 +56,8 @@ class Node(HttpBound):
         self.self_check_reason = "not run yet"
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        #: gives the heap back to the system after many sessions ended (sfu.memtrim)
+        self.heap_trimmer = HeapTrimmer()
         self.router: Router
         self.selfcheck: SelfCheck | None = None
         self.agent: ControlPlaneAgent | None = None
@@ -72,9 +76,14 @@ class Node(HttpBound):
             srtp_profiles=[SrtpProfile.from_name(n) for n in self.config.srtp_profiles],
             loop=loop,
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
+            setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
         )
+        cfg = self.config
         self.sessions = SessionService(
-            self.router, advertised_ip=self.config.advertised_ip, preferred_role=Setup(self.config.dtls_role)
+            self.router,
+            advertised_ip=cfg.advertised_ip,
+            preferred_role=Setup(cfg.dtls_role),
+            limits=OfferLimits(cfg.max_media_sections, cfg.max_ssrcs, cfg.max_published_tracks),
         )
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -137,8 +146,10 @@ class Node(HttpBound):
         while True:
             await asyncio.sleep(TICK_S)
             try:
-                self.router.tick(clock.now_ms())
+                now = clock.now_ms()
+                self.router.tick(now)
                 self.sessions.expire()
+                self.heap_trimmer.observe(len(self.router.participants), now)
             except Exception:
                 log.exception("housekeeping tick failed")
 

@@ -31,7 +31,7 @@ from sfu.api.rtc_ice import (
 from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
 from sfu.api.rtc_timeouts import OfferWatch, check_offer
-from sfu.api.sessions import SessionService, publish_track_specs
+from sfu.api.sessions import publish_track_specs
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.participant import Participant, ParticipantKind
@@ -191,12 +191,13 @@ class RtcSession:
         can_publish = "room:publish" in self.claims.scopes
         if not can_publish and not data_only_offer(text):
             self.claims.require("room:publish")  # data channels alone: received by anyone, sent with the scope
-        offer = SessionService.parse_offer(text)
+        offer = self.service.node.sessions.parse_offer(text)
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
         if not negotiation.tracks and not negotiation.datachannel:
             raise ApiError("bad_request", "the offer sends no audio, video or data channel")
         # simulcast layers' placeholder SSRCs continue below the ones still unlearnt
         specs = publish_track_specs(offer, negotiation, min([0, *participant.tracks]))
+        self.service.node.sessions.limits.check_tracks(len(specs))  # what the participant will publish
         if negotiation.tracks and not specs:
             raise ApiError(
                 "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"

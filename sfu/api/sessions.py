@@ -19,6 +19,7 @@ from sfu.routing.simulcast import RidRestrictions, sources
 from sfu.routing.track import TrackCodec
 from sfu.signaling import sdp
 from sfu.signaling.codecs import CodecPolicy, codecs_match
+from sfu.signaling.limits import OfferLimits
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.peer import CloseReason, PeerTransport
 
@@ -161,8 +162,17 @@ class MediaSession:
 
 
 class SessionService:
-    def __init__(self, router: Router, *, advertised_ip: str, preferred_role: sdp.Setup = sdp.Setup.PASSIVE) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        advertised_ip: str,
+        preferred_role: sdp.Setup = sdp.Setup.PASSIVE,
+        limits: OfferLimits | None = None,
+    ) -> None:
         self.router = router
+        #: what one offer and one participant may declare (WHIP, WHEP and the WebSocket ``publish``)
+        self.limits = limits or OfferLimits()
         self.advertised_ip = advertised_ip
         self.preferred_role = preferred_role
         self.sessions: dict[str, MediaSession] = {}
@@ -174,14 +184,16 @@ class SessionService:
         self.other_descriptions: list[Mapping[str, sdp.PublishedTrack]] = []
 
     # -- helpers ---------------------------------------------------------------------------------
-    @staticmethod
-    def parse_offer(text: str) -> sdp.SessionDesc:
+    def parse_offer(self, text: str) -> sdp.SessionDesc:
+        """The parsed offer, within the node's limits (``bad_request`` otherwise)."""
         if len(text) > MAX_SDP_BYTES:
             raise ApiError("bad_request", f"SDP offer is larger than {MAX_SDP_BYTES} bytes")
         try:
-            return sdp.parse_sdp(text)
+            offer = sdp.parse_sdp(text)
         except ValueError as exc:
             raise ApiError("bad_request", f"invalid SDP offer: {exc}") from None
+        self.limits.check_offer(offer)
+        return offer
 
     def _transport(self, offer: sdp.SessionDesc, now_ms: int) -> tuple[PeerTransport, sdp.Setup]:
         ufrag, _pwd, fingerprints, setup = offer.transport
@@ -225,6 +237,7 @@ class SessionService:
             raise ApiError("bad_request", "the offer sends no audio or video")
         participant = Participant(identity=identity, room_id=room.id, kind=ParticipantKind.WHIP, name=name)
         specs = publish_track_specs(offer, negotiation)
+        self.limits.check_tracks(len(specs))
         if not specs:
             raise ApiError(
                 "bad_request", "the offer signals no SSRC for its media (a=ssrc lines, or a=rid with a=simulcast)"

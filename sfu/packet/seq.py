@@ -205,12 +205,13 @@ class SeqMunger:
         # Piecewise offsets: incoming ext seq >= _starts[k] maps to in + _deltas[k] (last k wins).
         self._starts: list[int] = []
         self._deltas: list[int] = []
-        # Rings indexed by ext seq & mask. Incoming: which ext seq and its state.
-        self._in_ext = [-1] * window
-        self._in_state = [0] * window
+        # Rings indexed by ext seq & mask. Incoming: which ext seq and its state.  Empty until the
+        # first packet (``_start``): a downtrack that never receives costs no ring.
+        self._in_ext: list[int] = []
+        self._in_state: list[int] = []
         # Outgoing ext seq -> incoming 16-bit seq, for unmap.
-        self._out_ext = [-1] * window
-        self._out_in = [0] * window
+        self._out_ext: list[int] = []
+        self._out_in: list[int] = []
         # Fast path: the 16-bit seq that continues the run (-1: none), its offset, and how many
         # packets the fast path mapped since the last ``_sync``.
         self.fast_next = -1
@@ -288,6 +289,13 @@ class SeqMunger:
         self._highest_in = in_ext
         self._pending_switch = False
         in_ext_ring = self._in_ext
+        if not in_ext_ring:
+            window = self._window
+            self._in_ext = [-1] * window
+            self._in_state = [0] * window
+            self._out_ext = [-1] * window
+            self._out_in = [0] * window
+            return in_ext
         for k in range(self._window):  # forget the previous source's packets
             in_ext_ring[k] = -1
         return in_ext
@@ -382,8 +390,8 @@ class SeqMunger:
         self._highest_out += 1
         if not self._pending_switch:
             self._add_range(self._highest_in + 1, self._deltas[-1] + 1)
-        slot = self._highest_out & self._mask
-        self._out_ext[slot] = -1  # no incoming packet behind it
+        if self._out_ext:  # (no ring yet: no packet was mapped, none can be behind it)
+            self._out_ext[self._highest_out & self._mask] = -1  # no incoming packet behind it
         self._rearm()
         return self._highest_out & 0xFFFF
 
@@ -394,7 +402,7 @@ class SeqMunger:
         if d >= _SEQ_HALF:
             d -= _SEQ_MOD
         out_ext = self._highest_out + d
-        if out_ext < self._first_out:  # forwarded from a previous source
+        if out_ext < self._first_out or not self._out_ext:  # a previous source's, or nothing mapped yet
             return -1
         slot = out_ext & self._mask
         if self._out_ext[slot] != out_ext:

@@ -23,7 +23,7 @@ from sfu.routing.simulcast import RidRestrictions, SimulcastGroup, form_groups, 
 from sfu.routing.track import PublishedTrack, TrackCodec
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsRole
-from sfu.transport.peer import CloseReason, PeerTransport
+from sfu.transport.peer import SETUP_TIMEOUT_MS, CloseReason, PeerTransport
 from sfu.transport.srtp import SrtpProfile
 from sfu.transport.udp import MediaPort
 
@@ -79,8 +79,11 @@ class Router:
         srtp_profiles: list[SrtpProfile],
         loop: asyncio.AbstractEventLoop,
         publisher_max_bitrate_bps: int = 0,
+        setup_timeout_ms: int = SETUP_TIMEOUT_MS,
     ) -> None:
         self.rooms = rooms
+        #: a transport that has not connected (ICE, DTLS) this long after it was made is closed
+        self.setup_timeout_ms = setup_timeout_ms
         #: REMB sent to each video publisher once a second (0: none; sfu.routing.bandwidth)
         self.publisher_max_bitrate_bps = publisher_max_bitrate_bps
         self.port = port
@@ -103,6 +106,7 @@ class Router:
             counters=self.counters,
             now_ms=now_ms,
             loop=self.loop,
+            setup_timeout_ms=self.setup_timeout_ms,
         )
 
     # -- joining ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sfu.packet.codecs import is_keyframe
 from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
+from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
 from sfu.routing.stats import ReceiveStats
 from sfu.transport.udp import SEND_LANE_DEPTH
 
@@ -79,14 +80,11 @@ def extension_ids(view: memoryview, length: int) -> int:
         return -1
     return mask if mask and pos <= end else -1
 
-#: retransmission cache slots per video track (a power of two); audio keeps none
-RTX_CACHE_SLOTS = 512
 # where a packet stands in its stream, for the upstream NACK tracker (``PublishedTrack.nack``)
 _NEWEST = 0  # in order, or newer than all before it
 _LATE = 1  # older than the newest (a recovered hole, reordering or a duplicate)
 _STALE = 2  # so much older that its retransmission cache slot holds a newer packet
 _LANE_DEPTH = SEND_LANE_DEPTH
-RTX_SLOT_BYTES = 1500
 KEYFRAME_REQUEST_INTERVAL_MS = 500
 
 
@@ -95,34 +93,6 @@ class TrackCodec:
     name: str  # "VP8", "opus", "red", ...
     clock_rate: int
     payload_type: int
-
-
-class RtxCache:
-    """The last N packets of a stream by sequence number, for answering NACKs."""
-
-    __slots__ = ("bufs", "lens", "seqs", "mask")
-
-    def __init__(self, slots: int = RTX_CACHE_SLOTS) -> None:
-        self.mask = slots - 1
-        self.bufs = [bytearray(RTX_SLOT_BYTES) for _ in range(slots)]
-        self.lens = [0] * slots
-        self.seqs = [-1] * slots
-
-    def put(self, view: Any, length: int, seq: int) -> None:
-        """Keep ``view[:length]`` (any buffer, or a cffi pointer to at least ``length`` bytes).
-        (``PublishedTrack.on_rtp`` inlines this: keep the two alike.)"""
-        if length > RTX_SLOT_BYTES:
-            return
-        i = seq & self.mask
-        _memmove(self.bufs[i], view, length)
-        self.lens[i] = length
-        self.seqs[i] = seq
-
-    def get(self, seq: int) -> tuple[bytearray, int] | None:
-        i = seq & self.mask
-        if self.seqs[i] != seq:
-            return None
-        return self.bufs[i], self.lens[i]
 
 
 def _no_keyframe_request(ssrc: int) -> None:
@@ -268,6 +238,9 @@ class PublishedTrack:
         cache = self.rtx_cache
         if cache is not None and order != _STALE and length <= RTX_SLOT_BYTES:  # RtxCache.put, inlined
             i = seq & cache.mask
+            if not i:  # the ring turns: it may grow with the stream's rate
+                cache.turn(seq, now_ms)
+                i = seq & cache.mask
             _memmove(cache.bufs[i], src, length)
             cache.lens[i] = length
             cache.seqs[i] = seq
@@ -352,7 +325,8 @@ class PublishedTrack:
         if outcome == NackOutcome.RECOVERED or outcome == NackOutcome.LATE:
             if outcome == NackOutcome.RECOVERED:
                 self._counters.recovered[RecoveredVia.RTX if self._repairing else RecoveredVia.REORDER] += 1
-            order = _LATE if nack.behind(seq) < RTX_CACHE_SLOTS else _STALE
+            cache = self.rtx_cache
+            order = _LATE if nack.behind(seq) < (cache.slots if cache is not None else RTX_CACHE_SLOTS) else _STALE
         seqs = nack.due(now_ms)
         if seqs and self._send_nack is not None:
             self._counters.nack_out += 1
@@ -569,7 +543,7 @@ class PublishedTrack:
     def close(self) -> None:
         """The publisher is gone: unbind the subscribers and let go of the simulcast group, the
         callback to the publisher and the retransmission cache, so that the track's memory (the
-        cache is ~750 KB for video) is freed with its last reference, not at the next full
+        cache is up to ~750 KB for video) is freed with its last reference, not at the next full
         garbage collection (those references form cycles through the publisher)."""
         self.fast_reset()
         for dt in list(self.switching):

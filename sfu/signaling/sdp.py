@@ -42,6 +42,7 @@ __all__ = [
     "MediaKind",
     "MAX_SDP_BYTES",
     "MAX_MEDIA_SECTIONS",
+    "MAX_SDP_LINES",
     "Direction",
     "Setup",
     "Fingerprint",
@@ -76,6 +77,14 @@ __all__ = [
 
 MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 64
+#: Parsing bounds (each parsed in linear time; the node's configurable limits on sections and
+#: SSRCs, ``sfu.signaling.limits``, are checked on the result): lines in an SDP, payload types on
+#: an m= line, a=rtcp-fb and a=rid lines in a section, mids in a=group lines.
+MAX_SDP_LINES = 8192
+MAX_PAYLOAD_TYPES = 128
+MAX_RTCP_FB = 512
+MAX_RIDS = 16
+MAX_GROUP_MIDS = 256
 #: Simulcast layers the node receives per section; further ones are left out of the answer.
 MAX_SIMULCAST_LAYERS = 4
 SCTP_PORT = 5000
@@ -376,11 +385,13 @@ class _MediaBuilder:
     fingerprints: list[Fingerprint] = field(default_factory=list)
     rids: list[Rid] = field(default_factory=list)
     candidates: int = 0
+    rtcp_fb_lines: int = 0
 
 
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
+        self._group_items = 0
 
     def parse(self) -> SessionDesc:
         text = self.text
@@ -392,6 +403,8 @@ class _Parser:
         if not text.strip():
             raise ValueError("SDP is empty")
         lines = text.split("\n")
+        if len(lines) > MAX_SDP_LINES:
+            raise ValueError(f"SDP has {len(lines)} lines; at most {MAX_SDP_LINES} are accepted")
         session: dict[str, object] = {}
         fingerprints: list[Fingerprint] = []
         groups: list[tuple[str, tuple[str, ...]]] = []
@@ -459,6 +472,8 @@ class _Parser:
             ) from None
         port = _int(parts[1].split("/")[0], f"line {number}: m= port", 0, 65535)
         fmts = tuple(parts[3:])
+        if len(fmts) > MAX_PAYLOAD_TYPES:
+            raise ValueError(f"line {number}: {len(fmts)} formats on an m= line; at most {MAX_PAYLOAD_TYPES}")
         if kind is not MediaKind.APPLICATION:
             for fmt in fmts:
                 _int(fmt, f"line {number}: m= payload type", 0, 127)
@@ -491,6 +506,9 @@ class _Parser:
             parts = attr.split()
             if not parts:
                 raise ValueError(f"{where}: empty a=group")
+            self._group_items += len(parts)  # the semantics and its mids
+            if self._group_items > MAX_GROUP_MIDS:
+                raise ValueError(f"{where}: a=group lines name more than {MAX_GROUP_MIDS} mids")
             groups.append((parts[0], tuple(parts[1:])))
         elif name == "ice-lite":
             session["ice_lite"] = True
@@ -531,6 +549,9 @@ class _Parser:
             normalized = " ".join(fb.split())
             if not normalized:
                 raise ValueError(f"{where}: a=rtcp-fb:{attr} names no feedback")
+            m.rtcp_fb_lines += 1
+            if m.rtcp_fb_lines > MAX_RTCP_FB:
+                raise ValueError(f"{where}: more than {MAX_RTCP_FB} a=rtcp-fb lines in a section")
             m.rtcp_fb.setdefault(pt_text, []).append(normalized)
         elif name == "extmap":
             match = re.fullmatch(
@@ -568,6 +589,8 @@ class _Parser:
             match = re.fullmatch(r"(\S+) (send|recv)(?: (.*))?", attr.strip())
             if not match or not _RID_ID.fullmatch(match[1]):
                 raise ValueError(f"{where}: malformed a=rid:{attr}")
+            if len(m.rids) >= MAX_RIDS:
+                raise ValueError(f"{where}: more than {MAX_RIDS} a=rid lines in a section")
             if any(r.id == match[1] for r in m.rids):
                 raise ValueError(f"{where}: a=rid {match[1]!r} is declared twice")
             m.rids.append(Rid(match[1], match[2], (match[3] or "").strip()))
@@ -649,7 +672,8 @@ class _Parser:
         groups: list[tuple[str, tuple[str, ...]]], sections: tuple[MediaSection, ...]
     ) -> tuple[str, ...]:
         mids = [s.mid for s in sections]
-        if len(set(mids)) != len(mids):
+        known = set(mids)
+        if len(known) != len(mids):
             dup = next(mid for mid in mids if mids.count(mid) > 1)
             raise ValueError(f"mid {dup!r} is used by more than one media section")
         bundles = [members for semantics, members in groups if semantics == "BUNDLE"]
@@ -657,7 +681,7 @@ class _Parser:
             raise ValueError("more than one a=group:BUNDLE; the node bundles everything on one transport")
         for _, members in groups:
             for mid in members:
-                if mid not in mids:
+                if mid not in known:
                     raise ValueError(f"a=group names mid {mid!r}, which no media section has")
         return bundles[0] if bundles else ()
 
@@ -685,12 +709,13 @@ def _check_transport(desc: SessionDesc) -> None:
         return
     if not desc.bundle:
         raise ValueError("no a=group:BUNDLE; the node requires BUNDLE (one transport for all media)")
+    bundled = set(desc.bundle)
     for media in live:
         if media.is_rtp and media.proto not in RTP_PROTOS:
             raise ValueError(
                 f"{media.where}: protocol {media.proto} is not DTLS-SRTP (UDP/TLS/RTP/SAVPF expected)"
             )
-        if media.mid not in desc.bundle:
+        if media.mid not in bundled:
             raise ValueError(f"{media.where} is not in the BUNDLE group; the node requires BUNDLE")
         ufrag, pwd = desc.ice_credentials(media)
         if not (4 <= len(ufrag) <= 256 and _ICE_CHARS.fullmatch(ufrag)):

@@ -106,12 +106,10 @@ class DtlsEndpoint:
         self.drops: dict[DtlsDrop, int] = dict.fromkeys(DtlsDrop, 0)
         self.datagrams_sent = 0
         self._send = send
-        self._conn = SSL.Connection(certificate.ssl_context(self.srtp_profiles), None)
-        self._conn.set_ciphertext_mtu(mtu)
-        if role is DtlsRole.CLIENT:
-            self._conn.set_connect_state()
-        else:
-            self._conn.set_accept_state()
+        self._certificate = certificate
+        #: the OpenSSL connection, made when the handshake starts (``start``): a session that never
+        #: gets that far (no ICE, no ClientHello) holds none
+        self._conn: SSL.Connection | None = None
         self._handshake_deadline_ms: int | None = None
         self._retransmit_at_ms: int | None = None
 
@@ -120,6 +118,13 @@ class DtlsEndpoint:
         """Begin the handshake: the client sends its ClientHello, the server starts waiting."""
         if self.state is not DtlsState.NEW:
             return
+        conn = SSL.Connection(self._certificate.ssl_context(self.srtp_profiles), None)
+        conn.set_ciphertext_mtu(self.mtu)
+        if self.role is DtlsRole.CLIENT:
+            conn.set_connect_state()
+        else:
+            conn.set_accept_state()
+        self._conn = conn
         self.state = DtlsState.CONNECTING
         self._handshake_deadline_ms = now_ms + self.handshake_timeout_ms
         if self.role is DtlsRole.CLIENT:
@@ -176,7 +181,7 @@ class DtlsEndpoint:
                 f"data: {len(data)} bytes exceed the {self.max_application_size}-byte DTLS payload"
             )
         try:
-            self._conn.send(data)
+            self._ssl.send(data)
         except SSL.Error as exc:
             log.debug("DTLS send failed: %s", exc)
             self._flush()
@@ -192,7 +197,7 @@ class DtlsEndpoint:
     @property
     def max_application_size(self) -> int:
         """Largest ``send_application`` payload that fits one record within the MTU."""
-        return int(self._conn.get_cleartext_mtu()) if self.state is DtlsState.CONNECTED else 0
+        return int(self._ssl.get_cleartext_mtu()) if self.state is DtlsState.CONNECTED else 0
 
     def close(self) -> None:
         """Send close_notify if a handshake was under way or done; the endpoint is then CLOSED."""
@@ -212,8 +217,17 @@ class DtlsEndpoint:
             self.state = DtlsState.CLOSED
         self._retransmit_at_ms = None
         self._send = _discard
+        self._conn = None  # its OpenSSL memory goes now, not with the endpoint's last reference
 
     # -- internals -------------------------------------------------------------------------------
+    @property
+    def _ssl(self) -> SSL.Connection:
+        """The OpenSSL connection of a started endpoint (every caller runs after ``start``)."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the DTLS handshake has not started")
+        return conn
+
     def _guarded(self, step: Callable[..., None], *args: object) -> None:
         try:
             step(*args)
@@ -222,7 +236,7 @@ class DtlsEndpoint:
             self._fail(DtlsFailure.INTERNAL_ERROR, repr(exc))
 
     def _process(self, datagram: bytes, received: list[bytes], now_ms: int) -> None:
-        self._conn.bio_write(datagram)
+        self._ssl.bio_write(datagram)
         if self.state is DtlsState.CONNECTING:
             self._drive_handshake(now_ms)
         if self.state is DtlsState.CONNECTED:
@@ -232,7 +246,7 @@ class DtlsEndpoint:
 
     def _drive_handshake(self, now_ms: int) -> None:
         try:
-            self._conn.do_handshake()
+            self._ssl.do_handshake()
         except SSL.WantReadError:
             self._flush()
             self._update_timer(now_ms)
@@ -246,7 +260,7 @@ class DtlsEndpoint:
         self._update_timer(now_ms)
 
     def _complete_handshake(self) -> None:
-        cert = self._conn.get_peer_certificate(as_cryptography=True)
+        cert = self._ssl.get_peer_certificate(as_cryptography=True)
         if cert is None:
             self._fail(DtlsFailure.FINGERPRINT_MISMATCH, "peer sent no certificate")
             return
@@ -256,7 +270,7 @@ class DtlsEndpoint:
                 DtlsFailure.FINGERPRINT_MISMATCH, "peer certificate does not match the signaled fingerprint"
             )
             return
-        name = self._conn.get_selected_srtp_profile()
+        name = self._ssl.get_selected_srtp_profile()
         try:
             profile = SrtpProfile.from_openssl_name(name)
         except ValueError:
@@ -265,7 +279,7 @@ class DtlsEndpoint:
             self._shutdown()
             self._fail(DtlsFailure.NO_SRTP_PROFILE, f"negotiated SRTP profile {name!r}")
             return
-        material = self._conn.export_keying_material(DTLS_SRTP_EXPORTER_LABEL, profile.keying_material_length)
+        material = self._ssl.export_keying_material(DTLS_SRTP_EXPORTER_LABEL, profile.keying_material_length)
         self.srtp_keys = SrtpKeys.from_keying_material(
             profile, material, is_client=self.role is DtlsRole.CLIENT
         )
@@ -274,7 +288,7 @@ class DtlsEndpoint:
     def _read_application(self, received: list[bytes]) -> None:
         while True:
             try:
-                data = self._conn.recv(_READ_SIZE)
+                data = self._ssl.recv(_READ_SIZE)
             except SSL.WantReadError:
                 return
             except SSL.ZeroReturnError:  # close_notify: answer it and stop
@@ -290,7 +304,7 @@ class DtlsEndpoint:
 
     def _retransmit(self, now_ms: int) -> None:
         try:
-            self._conn.DTLSv1_handle_timeout()
+            self._ssl.DTLSv1_handle_timeout()
         except SSL.Error as exc:
             self._flush()
             self._fail(DtlsFailure.HANDSHAKE_ERROR, _describe(exc))
@@ -302,7 +316,7 @@ class DtlsEndpoint:
         if self.state is not DtlsState.CONNECTING and self.state is not DtlsState.CONNECTED:
             self._retransmit_at_ms = None
             return
-        remaining_s = self._conn.DTLSv1_get_timeout()
+        remaining_s = self._ssl.DTLSv1_get_timeout()
         if remaining_s is None:
             self._retransmit_at_ms = None
         else:
@@ -310,7 +324,7 @@ class DtlsEndpoint:
 
     def _shutdown(self) -> None:
         try:
-            self._conn.shutdown()
+            self._ssl.shutdown()
         except SSL.Error as exc:
             log.debug("DTLS shutdown: %s", _describe(exc))
         self._flush()
@@ -329,7 +343,7 @@ class DtlsEndpoint:
         pending = b""
         while True:
             try:
-                chunk = self._conn.bio_read(_READ_SIZE)
+                chunk = self._ssl.bio_read(_READ_SIZE)
             except SSL.WantReadError:
                 break
             if not chunk:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: RFC 7675: consent expires 30 s after the last authenticated check.
 CONSENT_TIMEOUT_MS = 30_000
-#: A session that has not completed ICE and DTLS by then is dropped.
+#: A session that has not completed ICE and DTLS by then is dropped (``session_setup_timeout_s``).
 SETUP_TIMEOUT_MS = 30_000
 #: Media is still accepted this long from an address media moved away from (packets in flight on
 #: the old pair while an ICE restart switches), and from one an authenticated check came on.
@@ -101,8 +101,10 @@ class PeerTransport:
         counters: MediaCounters,
         now_ms: int,
         loop: asyncio.AbstractEventLoop,
+        setup_timeout_ms: int = SETUP_TIMEOUT_MS,
     ) -> None:
         self._port = port
+        self.setup_timeout_ms = setup_timeout_ms
         self._ice = IceCredentials.generate()
         self._remote_ufrag = remote_ufrag
         self._counters = counters
@@ -401,7 +403,7 @@ class PeerTransport:
                 del self._extra[addr]
                 if addr != self.addr:
                     self._port.unbind_address(addr, self)
-        if self.state is not TransportState.CONNECTED and now_ms - self.created_ms > SETUP_TIMEOUT_MS:
+        if self.state is not TransportState.CONNECTED and now_ms - self.created_ms > self.setup_timeout_ms:
             self.close(CloseReason.SETUP_TIMEOUT)
         elif self.state is not TransportState.NEW and now_ms - self.last_consent_ms > CONSENT_TIMEOUT_MS:
             self.close(CloseReason.CONSENT_EXPIRED)

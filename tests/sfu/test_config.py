@@ -185,6 +185,10 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"self_check_interval_s": 0.0}, "self_check_interval_s"),
         ({"self_check_failures": 0}, "self_check_failures"),
         ({"control_url": "ftp://control"}, "control_url"),
+        ({"session_setup_timeout_s": 0.0}, "session_setup_timeout_s"),
+        ({"max_media_sections": 65}, "max_media_sections"),
+        ({"max_ssrcs": 0}, "max_ssrcs"),
+        ({"max_published_tracks": 257}, "max_published_tracks"),
     ],
 )
 def test_validation_errors_name_the_key(settings: dict[str, Any], key: str) -> None:

@@ -435,3 +435,14 @@ def test_timestamp_fast_fields_follow_map() -> None:
         assert out == called.map(ts)
         assert inlined.last_out == called.last_out
     assert called.fast_offset == called.offset
+
+
+def test_munger_rings_are_allocated_with_the_first_packet() -> None:
+    m = SeqMunger(100)
+    assert m._in_ext == [] and m._out_ext == []  # a downtrack that never receives holds no ring
+    assert m.insert() == 100  # an originated packet before any media: no ring needed
+    assert m.unmap(100) == -1 and m.unmap(99) == -1
+    assert m.drop(7) is DropOutcome.NOT_STARTED
+    assert m.map(5000) == 101
+    assert len(m._in_ext) == len(m._out_ext) == 1024
+    assert m.unmap(101) == 5000 and m.map(5001) == 102 and m.unmap(102) == 5001

@@ -10,12 +10,10 @@ import pytest
 from sfu.counters import MediaCounters
 from sfu.packet.rtp import RtpPacket
 from sfu.routing.downtrack import DownTrack
+from sfu.routing.rtx_cache import RTX_CACHE_FIRST_SLOTS, RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
 from sfu.routing.track import (
     KEYFRAME_REQUEST_INTERVAL_MS,
-    RTX_CACHE_SLOTS,
-    RTX_SLOT_BYTES,
     PublishedTrack,
-    RtxCache,
     TrackCodec,
     extension_ids,
 )
@@ -129,6 +127,39 @@ def test_rtx_cache_slots_and_wrap(puts: range, present: list[int], absent: list[
         assert bytes(hit[0][:2]) == seq.to_bytes(2, "big") and hit[1] == 20
     for seq in absent:
         assert cache.get(seq) is None, seq
+
+
+def test_rtx_cache_holds_one_slot_until_the_first_packet_then_grows_with_the_rate() -> None:
+    idle = RtxCache()
+    assert idle.slots == 1 and len(idle.bufs) == 1  # ~1.5 KB for a track that never sends
+    data = b"\x07" * 100
+    slow, fast = RtxCache(), RtxCache()
+    for n in range(2000):  # 30 packets/s and 1000 packets/s, 2000 packets each
+        slow.put(memoryview(data), len(data), n, now_ms=n * 1000 // 30)
+        fast.put(memoryview(data), len(data), n, now_ms=n)
+    assert slow.slots == RTX_CACHE_FIRST_SLOTS  # a second of a slow stream fits in the first slots
+    assert fast.slots == RTX_CACHE_SLOTS  # the bound, never more
+    assert len(fast.bufs) == RTX_CACHE_SLOTS
+    for n in range(2000 - RTX_CACHE_FIRST_SLOTS, 2000):  # the newest packets survive each growth
+        assert slow.get(n) is not None and fast.get(n) is not None
+    assert fast.get(2000 - RTX_CACHE_SLOTS) is not None and fast.get(2000 - RTX_CACHE_SLOTS - 1) is None
+
+
+def test_rtx_cache_keeps_its_packets_when_it_grows() -> None:
+    cache = RtxCache()
+    for seq in range(65500, 65536 + 60):  # grows while the 16-bit sequence wraps
+        data = (seq & 0xFFFF).to_bytes(2, "big") * 10
+        cache.put(memoryview(data), len(data), seq & 0xFFFF, now_ms=0)
+    assert cache.slots >= 128
+    for seq in range(65500, 65536 + 60):
+        hit = cache.get(seq & 0xFFFF)
+        assert hit is not None and bytes(hit[0][:2]) == (seq & 0xFFFF).to_bytes(2, "big"), seq
+
+
+def test_video_tracks_allocate_their_cache_with_their_first_packets() -> None:
+    counters = MediaCounters()
+    track = video_track(counters)
+    assert track.rtx_cache is not None and track.rtx_cache.slots == 1
 
 
 def test_rtx_cache_skips_packets_larger_than_a_slot() -> None:

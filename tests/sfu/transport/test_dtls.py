@@ -701,3 +701,15 @@ def test_interop_with_plain_pyopenssl_client_over_udp() -> None:
     finally:
         server_sock.close()
         client_sock.close()
+
+
+def test_the_openssl_connection_is_made_when_the_handshake_starts() -> None:
+    server = DtlsEndpoint(CERT_B, DtlsRole.SERVER, [("sha-256", CERT_A.fingerprint())], [GCM], lambda d: None)
+    assert server._conn is None  # a session that never gets a ClientHello holds no OpenSSL state
+    assert server.feed(b"\x17\xfe\xfd" + bytes(10), 0) == [] and server._conn is None  # not a ClientHello
+    server.close()
+    assert server._conn is None and server.state is DtlsState.CLOSED
+    client = Owner()
+    assert client.dtls._conn is None
+    client.dtls.start(0)
+    assert client.dtls._conn is not None and len(client.sent) == 1
