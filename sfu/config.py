@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
+from levelchat.httpserver import HttpLimits
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
 SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
@@ -75,6 +76,30 @@ class NodeConfig:
     #: holding two seconds' worth); more is dropped and counted
     data_messages_per_s: float = 100.0
     data_bytes_per_s: float = 1_048_576.0
+    #: HTTP (and WebSocket) connections: a request head must arrive within the header timeout of
+    #: its first byte, its body within the body timeout; idle connections close after the
+    #: keep-alive timeout; connections per client address and in total are capped
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 15.0
+    http_max_connections_per_ip: int = 64
+    http_max_connections: int = 10_000
+    #: serve the demo page (``/``, ``/static/``, the dev token helper); unset: in dev mode only
+    demo_page: bool | None = None
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            header_timeout_s=self.http_header_timeout_s,
+            body_timeout_s=self.http_body_timeout_s,
+            keepalive_timeout_s=self.http_keepalive_timeout_s,
+            max_connections_per_ip=self.http_max_connections_per_ip,
+            max_connections=self.http_max_connections,
+        )
+
+    @property
+    def serves_demo_page(self) -> bool:
+        return self.dev if self.demo_page is None else self.demo_page
 
     def validate(self) -> None:
         for name in ("http_port", "media_port"):
@@ -137,6 +162,8 @@ class NodeConfig:
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.data_messages_per_s <= 0 or self.data_bytes_per_s <= 0:
             raise ConfigError("data_messages_per_s and data_bytes_per_s must be positive")
+        for problem in self.http_limits.problems():
+            raise ConfigError(problem)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from levelchat.errors import ApiError
+from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
 from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
@@ -76,7 +77,7 @@ class Node(HttpBound):
         self.sessions = SessionService(
             self.router, advertised_ip=self.config.advertised_ip, preferred_role=Setup(self.config.dtls_role)
         )
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         await self.make_site(self._runner).start()
         addresses = self._runner.addresses
