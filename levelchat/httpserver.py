@@ -74,8 +74,8 @@ class JunkLog:
         self._since += 1
         now = time.monotonic()
         if now - self._last >= self.every_s:
-            log.warning("refused %d unparsable request(s) in %.0f s; latest from %s: %s",
-                        self._since, min(now - self._last, 1e9), peer, what)
+            log.warning("refused %d unparsable request(s) since the last such warning; latest from %s: %s",
+                        self._since, peer, what)
             self._last = now
             self._since = 0
 
@@ -125,7 +125,7 @@ def raw_problem(err: ApiError, instance: str = "/") -> bytes:
 
 
 def _catalogue_error(status: int, message: str | None) -> ApiError:
-    detail = message or f"HTTP {status}"
+    detail = (message or "").strip().split("\n")[0][:200] or f"HTTP {status}"
     if status == 404:
         return ApiError("not_found", detail)
     if status == 429:
@@ -252,7 +252,7 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
         if status >= 500 and exc is not None and not isinstance(exc, (ConnectionError, TimeoutError)):
             log.error("request from %s failed", request.remote, exc_info=exc)
         elif status < 500:
-            self._guard.junk.note(str(request.remote), (message or str(exc or status))[:200])
+            self._guard.junk.note(str(request.remote), err.detail)
         if request.writer.output_size > 0:
             raise ConnectionError("a response was sent already, the error cannot be")
         resp = problem_response(request, err)  # type: ignore[arg-type]

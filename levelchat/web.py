@@ -45,7 +45,7 @@ def problem_response(request: web.Request, err: ApiError) -> web.Response:
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiError:
     if exc.status == 404:
-        return ApiError("not_found", f"no route for {request.path}")
+        return ApiError("not_found", f"no route for {request.path[:200]}")
     if exc.status == 405:
         allowed = getattr(exc, "allowed_methods", None) or ()
         headers = {"Allow": ", ".join(sorted(allowed))} if allowed else None
@@ -70,21 +70,21 @@ def make_error_middleware(
         try:
             resp = await handler(request)
         except ApiError as err:
-            log.info("request %s %s %s failed: %s", rid, request.method, request.path, err, extra={"request_id": rid})
+            log.info("request %s %s %s failed: %s", rid, request.method, request.path[:200], err, extra={"request_id": rid})
             resp = problem_response(request, err)
         except (BodyTimeout, web.RequestPayloadError) as exc:
-            log.info("request %s %s %s: body refused: %s", rid, request.method, request.path, exc, extra={"request_id": rid})
+            log.info("request %s %s %s: body refused: %s", rid, request.method, request.path[:200], exc, extra={"request_id": rid})
             resp = problem_response(request, ApiError("bad_request", f"the request body was refused: {exc}"))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             mapped = _from_http_exception(exc, request)
             log.info(
-                "request %s %s %s failed: %s", rid, request.method, request.path, mapped, extra={"request_id": rid}
+                "request %s %s %s failed: %s", rid, request.method, request.path[:200], mapped, extra={"request_id": rid}
             )
             resp = problem_response(request, mapped)
         except Exception:
-            log.exception("request %s %s %s crashed", rid, request.method, request.path, extra={"request_id": rid})
+            log.exception("request %s %s %s crashed", rid, request.method, request.path[:200], extra={"request_id": rid})
             resp = problem_response(request, ApiError("internal_error", "unexpected server condition"))
         if not resp.prepared:
             resp.headers["X-Request-Id"] = rid
