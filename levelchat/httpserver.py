@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web, web_protocol, web_server
 from aiohttp.web_request import BaseRequest
@@ -163,10 +163,10 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
             self._peer_ip = ip
         super().connection_made(transport)
 
-    def _refuse(self, transport: asyncio.BaseTransport, err: ApiError) -> None:
+    def _refuse(self, base: asyncio.BaseTransport, err: ApiError) -> None:
         self._refused = True
         self._force_close = True
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, base)  # uvloop's transports are not asyncio's classes
         registry = self._guard.registry
         try:
             transport.write(raw_problem(err))
