@@ -60,7 +60,7 @@ def split(data: bytes, *cuts: int) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-async def _read_reply(reader: asyncio.StreamReader) -> RawReply:
+async def _read_reply(reader: asyncio.StreamReader, head_only: bool) -> RawReply:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
@@ -72,7 +72,9 @@ async def _read_reply(reader: asyncio.StreamReader) -> RawReply:
             k, v = line.split(":", 1)
             headers[k.strip().lower()] = v.strip()
     status = int(status_line.split()[1])
-    if "content-length" in headers:
+    if head_only or status in (204, 304):
+        body = b""
+    elif "content-length" in headers:
         body = await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding", "").lower() == "chunked":
         body = b""
@@ -107,7 +109,7 @@ async def exchange(port: int, parts: Sequence[bytes], *, gap_s: float = 0.05, ti
                 except (ConnectionError, OSError):
                     break  # the server answered and closed early: read what it said
             try:
-                reply = await _read_reply(reader)
+                reply = await _read_reply(reader, head_only=parts[0].startswith(b"HEAD "))
             except (ConnectionError, asyncio.IncompleteReadError):
                 reply = RawReply(0)
         finally:
