@@ -27,8 +27,8 @@ import pytest
 
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
-from tests.e2e.procs import Proc, Procs
-from tests.e2e.rawhttp import exchange, open_partial, problem_code, request_bytes
+from tests.e2e.procs import Proc, Procs, admin_token
+from tests.e2e.rawhttp import exchange, open_partial, problem_code, request_bytes, split
 
 HEADER_TIMEOUT_S = 10.0
 PER_IP = 64
@@ -203,3 +203,36 @@ async def test_slowloris_is_bounded_and_the_session_goes_on(node: Proc) -> None:
     stderr = node.stderr()
     assert "Traceback" not in stderr, node.tail()
     assert stderr.count("WARNING levelchat.http") <= 10, node.tail()
+
+
+async def test_multi_worker_front_is_guarded(tmp_path: Path) -> None:
+    """The front of a two-worker node runs the same server: per-address cap, header timeout,
+    parser refusals as problems, split bodies read whole (and proxied to the room's worker)."""
+    procs = Procs(tmp_path)
+    env = {"LEVELCHAT_SFU_WORKERS": "2", "LEVELCHAT_SFU_HTTP_HEADER_TIMEOUT_S": "2",
+           "LEVELCHAT_SFU_HTTP_MAX_CONNECTIONS_PER_IP": "4"}
+    held: list[Held] = []
+    try:
+        front = procs.node("front", None, env=env)
+        await front.wait_healthy(timeout_s=40)
+        port = int(front.url.rsplit(":", 1)[1])
+        held = await asyncio.to_thread(_open, port, [("127.0.3.1", 5)])
+        await wait_for(lambda: bool(_readable(held[-1:], 0)), 5, "the 5th connection answered")
+        _settle(held, held[-1])
+        assert held[-1].outcome == "429", held[-1]
+        await asyncio.to_thread(_watch, held, time.monotonic() + 20)
+        assert [h.outcome for h in held[:-1]] == ["400"] * 4
+        assert all(1.0 <= h.closed_at - h.opened_at <= 15 for h in held[:-1])
+
+        junk = await exchange(port, [b"POST /v1/rooms HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}"])
+        assert junk.status == 400 and problem_code(junk) == "bad_request", junk
+        body = b'{"room": "front-split-1", "pad": "' + b"p" * 3000 + b'"}'
+        raw = request_bytes("POST", "/v1/rooms", body=body, headers=[
+            ("Authorization", f"Bearer {admin_token()}"), ("Content-Type", "application/json")])
+        reply = await exchange(port, split(raw, 1460), gap_s=0.05)
+        assert reply.status == 201 and reply.json()["room"] == "front-split-1", reply
+        assert "Traceback" not in front.stderr(), front.tail()
+    finally:
+        for h in held:
+            h.sock.close()
+        procs.stop_all()
