@@ -157,7 +157,8 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
     try:
         raw = await read_body(request, sdpfrag.MAX_FRAGMENT_BYTES, "fragment")
     except ApiError as err:
-        raise ApiError(err.code, err.detail, headers=accept) from None
+        err.headers.update(accept)
+        raise
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
