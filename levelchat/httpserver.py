@@ -221,6 +221,14 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
             if not payload.is_eof():
                 self._body_timer = self._loop.call_later(self._guard.limits.body_timeout_s, self._body_too_slow, payload)
 
+    def _process_keepalive(self) -> None:
+        if self._header_timer is not None:
+            # a head is on its way: the header timeout, not the idle one, ends it (and the next
+            # response arms the idle timer again, which it does only when no handle is left)
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
+
     def _head_too_slow(self) -> None:
         self._header_timer = None
         if self.transport is None or self._force_close:

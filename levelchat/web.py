@@ -142,7 +142,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_bytes: int = MAX_BODY_BYTES) -> Any:
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, max_bytes: int = MAX_BODY_BYTES) -> Any:
     """A JSON document (HTTP body or WebSocket frame), or ``bad_request`` saying what is wrong:
     larger than ``max_bytes``, nested deeper than ``max_depth``, not UTF-8, not JSON, or using
     ``NaN``/``Infinity``.  Never lets a ``RecursionError`` out."""
