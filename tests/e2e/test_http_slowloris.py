@@ -236,3 +236,28 @@ async def test_multi_worker_front_is_guarded(tmp_path: Path) -> None:
         for h in held:
             h.sock.close()
         procs.stop_all()
+
+
+async def test_control_plane_is_guarded(tmp_path: Path) -> None:
+    """The control plane runs the same server: per-address cap, header timeout (trickling or
+    not), and it keeps answering other clients meanwhile."""
+    procs = Procs(tmp_path)
+    env = {"LEVELCHAT_CONTROL_HTTP_HEADER_TIMEOUT_S": "2", "LEVELCHAT_CONTROL_HTTP_MAX_CONNECTIONS_PER_IP": "4"}
+    held: list[Held] = []
+    try:
+        control = procs.control(env=env)
+        await control.wait_healthy()
+        port = int(control.url.rsplit(":", 1)[1])
+        held = await asyncio.to_thread(_open, port, [("127.0.4.1", 5)])
+        await wait_for(lambda: bool(_readable(held[-1:], 0)), 5, "the 5th connection answered")
+        _settle(held, held[-1])
+        assert held[-1].outcome == "429", held[-1]
+        assert (await _healthz_s(port)) < 2.0  # another address is served meanwhile
+        await asyncio.to_thread(_watch, held, time.monotonic() + 20)
+        assert [h.outcome for h in held[:-1]] == ["400"] * 4
+        assert all(1.0 <= h.closed_at - h.opened_at <= 15 for h in held[:-1])
+        assert "Traceback" not in control.stderr(), control.tail()
+    finally:
+        for h in held:
+            h.sock.close()
+        procs.stop_all()
