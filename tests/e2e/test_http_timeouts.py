@@ -6,13 +6,16 @@ is closed at the keep-alive timeout.  ``/healthz`` stays fast meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sfu.node import Node
+from tests.e2e.conftest import token
 from tests.e2e.procs import admin_token
 from tests.e2e.rawhttp import exchange, problem_code, request_bytes
 
@@ -38,8 +41,6 @@ async def test_short_body_is_refused_at_the_body_timeout(quick: Node) -> None:
 
 
 async def test_short_sdp_is_refused_at_the_body_timeout(quick: Node) -> None:
-    from tests.e2e.conftest import token
-
     raw = request_bytes("POST", "/whip/short-sdp", body=b"v=0\r\n" * 100, headers=[
         ("Authorization", f"Bearer {token('short-sdp', 'a')}"), ("Content-Type", "application/sdp")])
     reply = await exchange(quick.http_port, [raw[:-100]], timeout_s=10)
@@ -100,3 +101,15 @@ async def test_keepalive_still_applies_after_a_slow_head(quick: Node) -> None:
     idle = time.monotonic() - t0
     writer.close()
     assert idle <= TIMEOUT_S + 5, idle
+
+
+async def test_websocket_outlives_the_read_timeouts(quick: Node) -> None:
+    """An upgraded connection is no request body: the body and header timeouts never cut it."""
+    url = quick.url.replace("http://", "ws://") + "/v1/rtc?access_token=" + token("ws-long", "w")
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        for _ in range(3):
+            await asyncio.sleep(TIMEOUT_S * 1.5)
+            await ws.send_str("{nope")
+            frame = await ws.receive(timeout=5)
+            assert frame.type == aiohttp.WSMsgType.TEXT, frame
+            assert json.loads(frame.data)["error"]["code"] == -32700
