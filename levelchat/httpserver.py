@@ -292,7 +292,7 @@ class GuardedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web_server.Server:
         plain = await super()._make_server()
-        raise_fd_limit(self.limits.max_connections + 1024)
+        raise_fd_limit(self.limits.max_connections + MAX_LINGERING + 1024)
         return GuardedServer(
             plain.request_handler,
             limits=self.limits,

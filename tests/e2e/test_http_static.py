@@ -76,3 +76,17 @@ async def test_parser_refusals_are_problems_and_quiet(node: Node, caplog: pytest
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "levelchat.http"]
     assert 1 <= len(warnings) <= 2, [r.getMessage()[:200] for r in warnings]  # 50 refusals, one warning
     assert (await exchange(_port(node), [request_bytes("GET", "/healthz")])).status == 200
+
+
+async def test_unset_cors_origins_allow_no_cross_origin_call(node_factory: Callable[..., Awaitable[Node]]) -> None:
+    """What ``docs/operations.md`` says: outside dev mode's preset, an unset ``cors_origins``
+    allows no origin (a preflight is ``forbidden``, a simple request gets no CORS headers)."""
+    node = await node_factory(cors_origins=())
+    try:
+        preflight = await exchange(_port(node), [request_bytes("OPTIONS", "/whip/cors-room", headers=[
+            ("Origin", "https://app.example"), ("Access-Control-Request-Method", "POST")])])
+        assert preflight.status == 403 and problem_code(preflight) == "forbidden", preflight
+        simple = await exchange(_port(node), [request_bytes("GET", "/healthz", headers=[("Origin", "https://app.example")])])
+        assert simple.status == 200 and "access-control-allow-origin" not in simple.headers
+    finally:
+        await node.stop()
