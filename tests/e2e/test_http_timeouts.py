@@ -1,7 +1,8 @@
 """The HTTP server's read timeouts (issue 11, defect 5), on a node with 1 s timeouts: a body that
 stops short is answered ``bad_request`` at the body timeout and the connection closed; a head that
 trickles in is cut at the header timeout however often bytes come; an idle keep-alive connection
-is closed at the keep-alive timeout.  ``/healthz`` stays fast meanwhile."""
+is closed at the keep-alive timeout.  ``/healthz`` stays fast meanwhile.  A WebSocket session
+outlives the read timeouts and counts against the per-address connection cap."""
 
 from __future__ import annotations
 
@@ -113,3 +114,28 @@ async def test_websocket_outlives_the_read_timeouts(quick: Node) -> None:
             frame = await ws.receive(timeout=5)
             assert frame.type == aiohttp.WSMsgType.TEXT, frame
             assert json.loads(frame.data)["error"]["code"] == -32700
+
+
+async def test_websocket_sessions_count_against_the_address_cap(node_factory: Callable[..., Any]) -> None:
+    """The per-address cap counts connections, WebSocket sessions included: with a cap of 2, two
+    open signaling sockets leave no room for a third connection from the same address, and
+    closing one makes room again."""
+    capped = await node_factory(http_max_connections_per_ip=2)
+    url = capped.url.replace("http://", "ws://") + "/v1/rtc?access_token="
+    try:
+        async with aiohttp.ClientSession() as a, aiohttp.ClientSession() as b:
+            ws1 = await a.ws_connect(url + token("ws-cap", "one"))
+            ws2 = await b.ws_connect(url + token("ws-cap", "two"))
+            third = await exchange(capped.http_port, [request_bytes("GET", "/healthz")])
+            assert third.status == 429 and problem_code(third) == "rate_limited", third
+            assert third.headers.get("retry-after")
+            await ws2.close()
+            for _ in range(50):
+                again = await exchange(capped.http_port, [request_bytes("GET", "/healthz")])
+                if again.status == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert again.status == 200, again
+            await ws1.close()
+    finally:
+        await capped.stop()
