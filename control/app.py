@@ -19,6 +19,7 @@ from control.service import ControlService
 from control.store import Store, StoreUnavailable, open_store, unavailable_errors
 from control.store.bounded import BoundedStore
 from levelchat.errors import ApiError
+from levelchat.httpserver import serve_forever
 from levelchat.web import Handler, make_cors_middleware, make_error_middleware
 
 log = logging.getLogger("levelchat.control")
@@ -123,4 +124,4 @@ def serve(config: ControlConfig) -> None:
     )
     if config.dev:
         log.warning("dev mode: API key %r, project %r, store %s", *sorted(config.api_keys)[:1], config.project, config.store)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, access_log=None)
+    serve_forever(create_app(config), config.host, config.port, config.http_limits)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from control.store import StoreUrl
+from levelchat.httpserver import HttpLimits
 
 ENV_PREFIX = "LEVELCHAT_CONTROL_"
 DEV_KEY_ID = "devkey"
@@ -37,6 +38,22 @@ class ControlConfig:
     log_level: str = "info"
     dev: bool = False
     dev_allow_remote: bool = False
+    #: HTTP connections: read timeouts and caps, as on the node (``docs/operations.md``)
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 15.0
+    http_max_connections_per_ip: int = 64
+    http_max_connections: int = 10_000
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            header_timeout_s=self.http_header_timeout_s,
+            body_timeout_s=self.http_body_timeout_s,
+            keepalive_timeout_s=self.http_keepalive_timeout_s,
+            max_connections_per_ip=self.http_max_connections_per_ip,
+            max_connections=self.http_max_connections,
+        )
 
     @property
     def lease_ms(self) -> int:
@@ -73,6 +90,8 @@ class ControlConfig:
             raise ValueError(f"store_timeout_seconds must be > 0 and at most 60, got {self.store_timeout_seconds}")
         if self.max_placement_attempts < 1:
             raise ValueError(f"max_placement_attempts must be >= 1, got {self.max_placement_attempts}")
+        for problem in self.http_limits.problems():
+            raise ValueError(problem)
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         if self.dev and not self.dev_allow_remote and not is_loopback(self.host):

@@ -20,6 +20,10 @@ ROOM_ID_RE = re.compile(r"[A-Za-z0-9-]{4,64}")
 CODEC_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MAX_CODECS = 16
 MAX_VERSION = 64
+#: every count a client sends is at most this (SQLite integers are 64-bit; no real count comes near)
+MAX_COUNT = 1_000_000_000
+#: every other number (cpu, packets per second) at most this
+MAX_NUMBER = 1e15
 
 
 class RoomState(StrEnum):
@@ -84,8 +88,8 @@ def _count(obj: Mapping[str, Any], name: str, *, required: bool, minimum: int = 
     value = _field(obj, name, int, required)
     if value is None:
         return default
-    if value < minimum:
-        raise ValueError(f"field {name!r} must be at least {minimum}, got {value}")
+    if not minimum <= value <= MAX_COUNT:
+        raise ValueError(f"field {name!r} must be from {minimum} to {MAX_COUNT}, got {value}")
     return int(value)
 
 
@@ -93,8 +97,8 @@ def _number(obj: Mapping[str, Any], name: str, *, default: float = 0.0) -> float
     value = _field(obj, name, (int, float), False)
     if value is None:
         return default
-    if value < 0 or value != value or value == float("inf"):
-        raise ValueError(f"field {name!r} must be a finite number >= 0, got {value}")
+    if not 0 <= value <= MAX_NUMBER:  # NaN fails both comparisons
+        raise ValueError(f"field {name!r} must be a number from 0 to {MAX_NUMBER:g}, got {value}")
     return float(value)
 
 
@@ -362,11 +366,11 @@ class RoomSpec:
     @classmethod
     def parse(cls, obj: Mapping[str, Any], room: str) -> RoomSpec:
         maxp = _field(obj, "max_participants", int, required=False)
-        if maxp is not None and maxp < 1:
-            raise ValueError(f"field 'max_participants' must be at least 1, got {maxp}")
+        if maxp is not None and not 1 <= maxp <= MAX_COUNT:
+            raise ValueError(f"field 'max_participants' must be from 1 to {MAX_COUNT}, got {maxp}")
         timeout = _field(obj, "empty_timeout_s", int, required=False)
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"field 'empty_timeout_s' must be >= 0, got {timeout}")
+        if timeout is not None and not 0 <= timeout <= MAX_COUNT:
+            raise ValueError(f"field 'empty_timeout_s' must be from 0 to {MAX_COUNT}, got {timeout}")
         return cls(
             room=room,
             max_participants=maxp,

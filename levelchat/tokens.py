@@ -5,6 +5,7 @@ Claims and refusals follow ``shared/design/contracts.md`` (Tokens).  Time is pas
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -123,7 +124,11 @@ class TokenVerifier:
     def _check_claims(self, raw: Mapping[str, Any], kid: str, now_s: float) -> Claims:
         exp, nbf, iat = raw.get("exp"), raw.get("nbf"), raw.get("iat")
         for name, value in (("exp", exp), ("nbf", nbf), ("iat", iat)):
-            if value is not None and not isinstance(value, (int, float)):
+            # a JSON boolean is not a number (Python's bool is an int); nor is NaN or an infinity
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value))
+            ):
                 raise ApiError("token/invalid", f"claim {name} must be a number of seconds")
         if exp is not None and now_s > exp + self._leeway:
             raise ApiError("token/expired", "token expired")

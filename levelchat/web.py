@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -44,7 +45,7 @@ def problem_response(request: web.Request, err: ApiError) -> web.Response:
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiError:
     if exc.status == 404:
-        return ApiError("not_found", f"no route for {request.path}")
+        return ApiError("not_found", f"no route for {request.path[:200]}")
     if exc.status == 405:
         allowed = getattr(exc, "allowed_methods", None) or ()
         headers = {"Allow": ", ".join(sorted(allowed))} if allowed else None
@@ -69,18 +70,21 @@ def make_error_middleware(
         try:
             resp = await handler(request)
         except ApiError as err:
-            log.info("request %s %s %s failed: %s", rid, request.method, request.path, err, extra={"request_id": rid})
+            log.info("request %s %s %s failed: %s", rid, request.method, request.path[:200], err, extra={"request_id": rid})
             resp = problem_response(request, err)
+        except (BodyTimeout, web.RequestPayloadError) as exc:
+            log.info("request %s %s %s: body refused: %s", rid, request.method, request.path[:200], exc, extra={"request_id": rid})
+            resp = problem_response(request, ApiError("bad_request", f"the request body was refused: {exc}"))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             mapped = _from_http_exception(exc, request)
             log.info(
-                "request %s %s %s failed: %s", rid, request.method, request.path, mapped, extra={"request_id": rid}
+                "request %s %s %s failed: %s", rid, request.method, request.path[:200], mapped, extra={"request_id": rid}
             )
             resp = problem_response(request, mapped)
         except Exception:
-            log.exception("request %s %s %s crashed", rid, request.method, request.path, extra={"request_id": rid})
+            log.exception("request %s %s %s crashed", rid, request.method, request.path[:200], extra={"request_id": rid})
             resp = problem_response(request, ApiError("internal_error", "unexpected server condition"))
         if not resp.prepared:
             resp.headers["X-Request-Id"] = rid
@@ -123,37 +127,81 @@ def make_cors_middleware(
     return middleware
 
 
+class BodyTimeout(TimeoutError):
+    """Set on a request's payload when its body is not complete within the body read timeout
+    (``levelchat.httpserver``); a ``TimeoutError`` so aiohttp's lingering read lets it pass."""
+
+
+#: nesting deeper than this in a JSON document is refused before it is parsed
+MAX_JSON_DEPTH = 32
+#: a string (to its end, closed or not: one pass, never quadratic) or a bracket
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """A JSON document (HTTP body or WebSocket frame), or ``bad_request`` saying what is wrong:
+    larger than ``max_bytes``, nested deeper than ``max_depth``, not UTF-8, not JSON, or using
+    ``NaN``/``Infinity``.  Never lets a ``RecursionError`` out."""
+    if len(text) > max_bytes:
+        raise ApiError("bad_request", f"the JSON document is larger than {max_bytes} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError("bad_request", "the JSON document is not UTF-8") from None
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ApiError("bad_request", f"the JSON document is larger than {max_bytes} bytes")
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        token = m.group()
+        if token[0] == '"':
+            continue
+        if token in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ApiError("bad_request", f"the JSON document is nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError("bad_request", f"body is not valid JSON: {exc}") from None
+
+
+async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES, what: str = "request body") -> bytes:
+    """The whole request body, however the client split it into segments or chunks, or
+    ``bad_request``: larger than ``max_bytes``, not received within the body timeout, or badly
+    framed (chunked encoding)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError("bad_request", f"the {what} is larger than {max_bytes} bytes")
+    buf = bytearray()
+    try:
+        while True:
+            chunk = await request.content.read(max_bytes + 1 - len(buf))
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > max_bytes:
+                raise ApiError("bad_request", f"the {what} is larger than {max_bytes} bytes")
+    except BodyTimeout as exc:
+        raise ApiError("bad_request", f"the {what} was not received in time: {exc}") from None
+    except web.RequestPayloadError as exc:
+        raise ApiError("bad_request", f"the {what} is badly framed: {exc}") from None
+
+
 async def read_json(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The request body as a JSON object, or ``bad_request`` saying what is wrong."""
     ctype = request.content_type
     if ctype != "application/json":
         raise ApiError("bad_request", f"content type must be application/json, not {ctype or 'none'}")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError("bad_request", f"request body is larger than {max_bytes} bytes")
-    raw = await _read_at_most(request, max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise ApiError("bad_request", f"request body is larger than {max_bytes} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError("bad_request", f"body is not valid JSON: {exc}") from None
+    data = parse_json(await read_body(request, max_bytes), max_bytes=max_bytes)
     if not isinstance(data, dict):
         raise ApiError("bad_request", "body must be a JSON object")
     return data
-
-
-async def _read_at_most(request: web.Request, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the body (``StreamReader.read(n)`` returns what has arrived so far,
-    which is less than the body once it spans several chunks)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await request.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
+from levelchat.httpserver import HttpLimits
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
 SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
@@ -88,6 +89,30 @@ class NodeConfig:
     max_ssrcs: int = 32
     #: tracks one participant may publish at once (a simulcast video is one per layer)
     max_published_tracks: int = 16
+    #: HTTP (and WebSocket) connections: a request head must arrive within the header timeout of
+    #: its first byte, its body within the body timeout; idle connections close after the
+    #: keep-alive timeout; connections per client address and in total are capped
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 15.0
+    http_max_connections_per_ip: int = 64
+    http_max_connections: int = 10_000
+    #: serve the demo page (``/``, ``/static/``, the dev token helper); unset: in dev mode only
+    demo_page: bool | None = None
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            header_timeout_s=self.http_header_timeout_s,
+            body_timeout_s=self.http_body_timeout_s,
+            keepalive_timeout_s=self.http_keepalive_timeout_s,
+            max_connections_per_ip=self.http_max_connections_per_ip,
+            max_connections=self.http_max_connections,
+        )
+
+    @property
+    def serves_demo_page(self) -> bool:
+        return self.dev if self.demo_page is None else self.demo_page
 
     def validate(self) -> None:
         for name in ("http_port", "media_port"):
@@ -160,6 +185,8 @@ class NodeConfig:
         for name, ceiling in (("max_media_sections", 64), ("max_ssrcs", 1024), ("max_published_tracks", 256)):
             if not 1 <= getattr(self, name) <= ceiling:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be from 1 to {ceiling}")
+        for problem in self.http_limits.problems():
+            raise ConfigError(problem)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from levelchat.errors import ApiError
+from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
 from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
@@ -85,7 +86,7 @@ class Node(HttpBound):
             preferred_role=Setup(cfg.dtls_role),
             limits=OfferLimits(cfg.max_media_sections, cfg.max_ssrcs, cfg.max_published_tracks),
         )
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         await self.make_site(self._runner).start()
         addresses = self._runner.addresses

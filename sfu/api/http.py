@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from levelchat.web import (
     json_response,
     make_cors_middleware,
     make_error_middleware,
+    read_body,
     read_json,
 )
 from sfu import clock
@@ -40,6 +42,11 @@ REFUSED_TRACK_HEADER = "LevelChat-Refused-Track"
 RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc")
 WHIP_SCOPES = ("room:join", "room:publish")
 WHEP_SCOPES = ("room:join", "room:subscribe")
+#: the browser SDK, always served; the demo pages, served with ``demo_page`` (dev mode's default)
+SDK_FILES = frozenset({"levelchat.js", "whip.js", "stats.js"})
+DEMO_FILES = frozenset({"index.html", "room.html", "app.js", "devtoken.js"})
+STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+STATIC_FILES_KEY = web.AppKey("static_files", frozenset)
 
 
 def _node(request: web.Request) -> Node:
@@ -86,9 +93,7 @@ def _owned(node: Node, request: web.Request, room_id: str, claims: Claims) -> Me
 async def _read_sdp(request: web.Request) -> str:
     if request.content_type != SDP_TYPE:
         raise ApiError("bad_request", f"content type must be {SDP_TYPE}, not {request.content_type or 'none'}")
-    raw = await request.content.read(64 * 1024 + 1)
-    if len(raw) > 64 * 1024:
-        raise ApiError("bad_request", "SDP offer is larger than 65536 bytes")
+    raw = await read_body(request, 64 * 1024, "SDP offer")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -175,9 +180,11 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
             f"content type must be {sdpfrag.CONTENT_TYPE} (trickle ICE or ICE restart), not {request.content_type or 'none'}",
             headers=accept,
         )
-    raw = await request.content.read(sdpfrag.MAX_FRAGMENT_BYTES + 1)
-    if len(raw) > sdpfrag.MAX_FRAGMENT_BYTES:
-        raise ApiError("bad_request", f"the fragment is larger than {sdpfrag.MAX_FRAGMENT_BYTES} bytes", headers=accept)
+    try:
+        raw = await read_body(request, sdpfrag.MAX_FRAGMENT_BYTES, "fragment")
+    except ApiError as err:
+        err.headers.update(accept)
+        raise
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -336,7 +343,22 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
+    return _static_file(STATIC_DIR / "index.html")
+
+
+def _static_file(path: Path) -> web.StreamResponse:
+    if not path.is_file():
+        raise ApiError("not_found", f"no file {path.name}")
+    return web.FileResponse(path)
+
+
+async def static_get(request: web.Request) -> web.StreamResponse:
+    """``GET /static/{name}``: a file of the static folder the configuration serves (a name, never
+    a path: no ``/``, ``..``, NUL or over-long names reach the file system)."""
+    name = request.match_info["name"]
+    if not STATIC_NAME.fullmatch(name) or name not in request.app[STATIC_FILES_KEY]:
+        raise ApiError("not_found", f"no static file {name[:64]!r}")
+    return _static_file(STATIC_DIR / name)
 
 
 def api_application(cfg: NodeConfig, http_counts: dict[tuple[str, str], int]) -> web.Application:
@@ -368,11 +390,17 @@ def api_application(cfg: NodeConfig, http_counts: dict[tuple[str, str], int]) ->
     )
 
 
-def add_static_routes(router: web.UrlDispatcher) -> None:
-    """``/`` (the demo page) and ``/static``, when the static folder is installed."""
-    if STATIC_DIR.is_dir():
-        router.add_get("/", index)
-        router.add_static("/static", STATIC_DIR)
+def add_static_routes(app: web.Application, cfg: NodeConfig) -> None:
+    """``/static/{name}`` (the browser SDK, always; the demo pages and the dev token helper only
+    with ``demo_page``, by default in dev mode only) and ``/`` (the demo page), when the static
+    folder is installed."""
+    if not STATIC_DIR.is_dir():
+        return
+    files = SDK_FILES | DEMO_FILES if cfg.serves_demo_page else SDK_FILES
+    app[STATIC_FILES_KEY] = frozenset(files)
+    if cfg.serves_demo_page:
+        app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static_get)
 
 
 def create_app(node: Node) -> web.Application:
@@ -399,5 +427,5 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
-    add_static_routes(r)
+    add_static_routes(app, node.config)
     return app

@@ -25,10 +25,12 @@ import jwt
 from aiohttp import web
 
 from levelchat.errors import ApiError
+from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier, validate_room
 from levelchat.web import (
     bearer_token,
     json_response,
+    parse_json,
     read_json,
 )
 from sfu import clock
@@ -77,7 +79,7 @@ class Front(HttpBound):
             await self.supervisor.start()
         except RuntimeError as exc:
             raise OSError(str(exc)) from None
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, reuse_address=True)
         try:
@@ -179,9 +181,9 @@ class Front(HttpBound):
         raw = await request.read()
         room: str | None = None
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            body = None
+            body = parse_json(raw)
+        except ApiError:
+            body = None  # the worker refuses it
         if isinstance(body, dict):
             if "room" not in body:
                 # the front names the room, so it knows where it lives
@@ -444,6 +446,6 @@ class Front(HttpBound):
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics)
         r.add_get(RTC_PATH, self.rtc)
-        add_static_routes(r)
+        add_static_routes(app, self.config)
         return app
 

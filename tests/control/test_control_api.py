@@ -77,6 +77,10 @@ async def test_heartbeat_unknown_node_is_not_found(cp: ControlPlane) -> None:
         ({"load": {"rooms": -1}}, "rooms"),
         ({"load": {"cpu": "high"}}, "cpu"),
         ({"load": []}, "load"),
+        # past SQLite's 64-bit integers: a catalogue 400, not a 500 from the store
+        ({"load": {"rooms": 2**63}}, "rooms"),
+        ({"load": {"participants": 2**64 + 5}}, "participants"),
+        ({"load": {"packets_per_s": 1e300}}, "packets_per_s"),
     ],
 )
 async def test_heartbeat_validation(cp: ControlPlane, nodes: list[StandInNode], body: dict[str, object], fragment: str) -> None:
@@ -92,6 +96,7 @@ async def test_heartbeat_validation(cp: ControlPlane, nodes: list[StandInNode], 
         ({"url": "ftp://x"}, "url"),
         ({"media": {"host": "127.0.0.1", "port": 70000}}, "media.port"),
         ({"capacity": {"max_participants": 0, "max_rooms": 1}}, "max_participants"),
+        ({"capacity": {"max_participants": 2**63, "max_rooms": 1}}, "max_participants"),
         ({"capacity": None}, "capacity"),
     ],
 )

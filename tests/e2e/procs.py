@@ -172,11 +172,11 @@ class Procs:
         self.started: list[Proc] = []
 
     def control(self, name: str = "control", *, lease_s: float = 3.0, heartbeat_s: float = 0.5,
-                extra_args: Sequence[str] = ()) -> Proc:
+                extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Proc:
         port = free_port()
         args = ["-m", "control", "--dev", "--port", str(port), "--lease-seconds", str(lease_s),
                 "--heartbeat-interval-seconds", str(heartbeat_s), *extra_args]
-        return self._start(Proc(name, args, f"http://127.0.0.1:{port}", self.workdir, child_env()))
+        return self._start(Proc(name, args, f"http://127.0.0.1:{port}", self.workdir, child_env(env)))
 
     def node(self, node_id: str, control_url: str | None, *, env: Mapping[str, str] | None = None,
              extra_args: Sequence[str] = ()) -> Proc:
