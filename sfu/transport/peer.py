@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 #: request with MESSAGE-INTEGRITY, SRTP or SRTCP that unprotects, DTLS application data.  Clients
 #: such as libnice (GStreamer's webrtcbin) only send Binding *indications* once connected, which
 #: carry no MESSAGE-INTEGRITY: they keep NAT bindings open (RFC 8445 §11) but do not prove consent
-#: (a spoofed source address could otherwise keep a gone client's session alive for ever).
+#: (a spoofed source address could otherwise keep a gone client's session alive for ever).  SRTP
+#: and DTLS reach this transport only from its selected address, or for EXTRA_ADDRESS_GRACE_MS from
+#: one an authenticated check came on: the port routes no other address here.
 CONSENT_TIMEOUT_MS = 30_000
 #: A session that has not completed ICE and DTLS by then is dropped.
 SETUP_TIMEOUT_MS = 30_000

@@ -170,7 +170,7 @@ async def test_webrtcbin_publisher_and_subscriber_outlive_the_consent_timeout(
         # Binding indications were taken as keepalives, not dropped
         for who, t in (("publisher", pub_t), ("subscriber", sub_t)):
             assert now - t.last_check_ms > CONSENT_TIMEOUT_MS, f"the {who} still sends checks: the test proves nothing"
-            assert now - t.last_consent_ms < CONSENT_TIMEOUT_MS // 3
+            assert now - t.last_consent_ms < CONSENT_TIMEOUT_MS // 2
         assert node.counters.stun_keepalives - keepalives >= 2, "libnice's indications (every 25 s) were not seen"
         assert node.counters.drops[DropReason.STUN_UNEXPECTED] == 0
 
