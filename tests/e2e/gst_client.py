@@ -37,8 +37,6 @@ PUBLISH = (
     "! vp8enc deadline=1 keyframe-max-dist=30 target-bitrate=300000 ! rtpvp8pay pt=96 "
     f"! {VP8_CAPS} ! webrtcbin name=webrtc bundle-policy=max-bundle"
 )
-#: a pipeline of one element would be that element (not a bin): the fakesink makes it a pipeline
-SUBSCRIBE = "webrtcbin name=webrtc bundle-policy=max-bundle fakesrc num-buffers=0 ! fakesink"
 
 
 class Client:
@@ -47,7 +45,11 @@ class Client:
         self.url = url
         self.token = token
         self.loop = GLib.MainLoop()
-        self.pipeline: Any = Gst.parse_launch(PUBLISH if role == "publish" else SUBSCRIBE)
+        if role == "publish":
+            self.pipeline: Any = Gst.parse_launch(PUBLISH)
+        else:  # decoders are added as the tracks come (``pad-added``)
+            self.pipeline = Gst.Pipeline.new("subscriber")
+            self.pipeline.add(Gst.parse_launch("webrtcbin name=webrtc bundle-policy=max-bundle"))
         self.webrtc: Any = self.pipeline.get_by_name("webrtc")
         # kept for the process's lifetime: PyGObject releases the property's reference once too
         # often when its wrapper goes (GStreamer 1.22), which would free webrtcbin's agent
