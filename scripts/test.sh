@@ -8,6 +8,13 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+# GStreamer webrtcbin + libnice clients (tests/e2e/test_gstreamer.py), driven from the system python3
+gst_probe='import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); gi.require_version("GstSdp", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ("webrtcbin", "nicesrc", "vp8enc", "vp8dec", "rtpvp8pay", "videotestsrc"))'
+/usr/bin/python3 -c "$gst_probe" >/dev/null 2>&1 || need_apt+=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+  gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -20,7 +20,7 @@ class DropReason(enum.IntEnum):
     STUN_MALFORMED = 2
     STUN_UNKNOWN_USER = 3  # USERNAME names no session
     STUN_BAD_INTEGRITY = 4  # MESSAGE-INTEGRITY fails with the session's password
-    STUN_UNEXPECTED = 5  # not a binding request
+    STUN_UNEXPECTED = 5  # not a binding request (nor a binding indication from a session's address)
     DTLS_UNKNOWN_ADDRESS = 6
     DTLS_REJECTED = 7  # the DTLS endpoint refused the record
     SRTP_UNKNOWN_ADDRESS = 8
@@ -56,6 +56,7 @@ class MediaCounters:
 
     __slots__ = (
         "datagrams_in",
+        "stun_keepalives",
         "rtp_in",
         "rtcp_in",
         "rtp_out",
@@ -85,6 +86,8 @@ class MediaCounters:
 
     def __init__(self) -> None:
         self.datagrams_in = 0
+        #: STUN Binding indications from a session's address (RFC 8445 §11 keepalives): not drops
+        self.stun_keepalives = 0
         self.rtp_in = [0, 0]  # [audio, video]
         self.rtcp_in = 0
         self.rtp_out = [0, 0]

@@ -52,6 +52,9 @@ class NodeCollector(Collector):
         yield fw
         yield CounterMetricFamily(PREFIX + "sfu_bytes_forwarded", "bytes forwarded", value=c.bytes_out)
         yield _by_member("sfu_packets_dropped", "datagrams dropped", "reason", DropReason, c.drops)
+        yield CounterMetricFamily(
+            PREFIX + "sfu_stun_keepalives", "STUN Binding indications from sessions (RFC 8445 keepalives)", value=c.stun_keepalives
+        )
         yield _by_member("sfu_srtp_errors", "SRTP failures", "direction", Direction, c.srtp_errors)
         yield CounterMetricFamily(PREFIX + "sfu_nack", "NACKs received from subscribers", value=c.nack_in)
         yield CounterMetricFamily(PREFIX + "sfu_pli", "PLI/FIR received from subscribers", value=c.pli_in)

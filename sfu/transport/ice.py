@@ -3,11 +3,13 @@
 The node never sends checks of its own.  A check is a STUN Binding request whose USERNAME is
 ``<our ufrag>:<their ufrag>``, authenticated with our password (MESSAGE-INTEGRITY) and carrying
 a FINGERPRINT; the answer is a Binding success with XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY and
-FINGERPRINT.  Sans-I/O: the caller hands in bytes and gets bytes back.
+FINGERPRINT.  A Binding indication is a keepalive (RFC 8445 §11): it is accepted and not
+answered.  Sans-I/O: the caller hands in bytes and gets bytes back.
 """
 
 from __future__ import annotations
 
+import enum
 import secrets
 import string
 import struct
@@ -46,13 +48,24 @@ class BindingCheck:
     controlling: bool
 
 
-def parse_check(data: bytes) -> BindingCheck | DropReason:
-    """Parse a connectivity check; a DropReason says why it is not one."""
+class Keepalive(enum.Enum):
+    """A well-formed STUN message that is not a check but is expected."""
+
+    BINDING_INDICATION = "binding_indication"  # RFC 8445 §11 (libnice sends one every 25 s)
+
+
+def parse_check(data: bytes) -> BindingCheck | Keepalive | DropReason:
+    """Parse a connectivity check; a DropReason says why it is not one, ``Keepalive`` that it is a
+    Binding indication (no MESSAGE-INTEGRITY needed: it is not answered and grants nothing)."""
     try:
         msg = stun.parse_message(data)
     except (ValueError, struct.error, IndexError, UnicodeDecodeError, KeyError):
         return DropReason.STUN_MALFORMED
-    if msg.message_method != stun.Method.BINDING or msg.message_class != stun.Class.REQUEST:
+    if msg.message_method != stun.Method.BINDING:
+        return DropReason.STUN_UNEXPECTED
+    if msg.message_class == stun.Class.INDICATION:
+        return Keepalive.BINDING_INDICATION
+    if msg.message_class != stun.Class.REQUEST:
         return DropReason.STUN_UNEXPECTED
     username = msg.attributes.get("USERNAME")
     if not isinstance(username, str) or ":" not in username:

@@ -35,7 +35,14 @@ from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
 
 log = logging.getLogger(__name__)
 
-#: RFC 7675: consent expires 30 s after the last authenticated check.
+#: RFC 7675: consent expires 30 s after the last authenticated traffic from the client.  An
+#: ICE-lite node sends no checks of its own, so any authenticated datagram counts: a Binding
+#: request with MESSAGE-INTEGRITY, SRTP or SRTCP that unprotects, DTLS application data.  Clients
+#: such as libnice (GStreamer's webrtcbin) only send Binding *indications* once connected, which
+#: carry no MESSAGE-INTEGRITY: they keep NAT bindings open (RFC 8445 §11) but do not prove consent
+#: (a spoofed source address could otherwise keep a gone client's session alive for ever).  SRTP
+#: and DTLS reach this transport only from its selected address, or for EXTRA_ADDRESS_GRACE_MS from
+#: one an authenticated check came on: the port routes no other address here.
 CONSENT_TIMEOUT_MS = 30_000
 #: A session that has not completed ICE and DTLS by then is dropped (``session_setup_timeout_s``).
 SETUP_TIMEOUT_MS = 30_000
@@ -112,7 +119,11 @@ class PeerTransport:
         self.sink: MediaSink | None = None
         self.state = TransportState.NEW
         self.created_ms = now_ms
+        #: the last authenticated datagram from the client (check, SRTP, SRTCP, DTLS data): the
+        #: media path stores it with one attribute store per packet, ``tick`` reads it
         self.last_consent_ms = now_ms
+        #: the last authenticated connectivity check (ICE restarts are watched with it)
+        self.last_check_ms = now_ms
         self.addr: Address | None = None
         #: addresses media is also accepted from (receive only), and until when
         self._extra: dict[Address, int] = {}
@@ -181,6 +192,7 @@ class PeerTransport:
         if self.state is TransportState.CLOSED:
             return
         self.last_consent_ms = now_ms
+        self.last_check_ms = now_ms
         if self.addr is None or (check.use_candidate and addr != self.addr):
             if self.addr is not None:
                 self._also_receive(self.addr, now_ms)
@@ -234,6 +246,8 @@ class PeerTransport:
             return
         else:
             self._arm_timer()
+        if app:  # decrypted and authenticated under the session's DTLS keys
+            self.last_consent_ms = now_ms
         if app and self._on_app_data is not None:
             for chunk in app:
                 self._on_app_data(chunk)
@@ -250,6 +264,7 @@ class PeerTransport:
             if n < 0:
                 self._srtp_drop(n)
                 return
+            self.last_consent_ms = now_ms  # authenticated: the client is there (RFC 7675)
             self._counters.rtcp_in += 1
             sink.on_rtcp(bytes(view[:n]), now_ms)
         else:  # SrtpContext.unprotect_rtp, inlined
@@ -263,6 +278,7 @@ class PeerTransport:
             if rc:
                 self._srtp_drop(-rc)
                 return
+            self.last_consent_ms = now_ms  # authenticated: the client is there (RFC 7675)
             sink.on_rtp(cbuf, view, len_p[0], now_ms)
 
     def _srtp_drop(self, code: int) -> None:
@@ -390,6 +406,7 @@ class PeerTransport:
         self._send_key = self._addr_key
         self._ring.generation += 1
         self.state = TransportState.CONNECTED
+        self.last_consent_ms = now_ms  # the handshake authenticated the client's certificate
         self._cancel_timer()
         if self.sink is not None:
             self.sink.on_connected(now_ms)

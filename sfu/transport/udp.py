@@ -24,7 +24,14 @@ from typing import Any, Protocol
 
 from sfu import clock
 from sfu.counters import DropReason, MediaCounters
-from sfu.transport.ice import BindingCheck, IceCredentials, authenticate, binding_success, parse_check
+from sfu.transport.ice import (
+    BindingCheck,
+    IceCredentials,
+    Keepalive,
+    authenticate,
+    binding_success,
+    parse_check,
+)
 from sfu.transport.mmsg import (
     LEN_INDEX,
     LEN_STRIDE,
@@ -272,6 +279,14 @@ class MediaPort:
         check = parse_check(data)
         if isinstance(check, DropReason):
             drops[check] += 1
+            return
+        if isinstance(check, Keepalive):
+            # a Binding indication (RFC 8445 §11): welcome from a session's address, not answered,
+            # no consent (it is not authenticated: see ``sfu.transport.peer.CONSENT_TIMEOUT_MS``)
+            if addr in self._by_addr:
+                self.counters.stun_keepalives += 1
+            else:
+                drops[DropReason.STUN_UNEXPECTED] += 1
             return
         peer = self._by_ufrag.get(check.local_ufrag)
         if peer is None:

@@ -92,9 +92,9 @@ async def test_chromium_restarts_ice_on_both_transports(node: Node, browser: Bro
             assert t.ice.ufrag != local and t.remote_ufrag != remote
             assert t.rx is rx and t.state.value == "connected"  # the same DTLS/SRTP session
         # the browsers' connectivity checks now use the new credentials: consent is refreshed
-        pub_consent, sub_consent = pub_t.last_consent_ms, sub_t.last_consent_ms
+        pub_consent, sub_consent = pub_t.last_check_ms, sub_t.last_check_ms
         await wait_for(
-            lambda: pub_t.last_consent_ms > pub_consent and sub_t.last_consent_ms > sub_consent, 15, "checks with the new credentials"
+            lambda: pub_t.last_check_ms > pub_consent and sub_t.last_check_ms > sub_consent, 15, "checks with the new credentials"
         )
         packets = video.stats.packets
         await wait_for(lambda: video.stats.packets > packets + 30, 10, "video from the publisher after the restart")

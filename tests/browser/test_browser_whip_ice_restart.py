@@ -71,8 +71,8 @@ async def test_chromium_whip_and_whep_restart_ice(node: Node, browser: Browser) 
         assert (after["remoteUfrag"], after["localUfrag"]) == (pub_t.ice.ufrag, pub_t.remote_ufrag)
         assert pub_t.ice.ufrag != old_ice.ufrag and pub_t.remote_ufrag != old_remote
         assert pub_t.rx is rx and pub_t.state.value == "connected"
-        consent = pub_t.last_consent_ms
-        await wait_for(lambda: pub_t.last_consent_ms > consent, 15, "Chromium's checks with the new credentials")
+        consent = pub_t.last_check_ms
+        await wait_for(lambda: pub_t.last_check_ms > consent, 15, "Chromium's checks with the new credentials")
         assert not await check(node, old_ice.ufrag, old_ice.pwd, old_remote or "")
         frames = sub.frames["video"]
         await wait_for(lambda: sub.frames["video"] >= frames + FRAMES, 15, "the aiortc viewer after the restart")

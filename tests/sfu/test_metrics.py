@@ -53,6 +53,7 @@ def counters() -> MediaCounters:
     c.nack_out_seqs = [52, 53]
     c.recovered = [54, 55]
     c.holes_given_up = [56, 57, 58, 59, 60]
+    c.stun_keepalives = 61
     return c
 
 
@@ -72,6 +73,7 @@ def counters() -> MediaCounters:
         ("levelchat_sfu_pli_total{}", 42),
         ("levelchat_sfu_keyframe_requests_total{}", 43),
         ("levelchat_sfu_retransmits_total{}", 44),
+        ("levelchat_sfu_stun_keepalives_total{}", 61),
         ("levelchat_sfu_upstream_nack_total{}", 51),
         ("levelchat_sfu_upstream_nacked_packets_total{attempt=first}", 52),
         ("levelchat_sfu_upstream_nacked_packets_total{attempt=retry}", 53),

@@ -12,6 +12,7 @@ from sfu.counters import DropReason
 from sfu.transport.ice import (
     BindingCheck,
     IceCredentials,
+    Keepalive,
     authenticate,
     binding_success,
     parse_check,
@@ -96,11 +97,6 @@ def _bad_utf8_username() -> bytes:
         pytest.param(_bad_utf8_username(), DropReason.STUN_MALFORMED, id="username-not-utf8"),
         pytest.param(b"\x3f\xff" + bytes(18), DropReason.STUN_MALFORMED, id="unknown-method"),
         pytest.param(_response(), DropReason.STUN_UNEXPECTED, id="binding-response"),
-        pytest.param(
-            binding_request(USERNAME, LOCAL.pwd, message_class=stun.Class.INDICATION),
-            DropReason.STUN_UNEXPECTED,
-            id="binding-indication",
-        ),
         pytest.param(_allocate(), DropReason.STUN_UNEXPECTED, id="allocate-request"),
         pytest.param(binding_request(None, LOCAL.pwd), DropReason.STUN_UNKNOWN_USER, id="no-username"),
         pytest.param(binding_request("nocolon", LOCAL.pwd), DropReason.STUN_UNKNOWN_USER, id="username-no-colon"),
@@ -119,6 +115,32 @@ def _bad_utf8_username() -> bytes:
 )
 def test_parse_check_drop_reasons(data: bytes, reason: DropReason) -> None:
     assert parse_check(data) is reason
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            binding_request(None, "", integrity=False, use_candidate=False, controlling=False,
+                            message_class=stun.Class.INDICATION),
+            id="bare-with-fingerprint",  # what libnice sends every 25 s
+        ),
+        pytest.param(
+            binding_request(None, "", integrity=False, fingerprint=False, use_candidate=False, controlling=False,
+                            message_class=stun.Class.INDICATION),
+            id="bare",
+        ),
+        pytest.param(binding_request(USERNAME, LOCAL.pwd, message_class=stun.Class.INDICATION), id="with-integrity"),
+    ],
+)
+def test_binding_indications_are_keepalives(data: bytes) -> None:
+    assert parse_check(data) is Keepalive.BINDING_INDICATION
+
+
+def test_a_malformed_indication_is_still_malformed() -> None:
+    data = bytearray(binding_request(None, "", integrity=False, message_class=stun.Class.INDICATION))
+    data[-1] ^= 1  # FINGERPRINT no longer matches
+    assert parse_check(bytes(data)) is DropReason.STUN_MALFORMED
 
 
 def test_parse_check_never_raises_on_mutated_checks() -> None:

@@ -350,6 +350,67 @@ async def test_a_check_refreshes_consent(link: Link) -> None:
     assert link.sink.closed == [CloseReason.CONSENT_EXPIRED]
 
 
+def _as_if_silent_for(peer: PeerTransport, silent_ms: int) -> int:
+    """Time passed in: the client's last check and datagram were ``silent_ms`` ago; returns now."""
+    now = clock.now_ms()
+    peer.last_consent_ms = peer.last_check_ms = now - silent_ms
+    return now
+
+
+@pytest.mark.parametrize("kind", ["srtp", "srtcp"])
+async def test_authenticated_media_alone_keeps_consent(link: Link, kind: str) -> None:
+    """Issue 11: a client that sends media or RTCP but no checks (libnice sends only Binding
+    indications once connected) keeps its session: consent follows any authenticated datagram."""
+    checked = _as_if_silent_for(link.peer, CONSENT_TIMEOUT_MS)  # the last check was 30 s ago
+    if kind == "srtp":
+        link.client.send(link.client.protect(rtp(1)), link.port_addr)
+        await link.sink.wait(1)
+    else:  # a subscriber-only client's receiver report
+        link.client.send(link.client.protect_rtcp(rtcp.receiver_report(0x5151, [])), link.port_addr)
+        await link.sink.wait(1, rtcp=True)
+    arrived = link.peer.last_consent_ms
+    assert arrived >= checked and link.peer.last_check_ms == checked - CONSENT_TIMEOUT_MS
+    link.peer.tick(arrived + CONSENT_TIMEOUT_MS)  # 60 s after the last check, 30 s after the media
+    assert state(link.peer) is TransportState.CONNECTED
+    link.peer.tick(arrived + CONSENT_TIMEOUT_MS + 1)  # then silent for longer than the timeout
+    assert link.sink.closed == [CloseReason.CONSENT_EXPIRED]
+
+
+async def test_dtls_application_data_keeps_consent(link: Link) -> None:
+    """A data-channel-only client's SCTP (in DTLS records) is authenticated traffic too."""
+    assert link.client.dtls is not None
+    checked = _as_if_silent_for(link.peer, CONSENT_TIMEOUT_MS)
+    link.client.dtls.send_application(b"sctp bytes, as far as DTLS knows")
+    async with asyncio.timeout(2):
+        while link.peer.last_consent_ms < checked:
+            await asyncio.sleep(0.002)
+    link.peer.tick(checked + 1)
+    assert state(link.peer) is TransportState.CONNECTED
+
+
+async def test_unauthenticated_traffic_does_not_keep_consent(link: Link) -> None:
+    """SRTP that fails authentication, garbage DTLS and Binding indications from the session's own
+    address are no proof that the client is there: the silent session still expires."""
+    now = _as_if_silent_for(link.peer, CONSENT_TIMEOUT_MS)
+    forged = bytearray(link.client.protect(rtp(1)))
+    forged[-1] ^= 0xFF
+    link.client.send(bytes(forged), link.port_addr)
+    link.client.send(bytes([23, 0xFE, 0xFD]) + bytes(8) + b"\x00\x40" + bytes(10), link.port_addr)
+    indication = binding_request(None, "", integrity=False, use_candidate=False, controlling=False,
+                                 message_class=stun.Class.INDICATION)
+    link.client.send(indication, link.port_addr)
+    async with asyncio.timeout(2):
+        while (
+            link.counters.drops[DropReason.SRTP_AUTH_FAILED] < 1
+            or link.counters.drops[DropReason.DTLS_REJECTED] < 1
+            or link.counters.stun_keepalives < 1
+        ):
+            await asyncio.sleep(0.002)
+    assert link.peer.last_consent_ms == now - CONSENT_TIMEOUT_MS
+    link.peer.tick(now + 1)
+    assert link.sink.closed == [CloseReason.CONSENT_EXPIRED]
+
+
 @pytest.mark.parametrize(
     ("stage", "advance_ms", "reason"),
     [

@@ -149,7 +149,10 @@ async def test_checks_dispatch_by_ufrag_and_bind_the_source(port: MediaPort, cli
         ),
         (lambda p, c: b"\x00\x01\x00\x08" + bytes(16), DropReason.STUN_MALFORMED),
     ],
-    ids=["unknown-ufrag", "wrong-password", "wrong-remote-ufrag", "no-integrity", "no-username", "indication", "garbage"],
+    ids=[
+        "unknown-ufrag", "wrong-password", "wrong-remote-ufrag", "no-integrity", "no-username",
+        "indication-from-no-session", "garbage",
+    ],
 )
 async def test_refused_checks_are_counted_and_unanswered(
     port: MediaPort,
@@ -170,6 +173,25 @@ async def test_refused_checks_are_counted_and_unanswered(
     await until(lambda: drops(port, DropReason.SRTP_UNKNOWN_ADDRESS) == 1)
     assert peer.srtp == []
     assert sum(port.counters.drops) == 2
+
+
+async def test_binding_indications_from_a_session_are_keepalives(port: MediaPort, clients: list[RawClient]) -> None:
+    """RFC 8445 §11: libnice sends a Binding indication every 25 s once connected.  From a bound
+    address it is counted as a keepalive, not a drop, and not answered; it is no check."""
+    peer = RecordingPeer(port)
+    port.add_peer(peer)
+    client = clients[0]
+    await bind(port, peer, client)
+    for message in (
+        binding_request(None, "", integrity=False, use_candidate=False, controlling=False,
+                        message_class=stun.Class.INDICATION),
+        binding_request(f"{peer.ice.ufrag}:{client.ufrag}", peer.ice.pwd, message_class=stun.Class.INDICATION),
+    ):
+        client.send(message, ("127.0.0.1", port.port))
+    await until(lambda: port.counters.stun_keepalives == 2)
+    assert await client.nothing_arrives()
+    assert len(peer.checks) == 1  # the binding check only
+    assert sum(port.counters.drops) == 0
 
 
 # -- demultiplexing (RFC 7983) ----------------------------------------------------------------------
