@@ -37,6 +37,7 @@ class DropReason(enum.IntEnum):
     RTX_UNKNOWN = 19  # an RTX packet that cannot be unwrapped (no apt= for its payload type, malformed)
     RTX_PADDING = 20  # a padding-only RTX packet (bandwidth probe): nothing to restore
     RTX_UNREQUESTED = 21  # an RTX packet of no open hole (a duplicate, payload padding, given up)
+    RTCP_SENDER_LIMIT = 22  # SRTCP from one more sender SSRC than a transport keeps state for
 
 
 class RecoveredVia(enum.IntEnum):

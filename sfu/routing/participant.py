@@ -126,6 +126,13 @@ class Participant:
                 self.subscriber.send_rtcp(bytes(sr))
 
 
+def _forget(transport: PeerTransport | None, ssrc: int) -> None:
+    """Media of an SSRC nothing routes: its SRTP stream state is not kept (a bound on what a
+    client holding its keys can make the node allocate)."""
+    if transport is not None:
+        transport.forget_inbound(ssrc)
+
+
 class PublisherSink:
     """Receives a publishing transport's media and routes it to the participant's tracks."""
 
@@ -155,6 +162,7 @@ class PublisherSink:
                 return
             if track is None:
                 self.counters.drops[DropReason.RTP_UNKNOWN_SSRC] += 1
+                _forget(self.participant.publisher, ssrc)
                 return
         track.on_rtp(view, length, now_ms, cbuf)
 
@@ -210,6 +218,8 @@ class SubscriberSink:
 
     def on_rtp(self, cbuf: object, view: memoryview, length: int, now_ms: int) -> None:
         self.counters.drops[DropReason.NOT_PUBLISHING] += 1
+        if length >= 12:
+            _forget(self.participant.subscriber, _unpack_ssrc(view, 8)[0])
 
     def _downtrack(self, ssrc: int) -> DownTrack | None:
         for dt in self.participant.downtracks:

@@ -30,7 +30,7 @@ from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing, key_of_address
-from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpProfile
+from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
 from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,15 @@ SETUP_TIMEOUT_MS = 30_000
 #: the old pair while an ICE restart switches), and from one an authenticated check came on.
 EXTRA_ADDRESS_GRACE_MS = 2_000
 MAX_EXTRA_ADDRESSES = 4
+#: libsrtp clones a stream (replay window, cipher contexts: several KB) for every new SSRC that
+#: authenticates; a client holding its keys could make the node hold one per SSRC it invents.
+#: RTCP sender SSRCs beyond this many are refused and their stream freed; RTP of an SSRC nobody
+#: routes is freed by the sink (``forget_inbound``).
+MAX_RTCP_SENDERS = 64
 OUT_BUFFER_SIZE = 2048
 #: payload type and marker, sequence number, timestamp, SSRC: the RTP header after its first byte
 _B1_SEQ_TS_SSRC = Struct("!BHII")
+_unpack_ssrc = Struct("!I").unpack_from
 _srtp_protect = lib.srtp_protect
 _srtp_unprotect = lib.srtp_unprotect
 _memmove = ffi.memmove
@@ -145,6 +151,7 @@ class PeerTransport:
         self._rtp_trailer = 0  # what protecting adds under the negotiated profile
         self._send_key = 0  # ``_addr_key`` once connected: queued RTP can go out
         self.rx: SrtpContext | None = None
+        self._rtcp_senders: set[int] = set()
         self.tx: SrtpContext | None = None
         self.profile: SrtpProfile | None = None
         self.out_cbuf = ffi.new("unsigned char[]", OUT_BUFFER_SIZE)
@@ -265,6 +272,14 @@ class PeerTransport:
                 self._srtp_drop(n)
                 return
             self.last_consent_ms = now_ms  # authenticated: the client is there (RFC 7675)
+            sender = _unpack_ssrc(view, 4)[0]
+            senders = self._rtcp_senders
+            if sender not in senders:
+                if len(senders) >= MAX_RTCP_SENDERS:
+                    self.forget_inbound(sender)
+                    self._counters.drops[DropReason.RTCP_SENDER_LIMIT] += 1
+                    return
+                senders.add(sender)
             self._counters.rtcp_in += 1
             sink.on_rtcp(bytes(view[:n]), now_ms)
         else:  # SrtpContext.unprotect_rtp, inlined
@@ -280,6 +295,15 @@ class PeerTransport:
                 return
             self.last_consent_ms = now_ms  # authenticated: the client is there (RFC 7675)
             sink.on_rtp(cbuf, view, len_p[0], now_ms)
+
+    def forget_inbound(self, ssrc: int) -> None:
+        """Free the libsrtp stream of ``ssrc`` (a stream nothing routes: an unsignalled SSRC)."""
+        rx = self.rx
+        if rx is not None:
+            try:
+                rx.remove_stream(ssrc)
+            except SrtpFailure:
+                pass  # none was made
 
     def _srtp_drop(self, code: int) -> None:
         self._counters.srtp_errors[Direction.INBOUND] += 1

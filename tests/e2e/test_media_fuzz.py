@@ -137,7 +137,8 @@ def stranger_reason(data: bytes) -> DropReason | tuple[DropReason, ...]:
 def authenticated_garbage(rng: random.Random, tracks: set[int]) -> tuple[bytes, DropReason | tuple[DropReason, ...]]:
     """Clear RTP/RTCP to be protected with the publisher's keys: it passes SRTP and must then be
     refused by the routing layer.  RTP goes to SSRCs she does not publish (her own streams are hers
-    to break); RTCP declares more bytes than it has."""
+    to break); RTCP declares more bytes than it has, from a random sender SSRC (refused as
+    ``rtcp_sender_limit`` before it is parsed once her transport keeps ``MAX_RTCP_SENDERS``)."""
     if rng.random() < 0.5:
         while (ssrc := rng.randrange(1 << 32)) in tracks:
             pass
@@ -149,7 +150,7 @@ def authenticated_garbage(rng: random.Random, tracks: set[int]) -> tuple[bytes, 
     n_words = rng.randint(1, 30)
     declared = n_words + rng.randint(1, 200)  # always overruns
     packet = struct.pack("!BBHI", 0x80 | rng.randrange(32), rng.randint(192, 223), declared, rng.randrange(1 << 32))
-    return packet + rng.randbytes(4 * (n_words - 1)), D.RTCP_MALFORMED
+    return packet + rng.randbytes(4 * (n_words - 1)), (D.RTCP_MALFORMED, D.RTCP_SENDER_LIMIT)
 
 
 def own_address_datagram(rng: random.Random, ufrag: str, remote: str, ssrc: int) -> tuple[bytes, DropReason | tuple[DropReason, ...]]:
