@@ -118,7 +118,7 @@ class RtcIdentity:
 
 
 async def _serve(
-    request: web.Request, ws: web.WebSocketResponse, node: Node, service: RtcService, sig: Signaling, who: RtcIdentity
+    request: web.Request, ws: MaskedWebSocketResponse, node: Node, service: RtcService, sig: Signaling, who: RtcIdentity
 ) -> None:
     loop = asyncio.get_running_loop()
     overflow: asyncio.Future[None] = loop.create_future()
@@ -152,6 +152,7 @@ async def _serve(
             sig.counters.closed[WsClose.SEND_QUEUE_FULL] += 1
             log.warning("rtc %s: closed: the client left more than %d bytes unread", who.identity, outbox.limit)
             writer.cancel()
+            ws.discard_input()  # a flood goes on being read (and thrown away) until the close is out
             await _close(ws, WSCloseCode.POLICY_VIOLATION, CLOSE_SEND_QUEUE_FULL)
         else:
             outbox.close(1000, "closed")

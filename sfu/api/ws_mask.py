@@ -27,7 +27,7 @@ _warned = False
 class MaskCheck:
     """A stand-in for the WebSocket parser of one connection that refuses unmasked frames."""
 
-    __slots__ = ("_inner", "_fail", "_head", "_skip", "_failed")
+    __slots__ = ("_inner", "_fail", "_head", "_skip", "_failed", "discard")
 
     def __init__(self, inner: Any, fail: Any) -> None:
         self._inner = inner
@@ -35,6 +35,8 @@ class MaskCheck:
         self._head = b""  # the header bytes of the frame being read, until complete
         self._skip = 0  # payload bytes left in the current frame
         self._failed = False
+        #: set: what arrives is read off the socket and thrown away, not parsed
+        self.discard = False
 
     def feed_eof(self) -> None:
         self._inner.feed_eof()
@@ -42,6 +44,8 @@ class MaskCheck:
     def feed_data(self, data: bytes | bytearray | memoryview) -> tuple[bool, bytes]:
         if self._failed:
             return True, b""
+        if self.discard:
+            return False, b""
         data = bytes(data)
         if not self._scan(data):
             self._failed = True
@@ -94,6 +98,14 @@ def _payload_length(head: bytes) -> int:
 class MaskedWebSocketResponse(web.WebSocketResponse):
     """A server WebSocket that closes with 1002 at the first unmasked client frame."""
 
+    _mask_check: MaskCheck | None = None
+
+    def discard_input(self) -> None:
+        """Parse nothing more the client sends (it is still read off the socket, so that the
+        connection can end with a FIN rather than a reset once the client stops sending)."""
+        if self._mask_check is not None:
+            self._mask_check.discard = True
+
     def _post_start(self, request: web.BaseRequest, protocol: Any, writer: Any) -> None:
         global _warned
         handler = request.protocol
@@ -108,7 +120,7 @@ class MaskedWebSocketResponse(web.WebSocketResponse):
         super()._post_start(request, protocol, writer)
         inner = handler._payload_parser
         check = MaskCheck(inner, self._unmasked)
-        handler._payload_parser = check
+        handler._payload_parser = self._mask_check = check
         if tail:
             check.feed_data(tail)
 
