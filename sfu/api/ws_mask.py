@@ -47,15 +47,19 @@ class MaskCheck:
         if self.discard:
             return False, b""
         data = bytes(data)
-        if not self._scan(data):
-            self._failed = True
-            self._fail(WebSocketError(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455 §5.1)"))
-            return True, b""
-        result: tuple[bool, bytes] = self._inner.feed_data(data)
-        return result
+        bad = self._scan(data)
+        if bad < 0:
+            result: tuple[bool, bytes] = self._inner.feed_data(data)
+            return result
+        if bad:  # the frames before the unmasked one are read as usual
+            self._inner.feed_data(data[:bad])
+        self._failed = True
+        self._fail(WebSocketError(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455 §5.1)"))
+        return True, b""
 
-    def _scan(self, data: bytes) -> bool:
-        """Follow the frame headers in ``data``; False at an unmasked frame."""
+    def _scan(self, data: bytes) -> int:
+        """Follow the frame headers in ``data``: where the first unmasked frame starts in it (0
+        when its header began in an earlier chunk), or -1."""
         pos, n = 0, len(data)
         while pos < n:
             if self._skip:
@@ -64,17 +68,17 @@ class MaskCheck:
                 pos += step
                 continue
             head = self._head
-            want = _header_length(head)
-            take = min(want - len(head), n - pos)
+            start = pos if not head else 0
+            take = min(_header_length(head) - len(head), n - pos)
             head += data[pos : pos + take]
             pos += take
             if len(head) >= 2 and not head[1] & 0x80:
-                return False
+                return start
             if len(head) == _header_length(head):
                 self._skip = _payload_length(head)
                 head = b""
             self._head = head
-        return True
+        return -1
 
 
 def _header_length(head: bytes) -> int:
