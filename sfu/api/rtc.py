@@ -174,8 +174,10 @@ def _join_deadline(session: RtcSession, outbox: Outbox, sig: Signaling) -> None:
 
 
 async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    """Close, waiting at most ``CLOSE_GRACE_S`` for the client (in this task, not one of its own)."""
     try:
-        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120]), CLOSE_GRACE_S)
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await ws.close(code=code, message=reason.encode()[:120])
     except (TimeoutError, ConnectionError):
         pass
 

@@ -151,8 +151,11 @@ async def forward_websocket(
 
 
 async def _bounded(close: Awaitable[object]) -> None:
+    """Await a close, for at most ``CLOSE_GRACE_S`` (in this task: a close run as a task of its
+    own races the frames still being passed)."""
     try:
-        await asyncio.wait_for(close, CLOSE_GRACE_S)
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await close
     except (TimeoutError, ConnectionError):
         pass
 
@@ -168,9 +171,11 @@ async def _pass_frames(src: _Socket, dst: _Socket) -> aiohttp.WSMessage | None:
         while True:
             msg = await src.receive()
             if msg.type is WSMsgType.TEXT:
-                await asyncio.wait_for(dst.send_str(msg.data), CLOSE_GRACE_S)
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await dst.send_str(msg.data)
             elif msg.type is WSMsgType.BINARY:
-                await asyncio.wait_for(dst.send_bytes(msg.data), CLOSE_GRACE_S)
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await dst.send_bytes(msg.data)
             else:
                 return msg
     except (TimeoutError, ConnectionError):

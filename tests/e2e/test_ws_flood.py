@@ -249,3 +249,22 @@ async def test_notifications_never_get_replies_even_over_the_rate(tmp_path: Path
         after = await metrics(url)
         assert dropped(after) - dropped(before) >= 250 + 30
         await live.still_flowing()
+
+
+async def test_through_a_multi_worker_front_the_same_closes_reach_the_client(tmp_path: Path) -> None:
+    async with live_node(tmp_path, "front-1", workers=2, signaling_join_timeout_s=2.0) as live:
+        url = live.node.url
+        # the front itself refuses an unmasked frame
+        ws = await in_thread(lambda: RawWs.connect(url, rtc_path("front-1", "bare")))
+        ws.send_text(rpc("join", rid=1))
+        assert "result" in await in_thread(ws.recv_json)
+        ws.send_text(rpc("ping", rid=2), mask=False)
+        code, texts, _ = await in_thread(ws.until_close, 15.0)
+        ws.close()
+        assert code == 1002 and not [t for t in texts if t.get("id") == 2], (code, texts)
+        # the worker's join deadline comes through the front: its error frame, then 1008
+        lazy = await in_thread(lambda: RawWs.connect(url, rtc_path("front-1", "lazy")))
+        code, texts, _ = await in_thread(lambda: lazy.until_close(30.0, pong=True))
+        lazy.close()
+        assert code == 1008 and [t["error"]["data"]["code"] for t in texts if "error" in t] == ["bad_request"]
+        await live.still_flowing()

@@ -212,13 +212,14 @@ class Live:
 
 
 @asynccontextmanager
-async def live_node(workdir: Path, room: str, **settings: object) -> AsyncIterator[Live]:
+async def live_node(workdir: Path, room: str, *, workers: int = 1, **settings: object) -> AsyncIterator[Live]:
     procs = Procs(workdir)
     settings = {"rate_limit_ip_per_s": 0, "rate_limit_key_per_s": 0, **settings}
-    node = procs.node("ws", None, env=env_of(**settings))
+    node = procs.node("ws", None, env=env_of(**settings), extra_args=("--workers", str(workers)))
     pub = sub = None
     try:
         await node.wait_healthy()
+        await wait_for_ready(node.url)
         pub = WhipPublisher(node.url, room, admin_token("room:join", "room:publish", room=room, identity="alice"))
         await pub.connect(timeout=20)
         sub = WhepSubscriber(node.url, room, admin_token("room:join", "room:subscribe", room=room, identity="viewer"))
@@ -233,6 +234,18 @@ async def live_node(workdir: Path, room: str, **settings: object) -> AsyncIterat
         if pub is not None:
             await pub.close()
         procs.stop_all()
+
+
+async def wait_for_ready(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(url + "/readyz") as resp:
+                if resp.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} not ready within {timeout_s} s")
+            await asyncio.sleep(0.1)
 
 
 def rtc_path(room: str, identity: str, scopes: tuple[str, ...] = ("room:join", "room:publish", "room:subscribe")) -> str:
