@@ -270,7 +270,8 @@ async def _handle(session: RtcSession, text: str | bytes, outbox: Outbox, budget
             outbox.put(bytes(ErrorResponse.of(rid, err, instance=RTC_PATH, request_id=reqid)).decode())
     except Exception:
         reqid = new_request_id()
-        log.exception("rtc %s: request %s crashed", session.identity, reqid)
+        if budget.take()[0]:
+            log.exception("rtc %s: request %s crashed", session.identity, reqid)
         answer, rid = (rid is not None, rid) if parsed else reply_id(text)
         if answer:
             crash = RpcError(RpcCode.REFUSED, ApiError("internal_error", "unexpected server condition"))

@@ -38,9 +38,9 @@ SEND_QUEUE = 64 * 1024
 
 def _flood(ws: RawWs, payload: bytes, seconds: float, stop: threading.Event) -> tuple[int, str]:
     """Send ``payload`` frames as fast as the socket takes them, reading nothing, until told to
-    stop, the node resets the connection, or ``seconds`` pass."""
+    stop, the node resets the connection or takes nothing for 10 s, or ``seconds`` pass."""
     batch = frame(OP_TEXT, payload) * 256
-    ws.sock.settimeout(3.0)
+    ws.sock.settimeout(10.0)
     sent = 0
     end = time.monotonic() + seconds
     try:
