@@ -177,7 +177,8 @@ class Fuzzer:
             msg = await ws.receive(timeout=10)
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 self.closes[ws.close_code or 0] += 1  # "leave" ends the session (1000): go on anew
-                assert ws.close_code in (1000, 4000), (case, msg, ws.close_code)
+                data = case.data if isinstance(case.data, str) else case.data.decode("utf-8", "replace")
+                assert ws.close_code == 1000 and '"leave"' in data, (case, msg, ws.close_code)
                 return
             frame = json.loads(msg.data)
             if "id" not in frame:
