@@ -132,7 +132,10 @@ async def _serve(
     def close(code: int, reason: str) -> None:
         loop.call_soon(outbox.close, code, reason)  # after a reply queued in this same step
 
-    link = Link(send=lambda f: None if outbox.put(f.decode()) else None, close=close)
+    def send(frame: bytes) -> None:
+        outbox.put(frame.decode())  # refused past the bound: the overflow closes the socket
+
+    link = Link(send=send, close=close)
     session = RtcSession(service, who.claims, who.room_id, who.identity, link)
     timer = loop.call_later(sig.policy.join_timeout_s, _join_deadline, session, outbox, sig)
     writer = loop.create_task(_write(ws, outbox))
