@@ -80,10 +80,14 @@ class Watch:
         return sorted(self.health)[len(self.health) // 2]
 
 
-async def test_a_flooding_client_that_never_reads_is_bounded_then_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_flooding_client_that_never_reads_is_bounded_then_closed(tmp_path: Path, workers: int) -> None:
     # a higher rate than the default, so that the replies the node owes fill the kernel's buffers
-    # and the send queue within seconds (at 50 a second that takes minutes)
-    async with live_node(tmp_path, "flood-1", signaling_send_queue_bytes=SEND_QUEUE, signaling_frames_per_s=1000) as live:
+    # and the send queue within seconds (at 50 a second that takes minutes); with 2 workers, the
+    # client talks to the front, which passes frames on with backpressure and queues nothing
+    async with live_node(
+        tmp_path, "flood-1", workers=workers, signaling_send_queue_bytes=SEND_QUEUE, signaling_frames_per_s=1000
+    ) as live:
         url, pid = live.node.url, live.node.pid
         # publish-only: no subscriber offer that, unanswered, would end the session first
         path = rtc_path("flood-1", "mallory", ("room:join", "room:publish"))

@@ -158,18 +158,30 @@ def close_code(payload: bytes) -> int:
 
 
 def vm_rss_bytes(pid: int) -> int:
+    """VmRSS of a process and its children (a multi-worker node's front and its workers)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+            total += int(line.split()[1]) * 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += vm_rss_bytes(int(child))
+            except FileNotFoundError:
+                pass  # gone meanwhile
+    assert total, "no VmRSS"
+    return total
 
 
 async def metrics(url: str) -> dict[str, float]:
+    """The node's signaling metrics; behind a multi-worker front, summed over the workers."""
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
         text = await resp.text()
     out: dict[str, float] = {}
-    for m in re.finditer(r"^(levelchat_sfu_signaling_\w+(?:\{[^}]*\})?) (\S+)$", text, re.MULTILINE):
-        out[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r"^(levelchat_sfu_signaling_\w+)(?:\{([^}]*)\})? (\S+)$", text, re.MULTILINE):
+        labels = ",".join(p for p in (m.group(2) or "").split(",") if p and not p.startswith("worker="))
+        key = f"{m.group(1)}{{{labels}}}" if labels else m.group(1)
+        out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 
