@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from levelchat.errors import CATALOGUE
-from tests.e2e.ws_support import live_node, rtc_path
+from tests.e2e.ws_support import closed, live_node, metrics, rtc_path
 
 pytestmark = pytest.mark.timeout(240)
 log = logging.getLogger(__name__)
@@ -199,6 +199,7 @@ async def test_jsonrpc_fuzz_gets_catalogue_errors_and_never_an_internal_error(tm
         url = live.node.url
         start = time.monotonic()
         frames_before = live.frames()
+        before = await metrics(url)
         async with aiohttp.ClientSession() as http:
             fuzz = Fuzzer(http, url)
             for i, case in enumerate(all_cases):
@@ -212,6 +213,10 @@ async def test_jsonrpc_fuzz_gets_catalogue_errors_and_never_an_internal_error(tm
         log.info("fuzz: %d frames in %.1f s over %d sockets; replies %s; closes %s",
                  len(all_cases), took, fuzz.connects, dict(fuzz.codes), dict(fuzz.closes))
         assert fuzz.codes["bad_request"] > 2000, fuzz.codes
+        after = await metrics(url)
+        assert closed(after, "too_big") - closed(before, "too_big") == fuzz.closes[1009] == 3
+        received = "levelchat_sfu_signaling_frames_received_total"
+        assert after[received] - before[received] >= 2 * len(all_cases) - 3
         assert "internal_error" not in live.node.stderr() and "Traceback" not in live.node.stderr(), live.node.tail(80)
         assert live.frames() > frames_before
         await live.still_flowing()
