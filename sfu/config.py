@@ -71,6 +71,15 @@ class NodeConfig:
     publisher_max_bitrate_bps: int = 3_000_000
     #: a subscriber offer unanswered this long is sent again; unanswered again, the session ends
     subscriber_offer_timeout_s: float = 10.0
+    #: signaling WebSocket (``/v1/rtc``): a socket that has not joined a room this long after it
+    #: opened is closed (1008); the node pings a socket quiet this long and drops it when the pong
+    #: does not come within half as long; frames per second a socket may send (more are dropped and
+    #: counted; requests among the first as many again get ``rate_limited``); bytes of frames queued
+    #: for a client that does not read before the socket is closed (1008)
+    signaling_join_timeout_s: float = 10.0
+    signaling_heartbeat_s: float = 20.0
+    signaling_frames_per_s: int = 50
+    signaling_send_queue_bytes: int = 1_048_576
     log_json: bool = False
     log_level: str = "INFO"
     #: forwarding worker processes: an integer >= 1, or "auto" (one per core); with more than one,
@@ -167,6 +176,13 @@ class NodeConfig:
             raise ConfigError(f"publisher_max_bitrate_bps: {self.publisher_max_bitrate_bps} must be between 0 and 2^40")
         if self.subscriber_offer_timeout_s <= 0:
             raise ConfigError(f"subscriber_offer_timeout_s: {self.subscriber_offer_timeout_s} must be positive")
+        for name in ("signaling_join_timeout_s", "signaling_heartbeat_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be positive (at most 3600)")
+        if self.signaling_frames_per_s < 1:
+            raise ConfigError(f"signaling_frames_per_s: {self.signaling_frames_per_s} must be at least 1")
+        if not 4096 <= self.signaling_send_queue_bytes <= 1 << 30:
+            raise ConfigError(f"signaling_send_queue_bytes: {self.signaling_send_queue_bytes} must be between 4096 and 2^30")
         if self.revoke_drain_s < 0:
             raise ConfigError(f"revoke_drain_s: {self.revoke_drain_s} must not be negative")
         if self.control_url and not self.control_url.startswith(("http://", "https://")):

@@ -117,3 +117,31 @@ class MediaCounters:
 
     def drop_counts(self) -> dict[str, int]:
         return {r.name.lower(): self.drops[r] for r in DropReason}
+
+
+class WsDrop(enum.IntEnum):
+    """Why a signaling WebSocket frame was not handled (``name.lower()`` is the metric label)."""
+
+    RATE_LIMITED = 0  # over ``signaling_frames_per_s``
+
+
+class WsClose(enum.IntEnum):
+    """Why the node closed a signaling WebSocket on its own (``name.lower()`` is the metric label)."""
+
+    SEND_QUEUE_FULL = 0  # the client did not read what was queued for it (1008)
+    JOIN_TIMEOUT = 1  # no ``join`` within ``signaling_join_timeout_s`` (1008)
+    PROTOCOL_ERROR = 2  # 1002: an unmasked client frame, a bad opcode, ...
+    TOO_BIG = 3  # 1009: a message larger than the frame limit
+    NO_PONG = 4  # the heartbeat's ping went unanswered
+
+
+class SignalingCounters:
+    """Node-wide signaling WebSocket counters (plain ints)."""
+
+    __slots__ = ("frames_in", "dropped", "closed", "sockets")
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.dropped = [0] * len(WsDrop)
+        self.closed = [0] * len(WsClose)
+        self.sockets = 0  # open now

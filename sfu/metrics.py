@@ -9,7 +9,15 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from sfu.counters import Direction, DropReason, MediaCounters, RecoveredVia
+from sfu.counters import (
+    Direction,
+    DropReason,
+    MediaCounters,
+    RecoveredVia,
+    SignalingCounters,
+    WsClose,
+    WsDrop,
+)
 from sfu.packet.nack import GiveUp, NackAttempt
 from sfu.routing.data import DataCounters, DataDrop, DataKind
 from sfu.transport.sctp.association import SctpDrop, SctpStats
@@ -137,3 +145,19 @@ class DataCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "sfu_sctp_messages_abandoned", "partially reliable messages given up", value=s.abandoned
         )
+
+
+class SignalingCollector(Collector):
+    """Signaling WebSocket counters: frames received and dropped, sockets the node closed, open sockets."""
+
+    def __init__(self, counters: SignalingCounters) -> None:
+        self._c = counters
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        c = self._c
+        g = GaugeMetricFamily(PREFIX + "sfu_signaling_sockets", "signaling WebSockets open")
+        g.add_metric([], c.sockets)
+        yield g
+        yield CounterMetricFamily(PREFIX + "sfu_signaling_frames_received", "signaling frames received", value=c.frames_in)
+        yield _by_member("sfu_signaling_frames_dropped", "signaling frames not handled", "reason", WsDrop, c.dropped)
+        yield _by_member("sfu_signaling_sockets_closed", "signaling WebSockets the node closed", "reason", WsClose, c.closed)

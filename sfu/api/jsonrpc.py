@@ -9,12 +9,57 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from levelchat.errors import ApiError, to_http
 
 MAX_FRAME_BYTES = 128 * 1024
+#: deeper JSON is refused before it is parsed (the C decoder recurses per level)
+MAX_DEPTH = 32
+#: a request id longer than this (a string), or an integer beyond JSON's exact range, is refused
+MAX_ID_CHARS = 256
+MAX_ID_INT = 2**53
+MAX_METHOD_CHARS = 64
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class FrameTooDeep(ValueError):
+    pass
+
+
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether the arrays and objects of a JSON text nest deeper than ``limit`` (brackets inside
+    strings ignored), found without recursing: C-speed scans, no Python loop per character."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses (``ValueError``) frames nested deeper than ``MAX_DEPTH`` before
+    decoding them, and text that is not UTF-8."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if too_deep(text):
+        raise FrameTooDeep(f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:  # not reachable past the depth check; kept as a last guard
+        raise FrameTooDeep(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _valid_id(rid: object) -> bool:
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return -MAX_ID_INT <= rid <= MAX_ID_INT
+    return isinstance(rid, str) and len(rid) <= MAX_ID_CHARS
 
 
 class RpcCode(enum.IntEnum):
@@ -50,8 +95,8 @@ class Request:
                 RpcCode.INVALID_REQUEST, ApiError("bad_request", f"frame is larger than {MAX_FRAME_BYTES} bytes")
             )
         try:
-            raw = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+            raw = loads(text)
+        except ValueError as exc:
             raise RpcError(RpcCode.PARSE_ERROR, ApiError("bad_request", f"frame is not JSON: {exc}")) from None
         if not isinstance(raw, dict):
             raise RpcError(RpcCode.INVALID_REQUEST, ApiError("bad_request", "frame must be a JSON object"))
@@ -60,9 +105,14 @@ class Request:
         method = raw.get("method")
         if not isinstance(method, str) or not method:
             raise RpcError(RpcCode.INVALID_REQUEST, ApiError("bad_request", "frame has no method name"))
+        if len(method) > MAX_METHOD_CHARS:
+            raise RpcError(RpcCode.METHOD_NOT_FOUND, ApiError("bad_request", "unknown method (name too long)"))
         rid = raw.get("id")
-        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (int, str))):
-            raise RpcError(RpcCode.INVALID_REQUEST, ApiError("bad_request", "id must be a number or a string"))
+        if rid is not None and not _valid_id(rid):
+            raise RpcError(
+                RpcCode.INVALID_REQUEST,
+                ApiError("bad_request", f"id must be an integer within ±2^53 or a string of at most {MAX_ID_CHARS} characters"),
+            )
         params = raw.get("params", {})
         if not isinstance(params, dict):
             raise RpcError(
@@ -77,14 +127,23 @@ class Request:
         return json.dumps(frame).encode()
 
 
-def request_id_of(text: str | bytes) -> int | str | None:
-    """The id of a frame that failed to parse, when it has a readable one."""
+def reply_id(text: str | bytes) -> tuple[bool, int | str | None]:
+    """For a frame that was refused: whether it gets an error reply, and the id to answer it with.
+
+    A notification (a JSON-RPC 2.0 object with a method and no id, or a null one) never gets a
+    reply (JSON-RPC 2.0 §4.1), not even an error; anything else does, with its id when it has a
+    valid one, else ``null`` (§5).
+    """
     try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    rid = raw.get("id") if isinstance(raw, dict) else None
-    return rid if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
+        raw = loads(text)
+    except ValueError:
+        return True, None
+    if not isinstance(raw, dict):
+        return True, None
+    rid = raw.get("id")
+    if rid is None and raw.get("jsonrpc") == "2.0" and isinstance(raw.get("method"), str):
+        return False, None
+    return True, rid if _valid_id(rid) else None
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ class Front(HttpBound):
             raise ApiError("service_unavailable", f"forwarding worker {w.index} is not up; retry shortly")
         if not web.WebSocketResponse().can_prepare(request).ok:
             return await self._forward(w, request)  # a plain GET: the worker answers the problem
-        return await forward_websocket(w.session, w.index, request)
+        return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
 
     # -- drain and revocation ---------------------------------------------------------------------
     @property

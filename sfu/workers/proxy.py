@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -20,7 +21,8 @@ from multidict import CIMultiDict
 from levelchat.errors import ApiError
 from levelchat.web import request_id
 from sfu.api.jsonrpc import MAX_FRAME_BYTES
-from sfu.api.rtc import HEARTBEAT_S
+from sfu.api.rtc import CLOSE_GRACE_S, HEARTBEAT_S
+from sfu.api.ws_mask import MaskedWebSocketResponse
 from sfu.workers.worker import FRONT_REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -87,22 +89,29 @@ async def forward(
         raise unavailable(index, exc) from None
 
 
-async def forward_websocket(session: aiohttp.ClientSession, index: int, request: web.Request) -> web.StreamResponse:
+async def forward_websocket(
+    session: aiohttp.ClientSession, index: int, request: web.Request, *, heartbeat_s: float = HEARTBEAT_S
+) -> web.StreamResponse:
     """The signaling WebSocket: connect to the worker first (a failure is a problem over HTTP),
     then accept the client and pass frames both ways until either side closes; the close code
-    and reason (``4000 + status``, the catalogue code) are passed on."""
+    and reason (``4000 + status``, the catalogue code) are passed on.
+
+    The client's side has the worker's bounds that are about the connection itself: unmasked
+    frames are refused (1002), the heartbeat, and a client that does not take a frame within
+    ``CLOSE_GRACE_S`` is dropped (frames wait in no queue here: the worker's own send queue fills
+    and closes its side).  Join deadline, frame rate and send queue are the worker's."""
     headers = _request_headers(request)
     try:
         upstream = await session.ws_connect(
             WORKER_BASE + request.path_qs,
             headers=headers,
-            heartbeat=HEARTBEAT_S,
+            heartbeat=heartbeat_s,
             max_msg_size=MAX_FRAME_BYTES,
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise unavailable(index, exc) from None
-    client = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    client = MaskedWebSocketResponse(heartbeat=heartbeat_s, max_msg_size=MAX_FRAME_BYTES)
     try:
         await client.prepare(request)
     except BaseException:
@@ -112,13 +121,14 @@ async def forward_websocket(session: aiohttp.ClientSession, index: int, request:
     async def to_worker() -> None:
         await _pass_frames(client, upstream)
         if not upstream.closed:
-            await upstream.close(code=client.close_code or 1000)
+            await _bounded(upstream.close(code=client.close_code or 1000))
 
     async def to_client() -> None:
         msg = await _pass_frames(upstream, client)
-        reason = msg.extra.encode()[:120] if msg.type is WSMsgType.CLOSE and isinstance(msg.extra, str) else b""
+        extra = msg.extra if msg is not None and msg.type is WSMsgType.CLOSE else None
+        reason = extra.encode()[:120] if isinstance(extra, str) else b""
         if not client.closed:
-            await client.close(code=upstream.close_code or 1000, message=reason)
+            await _bounded(client.close(code=upstream.close_code or 1000, message=reason))
 
     tasks = [asyncio.ensure_future(to_worker()), asyncio.ensure_future(to_client())]
     try:
@@ -132,23 +142,41 @@ async def forward_websocket(session: aiohttp.ClientSession, index: int, request:
         for t in tasks:
             t.cancel()
         if not upstream.closed:
-            await upstream.close()
+            await _bounded(upstream.close())
         if not client.closed:
-            await client.close()
+            await _bounded(client.close())
+        if request.transport is not None:  # a client that reads nothing cannot hold the connection
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, request.transport.abort)
     return client
+
+
+async def _bounded(close: Awaitable[object]) -> None:
+    """Await a close, for at most ``CLOSE_GRACE_S`` (in this task: a close run as a task of its
+    own races the frames still being passed)."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await close
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 _Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
-async def _pass_frames(src: _Socket, dst: _Socket) -> aiohttp.WSMessage:
+async def _pass_frames(src: _Socket, dst: _Socket) -> aiohttp.WSMessage | None:
     """Send on ``dst`` each text or binary frame ``src`` receives; the first other message (a
-    close, an error) ends it and is returned."""
-    while True:
-        msg = await src.receive()
-        if msg.type is WSMsgType.TEXT:
-            await dst.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await dst.send_bytes(msg.data)
-        else:
-            return msg
+    close, an error) ends it and is returned; None when ``dst`` failed or took no frame within
+    ``CLOSE_GRACE_S``."""
+    try:
+        while True:
+            msg = await src.receive()
+            if msg.type is WSMsgType.TEXT:
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await dst.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await dst.send_bytes(msg.data)
+            else:
+                return msg
+    except (TimeoutError, ConnectionError):
+        return None

@@ -105,6 +105,8 @@ def test_defaults() -> None:
     assert cfg.srtp_profiles == SRTP_PROFILE_NAMES and cfg.dtls_role == "passive" and not cfg.dev
     assert cfg.advertised_ip == "127.0.0.1"
     assert cfg.url() == "http://127.0.0.1:7880" and cfg.url(9999) == "http://127.0.0.1:9999"
+    assert (cfg.signaling_join_timeout_s, cfg.signaling_heartbeat_s) == (10.0, 20.0)
+    assert (cfg.signaling_frames_per_s, cfg.signaling_send_queue_bytes) == (50, 1 << 20)
 
 
 # -- rejected keys -------------------------------------------------------------------------------------
@@ -189,6 +191,10 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"max_media_sections": 65}, "max_media_sections"),
         ({"max_ssrcs": 0}, "max_ssrcs"),
         ({"max_published_tracks": 257}, "max_published_tracks"),
+        ({"signaling_join_timeout_s": 0.0}, "signaling_join_timeout_s"),
+        ({"signaling_heartbeat_s": -1.0}, "signaling_heartbeat_s"),
+        ({"signaling_frames_per_s": 0}, "signaling_frames_per_s"),
+        ({"signaling_send_queue_bytes": 100}, "signaling_send_queue_bytes"),
     ],
 )
 def test_validation_errors_name_the_key(settings: dict[str, Any], key: str) -> None:
