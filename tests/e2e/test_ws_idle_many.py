@@ -1,5 +1,5 @@
 """Issue 11, defect 5 (the WebSocket part) at scale: 2,000 signaling sockets that open and then
-do nothing, from eight loopback source addresses, against a real node process with live media.
+do nothing, from forty loopback source addresses (under the per-address connection cap), against a real node process with live media.
 Each costs the node a bounded amount of memory (measured from its VmRSS), each is closed by the
 join deadline with 1008, and a second wave as large reuses the memory the first one freed."""
 
@@ -31,7 +31,8 @@ from tests.e2e.ws_support import (
 pytestmark = pytest.mark.timeout(180)
 log = logging.getLogger(__name__)
 SOCKETS = 2000
-SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
+#: 50 sockets per address, under the per-address connection cap (`http_max_connections_per_ip`, 64)
+SOURCES = [f"127.0.0.{i}" for i in range(2, 42)]
 JOIN_TIMEOUT_S = 8.0
 MiB = 1 << 20
 
