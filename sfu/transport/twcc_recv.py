@@ -12,7 +12,7 @@ is due). The caller serializes them (``bytes(fb)``) and sends them as SRTCP.
   report of a received packet), as long as it is within ``window`` of the highest.
 * Duplicates keep the first arrival time; packets older than ``window`` behind the highest
   are dropped (``too_old``).
-* Seq wrap: seqs are unwrapped (``SeqUnwrapper``); a jump of ``window`` or more either way
+* Seq wrap: seqs are unwrapped against the highest so far; a jump of ``window`` or more either way
   (a sender restart) starts a new base (``resets``) instead of reporting a huge loss.
 * Size: a message is cut before ``max_size`` bytes, and where a receive delta would not fit
   the 2-byte large delta (over 8 s between arrivals); each message has its own reference
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from array import array
 
-from sfu.packet.seq import SeqUnwrapper
 from sfu.packet.twcc import (
     DELTA_TICK_US,
     LARGE_DELTA_MAX,
@@ -56,7 +55,7 @@ class FeedbackBuilder:
         "_last_feedback_ms",
         "_mask",
         "_start",
-        "_unwrapper",
+        "_started",
         "duplicates",
         "interval_ms",
         "max_size",
@@ -89,9 +88,9 @@ class FeedbackBuilder:
         self.interval_ms = interval_ms
         self.max_size = max_size
         self._mask = window - 1
-        self._exts = array("q", [-1]) * window  # the extended seq each slot holds
+        self._exts = array("q", [_EMPTY]) * window  # the extended seq each slot holds
         self._arrival = array("q", [_EMPTY]) * window
-        self._unwrapper = SeqUnwrapper()
+        self._started = False
         self._start = 0  # first extended seq of the next feedback
         self._high = -1  # highest extended seq received; _start > _high: nothing pending
         self._fb_count = 0
@@ -109,28 +108,28 @@ class FeedbackBuilder:
         return max(0, self._high - self._start + 1)
 
     def _reset(self, seq: int) -> int:
-        self._exts[:] = array("q", [-1]) * self.window
-        self._unwrapper.reset()
-        ext = self._unwrapper.unwrap(seq)
+        self._exts[:] = array("q", [_EMPTY]) * self.window
+        self._started = True
+        ext = seq & 0xFFFF
         self._start = ext
         self._high = ext - 1
         return ext
 
     def on_packet(self, seq: int, arrival_us: int) -> None:
         """Record the arrival of transport-wide seq ``seq`` (16-bit)."""
-        if not self._unwrapper.started:
-            ext = self._reset(seq)
-        else:
-            ext = self._unwrapper.peek(seq)
-            high = self._high
-            if ext - high >= self.window or high - ext >= self.window:
-                if high - ext >= self.window and high - ext < 2 * self.window:
+        if self._started:
+            d = (seq - self._high) & 0xFFFF  # unwrap: nearest to the highest so far
+            if d >= 0x8000:
+                d -= 0x10000
+            ext = self._high + d
+            if d >= self.window or -d >= self.window:
+                if self.window <= -d < 2 * self.window:
                     self.too_old += 1  # a straggler, not a restart
                     return
                 self.resets += 1
                 ext = self._reset(seq)
-            else:
-                self._unwrapper.unwrap(seq)
+        else:
+            ext = self._reset(seq)
         slot = ext & self._mask
         if self._exts[slot] == ext:
             self.duplicates += 1

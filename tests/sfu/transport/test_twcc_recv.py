@@ -75,6 +75,11 @@ CASES = [
         [(65535, 0), (0, 200), (1, 100)],
     ),
     Case(
+        "late packet from before the first, across the wrap",
+        [(0, 0), (65535, 100), (1, 200)],
+        [(65535, 100), (0, 0), (1, 200)],
+    ),
+    Case(
         "sub-tick arrivals",
         [(k, 37 * k) for k in range(40)],
         [(k, 37 * k) for k in range(40)],
