@@ -3,7 +3,8 @@ with the subscriber's transport-cc feedback.
 
 ``SendHistory`` is sans-I/O: the sender calls ``on_sent(seq, send_ms, size)`` for every packet
 it stamps with its own transport-wide sequence number (O(1), preallocated rings of
-``capacity`` entries, 8+8+4+1 bytes each), and the RTCP path calls
+``capacity`` entries, 8+8+4+1 bytes each; ``send(send_ms, size)`` numbers the next packet
+and records it), and the RTCP path calls
 ``on_feedback(TransportFeedback)``, which returns one ``PacketFeedback`` per packet the message
 reports for the first time, in sequence order: what a send-side estimator (GCC) consumes.
 
@@ -27,6 +28,7 @@ from sfu.packet.twcc import REFERENCE_TICK_US, TransportFeedback
 
 __all__ = ["PacketFeedback", "SendHistory"]
 
+_EMPTY = -(1 << 63)  # no extended seq takes it
 _UNREPORTED = 0
 _LOST = 1
 _RECEIVED = 2
@@ -68,7 +70,7 @@ class SendHistory:
             raise ValueError(f"send history capacity {capacity} must be a power of two in 16-32768")
         self.capacity = capacity
         self._mask = capacity - 1
-        self._exts = array("q", [-1]) * capacity
+        self._exts = array("q", [_EMPTY]) * capacity
         self._send_ms = array("d", [0.0]) * capacity
         self._sizes = array("i", [0]) * capacity
         self._state = bytearray(capacity)
@@ -103,6 +105,13 @@ class SendHistory:
         if ext > self._high:
             self._high = ext
         return ext
+
+    def send(self, send_ms: float, size: int) -> int:
+        """Number the next packet (one after the newest recorded, 0 for the first) and record
+        it; returns the 16-bit seq to stamp with ``sfu.packet.twcc.write_seq``."""
+        seq = (self._high + 1) & 0xFFFF
+        self.on_sent(seq, send_ms, size)
+        return seq
 
     def _reference_us(self, raw: int) -> int:
         if self._reference_raw < 0:

@@ -123,6 +123,23 @@ def test_reference_wrap_from_the_builder() -> None:
     assert gaps == pytest.approx([60.0] * 5, abs=0.125)
 
 
+def test_send_numbers_consecutively_across_the_wrap() -> None:
+    h = SendHistory()
+    assert [h.send(float(k), 100) for k in range(3)] == [0, 1, 2]
+    h2 = SendHistory()
+    h2.on_sent(65534, 0.0, 100)
+    assert [h2.send(1.0, 100), h2.send(2.0, 100), h2.send(3.0, 100)] == [65535, 0, 1]
+    results = h2.on_feedback(TransportFeedback(1, 2, 65534, 0, 0, [1, 1, None, 1]))
+    assert [(r.seq, r.send_ms) for r in results] == [(65534, 0.0), (65535, 1.0), (65536, 2.0), (65537, 3.0)]
+
+
+def test_an_empty_slot_never_matches() -> None:
+    h = SendHistory(capacity=16)
+    h.on_sent(5, 0.0, 100)
+    assert h.on_feedback(TransportFeedback(1, 2, 65535, 0, 0, [1])) == []  # ext -1: never sent
+    assert h.unknown == 1
+
+
 def test_feedback_loss_is_counted() -> None:
     h = SendHistory()
     h.on_sent(0, 0.0, 100)
