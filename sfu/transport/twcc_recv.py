@@ -19,7 +19,8 @@ is due). The caller serializes them (``bytes(fb)``) and sends them as SRTCP.
   time (the first received packet's arrival, in 64 ms units) and feedback packet count.
 * State is bounded by ``window`` (two ``array('q')`` rings: 16 bytes per slot). When more than
   ``window`` packets are pending (a timer that stalls), the oldest are never reported
-  (``overflowed``); ``poll`` reports early once half the window is pending.
+  (``overflowed``); ``poll`` reports early once half the window is pending, at most every
+  quarter interval (a publisher that keeps sending stragglers cannot make every poll build).
 
 Arrival times are integers in microseconds on any monotonic clock (the node's
 ``time.monotonic_ns() // 1000``); only their differences reach the publisher.
@@ -151,9 +152,12 @@ class FeedbackBuilder:
         """When ``poll`` will next have something to send (``None``: nothing pending)."""
         if self._start > self._high:
             return None
-        if self._last_feedback_ms is None or self.pending >= self.window // 2:
+        last = self._last_feedback_ms
+        if last is None:
             return now_ms
-        return max(now_ms, self._last_feedback_ms + self.interval_ms)
+        if self.pending >= self.window // 2:  # early, but at most 4 times an interval
+            return max(now_ms, last + self.interval_ms // 4)
+        return max(now_ms, last + self.interval_ms)
 
     def poll(self, now_ms: int) -> list[TransportFeedback]:
         """The feedback messages due at ``now_ms`` (``[]`` when none)."""

@@ -163,8 +163,27 @@ def test_early_feedback_when_half_the_window_is_pending() -> None:
     assert b.poll(1) == []
     b.on_packet(32, T0 + 32)
     assert b.pending == 32
-    (fb,) = wire(b.poll(1))
+    assert b.next_due_ms(1) == 25  # a quarter interval after the previous one
+    assert b.poll(24) == []
+    (fb,) = wire(b.poll(25))
     assert fb.base_seq == 1 and fb.status_count == 32
+
+
+def test_stragglers_cannot_make_every_poll_build() -> None:
+    """Late packets that each move the next feedback's start back a whole window: feedback
+    stays at most 4 per interval, and each is bounded by the window."""
+    b = FeedbackBuilder(1, window=1024, interval_ms=100)
+    for seq in range(1024):
+        if seq % 2 == 0:
+            b.on_packet(seq, T0 + seq)
+    b.poll(0)
+    sent = []
+    for k in range(1, 1000):  # 1 ms apart: the odd seqs, late
+        if 2 * k + 1 < 1024:
+            b.on_packet(2 * k + 1, T0 + 10_000 + k)
+        sent += wire(b.poll(k))
+    assert 8 <= len(sent) <= 4 * 10 + 1
+    assert all(fb.status_count <= 1024 for fb in sent)
 
 
 def test_overflow_keeps_the_newest_window() -> None:
