@@ -200,56 +200,95 @@ class TransportFeedback:
     # ----------------------------------------------------------------------- parsing
 
     @classmethod
-    def parse(cls, data: Buffer) -> Self:
+    def parse(cls, data: Buffer, *, max_count: int = 0xFFFF) -> Self:
         """Parse one RTCP transport-cc packet (a compound of exactly that packet)."""
         packets = parse_compound(data)
         if len(packets) != 1 or not isinstance(packets[0], TransportCC):
             kinds = ", ".join(type(p).__name__ for p in packets)
             raise ValueError(f"expected one RTCP transport-cc packet, got {kinds}")
-        return cls.from_transport_cc(packets[0])
+        return cls.from_transport_cc(packets[0], max_count=max_count)
 
     @classmethod
-    def from_transport_cc(cls, packet: TransportCC) -> Self:
+    def from_transport_cc(cls, packet: TransportCC, *, max_count: int = 0xFFFF) -> Self:
         """Decode the opaque ``TransportCC`` that ``parse_compound`` produces."""
-        return cls.parse_fci(packet.sender_ssrc, packet.media_ssrc, packet.fci)
+        return cls.parse_fci(packet.sender_ssrc, packet.media_ssrc, packet.fci, max_count=max_count)
 
     @classmethod
-    def parse_fci(cls, sender_ssrc: int, media_ssrc: int, fci: Buffer) -> Self:
+    def parse_fci(cls, sender_ssrc: int, media_ssrc: int, fci: Buffer, *, max_count: int = 0xFFFF) -> Self:
+        """Decode an FCI. ``max_count`` refuses a message with more statuses (a 20-byte message
+        can claim 65,535: a receiver of untrusted feedback passes what it can have sent).
+        Runs are decoded in bulk, so the work is proportional to the message's size."""
         n = len(fci)
         if n < _FIXED_SIZE:
             raise ValueError(f"transport-cc FCI of {n} bytes is shorter than its {_FIXED_SIZE}-byte header")
         base, count, word = _FIXED.unpack_from(fci, 0)
         if count == 0:
             raise ValueError("transport-cc packet status count is 0")
-        symbols: list[int] = []
+        if count > max_count:
+            raise ValueError(f"transport-cc packet status count {count} is over the limit of {max_count}")
+        chunks: list[int] = []
+        covered = 0
         pos = _FIXED_SIZE
-        while len(symbols) < count:
+        while covered < count:
             if pos + 2 > n:
                 raise ValueError(
-                    f"transport-cc packet chunks end at byte {n} after {len(symbols)} of {count} statuses"
+                    f"transport-cc packet chunks end at byte {n} after {covered} of {count} statuses"
                 )
             chunk = (fci[pos] << 8) | fci[pos + 1]
-            if not chunk & 0x8000 and chunk & _RUN_MAX == 0:
-                raise ValueError(f"transport-cc run length chunk at byte {pos} has a run of 0")
-            symbols.extend(decode_chunk(chunk))
+            if not chunk & 0x8000:
+                if chunk & _RUN_MAX == 0:
+                    raise ValueError(f"transport-cc run length chunk at byte {pos} has a run of 0")
+                covered += chunk & _RUN_MAX
+            else:
+                covered += 7 if chunk & 0x4000 else 14
+            chunks.append(chunk)
             pos += 2
-        del symbols[count:]
         deltas: list[int | None] = []
-        for k, sym in enumerate(symbols):
+        k = 0  # statuses decoded
+        for chunk in chunks:
+            if chunk & 0x8000:
+                for sym in decode_chunk(chunk)[: count - k]:
+                    if sym == NOT_RECEIVED:
+                        deltas.append(None)
+                    elif sym == SMALL:
+                        if pos + 1 > n:
+                            raise ValueError(
+                                f"transport-cc small delta of status {k} overruns the {n}-byte FCI"
+                            )
+                        deltas.append(fci[pos])
+                        pos += 1
+                    elif sym == LARGE:
+                        if pos + 2 > n:
+                            raise ValueError(
+                                f"transport-cc large delta of status {k} overruns the {n}-byte FCI"
+                            )
+                        deltas.append(int.from_bytes(fci[pos : pos + 2], "big", signed=True))
+                        pos += 2
+                    else:
+                        raise ValueError(f"transport-cc status {k} uses the reserved symbol 3")
+                    k += 1
+                continue
+            sym = (chunk >> 13) & 0x3
+            run = min(chunk & _RUN_MAX, count - k)
             if sym == NOT_RECEIVED:
-                deltas.append(None)
+                deltas.extend([None] * run)
             elif sym == SMALL:
-                if pos + 1 > n:
-                    raise ValueError(f"transport-cc small delta of status {k} overruns the {n}-byte FCI")
-                deltas.append(fci[pos])
-                pos += 1
+                if pos + run > n:
+                    raise ValueError(
+                        f"transport-cc small delta of status {k + n - pos} overruns the {n}-byte FCI"
+                    )
+                deltas.extend(fci[pos : pos + run])
+                pos += run
             elif sym == LARGE:
-                if pos + 2 > n:
-                    raise ValueError(f"transport-cc large delta of status {k} overruns the {n}-byte FCI")
-                deltas.append(int.from_bytes(fci[pos : pos + 2], "big", signed=True))
-                pos += 2
+                if pos + 2 * run > n:
+                    raise ValueError(
+                        f"transport-cc large delta of status {k + (n - pos) // 2} overruns the {n}-byte FCI"
+                    )
+                deltas.extend(struct.unpack_from(f"!{run}h", fci, pos))
+                pos += 2 * run
             else:
                 raise ValueError(f"transport-cc status {k} uses the reserved symbol 3")
+            k += run
         if n - pos > 3:
             raise ValueError(
                 f"transport-cc FCI has {n - pos} bytes after its receive deltas (padding is 0-3)"

@@ -4,8 +4,9 @@ with the subscriber's transport-cc feedback.
 ``SendHistory`` is sans-I/O: the sender calls ``on_sent(seq, send_ms, size)`` for every packet
 it stamps with its own transport-wide sequence number (O(1), preallocated rings of
 ``capacity`` entries, 8+8+4+1 bytes each; ``send(send_ms, size)`` numbers the next packet
-and records it), and the RTCP path calls
-``on_feedback(TransportFeedback)``, which returns one ``PacketFeedback`` per packet the message
+and records it), and the RTCP path calls ``on_transport_cc(TransportCC)`` (the opaque packet
+``parse_compound`` gives; it refuses a message claiming more than ``capacity`` statuses) or
+``on_feedback(TransportFeedback)``, which return one ``PacketFeedback`` per packet the message
 reports for the first time, in sequence order: what a send-side estimator (GCC) consumes.
 
 * ``seq`` in ``PacketFeedback`` is the extended (unwrapped) transport-wide seq.
@@ -16,6 +17,8 @@ reports for the first time, in sequence order: what a send-side estimator (GCC) 
   returned once; one reported lost and later received is returned again as received; one
   reported lost twice, once. Statuses of seqs not in the history (never sent, or more than
   ``capacity`` behind the newest) are skipped (``unknown``).
+* Work per message: the statuses inside the history's range, at most ``capacity`` (about
+  0.5 us each): the caller bounds how many messages per second a subscriber gets processed.
 * ``feedback_lost`` counts messages missing from the feedback packet count sequence.
 """
 
@@ -24,7 +27,8 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 
-from sfu.packet.twcc import REFERENCE_TICK_US, TransportFeedback
+from sfu.packet.rtcp import TransportCC
+from sfu.packet.twcc import DELTA_TICK_US, REFERENCE_TICK_US, TransportFeedback
 
 __all__ = ["PacketFeedback", "SendHistory"]
 
@@ -124,30 +128,46 @@ class SendHistory:
         self._reference_raw = raw
         return self._reference_ext * REFERENCE_TICK_US
 
+    def on_transport_cc(self, packet: TransportCC) -> list[PacketFeedback]:
+        """Decode ``packet`` (from ``parse_compound``) and take it: ``ValueError`` when it is
+        malformed or claims more statuses than the history holds."""
+        return self.on_feedback(TransportFeedback.from_transport_cc(packet, max_count=self.capacity))
+
     def on_feedback(self, fb: TransportFeedback) -> list[PacketFeedback]:
-        """The packets ``fb`` reports for the first time (or newly as received), in seq order."""
+        """The packets ``fb`` reports for the first time (or newly as received), in seq order.
+        Only the statuses of seqs the history holds are looked at one by one."""
         if self._last_fb_count >= 0:
             gap = (fb.fb_count - self._last_fb_count - 1) & 0xFF
             if gap < 0x80:
                 self.feedback_lost += gap
         self._last_fb_count = fb.fb_count
-        reference_us = self._reference_us(fb.reference_time)
+        t_us = self._reference_us(fb.reference_time)
         out: list[PacketFeedback] = []
-        if self._high < 0:
-            self.unknown += fb.status_count
+        deltas = fb.deltas
+        count = len(deltas)
+        high = self._high
+        base = self._extend(fb.base_seq) if high >= 0 else 0
+        lo = max(0, high - self.capacity + 1 - base)
+        hi = min(count, high + 1 - base) if high >= 0 else 0
+        if lo >= hi:
+            self.unknown += count
             return out
+        self.unknown += count - (hi - lo)
+        if lo:
+            t_us += sum(d for d in deltas[:lo] if d is not None) * DELTA_TICK_US
         exts = self._exts
         state = self._state
         mask = self._mask
-        high = self._high
-        floor = high - self.capacity
-        for status in fb.statuses(reference_us):
-            ext = self._extend(status.seq)
+        for k in range(lo, hi):
+            delta = deltas[k]
+            if delta is not None:
+                t_us += delta * DELTA_TICK_US
+            ext = base + k
             slot = ext & mask
-            if ext <= floor or ext > high or exts[slot] != ext:
+            if exts[slot] != ext:
                 self.unknown += 1
                 continue
-            if status.arrival_us is None:
+            if delta is None:
                 if state[slot] != _UNREPORTED:
                     self.duplicates += 1
                     continue
@@ -158,7 +178,5 @@ class SendHistory:
                     self.duplicates += 1
                     continue
                 state[slot] = _RECEIVED
-                out.append(
-                    PacketFeedback(ext, self._send_ms[slot], status.arrival_us / 1000, self._sizes[slot])
-                )
+                out.append(PacketFeedback(ext, self._send_ms[slot], t_us / 1000, self._sizes[slot]))
         return out

@@ -270,6 +270,17 @@ def test_parse_accepts_zero_padding_and_ignores_symbols_past_the_count() -> None
     assert fb.deltas == [1, 2]
 
 
+def test_max_count_bounds_what_a_small_message_claims() -> None:
+    claim = fci(0, 65535, 0, 0, "1fff" * 8 + "0007")  # 26 bytes, 65,535 statuses
+    assert TransportFeedback.parse_fci(1, 2, claim).deltas == [None] * 65535
+    with pytest.raises(ValueError, match="status count 65535 is over the limit of 4096"):
+        TransportFeedback.parse_fci(1, 2, claim, max_count=4096)
+    data = bytes(TransportCC(1, 2, claim + bytes(2)))
+    with pytest.raises(ValueError, match="over the limit of 10"):
+        TransportFeedback.parse(data, max_count=10)
+    assert TransportFeedback.parse(bytes(VECTOR_FB), max_count=5) == VECTOR_FB
+
+
 def test_parse_refuses_other_packets() -> None:
     with pytest.raises(ValueError, match="expected one RTCP transport-cc packet, got Pli"):
         TransportFeedback.parse(bytes(Pli(1, 2)))

@@ -6,9 +6,11 @@ format (serialized and parsed), as a subscriber's would."""
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 
+from sfu.packet.rtcp import ReceiverReport, TransportCC, compound, parse_compound
 from sfu.packet.twcc import TransportFeedback
 from sfu.transport.twcc_recv import FeedbackBuilder
 from sfu.transport.twcc_send import PacketFeedback, SendHistory
@@ -89,9 +91,27 @@ def test_unknown_and_too_old_seqs_are_skipped() -> None:
     for seq in range(40):
         h.on_sent(seq, float(seq), 100)
     unknown = h.unknown
-    results = h.on_feedback(TransportFeedback(1, 2, 20, 0, 1, [1] * 25))  # 20..44
+    results = h.on_feedback(TransportFeedback(1, 2, 20, 3, 1, [4] * 25))  # 20..44, 1 ms apart
     assert [r.seq for r in results] == list(range(24, 40))  # 20-23 overwritten, 40-44 never sent
     assert h.unknown - unknown == 9
+    # arrival times count the deltas of the statuses skipped before the history's range
+    assert [r.recv_ms for r in results] == [3 * 64.0 + (seq - 19) for seq in range(24, 40)]
+
+
+def test_transport_cc_from_the_compound_parser() -> None:
+    h = SendHistory(capacity=16)
+    for seq in range(3):
+        h.on_sent(seq, float(seq), 100)
+    data = compound([ReceiverReport(7), TransportFeedback(1, 2, 0, 0, 0, [1, None, 2]).to_transport_cc()])
+    packet = parse_compound(data)[1]
+    assert isinstance(packet, TransportCC)
+    results = h.on_transport_cc(packet)
+    assert [(r.seq, r.recv_ms) for r in results] == [(0, 0.25), (1, None), (2, 0.75)]
+    # a 20-byte message may claim 65,535 statuses: refused above what the history holds
+    claim = TransportCC(1, 2, struct.pack("!HHIH", 0, 17, 0, 0x0011) + bytes(2))
+    with pytest.raises(ValueError, match="status count 17 is over the limit of 16"):
+        h.on_transport_cc(claim)
+    assert len(TransportFeedback.from_transport_cc(claim).deltas) == 17
 
 
 def test_reference_time_unwraps_across_messages() -> None:
