@@ -13,7 +13,8 @@ is due). The caller serializes them (``bytes(fb)``) and sends them as SRTCP.
 * Duplicates keep the first arrival time; packets older than ``window`` behind the highest
   are dropped (``too_old``).
 * Seq wrap: seqs are unwrapped against the highest so far; a jump of ``window`` or more either way
-  (a sender restart) starts a new base (``resets``) instead of reporting a huge loss.
+  (a sender restart) starts a new base (``resets``; what was pending then goes unreported)
+  instead of reporting a huge loss; 1-2 windows behind is a straggler, dropped.
 * Size: a message is cut before ``max_size`` bytes, and where a receive delta would not fit
   the 2-byte large delta (over 8 s between arrivals); each message has its own reference
   time (the first received packet's arrival, in 64 ms units) and feedback packet count.
