@@ -2,7 +2,8 @@
 
 ``parse_compound(data)`` splits a compound packet into dataclasses, each with ``__bytes__``:
 ``SenderReport``, ``ReceiverReport`` (with ``ReportBlock``), ``Sdes``, ``Bye``, ``Nack``
-(RTPFB 1), ``TransportCC`` (RTPFB 15, FCI kept raw), ``Pli`` (PSFB 1), ``Fir`` (PSFB 4), ``Remb``
+(RTPFB 1), ``TransportCC`` (RTPFB 15, FCI kept raw: ``sfu.packet.twcc.TransportFeedback.from_transport_cc``
+decodes it), ``Pli`` (PSFB 1), ``Fir`` (PSFB 4), ``Remb``
 (PSFB 15 "REMB"), ``Feedback`` (any other RTPFB/PSFB format) and ``UnknownRtcp`` (APP, XR and
 anything else, body kept raw). Malformations raise ``ValueError`` with a precise message.
 Padding (P bit) is accepted on input and stripped; ``__bytes__`` never adds any.
@@ -402,7 +403,8 @@ class Nack:
 
 @dataclass(slots=True)
 class TransportCC:
-    """Transport-wide congestion control feedback (RTPFB fmt 15); the FCI is kept raw."""
+    """Transport-wide congestion control feedback (RTPFB fmt 15); the FCI is kept raw
+    (``sfu.packet.twcc.TransportFeedback`` decodes and builds it)."""
 
     sender_ssrc: int
     media_ssrc: int
