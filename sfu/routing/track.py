@@ -95,6 +95,13 @@ class TrackCodec:
     name: str  # "VP8", "opus", "red", ...
     clock_rate: int
     payload_type: int
+    #: the variant's names, most specific first (sfu.signaling.codecs.variant_keys); () = by name
+    variant: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """What a subscriber's payload type map (``DownTrack.out_payload_types``) is keyed by."""
+        return self.variant or (self.name.lower(),)
 
 
 class RtxCache:
