@@ -1107,7 +1107,9 @@ def _map_track(
             )
             if sub_red is not None:
                 answer.append(replace(sub_red, rtcp_fb=()))
-                mappings.append(PtMapping(pub_red.name, pub_red.pt, sub_red.pt, variant=variant_keys(pub_red)))
+                mappings.append(
+                    PtMapping(pub_red.name, pub_red.pt, sub_red.pt, variant=variant_keys(pub_red))
+                )
     return answer, mappings
 
 
@@ -1368,7 +1370,9 @@ def _render(
         else:
             directions = ans.extension_directions
             lines += [
-                f"a=extmap:{ext_id}/{directions[uri].value} {uri}" if uri in directions else f"a=extmap:{ext_id} {uri}"
+                f"a=extmap:{ext_id}/{directions[uri].value} {uri}"
+                if uri in directions
+                else f"a=extmap:{ext_id} {uri}"
                 for uri, ext_id in sorted(ans.header_extensions.items(), key=lambda x: x[1])
             ]
             lines.append(f"a={ans.direction.value}")
