@@ -501,8 +501,14 @@ class PublishedTrack:
         if self._fast_next < 0 and not self._fast_members:
             return
         self.fast_sync()
+        ring = self._fast_ring
+        # the group queued packets in its own lanes of this ring: a member's next packet must not
+        # go into a lane taken before those (the ring sends lane by lane), or it would overtake them
+        release = ring is not None and self._fast_epoch == ring.epoch
         for dt in self._fast_members:
             dt.fast_track = None
+            if release:
+                dt.peer.release_lane()
         self._fast_next = -1
         self._fast_members = []
         self._fast_rows = []
