@@ -8,25 +8,32 @@ codec name and a viewer's last variant won (H264 mode 1 arrived labelled as 6400
 as profile 2).  A viewer without that variant gets no video (``LevelChat-Refused-Track``) and its
 audio, and the other viewers' media, keep flowing.  The WHIP answer also turns the publisher's
 ``a=extmap`` directions around (RFC 8285): sendonly -> recvonly, inactive stays, recvonly left out.
+The WebSocket path (the node offers, an aiortc subscriber answers) is checked the same way with an
+aiortc H264 publisher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+from aiortc import RTCSessionDescription
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket as AiortcPacket
 
 from sfu.client.lite import LiteEndpoint
 from sfu.node import Node
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.certificate import Certificate
-from tests.e2e.clients import wait_for
+from tests.e2e.clients import PatternVideoTrack, wait_for
 from tests.e2e.conftest import token
+from tests.e2e.test_rtc_signaling import Received, RtcClient
 from tests.e2e.variant_offers import (
     CHROMIUM_VIDEO,
     FIREFOX_H264,
@@ -187,3 +194,60 @@ async def test_vp9_profile_0_reaches_each_viewer_on_its_profile_0_payload_type(
     _only(viewer, 98, OPUS_PT)
     assert profile2.refused == ["kind=video; code=codec/unsupported"]
     _only(profile2, OPUS_PT)
+
+
+async def test_signaling_subscriber_gets_the_sent_h264_variant_on_its_payload_type(node: Node) -> None:
+    """The WebSocket path (node offers, aiortc answers): aiortc publishes H264 offering 42001f and
+    42e01f (both packetization-mode 1) and sends the first; the subscriber must get it on the node
+    payload type of 42001f (before: the last H264 variant's, 42e01f)."""
+    room = "rtc-h264-variants"
+    alice, bob = RtcClient(node, room, "alice"), RtcClient(node, room, "bob")
+    try:
+        await alice.join()
+        await bob.join()
+        h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name == "H264"]
+        transceiver = alice.pub.addTransceiver(PatternVideoTrack(), direction="sendonly")
+        transceiver.setCodecPreferences(h264)
+        await alice.pub.setLocalDescription(await alice.pub.createOffer())
+        result = await alice.call("publish", {"sdp": alice.pub.localDescription.sdp})
+        await alice.pub.setRemoteDescription(RTCSessionDescription(sdp=result["sdp"], type="answer"))
+        sent_pt = int(_section(result["sdp"], "video").split("\r\n")[0].split()[2])  # the first answered
+        sent = _h264_profiles(result["sdp"])[sent_pt]
+
+        def video() -> Received | None:
+            return next((r for r in bob.received.values() if r.kind == "video" and r.frames >= 10), None)
+
+        await wait_for(lambda: video() is not None, 20, "bob decodes alice's H264")
+        offer = bob.named("offer")[-1]["sdp"]
+        node_h264 = _h264_profiles(offer)
+        assert sorted(node_h264.values()) == ["42001f", "42e01f"]  # one node payload type each
+        mid = next(mid for mid, r in bob.received.items() if r.kind == "video")
+        receiver = next(t.receiver for t in bob.sub.getTransceivers() if t.mid == mid)
+        pts: Counter[int] = Counter()
+        original = receiver._handle_rtp_packet
+
+        async def handle(packet: AiortcPacket, arrival_time_ms: int) -> None:
+            if packet.payload_type in node_h264:
+                pts[packet.payload_type] += 1
+            await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+        await wait_for(lambda: pts.total() >= PACKETS, 20, "30 more H264 packets at bob")
+        assert set(pts) == {pt for pt, profile in node_h264.items() if profile == sent}, (
+            dict(pts),
+            node_h264,
+            sent,
+        )
+    finally:
+        await bob.close()
+        await alice.close()
+
+
+def _h264_profiles(sdp: str) -> dict[int, str]:
+    """Payload type -> profile-level-id of each H264 payload type in ``sdp``."""
+    h264 = {int(m[1]) for m in re.finditer(r"a=rtpmap:(\d+) H264/90000", sdp)}
+    return {
+        int(m[1]): m[2].lower()
+        for m in re.finditer(r"a=fmtp:(\d+) [^\r\n]*profile-level-id=([0-9A-Fa-f]{6})", sdp)
+        if int(m[1]) in h264
+    }
