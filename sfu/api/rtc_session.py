@@ -282,7 +282,7 @@ class RtcSession:
                 kind=track.kind.value,
                 mid=track.mid,
                 ssrc=track.ssrc,
-                out_payload_types={m.name: m.subscriber_pt for m in track.mappings},
+                out_payload_types=track.out_payload_types,
                 out_ext_ids=dict(track.header_extensions),
             )
             self.downtracks[section.track_sid] = router.subscribe(participant, source, spec, now)

@@ -18,7 +18,7 @@ from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
 from sfu.routing.simulcast import RidRestrictions, sources
 from sfu.routing.track import TrackCodec
 from sfu.signaling import sdp
-from sfu.signaling.codecs import CodecPolicy, codecs_match
+from sfu.signaling.codecs import CodecPolicy, codecs_match, variant_keys
 from sfu.signaling.limits import OfferLimits
 from sfu.transport.dtls import DtlsRole
 from sfu.transport.peer import CloseReason, PeerTransport
@@ -49,7 +49,7 @@ def ssrc_track_specs(track: sdp.PublishTrack) -> list[TrackSpec]:
 
 
 def _media_codecs(track: sdp.PublishTrack) -> list[TrackCodec]:
-    return [TrackCodec(c.name, c.clock_rate, c.pt) for c in track.codecs if not c.is_rtx]
+    return [TrackCodec(c.name, c.clock_rate, c.pt, variant_keys(c)) for c in track.codecs if not c.is_rtx]
 
 
 def _track_spec(
@@ -281,7 +281,7 @@ class SessionService:
                 kind=t.kind.value,
                 mid=t.mid,
                 ssrc=t.ssrc,
-                out_payload_types={m.name: m.subscriber_pt for m in t.mappings},
+                out_payload_types=t.out_payload_types,
                 out_ext_ids=dict(t.header_extensions),
             )
             for t in negotiation.tracks

@@ -25,7 +25,7 @@ from sfu.packet.vp9 import Vp9Munger
 from sfu.transport.peer import PeerTransport
 
 if TYPE_CHECKING:
-    from sfu.routing.track import PublishedTrack
+    from sfu.routing.track import PublishedTrack, TrackCodec
 
 NO_PT = -1
 #: what ``PublishedTrack.on_rtp`` found a packet's header to be, once for all its subscribers
@@ -57,7 +57,8 @@ class DownTrack:
         self.kind = kind
         self.mid = mid
         self.ssrc = ssrc
-        self.out_payload_types = {k.lower(): v for k, v in out_payload_types.items()}  # codec name -> PT
+        #: codec variant (``TrackCodec.keys``, a plain name for opus or VP8) -> subscriber PT
+        self.out_payload_types = {k.lower(): v for k, v in out_payload_types.items()}
         self.out_ext_ids = dict(out_ext_ids)  # uri -> id negotiated with the subscriber
         self.source: PublishedTrack | None = None
         #: simulcast: the rid this subscriber wants (None: the best layer sending)
@@ -141,7 +142,15 @@ class DownTrack:
             self.source.fast_reset()
 
     def can_carry(self, track: PublishedTrack) -> bool:
-        return track.kind == self.kind and track.codec.name.lower() in self.out_payload_types
+        return track.kind == self.kind and self.out_pt(track.codec) is not None
+
+    def out_pt(self, codec: TrackCodec) -> int | None:
+        """The subscriber's payload type for ``codec``'s variant, None when it has none."""
+        for key in codec.keys:
+            pt = self.out_payload_types.get(key)
+            if pt is not None:
+                return pt
+        return None
 
     def bind(self, track: PublishedTrack, now_ms: int) -> None:
         """Start forwarding ``track``; the outgoing stream continues where it was.
@@ -192,7 +201,7 @@ class DownTrack:
     def _take(self, track: PublishedTrack, now_ms: int, *, wait_keyframe: bool) -> None:
         pt_map = [NO_PT] * 128
         for codec in track.codecs:
-            out_pt = self.out_payload_types.get(codec.name.lower())
+            out_pt = self.out_pt(codec)
             if out_pt is not None:
                 pt_map[codec.payload_type & 0x7F] = out_pt
         ext_map = [0] * 256

@@ -93,6 +93,13 @@ class TrackCodec:
     name: str  # "VP8", "opus", "red", ...
     clock_rate: int
     payload_type: int
+    #: the variant's names, most specific first (sfu.signaling.codecs.variant_keys); () = by name
+    variant: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """What a subscriber's payload type map (``DownTrack.out_payload_types``) is keyed by."""
+        return self.variant or (self.name.lower(),)
 
 
 def _no_keyframe_request(ssrc: int) -> None:
@@ -468,8 +475,14 @@ class PublishedTrack:
         if self._fast_next < 0 and not self._fast_members:
             return
         self.fast_sync()
+        ring = self._fast_ring
+        # the group queued packets in its own lanes of this ring: a member's next packet must not
+        # go into a lane taken before those (the ring sends lane by lane), or it would overtake them
+        release = ring is not None and self._fast_epoch == ring.epoch
         for dt in self._fast_members:
             dt.fast_track = None
+            if release:
+                dt.peer.release_lane()
         self._fast_next = -1
         self._fast_members = []
         self._fast_rows = []

@@ -10,7 +10,11 @@ than names (see :func:`codecs_match`):
   constrained baseline (``42e01f``) are one family: no WebRTC encoder emits the baseline-only
   tools (FMO/ASO), and Chrome offers both.  The level never blocks a match: a receiver that
   offered a lower level still gets the stream (decoders in browsers handle any level).
-* VP9: ``profile-id`` equal (absent = 0); AV1: ``profile`` equal (absent = 0).
+* VP9: ``profile-id`` equal (absent = 0); AV1: ``profile`` equal (absent = 0); H265:
+  ``profile-id`` equal (absent = 1, Main).
+
+:func:`variant_keys` names a variant for the forwarder's payload type map (one subscriber
+payload type per variant, never per codec name).
 
 RTX (``apt=``) and opus RED (``red/48000/2``, fmtp ``111/111``) are never policy entries:
 they follow their primary codec and are kept only when it is.  ``telephone-event``, ``CN``,
@@ -264,7 +268,35 @@ def codecs_match(a: CodecParams, b: CodecParams) -> bool:
         return _param(a, "profile-id") == _param(b, "profile-id")
     if a.lname == "av1":
         return _param(a, "profile") == _param(b, "profile")
+    if a.lname == "h265":
+        return a.fmtp.get("profile-id", "1") == b.fmtp.get("profile-id", "1")
     return True
+
+
+def variant_keys(codec: CodecParams) -> tuple[str, ...]:
+    """Names of the bitstream variant ``codec`` carries, the most specific first.
+
+    The forwarder labels a packet with the subscriber's payload type for the publisher's
+    variant, so two variants of one codec must never share a key: H264 by the profile part of
+    ``profile-level-id`` (profile_idc and constraint flags; the level never matters) and
+    ``packetization-mode``, then by profile family (what :func:`codecs_match` forwards between,
+    for a later publisher of the other spelling); VP9 by ``profile-id``, AV1 by ``profile``
+    (absent = 0); H265 by ``profile-id`` (absent = 1, Main); other codecs by name.
+    """
+    name = codec.lname
+    if name == "h264":
+        mode = _packetization_mode(codec)
+        pli = codec.fmtp.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID).lower()
+        exact = f"h264/{pli[:4]}/{mode}"
+        parsed = H264ProfileLevel.of(codec)
+        return (exact,) if parsed is None else (exact, f"h264/{parsed.profile.family}/{mode}")
+    if name == "vp9":
+        return (f"vp9/{_param(codec, 'profile-id')}",)
+    if name == "av1":
+        return (f"av1/{_param(codec, 'profile')}",)
+    if name == "h265":
+        return (f"h265/{codec.fmtp.get('profile-id', '1')}",)
+    return (name,)
 
 
 def find_match(codec: CodecParams, candidates: Iterable[CodecParams]) -> CodecParams | None:

@@ -35,6 +35,7 @@ from sfu.signaling.codecs import (
     codecs_match,
     filter_rtcp_fb,
     find_match,
+    variant_keys,
 )
 
 __all__ = [
@@ -195,6 +196,8 @@ class MediaSection:
     direction: Direction = Direction.SENDRECV
     codecs: tuple[CodecParams, ...] = ()
     header_extensions: Mapping[str, int] = field(default_factory=dict)
+    #: the a=extmap lines that named a direction (uri -> it); the others are sendrecv
+    header_extension_directions: Mapping[str, Direction] = field(default_factory=dict)
     extmap_allow_mixed: bool = False
     ice_ufrag: str | None = None
     ice_pwd: str | None = None
@@ -379,6 +382,7 @@ class _MediaBuilder:
     rtcp_fb: dict[str, list[str]] = field(default_factory=dict)  # pt or "*"
     extmap: dict[str, int] = field(default_factory=dict)
     extmap_ids: dict[int, str] = field(default_factory=dict)
+    extmap_dirs: dict[str, Direction] = field(default_factory=dict)
     attrs: dict[str, object] = field(default_factory=dict)
     ssrcs: dict[int, dict[str, str]] = field(default_factory=dict)
     ssrc_groups: list[SsrcGroup] = field(default_factory=list)
@@ -567,6 +571,8 @@ class _Parser:
             if known is not None and known != uri:
                 raise ValueError(f"{where}: a=extmap id {ext_id} is used for both {known} and {uri}")
             m.extmap_ids[ext_id] = uri
+            if uri not in m.extmap and match[2]:
+                m.extmap_dirs[uri] = Direction(match[2])
             m.extmap.setdefault(uri, ext_id)
         elif name == "ssrc":
             match = re.fullmatch(r"(\d+) ([A-Za-z0-9_-]+)(?::(.*))?", attr.strip())
@@ -649,6 +655,7 @@ class _Parser:
             direction=m.direction,
             codecs=tuple(codecs),
             header_extensions=dict(m.extmap),
+            header_extension_directions=dict(m.extmap_dirs),
             extmap_allow_mixed=bool(attrs.get("extmap-allow-mixed", False)),
             ice_ufrag=_opt_str(attrs.get("ice-ufrag")),
             ice_pwd=_opt_str(attrs.get("ice-pwd")),
@@ -759,6 +766,8 @@ class AnsweredSection:
     codecs: tuple[CodecParams, ...] = ()
     header_extensions: Mapping[str, int] = field(default_factory=dict)
     simulcast: Simulcast | None = None  # answered simulcast ("recv ...")
+    #: answered a=extmap directions other than sendrecv (uri -> ours), RFC 8285 §6
+    extension_directions: Mapping[str, Direction] = field(default_factory=dict)
     send: SendStream | None = None
     reason: str = ""
 
@@ -819,6 +828,47 @@ def _refuse_codecs(media: MediaSection, policy: CodecPolicy) -> ApiError:
     )
 
 
+#: RFC 8285 §6: the direction an answer gives an extension offered with a direction
+_EXTMAP_ANSWER = {
+    Direction.SENDONLY: Direction.RECVONLY,
+    Direction.RECVONLY: Direction.SENDONLY,
+    Direction.SENDRECV: Direction.SENDRECV,
+    Direction.INACTIVE: Direction.INACTIVE,
+}
+
+
+@dataclass(frozen=True)
+class _Extensions:
+    """A section's answered header extensions: all of them (for the answer's a=extmap lines),
+    their directions, and those the node uses in its role (for the forwarder)."""
+
+    answered: dict[str, int]
+    directions: dict[str, Direction]
+    used: dict[str, int]
+
+
+def _answer_extensions(media: MediaSection, offered: Mapping[str, int], *, node_sends: bool) -> _Extensions:
+    """RFC 8285 §6 for ``offered`` (the extensions the policy keeps): an offered ``sendonly`` is
+    answered ``recvonly``, ``recvonly`` is answered ``sendonly``, ``sendrecv`` and ``inactive``
+    stay.  An extension the answered direction gives the node no use for in its role (it only
+    receives on a publish section, only sends on a subscribe one) is left out of the answer, except
+    ``inactive``, which is answered as such and not used."""
+    answered: dict[str, int] = {}
+    directions: dict[str, Direction] = {}
+    used: dict[str, int] = {}
+    for uri, ext_id in offered.items():
+        direction = _EXTMAP_ANSWER[media.header_extension_directions.get(uri, Direction.SENDRECV)]
+        usable = direction.sends if node_sends else direction.receives
+        if not usable and direction is not Direction.INACTIVE:
+            continue
+        answered[uri] = ext_id
+        if direction is not Direction.SENDRECV:
+            directions[uri] = direction
+        if usable:
+            used[uri] = ext_id
+    return _Extensions(answered, directions, used)
+
+
 def _answer_simulcast(media: MediaSection, extensions: Mapping[str, int]) -> Simulcast | None:
     """The simulcast the node accepts: the offered send layers, if rids can be read."""
     sim = media.simulcast
@@ -837,14 +887,17 @@ def _inactive_or_rejected(media: MediaSection, policy: CodecPolicy, reason: str)
     codecs = tuple(policy.select(media.codecs))
     if not codecs:
         return AnsweredSection(media.mid, media.kind, SectionOutcome.REJECTED, reason=reason)
+    offered = policy.header_extensions_for(media.kind, media.header_extensions)
+    extensions = _answer_extensions(media, offered, node_sends=media.direction.receives)
     return AnsweredSection(
         media.mid,
         media.kind,
         SectionOutcome.INACTIVE,
         Direction.INACTIVE,
         codecs,
-        policy.header_extensions_for(media.kind, media.header_extensions),
+        extensions.answered,
         reason=reason,
+        extension_directions=extensions.directions,
     )
 
 
@@ -896,7 +949,10 @@ def negotiate_publish(offer: SessionDesc, policy: CodecPolicy) -> PublishNegotia
         codecs = tuple(policy.select(media.codecs))
         if not any(c.is_primary for c in codecs):
             raise _refuse_codecs(media, policy)
-        extensions = policy.header_extensions_for(media.kind, media.header_extensions)
+        ext_answer = _answer_extensions(
+            media, policy.header_extensions_for(media.kind, media.header_extensions), node_sends=False
+        )
+        extensions = ext_answer.used
         simulcast = _answer_simulcast(media, extensions)
         sections.append(
             AnsweredSection(
@@ -905,8 +961,9 @@ def negotiate_publish(offer: SessionDesc, policy: CodecPolicy) -> PublishNegotia
                 SectionOutcome.ACCEPTED,
                 Direction.RECVONLY,
                 codecs,
-                extensions,
+                ext_answer.answered,
                 simulcast,
+                extension_directions=ext_answer.directions,
             )
         )
         ssrcs = media.media_ssrcs if simulcast is None else ()
@@ -974,6 +1031,12 @@ class PtMapping:
     subscriber_pt: int
     publisher_rtx_pt: int | None = None
     subscriber_rtx_pt: int | None = None
+    #: the publisher codec's variant (``variant_keys``), most specific first; () = by name
+    variant: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.variant or (self.name.lower(),)
 
 
 @dataclass(frozen=True)
@@ -989,6 +1052,20 @@ class SubscribeTrack:
     mappings: tuple[PtMapping, ...]  # first: the codec being sent
     header_extensions: Mapping[str, int]  # uri -> subscriber id
     header_extension_map: Mapping[int, int]  # publisher id -> subscriber id
+
+    @property
+    def out_payload_types(self) -> dict[str, int]:
+        """Codec variant -> subscriber PT, for the forwarder (``DownTrack``), which looks a packet's
+        codec up by its variant keys.  Every mapping's most specific key comes first, then the
+        family keys no other mapping took (first mapping wins: the codec being sent); so two
+        variants of one codec keep their own payload types."""
+        out: dict[str, int] = {}
+        depth = max((len(m.keys) for m in self.mappings), default=0)
+        for level in range(depth):
+            for m in self.mappings:
+                if level < len(m.keys):
+                    out.setdefault(m.keys[level], m.subscriber_pt)
+        return out
 
     @property
     def pt_map(self) -> dict[int, int]:
@@ -1040,7 +1117,9 @@ def _map_track(
         if sub_rtx is not None:
             answer.append(replace(sub_rtx, rtcp_fb=()))
         pub_rtx = pub.rtx_pt if pub.rtx_pt in pub_by_pt else None
-        mappings.append(PtMapping(pub.name, pub.pt, sub.pt, pub_rtx, sub_rtx.pt if sub_rtx else None))
+        mappings.append(
+            PtMapping(pub.name, pub.pt, sub.pt, pub_rtx, sub_rtx.pt if sub_rtx else None, variant_keys(pub))
+        )
     if policy.red and media.kind is MediaKind.AUDIO:
         sub_pts = {m.subscriber_pt for m in mappings}
         pub_to_sub = {m.publisher_pt: m.subscriber_pt for m in mappings}
@@ -1053,7 +1132,9 @@ def _map_track(
             )
             if sub_red is not None:
                 answer.append(replace(sub_red, rtcp_fb=()))
-                mappings.append(PtMapping(pub_red.name, pub_red.pt, sub_red.pt))
+                mappings.append(
+                    PtMapping(pub_red.name, pub_red.pt, sub_red.pt, variant=variant_keys(pub_red))
+                )
     return answer, mappings
 
 
@@ -1086,11 +1167,13 @@ def negotiate_subscribe(
             if mapped is None:
                 continue
             codecs, mappings = mapped
-            extensions = {
+            offered_ext = {
                 uri: ext_id
                 for uri, ext_id in policy.header_extensions_for(media.kind, media.header_extensions).items()
                 if uri not in (HDREXT_RID, HDREXT_REPAIRED_RID)
             }
+            ext_answer = _answer_extensions(media, offered_ext, node_sends=True)
+            extensions = ext_answer.used
             ext_map = {
                 pub_id: extensions[uri]
                 for uri, pub_id in track.header_extensions.items()
@@ -1104,8 +1187,9 @@ def negotiate_subscribe(
                 SectionOutcome.ACCEPTED,
                 Direction.SENDONLY,
                 tuple(codecs),
-                extensions,
+                ext_answer.answered,
                 send=send,
+                extension_directions=ext_answer.directions,
             )
             delivered.append(
                 SubscribeTrack(
@@ -1309,8 +1393,11 @@ def _render(
         if ans.kind is MediaKind.APPLICATION:
             lines += [f"a=sctp-port:{SCTP_PORT}", f"a=max-message-size:{MAX_MESSAGE_SIZE}"]
         else:
+            directions = ans.extension_directions
             lines += [
-                f"a=extmap:{ext_id} {uri}"
+                f"a=extmap:{ext_id}/{directions[uri].value} {uri}"
+                if uri in directions
+                else f"a=extmap:{ext_id} {uri}"
                 for uri, ext_id in sorted(ans.header_extensions.items(), key=lambda x: x[1])
             ]
             lines.append(f"a={ans.direction.value}")
@@ -1518,7 +1605,7 @@ def apply_answer(plan: OfferPlan, answer_text: str) -> SubscribeNegotiation:
             if node is None or node.pt not in answered:
                 continue
             sub_rtx = node.rtx_pt if node.rtx_pt in answered else None
-            mappings.append(PtMapping(pub.name, pub.pt, node.pt, pub.rtx_pt, sub_rtx))
+            mappings.append(PtMapping(pub.name, pub.pt, node.pt, pub.rtx_pt, sub_rtx, variant_keys(pub)))
         if not mappings or mappings[0].publisher_pt != outgoing.track.codec.pt:
             sections.append(replace(offered, outcome=SectionOutcome.REJECTED, reason="codec not accepted"))
             refused.append(

@@ -247,7 +247,10 @@ class SendRing(_Ring):
             base = lane * depth
             sizes = iov_lens[2 * base + 1 : 2 * (base + fill) : 2].tolist()
             size = sizes[0]
-            if sizes.count(size) >= fill - 1 and sizes[-1] <= size and size * fill <= cap:
+            # one message when every packet but the last has the first one's size (the kernel
+            # cuts the message every ``size`` bytes: a shorter or longer one inside would be cut
+            # across two packets, corrupting both)
+            if sizes[:-1].count(size) == fill - 1 and sizes[-1] <= size and size * fill <= cap:
                 runs.append((base, fill))
                 continue
             start = 0  # split into runs of equal sizes, each ended by at most one shorter packet

@@ -369,6 +369,11 @@ class PeerTransport:
             return None
         return self._ring, self._port.flush, self._tx_srtp, self._send_key, self._rtp_trailer
 
+    def release_lane(self) -> None:
+        """Queue the next packet in a new lane of the send ring: packets queued since this peer's
+        current lane was taken (in a fan-out group's lanes) go out before it."""
+        self._lane_epoch = -1
+
     def _take_lane(self) -> int:
         """Take the next free lane of the send ring (flushing it first when none is left)."""
         ring = self._ring

@@ -1,12 +1,22 @@
 """Chromium restarts ICE on WHIP and WHEP sessions through ``whip.js`` (``session.restartIce()``:
 ``pc.restartIce()``, then a ``PATCH`` with the new credentials): the node answers with its own,
-the DTLS/SRTP session goes on, and an aiortc WHEP viewer keeps receiving the publisher."""
+the DTLS/SRTP session goes on, and an aiortc WHEP viewer keeps receiving the publisher.
+
+What the product promises across the restarts: the node takes every packet Chromium sends (the
+old pair's in flight, the new pair's before its nomination) and forwards them in order; video
+loss is repaired (NACK), audio is not retransmitted, so an audio packet the kernel drops for a
+full socket buffer on a loaded machine stays lost: that (and only that) is tolerated, bounded
+(``AUDIO_LOSS_BOUND``).
+(Issue 11, defect 17: under load this test lost an audio packet to the node's GSO batching, which
+cut a lane of mixed sizes across packets, and could see one overtake another when a fan-out group
+dissolved within a batch; both are fixed and have unit tests in tests/sfu.)"""
 
 from __future__ import annotations
 
 import pytest
 from playwright.async_api import Browser
 
+from sfu.counters import Direction
 from sfu.node import Node
 from sfu.routing.participant import Participant
 from tests.browser.demo_page import CHROMIUM, DemoPage
@@ -20,6 +30,21 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
 ]
 FRAMES = 30
+#: the share of audio packets the aiortc viewer may miss, only when the kernel dropped datagrams
+#: for a full receive buffer meanwhile (a loaded machine stalls this process, which runs the node
+#: and the viewer); without such drops every audio packet must arrive
+AUDIO_LOSS_BOUND = 0.05
+
+
+def _udp_receive_buffer_errors() -> int | None:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (Linux), or None."""
+    try:
+        with open("/proc/net/snmp") as snmp:
+            rows = [line.split() for line in snmp if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, IndexError, ValueError):
+        return None
+
 
 _SESSION_JS = """(panel) => {
   const s = window.levelchatDemo[panel].session;
@@ -47,6 +72,7 @@ async def test_chromium_whip_and_whep_restart_ice(node: Node, browser: Browser) 
     publisher = await DemoPage.open(browser, node.url)
     viewer = await DemoPage.open(browser, node.url)
     sub = WhepSubscriber(node.url, room, token(room, "aiortc-viewer"))
+    kernel_drops = _udp_receive_buffer_errors()
     try:
         await publisher.join_as(room, "olga")
         await publisher.publish("VP8")
@@ -91,8 +117,26 @@ async def test_chromium_whip_and_whep_restart_ice(node: Node, browser: Browser) 
         # (the page's badge shows the faked "failed": the real connection never left "connected")
         assert watched["state"] == "connected"
 
-        # what the node sent the aiortc viewer is complete across both restarts
-        assert sub.logs["video"].missing() == [] and sub.logs["audio"].gaps() == []
+        # the node took every audio packet Chromium sent across the restarts, and lost none on its way out
+        audio = next(t for t in _participant(node, "olga").tracks.values() if t.kind == "audio")
+        stats, counters = audio.stats, node.router.counters
+        drops = {k: v for k, v in counters.drop_counts().items() if v}
+        assert stats.packets >= stats.extended_max - stats.base_seq + 1, f"node drops: {drops}"
+        assert "send_failed" not in drops and "seq_too_old" not in drops, drops
+        assert counters.srtp_errors[Direction.OUTBOUND] == 0
+        # the aiortc viewer: no video missing (NACKed holes fill), audio complete and in order; audio
+        # packets may be missing only if the kernel dropped datagrams for a full buffer meanwhile
+        await wait_for(lambda: sub.logs["video"].missing() == [], 10, "the viewer's video holes to fill")
+        audio_log = sub.logs["audio"]
+        overtaken = [(a, b) for a, b in audio_log.gaps() if (b - a) & 0xFFFF >= 0x8000]
+        assert overtaken == [], f"audio packets out of order: {overtaken}"
+        missing = audio_log.missing()
+        after = _udp_receive_buffer_errors()
+        kernel_dropped = kernel_drops is None or after is None or after != kernel_drops
+        allowed = int(AUDIO_LOSS_BOUND * len(audio_log.packets)) if kernel_dropped else 0
+        assert len(missing) <= allowed, (
+            f"audio missing at the viewer: {missing} (kernel receive buffer drops meanwhile: {kernel_dropped})"
+        )
         assert publisher.errors == [] and viewer.errors == []
     finally:
         await sub.close()

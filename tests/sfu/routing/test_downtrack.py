@@ -319,6 +319,24 @@ async def test_an_unmapped_payload_type_leaves_no_hole_in_the_outgoing_sequence(
     assert (got[1].header.sequence_number - got[0].header.sequence_number) & 0xFFFF == 1
 
 
+async def test_two_variants_of_one_codec_keep_their_own_payload_types(link: Link) -> None:
+    """Defect 16: the map is keyed by variant, so H264 packetization-mode 1 and 0 (and a baseline
+    spelling of the same family) each leave with the subscriber's payload type for that variant."""
+    mode1 = TrackCodec("H264", 90_000, 126, ("h264/42e0/1", "h264/baseline/1"))
+    mode0 = TrackCodec("H264", 90_000, 97, ("h264/42e0/0", "h264/baseline/0"))
+    baseline1 = TrackCodec("H264", 90_000, 98, ("h264/4200/1", "h264/baseline/1"))  # family fallback
+    src = track("video", codecs=[mode1, mode0, baseline1], link=link)
+    out = {"h264/42e0/1": 106, "h264/42e0/0": 108, "h264/baseline/1": 106, "h264/baseline/0": 108}
+    dt = downtrack(link, out_payload_types=out)
+    assert dt.can_carry(src)
+    dt.bind(src, T0)
+    idr = bytes([0x65, 0x88, 0x80]) + bytes(10)
+    for i, pt in enumerate((126, 97, 98, 126)):
+        push(src, 1 + i, 3000 * i, idr, T0 + 33 * i, pt=pt)
+    assert [p.header.payload_type for p in await received(link, 4)] == [106, 108, 106, 106]
+    assert not downtrack(link, out_payload_types={"h264/42e0/0": 108}).can_carry(src)  # mode 0 only
+
+
 async def test_a_refused_keyframe_keeps_the_downtrack_waiting(link: Link) -> None:
     src = track("video", codecs=[VP8, H264], link=link)
     dt = downtrack(link, out_payload_types={"VP8": 100})  # H264 not negotiated with the subscriber

@@ -317,6 +317,31 @@ async def test_the_fan_out_group_forwards_as_the_downtracks_would(link: Link, se
     assert struct.unpack_from("!H", raw, 2)[0] == out_104
 
 
+async def test_a_group_dissolving_within_a_batch_keeps_the_order(link: Link, second_link: Link) -> None:
+    """Issue 11, defect 17: in one receive batch a packet went one by one (into the subscriber's
+    own lane), the next through the group (a later lane), and after the group dissolved (here: a
+    peer's address changed, as in an ICE restart) the third into the subscriber's own lane again;
+    the ring sends lane by lane, so the third overtook the second."""
+    track = audio_track(link.counters)
+    a, b = downtrack(link, "audio", ssrc=0x1111), downtrack(second_link, "audio", ssrc=0x2222)
+    for dt in (a, b):
+        dt.bind(track, T0)
+    ring = link.port.out_ring
+    ring.auto_flush = False  # as inside a reader wakeup: packets wait for the flush
+    push(track, 100, OPUS_FRAME, T0)  # one by one: the group forms after it
+    push(track, 101, OPUS_FRAME, T0 + 20)
+    assert a.fast_track is track and b.fast_track is track
+    ring.generation += 1  # what PeerTransport does when a peer moves to another address
+    push(track, 102, OPUS_FRAME, T0 + 40)
+    push(track, 103, OPUS_FRAME, T0 + 60)  # the group again
+    ring.auto_flush = True
+    link.port.flush()
+    for lk in (link, second_link):
+        got = await received(lk, 4)
+        first = got[0].header.sequence_number
+        assert [(p.header.sequence_number - first) & 0xFFFF for p in got] == [0, 1, 2, 3]
+
+
 async def test_a_closed_subscriber_leaves_the_fan_out_group(link: Link, second_link: Link) -> None:
     track = audio_track(link.counters)
     a, b = downtrack(link, "audio", ssrc=0x1111), downtrack(second_link, "audio", ssrc=0x2222)

@@ -117,6 +117,10 @@ SEND_CASES = [
     ([1210, 1210, 800], [1]),
     ([1210, 900, 1210, 1210, 300, 1300, 1300], [50, 60, 70]),
     ([2000] * 32, [1400] * 3 + [20]),
+    # one odd size inside a lane that starts and ends with the same size (issue 11, defect 17:
+    # sent as one GSO message, the kernel cut it every 100 bytes and two packets were corrupted)
+    ([100, 90, 100], [1100, 1101, 1100]),
+    ([100, 120, 100], [1100, 1100, 600, 1100]),
 ]
 
 
