@@ -61,6 +61,8 @@ class Run:
     #: called every tick with (now, run); may change the send rate via ``rate_override``
     on_tick: Callable[[float, Run], None] | None = None
     rate_override: float | None = None
+    #: called with every feedback the estimator got, after it
+    on_feedback: Callable[[list[PacketFeedback], float], None] | None = None
     now: float = 0.0
     seq: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)
@@ -103,6 +105,8 @@ class Run:
             return
         packets = [PacketFeedback(s, t, r if r is not None and r <= seen else None, z) for s, t, r, z in batch]
         self.bwe.on_feedback(packets, self.now)
+        if self.on_feedback is not None:
+            self.on_feedback(packets, self.now)
         self.samples.append((self.now, self.bwe.estimate_bps))
         self.states.append(self.bwe.state.value)
 
