@@ -1,0 +1,158 @@
+"""The stream allocator: budget and the subscriber's bounds to layers (table-driven), and its
+hysteresis over an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from sfu.routing.allocator import Allocation, Allocator, Bounds, LayerInfo, TrackDecision, TrackInput
+
+# listed high first, as Firefox does: the rank must come from what the layers carry
+F = LayerInfo("f", 1280, 720, (900_000, 1_300_000, 1_700_000), (7.5, 15.0, 30.0))
+H = LayerInfo("h", 640, 360, (300_000, 450_000, 600_000), (7.5, 15.0, 30.0))
+Q = LayerInfo("q", 320, 180, (100_000, 150_000, 200_000), (7.5, 15.0, 30.0))
+AUDIO = TrackInput("mic", "audio", (LayerInfo(None, bitrates=(40_000,)),))
+
+
+def cam(track: str = "cam", layers: tuple[LayerInfo, ...] = (F, H, Q), **kw: object) -> TrackInput:
+    return TrackInput(track, "video", layers, **kw)  # type: ignore[arg-type]
+
+
+def pick(a: Allocation, track: str = "cam") -> tuple[str | None, int, str | None]:
+    d = next(d for d in a.tracks if d.track == track)
+    return d.rid, d.temporal, d.paused
+
+
+@pytest.mark.parametrize(
+    ("estimate", "video", "expected"),
+    [
+        (3_000_000, cam(), ("f", 2, None)),
+        (1_000_000, cam(), ("h", 2, None)),  # f T0 would need 990 k with the margin, 960 k left
+        (250_000, cam(), ("q", 1, None)),  # q T2 x 1.1 = 220 k > 210 k left
+        (50_000, cam(), (None, -1, "congestion")),
+        (3_000_000, cam(bounds=Bounds(max_rid="h")), ("h", 2, None)),
+        (3_000_000, cam(bounds=Bounds(max_width=400, max_height=400)), ("q", 2, None)),
+        (3_000_000, cam(bounds=Bounds(max_width=100)), ("q", 2, None)),  # never below the lowest
+        (3_000_000, cam(bounds=Bounds(max_fps=15)), ("f", 1, None)),
+        (3_000_000, cam(layers=(LayerInfo("f", 1280, 720, F.bitrates, active=False), H, Q)), ("h", 2, None)),
+        (3_000_000, cam(paused=True), (None, -1, "subscriber")),
+        (3_000_000, cam(layers=()), (None, -1, "unavailable")),
+        # no resolution known: ranked by bitrate, whatever the rid order
+        (500_000, cam(layers=(LayerInfo("a", bitrates=(900_000,)), LayerInfo("b", bitrates=(120_000,)),
+                             LayerInfo("c", bitrates=(400_000,)))), ("c", 0, None)),
+        # a single-layer (non-simulcast) track, temporal layers only
+        (220_000, cam(layers=(LayerInfo(None, 640, 360, (100_000, 160_000, 220_000)),)), (None, 1, None)),
+        # not measured yet: assumed to need 150 k
+        (300_000, cam(layers=(LayerInfo("q", 320, 180),)), ("q", 0, None)),
+    ],
+)
+def test_budget_and_bounds_to_layers(estimate: int, video: TrackInput, expected: tuple[object, ...]) -> None:
+    a = Allocator().allocate(estimate, [AUDIO, video], 0.0)
+    assert pick(a) == expected
+    assert pick(a, "mic") == (None, 0, None)  # audio first, always
+    assert a.total_bps == sum(d.bitrate_bps for d in a.tracks)
+    assert a.total_bps <= max(estimate, 40_000)
+
+
+def test_audio_is_served_before_video_and_counts() -> None:
+    a = Allocator().allocate(140_000, [cam(), AUDIO], 0.0)
+    assert pick(a, "mic") == (None, 0, None)
+    assert pick(a) == ("q", 0, None)  # 100 k left: q T0 just fits
+    a = Allocator().allocate(130_000, [cam(), AUDIO], 0.0)
+    assert pick(a, "mic") == (None, 0, None)
+    assert pick(a) == (None, -1, "congestion")
+    # an audio-only subscriber behind a thin link still gets its audio
+    b = Allocator().allocate(30_000, [AUDIO], 0.0)
+    assert b.tracks == (TrackDecision("mic", None, 0, 0, 40_000),)
+
+
+def test_every_video_gets_its_lowest_before_any_gets_more() -> None:
+    tracks = [AUDIO, cam("low", priority=0), cam("high", priority=5), cam("mid", priority=1)]
+    a = Allocator().allocate(1_400_000, tracks, 0.0)
+    # 1,400 - 40 audio - 3 x 100 lowest = 1,060 k: "high" has 1,160 k -> f T0 (990 k with the
+    # margin); "mid" then has 360 k -> h T0 (330 k); "low" 160 k -> stays on q T0 (q T1: 165 k)
+    assert [pick(a, t)[:2] for t in ("high", "mid", "low")] == [("f", 0), ("h", 0), ("q", 0)]
+    tight = Allocator().allocate(300_000, tracks, 0.0)
+    assert [pick(tight, t)[2] for t in ("high", "mid", "low")] == [None, None, "congestion"]
+
+
+def test_up_needs_margin_for_the_hold_time_down_is_at_once() -> None:
+    alloc = Allocator()
+    first = alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
+    assert pick(first) == ("h", 2, None)
+    d = first.tracks[1]
+    assert d.keyframe and d.switch is None  # the first choice: a keyframe to start, no switch
+    for now in range(100, 2200, 100):  # room for f T2 from t=100, held for 2 s
+        a = alloc.allocate(3_000_000, [AUDIO, cam()], float(now))
+        if now < 2100:
+            assert pick(a) == ("h", 2, None), now
+    assert pick(a) == ("f", 2, None)
+    assert a.tracks[1].keyframe and a.tracks[1].switch == "up"
+    same = alloc.allocate(3_000_000, [AUDIO, cam()], 2150.0)
+    assert not same.tracks[1].keyframe and same.tracks[1].switch is None
+    down = alloc.allocate(1_000_000, [AUDIO, cam()], 2200.0)
+    assert pick(down) == ("f", 0, None)  # what fits now (no margin to stay): a temporal step
+    assert down.tracks[1].switch == "down" and not down.tracks[1].keyframe
+    lower = alloc.allocate(550_000, [AUDIO, cam()], 2300.0)
+    assert pick(lower) == ("h", 1, None)
+    assert lower.tracks[1].switch == "down" and lower.tracks[1].keyframe
+    again = alloc.allocate(690_000, [AUDIO, cam()], 2400.0)  # h T2 fits, not with the margin
+    assert pick(again) == ("h", 1, None) and again.tracks[1].switch is None
+
+
+def test_flapping_estimate_never_moves_up() -> None:
+    alloc = Allocator()
+    alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
+    for k in range(1, 40):
+        a = alloc.allocate(3_000_000 if k % 2 else 1_000_000, [AUDIO, cam()], k * 500.0)
+        assert pick(a) == ("h", 2, None)
+
+
+def test_within_the_margin_is_not_enough_to_move_up() -> None:
+    alloc = Allocator()
+    alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
+    for now in range(0, 10_000, 500):
+        a = alloc.allocate(40_000 + 1_750_000, [AUDIO, cam()], float(now))  # f T2 fits, not x 1.1
+    assert pick(a) == ("f", 1, None)  # it moved to what fits with the margin
+
+
+def test_paused_for_congestion_resumes_after_the_hold() -> None:
+    alloc = Allocator()
+    alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
+    paused = alloc.allocate(100_000, [AUDIO, cam()], 100.0)
+    assert pick(paused) == (None, -1, "congestion") and paused.tracks[1].switch == "down"
+    assert pick(alloc.allocate(420_000, [AUDIO, cam()], 200.0)) == (None, -1, "congestion")
+    assert pick(alloc.allocate(420_000, [AUDIO, cam()], 2100.0)) == (None, -1, "congestion")
+    back = alloc.allocate(420_000, [AUDIO, cam()], 2200.0)
+    assert pick(back) == ("h", 0, None)  # straight to what fits: 300 k x 1.1 <= 380 k
+    assert back.tracks[1].keyframe and back.tracks[1].switch == "up"
+
+
+def test_subscriber_resume_and_vanished_layer_need_no_hold() -> None:
+    alloc = Allocator()
+    alloc.allocate(3_000_000, [AUDIO, cam()], 0.0)
+    assert pick(alloc.allocate(3_000_000, [AUDIO, cam(paused=True)], 100.0))[2] == "subscriber"
+    assert pick(alloc.allocate(3_000_000, [AUDIO, cam()], 200.0)) == ("f", 2, None)
+    no_f = (LayerInfo("f", 1280, 720, F.bitrates, active=False), H, Q)
+    assert pick(alloc.allocate(3_000_000, [AUDIO, cam(layers=no_f)], 300.0)) == ("h", 2, None)
+    assert pick(alloc.allocate(3_000_000, [AUDIO, cam(bounds=Bounds(max_rid="q"))], 400.0)) == ("q", 2, None)
+
+
+def test_probe_target_is_what_the_next_step_needs() -> None:
+    alloc = Allocator()
+    a = alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
+    # 40 k audio + f T0 900 k x 1.1
+    assert a.deficient and a.probe_target_bps == 40_000 + 990_000
+    full = alloc.allocate(3_000_000, [AUDIO, cam()], 5000.0)
+    full = alloc.allocate(3_000_000, [AUDIO, cam()], 8000.0)
+    assert pick(full) == ("f", 2, None)
+    assert not full.deficient and full.probe_target_bps is None
+    bounded = Allocator().allocate(1_000_000, [AUDIO, cam(bounds=Bounds(max_rid="h"))], 0.0)
+    assert not bounded.deficient and bounded.probe_target_bps is None
+
+
+def test_state_is_bounded_to_the_tracks_given() -> None:
+    alloc = Allocator()
+    for i in range(100):
+        alloc.allocate(1_000_000, [AUDIO, cam(f"cam{i}")], float(i))
+    assert len(alloc._states) == 1
