@@ -47,14 +47,20 @@ class AckedBitrate:
     def add(self, recv_ms: float, size: int) -> None:
         if self._first_ms < 0:
             self._first_ms = recv_ms
-        if recv_ms < self._latest_ms - ACKED_WINDOW_MS:
+        latest = self._latest_ms
+        if recv_ms > latest:
+            latest = self._latest_ms = recv_ms
+        elif recv_ms < latest - ACKED_WINDOW_MS:
             return  # far out of order: its window is gone
-        self._latest_ms = max(self._latest_ms, recv_ms)
-        self._window.append((recv_ms, size * 8))
-        self._bits += size * 8
-        cut = self._latest_ms - ACKED_WINDOW_MS
-        while self._window and (self._window[0][0] <= cut or len(self._window) > ACKED_MAX_PACKETS):
-            self._bits -= self._window.popleft()[1]
+        bits = size * 8
+        window = self._window
+        window.append((recv_ms, bits))
+        self._bits += bits
+        cut = latest - ACKED_WINDOW_MS
+        while window and window[0][0] <= cut:
+            self._bits -= window.popleft()[1]
+        if len(window) > ACKED_MAX_PACKETS:
+            self._bits -= window.popleft()[1]
 
     def skip(self, start_ms: float, end_ms: float) -> None:
         """Nothing is known of the packets received between these times (a lost feedback)."""
