@@ -12,10 +12,16 @@ rid order, each with its temporal layers (cumulative bitrates); the subscriber's
 (``max_rid`` by rank, ``max_width`` / ``max_height``, ``max_fps``) cut the list from above but
 never below its lowest option.
 
+Frame rate before resolution: above the lowest layer only full-rate temporal layers (or those
+at ``min_fps`` and more) are options, so a squeezed subscriber gets a smaller picture that
+moves rather than a big one at 7.5 fps; the lowest layer offers all its temporal layers.
+
 Hysteresis: moving down (or staying) needs only the option's bitrate; moving up (and resuming
 a track paused for lack of budget) needs ``(1 + up_margin)`` x the option's bitrate to have fit
-for ``up_hold_ms`` without a break; the move then goes straight to the best option that fits
-with the margin.  A track seen for the first time, or whose current option disappeared
+for the track's hold time without a break; the move then goes straight to the best option that
+fits with the margin.  The hold starts at ``up_hold_ms`` and doubles each time a move up is
+undone within ``flap_ms`` (an estimate that swings around a layer's need), up to
+``max_hold_ms``.  A track seen for the first time, or whose current option disappeared
 (bound, layer stopped), takes the best that fits with the margin at once.
 """
 
@@ -88,6 +94,13 @@ class Allocation:
 class AllocatorConfig:
     up_margin: float = 0.1
     up_hold_ms: float = 2000.0
+    #: a move down within ``flap_ms`` of a move up doubles the track's hold (up to
+    #: ``max_hold_ms``); ``flap_ms`` x 3 without a move down brings it back to ``up_hold_ms``
+    flap_ms: float = 10_000.0
+    max_hold_ms: float = 30_000.0
+    #: above the lowest layer, a reduced frame rate is an option only at this many fps or more
+    #: (resolution is given up before frame rate); the lowest layer offers all of its rates
+    min_fps: float = 20.0
 
 
 @dataclass(slots=True)
@@ -97,6 +110,9 @@ class _State:
     temporal: int = -1
     paused: str | None = None
     up_since: float | None = None
+    hold_ms: float = 0.0
+    last_up_ms: float = -1e18
+    last_down_ms: float = -1e18
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +138,7 @@ def _layer_key(layer: LayerInfo) -> tuple[int, int]:
     return (layer.width * layer.height, max(layer.bitrates, default=0))
 
 
-def video_options(track: TrackInput) -> list[_Option]:
+def video_options(track: TrackInput, min_fps: float = 0.0) -> list[_Option]:
     """The track's options, low to high, within the subscriber's bounds."""
     ranked = sorted((layer for layer in track.layers if layer.active), key=_layer_key)
     b = track.bounds
@@ -137,11 +153,14 @@ def video_options(track: TrackInput) -> list[_Option]:
         if too_big and spatial > 0:
             break
         rates = layer.bitrates or (UNKNOWN_LAYER_BPS,)
-        for temporal, bps in enumerate(rates):
+        top = len(rates) - 1
+        while top > 0 and b.max_fps is not None and top < len(layer.fps) and layer.fps[top] > b.max_fps:
+            top -= 1
+        for temporal in range(top + 1):
             fps = layer.fps[temporal] if temporal < len(layer.fps) else None
-            if temporal > 0 and b.max_fps is not None and fps is not None and fps > b.max_fps:
-                break
-            out.append(_Option(layer, spatial, temporal, max(bps, 1)))
+            if spatial > 0 and temporal < top and (fps is None or fps < min_fps):
+                continue  # a higher layer at a reduced rate: take a lower layer at the full one
+            out.append(_Option(layer, spatial, temporal, max(rates[temporal], 1)))
     return out
 
 
@@ -169,8 +188,8 @@ class Allocator:
             state = self._states.get(t.track)
             fresh = state is None
             if state is None:
-                state = self._states[t.track] = _State()
-            options = video_options(t)
+                state = self._states[t.track] = _State(hold_ms=self.config.up_hold_ms)
+            options = video_options(t, self.config.min_fps)
             if t.paused or not options:
                 decisions[t.track] = self._paused(t, state, "subscriber" if t.paused else "unavailable")
                 continue
@@ -188,7 +207,8 @@ class Allocator:
         deficient = False
         spent = estimate_bps - budget
         for w in work:
-            decisions[w.track.track] = self._decide(w)
+            decisions[w.track.track] = d = self._decide(w)
+            self._flaps(w.state, d.switch, now_ms)
             if w.chosen < len(w.options) - 1:
                 deficient = True
                 if probe_target is None:
@@ -208,7 +228,7 @@ class Allocator:
             return True
         if w.state.up_since is None:
             w.state.up_since = now_ms
-        return now_ms - w.state.up_since >= self.config.up_hold_ms
+        return now_ms - w.state.up_since >= w.state.hold_ms
 
     def _lowest(self, w: _Work, budget: float, now_ms: float) -> float:
         need = w.options[0].bps
@@ -256,6 +276,17 @@ class Allocator:
         keyframe = not playing or o.layer.rid != state.rid
         state.rid, state.spatial, state.temporal, state.paused = o.layer.rid, o.spatial, o.temporal, None
         return TrackDecision(t.track, o.layer.rid, o.spatial, o.temporal, o.bps, None, keyframe, switch)
+
+    def _flaps(self, state: _State, switch: str | None, now_ms: float) -> None:
+        c = self.config
+        if switch == "up":
+            state.last_up_ms = now_ms
+        elif switch == "down":
+            if now_ms - state.last_up_ms < c.flap_ms:
+                state.hold_ms = min(state.hold_ms * 2, c.max_hold_ms)
+            state.last_down_ms = now_ms
+        elif now_ms - state.last_down_ms > 3 * c.flap_ms:
+            state.hold_ms = c.up_hold_ms
 
     @staticmethod
     def _paused(t: TrackInput, state: _State, reason: str) -> TrackDecision:

@@ -69,9 +69,9 @@ def test_audio_is_served_before_video_and_counts() -> None:
 def test_every_video_gets_its_lowest_before_any_gets_more() -> None:
     tracks = [AUDIO, cam("low", priority=0), cam("high", priority=5), cam("mid", priority=1)]
     a = Allocator().allocate(1_400_000, tracks, 0.0)
-    # 1,400 - 40 audio - 3 x 100 lowest = 1,060 k: "high" has 1,160 k -> f T0 (990 k with the
-    # margin); "mid" then has 360 k -> h T0 (330 k); "low" 160 k -> stays on q T0 (q T1: 165 k)
-    assert [pick(a, t)[:2] for t in ("high", "mid", "low")] == [("f", 0), ("h", 0), ("q", 0)]
+    # 1,400 - 40 audio - 3 x 100 lowest = 1,060 k: "high" has 1,160 k -> h T2 (660 k with the
+    # margin; f T2 needs 1,870 k); "mid" then has 660 k -> h T2; "low" 160 k -> q T0 (q T1: 165 k)
+    assert [pick(a, t)[:2] for t in ("high", "mid", "low")] == [("h", 2), ("h", 2), ("q", 0)]
     tight = Allocator().allocate(300_000, tracks, 0.0)
     assert [pick(tight, t)[2] for t in ("high", "mid", "low")] == [None, None, "congestion"]
 
@@ -91,13 +91,16 @@ def test_up_needs_margin_for_the_hold_time_down_is_at_once() -> None:
     same = alloc.allocate(3_000_000, [AUDIO, cam()], 2150.0)
     assert not same.tracks[1].keyframe and same.tracks[1].switch is None
     down = alloc.allocate(1_000_000, [AUDIO, cam()], 2200.0)
-    assert pick(down) == ("f", 0, None)  # what fits now (no margin to stay): a temporal step
-    assert down.tracks[1].switch == "down" and not down.tracks[1].keyframe
+    assert pick(down) == ("h", 2, None)  # f at 7.5 or 15 fps is no option: h at 30
+    assert down.tracks[1].switch == "down" and down.tracks[1].keyframe
     lower = alloc.allocate(550_000, [AUDIO, cam()], 2300.0)
-    assert pick(lower) == ("h", 1, None)
+    assert pick(lower) == ("q", 2, None)
     assert lower.tracks[1].switch == "down" and lower.tracks[1].keyframe
     again = alloc.allocate(690_000, [AUDIO, cam()], 2400.0)  # h T2 fits, not with the margin
-    assert pick(again) == ("h", 1, None) and again.tracks[1].switch is None
+    assert pick(again) == ("q", 2, None) and again.tracks[1].switch is None
+    lowest = alloc.allocate(200_000, [AUDIO, cam()], 2500.0)
+    assert pick(lowest) == ("q", 1, None)  # the lowest layer trades frame rate
+    assert lowest.tracks[1].switch == "down" and not lowest.tracks[1].keyframe
 
 
 def test_flapping_estimate_never_moves_up() -> None:
@@ -113,7 +116,7 @@ def test_within_the_margin_is_not_enough_to_move_up() -> None:
     alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
     for now in range(0, 10_000, 500):
         a = alloc.allocate(40_000 + 1_750_000, [AUDIO, cam()], float(now))  # f T2 fits, not x 1.1
-    assert pick(a) == ("f", 1, None)  # it moved to what fits with the margin
+    assert pick(a) == ("h", 2, None)  # and f at 15 fps is no option
 
 
 def test_paused_for_congestion_resumes_after_the_hold() -> None:
@@ -124,7 +127,7 @@ def test_paused_for_congestion_resumes_after_the_hold() -> None:
     assert pick(alloc.allocate(420_000, [AUDIO, cam()], 200.0)) == (None, -1, "congestion")
     assert pick(alloc.allocate(420_000, [AUDIO, cam()], 2100.0)) == (None, -1, "congestion")
     back = alloc.allocate(420_000, [AUDIO, cam()], 2200.0)
-    assert pick(back) == ("h", 0, None)  # straight to what fits: 300 k x 1.1 <= 380 k
+    assert pick(back) == ("q", 2, None)  # straight to what fits: 200 k x 1.1 <= 380 k
     assert back.tracks[1].keyframe and back.tracks[1].switch == "up"
 
 
@@ -141,8 +144,8 @@ def test_subscriber_resume_and_vanished_layer_need_no_hold() -> None:
 def test_probe_target_is_what_the_next_step_needs() -> None:
     alloc = Allocator()
     a = alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
-    # 40 k audio + f T0 900 k x 1.1
-    assert a.deficient and a.probe_target_bps == 40_000 + 990_000
+    # 40 k audio + f T2 1,700 k x 1.1
+    assert a.deficient and a.probe_target_bps == 40_000 + 1_870_000
     full = alloc.allocate(3_000_000, [AUDIO, cam()], 5000.0)
     full = alloc.allocate(3_000_000, [AUDIO, cam()], 8000.0)
     assert pick(full) == ("f", 2, None)
@@ -156,3 +159,35 @@ def test_state_is_bounded_to_the_tracks_given() -> None:
     for i in range(100):
         alloc.allocate(1_000_000, [AUDIO, cam(f"cam{i}")], float(i))
     assert len(alloc._states) == 1
+
+
+def test_reduced_frame_rate_above_the_lowest_layer_only_at_min_fps() -> None:
+    f60 = LayerInfo("f", 1280, 720, (900_000, 1_300_000, 1_700_000), (15.0, 30.0, 60.0))
+    a = Allocator().allocate(1_500_000, [AUDIO, cam(layers=(f60, H, Q))], 0.0)
+    assert pick(a) == ("f", 1, None)  # 30 fps is enough: 1,300 k x 1.1 <= 1,460 k
+    b = Allocator().allocate(1_500_000, [AUDIO, cam(layers=(f60, H, Q), bounds=Bounds(max_fps=15))], 0.0)
+    assert pick(b) == ("f", 0, None)  # the subscriber's bound wins: its top rate within it
+
+
+def test_a_flapping_layer_doubles_its_hold() -> None:
+    alloc = Allocator()
+    now = 0.0
+    alloc.allocate(1_000_000, [AUDIO, cam()], now)
+    ups = []
+    for _ in range(6):  # the estimate swings: room for f for a while, then not
+        while pick(alloc.allocate(3_000_000, [AUDIO, cam()], now))[0] != "f":
+            now += 100
+        ups.append(now)
+        now += 1000
+        assert pick(alloc.allocate(1_000_000, [AUDIO, cam()], now))[0] == "h"
+        now += 100
+    waits = [round(b - a) for a, b in zip(ups, ups[1:], strict=False)]
+    # each wait: the hold (2, 4, 8, 16, 30 s) + the 1.1 s spent on f
+    assert waits == [5100, 9100, 17100, 31100, 31100], waits
+    for _ in range(400):  # then a long calm on h: the hold is back to 2 s
+        alloc.allocate(1_000_000, [AUDIO, cam()], now)
+        now += 100
+    start = now
+    while pick(alloc.allocate(3_000_000, [AUDIO, cam()], now))[0] != "f":
+        now += 100
+    assert now - start == 2000

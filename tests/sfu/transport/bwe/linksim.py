@@ -67,6 +67,8 @@ class Run:
     seq: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
+    #: every packet result the estimator was given, with when
+    reported: list[tuple[float, PacketFeedback]] = field(default_factory=list)
     _budget: float = 0.0
     _pending: deque[tuple[int, float, float | None, int]] = field(default_factory=deque)
     _next_fb: float = 0.0
@@ -105,6 +107,7 @@ class Run:
             return
         packets = [PacketFeedback(s, t, r if r is not None and r <= seen else None, z) for s, t, r, z in batch]
         self.bwe.on_feedback(packets, self.now)
+        self.reported.extend((self.now, p) for p in packets)
         if self.on_feedback is not None:
             self.on_feedback(packets, self.now)
         self.samples.append((self.now, self.bwe.estimate_bps))
