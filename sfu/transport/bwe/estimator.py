@@ -6,8 +6,9 @@ the delay-based chain (``delay.InterArrival`` -> ``delay.Trendline`` -> ``delay.
 losses feed ``loss.LossBasedLimit``.  The estimate is the lower of the two, within the
 configured bounds.
 
-Robustness: packets reported again by a later feedback (seq at or below the highest seq of an
-earlier one) are ignored; a reordered packet older than the group in progress does not count
+Robustness: ``seq`` must be the unwrapped transport-wide sequence number; packets reported
+again by a later feedback (seq at or below the highest seq of an earlier one, by less than
+``SEQ_RESTART``) are ignored; a reordered packet older than the group in progress does not count
 as delay; a lost feedback only leaves a gap (the next group's deltas span it, both in send and
 in arrival time, so no queue growth is invented); a receiver-side jump of more than 3 s
 restarts grouping and the acknowledged-rate window.
@@ -22,6 +23,9 @@ from sfu.transport.bwe.aimd import AckedBitrate, AimdRateControl
 from sfu.transport.bwe.delay import RESET_MS, InterArrival, OveruseDetector, Trendline
 from sfu.transport.bwe.loss import LossBasedLimit
 from sfu.transport.bwe.types import BweState, PacketFeedback
+
+#: a feedback whose last seq is this far below the highest seen starts the numbering over
+SEQ_RESTART = 0x8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,8 @@ class SendSideBwe:
     def on_feedback(self, packets: Sequence[PacketFeedback], now_ms: float) -> int:
         """Take one feedback's packet results; returns the new estimate (bps)."""
         floor = self._max_seq
+        if packets and floor - max(p.seq for p in packets) > SEQ_RESTART:
+            floor = -1  # far behind what was seen: the caller restarted (or wrapped) its numbering
         fresh = [p for p in packets if p.seq > floor]
         if not fresh:
             return self.estimate_bps

@@ -10,7 +10,8 @@ of bytes may go at once, the rest is spread.
 Bounds: the video queue holds at most ``max_queue_ms`` of sending time at the current rate and
 ``max_packets`` packets; beyond that the oldest video packets are dropped and counted
 (``dropped_video``; the caller asks for a keyframe when it grows).  Retransmissions older than
-``max_queue_ms`` are dropped too (``dropped_rtx``).
+``max_queue_ms`` are dropped too (``dropped_rtx``), and the audio and retransmission queues
+hold at most ``max_packets`` each (``dropped_audio``: only when nobody polls).
 
 Probing and padding: ``start_probe`` raises the rate for a cluster of ``min_bytes``; while the
 queue cannot fill it, ``poll`` reports ``padding_bytes`` the caller should send as padding
@@ -65,7 +66,7 @@ class Poll(Generic[T]):
 
 
 class Pacer(Generic[T]):
-    __slots__ = ("config", "rate_bps", "dropped_video", "dropped_rtx", "queued_video_bytes", "_queues",
+    __slots__ = ("config", "rate_bps", "dropped_video", "dropped_rtx", "dropped_audio", "queued_video_bytes", "_queues",
                  "_debt", "_last_ms", "_probe", "_probe_sent_bytes", "_probe_sent_packets", "_padding_bps",
                  "_pad_credit")
 
@@ -75,6 +76,7 @@ class Pacer(Generic[T]):
         self.set_rate(estimate_bps)
         self.dropped_video = 0
         self.dropped_rtx = 0
+        self.dropped_audio = 0
         self.queued_video_bytes = 0
         self._queues: tuple[deque[tuple[float, int, T]], ...] = (deque(), deque(), deque())
         self._debt = 0.0  # bytes sent beyond what the rate has paid for so far
@@ -108,10 +110,17 @@ class Pacer(Generic[T]):
         return now_ms - q[0][0] if q else 0.0
 
     def enqueue(self, kind: PacketKind, size: int, now_ms: float, item: T) -> None:
-        self._queues[kind].append((now_ms, size, item))
+        q = self._queues[kind]
+        q.append((now_ms, size, item))
         if kind is PacketKind.VIDEO:
             self.queued_video_bytes += size
             self._bound_video()
+        elif len(q) > self.config.max_packets:  # nobody polls: bounded all the same
+            q.popleft()
+            if kind is PacketKind.RTX:
+                self.dropped_rtx += 1
+            else:
+                self.dropped_audio += 1
 
     def _bound_video(self) -> None:
         q = self._queues[PacketKind.VIDEO]

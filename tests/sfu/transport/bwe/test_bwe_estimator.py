@@ -158,3 +158,11 @@ def test_threshold_adapts_within_its_clamp() -> None:
     for i in range(1000, 3000):
         detector.detect(detector.threshold + 10.0, 10.0, i * 10.0)
     assert 6.0 < detector.threshold <= 600.0
+
+
+def test_restarted_numbering_is_not_old_news() -> None:
+    """A caller that (wrongly) passes 16-bit seqs: after the wrap, feedback still counts."""
+    bwe = SendSideBwe(BweConfig(start_bps=1_000_000))
+    bwe.on_feedback(_feedback(65_500, 30, 0.0), 200.0)
+    bwe.on_feedback([PacketFeedback(i, 200.0 + i, None, 1200) for i in range(40)], 400.0)  # wrapped
+    assert bwe.loss_fraction == 1.0 and bwe.estimate_bps < 1_000_000

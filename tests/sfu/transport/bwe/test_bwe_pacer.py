@@ -131,3 +131,13 @@ def test_padding_floor_tops_up_only_what_media_does_not_send() -> None:
         pacer.enqueue(V, 1200, float(t), "v")  # 1.92 Mbit/s of media
         busy += pacer.poll(float(t)).padding_bytes
     assert busy == 0
+
+
+def test_audio_and_retransmission_queues_are_bounded_without_polls() -> None:
+    pacer: Pacer[str] = Pacer(PacerConfig(max_packets=8), 300_000)
+    for i in range(100):
+        pacer.enqueue(A, 100, 0.0, f"a{i}")
+        pacer.enqueue(R, 1200, 0.0, f"r{i}")
+    assert pacer.queue_len() == 16
+    assert pacer.dropped_audio == 92 and pacer.dropped_rtx == 92
+    assert [item for _, item in pacer.poll(0.0).items][:2] == ["a92", "a93"]  # the newest kept
