@@ -64,7 +64,7 @@ def test_random_loss_of_twenty_percent_decreases() -> None:
 def test_reordering_is_not_congestion() -> None:
     clean = Run(SendSideBwe(), Link(lambda t: 1_500_000))
     clean.run_until(60_000)
-    run = Run(SendSideBwe(), Link(lambda t: 1_500_000, reorder=0.1, reorder_ms=8.0))
+    run = Run(SendSideBwe(), Link(lambda t: 1_500_000, reorder=0.2, reorder_ms=15.0))
     run.run_until(60_000)
     low, high = band(run, 40_000, 60_000, 1_500_000)
     assert 0.8 <= low and high <= 1.1, (low, high)
