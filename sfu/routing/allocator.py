@@ -78,6 +78,9 @@ class TrackDecision:
     paused: str | None = None  # None | "subscriber" | "congestion" | "unavailable"
     keyframe: bool = False  # a new spatial layer (or a resume): ask its publisher for a keyframe
     switch: str | None = None  # "up" | "down" when the choice changed since the last allocation
+    #: why it switched (or paused): "bandwidth" | "subscriber" (its bounds, pause, resume) |
+    #: "publisher" (the layer stopped or appeared)
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class _Work:
     state: _State
     fresh: bool
     current: int  # index into options, -1: none
+    reason: str  # of a switch, should there be one
     chosen: int = -1
     moved_up: bool = False
 
@@ -191,13 +195,19 @@ class Allocator:
                 state = self._states[t.track] = _State(hold_ms=self.config.up_hold_ms)
             options = video_options(t, self.config.min_fps)
             if t.paused or not options:
-                decisions[t.track] = self._paused(t, state, "subscriber" if t.paused else "unavailable")
+                why = ("subscriber", "subscriber") if t.paused else ("unavailable", "publisher")
+                decisions[t.track] = self._paused(t, state, *why)
                 continue
             current = next((i for i, o in enumerate(options)
                             if o.layer.rid == state.rid and o.temporal == state.temporal), -1)
             # its option went away, or the subscriber resumed it: no hold, as for a new track
             forced = current < 0 and state.paused != "congestion"
-            work.append(_Work(t, options, state, fresh or forced, current))
+            reason = "bandwidth"
+            if forced and not fresh:
+                stopped = state.paused == "unavailable" or (state.paused is None and not any(
+                    layer.rid == state.rid and layer.active for layer in t.layers))
+                reason = "publisher" if stopped else "subscriber"
+            work.append(_Work(t, options, state, fresh or forced, current, reason))
         for w in work:  # pass 1: everyone's lowest option
             budget -= self._lowest(w, budget, now_ms)
         for w in work:  # pass 2: upgrades, by priority
@@ -208,7 +218,7 @@ class Allocator:
         spent = estimate_bps - budget
         for w in work:
             decisions[w.track.track] = d = self._decide(w)
-            self._flaps(w.state, d.switch, now_ms)
+            self._flaps(w.state, d.switch if d.reason == "bandwidth" else None, now_ms)
             if w.chosen < len(w.options) - 1:
                 deficient = True
                 if probe_target is None:
@@ -265,7 +275,7 @@ class Allocator:
         if w.moved_up:
             state.up_since = None
         if w.chosen < 0:
-            return self._paused(t, state, "congestion")
+            return self._paused(t, state, "congestion", "bandwidth")
         o = w.options[w.chosen]
         playing = state.temporal >= 0
         switch: str | None = None
@@ -275,7 +285,8 @@ class Allocator:
             switch = "up"
         keyframe = not playing or o.layer.rid != state.rid
         state.rid, state.spatial, state.temporal, state.paused = o.layer.rid, o.spatial, o.temporal, None
-        return TrackDecision(t.track, o.layer.rid, o.spatial, o.temporal, o.bps, None, keyframe, switch)
+        return TrackDecision(t.track, o.layer.rid, o.spatial, o.temporal, o.bps, None, keyframe, switch,
+                             w.reason if switch else None)
 
     def _flaps(self, state: _State, switch: str | None, now_ms: float) -> None:
         c = self.config
@@ -289,11 +300,11 @@ class Allocator:
             state.hold_ms = c.up_hold_ms
 
     @staticmethod
-    def _paused(t: TrackInput, state: _State, reason: str) -> TrackDecision:
+    def _paused(t: TrackInput, state: _State, paused: str, reason: str) -> TrackDecision:
         switch = "down" if state.temporal >= 0 else None
-        state.paused = reason
+        state.paused = paused
         state.rid, state.spatial, state.temporal = None, -1, -1
-        return TrackDecision(t.track, None, -1, -1, 0, reason, False, switch)
+        return TrackDecision(t.track, None, -1, -1, 0, paused, False, switch, reason if switch else None)
 
     def _audio(self, t: TrackInput, bps: int) -> TrackDecision:
         if t.paused:

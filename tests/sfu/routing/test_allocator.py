@@ -87,7 +87,7 @@ def test_up_needs_margin_for_the_hold_time_down_is_at_once() -> None:
         if now < 2100:
             assert pick(a) == ("h", 2, None), now
     assert pick(a) == ("f", 2, None)
-    assert a.tracks[1].keyframe and a.tracks[1].switch == "up"
+    assert a.tracks[1].keyframe and a.tracks[1].switch == "up" and a.tracks[1].reason == "bandwidth"
     same = alloc.allocate(3_000_000, [AUDIO, cam()], 2150.0)
     assert not same.tracks[1].keyframe and same.tracks[1].switch is None
     down = alloc.allocate(1_000_000, [AUDIO, cam()], 2200.0)
@@ -124,6 +124,7 @@ def test_paused_for_congestion_resumes_after_the_hold() -> None:
     alloc.allocate(1_000_000, [AUDIO, cam()], 0.0)
     paused = alloc.allocate(100_000, [AUDIO, cam()], 100.0)
     assert pick(paused) == (None, -1, "congestion") and paused.tracks[1].switch == "down"
+    assert paused.tracks[1].reason == "bandwidth"
     assert pick(alloc.allocate(420_000, [AUDIO, cam()], 200.0)) == (None, -1, "congestion")
     assert pick(alloc.allocate(420_000, [AUDIO, cam()], 2100.0)) == (None, -1, "congestion")
     back = alloc.allocate(420_000, [AUDIO, cam()], 2200.0)
@@ -134,11 +135,21 @@ def test_paused_for_congestion_resumes_after_the_hold() -> None:
 def test_subscriber_resume_and_vanished_layer_need_no_hold() -> None:
     alloc = Allocator()
     alloc.allocate(3_000_000, [AUDIO, cam()], 0.0)
-    assert pick(alloc.allocate(3_000_000, [AUDIO, cam(paused=True)], 100.0))[2] == "subscriber"
-    assert pick(alloc.allocate(3_000_000, [AUDIO, cam()], 200.0)) == ("f", 2, None)
+
+    def step(now: float, video: TrackInput) -> tuple[object, ...]:
+        d = alloc.allocate(3_000_000, [AUDIO, video], now).tracks[1]
+        return d.rid, d.temporal, d.paused, d.switch, d.reason
+
+    assert step(100.0, cam(paused=True)) == (None, -1, "subscriber", "down", "subscriber")
+    assert step(200.0, cam()) == ("f", 2, None, "up", "subscriber")
     no_f = (LayerInfo("f", 1280, 720, F.bitrates, active=False), H, Q)
-    assert pick(alloc.allocate(3_000_000, [AUDIO, cam(layers=no_f)], 300.0)) == ("h", 2, None)
-    assert pick(alloc.allocate(3_000_000, [AUDIO, cam(bounds=Bounds(max_rid="q"))], 400.0)) == ("q", 2, None)
+    assert step(300.0, cam(layers=no_f)) == ("h", 2, None, "down", "publisher")
+    assert step(400.0, cam()) == ("h", 2, None, None, None)  # f is back: an up move, held
+    assert step(2400.0, cam()) == ("f", 2, None, "up", "bandwidth")
+    assert step(2500.0, cam(bounds=Bounds(max_rid="q"))) == ("q", 2, None, "down", "subscriber")
+    assert step(2600.0, cam(layers=())) == (None, -1, "unavailable", "down", "publisher")
+    d = alloc.allocate(100_000, [AUDIO, cam()], 2700.0).tracks[1]
+    assert (d.paused, d.switch, d.reason) == ("congestion", None, None)  # was not playing
 
 
 def test_probe_target_is_what_the_next_step_needs() -> None:
