@@ -63,6 +63,8 @@ class Poll(Generic[T]):
     #: bytes of padding to send now (probe filler or the padding floor), and for which cluster
     padding_bytes: int = 0
     probe_id: int | None = None
+    #: how long the longest-waiting packet of ``items`` was queued (the pacer-delay metric)
+    delay_ms: float = 0.0
 
 
 class Pacer(Generic[T]):
@@ -144,9 +146,11 @@ class Pacer(Generic[T]):
         self._last_ms = now_ms
         self._expire(now_ms)
         out: list[tuple[PacketKind, T]] = []
+        oldest = now_ms
         audio = self._queues[PacketKind.AUDIO]
         while audio:
-            _, size, item = audio.popleft()
+            queued, size, item = audio.popleft()
+            oldest = min(oldest, queued)
             self._sent(size)
             out.append((PacketKind.AUDIO, item))
         burst = rate * self.config.burst_ms / 8000.0
@@ -154,7 +158,8 @@ class Pacer(Generic[T]):
         for kind in (PacketKind.RTX, PacketKind.VIDEO):
             q = self._queues[kind]
             while q and self._debt < burst:
-                _, size, item = q.popleft()
+                queued, size, item = q.popleft()
+                oldest = min(oldest, queued)
                 self._sent(size)
                 if kind is PacketKind.VIDEO:
                     self.queued_video_bytes -= size
@@ -162,7 +167,7 @@ class Pacer(Generic[T]):
         padding = 0
         if self._debt < burst and not self._queues[PacketKind.RTX] and not self._queues[PacketKind.VIDEO]:
             padding = self._padding(burst)
-        result = Poll(out, self._next_ms(now_ms, rate, burst), padding, probe_id)
+        result = Poll(out, self._next_ms(now_ms, rate, burst), padding, probe_id, max(now_ms - oldest, 0.0))
         if self._probe is not None and self._probe_sent_bytes >= self._probe.min_bytes \
                 and self._probe_sent_packets >= self._probe.min_packets:
             self._probe = None

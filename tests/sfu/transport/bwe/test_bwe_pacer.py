@@ -66,7 +66,10 @@ def test_retransmissions_go_ahead_of_queued_video() -> None:
         pacer.enqueue(V, 1200, 0.0, f"v{i}")
     pacer.enqueue(R, 1200, 1.0, "r0")
     first = pacer.poll(1.0)
-    assert [item for _, item in first.items][0] == "r0"
+    assert [item for _, item in first.items] == ["r0"]
+    assert first.delay_ms == 0.0  # queued in the same ms
+    later = pacer.poll(41.0)
+    assert [item for _, item in later.items] == ["v0"] and later.delay_ms == 41.0
 
 
 def test_video_queue_is_bounded_by_time_and_counts_drops() -> None:
