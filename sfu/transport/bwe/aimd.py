@@ -14,7 +14,7 @@ import enum
 import math
 from collections import deque
 
-from sfu.transport.bwe.types import BweState
+from sfu.transport.bwe.feedback import BweState
 
 BETA = 0.85
 MULT_PER_S = 1.08

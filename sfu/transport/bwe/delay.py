@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from sfu.transport.bwe.types import BweState
+from sfu.transport.bwe.feedback import BweState
 
 #: packets sent within this many ms of a group's first packet belong to the group
 GROUP_MS = 5.0

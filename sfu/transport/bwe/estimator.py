@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from sfu.transport.bwe.aimd import AckedBitrate, AimdRateControl
 from sfu.transport.bwe.delay import RESET_MS, InterArrival, OveruseDetector, Trendline
+from sfu.transport.bwe.feedback import BweState, PacketFeedback
 from sfu.transport.bwe.loss import LossBasedLimit
-from sfu.transport.bwe.types import BweState, PacketFeedback
 
 #: a feedback whose last seq is this far below the highest seen starts the numbering over
 SEQ_RESTART = 0x8000

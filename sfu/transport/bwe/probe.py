@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sfu.transport.bwe.feedback import PacketFeedback
 from sfu.transport.bwe.pacer import ProbeCluster
-from sfu.transport.bwe.types import PacketFeedback
 
 
 @dataclass(frozen=True, slots=True)

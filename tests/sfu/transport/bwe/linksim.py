@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sfu.transport.bwe.estimator import SendSideBwe
-from sfu.transport.bwe.types import PacketFeedback
+from sfu.transport.bwe.feedback import PacketFeedback
 
 PACKET = 1200
 

@@ -7,7 +7,7 @@ import pytest
 
 from sfu.transport.bwe.delay import InterArrival, OveruseDetector, Trendline
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
-from sfu.transport.bwe.types import BweState, PacketFeedback
+from sfu.transport.bwe.feedback import BweState, PacketFeedback
 from tests.sfu.transport.bwe.linksim import Link, Run
 
 

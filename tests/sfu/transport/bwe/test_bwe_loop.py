@@ -13,9 +13,9 @@ import pytest
 
 from sfu.routing.allocator import Allocation, Allocator, LayerInfo, TrackInput
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
+from sfu.transport.bwe.feedback import PacketFeedback
 from sfu.transport.bwe.pacer import Pacer, PacketKind
 from sfu.transport.bwe.probe import ProbeController
-from sfu.transport.bwe.types import PacketFeedback
 from tests.sfu.transport.bwe.linksim import PACKET, Link, Run
 
 F = LayerInfo("f", 1280, 720, (900_000, 1_300_000, 1_700_000))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
+from sfu.transport.bwe.feedback import PacketFeedback
 from sfu.transport.bwe.pacer import ProbeCluster
 from sfu.transport.bwe.probe import ProbeConfig, ProbeController
-from sfu.transport.bwe.types import PacketFeedback
 from tests.sfu.transport.bwe.linksim import PACKET, Link, Run
 
 
