@@ -20,7 +20,8 @@ over a simulated bottleneck):
 * RTCP, per transport-cc feedback: ``packets = history.on_transport_cc(...)``;
   ``bwe.on_feedback(packets, now)``; ``r = probes.on_feedback(packets, now)`` and, when not
   None, ``bwe.on_probe_result(r, now)``; then ``pacer.set_rate(bwe.estimate_bps)``.  RTT from
-  receiver reports: ``bwe.set_rtt``.
+  receiver reports: ``bwe.set_rtt``.  Once a second: ``bwe.tick(now, sending)`` (no feedback
+  for a second while sending lowers the estimate).
 * allocation tick (about every 500 ms, and at once on a subscription, bound, pause or layer
   change, or when the estimate falls below what is allocated): ``a = allocator.allocate(
   bwe.estimate_bps, tracks, now)``; apply each ``TrackDecision`` (layer at its keyframe, asking

@@ -114,6 +114,10 @@ class AimdRateControl:
         self.rate = min(max(bps, self.min_bps), self.max_bps)
         self._last_ms = now_ms
 
+    def forget_capacity(self) -> None:
+        """The path may have changed (feedback stopped): search multiplicatively again."""
+        self._cap_mean = -1.0
+
     def update(self, state: BweState, acked_bps: float | None, now_ms: float) -> float:
         if self._last_ms < 0:
             self._last_ms = now_ms

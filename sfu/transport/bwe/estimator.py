@@ -26,6 +26,8 @@ from sfu.transport.bwe.loss import LossBasedLimit
 
 #: a feedback whose last seq is this far below the highest seen starts the numbering over
 SEQ_RESTART = 0x8000
+FEEDBACK_TIMEOUT_MS = 1000.0
+TIMEOUT_FACTOR = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ def _recv_key(p: PacketFeedback) -> tuple[float, float]:
 
 class SendSideBwe:
     __slots__ = ("config", "state", "trend", "_inter", "_trend", "_detector", "_aimd", "_acked", "_loss",
-                 "_max_seq", "_last_recv_ms", "_estimate")
+                 "_max_seq", "_last_recv_ms", "_estimate", "_last_feedback_ms", "_last_timeout_ms")
 
     def __init__(self, config: BweConfig | None = None) -> None:
         self.config = config or BweConfig()
@@ -56,6 +58,8 @@ class SendSideBwe:
         self._loss = LossBasedLimit()
         self._max_seq = -1
         self._last_recv_ms = -1.0
+        self._last_feedback_ms = -1.0
+        self._last_timeout_ms = -1e18
         self._estimate = float(c.start_bps)
 
     @property
@@ -76,6 +80,20 @@ class SendSideBwe:
         self._aimd.rtt_ms = rtt
         self._loss.rtt_ms = rtt
 
+    def tick(self, now_ms: float, sending: bool) -> int:
+        """Call about once a second: while the transport sends but no feedback has come for
+        ``FEEDBACK_TIMEOUT_MS``, the estimate falls by ``TIMEOUT_FACTOR`` (once per timeout),
+        so a subscriber whose feedback stopped is not sent at its last rate for ever."""
+        if self._last_feedback_ms < 0:
+            self._last_feedback_ms = now_ms
+        quiet = now_ms - self._last_feedback_ms >= FEEDBACK_TIMEOUT_MS
+        if sending and quiet and now_ms - self._last_timeout_ms >= FEEDBACK_TIMEOUT_MS:
+            self._last_timeout_ms = now_ms
+            self._aimd.set_estimate(self._estimate * TIMEOUT_FACTOR, now_ms)
+            self._aimd.forget_capacity()
+            self._settle()
+        return self.estimate_bps
+
     def on_probe_result(self, bps: float, now_ms: float) -> None:
         """A probe cluster got through at ``bps``: raise the estimate to it (never lowers)."""
         if bps > self._aimd.rate:
@@ -86,6 +104,7 @@ class SendSideBwe:
 
     def on_feedback(self, packets: Sequence[PacketFeedback], now_ms: float) -> int:
         """Take one feedback's packet results; returns the new estimate (bps)."""
+        self._last_feedback_ms = now_ms
         floor = self._max_seq
         if packets and floor - max(p.seq for p in packets) > SEQ_RESTART:
             floor = -1  # far behind what was seen: the caller restarted (or wrapped) its numbering

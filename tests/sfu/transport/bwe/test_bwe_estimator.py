@@ -166,3 +166,29 @@ def test_restarted_numbering_is_not_old_news() -> None:
     bwe.on_feedback(_feedback(65_500, 30, 0.0), 200.0)
     bwe.on_feedback([PacketFeedback(i, 200.0 + i, None, 1200) for i in range(40)], 400.0)  # wrapped
     assert bwe.loss_fraction == 1.0 and bwe.estimate_bps < 1_000_000
+
+
+def test_feedback_that_stops_lowers_the_estimate_until_it_resumes() -> None:
+    bwe = SendSideBwe()
+
+    def silence(now: float, run: Run) -> None:
+        if int(now) % 1000 == 0:
+            bwe.tick(now, sending=True)
+        run.feedback_loss = 1.0 if 30_000 <= now < 35_000 else 0.0
+
+    run = Run(bwe, Link(lambda t: 1_500_000), on_tick=silence)
+    run.run_until(30_000)
+    before = bwe.estimate_bps
+    assert before >= 1_200_000
+    run.run_until(35_000)  # five seconds without a single feedback
+    assert bwe.estimate_bps <= before * 0.8 ** 3
+    assert bwe.estimate_bps >= bwe.config.min_bps
+    run.run_until(60_000)
+    assert band(run, 50_000, 60_000, 1_500_000)[0] >= 0.8  # back once feedback resumes
+
+
+def test_quiet_transport_keeps_its_estimate() -> None:
+    bwe = SendSideBwe(BweConfig(start_bps=800_000))
+    for now in range(0, 10_000, 1000):
+        bwe.tick(float(now), sending=False)  # nothing sent: no feedback expected
+    assert bwe.estimate_bps == 800_000
