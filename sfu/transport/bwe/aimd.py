@@ -26,16 +26,18 @@ AHEAD_FACTOR = 1.5
 AHEAD_BPS = 10_000.0
 #: sliding window of the acknowledged-bitrate estimate
 ACKED_WINDOW_MS = 500.0
-ACKED_MAX_PACKETS = 4096
+ACKED_BUCKET_MS = 5.0
+ACKED_MAX_BUCKETS = 512
 
 
 class AckedBitrate:
     """Bits received over the last ``ACKED_WINDOW_MS`` of receiver time; None until that much
-    was seen.  Fed in receive order per feedback (bounded to ``ACKED_MAX_PACKETS``).  Spans
-    whose feedback was lost (``skip``) are left out of the window's time as well as its bits,
-    so a lost feedback does not read as a rate drop."""
+    was seen.  Fed in receive order per feedback, counted in ``ACKED_BUCKET_MS`` buckets (a
+    packet costs two comparisons and an addition; a reordered one counts in the open bucket).
+    Spans whose feedback was lost (``skip``) are left out of the window's time as well as its
+    bits, so a lost feedback does not read as a rate drop."""
 
-    __slots__ = ("_window", "_gaps", "_bits", "_first_ms", "_latest_ms")
+    __slots__ = ("_window", "_gaps", "_bits", "_first_ms", "_latest_ms", "_open_ms", "_open_bits")
 
     def __init__(self) -> None:
         self._window: deque[tuple[float, int]] = deque()
@@ -43,23 +45,29 @@ class AckedBitrate:
         self._bits = 0
         self._first_ms = -1.0
         self._latest_ms = -1.0
+        self._open_ms = -1e18
+        self._open_bits = 0
 
     def add(self, recv_ms: float, size: int) -> None:
+        bits = size * 8
+        if recv_ms < self._open_ms + ACKED_BUCKET_MS:
+            if recv_ms < self._latest_ms - ACKED_WINDOW_MS:
+                return  # far out of order: its window is gone
+            self._open_bits += bits
+            self._bits += bits
+            if recv_ms > self._latest_ms:
+                self._latest_ms = recv_ms
+            return
         if self._first_ms < 0:
             self._first_ms = recv_ms
-        latest = self._latest_ms
-        if recv_ms > latest:
-            latest = self._latest_ms = recv_ms
-        elif recv_ms < latest - ACKED_WINDOW_MS:
-            return  # far out of order: its window is gone
-        bits = size * 8
         window = self._window
-        window.append((recv_ms, bits))
+        if self._open_bits:
+            window.append((self._open_ms, self._open_bits))
+        self._open_ms = self._latest_ms = recv_ms
+        self._open_bits = bits
         self._bits += bits
-        cut = latest - ACKED_WINDOW_MS
-        while window and window[0][0] <= cut:
-            self._bits -= window.popleft()[1]
-        if len(window) > ACKED_MAX_PACKETS:
+        cut = recv_ms - ACKED_WINDOW_MS
+        while window and (window[0][0] <= cut or len(window) > ACKED_MAX_BUCKETS):
             self._bits -= window.popleft()[1]
 
     def skip(self, start_ms: float, end_ms: float) -> None:
@@ -71,8 +79,9 @@ class AckedBitrate:
         """A gap in the receiver's timeline (feedback lost for long): start the window over."""
         self._window.clear()
         self._gaps.clear()
-        self._bits = 0
+        self._bits = self._open_bits = 0
         self._first_ms = self._latest_ms = -1.0
+        self._open_ms = -1e18
 
     def bps(self) -> float | None:
         if self._first_ms < 0 or self._latest_ms - self._first_ms < ACKED_WINDOW_MS:

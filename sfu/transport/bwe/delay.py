@@ -67,8 +67,10 @@ class InterArrival:
             self._start(send_ms, recv_ms)
             return None
         if send_ms - self._first_send <= GROUP_MS or self._in_burst(send_ms, recv_ms):
-            self._last_send = max(self._last_send, send_ms)
-            self._last_recv = max(self._last_recv, recv_ms)
+            if send_ms > self._last_send:
+                self._last_send = send_ms
+            if recv_ms > self._last_recv:
+                self._last_recv = recv_ms
             return None
         out: tuple[float, float, float] | None = None
         if self._prev_send >= 0:
