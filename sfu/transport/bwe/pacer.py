@@ -70,11 +70,12 @@ class Poll(Generic[T]):
 class Pacer(Generic[T]):
     __slots__ = ("config", "rate_bps", "dropped_video", "dropped_rtx", "dropped_audio", "queued_video_bytes", "_queues",
                  "_debt", "_last_ms", "_probe", "_probe_sent_bytes", "_probe_sent_packets", "_padding_bps",
-                 "_pad_credit")
+                 "_pad_credit", "_video_limit")
 
     def __init__(self, config: PacerConfig | None = None, estimate_bps: int = 300_000) -> None:
         self.config = config or PacerConfig()
         self.rate_bps = 0.0
+        self._video_limit = 0.0
         self.set_rate(estimate_bps)
         self.dropped_video = 0
         self.dropped_rtx = 0
@@ -91,6 +92,7 @@ class Pacer(Generic[T]):
 
     def set_rate(self, estimate_bps: float) -> None:
         self.rate_bps = max(estimate_bps * self.config.factor, float(self.config.min_rate_bps))
+        self._video_limit = self.rate_bps * self.config.max_queue_ms / 8000.0
 
     def set_padding_rate(self, bps: int) -> None:
         self._padding_bps = max(bps, 0)
@@ -116,7 +118,8 @@ class Pacer(Generic[T]):
         q.append((now_ms, size, item))
         if kind is PacketKind.VIDEO:
             self.queued_video_bytes += size
-            self._bound_video()
+            if self.queued_video_bytes > self._video_limit or len(q) > self.config.max_packets:
+                self._bound_video()
         elif len(q) > self.config.max_packets:  # nobody polls: bounded all the same
             q.popleft()
             if kind is PacketKind.RTX:
@@ -126,8 +129,7 @@ class Pacer(Generic[T]):
 
     def _bound_video(self) -> None:
         q = self._queues[PacketKind.VIDEO]
-        limit = self.rate_bps * self.config.max_queue_ms / 8000.0
-        while q and (self.queued_video_bytes > limit or len(q) > self.config.max_packets):
+        while q and (self.queued_video_bytes > self._video_limit or len(q) > self.config.max_packets):
             self.queued_video_bytes -= q.popleft()[1]
             self.dropped_video += 1
 
@@ -147,23 +149,44 @@ class Pacer(Generic[T]):
         self._expire(now_ms)
         out: list[tuple[PacketKind, T]] = []
         oldest = now_ms
-        audio = self._queues[PacketKind.AUDIO]
+        debt = self._debt
+        sent_bytes = sent_packets = 0
+        audio, rtx, video = self._queues
         while audio:
             queued, size, item = audio.popleft()
-            oldest = min(oldest, queued)
-            self._sent(size)
+            if queued < oldest:
+                oldest = queued
+            debt += size
+            sent_bytes += size
+            sent_packets += 1
             out.append((PacketKind.AUDIO, item))
         burst = rate * self.config.burst_ms / 8000.0
         probe_id = self._probe.id if self._probe is not None else None
-        for kind in (PacketKind.RTX, PacketKind.VIDEO):
-            q = self._queues[kind]
-            while q and self._debt < burst:
-                queued, size, item = q.popleft()
-                oldest = min(oldest, queued)
-                self._sent(size)
-                if kind is PacketKind.VIDEO:
-                    self.queued_video_bytes -= size
-                out.append((kind, item))
+        while rtx and debt < burst:
+            queued, size, item = rtx.popleft()
+            if queued < oldest:
+                oldest = queued
+            debt += size
+            sent_bytes += size
+            sent_packets += 1
+            out.append((PacketKind.RTX, item))
+        video_bytes = 0
+        while video and debt < burst:
+            queued, size, item = video.popleft()
+            if queued < oldest:
+                oldest = queued
+            debt += size
+            video_bytes += size
+            sent_packets += 1
+            out.append((PacketKind.VIDEO, item))
+        self.queued_video_bytes -= video_bytes
+        sent_bytes += video_bytes
+        self._debt = debt
+        if sent_bytes:
+            self._pad_credit = max(self._pad_credit - sent_bytes, 0.0)
+            if self._probe is not None:
+                self._probe_sent_bytes += sent_bytes
+                self._probe_sent_packets += sent_packets
         padding = 0
         if self._debt < burst and not self._queues[PacketKind.RTX] and not self._queues[PacketKind.VIDEO]:
             padding = self._padding(burst)
