@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 AUDIO_DEFAULT_BPS = 40_000
 #: a layer whose bitrate is not measured yet is assumed to need this much
@@ -61,7 +62,7 @@ class Bounds:
 @dataclass(frozen=True, slots=True)
 class TrackInput:
     track: str
-    kind: str  # "audio" | "video"
+    kind: Literal["audio", "video"]
     layers: tuple[LayerInfo, ...]
     priority: int = 0
     bounds: Bounds = Bounds()

@@ -116,13 +116,17 @@ class Trendline:
 
 def _slope(points: deque[tuple[float, float]]) -> float:
     n = len(points)
-    mean_x = sum(p[0] for p in points) / n
-    mean_y = sum(p[1] for p in points) / n
-    num = den = 0.0
-    for x, y in points:
-        num += (x - mean_x) * (y - mean_y)
-        den += (x - mean_x) * (x - mean_x)
-    return num / den if den > 0 else 0.0
+    x0, y0 = points[0]  # centred: hours of arrival time do not eat the precision
+    sx = sy = sxx = sxy = 0.0
+    for px, py in points:
+        x = px - x0
+        y = py - y0
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    den = n * sxx - sx * sx
+    return (n * sxy - sx * sy) / den if den > 0 else 0.0
 
 
 class OveruseDetector:

@@ -3,9 +3,11 @@ its robustness to duplicate, reordered, lost and time-jumped feedback."""
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
-from sfu.transport.bwe.delay import InterArrival, OveruseDetector, Trendline
+from sfu.transport.bwe.delay import InterArrival, OveruseDetector, Trendline, _slope
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
 from sfu.transport.bwe.feedback import BweState, PacketFeedback
 from tests.sfu.transport.bwe.linksim import Link, Run
@@ -192,3 +194,11 @@ def test_quiet_transport_keeps_its_estimate() -> None:
     for now in range(0, 10_000, 1000):
         bwe.tick(float(now), sending=False)  # nothing sent: no feedback expected
     assert bwe.estimate_bps == 800_000
+
+
+def test_trend_is_exact_after_days_of_arrival_time() -> None:
+    """The regression runs on arrival times since the first group: after three days of them
+    it must still read a queue growing by 1 ms per 10 ms group as a slope of 0.1."""
+    base = 3 * 86_400_000.0
+    points = deque((base + 10.0 * i, 5.0 + 0.1 * 10.0 * i) for i in range(20))
+    assert abs(_slope(points) - 0.1) < 1e-9
