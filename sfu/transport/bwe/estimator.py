@@ -135,7 +135,7 @@ class SendSideBwe:
             if trend is None:
                 continue
             self.trend = trend
-            seen = self._detector.detect(trend, deltas[0], now_ms)
+            seen = self._detector.detect(trend, deltas[0], deltas[2])  # adapts on arrival time
             if state is not BweState.OVERUSING:
                 state = seen
         if state is not None:
