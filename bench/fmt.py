@@ -3,7 +3,7 @@
 ``num(value, kind)``: ``None`` is ``-``; ``pps`` a rate with thousands separators (``123,456``);
 ``ratio`` two decimals and an ``x`` (``0.79x``); ``loss`` a percentage with enough digits to show
 one lost packet in a short run (``0.012%``, and ``0%`` when nothing was lost); ``ms`` three
-significant digits (``0.412``, ``12.3``, ``1,234``); ``pct`` a whole percentage (``87%``);
+significant digits (``0.412``, ``3.10``, ``12.3``; whole from 100: ``1,234``); ``pct`` a whole percentage (``87%``);
 ``s`` seconds with three decimals; a plain number: integers with separators, floats as ``ms``.
 """
 
@@ -40,11 +40,11 @@ def num(value: Any, kind: str = "") -> str:
 
 
 def _sig3(value: float) -> str:
-    if abs(value) >= 1000:
+    if abs(value) >= 100:
         return f"{value:,.0f}"
     if value == 0:
         return "0"
-    return f"{value:.3g}" if abs(value) >= 0.001 else f"{value:.1e}"
+    return f"{value:#.3g}" if abs(value) >= 0.001 else f"{value:.1e}"  # '#': 3.10, not 3.1
 
 
 def grid(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 0) -> str:
