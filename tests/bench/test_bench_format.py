@@ -123,3 +123,22 @@ def test_plot_without_matplotlib_says_what_to_install_before_running(tmp_path: P
     assert proc.returncode == 2
     assert PLOT_MISSING in proc.stderr and "'.[bench]'" in proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_workers_table_uses_the_same_format() -> None:
+    from bench.workers import table as workers_table
+
+    def run(*pps: float) -> dict[str, Any]:
+        per = [{"worker": i, "rooms": 1, "forwarded": 160_000, "cpu_s": 1.2345, "out_pps_per_cpu": p}
+               for i, p in enumerate(pps)]
+        return {"per_worker": per, "front_cpu_s": 0.03, "loss": 0.0}
+
+    result = {"runs": {"1": [run(103_562.4)], "2": [run(102_989.0, 101_471.0)]},
+              "out_pps_per_cpu_per_worker": {"1": 103_562.4, "2": 102_230.0}, "ratio": 0.9871,
+              "target_ratio": 0.9, "runs_ratio_min_max": [0.91, 1.28]}
+    lines = workers_table(result).splitlines()
+    assert "out pps/CPU-s" in lines[0] and set(lines[1]) <= {"-", " "}
+    assert len(lines) == 2 + 3 + 1  # header, rule, one row per worker per run, the summary
+    assert lines[2].split() == ["1", "0", "0", "1", "160,000", "1.234", "103,562", "0.030", "0%"]
+    assert lines[-1] == ("median out pps/CPU-s per worker: 1 workers 103,562, 2 workers 102,230; ratio 0.99x "
+                         "(target >= 0.90x); run-to-run ratio range 0.91x to 1.28x")
