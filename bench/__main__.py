@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from bench.compare import Workload, compare, default_targets, table
+from bench.compare import Workload, compare, default_targets, summary, table
 from bench.loadgen import cli as loadgen_cli
 
 
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--verify-every", type=int, default=0, help="sinks check every V-th packet (0: auto)")
         cmd.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes")
         cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")
-        cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
+        cmd.add_argument("--json", dest="json_path", help="write the result JSON here ('-': to stdout)")
+        cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _workers_parser(sub)
     loadgen_cli.add_parser(sub)
     return parser
@@ -78,22 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return loadgen_cli.main(args)
     targets = default_targets([t for t in args.targets.split(",") if t])
+    progress = None if args.quiet else _progress
     results = []
     for fanout in args.fanout:
         work = Workload(fanout=fanout, seconds=args.seconds, in_pps=args.in_pps, size=args.size,
                         verify_every=args.verify_every, pin=not args.no_pin)
-        results.append(compare(targets, work, args.mode))
+        results.append(compare(targets, work, args.mode, progress=progress))
     doc = results[0] if len(results) == 1 else {"runs": results}
+    text = table(results) if len(results) > 1 or args.command == "sweep" else summary(results[0])
+    if args.json_path == "-":
+        sys.stderr.write(text + "\n")
+        print(json.dumps(doc, indent=2))
+        return 0
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2)
             fh.write("\n")
-    if len(results) > 1 or args.command == "sweep":
-        print(table(results))
-    else:
-        print(json.dumps(doc, indent=2))
+    print(text)
+    if args.json_path:
+        print(f"full result: {args.json_path}")
     return 0
 
+
+def _progress(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,9 +16,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
+from bench.fmt import grid, num
 from bench.proc import cpu_seconds
 from bench.targets import (
     REPO_ROOT,
@@ -280,7 +282,34 @@ def paced_rate(capacity_out_pps_per_cpu: list[float | None], fanout: int) -> flo
     return round(min(SOURCE_MAX_PPS, PACED_LOAD * min(known) / fanout), 1)
 
 
-def compare(targets: list[Target], work: Workload, mode: str = "both") -> dict[str, Any]:
+#: How the tables name the targets.
+LABELS = {NODE: "node (SFU)", "baseline": "bare Python", "c": "C", "baseline_plain": "bare Python, plain I/O"}
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+Progress = Callable[[str], None]
+
+
+def _run_all(targets: list[Target], work: Workload, phase: str, progress: Progress | None,
+             done: int, total: int) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i, t in enumerate(targets):
+        if progress:
+            rate = "flood" if work.in_pps <= 0 else f"{num(work.in_pps, 'pps')} in pps"
+            progress(f"[{done + i + 1}/{total}] {phase} run, {label(t.name)}: fan-out {work.fanout}, {rate}, "
+                     f"{work.seconds:g} s ...")
+        r = out[t.name] = run_target(t, work)
+        if progress:
+            progress(f"    {num(r['out_pps_per_cpu'], 'pps')} out pps per CPU-s, loss {num(r['loss'], 'loss')}, "
+                     f"p99 {num(r['latency_ms']['p99'], 'ms')} ms")
+    return out
+
+
+def compare(targets: list[Target], work: Workload, mode: str = "both",
+            progress: Progress | None = None) -> dict[str, Any]:
     """Run every target with the same traffic and assemble the contract's JSON object.
 
     ``mode`` ``capacity``: one flood run per target (``work.in_pps`` ignored), whose delivered
@@ -293,18 +322,19 @@ def compare(targets: list[Target], work: Workload, mode: str = "both") -> dict[s
         raise ValueError(f"mode must be both, capacity or paced, got {mode!r}")
     if mode == "paced" and work.in_pps <= 0:
         raise ValueError("paced mode needs in_pps > 0")
+    total = len(targets) * (2 if mode == "both" else 1)
     capacity: dict[str, dict[str, Any]] = {}
     paced: dict[str, dict[str, Any]] = {}
     if mode in ("both", "capacity"):
         flood = replace(work, in_pps=0.0)
-        capacity = {t.name: run_target(t, flood) for t in targets}
+        capacity = _run_all(targets, flood, "capacity", progress, 0, total)
     paced_work = work
     if mode == "both":
         rate = work.in_pps or paced_rate([r["out_pps_per_cpu"] for r in capacity.values()], work.fanout)
         # unpinned: at half load the forwarder leaves room on its core that the sinks can use
         paced_work = replace(work, in_pps=rate, pin=False)
     if mode in ("both", "paced"):
-        paced = {t.name: run_target(t, paced_work) for t in targets}
+        paced = _run_all(targets, paced_work, "paced", progress, total - len(targets), total)
 
     runs: dict[str, dict[str, Any]] = {}
     for t in targets:
@@ -348,24 +378,59 @@ def default_targets(names: list[str]) -> list[Target]:
     return [known[n] for n in names]
 
 
+SUMMARY_HEADER = ("target", "out pps/CPU-s", "node vs it", "vs C", "loss", "p50 ms", "p99 ms", "p999 ms",
+                  "CPU share")
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The result of one ``compare`` for a person: a line on the workload, one row per target,
+    the ratios in words.  Throughput is from the capacity (flood) runs; loss, latency and the
+    forwarder's CPU share from the paced runs (the capacity runs' when there were none)."""
+    work = result["workload"]
+    node, c_pps = result["node_out_pps_per_cpu"], result["c_out_pps_per_cpu"]
+    rows = []
+    for name, run in result["targets"].items():
+        pps = run["out_pps_per_cpu"]
+        lat = run["latency_ms"]
+        tail = run["paced_run"] or run["capacity_run"]
+        rows.append([label(name), num(pps, "pps"), "" if name == NODE else num(_ratio(node, pps), "ratio"),
+                     "" if name == "c" else num(_ratio(pps, c_pps), "ratio"), num(run["loss"], "loss"),
+                     num(lat["p50"], "ms"), num(lat["p99"], "ms"), num(lat["p999"], "ms"),
+                     num(100 * tail["forwarder_cpu_share"] if tail["forwarder_cpu_share"] is not None else None, "pct")])
+    paced = work.get("paced_in_pps")
+    lines = [f"fan-out {work['fanout']}, {work['size']}-byte packets, {work['seconds']:g} s per run, mode {work['mode']}"
+             + (f"; paced runs at {num(paced, 'pps')} in pps ({num(paced * work['fanout'], 'pps')} out)" if paced else ""),
+             _grid_without_empty(SUMMARY_HEADER, rows)]
+    words = []
+    if result["ratio"] is not None:
+        words.append(f"node / bare Python {num(result['ratio'], 'ratio')}")
+    if result["ratio_vs_c"] is not None:
+        words.append(f"node / C {num(result['ratio_vs_c'], 'ratio')}")
+    if result["baseline_vs_c"] is not None:
+        words.append(f"bare Python / C {num(result['baseline_vs_c'], 'ratio')}")
+    if words:
+        lines.append("; ".join(words) + " (packets delivered per CPU-second of the forwarder: higher is better)")
+    return "\n".join(lines)
+
+
+def _grid_without_empty(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """``grid`` without the ratio columns no row has a figure for (no node, or no C, ran)."""
+    keep = [i for i in range(len(header)) if i < 2 or any(r[i] not in ("", "-") for r in rows)]
+    return grid([header[i] for i in keep], [[r[i] for i in keep] for r in rows], left=1)
+
+
+TABLE_HEADER = ("fan-out", "target", "out pps/CPU-s", "vs C", "paced in pps", "loss", "p50 ms", "p99 ms", "p999 ms")
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """A plain-text table: one row per (fan-out, target); loss/latency are from the paced runs."""
-    head = (f"{'fanout':>6} {'target':<15} {'out pps/cpu':>12} {'vs C':>6} {'paced in pps':>12} "
-            f"{'loss':>8} {'p50 ms':>8} {'p99 ms':>8} {'p999 ms':>8}")
-    rows = [head, "-" * len(head)]
+    rows = []
     for res in results:
         c_pps = res["c_out_pps_per_cpu"]
         for name, run in res["targets"].items():
             lat = run["latency_ms"]
-            vs_c = _ratio(run["out_pps_per_cpu"], c_pps)
-            rate = res["workload"]["paced_in_pps"]
-            rows.append(
-                f"{res['workload']['fanout']:>6} {name:<15} {run['out_pps_per_cpu'] or 0:>12,.0f} "
-                f"{vs_c if vs_c is not None else '-':>6} {rate if rate is not None else '-':>12} "
-                f"{run['loss']:>8.4f} {_ms(lat['p50'])} {_ms(lat['p99'])} {_ms(lat['p999'])}"
-            )
-    return "\n".join(rows)
-
-
-def _ms(value: float | None) -> str:
-    return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
+            rows.append([str(res["workload"]["fanout"]), label(name), num(run["out_pps_per_cpu"], "pps"),
+                         num(_ratio(run["out_pps_per_cpu"], c_pps), "ratio"),
+                         num(res["workload"]["paced_in_pps"], "pps"), num(run["loss"], "loss"),
+                         num(lat["p50"], "ms"), num(lat["p99"], "ms"), num(lat["p999"], "ms")])
+    return grid(TABLE_HEADER, rows)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.compare import Workload, _sink_argv, _source_argv, _spawn, kill_all
+from bench.fmt import grid, num
 from bench.proc import cpu_seconds
 from bench.targets import DEV_KEY_ID, DEV_KEY_SECRET, RunningNode, TargetError, finish_json, read_ready
 
@@ -212,15 +213,19 @@ def _ratio_range(runs: dict[int, list[dict[str, Any]]], lo: int, hi: int) -> lis
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [f"{'workers':>7} {'run':>3} {'worker':>6} {'rooms':>5} {'forwarded':>10} {'cpu s':>7} "
-            f"{'out pps/cpu':>12} {'front cpu s':>11} {'loss':>8}"]
+    rows = []
     for n, rs in result["runs"].items():
         for k, r in enumerate(rs):
             for w in r["per_worker"]:
-                rows.append(f"{n:>7} {k:>3} {w['worker']:>6} {w['rooms'] or 0:>5} {w['forwarded']:>10} "
-                            f"{w['cpu_s']:>7.3f} {w['out_pps_per_cpu'] or 0:>12,.0f} {r['front_cpu_s']:>11.3f} "
-                            f"{r['loss'] if r['loss'] is not None else '-':>8}")
-    rows.append(f"median out pps/cpu per worker: {result['out_pps_per_cpu_per_worker']}; "
-                f"ratio {result['ratio']} (target >= {result['target_ratio']}); "
-                f"run-to-run ratio range {result['runs_ratio_min_max']}")
-    return "\n".join(rows)
+                rows.append([str(n), str(k), str(w["worker"]), num(w["rooms"] or 0), num(w["forwarded"]),
+                             num(w["cpu_s"], "s"), num(w["out_pps_per_cpu"], "pps"), num(r["front_cpu_s"], "s"),
+                             num(r["loss"], "loss")])
+    header = ("workers", "run", "worker", "rooms", "forwarded", "cpu s", "out pps/CPU-s", "front cpu s", "loss")
+    medians = ", ".join(f"{n} workers {num(v, 'pps')}" for n, v in result["out_pps_per_cpu_per_worker"].items())
+    lo_hi = result["runs_ratio_min_max"]
+    spread = " to ".join(num(v, "ratio") for v in lo_hi) if isinstance(lo_hi, list | tuple) else num(lo_hi)
+    return "\n".join([
+        grid(header, rows),
+        f"median out pps/CPU-s per worker: {medians}; ratio {num(result['ratio'], 'ratio')} "
+        f"(target >= {num(result['target_ratio'], 'ratio')}); run-to-run ratio range {spread}",
+    ])

@@ -32,4 +32,9 @@ fi
 
 .venv/bin/python -m ruff check levelchat sfu control bench tests
 .venv/bin/python -m mypy
+# dependency floors: the unit tests again on the lowest versions pyproject.toml allows (a separate
+# .venv-lowest, about 2 minutes); only for a whole run (no pytest arguments)
+if [ $# -eq 0 ]; then
+  scripts/test-lowest.sh
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from bench.loadgen.nodes import ControlPlaneTokens, LocalTokens, TokenSource, spawn_node
-from bench.loadgen.report import plot, table
+from bench.loadgen.report import PLOT_MISSING, can_plot, plot, table
 from bench.loadgen.runner import StepError, run_scenario
 from bench.loadgen.scenario import ScenarioError, load_scenario
 from bench.targets import DEV_KEY_ID, DEV_KEY_SECRET, TargetError
@@ -46,6 +46,9 @@ def _progress(line: str) -> None:
 def main(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    if args.plot_path and not can_plot():
+        sys.stderr.write(PLOT_MISSING + "\n")  # before the run, not after it
+        return 2
     try:
         scenario = load_scenario(args.scenario)
         if args.generators:

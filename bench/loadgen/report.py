@@ -5,20 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.fmt import num
+
 COLUMNS = ("load", "sessions", "fwd pps", "rx pps", "loss", "p50 ms", "p99 ms", "p999 ms", "node CPU",
            "node RSS MB", "out/node CPU-s", "gen CPU", "gen/node")
 
 
 def _fmt(value: Any, kind: str = "") -> str:
-    if value is None:
-        return "-"
-    if kind == "pct":
-        return f"{value:.0f}%"
-    if kind == "loss":
-        return f"{value:.4%}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
+    return num(value, kind)
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -56,6 +50,29 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: What ``--plot`` says when matplotlib is missing (scripts/dev.sh installs the package without it).
+PLOT_MISSING = ("--plot needs matplotlib, which is in the bench extra: pip install -e '.[bench]' "
+                "(in this repository: .venv/bin/python -m pip install -e '.[bench]')")
+
+
+def can_plot() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # a module set to None in sys.modules
+        return False
+
+
+def _clean(ys: list[Any]) -> list[float]:
+    return [float("nan") if y is None else float(y) for y in ys]
+
+
+def _headroom(series: dict[str, list[Any]]) -> float:
+    top = max((y for ys in series.values() for y in _clean(ys) if y == y), default=0.0)
+    return top * 1.4 if top > 0 else 1.0
+
+
 def plot(doc: dict[str, Any], path: str | Path) -> None:
     """Throughput and latency: against the load per step for a ramp, against time for one run."""
     import matplotlib
@@ -85,26 +102,40 @@ def plot(doc: dict[str, Any], path: str | Path) -> None:
                   "received pps (generator)": [p["received_pps"] for p in tl]}
         lat = {"p99": [p["p99_ms"] for p in tl]}
         cpu = {"node CPU %": [p["node_cpu_pct"] for p in tl], "generator CPU %": [p["generator_cpu_pct"] for p in tl]}
-        marker = ".-"
+        marker = "o-" if len(x) <= 30 else ".-"  # a short run's few points stay visible
     for name, ys in series.items():
-        top.plot(x, [float("nan") if y is None else y for y in ys], marker, label=name)
+        top.plot(x, _clean(ys), marker, label=name)
     top.set_ylabel("packets/s")
     top.grid(True, alpha=0.3)
     twin = top.twinx()
     for name, ys in cpu.items():
-        twin.plot(x, [float("nan") if y is None else y for y in ys], "--", alpha=0.6, label=name)
+        twin.plot(x, _clean(ys), "--", alpha=0.6, label=name)
     twin.set_ylabel("CPU %")
     handles = top.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     labels = top.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
     top.legend(handles, labels, loc="upper left", fontsize=8)
     for name, ys in lat.items():
-        bottom.plot(x, [float("nan") if y is None else y for y in ys], marker, label=f"{name} latency")
+        bottom.plot(x, _clean(ys), marker, label=f"{name} latency")
     bottom.set_ylabel("one-way latency, ms")
     bottom.set_xlabel(xlabel)
-    bottom.set_yscale("log")
+    positive = [y for ys in lat.values() for y in _clean(ys) if y > 0]
+    if positive and max(positive) > 10 * min(positive):  # log only when it spreads over a decade
+        bottom.set_yscale("log")
+    else:
+        bottom.set_ylim(0, _headroom(lat))
+    top.set_ylim(0, _headroom(series))  # room above the lines for the legend
+    twin.set_ylim(0, _headroom(cpu))
     bottom.grid(True, alpha=0.3)
     bottom.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"{doc['scenario']}: throughput and latency")
+    if not x:
+        top.text(0.5, 0.5, "no samples: the run was shorter than one sampling interval", ha="center",
+                 va="center", transform=top.transAxes)
+    title = f"{doc['scenario']}: throughput and latency"
+    if len(steps) == 1:  # one run: its headline figures, formatted as in the table
+        s = steps[0]
+        title += (f"\n{_fmt(s['received_pps'])} pps received, loss {_fmt(s['loss'], 'loss')}, "
+                  f"p99 {_fmt(s['latency_ms']['p99'])} ms, node CPU {_fmt(s['node_cpu_pct'], 'pct')}")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
