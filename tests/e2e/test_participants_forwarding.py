@@ -3,6 +3,7 @@ two-worker node's front (proxied to the room's worker), with real processes and 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -120,12 +121,26 @@ async def test_through_a_two_worker_front(tmp_path: Path) -> None:
         for room in rooms:
             reply = await call("POST", node.url + "/v1/rooms", {"room": room})
             assert reply.status == 201, reply.body
-        for room in rooms:  # rooms on both workers (placement by load): each reached through the front
+        pairs = []
+        for room in rooms:
             alice, bob = await pair(node.url, room)
             clients += [alice, bob]
+            pairs.append((room, alice, bob))
+        # the two rooms live on different workers (placement by load): each is reached through the front
+        rooms_per_worker: list[int] = []
+
+        async def spread() -> bool:
+            health = await call("GET", node.url + "/healthz")
+            rooms_per_worker[:] = [w["rooms"] for w in health.body["workers"]]
+            return rooms_per_worker == [1, 1]
+
+        for _ in range(100):
+            if await spread():
+                break
+            await asyncio.sleep(0.1)
+        assert rooms_per_worker == [1, 1]
+        for room, alice, bob in pairs:
             await moderate(node.url, room, alice, bob)
-        health = await call("GET", node.url + "/healthz")
-        assert len(health.body["workers"]) == 2
     finally:
         for c in clients:
             await c.close()
