@@ -200,6 +200,7 @@ async def track_mute(request: web.Request) -> web.StreamResponse:
     if not isinstance(muted, bool):
         raise ApiError("bad_request", 'the body needs "muted": true or false')
     now = clock.now_ms()
+    p.server_muted &= {t.sid for t in p.tracks.values()}  # forget tracks gone since (a bound)
     if muted:
         p.server_muted.add(track.sid)
     else:

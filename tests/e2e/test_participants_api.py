@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from sfu.node import Node
-from tests.e2e.clients import wait_for
+from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
 from tests.e2e.test_rtc_data import DataClient, metric, metrics
 from tests.e2e.test_rtc_signaling import RpcFailure, RtcClient, receives_from
@@ -252,3 +252,71 @@ async def test_server_data_and_can_publish_data(node: Node) -> None:
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_whip_and_whep_participants(node: Node) -> None:
+    """WHIP and WHEP sessions are participants too: listed, muted, held, removed (URL gone)."""
+    room = "mod-whip"
+    cam = WhipPublisher(node.url, room, token(room, "cam", ("room:join", "room:publish")))
+    viewer = WhepSubscriber(node.url, room, token(room, "viewer", SUB))
+    watcher = RtcClient(node, room, "watcher", SUB)
+    try:
+        await cam.connect(timeout=20)
+        status, _ = await viewer.connect(timeout=20)
+        assert status == 201
+        await watcher.join()
+        await wait_for(lambda: viewer.frames["video"] > 5, 20, "viewer decodes video")
+        await wait_for(receives_from(watcher, ["cam"], 5), 20, "watcher receives cam")
+        status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
+        by_id = {p["identity"]: p for p in body["participants"]}
+        assert (by_id["cam"]["kind"], by_id["viewer"]["kind"], by_id["watcher"]["kind"]) == ("whip", "whep", "rtc")
+        assert sorted(t["kind"] for t in by_id["cam"]["tracks"]) == ["audio", "video"]
+        assert by_id["viewer"]["permissions"] == {"can_publish": False, "can_subscribe": True, "can_publish_data": False}
+        video = next(t["id"] for t in by_id["cam"]["tracks"] if t["kind"] == "video")
+
+        def viewer_video() -> int:
+            return len(viewer.logs["video"].packets)
+
+        async def viewer_stays() -> None:
+            await asyncio.sleep(0.5)
+            before = viewer_video()
+            await asyncio.sleep(1.0)
+            assert viewer_video() == before, "the viewer still receives video"
+
+        # server mute of the WHIP track: both kinds of subscriber stop; unmute: decoded again
+        status, _ = await api(node.url, "POST", f"/v1/rooms/{room}/participants/cam/tracks/{video}/mute", {"muted": True}, room=room)
+        assert status == 200
+        await viewer_stays()
+        await stays(watcher, "cam", "video", settle=0, hold=0.5)
+        frames = viewer.frames["video"]
+        await api(node.url, "POST", f"/v1/rooms/{room}/participants/cam/tracks/{video}/mute", {"muted": False}, room=room)
+        await wait_for(lambda: viewer.frames["video"] > frames + 5, 10, "viewer decodes again")
+
+        # the WHEP viewer may not subscribe for a while
+        path = f"/v1/rooms/{room}/participants/viewer"
+        status, _ = await api(node.url, "PATCH", path, {"permissions": {"can_subscribe": False}}, room=room)
+        assert status == 200
+        await viewer_stays()
+        await grows(watcher, "cam", "video")  # others unaffected
+        frames = viewer.frames["video"]
+        await api(node.url, "PATCH", path, {"permissions": {"can_subscribe": True}}, room=room)
+        await wait_for(lambda: viewer.frames["video"] > frames + 5, 10, "viewer decodes after the grant")
+
+        # remove the viewer: its media stops, its session URL is gone
+        status, _ = await api(node.url, "DELETE", path, room=room)
+        assert status == 204
+        await viewer_stays()
+        await wait_for(lambda: [p["participant"] for p in watcher.named("participant_left")] == ["viewer"], 5, "told")
+        # remove the publisher: the watcher stops receiving it, its WHIP URL is gone
+        status, _ = await api(node.url, "DELETE", f"/v1/rooms/{room}/participants/cam", room=room)
+        assert status == 204
+        await wait_for(lambda: len(watcher.named("participant_left")) == 2, 5, "watcher told cam left")
+        assert watcher.named("participant_left")[1]["reason"] == "removed"
+        await stays(watcher, "cam", "video")
+        assert await cam.delete() == 404
+        status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
+        assert [p["identity"] for p in body["participants"]] == ["watcher"]
+    finally:
+        await cam.close()
+        await viewer.close()
+        await watcher.close()
