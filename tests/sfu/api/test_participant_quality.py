@@ -30,6 +30,7 @@ def _receive(track: PublishedTrack, seqs: range, skip_every: int = 0) -> None:
 
 async def test_quality_follows_loss_and_transport() -> None:
     port = open_port()
+    client = RawClient()
     try:
         p = Participant(identity="alice", room_id="r", kind=ParticipantKind.WHIP)
         assert quality(p, clock.now_ms()) == "excellent"  # nothing to judge yet
@@ -44,7 +45,6 @@ async def test_quality_follows_loss_and_transport() -> None:
         _receive(track2, range(1001, 2001), skip_every=3)  # a third lost since
         assert quality(p, clock.now_ms()) == "poor"
 
-        client = RawClient()
         peer = new_peer(port, client)
         p.publisher = peer
         await connect(peer, client, port, DtlsRole.SERVER)  # real ICE and DTLS over loopback
@@ -55,4 +55,5 @@ async def test_quality_follows_loss_and_transport() -> None:
         peer.close(CloseReason.LEFT)
         assert quality(p, now) == "lost"
     finally:
+        client.close()
         port.close()
