@@ -102,8 +102,10 @@ async def test_through_the_control_plane(tmp_path: Path) -> None:
         # a node that does not answer: service_unavailable with Retry-After, not a hang
         node.kill9()
         reply = await call("GET", f"{control.url}/v1/rooms/{room}/participants", token=admin(room), timeout_s=30)
-        assert reply.status in (503, 404), reply.body
-        assert reply.body["code"] in ("service_unavailable", "room_check_failed", "room_not_found"), reply.body
+        # (within the node's lease the room is still placed there; after it, placing it again finds
+        # no live node: service_unavailable too)
+        assert (reply.status, reply.body["code"]) == (503, "service_unavailable"), reply.body
+        assert int(reply.headers["Retry-After"]) >= 1
     finally:
         for c in clients:
             await c.close()
