@@ -320,3 +320,21 @@ async def test_whip_and_whep_participants(node: Node) -> None:
         await cam.close()
         await viewer.close()
         await watcher.close()
+
+
+async def test_granting_subscribe_beyond_the_token_starts_the_subscriber_side(node: Node) -> None:
+    room = "mod-grant"
+    alice, cam = RtcClient(node, room, "alice"), RtcClient(node, room, "cam", ("room:join", "room:publish"))
+    try:
+        await alice.join()
+        await alice.publish()
+        joined = await cam.join()
+        assert joined["can_subscribe"] is False
+        await asyncio.sleep(0.5)
+        assert cam.named("offer") == []  # nothing offered to a publish-only session
+        status, body = await api(node.url, "PATCH", f"/v1/rooms/{room}/participants/cam", {"permissions": {"can_subscribe": True}}, room=room)
+        assert status == 200 and body["permissions"]["can_subscribe"] is True
+        await wait_for(receives_from(cam, ["alice"], 10), 30, "cam receives alice after the grant")
+    finally:
+        await alice.close()
+        await cam.close()
