@@ -347,14 +347,11 @@ class RtcSession:
         return choose_layer(self.service.node.router, participant, self.downtracks, params)
 
     def on_permissions(self) -> None:
-        """The participants API changed what this participant may do: data sending follows at
-        once; a grant of subscribing to a session that had none starts its subscriber side."""
+        """The participants API changed what this participant may do: a grant of subscribing to
+        a session that had none starts its subscriber side; the next offer follows the change."""
         p, room = self.participant, self.room
         if p is None or room is None or p.closed:
             return
-        data = self.service.data.sessions.get(p.sid)
-        if data is not None:
-            data.member.can_send = p.permissions.can_publish_data
         if p.permissions.can_subscribe and self.negotiator is None:
             self.negotiator = SubscriberNegotiator(
                 CodecPolicy.parse(room.policy.codecs), cname=f"levelchat-{self.identity}"
