@@ -13,6 +13,16 @@ import pytest
 from sfu.node import Node
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
+from tests.e2e.simulcast_support import (
+    RID_PACKETS,
+    SimulcastSender,
+    choose_layer,
+    payload_logger,
+    published_layers,
+    simulcast_offer,
+    whep_location,
+    whip_publish,
+)
 from tests.e2e.test_rtc_data import DataClient, metric, metrics
 from tests.e2e.test_rtc_signaling import RpcFailure, RtcClient, receives_from
 
@@ -338,3 +348,41 @@ async def test_granting_subscribe_beyond_the_token_starts_the_subscriber_side(no
     finally:
         await alice.close()
         await cam.close()
+
+
+async def test_server_mute_of_a_simulcast_track_mutes_every_layer(node: Node) -> None:
+    room = "mod-simulcast"
+    sender = SimulcastSender.create()
+    viewer = WhepSubscriber(node.url, room, token(room, "viewer", SUB), audio=False)
+    seen: list[str] = []
+    try:
+        answer = await whip_publish(node.url, room, "alice", simulcast_offer(sender.lite))
+        await sender.lite.connect(answer)
+        sender.start(40)
+        await wait_for(lambda: all(n > RID_PACKETS for n in sender.sent.values()), 5, "every layer sending")
+        payload_logger(viewer, seen)
+        status, _ = await viewer.connect()
+        assert status == 201
+        await wait_for(lambda: seen.count("f") >= 20, 10, "the viewer gets the highest layer")
+        status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
+        alice = next(p for p in body["participants"] if p["identity"] == "alice")
+        assert [(t["kind"], t["layers"]) for t in alice["tracks"]] == [("video", ["q", "h", "f"])]
+        track = alice["tracks"][0]["id"]
+        path = f"/v1/rooms/{room}/participants/alice/tracks/{track}/mute"
+        status, body = await api(node.url, "POST", path, {"muted": True}, room=room)
+        assert (status, body["muted"]) == (200, True)
+        assert all(t.muted for t in published_layers(node, "alice").values())
+        await asyncio.sleep(0.5)
+        before = len(seen)
+        await asyncio.sleep(1.0)
+        assert len(seen) == before, "a layer kept flowing while the source was muted"
+        # a layer switch asked for while muted does not bring media back
+        await choose_layer(node, whep_location(node, room, "viewer"), token(room, "viewer", SUB), "q")
+        await asyncio.sleep(1.0)
+        assert len(seen) == before
+        status, _ = await api(node.url, "POST", path, {"muted": False}, room=room)
+        assert status == 200
+        await wait_for(lambda: seen[before:].count("q") >= 20, 10, "the chosen layer after the unmute")
+    finally:
+        await viewer.close()
+        await sender.stop()
