@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from control import participants
 from control.metrics import CONTENT_TYPE
 from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistration, RoomSpec, parse_node_id
 from control.service import ControlService, RoomLocation
@@ -186,6 +187,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/rooms", create_room)
     app.router.add_get("/v1/rooms/{room}", get_room)
     app.router.add_post("/v1/tokens", create_token)
+    participants.add_routes(app, _service)  # the participants API, forwarded to the room's node
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

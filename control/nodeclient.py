@@ -66,3 +66,45 @@ def _problem(raw: bytes) -> tuple[str | None, str]:
     return (code if isinstance(code, str) and code in CATALOGUE else None), (
         detail if isinstance(detail, str) else ""
     )
+
+
+@dataclass(frozen=True)
+class NodeReply:
+    status: int
+    content_type: str
+    body: bytes
+
+
+#: the largest reply of a node the control plane passes on (a room's participant list)
+MAX_FORWARDED_REPLY_BYTES = 4 * 1024 * 1024
+
+
+async def forward(
+    session: aiohttp.ClientSession,
+    node_url: str,
+    token: str,
+    method: str,
+    path: str,
+    body: bytes | None,
+    timeout_s: float,
+) -> NodeReply | None:
+    """One request to a node's API (a JSON body, if any) and its reply as it came; None when the
+    node could not be reached, did not answer in time or sent more than we pass on."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        async with session.request(
+            method,
+            f"{node_url}{path}",
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as resp:
+            raw = await resp.content.read(MAX_FORWARDED_REPLY_BYTES + 1)
+            if len(raw) > MAX_FORWARDED_REPLY_BYTES:
+                return None
+            return NodeReply(resp.status, resp.headers.get("Content-Type", ""), raw)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None

@@ -22,7 +22,7 @@ from levelchat.web import (
     read_json,
 )
 from sfu import clock
-from sfu.api import rtc, session_ice
+from sfu.api import participants, rtc, session_ice
 from sfu.api.sessions import MediaSession, Owner
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.participant import ParticipantKind
@@ -427,5 +427,6 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
+    participants.add_routes(app, node)  # the participants (moderation) API (issue 14)
     add_static_routes(app, node.config)
     return app

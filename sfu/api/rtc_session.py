@@ -34,7 +34,7 @@ from sfu.api.rtc_timeouts import OfferWatch, check_offer
 from sfu.api.sessions import publish_track_specs
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
-from sfu.routing.participant import Participant, ParticipantKind
+from sfu.routing.participant import Participant, ParticipantKind, Permissions
 from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, TransportSpec
 from sfu.routing.simulcast import sources
@@ -62,6 +62,7 @@ def _participant_view(p: Participant) -> dict[str, Any]:
         "identity": p.identity,
         "sid": p.sid,
         "name": p.name,
+        "metadata": p.metadata,
         "kind": p.kind.value,
         "tracks": [_track_view(t) for t in sources(p.tracks.values())],
     }
@@ -161,7 +162,17 @@ class RtcSession:
         now = clock.now_ms()
         room = node.room_for_join(self.room_id, now)
         participant = Participant(
-            identity=self.identity, room_id=room.id, kind=ParticipantKind.RTC, name=name, target_identity="*"
+            identity=self.identity,
+            room_id=room.id,
+            kind=ParticipantKind.RTC,
+            name=name,
+            target_identity="*",
+            metadata=self.claims.metadata,
+            permissions=Permissions(
+                can_publish="room:publish" in self.claims.scopes,
+                can_subscribe=self.subscribes,
+                can_publish_data="room:publish" in self.claims.scopes,
+            ),
         )
         self.participant, self.room = participant, room
         self.service.by_sid[participant.sid] = self
@@ -188,9 +199,10 @@ class RtcSession:
     async def publish(self, params: dict[str, Any]) -> dict[str, Any]:
         room, participant = self._joined()
         text = _str_param(params, "sdp")
-        can_publish = "room:publish" in self.claims.scopes
-        if not can_publish and not data_only_offer(text):
-            self.claims.require("room:publish")  # data channels alone: received by anyone, sent with the scope
+        if not participant.permissions.can_publish and not data_only_offer(text):
+            # data channels alone: received by anyone, sent with can_publish_data
+            self.claims.require("room:publish")  # token/unauthorized: the token never allowed it
+            raise ApiError("forbidden", "publishing was revoked for this participant (the participants API)")
         offer = self.service.node.sessions.parse_offer(text)
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
         if not negotiation.tracks and not negotiation.datachannel:
@@ -226,7 +238,9 @@ class RtcSession:
         if added or participant.publisher is None:
             router.attach_publisher(room, participant, transport, added, now)
         if negotiation.datachannel:
-            self.service.data.attach(participant, transport, data_section(offer), can_send=can_publish)
+            self.service.data.attach(
+                participant, transport, data_section(offer), can_send=participant.permissions.can_publish_data
+            )
         by_mid = {t.mid: t for t in negotiation.tracks}
         for track in participant.tracks.values():
             if track.sid not in self.service.published and track.mid in by_mid:
@@ -309,6 +323,8 @@ class RtcSession:
         muted = params.get("muted")
         if not isinstance(muted, bool):
             raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.muted must be true or false"))
+        if not muted and track.sid in participant.server_muted:
+            raise ApiError("forbidden", "the server muted this track: only the participants API unmutes it")
         for layer in layers_of(track):
             self.service.node.router.set_muted(room, participant, layer, muted, clock.now_ms())
         return {"track": track.sid, "muted": track.muted}
@@ -329,6 +345,18 @@ class RtcSession:
     async def set_layer(self, params: dict[str, Any]) -> dict[str, Any]:
         _room, participant = self._joined()
         return choose_layer(self.service.node.router, participant, self.downtracks, params)
+
+    def on_permissions(self) -> None:
+        """The participants API changed what this participant may do: a grant of subscribing to
+        a session that had none starts its subscriber side; the next offer follows the change."""
+        p, room = self.participant, self.room
+        if p is None or room is None or p.closed:
+            return
+        if p.permissions.can_subscribe and self.negotiator is None:
+            self.negotiator = SubscriberNegotiator(
+                CodecPolicy.parse(room.policy.codecs), cname=f"levelchat-{self.identity}"
+            )
+        self.schedule_sync()
 
     # -- subscriber transport ------------------------------------------------------------------
     def schedule_sync(self) -> None:
@@ -434,7 +462,9 @@ class RtcService:
         return None
 
     def wanted_for(self, room: Room, participant: Participant) -> list[Wanted]:
-        out = []
+        out: list[Wanted] = []
+        if not participant.permissions.can_subscribe:
+            return out  # revoked (the participants API): the next offer takes every track away
         for other in room.participants.values():
             if other is participant or other.closed:
                 continue
@@ -488,6 +518,15 @@ class RtcService:
                 self._tell_others(
                     room, p, "track_muted", {"participant": p.identity, "track": track.sid, "muted": track.muted}
                 )
+        elif kind is RoomEventKind.UPDATED and p is not None:
+            view = _participant_view(p)
+            view["permissions"] = p.permissions.describe()
+            for s in self.sessions_in(room.id):
+                s.notify("participant_updated", {"participant": view})
+            own = self.by_sid.get(p.sid)
+            if own is not None:
+                own.on_permissions()
+            self.resync_room(room)
         elif kind is RoomEventKind.LEFT and p is not None:
             reason = event.reason.value if event.reason else "left"
             self._tell_others(
@@ -495,7 +534,9 @@ class RtcService:
             )
             own = self.by_sid.get(p.sid)
             if own is not None:
-                if event.reason is not CloseReason.LEFT:
+                if event.reason is CloseReason.REMOVED:
+                    own.notify("room_closed", {"room": room.id, "reason": reason})
+                elif event.reason is not CloseReason.LEFT:
                     own.notify("disconnected", {"reason": reason, "detail": _disconnect_detail(event.reason)})
                 own.end(CLOSE_ENDED if event.reason is not CloseReason.LEFT else CLOSE_LEFT, reason)
                 self.forget(own)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims
-from sfu.routing.participant import Participant, ParticipantKind
+from sfu.routing.participant import Participant, ParticipantKind, Permissions
 from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
 from sfu.routing.simulcast import RidRestrictions, sources
@@ -235,7 +235,13 @@ class SessionService:
         negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer sends no audio or video")
-        participant = Participant(identity=identity, room_id=room.id, kind=ParticipantKind.WHIP, name=name)
+        participant = Participant(
+            identity=identity,
+            room_id=room.id,
+            kind=ParticipantKind.WHIP,
+            name=name,
+            permissions=Permissions(can_publish=True, can_subscribe=False, can_publish_data=False),
+        )
         specs = publish_track_specs(offer, negotiation)
         self.limits.check_tracks(len(specs))
         if not specs:
@@ -274,7 +280,11 @@ class SessionService:
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer has no receiving audio or video section")
         participant = Participant(
-            identity=identity, room_id=room.id, kind=ParticipantKind.WHEP, target_identity=target
+            identity=identity,
+            room_id=room.id,
+            kind=ParticipantKind.WHEP,
+            target_identity=target,
+            permissions=Permissions(can_publish=False, can_subscribe=True, can_publish_data=False),
         )
         specs = [
             DownTrackSpec(

@@ -8,7 +8,8 @@ message stays valid UTF-8 (string vs binary is carried by the SCTP PPID, as sent
 
 * client -> node: ``0x01``, destination count ``n`` (0-127; 0: everyone), then ``n`` times an
   identity as (length high 7 bits, length low 7 bits, UTF-8 bytes), then the payload;
-* node -> client: ``0x01``, the sender's identity the same way, then the payload.
+* node -> client: ``0x01``, the sender's identity the same way, then the payload (an empty
+  identity: the server sent it, ``POST /v1/rooms/{room}/data``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dataclasses import dataclass, field
 VERSION = 1
 MAX_DESTINATIONS = 127
 MAX_IDENTITY_BYTES = (1 << 14) - 1
+#: the sender of a message the server sends (``send_from_server``): empty, which no token's
+#: identity can be
+SERVER_SENDER = ""
 
 
 class DataKind(enum.IntEnum):
@@ -186,6 +190,27 @@ class DataRelay:
         # its deliver is usually a bound method of the member's owner, who holds the member:
         # without that cycle the owner is freed with its last reference
         member.deliver = _removed
+
+    def send_from_server(
+        self, room_id: str, kind: DataKind, payload: bytes, text: bool, destinations: frozenset[str], now_ms: int
+    ) -> int:
+        """A message from the server (the participants API): its envelope names the sender
+        ``SERVER_SENDER``, a name no participant can have; no rate limit (the HTTP API's applies).
+        Returns how many participants it was queued for."""
+        counters = self.counters
+        envelope = bytes(Incoming(SERVER_SENDER, payload))
+        delivered = 0
+        for identity, member in list(self.rooms.get(room_id, {}).items()):
+            if destinations and identity not in destinations:
+                continue
+            refused = member.deliver(kind, envelope, text, now_ms)
+            if refused is not None:
+                counters.drops[refused] += 1
+                continue
+            delivered += 1
+            counters.relayed[kind] += 1
+            counters.bytes_relayed += len(payload)
+        return delivered
 
     def on_message(self, room_id: str, sender: Member, kind: DataKind, data: bytes, text: bool, now_ms: int) -> int:
         """Relay one received message; returns how many participants it was queued for."""

@@ -81,6 +81,8 @@ class DownTrack:
         self._packets_sent = 0
         self._octets_sent = 0
         self._paused = False
+        #: its participant may not subscribe now (the participants API): paused whatever the source
+        self.held = False
         self._counters = counters
         self._kind_index = 1 if kind == "video" else 0
         self._last_forward_ms = 0

@@ -24,6 +24,7 @@ class RoomEventKind(enum.Enum):
     PUBLISHED = "published"  # tracks were added
     UNPUBLISHED = "unpublished"  # tracks were removed (the participant stays)
     MUTED = "muted"  # a track's muted flag changed
+    UPDATED = "updated"  # a participant's name, metadata or permissions changed (the participants API)
     LEFT = "left"  # a participant is gone (``reason``)
     ROOM_CLOSED = "room_closed"  # the room closed with everyone in ``participants``
 

@@ -29,6 +29,23 @@ _unpack_ssrc = Struct("!I").unpack_from
 NODE_RTCP_SSRC = 0x4C43_0001
 
 
+@dataclass
+class Permissions:
+    """What a participant may do, changed at runtime by the participants API
+    (``sfu.api.participants``); the token's scopes give the initial values."""
+
+    can_publish: bool = True
+    can_subscribe: bool = True
+    can_publish_data: bool = True
+
+    def describe(self) -> dict[str, bool]:
+        return {
+            "can_publish": self.can_publish,
+            "can_subscribe": self.can_subscribe,
+            "can_publish_data": self.can_publish_data,
+        }
+
+
 class ParticipantKind(enum.Enum):
     WHIP = "whip"
     WHEP = "whep"
@@ -51,6 +68,11 @@ class Participant:
     on_gone: Callable[[Participant, CloseReason], None] | None = None
     closed: bool = False
     joined_ms: int = 0
+    #: the application's free-form string (the token's ``metadata`` claim, or set by the API)
+    metadata: str | None = None
+    permissions: Permissions = field(default_factory=Permissions)
+    #: sids of its tracks the server muted (the participants API): its own unmute is refused
+    server_muted: set[str] = field(default_factory=set)
 
     def describe(self) -> dict[str, object]:
         return {

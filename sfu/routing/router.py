@@ -275,7 +275,8 @@ class Router:
             out_ext_ids=spec.out_ext_ids,
             counters=self.counters,
         )
-        dt.paused = track.muted
+        dt.held = not participant.permissions.can_subscribe
+        dt.paused = track.muted or dt.held
         participant.downtracks.append(dt)
         dt.bind(track, now_ms)
         return dt
@@ -306,13 +307,31 @@ class Router:
             return
         track.muted = muted
         for dt in list(track.downtracks):
-            dt.paused = muted
-            if not muted:
+            dt.paused = muted or dt.held
+            if not dt.paused:
                 # a rebind: sequence numbers go on without the gap of the pause, timestamps
                 # advance by the time it lasted, video waits for a keyframe (requested)
                 dt.unbind()
                 dt.bind(track, now_ms)
         self._emit(RoomEvent(RoomEventKind.MUTED, room, participant, tracks=(track,)))
+
+    def set_subscribing(self, participant: Participant, allowed: bool, now_ms: int) -> None:
+        """Stop (or resume) every stream the participant receives, as a mute does: a paused
+        downtrack drops at its first check, costing nothing more per packet."""
+        for dt in participant.downtracks:
+            src = dt.source
+            dt.held = not allowed
+            if not allowed:
+                dt.paused = True
+            elif dt.paused and (src is None or not src.muted):
+                dt.paused = False
+                if src is not None:
+                    dt.unbind()  # as in set_muted: continuous sequence numbers, a keyframe first
+                    dt.bind(src, now_ms)
+
+    def updated(self, room: Room, participant: Participant) -> None:
+        """Tell the observers the participant's name, metadata or permissions changed."""
+        self._emit(RoomEvent(RoomEventKind.UPDATED, room, participant))
 
     # -- simulcast layer choice (WHEP's layer route, the signaling's) ------------------------------
     @staticmethod

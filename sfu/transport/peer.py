@@ -82,6 +82,7 @@ class CloseReason(enum.Enum):
     NODE_SHUTDOWN = "node_shutdown"
     ROOM_CLOSED = "room_closed"
     DRAINED = "drained"
+    REMOVED = "removed"  # an operator removed the participant (the participants API)
 
 
 class MediaSink(Protocol):

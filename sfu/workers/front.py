@@ -36,6 +36,7 @@ from levelchat.web import (
 from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import add_static_routes, api_application
+from sfu.api.participants import ROUTES as PARTICIPANT_ROUTES
 from sfu.api.rtc import RTC_PATH
 from sfu.config import HttpBound, NodeConfig
 from sfu.metrics import CONTENT_TYPE
@@ -439,6 +440,8 @@ class Front(HttpBound):
         r.add_get("/v1/rooms/{room}", existing)
         r.add_delete("/v1/rooms/{room}", existing)
         r.add_post("/v1/rooms/{room}/recording", existing)
+        for method, path, _handler in PARTICIPANT_ROUTES:  # the participants API: the room's worker
+            r.add_route(method, path, existing)
         r.add_post("/v1/node/drain", self.drain_post)
         r.add_delete("/v1/node/drain", self.drain_delete)
         r.add_get("/v1/node/drain", self.drain_get)
