@@ -79,7 +79,7 @@ async def register_node(request: web.Request) -> web.Response:
     claims = svc.authorize(bearer_token(request), "node:register")
     reg: NodeRegistration = _parse(NodeRegistration.parse, await _body(request))
     _require_node_identity(claims, reg.id)
-    node, _ = await svc.register(reg)
+    node, _ = await svc.register(reg, node_bound=claims.identity == f"{NODE_IDENTITY_PREFIX}{reg.id}")
     return json_response(_lease_view(svc, node), status=201, headers={"Location": f"/v1/nodes/{node.id}"})
 
 
@@ -136,7 +136,8 @@ async def get_room(request: web.Request) -> web.Response:
     claims = svc.authorize_any(bearer_token(request), ("room:admin", "room:create"))
     room_id = validate_room(request.match_info["room"])
     claims.require_room(room_id)
-    return json_response(_room_view(await svc.lookup_room(room_id)))
+    room, node = await svc.lookup_room(room_id)
+    return json_response(room.to_json(node))
 
 
 async def create_token(request: web.Request) -> web.Response:

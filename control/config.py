@@ -32,6 +32,9 @@ class ControlConfig:
     heartbeat_interval_seconds: float = 2.0  # advertised to nodes
     node_timeout_seconds: float = 3.0  # calls to a node's room API
     max_placement_attempts: int = 3  # nodes tried for one room before giving up
+    #: after a node's lease lapses its rooms are not placed elsewhere for this long: the node may
+    #: come back (a restart, a control-plane or store outage) still hosting them
+    room_grace_seconds: float = 30.0
     cors_origins: tuple[str, ...] | None = ()  # None: any origin (dev mode)
     log_level: str = "info"
     dev: bool = False
@@ -40,6 +43,10 @@ class ControlConfig:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
+
+    @property
+    def room_grace_ms(self) -> int:
+        return int(self.room_grace_seconds * 1000)
 
     def validate(self) -> ControlConfig:
         """Return self, or raise ``ValueError`` saying what is wrong."""
@@ -68,6 +75,8 @@ class ControlConfig:
             )
         if self.node_timeout_seconds <= 0:
             raise ValueError(f"node_timeout_seconds must be > 0, got {self.node_timeout_seconds}")
+        if not 0 <= self.room_grace_seconds <= 86400:
+            raise ValueError(f"room_grace_seconds must be 0..86400, got {self.room_grace_seconds}")
         if self.max_placement_attempts < 1:
             raise ValueError(f"max_placement_attempts must be >= 1, got {self.max_placement_attempts}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

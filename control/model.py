@@ -7,6 +7,7 @@ be newer than the control plane).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,15 @@ ROOM_ID_RE = re.compile(r"[A-Za-z0-9-]{4,64}")
 CODEC_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 MAX_CODECS = 16
 MAX_VERSION = 64
+#: upper bound of every count in a request body (rooms, participants, capacities): far below what
+#: the stores hold (SQLite INTEGER and Redis/Lua numbers are exact to 2**53) and above any real node
+MAX_COUNT = 1_000_000_000
+#: upper bound of a rate (packets per second) in a heartbeat
+MAX_RATE = 1e12
+MAX_EMPTY_TIMEOUT_S = 86400  # what nodes accept for a room's empty_timeout_s
+INSTANCE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+DNS_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/%-]*$")
 
 
 class RoomState(StrEnum):
@@ -40,7 +50,7 @@ class NodeState(StrEnum):
 
 class RegisterOutcome(Enum):
     CREATED = "created"
-    REREGISTERED = "reregistered"  # same id after its previous lease lapsed
+    REREGISTERED = "reregistered"  # same id after its previous lease lapsed (or was taken over)
     EXISTS = "exists"  # another lease on this id is alive
     REVOKED = "revoked"
 
@@ -50,6 +60,7 @@ class HeartbeatOutcome(Enum):
     UNKNOWN = "unknown"
     EXPIRED = "expired"  # the lease lapsed: the node must register again
     REVOKED = "revoked"
+    SUPERSEDED = "superseded"  # another instance (a restart) holds the id now: register again
 
 
 class PlacementOutcome(Enum):
@@ -58,6 +69,7 @@ class PlacementOutcome(Enum):
     NO_NODES = "no_nodes"  # no node holds a live lease
     ALL_FAILING = "all_failing"  # live nodes exist, none healthy and not draining
     FULL = "full"  # healthy nodes exist, all at capacity
+    AWAY = "away"  # its node lost its lease and may come back: not placed again before the grace ends
 
 
 def _field(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
@@ -80,21 +92,24 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _count(obj: Mapping[str, Any], name: str, *, required: bool, minimum: int = 0, default: int = 0) -> int:
+def _count(
+    obj: Mapping[str, Any], name: str, *, required: bool, minimum: int = 0, default: int = 0, maximum: int = MAX_COUNT
+) -> int:
     value = _field(obj, name, int, required)
     if value is None:
         return default
-    if value < minimum:
-        raise ValueError(f"field {name!r} must be at least {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"field {name!r} must be an integer from {minimum} to {maximum}")
     return int(value)
 
 
-def _number(obj: Mapping[str, Any], name: str, *, default: float = 0.0) -> float:
+def _number(obj: Mapping[str, Any], name: str, *, maximum: float, default: float = 0.0) -> float:
     value = _field(obj, name, (int, float), False)
     if value is None:
         return default
-    if value < 0 or value != value or value == float("inf"):
-        raise ValueError(f"field {name!r} must be a finite number >= 0, got {value}")
+    # compare before converting: float() of a huge JSON integer raises OverflowError
+    if value != value or not 0 <= value <= maximum:
+        raise ValueError(f"field {name!r} must be a number from 0 to {maximum:g}")
     return float(value)
 
 
@@ -112,14 +127,54 @@ def parse_region(value: object) -> str | None:
     return value
 
 
+def valid_host(host: str) -> bool:
+    """A DNS name (labels of 1..63 letters, digits and inner hyphens; 253 characters at most), an
+    IPv4 address or an IPv6 address."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # digits only but not an IPv4 address (e.g. 999.1.1.1)
+    return all(DNS_LABEL_RE.fullmatch(label) for label in labels)
+
+
 def parse_http_url(value: object, name: str = "url") -> str:
+    """An http(s) base URL the control plane's own client can call: a valid host (``valid_host``;
+    IPv6 in brackets), an optional port 1..65535, an optional plain path; no user info, query,
+    fragment, spaces or control characters."""
     if not isinstance(value, str):
         raise ValueError(f"field {name!r} must be a string")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"field {name!r} must be an http(s) URL with a host, got {value!r}")
-    if parts.query or parts.fragment:
+    bad = f"field {name!r} must be an http(s) URL with a valid host and port 1..65535, got {value[:300]!r}"
+    if len(value) > 2048 or not value.isascii() or any(c.isspace() or ord(c) < 32 or c == "\\" for c in value):
+        raise ValueError(bad)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ValueError(bad) from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(bad)
+    if "@" in parts.netloc:
+        raise ValueError(f"field {name!r} must not carry user info")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ValueError(f"field {name!r} must not carry a query or fragment")
+    host = parts.hostname or ""
+    bracketed = parts.netloc.startswith("[")
+    if bracketed != (":" in host) or not valid_host(host):
+        raise ValueError(bad)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(bad) from None
+    if port is not None and not 1 <= port <= 65535 or parts.netloc.endswith(":"):
+        raise ValueError(bad)
+    if not URL_PATH_RE.fullmatch(parts.path):
+        raise ValueError(f"field {name!r} has an invalid path")
     return value.rstrip("/")
 
 
@@ -155,8 +210,8 @@ class Load:
         return cls(
             rooms=_count(obj, "rooms", required=False),
             participants=_count(obj, "participants", required=False),
-            cpu=_number(obj, "cpu"),
-            packets_per_s=_number(obj, "packets_per_s"),
+            cpu=_number(obj, "cpu", maximum=1.0),
+            packets_per_s=_number(obj, "packets_per_s", maximum=MAX_RATE),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -181,15 +236,26 @@ class NodeRegistration:
     version: str
     #: rooms live on the node as it registers (a node back after its lease lapsed keeps them)
     rooms: tuple[str, ...] = ()
+    #: the reporting process (a new one after each restart): a registration from a new instance of
+    #: the same node identity replaces the lease of the old one (see ``ControlService.register``)
+    instance: str | None = None
+    #: participants per live room, when the node reports them (``room_participants``)
+    participants: tuple[tuple[str, int], ...] = ()
+
+    def listing(self) -> tuple[tuple[str, int | None], ...]:
+        """Every room the node lists, with its participant count when known."""
+        counts = dict(self.participants)
+        rooms = dict.fromkeys((*self.rooms, *counts))
+        return tuple((r, counts.get(r)) for r in rooms)
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> NodeRegistration:
         media = _field(obj, "media", dict)
         host = _field(media, "host", str)
-        if not host or len(host) > 255:
-            raise ValueError("field 'media.host' must be a non-empty host name or address")
+        if not valid_host(host):
+            raise ValueError(f"field 'media.host' must be a DNS name, an IPv4 or an IPv6 address, got {host[:300]!r}")
         port = _field(media, "port", int)
-        if isinstance(port, bool) or not 1 <= port <= 65535:
+        if not 1 <= port <= 65535:
             raise ValueError(f"field 'media.port' must be 1..65535, got {port}")
         version = _field(obj, "version", str, required=False) or ""
         if len(version) > MAX_VERSION:
@@ -203,6 +269,8 @@ class NodeRegistration:
             capacity=Capacity.parse(obj.get("capacity")),
             version=version,
             rooms=_parse_live_rooms(obj.get("rooms")),
+            instance=parse_instance(obj.get("instance")),
+            participants=parse_room_participants(obj.get("room_participants")) or (),
         )
 
 
@@ -223,6 +291,30 @@ def _parse_str_list(
     return tuple(value)
 
 
+def parse_instance(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not INSTANCE_RE.fullmatch(value):
+        raise ValueError("field 'instance' must be 1 to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def parse_room_participants(value: object) -> tuple[tuple[str, int], ...] | None:
+    """``{"room-id": participants, ...}``: the rooms live on a node and how many joined each."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_LIVE_ROOMS:
+        raise ValueError(f"field 'room_participants' must be an object of at most {MAX_LIVE_ROOMS} room ids")
+    out: list[tuple[str, int]] = []
+    for room, count in value.items():
+        if not ROOM_ID_RE.fullmatch(room):
+            raise ValueError(f"field 'room_participants' has an invalid room id: {room[:80]!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise ValueError(f"field 'room_participants' must map room ids to integers from 0 to {MAX_COUNT}")
+        out.append((room, count))
+    return tuple(out)
+
+
 def _parse_live_rooms(value: object) -> tuple[str, ...]:
     rooms = _parse_str_list(
         value,
@@ -241,6 +333,9 @@ class Heartbeat:
     healthy: bool = True
     draining: bool = False
     load: Load = field(default_factory=Load)
+    instance: str | None = None
+    #: the node's live rooms and their participants; ``None`` when it does not report them
+    participants: tuple[tuple[str, int], ...] | None = None
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> Heartbeat:
@@ -251,7 +346,12 @@ class Heartbeat:
             healthy=True if healthy is None else healthy,
             draining=False if draining is None else draining,
             load=Load() if load is None else Load.parse(load),
+            instance=parse_instance(obj.get("instance")),
+            participants=parse_room_participants(obj.get("room_participants")),
         )
+
+    def listing(self) -> tuple[tuple[str, int | None], ...]:
+        return tuple(self.participants or ())
 
 
 @dataclass(frozen=True)
@@ -270,9 +370,18 @@ class Node:
     draining: bool = False
     load: Load = field(default_factory=Load)
     placed_since_report: int = 0
+    instance: str | None = None
 
     def lease_alive(self, now_ms: int) -> bool:
         return not self.revoked and self.lease_expires_at > now_ms
+
+    def away_until(self, now_ms: int, grace_ms: int) -> int | None:
+        """When the node's lease lapsed less than ``grace_ms`` ago (it may come back and still host
+        its rooms): the time the grace ends; else ``None`` (live, revoked, or away for longer)."""
+        if self.revoked or self.lease_expires_at > now_ms:
+            return None
+        end = self.lease_expires_at + grace_ms
+        return end if now_ms < end else None
 
     def state(self, now_ms: int) -> NodeState:
         if self.revoked:
@@ -305,6 +414,7 @@ class Node:
             "draining": self.draining,
             "load": self.load.to_json(),
             "rooms_placed_since_report": self.placed_since_report,
+            "instance": self.instance,
         }
 
 
@@ -331,11 +441,11 @@ class RoomSpec:
     @classmethod
     def parse(cls, obj: Mapping[str, Any], room: str) -> RoomSpec:
         maxp = _field(obj, "max_participants", int, required=False)
-        if maxp is not None and maxp < 1:
-            raise ValueError(f"field 'max_participants' must be at least 1, got {maxp}")
+        if maxp is not None and not 1 <= maxp <= MAX_COUNT:
+            raise ValueError(f"field 'max_participants' must be an integer from 1 to {MAX_COUNT}")
         timeout = _field(obj, "empty_timeout_s", int, required=False)
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"field 'empty_timeout_s' must be >= 0, got {timeout}")
+        if timeout is not None and not 0 <= timeout <= MAX_EMPTY_TIMEOUT_S:
+            raise ValueError(f"field 'empty_timeout_s' must be an integer from 0 to {MAX_EMPTY_TIMEOUT_S}")
         return cls(
             room=room,
             max_participants=maxp,
@@ -362,6 +472,7 @@ class Room:
     node_id: str
     state: RoomState
     placed_at: int  # ms
+    participants: int = 0  # as its node last reported (0 when it never did)
 
     @property
     def room(self) -> str:
@@ -376,6 +487,7 @@ class Room:
             "max_participants": self.spec.max_participants,
             "codecs": list(self.spec.codecs),
             "region": self.spec.region,
+            "participants": self.participants,
         }
 
 
@@ -389,3 +501,12 @@ class Placement:
     previous: Room | None = None  # the record this placement replaced (a lost room), for release
     live_nodes: int = 0
     passing_nodes: int = 0
+    retry_at: int | None = None  # AWAY: when the grace of the room's node ends (ms)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A room a node's report took back from another node (whose copy is empty, or gone)."""
+
+    room: str
+    from_node: str

@@ -23,6 +23,7 @@ import enum
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -283,6 +284,8 @@ class ControlPlaneAgent:
         self._tokens = NodeTokens(ApiKey(key_id, secret), node.config.project, settings.node_id, settings.token_ttl_s)
         self._backoff = Backoff(settings.backoff_base_s, settings.backoff_cap_s)
         self._meter: LoadMeter | None = None
+        #: this process: a restarted node registers as a new instance, which retires the old lease
+        self.instance = secrets.token_hex(8)
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -461,7 +464,15 @@ class ControlPlaneAgent:
             "version": VERSION,
             # a node back after its lease lapsed keeps its live rooms instead of seeing them re-placed
             "rooms": self.node.room_ids(),
+            "instance": self.instance,
+            **self._room_participants(),
         }
+
+    def _room_participants(self) -> dict[str, Any]:
+        """``{"room_participants": {room: participants}}`` when the node can tell (``sfu.node.Node``
+        can; a multi-worker front does not yet): the control plane takes a room back with it."""
+        counts = getattr(self.node, "room_participants", None)
+        return {"room_participants": counts()} if callable(counts) else {}
 
     def _status(self) -> dict[str, Any]:
         snap = self.node.load_snapshot()
@@ -477,6 +488,8 @@ class ControlPlaneAgent:
                 "cpu": round(cpu, 4),
                 "packets_per_s": round(pps, 1),
             },
+            "instance": self.instance,
+            **self._room_participants(),
         }
 
     def _adopt(self, reply: ControlReply) -> None:

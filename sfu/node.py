@@ -179,6 +179,10 @@ class Node(HttpBound):
     def room_ids(self) -> list[str]:
         return [r.id for r in self.rooms.public_rooms()]
 
+    def room_participants(self) -> dict[str, int]:
+        """Participants per live room, for the control plane (``sfu.agent``)."""
+        return {r.id: len(r.participants) for r in self.rooms.public_rooms()}
+
     def cpu_seconds(self) -> float:
         return time.process_time()
 

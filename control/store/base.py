@@ -17,6 +17,7 @@ from control.model import (
     RegisterOutcome,
     Room,
     RoomSpec,
+    Taken,
 )
 
 
@@ -30,20 +31,23 @@ class Store(ABC):
 
     @abstractmethod
     async def register_node(
-        self, reg: NodeRegistration, now_ms: int, lease_ms: int
-    ) -> tuple[RegisterOutcome, Node | None]:
+        self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken]]:
         """Create or take over the node record.
 
-        REVOKED when the id is revoked; EXISTS (with the current record) while its lease is alive;
+        REVOKED when the id is revoked; EXISTS (with the current record) while its lease is alive,
+        unless ``takeover`` or the registration comes from the instance holding the lease;
         otherwise the record is (re)written with fresh load, a new lease, and the rooms it held
-        marked lost (a restarted node has none of them).
+        and does not list marked lost.  The rooms it lists are claimed (``claim_rule`` below).
         """
 
     @abstractmethod
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
-    ) -> tuple[HeartbeatOutcome, Node | None]:
-        """Renew a live lease and store the report (resetting rooms placed since the last one)."""
+    ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
+        """Renew a live lease and store the report (resetting rooms placed since the last one);
+        SUPERSEDED when the report names another instance than the lease's.  The rooms it lists
+        are claimed (``claim_rule``)."""
 
     @abstractmethod
     async def revoke(self, node_id: str, now_ms: int) -> Node | None:
@@ -64,9 +68,13 @@ class Store(ABC):
     async def list_nodes(self) -> list[Node]: ...
 
     @abstractmethod
-    async def place_room(self, spec: RoomSpec, now_ms: int, exclude: frozenset[str]) -> Placement:
-        """Atomically: return the room if it is live on a node with a live lease (EXISTING), else
-        choose a node (``control.placement``), count the placement on it and record the room."""
+    async def place_room(
+        self, spec: RoomSpec, now_ms: int, exclude: frozenset[str], grace_ms: int = 0
+    ) -> Placement:
+        """Atomically: return the room if it is live on a node with a live lease (EXISTING); AWAY
+        when its node's lease lapsed less than ``grace_ms`` ago (not revoked: it may come back with
+        the room); else choose a node (``control.placement``, preferring the room's previous node),
+        count the placement on it and record the room."""
 
     @abstractmethod
     async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
@@ -78,3 +86,13 @@ class Store(ABC):
     @abstractmethod
     async def expire_leases(self, now_ms: int) -> list[str]:
         """Mark live rooms of nodes whose lease lapsed as lost; the ids of those nodes."""
+
+
+
+# claim_rule: how a node's list of live rooms (registration or heartbeat) updates the records, per
+# room.  Unknown: recorded live on the node.  On the node already: live, with the reported
+# participants.  On another node that is away (lease lapsed, revoked, unknown) or whose record is
+# lost or closed: moved to the reporting node.  On another live node whose last reported
+# participants are 0 while the reporting node reports participants: moved too, and that node's
+# (empty) copy is to be closed (a ``Taken``).  Otherwise (both copies have participants, or the
+# reporting copy has none) left where it is: a room is never taken from a copy with participants.

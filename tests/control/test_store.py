@@ -73,7 +73,7 @@ async def test_heartbeat_resets_placed_count(store: Store) -> None:
     for i in range(2):
         assert (await store.place_room(RoomSpec(f"room-{i}x"), T0, frozenset())).outcome is PlacementOutcome.PLACED
     assert (await store.place_room(RoomSpec("room-3x"), T0, frozenset())).outcome is PlacementOutcome.FULL
-    outcome, node = await store.heartbeat("a", Heartbeat(True, False, Load(rooms=1)), T0 + 1, LEASE)
+    outcome, node, _ = await store.heartbeat("a", Heartbeat(True, False, Load(rooms=1)), T0 + 1, LEASE)
     assert outcome is HeartbeatOutcome.OK and node is not None and node.placed_since_report == 0
     assert (await store.place_room(RoomSpec("room-3x"), T0 + 2, frozenset())).outcome is PlacementOutcome.PLACED
 
