@@ -119,8 +119,9 @@ class ControlService:
     async def register(self, reg: NodeRegistration, *, node_bound: bool = False) -> tuple[Node, RegisterOutcome]:
         """``node_bound``: the credential is the node's own (identity ``node:<id>``).  A registration
         from a new instance of the node (a restart: another ``instance``) with such a credential
-        replaces a live lease at once when the old instance is gone: it registered the same URL
-        (which the new process now holds), or its URL no longer answers."""
+        replaces a live lease held by an earlier instance at once when that one is gone: it
+        registered the same URL (which the new process now holds), or its URL no longer answers.
+        A lease registered without an instance (an older node) is waited out as before."""
         now = self.now_ms()
         outcome, node, taken = await self.store.register_node(reg, now, self.config.lease_ms)
         if (
@@ -128,6 +129,7 @@ class ControlService:
             and node is not None
             and node_bound
             and reg.instance is not None
+            and node.instance is not None
             and node.instance != reg.instance
             and await self._old_instance_gone(node, reg)
         ):

@@ -5,9 +5,13 @@ background while WHIP/WHEP and the room API serve as usual, and readiness stays 
 
 - Registration (``POST /v1/nodes``) is retried with exponential backoff and full jitter while the
   control plane is unreachable or answers 5xx.
-- ``node_exists`` (409): the id's lease may be this node's previous run, so the agent waits the
-  ``Retry-After`` once; refused again, another live node holds the id and the agent signals
-  ``fatal`` (``python -m sfu`` then exits non-zero).
+- Every report carries ``instance`` (random per process) and ``room_participants`` (the live rooms
+  and their participants): a restarted node's registration retires its previous run's lease at
+  once, and the control plane takes back the rooms the node really hosts.
+- ``node_exists`` (409): the id's lease may be this node's previous run (one registered without an
+  instance, or whose URL still answers), so the agent waits the ``Retry-After`` once; refused
+  again, another live node holds the id and the agent signals ``fatal`` (``python -m sfu`` then
+  exits non-zero).
 - Heartbeats (``PUT /v1/nodes/{id}/status``) every ``heartbeat_interval_s`` the control plane
   advertises; failures are counted (``heartbeat_failures``); ``not_found`` means the lease lapsed
   or the control plane forgot us: register again.
