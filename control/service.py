@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 
@@ -123,7 +124,7 @@ class ControlService:
         registered the same URL (which the new process now holds), or its URL no longer answers.
         A lease registered without an instance (an older node) is waited out as before."""
         now = self.now_ms()
-        outcome, node, taken = await self.store.register_node(reg, now, self.config.lease_ms)
+        outcome, node, taken, dropped = await self.store.register_node(reg, now, self.config.lease_ms)
         if (
             outcome is RegisterOutcome.EXISTS
             and node is not None
@@ -133,7 +134,9 @@ class ControlService:
             and node.instance != reg.instance
             and await self._old_instance_gone(node, reg)
         ):
-            outcome, node, taken = await self.store.register_node(reg, now, self.config.lease_ms, takeover=True)
+            outcome, node, taken, dropped = await self.store.register_node(
+                reg, now, self.config.lease_ms, takeover=True
+            )
             if outcome is RegisterOutcome.REREGISTERED:
                 log.warning("node %s restarted (instance %s): its previous lease is retired", reg.id, reg.instance)
         if outcome is RegisterOutcome.REVOKED:
@@ -148,8 +151,29 @@ class ControlService:
         assert node is not None
         log.info("node %s %s at %s", reg.id, outcome.value, reg.url)
         self._close_copies(node.id, taken)
+        if dropped:
+            self._spawn(self._place_again(node.id, dropped))
         await self.refresh_gauges()
         return node, outcome
+
+    async def _place_again(self, node_id: str, rooms: list[str]) -> None:
+        """Rooms ``node_id`` held and no longer has (it restarted): placed again now (back on it,
+        when it can take them), so that joiners already sent to it find them."""
+        for name in rooms:
+            room = await self.store.get_room(name)
+            if room is None or room.node_id != node_id or room.state is not RoomState.LOST:
+                continue
+            try:
+                loc = await self.ensure_room(room.spec)
+            except ApiError as exc:
+                log.warning("room %s: could not place it again after node %s registered: %s", name, node_id, exc.detail)
+                continue
+            log.info("room %s placed again on node %s after node %s registered without it", name, loc.node.id, node_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _old_instance_gone(self, old: Node, reg: NodeRegistration) -> bool:
         if old.url == reg.url:
@@ -179,9 +203,7 @@ class ControlService:
         copy in the background, when it is still empty."""
         for t in taken:
             log.warning("room %s: node %s reports participants in it; taken back from node %s", t.room, node_id, t.from_node)
-            task = asyncio.create_task(self._close_empty_copy(t))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._close_empty_copy(t))
 
     async def _close_empty_copy(self, t: Taken) -> None:
         async with self._close_slots:

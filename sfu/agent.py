@@ -204,6 +204,8 @@ class NodeTokens:
         return self._token
 
 
+#: the shortest time after its first registration a node answers unknown rooms as retryable
+SETTLE_MIN_S = 1.0
 #: while revoked, registration is retried every this many heartbeat intervals (at least 1 s)
 REVOKED_POLL_HEARTBEATS = 5
 
@@ -290,6 +292,8 @@ class ControlPlaneAgent:
         self._meter: LoadMeter | None = None
         #: this process: a restarted node registers as a new instance, which retires the old lease
         self.instance = secrets.token_hex(8)
+        #: ``time.monotonic()`` of this process's first accepted registration (``settling``)
+        self.registered_at: float | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -496,7 +500,17 @@ class ControlPlaneAgent:
             **self._room_participants(),
         }
 
+    def settling(self) -> bool:
+        """Not registered yet, or registered less than two heartbeat intervals (at least
+        ``SETTLE_MIN_S``) ago: the control plane may still be placing the rooms of this node's
+        previous run again here (``sfu.node.Node.existing_room``)."""
+        if self.registered_at is None:
+            return True
+        return time.monotonic() - self.registered_at < max(SETTLE_MIN_S, 2 * self.heartbeat_interval_s)
+
     def _adopt(self, reply: ControlReply) -> None:
+        if self.registered_at is None:
+            self.registered_at = time.monotonic()
         body = reply.body or {}
         interval = body.get("heartbeat_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:

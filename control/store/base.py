@@ -32,8 +32,9 @@ class Store(ABC):
     @abstractmethod
     async def register_node(
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
-    ) -> tuple[RegisterOutcome, Node | None, list[Taken]]:
-        """Create or take over the node record.
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        """Create or take over the node record; the rooms it took back (``Taken``) and the rooms it
+        held and no longer lists (lost now, to be placed again: ``dropped``).
 
         REVOKED when the id is revoked; EXISTS (with the current record) while its lease is alive,
         unless ``takeover`` or the registration comes from the instance holding the lease;

@@ -115,13 +115,13 @@ class RedisStore(Store):
 
     async def register_node(
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
-    ) -> tuple[RegisterOutcome, Node | None, list[Taken]]:
-        outcome, taken = await self._call(
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        outcome, taken, dropped = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.media_host, reg.media_port,
             reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, reg.instance,
             int(takeover), *_listing(reg.listing()),
         )
-        return RegisterOutcome(outcome), await self.get_node(reg.id), _taken(taken)
+        return RegisterOutcome(outcome), await self.get_node(reg.id), _taken(taken), [str(r) for r in dropped]
 
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int

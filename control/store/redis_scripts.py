@@ -1,7 +1,8 @@
 """Lua scripts of the Redis store: each runs atomically inside Redis, so replicas never race.
 
 Keys under the prefix ``P`` (ARGV[1]): ``P nodes`` (set of node ids), ``P node:<id>`` (hash),
-``P room:<room>`` (hash), ``P node_rooms:<id>`` (set of the rooms live on that node).
+``P room:<room>`` (hash), ``P node_rooms:<id>`` (set of the rooms live on that node),
+``P lost_on:<id>`` (set of the rooms lost on that node since it last registered).
 Keys are built inside the scripts, so a single Redis (or a primary with replicas) is required,
 not Redis Cluster.  ``PLACE`` is ``control.placement.choose`` in Lua: keep the two in step.
 """
@@ -14,12 +15,13 @@ local function nkey(id) return P .. 'node:' .. id end
 local function rkey(room) return P .. 'room:' .. room end
 local function nrkey(id) return P .. 'node_rooms:' .. id end
 local function lose_rooms(id)
-  local lost = 0
+  local lost = {}
   for _, r in ipairs(redis.call('SMEMBERS', nrkey(id))) do
     local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
     if f[1] == id and f[2] == 'live' then
       redis.call('HSET', rkey(r), 'state', 'lost')
-      lost = lost + 1
+      redis.call('SADD', P .. 'lost_on:' .. id, r)
+      table.insert(lost, r)
     end
   end
   redis.call('DEL', nrkey(id))
@@ -68,18 +70,22 @@ end
 
 # ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version,
 # instance ('' = none), takeover ('1'/'0'), then (room, participants or '') pairs: the rooms live on the node.
-# Returns {outcome, taken (flat room, node pairs)}.
+# Returns {outcome, taken (flat room, node pairs), dropped (rooms it held, lost now: it no longer lists them)}.
 REGISTER = PRELUDE + r"""
 local id = ARGV[2]
 local now = tonumber(ARGV[3])
 local k = nkey(id)
 local old = redis.call('HMGET', k, 'revoked', 'lease_expires_at', 'instance')
 local existed = old[2] ~= false
+local held = {}
 if existed then
-  if old[1] == '1' then return {'revoked', {}} end
+  if old[1] == '1' then return {'revoked', {}, {}} end
   local same = ARGV[12] ~= '' and old[3] == ARGV[12]
-  if tonumber(old[2]) > now and ARGV[13] ~= '1' and not same then return {'exists', {}} end
+  if tonumber(old[2]) > now and ARGV[13] ~= '1' and not same then return {'exists', {}, {}} end
   lose_rooms(id)
+  -- every room lost on it (now, or earlier: lease lapsed, revoked) is dropped when not listed
+  held = redis.call('SMEMBERS', P .. 'lost_on:' .. id)
+  redis.call('DEL', P .. 'lost_on:' .. id)
 end
 redis.call('DEL', k)
 redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_port', ARGV[7],
@@ -89,8 +95,13 @@ redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_po
   'instance', ARGV[12])
 redis.call('SADD', P .. 'nodes', id)
 local taken = claim(id, ARGV[3], 14)
-if existed then return {'reregistered', taken} end
-return {'created', taken}
+local dropped = {}
+for _, r in ipairs(held) do
+  local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
+  if f[1] == id and f[2] == 'lost' then table.insert(dropped, r) end
+end
+if existed then return {'reregistered', taken, dropped} end
+return {'created', taken, dropped}
 """
 
 # ARGV: P, id, now, lease_expires_at, healthy, draining, rooms, participants, cpu, pps, instance ('' = none),
@@ -230,7 +241,7 @@ local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
   local f = redis.call('HMGET', nkey(id), 'revoked', 'lease_expires_at')
   if f[2] and (f[1] == '1' or tonumber(f[2]) <= now) and redis.call('SCARD', nrkey(id)) > 0 then
-    if lose_rooms(id) > 0 then table.insert(out, id) end
+    if #lose_rooms(id) > 0 then table.insert(out, id) end
   end
 end
 return out

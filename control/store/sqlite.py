@@ -224,14 +224,14 @@ class SqliteStore(Store):
 
     async def register_node(
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
-    ) -> tuple[RegisterOutcome, Node | None, list[Taken]]:
-        def tx(c: sqlite3.Connection) -> tuple[RegisterOutcome, Node | None, list[Taken]]:
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        def tx(c: sqlite3.Connection) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
             old = self._get_node(c, reg.id)
             if old is not None and old.revoked:
-                return RegisterOutcome.REVOKED, old, []
+                return RegisterOutcome.REVOKED, old, [], []
             same = reg.instance is not None and old is not None and old.instance == reg.instance
             if old is not None and old.lease_expires_at > now_ms and not (takeover or same):
-                return RegisterOutcome.EXISTS, old, []
+                return RegisterOutcome.EXISTS, old, [], []
             if old is not None:
                 self._lose_rooms(c, reg.id)
             c.execute(
@@ -240,8 +240,10 @@ class SqliteStore(Store):
                  reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
             )
             taken = self._claim(c, reg.id, reg.listing(), now_ms)
+            dropped = [r["room"] for r in c.execute(
+                "SELECT room FROM rooms WHERE node_id = ? AND state = 'lost' ORDER BY room", (reg.id,))]
             outcome = RegisterOutcome.CREATED if old is None else RegisterOutcome.REREGISTERED
-            return outcome, self._get_node(c, reg.id), taken
+            return outcome, self._get_node(c, reg.id), taken, dropped
 
         return await self._tx(tx)
 

@@ -149,8 +149,11 @@ async def test_a_restarted_instance_retires_the_old_lease_at_once(cp: ControlPla
     assert (await register_as(cp, "node-2", nodes[1].url)).status == 201
     again = await register_as(cp, "node-1", nodes[0].url, instance="boot-2")
     assert again.status == 201 and again.body["node"]["instance"] == "boot-2", again.body
-    assert (await get_room(cp, "restart-room")).body["state"] == "lost"
-    joined = await token_for(cp, "restart-room")  # placed again, back on the restarted node
+    # the room it no longer has is placed again at once, back on the restarted node
+    await wait_until(lambda: nodes[0].rooms == ["restart-room", "restart-room"], "room not placed again")
+    view = await get_room(cp, "restart-room")
+    assert view.body["state"] == "live" and view.body["node"]["id"] == "node-1"
+    joined = await token_for(cp, "restart-room")
     assert joined.status == 200 and joined.body["node"]["id"] == "node-1"
     assert nodes[0].rooms == ["restart-room", "restart-room"] and nodes[1].rooms == []
     # the old process, were it still around, is told to register again (and would meet node_exists)
