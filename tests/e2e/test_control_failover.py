@@ -73,10 +73,10 @@ class Fleet:
         return new
 
 
-async def start_fleet(tmp_path: Path, store: str, node_env: dict[str, str]) -> Fleet:
+async def start_fleet(tmp_path: Path, store: str, node_env: dict[str, str], grace_s: float = GRACE_S) -> Fleet:
     procs = Procs(tmp_path)
     control = procs.control(lease_s=LEASE_S, heartbeat_s=HEARTBEAT_S,
-                            extra_args=["--store", store, "--room-grace-seconds", str(GRACE_S)])
+                            extra_args=["--store", store, "--room-grace-seconds", str(grace_s)])
     await control.wait_healthy()
     nodes = {i: procs.node(i, control.url, env=node_env) for i in ("sfu-a", "sfu-b")}
     for node in nodes.values():
@@ -88,6 +88,15 @@ async def start_fleet(tmp_path: Path, store: str, node_env: dict[str, str]) -> F
 @pytest.fixture
 async def fleet_auto(tmp_path: Path, store: str) -> AsyncIterator[Fleet]:
     fleet = await start_fleet(tmp_path, store, {"LEVELCHAT_SFU_MAX_ROOMS": "20"})
+    try:
+        yield fleet
+    finally:
+        fleet.procs.stop_all()
+
+
+@pytest.fixture
+async def fleet_no_grace(tmp_path: Path, store: str) -> AsyncIterator[Fleet]:
+    fleet = await start_fleet(tmp_path, store, {"LEVELCHAT_SFU_MAX_ROOMS": "20"}, grace_s=0.0)
     try:
         yield fleet
     finally:
@@ -116,9 +125,9 @@ async def try_call(method: str, url: str, **kw: Any) -> Reply | str:
 
 
 async def room_on(node: Proc, room: str) -> int | None:
-    """Participants in the node's copy of ``room``; None when it has none (or does not answer)."""
+    """Participants in the node's open copy of ``room``; None when it has none (or does not answer)."""
     got = await try_call("GET", f"{node.url}/v1/rooms/{room}", token=admin_token("room:admin"))
-    if isinstance(got, str) or got.status != 200:
+    if isinstance(got, str) or got.status != 200 or got.body.get("state") != "open":
         return None
     count = got.body.get("num_participants")
     return count if isinstance(count, int) else None
@@ -314,3 +323,45 @@ async def test_bad_registrations_are_refused_and_a_vanishing_node_is_skipped(fle
         assert "sfu-bad" not in {n["id"] for n in views.body["nodes"]}
     finally:
         stopped.popen.send_signal(signal.SIGCONT)
+
+
+async def test_the_node_with_the_participants_takes_its_room_back_from_an_empty_copy(fleet_no_grace: Fleet) -> None:
+    """Defect 12 after the grace (0 here): the room was placed on b while a was away; a comes back
+    and its publisher with it: a's report (the room, 1 participant) takes the room back, b's empty
+    copy is closed with the control plane's credentials, and the next joiner reaches a."""
+    fleet, room = fleet_no_grace, "takeback"
+    home, alice = await home_of(fleet, room)
+    other = next(n for n in fleet.nodes if n != home)
+    fleet.nodes[home].kill9()
+    deadline = time.monotonic() + LEASE_S + 15
+    while True:  # a's lease lapses: the room is placed again, on b
+        moved = await grant(fleet.control.url, room, "early", ["room:join"])
+        if moved.status == 200 and moved.body["node"]["id"] == other:
+            break
+        assert moved.status in (200, 503) and time.monotonic() < deadline, moved.body
+        await asyncio.sleep(POLL_S)
+    assert await room_on(fleet.nodes[other], room) == 0  # b's copy: created, empty
+    again = fleet.restart(home)
+    await again.wait_healthy()
+    pub = await publish_and_wait(again.url, room, alice["token"])  # the publisher is back on a
+    subs: list[WhepSubscriber] = []
+    try:
+        await wait_for_async(lambda: room_on(fleet.nodes[other], room), lambda v: v is None, 15,
+                             "b's empty copy is closed")
+        bob = await grant(fleet.control.url, room, "bob", ["room:join", "room:subscribe"])
+        assert bob.status == 200 and bob.body["node"]["id"] == home, bob.body
+        subs.append(await join_and_receive(bob.body["url"], room, bob.body["token"]))
+        view = await call("GET", f"{fleet.control.url}/v1/rooms/{room}")
+        assert view.body["node"]["id"] == home and view.body["participants"] >= 1, view.body
+        assert await room_on(fleet.nodes[other], room) is None
+    finally:
+        for s in subs:
+            await s.close()
+        await pub.close()
+
+
+async def wait_for_async(probe: Any, ok: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ok(value := await probe()):
+        assert time.monotonic() < deadline, f"{what}: still {value!r}"
+        await asyncio.sleep(0.1)
