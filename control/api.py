@@ -23,14 +23,17 @@ from levelchat.web import bearer_token, json_response, read_json
 log = logging.getLogger("levelchat.control.http")
 
 SERVICE_KEY = web.AppKey("control_service", ControlService)
+#: a node's registration or heartbeat lists its rooms (up to ``MAX_LIVE_ROOMS``, ids of up to 64
+#: characters, twice: ids and participants): more than the 64 KiB other bodies may carry
+NODE_REPORT_MAX_BYTES = 2 * 1024 * 1024
 
 
 def _service(request: web.Request) -> ControlService:
     return request.app[SERVICE_KEY]
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    return await read_json(request)
+async def _body(request: web.Request, max_bytes: int | None = None) -> dict[str, Any]:
+    return await read_json(request) if max_bytes is None else await read_json(request, max_bytes)
 
 
 def _node_id(request: web.Request) -> str:
@@ -77,7 +80,7 @@ def _room_view(loc: RoomLocation) -> dict[str, Any]:
 async def register_node(request: web.Request) -> web.Response:
     svc = _service(request)
     claims = svc.authorize(bearer_token(request), "node:register")
-    reg: NodeRegistration = _parse(NodeRegistration.parse, await _body(request))
+    reg: NodeRegistration = _parse(NodeRegistration.parse, await _body(request, NODE_REPORT_MAX_BYTES))
     _require_node_identity(claims, reg.id)
     node, _ = await svc.register(reg, node_bound=claims.identity == f"{NODE_IDENTITY_PREFIX}{reg.id}")
     return json_response(_lease_view(svc, node), status=201, headers={"Location": f"/v1/nodes/{node.id}"})
@@ -88,7 +91,7 @@ async def node_status(request: web.Request) -> web.Response:
     claims = svc.authorize(bearer_token(request), "node:register")
     node_id = _node_id(request)
     _require_node_identity(claims, node_id)
-    hb: Heartbeat = _parse(Heartbeat.parse, await _body(request))
+    hb: Heartbeat = _parse(Heartbeat.parse, await _body(request, NODE_REPORT_MAX_BYTES))
     node = await svc.heartbeat(node_id, hb)
     return json_response(_lease_view(svc, node))
 

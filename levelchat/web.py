@@ -130,7 +130,12 @@ async def read_json(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> di
         raise ApiError("bad_request", f"content type must be application/json, not {ctype or 'none'}")
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError("bad_request", f"request body is larger than {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
+    raw = b""
+    while len(raw) <= max_bytes:  # read(n) returns what has arrived: a large body comes in chunks
+        chunk = await request.content.read(max_bytes + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > max_bytes:
         raise ApiError("bad_request", f"request body is larger than {max_bytes} bytes")
     try:

@@ -181,3 +181,16 @@ async def test_a_new_instance_at_another_url_waits_while_the_old_url_answers(
     assert taken.status == 201 and taken.body["node"]["url"] == nodes[1].url
     # without an instance (an older node) nothing changes: node_exists until the lease lapses
     (await register_as(cp, "node-1", nodes[2].url)).problem(409, "node_exists")
+
+
+async def test_a_node_with_many_rooms_reports_them_all(cp: ControlPlane, nodes: list[StandInNode]) -> None:
+    """A report of 10 000 rooms (ids of 64 characters) is larger than the 64 KiB of other bodies."""
+    rooms = [f"{i:064d}" for i in range(10_000)]
+    reply = await register_as(cp, "node-1", nodes[0].url, rooms=rooms, room_participants=dict.fromkeys(rooms, 1))
+    assert reply.status == 201, reply.body
+    beat = await heartbeat_as(cp, "node-1", room_participants=dict.fromkeys(rooms, 2))
+    assert beat.status == 200, beat.body
+    last = await get_room(cp, rooms[-1])
+    assert last.body["node"]["id"] == "node-1" and last.body["participants"] == 2
+    too_many = await heartbeat_as(cp, "node-1", room_participants=dict.fromkeys([*rooms, "one-more"], 1))
+    assert "room_participants" in too_many.problem(400, "bad_request")["detail"]
