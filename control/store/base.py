@@ -33,8 +33,9 @@ class Store(ABC):
     async def register_node(
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
     ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
-        """Create or take over the node record; the rooms it took back (``Taken``) and the rooms it
-        held and no longer lists (lost now, to be placed again: ``dropped``).
+        """Create or take over the node record; the rooms it took back (``Taken``) and, when it is a
+        new instance of the node (a restart), the rooms it held and no longer lists (lost, to be
+        placed again at once: ``dropped``; the same process not listing a room means it ended).
 
         REVOKED when the id is revoked; EXISTS (with the current record) while its lease is alive,
         unless ``takeover`` or the registration comes from the instance holding the lease;

@@ -96,6 +96,7 @@ redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_po
 redis.call('SADD', P .. 'nodes', id)
 local taken = claim(id, ARGV[3], 14)
 local dropped = {}
+if ARGV[12] == '' or old[3] == ARGV[12] then held = {} end  -- not a restart: its unlisted rooms ended
 for _, r in ipairs(held) do
   local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
   if f[1] == id and f[2] == 'lost' then table.insert(dropped, r) end

@@ -240,8 +240,9 @@ class SqliteStore(Store):
                  reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
             )
             taken = self._claim(c, reg.id, reg.listing(), now_ms)
+            restarted = old is not None and reg.instance is not None and old.instance != reg.instance
             dropped = [r["room"] for r in c.execute(
-                "SELECT room FROM rooms WHERE node_id = ? AND state = 'lost' ORDER BY room", (reg.id,))]
+                "SELECT room FROM rooms WHERE node_id = ? AND state = 'lost' ORDER BY room", (reg.id,))] if restarted else []
             outcome = RegisterOutcome.CREATED if old is None else RegisterOutcome.REREGISTERED
             return outcome, self._get_node(c, reg.id), taken, dropped
 
