@@ -80,7 +80,8 @@ class Store(ABC):
 
     @abstractmethod
     async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
-        """Undo a placement on ``node_id`` whose creation failed, restoring the previous record."""
+        """Undo a placement on ``node_id`` whose creation failed (the record is still on that node,
+        live or lost), restoring the previous record."""
 
     @abstractmethod
     async def get_room(self, room: str) -> Room | None: ...

@@ -221,7 +221,8 @@ local room = ARGV[2]
 local node = ARGV[3]
 local rk = rkey(room)
 local f = redis.call('HMGET', rk, 'node_id', 'state')
-if f[1] ~= node or f[2] ~= 'live' then return 0 end
+-- lost too: the node's lease may have lapsed while the failed call waited on it
+if f[1] ~= node or (f[2] ~= 'live' and f[2] ~= 'lost') then return 0 end
 local placed = tonumber(redis.call('HGET', nkey(node), 'placed') or '0')
 if placed > 0 then redis.call('HINCRBY', nkey(node), 'placed', -1) end
 redis.call('SREM', nrkey(node), room)

@@ -335,7 +335,8 @@ class SqliteStore(Store):
     async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
         def tx(c: sqlite3.Connection) -> None:
             row = c.execute("SELECT node_id, state FROM rooms WHERE room = ?", (room,)).fetchone()
-            if row is None or row["node_id"] != node_id or row["state"] != RoomState.LIVE.value:
+            # lost too: the node's lease may have lapsed while the failed call waited on it
+            if row is None or row["node_id"] != node_id or row["state"] not in ("live", "lost"):
                 return
             c.execute("UPDATE nodes SET placed = MAX(placed - 1, 0) WHERE id = ?", (node_id,))
             if restore is None:
