@@ -119,7 +119,7 @@ async def grant(control_url: str, room: str, identity: str, scopes: list[str]) -
 
 async def try_call(method: str, url: str, **kw: Any) -> Reply | str:
     try:
-        return await call(method, url, timeout_s=3.0, **kw)
+        return await call(method, url, timeout_s=10.0, **kw)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return type(exc).__name__
 
