@@ -171,7 +171,18 @@ class ControlService:
             log.info("room %s placed again on node %s after node %s registered without it", name, loc.node.id, node_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+        """Run a repair (closing an empty copy, placing rooms again) in the background; its failure
+        (the store or a node unreachable) is logged, and the next report tries again."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background room repair failed")
+
+        task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
