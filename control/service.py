@@ -3,11 +3,9 @@ join tokens.  Every refusal is an ``ApiError`` with a catalogue code."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import aiohttp
 
@@ -24,16 +22,9 @@ from control.model import (
     Room,
     RoomSpec,
     RoomState,
-    Taken,
 )
-from control.nodeclient import (
-    NodeCallOutcome,
-    NodeCallResult,
-    answers,
-    create_room,
-    delete_room,
-    room_participants,
-)
+from control.nodeclient import NodeCallOutcome, NodeCallResult, answers, create_room
+from control.repair import Repairs
 from control.store import Store
 from levelchat.errors import CATALOGUE, SDK_ONLY_STATUSES, ApiError
 from levelchat.tokens import ApiKey, Claims, TokenVerifier, mint, validate_identity, validate_room
@@ -46,8 +37,6 @@ CONTROL_IDENTITY = "control-plane"
 GRANTABLE_SCOPES = frozenset({"room:join", "room:publish", "room:subscribe", "room:admin", "recording:write"})
 DEFAULT_TOKEN_TTL_S = 3600
 MAX_TOKEN_TTL_S = 86400
-#: background calls closing empty copies of rooms taken back (beyond this many, later ones wait)
-MAX_CLOSE_TASKS = 64
 #: the longest the control plane waits for a node's old URL when a new instance registers
 TAKEOVER_PROBE_S = 2.0
 
@@ -84,15 +73,18 @@ class ControlService:
         self.keys = {kid: ApiKey(kid, secret) for kid, secret in config.api_keys.items()}
         self.verifier = TokenVerifier(self.keys.values(), config.project)
         self._node_key = self.keys[sorted(self.keys)[0]]
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._close_slots = asyncio.Semaphore(MAX_CLOSE_TASKS)
+        self.repairs = Repairs(
+            store,
+            session,
+            timeout_s=config.node_timeout_seconds,
+            now_ms=self.now_ms,
+            room_token=self._room_token,
+            place=self._place_node_id,
+        )
 
     async def close(self) -> None:
-        """Cancel the background calls to nodes (closing empty copies) still running."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Cancel the background repairs (``control.repair``) still running."""
+        await self.repairs.close()
 
     # -- time and auth -------------------------------------------------------------------------
 
@@ -150,41 +142,10 @@ class ControlService:
             )
         assert node is not None
         log.info("node %s %s at %s", reg.id, outcome.value, reg.url)
-        self._close_copies(node.id, taken)
-        if dropped:
-            self._spawn(self._place_again(node.id, dropped))
+        self.repairs.close_copies(node.id, taken)
+        self.repairs.place_again(node.id, dropped)
         await self.refresh_gauges()
         return node, outcome
-
-    async def _place_again(self, node_id: str, rooms: list[str]) -> None:
-        """Rooms ``node_id`` held and no longer has (it restarted): placed again now (back on it,
-        when it can take them), so that joiners already sent to it find them."""
-        for name in rooms:
-            room = await self.store.get_room(name)
-            if room is None or room.node_id != node_id or room.state is not RoomState.LOST:
-                continue
-            try:
-                loc = await self.ensure_room(room.spec)
-            except ApiError as exc:
-                log.warning("room %s: could not place it again after node %s registered: %s", name, node_id, exc.detail)
-                continue
-            log.info("room %s placed again on node %s after node %s registered without it", name, loc.node.id, node_id)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a repair (closing an empty copy, placing rooms again) in the background; its failure
-        (the store or a node unreachable) is logged, and the next report tries again."""
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background room repair failed")
-
-        task = asyncio.create_task(guarded())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _old_instance_gone(self, old: Node, reg: NodeRegistration) -> bool:
         if old.url == reg.url:
@@ -206,32 +167,8 @@ class ControlService:
         if outcome is HeartbeatOutcome.EXPIRED:
             raise ApiError("not_found", f"the lease of node {node_id!r} lapsed; register it again with POST /v1/nodes")
         assert node is not None
-        self._close_copies(node_id, taken)
+        self.repairs.close_copies(node_id, taken)
         return node
-
-    def _close_copies(self, node_id: str, taken: list[Taken]) -> None:
-        """Rooms ``node_id`` took back (it reports participants in them): close the other node's
-        copy in the background, when it is still empty."""
-        for t in taken:
-            log.warning("room %s: node %s reports participants in it; taken back from node %s", t.room, node_id, t.from_node)
-            self._spawn(self._close_empty_copy(t))
-
-    async def _close_empty_copy(self, t: Taken) -> None:
-        async with self._close_slots:
-            node = await self.store.get_node(t.from_node)
-            if node is None or not node.lease_alive(self.now_ms()):
-                return
-            token = self._room_token(t.room, "room:admin")
-            timeout = self.config.node_timeout_seconds
-            count = await room_participants(self._session, node.url, token, t.room, timeout)
-            if count != 0:
-                log.warning("room %s: node %s's copy has %s participant(s): left open", t.room, node.id, count)
-                return
-            result = await delete_room(self._session, node.url, token, t.room, timeout)
-            if result.outcome is NodeCallOutcome.FAILED:
-                log.warning("room %s: could not close the empty copy on node %s: %s", t.room, node.id, result.detail)
-            else:
-                log.info("room %s: closed the empty copy on node %s", t.room, node.id)
 
     def _room_token(self, room: str, scope: str) -> str:
         return mint(
@@ -299,6 +236,9 @@ class ControlService:
             f"{len(exclude)} node(s) failed to create room {spec.room!r}"
             + (f"; last: {last.detail}" if last is not None else ""),
         )
+
+    async def _place_node_id(self, spec: RoomSpec) -> str:
+        return (await self.ensure_room(spec)).node.id
 
     def _placement_error(self, p: Placement, last: NodeCallResult | None) -> ApiError:
         tail = f"; last node failure: {last.detail}" if last is not None else ""
