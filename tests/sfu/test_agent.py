@@ -518,3 +518,28 @@ async def test_revoked_node_comes_back_when_reprovisioned(control: ControlPlane,
     assert created.status == 201, created.body
     ready = await http("GET", f"{node.url}/readyz", tok="-")
     assert ready.status == 200
+
+
+async def test_a_starting_node_answers_unknown_rooms_retryably(nodes: Any) -> None:
+    """Issue 11 defect 14: with auto-creation off, a node that has not registered yet (or only just:
+    its control plane may be placing its previous run's rooms again) answers a join for a room it
+    does not have 503 + Retry-After, not room_not_found; settled, room_not_found as before."""
+    control = await ControlPlane(heartbeat_s=0.2).start()
+    port = control.port
+    await control.stop()  # down at the node's start: it cannot register
+    try:
+        node: Node = await nodes("sfu-starting", control.url, auto_create_rooms=False)
+        whip = token("room:join", "room:publish", room="ghost-room", identity="a")
+        whep = token("room:join", "room:subscribe", room="ghost-room", identity="b")
+        for kind, tok in (("whip", whip), ("whep", whep)):
+            early = await http("POST", f"{node.url}/{kind}/ghost-room", tok=tok, sdp="v=0\r\n")
+            assert early.status == 503 and early.body["code"] == "service_unavailable", (kind, early.body)
+            assert early.headers["Retry-After"] == "1"
+        control = await ControlPlane(heartbeat_s=0.2, port=port).start()
+        await until(lambda: agent_of(node).registrations == 1, 10, "registration")
+        await until(lambda: not agent_of(node).settling(), 5, "settled")
+        for kind, tok in (("whip", whip), ("whep", whep)):
+            late = await http("POST", f"{node.url}/{kind}/ghost-room", tok=tok, sdp="v=0\r\n")
+            assert late.status == 404 and late.body["code"] == "room_not_found", (kind, late.body)
+    finally:
+        await control.stop()
