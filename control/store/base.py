@@ -95,7 +95,7 @@ class Store(ABC):
 # claim_rule: how a node's list of live rooms (registration or heartbeat) updates the records, per
 # room.  Unknown: recorded live on the node.  On the node already: live, with the reported
 # participants.  On another node that is away (lease lapsed, revoked, unknown) or whose record is
-# lost or closed: moved to the reporting node.  On another live node whose last reported
+# lost or closed: moved to the reporting node, unless its copy is empty (0 participants).  On another live node whose last reported
 # participants are 0 while the reporting node reports participants: moved too, and that node's
 # (empty) copy is to be closed (a ``Taken``).  Otherwise (both copies have participants, or the
 # reporting copy has none) left where it is: a room is never taken from a copy with participants.

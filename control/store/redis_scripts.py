@@ -49,7 +49,8 @@ local function claim(id, nowstr, first)
       local move = f[1] == id
       if not move then
         if f[2] ~= 'live' or not alive(f[1], now) then
-          move = true
+          -- not an empty copy: the away node may come back with the participants
+          move = cnt == '' or tonumber(cnt) > 0
         elseif cnt ~= '' and tonumber(cnt) > 0 and tonumber(f[3] or '0') == 0 then
           move = true
           table.insert(taken, r)

@@ -211,6 +211,8 @@ class SqliteStore(Store):
             if row["node_id"] != node_id:
                 holder = self._get_node(c, row["node_id"])
                 away = holder is None or not holder.lease_alive(now_ms) or row["state"] != RoomState.LIVE.value
+                if away and count == 0:
+                    continue  # an empty copy: the away node may come back with the participants
                 if not away and not (count and row["participants"] == 0):
                     continue
                 if not away:

@@ -194,3 +194,22 @@ async def test_a_node_with_many_rooms_reports_them_all(cp: ControlPlane, nodes: 
     assert last.body["node"]["id"] == "node-1" and last.body["participants"] == 2
     too_many = await heartbeat_as(cp, "node-1", room_participants=dict.fromkeys([*rooms, "one-more"], 1))
     assert "room_participants" in too_many.problem(400, "bad_request")["detail"]
+
+
+async def test_an_empty_copy_does_not_take_a_room_from_an_away_node(store_url: str, nodes: list[StandInNode]) -> None:
+    plane = await ControlPlane(make_config(store_url, lease_seconds=0.6, heartbeat_interval_seconds=0.2,
+                                           room_grace_seconds=30)).start()
+    try:
+        assert (await register_as(plane, "node-1", nodes[0].url)).status == 201
+        assert (await plane.create_room(room="away-room")).body["node"]["id"] == "node-1"
+        assert (await register_as(plane, "node-2", nodes[1].url)).status == 201
+        await until_expired(plane, "node-1", [nodes[1]])
+        # node-2 has an empty copy (a client created it there): the room still waits for node-1
+        await keep_alive(plane, nodes[1], room_participants={"away-room": 0})
+        (await get_room(plane, "away-room")).problem(503, "service_unavailable")
+        # with participants, it is node-2's: node-1 is away and holds nobody the control plane knows of
+        await keep_alive(plane, nodes[1], room_participants={"away-room": 1})
+        moved = await get_room(plane, "away-room")
+        assert moved.status == 200 and moved.body["node"]["id"] == "node-2" and moved.body["state"] == "live"
+    finally:
+        await plane.stop()
