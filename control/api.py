@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from control.fields import parse_node_id
 from control.metrics import CONTENT_TYPE
-from control.model import Heartbeat, Node, NodeRegistration, RoomSpec, parse_node_id
+from control.model import Heartbeat, Node, NodeRegistration, RoomSpec
 from control.service import ControlService, RoomLocation
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims, validate_room
