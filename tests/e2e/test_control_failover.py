@@ -9,7 +9,8 @@ a node killed with SIGKILL and restarted on the same ports, real WHIP/WHEP clien
 * 7: bad registrations are refused while placement goes on; a node that stops answering during
   placement is skipped, never a 500.
 
-Both stores: SQLite (file) and Redis (when ``redis-server`` is installed)."""
+Both stores: SQLite in memory (as in the defect reports) and Redis (when ``redis-server`` is
+installed); ``tests/control`` runs the same rules against a SQLite file."""
 
 from __future__ import annotations
 
@@ -49,10 +50,10 @@ def redis_url() -> Iterator[str]:
     proc.wait(timeout=10)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/control.db"
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "sqlite://:memory:"  # the store of the defect reports (and of --dev)
     url: str = request.getfixturevalue("redis_url")
     flush_redis(url)
     return url
