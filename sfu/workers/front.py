@@ -337,6 +337,15 @@ class Front(HttpBound):
             rooms.update(r for r in (w.status or {}).get("rooms", ()) if isinstance(r, str))
         return sorted(rooms)
 
+    def room_participants(self) -> dict[str, int]:
+        """Participants per live room, over the workers (a room lives on one worker)."""
+        counts: dict[str, int] = {}
+        for w in self.workers:
+            reported = (w.status or {}).get("room_participants")
+            if isinstance(reported, dict):
+                counts.update((r, n) for r, n in reported.items() if isinstance(r, str) and isinstance(n, int))
+        return counts
+
     def cpu_seconds(self) -> float:
         """The workers' CPU seconds over their number: the load's ``cpu`` is then the node's
         fraction of its cores in use."""

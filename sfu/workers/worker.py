@@ -113,6 +113,7 @@ class WorkerNode(Node):
             "drained": self.drained.is_set(),
             "revoked": self.revoked,
             "rooms": self.room_ids(),
+            "room_participants": self.room_participants(),
             "participants": snap.participants,
             "packets_out": snap.packets_out,
             "media_port": self.media_port,
