@@ -43,7 +43,7 @@ local function claim(id, nowstr, first)
     if not f[1] then
       if cnt == '' then cnt = '0' end
       redis.call('HSET', rk, 'room', r, 'node_id', id, 'state', 'live', 'placed_at', nowstr, 'codecs', '[]',
-        'participants', cnt)
+        'participants', cnt, 'seen_at', nowstr)
       redis.call('SADD', nrkey(id), r)
     else
       local move = f[1] == id
@@ -59,7 +59,7 @@ local function claim(id, nowstr, first)
         if move then redis.call('SREM', nrkey(f[1]), r) end
       end
       if move then
-        redis.call('HSET', rk, 'node_id', id, 'state', 'live')
+        redis.call('HSET', rk, 'node_id', id, 'state', 'live', 'seen_at', nowstr)
         if cnt ~= '' then redis.call('HSET', rk, 'participants', cnt) end
         redis.call('SADD', nrkey(id), r)
       end
@@ -98,9 +98,14 @@ redis.call('SADD', P .. 'nodes', id)
 local taken = claim(id, ARGV[3], 14)
 local dropped = {}
 if ARGV[12] == '' or old[3] == ARGV[12] then held = {} end  -- not a restart: its unlisted rooms ended
+-- a restart: the rooms the old process still had (listed or placed within about a lease of its
+-- last report; older records are rooms that ended there long ago)
+local since = 0
+if existed then since = tonumber(old[2]) - 2 * (tonumber(ARGV[4]) - now) end
 for _, r in ipairs(held) do
-  local f = redis.call('HMGET', rkey(r), 'node_id', 'state')
-  if f[1] == id and f[2] == 'lost' then table.insert(dropped, r) end
+  local f = redis.call('HMGET', rkey(r), 'node_id', 'state', 'placed_at', 'seen_at')
+  local seen = math.max(tonumber(f[3] or '0') or 0, tonumber(f[4] or '0') or 0)
+  if f[1] == id and f[2] == 'lost' and seen >= since then table.insert(dropped, r) end
 end
 if existed then return {'reregistered', taken, dropped} end
 return {'created', taken, dropped}

@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     codecs TEXT NOT NULL DEFAULT '[]',
     region TEXT,
     empty_timeout_s INTEGER,
-    participants INTEGER NOT NULL DEFAULT 0
+    participants INTEGER NOT NULL DEFAULT 0,
+    seen_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS rooms_by_node ON rooms (node_id, state);
 """
@@ -72,6 +73,7 @@ CREATE INDEX IF NOT EXISTS rooms_by_node ON rooms (node_id, state);
 MIGRATIONS = (
     ("nodes", "instance", "TEXT"),
     ("rooms", "participants", "INTEGER NOT NULL DEFAULT 0"),
+    ("rooms", "seen_at", "INTEGER NOT NULL DEFAULT 0"),  # when its node last listed it
 )
 
 NODE_COLS = (
@@ -204,8 +206,9 @@ class SqliteStore(Store):
             row = c.execute("SELECT node_id, state, participants FROM rooms WHERE room = ?", (room,)).fetchone()
             if row is None:
                 c.execute(
-                    "INSERT INTO rooms (room, node_id, state, placed_at, participants) VALUES (?, ?, 'live', ?, ?)",
-                    (room, node_id, now_ms, count or 0),
+                    "INSERT INTO rooms (room, node_id, state, placed_at, participants, seen_at) "
+                    "VALUES (?, ?, 'live', ?, ?, ?)",
+                    (room, node_id, now_ms, count or 0, now_ms),
                 )
                 continue
             if row["node_id"] != node_id:
@@ -218,9 +221,9 @@ class SqliteStore(Store):
                 if not away:
                     taken.append(Taken(room, row["node_id"]))
             c.execute(
-                "UPDATE rooms SET node_id = ?, state = 'live', participants = COALESCE(?, participants) "
-                "WHERE room = ?",
-                (node_id, count, room),
+                "UPDATE rooms SET node_id = ?, state = 'live', participants = COALESCE(?, participants), "
+                "seen_at = ? WHERE room = ?",
+                (node_id, count, now_ms, room),
             )
         return taken
 
@@ -242,9 +245,14 @@ class SqliteStore(Store):
                  reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
             )
             taken = self._claim(c, reg.id, reg.listing(), now_ms)
-            restarted = old is not None and reg.instance is not None and old.instance != reg.instance
-            dropped = [r["room"] for r in c.execute(
-                "SELECT room FROM rooms WHERE node_id = ? AND state = 'lost' ORDER BY room", (reg.id,))] if restarted else []
+            dropped: list[str] = []
+            if old is not None and reg.instance is not None and old.instance != reg.instance:
+                # a restart: the rooms the old process still had (listed or placed within about a
+                # lease of its last report; older records are rooms that ended there long ago)
+                since = old.lease_expires_at - 2 * lease_ms
+                dropped = [r["room"] for r in c.execute(
+                    "SELECT room FROM rooms WHERE node_id = ? AND state = 'lost' AND MAX(placed_at, seen_at) >= ? "
+                    "ORDER BY room", (reg.id, since))]
             outcome = RegisterOutcome.CREATED if old is None else RegisterOutcome.REREGISTERED
             return outcome, self._get_node(c, reg.id), taken, dropped
 
