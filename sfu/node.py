@@ -157,7 +157,9 @@ class Node(HttpBound):
         re-creating the rooms it lost with the previous run), an unknown room is
         ``service_unavailable`` with ``Retry-After``: a joiner sent here retries instead of giving up."""
         room = self.rooms.rooms.get(room_id)
-        if room is None and self.agent is not None and self.agent.settling():
+        # (the HTTP site serves before the agent starts: the first self-check runs in between)
+        starting = self.config.control_url and (self.agent is None or self.agent.settling())
+        if room is None and starting:
             raise ApiError(
                 "service_unavailable",
                 f"room {room_id!r} is not here yet: this node has just started and its control plane is "
