@@ -166,7 +166,7 @@ class ControlPlane:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> ControlPlane:
-        self._runner = web.AppRunner(create_app(self.config))
+        self._runner = web.AppRunner(create_app(self.config), shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -191,7 +191,9 @@ class ControlPlane:
             tok = token(*scopes)
         if tok:
             h["Authorization"] = f"Bearer {tok}"
-        async with self.session.request(method, self.url + path, json=body, headers=h) as resp:
+        # bounded: a stuck request fails the test with its path instead of hanging it
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with self.session.request(method, self.url + path, json=body, headers=h, timeout=timeout) as resp:
             raw = await resp.read()
             ctype = resp.headers.get("Content-Type", "")
             data: Any = raw.decode()
