@@ -34,6 +34,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-timeout-seconds", type=float, default=s)
     p.add_argument("--store-timeout-seconds", type=float, default=s, help="bound of one store call [1]")
     p.add_argument("--max-placement-attempts", type=int, default=s)
+    p.add_argument("--room-grace-seconds", type=float, default=s,
+                   help="after a node's lease lapses, its rooms wait this long for it before being placed again [30]")
     p.add_argument("--cors-origin", dest="cors_origins", action="append", default=s, metavar="ORIGIN")
     p.add_argument("--log-level", default=s)
     p.add_argument("--dev", action="store_true", default=s, help="dev key devkey/secret, memory store")

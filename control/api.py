@@ -14,8 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from control import participants
+from control.fields import parse_node_id
 from control.metrics import CONTENT_TYPE
-from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistration, RoomSpec, parse_node_id
+from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistration, RoomSpec
 from control.service import ControlService, RoomLocation
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims, validate_room
@@ -25,13 +26,12 @@ log = logging.getLogger("levelchat.control.http")
 
 SERVICE_KEY = web.AppKey("control_service", ControlService)
 
-
 def _service(request: web.Request) -> ControlService:
     return request.app[SERVICE_KEY]
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    return await read_json(request)
+async def _body(request: web.Request, max_bytes: int | None = None) -> dict[str, Any]:
+    return await read_json(request) if max_bytes is None else await read_json(request, max_bytes)
 
 
 def _node_id(request: web.Request) -> str:
@@ -78,10 +78,9 @@ def _room_view(loc: RoomLocation) -> dict[str, Any]:
 async def register_node(request: web.Request) -> web.Response:
     svc = _service(request)
     claims = svc.authorize(bearer_token(request), "node:register")
-    body = await read_json(request, max_bytes=MAX_REGISTRATION_BYTES)  # a node's rooms with their settings
-    reg: NodeRegistration = _parse(NodeRegistration.parse, body)
+    reg: NodeRegistration = _parse(NodeRegistration.parse, await _body(request, MAX_REGISTRATION_BYTES))
     _require_node_identity(claims, reg.id)
-    node, _ = await svc.register(reg)
+    node, _ = await svc.register(reg, node_bound=claims.identity == f"{NODE_IDENTITY_PREFIX}{reg.id}")
     return json_response(_lease_view(svc, node), status=201, headers={"Location": f"/v1/nodes/{node.id}"})
 
 
@@ -90,7 +89,7 @@ async def node_status(request: web.Request) -> web.Response:
     claims = svc.authorize(bearer_token(request), "node:register")
     node_id = _node_id(request)
     _require_node_identity(claims, node_id)
-    hb: Heartbeat = _parse(Heartbeat.parse, await _body(request))
+    hb: Heartbeat = _parse(Heartbeat.parse, await _body(request, MAX_REGISTRATION_BYTES))
     node = await svc.heartbeat(node_id, hb)
     return json_response(_lease_view(svc, node))
 
@@ -138,7 +137,8 @@ async def get_room(request: web.Request) -> web.Response:
     claims = svc.authorize_any(bearer_token(request), ("room:admin", "room:create"))
     room_id = validate_room(request.match_info["room"])
     claims.require_room(room_id)
-    return json_response(_room_view(await svc.lookup_room(room_id)))
+    room, node = await svc.lookup_room(room_id)
+    return json_response(room.to_json(node))
 
 
 async def create_token(request: web.Request) -> web.Response:

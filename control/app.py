@@ -94,6 +94,7 @@ def create_app(
             yield
         finally:
             reaper.cancel()
+            await svc.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
             await session.close()

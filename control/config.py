@@ -34,6 +34,9 @@ class ControlConfig:
     node_timeout_seconds: float = 3.0  # calls to a node's room API
     store_timeout_seconds: float = 1.0  # one store call (Redis socket timeouts, and overall)
     max_placement_attempts: int = 3  # nodes tried for one room before giving up
+    #: after a node's lease lapses its rooms are not placed elsewhere for this long: the node may
+    #: come back (a restart, a control-plane or store outage) still hosting them
+    room_grace_seconds: float = 30.0
     cors_origins: tuple[str, ...] | None = ()  # None: any origin (dev mode)
     log_level: str = "info"
     dev: bool = False
@@ -58,6 +61,10 @@ class ControlConfig:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
+
+    @property
+    def room_grace_ms(self) -> int:
+        return int(self.room_grace_seconds * 1000)
 
     def validate(self) -> ControlConfig:
         """Return self, or raise ``ValueError`` saying what is wrong."""
@@ -88,6 +95,8 @@ class ControlConfig:
             raise ValueError(f"node_timeout_seconds must be > 0, got {self.node_timeout_seconds}")
         if not 0 < self.store_timeout_seconds <= 60:
             raise ValueError(f"store_timeout_seconds must be > 0 and at most 60, got {self.store_timeout_seconds}")
+        if not 0 <= self.room_grace_seconds <= 86400:
+            raise ValueError(f"room_grace_seconds must be 0..86400, got {self.room_grace_seconds}")
         if self.max_placement_attempts < 1:
             raise ValueError(f"max_placement_attempts must be >= 1, got {self.max_placement_attempts}")
         for problem in self.http_limits.problems():

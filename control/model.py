@@ -7,23 +7,30 @@ be newer than the control plane).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-REGION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ROOM_ID_RE = re.compile(r"[A-Za-z0-9-]{4,64}")
-CODEC_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
-MAX_CODECS = 16
-MAX_VERSION = 64
-#: every count a client sends is at most this (SQLite integers are 64-bit; no real count comes near)
-MAX_COUNT = 1_000_000_000
-#: every other number (cpu, packets per second) at most this
-MAX_NUMBER = 1e15
+from control.fields import (
+    MAX_COUNT,
+    MAX_EMPTY_TIMEOUT_S,
+    MAX_LIVE_ROOMS,
+    MAX_RATE,
+    MAX_VERSION,
+    ROOM_ID_RE,
+    count,
+    field_of,
+    number,
+    parse_codecs,
+    parse_http_url,
+    parse_instance,
+    parse_live_rooms,
+    parse_node_id,
+    parse_region,
+    parse_room_participants,
+    valid_host,
+)
 
 
 class RoomState(StrEnum):
@@ -44,7 +51,7 @@ class NodeState(StrEnum):
 
 class RegisterOutcome(Enum):
     CREATED = "created"
-    REREGISTERED = "reregistered"  # same id after its previous lease lapsed
+    REREGISTERED = "reregistered"  # same id after its previous lease lapsed (or was taken over)
     EXISTS = "exists"  # another lease on this id is alive
     REVOKED = "revoked"
 
@@ -54,6 +61,7 @@ class HeartbeatOutcome(Enum):
     UNKNOWN = "unknown"
     EXPIRED = "expired"  # the lease lapsed: the node must register again
     REVOKED = "revoked"
+    SUPERSEDED = "superseded"  # another instance (a restart) holds the id now: register again
 
 
 class PlacementOutcome(Enum):
@@ -62,69 +70,7 @@ class PlacementOutcome(Enum):
     NO_NODES = "no_nodes"  # no node holds a live lease
     ALL_FAILING = "all_failing"  # live nodes exist, none healthy and not draining
     FULL = "full"  # healthy nodes exist, all at capacity
-
-
-def _field(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
-    if name not in obj or obj[name] is None:
-        if required:
-            raise ValueError(f"field {name!r} is required")
-        return None
-    value = obj[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise ValueError(f"field {name!r} must be {_kind_name(kind)}, not a boolean")
-    if not isinstance(value, kind):
-        raise ValueError(f"field {name!r} must be {_kind_name(kind)}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "an object", list: "a list"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _count(obj: Mapping[str, Any], name: str, *, required: bool, minimum: int = 0, default: int = 0) -> int:
-    value = _field(obj, name, int, required)
-    if value is None:
-        return default
-    if not minimum <= value <= MAX_COUNT:
-        raise ValueError(f"field {name!r} must be from {minimum} to {MAX_COUNT}, got {value}")
-    return int(value)
-
-
-def _number(obj: Mapping[str, Any], name: str, *, default: float = 0.0) -> float:
-    value = _field(obj, name, (int, float), False)
-    if value is None:
-        return default
-    if not 0 <= value <= MAX_NUMBER:  # NaN fails both comparisons
-        raise ValueError(f"field {name!r} must be a number from 0 to {MAX_NUMBER:g}, got {value}")
-    return float(value)
-
-
-def parse_node_id(value: object) -> str:
-    if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
-        raise ValueError(f"node id {value!r} must be 1 to 64 letters, digits, '.', '_' or '-', starting alphanumeric")
-    return value
-
-
-def parse_region(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not REGION_RE.fullmatch(value):
-        raise ValueError(f"region {value!r} must be 1 to 64 letters, digits, '.', '_' or '-'")
-    return value
-
-
-def parse_http_url(value: object, name: str = "url") -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"field {name!r} must be a string")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"field {name!r} must be an http(s) URL with a host, got {value!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"field {name!r} must not carry a query or fragment")
-    return value.rstrip("/")
+    AWAY = "away"  # its node lost its lease and may come back: not placed again before the grace ends
 
 
 @dataclass(frozen=True)
@@ -137,8 +83,8 @@ class Capacity:
         if not isinstance(obj, dict):
             raise ValueError("field 'capacity' must be an object")
         return cls(
-            max_participants=_count(obj, "max_participants", required=True, minimum=1),
-            max_rooms=_count(obj, "max_rooms", required=True, minimum=1),
+            max_participants=count(obj, "max_participants", required=True, minimum=1),
+            max_rooms=count(obj, "max_rooms", required=True, minimum=1),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -157,10 +103,10 @@ class Load:
         if not isinstance(obj, dict):
             raise ValueError("field 'load' must be an object")
         return cls(
-            rooms=_count(obj, "rooms", required=False),
-            participants=_count(obj, "participants", required=False),
-            cpu=_number(obj, "cpu"),
-            packets_per_s=_number(obj, "packets_per_s"),
+            rooms=count(obj, "rooms", required=False),
+            participants=count(obj, "participants", required=False),
+            cpu=number(obj, "cpu", maximum=1.0),
+            packets_per_s=number(obj, "packets_per_s", maximum=MAX_RATE),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -185,6 +131,11 @@ class NodeRegistration:
     version: str
     #: rooms live on the node as it registers (a node back after its lease lapsed keeps them)
     rooms: tuple[str, ...] = ()
+    #: the reporting process (a new one after each restart): a registration from a new instance of
+    #: the same node identity replaces the lease of the old one (see ``ControlService.register``)
+    instance: str | None = None
+    #: participants per live room, when the node reports them (``room_participants``)
+    participants: tuple[tuple[str, int], ...] = ()
     #: the settings of (some of) those rooms, by room id: a store that lost them learns them back
     room_settings: Mapping[str, RoomSpec] = field(default_factory=dict)
 
@@ -192,16 +143,22 @@ class NodeRegistration:
         """The room's reported settings, or none (defaults) when the node did not report them."""
         return self.room_settings.get(room) or RoomSpec(room=room)
 
+    def listing(self) -> tuple[tuple[str, int | None], ...]:
+        """Every room the node lists, with its participant count when known."""
+        counts = dict(self.participants)
+        rooms = dict.fromkeys((*self.rooms, *counts))
+        return tuple((r, counts.get(r)) for r in rooms)
+
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> NodeRegistration:
-        media = _field(obj, "media", dict)
-        host = _field(media, "host", str)
-        if not host or len(host) > 255:
-            raise ValueError("field 'media.host' must be a non-empty host name or address")
-        port = _field(media, "port", int)
-        if isinstance(port, bool) or not 1 <= port <= 65535:
+        media = field_of(obj, "media", dict)
+        host = field_of(media, "host", str)
+        if not valid_host(host):
+            raise ValueError(f"field 'media.host' must be a DNS name, an IPv4 or an IPv6 address, got {host[:300]!r}")
+        port = field_of(media, "port", int)
+        if not 1 <= port <= 65535:
             raise ValueError(f"field 'media.port' must be 1..65535, got {port}")
-        version = _field(obj, "version", str, required=False) or ""
+        version = field_of(obj, "version", str, required=False) or ""
         if len(version) > MAX_VERSION:
             raise ValueError(f"field 'version' must be at most {MAX_VERSION} characters")
         return cls(
@@ -212,40 +169,16 @@ class NodeRegistration:
             region=parse_region(obj.get("region")),
             capacity=Capacity.parse(obj.get("capacity")),
             version=version,
-            rooms=_parse_live_rooms(obj.get("rooms")),
+            rooms=parse_live_rooms(obj.get("rooms")),
+            instance=parse_instance(obj.get("instance")),
+            participants=parse_room_participants(obj.get("room_participants")) or (),
             room_settings=_parse_room_settings(obj.get("room_settings")),
         )
 
 
-MAX_LIVE_ROOMS = 10_000
-#: ``POST /v1/nodes`` bodies (a node's rooms and their settings) may be this large; other bodies
-#: keep ``levelchat.web.MAX_BODY_BYTES``.  Only a caller holding ``node:register`` gets to send it.
+#: ``POST /v1/nodes`` and heartbeat bodies (a node's rooms, their participants and settings) may be
+#: this large; other bodies keep ``levelchat.web.MAX_BODY_BYTES``.  Only ``node:register`` sends them.
 MAX_REGISTRATION_BYTES = 4 * 1024 * 1024
-
-
-def _parse_str_list(
-    value: object, limit: int, pattern: re.Pattern[str], too_many: str, bad_item: str
-) -> tuple[str, ...]:
-    """An optional JSON list of strings matching ``pattern``; messages take ``{item!r}``."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > limit:
-        raise ValueError(too_many)
-    for item in value:
-        if not isinstance(item, str) or not pattern.fullmatch(item):
-            raise ValueError(bad_item.format(item=item))
-    return tuple(value)
-
-
-def _parse_live_rooms(value: object) -> tuple[str, ...]:
-    rooms = _parse_str_list(
-        value,
-        MAX_LIVE_ROOMS,
-        ROOM_ID_RE,
-        f"field 'rooms' must be a list of at most {MAX_LIVE_ROOMS} room ids",
-        "field 'rooms' has an invalid room id: {item!r}",
-    )
-    return tuple(dict.fromkeys(rooms))
 
 
 def _parse_room_settings(value: object) -> dict[str, RoomSpec]:
@@ -276,17 +209,25 @@ class Heartbeat:
     healthy: bool = True
     draining: bool = False
     load: Load = field(default_factory=Load)
+    instance: str | None = None
+    #: the node's live rooms and their participants; ``None`` when it does not report them
+    participants: tuple[tuple[str, int], ...] | None = None
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> Heartbeat:
-        healthy = _field(obj, "healthy", bool, required=False)
-        draining = _field(obj, "draining", bool, required=False)
+        healthy = field_of(obj, "healthy", bool, required=False)
+        draining = field_of(obj, "draining", bool, required=False)
         load = obj.get("load")
         return cls(
             healthy=True if healthy is None else healthy,
             draining=False if draining is None else draining,
             load=Load() if load is None else Load.parse(load),
+            instance=parse_instance(obj.get("instance")),
+            participants=parse_room_participants(obj.get("room_participants")),
         )
+
+    def listing(self) -> tuple[tuple[str, int | None], ...]:
+        return tuple(self.participants or ())
 
 
 @dataclass(frozen=True)
@@ -305,9 +246,18 @@ class Node:
     draining: bool = False
     load: Load = field(default_factory=Load)
     placed_since_report: int = 0
+    instance: str | None = None
 
     def lease_alive(self, now_ms: int) -> bool:
         return not self.revoked and self.lease_expires_at > now_ms
+
+    def away_until(self, now_ms: int, grace_ms: int) -> int | None:
+        """When the node's lease lapsed less than ``grace_ms`` ago (it may come back and still host
+        its rooms): the time the grace ends; else ``None`` (live, revoked, or away for longer)."""
+        if self.revoked or self.lease_expires_at > now_ms:
+            return None
+        end = self.lease_expires_at + grace_ms
+        return end if now_ms < end else None
 
     def state(self, now_ms: int) -> NodeState:
         if self.revoked:
@@ -340,17 +290,8 @@ class Node:
             "draining": self.draining,
             "load": self.load.to_json(),
             "rooms_placed_since_report": self.placed_since_report,
+            "instance": self.instance,
         }
-
-
-def _parse_codecs(value: object) -> tuple[str, ...]:
-    return _parse_str_list(
-        value,
-        MAX_CODECS,
-        CODEC_RE,
-        f"field 'codecs' must be a list of at most {MAX_CODECS} codec names",
-        "codec {item!r} must be 1 to 32 letters, digits, '.', '_' or '-'",
-    )
 
 
 @dataclass(frozen=True)
@@ -365,16 +306,16 @@ class RoomSpec:
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any], room: str) -> RoomSpec:
-        maxp = _field(obj, "max_participants", int, required=False)
+        maxp = field_of(obj, "max_participants", int, required=False)
         if maxp is not None and not 1 <= maxp <= MAX_COUNT:
-            raise ValueError(f"field 'max_participants' must be from 1 to {MAX_COUNT}, got {maxp}")
-        timeout = _field(obj, "empty_timeout_s", int, required=False)
-        if timeout is not None and not 0 <= timeout <= MAX_COUNT:
-            raise ValueError(f"field 'empty_timeout_s' must be from 0 to {MAX_COUNT}, got {timeout}")
+            raise ValueError(f"field 'max_participants' must be an integer from 1 to {MAX_COUNT}")
+        timeout = field_of(obj, "empty_timeout_s", int, required=False)
+        if timeout is not None and not 0 <= timeout <= MAX_EMPTY_TIMEOUT_S:
+            raise ValueError(f"field 'empty_timeout_s' must be an integer from 0 to {MAX_EMPTY_TIMEOUT_S}")
         return cls(
             room=room,
             max_participants=maxp,
-            codecs=_parse_codecs(obj.get("codecs")),
+            codecs=parse_codecs(obj.get("codecs")),
             region=parse_region(obj.get("region")),
             empty_timeout_s=timeout,
         )
@@ -397,6 +338,7 @@ class Room:
     node_id: str
     state: RoomState
     placed_at: int  # ms
+    participants: int = 0  # as its node last reported (0 when it never did)
 
     @property
     def room(self) -> str:
@@ -411,6 +353,7 @@ class Room:
             "max_participants": self.spec.max_participants,
             "codecs": list(self.spec.codecs),
             "region": self.spec.region,
+            "participants": self.participants,
         }
 
 
@@ -424,3 +367,12 @@ class Placement:
     previous: Room | None = None  # the record this placement replaced (a lost room), for release
     live_nodes: int = 0
     passing_nodes: int = 0
+    retry_at: int | None = None  # AWAY: when the grace of the room's node ends (ms)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A room a node's report took back from another node (whose copy is empty, or gone)."""
+
+    room: str
+    from_node: str

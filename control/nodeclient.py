@@ -1,15 +1,25 @@
-"""The control plane's calls to a node's room API (``POST {node_url}/v1/rooms``)."""
+"""The control plane's calls to a node: create a room (``POST {node_url}/v1/rooms``), look at one
+(``GET``) and close one (``DELETE {node_url}/v1/rooms/{room}``), and probe whether a node's URL
+still answers (``GET {node_url}/healthz``).
+
+No call ever raises for what the node (or its URL) does: any client exception, whatever its type
+(a URL the HTTP client cannot use raises ``ValueError``, not only ``ClientError``), is a FAILED result.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import aiohttp
 
 from control.model import RoomSpec
 from levelchat.errors import CATALOGUE
+
+MAX_REPLY_BYTES = 64 * 1024
 
 
 class NodeCallOutcome(Enum):
@@ -24,29 +34,43 @@ class NodeCallResult:
     status: int | None  # HTTP status, None when no reply
     code: str | None  # the node's catalogue code, when it sent a problem
     detail: str
+    body: Any = None  # the decoded JSON reply, when there is one
 
 
 # A node refusing with these is sick or busy, not refusing the request: try the next node.
 _NODE_TROUBLE = frozenset({401, 404, 405, 408, 410, 429})
 
 
+async def _request(
+    session: aiohttp.ClientSession, method: str, url: str, token: str | None, body: Any, timeout_s: float
+) -> tuple[int, bytes] | str:
+    """``(status, body)``, or a description of why there is no reply."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with session.request(
+            method,
+            url,
+            json=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as resp:
+            return resp.status, await resp.content.read(MAX_REPLY_BYTES)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to talk to the node is "no reply"
+        return f"{method} {url}: {type(exc).__name__}: {exc}"
+
+
 async def create_room(
     session: aiohttp.ClientSession, node_url: str, token: str, spec: RoomSpec, timeout_s: float
 ) -> NodeCallResult:
     url = f"{node_url}/v1/rooms"
-    try:
-        async with session.post(
-            url,
-            json=spec.node_body(),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            allow_redirects=False,
-        ) as resp:
-            raw = await resp.content.read(64 * 1024)
-            status = resp.status
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return NodeCallResult(NodeCallOutcome.FAILED, None, None, f"{url}: {type(exc).__name__}: {exc}")
-    code, detail = _problem(raw)
+    got = await _request(session, "POST", url, token, spec.node_body(), timeout_s)
+    if isinstance(got, str):
+        return NodeCallResult(NodeCallOutcome.FAILED, None, None, got)
+    status, raw = got
+    code, detail, _ = _problem(raw)
     if 200 <= status < 300 or status == 409:
         return NodeCallResult(NodeCallOutcome.CREATED, status, code, detail or f"{url}: {status}")
     if 400 <= status < 500 and status not in _NODE_TROUBLE:
@@ -54,17 +78,57 @@ async def create_room(
     return NodeCallResult(NodeCallOutcome.FAILED, status, code, f"{url}: {status} {detail}".strip())
 
 
-def _problem(raw: bytes) -> tuple[str | None, str]:
+async def room_participants(
+    session: aiohttp.ClientSession, node_url: str, token: str, room: str, timeout_s: float
+) -> int | None:
+    """How many participants the node's copy of ``room`` has: 0 when it has none (or no such
+    room), ``None`` when the node cannot tell (unreachable, or an unreadable reply)."""
+    got = await _request(session, "GET", f"{node_url}/v1/rooms/{room}", token, None, timeout_s)
+    if isinstance(got, str):
+        return None
+    status, raw = got
+    if status == 404:
+        return 0
+    _, _, body = _problem(raw)
+    count = body.get("num_participants") if isinstance(body, dict) else None
+    if status != 200 or isinstance(count, bool) or not isinstance(count, int):
+        return None
+    return count
+
+
+async def delete_room(
+    session: aiohttp.ClientSession, node_url: str, token: str, room: str, timeout_s: float
+) -> NodeCallResult:
+    url = f"{node_url}/v1/rooms/{room}"
+    got = await _request(session, "DELETE", url, token, None, timeout_s)
+    if isinstance(got, str):
+        return NodeCallResult(NodeCallOutcome.FAILED, None, None, got)
+    status, raw = got
+    code, detail, _ = _problem(raw)
+    ok = 200 <= status < 300 or status == 404
+    return NodeCallResult(NodeCallOutcome.CREATED if ok else NodeCallOutcome.FAILED, status, code,
+                          f"{url}: {status} {detail}".strip())
+
+
+async def answers(session: aiohttp.ClientSession, node_url: str, timeout_s: float) -> bool:
+    """Whether something answers ``GET {node_url}/healthz`` with 200."""
+    got = await _request(session, "GET", f"{node_url}/healthz", None, None, timeout_s)
+    return not isinstance(got, str) and got[0] == 200
+
+
+def _problem(raw: bytes) -> tuple[str | None, str, Any]:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None, ""
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None, "", None
     if not isinstance(body, dict):
-        return None, ""
+        return None, "", body
     code = body.get("code")
     detail = body.get("detail")
-    return (code if isinstance(code, str) and code in CATALOGUE else None), (
-        detail if isinstance(detail, str) else ""
+    return (
+        (code if isinstance(code, str) and code in CATALOGUE else None),
+        (detail if isinstance(detail, str) else ""),
+        body,
     )
 
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from control.nodeclient import forward
-from control.service import CONTROL_IDENTITY, NODE_TOKEN_TTL_S, ControlService
+from control.model import RoomState
+from control.service import ControlService
 from levelchat.errors import ApiError
-from levelchat.tokens import mint, validate_room
+from levelchat.tokens import validate_room
 from levelchat.web import bearer_token, read_body
 
 #: the participants API's routes, as on the node
@@ -41,23 +41,14 @@ async def forward_to_room_node(request: web.Request, svc: ControlService) -> web
         if request.content_type != "application/json":
             raise ApiError("bad_request", f"content type must be application/json, not {request.content_type or 'none'}")
         body = await read_body(request, MAX_BODY_BYTES, "body")
-    loc = await svc.lookup_room(room_id)
-    token = mint(
-        svc._node_key,  # the key the control plane signs its node calls with
-        project=svc.config.project,
-        now_s=svc.now_s(),
-        ttl_s=NODE_TOKEN_TTL_S,
-        identity=CONTROL_IDENTITY,
-        room=room_id,
-        scopes=["room:admin"],
-    )
-    reply = await forward(
-        svc._session, loc.node.url, token, request.method, request.rel_url.raw_path, body, svc.config.node_timeout_seconds
-    )
+    room, node = await svc.lookup_room(room_id)
+    if node is None or room.state is not RoomState.LIVE:
+        raise ApiError("service_unavailable", f"room {room_id!r} has no live node now", retry_after_s=RETRY_AFTER_S)
+    reply = await svc.forward_to_node(node, room_id, request.method, request.rel_url.raw_path, body)
     if reply is None:
         raise ApiError(
             "service_unavailable",
-            f"the node of room {room_id!r} ({loc.node.id}) did not answer",
+            f"the node of room {room_id!r} ({node.id}) did not answer",
             retry_after_s=RETRY_AFTER_S,
         )
     if reply.status == 204:

@@ -10,6 +10,8 @@ test-suite holds the two to the same behaviour.
 * score: ``max(rooms / max_rooms, participants / max_participants, cpu)``, least wins; ties go to
   the lower rooms fraction, then the lower node id.
 * region: when the room asks for one, eligible nodes in that region win; others are the fallback.
+* prefer: a room placed again goes back to the node that held it when that node is eligible (it
+  re-registered without the room after a restart: clients may still hold its URL).
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ class Choice:
     passing_nodes: int
 
 
-def choose(nodes: Iterable[Node], now_ms: int, region: str | None, exclude: frozenset[str]) -> Choice:
+def choose(
+    nodes: Iterable[Node], now_ms: int, region: str | None, exclude: frozenset[str], prefer: str | None = None
+) -> Choice:
     live = passing = 0
     best: Node | None = None
     best_local: Node | None = None
+    preferred: Node | None = None
     for node in nodes:
         if not node.lease_alive(now_ms):
             continue
@@ -66,11 +71,13 @@ def choose(nodes: Iterable[Node], now_ms: int, region: str | None, exclude: froz
         passing += 1
         if not has_capacity(node):
             continue
+        if node.id == prefer:
+            preferred = node
         if best is None or score(node) < score(best):
             best = node
         if region is not None and node.region == region and (best_local is None or score(node) < score(best_local)):
             best_local = node
-    chosen = best_local or best
+    chosen = preferred or best_local or best
     if chosen is not None:
         return Choice(PlacementOutcome.PLACED, chosen, live, passing)
     if live == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 
@@ -23,7 +23,8 @@ from control.model import (
     RoomSpec,
     RoomState,
 )
-from control.nodeclient import NodeCallOutcome, NodeCallResult, create_room
+from control.nodeclient import NodeCallOutcome, NodeCallResult, NodeReply, answers, create_room, forward
+from control.repair import Repairs
 from control.store import Store
 from levelchat.errors import CATALOGUE, SDK_ONLY_STATUSES, ApiError
 from levelchat.tokens import ApiKey, Claims, TokenVerifier, mint, validate_identity, validate_room
@@ -36,6 +37,8 @@ CONTROL_IDENTITY = "control-plane"
 GRANTABLE_SCOPES = frozenset({"room:join", "room:publish", "room:subscribe", "room:admin", "recording:write"})
 DEFAULT_TOKEN_TTL_S = 3600
 MAX_TOKEN_TTL_S = 86400
+#: the longest the control plane waits for a node's old URL when a new instance registers
+TAKEOVER_PROBE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,18 @@ class ControlService:
         self.keys = {kid: ApiKey(kid, secret) for kid, secret in config.api_keys.items()}
         self.verifier = TokenVerifier(self.keys.values(), config.project)
         self._node_key = self.keys[sorted(self.keys)[0]]
+        self.repairs = Repairs(
+            store,
+            session,
+            timeout_s=config.node_timeout_seconds,
+            now_ms=self.now_ms,
+            room_token=self._room_token,
+            place=self._place_node_id,
+        )
+
+    async def close(self) -> None:
+        """Cancel the background repairs (``control.repair``) still running."""
+        await self.repairs.close()
 
     # -- time and auth -------------------------------------------------------------------------
 
@@ -94,9 +109,28 @@ class ControlService:
 
     # -- nodes ---------------------------------------------------------------------------------
 
-    async def register(self, reg: NodeRegistration) -> tuple[Node, RegisterOutcome]:
+    async def register(self, reg: NodeRegistration, *, node_bound: bool = False) -> tuple[Node, RegisterOutcome]:
+        """``node_bound``: the credential is the node's own (identity ``node:<id>``).  A registration
+        from a new instance of the node (a restart: another ``instance``) with such a credential
+        replaces a live lease held by an earlier instance at once when that one is gone: it
+        registered the same URL (which the new process now holds), or its URL no longer answers.
+        A lease registered without an instance (an older node) is waited out as before."""
         now = self.now_ms()
-        outcome, node = await self.store.register_node(reg, now, self.config.lease_ms)
+        outcome, node, taken, dropped = await self.store.register_node(reg, now, self.config.lease_ms)
+        if (
+            outcome is RegisterOutcome.EXISTS
+            and node is not None
+            and node_bound
+            and reg.instance is not None
+            and node.instance is not None
+            and node.instance != reg.instance
+            and await self._old_instance_gone(node, reg)
+        ):
+            outcome, node, taken, dropped = await self.store.register_node(
+                reg, now, self.config.lease_ms, takeover=True
+            )
+            if outcome is RegisterOutcome.REREGISTERED:
+                log.warning("node %s restarted (instance %s): its previous lease is retired", reg.id, reg.instance)
         if outcome is RegisterOutcome.REVOKED:
             raise ApiError("node_revoked", f"node {reg.id!r} is revoked; an operator must provision it again")
         if outcome is RegisterOutcome.EXISTS:
@@ -108,11 +142,24 @@ class ControlService:
             )
         assert node is not None
         log.info("node %s %s at %s", reg.id, outcome.value, reg.url)
+        self.repairs.close_copies(node.id, taken)
+        self.repairs.place_again(node.id, dropped)
         await self.refresh_gauges()
         return node, outcome
 
+    async def _old_instance_gone(self, old: Node, reg: NodeRegistration) -> bool:
+        if old.url == reg.url:
+            return True
+        timeout = min(self.config.node_timeout_seconds, TAKEOVER_PROBE_S)
+        return not await answers(self._session, old.url, timeout)
+
     async def heartbeat(self, node_id: str, hb: Heartbeat) -> Node:
-        outcome, node = await self.store.heartbeat(node_id, hb, self.now_ms(), self.config.lease_ms)
+        outcome, node, taken = await self.store.heartbeat(node_id, hb, self.now_ms(), self.config.lease_ms)
+        if outcome is HeartbeatOutcome.SUPERSEDED:
+            raise ApiError(
+                "not_found",
+                f"node {node_id!r} is held by another instance of it now (a restart); register again with POST /v1/nodes",
+            )
         if outcome is HeartbeatOutcome.REVOKED:
             raise ApiError("node_revoked", f"node {node_id!r} is revoked: stop taking new work and drain")
         if outcome is HeartbeatOutcome.UNKNOWN:
@@ -120,7 +167,25 @@ class ControlService:
         if outcome is HeartbeatOutcome.EXPIRED:
             raise ApiError("not_found", f"the lease of node {node_id!r} lapsed; register it again with POST /v1/nodes")
         assert node is not None
+        self.repairs.close_copies(node_id, taken)
         return node
+
+    def _room_token(self, room: str, scope: str) -> str:
+        return mint(
+            self._node_key,
+            project=self.config.project,
+            now_s=self.now_s(),
+            ttl_s=NODE_TOKEN_TTL_S,
+            identity=CONTROL_IDENTITY,
+            room=room,
+            scopes=[scope],
+        )
+
+    async def forward_to_node(self, node: Node, room: str, method: str, path: str, body: bytes | None) -> NodeReply | None:
+        """One call of ``node``'s API for ``room`` with a short-lived ``room:admin`` token of the
+        control plane's own; the reply as it came (None: no answer)."""
+        token = self._room_token(room, "room:admin")
+        return await forward(self._session, node.url, token, method, path, body, self.config.node_timeout_seconds)
 
     async def revoke(self, node_id: str) -> Node:
         node = await self.store.revoke(node_id, self.now_ms())
@@ -149,22 +214,18 @@ class ControlService:
         exclude: set[str] = set()
         last: NodeCallResult | None = None
         for _ in range(self.config.max_placement_attempts):
-            p = await self.store.place_room(spec, self.now_ms(), frozenset(exclude))
+            now = self.now_ms()
+            p = await self.store.place_room(spec, now, frozenset(exclude), self.config.room_grace_ms)
             if p.outcome is PlacementOutcome.EXISTING:
                 assert p.room is not None and p.node is not None
                 return RoomLocation(p.room, p.node, created=False)
+            if p.outcome is PlacementOutcome.AWAY:
+                assert p.retry_at is not None and p.node is not None
+                raise _away(spec.room, p.node, p.retry_at - now)
             if p.outcome is not PlacementOutcome.PLACED:
                 raise self._placement_error(p, last)
             assert p.room is not None and p.node is not None
-            token = mint(
-                self._node_key,
-                project=self.config.project,
-                now_s=self.now_s(),
-                ttl_s=NODE_TOKEN_TTL_S,
-                identity=CONTROL_IDENTITY,
-                room=spec.room,
-                scopes=["room:create"],
-            )
+            token = self._room_token(spec.room, "room:create")
             last = await create_room(self._session, p.node.url, token, spec, self.config.node_timeout_seconds)
             if last.outcome is NodeCallOutcome.CREATED:
                 self.metrics.rooms_placed.inc()
@@ -182,6 +243,9 @@ class ControlService:
             + (f"; last: {last.detail}" if last is not None else ""),
         )
 
+    async def _place_node_id(self, spec: RoomSpec) -> str:
+        return (await self.ensure_room(spec)).node.id
+
     def _placement_error(self, p: Placement, last: NodeCallResult | None) -> ApiError:
         tail = f"; last node failure: {last.detail}" if last is not None else ""
         if p.outcome is PlacementOutcome.NO_NODES:
@@ -193,16 +257,22 @@ class ControlService:
             )
         return ApiError("service_unavailable", f"all {p.passing_nodes} healthy node(s) are at capacity" + tail)
 
-    async def lookup_room(self, name: str) -> RoomLocation:
-        """Where the room lives; a lost room (its node's lease lapsed) is placed again first."""
+    async def lookup_room(self, name: str) -> tuple[Room, Node | None]:
+        """Where the room lives; never places anything.  A room whose node is away within the grace
+        is ``service_unavailable`` (retry); a lost one is shown ``lost`` (the next ``ensure_room``,
+        from ``POST /v1/rooms`` or ``POST /v1/tokens``, places it again)."""
         room = await self.store.get_room(name)
         if room is None or room.state is RoomState.CLOSED:
             raise ApiError("room_not_found", f"room {name!r} is not known to the control plane")
+        now = self.now_ms()
         node = await self.store.get_node(room.node_id)
-        if room.state is RoomState.LIVE and node is not None and node.lease_alive(self.now_ms()):
-            return RoomLocation(room, node, created=False)
-        log.info("room %s lost with node %s: placing it again", name, room.node_id)
-        return await self.ensure_room(room.spec)
+        if room.state is RoomState.LIVE and node is not None and node.lease_alive(now):
+            return room, node
+        until = node.away_until(now, self.config.room_grace_ms) if node is not None else None
+        if until is not None:
+            assert node is not None
+            raise _away(name, node, until - now)
+        return replace(room, state=RoomState.LOST), node
 
     async def join_token(
         self,
@@ -233,10 +303,8 @@ class ControlService:
             if value is not None and not isinstance(value, str):
                 raise ApiError("bad_request", f"field {field_name!r} must be a string")
         known = await self.store.get_room(room_id)
-        if known is not None and known.state is not RoomState.CLOSED:
-            loc = await self.lookup_room(room_id)
-        else:
-            loc = await self.ensure_room(RoomSpec(room=room_id))
+        spec = known.spec if known is not None and known.state is not RoomState.CLOSED else RoomSpec(room=room_id)
+        loc = await self.ensure_room(spec)
         token = mint(
             self.keys[claims.key_id],
             project=self.config.project,
@@ -263,6 +331,16 @@ class ControlService:
 
     async def refresh_gauges(self) -> None:
         self.metrics.observe_nodes(await self.store.list_nodes(), self.now_ms())
+
+
+def _away(room: str, node: Node, remaining_ms: int) -> ApiError:
+    seconds = max(1, -(-remaining_ms // 1000))
+    return ApiError(
+        "service_unavailable",
+        f"room {room!r} is on node {node.id}, whose lease lapsed; it may come back with the room's "
+        f"participants, so the room is not placed elsewhere for {seconds} s more: retry",
+        retry_after_s=min(seconds, 5),
+    )
 
 
 def _refusal(node: Node, result: NodeCallResult) -> ApiError:

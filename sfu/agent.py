@@ -8,9 +8,13 @@ background while WHIP/WHEP and the room API serve as usual, and readiness stays 
   and only after a full round of failures does the caller back off (``_call``).
 - Registration (``POST /v1/nodes``) is retried with exponential backoff and full jitter while the
   control plane is unreachable or answers 5xx.
-- ``node_exists`` (409): the id's lease may be this node's previous run, so the agent waits the
-  ``Retry-After`` once; refused again, another live node holds the id and the agent signals
-  ``fatal`` (``python -m sfu`` then exits non-zero).
+- Every report carries ``instance`` (random per process) and ``room_participants`` (the live rooms
+  and their participants): a restarted node's registration retires its previous run's lease at
+  once, and the control plane takes back the rooms the node really hosts.
+- ``node_exists`` (409): the id's lease may be this node's previous run (one registered without an
+  instance, or whose URL still answers), so the agent waits the ``Retry-After`` once; refused
+  again, another live node holds the id and the agent signals ``fatal`` (``python -m sfu`` then
+  exits non-zero).
 - Heartbeats (``PUT /v1/nodes/{id}/status``) every ``heartbeat_interval_s`` the control plane
   advertises; failures are counted (``heartbeat_failures``); ``not_found`` means the lease lapsed
   or the control plane forgot us: register again.
@@ -26,6 +30,7 @@ import enum
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -202,6 +207,8 @@ class NodeTokens:
         return self._token
 
 
+#: the shortest time after its first registration a node answers unknown rooms as retryable
+SETTLE_MIN_S = 1.0
 #: while revoked, registration is retried every this many heartbeat intervals (at least 1 s)
 REVOKED_POLL_HEARTBEATS = 5
 
@@ -257,6 +264,10 @@ class AgentHost(Protocol):
 
     def room_ids(self) -> list[str]: ...
 
+    def room_participants(self) -> dict[str, int]:
+        """Participants per live room: the control plane takes a room back with it."""
+        ...
+
     def room_settings(self) -> dict[str, dict[str, Any]]:
         """Each live room's settings (``max_participants``, ``codecs``, ``empty_timeout_s``) by id:
         a control plane that lost its store learns the rooms back with them."""
@@ -305,6 +316,10 @@ class ControlPlaneAgent:
         self._tokens = NodeTokens(ApiKey(key_id, secret), node.config.project, settings.node_id, settings.token_ttl_s)
         self._backoff = Backoff(settings.backoff_base_s, settings.backoff_cap_s)
         self._meter: LoadMeter | None = None
+        #: this process: a restarted node registers as a new instance, which retires the old lease
+        self.instance = secrets.token_hex(8)
+        #: ``time.monotonic()`` of this process's first accepted registration (``settling``)
+        self.registered_at: float | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -490,6 +505,8 @@ class ControlPlaneAgent:
             "rooms": self.node.room_ids(),
             # and a control plane that lost its store learns them back with their settings
             "room_settings": self.node.room_settings(),
+            "instance": self.instance,
+            "room_participants": self.node.room_participants(),
         }
 
     def _status(self) -> dict[str, Any]:
@@ -506,9 +523,21 @@ class ControlPlaneAgent:
                 "cpu": round(cpu, 4),
                 "packets_per_s": round(pps, 1),
             },
+            "instance": self.instance,
+            "room_participants": self.node.room_participants(),
         }
 
+    def settling(self) -> bool:
+        """Not registered yet, or registered less than two heartbeat intervals (at least
+        ``SETTLE_MIN_S``) ago: the control plane may still be placing the rooms of this node's
+        previous run again here (``sfu.node.Node.existing_room``)."""
+        if self.registered_at is None:
+            return True
+        return time.monotonic() - self.registered_at < max(SETTLE_MIN_S, 2 * self.heartbeat_interval_s)
+
     def _adopt(self, reply: ControlReply) -> None:
+        if self.registered_at is None:
+            self.registered_at = time.monotonic()
         body = reply.body or {}
         interval = body.get("heartbeat_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:

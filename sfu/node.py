@@ -163,6 +163,23 @@ class Node(HttpBound):
         if self.draining:
             raise ApiError("service_unavailable", "this node is draining and accepts no new rooms")
 
+    def existing_room(self, room_id: str, now_ms: int) -> Room:
+        """The live room, or ``room_not_found``; but while this process is only starting to serve
+        for its control plane (not registered yet, or just registered: the control plane is
+        re-creating the rooms it lost with the previous run), an unknown room is
+        ``service_unavailable`` with ``Retry-After``: a joiner sent here retries instead of giving up."""
+        room = self.rooms.rooms.get(room_id)
+        # (the HTTP site serves before the agent starts: the first self-check runs in between)
+        starting = self.config.control_url and (self.agent is None or self.agent.settling())
+        if room is None and starting:
+            raise ApiError(
+                "service_unavailable",
+                f"room {room_id!r} is not here yet: this node has just started and its control plane is "
+                "placing its rooms again",
+                retry_after_s=1,
+            )
+        return self.rooms.get(room_id, now_ms)
+
     def default_policy(self) -> RoomPolicy:
         cfg = self.config
         return RoomPolicy(
@@ -178,7 +195,7 @@ class Node(HttpBound):
         if room is not None:
             return room
         if not self.config.auto_create_rooms:
-            return self.rooms.get(room_id, now_ms)  # room_not_found (closed rooms are not joinable)
+            return self.existing_room(room_id, now_ms)  # room_not_found (closed rooms are not joinable)
         self.check_accepting_rooms()
         room, _ = self.rooms.create(room_id, self.default_policy(), now_ms)
         return room
@@ -200,6 +217,10 @@ class Node(HttpBound):
             }
             for r in self.rooms.public_rooms()
         }
+
+    def room_participants(self) -> dict[str, int]:
+        """Participants per live room, for the control plane (``sfu.agent``)."""
+        return {r.id: len(r.participants) for r in self.rooms.public_rooms()}
 
     def cpu_seconds(self) -> float:
         return time.process_time()

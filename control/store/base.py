@@ -17,6 +17,7 @@ from control.model import (
     RegisterOutcome,
     Room,
     RoomSpec,
+    Taken,
 )
 
 
@@ -34,20 +35,25 @@ class Store(ABC):
 
     @abstractmethod
     async def register_node(
-        self, reg: NodeRegistration, now_ms: int, lease_ms: int
-    ) -> tuple[RegisterOutcome, Node | None]:
-        """Create or take over the node record.
+        self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        """Create or take over the node record; the rooms it took back (``Taken``) and, when it is a
+        new instance of the node (a restart), the rooms it held and no longer lists (lost, to be
+        placed again at once: ``dropped``; the same process not listing a room means it ended).
 
-        REVOKED when the id is revoked; EXISTS (with the current record) while its lease is alive;
+        REVOKED when the id is revoked; EXISTS (with the current record) while its lease is alive,
+        unless ``takeover`` or the registration comes from the instance holding the lease;
         otherwise the record is (re)written with fresh load, a new lease, and the rooms it held
-        marked lost (a restarted node has none of them).
+        and does not list marked lost.  The rooms it lists are claimed (``claim_rule`` below).
         """
 
     @abstractmethod
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
-    ) -> tuple[HeartbeatOutcome, Node | None]:
-        """Renew a live lease and store the report (resetting rooms placed since the last one)."""
+    ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
+        """Renew a live lease and store the report (resetting rooms placed since the last one);
+        SUPERSEDED when the report names another instance than the lease's.  The rooms it lists
+        are claimed (``claim_rule``)."""
 
     @abstractmethod
     async def revoke(self, node_id: str, now_ms: int) -> Node | None:
@@ -68,13 +74,18 @@ class Store(ABC):
     async def list_nodes(self) -> list[Node]: ...
 
     @abstractmethod
-    async def place_room(self, spec: RoomSpec, now_ms: int, exclude: frozenset[str]) -> Placement:
-        """Atomically: return the room if it is live on a node with a live lease (EXISTING), else
-        choose a node (``control.placement``), count the placement on it and record the room."""
+    async def place_room(
+        self, spec: RoomSpec, now_ms: int, exclude: frozenset[str], grace_ms: int = 0
+    ) -> Placement:
+        """Atomically: return the room if it is live on a node with a live lease (EXISTING); AWAY
+        when its node's lease lapsed less than ``grace_ms`` ago (not revoked: it may come back with
+        the room); else choose a node (``control.placement``, preferring the room's previous node),
+        count the placement on it and record the room."""
 
     @abstractmethod
     async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
-        """Undo a placement on ``node_id`` whose creation failed, restoring the previous record."""
+        """Undo a placement on ``node_id`` whose creation failed (the record is still on that node,
+        live or lost), restoring the previous record."""
 
     @abstractmethod
     async def get_room(self, room: str) -> Room | None: ...
@@ -82,3 +93,13 @@ class Store(ABC):
     @abstractmethod
     async def expire_leases(self, now_ms: int) -> list[str]:
         """Mark live rooms of nodes whose lease lapsed as lost; the ids of those nodes."""
+
+
+
+# claim_rule: how a node's list of live rooms (registration or heartbeat) updates the records, per
+# room.  Unknown: recorded live on the node.  On the node already: live, with the reported
+# participants.  On another node that is away (lease lapsed, revoked, unknown) or whose record is
+# lost or closed: moved to the reporting node, unless its copy is empty (0 participants).  On another live node whose last reported
+# participants are 0 while the reporting node reports participants: moved too, and that node's
+# (empty) copy is to be closed (a ``Taken``).  Otherwise (both copies have participants, or the
+# reporting copy has none) left where it is: a room is never taken from a copy with participants.

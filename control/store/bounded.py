@@ -27,6 +27,7 @@ from control.model import (
     RegisterOutcome,
     Room,
     RoomSpec,
+    Taken,
 )
 from control.store.base import Store, StoreUnavailable
 
@@ -99,13 +100,14 @@ class BoundedStore(Store):
         await self._bounded("ping", self.inner.ping)
 
     async def register_node(
-        self, reg: NodeRegistration, now_ms: int, lease_ms: int
-    ) -> tuple[RegisterOutcome, Node | None]:
-        return await self._bounded("register_node", lambda: self.inner.register_node(reg, now_ms, lease_ms))
+        self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        return await self._bounded(
+            "register_node", lambda: self.inner.register_node(reg, now_ms, lease_ms, takeover=takeover))
 
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
-    ) -> tuple[HeartbeatOutcome, Node | None]:
+    ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
         return await self._bounded("heartbeat", lambda: self.inner.heartbeat(node_id, hb, now_ms, lease_ms))
 
     async def revoke(self, node_id: str, now_ms: int) -> Node | None:
@@ -123,8 +125,10 @@ class BoundedStore(Store):
     async def list_nodes(self) -> list[Node]:
         return await self._bounded("list_nodes", self.inner.list_nodes)
 
-    async def place_room(self, spec: RoomSpec, now_ms: int, exclude: frozenset[str]) -> Placement:
-        return await self._bounded("place_room", lambda: self.inner.place_room(spec, now_ms, exclude))
+    async def place_room(
+        self, spec: RoomSpec, now_ms: int, exclude: frozenset[str], grace_ms: int = 0
+    ) -> Placement:
+        return await self._bounded("place_room", lambda: self.inner.place_room(spec, now_ms, exclude, grace_ms))
 
     async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
         await self._bounded("release_room", lambda: self.inner.release_room(room, node_id, restore))

@@ -23,6 +23,7 @@ from control.model import (
     Room,
     RoomSpec,
     RoomState,
+    Taken,
 )
 from control.store import redis_scripts as lua
 from control.store.base import Store
@@ -53,6 +54,7 @@ def _node(h: Mapping[str, str]) -> Node:
             packets_per_s=float(h.get("load_pps", "0")),
         ),
         placed_since_report=int(h.get("placed", "0")),
+        instance=h.get("instance") or None,
     )
 
 
@@ -64,7 +66,8 @@ def _room(h: Mapping[str, str]) -> Room:
         region=h.get("region") or None,
         empty_timeout_s=_opt_int(h.get("empty_timeout_s")),
     )
-    return Room(spec=spec, node_id=h["node_id"], state=RoomState(h["state"]), placed_at=int(h["placed_at"]))
+    return Room(spec=spec, node_id=h["node_id"], state=RoomState(h["state"]), placed_at=int(h["placed_at"]),
+                participants=int(h.get("participants") or 0))
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -79,10 +82,18 @@ def _learnt_settings(reg: NodeRegistration) -> str:
     """``{room: [max_participants, codecs JSON, empty_timeout_s]}`` as the hash fields of a room
     learnt from a registering node (``REGISTER``)."""
     out: dict[str, list[str]] = {}
-    for room in reg.rooms:
+    for room, _ in reg.listing():
         spec = reg.settings_of(room)
         out[room] = [_s(spec.max_participants), json.dumps(list(spec.codecs)), _s(spec.empty_timeout_s)]
     return json.dumps(out)
+
+
+def _listing(listing: tuple[tuple[str, int | None], ...]) -> list[object]:
+    return [x for room, count in listing for x in (room, count)]
+
+
+def _taken(flat: Sequence[str]) -> list[Taken]:
+    return [Taken(room, node) for room, node in _pairs(flat).items()]
 
 
 class RedisStore(Store):
@@ -123,23 +134,24 @@ class RedisStore(Store):
         return await script(keys=[], args=[self._p, *(_s(a) for a in args)])
 
     async def register_node(
-        self, reg: NodeRegistration, now_ms: int, lease_ms: int
-    ) -> tuple[RegisterOutcome, Node | None]:
-        outcome = await self._call(
+        self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        outcome, taken, dropped = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.media_host, reg.media_port,
-            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version,
-            _learnt_settings(reg), *reg.rooms,
+            reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, reg.instance,
+            int(takeover), _learnt_settings(reg), *_listing(reg.listing()),
         )
-        return RegisterOutcome(outcome), await self.get_node(reg.id)
+        return RegisterOutcome(outcome), await self.get_node(reg.id), _taken(taken), [str(r) for r in dropped]
 
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
-    ) -> tuple[HeartbeatOutcome, Node | None]:
-        outcome = await self._call(
+    ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
+        outcome, taken = await self._call(
             self._heartbeat, node_id, now_ms, now_ms + lease_ms, int(hb.healthy), int(hb.draining),
-            hb.load.rooms, hb.load.participants, repr(hb.load.cpu), repr(hb.load.packets_per_s),
+            hb.load.rooms, hb.load.participants, repr(hb.load.cpu), repr(hb.load.packets_per_s), hb.instance,
+            *_listing(hb.listing()),
         )
-        return HeartbeatOutcome(outcome), await self.get_node(node_id)
+        return HeartbeatOutcome(outcome), await self.get_node(node_id), _taken(taken)
 
     async def revoke(self, node_id: str, now_ms: int) -> Node | None:
         if not await self._call(self._revoke, node_id, now_ms):
@@ -166,13 +178,17 @@ class RedisStore(Store):
             hashes = await pipe.execute()
         return [_node(h) for h in hashes if h]
 
-    async def place_room(self, spec: RoomSpec, now_ms: int, exclude: frozenset[str]) -> Placement:
-        outcome, node_id, live, passing, prev_flat = await self._call(
+    async def place_room(
+        self, spec: RoomSpec, now_ms: int, exclude: frozenset[str], grace_ms: int = 0
+    ) -> Placement:
+        outcome, node_id, live, passing, prev_flat, retry_at = await self._call(
             self._place, spec.room, now_ms, spec.region, json.dumps(sorted(exclude)),
-            spec.max_participants, json.dumps(list(spec.codecs)), spec.region, spec.empty_timeout_s,
+            spec.max_participants, json.dumps(list(spec.codecs)), spec.region, spec.empty_timeout_s, grace_ms,
         )
         result = PlacementOutcome(outcome)
         previous = _room(_pairs(prev_flat)) if prev_flat else None
+        if result is PlacementOutcome.AWAY:
+            return Placement(result, previous, await self.get_node(node_id), retry_at=int(retry_at))
         if result not in (PlacementOutcome.PLACED, PlacementOutcome.EXISTING):
             return Placement(result, live_nodes=int(live), passing_nodes=int(passing))
         node = await self.get_node(node_id)
@@ -186,7 +202,7 @@ class RedisStore(Store):
         if restore is not None:
             s = restore.spec
             fields = ["1", restore.node_id, restore.state.value, restore.placed_at, s.max_participants,
-                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s]
+                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, restore.participants]
         await self._call(self._release, room, node_id, *fields)
 
     async def get_room(self, room: str) -> Room | None:

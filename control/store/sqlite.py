@@ -26,6 +26,7 @@ from control.model import (
     Room,
     RoomSpec,
     RoomState,
+    Taken,
 )
 from control.placement import choose
 from control.store.base import Store
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     load_participants INTEGER NOT NULL DEFAULT 0,
     load_cpu REAL NOT NULL DEFAULT 0,
     load_pps REAL NOT NULL DEFAULT 0,
-    placed INTEGER NOT NULL DEFAULT 0
+    placed INTEGER NOT NULL DEFAULT 0,
+    instance TEXT
 );
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -61,16 +63,24 @@ CREATE TABLE IF NOT EXISTS rooms (
     max_participants INTEGER,
     codecs TEXT NOT NULL DEFAULT '[]',
     region TEXT,
-    empty_timeout_s INTEGER
+    empty_timeout_s INTEGER,
+    participants INTEGER NOT NULL DEFAULT 0,
+    seen_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS rooms_by_node ON rooms (node_id, state);
 """
+#: columns added after the first release: (table, column, definition), added to older files on open
+MIGRATIONS = (
+    ("nodes", "instance", "TEXT"),
+    ("rooms", "participants", "INTEGER NOT NULL DEFAULT 0"),
+    ("rooms", "seen_at", "INTEGER NOT NULL DEFAULT 0"),  # when its node last listed it
+)
 
 NODE_COLS = (
     "id, url, media_host, media_port, region, max_participants, max_rooms, version, registered_at, "
-    "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed"
+    "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed, instance"
 )
-ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s"
+ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants"
 
 
 def _node(row: sqlite3.Row) -> Node:
@@ -89,6 +99,7 @@ def _node(row: sqlite3.Row) -> Node:
         draining=bool(row["draining"]),
         load=Load(row["load_rooms"], row["load_participants"], row["load_cpu"], row["load_pps"]),
         placed_since_report=row["placed"],
+        instance=row["instance"],
     )
 
 
@@ -100,13 +111,14 @@ def _room(row: sqlite3.Row) -> Room:
         region=row["region"],
         empty_timeout_s=row["empty_timeout_s"],
     )
-    return Room(spec=spec, node_id=row["node_id"], state=RoomState(row["state"]), placed_at=row["placed_at"])
+    return Room(spec=spec, node_id=row["node_id"], state=RoomState(row["state"]), placed_at=row["placed_at"],
+                participants=row["participants"])
 
 
 def _room_params(room: Room) -> tuple[Any, ...]:
     s = room.spec
     return (s.room, room.node_id, room.state.value, room.placed_at, s.max_participants,
-            json.dumps(list(s.codecs)), s.region, s.empty_timeout_s)
+            json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, room.participants)
 
 
 class SqliteStore(Store):
@@ -130,6 +142,10 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.executescript(SCHEMA)
+        for table, column, definition in MIGRATIONS:
+            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._conn = conn
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -181,52 +197,89 @@ class SqliteStore(Store):
         cur = c.execute("UPDATE rooms SET state = 'lost' WHERE node_id = ? AND state = 'live'", (node_id,))
         return cur.rowcount
 
+    def _claim(
+        self, c: sqlite3.Connection, node_id: str, listing: tuple[tuple[str, int | None], ...], now_ms: int,
+        settings: Callable[[str], RoomSpec] | None = None,
+    ) -> list[Taken]:
+        """``claim_rule`` (``control.store.base``) for the rooms ``node_id`` lists; a room the store
+        does not know (learnt back after a store loss) takes the settings the node reported."""
+        taken: list[Taken] = []
+        for room, count in listing:
+            row = c.execute("SELECT node_id, state, participants FROM rooms WHERE room = ?", (room,)).fetchone()
+            if row is None:
+                spec = settings(room) if settings is not None else RoomSpec(room=room)
+                learnt = Room(spec=spec, node_id=node_id, state=RoomState.LIVE, placed_at=now_ms, participants=count or 0)
+                c.execute(f"INSERT INTO rooms ({ROOM_COLS}, seen_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          (*_room_params(learnt), now_ms))
+                continue
+            if row["node_id"] != node_id:
+                holder = self._get_node(c, row["node_id"])
+                away = holder is None or not holder.lease_alive(now_ms) or row["state"] != RoomState.LIVE.value
+                if away and count == 0:
+                    continue  # an empty copy: the away node may come back with the participants
+                if not away and not (count and row["participants"] == 0):
+                    continue
+                if not away:
+                    taken.append(Taken(room, row["node_id"]))
+            c.execute(
+                "UPDATE rooms SET node_id = ?, state = 'live', participants = COALESCE(?, participants), "
+                "seen_at = ? WHERE room = ?",
+                (node_id, count, now_ms, room),
+            )
+        return taken
+
     async def register_node(
-        self, reg: NodeRegistration, now_ms: int, lease_ms: int
-    ) -> tuple[RegisterOutcome, Node | None]:
-        def tx(c: sqlite3.Connection) -> tuple[RegisterOutcome, Node | None]:
+        self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
+    ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        def tx(c: sqlite3.Connection) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
             old = self._get_node(c, reg.id)
             if old is not None and old.revoked:
-                return RegisterOutcome.REVOKED, old
-            if old is not None and old.lease_expires_at > now_ms:
-                return RegisterOutcome.EXISTS, old
+                return RegisterOutcome.REVOKED, old, [], []
+            same = reg.instance is not None and old is not None and old.instance == reg.instance
+            if old is not None and old.lease_expires_at > now_ms and not (takeover or same):
+                return RegisterOutcome.EXISTS, old, [], []
             if old is not None:
                 self._lose_rooms(c, reg.id)
             c.execute(
-                f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0)",
+                f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0,?)",
                 (reg.id, reg.url, reg.media_host, reg.media_port, reg.region, reg.capacity.max_participants,
-                 reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms),
+                 reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
             )
-            for room in reg.rooms:  # still live there: keep them (or learn them, after a store loss)
-                c.execute(
-                    "UPDATE rooms SET state = 'live' WHERE room = ? AND node_id = ? AND state IN ('live', 'lost')",
-                    (room, reg.id),
-                )
-                learnt = Room(spec=reg.settings_of(room), node_id=reg.id, state=RoomState.LIVE, placed_at=now_ms)
-                c.execute(f"INSERT OR IGNORE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?)", _room_params(learnt))
+            taken = self._claim(c, reg.id, reg.listing(), now_ms, reg.settings_of)
+            dropped: list[str] = []
+            if old is not None and reg.instance is not None and old.instance != reg.instance:
+                # a restart: the rooms the old process still had (listed or placed within about a
+                # lease of its last report; older records are rooms that ended there long ago)
+                since = old.lease_expires_at - 2 * lease_ms
+                dropped = [r["room"] for r in c.execute(
+                    "SELECT room FROM rooms WHERE node_id = ? AND state = 'lost' AND MAX(placed_at, seen_at) >= ? "
+                    "ORDER BY room", (reg.id, since))]
             outcome = RegisterOutcome.CREATED if old is None else RegisterOutcome.REREGISTERED
-            return outcome, self._get_node(c, reg.id)
+            return outcome, self._get_node(c, reg.id), taken, dropped
 
         return await self._tx(tx)
 
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
-    ) -> tuple[HeartbeatOutcome, Node | None]:
-        def tx(c: sqlite3.Connection) -> tuple[HeartbeatOutcome, Node | None]:
+    ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
+        def tx(c: sqlite3.Connection) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
             old = self._get_node(c, node_id)
             if old is None:
-                return HeartbeatOutcome.UNKNOWN, None
+                return HeartbeatOutcome.UNKNOWN, None, []
             if old.revoked:
-                return HeartbeatOutcome.REVOKED, old
+                return HeartbeatOutcome.REVOKED, old, []
+            if hb.instance is not None and old.instance is not None and hb.instance != old.instance:
+                return HeartbeatOutcome.SUPERSEDED, old, []
             if old.lease_expires_at <= now_ms:
-                return HeartbeatOutcome.EXPIRED, old
+                return HeartbeatOutcome.EXPIRED, old, []
             c.execute(
                 "UPDATE nodes SET healthy = ?, draining = ?, load_rooms = ?, load_participants = ?, "
                 "load_cpu = ?, load_pps = ?, placed = 0, lease_expires_at = ? WHERE id = ?",
                 (int(hb.healthy), int(hb.draining), hb.load.rooms, hb.load.participants, hb.load.cpu,
                  hb.load.packets_per_s, now_ms + lease_ms, node_id),
             )
-            return HeartbeatOutcome.OK, self._get_node(c, node_id)
+            taken = self._claim(c, node_id, hb.listing(), now_ms)
+            return HeartbeatOutcome.OK, self._get_node(c, node_id), taken
 
         return await self._tx(tx)
 
@@ -263,21 +316,26 @@ class SqliteStore(Store):
             lambda c: [_node(r) for r in c.execute(f"SELECT {NODE_COLS} FROM nodes ORDER BY id")]
         )
 
-    async def place_room(self, spec: RoomSpec, now_ms: int, exclude: frozenset[str]) -> Placement:
+    async def place_room(
+        self, spec: RoomSpec, now_ms: int, exclude: frozenset[str], grace_ms: int = 0
+    ) -> Placement:
         def tx(c: sqlite3.Connection) -> Placement:
             row = c.execute(f"SELECT {ROOM_COLS} FROM rooms WHERE room = ?", (spec.room,)).fetchone()
             previous = _room(row) if row is not None else None
-            if previous is not None and previous.state is RoomState.LIVE:
+            if previous is not None and previous.state is not RoomState.CLOSED:
                 holder = self._get_node(c, previous.node_id)
-                if holder is not None and holder.lease_alive(now_ms):
+                if holder is not None and previous.state is RoomState.LIVE and holder.lease_alive(now_ms):
                     return Placement(PlacementOutcome.EXISTING, previous, holder)
+                until = holder.away_until(now_ms, grace_ms) if holder is not None else None
+                if until is not None:
+                    return Placement(PlacementOutcome.AWAY, previous, holder, retry_at=until)
             nodes = [_node(r) for r in c.execute(f"SELECT {NODE_COLS} FROM nodes")]
-            choice = choose(nodes, now_ms, spec.region, exclude)
+            choice = choose(nodes, now_ms, spec.region, exclude, previous.node_id if previous is not None else None)
             if choice.node is None:
                 return Placement(choice.outcome, live_nodes=choice.live_nodes, passing_nodes=choice.passing_nodes)
             c.execute("UPDATE nodes SET placed = placed + 1 WHERE id = ?", (choice.node.id,))
             room = Room(spec=spec, node_id=choice.node.id, state=RoomState.LIVE, placed_at=now_ms)
-            c.execute(f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?)", _room_params(room))
+            c.execute(f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", _room_params(room))
             return Placement(
                 PlacementOutcome.PLACED, room, self._get_node(c, choice.node.id), previous,
                 choice.live_nodes, choice.passing_nodes,
@@ -288,14 +346,15 @@ class SqliteStore(Store):
     async def release_room(self, room: str, node_id: str, restore: Room | None) -> None:
         def tx(c: sqlite3.Connection) -> None:
             row = c.execute("SELECT node_id, state FROM rooms WHERE room = ?", (room,)).fetchone()
-            if row is None or row["node_id"] != node_id or row["state"] != RoomState.LIVE.value:
+            # lost too: the node's lease may have lapsed while the failed call waited on it
+            if row is None or row["node_id"] != node_id or row["state"] not in ("live", "lost"):
                 return
             c.execute("UPDATE nodes SET placed = MAX(placed - 1, 0) WHERE id = ?", (node_id,))
             if restore is None:
                 c.execute("DELETE FROM rooms WHERE room = ?", (room,))
             else:
                 c.execute(
-                    f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?)", _room_params(restore)
+                    f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", _room_params(restore)
                 )
 
         await self._tx(tx)

@@ -134,7 +134,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     if node.revoked:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
     now = clock.now_ms()
-    room = node.rooms.get(room_id, now)
+    room = node.existing_room(room_id, now)
     session, answer = node.sessions.subscribe(room, _owner(claims, "whep", WHEP_SCOPES), target, offer, now)
     resp = _sdp_created(request, "whep", room_id, session.id, session.etag, answer)
     for kind, code, _detail in session.refused:

@@ -348,6 +348,15 @@ class Front(HttpBound):
                 settings.update((k, v) for k, v in reported.items() if isinstance(k, str) and isinstance(v, dict))
         return settings
 
+    def room_participants(self) -> dict[str, int]:
+        """Participants per live room, over the workers (a room lives on one worker)."""
+        counts: dict[str, int] = {}
+        for w in self.workers:
+            reported = (w.status or {}).get("room_participants")
+            if isinstance(reported, dict):
+                counts.update((r, n) for r, n in reported.items() if isinstance(r, str) and isinstance(n, int))
+        return counts
+
     def cpu_seconds(self) -> float:
         """The workers' CPU seconds over their number: the load's ``cpu`` is then the node's
         fraction of its cores in use."""

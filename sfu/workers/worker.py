@@ -115,6 +115,7 @@ class WorkerNode(Node):
             "revoked": self.revoked,
             "rooms": self.room_ids(),
             "room_settings": self.room_settings(),
+            "room_participants": self.room_participants(),
             "participants": snap.participants,
             "packets_out": snap.packets_out,
             "media_port": self.media_port,

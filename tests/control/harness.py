@@ -76,6 +76,9 @@ class StandInNode:
     reply_code: str | None = None
     rooms: list[str] = field(default_factory=list)
     seen_scopes: list[frozenset[str]] = field(default_factory=list)
+    #: participants per room, as ``GET /v1/rooms/{room}`` reports them (0 when not set)
+    participants: dict[str, int] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -94,8 +97,33 @@ class StandInNode:
             self.rooms.append(body["room"])
             return json_response({"room": body["room"]}, status=self.reply_status)
 
+        def room_claims(request: web.Request) -> str:
+            claims = verifier.verify(bearer_token(request), time.time())
+            claims.require("room:admin")
+            room = request.match_info["room"]
+            claims.require_room(room)
+            if room not in self.rooms:
+                raise ApiError("room_not_found", f"{self.name} has no room {room}")
+            return room
+
+        async def get_room(request: web.Request) -> web.Response:
+            room = room_claims(request)
+            return json_response({"room": room, "num_participants": self.participants.get(room, 0)})
+
+        async def delete_room(request: web.Request) -> web.Response:
+            room = room_claims(request)
+            self.rooms.remove(room)
+            self.deleted.append(room)
+            return web.Response(status=204)
+
+        async def healthz(request: web.Request) -> web.Response:
+            return json_response({"status": "ok"})
+
         app = web.Application(middlewares=[make_error_middleware()])
         app.router.add_post("/v1/rooms", create_room)
+        app.router.add_get("/v1/rooms/{room}", get_room)
+        app.router.add_delete("/v1/rooms/{room}", delete_room)
+        app.router.add_get("/healthz", healthz)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -138,7 +166,7 @@ class ControlPlane:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> ControlPlane:
-        self._runner = web.AppRunner(create_app(self.config))
+        self._runner = web.AppRunner(create_app(self.config), shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -163,7 +191,9 @@ class ControlPlane:
             tok = token(*scopes)
         if tok:
             h["Authorization"] = f"Bearer {tok}"
-        async with self.session.request(method, self.url + path, json=body, headers=h) as resp:
+        # bounded: a stuck request fails the test with its path instead of hanging it
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with self.session.request(method, self.url + path, json=body, headers=h, timeout=timeout) as resp:
             raw = await resp.read()
             ctype = resp.headers.get("Content-Type", "")
             data: Any = raw.decode()

@@ -352,7 +352,10 @@ async def test_get_room(cp: ControlPlane, nodes: list[StandInNode]) -> None:
 
 
 async def test_lost_room_is_placed_again_after_lease_expiry(store_url: str, nodes: list[StandInNode]) -> None:
-    plane = await ControlPlane(make_config(store_url, lease_seconds=0.8, heartbeat_interval_seconds=0.2)).start()
+    """Within the grace the room waits for its node (503, retryable); GET never places it; after the
+    grace, POST /v1/rooms (or /v1/tokens) places it again with its stored settings."""
+    plane = await ControlPlane(make_config(store_url, lease_seconds=0.8, heartbeat_interval_seconds=0.2,
+                                           room_grace_seconds=1.5)).start()
     try:
         await plane.register(nodes[0])
         first = await plane.create_room(room="phoenix", max_participants=7)
@@ -364,8 +367,23 @@ async def test_lost_room_is_placed_again_after_lease_expiry(store_url: str, node
             await keep_alive(plane, nodes[1])
             await asyncio.sleep(0.1)
         await keep_alive(plane, nodes[1])
+        for lookup in (plane.call("GET", "/v1/rooms/phoenix", scopes=("room:admin",)), plane.create_room(room="phoenix")):
+            waiting = await lookup
+            waiting.problem(503, "service_unavailable")
+            assert 1 <= int(waiting.headers["Retry-After"]) <= 5
+        assert nodes[1].rooms == []
+        while True:  # the grace ends; GET shows the room lost and places nothing
+            await keep_alive(plane, nodes[1])
+            lost = await plane.call("GET", "/v1/rooms/phoenix", scopes=("room:admin",))
+            if lost.status == 200:
+                break
+            assert time.monotonic() < deadline + 5, lost.body
+            await asyncio.sleep(0.1)
+        assert lost.body["state"] == "lost" and lost.body["node"]["id"] == "node-1" and nodes[1].rooms == []
+        joined = await plane.call("POST", "/v1/tokens", {"room": "phoenix", "identity": "x", "scopes": ["room:join"]},
+                                  scopes=("room:admin",))
+        assert joined.status == 200 and joined.body["node"]["id"] == "node-2", joined.body
         moved = await plane.call("GET", "/v1/rooms/phoenix", scopes=("room:admin",))
-        assert moved.status == 200, moved.body
         assert moved.body["node"] == {"id": "node-2", "url": nodes[1].url}
         assert moved.body["state"] == "live" and moved.body["max_participants"] == 7
         assert nodes[1].rooms == ["phoenix"]
@@ -380,7 +398,9 @@ async def test_revoked_node_loses_its_rooms(cp: ControlPlane, nodes: list[StandI
     await cp.create_room(room="evicted")
     await cp.register(nodes[1])
     await cp.call("DELETE", "/v1/nodes/node-1", scopes=("node:admin",))
-    moved = await cp.call("GET", "/v1/rooms/evicted", scopes=("room:admin",))
+    lost = await cp.call("GET", "/v1/rooms/evicted", scopes=("room:admin",))
+    assert lost.body["state"] == "lost" and nodes[1].rooms == []  # GET places nothing
+    moved = await cp.create_room(room="evicted")  # a revoked node is not waited for
     assert moved.body["node"]["id"] == "node-2" and nodes[1].rooms == ["evicted"]
 
 
@@ -506,9 +526,14 @@ async def test_a_node_back_after_its_lease_lapsed_keeps_the_rooms_it_lists(
         # a room the store never knew (e.g. after losing an in-memory store) is learnt where it lives
         adopted = await plane.call("GET", "/v1/rooms/adopted-room", scopes=("room:admin",))
         assert adopted.status == 200 and adopted.body["node"]["id"] == "node-1"
-        # a room the node no longer lists is lost, and is placed again on lookup
+        # a room the same node no longer lists ended there: lost, not placed again by itself
+        await asyncio.sleep(0.3)
         gone = await plane.call("GET", "/v1/rooms/gone-room", scopes=("room:admin",))
-        assert gone.status == 200 and gone.body["placed_at"] > placed["gone-room"]
+        assert gone.status == 200 and gone.body["state"] == "lost" and nodes[0].rooms.count("gone-room") == 1
+        # asked for again, it is placed back on that node
+        gone = await plane.create_room(room="gone-room")
+        assert gone.status == 201 and gone.body["placed_at"] > placed["gone-room"]
+        assert gone.body["node"]["id"] == "node-1" and nodes[0].rooms.count("gone-room") == 2
         bad = await plane.register(nodes[0], rooms=["no"])
         assert "rooms" in bad.problem(400, "bad_request")["detail"]
     finally:

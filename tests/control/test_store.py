@@ -73,7 +73,7 @@ async def test_heartbeat_resets_placed_count(store: Store) -> None:
     for i in range(2):
         assert (await store.place_room(RoomSpec(f"room-{i}x"), T0, frozenset())).outcome is PlacementOutcome.PLACED
     assert (await store.place_room(RoomSpec("room-3x"), T0, frozenset())).outcome is PlacementOutcome.FULL
-    outcome, node = await store.heartbeat("a", Heartbeat(True, False, Load(rooms=1)), T0 + 1, LEASE)
+    outcome, node, _ = await store.heartbeat("a", Heartbeat(True, False, Load(rooms=1)), T0 + 1, LEASE)
     assert outcome is HeartbeatOutcome.OK and node is not None and node.placed_since_report == 0
     assert (await store.place_room(RoomSpec("room-3x"), T0 + 2, frozenset())).outcome is PlacementOutcome.PLACED
 
@@ -104,3 +104,29 @@ def test_store_url(url: str, kind: StoreKind, target: str) -> None:
 def test_store_url_refused(url: str) -> None:
     with pytest.raises(ValueError, match="store URL"):
         StoreUrl.parse(url)
+
+
+async def test_release_of_a_placement_whose_node_lapsed_meanwhile(store: Store) -> None:
+    """The call creating the room hung until the node's lease lapsed (and the reaper marked the
+    room lost): undoing it must still remove the record, or the room would wait out the grace of a
+    node that never had it."""
+    await store.register_node(reg("a"), T0, LEASE)
+    await store.register_node(reg("b"), T0, 3 * LEASE)
+    p = await store.place_room(RoomSpec("room-hung"), T0, frozenset(), 60_000)
+    assert p.outcome is PlacementOutcome.PLACED and p.node is not None and p.node.id == "a"
+    assert await store.expire_leases(T0 + LEASE) == ["a"]
+    await store.release_room("room-hung", "a", p.previous)
+    assert await store.get_room("room-hung") is None
+    again = await store.place_room(RoomSpec("room-hung"), T0 + LEASE + 1, frozenset({"a"}), 60_000)
+    assert again.outcome is PlacementOutcome.PLACED and again.node is not None and again.node.id == "b"
+
+
+async def test_an_away_nodes_room_waits_out_the_grace(store: Store) -> None:
+    await store.register_node(reg("a"), T0, LEASE)
+    await store.register_node(reg("b"), T0, 3 * LEASE)
+    assert (await store.place_room(RoomSpec("room-away"), T0, frozenset(), 5_000)).node.id == "a"  # type: ignore[union-attr]
+    await store.expire_leases(T0 + LEASE)
+    away = await store.place_room(RoomSpec("room-away"), T0 + LEASE + 1, frozenset(), 5_000)
+    assert away.outcome is PlacementOutcome.AWAY and away.retry_at == T0 + LEASE + 5_000
+    after = await store.place_room(RoomSpec("room-away"), T0 + LEASE + 5_000, frozenset(), 5_000)
+    assert after.outcome is PlacementOutcome.PLACED and after.node is not None and after.node.id == "b"

@@ -25,7 +25,7 @@ BOUND_S = 0.5
 def with_rooms(node_id: str, rooms: tuple[str, ...], settings: dict[str, RoomSpec]) -> NodeRegistration:
     base = reg(node_id)
     return NodeRegistration(base.id, base.url, base.media_host, base.media_port, base.region, base.capacity,
-                            base.version, rooms, settings)
+                            base.version, rooms, room_settings=settings)
 
 
 async def test_learnt_rooms_keep_the_settings_the_node_reports(store: Store) -> None:  # noqa: F811
@@ -39,7 +39,7 @@ async def test_learnt_rooms_keep_the_settings_the_node_reports(store: Store) -> 
         "learnt-room": RoomSpec("learnt-room", 5, ("opus", "VP9"), None, 600),
         "known-room": RoomSpec("known-room", 2, ("AV1",)),
     }
-    outcome, _ = await store.register_node(with_rooms("a", ("learnt-room", "bare-room", "known-room"), settings),
+    outcome, *_ = await store.register_node(with_rooms("a", ("learnt-room", "bare-room", "known-room"), settings),
                                            T0 + 4, LEASE)
     assert outcome is RegisterOutcome.REREGISTERED
     learnt = await store.get_room("learnt-room")

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 LEASE_S = 3.0
 HEARTBEAT_S = 0.5
+GRACE_S = 1.0  # a killed node's rooms wait this long after its lease lapsed before being placed again
 NODE_IDS = ("sfu-a", "sfu-b", "sfu-c")
 #: few rooms per node, so that room count (not the CPU noise of idle processes) drives placement
 NODE_ENV = {"LEVELCHAT_SFU_MAX_ROOMS": "4", "LEVELCHAT_SFU_REVOKE_DRAIN_S": "5"}
@@ -35,7 +36,8 @@ class Cluster:
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     procs = Procs(tmp_path)
     try:
-        control = procs.control(lease_s=LEASE_S, heartbeat_s=HEARTBEAT_S)
+        control = procs.control(lease_s=LEASE_S, heartbeat_s=HEARTBEAT_S,
+                                extra_args=["--room-grace-seconds", str(GRACE_S)])
         await control.wait_healthy()
         nodes = {i: procs.node(i, control.url, env=NODE_ENV) for i in NODE_IDS}
         for node in nodes.values():
@@ -101,18 +103,20 @@ async def test_revoked_node_refuses_whip_within_a_heartbeat(cluster: Cluster) ->
         assert await create_room(cluster, f"after-rev-{i}") != "sfu-b"
 
 
-async def test_killed_node_rooms_are_placed_again_within_a_lease(cluster: Cluster) -> None:
+async def test_killed_node_rooms_are_placed_again_after_lease_and_grace(cluster: Cluster) -> None:
     placed = {f"kill-{i}": await create_room(cluster, f"kill-{i}") for i in range(3)}
     victim_room, victim = next(iter(placed.items()))
     cluster.nodes[victim].kill9()
     killed_at = time.monotonic()
-    while True:
-        reply = await call("GET", f"{cluster.control.url}/v1/rooms/{victim_room}")
-        assert reply.status == 200, reply.body
-        if reply.body["node"]["id"] != victim:
+    while True:  # the victim, then 503 (retry) while it may come back, then another node
+        reply = await call("POST", f"{cluster.control.url}/v1/tokens",
+                           {"room": victim_room, "identity": "late", "scopes": ["room:join"]})
+        assert reply.status in (200, 503), reply.body
+        if reply.status == 200 and reply.body["node"]["id"] != victim:
             break
-        assert time.monotonic() - killed_at < LEASE_S + 1.0, "room not placed again within one lease"
+        assert time.monotonic() - killed_at < LEASE_S + GRACE_S + 3.0, "room not placed again after lease and grace"
         await asyncio.sleep(0.1)
+    reply = await call("GET", f"{cluster.control.url}/v1/rooms/{victim_room}")
     new_node = reply.body["node"]["id"]
     assert new_node in NODE_IDS and new_node != victim
     assert reply.body["node"]["url"] == cluster.nodes[new_node].url

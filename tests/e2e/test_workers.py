@@ -301,6 +301,12 @@ async def test_the_control_plane_sees_one_node_with_the_summed_load(tmp_path: Pa
                 seen = await load()
             assert (seen["rooms"], seen["participants"]) == (2, 3)
             assert seen["packets_per_s"] > 0 and 0 < seen["cpu"] <= 1
+            # the front lists each worker's rooms with their participants (issue 11, defect 12)
+            deadline = time.monotonic() + 10
+            while (view := await call("GET", control.url + "/v1/rooms/cp-two")).body.get("participants") != 2:
+                assert time.monotonic() < deadline, view.body
+                await asyncio.sleep(0.2)
+            assert view.body["node"]["id"] == "multi-cp"
             nodes = await control_nodes(control.url)
             assert list(nodes) == ["multi-cp"]  # one node, not one per worker
             assert nodes["multi-cp"]["url"] == node.url

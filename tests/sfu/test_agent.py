@@ -221,6 +221,15 @@ async def test_registers_and_heartbeats_carry_the_nodes_load(control: ControlPla
             await asyncio.sleep(0.1)
         assert 0.0 < load_["cpu"] <= 1.0, load_
         assert current["healthy"] is True and current["draining"] is False
+        # issue 11 defect 12: heartbeats list the rooms with their participants, and the instance
+        assert current["instance"] == agent.instance
+        while True:
+            rooms = {r: await control.call("GET", f"/v1/rooms/{r}", scopes=("room:admin",)) for r in ("load-a", "load-b")}
+            if all(v.status == 200 for v in rooms.values()) and rooms["load-a"].body["participants"] == 2:
+                break
+            assert time.monotonic() < deadline, {r: v.body for r, v in rooms.items()}
+            await asyncio.sleep(0.1)
+        assert rooms["load-a"].body["node"]["id"] == "sfu-load" and rooms["load-b"].body["participants"] == 0
     finally:
         await sub.close()
         await pub.close()
@@ -336,7 +345,7 @@ async def test_node_exists_twice_signals_exit(nodes: Any) -> None:
         await control.stop()
 
 
-async def test_node_exists_once_is_the_previous_run_then_registers(
+async def test_a_restarted_node_retires_its_previous_lease_at_once(
     nodes: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     control = await ControlPlane(lease_s=2.0).start()
@@ -346,8 +355,11 @@ async def test_node_exists_once_is_the_previous_run_then_registers(
         await previous.stop()  # a quick restart: its lease is still alive
         caplog.set_level("WARNING", logger="sfu.agent")
         node: Node = await nodes("sfu-restart", control.url)
+        started = time.monotonic()
         await until(lambda: agent_of(node).registrations == 1, 6, "the new run registers")
-        assert any("node_exists" in r.getMessage() for r in caplog.records), "the first attempt met the old lease"
+        # issue 11 defect 14: the new instance retires the old lease at once (the old URL is dead)
+        assert time.monotonic() - started < 1.5, "the new run waited for the old lease"
+        assert not any("node_exists" in r.getMessage() for r in caplog.records), "the old lease was not retired"
         view = await control.node_view("sfu-restart")
         assert view is not None and view["url"] == node.url
         assert not agent_of(node).fatal.is_set()
@@ -389,7 +401,7 @@ async def test_heartbeat_failures_are_counted_and_a_restarted_control_plane_lear
     restarted = await ControlPlane(port=port).start()  # a fresh in-memory store: it never saw the node
     try:
         await restarted.wait_state("sfu-outage", "live", timeout=5)
-        assert agent.registrations == 2
+        await until(lambda: agent.registrations == 2, 3, "the agent counts its second registration")
     finally:
         await restarted.stop()
 
@@ -506,3 +518,28 @@ async def test_revoked_node_comes_back_when_reprovisioned(control: ControlPlane,
     assert created.status == 201, created.body
     ready = await http("GET", f"{node.url}/readyz", tok="-")
     assert ready.status == 200
+
+
+async def test_a_starting_node_answers_unknown_rooms_retryably(nodes: Any) -> None:
+    """Issue 11 defect 14: with auto-creation off, a node that has not registered yet (or only just:
+    its control plane may be placing its previous run's rooms again) answers a join for a room it
+    does not have 503 + Retry-After, not room_not_found; settled, room_not_found as before."""
+    control = await ControlPlane(heartbeat_s=0.2).start()
+    port = control.port
+    await control.stop()  # down at the node's start: it cannot register
+    try:
+        node: Node = await nodes("sfu-starting", control.url, auto_create_rooms=False)
+        whip = token("room:join", "room:publish", room="ghost-room", identity="a")
+        whep = token("room:join", "room:subscribe", room="ghost-room", identity="b")
+        for kind, tok in (("whip", whip), ("whep", whep)):
+            early = await http("POST", f"{node.url}/{kind}/ghost-room", tok=tok, sdp="v=0\r\n")
+            assert early.status == 503 and early.body["code"] == "service_unavailable", (kind, early.body)
+            assert early.headers["Retry-After"] == "1"
+        control = await ControlPlane(heartbeat_s=0.2, port=port).start()
+        await until(lambda: agent_of(node).registrations == 1, 10, "registration")
+        await until(lambda: not agent_of(node).settling(), 5, "settled")
+        for kind, tok in (("whip", whip), ("whep", whep)):
+            late = await http("POST", f"{node.url}/{kind}/ghost-room", tok=tok, sdp="v=0\r\n")
+            assert late.status == 404 and late.body["code"] == "room_not_found", (kind, late.body)
+    finally:
+        await control.stop()
