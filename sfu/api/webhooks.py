@@ -1,0 +1,181 @@
+"""The node's webhooks: room events from the router's observer feed, queued (never blocking the
+router: ``WebhookDispatcher.emit`` only appends), and ``/v1/webhooks`` (``room:admin``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from levelchat.errors import ApiError
+from levelchat.tokens import TokenVerifier
+from levelchat.web import bearer_token, json_response, read_json
+from levelchat.webhooks.dispatcher import WebhookDispatcher
+from levelchat.webhooks.model import EVENTS, make_event
+from sfu.routing.events import RoomEvent, RoomEventKind
+
+if TYPE_CHECKING:
+    from sfu.config import NodeConfig
+    from sfu.routing.participant import Participant
+    from sfu.routing.rooms import Room
+    from sfu.routing.track import PublishedTrack
+
+log = logging.getLogger(__name__)
+WEBHOOKS_KEY = web.AppKey("node_webhooks", object)
+VERIFIER_KEY = web.AppKey("webhooks_verifier", object)
+
+
+def _room(room: Room) -> dict[str, Any]:
+    return {"name": room.id, "sid": room.sid}
+
+
+def _participant(p: Participant) -> dict[str, Any]:
+    return {"identity": p.identity, "sid": p.sid, "name": p.name, "kind": p.kind.value}
+
+
+def _track(t: PublishedTrack) -> dict[str, Any]:
+    return {"sid": t.sid, "kind": t.kind, "codec": t.codec.name, "mid": t.mid, "rid": t.rid}
+
+
+class NodeWebhooks:
+    """Holds the dispatcher (opened at start when endpoints are configured or the queue file
+    exists, else by the first ``POST /v1/webhooks``) and turns ``RoomEvent``s into events."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.dispatcher: WebhookDispatcher | None = None
+        self.node_id = ""
+        self._db_path = ""
+        self._started_rooms: set[str] = set()  # room sids whose room_started was sent
+        self._tracks: dict[str, dict[int, dict[str, Any]]] = {}  # participant sid -> published tracks
+
+    async def start(self, node_id: str, http_port: int) -> None:
+        self.node_id = node_id
+        self._db_path = self.config.webhooks_db_at(http_port)
+        if self.config.webhooks or (self._db_path != ":memory:" and os.path.exists(self._db_path)):
+            await self.ensure()
+
+    async def ensure(self) -> WebhookDispatcher:
+        if self.dispatcher is None:
+            d = WebhookDispatcher(
+                db_path=self._db_path,
+                configured=self.config.webhooks,
+                api_keys=self.config.api_keys,
+                settings=self.config.webhook_settings,
+            )
+            await d.start()
+            self.dispatcher = d
+            log.info("webhooks: %d endpoint(s), queue %s (%d waiting)", len(d.endpoints), self._db_path, d.queue_depth())
+        return self.dispatcher
+
+    async def stop(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            self.dispatcher = None
+
+    def emit(self, event: str, **objects: dict[str, Any] | None) -> None:
+        d = self.dispatcher
+        if d is None or not d.takers(event):
+            return
+        d.emit(make_event(event, node={"id": self.node_id}, **objects))
+
+    def room_created(self, room: Room) -> None:
+        if room.sid not in self._started_rooms:
+            self._started_rooms.add(room.sid)
+            self.emit("room_started", room=_room(room))
+
+    def on_event(self, event: RoomEvent) -> None:
+        """The router's observer: enqueue only."""
+        kind, room, p = event.kind, event.room, event.participant
+        if kind is RoomEventKind.JOINED and p is not None:
+            self.room_created(room)
+            self.emit("participant_joined", room=_room(room), participant=_participant(p))
+        elif kind is RoomEventKind.PUBLISHED and p is not None:
+            mine = self._tracks.setdefault(p.sid, {})
+            for t in event.tracks:
+                mine[t.ssrc] = _track(t)
+                self.emit("track_published", room=_room(room), participant=_participant(p), track=mine[t.ssrc])
+        elif kind is RoomEventKind.UNPUBLISHED and p is not None:
+            for t in event.tracks:
+                view = self._tracks.get(p.sid, {}).pop(t.ssrc, None) or _track(t)
+                self.emit("track_unpublished", room=_room(room), participant=_participant(p), track=view)
+        elif kind is RoomEventKind.LEFT and p is not None:
+            self._left(room, p, event.reason.value if event.reason is not None else None)
+        elif kind is RoomEventKind.ROOM_CLOSED:
+            for gone in event.participants:
+                self._left(room, gone, event.reason.value if event.reason is not None else None)
+            self._started_rooms.discard(room.sid)
+            self.emit("room_finished", room=_room(room))
+
+    def _left(self, room: Room, p: Participant, reason: str | None) -> None:
+        for view in self._tracks.pop(p.sid, {}).values():
+            self.emit("track_unpublished", room=_room(room), participant=_participant(p), track=view)
+        self.emit("participant_left", room=_room(room), participant={**_participant(p), "reason": reason})
+
+
+# -- /v1/webhooks ---------------------------------------------------------------------------------
+def _hooks(request: web.Request) -> NodeWebhooks:
+    return request.app[WEBHOOKS_KEY]  # type: ignore[return-value]
+
+
+def _admin(request: web.Request) -> None:
+    """A node-wide operator token: ``room:admin`` and no ``room`` claim."""
+    verifier: TokenVerifier = request.app[VERIFIER_KEY]  # type: ignore[assignment]
+    claims = verifier.verify(bearer_token(request), time.time())
+    claims.require("room:admin")
+    if claims.room is not None:
+        raise ApiError("token/unauthorized", "webhooks are node-wide: the token must not be bound to a room")
+
+
+async def webhooks_post(request: web.Request) -> web.StreamResponse:
+    _admin(request)
+    hooks = _hooks(request)
+    body = await read_json(request)
+    d = await hooks.ensure()
+    view = await d.add(d.parse_endpoint(body))
+    return json_response(view, status=201)
+
+
+async def webhooks_list(request: web.Request) -> web.StreamResponse:
+    _admin(request)
+    d = _hooks(request).dispatcher
+    return json_response({"webhooks": d.describe() if d is not None else []})
+
+
+async def webhooks_delete(request: web.Request) -> web.StreamResponse:
+    _admin(request)
+    d = _hooks(request).dispatcher
+    eid = request.match_info["id"]
+    if d is None:
+        raise ApiError("not_found", f"no webhook endpoint {eid[:64]!r}")
+    await d.remove(eid)
+    return web.Response(status=204)
+
+
+async def webhooks_test(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/webhooks/test {"event"}``: send a test event of that name to every endpoint that
+    takes it; ``no_valid_recipients`` when none does."""
+    _admin(request)
+    hooks = _hooks(request)
+    body = await read_json(request)
+    event = body.get("event")
+    if not isinstance(event, str) or event not in EVENTS:
+        raise ApiError("bad_request", f"event must be one of: {', '.join(sorted(EVENTS))}")
+    d = hooks.dispatcher
+    if d is None or not d.takers(event):
+        raise ApiError("no_valid_recipients", f"no webhook endpoint takes {event!r} events")
+    sent = make_event(event, node={"id": hooks.node_id})
+    return json_response({"id": sent["id"], "event": event, "endpoints": d.emit(sent)}, status=202)
+
+
+def setup(app: web.Application, hooks: NodeWebhooks, verifier: TokenVerifier) -> None:
+    app[WEBHOOKS_KEY] = hooks
+    app[VERIFIER_KEY] = verifier
+    r = app.router
+    r.add_post("/v1/webhooks", webhooks_post)
+    r.add_get("/v1/webhooks", webhooks_list)
+    r.add_delete("/v1/webhooks/{id}", webhooks_delete)
+    r.add_post("/v1/webhooks/test", webhooks_test)
