@@ -166,6 +166,10 @@ class WebhookDispatcher:
         self._wake[eid] = asyncio.Event()
         self._loops[eid] = asyncio.create_task(self._deliver_forever(eid), name=f"webhook-{eid}")
 
+    def poke(self) -> None:
+        """Look at every endpoint's queue again now (after the clock was moved, in tests)."""
+        self._wake_all()
+
     def _wake_all(self) -> None:
         for event in self._wake.values():
             event.set()
@@ -176,14 +180,12 @@ class WebhookDispatcher:
             try:
                 wake.clear()
                 row = await self.queue.head(eid)
-                if row is None:
+                wait_s = IDLE_POLL_S if row is None else row.next_at - self._clock()
+                if wait_s > 0:  # a new event or ``poke`` looks again sooner
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), IDLE_POLL_S)
+                        await asyncio.wait_for(wake.wait(), min(wait_s, IDLE_POLL_S))
                     continue
-                wait_s = row.next_at - self._clock()
-                if wait_s > 0:
-                    await asyncio.sleep(min(wait_s, IDLE_POLL_S))
-                    continue
+                assert row is not None
                 await self._attempt(eid, row)
             except asyncio.CancelledError:
                 raise
