@@ -3,6 +3,7 @@ router: ``WebhookDispatcher.emit`` only appends), and ``/v1/webhooks`` (``room:a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -51,14 +52,26 @@ class NodeWebhooks:
         self._db_path = ""
         self._started_rooms: set[str] = set()  # room sids whose room_started was sent
         self._tracks: dict[str, dict[int, dict[str, Any]]] = {}  # participant sid -> published tracks
+        #: events of the moments between the HTTP API's start and the queue's (bounded)
+        self._early: list[dict[str, Any]] | None = []
+        self._opening = asyncio.Lock()
 
     async def start(self, node_id: str, http_port: int) -> None:
         self.node_id = node_id
         self._db_path = self.config.webhooks_db_at(http_port)
+        opened = None
         if self.config.webhooks or (self._db_path != ":memory:" and os.path.exists(self._db_path)):
-            await self.ensure()
+            opened = await self.ensure()
+        early, self._early = self._early or [], None  # from now on events go to the dispatcher or nowhere
+        if opened is not None:
+            for body in early:
+                opened.emit({**body, "node": {"id": node_id}})
 
     async def ensure(self) -> WebhookDispatcher:
+        async with self._opening:
+            return await self._open()
+
+    async def _open(self) -> WebhookDispatcher:
         if self.dispatcher is None:
             d = WebhookDispatcher(
                 db_path=self._db_path,
@@ -78,9 +91,12 @@ class NodeWebhooks:
 
     def emit(self, event: str, **objects: dict[str, Any] | None) -> None:
         d = self.dispatcher
-        if d is None or not d.takers(event):
+        if d is None:
+            if self._early is not None and len(self._early) < self.config.webhooks_queue_max:
+                self._early.append(make_event(event, node={"id": self.node_id}, **objects))
             return
-        d.emit(make_event(event, node={"id": self.node_id}, **objects))
+        if d.takers(event):
+            d.emit(make_event(event, node={"id": self.node_id}, **objects))
 
     def room_created(self, room: Room) -> None:
         if room.sid not in self._started_rooms:
