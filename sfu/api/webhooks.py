@@ -13,9 +13,10 @@ from aiohttp import web
 
 from levelchat.errors import ApiError
 from levelchat.tokens import TokenVerifier
-from levelchat.web import bearer_token, json_response, read_json
+from levelchat.web import bearer_token
 from levelchat.webhooks.dispatcher import WebhookDispatcher
-from levelchat.webhooks.model import EVENTS, make_event
+from levelchat.webhooks.http import WebhookApi, add_routes
+from levelchat.webhooks.model import make_event
 from sfu.routing.events import RoomEvent, RoomEventKind
 
 if TYPE_CHECKING:
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from sfu.routing.track import PublishedTrack
 
 log = logging.getLogger(__name__)
-WEBHOOKS_KEY = web.AppKey("node_webhooks", object)
-VERIFIER_KEY = web.AppKey("webhooks_verifier", object)
 
 
 def _room(room: Room) -> dict[str, Any]:
@@ -132,66 +131,21 @@ class NodeWebhooks:
         self.emit("participant_left", room=_room(room), participant={**_participant(p), "reason": reason})
 
 
-# -- /v1/webhooks ---------------------------------------------------------------------------------
-def _hooks(request: web.Request) -> NodeWebhooks:
-    return request.app[WEBHOOKS_KEY]  # type: ignore[return-value]
-
-
-def _admin(request: web.Request) -> None:
-    """A node-wide operator token: ``room:admin`` and no ``room`` claim."""
-    verifier: TokenVerifier = request.app[VERIFIER_KEY]  # type: ignore[assignment]
-    claims = verifier.verify(bearer_token(request), time.time())
-    claims.require("room:admin")
-    if claims.room is not None:
-        raise ApiError("token/unauthorized", "webhooks are node-wide: the token must not be bound to a room")
-
-
-async def webhooks_post(request: web.Request) -> web.StreamResponse:
-    _admin(request)
-    hooks = _hooks(request)
-    body = await read_json(request)
-    d = await hooks.ensure()
-    view = await d.add(d.parse_endpoint(body))
-    return json_response(view, status=201)
-
-
-async def webhooks_list(request: web.Request) -> web.StreamResponse:
-    _admin(request)
-    d = _hooks(request).dispatcher
-    return json_response({"webhooks": d.describe() if d is not None else []})
-
-
-async def webhooks_delete(request: web.Request) -> web.StreamResponse:
-    _admin(request)
-    d = _hooks(request).dispatcher
-    eid = request.match_info["id"]
-    if d is None:
-        raise ApiError("not_found", f"no webhook endpoint {eid[:64]!r}")
-    await d.remove(eid)
-    return web.Response(status=204)
-
-
-async def webhooks_test(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/webhooks/test {"event"}``: send a test event of that name to every endpoint that
-    takes it; ``no_valid_recipients`` when none does."""
-    _admin(request)
-    hooks = _hooks(request)
-    body = await read_json(request)
-    event = body.get("event")
-    if not isinstance(event, str) or event not in EVENTS:
-        raise ApiError("bad_request", f"event must be one of: {', '.join(sorted(EVENTS))}")
-    d = hooks.dispatcher
-    if d is None or not d.takers(event):
-        raise ApiError("no_valid_recipients", f"no webhook endpoint takes {event!r} events")
-    sent = make_event(event, node={"id": hooks.node_id})
-    return json_response({"id": sent["id"], "event": event, "endpoints": d.emit(sent)}, status=202)
-
-
+# -- /v1/webhooks (levelchat.webhooks.http) ------------------------------------------------------
 def setup(app: web.Application, hooks: NodeWebhooks, verifier: TokenVerifier) -> None:
-    app[WEBHOOKS_KEY] = hooks
-    app[VERIFIER_KEY] = verifier
-    r = app.router
-    r.add_post("/v1/webhooks", webhooks_post)
-    r.add_get("/v1/webhooks", webhooks_list)
-    r.add_delete("/v1/webhooks/{id}", webhooks_delete)
-    r.add_post("/v1/webhooks/test", webhooks_test)
+    def authorize(request: web.Request) -> None:
+        """A node-wide operator token: ``room:admin`` and no ``room`` claim."""
+        claims = verifier.verify(bearer_token(request), time.time())
+        claims.require("room:admin")
+        if claims.room is not None:
+            raise ApiError("token/unauthorized", "webhooks are node-wide: the token must not be bound to a room")
+
+    add_routes(
+        app,
+        WebhookApi(
+            authorize=authorize,
+            current=lambda: hooks.dispatcher,
+            ensure=hooks.ensure,
+            source=lambda: {"node": {"id": hooks.node_id}},
+        ),
+    )
