@@ -84,11 +84,8 @@ class WebhookDispatcher:
 
     async def stop(self) -> None:
         """Commit what is queued (it is delivered after the next start) and stop delivering."""
-        for task in self._loops.values():
-            task.cancel()
         for task in list(self._loops.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _end(task)
         self._loops.clear()
         if self.started:
             await self.queue.close()
@@ -151,9 +148,7 @@ class WebhookDispatcher:
         del self.endpoints[eid]
         task = self._loops.pop(eid, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _end(task)
         self._wake.pop(eid, None)
         await self.queue.delete_endpoint(eid)
         await self.queue.flush()
@@ -183,7 +178,8 @@ class WebhookDispatcher:
                 wait_s = IDLE_POLL_S if row is None else row.next_at - self._clock()
                 if wait_s > 0:  # a new event or ``poke`` looks again sooner
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), min(wait_s, IDLE_POLL_S))
+                        async with asyncio.timeout(min(wait_s, IDLE_POLL_S)):
+                            await wake.wait()
                     continue
                 assert row is not None
                 await self._attempt(eid, row)
@@ -234,6 +230,13 @@ class WebhookDispatcher:
 
     def queue_depth(self) -> int:
         return self.queue.depth
+
+
+async def _end(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it (cancelling again should one be swallowed)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
 
 
 __all__ = ["EVENTS", "WebhookDispatcher", "WebhookStats", "config_endpoint_id"]
