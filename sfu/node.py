@@ -92,13 +92,19 @@ class Node(HttpBound):
             preferred_role=Setup(cfg.dtls_role),
             limits=OfferLimits(cfg.max_media_sections, cfg.max_ssrcs, cfg.max_published_tracks),
         )
+        # the webhook queue opens before the API serves, unless its file is named after the port
+        # the API binds (no node_id, no webhooks_db, port 0): then just after, early events buffered
+        hooks_first = bool(cfg.webhooks_db or cfg.node_id or cfg.http_port)
+        if hooks_first:
+            await self.webhooks.start(self.node_id, self.http_port)
         self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         await self.make_site(self._runner).start()
         addresses = self._runner.addresses
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
-        await self.webhooks.start(self.node_id, self.http_port)
+        if not hooks_first:
+            await self.webhooks.start(self.node_id, self.http_port)
         self.self_check_ok = True
         self.self_check_reason = "not run yet"
         self.selfcheck = SelfCheck(
