@@ -189,3 +189,22 @@ def test_node_config_webhooks_are_typed() -> None:
         assert why in str(info.value), (bad, str(info.value))
     with pytest.raises(ConfigError):
         node_config.load(flags={"webhooks_queue_max": 0}, dev=True, environ={})
+
+
+def test_control_config_webhooks_are_typed(tmp_path: Path) -> None:
+    from control.config import load_config
+
+    hooks = [{"url": "https://hooks.example/cp", "events": ["node_revoked"]}]
+    cfg = load_config(flags={"dev": True}, environ={"LEVELCHAT_CONTROL_WEBHOOKS": json.dumps(hooks)})
+    assert cfg.webhooks == (WebhookEndpoint(url="https://hooks.example/cp", events=("node_revoked",)),)
+    assert cfg.webhooks_db_path(7700) == ":memory:"  # the dev store is in memory
+    store = tmp_path / "c.db"
+    cfg = load_config(flags={"dev": True, "store": f"sqlite:///{store}"}, environ={})
+    assert cfg.webhooks_db_path(7700) == str(store)  # a table in the store's own file
+    cfg = load_config(flags={"dev": True, "store": "redis://127.0.0.1:6379/0"}, environ={})
+    assert cfg.webhooks_db_path(7700) == "levelchat-control-webhooks-7700.db"  # per replica
+    for bad in ([{"url": "https://h.example", "extra": 1}], [{"url": "gopher://h"}], "not json", [{"url": "https://h.example",
+                 "events": ["room_exploded"]}], [{"url": "https://h.example", "key": "nokey"}]):
+        env = {"LEVELCHAT_CONTROL_WEBHOOKS": bad if isinstance(bad, str) else json.dumps(bad)}
+        with pytest.raises(ValueError):
+            load_config(flags={"dev": True}, environ=env)
