@@ -20,7 +20,11 @@ from control.store import Store, StoreUnavailable, open_store, unavailable_error
 from control.store.bounded import BoundedStore
 from levelchat.errors import ApiError
 from levelchat.httpserver import serve_forever
-from levelchat.web import Handler, make_cors_middleware, make_error_middleware
+from levelchat.web import Handler, bearer_token, make_cors_middleware, make_error_middleware
+from levelchat.webhooks.dispatcher import WebhookDispatcher
+from levelchat.webhooks.http import WebhookApi
+from levelchat.webhooks.http import add_routes as add_webhook_routes
+from levelchat.webhooks.metrics import WebhookCollector
 
 log = logging.getLogger("levelchat.control")
 
@@ -78,6 +82,17 @@ def create_app(
         client_max_size=64 * 1024,
     )
     add_routes(app)
+    def authorize_webhooks(request: web.Request) -> None:
+        _service_of(app).authorize(bearer_token(request), "node:admin")  # as the other admin routes
+
+    hooks = WebhookApi(
+        authorize=authorize_webhooks,
+        current=lambda: _service_of(app).webhooks,
+        ensure=lambda: _ensure_webhooks(_service_of(app)),
+        source=lambda: {},
+    )
+    add_webhook_routes(app, hooks)
+    metrics.registry.register(WebhookCollector(lambda: _service_of(app).webhooks if SERVICE_KEY in app else None))
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None
@@ -88,6 +103,7 @@ def create_app(
         metrics.store_up.set_function(lambda: 1.0 if the_store.available else 0.0)
         session = aiohttp.ClientSession()
         svc = ControlService(config, the_store, session, metrics, clock)
+        svc.webhooks = await open_webhooks(config)
         app[SERVICE_KEY] = svc
         reaper = asyncio.create_task(_reap_forever(svc, reap_interval_s(config)), name="control-lease-reaper")
         try:
@@ -98,11 +114,36 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
             await session.close()
+            if svc.webhooks is not None:
+                await svc.webhooks.stop()  # what is queued stays in the file for the next start
             if own_store:
                 await inner.close()
 
     app.cleanup_ctx.append(lifetime)
     return app
+
+
+def _service_of(app: web.Application) -> ControlService:
+    return app[SERVICE_KEY]
+
+
+async def open_webhooks(config: ControlConfig) -> WebhookDispatcher:
+    """The control plane's webhook dispatcher: its queue is a table in the SQLite store's file (or
+    ``webhooks_db``; with Redis, a file local to this replica)."""
+    d = WebhookDispatcher(
+        db_path=config.webhooks_db_path(config.port),
+        configured=config.webhooks,
+        api_keys=config.api_keys,
+        settings=config.webhook_settings,
+    )
+    await d.start()
+    return d
+
+
+async def _ensure_webhooks(svc: ControlService) -> WebhookDispatcher:
+    if svc.webhooks is None:
+        raise ApiError("service_unavailable", "webhooks are not open yet")
+    return svc.webhooks
 
 
 async def _reap_forever(svc: ControlService, interval_s: float) -> None:

@@ -7,14 +7,17 @@ names them; ``ControlConfig.validate()`` runs before the server starts.
 from __future__ import annotations
 
 import ipaddress
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from control.store import StoreUrl
+from control.store import StoreKind, StoreUrl
+from levelchat.config import build
 from levelchat.httpserver import HttpLimits
+from levelchat.webhooks.model import WebhookEndpoint, WebhookSettings
 
 ENV_PREFIX = "LEVELCHAT_CONTROL_"
 DEV_KEY_ID = "devkey"
@@ -47,6 +50,37 @@ class ControlConfig:
     http_keepalive_timeout_s: float = 15.0
     http_max_connections_per_ip: int = 64
     http_max_connections: int = 10_000
+    #: signed webhooks (``levelchat.webhooks``): endpoints ``[{url, events?, key?}]``; the queue's
+    #: SQLite file (empty: the SQLite store's own file, a table in it; ``:memory:`` with the
+    #: in-memory store; with Redis, ``levelchat-control-webhooks-<port>.db``: local to each
+    #: replica); delivery tuning as on the node
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    webhooks_db: str = ""
+    webhooks_timeout_s: float = 5.0
+    webhooks_retry_base_s: float = 1.0
+    webhooks_retry_max_s: float = 600.0
+    webhooks_max_age_s: float = 86400.0
+    webhooks_queue_max: int = 10_000
+    webhooks_max_endpoints: int = 32
+
+    @property
+    def webhook_settings(self) -> WebhookSettings:
+        return WebhookSettings(
+            timeout_s=self.webhooks_timeout_s,
+            retry_base_s=self.webhooks_retry_base_s,
+            retry_max_s=self.webhooks_retry_max_s,
+            max_age_s=self.webhooks_max_age_s,
+            queue_max=self.webhooks_queue_max,
+            max_endpoints=self.webhooks_max_endpoints,
+        )
+
+    def webhooks_db_path(self, port: int) -> str:
+        if self.webhooks_db:
+            return self.webhooks_db
+        store = StoreUrl.parse(self.store)
+        if store.kind is StoreKind.SQLITE:
+            return store.target
+        return f"levelchat-control-webhooks-{port}.db"
 
     @property
     def http_limits(self) -> HttpLimits:
@@ -99,8 +133,13 @@ class ControlConfig:
             raise ValueError(f"room_grace_seconds must be 0..86400, got {self.room_grace_seconds}")
         if self.max_placement_attempts < 1:
             raise ValueError(f"max_placement_attempts must be >= 1, got {self.max_placement_attempts}")
-        for problem in self.http_limits.problems():
+        for problem in self.http_limits.problems() + self.webhook_settings.problems():
             raise ValueError(problem)
+        for hook in self.webhooks:
+            if hook.key and hook.key not in self.api_keys:
+                raise ValueError(f"webhooks: key {hook.key!r} of {hook.url} is not one of the API keys")
+        if len(self.webhooks) > self.webhooks_max_endpoints:
+            raise ValueError(f"webhooks: at most {self.webhooks_max_endpoints} endpoints (webhooks_max_endpoints)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError(f"log_level must be debug, info, warning or error, not {self.log_level!r}")
         if self.dev and not self.dev_allow_remote and not is_loopback(self.host):
@@ -137,6 +176,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     try:
         if name == "api_keys":
             return _parse_keys(value)
+        if name == "webhooks":
+            return _parse_webhooks(value)
         if name == "cors_origins":
             if value is None or value == "*" or value == ["*"]:
                 return None
@@ -172,6 +213,18 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     except ValueError as exc:
         raise ValueError(f"{source}: {name}: {exc}") from None
     raise ValueError(f"{source}: {name}: unsupported")  # pragma: no cover
+
+
+def _parse_webhooks(value: Any) -> tuple[WebhookEndpoint, ...]:
+    """A list of ``{url, events?, key?}`` tables (or its JSON text), each checked."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("must be a JSON list of {url, events?, key?} objects") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("must be a list of {url, events?, key?} tables")
+    return tuple(build(WebhookEndpoint, v) for v in value)
 
 
 def _parse_keys(value: Any) -> dict[str, str]:

@@ -16,6 +16,7 @@ from control.model import (
     HeartbeatOutcome,
     Node,
     NodeRegistration,
+    NodeState,
     Placement,
     PlacementOutcome,
     RegisterOutcome,
@@ -28,6 +29,8 @@ from control.repair import Repairs
 from control.store import Store
 from levelchat.errors import CATALOGUE, SDK_ONLY_STATUSES, ApiError
 from levelchat.tokens import ApiKey, Claims, TokenVerifier, mint, validate_identity, validate_room
+from levelchat.webhooks.dispatcher import WebhookDispatcher
+from levelchat.webhooks.model import make_event
 
 log = logging.getLogger("levelchat.control")
 
@@ -81,10 +84,18 @@ class ControlService:
             room_token=self._room_token,
             place=self._place_node_id,
         )
+        #: signed webhooks (levelchat.webhooks): node_registered, node_unhealthy, node_revoked
+        self.webhooks: WebhookDispatcher | None = None
+        self._node_states: dict[str, NodeState] = {}
 
     async def close(self) -> None:
         """Cancel the background repairs (``control.repair``) still running."""
         await self.repairs.close()
+
+    def _hook(self, event: str, node: Node | None, **extra: object) -> None:
+        """Queue a webhook event about ``node`` (never blocks: the queue commits off the loop)."""
+        if self.webhooks is not None and node is not None and self.webhooks.takers(event):
+            self.webhooks.emit(make_event(event, node={**node.to_json(self.now_ms()), **extra}))
 
     # -- time and auth -------------------------------------------------------------------------
 
@@ -144,6 +155,7 @@ class ControlService:
         log.info("node %s %s at %s", reg.id, outcome.value, reg.url)
         self.repairs.close_copies(node.id, taken)
         self.repairs.place_again(node.id, dropped)
+        self._hook("node_registered", node, outcome=outcome.value)
         await self.refresh_gauges()
         return node, outcome
 
@@ -192,6 +204,7 @@ class ControlService:
         if node is None:
             raise ApiError("not_found", f"node {node_id!r} is not registered")
         log.warning("node %s revoked", node_id)
+        self._hook("node_revoked", node)
         await self.refresh_gauges()
         return node
 
@@ -326,8 +339,20 @@ class ControlService:
         lapsed = await self.store.expire_leases(now)
         for node_id in lapsed:
             log.warning("node %s lost its lease: its rooms are marked lost", node_id)
-        await self.refresh_gauges()
+        nodes = await self.store.list_nodes()
+        self.metrics.observe_nodes(nodes, now)
+        self._hook_transitions(nodes, now)
         return lapsed
+
+    def _hook_transitions(self, nodes: list[Node], now_ms: int) -> None:
+        """``node_unhealthy`` for each node seen going from live to unhealthy or expired (this
+        replica's view: each replica of a shared store sends its own, at least once)."""
+        states = {n.id: n.state(now_ms) for n in nodes}
+        for n in nodes:
+            before, after = self._node_states.get(n.id), states[n.id]
+            if before is NodeState.LIVE and after in (NodeState.UNHEALTHY, NodeState.EXPIRED):
+                self._hook("node_unhealthy", n, reason="lease lapsed" if after is NodeState.EXPIRED else "unhealthy")
+        self._node_states = states
 
     async def refresh_gauges(self) -> None:
         self.metrics.observe_nodes(await self.store.list_nodes(), self.now_ms())

@@ -111,6 +111,13 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{name}: {value!r} is not a table")
         kt, vt = typing.get_args(tp) or (str, str)
         return {_coerce(name, kt, k): _coerce(name, vt, v) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: {value!r} is not a table")
+        try:
+            return build(tp, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     raise ConfigError(f"{name}: unsupported type {tp}")  # pragma: no cover
 
 

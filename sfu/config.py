@@ -11,6 +11,7 @@ from typing import Any
 
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
 from levelchat.httpserver import HttpLimits
+from levelchat.webhooks.model import WebhookEndpoint, WebhookSettings
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
 SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
@@ -108,6 +109,40 @@ class NodeConfig:
     http_max_connections: int = 10_000
     #: serve the demo page (``/``, ``/static/``, the dev token helper); unset: in dev mode only
     demo_page: bool | None = None
+    #: signed webhooks (``levelchat.webhooks``): endpoints ``[{url, events?, key?}]``; the node's
+    #: state directory (empty: ``$XDG_STATE_HOME/levelchat``, else ``~/.local/state/levelchat``);
+    #: the queue's SQLite file (empty: ``<data_dir>/webhooks-<node id>.db``; ``:memory:`` is not
+    #: durable, for tests); delivery: request timeout, backoff base and cap, give-up age, queue
+    #: bound (oldest dropped beyond it), endpoints at most
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    data_dir: str = ""
+    webhooks_db: str = ""
+    webhooks_timeout_s: float = 5.0
+    webhooks_retry_base_s: float = 1.0
+    webhooks_retry_max_s: float = 600.0
+    webhooks_max_age_s: float = 86400.0
+    webhooks_queue_max: int = 10_000
+    webhooks_max_endpoints: int = 32
+
+    @property
+    def webhook_settings(self) -> WebhookSettings:
+        return WebhookSettings(
+            timeout_s=self.webhooks_timeout_s,
+            retry_base_s=self.webhooks_retry_base_s,
+            retry_max_s=self.webhooks_retry_max_s,
+            max_age_s=self.webhooks_max_age_s,
+            queue_max=self.webhooks_queue_max,
+            max_endpoints=self.webhooks_max_endpoints,
+        )
+
+    def webhooks_db_at(self, http_port: int) -> str:
+        """The webhook queue's SQLite file for the node bound to ``http_port``."""
+        if self.webhooks_db:
+            return self.webhooks_db
+        base = self.data_dir or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "levelchat"
+        )
+        return os.path.join(base, f"webhooks-{self.node_id_at(http_port)}.db")
 
     @property
     def http_limits(self) -> HttpLimits:
@@ -201,8 +236,13 @@ class NodeConfig:
         for name, ceiling in (("max_media_sections", 64), ("max_ssrcs", 1024), ("max_published_tracks", 256)):
             if not 1 <= getattr(self, name) <= ceiling:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be from 1 to {ceiling}")
-        for problem in self.http_limits.problems():
+        for problem in self.http_limits.problems() + self.webhook_settings.problems():
             raise ConfigError(problem)
+        for hook in self.webhooks:
+            if hook.key and hook.key not in self.api_keys:
+                raise ConfigError(f"webhooks: key {hook.key!r} of {hook.url} is not one of the API keys")
+        if len(self.webhooks) > self.webhooks_max_endpoints:
+            raise ConfigError(f"webhooks: at most {self.webhooks_max_endpoints} endpoints (webhooks_max_endpoints)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

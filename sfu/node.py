@@ -13,10 +13,12 @@ from aiohttp import web
 from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
+from levelchat.webhooks.metrics import WebhookCollector
 from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
+from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
 from sfu.memtrim import HeapTrimmer
@@ -49,6 +51,9 @@ class Node(HttpBound):
         self.metrics_registry = make_registry(
             NodeCollector(self.counters, self._gauges, self.http_counts, self._counter_values)
         )
+        #: signed webhooks from the router's room events (sfu.api.webhooks)
+        self.webhooks = NodeWebhooks(config)
+        self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -79,6 +84,7 @@ class Node(HttpBound):
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
         )
+        self.router.observers.append(self.webhooks.on_event)
         cfg = self.config
         self.sessions = SessionService(
             self.router,
@@ -86,12 +92,19 @@ class Node(HttpBound):
             preferred_role=Setup(cfg.dtls_role),
             limits=OfferLimits(cfg.max_media_sections, cfg.max_ssrcs, cfg.max_published_tracks),
         )
+        # the webhook queue opens before the API serves, unless its file is named after the port
+        # the API binds (no node_id, no webhooks_db, port 0): then just after, early events buffered
+        hooks_first = bool(cfg.webhooks_db or cfg.node_id or cfg.http_port)
+        if hooks_first:
+            await self.webhooks.start(self.node_id, self.http_port)
         self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         await self.make_site(self._runner).start()
         addresses = self._runner.addresses
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
+        if not hooks_first:
+            await self.webhooks.start(self.node_id, self.http_port)
         self.self_check_ok = True
         self.self_check_reason = "not run yet"
         self.selfcheck = SelfCheck(
@@ -134,6 +147,7 @@ class Node(HttpBound):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.webhooks.stop()  # commits what is queued: delivered after the next start
         self.port.close()
 
     def make_app(self) -> web.Application:

@@ -22,7 +22,7 @@ from levelchat.web import (
     read_json,
 )
 from sfu import clock
-from sfu.api import participants, rtc, session_ice
+from sfu.api import participants, rtc, session_ice, webhooks
 from sfu.api.sessions import MediaSession, Owner
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.participant import ParticipantKind
@@ -235,6 +235,8 @@ async def rooms_post(request: web.Request) -> web.StreamResponse:
     policy = _policy_from(body, node)
     node.check_accepting_rooms()
     room, created = node.rooms.create(room_id, policy, clock.now_ms())
+    if created:
+        node.webhooks.room_created(room)
     return json_response(room.describe(), status=201 if created else 200)
 
 
@@ -428,5 +430,6 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/metrics", metrics)
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
     participants.add_routes(app, node)  # the participants (moderation) API (issue 14)
+    webhooks.setup(app, node.webhooks, node.verifier)  # /v1/webhooks (issue 14)
     add_static_routes(app, node.config)
     return app

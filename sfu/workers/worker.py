@@ -60,6 +60,8 @@ def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
         cors_origins=None,
         rate_limit_ip_per_s=0.0,
         rate_limit_key_per_s=0.0,
+        # each worker queues its own webhook events (its node id names the default file)
+        webhooks_db=f"{cfg.webhooks_db}-w{index}" if cfg.webhooks_db not in ("", ":memory:") else cfg.webhooks_db,
     )
 
 
