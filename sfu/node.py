@@ -29,6 +29,7 @@ from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
 from sfu.transport.peer import CloseReason
 from sfu.transport.srtp import SrtpProfile
+from sfu.transport.tcp import TcpLimits, TcpMediaServer
 from sfu.transport.udp import MediaPort
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,24 @@ class Node(HttpBound):
         self.instance = secrets.token_hex(4)
         self.counters = MediaCounters()
         self.port = MediaPort(config.media_host, config.media_port, self.counters)
+        #: ICE-TCP beside the UDP port (``ice_tcp``)
+        self.tcp: TcpMediaServer | None = None
+        if config.ice_tcp:
+            limits = TcpLimits(
+                max_connections=config.tcp_max_connections,
+                max_connections_per_ip=config.tcp_max_connections_per_ip,
+                bind_timeout_s=config.tcp_bind_timeout_s,
+                send_buffer_bytes=config.tcp_send_buffer_bytes,
+            )
+            self.tcp = TcpMediaServer(self.port, config.media_host, config.ice_tcp_port, limits)
         self.certificate = Certificate.generate()
         self.rooms = RoomRegistry(max_rooms=config.max_rooms, max_participants=config.max_participants)
         self.verifier = TokenVerifier([ApiKey(k, s) for k, s in config.api_keys.items()], config.project)
         self.http_counts: dict[tuple[str, str], int] = {}
         self.metrics_registry = make_registry(
-            NodeCollector(self.counters, self._gauges, self.http_counts, self._counter_values)
+            NodeCollector(
+                self.counters, self._gauges, self.http_counts, self._counter_values, self.port.sessions_by_transport
+            )
         )
         self.draining = False
         self.drained = asyncio.Event()
@@ -69,6 +82,9 @@ class Node(HttpBound):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.port.open(loop)
+        if self.tcp is not None:
+            await self.tcp.start()
+            self.port.tcp_port = self.tcp.bound_port
         self.router = Router(
             rooms=self.rooms,
             port=self.port,
@@ -108,11 +124,12 @@ class Node(HttpBound):
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()  # registers in the background: never delays serving
         log.info(
-            "node %s listening: http %s, media udp %s:%d (advertised %s)",
+            "node %s listening: http %s, media udp %s:%d, tcp %s (advertised %s)",
             self.config.effective_node_id,
             self.url,
             self.config.media_host,
             self.port.port,
+            self.port.tcp_port or "off",
             self.config.advertised_ip,
         )
 
@@ -134,6 +151,8 @@ class Node(HttpBound):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.tcp is not None:
+            await self.tcp.stop()
         self.port.close()
 
     def make_app(self) -> web.Application:
@@ -295,4 +314,5 @@ class Node(HttpBound):
             "sfu_self_check_ok": 1 if self.self_check_ok else 0,
             "sfu_self_check_duration_seconds": last.duration_s if last is not None else 0.0,
             "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
+            "sfu_tcp_connections": len(self.port.tcp_links),
         }

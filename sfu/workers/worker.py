@@ -44,14 +44,15 @@ INTERNAL = "/internal"
 
 
 def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
-    """Worker ``index``'s configuration: media port ``media_port + index`` (any free port when
-    ``media_port`` is 0), no control plane (the front registers the node), no rate limits and no
+    """Worker ``index``'s configuration: media port ``media_port + index`` and ICE-TCP port
+    ``tcp_port + index`` (any free port when the base is 0), no control plane (the front registers the node), no rate limits and no
     CORS of its own (the front applies them, seeing the real clients)."""
     return replace(
         cfg,
         workers=1,
         node_id=f"{cfg.effective_node_id}-w{index}",
         media_port=cfg.media_port + index if cfg.media_port else 0,
+        tcp_port=cfg.ice_tcp_port + index if cfg.ice_tcp_port else 0,
         http_host="127.0.0.1",
         http_port=0,
         public_url="",

@@ -1,0 +1,116 @@
+"""ICE-TCP (RFC 6544 passive candidate, RFC 4571 framing) end to end with the lite client.
+
+A WHIP publisher over TCP, a WHEP viewer over UDP and one over TCP in the same room: every
+answer carries the passive TCP candidate below the UDP one, STUN, DTLS and SRTP go through
+the TCP connection, both viewers verify (SRTP-authenticate) what they receive, and the metrics
+count sessions by transport and the TCP connections.  ``ice_tcp = false`` offers no TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from sfu.client.lite import LiteEndpoint
+from sfu.client.lite_tcp import TcpLiteEndpoint, tcp_candidate
+from sfu.node import Node
+from sfu.transport.certificate import Certificate
+from tests.e2e.clients import wait_for
+from tests.e2e.conftest import token
+from tests.e2e.test_http_errors import Reply, call
+from tests.e2e.test_rtc_ice_restart import VIDEO_SSRC, send_video
+
+pytestmark = pytest.mark.timeout(90)
+CANDIDATES = re.compile(r"^a=candidate:\S+ 1 (udp|tcp) (\d+) (\S+) (\d+) typ host(.*)$", re.MULTILINE)
+
+
+async def post(node: Node, path: str, tok: str, offer: str) -> Reply:
+    reply = await call(node, "POST", path, bearer=tok, body=offer, content_type="application/sdp")
+    assert reply.status == 201, reply.text
+    return reply
+
+
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert m is not None, f"{name} not in the metrics"
+    return float(m.group(1))
+
+
+class Received:
+    """What a lite viewer gets: authenticated RTP of the publisher's payload size."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+
+    def __call__(self, view: memoryview, length: int) -> None:
+        if length >= 12 + 62:
+            self.packets += 1
+
+
+async def test_publish_over_tcp_watch_over_udp_and_tcp(node: Node) -> None:
+    room = "ice-tcp"
+    pub = TcpLiteEndpoint(Certificate.generate())
+    got_udp, got_tcp = Received(), Received()
+    viewer_udp = LiteEndpoint(Certificate.generate(), on_rtp=got_udp)
+    viewer_tcp = TcpLiteEndpoint(Certificate.generate(), on_rtp=got_tcp)
+    stop = asyncio.Event()
+    sender: asyncio.Task[None] | None = None
+    try:
+        whip = await post(node, f"/whip/{room}", token(room, "alice"), pub.offer(send=True, video_ssrc=VIDEO_SSRC))
+        cands = CANDIDATES.findall(whip.text)
+        assert [(c[0], c[2], c[4].strip()) for c in cands] == [
+            ("udp", "127.0.0.1", ""),
+            ("tcp", "127.0.0.1", "tcptype passive"),
+        ]
+        assert int(cands[0][3]) == node.router.port.port and int(cands[1][3]) == node.router.port.tcp_port
+        assert int(cands[1][1]) < int(cands[0][1])  # UDP preferred when both work
+        assert tcp_candidate(whip.text) == ("127.0.0.1", node.router.port.tcp_port)
+        await pub.connect(whip.text, timeout_s=15)
+        sender = asyncio.create_task(send_video(pub, stop))
+
+        whep_udp = await post(node, f"/whep/{room}", token(room, "viewer-udp"), viewer_udp.offer(send=False))
+        await viewer_udp.connect(whep_udp.text, timeout_s=15)
+        whep_tcp = await post(node, f"/whep/{room}", token(room, "viewer-tcp"), viewer_tcp.offer(send=False))
+        assert "tcptype passive" in whep_tcp.text
+        await viewer_tcp.connect(whep_tcp.text, timeout_s=15)
+        await wait_for(lambda: got_udp.packets > 30 and got_tcp.packets > 30, 20, "both viewers receive the TCP publisher")
+        assert viewer_tcp.srtp_failures == 0 and viewer_udp.srtp_failures == 0
+
+        kinds = {p.identity: p.subscriber or p.publisher for p in node.router.participants.values()}
+        assert {i: t.transport_kind for i, t in kinds.items() if t is not None and not i.startswith("selfcheck-")} == {
+            "alice": "tcp",
+            "viewer-udp": "udp",
+            "viewer-tcp": "tcp",
+        }
+        text = (await call(node, "GET", "/metrics")).text
+        assert metric(text, 'levelchat_sfu_sessions_by_transport{transport="tcp"}') == 2
+        assert metric(text, 'levelchat_sfu_sessions_by_transport{transport="udp"}') >= 1
+        assert metric(text, "levelchat_sfu_tcp_connections") == 2
+
+        # consent over TCP: checks are answered on the connection
+        answered = viewer_tcp.checks_answered
+        viewer_tcp.send_check()
+        await wait_for(lambda: viewer_tcp.checks_answered > answered, 10, "a consent check answered over TCP")
+    finally:
+        stop.set()
+        if sender is not None:
+            await sender
+        for lite in (pub, viewer_udp, viewer_tcp):
+            lite.close()
+    # the connections go when the clients do
+    await wait_for(lambda: not node.router.port.tcp_links, 10, "the node forgets closed TCP connections")
+
+
+async def test_ice_tcp_can_be_turned_off(node_factory: Callable[..., Awaitable[Node]]) -> None:
+    node = await node_factory(ice_tcp=False)
+    try:
+        lite = LiteEndpoint(Certificate.generate())
+        whip = await post(node, "/whip/no-tcp", token("no-tcp", "alice"), lite.offer(send=True, video_ssrc=VIDEO_SSRC))
+        lite.close()
+        assert [c[0] for c in CANDIDATES.findall(whip.text)] == ["udp"]
+        assert node.tcp is None and node.router.port.tcp_port == 0
+    finally:
+        await node.stop()
