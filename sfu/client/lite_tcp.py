@@ -51,6 +51,8 @@ class TcpLiteEndpoint(LiteEndpoint):
         self._pending = bytearray()
         self.dropped_writes = 0
         self.reading = True
+        #: SO_RCVBUF of the connection when set before ``connect`` (a small one stalls sooner)
+        self.recv_buffer = 0
 
     async def connect(
         self, answer_text: str, timeout_s: float = 5.0, address: tuple[str, int] | None = None
@@ -61,6 +63,8 @@ class TcpLiteEndpoint(LiteEndpoint):
         self.sock.close()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.recv_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer)
         sock.bind((self._host, 0))
         sock.setblocking(False)
         self.sock = sock

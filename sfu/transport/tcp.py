@@ -23,7 +23,7 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pylibsrtp._binding import ffi
 
@@ -66,23 +66,24 @@ class TcpLink(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
+        t = self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
+        peer = t.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.remote = (str(peer[0]), int(peer[1]))
         self.addr = (TCP_PREFIX + self.remote[0], self.remote[1])
         if not self._server.admit(self):
             self.closed = True
-            transport.abort()
+            t.abort()
             return
-        sock = transport.get_extra_info("socket")
+        sock = t.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # the kernel's share of the bound too (no autotuning up to megabytes a connection)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._server.limits.send_buffer_bytes)
             except OSError:  # pragma: no cover - not a TCP socket
                 pass
-        transport.set_write_buffer_limits(high=self._server.limits.send_buffer_bytes)
+        t.set_write_buffer_limits(high=self._server.limits.send_buffer_bytes)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
