@@ -315,4 +315,5 @@ class Node(HttpBound):
             "sfu_self_check_duration_seconds": last.duration_s if last is not None else 0.0,
             "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
             "sfu_tcp_connections": len(self.port.tcp_links),
+            "sfu_tcp_queued_bytes": self.tcp.queued_bytes if self.tcp is not None else 0,
         }

@@ -150,6 +150,12 @@ class TcpLink(asyncio.Protocol):
         transport.write(framed)
         return True
 
+    @property
+    def queued(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
+        transport = self._transport
+        return 0 if transport is None or self.closed else transport.get_write_buffer_size()
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -211,6 +217,11 @@ class TcpMediaServer:
     @property
     def connections(self) -> int:
         return len(self.links)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes held for all connections (each at most ``send_buffer_bytes`` and one frame)."""
+        return sum(link.queued for link in self.links.values())
 
     # -- connections -------------------------------------------------------------------------------
     def admit(self, link: TcpLink) -> bool:

@@ -22,6 +22,7 @@ from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
 from tests.e2e.test_http_errors import Reply, call
 from tests.e2e.test_rtc_ice_restart import VIDEO_SSRC, send_video
+from tests.e2e.test_rtc_signaling import RtcClient
 
 pytestmark = pytest.mark.timeout(90)
 CANDIDATES = re.compile(r"^a=candidate:\S+ 1 (udp|tcp) (\d+) (\S+) (\d+) typ host(.*)$", re.MULTILINE)
@@ -102,6 +103,36 @@ async def test_publish_over_tcp_watch_over_udp_and_tcp(node: Node) -> None:
             lite.close()
     # the connections go when the clients do
     await wait_for(lambda: not node.router.port.tcp_links, 10, "the node forgets closed TCP connections")
+
+
+async def test_websocket_publisher_over_tcp_and_the_subscriber_offer(node: Node) -> None:
+    room = "ice-tcp-ws"
+    lite = TcpLiteEndpoint(Certificate.generate())
+    alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
+    bob = RtcClient(node, room, "bob", ("room:join", "room:subscribe"))
+    stop = asyncio.Event()
+    sender: asyncio.Task[None] | None = None
+    try:
+        await alice.join()
+        answer = await alice.call("publish", {"sdp": lite.offer(send=True, video_ssrc=VIDEO_SSRC)})
+        assert [c[0] for c in CANDIDATES.findall(answer["sdp"])] == ["udp", "tcp"]
+        await lite.connect(answer["sdp"], timeout_s=15)
+        sender = asyncio.create_task(send_video(lite, stop))
+        await bob.join()  # aiortc over UDP: the node's offer lists both candidates, UDP first
+        await wait_for(lambda: any(len(r.log.packets) > 30 for r in bob.received.values()), 20, "bob receives alice")
+        (offer,) = bob.named("offer")
+        assert [c[0] for c in CANDIDATES.findall(offer["sdp"])] == ["udp", "tcp"]
+        alice_t = next(p for p in node.router.participants.values() if p.identity == "alice").publisher
+        bob_t = next(p for p in node.router.participants.values() if p.identity == "bob").subscriber
+        assert alice_t is not None and bob_t is not None
+        assert (alice_t.transport_kind, bob_t.transport_kind) == ("tcp", "udp")
+    finally:
+        stop.set()
+        if sender is not None:
+            await sender
+        lite.close()
+        for client in (alice, bob):
+            await client.close()
 
 
 async def test_ice_tcp_can_be_turned_off(node_factory: Callable[..., Awaitable[Node]]) -> None:

@@ -155,6 +155,12 @@ async def test_a_stalled_tcp_viewer_is_dropped_for_alone(tmp_path: Path) -> None
                     break
                 await asyncio.sleep(0.1)
             assert await congested(), "the stalled viewer's packets are dropped and counted"
+            # and what the node holds for it stays within the bound (8192 bytes and one packet)
+            for _ in range(10):
+                m = await media_metrics(live.node.url)
+                assert 0 < m["levelchat_sfu_tcp_queued_bytes"] <= 8192 + 2050, m["levelchat_sfu_tcp_queued_bytes"]
+                await asyncio.sleep(0.3)
+            assert drops(m, "tcp_congested") - drops(before, "tcp_congested") > 100
             # everyone else goes on: the UDP viewer and the other TCP viewer
             steady_before = steady_got.packets
             await live.still_flowing(more=40)
