@@ -199,6 +199,8 @@ class MediaPort:
         except (BlockingIOError, InterruptedError):
             self.counters.drops[DropReason.SEND_FAILED] += 1
         except OSError as exc:
+            if is_tcp_address(addr):  # an ICE-TCP connection that is gone: nothing to send on
+                return False
             self.send_errors += 1
             if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                 log.warning("media send to %s failed: %s", addr, exc)
