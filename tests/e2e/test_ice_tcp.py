@@ -135,6 +135,26 @@ async def test_websocket_publisher_over_tcp_and_the_subscriber_offer(node: Node)
             await client.close()
 
 
+async def test_a_bound_connection_stays_and_goes_with_its_session(node_factory: Callable[..., Awaitable[Node]]) -> None:
+    node = await node_factory(tcp_bind_timeout_s=1.0)
+    room = "ice-tcp-end"
+    pub = TcpLiteEndpoint(Certificate.generate())
+    tok = token(room, "alice")
+    try:
+        whip = await post(node, f"/whip/{room}", tok, pub.offer(send=True, video_ssrc=VIDEO_SSRC))
+        await pub.connect(whip.text, timeout_s=15)
+        (link,) = node.router.port.tcp_links.values()
+        await asyncio.sleep(3.0)  # three bind timeouts: a bound connection is not idle
+        assert not link.closed and node.router.port.tcp_links
+        reply = await call(node, "DELETE", whip.headers["Location"], bearer=tok)
+        assert reply.status in (200, 204), reply.text
+        # unbound now: closed by the next sweep past the bind timeout
+        await wait_for(lambda: link.closed and not node.router.port.tcp_links, 10, "the node closes the connection")
+    finally:
+        pub.close()
+        await node.stop()
+
+
 async def test_ice_tcp_can_be_turned_off(node_factory: Callable[..., Awaitable[Node]]) -> None:
     node = await node_factory(ice_tcp=False)
     try:
