@@ -110,8 +110,8 @@ class TcpLink(asyncio.Protocol):
                 pos = end
                 if self.closed:
                     return
-            if pos:
-                del buf[:pos]
+            if pos:  # keep only the partial frame (a fresh buffer: a big read's capacity goes)
+                self._buf = buf[pos:]
         finally:
             ring.auto_flush = True
             if ring.used:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+from aioice import stun
 
-from sfu.client.lite import LiteEndpoint
+from sfu.client.lite import Answer, LiteEndpoint
 from sfu.client.lite_tcp import TcpLiteEndpoint, tcp_candidate
 from sfu.node import Node
 from sfu.transport.certificate import Certificate
@@ -153,6 +156,49 @@ async def test_a_bound_connection_stays_and_goes_with_its_session(node_factory: 
     finally:
         pub.close()
         await node.stop()
+
+
+async def test_frames_split_and_joined_across_reads_are_reassembled(node: Node) -> None:
+    """A STUN check sent a byte at a time, then two in one write: each is answered, framed."""
+    room = "ice-tcp-split"
+    lite = LiteEndpoint(Certificate.generate())
+    whip = await post(node, f"/whip/{room}", token(room, "alice"), lite.offer(send=True, video_ssrc=VIDEO_SSRC))
+    lite.close()
+    remote = Answer.parse(whip.text)
+
+    def check() -> bytes:
+        msg = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+        msg.attributes["USERNAME"] = f"{remote.ufrag}:{lite.ice.ufrag}"
+        msg.attributes["PRIORITY"] = 0x6E0001FF
+        msg.attributes["ICE-CONTROLLING"] = 1
+        msg.add_message_integrity(remote.pwd.encode())
+        data = bytes(msg)
+        return struct.pack("!H", len(data)) + data
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", node.router.port.tcp_port))
+        for b in check():
+            await loop.sock_sendall(sock, bytes([b]))
+            await asyncio.sleep(0.002)
+        await loop.sock_sendall(sock, check() + check())
+        data = b""
+        replies: list[stun.Message] = []
+        async with asyncio.timeout(10):
+            while len(replies) < 3:
+                data += await loop.sock_recv(sock, 4096)
+                while len(data) >= 2 and len(data) >= 2 + struct.unpack("!H", data[:2])[0]:
+                    n = struct.unpack("!H", data[:2])[0]
+                    replies.append(stun.parse_message(data[2 : 2 + n]))
+                    data = data[2 + n :]
+        assert all(r.message_class == stun.Class.RESPONSE and r.check_message_integrity(remote.pwd.encode()) for r in replies)
+        # XOR-MAPPED-ADDRESS is the client's real address, not the node's internal name for it
+        assert replies[0].attributes["XOR-MAPPED-ADDRESS"] == sock.getsockname()
+    finally:
+        sock.close()
 
 
 async def test_ice_tcp_can_be_turned_off(node_factory: Callable[..., Awaitable[Node]]) -> None:
