@@ -183,7 +183,10 @@ async def run(cfg: NodeConfig, index: int, socket_path: str) -> int:
         stop.set()
 
     watcher = loop.create_task(_watch_parent())
-    log.info("worker %d (pid %d) ready: media udp %s:%d", index, os.getpid(), cfg.advertised_ip, node.media_port)
+    log.info(
+        "worker %d (pid %d) ready: media udp %s:%d, tcp %s",
+        index, os.getpid(), cfg.advertised_ip, node.media_port, node.port.tcp_port or "off",
+    )
     await stop.wait()
     watcher.cancel()
     await node.stop()
