@@ -130,14 +130,7 @@ class TcpLink(asyncio.Protocol):
     def send_frame(self, data: bytes | memoryview) -> bool:
         """Queue one framed packet; False (dropped and counted) when the connection is closed or
         holds more unsent bytes than its bound."""
-        transport = self._transport
-        if self.closed or transport is None:
-            return False
-        if transport.get_write_buffer_size() > self._server.limits.send_buffer_bytes:
-            self._server.port.counters.drops[DropReason.TCP_CONGESTED] += 1
-            return False
-        transport.write(_LEN.pack(len(data)) + bytes(data))
-        return True
+        return self.send_framed(_LEN.pack(len(data)) + bytes(data))
 
     def send_framed(self, framed: bytes) -> bool:
         """As ``send_frame`` for bytes that already carry their length prefix."""
@@ -162,8 +155,7 @@ class TcpLink(asyncio.Protocol):
         self._forget()
 
     def _forget(self) -> None:
-        if not self.closed:
-            self.closed = True
+        self.closed = True
         self._buf = bytearray()
         self._server.forget(self)
 
