@@ -300,7 +300,13 @@ class Node(HttpBound):
     def _counter_values(self) -> dict[str, float]:
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
         failovers = self.agent.failovers if self.agent is not None else 0
-        return {"sfu_control_plane_heartbeat_failures": failures, "sfu_control_plane_failovers": failovers}
+        tcp = self.tcp
+        return {
+            "sfu_control_plane_heartbeat_failures": failures,
+            "sfu_control_plane_failovers": failovers,
+            "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
+            "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
+        }
 
     def _gauges(self) -> dict[str, Any]:
         rooms = self.rooms.public_rooms()

@@ -221,6 +221,9 @@ async def test_two_thousand_connections_are_capped_timed_out_and_cheap(tmp_path:
         for s in mine:
             s.close()
         await live.still_flowing()
+        m = await media_metrics(url)
+        assert m["levelchat_sfu_tcp_connections_refused_total"] == 2  # one over each cap
+        assert m["levelchat_sfu_tcp_connections_timed_out_total"] >= CONNECTIONS
         per_connection = (rss_full - rss_start) / CONNECTIONS
         log.info(
             "%d TCP connections: node RSS %.1f -> %.1f MiB (%.1f KiB a connection)",
