@@ -22,6 +22,7 @@ from playwright.async_api import async_playwright
 from sfu.config import load
 from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM, CHROMIUM_ARGS, DemoPage
+from tests.browser.test_browser_room import RoomPage
 
 NOBODY = 65534
 RULES = f"""
@@ -71,11 +72,39 @@ async def state_within(page: DemoPage, panel: str, timeout_s: float) -> str:
         return await page.state(panel)  # type: ignore[arg-type]
 
 
-async def run(room: str, ice_tcp: bool) -> dict[str, Any]:
+async def demo(node: Node, browser: Any, room: str, ice_tcp: bool, result: dict[str, Any]) -> None:
+    """WHIP publish and WHEP watch on the demo page."""
+    wait_s = 40 if ice_tcp else 15
+    page = await DemoPage.open(browser, node.url)
+    await page.join_as(room, "alice")
+    await page.publish()
+    result["publish"] = await state_within(page, "publish", wait_s)
+    await page.watch("alice")
+    result["watch"] = await state_within(page, "watch", wait_s)
+    try:
+        result["frames"] = await page.wait_shown_stat(
+            "watch", "video.framesDecoded", above=30, timeout_s=30 if ice_tcp else 3
+        )
+    except Exception as exc:  # reported, judged by the test
+        result["frames"] = 0
+        result["error"] = str(exc)[:500]
+    result["page_errors"] = page.errors[:5]
+
+
+async def sdk(node: Node, browser: Any, room: str, result: dict[str, Any]) -> None:
+    """Two participants through ``room.html`` and ``levelchat.js`` (the WebSocket signaling)."""
+    pages = [await RoomPage.open(browser, node, name) for name in ("ann", "ben")]
+    for p in pages:
+        await p.join(room)
+    stats = [await p.wait_receiving([o.identity for o in pages if o is not p], timeout_s=40) for p in pages]
+    result["frames"] = min(s[k]["framesDecoded"] for s in stats for k in s if k.endswith("/video"))
+    result["page_errors"] = [e for p in pages for e in p.errors][:5]
+
+
+async def run(room: str, ice_tcp: bool, mode: str) -> dict[str, Any]:
     isolate()
     flags = {"http_port": 0, "media_port": 0, "tcp_port": 0, "ice_tcp": ice_tcp}
     node = Node(load(dev=True, flags=flags, environ={}))
-    wait_s = 40 if ice_tcp else 15
     await node.start()
     result: dict[str, Any] = {}
     try:
@@ -84,19 +113,10 @@ async def run(room: str, ice_tcp: bool) -> dict[str, Any]:
             async with async_playwright() as p:
                 browser = await p.chromium.launch(executable_path=str(exe), headless=True, args=list(CHROMIUM_ARGS))
                 try:
-                    page = await DemoPage.open(browser, node.url)
-                    await page.join_as(room, "alice")
-                    await page.publish()
-                    result["publish"] = await state_within(page, "publish", wait_s)
-                    await page.watch("alice")
-                    result["watch"] = await state_within(page, "watch", wait_s)
-                    try:
-                        result["frames"] = await page.wait_shown_stat(
-                            "watch", "video.framesDecoded", above=30, timeout_s=30 if ice_tcp else 3
-                        )
-                    except Exception as exc:  # reported, judged by the test
-                        result["frames"] = 0
-                        result["error"] = str(exc)[:500]
+                    if mode == "sdk":
+                        await sdk(node, browser, room, result)
+                    else:
+                        await demo(node, browser, room, ice_tcp, result)
                     result["transports"] = {
                         p.identity: [t.transport_kind for t in (p.publisher, p.subscriber) if t is not None]
                         for p in node.router.participants.values()
@@ -105,7 +125,6 @@ async def run(room: str, ice_tcp: bool) -> dict[str, Any]:
                     result["by_transport"] = node.port.sessions_by_transport()
                     result["udp_dropped"] = udp_dropped()
                     result["self_check_ok"] = node.self_check_ok
-                    result["page_errors"] = page.errors[:5]
                 finally:
                     await browser.close()
     finally:
@@ -114,7 +133,8 @@ async def run(room: str, ice_tcp: bool) -> dict[str, Any]:
 
 
 def main() -> int:
-    result = asyncio.run(run("ice-tcp-browser", ice_tcp="--no-ice-tcp" not in sys.argv[1:]))
+    args = sys.argv[1:]
+    result = asyncio.run(run("ice-tcp-browser", ice_tcp="--no-ice-tcp" not in args, mode="sdk" if "--sdk" in args else "demo"))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -1,6 +1,7 @@
 """Chromium over ICE-TCP: in a private network namespace where nftables drops every UDP packet
 the browser (run as ``nobody``) sends, it publishes and watches through the demo page over the
-node's passive TCP candidate; with ICE-TCP turned off the same browser cannot connect at all.
+node's passive TCP candidate, and two participants of ``room.html`` (the SDK, WebSocket
+signaling) see each other; with ICE-TCP turned off the same browser cannot connect at all.
 
 The namespace runs ``tests/browser/ice_tcp_netns.py`` (node and browser together); the node's
 own UDP, its self-check, is root's and keeps working."""
@@ -50,6 +51,13 @@ def test_chromium_publishes_and_watches_over_ice_tcp_when_udp_is_dropped() -> No
     assert r["transports"] == {"alice": ["tcp"], "alice-viewer": ["tcp"]}, r
     assert r["udp_dropped"] > 0, r  # the browser did try UDP, and nftables dropped it
     assert r["self_check_ok"] and r["page_errors"] == [], r
+
+
+def test_chromium_sdk_participants_see_each_other_over_ice_tcp() -> None:
+    r = in_namespace("--sdk")
+    assert r["frames"] >= 30, r
+    assert r["transports"] == {"ann": ["tcp", "tcp"], "ben": ["tcp", "tcp"]}, r  # publisher and subscriber pcs
+    assert r["udp_dropped"] > 0 and r["self_check_ok"] and r["page_errors"] == [], r
 
 
 def test_without_ice_tcp_the_same_browser_gets_nothing() -> None:
