@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int)
     p.add_argument("--media-host")
     p.add_argument("--media-port", type=int)
+    p.add_argument("--tcp-port", type=int, help="ICE-TCP media port (0: any free port)")
+    p.add_argument("--ice-tcp", action=argparse.BooleanOptionalAction, default=None, help="offer ICE-TCP candidates")
     p.add_argument("--public-ip", help="address advertised in ICE candidates (NAT 1:1)")
     p.add_argument("--public-url")
     p.add_argument("--control-url")

@@ -20,6 +20,7 @@ DEV_KEYS = {"devkey": "secret"}
 MIN_SECRET_LENGTH = 32
 DEFAULT_CODECS = ("opus", "VP8", "VP9", "H264", "AV1")
 MAX_CONTROL_URLS = 16
+DEFAULT_TCP_PORT = 7881
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,17 @@ class NodeConfig:
     http_port: int = 7880
     media_host: str = "127.0.0.1"
     media_port: int = 7882
+    #: ICE-TCP (RFC 6544): the TCP media port, offered as a passive candidate beside the UDP one
+    #: (0 = any free port; unset: 7881, or any free port when ``media_port`` is 0);
+    #: ``ice_tcp = false`` turns it off.  Connections in total and per client address; a
+    #: connection not bound to a session by a valid STUN check this long after it opened is
+    #: closed; unsent bytes a connection may hold before its packets are dropped
+    ice_tcp: bool = True
+    tcp_port: int | None = None
+    tcp_max_connections: int = 8192
+    tcp_max_connections_per_ip: int = 64
+    tcp_bind_timeout_s: float = 5.0
+    tcp_send_buffer_bytes: int = 131_072
     #: the address put in ICE candidates (NAT 1:1); empty = media_host (must then be specific)
     public_ip: str = ""
     #: the URL clients and the control plane reach this node's HTTP API at; empty = derived
@@ -159,8 +171,8 @@ class NodeConfig:
         return self.dev if self.demo_page is None else self.demo_page
 
     def validate(self) -> None:
-        for name in ("http_port", "media_port"):
-            value = getattr(self, name)
+        for name in ("http_port", "media_port", "tcp_port"):
+            value = getattr(self, name) if name != "tcp_port" else self.ice_tcp_port
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}: {value} is not a port number")
         try:
@@ -249,6 +261,25 @@ class NodeConfig:
             raise ConfigError(f"workers: {self.workers!r} must be an integer >= 1 or \"auto\"")
         if self.media_port and self.media_port + self.worker_count - 1 > 65535:
             raise ConfigError(f"media_port: {self.media_port} + {self.worker_count} workers runs past port 65535")
+        if self.ice_tcp and self.ice_tcp_port + self.worker_count - 1 > 65535:
+            raise ConfigError(f"tcp_port: {self.ice_tcp_port} + {self.worker_count} workers runs past port 65535")
+        for name, low, high in (
+            ("tcp_max_connections", 1, 1_000_000),
+            ("tcp_max_connections_per_ip", 1, 1_000_000),
+            ("tcp_send_buffer_bytes", 4096, 1 << 30),
+        ):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be from {low} to {high}")
+        if not 0 < self.tcp_bind_timeout_s <= 3600:
+            raise ConfigError(f"tcp_bind_timeout_s: {self.tcp_bind_timeout_s} must be positive (at most 3600)")
+
+    @property
+    def ice_tcp_port(self) -> int:
+        """The TCP port to listen on for ICE-TCP: ``tcp_port``, or when it is unset 7881 (any free
+        port while ``media_port`` is 0, as in tests)."""
+        if self.tcp_port is not None:
+            return self.tcp_port
+        return DEFAULT_TCP_PORT if self.media_port else 0
 
     @property
     def worker_count(self) -> int:

@@ -38,6 +38,8 @@ class DropReason(enum.IntEnum):
     RTX_PADDING = 20  # a padding-only RTX packet (bandwidth probe): nothing to restore
     RTX_UNREQUESTED = 21  # an RTX packet of no open hole (a duplicate, payload padding, given up)
     RTCP_SENDER_LIMIT = 22  # SRTCP from one more sender SSRC than a transport keeps state for
+    TCP_CONGESTED = 23  # an ICE-TCP connection holds more unsent bytes than its bound (a slow reader)
+    TCP_BAD_FRAME = 24  # an ICE-TCP frame of length 0 or over the limit (the connection is closed)
 
 
 class RecoveredVia(enum.IntEnum):

@@ -33,8 +33,11 @@ class NodeCollector(Collector):
         gauges: Callable[[], dict[str, float]],
         http_counts: dict[tuple[str, str], int],
         counter_values: Callable[[], dict[str, float]] | None = None,
+        transports: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self._c = counters
+        #: sessions (transports with a selected address) by transport: udp, tcp
+        self._transports = transports
         self._gauges = gauges
         self._http = http_counts
         #: plain totals kept elsewhere (name without ``_total``), exported as counters
@@ -45,6 +48,13 @@ class NodeCollector(Collector):
         for name, value in self._gauges().items():
             g = GaugeMetricFamily(PREFIX + name, name.replace("_", " "))
             g.add_metric([], value)
+            yield g
+        if self._transports is not None:
+            g = GaugeMetricFamily(
+                PREFIX + "sfu_sessions_by_transport", "transports with a selected address, by transport", labels=["transport"]
+            )
+            for kind, n in self._transports().items():
+                g.add_metric([kind], n)
             yield g
         for name, value in (self._counter_values() if self._counter_values is not None else {}).items():
             yield CounterMetricFamily(PREFIX + name, name.replace("_", " "), value=value)

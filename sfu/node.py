@@ -31,6 +31,7 @@ from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
 from sfu.transport.peer import CloseReason
 from sfu.transport.srtp import SrtpProfile
+from sfu.transport.tcp import TcpLimits, TcpMediaServer
 from sfu.transport.udp import MediaPort
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,24 @@ class Node(HttpBound):
         self.instance = secrets.token_hex(4)
         self.counters = MediaCounters()
         self.port = MediaPort(config.media_host, config.media_port, self.counters)
+        #: ICE-TCP beside the UDP port (``ice_tcp``)
+        self.tcp: TcpMediaServer | None = None
+        if config.ice_tcp:
+            limits = TcpLimits(
+                max_connections=config.tcp_max_connections,
+                max_connections_per_ip=config.tcp_max_connections_per_ip,
+                bind_timeout_s=config.tcp_bind_timeout_s,
+                send_buffer_bytes=config.tcp_send_buffer_bytes,
+            )
+            self.tcp = TcpMediaServer(self.port, config.media_host, config.ice_tcp_port, limits)
         self.certificate = Certificate.generate()
         self.rooms = RoomRegistry(max_rooms=config.max_rooms, max_participants=config.max_participants)
         self.verifier = TokenVerifier([ApiKey(k, s) for k, s in config.api_keys.items()], config.project)
         self.http_counts: dict[tuple[str, str], int] = {}
         self.metrics_registry = make_registry(
-            NodeCollector(self.counters, self._gauges, self.http_counts, self._counter_values)
+            NodeCollector(
+                self.counters, self._gauges, self.http_counts, self._counter_values, self.port.sessions_by_transport
+            )
         )
         #: signed webhooks from the router's room events (sfu.api.webhooks)
         self.webhooks = NodeWebhooks(config)
@@ -74,6 +87,9 @@ class Node(HttpBound):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.port.open(loop)
+        if self.tcp is not None:
+            await self.tcp.start()
+            self.port.tcp_port = self.tcp.bound_port
         self.router = Router(
             rooms=self.rooms,
             port=self.port,
@@ -121,11 +137,12 @@ class Node(HttpBound):
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()  # registers in the background: never delays serving
         log.info(
-            "node %s listening: http %s, media udp %s:%d (advertised %s)",
+            "node %s listening: http %s, media udp %s:%d, tcp %s (advertised %s)",
             self.config.effective_node_id,
             self.url,
             self.config.media_host,
             self.port.port,
+            self.port.tcp_port or "off",
             self.config.advertised_ip,
         )
 
@@ -148,6 +165,8 @@ class Node(HttpBound):
         if self._runner is not None:
             await self._runner.cleanup()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start
+        if self.tcp is not None:
+            await self.tcp.stop()
         self.port.close()
 
     def make_app(self) -> web.Application:
@@ -316,7 +335,13 @@ class Node(HttpBound):
     def _counter_values(self) -> dict[str, float]:
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
         failovers = self.agent.failovers if self.agent is not None else 0
-        return {"sfu_control_plane_heartbeat_failures": failures, "sfu_control_plane_failovers": failovers}
+        tcp = self.tcp
+        return {
+            "sfu_control_plane_heartbeat_failures": failures,
+            "sfu_control_plane_failovers": failovers,
+            "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
+            "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
+        }
 
     def _gauges(self) -> dict[str, Any]:
         rooms = self.rooms.public_rooms()
@@ -330,4 +355,6 @@ class Node(HttpBound):
             "sfu_self_check_ok": 1 if self.self_check_ok else 0,
             "sfu_self_check_duration_seconds": last.duration_s if last is not None else 0.0,
             "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
+            "sfu_tcp_connections": len(self.port.tcp_links),
+            "sfu_tcp_queued_bytes": self.tcp.queued_bytes if self.tcp is not None else 0,
         }

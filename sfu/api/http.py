@@ -191,7 +191,11 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
         raise ApiError("bad_request", "the fragment is not UTF-8", headers=accept) from None
     session = _owned(node, request, room_id, claims)
     result = session_ice.patch_ice(
-        session, text, request.headers.get("If-Match"), advertised=node.sessions.advertised
+        session,
+        text,
+        request.headers.get("If-Match"),
+        advertised=node.sessions.advertised,
+        advertised_tcp=node.sessions.advertised_tcp,
     )
     if result.fragment is None:
         return web.Response(status=204, headers={"ETag": result.etag})

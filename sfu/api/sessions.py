@@ -211,7 +211,8 @@ class SessionService:
             ice_ufrag=transport.ice.ufrag,
             ice_pwd=transport.ice.pwd,
             fingerprint=self.router.certificate.fingerprint("sha-256"),
-            candidates=((self.advertised_ip, self.router.port.port),),
+            candidates=(self.advertised,),
+            tcp_candidates=self.advertised_tcp,
             dtls_role=role,
         )
 
@@ -370,6 +371,12 @@ class SessionService:
     def advertised(self) -> tuple[str, int]:
         """The node's host candidate (address, media port)."""
         return self.advertised_ip, self.router.port.port
+
+    @property
+    def advertised_tcp(self) -> tuple[tuple[str, int], ...]:
+        """The node's passive ICE-TCP host candidate (address, TCP port), if it listens."""
+        tcp_port = self.router.port.tcp_port
+        return ((self.advertised_ip, tcp_port),) if tcp_port else ()
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session: MediaSession, now_ms: int) -> None:

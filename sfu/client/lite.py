@@ -267,16 +267,21 @@ class LiteEndpoint:
                 return
             except OSError:
                 return
-            if n < 4:
-                continue
-            b0 = view[0]
-            if 127 < b0 < 192:
-                self._on_srtp(n)
-            elif b0 < 4:
-                self._on_stun(bytes(view[:n]))
-            elif 19 < b0 < 64 and self.dtls is not None:
-                self.dtls.feed(bytes(view[:n]), clock.now_ms())
-                self._check_dtls()
+            self._on_datagram(n)
+
+    def _on_datagram(self, n: int) -> None:
+        """``view[:n]`` came from the node: classify it (RFC 7983) and handle it."""
+        view = self.view
+        if n < 4:
+            return
+        b0 = view[0]
+        if 127 < b0 < 192:
+            self._on_srtp(n)
+        elif b0 < 4:
+            self._on_stun(bytes(view[:n]))
+        elif 19 < b0 < 64 and self.dtls is not None:
+            self.dtls.feed(bytes(view[:n]), clock.now_ms())
+            self._check_dtls()
 
     def _on_stun(self, data: bytes) -> None:
         try:

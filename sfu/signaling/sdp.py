@@ -1268,6 +1268,8 @@ class LocalParams:
     ice_pwd: str
     fingerprint: str  # sha-256, "AB:CD:..."
     candidates: tuple[tuple[str, int], ...] = ()  # host UDP candidates (ip, port)
+    #: passive ICE-TCP host candidates (RFC 6544), after the UDP ones and at a lower priority
+    tcp_candidates: tuple[tuple[str, int], ...] = ()
     #: The role answered to an ``actpass`` offer: PASSIVE (DTLS server) or ACTIVE (client).
     dtls_role: Setup = Setup.PASSIVE
     session_id: int = 1
@@ -1282,7 +1284,7 @@ class LocalParams:
             raise ValueError("local fingerprint must be a sha-256 digest as 32 upper-case hex pairs")
         if self.dtls_role is Setup.ACTPASS:
             raise ValueError("local dtls_role must be active or passive")
-        for ip, port in self.candidates:
+        for ip, port in self.candidates + self.tcp_candidates:
             ipaddress.ip_address(ip)  # ValueError for a bad address
             if not 1 <= port <= 65535:
                 raise ValueError(f"candidate port {port} is outside 1..65535")
@@ -1306,11 +1308,22 @@ def _connection(local: LocalParams) -> tuple[int, str]:
 
 
 def _candidate_lines(local: LocalParams) -> list[str]:
+    lines = candidate_lines(local.candidates, local.tcp_candidates)
+    lines.append("a=end-of-candidates")
+    return lines
+
+
+def candidate_lines(udp: Sequence[tuple[str, int]], tcp: Sequence[tuple[str, int]] = ()) -> list[str]:
+    """Host candidates: UDP ones, then passive TCP ones (RFC 6544 §4.5) whose local preference
+    is below every UDP one's, so that UDP is preferred when both work."""
     lines = []
-    for i, (ip, port) in enumerate(local.candidates):
+    for i, (ip, port) in enumerate(udp):
         priority = (126 << 24) | ((65535 - i) << 8) | 255
         lines.append(f"a=candidate:{i + 1} 1 udp {priority} {ip} {port} typ host")
-    lines.append("a=end-of-candidates")
+    for i, (ip, port) in enumerate(tcp):
+        # RFC 6544 §4.2: local preference = direction preference (passive: 2) << 13 | other
+        priority = (126 << 24) | (((2 << 13) | (8191 - i)) << 8) | 255
+        lines.append(f"a=candidate:{len(udp) + i + 1} 1 tcp {priority} {ip} {port} typ host tcptype passive")
     return lines
 
 

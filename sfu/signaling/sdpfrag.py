@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sfu.signaling.sdp import candidate_lines
+
 CONTENT_TYPE = "application/trickle-ice-sdpfrag"
 MAX_FRAGMENT_BYTES = 16 * 1024
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+")
@@ -81,13 +83,19 @@ class IceFragment:
         return cls(ufrag=ufrag, pwd=pwd, mids=tuple(mids), candidates=tuple(candidates), end_of_candidates=end)
 
 
-def build_fragment(ufrag: str, pwd: str, kind: str, mid: str, candidates: Sequence[tuple[str, int]]) -> str:
-    """The node's answer to an ICE restart: ICE-lite, new credentials, its host candidates under
-    the bundle's first section (``kind``, ``mid``), and end-of-candidates."""
+def build_fragment(
+    ufrag: str,
+    pwd: str,
+    kind: str,
+    mid: str,
+    candidates: Sequence[tuple[str, int]],
+    tcp_candidates: Sequence[tuple[str, int]] = (),
+) -> str:
+    """The node's answer to an ICE restart: ICE-lite, new credentials, its host candidates (UDP,
+    then passive TCP) under the bundle's first section (``kind``, ``mid``), and end-of-candidates."""
     lines = ["a=ice-lite", f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}", f"m={kind} 9 UDP/TLS/RTP/SAVPF 0", f"a=mid:{mid}"]
-    for i, (ip, port) in enumerate(candidates):
+    for ip, _ in (*candidates, *tcp_candidates):
         ipaddress.ip_address(ip)  # ValueError for anything but an address
-        priority = (126 << 24) | ((65535 - i) << 8) | 255
-        lines.append(f"a=candidate:{i + 1} 1 udp {priority} {ip} {port} typ host")
+    lines += candidate_lines(candidates, tcp_candidates)
     lines.append("a=end-of-candidates")
     return "\r\n".join(lines) + "\r\n"

@@ -31,6 +31,7 @@ from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing, key_of_address
 from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
+from sfu.transport.tcp import TcpLink
 from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,11 @@ class PeerTransport:
         self._tx_srtp: Any = None  # the outbound ``srtp_t`` while connected
         self._rtp_trailer = 0  # what protecting adds under the negotiated profile
         self._send_key = 0  # ``_addr_key`` once connected: queued RTP can go out
+        #: the ICE-TCP connection ``addr`` is, if it is one (then ``_send_key`` stays 0 and RTP
+        #: goes out through it, framed, instead of the port's send ring)
+        self._tcp: TcpLink | None = None
+        self._tcp_cbuf: Any = None  # 2-byte length prefix + a protected packet, made on first use
+        self._tcp_view = memoryview(b"")
         self.rx: SrtpContext | None = None
         self._rtcp_senders: set[int] = set()
         self.tx: SrtpContext | None = None
@@ -207,6 +213,7 @@ class PeerTransport:
             self._extra.pop(addr, None)
             self.addr = addr
             self._port.bind_address(addr, self)
+            self._tcp = self._port.tcp_links.get(addr)
             try:
                 self._addr_key = key_of_address(addr[0], addr[1])
             except ValueError:
@@ -314,6 +321,8 @@ class PeerTransport:
     def send_rtp(self, length: int) -> bool:
         """Protect ``out_view[:length]`` (in a send slot) and queue it on the port."""
         if not self._send_key or length + 16 > OUT_BUFFER_SIZE:
+            if self._tcp is not None and length + 16 <= OUT_BUFFER_SIZE:
+                return self._tcp_send(self.out_cbuf, length, None)
             return False
         ring = self._ring
         fill = self._lane_fill
@@ -338,6 +347,8 @@ class PeerTransport:
         """
         key = self._send_key
         if not key:
+            if self._tcp is not None:
+                return self._tcp_send(src, length, (b1, seq, ts, ssrc))
             return False
         ring = self._ring
         fill = self._lane_fill
@@ -360,6 +371,36 @@ class PeerTransport:
         if ring.auto_flush:
             self._port.flush()
         return True
+
+    def _tcp_send(self, src: Any, length: int, header: tuple[int, int, int, int] | None) -> bool:
+        """``forward_rtp``/``send_rtp`` for a transport bound to an ICE-TCP connection: protect
+        into this transport's own buffer after a 2-byte length and write it to the connection."""
+        tcp = self._tcp
+        srtp = self._tx_srtp
+        if tcp is None or srtp is None or tcp.closed or length > OUT_BUFFER_SIZE - 16:
+            return False
+        cbuf = self._tcp_cbuf
+        if cbuf is None:
+            cbuf = self._tcp_cbuf = ffi.new("unsigned char[]", OUT_BUFFER_SIZE + 2)
+            self._tcp_view = memoryview(ffi.buffer(cbuf))
+        view = self._tcp_view
+        _memmove(cbuf + 2, src, length)
+        if header is not None:
+            _B1_SEQ_TS_SSRC.pack_into(view, 3, *header)
+        len_p = self._len_p
+        len_p[0] = length
+        if _srtp_protect(srtp, cbuf + 2, len_p):
+            self._counters.srtp_errors[Direction.OUTBOUND] += 1
+            return False
+        n = len_p[0]
+        view[0] = n >> 8
+        view[1] = n & 0xFF
+        return tcp.send_framed(bytes(view[: n + 2]))
+
+    @property
+    def transport_kind(self) -> str:
+        """``tcp`` when media goes over an ICE-TCP connection, else ``udp``."""
+        return "tcp" if self._tcp is not None else "udp"
 
     def send_state(self) -> tuple[SendRing, Callable[[], int], Any, int, int] | None:
         """What a writer needs to queue protected RTP for this peer into its own lanes of the port's
@@ -472,6 +513,7 @@ class PeerTransport:
         self.tx = None
         self._tx_srtp = None
         self._send_key = 0
+        self._tcp = None
         self._ring.generation += 1
         sink, self.sink = self.sink, None
         if sink is not None:

@@ -41,6 +41,7 @@ from sfu.transport.mmsg import (
     gso_supported,
     key_of_address,
 )
+from sfu.transport.tcp import TcpLink, is_tcp_address
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class MediaPort:
         self._by_ufrag: dict[str, DatagramPeer] = {}
         self._by_addr: dict[Address, DatagramPeer] = {}
         self._by_key: dict[int, DatagramPeer] = {}
+        #: open ICE-TCP connections by their address (``sfu.transport.tcp``): the same demux
+        self.tcp_links: dict[Address, TcpLink] = {}
+        #: the ICE-TCP port offered beside this one (set by whoever listens there); 0: none
+        self.tcp_port = 0
         self._in_ring = RecvRing(RECV_BATCH, BUFFER_SIZE)
         #: where peers queue protected RTP; see the module docstring
         self.out_ring = SendRing(SEND_LANES, SEND_LANE_DEPTH, SEND_SLOT_SIZE)
@@ -167,6 +172,15 @@ class MediaPort:
     def peer_count(self) -> int:
         return len(self._by_ufrag)
 
+    def sessions_by_transport(self) -> dict[str, int]:
+        """Peers with a selected address, by its transport (``udp`` or ``tcp``)."""
+        counts = {"udp": 0, "tcp": 0}
+        for peer in self._by_ufrag.values():
+            addr = getattr(peer, "addr", None)
+            if addr is not None:
+                counts["tcp" if is_tcp_address(addr) else "udp"] += 1
+        return counts
+
     # -- I/O -------------------------------------------------------------------------------------
     def sendto(self, data: bytes | memoryview, addr: Address) -> bool:
         """Send one datagram now (after any queued RTP, which keeps its place in line)."""
@@ -175,12 +189,18 @@ class MediaPort:
             return False
         if self.out_ring.used:
             self.flush()
+        if self.tcp_links:
+            link = self.tcp_links.get(addr)
+            if link is not None:
+                return link.send_frame(data)
         try:
             sock.sendto(data, addr)
             return True
         except (BlockingIOError, InterruptedError):
             self.counters.drops[DropReason.SEND_FAILED] += 1
         except OSError as exc:
+            if is_tcp_address(addr):  # an ICE-TCP connection that is gone: nothing to send on
+                return False
             self.send_errors += 1
             if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                 log.warning("media send to %s failed: %s", addr, exc)
@@ -253,7 +273,7 @@ class MediaPort:
                             started = time.perf_counter()
                         peer.on_srtp(ptrs[i], view, n, now_ms)
                     elif b0 < 4:
-                        self._on_stun(bytes(view[:n]), address_of_key(names[i * 2]), now_ms)
+                        self.on_stun(bytes(view[:n]), address_of_key(names[i * 2]), now_ms)
                     elif 19 < b0 < 64:
                         peer = by_key.get(names[i * 2])
                         if peer is None:
@@ -274,7 +294,9 @@ class MediaPort:
             if self.out_ring.used:
                 self.flush()
 
-    def _on_stun(self, data: bytes, addr: Address, now_ms: int) -> None:
+    def on_stun(self, data: bytes, addr: Address, now_ms: int, mapped: Address | None = None) -> None:
+        """A STUN message from ``addr``; ``mapped`` is the address the client is seen at when
+        that is not ``addr`` (an ICE-TCP connection's peer address)."""
         drops = self.counters.drops
         check = parse_check(data)
         if isinstance(check, DropReason):
@@ -295,7 +317,7 @@ class MediaPort:
         if not authenticate(check, peer.ice, peer.remote_ufrag):
             drops[DropReason.STUN_BAD_INTEGRITY] += 1
             return
-        self.sendto(binding_success(check, addr, peer.ice), addr)
+        self.sendto(binding_success(check, mapped or addr, peer.ice), addr)
         peer.on_ice_check(addr, check, now_ms)
 
 

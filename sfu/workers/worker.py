@@ -44,14 +44,15 @@ INTERNAL = "/internal"
 
 
 def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
-    """Worker ``index``'s configuration: media port ``media_port + index`` (any free port when
-    ``media_port`` is 0), no control plane (the front registers the node), no rate limits and no
+    """Worker ``index``'s configuration: media port ``media_port + index`` and ICE-TCP port
+    ``tcp_port + index`` (any free port when the base is 0), no control plane (the front registers the node), no rate limits and no
     CORS of its own (the front applies them, seeing the real clients)."""
     return replace(
         cfg,
         workers=1,
         node_id=f"{cfg.effective_node_id}-w{index}",
         media_port=cfg.media_port + index if cfg.media_port else 0,
+        tcp_port=cfg.ice_tcp_port + index if cfg.ice_tcp_port else 0,
         http_host="127.0.0.1",
         http_port=0,
         public_url="",
@@ -185,7 +186,10 @@ async def run(cfg: NodeConfig, index: int, socket_path: str) -> int:
         stop.set()
 
     watcher = loop.create_task(_watch_parent())
-    log.info("worker %d (pid %d) ready: media udp %s:%d", index, os.getpid(), cfg.advertised_ip, node.media_port)
+    log.info(
+        "worker %d (pid %d) ready: media udp %s:%d, tcp %s",
+        index, os.getpid(), cfg.advertised_ip, node.media_port, node.port.tcp_port or "off",
+    )
     await stop.wait()
     watcher.cancel()
     await node.stop()

@@ -181,7 +181,7 @@ class Procs:
     def node(self, node_id: str, control_url: str | None, *, env: Mapping[str, str] | None = None,
              extra_args: Sequence[str] = ()) -> Proc:
         http_port, media_port = free_port(), free_port(socket.SOCK_DGRAM)
-        args = ["-m", "sfu", "--dev", "--http-port", str(http_port), "--media-port", str(media_port),
+        args = ["-m", "sfu", "--dev", "--http-port", str(http_port), "--media-port", str(media_port), "--tcp-port", "0",
                 "--node-id", node_id, *(["--control-url", control_url] if control_url else []), *extra_args]
         name = f"node-{node_id}-{len(self.started)}"
         return self._start(Proc(name, args, f"http://127.0.0.1:{http_port}", self.workdir, child_env(env)))

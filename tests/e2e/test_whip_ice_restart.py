@@ -96,7 +96,10 @@ async def test_whip_and_whep_ice_restart_over_patch(node: Node) -> None:
         assert frag.ufrag is not None and frag.pwd is not None
         assert frag.ufrag != old_node.ufrag and frag.pwd != old_node.pwd
         assert frag.mids == ("0",) and frag.end_of_candidates and "a=ice-lite" in reply.text
-        assert frag.candidates == (f"candidate:1 1 udp 2130706431 127.0.0.1 {node.router.port.port} typ host",)
+        assert frag.candidates == (
+            f"candidate:1 1 udp 2130706431 127.0.0.1 {node.router.port.port} typ host",
+            f"candidate:2 1 tcp 2120220671 127.0.0.1 {node.router.port.tcp_port} typ host tcptype passive",
+        )
         assert (transport.ice.ufrag, transport.remote_ufrag) == (frag.ufrag, pub.ice.ufrag)
         assert node.sessions.sessions[pub_loc.rsplit("/", 1)[1]].etag == new_etag
 
