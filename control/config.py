@@ -16,7 +16,7 @@ from typing import Any
 
 from control.store import StoreKind, StoreUrl
 from levelchat.config import build
-from levelchat.httpserver import HttpLimits
+from levelchat.httpserver import HttpConfig
 from levelchat.webhooks.model import WebhookEndpoint, WebhookSettings
 
 ENV_PREFIX = "LEVELCHAT_CONTROL_"
@@ -26,7 +26,7 @@ MIN_SECRET_LEN = 32  # outside dev mode (RFC 7518 3.2: an HS256 key of at least 
 
 
 @dataclass(frozen=True)
-class ControlConfig:
+class ControlConfig(HttpConfig):
     host: str = "127.0.0.1"
     port: int = 7700
     api_keys: Mapping[str, str] = field(default_factory=dict)  # kid -> HS256 secret
@@ -44,12 +44,6 @@ class ControlConfig:
     log_level: str = "info"
     dev: bool = False
     dev_allow_remote: bool = False
-    #: HTTP connections: read timeouts and caps, as on the node (``docs/operations.md``)
-    http_header_timeout_s: float = 10.0
-    http_body_timeout_s: float = 30.0
-    http_keepalive_timeout_s: float = 15.0
-    http_max_connections_per_ip: int = 64
-    http_max_connections: int = 10_000
     #: signed webhooks (``levelchat.webhooks``): endpoints ``[{url, events?, key?}]``; the queue's
     #: SQLite file (empty: the SQLite store's own file, a table in it; ``:memory:`` with the
     #: in-memory store; with Redis, ``levelchat-control-webhooks-<port>.db``: local to each
@@ -81,16 +75,6 @@ class ControlConfig:
         if store.kind is StoreKind.SQLITE:
             return store.target
         return f"levelchat-control-webhooks-{port}.db"
-
-    @property
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(
-            header_timeout_s=self.http_header_timeout_s,
-            body_timeout_s=self.http_body_timeout_s,
-            keepalive_timeout_s=self.http_keepalive_timeout_s,
-            max_connections_per_ip=self.http_max_connections_per_ip,
-            max_connections=self.http_max_connections,
-        )
 
     @property
     def lease_ms(self) -> int:

@@ -59,6 +59,28 @@ class HttpLimits:
         return out
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    """The ``http_*`` keys a server's config (the node's, the control plane's) inherits: read
+    timeouts and connection caps (``docs/operations.md``, "HTTP connections")."""
+
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keepalive_timeout_s: float = 15.0
+    http_max_connections_per_ip: int = 64
+    http_max_connections: int = 10_000
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            header_timeout_s=self.http_header_timeout_s,
+            body_timeout_s=self.http_body_timeout_s,
+            keepalive_timeout_s=self.http_keepalive_timeout_s,
+            max_connections_per_ip=self.http_max_connections_per_ip,
+            max_connections=self.http_max_connections,
+        )
+
+
 class JunkLog:
     """One warning per ``every_s`` about requests aiohttp could not parse, with the count since the
     last one: junk from the internet is expected and must not flood the logs."""

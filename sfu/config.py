@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
-from levelchat.httpserver import HttpLimits
+from levelchat.httpserver import HttpConfig
 from levelchat.webhooks.model import WebhookEndpoint, WebhookSettings
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
@@ -24,7 +24,7 @@ DEFAULT_TCP_PORT = 7881
 
 
 @dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(HttpConfig):
     node_id: str = ""
     region: str = ""
     http_host: str = "127.0.0.1"
@@ -111,14 +111,6 @@ class NodeConfig:
     max_ssrcs: int = 32
     #: tracks one participant may publish at once (a simulcast video is one per layer)
     max_published_tracks: int = 16
-    #: HTTP (and WebSocket) connections: a request head must arrive within the header timeout of
-    #: its first byte, its body within the body timeout; idle connections close after the
-    #: keep-alive timeout; connections per client address and in total are capped
-    http_header_timeout_s: float = 10.0
-    http_body_timeout_s: float = 30.0
-    http_keepalive_timeout_s: float = 15.0
-    http_max_connections_per_ip: int = 64
-    http_max_connections: int = 10_000
     #: serve the demo page (``/``, ``/static/``, the dev token helper); unset: in dev mode only
     demo_page: bool | None = None
     #: signed webhooks (``levelchat.webhooks``): endpoints ``[{url, events?, key?}]``; the node's
@@ -155,16 +147,6 @@ class NodeConfig:
             os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "levelchat"
         )
         return os.path.join(base, f"webhooks-{self.node_id_at(http_port)}.db")
-
-    @property
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(
-            header_timeout_s=self.http_header_timeout_s,
-            body_timeout_s=self.http_body_timeout_s,
-            keepalive_timeout_s=self.http_keepalive_timeout_s,
-            max_connections_per_ip=self.http_max_connections_per_ip,
-            max_connections=self.http_max_connections,
-        )
 
     @property
     def serves_demo_page(self) -> bool:
