@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from dataclasses import dataclass, field
-from itertools import accumulate
 from typing import Any
 
 from levelchat.errors import ApiError, to_http
+from levelchat.web import json_too_deep
 
 MAX_FRAME_BYTES = 128 * 1024
 #: deeper JSON is refused before it is parsed (the C decoder recurses per level)
@@ -23,22 +22,10 @@ MAX_DEPTH = 32
 MAX_ID_CHARS = 256
 MAX_ID_INT = 2**53
 MAX_METHOD_CHARS = 64
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class FrameTooDeep(ValueError):
     pass
-
-
-def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
-    """Whether the arrays and objects of a JSON text nest deeper than ``limit`` (brackets inside
-    strings ignored), found without recursing: C-speed scans, no Python loop per character."""
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
 
 
 def loads(text: str | bytes) -> Any:
@@ -46,7 +33,7 @@ def loads(text: str | bytes) -> Any:
     decoding them, and text that is not UTF-8."""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8")  # UnicodeDecodeError is a ValueError
-    if too_deep(text):
+    if json_too_deep(text, MAX_DEPTH):
         raise FrameTooDeep(f"nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(text)

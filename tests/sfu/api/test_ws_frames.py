@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import WSCloseCode
 
-from sfu.api.jsonrpc import MAX_DEPTH, Request, RpcCode, RpcError, reply_id, too_deep
+from levelchat.web import json_too_deep
+from sfu.api.jsonrpc import MAX_DEPTH, Request, RpcCode, RpcError, reply_id
 from sfu.api.ws_mask import MaskCheck
 from tests.e2e.ws_support import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, frame
 
@@ -90,7 +91,7 @@ def test_discard_reads_and_throws_away() -> None:
     ],
 )
 def test_depth_is_found_without_recursion(text: str, deep: bool) -> None:
-    assert too_deep(text) is deep
+    assert json_too_deep(text, MAX_DEPTH) is deep
 
 
 def test_deep_frames_are_parse_errors_not_crashes() -> None:
