@@ -27,7 +27,9 @@ async def _call(
             return resp.status, data
 
 
-ADMIN = token("unused", "ops", scopes=("node:admin",))
+def _admin() -> str:
+    """A ``node:admin`` token, minted when used (one minted at import expires in a long run)."""
+    return token("unused", "ops", scopes=("node:admin",))
 
 
 async def test_admin_drain_keeps_live_rooms_until_the_deadline(node_factory: Callable[..., Any]) -> None:
@@ -38,7 +40,7 @@ async def test_admin_drain_keeps_live_rooms_until_the_deadline(node_factory: Cal
     try:
         await pub.connect()
         await sub.connect()
-        status, state = await _call(node.url, "POST", "/v1/node/drain", ADMIN, {"deadline_s": 2})
+        status, state = await _call(node.url, "POST", "/v1/node/drain", _admin(), {"deadline_s": 2})
         assert status == 202 and state["draining"] and state["participants"] == 2
         status, body = await _call(node.url, "GET", "/readyz")
         assert status == 503 and body["reason"] == "draining"
@@ -54,11 +56,11 @@ async def test_admin_drain_keeps_live_rooms_until_the_deadline(node_factory: Cal
         assert node.rooms.participant_count == 0
         status, body = await _call(node.url, "GET", "/readyz")
         assert status == 503  # a completed drain keeps the node out of rotation...
-        status, body = await _call(node.url, "DELETE", "/v1/node/drain", ADMIN)
+        status, body = await _call(node.url, "DELETE", "/v1/node/drain", _admin())
         assert status == 200 and body["draining"] is False  # ...until the operator takes it back
         status, body = await _call(node.url, "GET", "/readyz")
         assert status == 200
-        status, body = await _call(node.url, "DELETE", "/v1/node/drain", ADMIN)
+        status, body = await _call(node.url, "DELETE", "/v1/node/drain", _admin())
         assert (status, body["code"]) == (409, "conflict")
     finally:
         await sub.close()
@@ -74,20 +76,20 @@ async def test_drain_ends_early_when_rooms_empty_and_can_be_cancelled(
     pub = WhipPublisher(node.url, room, token(room, "alice"))
     try:
         await pub.connect()
-        status, _ = await _call(node.url, "POST", "/v1/node/drain", ADMIN, {"deadline_s": 60})
+        status, _ = await _call(node.url, "POST", "/v1/node/drain", _admin(), {"deadline_s": 60})
         assert status == 202
-        status, body = await _call(node.url, "DELETE", "/v1/node/drain", ADMIN)
+        status, body = await _call(node.url, "DELETE", "/v1/node/drain", _admin())
         assert status == 200 and body["draining"] is False
         status, _ = await _call(node.url, "GET", "/readyz")
         assert status == 200
         tok = token("after-cancel", "carol", scopes=("room:create",))
         status, _ = await _call(node.url, "POST", "/v1/rooms", tok, {"room": "after-cancel"})
         assert status == 201
-        status, _ = await _call(node.url, "POST", "/v1/node/drain", ADMIN, {"deadline_s": 60})
+        status, _ = await _call(node.url, "POST", "/v1/node/drain", _admin(), {"deadline_s": 60})
         assert status == 202
         assert await pub.delete() == 200  # the last participant leaves: the drain completes early
         await wait_for(lambda: node.drained.is_set(), 5, "drain done once rooms are empty")
-        status, body = await _call(node.url, "POST", "/v1/node/drain", ADMIN, {"deadline_s": -1})
+        status, body = await _call(node.url, "POST", "/v1/node/drain", _admin(), {"deadline_s": -1})
         assert (status, body["code"]) == (400, "bad_request")
         status, body = await _call(node.url, "POST", "/v1/node/drain", token("x-room", "eve"))
         assert (status, body["code"]) == (401, "token/unauthorized")

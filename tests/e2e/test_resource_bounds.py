@@ -36,7 +36,7 @@ from tests.e2e.test_session_footprint import CONCURRENCY, _participants, _post, 
 from tests.e2e.test_ws_idle_many import IdleSocket
 from tests.e2e.ws_support import Live, healthz_s, live_node, rtc_path
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(300)
 log = logging.getLogger(__name__)
 ROOM = "resource-live"
 ROOMS, VIEWERS = 200, 4
@@ -45,7 +45,7 @@ SOCKETS = 2_000
 SLOW = 1_500
 WS_SOURCES = [f"127.0.0.{i}" for i in range(2, 42)]  # 50 each, under the per-address cap (64)
 SLOW_SOURCES = [f"127.0.0.{i}" for i in range(42, 72)]  # 50 each
-TIMEOUT_S = 20  # session setup, WebSocket join and request-head timeouts: all held this long
+TIMEOUT_S = 30  # session setup, WebSocket join and request-head timeouts: all held this long
 #: what each held thing may cost the node at most, and so the bound on the whole
 SESSION_BYTES, SOCKET_BYTES, SLOW_BYTES = 100 * 1024, 64 * 1024, 32 * 1024
 BOUND_BYTES = SESSIONS * SESSION_BYTES + SOCKETS * SOCKET_BYTES + SLOW * SLOW_BYTES
