@@ -17,7 +17,7 @@ from typing import Any
 from control.store import StoreKind, StoreUrl
 from levelchat.config import build
 from levelchat.httpserver import HttpConfig
-from levelchat.webhooks.model import WebhookEndpoint, WebhookSettings
+from levelchat.webhooks.model import WebhookConfig, WebhookEndpoint
 
 ENV_PREFIX = "LEVELCHAT_CONTROL_"
 DEV_KEY_ID = "devkey"
@@ -26,7 +26,7 @@ MIN_SECRET_LEN = 32  # outside dev mode (RFC 7518 3.2: an HS256 key of at least 
 
 
 @dataclass(frozen=True)
-class ControlConfig(HttpConfig):
+class ControlConfig(HttpConfig, WebhookConfig):
     host: str = "127.0.0.1"
     port: int = 7700
     api_keys: Mapping[str, str] = field(default_factory=dict)  # kid -> HS256 secret
@@ -44,31 +44,10 @@ class ControlConfig(HttpConfig):
     log_level: str = "info"
     dev: bool = False
     dev_allow_remote: bool = False
-    #: signed webhooks (``levelchat.webhooks``): endpoints ``[{url, events?, key?}]``; the queue's
-    #: SQLite file (empty: the SQLite store's own file, a table in it; ``:memory:`` with the
-    #: in-memory store; with Redis, ``levelchat-control-webhooks-<port>.db``: local to each
-    #: replica); delivery tuning as on the node
-    webhooks: tuple[WebhookEndpoint, ...] = ()
-    webhooks_db: str = ""
-    webhooks_timeout_s: float = 5.0
-    webhooks_retry_base_s: float = 1.0
-    webhooks_retry_max_s: float = 600.0
-    webhooks_max_age_s: float = 86400.0
-    webhooks_queue_max: int = 10_000
-    webhooks_max_endpoints: int = 32
-
-    @property
-    def webhook_settings(self) -> WebhookSettings:
-        return WebhookSettings(
-            timeout_s=self.webhooks_timeout_s,
-            retry_base_s=self.webhooks_retry_base_s,
-            retry_max_s=self.webhooks_retry_max_s,
-            max_age_s=self.webhooks_max_age_s,
-            queue_max=self.webhooks_queue_max,
-            max_endpoints=self.webhooks_max_endpoints,
-        )
-
     def webhooks_db_path(self, port: int) -> str:
+        """The webhook queue's SQLite file (``WebhookConfig``): ``webhooks_db``, or else the SQLite
+        store's own file (a table in it; ``:memory:`` with the in-memory store), or with Redis
+        ``levelchat-control-webhooks-<port>.db``, local to each replica."""
         if self.webhooks_db:
             return self.webhooks_db
         store = StoreUrl.parse(self.store)

@@ -11,7 +11,7 @@ from typing import Any
 
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
 from levelchat.httpserver import HttpConfig
-from levelchat.webhooks.model import WebhookEndpoint, WebhookSettings
+from levelchat.webhooks.model import WebhookConfig
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
 SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
@@ -24,7 +24,7 @@ DEFAULT_TCP_PORT = 7881
 
 
 @dataclass(frozen=True)
-class NodeConfig(HttpConfig):
+class NodeConfig(HttpConfig, WebhookConfig):
     node_id: str = ""
     region: str = ""
     http_host: str = "127.0.0.1"
@@ -113,31 +113,10 @@ class NodeConfig(HttpConfig):
     max_published_tracks: int = 16
     #: serve the demo page (``/``, ``/static/``, the dev token helper); unset: in dev mode only
     demo_page: bool | None = None
-    #: signed webhooks (``levelchat.webhooks``): endpoints ``[{url, events?, key?}]``; the node's
-    #: state directory (empty: ``$XDG_STATE_HOME/levelchat``, else ``~/.local/state/levelchat``);
-    #: the queue's SQLite file (empty: ``<data_dir>/webhooks-<node id>.db``; ``:memory:`` is not
-    #: durable, for tests); delivery: request timeout, backoff base and cap, give-up age, queue
-    #: bound (oldest dropped beyond it), endpoints at most
-    webhooks: tuple[WebhookEndpoint, ...] = ()
+    #: the node's state directory (empty: ``$XDG_STATE_HOME/levelchat``, else
+    #: ``~/.local/state/levelchat``): the webhook queue (``WebhookConfig``: an empty
+    #: ``webhooks_db`` is ``<data_dir>/webhooks-<node id>.db``; ``:memory:`` is not durable, for tests)
     data_dir: str = ""
-    webhooks_db: str = ""
-    webhooks_timeout_s: float = 5.0
-    webhooks_retry_base_s: float = 1.0
-    webhooks_retry_max_s: float = 600.0
-    webhooks_max_age_s: float = 86400.0
-    webhooks_queue_max: int = 10_000
-    webhooks_max_endpoints: int = 32
-
-    @property
-    def webhook_settings(self) -> WebhookSettings:
-        return WebhookSettings(
-            timeout_s=self.webhooks_timeout_s,
-            retry_base_s=self.webhooks_retry_base_s,
-            retry_max_s=self.webhooks_retry_max_s,
-            max_age_s=self.webhooks_max_age_s,
-            queue_max=self.webhooks_queue_max,
-            max_endpoints=self.webhooks_max_endpoints,
-        )
 
     def webhooks_db_at(self, http_port: int) -> str:
         """The webhook queue's SQLite file for the node bound to ``http_port``."""

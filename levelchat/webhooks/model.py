@@ -99,6 +99,34 @@ class WebhookSettings:
         return out
 
 
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The ``webhooks*`` keys a server's config (the node's, the control plane's) inherits:
+    endpoints ``[{url, events?, key?}]``, the queue's SQLite file (each program says what an empty
+    one means), and delivery: request timeout, backoff base and cap, give-up age, queue bound
+    (oldest dropped beyond it), endpoints at most."""
+
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    webhooks_db: str = ""
+    webhooks_timeout_s: float = 5.0
+    webhooks_retry_base_s: float = 1.0
+    webhooks_retry_max_s: float = 600.0
+    webhooks_max_age_s: float = 86400.0
+    webhooks_queue_max: int = 10_000
+    webhooks_max_endpoints: int = 32
+
+    @property
+    def webhook_settings(self) -> WebhookSettings:
+        return WebhookSettings(
+            timeout_s=self.webhooks_timeout_s,
+            retry_base_s=self.webhooks_retry_base_s,
+            retry_max_s=self.webhooks_retry_max_s,
+            max_age_s=self.webhooks_max_age_s,
+            queue_max=self.webhooks_queue_max,
+            max_endpoints=self.webhooks_max_endpoints,
+        )
+
+
 def make_event(event: str, **objects: dict[str, Any] | None) -> dict[str, Any]:
     """An event body: a unique ``id``, ``event``, ``created_at`` (unix seconds) and the given
     objects (``room``, ``participant``, ``track``, ``recording``, ``node``) that are not None."""
