@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aioice.ice
@@ -10,6 +11,7 @@ import pytest
 from levelchat.tokens import ApiKey, mint
 from sfu.config import load
 from sfu.node import Node
+from tests.e2e.procs import Procs
 
 DEV_KEY = ApiKey("devkey", "secret")
 #: the node's self-check keeps a probe publisher and a probe subscriber on its media port
@@ -25,6 +27,16 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """aioice skips 127.0.0.1 when gathering: give it only loopback."""
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     yield
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Real processes (``tests.e2e.procs``), every one ended in teardown."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
 
 
 @pytest.fixture

@@ -17,12 +17,10 @@ import os
 import resource
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from levelchat.tokens import mint
 from sfu.client.lite import offer_sdp
@@ -49,15 +47,6 @@ def vm_rss(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def _token(room: str, identity: str) -> str:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sfu.client.lite import LiteEndpoint
 from sfu.transport.certificate import Certificate
+from tests.e2e.clients import wait_for
 from tests.e2e.procs import Proc, Procs, admin_token, call
 from tests.e2e.webhook_support import Receiver, metric
 
@@ -26,15 +24,6 @@ FAST = {
     "LEVELCHAT_SFU_DRAIN_DEADLINE_S": "1",
     "LEVELCHAT_SFU_RATE_LIMIT_IP_PER_S": "0",
 }
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def _env(tmp_path: Path, hooks: list[dict[str, Any]] | None = None, **extra: str) -> dict[str, str]:
@@ -48,14 +37,6 @@ async def _node(procs: Procs, tmp_path: Path, node_id: str = "hooks-1", **kw: An
     node = procs.node(node_id, None, env=_env(tmp_path, **kw))
     await node.wait_healthy()
     return node
-
-
-async def _until(pred: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _join(node: Proc, room: str, identity: str, ssrc: int) -> str:
@@ -94,7 +75,7 @@ async def test_room_events_arrive_signed_and_filters_hold(procs: Procs, tmp_path
             "room_started", "participant_joined", "track_published", "track_unpublished", "participant_left",
             "room_finished",
         ]
-        await _until(lambda: len(every.accepted()) >= len(expected), 20, "six events")
+        await wait_for(lambda: len(every.accepted()) >= len(expected), 20, "six events")
         assert [d.body["event"] for d in every.accepted()] == expected  # one endpoint: in order
         for d in every.got:
             assert d.signed, d.headers
@@ -107,7 +88,7 @@ async def test_room_events_arrive_signed_and_filters_hold(procs: Procs, tmp_path
         assert by_event["participant_joined"]["participant"]["identity"] == "alice"
         assert by_event["track_published"]["track"]["kind"] == "video"
         assert by_event["participant_left"]["participant"]["reason"]
-        await _until(lambda: len(rooms_only.got) >= 2, 20, "the filtered endpoint's two events")
+        await wait_for(lambda: len(rooms_only.got) >= 2, 20, "the filtered endpoint's two events")
         await asyncio.sleep(0.5)
         assert [d.body["event"] for d in rooms_only.got] == ["room_started", "room_finished"]
         assert all(d.signed for d in rooms_only.got)
@@ -147,7 +128,7 @@ async def test_api_adds_lists_deletes_and_dispatches_tests(procs: Procs, tmp_pat
         reply = await call("POST", url + "/test", {"event": "nonsense"})
         assert (reply.status, reply.body["code"]) == (400, "bad_request")
         sent = await _test_event(node, "room_started")
-        await _until(lambda: sent in rx.accepted_ids(), 20, "the test event")
+        await wait_for(lambda: sent in rx.accepted_ids(), 20, "the test event")
         assert all(d.signed for d in rx.got)
         assert (await call("DELETE", f"{url}/{hook_id}")).status == 204
         assert (await call("GET", url)).body == {"webhooks": []}
@@ -165,7 +146,7 @@ async def test_a_failing_receiver_is_retried_with_growing_waits(procs: Procs, tm
     try:
         node = await _node(procs, tmp_path, hooks=[{"url": rx.url}])
         sent = await _test_event(node, "participant_left")
-        await _until(lambda: sent in rx.accepted_ids(), 30, "the event after four failures")
+        await wait_for(lambda: sent in rx.accepted_ids(), 30, "the event after four failures")
         assert [d.status for d in rx.got] == [500, 500, 503, 500, 200]
         assert {d.body["id"] for d in rx.got} == {sent} and all(d.signed for d in rx.got)
         gaps = [b.at - a.at for a, b in zip(rx.got, rx.got[1:], strict=False)]
@@ -223,7 +204,7 @@ async def test_nothing_is_lost_across_sigterm_and_kill9_while_the_receiver_is_do
                                                  "participant_left")}
         for who in ("q0", "q1"):
             expected_keys |= {("participant_joined", who), ("track_published", who)}
-        await _until(lambda: ids <= rx.accepted_ids() and expected_keys <= rx.keys(), 60, "every event")
+        await wait_for(lambda: ids <= rx.accepted_ids() and expected_keys <= rx.keys(), 60, "every event")
         assert all(d.signed for d in rx.got)
         await _until_metric(node, "levelchat_webhooks_queue_depth", 0, at_most=True)
         down_s = rx.got[0].at - down_at

@@ -8,23 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
+from tests.e2e.clients import wait_for
 from tests.e2e.procs import Proc, Procs, admin_token, call, wait_nodes_state
 from tests.e2e.webhook_support import Receiver, metric
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 async def _control(procs: Procs, tmp_path: Path, rx: Receiver) -> Proc:
@@ -38,14 +26,6 @@ async def _control(procs: Procs, tmp_path: Path, rx: Receiver) -> Proc:
     control = procs.control(env=env)
     await control.wait_healthy()
     return control
-
-
-async def _until(pred: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _events(rx: Receiver) -> set[tuple[str, str]]:
@@ -70,10 +50,10 @@ async def test_node_events_arrive_signed_and_survive_a_control_plane_crash(procs
         await keep.wait_healthy()
         await doomed.wait_healthy()
         await wait_nodes_state(control.url, ["cp-keep", "cp-doomed"], "live", 20)
-        await _until(lambda: {("node_registered", "cp-keep"), ("node_registered", "cp-doomed")} <= _events(rx),
+        await wait_for(lambda: {("node_registered", "cp-keep"), ("node_registered", "cp-doomed")} <= _events(rx),
                      20, "node_registered twice")
         assert (await call("DELETE", control.url + "/v1/nodes/cp-keep")).status == 200
-        await _until(lambda: ("node_revoked", "cp-keep") in _events(rx), 20, "node_revoked")
+        await wait_for(lambda: ("node_revoked", "cp-keep") in _events(rx), 20, "node_revoked")
         assert all(d.signed and d.headers["LevelChat-Event-Id"] == d.body["id"] for d in rx.got)
 
         await rx.stop()  # receiver away: the lapse of the next node is queued, then the control plane dies
@@ -83,7 +63,7 @@ async def test_node_events_arrive_signed_and_survive_a_control_plane_crash(procs
         control.kill9()
         control = await _control(procs, tmp_path, rx)  # same store file, same queue
         await rx.start()
-        await _until(lambda: ("node_unhealthy", "cp-doomed") in _events(rx), 30, "node_unhealthy after the crash")
+        await wait_for(lambda: ("node_unhealthy", "cp-doomed") in _events(rx), 30, "node_unhealthy after the crash")
         unhealthy = next(d.body for d in rx.accepted() if d.body["event"] == "node_unhealthy")
         assert unhealthy["node"]["reason"] == "lease lapsed"
         await _until_metric(control, "levelchat_webhooks_delivered_total", 1)
