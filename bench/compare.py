@@ -283,7 +283,8 @@ def paced_rate(capacity_out_pps_per_cpu: list[float | None], fanout: int) -> flo
 
 
 #: How the tables name the targets.
-LABELS = {NODE: "node (SFU)", "baseline": "bare Python", "c": "C", "baseline_plain": "bare Python, plain I/O"}
+LABELS = {NODE: "node (SFU)", "baseline": "bare Python", "c": "C", "baseline_plain": "bare Python, plain I/O",
+          "node_sysmalloc": "node, PYTHONMALLOC=malloc"}
 
 
 def label(name: str) -> str:
@@ -369,9 +370,11 @@ def compare(targets: list[Target], work: Workload, mode: str = "both",
 
 
 def default_targets(names: list[str]) -> list[Target]:
-    """Targets by name: ``node`` (the SFU node), ``c``, ``baseline`` (mmsg), ``baseline_plain``."""
+    """Targets by name: ``node`` (the SFU node), ``c``, ``baseline`` (mmsg), ``baseline_plain``,
+    ``node_sysmalloc`` (the node with ``PYTHONMALLOC=malloc``)."""
     known: dict[str, Target] = {NODE: NodeTarget(), "c": CTarget(), "baseline": BaselineTarget("mmsg"),
-                                "baseline_plain": BaselineTarget("plain")}
+                                "baseline_plain": BaselineTarget("plain"),
+                                "node_sysmalloc": NodeTarget(name="node_sysmalloc", env={"PYTHONMALLOC": "malloc"})}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)}")

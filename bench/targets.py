@@ -19,6 +19,7 @@ Two kinds:
 from __future__ import annotations
 
 import json
+import os
 import re
 import selectors
 import signal
@@ -213,9 +214,10 @@ _METRIC = re.compile(r'^levelchat_sfu_([a-z_]+?)(?:_total)?(?:\{(?:kind|reason|d
 class RunningNode:
     """A ``python -m sfu --dev`` process on ephemeral loopback ports."""
 
-    def __init__(self, argv: list[str], start_timeout: float = 30.0) -> None:
+    def __init__(self, argv: list[str], start_timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
         self._log: IO[str] = tempfile.TemporaryFile("w+", prefix="bench-node-")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO_ROOT)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO_ROOT,
+                                     env={**os.environ, **env} if env else None)
         self.pid = self.proc.pid
         self.url = self._read_url(start_timeout)
 
@@ -334,12 +336,16 @@ class NodeTarget:
     #: row, and libsrtp's rollover guess then fails (``srtp_errors`` in its report).
     max_flood_in_pps = 60_000.0
 
-    def __init__(self, log_level: str = "WARNING") -> None:
+    def __init__(self, log_level: str = "WARNING", *, name: str = "node", env: dict[str, str] | None = None) -> None:
+        """``name`` and ``env``: a variant of the node side by side with it (``node_sysmalloc``:
+        ``PYTHONMALLOC=malloc``, what the deploy units set)."""
         self.log_level = log_level
+        self.name = name
+        self.env = env or {}
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "sfu", "--dev", "--http-port", "0", "--media-port", "0",
                 "--log-level", self.log_level]
 
     def launch(self, seconds: float) -> RunningSessionTarget:
-        return RunningNode(self.argv())
+        return RunningNode(self.argv(), env=self.env)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +19,7 @@ from control.store import Store, StoreUnavailable, open_store, unavailable_error
 from control.store.bounded import BoundedStore
 from levelchat.errors import ApiError
 from levelchat.httpserver import serve_forever
+from levelchat.tasks import cancel_and_wait
 from levelchat.web import Handler, bearer_token, make_cors_middleware, make_error_middleware
 from levelchat.webhooks.dispatcher import WebhookDispatcher
 from levelchat.webhooks.http import WebhookApi
@@ -109,10 +109,8 @@ def create_app(
         try:
             yield
         finally:
-            reaper.cancel()
+            await cancel_and_wait(reaper)
             await svc.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
             await session.close()
             if svc.webhooks is not None:
                 await svc.webhooks.stop()  # what is queued stays in the file for the next start

@@ -17,6 +17,7 @@ from control.model import RoomSpec, RoomState, Taken
 from control.nodeclient import NodeCallOutcome, delete_room, room_participants
 from control.store import Store
 from levelchat.errors import ApiError
+from levelchat.tasks import cancel_and_wait
 
 log = logging.getLogger("levelchat.control")
 
@@ -48,9 +49,7 @@ class Repairs:
 
     async def close(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(task)
 
     def close_copies(self, node_id: str, taken: list[Taken]) -> None:
         """Rooms ``node_id`` took back (it reports participants in them): close the other node's

@@ -30,6 +30,7 @@ from control.model import (
     Taken,
 )
 from control.store.base import Store, StoreUnavailable
+from levelchat.tasks import cancel_requests, raise_if_cancel_swallowed
 
 log = logging.getLogger("levelchat.control.store")
 
@@ -65,9 +66,15 @@ class BoundedStore(Store):
             raise StoreUnavailable(f"the store is unavailable (for {self._clock() - self.outage_since:.0f} s)")
         probe = self.outage_since is not None
         self._probing = self._probing or probe
+        cancels = cancel_requests()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await call()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    result = await call()
+            finally:
+                # a client library may swallow a cancellation (redis-py does, now and then): the
+                # caller's task must still stop, not take it for an outage and go on
+                raise_if_cancel_swallowed(cancels)
         except TimeoutError:
             self._down(what, f"no answer within {self.timeout_s:g} s")
             raise StoreUnavailable(f"the store did not answer within {self.timeout_s:g} s") from None

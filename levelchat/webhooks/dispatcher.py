@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from levelchat.errors import ApiError
+from levelchat.tasks import cancel_and_wait
 from levelchat.webhooks.backoff import retry_delay_s
 from levelchat.webhooks.model import EVENTS, WebhookEndpoint, WebhookSettings, validate_events, validate_url
 from levelchat.webhooks.queue import NewRow, QueuedEvent, WebhookQueue
@@ -85,7 +86,7 @@ class WebhookDispatcher:
     async def stop(self) -> None:
         """Commit what is queued (it is delivered after the next start) and stop delivering."""
         for task in list(self._loops.values()):
-            await _end(task)
+            await cancel_and_wait(task)
         self._loops.clear()
         if self.started:
             await self.queue.close()
@@ -148,7 +149,7 @@ class WebhookDispatcher:
         del self.endpoints[eid]
         task = self._loops.pop(eid, None)
         if task is not None:
-            await _end(task)
+            await cancel_and_wait(task)
         self._wake.pop(eid, None)
         await self.queue.delete_endpoint(eid)
         await self.queue.flush()
@@ -230,13 +231,6 @@ class WebhookDispatcher:
 
     def queue_depth(self) -> int:
         return self.queue.depth
-
-
-async def _end(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it (cancelling again should one be swallowed)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
 
 
 __all__ = ["EVENTS", "WebhookDispatcher", "WebhookStats", "config_endpoint_id"]

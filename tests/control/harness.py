@@ -237,5 +237,7 @@ def make_config(store: str, **overrides: Any) -> ControlConfig:
         lease_seconds=30.0,
         heartbeat_interval_seconds=1.0,
         node_timeout_seconds=1.0,
+        # with Redis the queue's default file is in the working directory, shared by every test
+        webhooks_db=":memory:" if store.startswith("redis") else "",
     )
     return replace(base, **overrides).validate()

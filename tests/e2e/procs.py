@@ -97,7 +97,7 @@ class Proc:
     def start(self) -> Proc:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.popen = subprocess.Popen(
-                [sys.executable, *self.args], cwd=REPO, env=self.env, stdout=out, stderr=err,
+                [sys.executable, *self.args], cwd=self.workdir, env=self.env, stdout=out, stderr=err,
                 stdin=subprocess.DEVNULL,
             )
         return self
