@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run LevelChat locally: a control plane (embedded SQLite store) and one SFU node
+# Set up and run LevelChat locally: a control plane (embedded SQLite store, in memory in dev mode) and one SFU node
 # registered with it, in dev mode on loopback. Open the printed demo URL in a browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from levelchat.tasks import cancel_and_wait
 from levelchat.tokens import ApiKey, mint
 from sfu.config import NodeConfig
 from sfu.transport.peer import CloseReason
@@ -338,11 +339,7 @@ class ControlPlaneAgent:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)  # a node's shutdown never hangs on a lost cancel
         if self._session is not None:
             await self._session.close()
             self._session = None
