@@ -20,7 +20,7 @@ from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistrat
 from control.service import ControlService, RoomLocation
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims, validate_room
-from levelchat.web import bearer_token, json_response, read_json
+from levelchat.web import bearer_token, json_response, read_json, readiness_response
 
 log = logging.getLogger("levelchat.control.http")
 
@@ -169,8 +169,8 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await svc.store.ping()
     except Exception as exc:  # any store failure means "not ready"
-        raise ApiError("service_unavailable", f"store is not reachable: {type(exc).__name__}") from None
-    return json_response({"status": "ready"})
+        return readiness_response(False, f"store is not reachable: {type(exc).__name__}")
+    return readiness_response(True, None)
 
 
 async def metrics(request: web.Request) -> web.Response:

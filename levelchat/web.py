@@ -220,3 +220,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(
         status=status, body=json.dumps(data).encode(), content_type="application/json", headers=headers
     )
+
+
+def readiness_response(ready: bool, reason: str | None, **more: Any) -> web.Response:
+    """``GET /readyz`` of every program, one shape: ``{"ready": true, "reason": null, ...}`` (200),
+    or a ``service_unavailable`` problem (503) that carries ``ready: false`` and the ``reason``."""
+    if ready:
+        return json_response({"ready": True, "reason": None, **more})
+    raise ApiError("service_unavailable", f"not ready: {reason}", extra={"ready": False, "reason": reason, **more})

@@ -20,6 +20,7 @@ from levelchat.web import (
     make_error_middleware,
     read_body,
     read_json,
+    readiness_response,
 )
 from sfu import clock
 from sfu.api import participants, rtc, session_ice, webhooks
@@ -340,7 +341,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def readyz(request: web.Request) -> web.StreamResponse:
     node = _node(request)
     ready, reason = node.readiness()
-    return json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+    return readiness_response(ready, reason)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -32,6 +32,7 @@ from levelchat.web import (
     json_response,
     parse_json,
     read_json,
+    readiness_response,
 )
 from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
@@ -405,8 +406,7 @@ class Front(HttpBound):
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         ready, reason = self.readiness()
-        body = {"ready": ready, "reason": reason, "workers": [w.describe() for w in self.workers]}
-        return json_response(body, status=200 if ready else 503)
+        return readiness_response(ready, reason, workers=[w.describe() for w in self.workers])
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         async def scrape(w: Worker) -> tuple[int, str] | None:

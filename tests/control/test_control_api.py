@@ -466,7 +466,7 @@ async def test_token_without_nodes_is_service_unavailable(cp: ControlPlane) -> N
 
 async def test_probes_and_metrics(cp: ControlPlane, nodes: list[StandInNode]) -> None:
     assert (await cp.call("GET", "/healthz", scopes=())).body == {"status": "ok"}
-    assert (await cp.call("GET", "/readyz", scopes=())).body == {"status": "ready"}
+    assert (await cp.call("GET", "/readyz", scopes=())).body == {"ready": True, "reason": None}
     await cp.register(nodes[0])
     await cp.register(nodes[1])
     await cp.heartbeat("node-2", draining=True)

@@ -96,7 +96,8 @@ async def test_store_outage_is_service_unavailable(nodes: list[StandInNode]) -> 
         reply = await asyncio.wait_for(plane.create_room(room="no-store"), timeout=30)
         reply.problem(503, "service_unavailable")
         assert reply.headers["Retry-After"] == "30"
-        (await plane.call("GET", "/readyz", scopes=())).problem(503, "service_unavailable")
+        ready = (await plane.call("GET", "/readyz", scopes=())).problem(503, "service_unavailable")
+        assert ready["ready"] is False and ready["reason"].startswith("store is not reachable"), ready  # the node's shape
         assert (await plane.call("GET", "/healthz", scopes=())).status == 200
     finally:
         await plane.stop()

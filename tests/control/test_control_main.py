@@ -85,7 +85,7 @@ def test_dev_serves() -> None:
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                    assert json.loads(resp.read()) == {"status": "ready"}
+                    assert json.loads(resp.read()) == {"ready": True, "reason": None}
                     break
             except OSError:
                 assert time.monotonic() < deadline, "control plane did not come up"

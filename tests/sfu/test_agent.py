@@ -257,6 +257,9 @@ async def test_revocation_refuses_new_work_and_closes_sessions_after_the_drain_d
         assert rooms.status == 410 and rooms.body["code"] == "node_revoked", rooms.body
         ready = await http("GET", f"{node.url}/readyz", tok="-")
         assert ready.status == 503 and ready.body["reason"] == "revoked"
+        # one shape with the control plane's: a problem that also says ready and why
+        assert ready.headers["Content-Type"].startswith("application/problem+json")
+        assert (ready.body["code"], ready.body["ready"]) == ("service_unavailable", False)
 
         # the live publisher keeps its session until the drain deadline, then it is closed
         assert node.rooms.room_count == 1 and "alice" in node.rooms.rooms["rev-room"].participants
