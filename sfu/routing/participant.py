@@ -217,7 +217,7 @@ class PublisherSink:
                     track.last_sr = (packet.ntp_timestamp, packet.rtp_timestamp, now_ms)
 
     def on_connected(self, now_ms: int) -> None:
-        log.info("publisher %s connected", self.participant.identity)
+        log.info("publisher %s connected in room %s", self.participant.identity, self.participant.room_id)
 
     def on_closed(self, reason: CloseReason) -> None:
         self.participant.transport_closed(reason)
@@ -270,6 +270,8 @@ class SubscriberSink:
                     dt.retransmit(packet.seqs, now_ms)
 
     def on_connected(self, now_ms: int) -> None:
+        log.info("subscriber %s connected in room %s (%d track(s))", self.participant.identity,
+                 self.participant.room_id, len(self.participant.downtracks))
         for dt in self.participant.downtracks:
             if dt.source is not None and dt.kind == "video":
                 dt.waiting_keyframe = True

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from sfu.node import Node
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
@@ -38,6 +42,24 @@ async def test_mid_extension_carries_the_subscribers_mid(node: Node) -> None:
         assert mids == {"audio": "0", "video": "1"}
         assert sub.logs["video"].mids == {"1"}
         assert sub.logs["audio"].mids == {"0"}
+    finally:
+        await sub.close()
+        await pub.close()
+
+
+async def test_viewers_joins_are_logged_like_publishers(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sfu.routing.participant")
+    room = "logged-1"
+    pub = WhipPublisher(node.url, room, token(room, "alice"))
+    sub = WhepSubscriber(node.url, room, token(room, "bob"))
+    try:
+        await pub.connect()
+        status, body = await sub.connect()
+        assert status == 201, body
+        await wait_for(lambda: sub.frames["video"] >= 5, 15, "frames")
+        await wait_for(lambda: "subscriber bob connected" in caplog.text, 5, "the viewer's join logged")
+        assert f"publisher alice connected in room {room}" in caplog.text, caplog.text
+        assert f"subscriber bob connected in room {room} (2 track(s))" in caplog.text, caplog.text
     finally:
         await sub.close()
         await pub.close()
