@@ -1,109 +1,12 @@
-"""Packet layer of the SFU node: parsing and in-buffer rewriting, no I/O.
+"""Packet layer of the SFU node: parsing and in-buffer rewriting, no I/O, no asyncio.
 
-``demux`` (first-byte classification), ``rtp`` (headers, extensions, ``copy_rewrite``),
-``rtcp`` (compound RTCP), ``seq`` (wraparound arithmetic and mungers), ``codecs`` (keyframes).
+Import from the modules themselves (this package re-exports nothing):
+
+- ``demux``: first-byte classification of what arrives on the media port (RFC 7983);
+- ``rtp``: headers, extensions, ``copy_rewrite``;
+- ``rtcp``: compound RTCP, parsed into dataclasses and built back;
+- ``seq``: wraparound arithmetic and the sequence and timestamp mungers;
+- ``nack``: the receiver's loss tracker; ``rtx``: RFC 4588 retransmission packets;
+- ``twcc``: transport-wide congestion control feedback (the header extension and the RTCP);
+- ``codecs``, ``vp8``, ``vp9``: keyframes and the payload descriptors the mungers rewrite.
 """
-
-from sfu.packet.codecs import is_keyframe, vp8_descriptor
-from sfu.packet.demux import PacketClass, classify
-from sfu.packet.rtcp import (
-    Bye,
-    Feedback,
-    Fir,
-    FirEntry,
-    Nack,
-    Pli,
-    ReceiverReport,
-    Remb,
-    ReportBlock,
-    RtcpPacket,
-    Sdes,
-    SdesChunk,
-    SenderReport,
-    TransportCC,
-    UnknownRtcp,
-    fir,
-    nack,
-    parse_compound,
-    pli,
-    receiver_report,
-    rewrite_sr_in_place,
-    sender_report,
-)
-from sfu.packet.rtp import (
-    RtpHeader,
-    RtpPacket,
-    copy_rewrite,
-    get_extension,
-    header_length,
-    identity_ext_map,
-    is_identity_for,
-    make_ext_map,
-    padding_length,
-    patch_header,
-    payload_length,
-    payload_offset,
-)
-from sfu.packet.seq import (
-    DropOutcome,
-    SeqMunger,
-    SeqOutcome,
-    SeqUnwrapper,
-    TimestampMunger,
-    elapsed_ticks,
-    seq_diff,
-    seq_newer,
-    ts_diff,
-    ts_newer,
-)
-
-__all__ = [
-    "Bye",
-    "DropOutcome",
-    "Feedback",
-    "Fir",
-    "FirEntry",
-    "Nack",
-    "PacketClass",
-    "Pli",
-    "ReceiverReport",
-    "Remb",
-    "ReportBlock",
-    "RtcpPacket",
-    "RtpHeader",
-    "RtpPacket",
-    "Sdes",
-    "SdesChunk",
-    "SenderReport",
-    "SeqMunger",
-    "SeqOutcome",
-    "SeqUnwrapper",
-    "TimestampMunger",
-    "TransportCC",
-    "UnknownRtcp",
-    "classify",
-    "copy_rewrite",
-    "elapsed_ticks",
-    "fir",
-    "get_extension",
-    "header_length",
-    "identity_ext_map",
-    "is_identity_for",
-    "is_keyframe",
-    "make_ext_map",
-    "nack",
-    "padding_length",
-    "parse_compound",
-    "patch_header",
-    "payload_length",
-    "payload_offset",
-    "pli",
-    "receiver_report",
-    "rewrite_sr_in_place",
-    "sender_report",
-    "seq_diff",
-    "seq_newer",
-    "ts_diff",
-    "ts_newer",
-    "vp8_descriptor",
-]
