@@ -88,10 +88,11 @@ class DownTrack:
         self._last_forward_ms = 0
         #: (subscriber's mid extension id, its mid) when the publisher's mid value differs
         self._mid_patch: tuple[int, bytes] | None = None
-        #: simulcast VP8 (or VP9: a ``Vp9Munger``): picture ID / TL0PICIDX / KEYIDX kept continuous
+        #: the payload descriptor munger of a simulcast VP8 or VP9 source (``Vp8Munger``,
+        #: ``Vp9Munger``): picture ID / TL0PICIDX / KEYIDX kept continuous
         #: across layer switches (set by ``_take``; such packets take the copying path, where the
         #: payload can change)
-        self.vp8: Vp8Munger | None = None
+        self.descriptor: Vp8Munger | None = None
 
     # -- state the source's fan-out group may hold pending (see ``PublishedTrack``) ----------------
     @property
@@ -229,26 +230,26 @@ class DownTrack:
         self.seq.switch_source()
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)
         self.source = track
-        self._vp8_follow(track)
+        self._descriptor_follow(track)
         self._waiting_keyframe = wait_keyframe
         track.attach(self, wait_keyframe=wait_keyframe)
         if wait_keyframe:
             track.request_keyframe(now_ms)
 
-    def _vp8_follow(self, track: PublishedTrack) -> None:
+    def _descriptor_follow(self, track: PublishedTrack) -> None:
         munger = _DESCRIPTOR_MUNGERS.get(track.codec.name.lower()) if track.group is not None else None
         if munger is None:
-            self.vp8 = None
+            self.descriptor = None
             return
-        if type(self.vp8) is not munger:
-            self.vp8 = munger()
-        self.vp8.switch()
+        if type(self.descriptor) is not munger:
+            self.descriptor = munger()
+        self.descriptor.switch()
 
-    def _vp8_rewrite(self, out: memoryview, length: int, retransmission: bool) -> None:
-        assert self.vp8 is not None
+    def _descriptor_rewrite(self, out: memoryview, length: int, retransmission: bool) -> None:
+        assert self.descriptor is not None
         start = header_length(out, length)
         if start >= 0:
-            self.vp8.rewrite(out, start, length, retransmission=retransmission)
+            self.descriptor.rewrite(out, start, length, retransmission=retransmission)
 
     def unbind(self) -> None:
         self.cancel_switch()
@@ -275,7 +276,7 @@ class DownTrack:
         if b1 == NO_PT:
             return self._refuse(seq, keyframe, now_ms)
         # simulcast VP8 takes the copying path: its payload descriptor is rewritten too
-        plain = self.vp8 is None and (
+        plain = self.descriptor is None and (
             shape == SHAPE_PLAIN or (shape > 0 and shape | self._ext_same == self._ext_same)
         )
         n = length
@@ -311,8 +312,8 @@ class DownTrack:
             _SEQ_TS.pack_into(out, 2, out_seq, out_ts)
             if self._mid_patch is not None:
                 self._patch_mid(out, n)
-            if self.vp8 is not None:
-                self._vp8_rewrite(out, n, False)
+            if self.descriptor is not None:
+                self._descriptor_rewrite(out, n, False)
             if not peer.send_rtp(n):
                 return 0
         self._packets_sent += 1
@@ -361,8 +362,8 @@ class DownTrack:
             n = copy_rewrite(view, length, peer.out_view, ssrc=self.ssrc, seq=out_seq, ts=self.ts.translate(ts), pt=pt, ext_map=self.ext_map)
             if n > 0 and self._mid_patch is not None:
                 self._patch_mid(peer.out_view, n)
-            if n > 0 and self.vp8 is not None:
-                self._vp8_rewrite(peer.out_view, n, True)
+            if n > 0 and self.descriptor is not None:
+                self._descriptor_rewrite(peer.out_view, n, True)
             if n > 0 and peer.send_rtp(n):
                 sent += 1
         self._counters.retransmits += sent

@@ -10,7 +10,9 @@ ring and sent with the port's next batch (``MediaPort.flush``):
 * ``send_rtp(length)``: whatever the routing layer wrote into ``out_view`` (header extensions
   rewritten, retransmissions).
 
-Timers are driven from outside with the time passed in.
+Two kinds of timers: consent freshness, the setup deadline and expired extra addresses are checked
+by ``tick(now_ms)``, which the node's housekeeping calls for every transport; DTLS retransmission
+runs on the transport's own event-loop timer (``_arm_timer``, while the handshake is in progress).
 """
 
 from __future__ import annotations
