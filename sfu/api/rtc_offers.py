@@ -47,7 +47,7 @@ class Wanted:
 
     track_sid: str
     publisher: str
-    description: sdp.PublishedTrack
+    description: sdp.TrackDescription
 
 
 @dataclass(frozen=True)

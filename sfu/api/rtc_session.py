@@ -244,7 +244,7 @@ class RtcSession:
         by_mid = {t.mid: t for t in negotiation.tracks}
         for track in participant.tracks.values():
             if track.sid not in self.service.published and track.mid in by_mid:
-                self.service.published[track.sid] = sdp.PublishedTrack.from_publish(
+                self.service.published[track.sid] = sdp.TrackDescription.from_publish(
                     track.sid, participant.identity, by_mid[track.mid]
                 )
         answered_role = self.service.publisher_roles.get(participant.sid, sdp.Setup.PASSIVE)
@@ -411,7 +411,7 @@ class RtcService:
         self.node = node
         self.by_sid: dict[str, RtcSession] = {}  # by participant sid
         #: descriptions of tracks published over signaling, by track sid (WHIP ones live in node.sessions)
-        self.published: dict[str, sdp.PublishedTrack] = {}
+        self.published: dict[str, sdp.TrackDescription] = {}
         node.sessions.other_descriptions.append(self.published)  # WHEP viewers watch them too
         self.publisher_roles: dict[str, sdp.Setup] = {}
         self.preferred_role = sdp.Setup(node.config.dtls_role)
@@ -452,7 +452,7 @@ class RtcService:
             session_id=random.getrandbits(62) or 1,
         )
 
-    def description(self, track_sid: str) -> sdp.PublishedTrack | None:
+    def description(self, track_sid: str) -> sdp.TrackDescription | None:
         return self.published.get(track_sid) or self.node.sessions.published.get(track_sid)
 
     def find_track(self, track_sid: str) -> PublishedTrack | None:

@@ -179,9 +179,9 @@ class SessionService:
         #: session id by participant sid
         self.by_participant: dict[str, str] = {}
         #: the negotiated description of each published track, by track sid (for subscribers)
-        self.published: dict[str, sdp.PublishedTrack] = {}
+        self.published: dict[str, sdp.TrackDescription] = {}
         #: descriptions of tracks published elsewhere (the signaling WebSocket's), for WHEP viewers
-        self.other_descriptions: list[Mapping[str, sdp.PublishedTrack]] = []
+        self.other_descriptions: list[Mapping[str, sdp.TrackDescription]] = []
 
     # -- helpers ---------------------------------------------------------------------------------
     def parse_offer(self, text: str) -> sdp.SessionDesc:
@@ -254,7 +254,7 @@ class SessionService:
         self.router.attach_publisher(room, participant, transport, specs, now_ms)
         by_mid = {t.mid: t for t in negotiation.tracks}
         for published in participant.tracks.values():
-            self.published[published.sid] = sdp.PublishedTrack.from_publish(
+            self.published[published.sid] = sdp.TrackDescription.from_publish(
                 published.sid, identity, by_mid[published.mid]
             )
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
@@ -305,7 +305,7 @@ class SessionService:
         session.refused = tuple((r.kind.value, r.code, r.detail) for r in negotiation.refused)
         return session, answer
 
-    def description(self, track_sid: str) -> sdp.PublishedTrack | None:
+    def description(self, track_sid: str) -> sdp.TrackDescription | None:
         """The negotiated description of a published track, whichever API published it."""
         found = self.published.get(track_sid)
         for other in self.other_descriptions:
@@ -316,8 +316,8 @@ class SessionService:
 
     @staticmethod
     def _with_room_codecs(
-        track: sdp.PublishedTrack, offer: sdp.SessionDesc, policy: CodecPolicy
-    ) -> sdp.PublishedTrack:
+        track: sdp.TrackDescription, offer: sdp.SessionDesc, policy: CodecPolicy
+    ) -> sdp.TrackDescription:
         """The track's codecs, then the other room codecs of its kind that the subscriber offers.
 
         The first stays the codec being sent; the others are answered too, so the subscriber can

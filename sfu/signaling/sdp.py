@@ -61,7 +61,7 @@ __all__ = [
     "PublishTrack",
     "PublishNegotiation",
     "negotiate_publish",
-    "PublishedTrack",
+    "TrackDescription",
     "OutgoingTrack",
     "PtMapping",
     "SubscribeTrack",
@@ -994,7 +994,7 @@ def negotiate_publish(offer: SessionDesc, policy: CodecPolicy) -> PublishNegotia
 
 
 @dataclass(frozen=True)
-class PublishedTrack:
+class TrackDescription:
     """A track in the room, as the publisher negotiated it (publisher PTs and ids)."""
 
     track_id: str
@@ -1004,7 +1004,7 @@ class PublishedTrack:
     header_extensions: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_publish(cls, track_id: str, stream_id: str, published: PublishTrack) -> PublishedTrack:
+    def from_publish(cls, track_id: str, stream_id: str, published: PublishTrack) -> TrackDescription:
         return cls(track_id, published.kind, stream_id, published.codecs, dict(published.header_extensions))
 
     @property
@@ -1019,7 +1019,7 @@ class PublishedTrack:
 class OutgoingTrack:
     """A track to deliver, with the SSRCs the node sends it with to this subscriber."""
 
-    track: PublishedTrack
+    track: TrackDescription
     ssrc: int
     rtx_ssrc: int | None = None
 

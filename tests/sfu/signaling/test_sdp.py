@@ -21,9 +21,9 @@ from sfu.signaling.sdp import (
     Direction,
     LocalParams,
     OutgoingTrack,
-    PublishedTrack,
     SectionOutcome,
     Setup,
+    TrackDescription,
     apply_answer,
     build_answer,
     build_offer,
@@ -537,12 +537,12 @@ def test_simulcast_layers_are_capped() -> None:
 # --- subscribe (WHEP) --------------------------------------------------------------------------
 
 
-def chrome_published() -> tuple[PublishedTrack, PublishedTrack]:
+def chrome_published() -> tuple[TrackDescription, TrackDescription]:
     neg = negotiate_publish(parse_sdp(chrome_offer()), CodecPolicy.default())
     audio, video = neg.tracks
     return (
-        PublishedTrack.from_publish("TRa", "alice", audio),
-        PublishedTrack.from_publish("TRv", "alice", video),
+        TrackDescription.from_publish("TRa", "alice", audio),
+        TrackDescription.from_publish("TRv", "alice", video),
     )
 
 
@@ -597,7 +597,7 @@ def test_chrome_whep_subscriber_profiles(
     publisher_codecs: list[str], sent: str, subscriber_pt: int, subscriber_rtx: int
 ) -> None:
     pub_neg = negotiate_publish(parse_sdp(chrome_offer()), CodecPolicy.parse(["opus", *publisher_codecs]))
-    video_pub = PublishedTrack.from_publish("v", "s", pub_neg.tracks[1])
+    video_pub = TrackDescription.from_publish("v", "s", pub_neg.tracks[1])
     assert sent in (video_pub.codec.fmtp_value() or "")
     offer = parse_sdp(chrome_whep_offer())
     neg = negotiate_subscribe(offer, [OutgoingTrack(video_pub, 5, 6)], CodecPolicy.default(), cname="c")
@@ -618,7 +618,7 @@ def test_chrome_whep_subscriber_profiles(
 def test_h264_constrained_baseline_publisher_to_baseline_only_subscriber() -> None:
     pub_neg = negotiate_publish(parse_sdp(chrome_offer()), CodecPolicy.parse(["opus", "H264/42e01f"]))
     cb = next(c for c in pub_neg.tracks[1].codecs if c.fmtp.get("profile-level-id") == "42e01f")
-    track = PublishedTrack("v", MediaKind.VIDEO, "s", (cb,))
+    track = TrackDescription("v", MediaKind.VIDEO, "s", (cb,))
     whep = chrome_whep_offer()
     for pt in (106, 107, 108, 109):  # drop every 42e01f payload type: only 42001f stays
         whep = re.sub(rf"a=(rtpmap|fmtp|rtcp-fb):{pt} [^\r]*\r\n", "", whep).replace(f" {pt} ", " ")
@@ -633,8 +633,8 @@ async def test_subscribe_partial_refusal(make_pc: Callable[[], RTCPeerConnection
     text = await aiortc_offer(pc, ("audio", "recvonly"), ("video", "recvonly"))
     offer = parse_sdp(text)
     vp9_pub = negotiate_publish(parse_sdp(chrome_offer()), CodecPolicy.parse(["opus", "VP9"]))
-    audio_pub = PublishedTrack.from_publish("a1", "bob", vp9_pub.tracks[0])
-    video_pub = PublishedTrack.from_publish("v1", "bob", vp9_pub.tracks[1])
+    audio_pub = TrackDescription.from_publish("a1", "bob", vp9_pub.tracks[0])
+    video_pub = TrackDescription.from_publish("v1", "bob", vp9_pub.tracks[1])
     neg = negotiate_subscribe(
         offer,
         [OutgoingTrack(audio_pub, 10), OutgoingTrack(video_pub, 20, 21)],
@@ -685,7 +685,7 @@ def test_subscribe_red_is_mapped_when_both_sides_have_it() -> None:
 async def test_build_offer_and_apply_aiortc_answer(make_pc: Callable[[], RTCPeerConnection]) -> None:
     audio_pub, video_pub = chrome_published()
     pub2 = negotiate_publish(parse_sdp(chrome_offer()), CodecPolicy.parse(["opus", "H264", "VP8"]))
-    h264_pub = PublishedTrack.from_publish("TRh", "carol", pub2.tracks[1])
+    h264_pub = TrackDescription.from_publish("TRh", "carol", pub2.tracks[1])
     tracks = [
         OutgoingTrack(audio_pub, 100),
         OutgoingTrack(video_pub, 200, 201),

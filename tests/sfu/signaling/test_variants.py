@@ -11,8 +11,8 @@ from sfu.signaling.sdp import (
     Direction,
     LocalParams,
     OutgoingTrack,
-    PublishedTrack,
     SubscribeTrack,
+    TrackDescription,
     apply_answer,
     build_answer,
     build_offer,
@@ -71,13 +71,13 @@ def test_h265_matches_by_profile() -> None:
     assert codecs_match(main, _codec("H265")) and not codecs_match(main, main10)
 
 
-def _published(video: list[Variant], codecs: list[str]) -> PublishedTrack:
+def _published(video: list[Variant], codecs: list[str]) -> TrackDescription:
     offer = variant_offer(UFRAG, PWD, FINGERPRINT, video, send=True, video_ssrc=1, audio_ssrc=2)
     neg = negotiate_publish(parse_sdp(offer), CodecPolicy.parse(codecs))
-    return PublishedTrack.from_publish("v", "pub", neg.tracks[0])
+    return TrackDescription.from_publish("v", "pub", neg.tracks[0])
 
 
-def _forwarded(track: SubscribeTrack, publisher: PublishedTrack) -> dict[int, int | None]:
+def _forwarded(track: SubscribeTrack, publisher: TrackDescription) -> dict[int, int | None]:
     """Publisher PT -> the PT the forwarder gives it: ``DownTrack.out_pt`` over the track's map."""
     table = track.out_payload_types
     out: dict[int, int | None] = {}
@@ -87,7 +87,7 @@ def _forwarded(track: SubscribeTrack, publisher: PublishedTrack) -> dict[int, in
     return out
 
 
-def _subscribe(publisher: PublishedTrack, video: list[Variant]) -> SubscribeTrack:
+def _subscribe(publisher: TrackDescription, video: list[Variant]) -> SubscribeTrack:
     offer = parse_sdp(variant_offer(UFRAG, PWD, FINGERPRINT, video, send=False))
     neg = negotiate_subscribe(offer, [OutgoingTrack(publisher, 5)], CodecPolicy.default(), cname="c")
     (track,) = neg.tracks
