@@ -9,7 +9,8 @@ from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
 
 
-async def test_publisher_reaches_two_subscribers(node: Node) -> None:
+async def test_publisher_reaches_two_subscribers(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sfu.routing.participant")
     room = "demo-1"
     pub = WhipPublisher(node.url, room, token(room, "alice"))
     await pub.connect()
@@ -23,6 +24,11 @@ async def test_publisher_reaches_two_subscribers(node: Node) -> None:
             assert s.logs["video"].gaps() == []
             assert s.logs["audio"].gaps() == []
             assert s.logs["video"].keyframes_at, "the subscriber's stream starts without a keyframe"
+        # viewers' joins are logged like publishers'
+        await wait_for(lambda: caplog.text.count("subscriber viewer-") == 2, 5, "the viewers' joins logged")
+        assert f"publisher alice connected in room {room}" in caplog.text, caplog.text
+        for i in range(2):
+            assert f"subscriber viewer-{i} connected in room {room} (2 track(s))" in caplog.text, caplog.text
     finally:
         for s in subs:
             await s.close()
@@ -46,20 +52,3 @@ async def test_mid_extension_carries_the_subscribers_mid(node: Node) -> None:
         await sub.close()
         await pub.close()
 
-
-async def test_viewers_joins_are_logged_like_publishers(node: Node, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="sfu.routing.participant")
-    room = "logged-1"
-    pub = WhipPublisher(node.url, room, token(room, "alice"))
-    sub = WhepSubscriber(node.url, room, token(room, "bob"))
-    try:
-        await pub.connect()
-        status, body = await sub.connect()
-        assert status == 201, body
-        await wait_for(lambda: sub.frames["video"] >= 5, 15, "frames")
-        await wait_for(lambda: "subscriber bob connected" in caplog.text, 5, "the viewer's join logged")
-        assert f"publisher alice connected in room {room}" in caplog.text, caplog.text
-        assert f"subscriber bob connected in room {room} (2 track(s))" in caplog.text, caplog.text
-    finally:
-        await sub.close()
-        await pub.close()
