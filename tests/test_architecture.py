@@ -25,7 +25,6 @@ PACKAGES = ("sfu", "control", "levelchat")
 #: cycles through typing-only imports still there; the API depending on a host protocol instead of
 #: ``sfu.node.Node`` (issue 16) removes the big one
 KNOWN_TYPING_CYCLES = {
-    frozenset({"sfu.transport.tcp", "sfu.transport.udp"}),
     frozenset({"sfu.routing.downtrack", "sfu.routing.simulcast", "sfu.routing.track"}),
     frozenset({
         "sfu.api.http", "sfu.api.participants", "sfu.api.rtc", "sfu.api.rtc_data", "sfu.api.rtc_ice",

@@ -32,9 +32,10 @@ from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing, key_of_address
+from sfu.transport.ports import Address
 from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
 from sfu.transport.tcp import TcpLink
-from sfu.transport.udp import SEND_LANE_DEPTH, Address, MediaPort
+from sfu.transport.udp import SEND_LANE_DEPTH, MediaPort
 
 log = logging.getLogger(__name__)
 

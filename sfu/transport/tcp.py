@@ -23,19 +23,17 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from pylibsrtp._binding import ffi
 
 from sfu import clock
-from sfu.counters import DropReason
-
-if TYPE_CHECKING:
-    from sfu.transport.udp import MediaPort
+from sfu.counters import DropReason, MediaCounters
+from sfu.transport.mmsg import SendRing
+from sfu.transport.ports import Address, DatagramPeer
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 #: the host part of a TCP connection's address starts with this
 TCP_PREFIX = "tcp:"
 #: the largest frame accepted (as the UDP port's receive buffer); 0 and larger close the connection
@@ -160,10 +158,27 @@ class TcpLink(asyncio.Protocol):
         self._server.forget(self)
 
 
+class TcpPortHost(Protocol):
+    """What the ICE-TCP server needs of the media port (``udp.MediaPort``): its counters, its send
+    ring and batch flush, its address bindings and its STUN handling, shared with UDP."""
+
+    counters: MediaCounters
+    out_ring: SendRing
+    tcp_links: dict[Address, TcpLink]
+
+    def flush(self) -> int: ...
+
+    def peer_at(self, addr: Address) -> DatagramPeer | None: ...
+
+    def unbind_address(self, addr: Address, peer: DatagramPeer) -> None: ...
+
+    def on_stun(self, data: bytes, addr: Address, now_ms: int, mapped: Address | None = None) -> None: ...
+
+
 class TcpMediaServer:
     """The listening socket and its connections, feeding the media port's demux."""
 
-    def __init__(self, port: MediaPort, host: str, tcp_port: int, limits: TcpLimits) -> None:
+    def __init__(self, port: TcpPortHost, host: str, tcp_port: int, limits: TcpLimits) -> None:
         self.port = port
         self.host = host
         self.requested_port = tcp_port

@@ -20,13 +20,10 @@ import errno
 import logging
 import socket
 import time
-from typing import Any, Protocol
 
 from sfu import clock
 from sfu.counters import DropReason, MediaCounters
 from sfu.transport.ice import (
-    BindingCheck,
-    IceCredentials,
     Keepalive,
     authenticate,
     binding_success,
@@ -41,11 +38,11 @@ from sfu.transport.mmsg import (
     gso_supported,
     key_of_address,
 )
+from sfu.transport.ports import Address, DatagramPeer
 from sfu.transport.tcp import TcpLink, is_tcp_address
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 BUFFER_SIZE = 2048
 RECV_BUDGET = 256
 #: datagrams per recvmmsg call (RECV_BUDGET is a multiple of it)
@@ -59,22 +56,6 @@ SEND_SLOT_SIZE = BUFFER_SIZE + 256
 #: one SRTP datagram in this many is timed for the forward-latency histogram
 LATENCY_SAMPLE = 64
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-
-
-class DatagramPeer(Protocol):
-    """What the port needs of a participant's transport."""
-
-    @property
-    def ice(self) -> IceCredentials: ...
-
-    @property
-    def remote_ufrag(self) -> str | None: ...
-
-    def on_ice_check(self, addr: Address, check: BindingCheck, now_ms: int) -> None: ...
-
-    def on_dtls(self, data: bytes, now_ms: int) -> None: ...
-
-    def on_srtp(self, cbuf: Any, view: memoryview, length: int, now_ms: int) -> None: ...
 
 
 class MediaPort:

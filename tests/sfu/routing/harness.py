@@ -23,8 +23,9 @@ from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import random_ice_string
 from sfu.transport.peer import CloseReason, PeerTransport, TransportState
+from sfu.transport.ports import Address
 from sfu.transport.srtp import SrtpContext, SrtpProfile
-from sfu.transport.udp import Address, MediaPort
+from sfu.transport.udp import MediaPort
 
 NODE_CERT = Certificate.generate()
 CLIENT_CERT = Certificate.generate()

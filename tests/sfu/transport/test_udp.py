@@ -19,7 +19,8 @@ from aioice import stun
 from sfu.counters import DropReason, MediaCounters
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import key_of_address
-from sfu.transport.udp import RECV_BUDGET, Address, MediaPort
+from sfu.transport.ports import Address
+from sfu.transport.udp import RECV_BUDGET, MediaPort
 from tests.sfu.routing.harness import RawClient, binding_request, open_port
 
 
