@@ -24,8 +24,8 @@ ENV PYTHONUNBUFFERED=1 \
     HEALTHCHECK_URL=http://127.0.0.1:7880/healthz
 USER levelchat
 WORKDIR /var/lib/levelchat
-# 7880: node HTTP (WHIP/WHEP/API/metrics), 7882/udp: media, 7700: control plane
-EXPOSE 7880 7882/udp 7700
+# 7880: node HTTP (WHIP/WHEP/API/metrics), 7882/udp: media, 7881/tcp: ICE-TCP media, 7700: control plane
+EXPOSE 7880 7881 7882/udp 7700
 # liveness of whichever process runs: the node's /healthz by default; a control-plane container
 # sets HEALTHCHECK_URL=http://127.0.0.1:7700/readyz (or /healthz)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -94,10 +94,14 @@ def test_two_nodes_and_two_control_plane_replicas_on_our_entry_points() -> None:
 def test_node_settings_load_and_nodes_do_not_collide() -> None:
     configs = {name: node_config(s) for name, s in services(NODE_ENTRY).items()}
     assert len({c.node_id for c in configs.values()}) == 2 and all(c.node_id for c in configs.values())
-    # each node's media ports: one per forwarding worker, media_port + i
-    ports = [p for c in configs.values() for p in (c.http_port, *range(c.media_port, c.media_port + c.worker_count))]
-    assert all(c.worker_count > 1 for c in configs.values())
-    assert len(set(ports)) == len(ports), ports
+    # host networking: each node's HTTP port and ICE-TCP ports (one per worker, tcp_port + i) are
+    # TCP ports of the one host, its media ports (media_port + i) UDP ports: none may be taken twice
+    tcp = [p for c in configs.values() for p in (
+        c.http_port, *(range(c.ice_tcp_port, c.ice_tcp_port + c.worker_count) if c.ice_tcp else ()))]
+    udp = [p for c in configs.values() for p in range(c.media_port, c.media_port + c.worker_count)]
+    assert all(c.worker_count > 1 and c.ice_tcp for c in configs.values())
+    assert len(set(tcp)) == len(tcp), sorted(tcp)
+    assert len(set(udp)) == len(udp), sorted(udp)
     for name, cfg in configs.items():
         assert not cfg.dev, name
         assert cfg.public_ip == OPERATOR_ENV["PUBLIC_IP"], name

@@ -89,5 +89,5 @@ def test_healthcheck_defaults_to_the_node_healthz() -> None:
 def test_exposes_the_default_ports() -> None:
     exposed = set(" ".join(rest for op, rest in final_stage() if op == "EXPOSE").split())
     node, control = NodeConfig(), ControlConfig()
-    assert exposed == {str(node.http_port), f"{node.media_port}/udp", str(control.port)}
+    assert exposed == {str(node.http_port), str(node.ice_tcp_port), f"{node.media_port}/udp", str(control.port)}
     assert ("STOPSIGNAL", "SIGTERM") in final_stage()

@@ -143,7 +143,7 @@ def test_sfu_daemonset_on_the_host_network(tmp_path: Path) -> None:
     assert (cfg.node_id, cfg.public_ip) == (POD_FIELDS["spec.nodeName"], POD_FIELDS["status.hostIP"])
     assert cfg.public_url == f"http://{POD_FIELDS['status.hostIP']}:{cfg.http_port}"
     ports = {(p["containerPort"], p.get("protocol", "TCP")) for p in container["ports"]}
-    assert ports == {(cfg.http_port, "TCP"), (cfg.media_port, "UDP")}
+    assert ports == {(cfg.http_port, "TCP"), (cfg.ice_tcp_port, "TCP"), (cfg.media_port, "UDP")}
     assert config_file_of(container["command"]) in mounted_files(workload, container, tmp_path)
 
 
