@@ -12,6 +12,7 @@ from typing import Any
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
 from levelchat.httpserver import HttpConfig
 from levelchat.webhooks.model import WebhookConfig
+from sfu.turn import TurnServer, validate_servers
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
 SRTP_PROFILE_NAMES = ("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80")
@@ -42,6 +43,10 @@ class NodeConfig(HttpConfig, WebhookConfig):
     tcp_max_connections_per_ip: int = 64
     tcp_bind_timeout_s: float = 5.0
     tcp_send_buffer_bytes: int = 131_072
+    #: TURN relays (coturn with ``use-auth-secret``): ``[{urls = ["turn:host:3478?transport=udp",
+    #: "turns:host:443?transport=tcp"], secret = "...", ttl_s = 3600}]``; each session is handed a
+    #: credential minted from the secret, valid ``ttl_s`` (``sfu.turn``)
+    turn_servers: tuple[TurnServer, ...] = ()
     #: the address put in ICE candidates (NAT 1:1); empty = media_host (must then be specific)
     public_ip: str = ""
     #: the URL clients and the control plane reach this node's HTTP API at; empty = derived
@@ -231,6 +236,7 @@ class NodeConfig(HttpConfig, WebhookConfig):
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be from {low} to {high}")
+        validate_servers(self.turn_servers)
         if not 0 < self.tcp_bind_timeout_s <= 3600:
             raise ConfigError(f"tcp_bind_timeout_s: {self.tcp_bind_timeout_s} must be positive (at most 3600)")
 

@@ -33,6 +33,7 @@ from sfu.transport.peer import CloseReason
 from sfu.transport.srtp import SrtpProfile
 from sfu.transport.tcp import TcpLimits, TcpMediaServer
 from sfu.transport.udp import MediaPort
+from sfu.turn import IceServer, mint_all
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
@@ -67,6 +68,7 @@ class Node(HttpBound):
         #: signed webhooks from the router's room events (sfu.api.webhooks)
         self.webhooks = NodeWebhooks(config)
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
+        self.turn_credentials_issued = 0
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -332,6 +334,13 @@ class Node(HttpBound):
             return False, f"self-check failing: {self.self_check_reason}"
         return True, "ok"
 
+    def ice_servers(self, identity: str) -> list[IceServer]:
+        """The TURN servers of the config, each with a credential minted now for ``identity``
+        (what a WHIP/WHEP ``201`` and a WebSocket ``join`` hand out); counted."""
+        servers = mint_all(self.config.turn_servers, identity, time.time())
+        self.turn_credentials_issued += len(servers)
+        return servers
+
     def _counter_values(self) -> dict[str, float]:
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
         failovers = self.agent.failovers if self.agent is not None else 0
@@ -341,6 +350,7 @@ class Node(HttpBound):
             "sfu_control_plane_failovers": failovers,
             "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
             "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
+            "sfu_turn_credentials_issued": self.turn_credentials_issued,
         }
 
     def _gauges(self) -> dict[str, Any]:

@@ -107,8 +107,10 @@ def _owner(claims: Claims, prefix: str, scopes: tuple[str, ...]) -> Owner:
     return Owner.of(claims, claims.identity or f"{prefix}-{secrets.token_hex(4)}", scopes)
 
 
-def _sdp_created(request: web.Request, kind: str, room: str, session_id: str, etag: str, answer: str) -> web.Response:
-    return web.Response(
+def _sdp_created(
+    request: web.Request, kind: str, room: str, session_id: str, etag: str, answer: str, identity: str
+) -> web.Response:
+    resp = web.Response(
         status=201,
         body=answer.encode(),
         headers={
@@ -117,6 +119,11 @@ def _sdp_created(request: web.Request, kind: str, room: str, session_id: str, et
             "ETag": etag,
         },
     )
+    # the TURN servers, with a credential minted for this session (RFC 9725 §4.6)
+    for server in _node(request).ice_servers(identity):
+        for value in server.link_values():
+            resp.headers.add("Link", value)
+    return resp
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
@@ -124,8 +131,9 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     offer = await _read_sdp(request)
     now = clock.now_ms()
     room = node.room_for_join(room_id, now)
-    session, answer = node.sessions.publish(room, _owner(claims, "whip", WHIP_SCOPES), claims.name, offer, now)
-    return _sdp_created(request, "whip", room_id, session.id, session.etag, answer)
+    owner = _owner(claims, "whip", WHIP_SCOPES)
+    session, answer = node.sessions.publish(room, owner, claims.name, offer, now)
+    return _sdp_created(request, "whip", room_id, session.id, session.etag, answer, owner.identity)
 
 
 async def whep_post(request: web.Request) -> web.StreamResponse:
@@ -136,11 +144,28 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
     now = clock.now_ms()
     room = node.existing_room(room_id, now)
-    session, answer = node.sessions.subscribe(room, _owner(claims, "whep", WHEP_SCOPES), target, offer, now)
-    resp = _sdp_created(request, "whep", room_id, session.id, session.etag, answer)
+    owner = _owner(claims, "whep", WHEP_SCOPES)
+    session, answer = node.sessions.subscribe(room, owner, target, offer, now)
+    resp = _sdp_created(request, "whep", room_id, session.id, session.etag, answer, owner.identity)
     for kind, code, _detail in session.refused:
         # a track the subscriber cannot decode: its section is answered inactive
         resp.headers.add(REFUSED_TRACK_HEADER, f"kind={kind}; code={code}")
+    return resp
+
+
+async def ice_servers_options(request: web.Request) -> web.StreamResponse:
+    """``OPTIONS /whip/{room}`` or ``/whep/{room}`` with the token a ``POST`` would carry: ``204``
+    with the TURN servers as ``Link: rel="ice-server"`` headers, credentials minted now, so a
+    client can configure its peer connection before it makes its offer (RFC 9725 §4.6 hands
+    them out in the ``201``, too late for the offer's candidates). A CORS preflight (an
+    ``OPTIONS`` with ``Access-Control-Request-Method``) is the CORS middleware's, not this."""
+    whip = request.path.startswith("/whip/")
+    node, _room_id, claims = _room_claims(request, *(WHIP_SCOPES if whip else WHEP_SCOPES))
+    identity = claims.identity or f"{'whip' if whip else 'whep'}-{secrets.token_hex(4)}"
+    resp = web.Response(status=204, headers={"Allow": "POST, OPTIONS"})
+    for server in node.ice_servers(identity):
+        for value in server.link_values():
+            resp.headers.add("Link", value)
     return resp
 
 
@@ -415,9 +440,11 @@ def create_app(node: Node) -> web.Application:
     app[NODE_KEY] = node
     r = app.router
     r.add_post("/whip/{room}", whip_post)
+    r.add_route("OPTIONS", "/whip/{room}", ice_servers_options)
     r.add_delete("/whip/{room}/{session}", session_delete)
     r.add_patch("/whip/{room}/{session}", session_patch)
     r.add_post("/whep/{room}", whep_post)
+    r.add_route("OPTIONS", "/whep/{room}", ice_servers_options)
     r.add_post("/whep/{room}/{identity}", whep_post)
     r.add_delete("/whep/{room}/{session}", session_delete)
     r.add_patch("/whep/{room}/{session}", session_patch)

@@ -194,6 +194,8 @@ class RtcSession:
             "participants": [_participant_view(p) for p in others],
             "can_publish": "room:publish" in self.claims.scopes,
             "can_subscribe": self.subscribes,
+            # the TURN servers, with a credential minted for this session (RTCIceServer shape)
+            "ice_servers": [s.to_json() for s in node.ice_servers(self.identity)],
         }
 
     async def publish(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -437,9 +437,11 @@ class Front(HttpBound):
         r = app.router
         creating, existing = self._room_route(creating=True), self._room_route(creating=False)
         r.add_post("/whip/{room}", creating)
+        r.add_route("OPTIONS", "/whip/{room}", creating)  # the TURN servers (Link headers) pass through
         r.add_delete("/whip/{room}/{session}", existing)
         r.add_patch("/whip/{room}/{session}", existing)
         r.add_post("/whep/{room}", existing)
+        r.add_route("OPTIONS", "/whep/{room}", existing)
         r.add_post("/whep/{room}/{identity}", existing)
         r.add_delete("/whep/{room}/{session}", existing)
         r.add_patch("/whep/{room}/{session}", existing)

@@ -108,11 +108,20 @@ class SendLoss:
 
 
 class WhipPublisher:
-    def __init__(self, base_url: str, room: str, token: str, *, video: bool = True, audio: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        room: str,
+        token: str,
+        *,
+        video: bool = True,
+        audio: bool = True,
+        config: RTCConfiguration = NO_ICE_SERVERS,
+    ) -> None:
         self.url = f"{base_url}/whip/{room}"
         self.base_url = base_url
         self.token = token
-        self.pc = RTCPeerConnection(NO_ICE_SERVERS)
+        self.pc = RTCPeerConnection(config)
         self.location: str | None = None
         self.tracks: list[MediaStreamTrack] = []
         if video:
@@ -179,10 +188,11 @@ class WhepSubscriber:
         video: bool = True,
         audio: bool = True,
         audio_first: bool = False,
+        config: RTCConfiguration = NO_ICE_SERVERS,
     ) -> None:
         self.url = f"{base_url}/whep/{room}"
         self.token = token
-        self.pc = RTCPeerConnection(NO_ICE_SERVERS)
+        self.pc = RTCPeerConnection(config)
         self.logs: dict[str, RtpLog] = {}
         self.frames: dict[str, int] = {"video": 0, "audio": 0}
         self.first_frame_at: dict[str, float] = {}

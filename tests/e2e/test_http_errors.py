@@ -236,7 +236,7 @@ def _cases() -> list[Case]:
         # routing
         Case("unknown route", "GET", "/nope", 404, "not_found", "/nope"),
         Case("unknown nested route", "POST", "/whip", 404, "not_found"),
-        Case("wrong method on whip", "GET", whip, 400, "bad_request", "not allowed", allow="POST"),
+        Case("wrong method on whip", "GET", whip, 400, "bad_request", "not allowed", allow="OPTIONS, POST"),
         Case("wrong method on rooms", "PUT", "/v1/rooms", 400, "bad_request", "not allowed", allow="GET, HEAD, POST"),
         Case("wrong method on health", "POST", "/healthz", 400, "bad_request", "not allowed", allow="GET, HEAD"),
         # rooms API
