@@ -27,6 +27,11 @@ function setState(panel, state) {
   badge.dataset.state = state;
 }
 
+/** "relay" when the page should reach the node through TURN only (the checkbox, or ?relay=1). */
+function policy() {
+  return $("relay-only").checked ? "relay" : "all";
+}
+
 function room() {
   const value = $("room").value.trim();
   if (!ROOM_RE.test(value)) throw new Error("the room must be 4 to 64 letters, digits or dashes");
@@ -112,10 +117,10 @@ async function start(panel) {
       stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
       $("publish-video").srcObject = stream;
       const videoCodec = $("publish-codec").value;
-      entry.session = await MediaSession.publish("", room(), token, stream, onState, { videoCodec });
+      entry.session = await MediaSession.publish("", room(), token, stream, onState, { videoCodec, iceTransportPolicy: policy() });
     } else {
       const target = $("watch-identity").value.trim();
-      const result = await MediaSession.watch("", room(), target, token, onState);
+      const result = await MediaSession.watch("", room(), target, token, onState, { iceTransportPolicy: policy() });
       entry.session = result.session;
       $("watch-video").srcObject = result.stream;
     }
@@ -140,4 +145,5 @@ for (const id of ["room", "identity", "dev-mode"]) $(id).addEventListener("input
 if (!$("identity").value) $("identity").value = `user-${Math.random().toString(16).slice(2, 6)}`;
 updateHint();
 window.addEventListener("pagehide", () => { leave("publish"); leave("watch"); });
+if (new URLSearchParams(window.location.search).get("relay") === "1") $("relay-only").checked = true;
 document.body.dataset.ready = "true";

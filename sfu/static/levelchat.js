@@ -111,6 +111,8 @@ export class Room extends Emitter {
     this._pending = new Map();
     this._offers = Promise.resolve(); // offers are answered one after the other
     this._closed = false;
+    /** The peer connections' RTCConfiguration: the join result's ice_servers (TURN) and the policy. */
+    this.rtcConfig = { bundlePolicy: "max-bundle", iceServers: [], iceTransportPolicy: "all" };
     ws.addEventListener("message", (ev) => this._onMessage(ev.data));
     ws.addEventListener("close", (ev) => this._onClose(ev));
   }
@@ -193,7 +195,7 @@ export class Room extends Emitter {
 
   _subscriber() {
     if (this.subscriber) return this.subscriber;
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection(this.rtcConfig);
     this._restartOnFailure(pc, () => this.call("restart_ice"));
     pc.addEventListener("track", (ev) => {
       const mid = ev.transceiver.mid;
@@ -220,7 +222,7 @@ export class Room extends Emitter {
 
   _publisher() {
     if (!this.publisher) {
-      this.publisher = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      this.publisher = new RTCPeerConnection(this.rtcConfig);
       this._restartOnFailure(this.publisher, () => this._offerPublisher({ iceRestart: true }));
     }
     return this.publisher;
@@ -386,10 +388,20 @@ function toError(error) {
  * Connect to a node and join the room named in the token.
  * @param {string} url the node's base URL ("http://127.0.0.1:7880")
  * @param {string} token a join token (room:join; room:publish and room:subscribe as needed)
- * @param {{name?: string, data?: boolean}} [options] data: false skips opening the data channels
+ * @param {{name?: string, data?: boolean, iceTransportPolicy?: "all"|"relay", iceServers?: RTCIceServer[]}} [options]
+ *   data: false skips opening the data channels; iceTransportPolicy: "relay" sends media through
+ *   TURN only; iceServers: instead of those the node hands out at join (its turn_servers, with
+ *   credentials minted for this session)
  * @returns {Promise<Room>} the joined room (room.participant, room.participants)
  */
 export async function connect(url, token, options = {}) {
+  const policy = options.iceTransportPolicy ?? "all";
+  if (policy !== "all" && policy !== "relay") {
+    throw new LevelChatError("config/invalid", `iceTransportPolicy must be "all" or "relay", not ${JSON.stringify(policy)}`);
+  }
+  if (options.iceServers !== undefined && !Array.isArray(options.iceServers)) {
+    throw new LevelChatError("config/invalid", "iceServers must be an array of RTCIceServer");
+  }
   const ws = new WebSocket(wsUrl(url, token));
   const room = new Room(ws);
   const refused = new Promise((_, reject) => room.on("error", reject));
@@ -413,6 +425,7 @@ export async function connect(url, token, options = {}) {
   room.participant = joined.participant;
   for (const p of joined.participants) room.participants.set(p.identity, p);
   room.joined = joined;
+  room.rtcConfig = { ...room.rtcConfig, iceServers: options.iceServers ?? joined.ice_servers ?? [], iceTransportPolicy: policy };
   if (options.data !== false) {
     // in the background, so that handlers the caller adds now see the first offer's tracks
     room.dataReady = room.openData().catch((err) => {

@@ -4,6 +4,10 @@
 // (the node is ICE-lite and puts its own candidate in the answer: no trickle needed);
 // the answer's `Location` is the session resource that `leave()` DELETEs and `restartIce()`
 // PATCHes (RFC 9725 §4.3.2); a session whose connection fails restarts ICE by itself.
+// TURN: before its offer, a session asks the endpoint for its ICE servers (an authenticated
+// `OPTIONS`, answered with `Link: <turn:...>; rel="ice-server"` headers carrying credentials
+// minted for it, RFC 9725 §4.6) and gives them to its RTCPeerConnection; `iceTransportPolicy:
+// "relay"` makes it use TURN alone.
 
 const SDP = "application/sdp";
 const SDPFRAG = "application/trickle-ice-sdpfrag";
@@ -43,6 +47,53 @@ export function withIceOf(sdp, fragment) {
   const pwd = /^a=ice-pwd:(\S+)/m.exec(fragment);
   if (!ufrag || !pwd) throw new Error("the node's fragment has no ICE credentials");
   return sdp.replace(/^a=ice-ufrag:\S+/gm, `a=ice-ufrag:${ufrag[1]}`).replace(/^a=ice-pwd:\S+/gm, `a=ice-pwd:${pwd[1]}`);
+}
+
+const LINK = /<([^>]*)>((?:\s*;\s*[a-zA-Z-]+="(?:[^"\\]|\\.)*")*)/g;
+const LINK_PARAM = /;\s*([a-zA-Z-]+)="((?:[^"\\]|\\.)*)"/g;
+
+/**
+ * The RTCIceServers of `Link` header values (fetch joins several with ", "): those with
+ * rel="ice-server", with their username and credential (RFC 9725 §4.6).
+ */
+export function iceServersFromLinks(header) {
+  const servers = [];
+  for (const [, url, params] of (header ?? "").matchAll(LINK)) {
+    const p = {};
+    for (const [, name, value] of params.matchAll(LINK_PARAM)) p[name.toLowerCase()] = value.replace(/\\(.)/g, "$1");
+    if (p.rel !== "ice-server") continue;
+    const server = { urls: url };
+    if (p.username !== undefined) server.username = p.username;
+    if (p.credential !== undefined) server.credential = p.credential;
+    servers.push(server);
+  }
+  return servers;
+}
+
+/** The ICE servers the endpoint at `url` hands out to `token` (none if it answers no OPTIONS). */
+export async function fetchIceServers(url, token) {
+  const response = await fetch(url, { method: "OPTIONS", headers: { Authorization: `Bearer ${token}` } });
+  if (response.status !== 204 && response.status !== 200) {
+    if (response.status === 401 || response.status === 403) throw await problemOf(response);
+    return [];
+  }
+  return iceServersFromLinks(response.headers.get("Link"));
+}
+
+const POLICIES = ["all", "relay"];
+
+/** The RTCConfiguration of a session: `options.iceServers` and `options.iceTransportPolicy`. */
+function rtcConfiguration(options) {
+  const policy = options.iceTransportPolicy ?? "all";
+  if (!POLICIES.includes(policy)) {
+    throw new NodeError(0, "config/invalid", `iceTransportPolicy must be "all" or "relay", not ${JSON.stringify(policy)}`);
+  }
+  return {
+    iceServers: options.iceServers ?? [],
+    iceTransportPolicy: policy,
+    bundlePolicy: "max-bundle",
+    rtcpMuxPolicy: "require",
+  };
 }
 
 async function problemOf(response) {
@@ -87,8 +138,9 @@ export class MediaSession {
    * @param {string} baseUrl the node's URL ("" for the page's own origin)
    * @param {string} token a join token for the room
    * @param {(state: string) => void} [onState] called with each connection state
+   * @param {{iceServers?: RTCIceServer[], iceTransportPolicy?: "all"|"relay"}} [options]
    */
-  constructor(kind, baseUrl, token, onState) {
+  constructor(kind, baseUrl, token, onState, options = {}) {
     this.kind = kind;
     this.baseUrl = baseUrl;
     this.token = token;
@@ -96,7 +148,8 @@ export class MediaSession {
     this.etag = null;
     this.restarts = 0;
     this._restarting = null;
-    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    this.config = rtcConfiguration(options);
+    this.pc = new RTCPeerConnection(this.config);
     this.onState = onState ?? (() => {});
     /** Called with what went wrong when a restart after a failure did not work (replaceable). */
     this.onError = (err) => console.error("levelchat: ICE restart failed", err);
@@ -111,12 +164,17 @@ export class MediaSession {
 
   /**
    * Publish every track of `stream` to `room` (WHIP).
-   * @param {{videoCodec?: string, videoEncodings?: RTCRtpEncodingParameters[]}} [options]
+   * @param {{videoCodec?: string, videoEncodings?: RTCRtpEncodingParameters[],
+   *   iceServers?: RTCIceServer[], iceTransportPolicy?: "all"|"relay"}} [options]
    *   videoCodec: offer only this video codec ("VP8", "VP9", "H264", "AV1"); default: all the browser has;
-   *   videoEncodings: the video sender's encodings (several with `rid`s: simulcast)
+   *   videoEncodings: the video sender's encodings (several with `rid`s: simulcast);
+   *   iceServers: default: those the endpoint hands out (OPTIONS); iceTransportPolicy: "relay" uses TURN only
    */
   static async publish(baseUrl, room, token, stream, onState, options = {}) {
-    const session = new MediaSession("whip", baseUrl, token, onState);
+    const path = `/whip/${encodeURIComponent(room)}`;
+    rtcConfiguration(options); // refuse a bad option before any request
+    const iceServers = options.iceServers ?? (await fetchIceServers(baseUrl + path, token));
+    const session = new MediaSession("whip", baseUrl, token, onState, { ...options, iceServers });
     try {
       for (const track of stream.getTracks()) {
         const init = { direction: "sendonly", streams: [stream] };
@@ -126,7 +184,7 @@ export class MediaSession {
           transceiver.setCodecPreferences(onlyCodec(options.videoCodec));
         }
       }
-      await session.negotiate(`/whip/${encodeURIComponent(room)}`);
+      await session.negotiate(path);
     } catch (err) {
       session.pc.close();
       throw err;
@@ -136,10 +194,13 @@ export class MediaSession {
 
   /**
    * Watch the room's current publisher, or the one named by `identity` (WHEP).
+   * @param {{iceServers?: RTCIceServer[], iceTransportPolicy?: "all"|"relay"}} [options] as for publish
    * @returns {Promise<{session: MediaSession, stream: MediaStream}>}
    */
-  static async watch(baseUrl, room, identity, token, onState) {
-    const session = new MediaSession("whep", baseUrl, token, onState);
+  static async watch(baseUrl, room, identity, token, onState, options = {}) {
+    rtcConfiguration(options);
+    const iceServers = options.iceServers ?? (await fetchIceServers(`${baseUrl}/whep/${encodeURIComponent(room)}`, token));
+    const session = new MediaSession("whep", baseUrl, token, onState, { ...options, iceServers });
     const stream = new MediaStream();
     session.pc.addEventListener("track", (event) => stream.addTrack(event.track));
     try {
@@ -165,6 +226,12 @@ export class MediaSession {
     if (response.status !== 201) throw await problemOf(response);
     this.location = response.headers.get("Location");
     this.etag = response.headers.get("ETag");
+    // the 201's ICE servers (fresh credentials) serve later ICE restarts
+    const servers = iceServersFromLinks(response.headers.get("Link"));
+    if (servers.length) {
+      this.config = { ...this.config, iceServers: servers };
+      this.pc.setConfiguration(this.config);
+    }
     const answer = await response.text();
     await this.pc.setRemoteDescription({ type: "answer", sdp: answer });
   }

@@ -83,13 +83,13 @@ class DemoPage:
     errors: list[str] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, browser: Browser, node_url: str) -> DemoPage:
+    async def open(cls, browser: Browser, node_url: str, query: str = "") -> DemoPage:
         context = await browser.new_context()
         page = await context.new_page()
         demo = cls(page)
         page.on("pageerror", lambda exc: demo.errors.append(f"page error: {exc}"))
         page.on("console", demo._console)
-        await page.goto(node_url + "/")
+        await page.goto(node_url + "/" + query)
         await page.wait_for_selector("body[data-ready=true]", timeout=5000)
         return demo
 

@@ -1,0 +1,69 @@
+"""Chromium through a real coturn: in a private network namespace where nftables drops every UDP
+packet the browser (run as ``nobody``) sends and the node offers no ICE-TCP, the demo page with
+``iceTransportPolicy: "relay"`` publishes and watches through coturn over TURN/TCP (3478) and
+over TURN/TLS on 443 with a self-signed certificate (Chromium started with
+``--ignore-certificate-errors``), and with the default policy falls back to TURN/TLS by itself
+after its UDP checks go unanswered; the node sees coturn's relayed addresses
+as its peers.
+
+The namespace runs ``tests/browser/turn_netns.py`` (coturn, node and browser together)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.demo_page import CHROMIUM
+from tests.coturn import TURNSERVER
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+    pytest.mark.skipif(not shutil.which("turnserver"), reason=f"{TURNSERVER} is missing: apt-get install coturn"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace and nftables need root"),
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("unshare", "nft", "setpriv", "ip")), reason="needs unshare, nft (nftables), setpriv, ip"
+    ),
+]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def in_namespace(*args: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.browser.turn_netns", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("flags", "protocol"),
+    [(("--tcp",), "tcp"), (("--tls",), "tls"), (("--tls", "--all"), "tls")],
+    ids=["turn-tcp-relay-policy", "turn-tls-443-relay-policy", "turn-tls-443-fallback"],
+)
+def test_chromium_publishes_and_watches_through_coturn_when_its_udp_is_dropped(flags: tuple[str, ...], protocol: str) -> None:
+    r = in_namespace(*flags)
+    assert (r["publish"], r["watch"]) == ("connected", "connected"), r
+    assert r["frames"] > 30, r
+    # the browser's selected pairs are relayed, over TCP or TLS to coturn
+    assert sorted(r["candidate_types"]) == [["publish", "relay", protocol], ["watch", "relay", protocol]], r
+    low, high = r["relay_ports"]
+    assert set(r["peers"]) == {"alice", "alice-viewer"}, r
+    for identity, addrs in r["peers"].items():
+        (addr,) = addrs
+        assert addr[0] == "127.0.0.1" and low <= addr[1] <= high, (identity, r)  # coturn's relayed address
+    if "--all" in flags:
+        assert r["udp_dropped"] > 0, r  # the browser did try its host UDP, and nftables dropped it
+    assert r["credentials_issued"] >= 2 and r["page_errors"] == [], r
