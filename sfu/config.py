@@ -237,6 +237,13 @@ class NodeConfig(HttpConfig, WebhookConfig):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be from {low} to {high}")
         validate_servers(self.turn_servers)
+        if not self.dev:
+            for server in self.turn_servers:
+                if len(server.secret) < MIN_SECRET_LENGTH:
+                    raise ConfigError(
+                        f"turn_servers: the secret of {server.urls[0]} is shorter than {MIN_SECRET_LENGTH} characters"
+                        " (anyone who guesses it can mint TURN credentials)"
+                    )
         if not 0 < self.tcp_bind_timeout_s <= 3600:
             raise ConfigError(f"tcp_bind_timeout_s: {self.tcp_bind_timeout_s} must be positive (at most 3600)")
 

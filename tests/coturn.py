@@ -111,6 +111,8 @@ class Coturn:
     tls_port: int = 0
     min_port: int = 0
     extra: tuple[str, ...] = ()
+    #: a turnserver.conf (deploy/'s) that the test's settings follow, and so override
+    base: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -153,7 +155,8 @@ class Coturn:
             "verbose",
             *self.extra,
         ]
-        return "\n".join(lines) + "\n"
+        head = self.base.read_text() + "\n" if self.base is not None else ""
+        return head + "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 20.0) -> Coturn:
         self.port = self.port or free_port()

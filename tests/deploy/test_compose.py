@@ -33,7 +33,10 @@ from tests.deploy.support import (
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 ENV_EXAMPLE = DEPLOY / "levelchat.env.example"
-OPERATOR_ENV = {"LEVELCHAT_API_SECRET": TEST_SECRET, "PUBLIC_IP": "203.0.113.7"}
+TURN_SECRET = "turn-" + TEST_SECRET
+OPERATOR_ENV = {
+    "LEVELCHAT_API_SECRET": TEST_SECRET, "PUBLIC_IP": "203.0.113.7", "TURN_SECRET": TURN_SECRET, "TURN_HOST": "turn.example.com",
+}
 
 
 def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -157,6 +160,36 @@ def test_compose_refuses_to_start_without_the_secret() -> None:
         compose({"PUBLIC_IP": "203.0.113.7"})
     with pytest.raises(MissingVariable, match="PUBLIC_IP"):
         compose({"LEVELCHAT_API_SECRET": TEST_SECRET})
+    for name in ("TURN_SECRET", "TURN_HOST"):
+        with pytest.raises(MissingVariable, match=name):
+            compose({k: v for k, v in OPERATOR_ENV.items() if k != name})
+
+
+def test_coturn_shares_the_secret_and_relays_to_the_nodes_only() -> None:
+    coturn = compose()["services"]["coturn"]
+    assert coturn["network_mode"] == "host" and coturn["image"].startswith("coturn/coturn:")
+    args = coturn["command"]
+    assert args[:2] == ["-c", "/etc/coturn/turnserver.conf"]
+    conf_path = mounted_files(coturn)["/etc/coturn/turnserver.conf"]
+    assert conf_path == DEPLOY / "config" / "turnserver.conf"
+    conf = dict(line.partition("=")[::2] for line in conf_path.read_text().splitlines() if line and not line.startswith("#"))
+    flags = dict(a.removeprefix("--").partition("=")[::2] for a in args[2:])
+    assert flags["static-auth-secret"] == TURN_SECRET
+    assert "/etc/coturn/tls" in [v.split(":")[1] for v in coturn["volumes"]]
+    assert conf["cert"].startswith("/etc/coturn/tls/") and conf["pkey"].startswith("/etc/coturn/tls/")
+    for name, service in services(NODE_ENTRY).items():
+        cfg = node_config(service)
+        (server,) = cfg.turn_servers
+        assert server.secret == TURN_SECRET, name
+        assert flags["allowed-peer-ip"] == cfg.public_ip, name  # the only peer coturn relays to
+        urls = {(u.secure, u.host, u.port, u.transport.value) for u in server.parsed_urls}
+        tcp, tls = int(conf["listening-port"]), int(conf["tls-listening-port"])
+        assert urls == {(False, "turn.example.com", tcp, "udp"), (False, "turn.example.com", tcp, "tcp"),
+                        (True, "turn.example.com", tls, "tcp")}, name
+        # coturn's ports are not the nodes' (host networking)
+        assert not {tcp, tls} & {cfg.http_port, *range(cfg.ice_tcp_port, cfg.ice_tcp_port + cfg.worker_count)}, name
+        relay = range(int(conf["min-port"]), int(conf["max-port"]) + 1)
+        assert not set(relay) & set(range(cfg.media_port, cfg.media_port + cfg.worker_count)), name
 
 
 def test_the_env_example_placeholder_is_refused_by_both_processes() -> None:
@@ -168,6 +201,10 @@ def test_the_env_example_placeholder_is_refused_by_both_processes() -> None:
     for service in services(CONTROL_ENTRY, example).values():
         with pytest.raises(ValueError, match="shorter than 32"):
             control_config(service)
+    assert example["TURN_SECRET"] == PLACEHOLDER_SECRET
+    for service in services(NODE_ENTRY, {**example, "LEVELCHAT_API_SECRET": TEST_SECRET}).values():
+        with pytest.raises(ConfigError, match="turn_servers: the secret of .* is shorter than 32"):
+            node_config(service)
 
 
 @pytest.mark.parametrize(

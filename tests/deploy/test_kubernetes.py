@@ -4,6 +4,7 @@ get (ConfigMap TOML, Secret, downward API, ``$(VAR)`` expansion) are accepted by
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -98,9 +99,13 @@ def mounted_files(workload: dict[str, Any], container: dict[str, Any], tmp: Path
             continue
         data = find("ConfigMap", ref["name"])["data"]
         for item in ref.get("items", [{"key": k, "path": k} for k in data]):
+            if "subPath" in mount and mount["subPath"] != item["path"]:
+                continue
             local = tmp / item["path"]
             local.write_text(data[item["key"]])
-            files[f"{mount['mountPath'].rstrip('/')}/{item['path']}"] = local
+            # a subPath mount puts that one file at mountPath itself
+            at = mount["mountPath"] if "subPath" in mount else f"{mount['mountPath'].rstrip('/')}/{item['path']}"
+            files[at] = local
     return files
 
 
@@ -130,7 +135,7 @@ def test_every_manifest_parses_and_kustomization_lists_them() -> None:
 
 def test_configmap_carries_the_same_toml_as_deploy_config() -> None:
     data = find("ConfigMap", "levelchat-config")["data"]
-    for name in ("sfu.toml", "control.toml"):
+    for name in ("sfu.toml", "control.toml", "turnserver.conf"):
         assert data[name] == (CONFIG_DIR / name).read_text(), name
 
 
@@ -145,6 +150,35 @@ def test_sfu_daemonset_on_the_host_network(tmp_path: Path) -> None:
     ports = {(p["containerPort"], p.get("protocol", "TCP")) for p in container["ports"]}
     assert ports == {(cfg.http_port, "TCP"), (cfg.ice_tcp_port, "TCP"), (cfg.media_port, "UDP")}
     assert config_file_of(container["command"]) in mounted_files(workload, container, tmp_path)
+
+
+def test_coturn_daemonset_shares_the_secret_and_relays_to_the_sfu_hosts_only(tmp_path: Path) -> None:
+    workload = find("DaemonSet", "levelchat-coturn")
+    pod = workload["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sfu_workload, _ = container_running(NODE_ENTRY)
+    assert pod["hostNetwork"] is True
+    assert pod["nodeSelector"] == sfu_workload["spec"]["template"]["spec"]["nodeSelector"]  # beside every node
+    env = pod_env(container)
+    args = [re.sub(r"\$\(([A-Za-z_]+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+    assert args[:2] == ["-c", "/etc/coturn/turnserver.conf"]
+    flags = dict(a.removeprefix("--").partition("=")[::2] for a in args[2:])
+    cfg = sfu_config(tmp_path)
+    (server,) = cfg.turn_servers
+    assert flags["static-auth-secret"] == server.secret == TEST_SECRET
+    low, _, high = flags["allowed-peer-ip"].partition("-")
+    assert ipaddress.ip_address(low) <= ipaddress.ip_address(POD_FIELDS["status.hostIP"]) <= ipaddress.ip_address(high)
+    files = mounted_files(workload, container, tmp_path)
+    conf = dict(line.partition("=")[::2] for line in files["/etc/coturn/turnserver.conf"].read_text().splitlines()
+                if line and not line.startswith("#"))
+    ports = {(p["containerPort"], p["protocol"]) for p in container["ports"]}
+    tcp, tls = int(conf["listening-port"]), int(conf["tls-listening-port"])
+    assert ports == {(tcp, "UDP"), (tcp, "TCP"), (tls, "TCP")}
+    assert {(u.port, u.secure) for u in server.parsed_urls} == {(tcp, False), (tls, True)}
+    tls_volume = next(v for v in pod["volumes"] if "secret" in v)
+    tls_mount = next(m for m in container["volumeMounts"] if m["name"] == tls_volume["name"])
+    paths = {f"{tls_mount['mountPath']}/{i['path']}" for i in tls_volume["secret"]["items"]}
+    assert paths == {conf["cert"], conf["pkey"]}
 
 
 @pytest.mark.parametrize("entry", [NODE_ENTRY, CONTROL_ENTRY])

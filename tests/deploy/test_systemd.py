@@ -109,3 +109,27 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     complaints = [line for line in (result.stdout + result.stderr).splitlines()
                   if line.strip() and "is not executable: No such file or directory" not in line]
     assert not complaints, "\n".join(complaints)
+
+
+def test_the_node_env_example_names_turn_servers_with_the_coturn_example_secret() -> None:
+    s = unit("levelchat-sfu.service")["Service"]
+    argv = split_command(s["ExecStart"])
+    env = example_env(s)
+    (server,) = node_config_for(argv, with_secret(env), local_files(argv)).turn_servers
+    coturn = dict(line.partition("=")[::2] for line in (UNITS / "turnserver.conf").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert coturn["static-auth-secret"] == PLACEHOLDER_SECRET and PLACEHOLDER_SECRET in env["LEVELCHAT_SFU_TURN_SERVERS"]
+    tcp, tls = int(coturn["listening-port"]), int(coturn["tls-listening-port"])
+    assert {(u.port, u.secure, u.transport.value) for u in server.parsed_urls} == {(tcp, False, "udp"), (tcp, False, "tcp"), (tls, True, "tcp")}
+    # the placeholder TURN secret alone is refused too
+    api_only = {k: v if k == "LEVELCHAT_SFU_TURN_SERVERS" else with_secret({k: v})[k] for k, v in env.items()}
+    with pytest.raises(ConfigError, match="turn_servers: the secret of .* is shorter than 32"):
+        node_config_for(argv, api_only, local_files(argv))
+
+
+def test_the_coturn_drop_in_lets_debian_s_unit_bind_443() -> None:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((UNITS / "coturn.service.d" / "levelchat.conf").read_text())
+    s = parser["Service"]
+    assert s["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE" and int(s["LimitNOFILE"]) >= 65536

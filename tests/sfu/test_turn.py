@@ -38,18 +38,26 @@ from sfu.turn import (
 from tests.coturn import TURNSERVER, Coturn
 
 KEYS = {"LEVELCHAT_SFU_API_KEYS": "k1=s1-" + "x" * 32}
-GOOD = {"urls": ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:443?transport=tcp"], "secret": "s3cret"}
+SECRET = "s3cret-" + "x" * 32
+GOOD = {"urls": ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:443?transport=tcp"], "secret": SECRET}
 needs_coturn = pytest.mark.skipif(not shutil.which("turnserver"), reason=f"{TURNSERVER} is missing: apt-get install coturn")
 
 
 def test_turn_servers_load_from_the_file_the_environment_and_flags(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
-    path.write_text('[[turn_servers]]\nurls = ["turn:10.0.0.5"]\nsecret = "abc"\nttl_s = 600\n')
+    path.write_text(f'[[turn_servers]]\nurls = ["turn:10.0.0.5"]\nsecret = "{SECRET}"\nttl_s = 600\n')
     cfg = load(file=str(path), environ=KEYS)
-    assert cfg.turn_servers == (TurnServer(urls=("turn:10.0.0.5",), secret="abc", ttl_s=600),)
-    env = {**KEYS, "LEVELCHAT_SFU_TURN_SERVERS": '[{"urls": ["turns:t.example:5349"], "secret": "x"}]'}
-    assert load(environ=env).turn_servers == (TurnServer(urls=("turns:t.example:5349",), secret="x", ttl_s=3600),)
+    assert cfg.turn_servers == (TurnServer(urls=("turn:10.0.0.5",), secret=SECRET, ttl_s=600),)
+    env = {**KEYS, "LEVELCHAT_SFU_TURN_SERVERS": f'[{{"urls": ["turns:t.example:5349"], "secret": "{SECRET}"}}]'}
+    assert load(environ=env).turn_servers == (TurnServer(urls=("turns:t.example:5349",), secret=SECRET, ttl_s=3600),)
     assert load(environ=KEYS).turn_servers == ()
+
+
+def test_a_short_turn_secret_is_refused_outside_dev_mode() -> None:
+    server = {"urls": ["turn:10.0.0.5"], "secret": "change-me"}
+    with pytest.raises(ConfigError, match="turn_servers: the secret of turn:10.0.0.5 is shorter than 32 characters"):
+        load(environ=KEYS, flags={"turn_servers": [server]})
+    assert load(dev=True, environ={}, flags={"turn_servers": [server]}).turn_servers[0].secret == "change-me"
 
 
 @pytest.mark.parametrize(
@@ -116,7 +124,7 @@ def test_credentials_are_those_of_the_turn_rest_api() -> None:
     ice = mint(server, "alice", now_s=1_000_000.7)
     assert ice.username == "1000600:alice"
     expected = base64.b64encode(hmac.new(b"s3cret", b"1000600:alice", hashlib.sha1).digest()).decode()
-    assert ice.credential == expected == credential_for("s3cret", "1000600:alice")
+    assert ice.credential == expected == credential_for("s3cret", "1000600:alice") == "WArXTW1V1HCEEN+krrm2umr8b4c="  # openssl dgst -sha1 -hmac s3cret -binary | base64
     assert ice.to_json() == {"urls": list(GOOD["urls"]), "username": "1000600:alice", "credential": expected}
     assert mint_all((server, server), "bob", 0.0)[1].username == "600:bob"
 
