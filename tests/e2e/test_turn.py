@@ -3,7 +3,8 @@ clients that may use nothing but relay candidates publish and watch through it.
 
 - WHIP/WHEP ``201`` answers and an authenticated ``OPTIONS`` carry one ``Link: rel="ice-server"``
   per TURN URL (RFC 9725 §4.6), the WebSocket ``join`` result ``ice_servers``; a node without
-  ``turn_servers`` hands out none; the metric counts the credentials issued.
+  ``turn_servers`` hands out none; the metric counts the credentials issued; a multi-worker
+  node's front passes them all through.
 - An aiortc publisher and viewer whose only candidates are relayed (no host addresses to gather:
   ``get_host_addresses`` returns nothing) take the ICE servers from the ``OPTIONS`` answer's
   ``Link`` headers, over TURN/UDP and over TURN/TCP: frames flow, and the node sees coturn's
@@ -12,10 +13,14 @@ clients that may use nothing but relay candidates publish and watch through it.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer
@@ -25,6 +30,7 @@ from sfu.turn import IceServer, TurnUrl, credential_for, parse_link
 from tests.coturn import TURNSERVER, Coturn
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import public_participants, token
+from tests.e2e.procs import Procs
 from tests.e2e.test_http_errors import call
 from tests.e2e.test_ice_tcp import metric
 from tests.e2e.test_rtc_signaling import RtcClient
@@ -84,7 +90,6 @@ async def test_whip_whep_options_and_join_hand_out_minted_credentials(node_facto
 
     client = RtcClient(node, "turn-room", "dave")
     try:
-        await client.connect()
         joined = await client.join()
         (ice,) = joined["ice_servers"]
         assert ice["urls"] == urls and ice["username"].endswith(":dave")
@@ -106,10 +111,44 @@ async def test_a_node_without_turn_servers_hands_out_none(node: Node) -> None:
     assert opts.status == 204 and "Link" not in opts.headers
     client = RtcClient(node, "turn-room", "dave")
     try:
-        await client.connect()
         assert (await client.join())["ice_servers"] == []
     finally:
         await client.close()
+
+
+async def test_a_multi_worker_front_passes_them_through(tmp_path: Path, coturn: Coturn) -> None:
+    """The workers mint; the front forwards OPTIONS and passes every Link header and the join
+    result through unchanged."""
+    procs = Procs(tmp_path)
+    try:
+        env = {"LEVELCHAT_SFU_TURN_SERVERS": json.dumps(turn_servers(coturn))}
+        front = procs.node("turn-front", None, env=env, extra_args=("--workers", "2"))
+        await front.wait_healthy()
+        room = "turn-front-room"
+        async with aiohttp.ClientSession() as http:
+            auth = {"Authorization": f"Bearer {token(room, 'alice')}"}
+            async with http.options(f"{front.url}/whip/{room}", headers=auth) as resp:
+                assert resp.status == 204, await resp.text()
+                servers = links(resp.headers)
+            pub = WhipPublisher(front.url, room, token(room, "alice"))
+            try:
+                await pub.connect(timeout=20)
+                async with http.options(f"{front.url}/whep/{room}", headers={"Authorization": f"Bearer {token(room, 'bob')}"}) as resp:
+                    assert resp.status == 204, await resp.text()
+                    viewer = links(resp.headers)
+            finally:
+                await pub.close()
+        assert [s.urls[0] for s in servers] == turn_servers(coturn)[0]["urls"] == [s.urls[0] for s in viewer]
+        assert {s.username.split(":")[1] for s in servers} == {"alice"} and {s.username.split(":")[1] for s in viewer} == {"bob"}
+        assert all(s.credential == credential_for(coturn.secret, s.username) for s in servers + viewer)
+        client = RtcClient(SimpleNamespace(url=front.url), room, "carol")  # type: ignore[arg-type]
+        try:
+            (ice,) = (await client.join())["ice_servers"]
+            assert ice["username"].endswith(":carol") and ice["credential"] == credential_for(coturn.secret, ice["username"])
+        finally:
+            await client.close()
+    finally:
+        procs.stop_all()
 
 
 def relay_only(servers: list[IceServer], transport: str) -> RTCConfiguration:

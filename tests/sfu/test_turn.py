@@ -215,3 +215,13 @@ def test_coturn_refuses_a_wrong_or_expired_credential(coturn: Coturn, secret: st
     with pytest.raises(stun.TransactionFailed) as info:
         asyncio.run(_allocate(coturn, ice, "udp"))
     assert info.value.response.attributes["ERROR-CODE"][0] == 401, info.value.response
+
+
+@needs_coturn
+def test_coturn_takes_two_secrets_while_one_is_rotated(tmp_path: Path) -> None:
+    """docs/operations.md: add the new static-auth-secret, switch the nodes, drop the old one."""
+    new = "n3w-" + "y" * 32
+    with Coturn(tmp_path, extra=(f"static-auth-secret={new}",)) as c:
+        for secret in (c.secret, new):
+            ice = mint(TurnServer(urls=("turn:127.0.0.1",), secret=secret, ttl_s=300), "alice", time.time())
+            assert asyncio.run(_allocate(c, ice, "udp"))[1] in c.relay_ports
