@@ -46,13 +46,13 @@ class RoomPage:
         self.errors: list[str] = []
 
     @classmethod
-    async def open(cls, browser: Browser, node: Node, identity: str) -> RoomPage:
+    async def open(cls, browser: Browser, node: Node, identity: str, query: str = "") -> RoomPage:
         context = await browser.new_context()
         page = await context.new_page()
         rp = cls(page, identity)
         page.on("pageerror", lambda exc: rp.errors.append(f"page error: {exc}"))
         page.on("console", rp._console)
-        await page.goto(node.url + "/static/room.html")
+        await page.goto(node.url + "/static/room.html" + query)
         await page.wait_for_selector("body[data-ready=true]", timeout=5000)
         return rp
 

@@ -4,7 +4,8 @@ packet the browser (run as ``nobody``) sends and the node offers no ICE-TCP, the
 over TURN/TLS on 443 with a self-signed certificate (Chromium started with
 ``--ignore-certificate-errors``), and with the default policy falls back to TURN/TLS by itself
 after its UDP checks go unanswered; the node sees coturn's relayed addresses
-as its peers.
+as its peers.  Two participants of ``room.html`` (``levelchat.js``, relay policy) do the same
+with the ICE servers of their ``join`` result.
 
 The namespace runs ``tests/browser/turn_netns.py`` (coturn, node and browser together)."""
 
@@ -67,3 +68,16 @@ def test_chromium_publishes_and_watches_through_coturn_when_its_udp_is_dropped(f
     if "--all" in flags:
         assert r["udp_dropped"] > 0, r  # the browser did try its host UDP, and nftables dropped it
     assert r["credentials_issued"] >= 2 and r["page_errors"] == [], r
+
+
+def test_sdk_participants_see_each_other_through_coturn_over_tls() -> None:
+    """``levelchat.js`` with ``iceTransportPolicy: "relay"`` uses the join result's ice_servers:
+    both participants' publisher and subscriber transports are coturn's relayed addresses."""
+    r = in_namespace("--tls", "--sdk")
+    assert r["frames"] >= 30, r
+    low, high = r["relay_ports"]
+    assert set(r["peers"]) == {"ann", "ben"}, r
+    for identity, addrs in r["peers"].items():
+        assert len(addrs) == 2, (identity, r)  # publisher and subscriber
+        assert all(a[0] == "127.0.0.1" and low <= a[1] <= high for a in addrs), (identity, r)
+    assert r["credentials_issued"] == 2 and r["page_errors"] == [], r  # one per join

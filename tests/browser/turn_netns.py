@@ -6,7 +6,9 @@ the default policy, so the browser tries its host UDP first, which is dropped).
 The browser can reach the node only through coturn over TCP: TURN over TCP on 3478
 (``--tcp``), or TURN over TLS on 443 (``--tls``, coturn's certificate self-signed: Chromium is
 started with ``--ignore-certificate-errors``).  coturn (root) relays to the node's UDP port.
-``python -m tests.browser.turn_netns --tcp|--tls [--all]`` prints one JSON line: the panels' states,
+With ``--sdk``, two participants of ``room.html?relay=1`` (``levelchat.js``, the ICE servers of
+the ``join`` result) instead.
+``python -m tests.browser.turn_netns --tcp|--tls [--all] [--sdk]`` prints one JSON line: the panels' states,
 frames decoded, the node's peers' addresses, coturn's relay port range, UDP packets dropped.
 ``test_browser_turn`` runs it.
 """
@@ -26,6 +28,7 @@ from sfu.config import load
 from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM_ARGS, DemoPage
 from tests.browser.ice_tcp_netns import isolate, state_within, udp_dropped, wrapper
+from tests.browser.test_browser_room import RoomPage
 from tests.coturn import Coturn
 
 TURN_PORT = 3478
@@ -64,7 +67,17 @@ async def demo(node: Node, browser: Any, room: str, relay: bool, result: dict[st
     result["page_errors"] = page.errors[:5]
 
 
-async def run(tls: bool, relay: bool) -> dict[str, Any]:
+async def sdk(node: Node, browser: Any, room: str, result: dict[str, Any]) -> None:
+    """Two participants of ``room.html?relay=1`` (``levelchat.js``: join's ice_servers, relay policy)."""
+    pages = [await RoomPage.open(browser, node, name, "?relay=1") for name in ("ann", "ben")]
+    for p in pages:
+        await p.join(room)
+    stats = [await p.wait_receiving([o.identity for o in pages if o is not p], timeout_s=40) for p in pages]
+    result["frames"] = min(s[k]["framesDecoded"] for s in stats for k in s if k.endswith("/video"))
+    result["page_errors"] = [e for p in pages for e in p.errors][:5]
+
+
+async def run(tls: bool, relay: bool, mode: str) -> dict[str, Any]:
     isolate()
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +97,10 @@ async def run(tls: bool, relay: bool) -> dict[str, Any]:
                 async with async_playwright() as p:
                     browser = await p.chromium.launch(executable_path=str(exe), headless=True, args=args)
                     try:
-                        await demo(node, browser, "turn-browser", relay, result)
+                        if mode == "sdk":
+                            await sdk(node, browser, "turn-sdk", result)
+                        else:
+                            await demo(node, browser, "turn-browser", relay, result)
                         result["peers"] = {
                             p.identity: [list(t.addr) if t.addr else None for t in (p.publisher, p.subscriber) if t is not None]
                             for p in node.router.participants.values()
@@ -103,7 +119,8 @@ async def run(tls: bool, relay: bool) -> dict[str, Any]:
 
 def main() -> int:
     args = sys.argv[1:]
-    result = asyncio.run(run(tls="--tls" in args, relay="--all" not in args))
+    mode = "sdk" if "--sdk" in args else "demo"
+    result = asyncio.run(run(tls="--tls" in args, relay="--all" not in args, mode=mode))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
