@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.demo_page import CHROMIUM
+from sfu.turn import credential_for
+from tests.browser.demo_page import CHROMIUM, DemoPage
 from tests.coturn import TURNSERVER
 
 pytestmark = [
@@ -81,3 +82,52 @@ def test_sdk_participants_see_each_other_through_coturn_over_tls() -> None:
         assert len(addrs) == 2, (identity, r)  # publisher and subscriber
         assert all(a[0] == "127.0.0.1" and low <= a[1] <= high for a in addrs), (identity, r)
     assert r["credentials_issued"] == 2 and r["page_errors"] == [], r  # one per join
+
+
+_OPTIONS_JS = """
+async ([room]) => {
+  const { MediaSession, iceServersFromLinks, fetchIceServers } = await import("/static/whip.js");
+  const { connect } = await import("/static/levelchat.js");
+  const { mintDevToken } = await import("/static/devtoken.js");
+  const all = ["room:join", "room:publish", "room:subscribe"];
+  const token = await mintDevToken({ room, identity: "opt", scopes: all });
+  const code = async (promise) => { try { await promise; return "resolved"; } catch (e) { return e.code ?? String(e); } };
+  const stream = new MediaStream();
+  const room1 = await connect(location.origin, await mintDevToken({ room, identity: "sdk", scopes: all }), { data: false });
+  const out = {
+    parsed: iceServersFromLinks(
+      '<turn:h:1?transport=udp>; rel="ice-server"; username="7:a\\\\"b"; credential="c\\\\\\\\d="; credential-type="password", ' +
+      '<https://example.com/>; rel="next", <turns:h:443?transport=tcp>; rel="ice-server"; username="u"; credential="p"'),
+    fetched: await fetchIceServers(`/whip/${room}`, token),
+    whipBadPolicy: await code(MediaSession.publish("", room, token, stream, null, { iceTransportPolicy: "bogus" })),
+    whepBadPolicy: await code(MediaSession.watch("", room, "", token, null, { iceTransportPolicy: 7 })),
+    sdkBadPolicy: await code(connect(location.origin, token, { iceTransportPolicy: "relay-only" })),
+    sdkBadServers: await code(connect(location.origin, token, { iceServers: "turn:x" })),
+    sdkConfig: room1.rtcConfig,
+  };
+  room1.leave?.();
+  return out;
+}
+"""
+
+
+async def test_the_pages_read_link_headers_and_refuse_a_bad_ice_transport_policy(node_factory: Any, browser: Any) -> None:
+    """Without a namespace: ``whip.js`` parses ``Link`` headers (escapes, other rels skipped) and
+    fetches the node's via ``OPTIONS``; ``whip.js`` and ``levelchat.js`` refuse an
+    ``iceTransportPolicy`` other than "all" or "relay" (``config/invalid``); ``connect`` takes the
+    join result's ``ice_servers``."""
+    secret = "s" * 40
+    urls = ["turn:127.0.0.1:3478?transport=udp", "turns:127.0.0.1:443?transport=tcp"]
+    node = await node_factory(turn_servers=[{"urls": urls, "secret": secret}])
+    page = await DemoPage.open(browser, node.url)
+    r = await page.page.evaluate(_OPTIONS_JS, ["turn-options"])
+    assert r["parsed"] == [
+        {"urls": "turn:h:1?transport=udp", "username": '7:a"b', "credential": "c\\d="},
+        {"urls": "turns:h:443?transport=tcp", "username": "u", "credential": "p"},
+    ], r
+    assert [s["urls"] for s in r["fetched"]] == urls and all(s["username"].endswith(":opt") for s in r["fetched"]), r
+    assert all(s["credential"] == credential_for(secret, s["username"]) for s in r["fetched"]), r
+    assert (r["whipBadPolicy"], r["whepBadPolicy"], r["sdkBadPolicy"], r["sdkBadServers"]) == ("config/invalid",) * 4, r
+    (ice,) = r["sdkConfig"]["iceServers"]
+    assert ice["urls"] == urls and ice["username"].endswith(":sdk") and r["sdkConfig"]["iceTransportPolicy"] == "all", r
+    assert node.turn_credentials_issued == 2, node.turn_credentials_issued  # OPTIONS and the one join
