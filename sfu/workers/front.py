@@ -437,7 +437,8 @@ class Front(HttpBound):
         r = app.router
         creating, existing = self._room_route(creating=True), self._room_route(creating=False)
         r.add_post("/whip/{room}", creating)
-        r.add_route("OPTIONS", "/whip/{room}", creating)  # the TURN servers (Link headers) pass through
+        # the TURN servers (Link headers, minted by a worker) pass through; an OPTIONS places no room
+        r.add_route("OPTIONS", "/whip/{room}", existing)
         r.add_delete("/whip/{room}/{session}", existing)
         r.add_patch("/whip/{room}/{session}", existing)
         r.add_post("/whep/{room}", existing)
