@@ -6,9 +6,17 @@ one RTP stream per layer, each with its own SSRC that the offer does not name: e
 header extension of its first packets.  The layers of one media section form a
 ``SimulcastGroup``; a subscriber receives one layer at a time.
 
-Ranking (low to high quality): by the a=rid restrictions (max-width x max-height, else max-br)
-when every layer has them; otherwise the offer's order (low first, as "q", "h", "f") until the
-packet rates measured per layer give a ranking (a higher layer sends more packets per frame).
+Ranking (low to high quality), never by the offer's order alone (Firefox lists its encodings
+high first: f, h, q): by what each layer carries, the coded size of its keyframes (width x
+height, read by ``PublishedTrack`` from each keyframe it looks at: a layer's first, and those
+subscribers wait for), when every layer has shown one; ties (or sizes not known yet) by the a=rid
+restrictions (max-width x max-height, else max-br) when every layer has them; then by the packet
+rates measured per layer (a higher layer sends more packets per frame), once they tell the
+layers apart; last by the offer's order (low first, as "q", "h", "f").  A keyframe of a new size
+(an encoder that scales a layer down under a bandwidth limit) re-ranks at once; a layer whose
+packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again (a new size comes
+with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
+encoding: ``set_layer`` and WHEP layer requests keep their meaning.
 
 Choice: a downtrack's ``target_rid`` (None: the highest layer); the best *active* layer at or
 below the target, else the lowest active one above it, else the target itself (waiting for it).
@@ -37,6 +45,8 @@ HDREXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 RATE_WEIGHT = 0.5
 #: a measured ranking replaces the current one only when each step up is at least this much faster
 RANK_MARGIN = 1.2
+#: a layer whose packet rate moved this much since its size was last read has its next keyframe read
+RECHECK_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -88,21 +98,22 @@ class SimulcastGroup:
         self.layers = list(layers)  # the offer's order
         self.mid = layers[0].mid
         restrictions = restrictions or [RidRestrictions()] * len(layers)
-        keys = [r.rank_key for r in restrictions]
+        self._restriction_keys = [r.rank_key for r in restrictions]
+        self.ranked_by_restrictions = all(k is not None for k in self._restriction_keys)
+        #: positions in the offer, by measured packet rate (low first) once the rates told them apart
+        self._rate_order: list[int] | None = None
         #: low to high quality
         self.ranked: list[PublishedTrack] = list(layers)
-        self.ranked_by_restrictions = all(k is not None for k in keys)
-        if self.ranked_by_restrictions:
-            order = sorted(range(len(layers)), key=lambda i: (keys[i], i))
-            self.ranked = [layers[i] for i in order]
         self.subscribers: list[DownTrack] = []
         self._seen = [0] * len(layers)  # packets counted at the last tick
         self._active: list[bool | None] = [None] * len(layers)  # None: not sampled yet
         self._rate = [0.0] * len(layers)  # packets per second, averaged
         self._peak = [0.0] * len(layers)
+        self._checked_rate = [0.0] * len(layers)  # the packet rate when the size was last looked for
         self._sampled_ms = now_ms
         for layer in layers:
             layer.group = self
+        self._rerank()
 
     @property
     def primary(self) -> PublishedTrack:
@@ -173,8 +184,14 @@ class SimulcastGroup:
             rate = delta * 1000 / elapsed
             self._rate[i] = rate if self._peak[i] == 0 else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self._rate[i]
             self._peak[i] = max(self._peak[i], self._rate[i])
-        if not self.ranked_by_restrictions:
-            self._rank_by_rate()
+            checked = self._checked_rate[i]
+            if not checked:
+                self._checked_rate[i] = self._rate[i]  # the first rate: the first keyframe is read anyway
+            elif not checked * RECHECK_RATIO >= self._rate[i] >= checked / RECHECK_RATIO:
+                self._checked_rate[i] = self._rate[i]
+                layer.keyframe_pending = True  # its next keyframe's size is read
+        self._rank_by_rate()
+        self._rerank()
         self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
         for dt in self.subscribers:
             chosen = self.choose(dt.target_rid)
@@ -188,15 +205,46 @@ class SimulcastGroup:
         if not all(peaks):
             return  # a layer never sent yet: keep the order we have
         order = sorted(range(len(self.layers)), key=lambda i: (peaks[i], i))
-        ranked = [self.layers[i] for i in order]
-        if ranked == self.ranked:
-            return
-        if all(peaks[b] >= RANK_MARGIN * peaks[a] for a, b in zip(order, order[1:], strict=False)):
-            self.ranked = ranked
+        if order != self._rate_order and all(
+            peaks[b] >= RANK_MARGIN * peaks[a] for a, b in zip(order, order[1:], strict=False)
+        ):
+            self._rate_order = order
+
+    def resized(self) -> None:
+        """A layer's keyframe showed a new size (``PublishedTrack``): rank again.  Subscribers
+        move at the next ``tick``."""
+        self._rerank()
+
+    def _rerank(self) -> None:
+        """Rank by size, then restrictions, then measured packet rate, then the offer's order; each
+        criterion counts only when every layer has it."""
+        layers = self.layers
+        by_size = all(layer.width and layer.height for layer in layers)
+        restrictions = self._restriction_keys
+        rate_rank = [0] * len(layers)
+        if self._rate_order is not None:
+            for rank, i in enumerate(self._rate_order):
+                rate_rank[i] = rank
+
+        def key(i: int) -> tuple[int, tuple[int, int], int, int]:
+            layer = layers[i]
+            pixels = layer.width * layer.height if by_size else 0
+            restricted = restrictions[i] if self.ranked_by_restrictions else None
+            return pixels, restricted or (0, 0), rate_rank[i], i
+
+        self.ranked = [layers[i] for i in sorted(range(len(layers)), key=key)]
 
     def describe(self, dt: DownTrack | None = None) -> dict[str, object]:
         out: dict[str, object] = {
-            "layers": [{"rid": layer.rid, "active": self.is_active(layer)} for layer in self.ranked],
+            "layers": [
+                {
+                    "rid": layer.rid,
+                    "active": self.is_active(layer),
+                    "width": layer.width or None,
+                    "height": layer.height or None,
+                }
+                for layer in self.ranked
+            ],
         }
         if dt is not None:
             out["target"] = dt.target_rid
