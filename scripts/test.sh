@@ -8,6 +8,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
+# Firefox publishing simulcast, headless without a driver (tests/browser/test_browser_firefox_simulcast.py)
+command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
 # ICE-TCP in Chromium: nftables drops the browser's UDP in a private network namespace (tests/browser/test_browser_ice_tcp.py)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # GStreamer webrtcbin + libnice clients (tests/e2e/test_gstreamer.py), driven from the system python3

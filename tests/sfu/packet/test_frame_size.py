@@ -1,5 +1,6 @@
 """Coded picture sizes from keyframe payloads: real encoder output (aiortc's VP8 and H264, libvpx
-VP9 and SVT-AV1 through PyAV, packetized as RTP payloads), hand-built edge cases, and fuzzing."""
+VP9 and SVT-AV1 through PyAV, packetized as RTP payloads; AV1 sequence headers captured from
+SVT-AV1 too, for PyAV builds without it), hand-built edge cases, and fuzzing."""
 
 from __future__ import annotations
 
@@ -120,23 +121,44 @@ def _leb(n: int) -> bytes:
             return bytes(out)
 
 
-@pytest.mark.parametrize(("width", "height"), [(320, 180), (640, 360), (160, 90)])
-def test_av1_real_sequence_headers(width: int, height: int) -> None:
-    obus = [o for o in _obus(_encode("libsvtav1", width, height)) if (o[0] >> 3) & 0x0F != 2]  # no TD
-    assert (obus[0][0] >> 3) & 0x0F == 1
-    # W=0: every element length-prefixed; N=1: a new coded video sequence
-    payload = bytes([0x08]) + b"".join(_leb(len(o)) + o for o in obus)[:1100]
-    assert is_keyframe("AV1", payload)
-    assert FrameSize.parse("AV1", payload) == FrameSize(width, height)
-    # W=2: the sequence header length-prefixed, then the frame OBU to the end
-    w2 = bytes([0x20 | 0x08]) + _leb(len(obus[0])) + obus[0] + obus[1][:900]
-    assert FrameSize.parse("AV1", w2) == FrameSize(width, height)
-    # W=1: the sequence header alone, its obu_has_size_field kept
-    sized = bytes([obus[0][0] | 0x02]) + _leb(len(obus[0]) - 1) + obus[0][1:]
-    assert FrameSize.parse("AV1", bytes([0x10]) + sized) == FrameSize(width, height)
-    # Z=1: the first element continues an OBU of the previous packet, whatever it looks like
-    with pytest.raises(ValueError, match="no sequence header"):
-        FrameSize.parse("AV1", bytes([0x80 | 0x10]) + obus[0])
+#: sequence header OBUs (RTP form: no size field) and the start of the frame OBU after them, as
+#: SVT-AV1 4.1 (in PyAV 18.1's wheel) wrote the first frame at each size
+AV1_CAPTURED = {
+    (320, 180): "08000000043cfecc6af98040",
+    (640, 360): "080000000cc4ff671abe6010",
+    (160, 90): "0800000003b4fd91abe601",
+    (1280, 720): "080000002d4cffb3c6af9804",
+}
+AV1_FRAME_START = bytes.fromhex("3010008e80820810404000020095cf53bcdb0d1e5b447fae")
+
+
+def _av1_sequences() -> list[tuple[int, int, bytes, bytes]]:
+    """(width, height, sequence header OBU, frame OBU start): captured, and freshly encoded when
+    this PyAV has SVT-AV1."""
+    out = [(w, h, bytes.fromhex(seq), AV1_FRAME_START) for (w, h), seq in AV1_CAPTURED.items()]
+    if "libsvtav1" in av.codecs_available:
+        for w, h in ((320, 180), (640, 360), (176, 144)):
+            obus = [o for o in _obus(_encode("libsvtav1", w, h)) if (o[0] >> 3) & 0x0F != 2]  # no TD
+            out.append((w, h, obus[0], obus[1][:900]))
+    return out
+
+
+def test_av1_real_sequence_headers() -> None:
+    for width, height, seq, frame in _av1_sequences():
+        assert (seq[0] >> 3) & 0x0F == 1
+        want = FrameSize(width, height)
+        # W=0: every element length-prefixed; N=1: a new coded video sequence
+        payload = bytes([0x08]) + _leb(len(seq)) + seq + _leb(len(frame)) + frame
+        assert is_keyframe("AV1", payload)
+        assert FrameSize.parse("AV1", payload) == want
+        # W=2: the sequence header length-prefixed, then the frame OBU to the end
+        assert FrameSize.parse("AV1", bytes([0x20 | 0x08]) + _leb(len(seq)) + seq + frame) == want
+        # W=1: the sequence header alone, its obu_has_size_field kept
+        sized = bytes([seq[0] | 0x02]) + _leb(len(seq) - 1) + seq[1:]
+        assert FrameSize.parse("AV1", bytes([0x10]) + sized) == want
+        # Z=1: the first element continues an OBU of the previous packet, whatever it looks like
+        with pytest.raises(ValueError, match="no sequence header"):
+            FrameSize.parse("AV1", bytes([0x80 | 0x10]) + seq)
 
 
 VP8_KEY_HEAD = bytes([0x10, 0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A])
@@ -214,12 +236,12 @@ def _real_payloads() -> dict[str, list[bytes]]:
     vp8, _ = Vp8Encoder().encode(_frame(320, 240), force_keyframe=True)
     h264, _ = H264Encoder().encode(_frame(320, 240), force_keyframe=True)
     vp9 = bytes([0x80 | 0x20 | 0x08, 0x80, 0x01, 0x00, 0x00]) + _encode("libvpx-vp9", 320, 180)[:600]
-    av1 = [o for o in _obus(_encode("libsvtav1", 320, 180)) if (o[0] >> 3) & 0x0F == 1]
+    av1 = bytes.fromhex(AV1_CAPTURED[(320, 180)])
     return {
         "VP8": vp8[:2],
         "H264": h264[:2],
         "VP9": [vp9],
-        "AV1": [bytes([0x18]) + _leb(len(av1[0])) + av1[0]],
+        "AV1": [bytes([0x18]) + _leb(len(av1)) + av1 + _leb(len(AV1_FRAME_START)) + AV1_FRAME_START],
     }
 
 
