@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sfu.packet.rtp import get_extension
+from sfu.routing.allocator import LayerInfo
 from sfu.routing.track import PublishedTrack
 
 if TYPE_CHECKING:
@@ -151,7 +152,9 @@ class SimulcastGroup:
         if dt.target_rid is not None and self.layer(dt.target_rid) is None:
             dt.target_rid = None  # a rid of a previous publisher
         if dt not in self.subscribers:
-            self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
+            self.subscribers = [
+                d for d in self.subscribers if d.source is not None and d.source.group is self
+            ]
             self.subscribers.append(dt)
         chosen = self.choose(dt.target_rid)
         if dt.source is not None and dt.source.group is self:
@@ -182,7 +185,9 @@ class SimulcastGroup:
             self._seen[i] = count
             self._active[i] = delta > 0
             rate = delta * 1000 / elapsed
-            self._rate[i] = rate if self._peak[i] == 0 else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self._rate[i]
+            self._rate[i] = (
+                rate if self._peak[i] == 0 else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self._rate[i]
+            )
             self._peak[i] = max(self._peak[i], self._rate[i])
             checked = self._checked_rate[i]
             if not checked:
@@ -234,6 +239,15 @@ class SimulcastGroup:
 
         self.ranked = [layers[i] for i in sorted(range(len(layers)), key=key)]
 
+    def layer_infos(self) -> tuple[LayerInfo, ...]:
+        """The layers as the allocator takes them, low to high (the allocator keeps this order
+        where sizes and bitrates do not decide): rid, keyframe size, active.  Bitrates are not
+        measured per layer here (packet rates are), so they are left for the allocator's default."""
+        return tuple(
+            LayerInfo(layer.rid, layer.width, layer.height, active=self.is_active(layer))
+            for layer in self.ranked
+        )
+
     def describe(self, dt: DownTrack | None = None) -> dict[str, object]:
         out: dict[str, object] = {
             "layers": [
@@ -260,9 +274,7 @@ def form_groups(
     by_mid: dict[str, list[tuple[PublishedTrack, RidRestrictions]]] = {}
     for layer, restrictions in layers:
         by_mid.setdefault(layer.mid, []).append((layer, restrictions))
-    return [
-        SimulcastGroup([t for t, _ in items], [r for _, r in items], now_ms) for items in by_mid.values()
-    ]
+    return [SimulcastGroup([t for t, _ in items], [r for _, r in items], now_ms) for items in by_mid.values()]
 
 
 def sources(tracks: Iterable[PublishedTrack]) -> Iterator[PublishedTrack]:

@@ -14,6 +14,7 @@ import pytest
 from levelchat.errors import ApiError
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import RtpPacket
+from sfu.routing.allocator import LayerInfo, TrackInput, video_options
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, ParticipantKind, PublisherSink
 from sfu.routing.router import Router
@@ -236,6 +237,24 @@ def test_ranking_by_keyframe_size(
     pub.group.tick(T0 + 1000)  # equal packet rates change nothing
     assert pub.group.rids == ranked
     assert {rid: (pub.layers[rid].width, pub.layers[rid].height) for rid in sizes} == sizes
+
+
+def test_layer_infos_for_the_allocator() -> None:
+    """The allocator gets each layer's keyframe size and state in rank order: its options for a
+    Firefox-ordered group run q, h, f, without f once the publisher pauses it."""
+    pub = Publisher(MediaCounters(), ("f", "h", "q"))
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, size=size)
+    pub.group.tick(T0 + 1000)
+    infos = pub.group.layer_infos()
+    assert infos == (LayerInfo("q", 160, 120), LayerInfo("h", 320, 240), LayerInfo("f", 640, 480))
+    assert [o.layer.rid for o in video_options(TrackInput("v", "video", infos))] == ["q", "h", "f"]
+    for rid in ("q", "h"):
+        pub.send(rid, False, T0 + 1000)
+    pub.group.tick(T0 + 2000)  # f paused by the publisher
+    infos = pub.group.layer_infos()
+    assert infos[2] == LayerInfo("f", 640, 480, active=False)
+    assert [o.layer.rid for o in video_options(TrackInput("v", "video", infos))] == ["q", "h"]
 
 
 async def test_firefox_order_default_and_named_layers(link: Link) -> None:
