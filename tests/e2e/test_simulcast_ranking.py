@@ -15,6 +15,7 @@ import fractions
 import secrets
 from dataclasses import dataclass, field
 
+import aiohttp
 import av
 import pytest
 from aiortc.codecs.base import Encoder
@@ -155,6 +156,16 @@ async def test_layers_listed_high_first_are_ranked_by_their_keyframes(node: Node
         assert not group.ranked_by_restrictions
         # about one packet per frame on every layer: rates could not have ranked them
         assert max(sender.sent.values()) < 3 * min(sender.sent.values())
+        # room info shows each layer's size
+        async with aiohttp.ClientSession() as http:
+            admin = token(room, "admin", ("room:admin",))
+            async with http.get(
+                f"{node.url}/v1/rooms/{room}", headers={"Authorization": f"Bearer {admin}"}
+            ) as resp:
+                assert resp.status == 200
+                info = await resp.json()
+        (fox,) = [p for p in info["participants"] if p["identity"] == "fox"]
+        assert {t["rid"]: (t["width"], t["height"]) for t in fox["tracks"]} == SIZES
 
         status, body = await sub.connect()
         assert status == 201, body
