@@ -152,9 +152,7 @@ class SimulcastGroup:
         if dt.target_rid is not None and self.layer(dt.target_rid) is None:
             dt.target_rid = None  # a rid of a previous publisher
         if dt not in self.subscribers:
-            self.subscribers = [
-                d for d in self.subscribers if d.source is not None and d.source.group is self
-            ]
+            self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
             self.subscribers.append(dt)
         chosen = self.choose(dt.target_rid)
         if dt.source is not None and dt.source.group is self:
@@ -185,9 +183,7 @@ class SimulcastGroup:
             self._seen[i] = count
             self._active[i] = delta > 0
             rate = delta * 1000 / elapsed
-            self._rate[i] = (
-                rate if self._peak[i] == 0 else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self._rate[i]
-            )
+            self._rate[i] = rate if self._peak[i] == 0 else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self._rate[i]
             self._peak[i] = max(self._peak[i], self._rate[i])
             checked = self._checked_rate[i]
             if not checked:
@@ -274,7 +270,9 @@ def form_groups(
     by_mid: dict[str, list[tuple[PublishedTrack, RidRestrictions]]] = {}
     for layer, restrictions in layers:
         by_mid.setdefault(layer.mid, []).append((layer, restrictions))
-    return [SimulcastGroup([t for t, _ in items], [r for _, r in items], now_ms) for items in by_mid.values()]
+    return [
+        SimulcastGroup([t for t, _ in items], [r for _, r in items], now_ms) for items in by_mid.values()
+    ]
 
 
 def sources(tracks: Iterable[PublishedTrack]) -> Iterator[PublishedTrack]:

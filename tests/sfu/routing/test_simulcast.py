@@ -88,11 +88,7 @@ class Publisher:
                 start = p == 0
                 payload = (keyframe if key and f == 0 else VP8_DELTA) if start else b"\x00\x00" + bytes(10)
                 data = rtp_bytes(
-                    self.seq[rid],
-                    self.ts[rid],
-                    ssrc=layer.ssrc,
-                    pt=96,
-                    payload=payload + rid.encode(),
+                    self.seq[rid], self.ts[rid], ssrc=layer.ssrc, pt=96, payload=payload + rid.encode(),
                     marker=p == packets - 1,
                 )
                 self.seq[rid] = (self.seq[rid] + 1) & 0xFFFF
@@ -156,9 +152,7 @@ def test_rid_restrictions_parse(params: str, expected: RidRestrictions) -> None:
     assert RidRestrictions.parse(params) == expected
 
 
-@pytest.mark.parametrize(
-    ("params", "message"), [("max-width=wide", "not a number"), ("max-br=-1", "negative")]
-)
+@pytest.mark.parametrize(("params", "message"), [("max-width=wide", "not a number"), ("max-br=-1", "negative")])
 def test_rid_restrictions_refuse_nonsense(params: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RidRestrictions.parse(params)
@@ -168,11 +162,8 @@ def test_rid_restrictions_refuse_nonsense(params: str, message: str) -> None:
     ("rids", "restrictions", "ranked"),
     [
         (("q", "h", "f"), None, ["q", "h", "f"]),  # no restrictions: the offer's order, low first
-        (
-            ("f", "h", "q"),
-            ("max-width=1280;max-height=720", "max-width=640;max-height=360", "max-width=320;max-height=180"),
-            ["q", "h", "f"],
-        ),
+        (("f", "h", "q"), ("max-width=1280;max-height=720", "max-width=640;max-height=360",
+                           "max-width=320;max-height=180"), ["q", "h", "f"]),
         (("a", "b"), ("max-br=900000", "max-br=100000"), ["b", "a"]),
         (("a", "b"), ("max-br=900000", ""), ["a", "b"]),  # not every layer restricted: offer order
     ],
@@ -329,34 +320,16 @@ def test_a_new_size_is_read_only_from_keyframes_looked_at() -> None:
 def test_sources_lists_a_group_once() -> None:
     counters = MediaCounters()
     pub = Publisher(counters)
-    audio = PublishedTrack(
-        kind="audio",
-        ssrc=9,
-        codecs=[TrackCodec("opus", 48000, 111)],
-        mid="1",
-        owner="alice",
-        counters=counters,
-        request_keyframe=lambda s: None,
-    )
+    audio = PublishedTrack(kind="audio", ssrc=9, codecs=[TrackCodec("opus", 48000, 111)], mid="1", owner="alice",
+                           counters=counters, request_keyframe=lambda s: None)
     listed = list(sources([*pub.layers.values(), audio]))
     assert listed == [pub.layers["q"], audio] and pub.group.primary is pub.layers["q"]
 
 
 def test_group_needs_distinct_rids() -> None:
     counters = MediaCounters()
-    tracks = [
-        PublishedTrack(
-            kind="video",
-            ssrc=i,
-            codecs=[VP8],
-            mid="0",
-            owner="a",
-            counters=counters,
-            request_keyframe=lambda s: None,
-            rid="x",
-        )
-        for i in range(2)
-    ]
+    tracks = [PublishedTrack(kind="video", ssrc=i, codecs=[VP8], mid="0", owner="a", counters=counters,
+                             request_keyframe=lambda s: None, rid="x") for i in range(2)]
     with pytest.raises(ValueError, match="distinct"):
         SimulcastGroup(tracks)
 
@@ -583,15 +556,8 @@ async def test_router_set_layer(link: Link) -> None:
     with pytest.raises(ApiError) as missing:
         Router.set_layer(viewer, other, "q", T0 + 20)
     assert missing.value.code == "not_found"
-    plain = PublishedTrack(
-        kind="video",
-        ssrc=7,
-        codecs=[VP8],
-        mid="0",
-        owner="carol",
-        counters=link.counters,
-        request_keyframe=lambda s: None,
-    )
+    plain = PublishedTrack(kind="video", ssrc=7, codecs=[VP8], mid="0", owner="carol", counters=link.counters,
+                           request_keyframe=lambda s: None)
     dt.bind(plain, T0 + 30)
     with pytest.raises(ApiError) as not_simulcast:
         Router.set_layer(viewer, dt, "q", T0 + 40)
