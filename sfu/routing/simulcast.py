@@ -9,10 +9,11 @@ header extension of its first packets.  The layers of one media section form a
 Ranking (low to high quality), never by the offer's order alone (Firefox lists its encodings
 high first: f, h, q): by what each layer carries, the coded size of its keyframes (width x
 height, read by ``PublishedTrack`` from each keyframe it looks at: a layer's first, and those
-subscribers wait for), when every layer has shown one; ties (or sizes not known yet) by the a=rid
-restrictions (max-width x max-height, else max-br) when every layer has them; then by the packet
-rates measured per layer (a higher layer sends more packets per frame), once they tell the
-layers apart; last by the offer's order (low first, as "q", "h", "f").  A keyframe of a new size
+subscribers wait for); ties, and the places of layers without a size yet (a top layer the
+publisher starts paused), by the a=rid restrictions (max-width x max-height, else max-br) when
+every layer has them, then by the packet rates measured per layer (a higher layer sends more
+packets per frame) once they tell the layers apart, last by the offer's order (low first, as
+"q", "h", "f").  A keyframe of a new size
 (an encoder that scales a layer down under a bandwidth limit) re-ranks at once; a layer whose
 packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again (a new size comes
 with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
@@ -217,23 +218,27 @@ class SimulcastGroup:
         self._rerank()
 
     def _rerank(self) -> None:
-        """Rank by size, then restrictions, then measured packet rate, then the offer's order; each
-        criterion counts only when every layer has it."""
+        """Rank by the restrictions (when every layer has them), then the measured packet rates
+        (once they told the layers apart), then the offer's order; then the layers whose size is
+        known are put in size order within the places they hold (a layer not seen yet, such as a
+        top layer the publisher starts paused, keeps its place)."""
         layers = self.layers
-        by_size = all(layer.width and layer.height for layer in layers)
         restrictions = self._restriction_keys
         rate_rank = [0] * len(layers)
         if self._rate_order is not None:
             for rank, i in enumerate(self._rate_order):
                 rate_rank[i] = rank
 
-        def key(i: int) -> tuple[int, tuple[int, int], int, int]:
-            layer = layers[i]
-            pixels = layer.width * layer.height if by_size else 0
+        def key(i: int) -> tuple[tuple[int, int], int, int]:
             restricted = restrictions[i] if self.ranked_by_restrictions else None
-            return pixels, restricted or (0, 0), rate_rank[i], i
+            return restricted or (0, 0), rate_rank[i], i
 
-        self.ranked = [layers[i] for i in sorted(range(len(layers)), key=key)]
+        order = sorted(range(len(layers)), key=key)
+        places = [at for at, i in enumerate(order) if layers[i].width and layers[i].height]
+        sized = sorted((order[at] for at in places), key=lambda i: layers[i].width * layers[i].height)
+        for at, i in zip(places, sized, strict=True):
+            order[at] = i
+        self.ranked = [layers[i] for i in order]
 
     def layer_infos(self) -> tuple[LayerInfo, ...]:
         """The layers as the allocator takes them, low to high (the allocator keeps this order

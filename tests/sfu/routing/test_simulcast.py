@@ -209,8 +209,11 @@ FIREFOX_SIZES = {"f": (640, 480), "h": (320, 240), "q": (160, 120)}
         ),
         # equal sizes: the restrictions break the tie
         (("a", "b"), ("max-br=900000", "max-br=100000"), {"a": (320, 240), "b": (320, 240)}, ["b", "a"]),
-        # one layer without a keyframe yet: sizes do not count, the offer's order stands
-        (("f", "h", "q"), None, {"f": (640, 480), "h": (320, 240)}, ["f", "h", "q"]),
+        # Firefox with f not sent yet: q and h in size order in their places, f in the offer's
+        (("f", "h", "q"), None, {"h": (320, 240), "q": (160, 120)}, ["f", "q", "h"]),
+        # the same with restrictions: they place f (then sizes order the others)
+        (("f", "h", "q"), ("max-width=640;max-height=480", "max-width=320;max-height=240",
+                           "max-width=160;max-height=120"), {"h": (320, 240), "q": (160, 120)}, ["q", "h", "f"]),
         # 1280x720 against 960x960: pixels, not width
         (("w", "s"), None, {"w": (1280, 720), "s": (960, 960)}, ["w", "s"]),
     ],
@@ -228,6 +231,20 @@ def test_ranking_by_keyframe_size(
     pub.group.tick(T0 + 1000)  # equal packet rates change nothing
     assert pub.group.rids == ranked
     assert {rid: (pub.layers[rid].width, pub.layers[rid].height) for rid in sizes} == sizes
+
+
+def test_a_top_layer_that_starts_paused() -> None:
+    """Firefox lists f, h, q and f sends nothing at first: the default is the largest layer that
+    sends (h), and f once it sends."""
+    pub = Publisher(MediaCounters(), ("f", "h", "q"))
+    for rid in ("h", "q"):
+        pub.send(rid, True, T0, frames=30, size=FIREFOX_SIZES[rid])
+    pub.group.tick(T0 + 1000)
+    assert pub.group.rids == ["f", "q", "h"] and pub.group.choose(None) is pub.layers["h"]
+    pub.send("f", True, T0 + 1000, frames=30, size=FIREFOX_SIZES["f"])
+    assert pub.group.rids == ["q", "h", "f"]
+    pub.group.tick(T0 + 2000)
+    assert pub.group.choose(None) is pub.layers["f"]
 
 
 def test_layer_infos_for_the_allocator() -> None:
