@@ -161,6 +161,36 @@ def test_av1_real_sequence_headers() -> None:
             FrameSize.parse("AV1", bytes([0x80 | 0x10]) + seq)
 
 
+#: the first 32 bytes of a keyframe's first RTP payload per simulcast layer, captured at the node
+#: (Chromium 156 publishing with whip.js; Firefox ESR 153 with its fake camera, Firefox's VP8
+#: descriptor with picture ID, TL0PICIDX and TID; Chromium's VP9 L1T3 with a scalability
+#: structure, its H264 SPS first in a STAP-A, its AV1 (libaom) sequence header with W=2)
+BROWSER_KEYFRAMES = [
+    ("Chromium", "VP8", "9080c9a9b04a009d012a80026801396b00291c22161622661220d40c478590c4", (640, 360)),
+    ("Chromium", "VP8", "9080c9a9d01d009d012a4001b400394b002d1c221616226612209208891a6c07", (320, 180)),
+    ("Chromium", "VP8", "9080c9a9d018019d012a0005d0023947001a1c221616226612208c0eefe407d6", (1280, 720)),
+    ("Chromium", "VP9", "9b84d510050002d082498342004ff02cf42638241c19260003285066cf03445f", (1280, 720)),
+    ("Chromium", "VP9", "9b84d51002800168824983420027f016742438241c191c0001f85066cf03445f", (640, 360)),
+    ("Chromium", "VP9", "9fd66610014000b4824983420013f00b341c38241c18fe0001f050654fa3af68", (320, 180)),
+    ("Chromium", "H264", "7800136742c01f8c8d405017fcb35060606078442350000468ce3c80", (640, 360)),
+    ("Chromium", "H264", "7800136742c0158c8d40a0cbcf350606060784423500000468ce3c80035665b8", (320, 180)),
+    ("Chromium", "H264", "7800136742c0208c8d402802dd350606060784423500000468ce3c80", (1280, 720)),
+    ("Chromium", "AV1", "280b08000000043cfecc01a00830104c8029a69a458f9d00c1bc3202adabd8f9", (320, 180)),
+    ("Chromium", "AV1", "680c080000002d4cffb3c01a0080301049e01249248526980010b48b77c7b703", (1280, 720)),
+    ("Chromium", "AV1", "680b080000000cc4ff67006802301049a01145144524980010bb05d2b6d0ad6e", (640, 360)),
+    ("Firefox", "VP8", "90e0855a30207050009d012a8002e001392f00111c240c2c2c44cc2440b800df", (640, 480)),
+    ("Firefox", "VP8", "90e0cb206a209016009d012a4001f000396500231c240c2c2c44cc24418c0da4", (320, 240)),
+    ("Firefox", "VP8", "90e0ee034d20d009009d012aa0007800394d002a1c240c2c2c44cc24412c000e", (160, 120)),
+]
+
+
+@pytest.mark.parametrize(("browser", "codec", "payload", "size"), BROWSER_KEYFRAMES)
+def test_browser_keyframes(browser: str, codec: str, payload: str, size: tuple[int, int]) -> None:
+    data = bytes.fromhex(payload)
+    assert is_keyframe(codec, data)
+    assert FrameSize.parse(codec, data) == FrameSize(*size)
+
+
 VP8_KEY_HEAD = bytes([0x10, 0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A])
 
 REFUSALS = [
@@ -237,12 +267,15 @@ def _real_payloads() -> dict[str, list[bytes]]:
     h264, _ = H264Encoder().encode(_frame(320, 240), force_keyframe=True)
     vp9 = bytes([0x80 | 0x20 | 0x08, 0x80, 0x01, 0x00, 0x00]) + _encode("libvpx-vp9", 320, 180)[:600]
     av1 = bytes.fromhex(AV1_CAPTURED[(320, 180)])
-    return {
+    seeds = {
         "VP8": vp8[:2],
         "H264": h264[:2],
         "VP9": [vp9],
         "AV1": [bytes([0x18]) + _leb(len(av1)) + av1 + _leb(len(AV1_FRAME_START)) + AV1_FRAME_START],
     }
+    for _, codec, payload, _ in BROWSER_KEYFRAMES:
+        seeds[codec].append(bytes.fromhex(payload))
+    return seeds
 
 
 def test_fuzz_random_and_mutated_payloads() -> None:
