@@ -15,8 +15,8 @@ every layer has them, then by the packet rates measured per layer (a higher laye
 packets per frame) once they tell the layers apart, last by the offer's order (low first, as
 "q", "h", "f").  A keyframe of a new size
 (an encoder that scales a layer down under a bandwidth limit) re-ranks at once; a layer whose
-packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again (a new size comes
-with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
+packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again, if one comes within
+``SIZE_WATCH_MS`` (a new size comes with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
 encoding: ``set_layer`` and WHEP layer requests keep their meaning.
 
 Choice: a downtrack's ``target_rid`` (None: the highest layer); the best *active* layer at or
@@ -49,6 +49,8 @@ RATE_WEIGHT = 0.5
 RANK_MARGIN = 1.2
 #: a layer whose packet rate moved this much since its size was last read has its next keyframe read
 RECHECK_RATIO = 1.5
+#: ... if it comes within this long (keyframes are looked for packet by packet meanwhile)
+SIZE_WATCH_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class SimulcastGroup:
         self._rate = [0.0] * len(layers)  # packets per second, averaged
         self._peak = [0.0] * len(layers)
         self._checked_rate = [0.0] * len(layers)  # the packet rate when the size was last looked for
+        self._watch_since = [0] * len(layers)  # when a rate change started looking for a keyframe; 0: not
         self._sampled_ms = now_ms
         for layer in layers:
             layer.group = self
@@ -191,7 +194,14 @@ class SimulcastGroup:
                 self._checked_rate[i] = self._rate[i]  # the first rate: the first keyframe is read anyway
             elif not checked * RECHECK_RATIO >= self._rate[i] >= checked / RECHECK_RATIO:
                 self._checked_rate[i] = self._rate[i]
-                layer.keyframe_pending = True  # its next keyframe's size is read
+                if not layer.keyframe_pending:
+                    layer.keyframe_pending = True  # its next keyframe's size is read
+                    self._watch_since[i] = now_ms
+            since = self._watch_since[i]
+            if since and (not layer.keyframe_pending or now_ms - since >= SIZE_WATCH_MS):
+                self._watch_since[i] = 0
+                if layer.keyframe_pending and not layer.keyframe_wanted():
+                    layer.keyframe_pending = False  # none came: stop looking at every packet
         self._rank_by_rate()
         self._rerank()
         self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]

@@ -541,6 +541,10 @@ class PublishedTrack:
         self._request_keyframe_cb(self.ssrc)
         return True
 
+    def keyframe_wanted(self) -> bool:
+        """A subscriber waits for this track's next keyframe (bound, switching, or a request owed)."""
+        return bool(self.switching) or self._keyframe_deferred or any(dt.waiting_keyframe for dt in self.downtracks)
+
     def attach(self, dt: DownTrack, *, wait_keyframe: bool = True) -> None:
         """Add ``dt`` to the fan-out; with ``wait_keyframe`` (video) the next keyframe is looked for."""
         if dt not in self.downtracks:

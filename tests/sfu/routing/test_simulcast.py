@@ -22,6 +22,7 @@ from sfu.routing.simulcast import (
     HDREXT_MID,
     HDREXT_REPAIRED_RID,
     HDREXT_RID,
+    SIZE_WATCH_MS,
     RidRestrictions,
     SimulcastGroup,
     form_groups,
@@ -332,6 +333,33 @@ def test_a_new_size_is_read_only_from_keyframes_looked_at() -> None:
     pub.send("f", True, T0 + 3000, frames=30, packets=1, size=(160, 120))
     assert (f.width, f.height) == (160, 120) and not f.keyframe_pending
     assert pub.group.rids[-1] == "h"
+
+
+async def test_a_size_watch_without_a_keyframe_ends(link: Link) -> None:
+    """A rate change looks for the next keyframe for SIZE_WATCH_MS; none comes: the layer stops
+    looking at every packet, unless a subscriber waits for a keyframe."""
+    pub = Publisher(link.counters, ("f", "h", "q"))
+    f = pub.layers["f"]
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, frames=30, packets=6, size=size)
+    pub.group.tick(T0 + 1000)
+    now = T0 + 1000
+    pub.send("f", False, now, frames=30, packets=1)
+    pub.group.tick(now + 1000)
+    assert f.keyframe_pending
+    for second in range(2, 12):
+        pub.send("f", False, now + 1000 * (second - 1), frames=30, packets=1)
+        pub.group.tick(now + 1000 * second)
+        assert f.keyframe_pending is (1000 * (second - 1) < SIZE_WATCH_MS), second
+    # a watch that ends while a subscriber waits for a keyframe leaves its wait alone
+    pub.send("f", False, now + 11_000, frames=30, packets=6)
+    pub.group.tick(now + 12_000)
+    assert f.keyframe_pending and not f.keyframe_wanted()  # the watch
+    f.add_switcher(subscriber(link), now + 12_000)
+    for second in range(13, 25):
+        pub.send("f", False, now + 1000 * (second - 1), frames=30, packets=6)
+        pub.group.tick(now + 1000 * second)
+    assert f.keyframe_pending and f.keyframe_wanted()
 
 
 def test_sources_lists_a_group_once() -> None:
