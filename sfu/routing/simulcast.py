@@ -6,9 +6,18 @@ one RTP stream per layer, each with its own SSRC that the offer does not name: e
 header extension of its first packets.  The layers of one media section form a
 ``SimulcastGroup``; a subscriber receives one layer at a time.
 
-Ranking (low to high quality): by the a=rid restrictions (max-width x max-height, else max-br)
-when every layer has them; otherwise the offer's order (low first, as "q", "h", "f") until the
-packet rates measured per layer give a ranking (a higher layer sends more packets per frame).
+Ranking (low to high quality), never by the offer's order alone (Firefox lists its encodings
+high first: f, h, q): by what each layer carries, the coded size of its keyframes (width x
+height, read by ``PublishedTrack`` from each keyframe it looks at: a layer's first, and those
+subscribers wait for); ties, and the places of layers without a size yet (a top layer the
+publisher starts paused), by the a=rid restrictions (max-width x max-height, else max-br) when
+every layer has them, then by the packet rates measured per layer (a higher layer sends more
+packets per frame) once they tell the layers apart, last by the offer's order (low first, as
+"q", "h", "f").  A keyframe of a new size
+(an encoder that scales a layer down under a bandwidth limit) re-ranks at once; a layer whose
+packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again, if one comes within
+``SIZE_WATCH_MS`` (a new size comes with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
+encoding: ``set_layer`` and WHEP layer requests keep their meaning.
 
 Choice: a downtrack's ``target_rid`` (None: the highest layer); the best *active* layer at or
 below the target, else the lowest active one above it, else the target itself (waiting for it).
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sfu.packet.rtp import get_extension
+from sfu.routing.allocator import LayerInfo
 from sfu.routing.track import PublishedTrack
 
 if TYPE_CHECKING:
@@ -37,6 +47,10 @@ HDREXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 RATE_WEIGHT = 0.5
 #: a measured ranking replaces the current one only when each step up is at least this much faster
 RANK_MARGIN = 1.2
+#: a layer whose packet rate moved this much since its size was last read has its next keyframe read
+RECHECK_RATIO = 1.5
+#: ... if it comes within this long (keyframes are looked for packet by packet meanwhile)
+SIZE_WATCH_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -88,21 +102,23 @@ class SimulcastGroup:
         self.layers = list(layers)  # the offer's order
         self.mid = layers[0].mid
         restrictions = restrictions or [RidRestrictions()] * len(layers)
-        keys = [r.rank_key for r in restrictions]
+        self._restriction_keys = [r.rank_key for r in restrictions]
+        self.ranked_by_restrictions = all(k is not None for k in self._restriction_keys)
+        #: positions in the offer, by measured packet rate (low first) once the rates told them apart
+        self._rate_order: list[int] | None = None
         #: low to high quality
         self.ranked: list[PublishedTrack] = list(layers)
-        self.ranked_by_restrictions = all(k is not None for k in keys)
-        if self.ranked_by_restrictions:
-            order = sorted(range(len(layers)), key=lambda i: (keys[i], i))
-            self.ranked = [layers[i] for i in order]
         self.subscribers: list[DownTrack] = []
         self._seen = [0] * len(layers)  # packets counted at the last tick
         self._active: list[bool | None] = [None] * len(layers)  # None: not sampled yet
         self._rate = [0.0] * len(layers)  # packets per second, averaged
         self._peak = [0.0] * len(layers)
+        self._checked_rate = [0.0] * len(layers)  # the packet rate when the size was last looked for
+        self._watch_since = [0] * len(layers)  # when a rate change started looking for a keyframe; 0: not
         self._sampled_ms = now_ms
         for layer in layers:
             layer.group = self
+        self._rerank()
 
     @property
     def primary(self) -> PublishedTrack:
@@ -173,8 +189,21 @@ class SimulcastGroup:
             rate = delta * 1000 / elapsed
             self._rate[i] = rate if self._peak[i] == 0 else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self._rate[i]
             self._peak[i] = max(self._peak[i], self._rate[i])
-        if not self.ranked_by_restrictions:
-            self._rank_by_rate()
+            checked = self._checked_rate[i]
+            if not checked:
+                self._checked_rate[i] = self._rate[i]  # the first rate: the first keyframe is read anyway
+            elif not checked * RECHECK_RATIO >= self._rate[i] >= checked / RECHECK_RATIO:
+                self._checked_rate[i] = self._rate[i]
+                if not layer.keyframe_pending:
+                    layer.keyframe_pending = True  # its next keyframe's size is read
+                    self._watch_since[i] = now_ms
+            since = self._watch_since[i]
+            if since and (not layer.keyframe_pending or now_ms - since >= SIZE_WATCH_MS):
+                self._watch_since[i] = 0
+                if layer.keyframe_pending and not layer.keyframe_wanted():
+                    layer.keyframe_pending = False  # none came: stop looking at every packet
+        self._rank_by_rate()
+        self._rerank()
         self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
         for dt in self.subscribers:
             chosen = self.choose(dt.target_rid)
@@ -188,15 +217,59 @@ class SimulcastGroup:
         if not all(peaks):
             return  # a layer never sent yet: keep the order we have
         order = sorted(range(len(self.layers)), key=lambda i: (peaks[i], i))
-        ranked = [self.layers[i] for i in order]
-        if ranked == self.ranked:
-            return
-        if all(peaks[b] >= RANK_MARGIN * peaks[a] for a, b in zip(order, order[1:], strict=False)):
-            self.ranked = ranked
+        if order != self._rate_order and all(
+            peaks[b] >= RANK_MARGIN * peaks[a] for a, b in zip(order, order[1:], strict=False)
+        ):
+            self._rate_order = order
+
+    def resized(self) -> None:
+        """A layer's keyframe showed a new size (``PublishedTrack``): rank again.  Subscribers
+        move at the next ``tick``."""
+        self._rerank()
+
+    def _rerank(self) -> None:
+        """Rank by the restrictions (when every layer has them), then the measured packet rates
+        (once they told the layers apart), then the offer's order; then the layers whose size is
+        known are put in size order within the places they hold (a layer not seen yet, such as a
+        top layer the publisher starts paused, keeps its place)."""
+        layers = self.layers
+        restrictions = self._restriction_keys
+        rate_rank = [0] * len(layers)
+        if self._rate_order is not None:
+            for rank, i in enumerate(self._rate_order):
+                rate_rank[i] = rank
+
+        def key(i: int) -> tuple[tuple[int, int], int, int]:
+            restricted = restrictions[i] if self.ranked_by_restrictions else None
+            return restricted or (0, 0), rate_rank[i], i
+
+        order = sorted(range(len(layers)), key=key)
+        places = [at for at, i in enumerate(order) if layers[i].width and layers[i].height]
+        sized = sorted((order[at] for at in places), key=lambda i: layers[i].width * layers[i].height)
+        for at, i in zip(places, sized, strict=True):
+            order[at] = i
+        self.ranked = [layers[i] for i in order]
+
+    def layer_infos(self) -> tuple[LayerInfo, ...]:
+        """The layers as the allocator takes them, low to high (the allocator keeps this order
+        where sizes and bitrates do not decide): rid, keyframe size, active.  Bitrates are not
+        measured per layer here (packet rates are), so they are left for the allocator's default."""
+        return tuple(
+            LayerInfo(layer.rid, layer.width, layer.height, active=self.is_active(layer))
+            for layer in self.ranked
+        )
 
     def describe(self, dt: DownTrack | None = None) -> dict[str, object]:
         out: dict[str, object] = {
-            "layers": [{"rid": layer.rid, "active": self.is_active(layer)} for layer in self.ranked],
+            "layers": [
+                {
+                    "rid": layer.rid,
+                    "active": self.is_active(layer),
+                    "width": layer.width or None,
+                    "height": layer.height or None,
+                }
+                for layer in self.ranked
+            ],
         }
         if dt is not None:
             out["target"] = dt.target_rid

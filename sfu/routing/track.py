@@ -19,6 +19,7 @@ from pylibsrtp._binding import ffi, lib
 
 from sfu.counters import MediaCounters, RecoveredVia
 from sfu.packet.codecs import is_keyframe
+from sfu.packet.frame_size import keyframe_size
 from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
@@ -163,7 +164,12 @@ class PublishedTrack:
         self._kind_index = 1 if self.is_video else 0
         self._request_keyframe_cb = request_keyframe
         self._last_keyframe_request_ms = -KEYFRAME_REQUEST_INTERVAL_MS
-        self.keyframe_pending = False  # a downtrack waits for a keyframe
+        #: a downtrack waits for a keyframe, or the coded size is to be read from the next one (a
+        #: video track starts so: its first keyframe tells ``width`` x ``height``)
+        self.keyframe_pending = self.is_video
+        #: the coded picture size of the newest keyframe looked at; 0: not known yet
+        self.width = 0
+        self.height = 0
         self._keyframe_deferred = False  # a throttled request is still owed
         # the last sender report: (ntp 64-bit, rtp ts, arrival ms)
         self.last_sr: tuple[int, int, int] | None = None
@@ -501,6 +507,11 @@ class PublishedTrack:
         if name is not None and is_keyframe(name, view[offset:length]):
             self.keyframe_pending = False  # the waiting downtracks start with this packet
             self._keyframe_deferred = False
+            size = keyframe_size(name, view[offset:length])
+            if size is not None and (size.width != self.width or size.height != self.height):
+                self.width, self.height = size.width, size.height
+                if self.group is not None:
+                    self.group.resized()
             return True
         return False
 
@@ -529,6 +540,10 @@ class PublishedTrack:
         self._counters.keyframe_requests += 1
         self._request_keyframe_cb(self.ssrc)
         return True
+
+    def keyframe_wanted(self) -> bool:
+        """A subscriber waits for this track's next keyframe (bound, switching, or a request owed)."""
+        return bool(self.switching) or self._keyframe_deferred or any(dt.waiting_keyframe for dt in self.downtracks)
 
     def attach(self, dt: DownTrack, *, wait_keyframe: bool = True) -> None:
         """Add ``dt`` to the fan-out; with ``wait_keyframe`` (video) the next keyframe is looked for."""
@@ -579,6 +594,7 @@ class PublishedTrack:
             "codec": self.codec.name,
             "mid": self.mid,
             "rid": self.rid,
+            **({"width": self.width or None, "height": self.height or None} if self.is_video else {}),
             "muted": self.muted,
             "subscribers": len(self.downtracks),
         }

@@ -73,6 +73,10 @@ async def test_chromium_sends_every_layer_and_a_subscriber_switches_over_signali
         # with the node's REMB (3 Mbit/s by default) Chrome sends its top layer too
         await wait_for(lambda: all(t.ssrc > 0 for t in published_layers(node, "sim").values()), 15, "every layer's SSRC learnt")
         await wait_for(lambda: published_layers(node, "sim")["f"].stats.packets > 300, 20, "packets of the top layer")
+        # each layer's size, read from Chromium's VP8 key frames
+        await wait_for(
+            lambda: {rid: t.width for rid, t in published_layers(node, "sim").items()} == WIDTHS, 10, "layer sizes"
+        )
         rates = await _packets_per_layer(node, "sim", 2.0)
         assert all(n > 20 for n in rates.values()), rates
 

@@ -88,6 +88,10 @@ async def test_chromium_vp9_simulcast_to_a_chromium_viewer_switching_layers(node
         layers = published_layers(node, "vera")
         assert {t.codec.name for t in layers.values()} == {"VP9"}
         await wait_for(lambda: all(t.stats.packets > 50 for t in layers.values()), 20, "every layer sending")
+        # each layer's size, read from Chromium's VP9 key frames (uncompressed header), ranks it
+        await wait_for(lambda: {rid: t.width for rid, t in layers.items()} == WIDTHS, 10, f"layer sizes {WIDTHS}")
+        assert {t.height * 16 // 9 for t in layers.values()} == set(WIDTHS.values())
+        assert layers["f"].group is not None and layers["f"].group.rids == ["q", "h", "f"]
 
         await viewer.join_as(room, "walt")
         await viewer.watch()

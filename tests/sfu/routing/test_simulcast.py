@@ -7,11 +7,14 @@ unprotected by the raw client.
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from levelchat.errors import ApiError
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import RtpPacket
+from sfu.routing.allocator import LayerInfo, TrackInput, video_options
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, ParticipantKind, PublisherSink
 from sfu.routing.router import Router
@@ -19,6 +22,7 @@ from sfu.routing.simulcast import (
     HDREXT_MID,
     HDREXT_REPAIRED_RID,
     HDREXT_RID,
+    SIZE_WATCH_MS,
     RidRestrictions,
     SimulcastGroup,
     form_groups,
@@ -66,13 +70,24 @@ class Publisher:
         self.seq = {rid: 1000 * (i + 1) for i, rid in enumerate(rids)}
         self.ts = {rid: 7_000_000 * (i + 1) for i, rid in enumerate(rids)}
 
-    def send(self, rid: str, key: bool, now_ms: int, *, frames: int = 1, packets: int = 1) -> None:
-        """``frames`` frames of ``packets`` packets on layer ``rid``; the payload ends with the rid."""
+    def send(
+        self,
+        rid: str,
+        key: bool,
+        now_ms: int,
+        *,
+        frames: int = 1,
+        packets: int = 1,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        """``frames`` frames of ``packets`` packets on layer ``rid``, the first a keyframe (of
+        ``size``, else VP8_KEY's 320x240) when ``key``; the payload ends with the rid."""
         layer = self.layers[rid]
+        keyframe = VP8_KEY if size is None else vp8_key(*size)
         for f in range(frames):
             for p in range(packets):
                 start = p == 0
-                payload = (VP8_KEY if key and f == 0 else VP8_DELTA) if start else b"\x00\x00" + bytes(10)
+                payload = (keyframe if key and f == 0 else VP8_DELTA) if start else b"\x00\x00" + bytes(10)
                 data = rtp_bytes(
                     self.seq[rid], self.ts[rid], ssrc=layer.ssrc, pt=96, payload=payload + rid.encode(),
                     marker=p == packets - 1,
@@ -80,6 +95,11 @@ class Publisher:
                 self.seq[rid] = (self.seq[rid] + 1) & 0xFFFF
                 layer.on_rtp(memoryview(data), len(data), now_ms + 33 * f)
             self.ts[rid] = (self.ts[rid] + 3000) & 0xFFFFFFFF
+
+
+def vp8_key(width: int, height: int) -> bytes:
+    """A VP8 key frame's first payload (descriptor, frame tag, start code, size) of that size."""
+    return bytes([0x10, 0x50, 0x02, 0x00, 0x9D, 0x01, 0x2A]) + struct.pack("<HH", width, height) + bytes(20)
 
 
 def subscriber(link: Link, target: str | None = None) -> DownTrack:
@@ -170,6 +190,176 @@ def test_ranking_by_measured_packet_rate(packets_per_frame: dict[str, int], rank
         pub.send(rid, True, T0, frames=30, packets=n)
     pub.group.tick(T0 + 1000)
     assert pub.group.rids == ranked
+
+
+FIREFOX_SIZES = {"f": (640, 480), "h": (320, 240), "q": (160, 120)}
+
+
+@pytest.mark.parametrize(
+    ("rids", "restrictions", "sizes", "ranked"),
+    [
+        # Firefox: listed high first, no restrictions, one packet per frame on every layer
+        (("f", "h", "q"), None, FIREFOX_SIZES, ["q", "h", "f"]),
+        (("q", "h", "f"), None, FIREFOX_SIZES, ["q", "h", "f"]),
+        # what the keyframes carry wins over what a=rid declares
+        (
+            ("a", "b"),
+            ("max-width=1280;max-height=720", "max-width=320;max-height=180"),
+            {"a": (320, 180), "b": (1280, 720)},
+            ["a", "b"],
+        ),
+        # equal sizes: the restrictions break the tie
+        (("a", "b"), ("max-br=900000", "max-br=100000"), {"a": (320, 240), "b": (320, 240)}, ["b", "a"]),
+        # Firefox with f not sent yet: q and h in size order in their places, f in the offer's
+        (("f", "h", "q"), None, {"h": (320, 240), "q": (160, 120)}, ["f", "q", "h"]),
+        # the same with restrictions: they place f (then sizes order the others)
+        (("f", "h", "q"), ("max-width=640;max-height=480", "max-width=320;max-height=240",
+                           "max-width=160;max-height=120"), {"h": (320, 240), "q": (160, 120)}, ["q", "h", "f"]),
+        # 1280x720 against 960x960: pixels, not width
+        (("w", "s"), None, {"w": (1280, 720), "s": (960, 960)}, ["w", "s"]),
+    ],
+)
+def test_ranking_by_keyframe_size(
+    rids: tuple[str, ...],
+    restrictions: tuple[str, ...] | None,
+    sizes: dict[str, tuple[int, int]],
+    ranked: list[str],
+) -> None:
+    pub = Publisher(MediaCounters(), rids, restrictions)
+    for rid, size in sizes.items():
+        pub.send(rid, True, T0, frames=30, size=size)
+    assert pub.group.rids == ranked  # at once, before any tick
+    pub.group.tick(T0 + 1000)  # equal packet rates change nothing
+    assert pub.group.rids == ranked
+    assert {rid: (pub.layers[rid].width, pub.layers[rid].height) for rid in sizes} == sizes
+
+
+def test_a_top_layer_that_starts_paused() -> None:
+    """Firefox lists f, h, q and f sends nothing at first: the default is the largest layer that
+    sends (h), and f once it sends."""
+    pub = Publisher(MediaCounters(), ("f", "h", "q"))
+    for rid in ("h", "q"):
+        pub.send(rid, True, T0, frames=30, size=FIREFOX_SIZES[rid])
+    pub.group.tick(T0 + 1000)
+    assert pub.group.rids == ["f", "q", "h"] and pub.group.choose(None) is pub.layers["h"]
+    pub.send("f", True, T0 + 1000, frames=30, size=FIREFOX_SIZES["f"])
+    assert pub.group.rids == ["q", "h", "f"]
+    pub.group.tick(T0 + 2000)
+    assert pub.group.choose(None) is pub.layers["f"]
+
+
+def test_layer_infos_for_the_allocator() -> None:
+    """The allocator gets each layer's keyframe size and state in rank order: its options for a
+    Firefox-ordered group run q, h, f, without f once the publisher pauses it."""
+    pub = Publisher(MediaCounters(), ("f", "h", "q"))
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, size=size)
+    pub.group.tick(T0 + 1000)
+    infos = pub.group.layer_infos()
+    assert infos == (LayerInfo("q", 160, 120), LayerInfo("h", 320, 240), LayerInfo("f", 640, 480))
+    assert [o.layer.rid for o in video_options(TrackInput("v", "video", infos))] == ["q", "h", "f"]
+    for rid in ("q", "h"):
+        pub.send(rid, False, T0 + 1000)
+    pub.group.tick(T0 + 2000)  # f paused by the publisher
+    infos = pub.group.layer_infos()
+    assert infos[2] == LayerInfo("f", 640, 480, active=False)
+    assert [o.layer.rid for o in video_options(TrackInput("v", "video", infos))] == ["q", "h"]
+
+
+async def test_firefox_order_default_and_named_layers(link: Link) -> None:
+    """f, h, q listed high first: the default is the largest (f), a rid keeps naming its layer."""
+    pub = Publisher(link.counters, ("f", "h", "q"))
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, size=size)
+    pub.group.tick(T0 + 1000)
+    dt = subscriber(link)
+    pub.group.attach(dt, T0 + 1000)
+    for rid in ("f", "h", "q"):
+        pub.send(rid, True, T0 + 1000, size=FIREFOX_SIZES[rid])
+    assert dt.source is pub.layers["f"]
+    assert pub.group.set_target(dt, "q", T0 + 1100) is pub.layers["q"]
+    pub.send("q", True, T0 + 1100, size=FIREFOX_SIZES["q"])
+    assert dt.source is pub.layers["q"]
+    got = await receive_all(link)
+    assert runs([layer_of(p) for p in got]) == ["f", "q"]
+    assert [x["width"] for x in pub.group.describe(dt)["layers"]] == [160, 320, 640]  # type: ignore[index]
+
+
+def runs(layers: list[str]) -> list[str]:
+    return [layers[0]] + [b for a, b in zip(layers, layers[1:], strict=False) if a != b]
+
+
+async def test_a_layer_that_shrinks_changes_rank(link: Link) -> None:
+    """The encoder scales f down to 160x120 (a bandwidth limit): its keyframe re-ranks the group;
+    the default subscriber moves to the new top layer (h) at the next tick, the one that asked
+    for "f" by name stays on f."""
+    pub = Publisher(link.counters, ("f", "h", "q"))
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, frames=30, size=size)
+    pub.group.tick(T0 + 1000)
+    auto, named = subscriber(link), subscriber(link, target="f")
+    for dt in (auto, named):
+        pub.group.attach(dt, T0 + 1000)
+    pub.send("f", True, T0 + 1000, size=FIREFOX_SIZES["f"])
+    assert auto.source is named.source is pub.layers["f"]
+    pub.layers["f"].keyframe_pending = True  # a keyframe is looked at (a PLI, a new subscriber...)
+    pub.send("f", True, T0 + 1100, size=(160, 120))
+    assert pub.group.rids == ["f", "q", "h"]  # f and q tie on size: the offer's order
+    for rid in ("h", "q"):
+        pub.send(rid, False, T0 + 1100)
+    pub.group.tick(T0 + 2000)
+    assert auto.pending_source is pub.layers["h"] and named.pending_source is None
+    pub.send("h", True, T0 + 2000, size=FIREFOX_SIZES["h"])
+    assert auto.source is pub.layers["h"] and named.source is pub.layers["f"]
+
+
+def test_a_new_size_is_read_only_from_keyframes_looked_at() -> None:
+    """A size is read from keyframes the track looks at anyway (its first; those subscribers
+    wait for), not from every packet; a layer whose packet rate moves by RECHECK_RATIO has its
+    next keyframe looked at (an encoder that changes size under a bandwidth limit changes rate)."""
+    pub = Publisher(MediaCounters(), ("f", "h", "q"))
+    f = pub.layers["f"]
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, frames=30, packets=6 if rid == "f" else 1, size=size)
+    assert not f.keyframe_pending
+    pub.group.tick(T0 + 1000)  # the first rates
+    pub.send("f", True, T0 + 1000, frames=30, packets=6, size=(160, 120))
+    assert (f.width, f.height) == (640, 480)  # not looked at: nobody waited
+    pub.group.tick(T0 + 2000)
+    assert not f.keyframe_pending  # the same rate
+    pub.send("f", False, T0 + 2000, frames=30, packets=1)
+    pub.group.tick(T0 + 3000)
+    assert f.keyframe_pending  # a sixth of the rate (averaged: 0.58): the next keyframe is read
+    pub.send("f", True, T0 + 3000, frames=30, packets=1, size=(160, 120))
+    assert (f.width, f.height) == (160, 120) and not f.keyframe_pending
+    assert pub.group.rids[-1] == "h"
+
+
+async def test_a_size_watch_without_a_keyframe_ends(link: Link) -> None:
+    """A rate change looks for the next keyframe for SIZE_WATCH_MS; none comes: the layer stops
+    looking at every packet, unless a subscriber waits for a keyframe."""
+    pub = Publisher(link.counters, ("f", "h", "q"))
+    f = pub.layers["f"]
+    for rid, size in FIREFOX_SIZES.items():
+        pub.send(rid, True, T0, frames=30, packets=6, size=size)
+    pub.group.tick(T0 + 1000)
+    now = T0 + 1000
+    pub.send("f", False, now, frames=30, packets=1)
+    pub.group.tick(now + 1000)
+    assert f.keyframe_pending
+    for second in range(2, 12):
+        pub.send("f", False, now + 1000 * (second - 1), frames=30, packets=1)
+        pub.group.tick(now + 1000 * second)
+        assert f.keyframe_pending is (1000 * (second - 1) < SIZE_WATCH_MS), second
+    # a watch that ends while a subscriber waits for a keyframe leaves its wait alone
+    pub.send("f", False, now + 11_000, frames=30, packets=6)
+    pub.group.tick(now + 12_000)
+    assert f.keyframe_pending and not f.keyframe_wanted()  # the watch
+    f.add_switcher(subscriber(link), now + 12_000)
+    for second in range(13, 25):
+        pub.send("f", False, now + 1000 * (second - 1), frames=30, packets=6)
+        pub.group.tick(now + 1000 * second)
+    assert f.keyframe_pending and f.keyframe_wanted()
 
 
 def test_sources_lists_a_group_once() -> None:
@@ -381,7 +571,11 @@ async def test_a_target_that_does_not_send_gets_the_best_layer_below(link: Link)
     assert dt.source is pub.layers["q"] and dt.target_rid == "h"
     described = pub.group.describe(dt)
     assert described == {
-        "layers": [{"rid": "q", "active": True}, {"rid": "h", "active": False}, {"rid": "f", "active": False}],
+        "layers": [
+            {"rid": "q", "active": True, "width": 320, "height": 240},  # VP8_KEY's size
+            {"rid": "h", "active": False, "width": 320, "height": 240},
+            {"rid": "f", "active": False, "width": 320, "height": 240},
+        ],
         "target": "h",
         "current": "q",
         "switching_to": None,
