@@ -104,7 +104,7 @@ def test_node_settings_load_and_nodes_do_not_collide() -> None:
     assert len(set(udp)) == len(udp), sorted(udp)
     for name, cfg in configs.items():
         assert not cfg.dev, name
-        assert cfg.public_ip == OPERATOR_ENV["PUBLIC_IP"], name
+        assert cfg.public_ip == (OPERATOR_ENV["PUBLIC_IP"],), name
         assert cfg.api_keys == {"prod": TEST_SECRET}, name
         assert urlsplit(cfg.public_url).port == cfg.http_port, (name, cfg.public_url)
 
