@@ -163,33 +163,34 @@ def address_of_sockaddr6(raw: bytes | memoryview) -> tuple[str, int]:
 
 
 class Sockaddr6Table:
-    """The ``sockaddr_in6`` an IPv6 port's send slots point at, one per bound address.
+    """The ``sockaddr_in6`` an IPv6 port's send slots point at: one per holder (a transport's
+    selected address), never shared, so one holder's release cannot pull memory from under
+    another that sends to the same address.
 
-    ``key(addr)`` is the address of its memory (the send key; 0 for no address).  An entry
-    that is released stays allocated until ``collect()``, which the port calls right after each
+    ``new_key(addr)`` allocates one and returns its address (the send key; 0 for no address).
+    A released one stays allocated until ``collect()``, which the port calls right after each
     send: a packet queued to it before the release still goes out from valid memory.
     """
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, int], tuple[Any, int]] = {}
+        self._entries: dict[int, Any] = {}
         self._retired: list[Any] = []
 
-    def key(self, addr: tuple[str, int]) -> int:
-        entry = self._entries.get(addr)
-        if entry is None:
-            try:
-                raw = sockaddr6(addr[0], addr[1])
-            except (ValueError, TypeError, IndexError):
-                return 0
-            buf = _ffi.new("unsigned char[]", _NAME6)
-            _ffi.memmove(buf, raw, _NAME6)
-            entry = self._entries[addr] = (buf, int(_ffi.cast("uintptr_t", buf)))
-        return entry[1]
+    def new_key(self, addr: tuple[str, int]) -> int:
+        try:
+            raw = sockaddr6(addr[0], addr[1])
+        except (ValueError, TypeError, IndexError):
+            return 0
+        buf = _ffi.new("unsigned char[]", _NAME6)
+        _ffi.memmove(buf, raw, _NAME6)
+        key = int(_ffi.cast("uintptr_t", buf))
+        self._entries[key] = buf
+        return key
 
-    def release(self, addr: tuple[str, int]) -> None:
-        entry = self._entries.pop(addr, None)
-        if entry is not None:
-            self._retired.append(entry[0])
+    def release(self, key: int) -> None:
+        buf = self._entries.pop(key, None)
+        if buf is not None:
+            self._retired.append(buf)
 
     def collect(self) -> None:
         if self._retired:

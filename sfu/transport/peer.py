@@ -217,7 +217,8 @@ class PeerTransport:
             self.addr = addr
             self._port.bind_address(addr, self)
             self._tcp = self._port.tcp_links.get(addr)
-            self._addr_key = self._port.send_key(addr)
+            old_key, self._addr_key = self._addr_key, self._port.send_key(addr)
+            self._port.release_send_key(old_key)
             if self._tx_srtp is not None:
                 self._send_key = self._addr_key
             self._lane_epoch = -1  # a lane carries one address: the next packet takes a new one
@@ -513,6 +514,8 @@ class PeerTransport:
         self.tx = None
         self._tx_srtp = None
         self._send_key = 0
+        self._port.release_send_key(self._addr_key)
+        self._addr_key = 0
         self._tcp = None
         self._ring.generation += 1
         sink, self.sink = self.sink, None

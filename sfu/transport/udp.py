@@ -143,7 +143,8 @@ class MediaPort:
 
     def send_key(self, addr: Address) -> int:
         """What a send slot for ``addr`` holds (``SendRing``): 0 when this port cannot send
-        there (an ICE-TCP connection's address; an IPv6 address on an IPv4 port)."""
+        there (an ICE-TCP connection's address; an IPv6 address on an IPv4 port).  Whoever takes
+        one hands it back with ``release_send_key``."""
         table = self._sockaddrs
         if table is None:
             try:
@@ -152,7 +153,13 @@ class MediaPort:
                 return 0
         if is_tcp_address(addr):
             return 0
-        return table.key(addr)
+        return table.new_key(addr)
+
+    def release_send_key(self, key: int) -> None:
+        """Its holder is done with a ``send_key`` (its address changed, or it closed): an IPv6
+        port frees the memory after the next send."""
+        if self._sockaddrs is not None and key:
+            self._sockaddrs.release(key)
 
     def peer_at(self, addr: Address) -> DatagramPeer | None:
         """The peer media from ``addr`` goes to, if any."""
@@ -164,8 +171,6 @@ class MediaPort:
             key = self._key(addr)
             if key is not None and self._by_key.get(key) is peer:
                 del self._by_key[key]
-            if self._sockaddrs is not None:
-                self._sockaddrs.release(addr)
 
     def rename_peer(self, old_ufrag: str, peer: DatagramPeer) -> None:
         """The peer's ICE ufrag changed (ICE restart): checks reach it under the new one only."""

@@ -151,6 +151,7 @@ def test_an_ipv6_send_ring_reaches_ipv4_and_ipv6_peers(socks6: list[socket.socke
     table = Sockaddr6Table()
     dests = [("127.0.0.1", v4.getsockname()[1]), ("::1", v6.getsockname()[1]), ("127.0.0.1", v4.getsockname()[1])]
     sent: dict[int, list[bytes]] = {0: [], 1: []}
+    keys = [table.new_key(d) for d in dests]
     for lane, dest in enumerate(dests):
         ring.used += 1
         payloads = [bytes([lane, i]) * 300 for i in range(3)] + [bytes([lane, 9]) * 10]
@@ -158,7 +159,7 @@ def test_an_ipv6_send_ring_reaches_ipv4_and_ipv6_peers(socks6: list[socket.socke
             k = lane * ring.depth + i
             ring.views[k][: len(payload)] = payload
             ring.iov_lens[2 * k + 1] = len(payload)
-            ring.names[2 * k] = table.key(dest)
+            ring.names[2 * k] = keys[lane]
         ring.fills[lane] = len(payloads)
         sent[0 if dest[0] == "127.0.0.1" else 1] += payloads
     assert ring.send(tx.fileno()) == (12, [])
@@ -175,15 +176,17 @@ def test_an_ipv6_send_ring_reaches_ipv4_and_ipv6_peers(socks6: list[socket.socke
 
 def test_a_released_sockaddr_lives_until_collected() -> None:
     table = Sockaddr6Table()
-    key = table.key(("::1", 5000))
-    assert key and table.key(("::1", 5000)) == key and len(table) == 1
-    assert table.key(("tcp:::1", 5000)) == 0 and len(table) == 1
-    table.release(("::1", 5000))
-    assert len(table) == 0 and len(table._retired) == 1  # still allocated: a queued slot may point at it
+    key = table.new_key(("::1", 5000))
+    other = table.new_key(("::1", 5000))  # a second holder of the same address: its own memory
+    assert key and other and key != other and len(table) == 2
+    assert table.new_key(("tcp:::1", 5000)) == 0 and len(table) == 2
+    table.release(key)
+    assert len(table) == 1 and len(table._retired) == 1  # still allocated: a queued slot may point at it
     table.collect()
     assert table._retired == []
-    table.release(("::1", 5000))  # twice is harmless
-    assert table.key(("::1", 5000)) != 0
+    table.release(key)  # twice is harmless
+    table.release(0)
+    assert len(table) == 1
 
 
 def test_xor_mapped_address_for_ipv6_is_rfc_8489_family_2() -> None:
@@ -303,3 +306,26 @@ async def test_dual_stack_bad_input_is_dropped_and_counted(port6: MediaPort) -> 
     finally:
         c6.close()
         stranger.close()
+
+
+async def test_two_sessions_at_one_ipv6_address_each_keep_their_send_address(port6: MediaPort) -> None:
+    """A second session that binds the same client address and closes does not take the first
+    one's send address with it (each holds its own sockaddr_in6)."""
+    client = RawClient(host="::1")
+    try:
+        first = new_peer(port6, client)
+        first.sink = RecordingSink()
+        await connect(first, client, port6, DtlsRole.SERVER)
+        second = new_peer(port6, client)
+        await client.check(second, port6)  # binds the same address to the second session
+        assert second.addr == first.addr
+        second.close(CloseReason.LEFT, send_alert=False)
+        port6.flush()  # what the second one held is freed now
+        for seq in (1, 2):
+            first.out_view[:40] = rtp_packet(seq=seq)
+            first.send_rtp(40)
+            port6.flush()
+            assert await client.recv_rtp() == rtp_packet(seq=seq)
+        assert len(port6._sockaddrs or ()) == 1
+    finally:
+        client.close()
