@@ -68,6 +68,17 @@ async def dual_stack(node_factory: NodeFactory) -> Node:
     return await node_factory(media_host="::", dev_allow_remote=True, public_ip="::1,127.0.0.1")
 
 
+def probe_hosts(node: Node) -> set[str]:
+    """The addresses the node's self-check probes reach it from; the last check passed."""
+    assert node.selfcheck is not None and node.selfcheck.last is not None and node.selfcheck.last.ok
+    hosts = set()
+    for p in node.router.participants.values():
+        t = p.publisher or p.subscriber
+        if p.identity.startswith("selfcheck-") and t is not None and t.addr is not None:
+            hosts.add(t.addr[0])
+    return hosts
+
+
 def transports(node: Node) -> dict[str, tuple[str, str]]:
     """identity -> (transport kind, address host) of each public participant's transport."""
     out = {}
@@ -224,7 +235,7 @@ async def test_aiortc_publishes_and_watches_over_ipv6_on_an_ipv6_only_node(
         assert {c[3] for c in CANDIDATES.findall(answer)} == {"::1"} and "c=IN IP6 ::1" in answer
         await wait_for(lambda: sub.frames["video"] > 20 and sub.frames["audio"] > 20, 30, "IPv6 frames decoded")
         assert transports(node) == {"alice": ("udp", "::1"), "bob": ("udp", "::1")}
-        assert node.self_check_ok  # the probes run over ::1 too
+        assert probe_hosts(node) == {"::1"}  # the self-check runs over ::1 too
     finally:
         await pub.close()
         await sub.close()
@@ -244,6 +255,7 @@ async def test_an_ipv4_aiortc_publisher_and_an_ipv6_aiortc_viewer_in_one_room(
         await sub.connect(timeout=20)
         await wait_for(lambda: sub.frames["video"] > 20 and sub.frames["audio"] > 20, 30, "frames decoded over IPv6")
         assert transports(node) == {"alice": ("udp", "127.0.0.1"), "bob": ("udp", "::1")}
+        assert probe_hosts(node) == {"127.0.0.1"}  # a :: node's self-check: the v4-mapped path
         text = (await call(node, "GET", "/metrics")).text
         assert 'levelchat_sfu_sessions_by_transport{transport="udp"}' in text
     finally:
