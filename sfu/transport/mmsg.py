@@ -17,7 +17,7 @@ receive key is ``key6 = (q0 ^ q2) | q1 << 64 | q3 << 128``: exact (the kernel le
 label 0 and the padding is never written), and one word for every address whose high half is
 zero, v4-mapped ones included, so an IPv4 peer of a dual-stack port costs two more word reads
 and an XOR.  Its send key is the address (a pointer) of a ``sockaddr_in6`` the port keeps for
-each bound address (``Sockaddr6Table``): writers store one word per slot exactly as for IPv4,
+each transport's selected address (``Sockaddr6Table``): writers store one word per slot as for IPv4,
 and ``SendRing.send`` copies those words into the messages' ``msg_name`` (one strided copy).
 Peers see one normalised address form either way (``normalize_host``): ``a.b.c.d`` for a
 v4-mapped peer, the compressed text otherwise.

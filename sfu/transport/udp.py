@@ -86,7 +86,7 @@ class MediaPort:
         self._in_ring = RecvRing(RECV_BATCH, BUFFER_SIZE, family=self.family)
         #: where peers queue protected RTP; see the module docstring
         self.out_ring = SendRing(SEND_LANES, SEND_LANE_DEPTH, SEND_SLOT_SIZE, family=self.family)
-        #: IPv6: the sockaddr_in6 each bound address's send slots point at
+        #: IPv6: the sockaddr_in6 each transport's send slots point at (``send_key``)
         self._sockaddrs: Sockaddr6Table | None = Sockaddr6Table() if self.family == socket.AF_INET6 else None
         #: send queued RTP with UDP GSO where the kernel has it (``out_ring.gso`` once open)
         self.gso_enabled = gso
