@@ -6,7 +6,8 @@
 * aiortc (aioice given only ``::1``, or only ``127.0.0.1``, as it gathers) publishes and
   watches over IPv6, and an IPv4 aiortc publisher is watched by an IPv6 aiortc viewer;
 * bad input over IPv6 (garbage datagrams and TCP frames from ``::1``) is counted and the live
-  session goes on; an ICE restart's fragment carries both families.
+  session goes on; an ICE restart's fragment carries both families;
+* the WebSocket publisher answer and the node's subscriber offer carry both families too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.e2e.conftest import public_participants, token
 from tests.e2e.test_http_errors import call
 from tests.e2e.test_ice_tcp import Received, post
 from tests.e2e.test_rtc_ice_restart import VIDEO_SSRC, send_video
+from tests.e2e.test_rtc_signaling import RtcClient
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -261,3 +263,35 @@ async def test_an_ipv4_aiortc_publisher_and_an_ipv6_aiortc_viewer_in_one_room(
     finally:
         await pub.close()
         await sub.close()
+
+
+async def test_websocket_publish_answer_and_subscriber_offer_carry_both_families(
+    node_factory: NodeFactory, gather_on: Callable[[str], None]
+) -> None:
+    node = await dual_stack(node_factory)
+    room = "ipv6-ws"
+    lite = LiteEndpoint(Certificate.generate(), host="::1")
+    alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
+    bob = RtcClient(node, room, "bob", ("room:join", "room:subscribe"))
+    stop = asyncio.Event()
+    sender: asyncio.Task[None] | None = None
+    both = [("udp", "127.0.0.1"), ("udp", "::1"), ("tcp", "127.0.0.1"), ("tcp", "::1")]
+    try:
+        await alice.join()
+        answer = await alice.call("publish", {"sdp": lite.offer(send=True, video_ssrc=VIDEO_SSRC)})
+        assert [(c[1], c[3]) for c in CANDIDATES.findall(answer["sdp"])] == both
+        await lite.connect(answer["sdp"], timeout_s=15)
+        sender = asyncio.create_task(send_video(lite, stop))
+        gather_on("::1")  # bob's aiortc answers the node's offer over IPv6
+        await bob.join()
+        await wait_for(lambda: any(len(r.log.packets) > 30 for r in bob.received.values()), 20, "bob receives alice")
+        (offer,) = bob.named("offer")
+        assert [(c[1], c[3]) for c in CANDIDATES.findall(offer["sdp"])] == both
+        assert transports(node) == {"alice": ("udp", "::1"), "bob": ("udp", "::1")}
+    finally:
+        stop.set()
+        if sender is not None:
+            await sender
+        lite.close()
+        for client in (alice, bob):
+            await client.close()
