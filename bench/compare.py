@@ -282,9 +282,15 @@ def paced_rate(capacity_out_pps_per_cpu: list[float | None], fanout: int) -> flo
     return round(min(SOURCE_MAX_PPS, PACED_LOAD * min(known) / fanout), 1)
 
 
+#: ``node_dualstack``: the node's media port on ``::`` (dual-stack), advertising 127.0.0.1, so the
+#: bench's IPv4 packets take the IPv6 socket's v4-mapped path (issue 13)
+DUAL_STACK_ENV = {"LEVELCHAT_SFU_MEDIA_HOST": "::", "LEVELCHAT_SFU_DEV_ALLOW_REMOTE": "true",
+                  "LEVELCHAT_SFU_PUBLIC_IP": "127.0.0.1"}
+
 #: How the tables name the targets.
 LABELS = {NODE: "node (SFU)", "baseline": "bare Python", "c": "C", "baseline_plain": "bare Python, plain I/O",
-          "node_sysmalloc": "node, PYTHONMALLOC=malloc"}
+          "node_sysmalloc": "node, PYTHONMALLOC=malloc",
+          "node_dualstack": "node on :: (IPv4 v4-mapped)"}
 
 
 def label(name: str) -> str:
@@ -371,10 +377,12 @@ def compare(targets: list[Target], work: Workload, mode: str = "both",
 
 def default_targets(names: list[str]) -> list[Target]:
     """Targets by name: ``node`` (the SFU node), ``c``, ``baseline`` (mmsg), ``baseline_plain``,
-    ``node_sysmalloc`` (the node with ``PYTHONMALLOC=malloc``)."""
+    ``node_sysmalloc`` (the node with ``PYTHONMALLOC=malloc``), ``node_dualstack`` (the node's
+    media socket dual-stack on ``::``, the bench's IPv4 traffic arriving v4-mapped)."""
     known: dict[str, Target] = {NODE: NodeTarget(), "c": CTarget(), "baseline": BaselineTarget("mmsg"),
                                 "baseline_plain": BaselineTarget("plain"),
-                                "node_sysmalloc": NodeTarget(name="node_sysmalloc", env={"PYTHONMALLOC": "malloc"})}
+                                "node_sysmalloc": NodeTarget(name="node_sysmalloc", env={"PYTHONMALLOC": "malloc"}),
+                                "node_dualstack": NodeTarget(name="node_dualstack", env=DUAL_STACK_ENV)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)}")

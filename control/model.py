@@ -7,6 +7,7 @@ be newer than the control plane).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -138,6 +139,15 @@ class NodeRegistration:
     participants: tuple[tuple[str, int], ...] = ()
     #: the settings of (some of) those rooms, by room id: a store that lost them learns them back
     room_settings: Mapping[str, RoomSpec] = field(default_factory=dict)
+    #: ``media.hosts``: every address of the node's candidates (an IPv4 and an IPv6 one on a
+    #: dual-stack node), ``media_host`` among them; () when the node sent only ``media.host``
+    media_hosts: tuple[str, ...] = ()
+
+    @property
+    def stored_media_host(self) -> str:
+        """``media_host`` as the stores keep it: the addresses space-separated, ``media_host``
+        first (``unpack_media_host`` reads it back)."""
+        return " ".join(dict.fromkeys((self.media_host, *self.media_hosts)))
 
     def settings_of(self, room: str) -> RoomSpec:
         """The room's reported settings, or none (defaults) when the node did not report them."""
@@ -158,6 +168,7 @@ class NodeRegistration:
         port = field_of(media, "port", int)
         if not 1 <= port <= 65535:
             raise ValueError(f"field 'media.port' must be 1..65535, got {port}")
+        hosts = parse_media_hosts(media.get("hosts"), host)
         version = field_of(obj, "version", str, required=False) or ""
         if len(version) > MAX_VERSION:
             raise ValueError(f"field 'version' must be at most {MAX_VERSION} characters")
@@ -173,7 +184,40 @@ class NodeRegistration:
             instance=parse_instance(obj.get("instance")),
             participants=parse_room_participants(obj.get("room_participants")) or (),
             room_settings=_parse_room_settings(obj.get("room_settings")),
+            media_hosts=hosts,
         )
+
+
+def parse_media_hosts(value: Any, host: str) -> tuple[str, ...]:
+    """``media.hosts``: absent, or a list of at most one IPv4 and one IPv6 address that holds
+    ``media.host``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not 1 <= len(value) <= 2:
+        raise ValueError("field 'media.hosts' must be a list of one or two IP addresses")
+    families: set[int] = set()
+    for item in value:
+        try:
+            if not isinstance(item, str) or "%" in item:
+                raise ValueError
+            version = ipaddress.ip_address(item).version
+        except ValueError:
+            raise ValueError(f"field 'media.hosts' must hold IP addresses, got {str(item)[:60]!r}") from None
+        if version in families:
+            raise ValueError(f"field 'media.hosts' holds at most one IPv4 and one IPv6 address, got two IPv{version}")
+        families.add(version)
+    if host not in value:
+        raise ValueError(f"field 'media.hosts' must include 'media.host' ({host[:60]!r})")
+    return tuple(value)
+
+
+def unpack_media_host(stored: str) -> tuple[str, tuple[str, ...]]:
+    """A store's ``media_host`` (``NodeRegistration.stored_media_host``): the first address, and
+    all of them when there are several."""
+    parts = stored.split()
+    if len(parts) < 2:
+        return stored, ()
+    return parts[0], tuple(parts)
 
 
 #: ``POST /v1/nodes`` and heartbeat bodies (a node's rooms, their participants and settings) may be
@@ -247,6 +291,8 @@ class Node:
     load: Load = field(default_factory=Load)
     placed_since_report: int = 0
     instance: str | None = None
+    #: every candidate address (``NodeRegistration.media_hosts``); () = ``media_host`` alone
+    media_hosts: tuple[str, ...] = ()
 
     def lease_alive(self, now_ms: int) -> bool:
         return not self.revoked and self.lease_expires_at > now_ms
@@ -274,7 +320,7 @@ class Node:
         return {
             "id": self.id,
             "url": self.url,
-            "media": {"host": self.media_host, "port": self.media_port},
+            "media": {"host": self.media_host, "port": self.media_port, "hosts": list(self.media_hosts or (self.media_host,))},
             "region": self.region,
             "capacity": self.capacity.to_json(),
             "version": self.version,

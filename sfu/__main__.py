@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--media-port", type=int)
     p.add_argument("--tcp-port", type=int, help="ICE-TCP media port (0: any free port)")
     p.add_argument("--ice-tcp", action=argparse.BooleanOptionalAction, default=None, help="offer ICE-TCP candidates")
-    p.add_argument("--public-ip", help="address advertised in ICE candidates (NAT 1:1)")
+    p.add_argument(
+        "--public-ip", help="address(es) advertised in ICE candidates (NAT 1:1): one, or an IPv4 and an IPv6 comma-separated"
+    )
     p.add_argument("--public-url")
     p.add_argument("--control-url")
     p.add_argument("--control-urls", help="control-plane replicas to fail over between, comma-separated")
@@ -52,7 +54,7 @@ async def run(cfg: node_config.NodeConfig) -> int:
     # first SIGTERM: graceful drain, exit when it completes; a second one: exit at once
     stop = stop_on_signals(node, cfg.drain_deadline_s, announce_drain)
     ports = f"{node.media_port}" if cfg.worker_count == 1 else f"{node.media_port}+, {cfg.worker_count} workers"
-    print(f"LevelChat SFU node ready: {node.url}  (media udp {cfg.advertised_ip}:{ports})", flush=True)
+    print(f"LevelChat SFU node ready: {node.url}  (media udp {' '.join(cfg.advertised_ips)} port {ports})", flush=True)
     waiters = [asyncio.create_task(stop.wait())]
     if node.agent is not None:
         waiters.append(asyncio.create_task(node.agent.fatal.wait()))

@@ -494,7 +494,8 @@ class ControlPlaneAgent:
         return {
             "id": self.settings.node_id,
             "url": self.node.url,
-            "media": {"host": cfg.advertised_ip, "port": self.node.media_port},
+            # every candidate address (IPv4 and IPv6 on a dual-stack node), the first as "host"
+            "media": {"host": cfg.advertised_ip, "hosts": list(cfg.advertised_ips), "port": self.node.media_port},
             "region": cfg.region or None,
             "capacity": {"max_participants": cfg.max_participants, "max_rooms": cfg.max_rooms},
             "version": VERSION,

@@ -47,8 +47,11 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: "turns:host:443?transport=tcp"], secret = "...", ttl_s = 3600}]``; each session is handed a
     #: credential minted from the secret, valid ``ttl_s`` (``sfu.turn``)
     turn_servers: tuple[TurnServer, ...] = ()
-    #: the address put in ICE candidates (NAT 1:1); empty = media_host (must then be specific)
-    public_ip: str = ""
+    #: the addresses put in ICE candidates (NAT 1:1): one, or a list of at most one IPv4 and one
+    #: IPv6 address (a TOML list, or comma-separated in the environment and ``--public-ip``); an
+    #: IPv6 one needs ``media_host = "::"`` (dual-stack) or an IPv6 address, an IPv4 one
+    #: ``"::"`` or an IPv4 address.  Empty = ``media_host`` (which must then be specific)
+    public_ip: tuple[str, ...] = ()
     #: the URL clients and the control plane reach this node's HTTP API at; empty = derived
     public_url: str = ""
     api_keys: dict[str, str] = field(default_factory=dict)
@@ -142,14 +145,11 @@ class NodeConfig(HttpConfig, WebhookConfig):
             if not 0 <= value <= 65535:
                 raise ConfigError(f"{name}: {value} is not a port number")
         try:
-            ipaddress.ip_address(self.media_host)
+            media = ipaddress.ip_address(self.media_host)
         except ValueError:
             raise ConfigError(f"media_host: {self.media_host!r} is not an IP address") from None
         if self.public_ip:
-            try:
-                ipaddress.ip_address(self.public_ip)
-            except ValueError:
-                raise ConfigError(f"public_ip: {self.public_ip!r} is not an IP address") from None
+            check_public_ips(self.public_ip, media)
         elif self.media_host in ("0.0.0.0", "::"):
             raise ConfigError("public_ip must be set when media_host is a wildcard address")
         if not self.api_keys:
@@ -270,8 +270,15 @@ class NodeConfig(HttpConfig, WebhookConfig):
         return tuple(dict.fromkeys(u.rstrip("/") for u in urls))
 
     @property
+    def advertised_ips(self) -> tuple[str, ...]:
+        """The addresses of the node's host candidates, IPv4 first: ``public_ip`` or ``media_host``."""
+        ips = self.public_ip or (self.media_host,)
+        return tuple(sorted(ips, key=lambda ip: ":" in ip))
+
+    @property
     def advertised_ip(self) -> str:
-        return self.public_ip or self.media_host
+        """The first of ``advertised_ips`` (the IPv4 one when there are two)."""
+        return self.advertised_ips[0]
 
     @property
     def effective_node_id(self) -> str:
@@ -288,6 +295,33 @@ class NodeConfig(HttpConfig, WebhookConfig):
         if ":" in host:  # an IPv6 literal goes in brackets (RFC 3986)
             host = f"[{host}]"
         return f"http://{host}:{http_port or self.http_port}"
+
+
+def check_public_ips(ips: tuple[str, ...], media: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    """``public_ip``: at most one IPv4 and one IPv6 address, each usable as a candidate and each
+    reachable through a socket bound to ``media`` (``::`` takes both families)."""
+    seen: dict[int, str] = {}
+    for text in ips:
+        try:
+            if "%" in text:  # a link-local scope means nothing to a remote client
+                raise ValueError(text)
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise ConfigError(f"public_ip: {text!r} is not an IP address (without a %scope)") from None
+        if ip.is_unspecified or ip.is_multicast:
+            raise ConfigError(f"public_ip: {text} cannot be a candidate address (unspecified or multicast)")
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            raise ConfigError(f"public_ip: {text} is an IPv4-mapped address: write {ip.ipv4_mapped}")
+        if ip.version in seen:
+            raise ConfigError(
+                f"public_ip: at most one IPv4 and one IPv6 address, got two IPv{ip.version} ({seen[ip.version]}, {text})"
+            )
+        seen[ip.version] = text
+        if media.version != ip.version and str(media) != "::":
+            raise ConfigError(
+                f"public_ip: {text} is IPv{ip.version} but media_host {media} listens on IPv{media.version} only"
+                + (' (media_host = "::" listens on both)' if ip.version == 6 else "")
+            )
 
 
 DEV_DEFAULTS: Mapping[str, Any] = {

@@ -106,7 +106,7 @@ class Node(HttpBound):
         cfg = self.config
         self.sessions = SessionService(
             self.router,
-            advertised_ip=cfg.advertised_ip,
+            advertised_ips=cfg.advertised_ips,
             preferred_role=Setup(cfg.dtls_role),
             limits=OfferLimits(cfg.max_media_sections, cfg.max_ssrcs, cfg.max_published_tracks),
         )
@@ -145,7 +145,7 @@ class Node(HttpBound):
             self.config.media_host,
             self.port.port,
             self.port.tcp_port or "off",
-            self.config.advertised_ip,
+            " ".join(self.config.advertised_ips),
         )
 
     async def stop(self) -> None:

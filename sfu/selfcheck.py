@@ -37,6 +37,13 @@ PROBE_SSRC = 0x5E1FC4EC
 _KEYFRAME_HEAD = b"\x10\x00\x9d\x01\x2a"
 
 
+def probe_host(media_host: str) -> str:
+    """Where the probes reach the media port from: its own address, or IPv4 loopback for a
+    wildcard (on a dual-stack ``::`` port that is the v4-mapped path most clients take, and it
+    works where the host has no IPv6 loopback, as in a container without IPv6)."""
+    return "127.0.0.1" if media_host in ("0.0.0.0", "::") else media_host
+
+
 @dataclass(frozen=True)
 class CheckResult:
     ok: bool
@@ -171,7 +178,7 @@ class SelfCheck:
     async def _setup(self) -> None:
         self._teardown()
         node = self.node
-        host = "127.0.0.1" if node.config.media_host in ("0.0.0.0", "127.0.0.1") else node.config.media_host
+        host = probe_host(node.config.media_host)
         address = (host, node.port.port)
         now = clock.now_ms()
         room = self._room(now)

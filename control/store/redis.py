@@ -24,6 +24,7 @@ from control.model import (
     RoomSpec,
     RoomState,
     Taken,
+    unpack_media_host,
 )
 from control.store import redis_scripts as lua
 from control.store.base import Store
@@ -34,10 +35,12 @@ def _opt_int(value: str | None) -> int | None:
 
 
 def _node(h: Mapping[str, str]) -> Node:
+    media_host, media_hosts = unpack_media_host(h["media_host"])
     return Node(
         id=h["id"],
         url=h["url"],
-        media_host=h["media_host"],
+        media_host=media_host,
+        media_hosts=media_hosts,
         media_port=int(h["media_port"]),
         region=h.get("region") or None,
         capacity=Capacity(max_participants=int(h["max_participants"]), max_rooms=int(h["max_rooms"])),
@@ -137,7 +140,7 @@ class RedisStore(Store):
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
     ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
         outcome, taken, dropped = await self._call(
-            self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.media_host, reg.media_port,
+            self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.stored_media_host, reg.media_port,
             reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, reg.instance,
             int(takeover), _learnt_settings(reg), *_listing(reg.listing()),
         )

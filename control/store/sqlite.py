@@ -27,6 +27,7 @@ from control.model import (
     RoomSpec,
     RoomState,
     Taken,
+    unpack_media_host,
 )
 from control.placement import choose
 from control.store.base import Store
@@ -37,7 +38,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY,
     url TEXT NOT NULL,
-    media_host TEXT NOT NULL,
+    media_host TEXT NOT NULL,  -- the candidate addresses, space-separated, media.host first
     media_port INTEGER NOT NULL,
     region TEXT,
     max_participants INTEGER NOT NULL,
@@ -84,10 +85,12 @@ ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, 
 
 
 def _node(row: sqlite3.Row) -> Node:
+    media_host, media_hosts = unpack_media_host(row["media_host"])
     return Node(
         id=row["id"],
         url=row["url"],
-        media_host=row["media_host"],
+        media_host=media_host,
+        media_hosts=media_hosts,
         media_port=row["media_port"],
         region=row["region"],
         capacity=Capacity(max_participants=row["max_participants"], max_rooms=row["max_rooms"]),
@@ -242,7 +245,7 @@ class SqliteStore(Store):
                 self._lose_rooms(c, reg.id)
             c.execute(
                 f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0,?)",
-                (reg.id, reg.url, reg.media_host, reg.media_port, reg.region, reg.capacity.max_participants,
+                (reg.id, reg.url, reg.stored_media_host, reg.media_port, reg.region, reg.capacity.max_participants,
                  reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
             )
             taken = self._claim(c, reg.id, reg.listing(), now_ms, reg.settings_of)

@@ -448,7 +448,7 @@ class RtcService:
             ice_ufrag=transport.ice.ufrag,
             ice_pwd=transport.ice.pwd,
             fingerprint=router.certificate.fingerprint("sha-256"),
-            candidates=(self.node.sessions.advertised,),
+            candidates=self.node.sessions.advertised,
             tcp_candidates=self.node.sessions.advertised_tcp,
             dtls_role=role,
             session_id=random.getrandbits(62) or 1,

@@ -59,7 +59,7 @@ def patch_ice(
     frag_text: str,
     if_match: str | None,
     *,
-    advertised: tuple[str, int],
+    advertised: tuple[tuple[str, int], ...],
     advertised_tcp: tuple[tuple[str, int], ...] = (),
 ) -> IcePatchResult:
     """Apply a PATCH to ``session`` (already found and authorized); ApiError when refused."""
@@ -95,4 +95,4 @@ def patch_ice(
     transport.restart_ice(local, frag.ufrag)
     session.etag = new_etag()
     kind, mid = session.bundle_tag
-    return IcePatchResult(session.etag, build_fragment(local.ufrag, local.pwd, kind, mid, [advertised], advertised_tcp))
+    return IcePatchResult(session.etag, build_fragment(local.ufrag, local.pwd, kind, mid, advertised, advertised_tcp))

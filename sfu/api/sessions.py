@@ -166,14 +166,15 @@ class SessionService:
         self,
         router: Router,
         *,
-        advertised_ip: str,
+        advertised_ips: tuple[str, ...],
         preferred_role: sdp.Setup = sdp.Setup.PASSIVE,
         limits: OfferLimits | None = None,
     ) -> None:
         self.router = router
         #: what one offer and one participant may declare (WHIP, WHEP and the WebSocket ``publish``)
         self.limits = limits or OfferLimits()
-        self.advertised_ip = advertised_ip
+        #: the node's candidate addresses (IPv4 first: its candidates get the higher priority)
+        self.advertised_ips = advertised_ips
         self.preferred_role = preferred_role
         self.sessions: dict[str, MediaSession] = {}
         #: session id by participant sid
@@ -211,7 +212,7 @@ class SessionService:
             ice_ufrag=transport.ice.ufrag,
             ice_pwd=transport.ice.pwd,
             fingerprint=self.router.certificate.fingerprint("sha-256"),
-            candidates=(self.advertised,),
+            candidates=self.advertised,
             tcp_candidates=self.advertised_tcp,
             dtls_role=role,
         )
@@ -368,15 +369,16 @@ class SessionService:
         return self.router.set_layer(participant, dt, rid, now_ms)
 
     @property
-    def advertised(self) -> tuple[str, int]:
-        """The node's host candidate (address, media port)."""
-        return self.advertised_ip, self.router.port.port
+    def advertised(self) -> tuple[tuple[str, int], ...]:
+        """The node's UDP host candidates (address, media port): one per advertised address."""
+        port = self.router.port.port
+        return tuple((ip, port) for ip in self.advertised_ips)
 
     @property
     def advertised_tcp(self) -> tuple[tuple[str, int], ...]:
-        """The node's passive ICE-TCP host candidate (address, TCP port), if it listens."""
+        """The node's passive ICE-TCP host candidates (address, TCP port), if it listens."""
         tcp_port = self.router.port.tcp_port
-        return ((self.advertised_ip, tcp_port),) if tcp_port else ()
+        return tuple((ip, tcp_port) for ip in self.advertised_ips) if tcp_port else ()
 
     # -- ending ----------------------------------------------------------------------------------
     def end(self, session: MediaSession, now_ms: int) -> None:

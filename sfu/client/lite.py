@@ -40,21 +40,28 @@ class Answer:
     fingerprints: list[tuple[str, str]]
     candidate: tuple[str, int]
     ssrcs: list[int]
+    #: every UDP host candidate, in the answer's order (``candidate`` is the first, or the first
+    #: of the family asked for)
+    candidates: tuple[tuple[str, int], ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> Answer:
-        cand = _CANDIDATE.search(text)
+    def parse(cls, text: str, *, ipv6: bool | None = None) -> Answer:
+        """``ipv6``: take the first candidate of that family (None: the first of any)."""
+        cands = tuple((ip, int(port)) for ip, port in _CANDIDATE.findall(text))
+        usable = [c for c in cands if ipv6 is None or (":" in c[0]) == ipv6]
         ufrag = _ICE_UFRAG.search(text)
         pwd = _ICE_PWD.search(text)
         fps = _FINGERPRINT.findall(text)
-        if cand is None or ufrag is None or pwd is None or not fps:
-            raise ValueError("answer lacks a host candidate, ICE credentials or a fingerprint")
+        if not usable or ufrag is None or pwd is None or not fps:
+            family = "" if ipv6 is None else ("IPv6 " if ipv6 else "IPv4 ")
+            raise ValueError(f"answer lacks an {family}host candidate, ICE credentials or a fingerprint")
         return cls(
             ufrag=ufrag.group(1),
             pwd=pwd.group(1),
             fingerprints=[(a.lower(), v.upper()) for a, v in fps],
-            candidate=(cand.group(1), int(cand.group(2))),
+            candidate=usable[0],
             ssrcs=list(dict.fromkeys(int(s) for s in _SSRC.findall(text))),
+            candidates=cands,
         )
 
 
@@ -108,7 +115,10 @@ def offer_sdp(
 
 
 class LiteEndpoint:
-    """One client session on its own UDP socket. ``on_rtp(view, length)`` gets clear RTP."""
+    """One client session on its own UDP socket. ``on_rtp(view, length)`` gets clear RTP.
+
+    ``host`` is the local address to bind (``::1``: an IPv6 client, which takes the answer's
+    first IPv6 candidate)."""
 
     def __init__(
         self,
@@ -121,7 +131,8 @@ class LiteEndpoint:
     ) -> None:
         self.certificate = certificate
         self.ice = IceCredentials.generate()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
         self.sock.setblocking(False)
         self.profiles = srtp_profiles or [SrtpProfile.AEAD_AES_128_GCM, SrtpProfile.AES_CM_128_HMAC_SHA1_80]
@@ -158,7 +169,7 @@ class LiteEndpoint:
         """ICE check, then DTLS client handshake; raises TimeoutError or ConnectionError.
 
         ``address`` replaces the answer's candidate (e.g. a node probing itself behind NAT)."""
-        remote = Answer.parse(answer_text)
+        remote = Answer.parse(answer_text, ipv6=None if address is not None else ":" in self.host)
         if address is not None:
             remote = replace(remote, candidate=address)
         self.remote = remote
@@ -197,7 +208,7 @@ class LiteEndpoint:
         candidate (a WHIP/WHEP ``PATCH`` body, RFC 8840)."""
         return (
             f"a=ice-ufrag:{self.ice.ufrag}\r\na=ice-pwd:{self.ice.pwd}\r\nm={kind} 9 UDP/TLS/RTP/SAVPF 0\r\n"
-            f"a=mid:{mid}\r\na=candidate:1 1 udp 2130706431 127.0.0.1 {self.local_port} typ host\r\n"
+            f"a=mid:{mid}\r\na=candidate:1 1 udp 2130706431 {self.host} {self.local_port} typ host\r\n"
             "a=end-of-candidates\r\n"
         )
 

@@ -19,18 +19,19 @@ from sfu.client.lite import LiteEndpoint
 from sfu.transport.certificate import Certificate
 from sfu.transport.srtp import SrtpProfile
 
-_TCP_CANDIDATE = re.compile(r"^a=candidate:\S+ 1 tcp \d+ (\S+) (\d+) typ host tcptype passive", re.MULTILINE)
+_TCP_CANDIDATE = re.compile(r"^a=candidate:\S+ 1 tcp \d+ (\S+) (\d+) typ host tcptype passive$", re.MULTILINE)
 _LEN = struct.Struct("!H")
 MAX_PENDING = 4 * 1024 * 1024
 MAX_FRAME = 2048
 
 
-def tcp_candidate(answer_text: str) -> tuple[str, int]:
-    """The passive TCP host candidate of an answer; ValueError when it has none."""
-    m = _TCP_CANDIDATE.search(answer_text)
-    if m is None:
-        raise ValueError("the answer has no passive TCP candidate")
-    return m.group(1), int(m.group(2))
+def tcp_candidate(answer_text: str, *, ipv6: bool | None = None) -> tuple[str, int]:
+    """The (first IPv4 or IPv6, when ``ipv6`` says) passive TCP host candidate of an answer;
+    ValueError when it has none."""
+    for ip, port in _TCP_CANDIDATE.findall(answer_text.replace("\r\n", "\n")):
+        if ipv6 is None or (":" in ip) == ipv6:
+            return ip, int(port)
+    raise ValueError("the answer has no passive TCP candidate" + ("" if ipv6 is None else " of the client's family"))
 
 
 class TcpLiteEndpoint(LiteEndpoint):
@@ -58,10 +59,10 @@ class TcpLiteEndpoint(LiteEndpoint):
         self, answer_text: str, timeout_s: float = 5.0, address: tuple[str, int] | None = None
     ) -> None:
         """Connect to the answer's TCP candidate (or ``address``), then ICE and DTLS over it."""
-        target = address or tcp_candidate(answer_text)
+        target = address or tcp_candidate(answer_text, ipv6=":" in self._host)
         loop = asyncio.get_running_loop()
         self.sock.close()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in self._host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.recv_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer)

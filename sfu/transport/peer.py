@@ -31,7 +31,7 @@ from sfu.counters import Direction, DropReason, MediaCounters
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
-from sfu.transport.mmsg import SendRing, key_of_address
+from sfu.transport.mmsg import SendRing
 from sfu.transport.ports import Address
 from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
 from sfu.transport.tcp import TcpLink
@@ -138,7 +138,7 @@ class PeerTransport:
         self.addr: Address | None = None
         #: addresses media is also accepted from (receive only), and until when
         self._extra: dict[Address, int] = {}
-        self._addr_key = 0  # the port's key for ``addr`` (0: none, or not IPv4)
+        self._addr_key = 0  # the port's send key for ``addr`` (0: none, or an ICE-TCP one)
         ring = port.out_ring
         self._ring = ring
         self._ptrs = ring.ptrs
@@ -217,10 +217,8 @@ class PeerTransport:
             self.addr = addr
             self._port.bind_address(addr, self)
             self._tcp = self._port.tcp_links.get(addr)
-            try:
-                self._addr_key = key_of_address(addr[0], addr[1])
-            except ValueError:
-                self._addr_key = 0
+            old_key, self._addr_key = self._addr_key, self._port.send_key(addr)
+            self._port.release_send_key(old_key)
             if self._tx_srtp is not None:
                 self._send_key = self._addr_key
             self._lane_epoch = -1  # a lane carries one address: the next packet takes a new one
@@ -516,6 +514,8 @@ class PeerTransport:
         self.tx = None
         self._tx_srtp = None
         self._send_key = 0
+        self._port.release_send_key(self._addr_key)
+        self._addr_key = 0
         self._tcp = None
         self._ring.generation += 1
         sink, self.sink = self.sink, None

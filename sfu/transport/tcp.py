@@ -14,6 +14,11 @@ opened (or no longer is: its session ended or moved) is closed; a frame of lengt
 connection whose unsent bytes exceed ``send_buffer_bytes`` (a slow or stalled reader) gets no
 more until it drains: its packets are dropped and counted (``DropReason.TCP_CONGESTED``), and
 nobody else waits for it.
+
+IPv6: on ``::`` the listening socket is dual-stack (``IPV6_V6ONLY`` off), on an IPv6 address
+IPv6 only; a client's address is normalised (``mmsg.normalize_host``: a v4-mapped
+``::ffff:a.b.c.d`` is ``a.b.c.d``), so the per-address cap and the session's address are the
+same whichever socket family the connection came in on.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pylibsrtp._binding import ffi
 
 from sfu import clock
 from sfu.counters import DropReason, MediaCounters
-from sfu.transport.mmsg import SendRing
+from sfu.transport.mmsg import SendRing, normalize_host
 from sfu.transport.ports import Address, DatagramPeer
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,11 @@ class TcpLink(asyncio.Protocol):
         t = self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
         peer = t.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.remote = (str(peer[0]), int(peer[1]))
+            try:
+                host = normalize_host(str(peer[0]))
+            except ValueError:  # pragma: no cover - the kernel hands out addresses
+                host = str(peer[0])
+            self.remote = (host, int(peer[1]))
         self.addr = (TCP_PREFIX + self.remote[0], self.remote[1])
         if not self._server.admit(self):
             self.closed = True
@@ -197,9 +206,21 @@ class TcpMediaServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._server = await loop.create_server(
-            lambda: TcpLink(self), self.host, self.requested_port, reuse_address=True, backlog=1024
-        )
+        if self.host == "::":  # asyncio would set IPV6_V6ONLY: one dual-stack socket instead
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("::", self.requested_port))
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            self._server = await loop.create_server(lambda: TcpLink(self), sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(
+                lambda: TcpLink(self), self.host, self.requested_port, reuse_address=True, backlog=1024
+            )
         self._sweeper = loop.call_later(SWEEP_S, self._sweep)
 
     async def stop(self) -> None:

@@ -107,7 +107,7 @@ def test_node_settings_load_and_nodes_do_not_collide() -> None:
     assert len(set(udp)) == len(udp), sorted(udp)
     for name, cfg in configs.items():
         assert not cfg.dev, name
-        assert cfg.public_ip == OPERATOR_ENV["PUBLIC_IP"], name
+        assert cfg.public_ip == (OPERATOR_ENV["PUBLIC_IP"],), name
         assert cfg.api_keys == {"prod": TEST_SECRET}, name
         assert urlsplit(cfg.public_url).port == cfg.http_port, (name, cfg.public_url)
 
@@ -231,3 +231,17 @@ def test_interpolation_follows_compose_rules() -> None:
         assert interpolate(text, env) == want, text
     with pytest.raises(MissingVariable, match="B: need B"):
         interpolate("${B:?need B}", env)
+
+
+def test_dual_stack_from_public_ip6_and_media_host() -> None:
+    """PUBLIC_IP6 with MEDIA_HOST=:: makes each node dual-stack (issue 13); PUBLIC_IP6 alone is
+    refused by the node's own loader, with the fix in the message; without either, IPv4 as before."""
+    env = {**OPERATOR_ENV, "PUBLIC_IP6": "2001:db8::7", "MEDIA_HOST": "::"}
+    for name, service in services(NODE_ENTRY, env).items():
+        cfg = node_config(service)
+        assert cfg.media_host == "::" and cfg.advertised_ips == ("203.0.113.7", "2001:db8::7"), name
+    for service in services(NODE_ENTRY, {**OPERATOR_ENV, "PUBLIC_IP6": "2001:db8::7"}).values():
+        with pytest.raises(ConfigError, match='media_host = "::" listens on both'):
+            node_config(service)
+    for service in services(NODE_ENTRY).values():
+        assert node_config(service).media_host == "0.0.0.0"

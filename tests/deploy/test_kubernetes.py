@@ -145,7 +145,7 @@ def test_sfu_daemonset_on_the_host_network(tmp_path: Path) -> None:
     assert workload["kind"] == "DaemonSet"
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     cfg = sfu_config(tmp_path)
-    assert (cfg.node_id, cfg.public_ip) == (POD_FIELDS["spec.nodeName"], POD_FIELDS["status.hostIP"])
+    assert (cfg.node_id, cfg.public_ip) == (POD_FIELDS["spec.nodeName"], (POD_FIELDS["status.hostIP"],))
     assert cfg.public_url == f"http://{POD_FIELDS['status.hostIP']}:{cfg.http_port}"
     ports = {(p["containerPort"], p.get("protocol", "TCP")) for p in container["ports"]}
     assert ports == {(cfg.http_port, "TCP"), (cfg.ice_tcp_port, "TCP"), (cfg.media_port, "UDP")}

@@ -213,6 +213,65 @@ def test_wildcard_media_host_with_a_public_ip() -> None:
     assert cfg.advertised_ip == "127.0.0.2"
 
 
+# -- public_ip: one address, or an IPv4 and an IPv6 (issue 13) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("media_host", "given", "advertised"),
+    [
+        ("127.0.0.1", None, ("127.0.0.1",)),
+        ("::1", None, ("::1",)),
+        ("0.0.0.0", "203.0.113.5", ("203.0.113.5",)),
+        ("::", "203.0.113.5", ("203.0.113.5",)),
+        ("::", "2001:db8::5", ("2001:db8::5",)),
+        ("::", ["2001:db8::5", "203.0.113.5"], ("203.0.113.5", "2001:db8::5")),  # IPv4 first
+        ("::", "203.0.113.5,2001:db8::5", ("203.0.113.5", "2001:db8::5")),  # the environment's form
+        ("::", '["203.0.113.5", "2001:db8::5"]', ("203.0.113.5", "2001:db8::5")),
+        ("2001:db8::9", "2001:db8::5", ("2001:db8::5",)),
+        ("10.0.0.2", ["203.0.113.5"], ("203.0.113.5",)),
+    ],
+)
+def test_public_ip_takes_one_address_or_one_per_family(media_host: str, given: Any, advertised: tuple[str, ...]) -> None:
+    flags: dict[str, Any] = {"media_host": media_host}
+    if given is not None:
+        flags["public_ip"] = given
+    cfg = load(environ=KEYS, flags=flags)
+    assert cfg.advertised_ips == advertised and cfg.advertised_ip == advertised[0]
+
+
+def test_public_ip_from_the_environment_and_a_toml_list(tmp_path: Path) -> None:
+    env = {**KEYS, "LEVELCHAT_SFU_MEDIA_HOST": "::", "LEVELCHAT_SFU_PUBLIC_IP": "2001:db8::5,198.51.100.7"}
+    assert load(environ=env).advertised_ips == ("198.51.100.7", "2001:db8::5")
+    path = tmp_path / "sfu.toml"
+    path.write_text('media_host = "::"\npublic_ip = ["198.51.100.7", "2001:db8::5"]\n')
+    assert load(file=str(path), environ=KEYS).public_ip == ("198.51.100.7", "2001:db8::5")
+
+
+@pytest.mark.parametrize(
+    ("media_host", "given", "message"),
+    [
+        ("::", "not-an-ip", "'not-an-ip' is not an IP address"),
+        ("::", "fe80::1%eth0", "is not an IP address"),
+        ("::", ["198.51.100.7", "203.0.113.5"], "at most one IPv4 and one IPv6 address, got two IPv4"),
+        ("::", ["2001:db8::5", "2001:db8::6"], "got two IPv6"),
+        ("::", ["198.51.100.7", "2001:db8::5", "203.0.113.5"], "got two IPv4"),
+        ("0.0.0.0", "2001:db8::5", 'is IPv6 but media_host 0.0.0.0 listens on IPv4 only (media_host = "::"'),
+        ("127.0.0.1", ["127.0.0.1", "::1"], "::1 is IPv6 but media_host 127.0.0.1 listens on IPv4 only"),
+        ("::1", "127.0.0.1", "127.0.0.1 is IPv4 but media_host ::1 listens on IPv6 only"),
+        ("::", "0.0.0.0", "cannot be a candidate address"),
+        ("::", "::", "cannot be a candidate address"),
+        ("::", "ff02::1", "cannot be a candidate address"),
+        ("::", "::ffff:198.51.100.7", "IPv4-mapped address: write 198.51.100.7"),
+        ("::", 42, "public_ip"),
+        ("::", [], "public_ip must be set when media_host is a wildcard"),
+    ],
+)
+def test_public_ip_errors_say_what_is_wrong(media_host: str, given: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=KEYS, flags={"media_host": media_host, "public_ip": given})
+    assert message in str(info.value)
+
+
 # -- dev mode -------------------------------------------------------------------------------------------
 
 
@@ -276,7 +335,7 @@ def test_the_config_is_frozen() -> None:
         ),
         ({"http_host": "::1"}, "http://[::1]:7880"),
         (
-            {"http_host": "::", "media_host": "0.0.0.0", "public_ip": "2001:db8::1"},
+            {"http_host": "::", "media_host": "::", "public_ip": "2001:db8::1"},
             "http://[2001:db8::1]:7880",
         ),
         ({"public_url": "https://sfu.example/"}, "https://sfu.example"),

@@ -98,10 +98,12 @@ class RecordingSink:
 
 
 class RawClient:
-    def __init__(self, cert: Certificate = CLIENT_CERT) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def __init__(self, cert: Certificate = CLIENT_CERT, host: str = "127.0.0.1") -> None:
+        #: the loopback address it is bound to and sends to the port at (``::1``: over IPv6)
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)  # bursts of a few hundred
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.setblocking(False)
         self.ufrag = random_ice_string(8)
         self.pwd = random_ice_string(24)
@@ -113,7 +115,7 @@ class RawClient:
 
     @property
     def addr(self) -> Address:
-        host, port = self.sock.getsockname()
+        host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
 
     def close(self) -> None:
@@ -141,13 +143,13 @@ class RawClient:
 
     async def check(self, peer: PeerTransport, port: MediaPort, **kwargs: Any) -> stun.Message:
         """Send one connectivity check and return the node's response."""
-        self.send(self.check_for(peer, **kwargs), ("127.0.0.1", port.port))
+        self.send(self.check_for(peer, **kwargs), (self.host, port.port))
         return stun.parse_message(await self.recv())
 
     # -- DTLS --------------------------------------------------------------------------------------
     async def handshake(self, peer: PeerTransport, port: MediaPort, node_role: DtlsRole) -> None:
         """Complete DTLS in the role opposite to the node's; the node has seen a check already."""
-        to = ("127.0.0.1", port.port)
+        to = (self.host, port.port)
         role = DtlsRole.SERVER if node_role is DtlsRole.CLIENT else DtlsRole.CLIENT
         self.dtls = DtlsEndpoint(
             self.cert,
@@ -228,8 +230,8 @@ class Link:
         self.port.close()
 
 
-def open_port(counters: MediaCounters | None = None) -> MediaPort:
-    port = MediaPort("127.0.0.1", 0, counters or MediaCounters())
+def open_port(counters: MediaCounters | None = None, host: str = "127.0.0.1") -> MediaPort:
+    port = MediaPort(host, 0, counters or MediaCounters())
     port.open(asyncio.get_running_loop())
     return port
 
