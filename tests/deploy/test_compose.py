@@ -181,7 +181,7 @@ def test_coturn_shares_the_secret_and_relays_to_the_nodes_only() -> None:
         cfg = node_config(service)
         (server,) = cfg.turn_servers
         assert server.secret == TURN_SECRET, name
-        assert flags["allowed-peer-ip"] == cfg.public_ip, name  # the only peer coturn relays to
+        assert (flags["allowed-peer-ip"],) == cfg.public_ip, name  # the only peer coturn relays to
         urls = {(u.secure, u.host, u.port, u.transport.value) for u in server.parsed_urls}
         tcp, tls = int(conf["listening-port"]), int(conf["tls-listening-port"])
         assert urls == {(False, "turn.example.com", tcp, "udp"), (False, "turn.example.com", tcp, "tcp"),
