@@ -185,9 +185,18 @@ class Node(HttpBound):
                 now = clock.now_ms()
                 self.router.tick(now)
                 self.sessions.expire()
-                self.heap_trimmer.observe(len(self.router.participants), now)
+                self.heap_trimmer.observe(self.held_by_clients(), now)
             except Exception:
                 log.exception("housekeeping tick failed")
+
+    def held_by_clients(self) -> int:
+        """What clients make the node hold now, for the heap trimmer: participants (joined or only
+        set up) and open HTTP connections (idle WebSockets and slow requests included)."""
+        held = len(self.router.participants)
+        guarded = self._runner.guarded if isinstance(self._runner, GuardedAppRunner) else None
+        if guarded is not None:
+            held += guarded.registry.total
+        return held
 
     # -- admission -------------------------------------------------------------------------------
     def check_accepting_rooms(self) -> None:
