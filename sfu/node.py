@@ -21,8 +21,9 @@ from sfu.api.sessions import SessionService
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
+from sfu.loopstats import GcPauses, LoopLagProbe
 from sfu.memtrim import HeapTrimmer
-from sfu.metrics import NodeCollector, make_registry
+from sfu.metrics import LoopCollector, NodeCollector, make_registry
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
@@ -67,6 +68,10 @@ class Node(HttpBound):
         #: signed webhooks from the router's room events (sfu.api.webhooks)
         self.webhooks = NodeWebhooks(config)
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
+        #: the forwarding loop's stalls and the collector's pauses (sfu.loopstats)
+        self.loop_probe = LoopLagProbe()
+        self.gc_pauses = GcPauses()
+        self.metrics_registry.register(LoopCollector(self.loop_probe, self.gc_pauses))
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -87,6 +92,8 @@ class Node(HttpBound):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.port.open(loop)
+        self.loop_probe.start(loop)
+        self.gc_pauses.install()
         if self.tcp is not None:
             await self.tcp.start()
             self.port.tcp_port = self.tcp.bound_port
@@ -153,6 +160,8 @@ class Node(HttpBound):
             await self.agent.stop()
         if self.selfcheck is not None:
             await self.selfcheck.stop()
+        self.loop_probe.stop()
+        self.gc_pauses.uninstall()
         if self._tick_task is not None:
             self._tick_task.cancel()
             try:
