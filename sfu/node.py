@@ -30,6 +30,7 @@ from sfu.selfcheck import SelfCheck
 from sfu.signaling.limits import OfferLimits
 from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
+from sfu.transport.dtls_pool import HandshakePool
 from sfu.transport.peer import CloseReason
 from sfu.transport.srtp import SrtpProfile
 from sfu.transport.tcp import TcpLimits, TcpMediaServer
@@ -72,6 +73,9 @@ class Node(HttpBound):
         self.loop_probe = LoopLagProbe()
         self.gc_pauses = GcPauses()
         self.metrics_registry.register(LoopCollector(self.loop_probe, self.gc_pauses))
+        #: DTLS handshake steps off the forwarding loop (sfu.transport.dtls_pool)
+        threads = config.dtls_handshake_threads
+        self.handshakes = HandshakePool(threads) if threads else None
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -106,6 +110,7 @@ class Node(HttpBound):
             loop=loop,
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
+            handshakes=self.handshakes,
         )
         self.router.observers.append(self.webhooks.on_event)
         cfg = self.config
@@ -174,6 +179,8 @@ class Node(HttpBound):
         if self._runner is not None:
             await self._runner.cleanup()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start
+        if self.handshakes is not None:
+            self.handshakes.close()
         if self.tcp is not None:
             await self.tcp.stop()
         self.port.close()
@@ -186,13 +193,19 @@ class Node(HttpBound):
         return web.TCPSite(runner, self.config.http_host, self.config.http_port, reuse_address=True)
 
     async def _ticker(self) -> None:
+        """Housekeeping: each participant's once a second, a slot of the router's wheel at a time
+        (every 20 ms: no stall of the forwarding loop for all sessions at once); the node's own
+        once a second."""
+        second_due = clock.now_ms() + int(TICK_S * 1000)
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(max(0.001, (self.router.wheel.next_due_ms() - clock.now_ms()) / 1000))
             try:
                 now = clock.now_ms()
-                self.router.tick(now)
-                self.sessions.expire()
-                self.heap_trimmer.observe(len(self.router.participants), now)
+                self.router.tick_due(now)
+                if now >= second_due:
+                    second_due = now + int(TICK_S * 1000)
+                    self.sessions.expire()
+                    self.heap_trimmer.observe(len(self.router.participants), now)
             except Exception:
                 log.exception("housekeeping tick failed")
 
@@ -345,11 +358,15 @@ class Node(HttpBound):
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
         failovers = self.agent.failovers if self.agent is not None else 0
         tcp = self.tcp
+        pool = self.handshakes
         return {
             "sfu_control_plane_heartbeat_failures": failures,
             "sfu_control_plane_failovers": failovers,
             "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
             "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
+            "sfu_dtls_handshakes_offloaded": pool.handshakes if pool is not None else 0,
+            "sfu_dtls_handshake_jobs": pool.jobs if pool is not None else 0,
+            "sfu_dtls_handshake_queue_overflow": pool.overflow if pool is not None else 0,
         }
 
     def _gauges(self) -> dict[str, Any]:
