@@ -122,12 +122,3 @@ class GcPauses:
             generation = min(2, max(0, int(info.get("generation", 2))))
             self.pauses[generation].observe(time.perf_counter() - self._started)
             self._started = 0.0
-
-
-def freeze_survivors() -> int:
-    """Collect once, then move every surviving object to the permanent generation
-    (``gc.freeze``): later full collections no longer walk the node's long-lived objects (modules,
-    rooms, sessions, buffers).  Returns how many objects are frozen now."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()

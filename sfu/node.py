@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -14,13 +15,14 @@ from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
 from levelchat.webhooks.metrics import WebhookCollector
-from sfu import clock
+from sfu import clock, gcpolicy
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
+from sfu.gcpolicy import GcFreezer
 from sfu.loopstats import GcPauses, LoopLagProbe
 from sfu.memtrim import HeapTrimmer
 from sfu.metrics import LoopCollector, NodeCollector, make_registry
@@ -76,6 +78,9 @@ class Node(HttpBound):
         #: DTLS handshake steps off the forwarding loop (sfu.transport.dtls_pool)
         threads = config.dtls_handshake_threads
         self.handshakes = HandshakePool(threads) if threads else None
+        #: the process's collector policy (sfu.gcpolicy): set by the programs that own the process
+        #: (``python -m sfu``, a worker), never by an in-process node in tests or tools
+        self.gc_freezer: GcFreezer | None = None
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -185,6 +190,12 @@ class Node(HttpBound):
             await self.tcp.stop()
         self.port.close()
 
+    def own_gc(self) -> None:
+        """This node owns its process: freeze what start-up made (``gc.freeze``), and sessions'
+        objects after each set-up burst (sfu.gcpolicy)."""
+        gcpolicy.freeze_start_up()
+        self.gc_freezer = GcFreezer()
+
     def make_app(self) -> web.Application:
         """The HTTP API (a forwarding worker adds its private routes: ``sfu.workers.worker``)."""
         return create_app(self)
@@ -206,6 +217,10 @@ class Node(HttpBound):
                     second_due = now + int(TICK_S * 1000)
                     self.sessions.expire()
                     self.heap_trimmer.observe(len(self.router.participants), now)
+                    if self.gc_freezer is not None:
+                        action = self.gc_freezer.decide(len(self.router.participants), now)
+                        if action is not None:
+                            gcpolicy.apply(action)
             except Exception:
                 log.exception("housekeeping tick failed")
 
@@ -364,6 +379,7 @@ class Node(HttpBound):
             "sfu_control_plane_failovers": failovers,
             "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
             "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
+            "sfu_gc_freezes": self.gc_freezer.freezes if self.gc_freezer is not None else 0,
             "sfu_dtls_handshakes_offloaded": pool.handshakes if pool is not None else 0,
             "sfu_dtls_handshake_jobs": pool.jobs if pool is not None else 0,
             "sfu_dtls_handshake_queue_overflow": pool.overflow if pool is not None else 0,
@@ -383,4 +399,5 @@ class Node(HttpBound):
             "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
             "sfu_tcp_connections": len(self.port.tcp_links),
             "sfu_tcp_queued_bytes": self.tcp.queued_bytes if self.tcp is not None else 0,
+            "sfu_gc_frozen_objects": gc.get_freeze_count(),
         }
