@@ -67,6 +67,8 @@ class HandshakePool:
             return False
 
         def finished(future: Future[JobResult]) -> None:
+            if future.cancelled():  # the pool closed before it ran: the node is stopping
+                return
             exc = future.exception()
             if exc is not None:
                 log.error("DTLS handshake job failed", exc_info=exc)

@@ -152,3 +152,14 @@ async def test_datagrams_beyond_the_queue_bound_are_dropped(
 def pool_busy(peer: PeerTransport) -> bool:
     offload = peer._offload  # noqa: SLF001 (which state the transport's handshake is in)
     return offload is not None and offload.busy
+
+
+async def test_a_closed_pool_takes_no_jobs_and_drops_queued_ones(pool: HandshakePool) -> None:
+    gate = occupy(pool)
+    results: list[JobResult | None] = []
+    assert pool.submit(lambda: JobResult([], [], 0, False), asyncio.get_running_loop(), results.append)
+    pool.close()  # the queued job is cancelled: its ``done`` never comes
+    gate.set()
+    assert not pool.submit(lambda: JobResult([], [], 0, True), asyncio.get_running_loop(), results.append)
+    await asyncio.sleep(0.05)
+    assert results == []
