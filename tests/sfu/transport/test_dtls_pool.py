@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -163,3 +164,39 @@ async def test_a_closed_pool_takes_no_jobs_and_drops_queued_ones(pool: Handshake
     assert not pool.submit(lambda: JobResult([], [], 0, True), asyncio.get_running_loop(), results.append)
     await asyncio.sleep(0.05)
     assert results == []
+
+
+@pytest.mark.parametrize("node_role", [DtlsRole.SERVER, DtlsRole.CLIENT], ids=lambda r: f"node-{r.value}")
+async def test_concurrent_handshakes_all_complete_while_the_loop_is_busy(port: MediaPort, node_role: DtlsRole) -> None:
+    """Sixteen sessions joining at once through two threads, the loop busy two thirds of the time
+    (a callback spinning 2 ms every 1 ms): each completes, each in the pool, none dropped."""
+    made = HandshakePool(2)
+    harness.handshake_pools.append(made)
+    loop = asyncio.get_running_loop()
+    busy = True
+
+    def hog() -> None:
+        until = time.perf_counter() + 0.002
+        while time.perf_counter() < until:
+            pass
+        if busy:
+            loop.call_later(0.001, hog)
+
+    clients = [RawClient() for _ in range(16)]
+    try:
+        peers = [new_peer(port, c, node_role=node_role) for c in clients]
+        for peer in peers:
+            peer.sink = RecordingSink()
+        hog()
+        await asyncio.gather(*(connect(p, c, port, node_role) for p, c in zip(peers, clients, strict=True)))
+        busy = False
+        assert all(p.state is TransportState.CONNECTED for p in peers)
+        assert made.handshakes == 16 and made.overflow == 0
+        for peer in peers:
+            peer.close(CloseReason.LEFT)
+    finally:
+        busy = False
+        harness.handshake_pools.pop()
+        made.close()
+        for c in clients:
+            c.close()
