@@ -10,7 +10,6 @@ import sys
 from levelchat.config import ConfigError
 from sfu import config as node_config
 from sfu.logs import setup_logging
-from sfu.memtrim import freeze_startup
 from sfu.signals import stop_on_signals
 
 
@@ -48,7 +47,8 @@ async def run(cfg: node_config.NodeConfig) -> int:
     # more than one worker: this process is the front (sfu.workers), the workers forward
     node: Node | Front = Front(cfg) if cfg.worker_count > 1 else Node(cfg)
     await node.start()
-    freeze_startup()  # start-up objects are never garbage: later collector passes skip them
+    if isinstance(node, Node):
+        node.own_gc()
 
     def announce_drain() -> None:
         print(f"levelchat-sfu: SIGTERM: draining (up to {cfg.drain_deadline_s:.0f} s)", file=sys.stderr, flush=True)

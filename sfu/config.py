@@ -113,6 +113,9 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: a transport that has not completed ICE and DTLS this long after its offer is closed (and
     #: its session with it)
     session_setup_timeout_s: float = 30.0
+    #: threads that run DTLS handshake steps (ECDHE, ECDSA) beside the forwarding loop; 0 runs
+    #: them on the loop itself
+    dtls_handshake_threads: int = 2
     #: what one offer (WHIP, WHEP, the WebSocket ``publish``) may declare: audio/video/data
     #: sections, and ``a=ssrc`` SSRCs over all of them (Chrome's simulcast video with RTX is 6)
     max_media_sections: int = 16
@@ -209,6 +212,8 @@ class NodeConfig(HttpConfig, WebhookConfig):
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.data_messages_per_s <= 0 or self.data_bytes_per_s <= 0:
             raise ConfigError("data_messages_per_s and data_bytes_per_s must be positive")
+        if not 0 <= self.dtls_handshake_threads <= 16:
+            raise ConfigError(f"dtls_handshake_threads: {self.dtls_handshake_threads} must be from 0 to 16")
         if self.session_setup_timeout_s <= 0:
             raise ConfigError(f"session_setup_timeout_s: {self.session_setup_timeout_s} must be positive")
         for name, ceiling in (("max_media_sections", 64), ("max_ssrcs", 1024), ("max_published_tracks", 256)):

@@ -13,7 +13,7 @@ another ``min_interval_ms`` later, for as long as the last one gave back at leas
 over by then) first runs the collector's full pass, which also empties CPython's free lists of
 tuples, lists, dicts and floats: their blocks pin heap pages the trim could otherwise return (20
 MiB of 28 after 2,000 idle WebSockets).  The node freezes what it made at start-up
-(``freeze_startup``), so that pass only looks at what came later (1-2 ms against 70 ms with 66,000
+(``sfu.gcpolicy``), so that pass only looks at what came later (1-2 ms against 70 ms with 66,000
 start-up objects).  Where there is no glibc (musl, other systems) it does nothing.
 
 How much of what Python frees reaches ``free`` depends on its allocator: pymalloc keeps a 1 MiB
@@ -128,13 +128,3 @@ class HeapTrimmer:
                   (time.perf_counter() - started) * 1000)
         return True
 
-
-def freeze_startup() -> int:
-    """Move everything alive now into the collector's permanent generation (``gc.freeze``), after
-    one full pass: the process's modules, config, sockets and caches are never garbage, and the
-    collector's passes (its own and each trim's) then only look at what came later.  Called once
-    by a node process after it started (not by ``Node`` itself: tests run many nodes in one
-    process).  Returns how many objects it froze."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()

@@ -31,7 +31,6 @@ from levelchat.config import ConfigError, build
 from levelchat.web import REQUEST_ID_KEY, json_response, read_json
 from sfu.config import NodeConfig
 from sfu.logs import setup_logging
-from sfu.memtrim import freeze_startup
 from sfu.node import Node
 from sfu.signals import stop_on_signals
 from sfu.transport.peer import CloseReason
@@ -172,7 +171,7 @@ def die_with_parent(parent_pid: int) -> None:
 async def run(cfg: NodeConfig, index: int, socket_path: str) -> int:
     node = WorkerNode(cfg, index=index, socket_path=socket_path)
     await node.start()
-    freeze_startup()  # start-up objects are never garbage: later collector passes skip them
+    node.own_gc()
     loop = asyncio.get_running_loop()
     # the front drains its workers itself; a SIGTERM sent to the worker (systemd's control group,
     # an operator) drains it like a node, and a second one ends it

@@ -188,6 +188,8 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"self_check_failures": 0}, "self_check_failures"),
         ({"control_url": "ftp://control"}, "control_url"),
         ({"session_setup_timeout_s": 0.0}, "session_setup_timeout_s"),
+        ({"dtls_handshake_threads": -1}, "dtls_handshake_threads"),
+        ({"dtls_handshake_threads": 17}, "dtls_handshake_threads"),
         ({"max_media_sections": 65}, "max_media_sections"),
         ({"max_ssrcs": 0}, "max_ssrcs"),
         ({"max_published_tracks": 257}, "max_published_tracks"),
