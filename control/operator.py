@@ -1,7 +1,7 @@
 """Operator routes of the control plane that reach into its nodes, for the operator console
 (``levelchat.console``) and scripts:
 
-* ``GET /v1/rooms`` (``room:admin``): every live node's rooms (its ``GET /v1/rooms``), each with
+* ``GET /v1/rooms`` (``room:admin``, a token bound to no room): every live node's rooms (its ``GET /v1/rooms``), each with
   ``"node": {"id", "url"}``; a node that does not answer is named in ``"unreachable"``;
 * ``DELETE /v1/rooms/{room}`` (``room:admin``): forwarded to the room's node (as the participants
   API is), which closes it;
@@ -45,7 +45,9 @@ async def _node_rooms(svc: ControlService, node: Node) -> list[dict[str, Any]] |
 
 
 async def list_rooms(request: web.Request, svc: ControlService) -> web.StreamResponse:
-    svc.authorize(bearer_token(request), "room:admin")
+    claims = svc.authorize(bearer_token(request), "room:admin")
+    if claims.room is not None:
+        raise ApiError("token/unauthorized", "listing every room needs a room:admin token bound to no room")
     now = svc.now_ms()
     nodes = [n for n in await svc.list_nodes() if n.lease_alive(now)]
     answers = await asyncio.gather(*(_node_rooms(svc, n) for n in nodes))
