@@ -108,6 +108,13 @@ async def test_console_shows_the_cluster_and_performs_each_action(
         await wait_for_api(lambda p: [t["muted"] for t in p["alice"]["tracks"] if t["kind"] == "video"] == [True],
                            cluster, "alice's video muted")
         await expect(video.locator(".muted")).to_be_visible(timeout=UI_TIMEOUT_MS)
+        await video.get_by_role("button", name=re.compile("^Unmute the video track")).click()
+        await wait_for_api(lambda p: [t["muted"] for t in p["alice"]["tracks"] if t["kind"] == "video"] == [False],
+                           cluster, "alice's video unmuted")
+        await video.get_by_role("button", name=re.compile("^Mute the video track")).click()
+        await wait_for_api(lambda p: [t["muted"] for t in p["alice"]["tracks"] if t["kind"] == "video"] == [True],
+                           cluster, "alice's video muted again")
+        await expect(video.locator(".muted")).to_be_visible(timeout=UI_TIMEOUT_MS)
 
         # recording: the page calls the contract's route and shows what it gets
         await room.get_by_role("button", name=f"Start recording room {ROOM}").click()

@@ -375,6 +375,13 @@ async def test_server_mute_of_a_simulcast_track_mutes_every_layer(node: Node) ->
         status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
         alice = next(p for p in body["participants"] if p["identity"] == "alice")
         assert [(t["kind"], t["layers"]) for t in alice["tracks"]] == [("video", ["q", "h", "f"])]
+        # each layer's bit rate, measured from this listing to the next
+        await asyncio.sleep(1.0)
+        status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
+        (video,) = next(p for p in body["participants"] if p["identity"] == "alice")["tracks"]
+        by_layer = video["layer_bitrates_bps"]
+        assert sorted(by_layer) == ["f", "h", "q"] and all(bps > 0 for bps in by_layer.values()), video
+        assert video["bitrate_bps"] == sum(by_layer.values())
         track = alice["tracks"][0]["id"]
         path = f"/v1/rooms/{room}/participants/alice/tracks/{track}/mute"
         status, body = await api(node.url, "POST", path, {"muted": True}, room=room)
