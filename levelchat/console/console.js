@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   mode: null, // "control" (GET /v1/nodes answers) or "node" (a lone node)
   recordings: new Map(), // room -> id of the recording this console started
+  expanded: new Map(), // room -> shown open (true) or closed (false) by the operator
   timer: null,
   running: null, // the refresh under way (a promise)
   again: false,
@@ -90,6 +91,7 @@ async function act(what, method, path, body) {
 
 const enc = encodeURIComponent;
 const kbps = (bps) => `${Math.round((bps || 0) / 1000)} kbit/s`;
+const plural = (n, noun) => `${n ?? "?"} ${noun}${n === 1 ? "" : "s"}`;
 const percent = (share) => `${((share || 0) * 100).toFixed(1)} %`;
 
 // -- nodes -----------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ function nodeRow(n) {
       ? button("Cancel drain", "Cancel drain of this node", () => act("Cancel drain", "DELETE", "/v1/node/drain"))
       : button("Drain", "Drain this node", () => act("Drain", "POST", "/v1/node/drain")));
   }
-  const loadText = `${load.rooms ?? "?"} rooms, ${load.participants ?? "?"} participants` +
+  const loadText = `${plural(load.rooms, "room")}, ${plural(load.participants, "participant")}` +
     (load.cpu !== undefined ? `, CPU ${Math.round(load.cpu * 100)} %` : "");
   return el("tr", { "data-node": n.id },
     el("th", { scope: "row" }, n.id, n.url ? el("br") : "", n.url ? el("small", {}, n.url) : ""),
@@ -133,7 +135,7 @@ async function loadNodes() {
     nodes = [{ id: "this node", state: drain.draining ? "draining" : "live", healthy: true,
       load: { rooms: drain.rooms, participants: drain.participants }, draining: drain.draining, revoked: false }];
   }
-  $("server").textContent = state.mode === "control" ? "Control plane" : "Lone node";
+  $("server").textContent = state.mode === "control" ? "Control plane" : "Node";
   $("nodes").tBodies[0].replaceChildren(...nodes.map(nodeRow));
 }
 
@@ -179,35 +181,49 @@ async function stopRecording(room) {
   await act(`Stop recording ${id} of ${room}`, "DELETE", `/v1/recordings/${enc(id)}`);
 }
 
-async function roomSection(r) {
-  const room = r.room;
-  const headingId = `room-${room}`;
-  let body;
+// Participants are listed (one request per room and refresh) for the rooms shown open: all of
+// them up to AUTO_OPEN_ROOMS, else those the operator opens (a node limits requests per address).
+const AUTO_OPEN_ROOMS = 10;
+
+async function participantsTable(room, headingId) {
   try {
     const { participants } = await api("GET", `/v1/rooms/${enc(room)}/participants`);
-    body = participants.length
-      ? el("table", { "aria-labelledby": headingId },
-        el("thead", {}, el("tr", {}, ...["Participant", "Kind", "Transport", "Quality", "Tracks (bit rate, loss)", "Actions"]
-          .map((h) => el("th", { scope: "col" }, h)))),
-        el("tbody", {}, ...participants.map((p) => participantRow(room, p))))
-      : el("p", { class: "note" }, "No participants.");
+    if (!participants.length) return el("p", { class: "note" }, "No participants.");
+    return el("table", { "aria-labelledby": headingId },
+      el("thead", {}, el("tr", {}, ...["Participant", "Kind", "Transport", "Quality", "Tracks (bit rate, loss)", "Actions"]
+        .map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, ...participants.map((p) => participantRow(room, p))));
   } catch (problem) {
-    body = el("p", {}, "Participants not available: ", el("code", {}, problem.code), " ", problem.detail);
+    return el("p", {}, "Participants not available: ", el("code", {}, problem.code), " ", problem.detail);
   }
+}
+
+async function roomSection(r, autoOpen) {
+  const room = r.room;
+  const headingId = `room-${room}`;
+  const open = state.expanded.get(room) ?? autoOpen;
+  const toggle = el("button", {
+    type: "button", "aria-expanded": String(open), "aria-label": `${open ? "Hide" : "Show"} participants of room ${room}`,
+    onclick: () => { state.expanded.set(room, !open); refresh(); },
+  }, open ? "Hide participants" : "Show participants");
   const recording = state.recordings.get(room);
+  const count = r.num_participants ?? (r.participants || []).length;
   return el("section", { "data-room": room, "aria-labelledby": headingId },
     el("h3", { id: headingId }, `Room ${room}`, r.node ? ` on node ${r.node.id}` : ""),
     el("p", {},
+      `${plural(count, "participant")} `,
+      toggle,
       button("Close room", `Close room ${room}`, () => act(`Close room ${room}`, "DELETE", `/v1/rooms/${enc(room)}`), true),
       recording
         ? button("Stop recording", `Stop recording room ${room}`, () => stopRecording(room))
         : button("Start recording", `Start recording room ${room}`, () => startRecording(room))),
-    body);
+    open ? await participantsTable(room, headingId) : "");
 }
 
 async function loadRooms() {
   const data = await api("GET", "/v1/rooms");
-  const sections = await Promise.all(data.rooms.map(roomSection));
+  const autoOpen = data.rooms.length <= AUTO_OPEN_ROOMS;
+  const sections = await Promise.all(data.rooms.map((r) => roomSection(r, autoOpen)));
   const unreachable = (data.unreachable || []).length
     ? [el("p", { class: "note" }, `Nodes not answering: ${data.unreachable.join(", ")}`)] : [];
   $("rooms").replaceChildren(...(sections.length ? sections : [el("p", { class: "note" }, "No rooms.")]), ...unreachable);

@@ -101,6 +101,11 @@ async def test_console_shows_the_cluster_and_performs_each_action(
         # a bit rate over 0 kbit/s once the page has listed the room twice
         await expect(video).to_contain_text(re.compile(r"video: [1-9]\d* kbit/s"), timeout=UI_TIMEOUT_MS)
         await expect(page.locator("#usage")).to_contain_text("not available")
+        # a room's participants can be hidden and shown again
+        await room.get_by_role("button", name=f"Hide participants of room {ROOM}").click()
+        await expect(alice).to_have_count(0, timeout=UI_TIMEOUT_MS)
+        await room.get_by_role("button", name=f"Show participants of room {ROOM}").click()
+        await expect(alice).to_contain_text("udp", timeout=UI_TIMEOUT_MS)
         await page.screenshot(path=str(shots / "console-overview.png"), full_page=True)
 
         # mute alice's video from the page: the node stops forwarding it, the API says muted
@@ -188,7 +193,7 @@ async def test_lone_node_serves_the_console_and_drains_from_it(browser: Browser,
         await node.wait_healthy()
         await sign_in(page, node.url)
         row = page.locator('tr[data-node="this node"]')
-        await expect(page.locator("#server")).to_have_text("Lone node", timeout=UI_TIMEOUT_MS)
+        await expect(page.locator("#server")).to_have_text("Node", timeout=UI_TIMEOUT_MS)
         await row.get_by_role("button", name="Drain this node").click()
         await wait_until_async(lambda: node_draining(node), True, "the lone node draining")
         await expect(row.get_by_role("button", name="Cancel drain of this node")).to_be_visible(timeout=UI_TIMEOUT_MS)
