@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from levelchat import console
 from levelchat.errors import ApiError
 from levelchat.ratelimit import Limit, make_rate_limit_middleware
 from levelchat.tokens import Claims, validate_room
@@ -462,6 +463,7 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/metrics", metrics)
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
     participants.add_routes(app, node)  # the participants (moderation) API (issue 14)
+    console.add_routes(app)  # the operator console's static page
     webhooks.setup(app, node.webhooks, node.verifier)  # /v1/webhooks (issue 14)
     add_static_routes(app, node.config)
     return app

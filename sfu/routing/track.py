@@ -24,7 +24,7 @@ from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
-from sfu.routing.stats import ReceiveStats
+from sfu.routing.stats import RateMeter, ReceiveStats
 from sfu.transport.udp import SEND_LANE_DEPTH
 
 if TYPE_CHECKING:
@@ -148,6 +148,9 @@ class PublishedTrack:
         self.ext_ids = dict(ext_ids or {})  # uri -> id in the publisher's packets
         self.downtracks: list[DownTrack] = []
         self.stats = ReceiveStats(self.codec.clock_rate)
+        #: RTP octets received (headers included), for the participants API's bitrate
+        self.octets_in = 0
+        self.rate = RateMeter()
         self.rtx_cache = RtxCache() if self.is_video else None
         #: upstream loss recovery, for video that negotiated ``nack``: holes in what the publisher
         #: sends are NACKed to it (``send_nack(media_ssrc, seqs)``), its retransmissions (RTX,
@@ -221,6 +224,7 @@ class PublishedTrack:
             shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
         else:
             shape = _SHAPE_OTHER
+        self.octets_in += length
         stats = self.stats  # ReceiveStats.update, inlined
         stats.packets += 1
         if (seq - stats.max_seq) & 0xFFFF == 1 and stats.started:  # in order

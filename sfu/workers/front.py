@@ -24,6 +24,7 @@ import aiohttp
 import jwt
 from aiohttp import web
 
+from levelchat import console
 from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier, validate_room
@@ -462,5 +463,6 @@ class Front(HttpBound):
         r.add_get("/metrics", self.metrics)
         r.add_get(RTC_PATH, self.rtc)
         add_static_routes(app, self.config)
+        console.add_routes(app)  # the operator console's static page
         return app
 
