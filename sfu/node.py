@@ -23,6 +23,7 @@ from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
 from sfu.memtrim import HeapTrimmer
 from sfu.metrics import NodeCollector, make_registry
+from sfu.recording.manager import RecordingManager
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
@@ -67,6 +68,8 @@ class Node(HttpBound):
         #: signed webhooks from the router's room events (sfu.api.webhooks)
         self.webhooks = NodeWebhooks(config)
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
+        #: recording without transcoding: a recorder process per recording (sfu.recording)
+        self.recordings = RecordingManager(config, self.webhooks.emit)
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -101,6 +104,8 @@ class Node(HttpBound):
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
         )
         self.router.observers.append(self.webhooks.on_event)
+        self.router.observers.append(self.recordings.on_event)
+        self.recordings.start_sweeper()
         cfg = self.config
         self.sessions = SessionService(
             self.router,
@@ -162,6 +167,7 @@ class Node(HttpBound):
         now = clock.now_ms()
         for room in list(self.rooms.rooms.values()):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
+        await self.recordings.close()  # the rooms closed: their recordings finish their files
         if self._runner is not None:
             await self._runner.cleanup()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start

@@ -23,7 +23,7 @@ from levelchat.web import (
     readiness_response,
 )
 from sfu import clock
-from sfu.api import participants, rtc, session_ice, webhooks
+from sfu.api import participants, recordings, rtc, session_ice, webhooks
 from sfu.api.sessions import MediaSession, Owner
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.participant import ParticipantKind
@@ -290,21 +290,6 @@ async def room_delete(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-async def recording_post(request: web.Request) -> web.StreamResponse:
-    """Start recording a room: the scope and the room's policy are checked; this self-hosted
-    node has no recorder, so a permitted request is answered ``onprem_disabled``."""
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    if "recording:write" not in claims.scopes:
-        raise ApiError("recording/not-permitted", "recording needs a token with the recording:write scope")
-    claims.require_room_access(room_id)
-    room = node.rooms.get(room_id, clock.now_ms())
-    if not room.policy.recording:
-        raise ApiError("recording/not-permitted", f"room {room_id!r} does not allow recording")
-    raise ApiError("onprem_disabled", "recording is not available on a self-hosted node")
-
-
 # -- drain (operators) ----------------------------------------------------------------------------
 async def drain_post(request: web.Request) -> web.StreamResponse:
     node = _node(request)
@@ -426,7 +411,6 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/v1/rooms", rooms_list)
     r.add_get("/v1/rooms/{room}", room_get)
     r.add_delete("/v1/rooms/{room}", room_delete)
-    r.add_post("/v1/rooms/{room}/recording", recording_post)
     r.add_post("/v1/node/drain", drain_post)
     r.add_delete("/v1/node/drain", drain_delete)
     r.add_get("/v1/node/drain", drain_get)
@@ -436,5 +420,6 @@ def create_app(node: Node) -> web.Application:
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
     participants.add_routes(app, node)  # the participants (moderation) API (issue 14)
     webhooks.setup(app, node.webhooks, node.verifier)  # /v1/webhooks (issue 14)
+    recordings.add_routes(app, node)  # recording without transcoding (issue 14)
     add_static_routes(app, node.config)
     return app

@@ -171,6 +171,9 @@ class PublishedTrack:
         self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
+        #: (view, length, now_ms) -> None: a recording's copy of every packet, retransmissions
+        #: that fill holes included (sfu.recording.manager); None for a track not recorded
+        self.tap: Callable[[memoryview, int, int], None] | None = None
         # -- the fan-out group (see ``fast_form``) --
         #: the incoming sequence number the group forwards next; -1: no group
         self._fast_next = -1
@@ -234,6 +237,9 @@ class PublishedTrack:
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
+        tap = self.tap
+        if tap is not None:
+            tap(view, length, now_ms)
         src = view if cbuf is None else cbuf
         order = _NEWEST
         nack = self.nack
@@ -568,6 +574,7 @@ class PublishedTrack:
         self.group = None
         self.rtx_cache = None
         self.level_meter = None
+        self.tap = None
         self.keyframe_pending = False
         self._request_keyframe_cb = _no_keyframe_request
         self._send_nack = None

@@ -38,6 +38,7 @@ from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import add_static_routes, api_application
 from sfu.api.participants import ROUTES as PARTICIPANT_ROUTES
+from sfu.api.recordings import ROUTES as RECORDING_ROUTES
 from sfu.api.rtc import RTC_PATH
 from sfu.config import HttpBound, NodeConfig
 from sfu.metrics import CONTENT_TYPE
@@ -198,6 +199,20 @@ class Front(HttpBound):
                     room = None
         w = self.worker_for(room, creating=room is not None)
         return await self._forward(w, request, raw)
+
+    async def recording_route(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/recordings/{id}...``: the id names no room, so each worker is asked in turn; the
+        first answer other than ``not_found`` (the worker that has it) is the answer."""
+        up = [w for w in self.workers if w.up]
+        if not up:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        resp: web.Response | None = None
+        for w in up:
+            resp = await self._forward(w, request, b"")
+            if resp.status != 404 or not isinstance(resp.body, bytes) or b'"not_found"' not in resp.body:
+                return resp
+        assert resp is not None
+        return resp
 
     async def rooms_list(self, request: web.Request) -> web.StreamResponse:
         """Every worker's open rooms; a worker's refusal (the token) comes back as it is."""
@@ -451,6 +466,8 @@ class Front(HttpBound):
         r.add_post("/v1/rooms/{room}/recording", existing)
         for method, path, _handler in PARTICIPANT_ROUTES:  # the participants API: the room's worker
             r.add_route(method, path, existing)
+        for method, path, _h in RECORDING_ROUTES:  # the worker that has the recording
+            r.add_route(method, path, self.recording_route)
         r.add_post("/v1/node/drain", self.drain_post)
         r.add_delete("/v1/node/drain", self.drain_delete)
         r.add_get("/v1/node/drain", self.drain_get)
