@@ -4,17 +4,24 @@ it, download its files.  ``recording:write`` and the room's ``recording`` policy
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from levelchat.errors import ApiError
-from levelchat.tokens import Claims, validate_room
+from levelchat.tokens import Claims, TokenVerifier, validate_room
 from levelchat.web import bearer_token, json_response, read_json
 from sfu import clock
+from sfu.recording.manager import RecordingManager
+from sfu.routing.rooms import RoomRegistry
 
-if TYPE_CHECKING:
-    from sfu.node import Node
+
+class Node(Protocol):
+    """What the recording API needs of the node."""
+
+    verifier: TokenVerifier
+    rooms: RoomRegistry
+    recordings: RecordingManager
 
 MAX_TRACK_IDS = 64
 NOT_READY_RETRY_S = 1

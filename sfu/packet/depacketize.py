@@ -278,3 +278,95 @@ class FrameAssembler:
             if not (last and y):
                 self._append(av1_obus(bytes(self._obu)))  # one element is one OBU
                 self._obu = None
+
+
+class _Bits:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def bit(self) -> int:
+        byte = self.pos >> 3
+        if byte >= len(self.data):
+            raise ValueError("SPS truncated")
+        b = (self.data[byte] >> (7 - (self.pos & 7))) & 1
+        self.pos += 1
+        return b
+
+    def bits(self, n: int) -> int:
+        v = 0
+        for _ in range(n):
+            v = (v << 1) | self.bit()
+        return v
+
+    def ue(self) -> int:
+        zeros = 0
+        while not self.bit():
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("exp-Golomb code too long")
+        return (1 << zeros) - 1 + self.bits(zeros)
+
+    def se(self) -> int:
+        v = self.ue()
+        return (v + 1) // 2 if v & 1 else -(v // 2)
+
+
+def h264_dimensions(access_unit: bytes) -> tuple[int, int]:
+    """Width and height from the SPS (H.264 §7.3.2.1.1) of an Annex B access unit; (0, 0) when
+    there is none or it cannot be read."""
+    for nal in access_unit.split(START_CODE):
+        if nal and nal[0] & 0x1F == 7:
+            try:
+                return _sps_dimensions(nal[1:].replace(b"\x00\x00\x03", b"\x00\x00"))
+            except ValueError:
+                return 0, 0
+    return 0, 0
+
+
+def _sps_dimensions(rbsp: bytes) -> tuple[int, int]:
+    r = _Bits(rbsp)
+    profile = r.bits(8)
+    r.bits(16)  # constraint flags, level
+    r.ue()  # seq_parameter_set_id
+    chroma = 1
+    if profile in (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135):
+        chroma = r.ue()
+        if chroma == 3:
+            r.bit()
+        r.ue()
+        r.ue()
+        r.bit()
+        if r.bit():  # seq_scaling_matrix_present_flag
+            for i in range(8 if chroma != 3 else 12):
+                if r.bit():
+                    last, nxt = 8, 8
+                    for _ in range(16 if i < 6 else 64):
+                        if nxt:
+                            nxt = (last + r.se()) % 256
+                        last = nxt or last
+    r.ue()  # log2_max_frame_num_minus4
+    poc = r.ue()
+    if poc == 0:
+        r.ue()
+    elif poc == 1:
+        r.bit()
+        r.se()
+        r.se()
+        for _ in range(r.ue()):
+            r.se()
+    r.ue()  # max_num_ref_frames
+    r.bit()
+    width_mbs = r.ue() + 1
+    height_units = r.ue() + 1
+    frame_mbs_only = r.bit()
+    if not frame_mbs_only:
+        r.bit()
+    r.bit()  # direct_8x8_inference_flag
+    crop = (0, 0, 0, 0)
+    if r.bit():
+        crop = (r.ue(), r.ue(), r.ue(), r.ue())
+    sub_w, sub_h = (1, 1) if chroma == 3 or chroma == 0 else (2, 2 if chroma == 1 else 1)
+    width = width_mbs * 16 - sub_w * (crop[0] + crop[1])
+    height = (2 - frame_mbs_only) * height_units * 16 - sub_h * (2 - frame_mbs_only) * (crop[2] + crop[3])
+    return width, height

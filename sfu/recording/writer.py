@@ -16,7 +16,7 @@ from typing import Any
 
 import av
 
-from sfu.packet.depacketize import Codec, Frame, FrameAssembler, codec_of
+from sfu.packet.depacketize import Codec, Frame, FrameAssembler, codec_of, h264_dimensions
 from sfu.packet.jitter import Gap, JitterBuffer
 
 NTP_UNIX_OFFSET = 2_208_988_800
@@ -25,6 +25,7 @@ NTP_UNIX_OFFSET = 2_208_988_800
 JITTER_MAX_DELAY_MS = 1000
 JITTER_MAX_PACKETS = 1024
 KEYFRAME_REQUEST_INTERVAL_MS = 1000
+PLACEHOLDER_SIZE = (640, 480)
 
 _Packet = tuple[int, bool, bytes]  # RTP timestamp, marker, payload
 
@@ -131,7 +132,14 @@ class TrackWriter:
         try:
             self._container = av.open(self.path, "w", format=fmt)
             if self.codec.is_video:
-                width, height = _vp8_size(first.data) if self.codec is Codec.VP8 else (0, 0)
+                if self.codec is Codec.VP8:
+                    width, height = _vp8_size(first.data)
+                elif self.codec is Codec.H264:
+                    width, height = h264_dimensions(first.data)
+                else:  # VP9, AV1: not read from the bitstream yet (decoders use the bitstream's)
+                    width, height = 0, 0
+                if not width or not height:
+                    width, height = PLACEHOLDER_SIZE  # the muxers refuse a video stream without
                 self._stream = self._container.add_mux_stream(name, width=width, height=height)
             else:
                 self._stream = self._container.add_mux_stream(name, rate=self.clock_rate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.packet.depacketize import Codec, Frame, FrameAssembler, av1_obus, codec_of, leb128
+from sfu.packet.depacketize import Codec, Frame, FrameAssembler, av1_obus, codec_of, h264_dimensions, leb128
 
 SC = b"\x00\x00\x00\x01"
 
@@ -96,3 +96,16 @@ def test_helpers() -> None:
     assert codec_of("vp8") is Codec.VP8
     assert codec_of("OPUS") is Codec.OPUS
     assert codec_of("red") is None
+
+
+@pytest.mark.parametrize(
+    ("sps", "size"),
+    [
+        # libx264 320x240, High profile (chroma_format_idc and the rest read)
+        (bytes.fromhex("6764000dacb20283f420000003002000000791e28549"), (320, 240)),
+        (bytes.fromhex("42c01f"), (0, 0)),  # truncated
+    ],
+)
+def test_h264_dimensions(sps: bytes, size: tuple[int, int]) -> None:
+    assert h264_dimensions(SC + sps + SC + b"\x68\xee") == size
+    assert h264_dimensions(SC + b"\x65\x88") == (0, 0)  # no SPS
