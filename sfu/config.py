@@ -252,8 +252,8 @@ class NodeConfig(HttpConfig, WebhookConfig):
             raise ConfigError(f"recording_retention_days: {self.recording_retention_days} must be from 0 to 36500")
         if not 0 <= self.max_recordings <= 1000:
             raise ConfigError(f"max_recordings: {self.max_recordings} must be from 0 to 1000")
-        if not 1 << 20 <= self.recording_max_bytes <= 1 << 50:
-            raise ConfigError(f"recording_max_bytes: {self.recording_max_bytes} must be from 2^20 to 2^50")
+        if not 1 << 16 <= self.recording_max_bytes <= 1 << 50:
+            raise ConfigError(f"recording_max_bytes: {self.recording_max_bytes} must be from 2^16 to 2^50")
         if not 0 < self.recording_start_timeout_s <= 600:
             raise ConfigError(f"recording_start_timeout_s: {self.recording_start_timeout_s} must be positive (at most 600)")
         if not 0 < self.tcp_bind_timeout_s <= 3600:

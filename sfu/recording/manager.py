@@ -305,6 +305,9 @@ class RecordingManager:
             track = rec.track_by_index(msg["track"])
             if track is not None and track.tap is not None:
                 track.request_keyframe(clock.now_ms())
+        elif event == "limit":
+            log.info("recording %s of room %s: %s; stopping", rec.id, rec.room_id, msg.get("detail"))
+            self.stop(rec)
         elif event == "failed":
             detail = str(msg.get("detail", "the recorder failed"))[:500]
             if not rec.ready.done():

@@ -49,6 +49,7 @@ def run(directory: str, max_bytes: int) -> int:
     budget = [max_bytes]
     reader = Reader()
     ignored = 0
+    limited = False
     try:
         done = False
         while not done:
@@ -62,6 +63,9 @@ def run(directory: str, max_bytes: int) -> int:
                         _say("pli", track=msg.track)
                     elif w is None:
                         ignored += 1
+                    if w is not None and w.truncated and not limited:
+                        limited = True  # the size limit: the node ends the recording
+                        _say("limit", detail=f"the recording reached {max_bytes} bytes")
                 elif msg.kind is Kind.SR:
                     if w is not None and len(msg.body) == SR_BODY.size:
                         w.on_sr(*SR_BODY.unpack(msg.body))

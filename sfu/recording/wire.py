@@ -9,7 +9,8 @@ Node to recorder (the recorder's stdin): frames of a header ``kind, track, lengt
 * ``END``: stop, finish the files.
 
 Recorder to node (its stdout): one JSON object per line, ``{"event": ...}``: ``ready`` (the
-directory is writable), ``pli`` (``track``: a keyframe is wanted), ``failed`` (``detail``),
+directory is writable), ``pli`` (``track``: a keyframe is wanted), ``limit`` (the recording
+reached its size limit: the node stops it), ``failed`` (``detail``),
 ``completed`` (``files``).
 """
 

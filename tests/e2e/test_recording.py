@@ -132,17 +132,17 @@ async def test_vp8_and_opus_recorded_decodable_aligned_with_webhooks(node_factor
             vname, vframes, vdur = _decode(files["video"])
             aname, aframes, adur = _decode(files["audio"])
             assert (vname, aname) == ("vp8", "opus")
-            # every stored frame decodes; the frames encoded while recorded, but for the few before
-            # the first keyframe (asked for at the start) and those in flight at either end
+            # every stored frame decodes; as many as were encoded while recorded, within 2 % (and
+            # the frames in flight at either end)
             assert vframes == video["frames"]
-            assert sent - 10 <= vframes <= sent + 3, (sent, vframes)
+            assert abs(vframes - sent) <= 2 + sent // 50, (sent, vframes)
             assert aframes == audio["frames"] > 100
             assert 2.0 < vdur < 5 and 2.0 < adur < 5
             assert abs(vdur - video["duration_s"]) < 0.1 and abs(adur - audio["duration_s"]) < 0.1
             # lined up on the publisher's clock (its sender reports): both start together
             assert video["started_at"] is not None and audio["started_at"] is not None
-            assert abs(video["started_at"] - audio["started_at"]) < 0.15, (video, audio)
-            assert abs(vdur - adur) < 0.2, (vdur, adur)
+            assert abs(video["started_at"] - audio["started_at"]) < 0.1, (video, audio)
+            assert abs(vdur - adur) < 0.1, (vdur, adur)
             assert min(video["offset_s"], audio["offset_s"]) == 0
             for f in (video, audio):
                 assert f["gaps"]["packets_dropped"] == 0 and f["gaps"]["malformed"] == 0
