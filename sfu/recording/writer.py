@@ -26,6 +26,9 @@ JITTER_MAX_DELAY_MS = 1000
 JITTER_MAX_PACKETS = 1024
 KEYFRAME_REQUEST_INTERVAL_MS = 1000
 PLACEHOLDER_SIZE = (640, 480)
+#: a cluster a second at most, written out as soon as it closes: a recorder that dies loses at
+#: most about a second, and a full disk is found within a second or so (not at the end)
+MUXER_OPTIONS = {"cluster_time_limit": "1000", "cluster_size_limit": "1048576", "flush_packets": "1"}
 
 _Packet = tuple[int, bool, bytes]  # RTP timestamp, marker, payload
 
@@ -130,7 +133,7 @@ class TrackWriter:
         fmt = "matroska" if self.codec is Codec.H264 else "webm"
         name = {Codec.VP8: "vp8", Codec.VP9: "vp9", Codec.AV1: "av1", Codec.H264: "h264", Codec.OPUS: "opus"}[self.codec]
         try:
-            self._container = av.open(self.path, "w", format=fmt)
+            self._container = av.open(self.path, "w", format=fmt, options=MUXER_OPTIONS)
             if self.codec.is_video:
                 if self.codec is Codec.VP8:
                     width, height = _vp8_size(first.data)

@@ -90,7 +90,7 @@ async def test_selection_concurrency_and_size_limits(node_factory: Callable[...,
         await node.stop()
 
 
-# the node, in a mount namespace of its own, records onto a 160 KiB tmpfs that fills up
+# the node, in a mount namespace of its own, records onto a 48 KiB tmpfs that fills up
 _IN_NAMESPACE = """
 import ctypes, os, runpy, subprocess, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -98,7 +98,7 @@ if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
     raise OSError(ctypes.get_errno(), "unshare")
 subprocess.run(["mount", "--make-rprivate", "/"], check=True)
 os.makedirs(sys.argv[1], exist_ok=True)
-subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", sys.argv[1]], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", sys.argv[1]], check=True)
 sys.argv = ["sfu", *sys.argv[2:]]
 runpy.run_module("sfu", run_name="__main__")
 """
