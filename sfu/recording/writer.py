@@ -18,6 +18,7 @@ import av
 
 from sfu.packet.depacketize import Codec, Frame, FrameAssembler, codec_of, h264_dimensions
 from sfu.packet.jitter import Gap, JitterBuffer
+from sfu.recording.ogg import opus_template
 
 NTP_UNIX_OFFSET = 2_208_988_800
 #: how long the recorder waits for a missing packet (the node's NACK to the publisher and its
@@ -144,8 +145,12 @@ class TrackWriter:
                 if not width or not height:
                     width, height = PLACEHOLDER_SIZE  # the muxers refuse a video stream without
                 self._stream = self._container.add_mux_stream(name, width=width, height=height)
-            else:
-                self._stream = self._container.add_mux_stream(name, rate=self.clock_rate)
+            else:  # Opus: from a template carrying OpusHead (sfu.recording.ogg)
+                template, stream = opus_template()
+                try:
+                    self._stream = self._container.add_stream_from_template(stream)
+                finally:
+                    template.close()
             self._stream.time_base = self._time_base
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise WriteFailed(f"{self.name}: {exc}") from exc

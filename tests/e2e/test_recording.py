@@ -91,6 +91,8 @@ def _decode(path: Path) -> tuple[str, int, float]:
     with av.open(str(path)) as c:
         stream = c.streams[0]
         name = stream.codec_context.name
+        if name == "opus":  # WebM's Opus CodecPrivate, as players need it (pre-skip 0)
+            assert (stream.codec_context.extradata or b"")[:8] == b"OpusHead"
         kind = stream.type
         frames = 0
         first = last = None
