@@ -45,7 +45,7 @@ from sfu.metrics import CONTENT_TYPE
 from sfu.transport.peer import CloseReason
 from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
-from sfu.workers.proxy import forward, forward_websocket
+from sfu.workers.proxy import forward, forward_download, forward_websocket
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
 
 log = logging.getLogger(__name__)
@@ -206,12 +206,21 @@ class Front(HttpBound):
         up = [w for w in self.workers if w.up]
         if not up:
             raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
-        resp: web.Response | None = None
+        download = request.method == "GET" and "name" in request.match_info
+        resp: web.StreamResponse | None = None
         for w in up:
-            resp = await self._forward(w, request, b"")
-            if resp.status != 404 or not isinstance(resp.body, bytes) or b'"not_found"' not in resp.body:
+            if w.session is None:
+                continue
+            if download:  # a file: streamed, never held whole in the front
+                resp = await forward_download(w.session, w.index, request)
+            else:
+                resp = await self._forward(w, request, b"")
+            if not isinstance(resp, web.Response) or resp.status != 404:
                 return resp
-        assert resp is not None
+            if not isinstance(resp.body, bytes) or b'"not_found"' not in resp.body:
+                return resp
+        if resp is None:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
         return resp
 
     async def rooms_list(self, request: web.Request) -> web.StreamResponse:
