@@ -347,6 +347,9 @@ class Node(HttpBound):
             "sfu_control_plane_failovers": failovers,
             "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
             "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
+            "sfu_recordings_completed": self.recordings.outcomes["completed"],
+            "sfu_recordings_failed": self.recordings.outcomes["failed"],
+            "sfu_recording_packets_dropped": self.recordings.packets_dropped(),
         }
 
     def _gauges(self) -> dict[str, Any]:
@@ -363,4 +366,5 @@ class Node(HttpBound):
             "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
             "sfu_tcp_connections": len(self.port.tcp_links),
             "sfu_tcp_queued_bytes": self.tcp.queued_bytes if self.tcp is not None else 0,
+            "sfu_recordings_active": len(self.recordings.active),
         }

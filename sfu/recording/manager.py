@@ -189,6 +189,9 @@ class RecordingManager:
         self.active: dict[str, Recording] = {}
         self.finished: OrderedDict[str, Recording] = OrderedDict()
         self.room_notifiers: list[RoomNotifier] = []
+        #: recordings that ended, by final status; packets the taps dropped in finished recordings
+        self.outcomes = {"completed": 0, "failed": 0}
+        self._dropped_finished = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     def _room_view(self, rec: Recording) -> dict[str, Any]:
@@ -343,8 +346,14 @@ class RecordingManager:
         self.emit("recording.failed", room=self._room_view(rec), recording=rec.webhook_view())
         self._tell_room(rec)
 
+    def packets_dropped(self) -> int:
+        """Packets the taps dropped (a recorder behind), over all recordings, for ``/metrics``."""
+        return self._dropped_finished + sum(sum(r.dropped) for r in self.active.values())
+
     def _final(self, rec: Recording, status: RecordingStatus) -> None:
         rec.status = status
+        self.outcomes[status.value] += 1
+        self._dropped_finished += sum(rec.dropped)
         self.active.pop(rec.id, None)
         self.finished[rec.id] = rec
         while len(self.finished) > KEEP_FINISHED:

@@ -19,7 +19,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from sfu.node import Node
 from tests.e2e.clients import PatternVideoTrack, WhipPublisher, wait_for
 from tests.e2e.conftest import token
-from tests.e2e.webhook_support import Receiver
+from tests.e2e.webhook_support import Receiver, metric
 
 REC_SCOPES = ("room:join", "recording:write")
 
@@ -158,6 +158,9 @@ async def test_vp8_and_opus_recorded_decodable_aligned_with_webhooks(node_factor
             assert all(d.signed for d in hooks)
             done = next(d.body for d in hooks if d.body["event"] == "recording.completed")
             assert done["recording"]["id"] == rec["id"] and len(done["recording"]["files"]) == 2
+            assert await metric(node.url, "levelchat_sfu_recordings_completed_total") == 1
+            assert await metric(node.url, "levelchat_sfu_recording_packets_dropped_total") == 0
+            assert await metric(node.url, "levelchat_sfu_recordings_active") == 0
     finally:
         await pub.close()
         await node.stop()
