@@ -1,0 +1,78 @@
+"""Chromium publishes (VP9 or AV1, and Opus) through the demo page; the room is recorded without
+transcoding; the files, downloaded through the API, decode here with PyAV, as many frames as
+Chromium encoded while recorded (within 2 %), audio and video lined up on the publisher's clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser
+
+from sfu.node import Node
+from tests.browser.demo_page import CHROMIUM, DemoPage
+from tests.e2e.test_recording import _auth, _decode, _download, _finished, _room
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+]
+
+
+@pytest.mark.parametrize("video_codec", ["VP9", "AV1"])
+async def test_chromium_publisher_recorded(
+    node_factory: Callable[..., Any], browser: Browser, tmp_path: Path, video_codec: str
+) -> None:
+    node: Node = await node_factory(recordings_dir=str(tmp_path / "recs"))
+    room = f"rec-chromium-{video_codec.lower()}"
+    page = await DemoPage.open(browser, node.url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _room(http, node, room)
+            await page.join_as(room, "carol")
+            await page.publish(video_codec)
+            assert await page.wait_state("publish", "connected", "failed") == "connected"
+            await page.wait_rtp("publish", "video", "framesEncoded", 30)
+            # the frames Chromium encoded while recorded: between what its stats said just after
+            # the start and just before the stop (at least), and just before the start and just
+            # after the stop (at most)
+            encoded = [(await page.rtp_stats("publish", "video"))["framesEncoded"]]
+            async with http.post(f"{node.url}/v1/rooms/{room}/recording", headers=_auth(room)) as resp:
+                started = await resp.json()
+                assert resp.status == 201, started
+            encoded.append((await page.rtp_stats("publish", "video"))["framesEncoded"])
+            await asyncio.sleep(3.0)
+            encoded.append((await page.rtp_stats("publish", "video"))["framesEncoded"])
+            async with http.delete(f"{node.url}/v1/recordings/{started['id']}", headers=_auth(room)) as resp:
+                assert resp.status in (200, 202)
+            stats = await page.rtp_stats("publish", "video")
+            encoded.append(stats["framesEncoded"])
+            assert stats["codec"] == f"video/{video_codec}", stats
+            rec = await _finished(http, node, room, started["id"])
+            assert rec["status"] == "completed", rec
+            by_kind = {f["kind"]: f for f in rec["files"]}
+            video, audio = by_kind["video"], by_kind["audio"]
+            assert video["codec"] == video_codec and video["name"].endswith(".webm")
+            files = await _download(http, node, room, rec, tmp_path)
+            vname, vframes, vdur = _decode(files["video"])
+            aname, aframes, adur = _decode(files["audio"])
+            assert vname in ({"vp9", "libvpx-vp9"} if video_codec == "VP9" else {"av1", "libdav1d"}), vname
+            assert aname == "opus"
+            assert vframes == video["frames"] and aframes == audio["frames"]
+            least, most = encoded[2] - encoded[1], encoded[3] - encoded[0]
+            assert least - 2 - least // 50 <= vframes <= most + 2, (encoded, vframes, video["gaps"])
+            # on the publisher's clock (its sender reports): both end together (the stop cuts
+            # both at once); the video may start later, at the keyframe the start asked for
+            v_start, a_start = video["started_at"], audio["started_at"]
+            assert abs((v_start + vdur) - (a_start + adur)) < 0.1, (v_start, vdur, a_start, adur)
+            assert -0.1 < v_start - a_start < 0.5, (v_start, a_start)
+            assert abs((v_start - a_start) - (video["offset_s"] - audio["offset_s"])) < 0.002
+            assert page.errors == []
+    finally:
+        await page.close()
+        await node.stop()
