@@ -370,3 +370,90 @@ def _sps_dimensions(rbsp: bytes) -> tuple[int, int]:
     width = width_mbs * 16 - sub_w * (crop[0] + crop[1])
     height = (2 - frame_mbs_only) * height_units * 16 - sub_h * (2 - frame_mbs_only) * (crop[2] + crop[3])
     return width, height
+
+
+def vp9_dimensions(frame: bytes) -> tuple[int, int]:
+    """Width and height from a VP9 key frame's uncompressed header (VP9 bitstream §6.2);
+    (0, 0) for another frame or one that cannot be read."""
+    try:
+        r = _Bits(frame)
+        if r.bits(2) != 2:
+            return 0, 0
+        profile = r.bit() | (r.bit() << 1)
+        if profile == 3:
+            r.bit()
+        if r.bit() or r.bit():  # show_existing_frame, or frame_type not KEY_FRAME
+            return 0, 0
+        r.bits(2)  # show_frame, error_resilient_mode
+        if r.bits(24) != 0x498342:
+            return 0, 0
+        if profile >= 2:
+            r.bit()
+        if r.bits(3) != 7:  # color_space other than CS_RGB
+            r.bit()
+            if profile in (1, 3):
+                r.bits(3)
+        elif profile in (1, 3):
+            r.bit()
+        return r.bits(16) + 1, r.bits(16) + 1
+    except ValueError:
+        return 0, 0
+
+
+def av1_dimensions(frame: bytes) -> tuple[int, int]:
+    """The maximum frame size from the sequence header OBU (AV1 §5.5) of a temporal unit in the
+    low-overhead format (``av1_obus``); (0, 0) when there is none or it cannot be read."""
+    pos = 0
+    try:
+        while pos < len(frame):
+            header = frame[pos]
+            pos += 2 if header & 0x04 else 1
+            if not header & 0x02:
+                return 0, 0
+            size, pos = _read_leb128(frame, pos)
+            if (header >> 3) & 0x0F == 1:
+                return _av1_sequence_size(frame[pos : pos + size])
+            pos += size
+    except ValueError:
+        pass
+    return 0, 0
+
+
+def _uvlc(r: _Bits) -> int:
+    zeros = 0
+    while not r.bit():
+        zeros += 1
+        if zeros >= 32:
+            raise ValueError("uvlc too long")
+    return (1 << zeros) - 1 + r.bits(zeros)
+
+
+def _av1_sequence_size(payload: bytes) -> tuple[int, int]:
+    r = _Bits(payload)
+    r.bits(3)  # seq_profile
+    r.bit()  # still_picture
+    if r.bit():  # reduced_still_picture_header
+        r.bits(5)
+    else:
+        buffer_delay_bits = 0
+        decoder_model = False
+        if r.bit():  # timing_info_present_flag
+            r.bits(64)
+            if r.bit():  # equal_picture_interval
+                _uvlc(r)
+            decoder_model = bool(r.bit())
+            if decoder_model:
+                buffer_delay_bits = r.bits(5) + 1
+                r.bits(32 + 5 + 5)
+        display_delay = r.bit()
+        for _ in range(r.bits(5) + 1):  # operating points
+            r.bits(12)
+            if r.bits(5) > 7:
+                r.bit()
+            if decoder_model and r.bit():
+                r.bits(2 * buffer_delay_bits + 1)
+            if display_delay and r.bit():
+                r.bits(4)
+    width_bits = r.bits(4) + 1
+    height_bits = r.bits(4) + 1
+    return r.bits(width_bits) + 1, r.bits(height_bits) + 1

@@ -16,7 +16,15 @@ from typing import Any
 
 import av
 
-from sfu.packet.depacketize import Codec, Frame, FrameAssembler, codec_of, h264_dimensions
+from sfu.packet.depacketize import (
+    Codec,
+    Frame,
+    FrameAssembler,
+    av1_dimensions,
+    codec_of,
+    h264_dimensions,
+    vp9_dimensions,
+)
 from sfu.packet.jitter import Gap, JitterBuffer
 from sfu.recording.ogg import opus_template
 
@@ -136,12 +144,13 @@ class TrackWriter:
         try:
             self._container = av.open(self.path, "w", format=fmt, options=MUXER_OPTIONS)
             if self.codec.is_video:
-                if self.codec is Codec.VP8:
-                    width, height = _vp8_size(first.data)
-                elif self.codec is Codec.H264:
-                    width, height = h264_dimensions(first.data)
-                else:  # VP9, AV1: not read from the bitstream yet (decoders use the bitstream's)
-                    width, height = 0, 0
+                size = {
+                    Codec.VP8: _vp8_size,
+                    Codec.VP9: vp9_dimensions,
+                    Codec.AV1: av1_dimensions,
+                    Codec.H264: h264_dimensions,
+                }[self.codec]
+                width, height = size(first.data)  # the first frame is a keyframe
                 if not width or not height:
                     width, height = PLACEHOLDER_SIZE  # the muxers refuse a video stream without
                 self._stream = self._container.add_mux_stream(name, width=width, height=height)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from playwright.async_api import Browser
 
@@ -64,6 +65,8 @@ async def test_chromium_publisher_recorded(
             assert vname in ({"vp9", "libvpx-vp9"} if video_codec == "VP9" else {"av1", "libdav1d"}), vname
             assert aname == "opus"
             assert vframes == video["frames"] and aframes == audio["frames"]
+            with av.open(str(files["video"])) as c:  # the size read from the first keyframe
+                assert (c.streams.video[0].width, c.streams.video[0].height) == (640, 480)
             least, most = encoded[2] - encoded[1], encoded[3] - encoded[0]
             assert least - 2 - least // 50 <= vframes <= most + 2, (encoded, vframes, video["gaps"])
             # on the publisher's clock (its sender reports): both end together (the stop cuts

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
+import numpy as np
 import pytest
 
-from sfu.packet.depacketize import Codec, Frame, FrameAssembler, av1_obus, codec_of, h264_dimensions, leb128
+from sfu.packet.depacketize import (
+    Codec,
+    Frame,
+    FrameAssembler,
+    av1_dimensions,
+    av1_obus,
+    codec_of,
+    h264_dimensions,
+    leb128,
+    vp9_dimensions,
+)
 
 SC = b"\x00\x00\x00\x01"
 
@@ -109,3 +123,25 @@ def test_helpers() -> None:
 def test_h264_dimensions(sps: bytes, size: tuple[int, int]) -> None:
     assert h264_dimensions(SC + sps + SC + b"\x68\xee") == size
     assert h264_dimensions(SC + b"\x65\x88") == (0, 0)  # no SPS
+
+
+@pytest.mark.parametrize(("encoder", "read"), [("libvpx-vp9", "vp9"), ("libsvtav1", "av1")])
+def test_vp9_and_av1_dimensions_of_real_keyframes(encoder: str, read: str) -> None:
+    """Key frames from real encoders (the tests may encode; the product never does)."""
+    ctx = av.CodecContext.create(encoder, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = 352, 288, "yuv420p"
+    ctx.time_base = Fraction(1, 30)
+    packets = []
+    for i in range(3):
+        frame = av.VideoFrame.from_ndarray(np.full((288, 352, 3), i * 40, dtype=np.uint8), format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        packets += [bytes(p) for p in ctx.encode(frame)]
+    packets += [bytes(p) for p in ctx.encode(None)]
+    first = packets[0]  # for AV1: OBUs with their sizes (the low-overhead format), as the muxer gets them
+    if read == "av1":
+        assert av1_dimensions(first) == (352, 288)
+        assert av1_dimensions(b"\x12\x00") == (0, 0)  # a temporal delimiter only
+    else:
+        assert vp9_dimensions(first) == (352, 288)
+        assert vp9_dimensions(packets[1]) == (0, 0)  # not a key frame
+    assert vp9_dimensions(b"") == (0, 0)
