@@ -11,6 +11,7 @@ files of one participant can be lined up (their ``offset_s`` in the recording).
 from __future__ import annotations
 
 import os
+import statistics
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +36,9 @@ JITTER_MAX_DELAY_MS = 1000
 JITTER_MAX_PACKETS = 1024
 KEYFRAME_REQUEST_INTERVAL_MS = 1000
 PLACEHOLDER_SIZE = (640, 480)
+#: sender reports kept per track: where the first frame falls is their median (one report sent
+#: late by a loaded publisher does not move it)
+MAX_REPORTS = 64
 #: a cluster a second at most, written out as soon as it closes: a recorder that dies loses at
 #: most about a second, and a full disk is found within a second or so (not at the end)
 MUXER_OPTIONS = {"cluster_time_limit": "1000", "cluster_size_limit": "1048576", "flush_packets": "1"}
@@ -94,7 +98,8 @@ class TrackWriter:
         self._first_ts = -1  # extended RTP timestamp of the first frame
         self._last_ts = -1
         self._last_pts = -1
-        self.sr: tuple[int, int] | None = None  # the first sender report: (NTP 64-bit, RTP ts)
+        #: the publisher's sender reports (NTP 64-bit, RTP ts), the first ``MAX_REPORTS``
+        self.reports: list[tuple[int, int]] = []
         self.frame_bytes = 0
         self.malformed_packets = 0
         self.truncated = False
@@ -116,8 +121,8 @@ class TrackWriter:
         return False
 
     def on_sr(self, ntp: int, rtp_ts: int) -> None:
-        if self.sr is None:
-            self.sr = (ntp, rtp_ts)
+        if len(self.reports) < MAX_REPORTS:
+            self.reports.append((ntp, rtp_ts))
 
     def finish(self, budget: list[int]) -> None:
         self._take(self.jitter.flush(), budget)
@@ -204,15 +209,18 @@ class TrackWriter:
     # -- the result --------------------------------------------------------------------------
     @property
     def started_at(self) -> float | None:
-        """The first frame's time on the publisher's wall clock (Unix seconds), from its first
-        sender report; None without one."""
-        if self.sr is None or self._first_ts < 0:
+        """The first frame's time on the publisher's wall clock (Unix seconds): the median of
+        what each of its sender reports says; None without one."""
+        if not self.reports or self._first_ts < 0:
             return None
-        ntp, rtp_ts = self.sr
-        delta = ((self._first_ts & 0xFFFFFFFF) - rtp_ts) & 0xFFFFFFFF
-        if delta >= 0x80000000:
-            delta -= 0x100000000
-        return (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - NTP_UNIX_OFFSET + delta / self.clock_rate
+        first = self._first_ts & 0xFFFFFFFF
+        starts = []
+        for ntp, rtp_ts in self.reports:
+            delta = (first - rtp_ts) & 0xFFFFFFFF
+            if delta >= 0x80000000:
+                delta -= 0x100000000
+            starts.append((ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32 - NTP_UNIX_OFFSET + delta / self.clock_rate)
+        return statistics.median(starts)
 
     def describe(self) -> dict[str, Any]:
         frames = self.assembler.frames
