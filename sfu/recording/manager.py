@@ -159,7 +159,7 @@ class Recording:
         self.send_reports()
         track.tap = self.make_tap(index)
         if track.is_video:
-            track.request_keyframe(now_ms)  # the recording starts at a keyframe
+            track.request_keyframe(now_ms, wait=False)  # the recording starts at a keyframe
         return True
 
     def detach_all(self) -> None:
@@ -324,7 +324,7 @@ class RecordingManager:
         elif event == "pli" and isinstance(msg.get("track"), int):
             track = rec.track_by_index(msg["track"])
             if track is not None and track.tap is not None:
-                track.request_keyframe(clock.now_ms())
+                track.request_keyframe(clock.now_ms(), wait=False)
         elif event == "limit":
             log.info("recording %s of room %s: %s; stopping", rec.id, rec.room_id, msg.get("detail"))
             self.stop(rec)

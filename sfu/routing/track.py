@@ -516,13 +516,22 @@ class PublishedTrack:
             dt.switch_now(self, now_ms)
 
     # -- control ---------------------------------------------------------------------------------
-    def request_keyframe(self, now_ms: int) -> bool:
+    def request_keyframe(self, now_ms: int, *, wait: bool = True) -> bool:
         """Ask the publisher for a keyframe (PLI), at most once per interval.
 
         Before a layer's SSRC is known the request is owed: ``on_rtp`` sends it with the layer's
-        first packets."""
+        first packets.  ``wait=False`` (a recording, which finds keyframes itself): no downtrack
+        waits, so ``on_rtp`` does not look for the keyframe, and a throttled request is dropped
+        (the asker asks again)."""
         if not self.is_video:
             return False
+        if not wait:
+            if self.ssrc < 0 or now_ms - self._last_keyframe_request_ms < KEYFRAME_REQUEST_INTERVAL_MS:
+                return False
+            self._last_keyframe_request_ms = now_ms
+            self._counters.keyframe_requests += 1
+            self._request_keyframe_cb(self.ssrc)
+            return True
         self.keyframe_pending = True
         if self.ssrc < 0:
             self._keyframe_deferred = True
