@@ -151,3 +151,42 @@ async def test_a_full_disk_fails_the_recording_and_the_room_flows_on(namespaced_
         await pub.close()
         await sub.close()
         await receiver.stop()
+
+
+async def test_tracks_published_later_are_recorded_and_a_new_node_serves_the_result(
+    node_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A recording started in an empty room takes the tracks published after it; once final, its
+    description and files come from its directory: a node started afresh on it serves them."""
+    recs = str(tmp_path / "recs")
+    node: Node = await node_factory(recordings_dir=recs)
+    room = "rec-later"
+    pub = WhipPublisher(node.url, room, token(room, "alice"))
+    running = [node]
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _room(http, node, room)
+            status, started = await _start(http, node.url, room)
+            assert status == 201
+            await pub.connect()
+            await asyncio.sleep(2.0)
+            async with http.delete(f"{node.url}/v1/recordings/{started['id']}", headers=_auth(room)) as resp:
+                assert resp.status in (200, 202)
+            rec = await _finished(http, node, room, started["id"])
+            assert {f["kind"] for f in rec["files"]} == {"audio", "video"}
+            other = token("another-room", "operator", scopes=("room:join", "recording:write"))
+            async with http.get(f"{node.url}/v1/recordings/{started['id']}", headers={"Authorization": f"Bearer {other}"}) as resp:
+                assert resp.status == 401 and (await resp.json())["code"] == "token/unauthorized"
+            await pub.close()
+            await running.pop().stop()
+            fresh: Node = await node_factory(recordings_dir=recs)
+            running.append(fresh)
+            async with http.get(f"{fresh.url}/v1/recordings/{started['id']}", headers=_auth(room)) as resp:
+                assert resp.status == 200 and await resp.json() == rec
+            name = rec["files"][0]["name"]
+            async with http.get(f"{fresh.url}/v1/recordings/{started['id']}/files/{name}", headers=_auth(room)) as resp:
+                assert resp.status == 200 and len(await resp.read()) == rec["files"][0]["bytes"]
+    finally:
+        await pub.close()
+        for n in running:
+            await n.stop()
