@@ -40,7 +40,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SDP_TYPE = "application/sdp"
 #: WHEP answer header naming each published track the subscriber's offer cannot carry
 REFUSED_TRACK_HEADER = "LevelChat-Refused-Track"
-RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc")
+RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc", "/v1/recordings")
 WHIP_SCOPES = ("room:join", "room:publish")
 WHEP_SCOPES = ("room:join", "room:subscribe")
 #: the browser SDK, always served; the demo pages, served with ``demo_page`` (dev mode's default)

@@ -7,6 +7,7 @@ the room and to a webhook receiver, while the room's media flows on."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,7 +121,7 @@ def namespaced_node(tmp_path: Path) -> Iterator[tuple[Proc, Receiver]]:
         proc.terminate()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="mount namespaces")
+@pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0, reason="a mount namespace and tmpfs need root on Linux")
 async def test_a_full_disk_fails_the_recording_and_the_room_flows_on(namespaced_node: tuple[Proc, Receiver]) -> None:
     proc, receiver = namespaced_node
     await receiver.start()
