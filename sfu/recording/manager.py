@@ -146,14 +146,17 @@ class Recording:
         proc.stdin.write(memoryview(self.buf)[: self.fill])
         self.fill = 0
 
-    def attach(self, track: PublishedTrack, now_ms: int) -> bool:
-        if track.sid in self.tracks or len(self.tracks) >= MAX_TRACKS or track.tap is not None:
+    def attach(self, source: PublishedTrack, now_ms: int) -> bool:
+        """Record ``source`` (a track, or a simulcast group's primary: its highest layer sending
+        now is recorded, under the source's id, for the whole recording)."""
+        track = source.group.choose(None) if source.group is not None else source
+        if source.sid in self.tracks or len(self.tracks) >= MAX_TRACKS or track.tap is not None:
             return False
         if codec_of(track.codec.name) is None:
             return False
         index = len(self.tracks)
-        self.tracks[track.sid] = (index, track)
-        spec = {"sid": track.sid, "kind": track.kind, "codec": track.codec.name, "clock_rate": track.codec.clock_rate}
+        self.tracks[source.sid] = (index, track)
+        spec = {"sid": source.sid, "kind": track.kind, "codec": track.codec.name, "clock_rate": track.codec.clock_rate}
         self.put(track_message(index, spec))
         self._sr_sent[index] = None
         self.send_reports()

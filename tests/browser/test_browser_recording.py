@@ -16,6 +16,8 @@ from playwright.async_api import Browser
 
 from sfu.node import Node
 from tests.browser.demo_page import CHROMIUM, DemoPage
+from tests.browser.test_browser_whip_whep import _publish_simulcast
+from tests.e2e.clients import wait_for
 from tests.e2e.test_recording import _auth, _decode, _download, _finished, _room
 
 pytestmark = [
@@ -76,6 +78,42 @@ async def test_chromium_publisher_recorded(
             assert -0.1 < v_start - a_start < 0.5, (v_start, a_start)
             assert abs((v_start - a_start) - (video["offset_s"] - audio["offset_s"])) < 0.002
             assert page.errors == []
+    finally:
+        await page.close()
+        await node.stop()
+
+
+async def test_chromium_simulcast_recorded_in_its_highest_layer(
+    node_factory: Callable[..., Any], browser: Browser, tmp_path: Path
+) -> None:
+    node: Node = await node_factory(recordings_dir=str(tmp_path / "recs"))
+    room = "rec-chromium-simulcast"
+    page = await DemoPage.open(browser, node.url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _room(http, node, room)
+            assert await _publish_simulcast(page, room, "lena"), "the node's answer refused simulcast"
+            await page.wait_layers_encoded(30)
+            primary = next(t for p in node.rooms.rooms[room].participants.values() for t in p.tracks.values()
+                           if t.kind == "video" and t.group is not None and t is t.group.primary)
+            group = primary.group
+            assert group is not None
+            # the highest layer sending when the recording starts is the one recorded
+            await wait_for(lambda: group.choose(None).rid == "f", 20, "the f layer sending")
+            async with http.post(f"{node.url}/v1/rooms/{room}/recording", headers=_auth(room)) as resp:
+                started = await resp.json()
+                assert resp.status == 201, started
+            await asyncio.sleep(2.0)
+            async with http.delete(f"{node.url}/v1/recordings/{started['id']}", headers=_auth(room)) as resp:
+                assert resp.status in (200, 202)
+            rec = await _finished(http, node, room, started["id"])
+            video = next(f for f in rec["files"] if f["kind"] == "video")
+            assert video["track"] == primary.sid  # under the source's id
+            files = await _download(http, node, room, rec, tmp_path)
+            _, frames, _ = _decode(files["video"])
+            assert frames == video["frames"] > 20
+            with av.open(str(files["video"])) as c:  # the f layer: 1280x720
+                assert (c.streams.video[0].width, c.streams.video[0].height) == (1280, 720)
     finally:
         await page.close()
         await node.stop()
