@@ -141,9 +141,9 @@ class Recording:
         transport = proc.stdin.transport
         if not force and transport.get_write_buffer_size() >= PIPE_BACKLOG_BYTES:
             return  # the recorder is behind: the buffer fills up and the taps drop
-        # the transport writes what the pipe takes at once and copies the rest: the buffer is free
-        # again on return, with no copy of what went straight into the pipe
-        proc.stdin.write(memoryview(self.buf)[: self.fill])
+        # one copy (uvloop's transports may keep the object they are given, unsent, for later:
+        # never a view of the buffer the taps refill)
+        proc.stdin.write(bytes(memoryview(self.buf)[: self.fill]))
         self.fill = 0
 
     def attach(self, source: PublishedTrack, now_ms: int) -> bool:
