@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 from levelchat.errors import ApiError
 from sfu import clock
 from sfu.packet.depacketize import codec_of
-from sfu.recording.wire import HEADER, MAX_LINE_BYTES, MAX_TRACKS, SR_BODY, Kind, encode, track_message
+from sfu.recording.tap import TapBuffer
+from sfu.recording.wire import MAX_LINE_BYTES, MAX_TRACKS, SR_BODY, Kind, encode, track_message
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.simulcast import sources
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUFFER_BYTES = 1 << 20
 PIPE_BACKLOG_BYTES = 4 << 20
 FLUSH_INTERVAL_S = 0.02
 FINISH_TIMEOUT_S = 120.0
@@ -55,7 +55,6 @@ KEEP_FINISHED = 1000
 SWEEP_INTERVAL_S = 3600.0
 RECORDING_ID = re.compile(r"RC_[0-9a-f]{16}")
 FILE_NAME = re.compile(r"track[0-9]{1,3}-(audio|video)-[a-z0-9]{2,5}\.(webm|mkv)")
-_RTP = Kind.RTP
 
 Emit = Callable[..., None]
 RoomNotifier = Callable[[str, str, dict[str, Any]], None]
@@ -97,54 +96,28 @@ class Recording:
         self.error: str | None = None
         self.files: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
-        self.buf = bytearray(BUFFER_BYTES)
-        self.fill = 0
+        self.taps = TapBuffer()
+        self.dropped = self.taps.dropped  # per track index: packets the taps could not buffer
         self.tracks: dict[str, tuple[int, PublishedTrack]] = {}  # sid -> (index, track)
-        self.dropped = [0] * MAX_TRACKS
         self._sr_sent: dict[int, tuple[int, int, int] | None] = {}
         self.ready: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.tasks: list[asyncio.Task[None]] = []
 
-    # -- the tap (per packet of a recorded track) --------------------------------------------------
-    def make_tap(self, index: int) -> Callable[[memoryview, int, int], None]:
-        buf = self.buf
-        cap = len(buf)
-        size = HEADER.size
-        pack = HEADER.pack_into
-        dropped = self.dropped
-
-        def tap(view: memoryview, length: int, now_ms: int) -> None:
-            f = self.fill
-            end = f + size + length
-            if end > cap:
-                dropped[index] += 1
-                return
-            pack(buf, f, _RTP, index, length, now_ms & 0xFFFFFFFF)
-            buf[f + size : end] = view[:length]
-            self.fill = end
-
-        return tap
-
     # -- node side ------------------------------------------------------------------------------
     def put(self, data: bytes) -> None:
         """A control frame (track, sender report, end), after the packets already buffered."""
-        if self.fill + len(data) > len(self.buf):
+        if not self.taps.put(data):
             self.flush(force=True)
-        if self.fill + len(data) <= len(self.buf):
-            self.buf[self.fill : self.fill + len(data)] = data
-            self.fill += len(data)
+            self.taps.put(data)
 
     def flush(self, *, force: bool = False) -> None:
         proc = self.proc
-        if not self.fill or proc is None or proc.stdin is None or proc.stdin.is_closing():
+        if not self.taps.fill or proc is None or proc.stdin is None or proc.stdin.is_closing():
             return
         transport = proc.stdin.transport
         if not force and transport.get_write_buffer_size() >= PIPE_BACKLOG_BYTES:
             return  # the recorder is behind: the buffer fills up and the taps drop
-        # one copy (uvloop's transports may keep the object they are given, unsent, for later:
-        # never a view of the buffer the taps refill)
-        proc.stdin.write(bytes(memoryview(self.buf)[: self.fill]))
-        self.fill = 0
+        proc.stdin.write(self.taps.take())
 
     def attach(self, source: PublishedTrack, now_ms: int) -> bool:
         """Record ``source`` (a track, or a simulcast group's primary: its highest layer sending
@@ -160,7 +133,7 @@ class Recording:
         self.put(track_message(index, spec))
         self._sr_sent[index] = None
         self.send_reports()
-        track.tap = self.make_tap(index)
+        track.tap = self.taps.make_tap(index)
         if track.is_video:
             track.request_keyframe(now_ms, wait=False)  # the recording starts at a keyframe
         return True

@@ -11,6 +11,7 @@ import pytest
 from sfu.config import load
 from sfu.recording.manager import RecordingManager
 from sfu.recording.ogg import opus_ogg, opus_template
+from sfu.recording.tap import TapBuffer
 from sfu.recording.wire import SR_BODY, Kind, Reader, encode, track_message
 from sfu.recording.writer import _rtp_fields, _vp8_size
 
@@ -79,3 +80,22 @@ def test_sweeper_removes_old_recordings_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RC_" + "2" * 16, "not-a-recording"]
     assert manager.get("RC_" + "1" * 16) is None
     assert manager.get("../etc") is None
+
+
+def test_taps_frame_packets_and_drop_when_full() -> None:
+    taps = TapBuffer(size=64)
+    video, audio = taps.make_tap(0), taps.make_tap(1)
+    packet = memoryview(bytearray(b"\x80" + bytes(range(1, 30))))
+    video(packet, 20, 1000)  # the first 20 bytes of a larger receive buffer
+    audio(packet, 12, 1001)
+    video(packet, 30, 1002)  # 8 + 30 more would pass 64 bytes: dropped, counted
+    assert taps.dropped[:2] == [1, 0]
+    assert taps.put(encode(Kind.END, 0, 0, b"")) is True
+    assert taps.put(b"\x00" * 64) is False  # a control frame that does not fit: refused
+    msgs = Reader().feed(taps.take())
+    assert [(m.kind, m.track, m.arrival_ms, m.body) for m in msgs] == [
+        (Kind.RTP, 0, 1000, bytes(packet[:20])),
+        (Kind.RTP, 1, 1001, bytes(packet[:12])),
+        (Kind.END, 0, 0, b""),
+    ]
+    assert taps.fill == 0 and taps.take() == b""
