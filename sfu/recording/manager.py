@@ -1,8 +1,8 @@
 """The node's recordings: one recorder process each (``sfu.recording.process``), fed over a pipe.
 
 Forwarding never waits on a recorder.  A recorded track's ``tap`` (``PublishedTrack.tap``, None
-for a track not recorded) copies each clear packet into its recording's buffer (``BUFFER_BYTES``,
-preallocated: no allocation per packet); a timer hands the buffer to the recorder's stdin every
+for a track not recorded) copies each clear packet into its recording's buffer (``sfu.recording.tap``,
+preallocated); a timer hands the buffer to the recorder's stdin every
 ``FLUSH_INTERVAL_S`` while the pipe's backlog is under ``PIPE_BACKLOG_BYTES``.  A recorder that
 falls behind leaves the buffer full and the taps drop packets and count them (``dropped``,
 reported in the files' ``gaps``).  Packet losses upstream are repaired by the node's own NACKs
