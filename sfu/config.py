@@ -128,15 +128,32 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: ``~/.local/state/levelchat``): the webhook queue (``WebhookConfig``: an empty
     #: ``webhooks_db`` is ``<data_dir>/webhooks-<node id>.db``; ``:memory:`` is not durable, for tests)
     data_dir: str = ""
+    #: recordings (``sfu.recording``): the directory (empty: ``<data_dir>/recordings``, the
+    #: state directory above when ``data_dir`` is empty), finished recordings kept this many days
+    #: (0: forever; a sweeper removes older ones), recordings at once on this node, bytes one
+    #: recording may write (its files stop growing there, marked ``truncated``), and how long a
+    #: recorder process may take to start
+    recordings_dir: str = ""
+    recording_retention_days: float = 7.0
+    max_recordings: int = 4
+    recording_max_bytes: int = 2 << 30
+    recording_start_timeout_s: float = 20.0
+
+    @property
+    def state_dir(self) -> str:
+        return self.data_dir or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "levelchat"
+        )
+
+    @property
+    def recordings_path(self) -> str:
+        return self.recordings_dir or os.path.join(self.state_dir, "recordings")
 
     def webhooks_db_at(self, http_port: int) -> str:
         """The webhook queue's SQLite file for the node bound to ``http_port``."""
         if self.webhooks_db:
             return self.webhooks_db
-        base = self.data_dir or os.path.join(
-            os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "levelchat"
-        )
-        return os.path.join(base, f"webhooks-{self.node_id_at(http_port)}.db")
+        return os.path.join(self.state_dir, f"webhooks-{self.node_id_at(http_port)}.db")
 
     @property
     def serves_demo_page(self) -> bool:
@@ -249,6 +266,14 @@ class NodeConfig(HttpConfig, WebhookConfig):
                         f"turn_servers: the secret of {server.urls[0]} is shorter than {MIN_SECRET_LENGTH} characters"
                         " (anyone who guesses it can mint TURN credentials)"
                     )
+        if not 0 <= self.recording_retention_days <= 36500:
+            raise ConfigError(f"recording_retention_days: {self.recording_retention_days} must be from 0 to 36500")
+        if not 0 <= self.max_recordings <= 1000:
+            raise ConfigError(f"max_recordings: {self.max_recordings} must be from 0 to 1000")
+        if not 1 << 16 <= self.recording_max_bytes <= 1 << 50:
+            raise ConfigError(f"recording_max_bytes: {self.recording_max_bytes} must be from 2^16 to 2^50")
+        if not 0 < self.recording_start_timeout_s <= 600:
+            raise ConfigError(f"recording_start_timeout_s: {self.recording_start_timeout_s} must be positive (at most 600)")
         if not 0 < self.tcp_bind_timeout_s <= 3600:
             raise ConfigError(f"tcp_bind_timeout_s: {self.tcp_bind_timeout_s} must be positive (at most 3600)")
 

@@ -26,6 +26,7 @@ from sfu.gcpolicy import GcFreezer
 from sfu.loopstats import GcPauses, LoopLagProbe
 from sfu.memtrim import HeapTrimmer
 from sfu.metrics import LoopCollector, NodeCollector, make_registry
+from sfu.recording.manager import RecordingManager
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
@@ -83,6 +84,8 @@ class Node(HttpBound):
         #: the process's collector policy (sfu.gcpolicy): set by the programs that own the process
         #: (``python -m sfu``, a worker), never by an in-process node in tests or tools
         self.gc_freezer: GcFreezer | None = None
+        #: recording without transcoding: a recorder process per recording (sfu.recording)
+        self.recordings = RecordingManager(config, self.webhooks.emit)
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -120,6 +123,8 @@ class Node(HttpBound):
             handshakes=self.handshakes,
         )
         self.router.observers.append(self.webhooks.on_event)
+        self.router.observers.append(self.recordings.on_event)
+        self.recordings.start_sweeper()
         cfg = self.config
         self.sessions = SessionService(
             self.router,
@@ -183,6 +188,7 @@ class Node(HttpBound):
         now = clock.now_ms()
         for room in list(self.rooms.rooms.values()):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
+        await self.recordings.close()  # the rooms closed: their recordings finish their files
         if self._runner is not None:
             await self._runner.cleanup()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start
@@ -402,6 +408,9 @@ class Node(HttpBound):
             "sfu_dtls_handshakes_offloaded": pool.handshakes if pool is not None else 0,
             "sfu_dtls_handshake_jobs": pool.jobs if pool is not None else 0,
             "sfu_dtls_handshake_queue_overflow": pool.overflow if pool is not None else 0,
+            "sfu_recordings_completed": self.recordings.outcomes["completed"],
+            "sfu_recordings_failed": self.recordings.outcomes["failed"],
+            "sfu_recording_packets_dropped": self.recordings.packets_dropped(),
         }
 
     def _gauges(self) -> dict[str, Any]:
@@ -419,4 +428,5 @@ class Node(HttpBound):
             "sfu_tcp_connections": len(self.port.tcp_links),
             "sfu_tcp_queued_bytes": self.tcp.queued_bytes if self.tcp is not None else 0,
             "sfu_gc_frozen_objects": gc.get_freeze_count(),
+            "sfu_recordings_active": len(self.recordings.active),
         }

@@ -88,9 +88,11 @@ def test_test_imports_are_declared() -> None:
 
 
 def test_test_clients_stay_out_of_production() -> None:
-    assert not {"aiortc", "av"} & _imports("levelchat", "sfu", "control", "bench")
-    assert not {"aiortc", "av"} & _runtime()
+    # PyAV is the recorder's muxer (sfu/recording/writer.py): a runtime dependency; aiortc is not
+    assert not {"aiortc"} & _imports("levelchat", "sfu", "control", "bench")
+    assert not {"aiortc"} & _runtime()
     assert {"aiortc", "av"} <= _extra("test-unit") <= _extra("test")
+    assert "av" in _runtime()
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,9 @@ class PublishedTrack:
         self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
+        #: (view, length, now_ms) -> None: a recording's copy of every packet, retransmissions
+        #: that fill holes included (sfu.recording.manager); None for a track not recorded
+        self.tap: Callable[[memoryview, int, int], None] | None = None
         # -- the fan-out group (see ``fast_form``) --
         #: the incoming sequence number the group forwards next; -1: no group
         self._fast_next = -1
@@ -244,6 +247,9 @@ class PublishedTrack:
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
+        tap = self.tap
+        if tap is not None:
+            tap(view, length, now_ms)
         src = view if cbuf is None else cbuf
         order = _NEWEST
         nack = self.nack
@@ -525,13 +531,22 @@ class PublishedTrack:
             dt.switch_now(self, now_ms)
 
     # -- control ---------------------------------------------------------------------------------
-    def request_keyframe(self, now_ms: int) -> bool:
+    def request_keyframe(self, now_ms: int, *, wait: bool = True) -> bool:
         """Ask the publisher for a keyframe (PLI), at most once per interval.
 
         Before a layer's SSRC is known the request is owed: ``on_rtp`` sends it with the layer's
-        first packets."""
+        first packets.  ``wait=False`` (a recording, which finds keyframes itself): no downtrack
+        waits, so ``on_rtp`` does not look for the keyframe, and a throttled request is dropped
+        (the asker asks again)."""
         if not self.is_video:
             return False
+        if not wait:
+            if self.ssrc < 0 or now_ms - self._last_keyframe_request_ms < KEYFRAME_REQUEST_INTERVAL_MS:
+                return False
+            self._last_keyframe_request_ms = now_ms
+            self._counters.keyframe_requests += 1
+            self._request_keyframe_cb(self.ssrc)
+            return True
         self.keyframe_pending = True
         if self.ssrc < 0:
             self._keyframe_deferred = True
@@ -587,6 +602,7 @@ class PublishedTrack:
         self.group = None
         self.rtx_cache = None
         self.level_meter = None
+        self.tap = None
         self.keyframe_pending = False
         self._request_keyframe_cb = _no_keyframe_request
         self._send_nack = None
