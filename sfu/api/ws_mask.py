@@ -14,8 +14,10 @@ aiohttp lack them, the socket is served unchecked and a warning is logged once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -32,9 +34,9 @@ class MaskCheck:
 
     def __init__(self, inner: Any, fail: Any) -> None:
         self._inner = inner
-        # called once with the WebSocketError to raise in the reader; weak: the response holds
-        # this check, and a strong bound method back to it would make a reference cycle
-        self._fail = weakref.WeakMethod(fail)
+        # called once with the WebSocketError to raise in the reader; a bound method is held
+        # weakly: the response holds this check, and a strong one back to it would make a cycle
+        self._fail: Callable[[], Any] = weakref.WeakMethod(fail) if inspect.ismethod(fail) else (lambda: fail)
         self._head = b""  # the header bytes of the frame being read, until complete
         self._skip = 0  # payload bytes left in the current frame
         self._failed = False
