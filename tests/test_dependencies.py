@@ -22,7 +22,7 @@ OWN = {"levelchat", "sfu", "control", "bench", "tests"}
 OPTIONAL = {"redis": "redis", "matplotlib": "bench"}
 #: scripts the tests run with the system's ``/usr/bin/python3``, whose imports come from Debian
 #: packages that ``scripts/test.sh`` installs (GStreamer's ``gi``), not from pyproject.toml
-SYSTEM_PYTHON = {REPO / "tests" / "e2e" / "gst_client.py"}
+SYSTEM_PYTHON = {REPO / "examples" / "gstreamer_whip.py"}
 
 
 def _name(requirement: str) -> str:
