@@ -218,7 +218,7 @@ class RecordingManager:
             )  # fmt: skip
         except OSError as exc:
             self._failed(rec, f"the recorder process could not start: {exc}")
-            raise ApiError("recording/backend-failed", rec.error or "", status=422) from None
+            raise ApiError("recording/backend-failed", rec.error or "", status=400) from None
         if rec.proc.stdin is not None:
             _grow_pipe(rec.proc.stdin)
         rec.tasks.append(asyncio.create_task(self._read(rec)))
@@ -230,7 +230,7 @@ class RecordingManager:
                 rec.proc.kill()
         if problem is not None:
             self._failed(rec, problem)
-            raise ApiError("recording/backend-failed", problem, status=422)
+            raise ApiError("recording/backend-failed", problem, status=400)
         rec.status = RecordingStatus.RECORDING
         now = clock.now_ms()
         for track in published.values():

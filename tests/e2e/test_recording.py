@@ -247,7 +247,7 @@ async def test_unwritable_directory_is_backend_failed_and_the_room_flows(node_fa
             await pub.connect()
             async with http.post(f"{node.url}/v1/rooms/{room}/recording", headers=_auth(room)) as resp:
                 body = await resp.json()
-                assert (resp.status, body["code"]) == (422, "recording/backend-failed"), body
+                assert (resp.status, body["code"]) == (400, "recording/backend-failed"), body
                 assert "directory" in body["detail"]
             await wait_for(lambda: any(d.body["event"] == "recording.failed" for d in receiver.accepted()), 15,
                            "the recording.failed webhook")

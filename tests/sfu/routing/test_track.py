@@ -416,10 +416,12 @@ def test_keyframe_requests_are_throttled(times: list[int], sent: list[bool]) -> 
 
 def test_a_request_nobody_waits_on_is_not_owed_and_marks_nothing() -> None:
     """``wait=False`` (a recording): throttled like the others, not deferred, and ``on_rtp`` is
-    not set looking for the keyframe (no per-packet check for a stream that never sends one)."""
+    set looking for the keyframe by it (a video track looks only until its first keyframe, for its
+    picture size: no per-packet check for a stream that never sends one after that)."""
     counters = MediaCounters()
     requests = KeyframeRequests()
     track = video_track(counters, requests)
+    track.keyframe_pending = False  # its first keyframe came
     assert track.request_keyframe(T0, wait=False) is True
     assert track.request_keyframe(T0 + 100, wait=False) is False  # throttled, and not owed
     assert not track.keyframe_pending and not track._keyframe_deferred
