@@ -233,7 +233,9 @@ class SessionService:
     ) -> tuple[MediaSession, str]:
         identity = owner.identity
         offer = self.parse_offer(offer_text)
-        negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
+        negotiation = sdp.negotiate_publish(
+            offer, CodecPolicy.parse(room.policy.codecs), transport_cc=self.router.publisher_transport_cc
+        )
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer sends no audio or video")
         participant = Participant(
