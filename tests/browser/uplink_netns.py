@@ -138,7 +138,10 @@ async def run(kbit: int, transport_cc: bool, settle_s: float, measure_s: float) 
                 a = await page.evaluate(_STATS_JS)
                 frames0, tc0, fb0 = len(sub.widths), shaped_class(), node.counters.twcc_feedback_out
                 t0 = time.monotonic()
-                await asyncio.sleep(measure_s)
+                counts = [frames0]
+                while time.monotonic() - t0 < measure_s:
+                    await asyncio.sleep(0.5)
+                    counts.append(len(sub.widths))
                 b = await page.evaluate(_STATS_JS)
                 window_s = time.monotonic() - t0
                 tc1 = shaped_class()
@@ -150,6 +153,8 @@ async def run(kbit: int, transport_cc: bool, settle_s: float, measure_s: float) 
                 result["dropped_total"] = tc1["dropped"]
                 result["viewer_fps"] = round((len(sub.widths) - frames0) / window_s, 1)
                 result["viewer_widths"] = sorted(set(sub.widths[frames0:]))
+                # one-second stretches of the window in which the viewer decoded nothing
+                result["viewer_stalled_s"] = sum(1 for a, b in zip(counts, counts[2:], strict=False) if a == b) / 2
                 result["viewer_frames"] = len(sub.widths)
                 result["feedback_per_s"] = round((node.counters.twcc_feedback_out - fb0) / window_s, 1)
                 result["page_errors"] = errors[:5]
