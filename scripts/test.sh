@@ -10,6 +10,8 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)
 # ICE-TCP in Chromium: nftables drops the browser's UDP in a private network namespace (tests/browser/test_browser_ice_tcp.py)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# shaped links (htb qdiscs) in a private network namespace (tests/browser/test_browser_uplink.py)
+command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
 # GStreamer webrtcbin + libnice clients (tests/e2e/test_gstreamer.py), driven from the system python3
 gst_probe='import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); gi.require_version("GstSdp", "1.0")
 from gi.repository import Gst
