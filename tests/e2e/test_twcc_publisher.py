@@ -44,8 +44,8 @@ class Publisher:
             elif isinstance(packet, rtcp.Remb):
                 self.remb += 1
 
-    def send(self, tseq: int, *, record: bool = True) -> None:
-        header = RtpHeader(VP8_PT, self.rtp_seq, 3000 * self.rtp_seq, VIDEO_SSRC, extensions=[(EXT, tseq.to_bytes(2, "big"))])
+    def send(self, tseq: int, *, record: bool = True, ssrc: int = VIDEO_SSRC) -> None:
+        header = RtpHeader(VP8_PT, self.rtp_seq, 3000 * self.rtp_seq, ssrc, extensions=[(EXT, tseq.to_bytes(2, "big"))])
         self.rtp_seq += 1
         assert self.lite.send_rtp(bytes(header) + b"\x10\x00" + bytes(1000))
         if record:
@@ -107,6 +107,10 @@ async def test_publisher_gets_transport_cc_feedback(node: Node) -> None:
         assert 0.5 * sent_span_us <= last[1] - first[1] <= 2 * sent_span_us + 100_000
         # a feedback every ~100 ms while packets come, not one per packet nor one at the end
         assert 2 <= len(pub.feedback) <= PACKETS // 4, len(pub.feedback)
+        # a packet of an SSRC nothing routes (Chrome's bandwidth probes before media: SSRC 0,
+        # padding) is reported too: the estimator counts every packet the publisher numbered
+        pub.send(PACKETS, ssrc=0)
+        await wait_for(lambda: pub.statuses().get(PACKETS) is not None, 5, "the probe's arrival reported")
         # duplicates and a straggler far behind are counted, not reported
         pub.send(PACKETS - 1, record=False)
         pub.send((PACKETS - 1500) & 0xFFFF, record=False)
