@@ -65,11 +65,11 @@ def test_chromium_publisher_fits_a_1_mbit_uplink_from_transport_cc_feedback() ->
 
 
 def test_control_without_transport_cc_chromium_cannot_see_the_link() -> None:
-    """Measured (2026-12-05, two runs on the shared 2-core box): Chromium estimated 1.3-1.7 Mbit/s
-    and sent 1.3-1.7 Mbit/s into the 1 Mbit/s link (once with ``f`` coming and going), the shaper
-    dropped 54-120 packets a second, and the viewer stalled (5.5 s of 10 in one run, against 0 s
-    with transport-cc).  Asserted: no feedback, an estimate above the link, drops."""
+    """Measured (2026-12-05, three runs on the shared 2-core box, load 7-12): Chromium estimated
+    1.24-1.67 Mbit/s and sent 1.27-1.72 Mbit/s into the 1 Mbit/s link (``f`` coming and going),
+    the shaper dropped 54-120 packets a second, and the viewer stalled 2.5-5.5 s of 10 (0 s with
+    transport-cc).  Asserted: no feedback, an estimate above the link, drops."""
     r = in_namespace("--no-transport-cc", "--settle", "20", "--measure", "10")
     assert r["feedback_per_s"] == 0 and r["page_errors"] == [], r
-    assert r["available_kbps"] is not None and r["available_kbps"] > 1.2 * KBIT, r
+    assert r["available_kbps"] is not None and r["available_kbps"] > KBIT, r  # measured 1,237-1,669
     assert r["dropped_in_window"] > 0, r
