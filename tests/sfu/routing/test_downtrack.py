@@ -145,20 +145,6 @@ async def received(link: Link, count: int) -> list[RtpPacket]:
             id="to-two-byte-id",
         ),
         pytest.param({}, {ABS_SEND_TIME: 4}, [(3, b"\x01\x02\x03")], [], id="publisher-declared-none"),
-        pytest.param(
-            {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
-            {ABS_SEND_TIME: 3},
-            [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            id="publisher-transport-cc-kept-where-the-subscriber-has-no-id",
-        ),
-        pytest.param(
-            {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
-            {ABS_SEND_TIME: 3, AUDIO_LEVEL: 5},
-            [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            [(3, b"\x01\x02\x03")],
-            id="publisher-transport-cc-dropped-where-the-subscriber-uses-its-id",
-        ),
     ],
 )
 async def test_ssrc_pt_and_extensions_are_rewritten(
@@ -520,16 +506,3 @@ async def test_audio_has_nothing_to_retransmit(link: Link) -> None:
     assert dt.retransmit([got.header.sequence_number], T0 + 10) == 0
     unbound = downtrack(link, "audio", ssrc=0x99)
     assert unbound.retransmit([1, 2, 3], T0) == 0
-
-
-def test_publisher_transport_cc_keeps_the_copying_fast_path(link: Link) -> None:
-    """A publisher that negotiated transport-cc stamps every packet; for a subscriber without an
-    extension at that id the element is kept as it is, so the packet stays on the fast path
-    (copied whole) instead of being rewritten per subscriber."""
-    src = track("audio", ext_ids={ABS_SEND_TIME: 3, TRANSPORT_CC: 5}, link=link)
-    kept = downtrack(link, "audio", out_ext_ids={ABS_SEND_TIME: 3})
-    kept.bind(src, T0)
-    assert kept._ext_same == (1 << 3) | (1 << 5)
-    taken = downtrack(link, "audio", ssrc=0xBBBB0002, out_ext_ids={ABS_SEND_TIME: 3, AUDIO_LEVEL: 5})
-    taken.bind(src, T0)
-    assert taken._ext_same == 1 << 3 and taken.ext_map[5] == 0
