@@ -178,6 +178,10 @@ class PeerTransport:
         self._on_app_data: Callable[[bytes], None] | None = None
         #: transport-cc feedback to a publisher that negotiated transport-wide-cc (``enable_twcc``)
         self.twcc: PublisherFeedback | None = None
+        #: a subscriber's: the header extension ids its offer uses for anything but transport-wide-cc,
+        #: in any section (None: not known).  A downtrack may leave a publisher's transport-wide
+        #: seq element in place at an id outside them (``DownTrack.bind``)
+        self.foreign_ext_ids: frozenset[int] | None = None
         port.add_peer(self)
 
     # -- DatagramPeer ------------------------------------------------------------------------------
