@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from bench.fmt import grid, num
-from bench.packet import TWCC_BLOCK_LEN
 from bench.proc import cpu_seconds
 from bench.targets import (
     REPO_ROOT,
@@ -59,10 +58,9 @@ class Workload:
     #: ``max_flood_in_pps``: a forwarder that falls far behind drops long runs in its socket
     #: queue whenever it is descheduled, and a run of >32k lost packets desyncs SRTP (above).
     max_flood_in_pps: float = 0.0
-    #: every packet carries a transport-wide seq extension block; the node's publisher negotiates
-    #: transport-cc, so the node also records each packet's arrival, sends transport-cc feedback
-    #: every 100 ms and strips the block for its subscribers: that cost is in its figure (the
-    #: other targets forward the block as it is)
+    #: every packet carries a transport-wide seq extension block (all targets forward it as it
+    #: is); the node's publisher negotiates transport-cc, so the node also records each packet's
+    #: arrival and sends transport-cc feedback every 100 ms: that cost is in its figure
     twcc: bool = False
 
     def __post_init__(self) -> None:
@@ -185,9 +183,7 @@ def _setup_sessions(target: SessionTarget, work: Workload, bound: float,
         source = _spawn([*_source_argv(work), "--whip", pub.url, "--token", pub.token], stdin=True)
         procs.append(source)
         read_ready(source, timeout=30)  # published: WHEP needs a publisher in the room
-        # the node strips the transport-wide seq block for subscribers (they do not negotiate
-        # transport-cc): its sinks get packets that much shorter, otherwise the same
-        sink_argv = _sink_argv(replace(work, twcc=False, size=work.size - TWCC_BLOCK_LEN) if work.twcc else work, bound)
+        sink_argv = _sink_argv(work, bound)
         for i in range(work.fanout):
             sub = running.subscriber(i)
             sink_argv += ["--whep", sub.url, "--token", sub.token]

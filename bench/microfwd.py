@@ -121,6 +121,7 @@ def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False) ->
         sinks.append(s)
         sub = transport()
         connect_for_bench(sub, port, s.getsockname(), master)
+        sub.foreign_ext_ids = frozenset()  # a WHEP offer with no extensions, as bench.traffic's sinks
         dt = DownTrack(
             peer=sub, kind="video", mid="0", ssrc=0x5000 + i, out_payload_types={"VP8": 100},
             out_ext_ids={}, counters=counters,
