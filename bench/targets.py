@@ -333,6 +333,7 @@ def parse_node_metrics(text: str) -> dict[str, Any]:
         "rtcp_in": int(values.get("packets_received.rtcp", 0)),
         "rtcp_out": int(values.get("packets_forwarded.rtcp", 0)),
         "keyframe_requests": int(values.get("keyframe_requests", 0)),
+        "twcc_feedback": int(values.get("twcc_feedback", 0)),
         "drops": drops,
         "srtp_errors": {k.split(".", 1)[1]: int(v) for k, v in values.items()
                         if k.startswith("srtp_errors.") and v},

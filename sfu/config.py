@@ -90,6 +90,13 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: the bitrate each video publisher is told it may send (REMB, once a second, to publishers that
     #: negotiated goog-remb): enough for three simulcast layers up to 720p; 0 sends no REMB
     publisher_max_bitrate_bps: int = 3_000_000
+    #: negotiate transport-wide congestion control with publishers that offer it (the
+    #: transport-wide-cc header extension, ``transport-cc`` feedback): the node sends them
+    #: transport-cc feedback every ``publisher_twcc_interval_ms`` while their packets arrive, so
+    #: their own estimator adapts what they send to their uplink (the REMB above stays the upper
+    #: bound); false: REMB only, as before
+    publisher_transport_cc: bool = True
+    publisher_twcc_interval_ms: int = 100
     #: a subscriber offer unanswered this long is sent again; unanswered again, the session ends
     subscriber_offer_timeout_s: float = 10.0
     #: signaling WebSocket (``/v1/rtc``): a socket that has not joined a room this long after it
@@ -207,6 +214,10 @@ class NodeConfig(HttpConfig, WebhookConfig):
             raise ConfigError("self_check_failures and self_check_recoveries must be at least 1")
         if not 0 <= self.publisher_max_bitrate_bps <= 1 << 40:
             raise ConfigError(f"publisher_max_bitrate_bps: {self.publisher_max_bitrate_bps} must be between 0 and 2^40")
+        if not 20 <= self.publisher_twcc_interval_ms <= 500:
+            raise ConfigError(
+                f"publisher_twcc_interval_ms: {self.publisher_twcc_interval_ms} must be between 20 and 500"
+            )
         if self.subscriber_offer_timeout_s <= 0:
             raise ConfigError(f"subscriber_offer_timeout_s: {self.subscriber_offer_timeout_s} must be positive")
         for name in ("signaling_join_timeout_s", "signaling_heartbeat_s"):

@@ -49,6 +49,16 @@ class RecoveredVia(enum.IntEnum):
     REORDER = 1  # the packet itself, late
 
 
+class TwccDrop(enum.IntEnum):
+    """Publisher transport-wide sequence numbers the transport-cc feedback does not report
+    (``sfu.transport.twcc_recv``; ``name.lower()`` is the metric label)."""
+
+    TOO_OLD = 0  # a straggler more than the builder's window behind the highest seq
+    DUPLICATE = 1  # a seq already recorded (its first arrival is kept)
+    OVERFLOWED = 2  # pending seqs pushed out of the window before a feedback reported them
+    RESET = 3  # a jump of a window or more (a sender restart): a new base, not counted per seq
+
+
 class Direction(enum.IntEnum):
     INBOUND = 0
     OUTBOUND = 1
@@ -75,6 +85,8 @@ class MediaCounters:
         "nack_out_seqs",
         "recovered",
         "holes_given_up",
+        "twcc_feedback_out",
+        "twcc_dropped",
         "latency_buckets",
         "latency_sum_s",
         "latency_count",
@@ -108,6 +120,10 @@ class MediaCounters:
         self.nack_out_seqs = [0] * len(NackAttempt)
         self.recovered = [0] * len(RecoveredVia)
         self.holes_given_up = [0] * len(GiveUp)
+        #: transport-cc feedback messages sent to publishers, and transport-wide seqs they could
+        #: not report (by TwccDrop; sfu.transport.twcc_feedback)
+        self.twcc_feedback_out = 0
+        self.twcc_dropped = [0] * len(TwccDrop)
         self.latency_buckets = [0] * (len(self.LATENCY_BOUNDS) + 1)
         self.latency_sum_s = 0.0
         self.latency_count = 0

@@ -15,6 +15,7 @@ from sfu.counters import (
     MediaCounters,
     RecoveredVia,
     SignalingCounters,
+    TwccDrop,
     WsClose,
     WsDrop,
 )
@@ -106,6 +107,16 @@ def _upstream_recovery(c: MediaCounters) -> Iterator[object]:
     )
     yield _by_member(
         "sfu_upstream_holes_given_up", "lost publisher packets no longer asked for", "reason", GiveUp, c.holes_given_up
+    )
+    yield CounterMetricFamily(
+        PREFIX + "sfu_twcc_feedback", "transport-cc feedback messages sent to publishers", value=c.twcc_feedback_out
+    )
+    yield _by_member(
+        "sfu_twcc_seqs_dropped",
+        "publisher transport-wide sequence numbers the feedback does not report",
+        "reason",
+        TwccDrop,
+        c.twcc_dropped,
     )
 
 

@@ -121,6 +121,8 @@ class Node(HttpBound):
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
             handshakes=self.handshakes,
+            publisher_transport_cc=self.config.publisher_transport_cc,
+            publisher_twcc_interval_ms=self.config.publisher_twcc_interval_ms,
         )
         self.router.observers.append(self.webhooks.on_event)
         self.router.observers.append(self.recordings.on_event)

@@ -206,7 +206,9 @@ class RtcSession:
             self.claims.require("room:publish")  # token/unauthorized: the token never allowed it
             raise ApiError("forbidden", "publishing was revoked for this participant (the participants API)")
         offer = self.service.node.sessions.parse_offer(text)
-        negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
+        negotiation = sdp.negotiate_publish(
+            offer, CodecPolicy.parse(room.policy.codecs), transport_cc=self.service.node.router.publisher_transport_cc
+        )
         if not negotiation.tracks and not negotiation.datachannel:
             raise ApiError("bad_request", "the offer sends no audio, video or data channel")
         # simulcast layers' placeholder SSRCs continue below the ones still unlearnt

@@ -309,17 +309,22 @@ class TransportFeedback:
             )
         if not 0 <= self.fb_count <= 255:
             raise ValueError(f"transport-cc feedback packet count {self.fb_count} out of range 0-255")
-        symbols = [_symbol(d) for d in self.deltas]
+        deltas = self.deltas
+        symbols = [NOT_RECEIVED if d is None else SMALL if 0 <= d <= 255 else LARGE for d in deltas]
         out = bytearray(_FIXED.pack(self.base_seq, count, (self.reference_time << 8) | self.fb_count))
-        for chunk in encode_chunks(symbols):
-            out += struct.pack("!H", chunk)
-        for delta in self.deltas:
-            if delta is None:
-                continue
-            if 0 <= delta <= 255:
-                out.append(delta)
-            else:
-                out += struct.pack("!h", delta)  # in range: _symbol checked it
+        chunks = encode_chunks(symbols)
+        out += struct.pack(f"!{len(chunks)}H", *chunks)
+        if LARGE not in symbols:  # all small: one byte each, in one go
+            out += bytes([d for d in deltas if d is not None])
+        else:
+            for delta in deltas:
+                if delta is None:
+                    continue
+                if 0 <= delta <= 255:
+                    out.append(delta)
+                else:
+                    _symbol(delta)  # raises when it does not fit a large delta
+                    out += struct.pack("!h", delta)
         out += bytes(-len(out) % 4)  # zero padding to 32 bits
         return bytes(out)
 

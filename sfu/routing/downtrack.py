@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import copy_rewrite, get_extension, header_length
 from sfu.packet.seq import SeqMunger, TimestampMunger
+from sfu.packet.twcc import TWCC_URI
 from sfu.packet.vp8 import Vp8Munger
 from sfu.packet.vp9 import Vp9Munger
 from sfu.transport.peer import PeerTransport
@@ -209,8 +210,15 @@ class DownTrack:
                 pt_map[codec.payload_type & 0x7F] = out_pt
         ext_map = [0] * 256
         self._mid_patch = None
+        foreign = self.peer.foreign_ext_ids
         for uri, in_id in track.ext_ids.items():
             out_id = self.out_ext_ids.get(uri)
+            if out_id is None and uri == TWCC_URI and foreign is not None and in_id not in foreign:
+                # the publisher's transport-wide seq, at an id the subscriber's offer uses for
+                # nothing else (or for this very extension): left as it is (a receiver ignores an
+                # id it did not negotiate, RFC 8285), so the packet keeps the copying fast path
+                ext_map[in_id] = in_id
+                continue
             if out_id is None:
                 continue
             if uri == HDREXT_MID and track.mid != self.mid:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from levelchat.errors import ApiError
 from sfu import clock
 from sfu.counters import MediaCounters
+from sfu.packet.twcc import TWCC_URI
 from sfu.routing.bandwidth import send_remb
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind, RoomObserver
-from sfu.routing.participant import Participant, PublisherSink, SubscriberSink
+from sfu.routing.participant import NODE_RTCP_SSRC, Participant, PublisherSink, SubscriberSink
 from sfu.routing.rooms import Room, RoomRegistry
 from sfu.routing.simulcast import RidRestrictions, SimulcastGroup, form_groups, groups_of
 from sfu.routing.track import PublishedTrack, TrackCodec
@@ -27,6 +28,7 @@ from sfu.transport.dtls import DtlsRole
 from sfu.transport.dtls_pool import HandshakePool
 from sfu.transport.peer import SETUP_TIMEOUT_MS, CloseReason, PeerTransport
 from sfu.transport.srtp import SrtpProfile
+from sfu.transport.twcc_feedback import FeedbackTimer
 from sfu.transport.udp import MediaPort
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class Router:
         publisher_max_bitrate_bps: int = 0,
         setup_timeout_ms: int = SETUP_TIMEOUT_MS,
         handshakes: HandshakePool | None = None,
+        publisher_transport_cc: bool = True,
+        publisher_twcc_interval_ms: int = 100,
     ) -> None:
         self.rooms = rooms
         #: DTLS handshake steps run in these threads, off the forwarding loop (None: on the loop)
@@ -95,6 +99,10 @@ class Router:
         self.setup_timeout_ms = setup_timeout_ms
         #: REMB sent to each video publisher once a second (0: none; sfu.routing.bandwidth)
         self.publisher_max_bitrate_bps = publisher_max_bitrate_bps
+        #: publish answers accept transport-wide-cc where offered; the node then sends those
+        #: publishers transport-cc feedback, one timer for all of them (sfu.transport.twcc_feedback)
+        self.publisher_transport_cc = publisher_transport_cc
+        self.twcc_timer = FeedbackTimer(loop, counters, publisher_twcc_interval_ms)
         self.port = port
         self.certificate = certificate
         self.counters = counters
@@ -140,6 +148,9 @@ class Router:
         sink = PublisherSink(participant, self.counters)
         participant.publisher = transport
         transport.sink = sink
+        twcc_id = next((s.ext_ids[TWCC_URI] for s in tracks if TWCC_URI in s.ext_ids), None)
+        if twcc_id is not None:  # negotiated: one id for the transport (BUNDLE, RFC 8843 §9.1)
+            transport.enable_twcc(twcc_id, NODE_RTCP_SSRC, self.twcc_timer)
         layers: list[tuple[PublishedTrack, RidRestrictions]] = []
         for spec in tracks:
             track = PublishedTrack(

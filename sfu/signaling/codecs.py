@@ -39,6 +39,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from sfu.packet.twcc import TWCC_URI
+
 DEFAULT_CODECS: tuple[str, ...] = ("opus", "VP8", "VP9", "H264", "AV1")
 
 
@@ -48,9 +50,9 @@ class MediaKind(enum.Enum):
     APPLICATION = "application"
 
 
-#: Header extensions the node negotiates.  Not transport-wide-cc (the node sends no TWCC
-#: feedback, and a sender that negotiated it would starve its bandwidth estimator), not
-#: playout-delay.
+#: Header extensions the node negotiates.  Not playout-delay.  Transport-wide-cc only with
+#: publishers (``CodecPolicy.with_transport_cc``): the node sends them transport-cc feedback.
+HDREXT_TRANSPORT_CC = TWCC_URI
 HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 HDREXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 HDREXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -71,8 +73,10 @@ SUPPORTED_HEADER_EXTENSIONS: frozenset[str] = frozenset(
 AUDIO_ONLY_EXTENSIONS: frozenset[str] = frozenset({HDREXT_AUDIO_LEVEL})
 VIDEO_ONLY_EXTENSIONS: frozenset[str] = frozenset({HDREXT_VIDEO_ORIENTATION})
 
-#: RTCP feedback the node understands ("type" or "type param").  Not transport-cc.
+#: RTCP feedback the node understands ("type" or "type param").  transport-cc only with
+#: publishers (``CodecPolicy.with_transport_cc``).
 SUPPORTED_RTCP_FB: frozenset[str] = frozenset({"nack", "nack pli", "ccm fir", "goog-remb"})
+TRANSPORT_CC_FB = "transport-cc"
 
 # name (lower) -> (kind, clock rate, channels)
 _KNOWN: Mapping[str, tuple[MediaKind, int, int | None]] = {
@@ -414,6 +418,16 @@ class CodecPolicy:
     @classmethod
     def default(cls) -> CodecPolicy:
         return cls.parse(DEFAULT_CODECS)
+
+    def with_transport_cc(self) -> CodecPolicy:
+        """This policy, also negotiating the transport-wide-cc header extension and
+        ``transport-cc`` feedback (when offered): for publishers, to whom the node sends
+        transport-cc feedback (``sfu.transport.twcc_feedback``)."""
+        return replace(
+            self,
+            rtcp_feedback=self.rtcp_feedback | {TRANSPORT_CC_FB},
+            header_extensions=self.header_extensions | {HDREXT_TRANSPORT_CC},
+        )
 
     def allowed_names(self, kind: MediaKind) -> list[str]:
         return [str(e) for e in self.entries if e.kind is kind]

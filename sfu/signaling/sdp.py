@@ -920,12 +920,17 @@ def _answer_application(media: MediaSection, taken: bool) -> AnsweredSection:
     return AnsweredSection(media.mid, media.kind, SectionOutcome.ACCEPTED, Direction.SENDRECV)
 
 
-def negotiate_publish(offer: SessionDesc, policy: CodecPolicy) -> PublishNegotiation:
-    """Answer a publisher's offer (WHIP): receive every section it sends, in policy codecs.
+def negotiate_publish(offer: SessionDesc, policy: CodecPolicy, *, transport_cc: bool = True) -> PublishNegotiation:
+    """Answer a publisher's offer (WHIP, the WebSocket ``publish``): receive every section it
+    sends, in policy codecs.  ``transport_cc``: also accept the transport-wide-cc header extension
+    and ``transport-cc`` feedback where offered (the node then sends transport-cc feedback, and
+    the publisher's own estimator adapts its sending; ``goog-remb`` stays, as the upper bound).
 
     Raises ``ApiError("codec/unsupported", status=406)`` when a section the client sends on
     has no codec the room allows.
     """
+    if transport_cc:
+        policy = policy.with_transport_cc()
     sections: list[AnsweredSection] = []
     tracks: list[PublishTrack] = []
     datachannel = False

@@ -36,6 +36,7 @@ from sfu.transport.mmsg import SendRing
 from sfu.transport.ports import Address
 from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
 from sfu.transport.tcp import TcpLink
+from sfu.transport.twcc_feedback import FeedbackTimer, PublisherFeedback
 from sfu.transport.udp import SEND_LANE_DEPTH, MediaPort
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,12 @@ class PeerTransport:
         )
         self._timer: asyncio.TimerHandle | None = None
         self._on_app_data: Callable[[bytes], None] | None = None
+        #: transport-cc feedback to a publisher that negotiated transport-wide-cc (``enable_twcc``)
+        self.twcc: PublisherFeedback | None = None
+        #: a subscriber's: the header extension ids its offer uses for anything but transport-wide-cc,
+        #: in any section (None: not known).  A downtrack may leave a publisher's transport-wide
+        #: seq element in place at an id outside them (``DownTrack.bind``)
+        self.foreign_ext_ids: frozenset[int] | None = None
         port.add_peer(self)
 
     # -- DatagramPeer ------------------------------------------------------------------------------
@@ -320,7 +327,16 @@ class PeerTransport:
                 self._srtp_drop(-rc)
                 return
             self.last_consent_ms = now_ms  # authenticated: the client is there (RFC 7675)
+            twcc = self.twcc
+            if twcc is not None:
+                twcc.on_rtp(view, len_p[0])
             sink.on_rtp(cbuf, view, len_p[0], now_ms)
+
+    def enable_twcc(self, ext_id: int, sender_ssrc: int, timer: FeedbackTimer) -> None:
+        """Send transport-cc feedback for the packets carrying the transport-wide sequence number
+        under ``ext_id`` (a publisher that negotiated it); once, later calls change nothing."""
+        if self.twcc is None and self.state is not TransportState.CLOSED:
+            self.twcc = PublisherFeedback(ext_id, sender_ssrc, self.send_rtcp, timer)
 
     def forget_inbound(self, ssrc: int) -> None:
         """Free the libsrtp stream of ``ssrc`` (a stream nothing routes: an unsignalled SSRC)."""
@@ -530,6 +546,9 @@ class PeerTransport:
         if self._offload is None:
             self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
         self._on_app_data = None
+        if self.twcc is not None:
+            self.twcc.close()
+            self.twcc = None
         self.rx = None
         self.tx = None
         self._tx_srtp = None

@@ -54,6 +54,8 @@ def counters() -> MediaCounters:
     c.recovered = [54, 55]
     c.holes_given_up = [56, 57, 58, 59, 60]
     c.stun_keepalives = 61
+    c.twcc_feedback_out = 71
+    c.twcc_dropped = [72, 73, 74, 75]
     return c
 
 
@@ -84,6 +86,11 @@ def counters() -> MediaCounters:
         ("levelchat_sfu_upstream_holes_given_up_total{reason=too_old}", 58),
         ("levelchat_sfu_upstream_holes_given_up_total{reason=reset}", 59),
         ("levelchat_sfu_upstream_holes_given_up_total{reason=keyframe}", 60),
+        ("levelchat_sfu_twcc_feedback_total{}", 71),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=too_old}", 72),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=duplicate}", 73),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=overflowed}", 74),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=reset}", 75),
     ],
 )
 def test_counter_names_and_values(counters: MediaCounters, key: str, expected: int) -> None:

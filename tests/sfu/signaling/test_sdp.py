@@ -299,7 +299,7 @@ def test_publish_chrome_with_default_policy() -> None:
     neg = negotiate_publish(offer, CodecPolicy.default())
     audio, video, app = neg.sections
     assert [c.name for c in audio.codecs] == ["opus", "red"]
-    assert audio.codecs[0].rtcp_fb == ()  # transport-cc dropped
+    assert audio.codecs[0].rtcp_fb == ("transport-cc",)  # the node sends publishers transport-cc feedback
     assert audio.direction is Direction.RECVONLY
     assert [c.pt for c in video.codecs] == [
         96,
@@ -325,9 +325,12 @@ def test_publish_chrome_with_default_policy() -> None:
         45,
         46,  # AV1
     ]
-    assert all("transport-cc" not in c.rtcp_fb for c in video.codecs)
-    assert video.codecs[0].rtcp_fb == ("goog-remb", "ccm fir", "nack", "nack pli")
+    assert all("transport-cc" in c.rtcp_fb for c in video.codecs if c.is_primary)
+    assert video.codecs[0].rtcp_fb == ("goog-remb", "transport-cc", "ccm fir", "nack", "nack pli")
+    assert audio.header_extensions[TWCC] == 3 and video.header_extensions[TWCC] == 3
+    assert all(t.header_extensions[TWCC] == 3 for t in neg.tracks)  # the transport reads it there
     assert video.header_extensions == {
+        TWCC: 3,
         HDREXT_ABS_SEND_TIME: 2,
         "urn:3gpp:video-orientation": 13,
         HDREXT_MID: 4,
@@ -342,6 +345,45 @@ def test_publish_chrome_with_default_policy() -> None:
     assert video_track.rids == ("q", "h", "f") and video_track.rid_ext_id == 10
     assert video_track.repaired_rid_ext_id == 11 and video_track.mid_ext_id == 4
     assert video_track.codec.name == "VP8"
+
+
+def test_publish_without_transport_cc_drops_it() -> None:
+    """``publisher_transport_cc = false``: the answer has neither the extension nor the feedback
+    (the publisher then adapts to the node's REMB only), and everything else is as with it."""
+    offer = parse_sdp(chrome_offer())
+    on = negotiate_publish(offer, CodecPolicy.default())
+    off = negotiate_publish(offer, CodecPolicy.default(), transport_cc=False)
+    for section in off.sections:
+        assert TWCC not in section.header_extensions
+        assert all("transport-cc" not in c.rtcp_fb for c in section.codecs)
+    audio, video, _app = off.sections
+    assert audio.codecs[0].rtcp_fb == ()
+    assert video.codecs[0].rtcp_fb == ("goog-remb", "ccm fir", "nack", "nack pli")
+    assert [c.pt for s in off.sections for c in s.codecs] == [c.pt for s in on.sections for c in s.codecs]
+    answer = build_answer(offer, off, LOCAL)
+    assert TWCC not in answer and "transport-cc" not in answer
+
+
+def test_publish_transport_cc_only_when_offered() -> None:
+    """An offer without the extension and feedback (aiortc before 1.x, GStreamer) gets neither;
+    one with the extension on audio only gets it there only."""
+    text = chrome_offer()
+    bare = "\r\n".join(
+        line for line in text.split("\r\n") if TWCC not in line and not line.endswith(" transport-cc")
+    )
+    neg = negotiate_publish(parse_sdp(bare), CodecPolicy.default())
+    for section in neg.sections:
+        assert TWCC not in section.header_extensions
+        assert all("transport-cc" not in c.rtcp_fb for c in section.codecs)
+    answer = build_answer(parse_sdp(bare), neg, LOCAL)
+    assert TWCC not in answer and "transport-cc" not in answer
+    audio_only = text.replace(f"a=extmap:3 {TWCC}\r\n", "", 2).replace(
+        "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n",
+        f"a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\na=extmap:3 {TWCC}\r\n",
+        1,
+    )
+    audio, video, _app = negotiate_publish(parse_sdp(audio_only), CodecPolicy.default()).sections
+    assert audio.header_extensions.get(TWCC) == 3 and TWCC not in video.header_extensions
 
 
 def test_publish_chrome_answer_text() -> None:
@@ -360,7 +402,10 @@ def test_publish_chrome_answer_text() -> None:
     assert video.startswith(
         "m=video 7882 UDP/TLS/RTP/SAVPF 102 103 104 105 106 107 108 109 127 125 39 40 112 113 96 97"
     )
-    assert TWCC not in answer and "transport-cc" not in answer and "playout-delay" not in answer
+    assert "playout-delay" not in answer
+    assert lines_of(audio, "a=rtcp-fb:") == ["a=rtcp-fb:111 transport-cc"]
+    assert f"a=extmap:3 {TWCC}" in audio and f"a=extmap:3 {TWCC}" in video
+    assert "a=rtcp-fb:102 goog-remb" in video and "a=rtcp-fb:102 transport-cc" in video  # REMB stays
     assert lines_of(video, "a=rid:") == ["a=rid:q recv", "a=rid:h recv", "a=rid:f recv"]
     assert lines_of(video, "a=simulcast:") == ["a=simulcast:recv q;h;f"]
     assert lines_of(app, "a=sctp-port:") == ["a=sctp-port:5000"]
