@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import copy_rewrite, get_extension, header_length
 from sfu.packet.seq import SeqMunger, TimestampMunger
+from sfu.packet.twcc import TWCC_URI
 from sfu.packet.vp8 import Vp8Munger
 from sfu.packet.vp9 import Vp9Munger
 from sfu.transport.peer import PeerTransport
@@ -60,6 +61,13 @@ class DownTrack:
         #: codec variant (``TrackCodec.keys``, a plain name for opus or VP8) -> subscriber PT
         self.out_payload_types = {k.lower(): v for k, v in out_payload_types.items()}
         self.out_ext_ids = dict(out_ext_ids)  # uri -> id negotiated with the subscriber
+        #: the subscriber's transport-wide-cc id (0: not negotiated): its transport stamps its own
+        #: seq there on every packet (``PeerTransport.sender``)
+        self.tw_id = self.out_ext_ids.get(TWCC_URI, 0)
+        if not 1 <= self.tw_id <= 14:
+            self.tw_id = 0
+        if self.tw_id:
+            peer.enable_transport_cc(self.tw_id)
         self.source: PublishedTrack | None = None
         #: simulcast: the rid this subscriber wants (None: the best layer sending)
         self.target_rid: str | None = None
@@ -305,7 +313,13 @@ class DownTrack:
         else:
             out_ts = tm.map(ts)
         if plain:
-            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
+            tw_pos = 0  # where the packet's transport-wide seq is, to be overwritten in place
+            tw = self.tw_id
+            if tw and shape > 0 and (shape >> tw) & 1:
+                found = get_extension(view, length, tw)
+                if found is not None and found[1] == 2:
+                    tw_pos = found[0]
+            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc, tw_pos, now_ms):
                 return 0
         else:
             out = peer.out_view
@@ -314,7 +328,7 @@ class DownTrack:
                 self._patch_mid(out, n)
             if self.descriptor is not None:
                 self._descriptor_rewrite(out, n, False)
-            if not peer.send_rtp(n):
+            if not peer.send_rtp(n, now_ms):
                 return 0
         self._packets_sent += 1
         self._octets_sent += n - 12
@@ -364,7 +378,7 @@ class DownTrack:
                 self._patch_mid(peer.out_view, n)
             if n > 0 and self.descriptor is not None:
                 self._descriptor_rewrite(peer.out_view, n, True)
-            if n > 0 and peer.send_rtp(n):
+            if n > 0 and peer.send_rtp(n, now_ms):
                 sent += 1
         self._counters.retransmits += sent
         return sent

@@ -20,10 +20,12 @@ from pylibsrtp._binding import ffi, lib
 from sfu.counters import MediaCounters, RecoveredVia
 from sfu.packet.codecs import is_keyframe
 from sfu.packet.nack import NackOutcome, NackTracker
-from sfu.packet.rtp import header_length
+from sfu.packet.rtp import get_extension, header_length
 from sfu.packet.rtx import apt_table
+from sfu.packet.twcc import TWCC_URI
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
 from sfu.routing.stats import ReceiveStats
+from sfu.transport.twcc_send import SendHistory
 from sfu.transport.udp import SEND_LANE_DEPTH
 
 if TYPE_CHECKING:
@@ -86,6 +88,7 @@ _LATE = 1  # older than the newest (a recovered hole, reordering or a duplicate)
 _STALE = 2  # so much older that its retransmission cache slot holds a newer packet
 _LANE_DEPTH = SEND_LANE_DEPTH
 KEYFRAME_REQUEST_INTERVAL_MS = 500
+_Row = tuple[Any, int, int, int, list[int], int, SendHistory | None]
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,11 @@ class PublishedTrack:
         #: the incoming sequence number the group forwards next; -1: no group
         self._fast_next = -1
         self._fast_members: list[DownTrack] = []
-        #: per member: (srtp_t, ssrc, seq offset, ts offset, second-byte map, trailer length)
-        self._fast_rows: list[tuple[Any, int, int, int, list[int], int]] = []
+        #: per member: (srtp_t, ssrc, seq offset, ts offset, second-byte map, trailer length, the
+        #: send history of its transport's transport-wide seqs or None)
+        self._fast_rows: list[_Row] = []
+        #: the members' transport-wide-cc id (0: none has one): the group's packets carry it there
+        self._fast_tw = 0
         #: the downtracks outside the group, forwarded one by one
         self._fast_rest: list[DownTrack] = []
         self._fast_keep: list[Any] = []  # the members' SrtpContexts, kept alive with their srtp_t
@@ -267,9 +273,16 @@ class PublishedTrack:
         if self._fast_next >= 0:
             ext = self._fast_ext
             ring = self._fast_ring
+            tw = self._fast_tw
+            tw_pos = 0
+            if tw and shape > 0 and (shape >> tw) & 1:  # members stamp their seq in place there
+                found = get_extension(view, length, tw)
+                if found is not None and found[1] == 2:
+                    tw_pos = found[0]
             if (
                 seq == self._fast_next
                 and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
+                and (tw_pos or not tw)
                 and self._fast_pt_ok[b1]
                 and self._fast_generation == ring.generation
             ):
@@ -282,10 +295,21 @@ class PublishedTrack:
                 iov_lens = ring.iov_lens
                 len_p = self._fast_len_p
                 k = self._fast_slot0 + fill
-                for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
+                for srtp, ssrc, dseq, dts, b1_map, trailer, history in self._fast_rows:
                     ptr = ptrs[k]
                     _memmove(ptr, src, length)
-                    _pack_header(views[k], 1, b1_map[b1], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+                    out = views[k]
+                    _pack_header(out, 1, b1_map[b1], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+                    if history is not None:  # SendHistory.record, inlined; the seq in place
+                        tw_ext = history.high + 1
+                        history.high = tw_ext
+                        slot = tw_ext & history.mask
+                        history.exts[slot] = tw_ext
+                        history.send_times[slot] = now_ms
+                        history.sizes[slot] = length
+                        history.states[slot] = 0
+                        out[tw_pos] = (tw_ext >> 8) & 0xFF
+                        out[tw_pos + 1] = tw_ext & 0xFF
                     len_p[0] = length
                     if _srtp_protect(srtp, ptr, len_p):
                         # none of this packet's slots count (they are reused): the group
@@ -393,15 +417,19 @@ class PublishedTrack:
         """Form the group of the downtracks that can forward the packet ``next_seq`` plainly."""
         members: list[DownTrack] = []
         rest: list[DownTrack] = []
-        rows: list[tuple[Any, int, int, int, list[int], int]] = []
+        rows: list[_Row] = []
         keep: list[Any] = []
         keys: list[array[int]] = []
         ring: Any = None
         flush: Callable[[], int] | None = None
+        # a member with transport-wide cc stamps in place: the publisher's packets must carry the
+        # element at the subscriber's id (others go one by one, where it is added)
+        tw_in = self.ext_ids.get(TWCC_URI, 0)
         for dt in self.downtracks:
             state = dt.peer.send_state()
             m = dt._seq
             tm = dt._ts
+            sender = dt.peer.sender
             if (
                 state is None
                 or dt._paused
@@ -410,12 +438,14 @@ class PublishedTrack:
                 or tm.fast_offset < 0
                 or (ring is not None and state[0] is not ring)
                 or len(members) == state[0].lanes
+                or (sender is not None and (sender.ext_id != tw_in or dt.tw_id != tw_in))
             ):
                 rest.append(dt)
                 continue
             ring, flush, srtp, key, trailer = state
             members.append(dt)
-            rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer))
+            history = sender.history if sender is not None else None
+            rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer, history))
             keep.append(dt.peer.tx)
             keys.append(array("Q", [key]) * _LANE_DEPTH)
         if not members:
@@ -432,6 +462,7 @@ class PublishedTrack:
         self._fast_members = members
         self._fast_rest = rest
         self._fast_rows = rows
+        self._fast_tw = tw_in if any(row[6] is not None for row in rows) else 0
         self._fast_keep = keep
         self._fast_keys = keys
         self._fast_ext = ext
@@ -486,6 +517,7 @@ class PublishedTrack:
         self._fast_next = -1
         self._fast_members = []
         self._fast_rows = []
+        self._fast_tw = 0
         self._fast_rest = []
         self._fast_keep = []
         self._fast_keys = []

@@ -1,0 +1,112 @@
+"""The send side of one subscriber transport: its own transport-wide sequence numbers, what it
+sent (``SendHistory``), and the bandwidth estimate made from the subscriber's feedback (issue 12).
+
+``PeerTransport`` owns one (``enable_transport_cc``) when the subscriber negotiated the
+transport-wide-cc header extension: every RTP packet it sends to that subscriber (each of its
+downtracks, retransmissions, later padding and probes) carries the next seq under ``ext_id``,
+and ``SendHistory`` records its send time and size.  The stamp is either a 2-byte overwrite in
+place (the packet already carries the element at the subscriber's id: the forwarding fast paths
+inline ``SendHistory.record`` for that) or ``stamp``, which adds the element when it is missing.
+
+Feedback (RTCP in, ``on_transport_cc``): decoded into the history and fed to ``SendSideBwe``; at
+most ``FEEDBACK_PER_S`` messages a second are processed per subscriber (a browser sends 10-20;
+the rest are counted and skipped, which the estimator takes as lost feedback), and a message
+claiming more statuses than the history holds is refused, so a subscriber's feedback costs at
+most ``FEEDBACK_PER_S`` x ``capacity`` status steps a second.  A subscriber that sends only REMB
+is served from it (``on_remb``).  ``estimate_bps`` is None until either arrives: the allocator
+then leaves the subscriber alone.
+
+This is the first piece of the transport's own send path (issue 12, "the send path gets one
+owner"): the pacer and the fan-out group's batched writes are to move here.
+"""
+
+from __future__ import annotations
+
+from sfu.counters import CongestionCounters
+from sfu.packet.rtcp import TransportCC
+from sfu.packet.twcc import insert_seq
+from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
+from sfu.transport.twcc_send import SendHistory
+
+#: transport-cc messages processed per subscriber per second, at most
+FEEDBACK_PER_S = 50
+#: the send history's size (packets): several seconds at a few Mbit/s, feedback comes in 100 ms
+HISTORY_PACKETS = 4096
+
+
+class TransportSender:
+    """See the module docstring."""
+
+    __slots__ = ("ext_id", "history", "bwe", "remb_bps", "counters", "feedback_seen", "_window_ms",
+                 "_window_count", "sent_since_tick")
+
+    def __init__(self, ext_id: int, counters: CongestionCounters, *, config: BweConfig | None = None,
+                 capacity: int = HISTORY_PACKETS) -> None:
+        if not 1 <= ext_id <= 14:
+            raise ValueError(f"transport-wide cc extension id {ext_id} is outside the one-byte range 1-14")
+        self.ext_id = ext_id
+        self.history = SendHistory(capacity)
+        self.bwe = SendSideBwe(config)
+        self.counters = counters
+        #: the subscriber's last REMB (bps), None: none yet
+        self.remb_bps: int | None = None
+        #: transport-cc feedback came: the estimator's figure is the estimate
+        self.feedback_seen = False
+        self._window_ms = -1.0
+        self._window_count = 0
+        self.sent_since_tick = -1  # history.high at the last tick
+
+    # -- sending -----------------------------------------------------------------------------------
+    def stamp(self, buf: bytearray | memoryview, length: int, now_ms: float) -> int:
+        """Give the RTP packet ``buf[:length]`` the next transport-wide seq (overwritten in place,
+        or added: ``buf`` must have 8 bytes to spare) and record it; returns its new length.  A
+        packet that cannot carry one (see ``insert_seq``) goes as it is, counted."""
+        history = self.history
+        n = insert_seq(buf, length, self.ext_id, (history.high + 1) & 0xFFFF)
+        if n < 0:
+            self.counters.unstamped += 1
+            return length
+        history.record(now_ms, n)
+        return n
+
+    # -- feedback ----------------------------------------------------------------------------------
+    def on_transport_cc(self, packet: TransportCC, now_ms: float) -> None:
+        """One transport-cc message from the subscriber (``parse_compound``'s opaque packet)."""
+        if now_ms - self._window_ms >= 1000:
+            self._window_ms = now_ms
+            self._window_count = 0
+        if self._window_count >= FEEDBACK_PER_S:
+            self.counters.feedback_limited += 1
+            return
+        self._window_count += 1
+        try:
+            reported = self.history.on_transport_cc(packet)
+        except ValueError:
+            self.counters.feedback_malformed += 1
+            return
+        self.counters.feedback_in += 1
+        self.feedback_seen = True
+        if reported:
+            self.bwe.on_feedback(reported, now_ms)
+
+    def on_remb(self, bps: int, now_ms: float) -> None:
+        self.counters.remb_in += 1
+        self.remb_bps = bps
+
+    def set_rtt(self, rtt_ms: float) -> None:
+        self.bwe.set_rtt(rtt_ms)
+
+    def tick(self, now_ms: float) -> None:
+        """About once a second: the estimator's feedback timeout (only once feedback came)."""
+        high = self.history.high
+        sending = high != self.sent_since_tick
+        self.sent_since_tick = high
+        if self.feedback_seen:
+            self.bwe.tick(now_ms, sending)
+
+    def estimate_bps(self, now_ms: float) -> int | None:
+        """What the subscriber can take now (bps): the send-side estimate once its feedback
+        came (lowered by ``tick`` while it stops), else its REMB; None when neither came."""
+        if self.feedback_seen:
+            return self.bwe.estimate_bps
+        return self.remb_bps
