@@ -174,7 +174,7 @@ class CongestionCounters:
     estimates the allocator spent (a histogram, sampled per allocation), layer switches."""
 
     __slots__ = ("feedback_in", "feedback_limited", "feedback_malformed", "remb_in", "unstamped",
-                 "estimate_buckets", "estimate_sum", "estimate_count", "switches")
+                 "estimate_buckets", "estimate_sum", "estimate_count", "switches", "probes")
 
     #: ``sfu_bwe_estimate_bps`` bucket bounds (bps); the last bucket is +Inf
     ESTIMATE_BOUNDS = (
@@ -193,6 +193,8 @@ class CongestionCounters:
         self.estimate_count = 0
         #: [direction][reason]
         self.switches = [[0] * len(SwitchReason) for _ in SwitchDirection]
+        #: probe clusters by outcome (every subscriber's ``ProbeController`` counts into it)
+        self.probes = {"success": 0, "limited": 0, "failure": 0, "timeout": 0}
 
     def observe_estimate(self, bps: int) -> None:
         self.estimate_buckets[bisect_left(self.ESTIMATE_BOUNDS, bps)] += 1

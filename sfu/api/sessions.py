@@ -294,6 +294,8 @@ class SessionService:
                 ssrc=t.ssrc,
                 out_payload_types=t.out_payload_types,
                 out_ext_ids=dict(t.header_extensions),
+                rtx_ssrc=t.rtx_ssrc,
+                rtx_pt=t.mappings[0].subscriber_rtx_pt if t.mappings else None,
             )
             for t in negotiation.tracks
         ]

@@ -52,6 +52,8 @@ class DownTrack:
         out_payload_types: dict[str, int],
         out_ext_ids: dict[str, int],
         counters: MediaCounters,
+        rtx_ssrc: int | None = None,
+        rtx_pt: int | None = None,
     ) -> None:
         self.sid = "DT_" + secrets.token_hex(6)
         self.peer = peer
@@ -67,10 +69,15 @@ class DownTrack:
         if not 1 <= self.tw_id <= 14:
             self.tw_id = 0
         if self.tw_id:
-            peer.enable_transport_cc(self.tw_id)
+            sender = peer.enable_transport_cc(self.tw_id)
+            if kind == "video" and rtx_ssrc is not None and rtx_pt is not None:
+                sender.set_padding(rtx_ssrc, rtx_pt)  # probes go there (padding-only RTX)
         self.source: PublishedTrack | None = None
         #: simulcast: the rid this subscriber wants (None: the best layer sending)
         self.target_rid: str | None = None
+        #: simulcast: the highest layer the allocator gives this subscriber within its bandwidth
+        #: estimate (None: no cap; sfu.routing.allocation); ``target_rid`` bounds it from above
+        self.alloc_rid: str | None = None
         #: simulcast: the layer this downtrack moves to at that layer's next keyframe
         self.pending_source: PublishedTrack | None = None
         #: the track whose fan-out group forwards for this downtrack (its counts are then pending

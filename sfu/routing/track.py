@@ -162,6 +162,11 @@ class PublishedTrack:
         self.rtx_apt = apt_table(rtx_apt or {})
         self._repairing = False  # ``on_rtp`` is handling a retransmission
         self.muted = False
+        #: bytes received (the allocator measures each layer's bitrate from it: sfu.routing.allocation)
+        self.octets = 0
+        self.rate_bps = 0  # the last measured bitrate (bps), 0: not measured yet
+        self.rate_octets = 0  # ``octets`` and the time at the last measurement
+        self.rate_ms = -1
         self._counters = counters
         self._kind_index = 1 if self.is_video else 0
         self._request_keyframe_cb = request_keyframe
@@ -213,6 +218,7 @@ class PublishedTrack:
         counters = self._counters
         kind = self._kind_index
         counters.rtp_in[kind] += 1
+        self.octets += length
         b0, b1, seq, ts = _unpack_head(view)
         top = b0 & 0xF0  # version, padding, extension
         if top == 0x80:

@@ -28,6 +28,7 @@ from pylibsrtp._binding import ffi, lib
 
 from sfu import clock
 from sfu.counters import Direction, DropReason, MediaCounters
+from sfu.transport.bwe.pacer import ProbeCluster
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import BindingCheck, IceCredentials
@@ -68,6 +69,13 @@ _srtp_protect = lib.srtp_protect
 _srtp_unprotect = lib.srtp_unprotect
 _memmove = ffi.memmove
 _LANE_DEPTH = SEND_LANE_DEPTH
+#: a probe's padding-only packets: this many bytes of padding each (RFC 3550: at most 255),
+#: sent in ``PROBE_SLICES`` bursts spread over the cluster's time at its rate
+PROBE_PADDING = 240
+PROBE_SLICES = 3
+PROBE_MAX_PACKETS = 64
+_PADDING_HEADER = Struct("!BBHII")
+_PADDING_ZEROS = bytes(PROBE_PADDING - 1)
 
 
 class TransportState(enum.Enum):
@@ -438,6 +446,46 @@ class PeerTransport:
         view[0] = n >> 8
         view[1] = n & 0xFF
         return tcp.send_framed(bytes(view[: n + 2]))
+
+    def send_probe(self, cluster: ProbeCluster, now_ms: int) -> int:
+        """Send the probe ``cluster`` as padding-only packets on the sender's RTX stream, in
+        ``PROBE_SLICES`` bursts spread at the cluster's rate (the first now, the others on the
+        event loop); returns the packets it will send (0: no sender, padding stream or keys)."""
+        sender = self.sender
+        if sender is None or sender.padding is None or self._tx_srtp is None:
+            return 0
+        size = 12 + 8 + PROBE_PADDING
+        packets = min(max(cluster.min_packets, -(-cluster.min_bytes // size)), PROBE_MAX_PACKETS)
+        span_ms = packets * size * 8000 / max(cluster.rate_bps, 1)
+        per_slice = -(-packets // PROBE_SLICES)
+        left = packets
+        for i in range(PROBE_SLICES):
+            count = min(per_slice, left)
+            if count <= 0:
+                break
+            left -= count
+            if i == 0:
+                self._send_padding(cluster.id, count)
+            else:
+                self._loop.call_later(span_ms * i / PROBE_SLICES / 1000, self._send_padding, cluster.id, count)
+        return packets
+
+    def _send_padding(self, cluster_id: int, count: int) -> None:
+        sender = self.sender
+        if sender is None or sender.padding is None or self.state is not TransportState.CONNECTED:
+            return
+        pad = sender.padding
+        out = self.out_view
+        now_ms = clock.now_ms()
+        end = 12 + PROBE_PADDING
+        for _ in range(count):
+            _PADDING_HEADER.pack_into(out, 0, 0xA0, pad[1] & 0x7F, pad[2], 0, pad[0])  # V=2, P=1
+            out[12 : end - 1] = _PADDING_ZEROS
+            out[end - 1] = PROBE_PADDING
+            pad[2] = (pad[2] + 1) & 0xFFFF
+            high = sender.history.high
+            if self.send_rtp(end, now_ms) and sender.history.high != high:
+                sender.probes.on_probe_sent(cluster_id, sender.history.high)
 
     @property
     def transport_kind(self) -> str:

@@ -26,6 +26,7 @@ from sfu.counters import CongestionCounters
 from sfu.packet.rtcp import TransportCC
 from sfu.packet.twcc import insert_seq
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
+from sfu.transport.bwe.probe import ProbeController
 from sfu.transport.twcc_send import SendHistory
 
 #: transport-cc messages processed per subscriber per second, at most
@@ -37,8 +38,8 @@ HISTORY_PACKETS = 4096
 class TransportSender:
     """See the module docstring."""
 
-    __slots__ = ("ext_id", "history", "bwe", "remb_bps", "counters", "feedback_seen", "_window_ms",
-                 "_window_count", "sent_since_tick")
+    __slots__ = ("ext_id", "history", "bwe", "probes", "padding", "remb_bps", "counters", "feedback_seen",
+                 "_window_ms", "_window_count", "sent_since_tick")
 
     def __init__(self, ext_id: int, counters: CongestionCounters, *, config: BweConfig | None = None,
                  capacity: int = HISTORY_PACKETS) -> None:
@@ -47,6 +48,11 @@ class TransportSender:
         self.ext_id = ext_id
         self.history = SendHistory(capacity)
         self.bwe = SendSideBwe(config)
+        self.probes = ProbeController()
+        self.probes.outcomes = counters.probes  # node-wide: sfu_probes_total{outcome}
+        #: where probes go: [RTX SSRC, RTX payload type, next RTX seq] of one of the transport's
+        #: video streams (padding-only packets, RFC 4588 section 4; set by the routing layer), None: no probes
+        self.padding: list[int] | None = None
         self.counters = counters
         #: the subscriber's last REMB (bps), None: none yet
         self.remb_bps: int | None = None
@@ -88,6 +94,14 @@ class TransportSender:
         self.feedback_seen = True
         if reported:
             self.bwe.on_feedback(reported, now_ms)
+            result = self.probes.on_feedback(reported, now_ms)
+            if result is not None:
+                self.bwe.on_probe_result(result, now_ms)
+
+    def set_padding(self, ssrc: int, payload_type: int) -> None:
+        """Probes go as padding-only packets on this RTX stream (the first one given stays)."""
+        if self.padding is None:
+            self.padding = [ssrc, payload_type, 0]
 
     def on_remb(self, bps: int, now_ms: float) -> None:
         self.counters.remb_in += 1
