@@ -174,7 +174,7 @@ class CongestionCounters:
     estimates the allocator spent (a histogram, sampled per allocation), layer switches."""
 
     __slots__ = ("feedback_in", "feedback_limited", "feedback_malformed", "remb_in", "unstamped",
-                 "estimate_buckets", "estimate_sum", "estimate_count", "switches", "probes")
+                 "estimate_buckets", "estimate_sum", "estimate_count", "switches", "probes", "probe_packets")
 
     #: ``sfu_bwe_estimate_bps`` bucket bounds (bps); the last bucket is +Inf
     ESTIMATE_BOUNDS = (
@@ -195,6 +195,7 @@ class CongestionCounters:
         self.switches = [[0] * len(SwitchReason) for _ in SwitchDirection]
         #: probe clusters by outcome (every subscriber's ``ProbeController`` counts into it)
         self.probes = {"success": 0, "limited": 0, "failure": 0, "timeout": 0}
+        self.probe_packets = 0  # padding-only packets sent for probes
 
     def observe_estimate(self, bps: int) -> None:
         self.estimate_buckets[bisect_left(self.ESTIMATE_BOUNDS, bps)] += 1

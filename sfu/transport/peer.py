@@ -486,6 +486,7 @@ class PeerTransport:
             high = sender.history.high
             if self.send_rtp(end, now_ms) and sender.history.high != high:
                 sender.probes.on_probe_sent(cluster_id, sender.history.high)
+                sender.counters.probe_packets += 1
 
     @property
     def transport_kind(self) -> str:
