@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from sfu.counters import MediaCounters
+from sfu.packet.twcc import TWCC_URI
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, ParticipantKind, PublisherSink
 from sfu.routing.track import PublishedTrack, TrackCodec
@@ -59,12 +60,16 @@ def connect_for_bench(peer: PeerTransport, port: MediaPort, addr: tuple[str, int
     peer.state = TransportState.CONNECTED
 
 
-def make_packets(count: int, size: int, ssrc: int, master: bytes) -> list[bytes]:
+def make_packets(count: int, size: int, ssrc: int, master: bytes, tw_id: int = 0) -> list[bytes]:
+    """``tw_id``: the packets carry a transport-wide seq under that id (8 more bytes)."""
     tx = SrtpContext(PROFILE, master, SrtpDirection.OUTBOUND)
     out = []
     for i in range(count):
         seq = (1000 + i) & 0xFFFF
-        header = bytes([0x80, 96]) + seq.to_bytes(2, "big") + (i * 3000).to_bytes(4, "big") + ssrc.to_bytes(4, "big")
+        b0 = 0x90 if tw_id else 0x80
+        header = bytes([b0, 96]) + seq.to_bytes(2, "big") + (i * 3000).to_bytes(4, "big") + ssrc.to_bytes(4, "big")
+        if tw_id:
+            header += bytes([0xBE, 0xDE, 0, 1, (tw_id << 4) | 1]) + (i & 0xFFFF).to_bytes(2, "big") + b"\0"
         payload = bytes([0x10, 0x00 if i == 0 else 0x01]) + bytes((i + k) & 0xFF for k in range(size - 14))
         protected = tx.protect_rtp_bytes(header + payload)
         assert protected is not None
@@ -72,7 +77,12 @@ def make_packets(count: int, size: int, ssrc: int, master: bytes) -> list[bytes]
     return out
 
 
-def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
+def run(fanout: int, packets: int, batch: int, size: int, transport_cc: str = "off") -> dict[str, Any]:
+    """``transport_cc``: "off" (no extension anywhere), "on" (the publisher's packets carry a
+    transport-wide seq and every subscriber negotiated it: each transport stamps its own in
+    place), "publisher" (the packets carry it, no subscriber negotiated it)."""
+    tw_id = 3 if transport_cc in ("on", "publisher") else 0
+    sub_ext = {TWCC_URI: tw_id} if transport_cc == "on" else {}
     loop = asyncio.new_event_loop()
     counters = MediaCounters()
     port = MediaPort(HOST, 0, counters)
@@ -95,11 +105,12 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
     ssrc = 0x1234ABCD
     track = PublishedTrack(
         kind="video", ssrc=ssrc, codecs=[TrackCodec("VP8", 90000, 96)], mid="0", owner="pub",
-        counters=counters, request_keyframe=lambda _ssrc: None,
+        counters=counters, request_keyframe=lambda _ssrc: None, ext_ids={TWCC_URI: tw_id} if tw_id else {},
     )
     participant.tracks[ssrc] = track
     pub.sink = PublisherSink(participant, counters)
     sinks = []
+    subs: list[PeerTransport] = []
     for i in range(fanout):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
@@ -107,12 +118,13 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
         sinks.append(s)
         sub = transport()
         connect_for_bench(sub, port, s.getsockname(), master)
+        subs.append(sub)
         dt = DownTrack(
             peer=sub, kind="video", mid="0", ssrc=0x5000 + i, out_payload_types={"VP8": 100},
-            out_ext_ids={}, counters=counters,
+            out_ext_ids=sub_ext, counters=counters,
         )
         dt.bind(track, now)
-    data = make_packets(packets, size, ssrc, master)
+    data = make_packets(packets, size, ssrc, master, tw_id)
     to = (HOST, port.port)
     sendto = src_sock.sendto
     reader = port._on_readable
@@ -130,12 +142,15 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
     cpu: float = functools.reduce(forward, [0.0, 0.0])
     result = {
         "fanout": fanout,
+        "transport_cc": transport_cc,
         "packets": packets,
         "rtp_in": sum(counters.rtp_in),
         "rtp_out": sum(counters.rtp_out),
         "drops": {k: v for k, v in counters.drop_counts().items() if v},
         "cpu_s": round(cpu, 4),
         "us_per_out": round(cpu * 1e6 / max(1, sum(counters.rtp_out)), 3),
+        # packets the subscriber transports numbered with their own transport-wide seqs
+        "stamped": sum(sub.sender.history.high + 1 for sub in subs if sub.sender is not None),
     }
     port.close()
     for s in [*sinks, src_sock]:
@@ -150,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=1200)
+    ap.add_argument("--transport-cc", choices=("off", "on", "publisher"), default="off")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.fanout, args.packets, args.batch, args.size)))
+    print(json.dumps(run(args.fanout, args.packets, args.batch, args.size, args.transport_cc)))
     return 0
 
 

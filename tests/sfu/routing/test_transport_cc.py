@@ -158,3 +158,20 @@ async def test_feedback_from_the_subscriber_reaches_its_estimate(link: Link) -> 
             await asyncio.sleep(0.01)
     assert sender.remb_bps == 640_000
     assert sender.estimate_bps(now) == estimate  # transport-cc feedback came: it rules
+
+
+async def test_forward_rtp_stamps_in_place_as_the_reference_records(link: Link) -> None:
+    """``PeerTransport.forward_rtp`` inlines ``SendHistory.record``: the same packets leave the
+    same history as the reference, and carry its seqs."""
+    sender = link.peer.enable_transport_cc(PUB_TW)
+    reference = SendHistory()
+    for i in range(20):
+        data = rtp_bytes(i, 90 * i, ssrc=0x77, pt=96, payload=bytes(30 + i), extensions=[(PUB_TW, b"\x99\x99")])
+        pos = 12 + 4 + 1  # the block's header, the element's header byte
+        assert link.peer.forward_rtp(memoryview(data), len(data), 96, 500 + i, 9000 * i, 0x88, pos, T0 + 7 * i)
+        reference.record(T0 + 7 * i, len(data))
+    got = sender.history
+    assert got.high == reference.high == 19
+    assert list(got.exts) == list(reference.exts) and list(got.send_times) == list(reference.send_times)
+    assert list(got.sizes) == list(reference.sizes) and bytes(got.states) == bytes(reference.states)
+    assert await transport_seqs(link, 20) == list(range(20))
