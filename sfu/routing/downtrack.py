@@ -241,6 +241,14 @@ class DownTrack:
             for ext_id in range(1, 256):
                 if ext_map[ext_id] == ext_id:
                     self._ext_same |= 1 << ext_id
+            # the publisher's transport-wide seq, to a subscriber that did not negotiate it: it
+            # rides along as an element the subscriber does not know (RFC 8285: ignored), unless
+            # the subscriber uses its id for something else, so every packet of a publisher that
+            # stamps them needs no rewriting (else it would take the copying path, and break up
+            # the fan-out group, once per packet)
+            tw_in = track.ext_ids.get(TWCC_URI, 0)
+            if 1 <= tw_in <= 14 and not self.tw_id and tw_in not in self.out_ext_ids.values():
+                self._ext_same |= 1 << tw_in
         elapsed = max(now_ms - self._last_forward_ms, 1) if self.packets_sent else 0
         self.seq.switch_source()
         self.ts.switch_source(elapsed * track.codec.clock_rate // 1000)

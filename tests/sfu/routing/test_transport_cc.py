@@ -175,3 +175,25 @@ async def test_forward_rtp_stamps_in_place_as_the_reference_records(link: Link) 
     assert list(got.exts) == list(reference.exts) and list(got.send_times) == list(reference.send_times)
     assert list(got.sizes) == list(reference.sizes) and bytes(got.states) == bytes(reference.states)
     assert await transport_seqs(link, 20) == list(range(20))
+
+
+async def test_a_subscriber_without_transport_cc_gets_the_publishers_element_untouched(link: Link, second_link: Link) -> None:
+    """A publisher that stamps transport-wide seqs (every browser does) does not push subscribers
+    that did not negotiate them off the fan-out group: the element rides along, unknown to them
+    (RFC 8285: ignored), unless the subscriber uses that id for another extension."""
+    src = publisher_track(link)
+    plain = downtrack(link, tw=None)
+    other = DownTrack(peer=second_link.peer, kind="video", mid="0", ssrc=0xBBBB0002, out_payload_types={"VP8": 100},
+                      out_ext_ids={"urn:3gpp:video-orientation": PUB_TW}, counters=link.counters)
+    plain.bind(src, T0)
+    push(src, 1, T0, payload=VP8_KEY, tw_value=0x0101)
+    for i in range(2, 6):
+        push(src, i, T0 + i, tw_value=0x0100 + i)
+    assert src._fast_members == [plain] and src._fast_next == 6  # the group forwarded them all
+    got = [RtpPacket.parse(await link.client.recv_rtp()) for _ in range(5)]
+    assert [p.header.extensions for p in got] == [[(PUB_TW, (0x0100 + i).to_bytes(2, "big"))] for i in range(1, 6)]
+    assert link.peer.sender is None
+    other.bind(src, T0 + 10)
+    push(src, 6, T0 + 10, payload=VP8_KEY, tw_value=0x0106)
+    (other_got,) = [RtpPacket.parse(await second_link.client.recv_rtp())]
+    assert other_got.header.extensions == []  # its id 5 means something else there: dropped
