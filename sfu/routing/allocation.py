@@ -8,7 +8,8 @@ subscribers whose turn has come (a deque ordered by due time: O(subscribers due)
 
 * ``sender.tick``: the estimator's feedback timeout; the estimate (None: the subscriber sent no
   transport-cc feedback nor REMB yet, or negotiated neither: it is left alone, no cap);
-* the ``Allocator`` over its tracks: audio at its measured rate first, then each video track,
+* the ``Allocator`` over its tracks (once every active simulcast layer's bitrate is measured:
+  the first second of a layer goes by unmeasured, rather than on a guess): audio at its measured rate first, then each video track,
   a simulcast source offering its layers ranked as its group ranks them, with their measured
   bitrates (``measure``), bounded by the subscriber's own choice (``target_rid``: ``set_layer``,
   WHEP's layer route) as the contract says;
@@ -123,6 +124,8 @@ class AllocationLoop:
                 self._cap(dt, None, now_ms)
             return
         self.counters.observe_estimate(estimate)
+        if any(layer.active and not layer.bitrates for t in inputs if len(t.layers) > 1 for layer in t.layers):
+            return  # a simulcast layer not measured yet (its first second): no choice on guesses
         allocation = sub.allocator.allocate(estimate, inputs, now_ms)
         sub.last = allocation
         for decision in allocation.tracks:

@@ -72,8 +72,8 @@ _LANE_DEPTH = SEND_LANE_DEPTH
 #: a probe's padding-only packets: this many bytes of padding each (RFC 3550: at most 255),
 #: sent in ``PROBE_SLICES`` bursts spread over the cluster's time at its rate
 PROBE_PADDING = 240
-PROBE_SLICES = 3
-PROBE_MAX_PACKETS = 64
+PROBE_SLICES = 5
+PROBE_MAX_PACKETS = 128
 _PADDING_HEADER = Struct("!BBHII")
 _PADDING_ZEROS = bytes(PROBE_PADDING - 1)
 

@@ -26,9 +26,12 @@ from sfu.counters import CongestionCounters
 from sfu.packet.rtcp import TransportCC
 from sfu.packet.twcc import insert_seq
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
-from sfu.transport.bwe.probe import ProbeController
+from sfu.transport.bwe.probe import ProbeConfig, ProbeController
 from sfu.transport.twcc_send import SendHistory
 
+#: probe clusters of 40 ms (not 15): a cluster of a few kB passes a token bucket's burst at its
+#: own rate and reads as capacity the link does not have (measured behind a 700 kbit/s htb)
+PROBE_CONFIG = ProbeConfig(cluster_ms=40.0)
 #: transport-cc messages processed per subscriber per second, at most
 FEEDBACK_PER_S = 50
 #: the send history's size (packets): several seconds at a few Mbit/s, feedback comes in 100 ms
@@ -48,7 +51,7 @@ class TransportSender:
         self.ext_id = ext_id
         self.history = SendHistory(capacity)
         self.bwe = SendSideBwe(config)
-        self.probes = ProbeController()
+        self.probes = ProbeController(PROBE_CONFIG)
         self.probes.outcomes = counters.probes  # node-wide: sfu_probes_total{outcome}
         #: where probes go: [RTX SSRC, RTX payload type, next RTX seq] of one of the transport's
         #: video streams (padding-only packets, RFC 4588 section 4; set by the routing layer), None: no probes

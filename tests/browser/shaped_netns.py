@@ -1,5 +1,6 @@
 """Run inside a private network namespace (``unshare -n``, as root): a node, a Chromium publisher
-with three simulcast layers (``room.html``, 1280x720 camera) and Chromium viewers, one of them
+with three simulcast layers (``room.html``, 1280x720 camera) and Chromium viewers (microphone only,
+so the shaped viewer receives the publisher's media and the other viewer's audio), one of them
 behind a shaped downlink: an htb class on ``lo`` (default class unlimited) that only what the node
 sends from its media port to that viewer's address goes through (a u32 filter on source and
 destination port), with a short byte FIFO (``QUEUE_MS`` of the link) that drops like a real
@@ -36,6 +37,11 @@ CAMERA_JS = """() => {
   const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   navigator.mediaDevices.getUserMedia = (c) => original(c && c.video
     ? { ...c, video: { width: 1280, height: 720, frameRate: 30 } } : c);
+}"""
+#: a viewer publishes its microphone only (what reaches the shaped viewer is the publisher's)
+VIEWER_JS = """() => {
+  const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = (c) => original({ audio: true });
 }"""
 #: the viewer's inbound video from ``who``: cumulative figures
 INBOUND_JS = """async (who) => {
@@ -120,6 +126,16 @@ def viewer_state(node: Node, identity: str) -> dict[str, Any]:
     if dt is not None and dt.source is not None:
         out["layer"] = dt.source.rid
         out["alloc_rid"] = dt.alloc_rid
+        group = dt.source.group
+        if group is not None:
+            out["layer_kbps"] = {layer.rid: layer.rate_bps // 1000 for layer in group.ranked}
+    last = node.router.allocation.last(p)
+    if last is not None:
+        out["allocated_kbps"] = last.total_bps // 1000
+        out["probe_target_kbps"] = (last.probe_target_bps or 0) // 1000
+    sub = node.router.allocation._by_sid.get(p.sid)
+    if sub is not None:
+        out["hold_ms"] = [st.hold_ms for st in sub.allocator._states.values()]
     return out
 
 
@@ -152,6 +168,7 @@ async def run(kbit: int, two_viewers: bool, settle_s: float, measure_s: float) -
                 for name in viewers:
                     page = await RoomPage.open(browser, node, name)
                     pages.append(page)
+                    await page.page.evaluate(VIEWER_JS)
                     await page.join(room)
 
                 def addr_of(name: str) -> Any:

@@ -53,3 +53,16 @@ def test_a_viewer_behind_700_kbit_gets_a_layer_that_fits() -> None:
     assert ben["layer"] != "f" and ben["width"] < 1280, r  # the top layer does not fit
     assert r["node"]["feedback_in"] > 100 and r["node"]["unstamped"] == 0, r
     assert r["page_errors"] == [], r
+
+
+def test_two_viewers_one_shaped_each_gets_its_own_layer() -> None:
+    """The shaped viewer (ben) fits its 700 kbit/s; the free one (cat) keeps the top layer."""
+    r = in_namespace("--kbit", "700", "--two-viewers")
+    ben, cat = r["ben"], r["cat"]
+    sent_fps = max(s["fps"] for s in r["sent"].values())
+    for viewer in (ben, cat):
+        assert viewer["fps"] >= min(20.0, 0.8 * sent_fps), r
+        assert viewer["freeze_s"] < 1.0, r
+    assert ben["kbps"] <= 700 and ben["layer"] != "f", r
+    assert cat["layer"] == "f" and cat["width"] == 1280, r
+    assert r["page_errors"] == [], r
