@@ -20,7 +20,7 @@ from pylibsrtp._binding import ffi, lib
 from sfu.counters import MediaCounters, RecoveredVia
 from sfu.packet.codecs import is_keyframe
 from sfu.packet.nack import NackOutcome, NackTracker
-from sfu.packet.rtp import get_extension, header_length
+from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
 from sfu.packet.twcc import TWCC_URI
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
@@ -47,10 +47,12 @@ _SHAPE_PLAIN = 0
 _SHAPE_OTHER = -1
 
 
-def extension_ids(view: memoryview, length: int) -> int:
+def extension_ids(view: memoryview, length: int, want: int = 0, found: list[int] | None = None) -> int:
     """Bit mask of the header extension ids in a well-formed RTP packet with its X bit set, or
     -1 when the block is anything but plain elements (empty, padding other than up to 3 zero
-    bytes at its end for the one-byte form, reserved id 15, other profiles)."""
+    bytes at its end for the one-byte form, reserved id 15, other profiles).  With ``want`` (an
+    id) and ``found``, ``found[0]`` is set to where that element's value starts when it is 2
+    bytes long (a transport-wide seq), else left alone: the walk finds it for free."""
     pos = 12 + (view[0] & 0x0F) * 4
     profile = (view[pos] << 8) | view[pos + 1]
     end = pos + 4 + ((view[pos + 2] << 8) | view[pos + 3]) * 4
@@ -67,6 +69,8 @@ def extension_ids(view: memoryview, length: int) -> int:
             if ext_id == 15:
                 return -1
             mask |= 1 << ext_id
+            if ext_id == want and b & 0x0F == 1 and found is not None:
+                found[0] = pos + 1
             pos += 2 + (b & 0x0F)
     elif profile & 0xFFF0 == 0x1000:
         while pos < end:
@@ -77,6 +81,8 @@ def extension_ids(view: memoryview, length: int) -> int:
             if pos + 1 >= end:
                 return -1
             mask |= 1 << ext_id
+            if ext_id == want and view[pos + 1] == 2 and found is not None:
+                found[0] = pos + 2
             pos += 2 + view[pos + 1]
     else:
         return -1
@@ -188,6 +194,8 @@ class PublishedTrack:
         self._fast_rows: list[_Row] = []
         #: the members' transport-wide-cc id (0: none has one): the group's packets carry it there
         self._fast_tw = 0
+        #: where ``extension_ids`` found the packet's element of that id (0: none), per packet
+        self._tw_found = [0]
         #: the downtracks outside the group, forwarded one by one
         self._fast_rest: list[DownTrack] = []
         self._fast_keep: list[Any] = []  # the members' SrtpContexts, kept alive with their srtp_t
@@ -224,7 +232,10 @@ class PublishedTrack:
         if top == 0x80:
             shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
         elif top == 0x90 and header_length(view, length) >= 0:
-            shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
+            # a mask of ids (>= 2), or -1 (_SHAPE_OTHER); the group's transport-wide seq found too
+            tw_found = self._tw_found
+            tw_found[0] = 0
+            shape = extension_ids(view, length, self._fast_tw, tw_found)
         else:
             shape = _SHAPE_OTHER
         stats = self.stats  # ReceiveStats.update, inlined
@@ -280,11 +291,7 @@ class PublishedTrack:
             ext = self._fast_ext
             ring = self._fast_ring
             tw = self._fast_tw
-            tw_pos = 0
-            if tw and shape > 0 and (shape >> tw) & 1:  # members stamp their seq in place there
-                found = get_extension(view, length, tw)
-                if found is not None and found[1] == 2:
-                    tw_pos = found[0]
+            tw_pos = self._tw_found[0] if tw and shape > 0 else 0  # members stamp their seq in place there
             if (
                 seq == self._fast_next
                 and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
