@@ -273,7 +273,12 @@ class SessionService:
         policy = CodecPolicy.parse(room.policy.codecs)
         described = [self.description(t.sid) for t in sources(source.tracks.values())]  # one per simulcast group
         outgoing = [
-            sdp.OutgoingTrack(track=self._with_room_codecs(d, offer, policy), ssrc=random.getrandbits(32) or 1)
+            sdp.OutgoingTrack(
+                track=self._with_room_codecs(d, offer, policy),
+                ssrc=random.getrandbits(32) or 1,
+                # video gets an RTX stream when the viewer offers RTX: the node's probes go there
+                rtx_ssrc=(random.getrandbits(32) or 1) if d.kind is sdp.MediaKind.VIDEO else None,
+            )
             for d in described
             if d is not None
         ]

@@ -137,8 +137,8 @@ class AllocationLoop:
             if rid is None:  # paused for congestion: the lowest layer instead
                 rid = group.ranked[0].rid
             self._cap(dt, rid, now_ms, _REASONS.get(decision.reason or "", SwitchReason.BANDWIDTH))
-        if not sender.feedback_seen:
-            return  # a REMB-only subscriber: nothing would read a probe's outcome
+        if not sender.feedback_seen or sender.padding is None:
+            return  # a REMB-only subscriber (nothing would read a probe's outcome), or no RTX stream
         cluster = sender.probes.want(estimate, allocation.probe_target_bps, now_ms)
         if cluster is not None:
             transport.send_probe(cluster, now_ms)

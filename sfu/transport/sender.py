@@ -13,7 +13,7 @@ most ``FEEDBACK_PER_S`` messages reporting ``STATUSES_PER_S`` packets together a
 subscriber a second (a browser sends 10-20 messages; the rest are counted and skipped, which the
 estimator takes as lost feedback), and a message claiming more statuses than the history holds
 is refused.  A subscriber that sends only REMB
-is served from it (``on_remb``).  ``estimate_bps`` is None until either arrives: the allocator
+is served from it (``on_remb``).  ``estimate_bps`` is None until either arrives (and, with feedback, until its first acknowledged rate seeds the estimator): the allocator
 then leaves the subscriber alone.
 
 This is the first piece of the transport's own send path (issue 12, "the send path gets one
@@ -32,6 +32,10 @@ from sfu.transport.twcc_send import SendHistory
 #: probe clusters of 40 ms (not 15): a cluster of a few kB passes a token bucket's burst at its
 #: own rate and reads as capacity the link does not have (measured behind a 700 kbit/s htb)
 PROBE_CONFIG = ProbeConfig(cluster_ms=40.0)
+#: the estimator starts (``on_probe_result``) from the first acknowledged rate (its first 500 ms
+#: of feedback) times this, not from a fixed 300 kbit/s it would take many seconds to climb from
+#: without a probe: what the link carried is proven, and the media was not trying for more
+SEED_FACTOR = 1.2
 #: transport-cc messages processed per subscriber per second, at most, and the packet statuses
 #: they may report together (a message can claim up to the history's size; a browser receiving
 #: 10 Mbit/s reports about 1,000 a second): about 10 ms of CPU a second per subscriber at worst
@@ -45,7 +49,7 @@ class TransportSender:
     """See the module docstring."""
 
     __slots__ = ("ext_id", "history", "bwe", "probes", "padding", "remb_bps", "counters", "feedback_seen",
-                 "_window_ms", "_window_count", "_window_statuses", "sent_since_tick")
+                 "_window_ms", "_window_count", "_window_statuses", "sent_since_tick", "seeded")
 
     def __init__(self, ext_id: int, counters: CongestionCounters, *, config: BweConfig | None = None,
                  capacity: int = HISTORY_PACKETS) -> None:
@@ -64,6 +68,8 @@ class TransportSender:
         self.remb_bps: int | None = None
         #: transport-cc feedback came: the estimator's figure is the estimate
         self.feedback_seen = False
+        #: the estimate started from the first acknowledged rate (until then: no estimate)
+        self.seeded = False
         self._window_ms = -1.0
         self._window_count = 0
         self._window_statuses = 0
@@ -108,6 +114,11 @@ class TransportSender:
             result = self.probes.on_feedback(reported, now_ms)
             if result is not None:
                 self.bwe.on_probe_result(result, now_ms)
+            if not self.seeded:
+                acked = self.bwe.acked_bps
+                if acked is not None:  # what got through is a proven capacity: start from there
+                    self.seeded = True
+                    self.bwe.on_probe_result(acked * SEED_FACTOR, now_ms)
 
     def set_padding(self, ssrc: int, payload_type: int) -> None:
         """Probes go as padding-only packets on this RTX stream (the first one given stays)."""
@@ -131,7 +142,8 @@ class TransportSender:
 
     def estimate_bps(self, now_ms: float) -> int | None:
         """What the subscriber can take now (bps): the send-side estimate once its feedback
-        came (lowered by ``tick`` while it stops), else its REMB; None when neither came."""
+        came and the first acknowledged rate seeded it (lowered by ``tick`` while it stops),
+        else its REMB; None when neither came."""
         if self.feedback_seen:
-            return self.bwe.estimate_bps
+            return self.bwe.estimate_bps if self.seeded else None
         return self.remb_bps
