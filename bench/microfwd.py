@@ -65,14 +65,16 @@ def connect_for_bench(peer: PeerTransport, port: MediaPort, addr: tuple[str, int
     peer.state = TransportState.CONNECTED
 
 
-def make_packets(count: int, size: int, ssrc: int, master: bytes, twcc: bool = False) -> list[bytes]:
+def make_packets(count: int, size: int, ssrc: int, master: bytes, tw_id: int = 0) -> list[bytes]:
+    """``tw_id``: the packets carry a transport-wide seq under that id (a 4-byte extension block;
+    the packet's size stays ``size``)."""
     tx = SrtpContext(PROFILE, master, SrtpDirection.OUTBOUND)
     out = []
     for i in range(count):
         seq = (1000 + i) & 0xFFFF
-        header = bytes([0x90 if twcc else 0x80, 96]) + seq.to_bytes(2, "big") + (i * 3000).to_bytes(4, "big") + ssrc.to_bytes(4, "big")
-        if twcc:  # the transport-wide seq extension block, as bench.packet's TWCC_BLOCK
-            header += bytes([0xBE, 0xDE, 0, 1, (TWCC_EXT_ID << 4) | 1]) + (i & 0xFFFF).to_bytes(2, "big") + b"\x00"
+        header = bytes([0x90 if tw_id else 0x80, 96]) + seq.to_bytes(2, "big") + (i * 3000).to_bytes(4, "big") + ssrc.to_bytes(4, "big")
+        if tw_id:  # the transport-wide seq extension block, as bench.packet's TWCC_BLOCK
+            header += bytes([0xBE, 0xDE, 0, 1, (tw_id << 4) | 1]) + (i & 0xFFFF).to_bytes(2, "big") + b"\x00"
         payload = bytes([0x10, 0x00 if i == 0 else 0x01]) + bytes((i + k) & 0xFF for k in range(size - len(header) - 2))
         protected = tx.protect_rtp_bytes(header + payload)
         assert protected is not None
@@ -80,12 +82,17 @@ def make_packets(count: int, size: int, ssrc: int, master: bytes, twcc: bool = F
     return out
 
 
-def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False, record: bool = False) -> dict[str, Any]:
-    """``twcc``: the packets carry a transport-wide seq (negotiated: the track knows the id, so it
-    passes through to the subscribers as it is) and the publisher transport records each arrival;
-    its feedback is built and sent (to the client socket) every ``TWCC_TICK_PACKETS`` packets,
-    about every 100 ms at 10,000 packets a second.  ``record``: the track is recorded (its tap
-    fills a recording's buffer)."""
+def run(fanout: int, packets: int, batch: int, size: int, transport_cc: str = "off", *, twcc: bool = False,
+        record: bool = False) -> dict[str, Any]:
+    """``transport_cc`` (the subscriber leg): "off" (no extension anywhere, unless ``twcc``), "on" (the
+    publisher's packets carry a transport-wide seq and every subscriber negotiated it: each
+    transport stamps its own in place), "publisher" (the packets carry it, no subscriber negotiated
+    it).  ``twcc`` (the publisher leg): the packets carry a transport-wide seq (negotiated: the
+    track knows the id) and the publisher transport records each arrival; its feedback is built and
+    sent (to the client socket) every ``TWCC_TICK_PACKETS`` packets, about every 100 ms at 10,000
+    packets a second.  ``record``: the track is recorded (its tap fills a recording's buffer)."""
+    tw_id = TWCC_EXT_ID if twcc or transport_cc in ("on", "publisher") else 0
+    sub_ext = {TWCC_URI: tw_id} if transport_cc == "on" else {}
     loop = asyncio.new_event_loop()
     counters = MediaCounters()
     port = MediaPort(HOST, 0, counters)
@@ -108,7 +115,7 @@ def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False, re
     ssrc = 0x1234ABCD
     track = PublishedTrack(
         kind="video", ssrc=ssrc, codecs=[TrackCodec("VP8", 90000, 96)], mid="0", owner="pub",
-        counters=counters, request_keyframe=lambda _ssrc: None, ext_ids={TWCC_URI: TWCC_EXT_ID} if twcc else None,
+        counters=counters, request_keyframe=lambda _ssrc: None, ext_ids={TWCC_URI: tw_id} if tw_id else {},
     )
     timer = FeedbackTimer(loop, counters, 100)
     if twcc:
@@ -119,6 +126,7 @@ def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False, re
         track.tap = taps.make_tap(0)
     pub.sink = PublisherSink(participant, counters)
     sinks = []
+    subs: list[PeerTransport] = []
     for i in range(fanout):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
@@ -127,12 +135,13 @@ def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False, re
         sub = transport()
         connect_for_bench(sub, port, s.getsockname(), master)
         sub.foreign_ext_ids = frozenset()  # a WHEP offer with no extensions, as bench.traffic's sinks
+        subs.append(sub)
         dt = DownTrack(
             peer=sub, kind="video", mid="0", ssrc=0x5000 + i, out_payload_types={"VP8": 100},
-            out_ext_ids={}, counters=counters,
+            out_ext_ids=sub_ext, counters=counters,
         )
         dt.bind(track, now)
-    data = make_packets(packets, size, ssrc, master, twcc)
+    data = make_packets(packets, size, ssrc, master, tw_id)
     tick_every = max(1, TWCC_TICK_PACKETS // batch) if twcc else 0
     to = (HOST, port.port)
     sendto = src_sock.sendto
@@ -156,6 +165,7 @@ def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False, re
     result = {
         "fanout": fanout,
         "twcc_feedback": counters.twcc_feedback_out,
+        "transport_cc": transport_cc,
         "packets": packets,
         "rtp_in": sum(counters.rtp_in),
         "rtp_out": sum(counters.rtp_out),
@@ -163,6 +173,8 @@ def run(fanout: int, packets: int, batch: int, size: int, twcc: bool = False, re
         "recorded": record,
         "cpu_s": round(cpu, 4),
         "us_per_out": round(cpu * 1e6 / max(1, sum(counters.rtp_out)), 3),
+        # packets the subscriber transports numbered with their own transport-wide seqs
+        "stamped": sum(sub.sender.history.high + 1 for sub in subs if sub.sender is not None),
     }
     port.close()
     for s in [*sinks, src_sock]:
@@ -178,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=1200)
     ap.add_argument("--record", action="store_true", help="the track is recorded (its tap fills a recording's buffer)")
-    ap.add_argument("--twcc", action="store_true", help="packets carry a transport-wide seq; transport-cc feedback on")
+    ap.add_argument("--twcc", action="store_true", help="packets carry a transport-wide seq; transport-cc feedback to the publisher")
+    ap.add_argument("--transport-cc", choices=("off", "on", "publisher"), default="off",
+                    help="subscribers: on = each stamps its own transport-wide seq; publisher = the packets carry one, no subscriber negotiated it")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.fanout, args.packets, args.batch, args.size, twcc=args.twcc, record=args.record)))
+    print(json.dumps(run(args.fanout, args.packets, args.batch, args.size, args.transport_cc, twcc=args.twcc, record=args.record)))
     return 0
 
 

@@ -10,11 +10,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from sfu.counters import (
+    CongestionCounters,
     Direction,
     DropReason,
     MediaCounters,
     RecoveredVia,
     SignalingCounters,
+    SwitchDirection,
+    SwitchReason,
     TwccDrop,
     WsClose,
     WsDrop,
@@ -90,10 +93,43 @@ class NodeCollector(Collector):
         h = HistogramMetricFamily(PREFIX + "sfu_forward_latency_seconds", "receive-to-send latency")
         h.add_metric([], buckets, sum_value=c.latency_sum_s)
         yield h
+        yield from _congestion(c.cc)
         http = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests", labels=["route", "code"])
         for (route, code), n in sorted(self._http.items()):
             http.add_metric([route, code], n)
         yield http
+
+
+def _congestion(cc: CongestionCounters) -> Iterator[object]:
+    """Congestion control on the subscriber leg (contract: "Adaptive media")."""
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip(cc.ESTIMATE_BOUNDS, cc.estimate_buckets, strict=False):
+        cumulative += count
+        buckets.append((str(float(bound)), cumulative))
+    buckets.append(("+Inf", cc.estimate_count))
+    h = HistogramMetricFamily(PREFIX + "sfu_bwe_estimate_bps", "subscribers' bandwidth estimates, per allocation")
+    h.add_metric([], buckets, sum_value=cc.estimate_sum)
+    yield h
+    switches = CounterMetricFamily(
+        PREFIX + "sfu_layer_switches", "layer changes the allocator made", labels=["direction", "reason"]
+    )
+    for direction in SwitchDirection:
+        for reason in SwitchReason:
+            switches.add_metric([direction.name.lower(), reason.name.lower()], cc.switches[direction][reason])
+    yield switches
+    probes = CounterMetricFamily(PREFIX + "sfu_probes", "bandwidth probe clusters by outcome", labels=["outcome"])
+    for outcome, n in cc.probes.items():
+        probes.add_metric([outcome], n)
+    yield probes
+    yield CounterMetricFamily(
+        PREFIX + "sfu_transport_cc_feedback", "subscribers' transport-cc messages taken", value=cc.feedback_in
+    )
+    yield CounterMetricFamily(
+        PREFIX + "sfu_transport_cc_feedback_skipped",
+        "subscribers' transport-cc messages over the per-second budget",
+        value=cc.feedback_limited,
+    )
 
 
 def _upstream_recovery(c: MediaCounters) -> Iterator[object]:

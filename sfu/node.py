@@ -27,6 +27,7 @@ from sfu.loopstats import GcPauses, LoopLagProbe
 from sfu.memtrim import HeapTrimmer
 from sfu.metrics import LoopCollector, NodeCollector, make_registry
 from sfu.recording.manager import RecordingManager
+from sfu.routing.allocation import TICK_MS
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
@@ -42,6 +43,7 @@ from sfu.turn import IceServer, mint_all
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+ALLOCATION_TICK_MS = TICK_MS
 DRAIN_POLL_S = 0.5
 
 
@@ -94,6 +96,7 @@ class Node(HttpBound):
         self.self_check_reason = "not run yet"
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self._allocation_task: asyncio.Task[None] | None = None
         #: gives the heap back to the system after many sessions ended (sfu.memtrim)
         self.heap_trimmer = HeapTrimmer()
         self.router: Router
@@ -159,6 +162,7 @@ class Node(HttpBound):
         )
         await self.selfcheck.start()
         self._tick_task = asyncio.create_task(self._ticker())
+        self._allocation_task = asyncio.create_task(self._allocation_ticker())
         if self.config.control_endpoints:
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()  # registers in the background: never delays serving
@@ -181,12 +185,13 @@ class Node(HttpBound):
             await self.selfcheck.stop()
         self.loop_probe.stop()
         self.gc_pauses.uninstall()
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            try:
-                await self._tick_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._tick_task, self._allocation_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         now = clock.now_ms()
         for room in list(self.rooms.rooms.values()):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
@@ -212,6 +217,16 @@ class Node(HttpBound):
 
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
         return web.TCPSite(runner, self.config.http_host, self.config.http_port, reuse_address=True)
+
+    async def _allocation_ticker(self) -> None:
+        """Subscribers' estimates spent on their layers (sfu.routing.allocation): O(those due)."""
+        loop = self.router.allocation
+        while True:
+            await asyncio.sleep(ALLOCATION_TICK_MS / 1000)
+            try:
+                loop.run_due(clock.now_ms())
+            except Exception:
+                log.exception("allocation tick failed")
 
     async def _ticker(self) -> None:
         """Housekeeping: each participant's once a second, a slot of the router's wheel at a time

@@ -302,6 +302,8 @@ class RtcSession:
                 ssrc=track.ssrc,
                 out_payload_types=track.out_payload_types,
                 out_ext_ids=dict(track.header_extensions),
+                rtx_ssrc=track.rtx_ssrc,
+                rtx_pt=track.mappings[0].subscriber_rtx_pt if track.mappings else None,
             )
             self.downtracks[section.track_sid] = router.subscribe(participant, source, spec, now)
         self.schedule_sync()  # changes that waited for this answer

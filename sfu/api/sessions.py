@@ -284,7 +284,12 @@ class SessionService:
         policy = CodecPolicy.parse(room.policy.codecs)
         described = [self.description(t.sid) for t in sources(source.tracks.values())]  # one per simulcast group
         outgoing = [
-            sdp.OutgoingTrack(track=self._with_room_codecs(d, offer, policy), ssrc=random.getrandbits(32) or 1)
+            sdp.OutgoingTrack(
+                track=self._with_room_codecs(d, offer, policy),
+                ssrc=random.getrandbits(32) or 1,
+                # video gets an RTX stream when the viewer offers RTX: the node's probes go there
+                rtx_ssrc=(random.getrandbits(32) or 1) if d.kind is sdp.MediaKind.VIDEO else None,
+            )
             for d in described
             if d is not None
         ]
@@ -305,6 +310,8 @@ class SessionService:
                 ssrc=t.ssrc,
                 out_payload_types=t.out_payload_types,
                 out_ext_ids=dict(t.header_extensions),
+                rtx_ssrc=t.rtx_ssrc,
+                rtx_pt=t.mappings[0].subscriber_rtx_pt if t.mappings else None,
             )
             for t in negotiation.tracks
         ]

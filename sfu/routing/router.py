@@ -15,6 +15,7 @@ from levelchat.errors import ApiError
 from sfu import clock
 from sfu.counters import MediaCounters
 from sfu.packet.twcc import TWCC_URI
+from sfu.routing.allocation import AllocationLoop
 from sfu.routing.bandwidth import send_remb
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind, RoomObserver
@@ -74,6 +75,9 @@ class DownTrackSpec:
     ssrc: int
     out_payload_types: dict[str, int]
     out_ext_ids: dict[str, int]
+    #: the RTX stream the subscriber negotiated for it (its padding carries probes), if any
+    rtx_ssrc: int | None = None
+    rtx_pt: int | None = None
 
 
 class Router:
@@ -114,6 +118,9 @@ class Router:
         self._rooms_due_ms = 0
         #: told of joins, publications, leaves and closed rooms (sfu.routing.events)
         self.observers: list[RoomObserver] = []
+        #: each subscriber's estimate spent on its tracks (sfu.routing.allocation; the node calls
+        #: ``allocation.run_due`` every ``allocation.TICK_MS``)
+        self.allocation = AllocationLoop(counters.cc)
 
     def new_transport(self, spec: TransportSpec, now_ms: int) -> PeerTransport:
         return PeerTransport(
@@ -199,8 +206,12 @@ class Router:
                     out_payload_types=spec.out_payload_types,
                     out_ext_ids=spec.out_ext_ids,
                     counters=self.counters,
+                    rtx_ssrc=spec.rtx_ssrc,
+                    rtx_pt=spec.rtx_pt,
                 )
             )
+        if transport.sender is not None:
+            self.allocation.watch(participant, now_ms)
         self._rebind_room(room, now_ms)
 
     def current_publisher(self, room: Room, identity: str | None) -> Participant | None:
@@ -301,7 +312,11 @@ class Router:
             out_payload_types=spec.out_payload_types,
             out_ext_ids=spec.out_ext_ids,
             counters=self.counters,
+            rtx_ssrc=spec.rtx_ssrc,
+            rtx_pt=spec.rtx_pt,
         )
+        if transport.sender is not None:
+            self.allocation.watch(participant, now_ms)
         dt.held = not participant.permissions.can_subscribe
         dt.paused = track.muted or dt.held
         participant.downtracks.append(dt)

@@ -69,6 +69,10 @@ SUPPORTED_HEADER_EXTENSIONS: frozenset[str] = frozenset(
         HDREXT_VIDEO_ORIENTATION,
     }
 )
+#: transport-wide congestion control (sfu.packet.twcc.TWCC_URI): negotiated with subscribers
+#: (``CodecPolicy.for_subscribers``), whose feedback drives the node's estimate for them
+HDREXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+RTCP_FB_TRANSPORT_CC = "transport-cc"
 #: Extensions that make sense only on one kind of media.
 AUDIO_ONLY_EXTENSIONS: frozenset[str] = frozenset({HDREXT_AUDIO_LEVEL})
 VIDEO_ONLY_EXTENSIONS: frozenset[str] = frozenset({HDREXT_VIDEO_ORIENTATION})
@@ -469,6 +473,17 @@ class CodecPolicy:
             ][:1]
             out = reds + out if self.red_first else out + reds
         return out
+
+    def for_subscribers(self) -> CodecPolicy:
+        """The policy of a subscribe negotiation: the node stamps its own transport-wide seqs on
+        what it sends and reads the subscriber's feedback, so the transport-wide-cc extension and
+        ``transport-cc`` feedback are negotiated there whatever the publish side does (issue 12).
+        REMB (``goog-remb``) stays for subscribers that offer only that."""
+        return replace(
+            self,
+            header_extensions=self.header_extensions | {HDREXT_TRANSPORT_CC},
+            rtcp_feedback=self.rtcp_feedback | {RTCP_FB_TRANSPORT_CC},
+        )
 
     def header_extensions_for(self, kind: MediaKind, offered: Mapping[str, int]) -> dict[str, int]:
         """The offered header extensions the node negotiates for ``kind``, with the offer's ids."""

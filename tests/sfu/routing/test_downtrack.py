@@ -113,15 +113,29 @@ async def received(link: Link, count: int) -> list[RtpPacket]:
             {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
             {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
             [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
+            [(3, b"\x01\x02\x03"), (5, b"\x00\x00")],  # the node's own transport-wide seq: its first
             id="identity",
         ),
         pytest.param(
             {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
             {ABS_SEND_TIME: 2, TRANSPORT_CC: 9},
             [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            [(2, b"\x01\x02\x03"), (9, b"\x00\x07")],
+            [(2, b"\x01\x02\x03"), (9, b"\x00\x00")],
             id="renumbered",
+        ),
+        pytest.param(
+            {ABS_SEND_TIME: 3},
+            {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
+            [(3, b"\x01\x02\x03")],
+            [(3, b"\x01\x02\x03"), (5, b"\x00\x00")],
+            id="transport-cc-added",
+        ),
+        pytest.param(
+            {},
+            {TRANSPORT_CC: 5},
+            [],
+            [(5, b"\x00\x00")],
+            id="transport-cc-added-to-a-packet-without-extensions",
         ),
         pytest.param(
             {ABS_SEND_TIME: 3, ORIENTATION: 7},

@@ -783,3 +783,54 @@ def test_local_params_are_checked() -> None:
     offer = parse_sdp(chrome_offer())
     answer = build_answer(offer, negotiate_publish(offer, CodecPolicy.default()), six)
     assert "c=IN IP6 ::1" in answer and "a=candidate:1 1 udp 2130706431 ::1 7882 typ host" in answer
+
+
+# --- transport-wide congestion control with subscribers (issue 12) ---------------------------
+
+
+def test_whep_answer_negotiates_transport_cc_with_the_subscriber() -> None:
+    """The publisher side drops transport-cc (another leg); a subscriber that offers it gets it in
+    every section, beside goog-remb, and its id reaches the forwarder."""
+    audio_pub, video_pub = chrome_published()
+    assert TWCC not in video_pub.header_extensions
+    assert all("transport-cc" not in c.rtcp_fb for c in video_pub.codecs)
+    offer = parse_sdp(chrome_whep_offer())
+    offered_id = offer.media[1].header_extensions[TWCC]
+    neg = negotiate_subscribe(
+        offer, [OutgoingTrack(audio_pub, 1), OutgoingTrack(video_pub, 2, 3)], CodecPolicy.default(), cname="c"
+    )
+    audio, video = neg.tracks
+    assert audio.header_extensions[TWCC] == video.header_extensions[TWCC] == offered_id
+    assert "transport-cc" in audio.codecs[0].rtcp_fb
+    assert {"transport-cc", "goog-remb"} <= set(video.codecs[0].rtcp_fb)
+    answer = build_answer(offer, neg, LOCAL)
+    asec, vsec, _ = answer_sections(answer)
+    assert f"a=extmap:{offered_id} {TWCC}" in asec and f"a=extmap:{offered_id} {TWCC}" in vsec
+    pt = video.codecs[0].pt
+    assert f"a=rtcp-fb:{pt} transport-cc" in vsec and f"a=rtcp-fb:{pt} goog-remb" in vsec
+
+
+def test_whep_answer_without_transport_cc_offered_has_none() -> None:
+    audio_pub, video_pub = chrome_published()
+    text = chrome_whep_offer()
+    text = "\r\n".join(line for line in text.split("\r\n") if TWCC not in line and "transport-cc" not in line)
+    offer = parse_sdp(text)
+    neg = negotiate_subscribe(offer, [OutgoingTrack(video_pub, 2, 3)], CodecPolicy.default(), cname="c")
+    (video,) = neg.tracks
+    assert TWCC not in video.header_extensions
+    answer = build_answer(offer, neg, LOCAL)
+    assert TWCC not in answer and "transport-cc" not in answer and "goog-remb" in answer
+
+
+def test_node_offer_to_a_subscriber_carries_transport_cc() -> None:
+    audio_pub, video_pub = chrome_published()
+    plan = build_offer([OutgoingTrack(audio_pub, 100), OutgoingTrack(video_pub, 200, 201)], CodecPolicy.default(), LOCAL, cname="n")
+    audio, video = answer_sections(plan.sdp)
+    ids = {plan.sections[0].header_extensions[TWCC], plan.sections[1].header_extensions[TWCC]}
+    assert len(ids) == 1  # one id across the bundle
+    for section, codecs in ((audio, plan.sections[0].codecs), (video, plan.sections[1].codecs)):
+        assert f"a=extmap:{next(iter(ids))} {TWCC}" in section
+        primary = next(c for c in codecs if c.is_primary)
+        assert f"a=rtcp-fb:{primary.pt} transport-cc" in section
+    vp8 = next(c for c in plan.sections[1].codecs if c.name == "VP8")
+    assert "goog-remb" in vp8.rtcp_fb
