@@ -180,8 +180,11 @@ async def test_forward_rtp_stamps_in_place_as_the_reference_records(link: Link) 
 async def test_a_subscriber_without_transport_cc_gets_the_publishers_element_untouched(link: Link, second_link: Link) -> None:
     """A publisher that stamps transport-wide seqs (every browser does) does not push subscribers
     that did not negotiate them off the fan-out group: the element rides along, unknown to them
-    (RFC 8285: ignored), unless the subscriber uses that id for another extension."""
+    (RFC 8285: ignored), unless the subscriber's offer uses that id for another extension in any
+    section (``PeerTransport.foreign_ext_ids``: receivers such as aiortc map ids bundle-wide)."""
     src = publisher_track(link)
+    link.peer.foreign_ext_ids = frozenset()  # a WHEP offer that uses no other id
+    second_link.peer.foreign_ext_ids = frozenset({PUB_TW})
     plain = downtrack(link, tw=None)
     other = DownTrack(peer=second_link.peer, kind="video", mid="0", ssrc=0xBBBB0002, out_payload_types={"VP8": 100},
                       out_ext_ids={"urn:3gpp:video-orientation": PUB_TW}, counters=link.counters)
