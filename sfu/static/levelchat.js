@@ -1,62 +1,41 @@
-// LevelChat SDK: multi-party rooms over the node's signaling WebSocket (docs/signaling.md).
+// LevelChat SDK: multi-party rooms over the node's signaling WebSocket (docs/signaling.md,
+// docs/sdk.md; TypeScript declarations in levelchat.d.ts).
 //
-//   import { connect } from "/static/levelchat.js";
-//   const room = await connect("http://127.0.0.1:7880", token);
+//   import { LevelChatClient, getLocalMedia } from "/static/levelchat.js";
+//   const client = new LevelChatClient({ url: "http://127.0.0.1:7880", tokenProvider: fetchToken });
+//   const room = await client.connect();
 //   room.on("track", ({ participant, kind, stream }) => ...);
-//   await room.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
+//   room.on("state", ({ state }) => ...);   // "connected" | "reconnecting" | "disconnected"
+//   await room.publish(await getLocalMedia({ audio: true, video: true }));
 //
 // ES module, no build step. Two RTCPeerConnections: the publisher (this page offers) and the
 // subscriber (the node offers whenever the set of tracks to receive changes; answered here).
 // The publisher is opened at join with two data channels, "_reliable" (ordered) and "_lossy"
 // (unordered, no retransmission): room.sendData(...) and the "data" event use them.
+//
+// Recovery: a lost signaling socket is reopened with backoff and jitter and the session resumed
+// (`join {resume}`: the node keeps the seat and the media for its grace period), or joined afresh
+// (transports rebuilt, tracks republished) when the grace period is over; an expired token is
+// replaced through `tokenProvider`; 429s are waited out (Retry-After + jitter); failed media
+// transports restart ICE, then fall back to the TURN relay (levelchat-transport.js).
 
-/** An error with a catalogue code (shared/error-reference.txt), e.g. "room/cap-denied". */
-export class LevelChatError extends Error {
-  constructor(code, message, problem = null) {
-    super(message);
-    this.name = "LevelChatError";
-    this.code = code;
-    this.problem = problem;
-  }
-}
+import { DEFAULTS, backoffMs, retryAfterMs, sleep, validateOptions } from "./levelchat-config.js";
+import { LevelChatError, fromProblem, getLocalMedia, mediaError, rpcError } from "./levelchat-errors.js";
+import { concatBytes, fromUtf8, outgoingHeader, parseIncoming, utf8 } from "./levelchat-data.js";
+import { TransportWatch } from "./levelchat-transport.js";
 
-const RPC_TIMEOUT_MS = 10000;
+export { LevelChatError, getLocalMedia, mediaError, DEFAULTS };
+
+/** The signaling protocol version this SDK speaks (`protocol` in join). */
+export const PROTOCOL_VERSION = 1;
 const DATA_OPEN_TIMEOUT_MS = 10000;
-const ENVELOPE_VERSION = 1;
-const utf8 = new TextEncoder();
-const fromUtf8 = new TextDecoder();
-
-// Data envelopes (docs/signaling.md): every header byte is below 0x80, so a string message
-// stays valid UTF-8. Identities are (length >> 7, length & 127, UTF-8 bytes).
-function identityBytes(identity) {
-  const raw = utf8.encode(identity);
-  const out = new Uint8Array(2 + raw.length);
-  out[0] = raw.length >> 7;
-  out[1] = raw.length & 0x7f;
-  out.set(raw, 2);
-  return out;
-}
-
-function concatBytes(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) { out.set(p, off); off += p.length; }
-  return out;
-}
-
-/** client -> node: version, destination count, destinations, payload. */
-function outgoingHeader(destinations) {
-  if (destinations.length > 127) throw new LevelChatError("bad_request", "at most 127 destinations");
-  return concatBytes([Uint8Array.of(ENVELOPE_VERSION, destinations.length), ...destinations.map(identityBytes)]);
-}
-
-/** node -> client: {from, payload bytes} */
-function parseIncoming(bytes) {
-  if (bytes.length < 3 || bytes[0] !== ENVELOPE_VERSION) return null;
-  const n = (bytes[1] << 7) | bytes[2];
-  if (3 + n > bytes.length) return null;
-  return { from: fromUtf8.decode(bytes.subarray(3, 3 + n)), payload: bytes.subarray(3 + n) };
-}
+/** Requests that may be sent again after a timeout (doing them twice is harmless). */
+const IDEMPOTENT = new Set(["ping", "mute", "set_layer", "trickle", "restart_ice"]);
+/** Close codes after which the SDK does not reconnect: 1000 (left), 4000 (the node ended the
+ * session: replaced, drained, room closed), 4000 + HTTP status (refused). */
+const FINAL_CLOSE = (code) => code === 1000 || (code >= 4000 && code < 5000);
+/** The close code the SDK uses for a socket it gives up on (not 1000/1001: the node keeps the seat). */
+const CLOSE_RECONNECT = 4100;
 
 /** The video encodings of ``publish(stream, {simulcast: true})``: low to high. */
 export const SIMULCAST_ENCODINGS = [
@@ -65,9 +44,10 @@ export const SIMULCAST_ENCODINGS = [
   { rid: "f", maxBitrate: 2000000 },
 ];
 
-function wsUrl(url, token) {
+function rtcUrl(url, token, ws) {
   const u = new URL("/v1/rtc", url);
-  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+  if (ws) u.protocol = u.protocol === "https:" || u.protocol === "wss:" ? "wss:" : "ws:";
+  else u.protocol = u.protocol === "wss:" || u.protocol === "https:" ? "https:" : "http:";
   u.searchParams.set("access_token", token);
   return u.toString();
 }
@@ -87,16 +67,46 @@ class Emitter {
 }
 
 /**
- * A joined room. Events: "data" {from, data, reliable} (data: a string or a Uint8Array, as sent),
- * "participant_joined" {participant}, "participant_left" {participant, reason},
- * "track" {participant, kind, trackSid, stream, track, mid}, "track_removed" {participant, trackSid, mid},
- * "track_muted" {participant, track, muted}, "active_speakers" {speakers}, "disconnected" {reason, code},
- * "node_draining" {reason}, "error" LevelChatError.
+ * Why a WebSocket handshake failed, which a browser does not tell: the same URL as a plain GET
+ * answers the problem as HTTP (429 with Retry-After, 401 token/expired, ...).
+ */
+async function diagnose(url, token) {
+  let resp;
+  try {
+    resp = await fetch(rtcUrl(url, token, false), { cache: "no-store" });
+  } catch (err) {
+    return new LevelChatError("signaling/connect-failed", `the node at ${new URL(url).host} cannot be reached: ${err}`);
+  }
+  let problem = null;
+  try { problem = await resp.json(); } catch { /* not a problem body */ }
+  if (resp.status === 429) {
+    return new LevelChatError("network/rate-limited", problem?.detail ?? "the node rate-limited the connection", {
+      problem, retryAfterMs: retryAfterMs(resp.headers.get("Retry-After") ?? 1),
+    });
+  }
+  if (resp.status === 400 && problem?.code === "bad_request") {
+    // the plain GET was fine: the upgrade itself failed (a proxy, a dropped connection)
+    return new LevelChatError("signaling/connect-failed", "the WebSocket handshake did not complete");
+  }
+  if (problem?.code) return fromProblem(problem);
+  return new LevelChatError("signaling/connect-failed", `the WebSocket handshake failed (HTTP ${resp.status})`);
+}
+
+/**
+ * A joined room. Events: "state" {state, previous}, "reconnecting" {attempt, error},
+ * "reconnected" {resumed}, "transport_recovery" {transport, action, reason},
+ * "data" {from, data, reliable}, "participant_joined" {participant}, "participant_left"
+ * {participant, reason}, "track" {participant, kind, trackSid, stream, track, mid},
+ * "track_removed" {participant, trackSid, mid}, "track_muted" {participant, track, muted},
+ * "active_speakers" {speakers}, "disconnected" {reason, code}, "node_draining" {reason},
+ * "error" LevelChatError. docs/sdk.md has them all.
  */
 export class Room extends Emitter {
-  constructor(ws) {
+  constructor(config) {
     super();
-    this.ws = ws;
+    this.config = config;
+    this.ws = null;
+    this.state = "connecting";
     this.participant = null; // this participant, as the node describes it
     this.participants = new Map(); // identity -> {identity, sid, name, tracks}
     this.remoteTracks = new Map(); // mid -> {participant, kind, trackSid, stream, track}
@@ -107,44 +117,325 @@ export class Room extends Emitter {
     this.dataChannels = { reliable: null, lossy: null };
     /** Resolves when the data channels are open (or failed to: an "error" event says why). */
     this.dataReady = Promise.resolve();
+    /** The peer connections' RTCConfiguration: the join result's ice_servers (TURN) and the policy. */
+    this.rtcConfig = { bundlePolicy: "max-bundle", iceServers: [], iceTransportPolicy: config.iceTransportPolicy };
+    this.joined = null;
+    this._token = config.token;
+    this._resume = null;
+    this._refusal = null; // an error frame (no id) received while joining
     this._nextId = 1;
     this._pending = new Map();
     this._offers = Promise.resolve(); // offers are answered one after the other
     this._closed = false;
-    /** The peer connections' RTCConfiguration: the join result's ice_servers (TURN) and the policy. */
-    this.rtcConfig = { bundlePolicy: "max-bundle", iceServers: [], iceTransportPolicy: "all" };
-    ws.addEventListener("message", (ev) => this._onMessage(ev.data));
-    ws.addEventListener("close", (ev) => this._onClose(ev));
+    this._gen = 0; // the current socket's number: events of older sockets are ignored
+    this._publications = []; // [stream, options], republished after a fresh join
+    this._watches = new Map(); // "publisher" | "subscriber" -> TransportWatch
+    this._connected = null; // a promise while reconnecting
+    this._heartbeat = null;
   }
 
-  /** Call a method; resolves with its result or rejects with a LevelChatError. */
-  call(method, params = {}) {
-    if (this._closed) return Promise.reject(new LevelChatError("signaling/closed", "the signaling connection is closed"));
+  // -- the socket --------------------------------------------------------------------------------
+  _setState(state) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    this.emit("state", { state, previous });
+  }
+
+  async _tokenNow(refresh) {
+    if (refresh || this._token === undefined) {
+      if (!this.config.tokenProvider) {
+        throw new LevelChatError("token/expired", "the token expired and there is no tokenProvider to refresh it", { retryable: false });
+      }
+      const token = await this.config.tokenProvider();
+      if (typeof token !== "string" || !token) throw new LevelChatError("config/invalid", "tokenProvider must resolve to a non-empty string", { field: "tokenProvider" });
+      this._token = token;
+    }
+    return this._token;
+  }
+
+  /** Open a socket and join (resuming when we can); attempts with backoff. Resolves with the join result. */
+  async _establish() {
+    let refreshed = false;
+    let last = null;
+    for (let attempt = 0; attempt < this.config.maxReconnectAttempts; attempt++) {
+      if (this._closed) throw new LevelChatError("signaling/closed", "the room was left");
+      try {
+        const token = await this._tokenNow(false);
+        await this._open(token);
+        const joined = await this._join();
+        return joined;
+      } catch (caught) {
+        // a refusal frame before the close says why better than the close itself
+        const err = this._refusal ?? caught;
+        last = err instanceof LevelChatError ? err : new LevelChatError("signaling/connect-failed", String(err), { cause: err });
+        this._dropSocket();
+        if (last.code === "token/expired" && !refreshed && this.config.tokenProvider) {
+          refreshed = true; // one refresh per round; a new token that is refused again is final
+          this.emit("error", last);
+          try {
+            await this._tokenNow(true);
+          } catch (failed) {
+            throw failed instanceof LevelChatError ? failed : new LevelChatError("token/expired", `tokenProvider failed: ${failed}`, { retryable: false });
+          }
+          attempt -= 1; // a refresh is not a failed attempt
+          continue;
+        }
+        if (!last.retryable || last.code === "token/expired" || attempt + 1 >= this.config.maxReconnectAttempts) throw last;
+        this.emit("error", last);
+        if (this.state === "reconnecting") this.emit("reconnecting", { attempt: attempt + 1, error: last });
+        await sleep(last.retryAfterMs ?? backoffMs(this.config, attempt));
+      }
+    }
+    throw last ?? new LevelChatError("signaling/connect-failed", "no attempt was made");
+  }
+
+  _open(token) {
+    const gen = ++this._gen;
+    this._refusal = null;
+    const ws = new WebSocket(rtcUrl(this.config.url, token, true));
+    this.ws = ws;
+    ws.addEventListener("message", (ev) => { if (gen === this._gen) this._onMessage(ev.data); });
+    return new Promise((resolve, reject) => {
+      let opened = false;
+      ws.addEventListener("open", () => { opened = true; resolve(); }, { once: true });
+      ws.addEventListener("close", (ev) => {
+        if (gen !== this._gen) return;
+        if (!opened) {
+          diagnose(this.config.url, token).then(reject);
+          return;
+        }
+        this._onClose(ev);
+      });
+    });
+  }
+
+  async _join() {
+    const params = { protocol: LevelChatClient.protocolVersion };
+    if (this.config.name) params.name = this.config.name;
+    let joined;
+    try {
+      joined = await this._request("join", this._resume ? { ...params, resume: this._resume } : params, true);
+    } catch (err) {
+      if (err.inner?.code === "not_found" && this._resume) {
+        this._resume = null; // the grace period is over: join afresh on the same socket
+        joined = await this._request("join", params, true);
+      } else {
+        throw err;
+      }
+    }
+    if (joined.protocol !== undefined && joined.protocol !== LevelChatClient.protocolVersion) {
+      throw new LevelChatError("signaling/protocol", `the node speaks signaling protocol ${joined.protocol}, this SDK ${LevelChatClient.protocolVersion}`);
+    }
+    this._resume = joined.resume ?? null;
+    this.joined = joined;
+    return joined;
+  }
+
+  _dropSocket(code = CLOSE_RECONNECT, reason = "reconnecting") {
+    const ws = this.ws;
+    this._gen += 1; // its events no longer count
+    this.ws = null;
+    if (ws && ws.readyState <= 1) {
+      try { ws.close(code, reason); } catch { /* already closing */ }
+    }
+    for (const pending of this._pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(this._refusal ?? new LevelChatError("signaling/closed", `the signaling connection closed before ${pending.method} was answered`));
+    }
+    this._pending.clear();
+  }
+
+  _onClose(ev) {
+    if (this._closed) return;
+    if (this.state !== "connected") { // while (re)joining: the join fails, _establish decides
+      this._dropSocket();
+      return;
+    }
+    if (!this.config.reconnect || FINAL_CLOSE(ev.code)) {
+      this._end(ev.reason || "closed", ev.code);
+      return;
+    }
+    this._lost(new LevelChatError("signaling/closed", `the signaling connection closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`));
+  }
+
+  /** The socket is gone (or given up on): reconnect and resume. */
+  _lost(err) {
+    if (this._closed || this.state === "reconnecting") return;
+    this._dropSocket();
+    this._setState("reconnecting");
+    this.emit("error", err);
+    this.emit("reconnecting", { attempt: 0, error: err });
+    let done;
+    this._connected = new Promise((resolve) => { done = resolve; });
+    this._recover().finally(() => { done(); this._connected = null; });
+  }
+
+  async _recover() {
+    let joined;
+    try {
+      joined = await this._establish();
+    } catch (err) {
+      if (this._closed) return;
+      this.emit("error", err);
+      this._end("reconnect_failed", null);
+      return;
+    }
+    if (joined.resumed) {
+      this._syncParticipants(joined.participants);
+      this._setState("connected");
+      this.emit("reconnected", { resumed: true });
+    } else {
+      await this._rebuild(joined);
+    }
+  }
+
+  _syncParticipants(list) {
+    const now = new Map(list.map((p) => [p.identity, p]));
+    for (const [identity, p] of [...this.participants]) {
+      if (now.get(identity)?.sid !== p.sid) {
+        this.participants.delete(identity);
+        this.emit("participant_left", { participant: identity, sid: p.sid, reason: "left" });
+      }
+    }
+    for (const [identity, p] of now) {
+      const known = this.participants.has(identity);
+      this.participants.set(identity, p);
+      if (!known) this.emit("participant_joined", { participant: p });
+    }
+  }
+
+  /** A fresh join after the grace period: new transports, the same streams published again. */
+  async _rebuild(joined) {
+    for (const w of this._watches.values()) w.close();
+    this._watches.clear();
+    this.publisher?.close();
+    this.subscriber?.close();
+    this.publisher = this.subscriber = null;
+    for (const [mid, info] of this.remoteTracks) {
+      info.stream.removeTrack(info.track);
+      this.emit("track_removed", { participant: info.participant, trackSid: info.trackSid, mid });
+    }
+    this.remoteTracks.clear();
+    this.localTracks.clear();
+    this.dataChannels = { reliable: null, lossy: null };
+    this._offers = Promise.resolve();
+    this._adopt(joined);
+    this._syncParticipants(joined.participants);
+    this._setState("connected");
+    this.emit("reconnected", { resumed: false });
+    // not awaited: their requests wait for the end of the reconnection (call())
+    const failed = (err) => this.emit("error", err);
+    this.dataReady = this.config.data ? this.openData().catch(failed) : Promise.resolve();
+    let chain = this.dataReady;
+    for (const [stream, options] of this._publications) chain = chain.then(() => this._publishOnce(stream, options)).catch(failed);
+  }
+
+  _adopt(joined) {
+    this.participant = joined.participant;
+    this.rtcConfig = { ...this.rtcConfig, iceServers: this.config.iceServers ?? joined.ice_servers ?? [] };
+  }
+
+  _end(reason, code) {
+    const wasOpen = !this._closed;
+    this._teardown();
+    if (wasOpen) this.emit("disconnected", { reason, code });
+  }
+
+  _startHeartbeat() {
+    if (!this.config.heartbeatMs || this._heartbeat) return;
+    this._heartbeat = setInterval(() => {
+      if (this.state !== "connected") return;
+      const gen = this._gen;
+      this._request("ping", {}, false).catch((err) => {
+        if (err.code === "signaling/rpc-timeout" && gen === this._gen && this.state === "connected") {
+          this._lost(new LevelChatError("signaling/timeout", `a ping got no answer in ${this.config.rpcTimeoutMs} ms: a fresh socket`));
+        }
+      });
+    }, this.config.heartbeatMs);
+  }
+
+  // -- requests ----------------------------------------------------------------------------------
+  /**
+   * Call a method; resolves with its result or rejects with a LevelChatError: signaling/rpc-error
+   * (the node refused: `inner` has its code), signaling/rpc-timeout, network/rate-limited, or
+   * signaling/closed. While the socket is being reconnected the request waits for it. Idempotent
+   * methods are tried again after a timeout; any method after a 429 (Retry-After + jitter).
+   */
+  async call(method, params = {}, { retries } = {}) {
+    const timeoutRetries = retries ?? (IDEMPOTENT.has(method) ? this.config.rpcRetries : 0);
+    let timeouts = 0;
+    let limited = 0;
+    for (;;) {
+      if (this._closed) throw new LevelChatError("signaling/closed", "the room was left");
+      if (this._connected) await this._connected;
+      try {
+        return await this._request(method, params, false);
+      } catch (err) {
+        if (err.inner?.code === "rate_limited") {
+          const wait = retryAfterMs(err.inner.problem?.retry_after ?? 1);
+          if (limited++ >= this.config.rpcRetries) {
+            throw new LevelChatError("network/rate-limited", `${method}: the node rate-limited it ${limited} time(s)`, { inner: err.inner, retryAfterMs: wait });
+          }
+          await sleep(wait);
+        } else if (err.code === "signaling/rpc-timeout" && timeouts++ < timeoutRetries) {
+          continue;
+        } else if (err.code === "signaling/closed" && IDEMPOTENT.has(method) && !this._closed && this.state === "reconnecting") {
+          continue;
+        } else {
+          throw err;
+        }
+      }
+    }
+  }
+
+  _request(method, params, joining) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1 || (!joining && this.state !== "connected")) {
+      return Promise.reject(new LevelChatError("signaling/closed", `the signaling connection is not open for ${method}`));
+    }
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this._pending.delete(id);
-        reject(new LevelChatError("signaling/rpc-timeout", `${method} got no answer in ${RPC_TIMEOUT_MS} ms`));
-      }, RPC_TIMEOUT_MS);
-      this._pending.set(id, { resolve, reject, timer });
-      this.ws.send(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
+        reject(new LevelChatError("signaling/rpc-timeout", `${method} got no answer in ${this.config.rpcTimeoutMs} ms`));
+      }, this.config.rpcTimeoutMs);
+      this._pending.set(id, { resolve, reject, timer, method });
+      ws.send(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
     });
   }
 
   _onMessage(text) {
     let frame;
-    try { frame = JSON.parse(text); } catch { return; }
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      this.emit("error", new LevelChatError("signaling/protocol", "the node sent a frame that is not JSON"));
+      return;
+    }
     if (frame.method) { this._onNotification(frame.method, frame.params ?? {}); return; }
-    if (frame.id === null && frame.error) {
-      this.emit("error", toError(frame.error));
+    if ((frame.id === null || frame.id === undefined) && frame.error) {
+      const err = fromProblem(frame.error.data);
+      if (this.state !== "connected") {
+        this._refusal = err;
+        for (const pending of this._pending.values()) { clearTimeout(pending.timer); pending.reject(err); }
+        this._pending.clear();
+      } else {
+        this.emit("error", err);
+      }
       return;
     }
     const pending = this._pending.get(frame.id);
     if (!pending) return;
     this._pending.delete(frame.id);
     clearTimeout(pending.timer);
-    if (frame.error) pending.reject(toError(frame.error));
-    else pending.resolve(frame.result);
+    if (!frame.error) {
+      pending.resolve(frame.result);
+    } else if (frame.error.data?.code === "signaling/protocol") {
+      pending.reject(fromProblem(frame.error.data));
+    } else {
+      pending.reject(rpcError(pending.method, frame.error));
+    }
   }
 
   _onNotification(method, params) {
@@ -177,6 +468,19 @@ export class Room extends Emitter {
     this.emit(method, params);
   }
 
+  // -- transports --------------------------------------------------------------------------------
+  _watch(pc, name, restart) {
+    const watch = new TransportWatch(pc, name, {
+      config: this.config,
+      rtcConfig: () => this.rtcConfig,
+      restart,
+      emit: (event, value) => this.emit(event, value),
+      closed: () => this._closed,
+    });
+    this._watches.set(name, watch);
+    return watch;
+  }
+
   async _answer(offer) {
     const pc = this._subscriber();
     const before = new Map(this.remoteTracks);
@@ -184,6 +488,7 @@ export class Room extends Emitter {
     await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await this.call("answer", { sdp: pc.localDescription.sdp });
+    this._watches.get("subscriber")?.negotiated();
     for (const [mid, info] of before) {
       if (!this._lastOffer.has(mid)) {
         this.remoteTracks.delete(mid);
@@ -196,7 +501,7 @@ export class Room extends Emitter {
   _subscriber() {
     if (this.subscriber) return this.subscriber;
     const pc = new RTCPeerConnection(this.rtcConfig);
-    this._restartOnFailure(pc, () => this.call("restart_ice"));
+    this._watch(pc, "subscriber", () => this.call("restart_ice"));
     pc.addEventListener("track", (ev) => {
       const mid = ev.transceiver.mid;
       const info = this._lastOffer?.get(mid);
@@ -223,7 +528,7 @@ export class Room extends Emitter {
   _publisher() {
     if (!this.publisher) {
       this.publisher = new RTCPeerConnection(this.rtcConfig);
-      this._restartOnFailure(this.publisher, () => this._offerPublisher({ iceRestart: true }));
+      this._watch(this.publisher, "publisher", () => this._offerPublisher({ iceRestart: true }));
     }
     return this.publisher;
   }
@@ -278,9 +583,14 @@ export class Room extends Emitter {
   /**
    * Publish every track of ``stream`` (renegotiates when called again with more tracks).
    * ``{simulcast: true}``: video goes out in three layers, rids "q" (1/4 size), "h" (1/2) and "f"
-   * (full), and subscribers choose with ``setLayer``.
+   * (full), and subscribers choose with ``setLayer``. Published again after a fresh join.
    */
   async publish(stream, options = {}) {
+    if (!this._publications.some(([s]) => s === stream)) this._publications.push([stream, options]);
+    return this._publishOnce(stream, options);
+  }
+
+  async _publishOnce(stream, options) {
     await this.dataReady; // one negotiation of the publisher transport at a time
     const pc = this._publisher();
     for (const track of stream.getTracks()) {
@@ -305,26 +615,20 @@ export class Room extends Emitter {
     await pc.setLocalDescription(await pc.createOffer(offerOptions));
     const result = await this.call("publish", { sdp: pc.localDescription.sdp });
     await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    this._watches.get("publisher")?.negotiated();
     return result;
   }
 
   /**
    * Restart ICE on both transports (new credentials; DTLS and media go on): the publisher
    * offers again with ``iceRestart``, the node re-offers the subscriber transport. Done by
-   * itself when a transport's connection state becomes "failed".
+   * itself when a transport fails (then the TURN relay fallback, then transport/ice-failed).
    */
   async restartIce() {
     const jobs = [];
     if (this.publisher) jobs.push(this._offerPublisher({ iceRestart: true }));
     if (this.subscriber) jobs.push(this.call("restart_ice"));
     await Promise.all(jobs);
-  }
-
-  _restartOnFailure(pc, restart) {
-    pc.addEventListener("connectionstatechange", () => {
-      if (pc.connectionState !== "failed" || this._closed) return;
-      restart().catch((err) => this.emit("error", err));
-    });
   }
 
   /**
@@ -356,81 +660,73 @@ export class Room extends Emitter {
   /** Leave the room and release both transports. */
   async leave() {
     if (this._closed) return;
-    try { await this.call("leave"); } catch { /* the socket may already be gone */ }
-    this._teardown();
+    if (this.state === "connected") {
+      try { await this._request("leave", {}, false); } catch { /* the socket may already be gone */ }
+    }
+    this._end("left", 1000);
   }
 
   _teardown() {
     this._closed = true;
+    if (this._heartbeat) clearInterval(this._heartbeat);
+    this._heartbeat = null;
+    for (const w of this._watches.values()) w.close();
     this.publisher?.close();
     this.subscriber?.close();
-    for (const pending of this._pending.values()) {
-      clearTimeout(pending.timer);
-      pending.reject(new LevelChatError("signaling/closed", "the signaling connection closed"));
-    }
-    this._pending.clear();
-    if (this.ws.readyState <= 1) this.ws.close(1000, "left");
+    this._dropSocket(1000, "left");
+    this._setState("disconnected");
   }
-
-  _onClose(ev) {
-    const wasOpen = !this._closed;
-    this._teardown();
-    if (wasOpen) this.emit("disconnected", { reason: ev.reason || "closed", code: ev.code });
-  }
-}
-
-function toError(error) {
-  const problem = error.data ?? null;
-  return new LevelChatError(problem?.code ?? "signaling/rpc-error", problem?.detail ?? error.message, problem);
 }
 
 /**
- * Connect to a node and join the room named in the token.
+ * A client of one node. Options (docs/sdk.md): url, token or tokenProvider, name, data,
+ * iceTransportPolicy, iceServers, rpcTimeoutMs, rpcRetries, heartbeatMs, reconnect,
+ * maxReconnectAttempts, backoffBaseMs, backoffMaxMs, iceTimeoutMs, iceRestarts. Throws
+ * config/invalid (naming the field) or config/missing-api-key.
+ */
+export class LevelChatClient {
+  /** The signaling protocol version sent at join. */
+  static protocolVersion = PROTOCOL_VERSION;
+
+  constructor(options) {
+    this.config = validateOptions(options);
+  }
+
+  /** Connect and join the room named in the token: resolves with the Room. */
+  async connect() {
+    if (typeof globalThis.RTCPeerConnection !== "function" || typeof globalThis.WebSocket !== "function") {
+      throw new LevelChatError("transport/unsupported", "this browser has no RTCPeerConnection (or WebSocket)");
+    }
+    const room = new Room(this.config);
+    let joined;
+    try {
+      joined = await room._establish();
+    } catch (err) {
+      room._teardown();
+      throw err;
+    }
+    room._adopt(joined);
+    for (const p of joined.participants) room.participants.set(p.identity, p);
+    room._setState("connected");
+    room._startHeartbeat();
+    if (this.config.data) {
+      // in the background, so that handlers the caller adds now see the first offer's tracks
+      room.dataReady = room.openData().catch((err) => {
+        room.emit("error", err instanceof LevelChatError ? err : new LevelChatError("data/open-failed", String(err)));
+      });
+    }
+    return room;
+  }
+}
+
+/**
+ * Connect to a node and join the room named in the token (a LevelChatClient in one call).
  * @param {string} url the node's base URL ("http://127.0.0.1:7880")
- * @param {string} token a join token (room:join; room:publish and room:subscribe as needed)
- * @param {{name?: string, data?: boolean, iceTransportPolicy?: "all"|"relay", iceServers?: RTCIceServer[]}} [options]
- *   data: false skips opening the data channels; iceTransportPolicy: "relay" sends media through
- *   TURN only; iceServers: instead of those the node hands out at join (its turn_servers, with
- *   credentials minted for this session)
+ * @param {string | (() => Promise<string>)} token a join token, or a tokenProvider
+ * @param {object} [options] the other LevelChatClient options
  * @returns {Promise<Room>} the joined room (room.participant, room.participants)
  */
 export async function connect(url, token, options = {}) {
-  const policy = options.iceTransportPolicy ?? "all";
-  if (policy !== "all" && policy !== "relay") {
-    throw new LevelChatError("config/invalid", `iceTransportPolicy must be "all" or "relay", not ${JSON.stringify(policy)}`);
-  }
-  if (options.iceServers !== undefined && !Array.isArray(options.iceServers)) {
-    throw new LevelChatError("config/invalid", "iceServers must be an array of RTCIceServer");
-  }
-  const ws = new WebSocket(wsUrl(url, token));
-  const room = new Room(ws);
-  const refused = new Promise((_, reject) => room.on("error", reject));
-  refused.catch(() => {}); // later errors are the "error" event's, not this promise's
-  await Promise.race([
-    new Promise((resolve, reject) => {
-      ws.addEventListener("open", resolve, { once: true });
-      ws.addEventListener("close", (ev) =>
-        reject(new LevelChatError("signaling/connect-failed", `the node refused the connection (${ev.code} ${ev.reason})`)),
-      { once: true });
-    }),
-    refused,
-  ]);
-  let joined;
-  try {
-    joined = await Promise.race([room.call("join", options.name ? { name: options.name } : {}), refused]);
-  } catch (err) {
-    room._teardown(); // a refused join (room/cap-denied, node_revoked, ...) ends the connection
-    throw err;
-  }
-  room.participant = joined.participant;
-  for (const p of joined.participants) room.participants.set(p.identity, p);
-  room.joined = joined;
-  room.rtcConfig = { ...room.rtcConfig, iceServers: options.iceServers ?? joined.ice_servers ?? [], iceTransportPolicy: policy };
-  if (options.data !== false) {
-    // in the background, so that handlers the caller adds now see the first offer's tracks
-    room.dataReady = room.openData().catch((err) => {
-      room.emit("error", err instanceof LevelChatError ? err : new LevelChatError("data/open-failed", String(err)));
-    });
-  }
-  return room;
+  const auth = typeof token === "function" ? { tokenProvider: token } : token === undefined || token === null ? {} : { token };
+  return new LevelChatClient({ ...options, url, ...auth }).connect();
 }
