@@ -180,6 +180,8 @@ export class LevelChatClient {
   readonly config: Readonly<ClientOptions>;
   /** throws config/invalid (err.field names the option) or config/missing-api-key */
   constructor(options: ClientOptions);
+  /** "error": every error of its rooms, those of connect()'s attempts included */
+  on(event: "error", handler: (err: LevelChatError) => void): () => void;
   /** transport/unsupported without WebRTC; the join's refusals as signaling/rpc-error */
   connect(): Promise<Room>;
 }

@@ -682,13 +682,15 @@ export class Room extends Emitter {
  * A client of one node. Options (docs/sdk.md): url, token or tokenProvider, name, data,
  * iceTransportPolicy, iceServers, rpcTimeoutMs, rpcRetries, heartbeatMs, reconnect,
  * maxReconnectAttempts, backoffBaseMs, backoffMaxMs, iceTimeoutMs, iceRestarts. Throws
- * config/invalid (naming the field) or config/missing-api-key.
+ * config/invalid (naming the field) or config/missing-api-key. Event: "error" (every room's
+ * errors, those of connect()'s attempts included).
  */
-export class LevelChatClient {
+export class LevelChatClient extends Emitter {
   /** The signaling protocol version sent at join. */
   static protocolVersion = PROTOCOL_VERSION;
 
   constructor(options) {
+    super();
     this.config = validateOptions(options);
   }
 
@@ -698,6 +700,7 @@ export class LevelChatClient {
       throw new LevelChatError("transport/unsupported", "this browser has no RTCPeerConnection (or WebSocket)");
     }
     const room = new Room(this.config);
+    room.on("error", (err) => this.emit("error", err)); // the attempts' errors, before connect() resolves too
     let joined;
     try {
       joined = await room._establish();

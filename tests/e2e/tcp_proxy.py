@@ -16,6 +16,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._frozen: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         """Listen (again) on the same port (the first start picks a free one)."""
@@ -36,6 +37,12 @@ class TcpProxy:
                 w.transport.abort()
         return len(pairs)
 
+    def freeze(self) -> None:
+        """Stop relaying on the current connections without closing them (a stalled path:
+        nothing arrives, nothing fails); new connections relay as usual."""
+        for a, b in self._pairs:
+            self._frozen.update((a, b))
+
     async def close(self) -> None:
         await self.stop_listening()
         self.cut()
@@ -54,17 +61,19 @@ class TcpProxy:
         self.accepted += 1
         self._pairs.append((writer, up_w))
         for src, dst in ((reader, up_w), (up_r, writer)):
-            task = asyncio.ensure_future(_pump(src, dst))
+            task = asyncio.ensure_future(self._pump(src, dst))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(65536):
-            dst.write(data)
-            await dst.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        dst.transport.abort()
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                while dst in self._frozen:
+                    await asyncio.sleep(0.05)
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._frozen.discard(dst)
+            dst.transport.abort()
