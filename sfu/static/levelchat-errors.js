@@ -72,9 +72,9 @@ export function fromProblem(problem, fallback = "signaling/protocol") {
   if (!problem || typeof problem.code !== "string") {
     return new LevelChatError(fallback, "the node sent an error without a catalogue problem", { problem });
   }
-  return new LevelChatError(problem.code, problem.detail ?? problem.title ?? problem.code, {
-    problem, status: typeof problem.status === "number" ? problem.status : null,
-  });
+  // an SDK code (signaling/protocol from the node) keeps the catalogue's status and retryable
+  const status = problem.code in SDK_CODES ? undefined : typeof problem.status === "number" ? problem.status : null;
+  return new LevelChatError(problem.code, problem.detail ?? problem.title ?? problem.code, { problem, status });
 }
 
 /** A refusal of an RPC: signaling/rpc-error carrying the node's code (retryable as that code is). */
