@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -150,3 +151,40 @@ async def test_cut_signaling_reconnects_resumes_and_refreshes_the_token(node: No
         assert errors == [], errors
     finally:
         await proxy.close()
+
+
+async def test_after_the_grace_period_the_sdk_joins_afresh_and_publishes_again(
+    node_factory: Callable[..., Any], browser: Browser
+) -> None:
+    node: Node = await node_factory(signaling_resume_grace_s=1.0)
+    u = urlsplit(node.url)
+    assert u.hostname is not None and u.port is not None
+    proxy = TcpProxy(u.hostname, u.port)
+    await proxy.start()
+    errors: list[str] = []
+    room = "sdk-rejoin"
+    try:
+        pub = await _page(browser, f"http://127.0.0.1:{proxy.port}", errors)
+        viewer = await _page(browser, node.url, errors)
+        await viewer.evaluate(_JOIN_JS, [room, "viewer", ["room:join", "room:subscribe"], False, None])
+        sid = await pub.evaluate(_JOIN_JS, [room, "pub", ["room:join", "room:publish", "room:subscribe"], True, None])
+        await _wait(viewer, f"async () => (await ({_DECODED_JS})('pub')) > 20", None, "the viewer decodes pub's video")
+        await proxy.stop_listening()
+        proxy.cut()
+        # the grace period ends while the path is down: the node lets pub go
+        await _wait(viewer, "() => window.sdk.events.some(([n]) => n === 'participant_left')", None, "pub left", 10)
+        before = await viewer.evaluate(_DECODED_JS, "pub")
+        await proxy.start()
+        await _wait(pub, "() => window.sdk.events.some(([n]) => n === 'reconnected')", None, "pub back", 15)
+        sdk = await pub.evaluate("() => ({events: window.sdk.events.map(([n, v]) => [n, v]), sid: window.sdk.room.participant.sid,"
+                                 " states: window.sdk.states.map(([s]) => s)})")
+        assert ["reconnected", {"resumed": False}] in sdk["events"], sdk
+        assert sdk["sid"] != sid and sdk["states"] == ["reconnecting", "connected"], sdk
+        # its camera is published again on new transports, and the viewer decodes it
+        await _wait(viewer, f"async () => (await ({_DECODED_JS})('pub')) > {before + 20}", None, "video again", 20)
+        joined = [e[1]["participant"]["sid"] for e in await viewer.evaluate("() => window.sdk.events") if e[0] == "participant_joined"]
+        assert joined == [sid, sdk["sid"]], joined
+        assert errors == [], errors
+    finally:
+        await proxy.close()
+        await node.stop()
