@@ -306,6 +306,7 @@ def setup(app: web.Application, node: Node) -> None:
     app[RTC_NODE_KEY] = node
     sig = Signaling.of(SocketPolicy.of(node.config))
     app[RTC_SIGNALING_KEY] = sig
+    service.resumption.counters = sig.counters  # resumes and detached sessions are signaling metrics
     node.metrics_registry.register(SignalingCollector(sig.counters))
 
     async def on_startup(_app: web.Application) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from levelchat.errors import ApiError
 from sfu.api.jsonrpc import RpcCode, RpcError
+from sfu.counters import ResumeOutcome, SignalingCounters
 
 #: the signaling protocol this node speaks (``protocol`` in join params and result)
 PROTOCOL_VERSION = 1
@@ -87,21 +88,25 @@ def resume_param(params: dict[str, Any]) -> str | None:
 class Resumption(Generic[S]):
     """Resume tokens of the node's joined sessions and the timers of detached ones."""
 
-    def __init__(self, grace_s: float) -> None:
+    def __init__(self, grace_s: float, counters: SignalingCounters | None = None) -> None:
         self.grace_s = grace_s
         self.tokens: dict[str, S] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}  # by resume token: detached sessions
-        self.resumed = 0
-        self.expired = 0
+        self.counters = counters or SignalingCounters()
 
     @property
     def detached(self) -> int:
         return len(self.timers)
 
+    def _count(self, outcome: ResumeOutcome) -> None:
+        self.counters.resumes[outcome] += 1
+        self.counters.detached = len(self.timers)
+
     def close(self) -> None:
         for timer in self.timers.values():
             timer.cancel()
         self.timers.clear()
+        self.counters.detached = 0
 
     def issue(self, session: S) -> str:
         """A new token for a session (an earlier one of it is void)."""
@@ -120,6 +125,7 @@ class Resumption(Generic[S]):
             timer = self.timers.pop(token, None)
             if timer is not None:
                 timer.cancel()
+                self.counters.detached = len(self.timers)
 
     def detach(self, session: S) -> bool:
         """The session's socket was lost: keep it for the grace period (False: it cannot be kept)."""
@@ -129,6 +135,7 @@ class Resumption(Generic[S]):
         session.go_quiet()
         session.detached = True
         self.timers[token] = asyncio.get_running_loop().call_later(self.grace_s, self._expire, session)
+        self._count(ResumeOutcome.DETACHED)
         return True
 
     def _expire(self, session: S) -> None:
@@ -136,7 +143,7 @@ class Resumption(Generic[S]):
         if token is not None:
             self.timers.pop(token, None)
         if session.detached and session.seated():
-            self.expired += 1
+            self._count(ResumeOutcome.EXPIRED)
         session.expire()
 
     def take_over(self, new: S, token: str) -> S:
@@ -144,11 +151,12 @@ class Resumption(Generic[S]):
         same identity and room only, else ``not_found`` (as for an unknown or expired token)."""
         old = self.tokens.get(token)
         if old is None or old is new or not old.seated() or old.identity != new.identity or old.room_id != new.room_id:
+            self._count(ResumeOutcome.REFUSED)
             raise ApiError(
                 "not_found", f"no session of {new.identity!r} in room {new.room_id!r} to resume with this token"
             )
         self.revoke(old)
         if not old.detached:
             old.superseded()
-        self.resumed += 1
+        self._count(ResumeOutcome.RESUMED)
         return old

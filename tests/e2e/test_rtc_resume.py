@@ -14,11 +14,13 @@ import pytest
 
 from sfu.api.rtc import RTC_SERVICE_KEY
 from sfu.api.rtc_resume import PROTOCOL_VERSION, Resumption
+from sfu.counters import ResumeOutcome
 from sfu.node import Node
 from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
 from tests.e2e.tcp_proxy import TcpProxy
 from tests.e2e.test_rtc_signaling import ALL, RpcFailure, RtcClient, receives_from
+from tests.e2e.ws_support import metrics
 
 pytestmark = pytest.mark.timeout(90)
 VIEW = ("room:join", "room:subscribe")
@@ -83,6 +85,8 @@ async def test_cut_socket_keeps_media_and_resume_takes_the_session_over(node: No
         assert [t["sid"] for t in resumed["participant"]["tracks"]] == [t["sid"] for t in pub.published]
         assert resumed["resume"] != joined["resume"]  # a new token each time
         assert _resumption(node).detached == 0
+        m = await metrics(node.url)
+        assert m['levelchat_sfu_signaling_resumes_total{outcome="resumed"}'] == 1, m
         # the session works on the new socket: a mute reaches the viewer
         await pub.call("mute", {"track": pub.published[0]["sid"], "muted": True})
         await wait_for(lambda: viewer.named("track_muted"), 5, "track_muted")
@@ -119,7 +123,11 @@ async def test_after_the_grace_period_the_participant_is_gone(node_factory: Call
         assert viewer.named("participant_left")[0]["reason"] == "left"
         assert "pub" not in node.rooms.rooms[room].participants
         assert node.port.peer_count == peers - 1  # pub's publisher transport released
-        assert _resumption(node).expired == 1
+        assert _resumption(node).counters.resumes[ResumeOutcome.EXPIRED] == 1
+        m = await metrics(node.url)
+        assert m['levelchat_sfu_signaling_resumes_total{outcome="expired"}'] == 1, m
+        assert m['levelchat_sfu_signaling_resumes_total{outcome="detached"}'] == 1, m
+        assert m["levelchat_sfu_signaling_detached"] == 0, m
         with pytest.raises(RpcFailure) as info:
             await _call_with(pub, pub.url, {"resume": joined["resume"]})
         assert info.value.problem["code"] == "not_found"
@@ -148,6 +156,9 @@ async def test_another_identity_or_room_cannot_resume_a_session(node: Node) -> N
                 await _call_with(c, c.url, {"resume": joined["resume"]})
             assert info.value.problem["code"] == "not_found"
         assert node.rooms.rooms[room].participants["pub"].sid == joined["participant"]["sid"]
+        m = await metrics(node.url)
+        assert m['levelchat_sfu_signaling_resumes_total{outcome="refused"}'] == 2, m
+        assert m["levelchat_sfu_signaling_detached"] == 1, m
         # the failed attempts did not use the token up
         resumed = await _call_with(pub, pub.url, {"resume": joined["resume"]})
         assert resumed["participant"]["sid"] == joined["participant"]["sid"]
