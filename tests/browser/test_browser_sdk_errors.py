@@ -128,6 +128,8 @@ async ([room]) => {
   // default retries, each is sent again after the Retry-After and answered
   const strict = await new LevelChatClient({ url: location.origin, token: await tokenFor("three"), data: false,
                                               heartbeatMs: 0, rpcRetries: 0 }).connect();
+  // a quiet second first: the burst opens the node's one-second window for this socket
+  await new Promise((resolve) => setTimeout(resolve, 1200));
   const outcomes = await Promise.allSettled(Array.from({ length: 80 }, () => strict.call("ping")));
   const limited = outcomes.filter((o) => o.status === "rejected").map((o) => o.reason.toJSON());
   await new Promise((resolve) => setTimeout(resolve, 1500));
@@ -147,7 +149,7 @@ async def test_429s_are_waited_out(node_factory: Callable[..., Any], browser: Br
         first = _code(r["events"][0], "network/rate-limited", status=429, retryable=True)
         assert first["retryAfterMs"] >= 1000 and r["waited"] >= first["retryAfterMs"], r
         assert r["limited"] and all(e["code"] == "network/rate-limited" and e["inner"]["code"] == "rate_limited" for e in r["limited"]), r
-        assert r["answered"] >= 40 and r["answered"] + len(r["limited"]) == 80, r
+        assert r["answered"] == 50 and r["answered"] + len(r["limited"]) == 80, r  # signaling_frames_per_s
         assert r["patient"] == 80, r
     finally:
         await node.stop()
@@ -180,7 +182,7 @@ async def test_a_stalled_socket_times_out_and_is_replaced(node: Node, browser: B
         err = await page.evaluate("async () => { try { await window.stalled.room.call('ping'); return null; } catch (e) { return e.toJSON(); } }")
         _code(err, "signaling/rpc-timeout", status=None, retryable=True)
         # a heartbeat: its unanswered ping gives the socket up, a new one resumes the session
-        sid = await page.evaluate(_STALL_JS, ["sdk-stall", "beat", {"heartbeatMs": 500, "rpcTimeoutMs": 1000,
+        sid = await page.evaluate(_STALL_JS, ["sdk-stall", "beat", {"heartbeatMs": 500, "rpcTimeoutMs": 2000,
                                                                      "backoffBaseMs": 50, "backoffMaxMs": 200}])
         proxy.freeze()
         await page.wait_for_function("() => window.stalled.events.length > 0", timeout=15000)
@@ -193,7 +195,7 @@ async def test_a_stalled_socket_times_out_and_is_replaced(node: Node, browser: B
 
 
 _TRANSPORT_JS = """
-async ([room, identity, fault, deadPort]) => {
+async ([room, identity, fault, deadPort, iceTimeoutMs]) => {
 """ + _PRELUDE + """
   const faults = {
     // the node's candidates replaced by one where nothing answers: ICE cannot connect
@@ -209,7 +211,7 @@ async ([room, identity, fault, deadPort]) => {
   };
   const seen = { errors: [], recovery: [] };
   const client = new LevelChatClient({
-    url: location.origin, token: await tokenFor(identity), data: false, iceTimeoutMs: 1500, iceRestarts: 1,
+    url: location.origin, token: await tokenFor(identity), data: false, iceTimeoutMs, iceRestarts: 1,
     iceServers: [{ urls: `turn:127.0.0.1:${deadPort}?transport=udp`, username: "u", credential: "p" }],
   });
   client.on("error", (e) => seen.errors.push(e.toJSON()));
@@ -231,10 +233,11 @@ async ([room, identity, fault, deadPort]) => {
 
 async def test_transport_failures_restart_then_relay_then_give_up(node: Node, browser: Browser) -> None:
     page = await _open(browser, node.url)
-    ice = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "ice", "ice", _free_port()])
+    ice = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "ice", "ice", _free_port(), 1500])
     assert ice["recovery"] == ["publisher:ice-restart", "publisher:relay"], ice
     failed = _code(ice["errors"][-1], "transport/ice-failed", status=None, retryable=True)
     assert "1 ICE restart(s) and the TURN relay fallback" in failed["detail"], failed
-    dtls = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "dtls", "dtls", _free_port()])
+    # no ICE deadline here: the browser's own "failed" (DTLS's) is what is waited for
+    dtls = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "dtls", "dtls", _free_port(), 0])
     _code(dtls["errors"][-1], "transport/dtls-failed", status=None, retryable=True)
     assert dtls["recovery"] == [], dtls  # an ICE restart cannot mend DTLS
