@@ -378,11 +378,13 @@ def compare(targets: list[Target], work: Workload, mode: str = "both",
 def default_targets(names: list[str]) -> list[Target]:
     """Targets by name: ``node`` (the SFU node), ``c``, ``baseline`` (mmsg), ``baseline_plain``,
     ``node_sysmalloc`` (the node with ``PYTHONMALLOC=malloc``), ``node_dualstack`` (the node's
-    media socket dual-stack on ``::``, the bench's IPv4 traffic arriving v4-mapped)."""
+    media socket dual-stack on ``::``, the bench's IPv4 traffic arriving v4-mapped), ``node_recorded``
+    (the node with the room recorded: what recording costs the forwarding process)."""
     known: dict[str, Target] = {NODE: NodeTarget(), "c": CTarget(), "baseline": BaselineTarget("mmsg"),
                                 "baseline_plain": BaselineTarget("plain"),
                                 "node_sysmalloc": NodeTarget(name="node_sysmalloc", env={"PYTHONMALLOC": "malloc"}),
-                                "node_dualstack": NodeTarget(name="node_dualstack", env=DUAL_STACK_ENV)}
+                                "node_dualstack": NodeTarget(name="node_dualstack", env=DUAL_STACK_ENV),
+                                "node_recorded": NodeTarget(name="node_recorded", record=True)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)}")

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from sfu.counters import MediaCounters
+from sfu.recording.tap import TapBuffer
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, ParticipantKind, PublisherSink
 from sfu.routing.track import PublishedTrack, TrackCodec
@@ -72,7 +73,7 @@ def make_packets(count: int, size: int, ssrc: int, master: bytes) -> list[bytes]
     return out
 
 
-def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
+def run(fanout: int, packets: int, batch: int, size: int, record: bool = False) -> dict[str, Any]:
     loop = asyncio.new_event_loop()
     counters = MediaCounters()
     port = MediaPort(HOST, 0, counters)
@@ -98,6 +99,9 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
         counters=counters, request_keyframe=lambda _ssrc: None,
     )
     participant.tracks[ssrc] = track
+    taps = TapBuffer() if record else None
+    if taps is not None:  # the track is recorded: its tap fills the recording's buffer
+        track.tap = taps.make_tap(0)
     pub.sink = PublisherSink(participant, counters)
     sinks = []
     for i in range(fanout):
@@ -123,6 +127,8 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
             for d in data[start : start + batch]:
                 sendto(d, to)
             reader()
+            if taps is not None:  # what the flusher does every 20 ms: hand the buffer over
+                taps.take()
         return time.process_time() - t0
 
     # the one call of C ``functools_reduce`` brackets the forwarding: callgrind can count only it
@@ -134,6 +140,7 @@ def run(fanout: int, packets: int, batch: int, size: int) -> dict[str, Any]:
         "rtp_in": sum(counters.rtp_in),
         "rtp_out": sum(counters.rtp_out),
         "drops": {k: v for k, v in counters.drop_counts().items() if v},
+        "recorded": record,
         "cpu_s": round(cpu, 4),
         "us_per_out": round(cpu * 1e6 / max(1, sum(counters.rtp_out)), 3),
     }
@@ -150,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=1200)
+    ap.add_argument("--record", action="store_true", help="the track is recorded (its tap fills a recording's buffer)")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.fanout, args.packets, args.batch, args.size)))
+    print(json.dumps(run(args.fanout, args.packets, args.batch, args.size, args.record)))
     return 0
 
 

@@ -35,7 +35,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 
-.venv/bin/python -m ruff check levelchat sfu control bench tests
+.venv/bin/python -m ruff check levelchat sfu control bench tests examples
 .venv/bin/python -m mypy
 # dependency floors: the unit tests again on the lowest versions pyproject.toml allows (a separate
 # .venv-lowest, about 2 minutes); only for a whole run (no pytest arguments)

@@ -19,6 +19,7 @@ from sfu.counters import (
     WsClose,
     WsDrop,
 )
+from sfu.loopstats import GcPauses, Histogram, LoopLagProbe
 from sfu.packet.nack import GiveUp, NackAttempt
 from sfu.routing.data import DataCounters, DataDrop, DataKind
 from sfu.transport.sctp.association import SctpDrop, SctpStats
@@ -179,3 +180,27 @@ class SignalingCollector(Collector):
         d = GaugeMetricFamily(PREFIX + "sfu_signaling_detached", "signaling sessions waiting for a resume")
         d.add_metric([], c.detached)
         yield d
+
+
+class LoopCollector(Collector):
+    """The forwarding loop's stalls (``sfu_loop_lag_seconds``: how late a 5 ms timer ran) and the
+    garbage collector's pauses by generation (``sfu_gc_pause_seconds``), both histograms."""
+
+    def __init__(self, probe: LoopLagProbe, gc_pauses: GcPauses) -> None:
+        self._probe = probe
+        self._gc = gc_pauses
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        lag = HistogramMetricFamily(PREFIX + "sfu_loop_lag_seconds", "how late the event loop ran a 5 ms timer")
+        _add(lag, [], self._probe.lag)
+        yield lag
+        pauses = HistogramMetricFamily(
+            PREFIX + "sfu_gc_pause_seconds", "garbage collector pauses", labels=["generation"]
+        )
+        for generation, h in enumerate(self._gc.pauses):
+            _add(pauses, [str(generation)], h)
+        yield pauses
+
+
+def _add(family: HistogramMetricFamily, labels: list[str], h: Histogram) -> None:
+    family.add_metric(labels, h.cumulative(), sum_value=h.sum_s)

@@ -308,6 +308,7 @@ def setup(app: web.Application, node: Node) -> None:
     app[RTC_SIGNALING_KEY] = sig
     service.resumption.counters = sig.counters  # resumes and detached sessions are signaling metrics
     node.metrics_registry.register(SignalingCollector(sig.counters))
+    node.recordings.room_notifiers.append(service.tell_room)  # a recording's status
 
     async def on_startup(_app: web.Application) -> None:
         service.start()

@@ -549,6 +549,11 @@ class RtcService:
     def sessions_in(self, room_id: str) -> list[RtcSession]:
         return [s for s in self.by_sid.values() if s.room_id == room_id and not s.ended]
 
+    def tell_room(self, room_id: str, method: str, params: dict[str, Any]) -> None:
+        """A notification to every WebSocket participant of the room (a recording's status)."""
+        for s in self.sessions_in(room_id):
+            s.notify(method, params)
+
     def resync_room(self, room: Room) -> None:
         for s in self.sessions_in(room.id):
             s.schedule_sync()

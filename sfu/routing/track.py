@@ -24,7 +24,7 @@ from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
-from sfu.routing.stats import ReceiveStats
+from sfu.routing.stats import RateMeter, ReceiveStats
 from sfu.transport.udp import SEND_LANE_DEPTH
 
 if TYPE_CHECKING:
@@ -148,6 +148,9 @@ class PublishedTrack:
         self.ext_ids = dict(ext_ids or {})  # uri -> id in the publisher's packets
         self.downtracks: list[DownTrack] = []
         self.stats = ReceiveStats(self.codec.clock_rate)
+        #: RTP octets received (headers included), for the participants API's bitrate
+        self.octets_in = 0
+        self.rate = RateMeter()
         self.rtx_cache = RtxCache() if self.is_video else None
         #: upstream loss recovery, for video that negotiated ``nack``: holes in what the publisher
         #: sends are NACKed to it (``send_nack(media_ssrc, seqs)``), its retransmissions (RTX,
@@ -177,6 +180,9 @@ class PublishedTrack:
         self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
+        #: (view, length, now_ms) -> None: a recording's copy of every packet, retransmissions
+        #: that fill holes included (sfu.recording.manager); None for a track not recorded
+        self.tap: Callable[[memoryview, int, int], None] | None = None
         # -- the fan-out group (see ``fast_form``) --
         #: the incoming sequence number the group forwards next; -1: no group
         self._fast_next = -1
@@ -221,6 +227,7 @@ class PublishedTrack:
             shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
         else:
             shape = _SHAPE_OTHER
+        self.octets_in += length
         stats = self.stats  # ReceiveStats.update, inlined
         stats.packets += 1
         if (seq - stats.max_seq) & 0xFFFF == 1 and stats.started:  # in order
@@ -240,6 +247,9 @@ class PublishedTrack:
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
+        tap = self.tap
+        if tap is not None:
+            tap(view, length, now_ms)
         src = view if cbuf is None else cbuf
         order = _NEWEST
         nack = self.nack
@@ -521,13 +531,22 @@ class PublishedTrack:
             dt.switch_now(self, now_ms)
 
     # -- control ---------------------------------------------------------------------------------
-    def request_keyframe(self, now_ms: int) -> bool:
+    def request_keyframe(self, now_ms: int, *, wait: bool = True) -> bool:
         """Ask the publisher for a keyframe (PLI), at most once per interval.
 
         Before a layer's SSRC is known the request is owed: ``on_rtp`` sends it with the layer's
-        first packets."""
+        first packets.  ``wait=False`` (a recording, which finds keyframes itself): no downtrack
+        waits, so ``on_rtp`` does not look for the keyframe, and a throttled request is dropped
+        (the asker asks again)."""
         if not self.is_video:
             return False
+        if not wait:
+            if self.ssrc < 0 or now_ms - self._last_keyframe_request_ms < KEYFRAME_REQUEST_INTERVAL_MS:
+                return False
+            self._last_keyframe_request_ms = now_ms
+            self._counters.keyframe_requests += 1
+            self._request_keyframe_cb(self.ssrc)
+            return True
         self.keyframe_pending = True
         if self.ssrc < 0:
             self._keyframe_deferred = True
@@ -583,6 +602,7 @@ class PublishedTrack:
         self.group = None
         self.rtx_cache = None
         self.level_meter = None
+        self.tap = None
         self.keyframe_pending = False
         self._request_keyframe_cb = _no_keyframe_request
         self._send_nack = None

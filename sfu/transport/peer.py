@@ -30,6 +30,7 @@ from sfu import clock
 from sfu.counters import Direction, DropReason, MediaCounters
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
+from sfu.transport.dtls_pool import HandshakePool, OffloadedHandshake
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing
 from sfu.transport.ports import Address
@@ -120,6 +121,7 @@ class PeerTransport:
         now_ms: int,
         loop: asyncio.AbstractEventLoop,
         setup_timeout_ms: int = SETUP_TIMEOUT_MS,
+        handshakes: HandshakePool | None = None,
     ) -> None:
         self._port = port
         self.setup_timeout_ms = setup_timeout_ms
@@ -172,6 +174,12 @@ class PeerTransport:
             remote_fingerprints=remote_fingerprints,
             srtp_profiles=srtp_profiles,
             send=self._send_dtls,
+        )
+        #: handshake steps in the pool's threads, not on this loop (None: on the loop)
+        self._offload = (
+            OffloadedHandshake(self.dtls, handshakes, loop, self._send_dtls, self._after_dtls)
+            if handshakes is not None
+            else None
         )
         self._timer: asyncio.TimerHandle | None = None
         self._on_app_data: Callable[[bytes], None] | None = None
@@ -247,10 +255,19 @@ class PeerTransport:
     def on_dtls(self, data: bytes, now_ms: int) -> None:
         if self.state is TransportState.CLOSED:
             return
+        offload = self._offload
+        if offload is not None and (offload.busy or self.state is not TransportState.CONNECTED):
+            offload.feed(data, now_ms)  # -> _after_dtls, on this loop, when the pool is done
+            return
         refused = sum(self.dtls.drops.values())
         app = self.dtls.feed(data, now_ms)
-        if sum(self.dtls.drops.values()) != refused:
-            self._counters.drops[DropReason.DTLS_REJECTED] += 1
+        self._after_dtls(app, sum(self.dtls.drops.values()) - refused, now_ms)
+
+    def _after_dtls(self, app: list[bytes], refused: int, now_ms: int) -> None:
+        if self.state is TransportState.CLOSED:
+            return
+        if refused:
+            self._counters.drops[DropReason.DTLS_REJECTED] += refused
         if self.dtls.state is DtlsState.CONNECTED and self.state is not TransportState.CONNECTED:
             self._on_dtls_connected(now_ms)
         elif self.dtls.state is DtlsState.FAILED:
@@ -502,13 +519,16 @@ class PeerTransport:
             return
         self.state = TransportState.CLOSED
         self._cancel_timer()
-        if send_alert:
+        if self._offload is not None:  # now, or when a running handshake step comes back
+            self._offload.close(send_alert)
+        elif send_alert:
             try:
                 self.dtls.close()
             except Exception:  # never let a teardown path raise
                 log.debug("DTLS close failed", exc_info=True)
         self._port.remove_peer(self)
-        self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
+        if self._offload is None:
+            self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
         self._on_app_data = None
         self.rx = None
         self.tx = None
@@ -534,7 +554,11 @@ class PeerTransport:
         self._timer = None
         if self.state is TransportState.CLOSED or self.state is TransportState.CONNECTED:
             return
-        self.dtls.handle_timeout(clock.now_ms())
+        if self._offload is not None:
+            if not self._offload.handle_timeout(clock.now_ms()):
+                return  # a handshake step is running: its result re-arms the timer
+        else:
+            self.dtls.handle_timeout(clock.now_ms())
         if self.dtls.state is DtlsState.FAILED:
             self.close(CloseReason.DTLS_FAILED)
         else:

@@ -414,6 +414,22 @@ def test_keyframe_requests_are_throttled(times: list[int], sent: list[bool]) -> 
     assert len(requests.ssrcs) == sent.count(True) == counters.keyframe_requests
 
 
+def test_a_request_nobody_waits_on_is_not_owed_and_marks_nothing() -> None:
+    """``wait=False`` (a recording): throttled like the others, not deferred, and ``on_rtp`` is
+    set looking for the keyframe by it (a video track looks only until its first keyframe, for its
+    picture size: no per-packet check for a stream that never sends one after that)."""
+    counters = MediaCounters()
+    requests = KeyframeRequests()
+    track = video_track(counters, requests)
+    track.keyframe_pending = False  # its first keyframe came
+    assert track.request_keyframe(T0, wait=False) is True
+    assert track.request_keyframe(T0 + 100, wait=False) is False  # throttled, and not owed
+    assert not track.keyframe_pending and not track._keyframe_deferred
+    assert track.request_keyframe(T0 + KEYFRAME_REQUEST_INTERVAL_MS, wait=False) is True
+    assert requests.ssrcs == [PUB_SSRC, PUB_SSRC] and counters.keyframe_requests == 2
+    assert audio_track(counters).request_keyframe(T0, wait=False) is False
+
+
 def test_audio_never_requests_keyframes() -> None:
     counters = MediaCounters()
     track = audio_track(counters)
