@@ -10,10 +10,15 @@ function hasTurn(iceServers) {
   return (iceServers ?? []).some((s) => [].concat(s.urls ?? []).some((u) => /^turns?:/.test(u)));
 }
 
-function dtlsFailed(pc) {
+function dtlsTransports(pc) {
   const transports = [...pc.getSenders(), ...pc.getReceivers()].map((x) => x.transport).filter(Boolean);
   if (pc.sctp?.transport) transports.push(pc.sctp.transport);
-  return transports.some((t) => t.state === "failed");
+  return transports;
+}
+
+/** Failed with ICE up (or a DTLS transport that says so): the DTLS handshake's fault. */
+function dtlsFailed(pc) {
+  return dtlsTransports(pc).some((t) => t.state === "failed") || ["connected", "completed"].includes(pc.iceConnectionState);
 }
 
 export class TransportWatch {
@@ -33,6 +38,7 @@ export class TransportWatch {
     this.gaveUp = false;
     this.timer = null;
     this.busy = false;
+    this.watched = new WeakSet(); // DTLS transports listened to
     pc.addEventListener("connectionstatechange", () => {
       if (pc.connectionState === "connected") {
         this.restarts = 0;
@@ -46,6 +52,11 @@ export class TransportWatch {
 
   /** A negotiation completed: the transport must be connected within iceTimeoutMs. */
   negotiated() {
+    for (const t of dtlsTransports(this.pc)) {
+      if (this.watched.has(t)) continue;
+      this.watched.add(t);
+      t.addEventListener("statechange", () => { if (t.state === "failed") this.failed("dtls"); });
+    }
     const ms = this.room.config.iceTimeoutMs;
     if (!ms || this.pc.connectionState === "connected") return;
     this._clear();

@@ -237,9 +237,11 @@ async def test_transport_failures_restart_then_relay_then_give_up(node: Node, br
     page = await _open(browser, node.url)
     ice = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "ice", "ice", _free_port(), 1500])
     assert ice["recovery"] == ["publisher:ice-restart", "publisher:relay"], ice
+    assert ice["errors"], ice
     failed = _code(ice["errors"][-1], "transport/ice-failed", status=None, retryable=True)
     assert "1 ICE restart(s) and the TURN relay fallback" in failed["detail"], failed
     # no ICE deadline here: the browser's own "failed" (DTLS's) is what is waited for
     dtls = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "dtls", "dtls", _free_port(), 0])
+    assert dtls["errors"], dtls
     _code(dtls["errors"][-1], "transport/dtls-failed", status=None, retryable=True)
     assert dtls["recovery"] == [], dtls  # an ICE restart cannot mend DTLS
