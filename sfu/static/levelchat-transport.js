@@ -56,6 +56,7 @@ export class TransportWatch {
       if (this.watched.has(t)) continue;
       this.watched.add(t);
       t.addEventListener("statechange", () => { if (t.state === "failed") this.failed("dtls"); });
+      if (t.state === "failed") this.failed("dtls");
     }
     const ms = this.room.config.iceTimeoutMs;
     if (!ms || this.pc.connectionState === "connected") return;
