@@ -108,6 +108,10 @@ class NodeConfig(HttpConfig, WebhookConfig):
     signaling_heartbeat_s: float = 20.0
     signaling_frames_per_s: int = 50
     signaling_send_queue_bytes: int = 1_048_576
+    #: a signaling participant whose socket was lost (no close frame, or a close other than 1000/1001)
+    #: keeps its seat, tracks and media transports this long for a ``join`` with its ``resume``
+    #: token; 0 frees the seat at once
+    signaling_resume_grace_s: float = 15.0
     log_json: bool = False
     log_level: str = "INFO"
     #: forwarding worker processes: an integer >= 1, or "auto" (one per core); with more than one,
@@ -223,6 +227,8 @@ class NodeConfig(HttpConfig, WebhookConfig):
         for name in ("signaling_join_timeout_s", "signaling_heartbeat_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be positive (at most 3600)")
+        if not 0 <= self.signaling_resume_grace_s <= 600:
+            raise ConfigError(f"signaling_resume_grace_s: {self.signaling_resume_grace_s} must be between 0 and 600")
         if self.signaling_frames_per_s < 1:
             raise ConfigError(f"signaling_frames_per_s: {self.signaling_frames_per_s} must be at least 1")
         if not 4096 <= self.signaling_send_queue_bytes <= 1 << 30:

@@ -156,16 +156,27 @@ class WsClose(enum.IntEnum):
     NO_PONG = 4  # the heartbeat's ping went unanswered
 
 
+class ResumeOutcome(enum.IntEnum):
+    """What happened to a signaling session kept for a resume (``name.lower()`` is the metric label)."""
+
+    DETACHED = 0  # its socket was lost: seat, tracks and media kept for the grace period
+    RESUMED = 1  # a new socket took it over (``join {resume}``)
+    EXPIRED = 2  # the grace period ended: it left the room
+    REFUSED = 3  # a resume token that names no session of that identity and room
+
+
 class SignalingCounters:
     """Node-wide signaling WebSocket counters (plain ints)."""
 
-    __slots__ = ("frames_in", "dropped", "closed", "sockets")
+    __slots__ = ("frames_in", "dropped", "closed", "sockets", "resumes", "detached")
 
     def __init__(self) -> None:
         self.frames_in = 0
         self.dropped = [0] * len(WsDrop)
         self.closed = [0] * len(WsClose)
         self.sockets = 0  # open now
+        self.resumes = [0] * len(ResumeOutcome)
+        self.detached = 0  # sessions waiting for a resume now
 
 
 class SwitchDirection(enum.IntEnum):

@@ -15,6 +15,7 @@ from sfu.counters import (
     DropReason,
     MediaCounters,
     RecoveredVia,
+    ResumeOutcome,
     SignalingCounters,
     SwitchDirection,
     SwitchReason,
@@ -219,6 +220,13 @@ class SignalingCollector(Collector):
         yield CounterMetricFamily(PREFIX + "sfu_signaling_frames_received", "signaling frames received", value=c.frames_in)
         yield _by_member("sfu_signaling_frames_dropped", "signaling frames not handled", "reason", WsDrop, c.dropped)
         yield _by_member("sfu_signaling_sockets_closed", "signaling WebSockets the node closed", "reason", WsClose, c.closed)
+        yield _by_member(
+            "sfu_signaling_resumes", "signaling sessions kept for a resume, and what became of them", "outcome",
+            ResumeOutcome, c.resumes,
+        )
+        d = GaugeMetricFamily(PREFIX + "sfu_signaling_detached", "signaling sessions waiting for a resume")
+        d.add_metric([], c.detached)
+        yield d
 
 
 class LoopCollector(Collector):

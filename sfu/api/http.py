@@ -45,7 +45,13 @@ RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc", "/v1/recording
 WHIP_SCOPES = ("room:join", "room:publish")
 WHEP_SCOPES = ("room:join", "room:subscribe")
 #: the browser SDK, always served; the demo pages, served with ``demo_page`` (dev mode's default)
-SDK_FILES = frozenset({"levelchat.js", "whip.js", "stats.js"})
+SDK_FILES = frozenset({
+    "levelchat.js", "levelchat-signaling.js", "levelchat-errors.js", "levelchat-config.js", "levelchat-data.js",
+    "levelchat-transport.js",
+    "levelchat.d.ts", "whip.js", "stats.js",
+})
+#: content types mimetypes would get wrong (``.ts`` is MPEG transport stream to it)
+STATIC_TYPES = {".d.ts": "application/typescript; charset=utf-8"}
 DEMO_FILES = frozenset({"index.html", "room.html", "app.js", "devtoken.js"})
 STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 STATIC_FILES_KEY = web.AppKey("static_files", frozenset)
@@ -367,6 +373,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 def _static_file(path: Path) -> web.StreamResponse:
     if not path.is_file():
         raise ApiError("not_found", f"no file {path.name}")
+    for suffix, content_type in STATIC_TYPES.items():
+        if path.name.endswith(suffix):
+            return web.FileResponse(path, headers={"Content-Type": content_type})
     return web.FileResponse(path)
 
 

@@ -145,12 +145,14 @@ async def _serve(
     finally:
         timer.cancel()
         reader.cancel()
-        participant = session.participant
-        if participant is not None and not participant.closed:
-            node.router.leave(participant, CloseReason.LEFT, clock.now_ms())
-        service.forget(session)
-        session.ended = True
-        session.methods.clear()  # its bound methods refer back to it: no cycle outlives the socket
+        clean = reader.done() and not reader.cancelled() and reader.result()
+        if overflow.done() or clean or not service.resumption.detach(session):
+            participant = session.participant
+            if participant is not None and not participant.closed:
+                node.router.leave(participant, CloseReason.LEFT, clock.now_ms())
+            service.forget(session)
+            session.ended = True
+            session.methods.clear()  # its bound methods refer back to it: no cycle outlives the socket
         if overflow.done():
             sig.counters.closed[WsClose.SEND_QUEUE_FULL] += 1
             log.warning("rtc %s: closed: the client left more than %d bytes unread", who.identity, outbox.limit)
@@ -220,18 +222,25 @@ def _count_error(counters: SignalingCounters, exc: object) -> None:
         counters.closed[WsClose.NO_PONG] += 1
 
 
-async def _read(ws: web.WebSocketResponse, session: RtcSession, outbox: Outbox, sig: Signaling) -> None:
+#: close codes from the client that mean it is gone for good (others, or no close frame at all,
+#: leave the session to be resumed: sfu.api.rtc_resume)
+LEAVING_CLOSE_CODES = frozenset({WSCloseCode.OK, WSCloseCode.GOING_AWAY})
+
+
+async def _read(ws: web.WebSocketResponse, session: RtcSession, outbox: Outbox, sig: Signaling) -> bool:
+    """Read frames until the socket ends: True when the client closed it with 1000 or 1001."""
     limit = sig.policy.frames_per_s
     rate = FrameRate(limit)
     budget = LogBudget()
     counters = sig.counters
-    async for msg in ws:
+    while True:
+        msg = await ws.receive()
         if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
             if msg.type is WSMsgType.ERROR:
                 _count_error(counters, msg.data)
-            break
+            return msg.type is WSMsgType.CLOSE and msg.data in LEAVING_CLOSE_CODES
         if session.ended:
-            break
+            return False
         counters.frames_in += 1
         n = rate.count()
         if n > limit:
@@ -297,6 +306,7 @@ def setup(app: web.Application, node: Node) -> None:
     app[RTC_NODE_KEY] = node
     sig = Signaling.of(SocketPolicy.of(node.config))
     app[RTC_SIGNALING_KEY] = sig
+    service.resumption.counters = sig.counters  # resumes and detached sessions are signaling metrics
     node.metrics_registry.register(SignalingCollector(sig.counters))
     node.recordings.room_notifiers.append(service.tell_room)  # a recording's status
 

@@ -30,6 +30,7 @@ from sfu.api.rtc_ice import (
 )
 from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
+from sfu.api.rtc_resume import CLOSE_RESUMED, PROTOCOL_VERSION, Resumption, check_protocol, resume_param
 from sfu.api.rtc_timeouts import OfferWatch, check_offer
 from sfu.api.sessions import publish_track_specs
 from sfu.routing.downtrack import DownTrack
@@ -90,6 +91,14 @@ def _spec_key(mid: str, ssrc: int, rid: str | None) -> tuple[str, int | str]:
     return (mid, rid) if rid is not None else (mid, ssrc)
 
 
+def _drop(_frame: bytes) -> None:
+    pass
+
+
+def _no_close(_code: int, _reason: str) -> None:
+    pass
+
+
 @dataclass
 class Link:
     """How a session reaches its client."""
@@ -110,6 +119,9 @@ class RtcSession:
         self.negotiator: SubscriberNegotiator | None = None
         self.downtracks: dict[str, DownTrack] = {}  # by track sid
         self.ended = False
+        #: its socket was lost and it waits for a resume (sfu.api.rtc_resume)
+        self.detached = False
+        self.resume_token: str | None = None
         self._sync_scheduled = False
         #: the outstanding subscriber offer's notification, and when it was sent (sfu.api.rtc_timeouts)
         self.last_offer: dict[str, Any] | None = None
@@ -144,6 +156,37 @@ class RtcSession:
             self.ended = True
             self.link.close(code, reason)
 
+    # -- resuming (sfu.api.rtc_resume) ---------------------------------------------------------------
+    def seated(self) -> bool:
+        return self.participant is not None and not self.participant.closed
+
+    def go_quiet(self) -> None:
+        self.link = Link(send=_drop, close=_no_close)
+        self.ended = True  # nothing is sent to it, no offer is made, no offer timeout runs
+
+    def expire(self) -> None:
+        if self.detached and self.participant is not None and not self.participant.closed:
+            self.service.node.router.leave(self.participant, CloseReason.LEFT, clock.now_ms())
+        self.service.forget(self)
+        self.methods.clear()
+
+    def superseded(self) -> None:
+        self.notify("disconnected", {"reason": CLOSE_RESUMED, "detail": "a new socket resumed this session"})
+        self.end(CLOSE_ENDED, CLOSE_RESUMED)
+
+    def _adopt(self, old: RtcSession) -> None:
+        """Take the seat, transports and negotiation state of ``old`` (whose socket is gone or going)."""
+        self.participant, self.room = old.participant, old.room
+        self.negotiator, self.downtracks = old.negotiator, old.downtracks
+        self.last_offer, self.offer_watch = old.last_offer, old.offer_watch
+        self.ice_restart, self.restart_in_offer = old.ice_restart, old.restart_in_offer
+        old.participant = old.room = old.negotiator = None  # the end of its socket no longer frees the seat
+        old.downtracks = {}
+        old.ended, old.detached = True, False
+        old.methods.clear()
+        if self.participant is not None:
+            self.service.by_sid[self.participant.sid] = self
+
     def _joined(self) -> tuple[Room, Participant]:
         if self.participant is None or self.room is None:
             raise RpcError(RpcCode.REFUSED, ApiError("bad_request", "call join first"))
@@ -155,6 +198,10 @@ class RtcSession:
     async def join(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.participant is not None:
             raise RpcError(RpcCode.REFUSED, ApiError("conflict", "this session already joined"))
+        check_protocol(params)
+        token = resume_param(params)
+        if token is not None:
+            return self._resume(token)
         name = params.get("name", self.claims.name)
         if name is not None and (not isinstance(name, str) or len(name) > 128):
             raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.name must be a string of at most 128 characters"))
@@ -187,15 +234,35 @@ class RtcSession:
                 CodecPolicy.parse(room.policy.codecs), cname=f"levelchat-{self.identity}"
             )
             self.schedule_sync()
+        return self._join_result(room, participant, resumed=False)
+
+    def _resume(self, token: str) -> dict[str, Any]:
+        """Take over the session the token names (same identity and room): its seat, tracks and
+        transports; an offer left unanswered when its socket was lost is sent again."""
+        self._adopt(self.service.resumption.take_over(self, token))
+        room, participant = self._joined()
+        if self.negotiator is not None and self.negotiator.pending is not None and self.last_offer is not None:
+            self.notify("offer", self.last_offer)
+            self.offer_watch.sent(clock.now_ms())
+        else:
+            self.schedule_sync()  # what changed while it was away
+        return self._join_result(room, participant, resumed=True)
+
+    def _join_result(self, room: Room, participant: Participant, *, resumed: bool) -> dict[str, Any]:
         others = [p for p in room.participants.values() if p is not participant]
         return {
             "room": {"name": room.id, "sid": room.sid, "max_participants": room.policy.max_participants},
             "participant": _participant_view(participant),
             "participants": [_participant_view(p) for p in others],
-            "can_publish": "room:publish" in self.claims.scopes,
-            "can_subscribe": self.subscribes,
+            "can_publish": participant.permissions.can_publish,
+            "can_subscribe": participant.permissions.can_subscribe,
             # the TURN servers, with a credential minted for this session (RTCIceServer shape)
-            "ice_servers": [s.to_json() for s in node.ice_servers(self.identity)],
+            "ice_servers": [s.to_json() for s in self.service.node.ice_servers(self.identity)],
+            "protocol": PROTOCOL_VERSION,
+            # give it to `join` on a new socket to take this session over (sfu.api.rtc_resume)
+            "resume": self.service.resumption.issue(self),
+            "resume_grace_s": self.service.resumption.grace_s,
+            "resumed": resumed,
         }
 
     async def publish(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -426,6 +493,7 @@ class RtcService:
         self._told_draining = ""
         self._task: asyncio.Task[None] | None = None
         self.data = DataService(node)
+        self.resumption: Resumption[RtcSession] = Resumption(node.config.signaling_resume_grace_s)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -434,6 +502,7 @@ class RtcService:
         self._task = asyncio.get_running_loop().create_task(self._periodic())
 
     async def stop(self) -> None:
+        self.resumption.close()
         if self.on_event in self.node.router.observers:
             self.node.router.observers.remove(self.on_event)
         if self.data.on_event in self.node.router.observers:
@@ -494,6 +563,7 @@ class RtcService:
             s.schedule_sync()
 
     def forget(self, session: RtcSession) -> None:
+        self.resumption.revoke(session)
         p = session.participant
         if p is not None and self.by_sid.get(p.sid) is session:
             del self.by_sid[p.sid]

@@ -35,6 +35,7 @@ class SocketPolicy:
     heartbeat_s: float = 20.0
     frames_per_s: int = 50
     send_queue_bytes: int = 1_048_576
+    resume_grace_s: float = 15.0
 
     @classmethod
     def of(cls, config: NodeConfig) -> SocketPolicy:
@@ -43,6 +44,7 @@ class SocketPolicy:
             heartbeat_s=config.signaling_heartbeat_s,
             frames_per_s=config.signaling_frames_per_s,
             send_queue_bytes=config.signaling_send_queue_bytes,
+            resume_grace_s=config.signaling_resume_grace_s,
         )
 
 

@@ -1,62 +1,35 @@
-// LevelChat SDK: multi-party rooms over the node's signaling WebSocket (docs/signaling.md).
+// LevelChat SDK: multi-party rooms over the node's signaling WebSocket (docs/signaling.md,
+// docs/sdk.md; TypeScript declarations in levelchat.d.ts).
 //
-//   import { connect } from "/static/levelchat.js";
-//   const room = await connect("http://127.0.0.1:7880", token);
+//   import { LevelChatClient, getLocalMedia } from "/static/levelchat.js";
+//   const client = new LevelChatClient({ url: "http://127.0.0.1:7880", tokenProvider: fetchToken });
+//   const room = await client.connect();
 //   room.on("track", ({ participant, kind, stream }) => ...);
-//   await room.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
+//   room.on("state", ({ state }) => ...);   // "connected" | "reconnecting" | "disconnected"
+//   await room.publish(await getLocalMedia({ audio: true, video: true }));
 //
 // ES module, no build step. Two RTCPeerConnections: the publisher (this page offers) and the
 // subscriber (the node offers whenever the set of tracks to receive changes; answered here).
 // The publisher is opened at join with two data channels, "_reliable" (ordered) and "_lossy"
 // (unordered, no retransmission): room.sendData(...) and the "data" event use them.
+//
+// Recovery: a lost signaling socket is reopened with backoff and jitter and the session resumed
+// (`join {resume}`: the node keeps the seat and the media for its grace period), or joined afresh
+// (transports rebuilt, tracks republished) when the grace period is over; an expired token is
+// replaced through `tokenProvider`; 429s are waited out (Retry-After + jitter); failed media
+// transports restart ICE, then fall back to the TURN relay (levelchat-transport.js).
 
-/** An error with a catalogue code (shared/error-reference.txt), e.g. "room/cap-denied". */
-export class LevelChatError extends Error {
-  constructor(code, message, problem = null) {
-    super(message);
-    this.name = "LevelChatError";
-    this.code = code;
-    this.problem = problem;
-  }
-}
+import { DEFAULTS, validateOptions } from "./levelchat-config.js";
+import { LevelChatError, getLocalMedia, mediaError } from "./levelchat-errors.js";
+import { concatBytes, fromUtf8, outgoingHeader, parseIncoming, utf8 } from "./levelchat-data.js";
+import { Emitter, SignalingRoom, signalingProtocol } from "./levelchat-signaling.js";
+import { TransportWatch } from "./levelchat-transport.js";
 
-const RPC_TIMEOUT_MS = 10000;
+export { LevelChatError, getLocalMedia, mediaError, DEFAULTS };
+
+/** The signaling protocol version this SDK speaks (`protocol` in join). */
+export const PROTOCOL_VERSION = signalingProtocol.version;
 const DATA_OPEN_TIMEOUT_MS = 10000;
-const ENVELOPE_VERSION = 1;
-const utf8 = new TextEncoder();
-const fromUtf8 = new TextDecoder();
-
-// Data envelopes (docs/signaling.md): every header byte is below 0x80, so a string message
-// stays valid UTF-8. Identities are (length >> 7, length & 127, UTF-8 bytes).
-function identityBytes(identity) {
-  const raw = utf8.encode(identity);
-  const out = new Uint8Array(2 + raw.length);
-  out[0] = raw.length >> 7;
-  out[1] = raw.length & 0x7f;
-  out.set(raw, 2);
-  return out;
-}
-
-function concatBytes(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) { out.set(p, off); off += p.length; }
-  return out;
-}
-
-/** client -> node: version, destination count, destinations, payload. */
-function outgoingHeader(destinations) {
-  if (destinations.length > 127) throw new LevelChatError("bad_request", "at most 127 destinations");
-  return concatBytes([Uint8Array.of(ENVELOPE_VERSION, destinations.length), ...destinations.map(identityBytes)]);
-}
-
-/** node -> client: {from, payload bytes} */
-function parseIncoming(bytes) {
-  if (bytes.length < 3 || bytes[0] !== ENVELOPE_VERSION) return null;
-  const n = (bytes[1] << 7) | bytes[2];
-  if (3 + n > bytes.length) return null;
-  return { from: fromUtf8.decode(bytes.subarray(3, 3 + n)), payload: bytes.subarray(3 + n) };
-}
 
 /** The video encodings of ``publish(stream, {simulcast: true})``: low to high. */
 export const SIMULCAST_ENCODINGS = [
@@ -64,117 +37,78 @@ export const SIMULCAST_ENCODINGS = [
   { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
   { rid: "f", maxBitrate: 2000000 },
 ];
-
-function wsUrl(url, token) {
-  const u = new URL("/v1/rtc", url);
-  u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
-  u.searchParams.set("access_token", token);
-  return u.toString();
-}
-
-class Emitter {
-  constructor() { this._handlers = new Map(); }
-  on(name, fn) {
-    if (!this._handlers.has(name)) this._handlers.set(name, new Set());
-    this._handlers.get(name).add(fn);
-    return () => this._handlers.get(name).delete(fn);
-  }
-  emit(name, value) {
-    for (const fn of this._handlers.get(name) ?? []) {
-      try { fn(value); } catch (err) { console.error(`levelchat: ${name} handler failed`, err); }
-    }
-  }
-}
-
 /**
- * A joined room. Events: "data" {from, data, reliable} (data: a string or a Uint8Array, as sent),
- * "participant_joined" {participant}, "participant_left" {participant, reason},
- * "track" {participant, kind, trackSid, stream, track, mid}, "track_removed" {participant, trackSid, mid},
- * "track_muted" {participant, track, muted}, "active_speakers" {speakers}, "disconnected" {reason, code},
- * "node_draining" {reason}, "error" LevelChatError.
+ * A joined room. Events: "state" {state, previous}, "reconnecting" {attempt, error},
+ * "reconnected" {resumed}, "transport_recovery" {transport, action, reason},
+ * "data" {from, data, reliable}, "participant_joined" {participant}, "participant_left"
+ * {participant, reason}, "track" {participant, kind, trackSid, stream, track, mid},
+ * "track_removed" {participant, trackSid, mid}, "track_muted" {participant, track, muted},
+ * "active_speakers" {speakers}, "disconnected" {reason, code}, "node_draining" {reason},
+ * "error" LevelChatError. docs/sdk.md has them all.
  */
-export class Room extends Emitter {
-  constructor(ws) {
-    super();
-    this.ws = ws;
-    this.participant = null; // this participant, as the node describes it
-    this.participants = new Map(); // identity -> {identity, sid, name, tracks}
+export class Room extends SignalingRoom {
+  constructor(config) {
+    super(config);
     this.remoteTracks = new Map(); // mid -> {participant, kind, trackSid, stream, track}
-    this.activeSpeakers = [];
     this.publisher = null;
     this.subscriber = null;
     this.localTracks = new Map(); // MediaStreamTrack -> published track sid
     this.dataChannels = { reliable: null, lossy: null };
     /** Resolves when the data channels are open (or failed to: an "error" event says why). */
     this.dataReady = Promise.resolve();
-    this._nextId = 1;
-    this._pending = new Map();
-    this._offers = Promise.resolve(); // offers are answered one after the other
-    this._closed = false;
     /** The peer connections' RTCConfiguration: the join result's ice_servers (TURN) and the policy. */
-    this.rtcConfig = { bundlePolicy: "max-bundle", iceServers: [], iceTransportPolicy: "all" };
-    ws.addEventListener("message", (ev) => this._onMessage(ev.data));
-    ws.addEventListener("close", (ev) => this._onClose(ev));
+    this.rtcConfig = { bundlePolicy: "max-bundle", iceServers: [], iceTransportPolicy: config.iceTransportPolicy };
+    this._offers = Promise.resolve(); // offers are answered one after the other
+    this._publications = []; // [stream, options], republished after a fresh join
+    this._watches = new Map(); // "publisher" | "subscriber" -> TransportWatch
   }
 
-  /** Call a method; resolves with its result or rejects with a LevelChatError. */
-  call(method, params = {}) {
-    if (this._closed) return Promise.reject(new LevelChatError("signaling/closed", "the signaling connection is closed"));
-    const id = this._nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._pending.delete(id);
-        reject(new LevelChatError("signaling/rpc-timeout", `${method} got no answer in ${RPC_TIMEOUT_MS} ms`));
-      }, RPC_TIMEOUT_MS);
-      this._pending.set(id, { resolve, reject, timer });
-      this.ws.send(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
+  /** A fresh join after the grace period: new transports, the same streams published again. */
+  async _rebuild(joined) {
+    for (const w of this._watches.values()) w.close();
+    this._watches.clear();
+    this.publisher?.close();
+    this.subscriber?.close();
+    this.publisher = this.subscriber = null;
+    for (const [mid, info] of this.remoteTracks) {
+      info.stream.removeTrack(info.track);
+      this.emit("track_removed", { participant: info.participant, trackSid: info.trackSid, mid });
+    }
+    this.remoteTracks.clear();
+    this.localTracks.clear();
+    this.dataChannels = { reliable: null, lossy: null };
+    this._offers = Promise.resolve();
+    this._adopt(joined);
+    this._syncParticipants(joined.participants);
+    this._setState("connected");
+    this.emit("reconnected", { resumed: false });
+    // not awaited: their requests wait for the end of the reconnection (call())
+    const failed = (err) => this.emit("error", err);
+    this.dataReady = this.config.data ? this.openData().catch(failed) : Promise.resolve();
+    let chain = this.dataReady;
+    for (const [stream, options] of this._publications) chain = chain.then(() => this._publishOnce(stream, options)).catch(failed);
+  }
+
+  _adopt(joined) {
+    this.participant = joined.participant;
+    this.rtcConfig = { ...this.rtcConfig, iceServers: this.config.iceServers ?? joined.ice_servers ?? [] };
+  }
+
+  // -- transports --------------------------------------------------------------------------------
+  _watch(pc, name, restart) {
+    const watch = new TransportWatch(pc, name, {
+      config: this.config,
+      rtcConfig: () => this.rtcConfig,
+      restart,
+      emit: (event, value) => this.emit(event, value),
+      closed: () => this._closed,
     });
+    this._watches.set(name, watch);
+    return watch;
   }
 
-  _onMessage(text) {
-    let frame;
-    try { frame = JSON.parse(text); } catch { return; }
-    if (frame.method) { this._onNotification(frame.method, frame.params ?? {}); return; }
-    if (frame.id === null && frame.error) {
-      this.emit("error", toError(frame.error));
-      return;
-    }
-    const pending = this._pending.get(frame.id);
-    if (!pending) return;
-    this._pending.delete(frame.id);
-    clearTimeout(pending.timer);
-    if (frame.error) pending.reject(toError(frame.error));
-    else pending.resolve(frame.result);
-  }
-
-  _onNotification(method, params) {
-    switch (method) {
-      case "participant_joined":
-        this.participants.set(params.participant.identity, params.participant);
-        break;
-      case "participant_left":
-        if (this.participants.get(params.participant)?.sid === params.sid) this.participants.delete(params.participant);
-        break;
-      case "track_published": {
-        const p = this.participants.get(params.participant);
-        if (p) p.tracks = [...p.tracks.filter((t) => t.sid !== params.track.sid), params.track];
-        break;
-      }
-      case "track_unpublished": {
-        const p = this.participants.get(params.participant);
-        if (p) p.tracks = p.tracks.filter((t) => t.sid !== params.track);
-        break;
-      }
-      case "active_speakers":
-        this.activeSpeakers = params.speakers;
-        break;
-      case "offer":
-        this._offers = this._offers.then(() => this._answer(params)).catch((err) => this.emit("error", err));
-        return;
-      default:
-        break;
-    }
-    this.emit(method, params);
+  _onOffer(offer) {
+    this._offers = this._offers.then(() => this._answer(offer)).catch((err) => this.emit("error", err));
   }
 
   async _answer(offer) {
@@ -184,6 +118,7 @@ export class Room extends Emitter {
     await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await this.call("answer", { sdp: pc.localDescription.sdp });
+    this._watches.get("subscriber")?.negotiated();
     for (const [mid, info] of before) {
       if (!this._lastOffer.has(mid)) {
         this.remoteTracks.delete(mid);
@@ -196,7 +131,7 @@ export class Room extends Emitter {
   _subscriber() {
     if (this.subscriber) return this.subscriber;
     const pc = new RTCPeerConnection(this.rtcConfig);
-    this._restartOnFailure(pc, () => this.call("restart_ice"));
+    this._watch(pc, "subscriber", () => this.call("restart_ice"));
     pc.addEventListener("track", (ev) => {
       const mid = ev.transceiver.mid;
       const info = this._lastOffer?.get(mid);
@@ -223,7 +158,7 @@ export class Room extends Emitter {
   _publisher() {
     if (!this.publisher) {
       this.publisher = new RTCPeerConnection(this.rtcConfig);
-      this._restartOnFailure(this.publisher, () => this._offerPublisher({ iceRestart: true }));
+      this._watch(this.publisher, "publisher", () => this._offerPublisher({ iceRestart: true }));
     }
     return this.publisher;
   }
@@ -278,9 +213,14 @@ export class Room extends Emitter {
   /**
    * Publish every track of ``stream`` (renegotiates when called again with more tracks).
    * ``{simulcast: true}``: video goes out in three layers, rids "q" (1/4 size), "h" (1/2) and "f"
-   * (full), and subscribers choose with ``setLayer``.
+   * (full), and subscribers choose with ``setLayer``. Published again after a fresh join.
    */
   async publish(stream, options = {}) {
+    if (!this._publications.some(([s]) => s === stream)) this._publications.push([stream, options]);
+    return this._publishOnce(stream, options);
+  }
+
+  async _publishOnce(stream, options) {
     await this.dataReady; // one negotiation of the publisher transport at a time
     const pc = this._publisher();
     for (const track of stream.getTracks()) {
@@ -305,26 +245,20 @@ export class Room extends Emitter {
     await pc.setLocalDescription(await pc.createOffer(offerOptions));
     const result = await this.call("publish", { sdp: pc.localDescription.sdp });
     await pc.setRemoteDescription({ type: "answer", sdp: result.sdp });
+    this._watches.get("publisher")?.negotiated();
     return result;
   }
 
   /**
    * Restart ICE on both transports (new credentials; DTLS and media go on): the publisher
    * offers again with ``iceRestart``, the node re-offers the subscriber transport. Done by
-   * itself when a transport's connection state becomes "failed".
+   * itself when a transport fails (then the TURN relay fallback, then transport/ice-failed).
    */
   async restartIce() {
     const jobs = [];
     if (this.publisher) jobs.push(this._offerPublisher({ iceRestart: true }));
     if (this.subscriber) jobs.push(this.call("restart_ice"));
     await Promise.all(jobs);
-  }
-
-  _restartOnFailure(pc, restart) {
-    pc.addEventListener("connectionstatechange", () => {
-      if (pc.connectionState !== "failed" || this._closed) return;
-      restart().catch((err) => this.emit("error", err));
-    });
   }
 
   /**
@@ -353,84 +287,66 @@ export class Room extends Emitter {
     return this.call("mute", { track: sid, muted });
   }
 
-  /** Leave the room and release both transports. */
-  async leave() {
-    if (this._closed) return;
-    try { await this.call("leave"); } catch { /* the socket may already be gone */ }
-    this._teardown();
-  }
-
-  _teardown() {
-    this._closed = true;
+  _closeMedia() {
+    for (const w of this._watches.values()) w.close();
     this.publisher?.close();
     this.subscriber?.close();
-    for (const pending of this._pending.values()) {
-      clearTimeout(pending.timer);
-      pending.reject(new LevelChatError("signaling/closed", "the signaling connection closed"));
-    }
-    this._pending.clear();
-    if (this.ws.readyState <= 1) this.ws.close(1000, "left");
   }
-
-  _onClose(ev) {
-    const wasOpen = !this._closed;
-    this._teardown();
-    if (wasOpen) this.emit("disconnected", { reason: ev.reason || "closed", code: ev.code });
-  }
-}
-
-function toError(error) {
-  const problem = error.data ?? null;
-  return new LevelChatError(problem?.code ?? "signaling/rpc-error", problem?.detail ?? error.message, problem);
 }
 
 /**
- * Connect to a node and join the room named in the token.
+ * A client of one node. Options (docs/sdk.md): url, token or tokenProvider, name, data,
+ * iceTransportPolicy, iceServers, rpcTimeoutMs, rpcRetries, heartbeatMs, reconnect,
+ * maxReconnectAttempts, backoffBaseMs, backoffMaxMs, iceTimeoutMs, iceRestarts. Throws
+ * config/invalid (naming the field) or config/missing-api-key. Event: "error" (every room's
+ * errors, those of connect()'s attempts included).
+ */
+export class LevelChatClient extends Emitter {
+  /** The signaling protocol version sent at join. */
+  static get protocolVersion() { return signalingProtocol.version; }
+  static set protocolVersion(version) { signalingProtocol.version = version; }
+
+  constructor(options) {
+    super();
+    this.config = validateOptions(options);
+  }
+
+  /** Connect and join the room named in the token: resolves with the Room. */
+  async connect() {
+    if (typeof globalThis.RTCPeerConnection !== "function" || typeof globalThis.WebSocket !== "function") {
+      throw new LevelChatError("transport/unsupported", "this browser has no RTCPeerConnection (or WebSocket)");
+    }
+    const room = new Room(this.config);
+    room.on("error", (err) => this.emit("error", err)); // the attempts' errors, before connect() resolves too
+    let joined;
+    try {
+      joined = await room._establish();
+    } catch (err) {
+      room._teardown();
+      throw err;
+    }
+    room._adopt(joined);
+    for (const p of joined.participants) room.participants.set(p.identity, p);
+    room._setState("connected");
+    room._startHeartbeat();
+    if (this.config.data) {
+      // in the background, so that handlers the caller adds now see the first offer's tracks
+      room.dataReady = room.openData().catch((err) => {
+        room.emit("error", err instanceof LevelChatError ? err : new LevelChatError("data/open-failed", String(err)));
+      });
+    }
+    return room;
+  }
+}
+
+/**
+ * Connect to a node and join the room named in the token (a LevelChatClient in one call).
  * @param {string} url the node's base URL ("http://127.0.0.1:7880")
- * @param {string} token a join token (room:join; room:publish and room:subscribe as needed)
- * @param {{name?: string, data?: boolean, iceTransportPolicy?: "all"|"relay", iceServers?: RTCIceServer[]}} [options]
- *   data: false skips opening the data channels; iceTransportPolicy: "relay" sends media through
- *   TURN only; iceServers: instead of those the node hands out at join (its turn_servers, with
- *   credentials minted for this session)
+ * @param {string | (() => Promise<string>)} token a join token, or a tokenProvider
+ * @param {object} [options] the other LevelChatClient options
  * @returns {Promise<Room>} the joined room (room.participant, room.participants)
  */
 export async function connect(url, token, options = {}) {
-  const policy = options.iceTransportPolicy ?? "all";
-  if (policy !== "all" && policy !== "relay") {
-    throw new LevelChatError("config/invalid", `iceTransportPolicy must be "all" or "relay", not ${JSON.stringify(policy)}`);
-  }
-  if (options.iceServers !== undefined && !Array.isArray(options.iceServers)) {
-    throw new LevelChatError("config/invalid", "iceServers must be an array of RTCIceServer");
-  }
-  const ws = new WebSocket(wsUrl(url, token));
-  const room = new Room(ws);
-  const refused = new Promise((_, reject) => room.on("error", reject));
-  refused.catch(() => {}); // later errors are the "error" event's, not this promise's
-  await Promise.race([
-    new Promise((resolve, reject) => {
-      ws.addEventListener("open", resolve, { once: true });
-      ws.addEventListener("close", (ev) =>
-        reject(new LevelChatError("signaling/connect-failed", `the node refused the connection (${ev.code} ${ev.reason})`)),
-      { once: true });
-    }),
-    refused,
-  ]);
-  let joined;
-  try {
-    joined = await Promise.race([room.call("join", options.name ? { name: options.name } : {}), refused]);
-  } catch (err) {
-    room._teardown(); // a refused join (room/cap-denied, node_revoked, ...) ends the connection
-    throw err;
-  }
-  room.participant = joined.participant;
-  for (const p of joined.participants) room.participants.set(p.identity, p);
-  room.joined = joined;
-  room.rtcConfig = { ...room.rtcConfig, iceServers: options.iceServers ?? joined.ice_servers ?? [], iceTransportPolicy: policy };
-  if (options.data !== false) {
-    // in the background, so that handlers the caller adds now see the first offer's tracks
-    room.dataReady = room.openData().catch((err) => {
-      room.emit("error", err instanceof LevelChatError ? err : new LevelChatError("data/open-failed", String(err)));
-    });
-  }
-  return room;
+  const auth = typeof token === "function" ? { tokenProvider: token } : token === undefined || token === null ? {} : { token };
+  return new LevelChatClient({ ...options, url, ...auth }).connect();
 }

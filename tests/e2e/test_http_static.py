@@ -46,10 +46,16 @@ async def test_demo_page_only_in_dev_or_when_configured(node_factory: Callable[.
             assert (await exchange(_port(dev), [request_bytes("GET", path)])).status == 200, path
             reply = await exchange(_port(quiet), [request_bytes("GET", path)])
             assert reply.status == 404 and problem_code(reply) == "not_found", (path, reply)
-        for path in ("/static/levelchat.js", "/static/whip.js", "/static/stats.js"):  # the SDK, always
+        sdk = ("levelchat.js", "levelchat-signaling.js", "levelchat-errors.js", "levelchat-config.js", "levelchat-data.js",
+               "levelchat-transport.js",
+               "whip.js", "stats.js")
+        for path in [f"/static/{name}" for name in sdk]:  # the SDK, always
             for n in (dev, quiet):
                 reply = await exchange(_port(n), [request_bytes("GET", path)])
                 assert reply.status == 200 and "javascript" in reply.headers["content-type"], path
+        for n in (dev, quiet):  # its TypeScript declarations beside it
+            reply = await exchange(_port(n), [request_bytes("GET", "/static/levelchat.d.ts")])
+            assert reply.status == 200 and reply.headers["content-type"].startswith("application/typescript"), reply
     finally:
         for n in (dev, quiet):
             await n.stop()

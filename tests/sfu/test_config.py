@@ -107,6 +107,7 @@ def test_defaults() -> None:
     assert cfg.url() == "http://127.0.0.1:7880" and cfg.url(9999) == "http://127.0.0.1:9999"
     assert (cfg.signaling_join_timeout_s, cfg.signaling_heartbeat_s) == (10.0, 20.0)
     assert (cfg.signaling_frames_per_s, cfg.signaling_send_queue_bytes) == (50, 1 << 20)
+    assert cfg.signaling_resume_grace_s == 15.0
 
 
 # -- rejected keys -------------------------------------------------------------------------------------
@@ -197,6 +198,8 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"signaling_heartbeat_s": -1.0}, "signaling_heartbeat_s"),
         ({"signaling_frames_per_s": 0}, "signaling_frames_per_s"),
         ({"signaling_send_queue_bytes": 100}, "signaling_send_queue_bytes"),
+        ({"signaling_resume_grace_s": -1.0}, "signaling_resume_grace_s"),
+        ({"signaling_resume_grace_s": 601.0}, "signaling_resume_grace_s"),
         ({"recording_retention_days": -1.0}, "recording_retention_days"),
         ({"max_recordings": 1001}, "max_recordings"),
         ({"recording_max_bytes": 1000}, "recording_max_bytes"),

@@ -1,0 +1,197 @@
+// TypeScript declarations of the LevelChat browser SDK (levelchat.js); docs/sdk.md describes it.
+
+/** Catalogue codes the SDK raises itself (shared/error-reference.txt). */
+export type SdkErrorCode =
+  | "config/invalid"
+  | "config/missing-api-key"
+  | "network/rate-limited"
+  | "media/permission-denied"
+  | "media/device-not-found"
+  | "media/unsupported"
+  | "media/constraint-not-satisfied"
+  | "signaling/connect-failed"
+  | "signaling/closed"
+  | "signaling/timeout"
+  | "signaling/protocol"
+  | "signaling/rpc-error"
+  | "signaling/rpc-timeout"
+  | "transport/ice-failed"
+  | "transport/dtls-failed"
+  | "transport/unsupported"
+  | "data/not-open"
+  | "data/open-timeout"
+  | "data/open-failed";
+
+/** An RFC 7807 problem as the node sends it (inside a JSON-RPC error's `data`). */
+export interface Problem {
+  type: string;
+  title: string;
+  status: number | null;
+  detail: string;
+  code: string;
+  request_id?: string;
+  instance?: string;
+  [key: string]: unknown;
+}
+
+export class LevelChatError extends Error {
+  /** a catalogue code: an SdkErrorCode, or the node's own (token/expired, room/cap-denied, ...) */
+  readonly code: SdkErrorCode | string;
+  /** whether trying again later can succeed (the SDK already did for the codes it recovers from) */
+  readonly retryable: boolean;
+  /** the catalogue entry's HTTP status; null for an SDK-only code */
+  readonly status: number | null;
+  readonly detail: string;
+  readonly problem: Problem | null;
+  /** signaling/rpc-error: the node's refusal, with its own code (e.g. "not_found") */
+  readonly inner: LevelChatError | null;
+  /** network/rate-limited: the wait the node asked for (Retry-After, with jitter) */
+  readonly retryAfterMs: number | null;
+  /** config/invalid: the option at fault */
+  readonly field: string | null;
+  constructor(code: string, detail: string, extra?: {
+    problem?: Problem | null; inner?: LevelChatError | null; status?: number | null; retryable?: boolean;
+    retryAfterMs?: number | null; field?: string | null; cause?: unknown;
+  });
+  toJSON(): {
+    code: string; retryable: boolean; status: number | null; detail: string; inner: object | null;
+    field: string | null; retryAfterMs: number | null;
+  };
+}
+
+export type TokenProvider = () => string | Promise<string>;
+
+export interface ClientOptions {
+  /** the node's base URL: http(s):// or ws(s):// */
+  url: string;
+  /** a join token (room:join, plus room:publish / room:subscribe as needed) */
+  token?: string;
+  /** called for the first token when `token` is absent, and again whenever the node says token/expired */
+  tokenProvider?: TokenProvider;
+  /** the participant's display name */
+  name?: string;
+  /** open the two data channels at join (default true) */
+  data?: boolean;
+  /** "relay": media through TURN only (default "all") */
+  iceTransportPolicy?: "all" | "relay";
+  /** instead of the TURN servers the node hands out at join */
+  iceServers?: RTCIceServer[];
+  /** a request unanswered this long fails with signaling/rpc-timeout (default 10000) */
+  rpcTimeoutMs?: number;
+  /** tries again of an idempotent request after a timeout, of any after a 429 (default 2) */
+  rpcRetries?: number;
+  /** a ping this often; unanswered: signaling/timeout and a new socket (default 10000, 0: none) */
+  heartbeatMs?: number;
+  /** reconnect a lost signaling socket and resume the session (default true) */
+  reconnect?: boolean;
+  /** socket attempts before giving up, at connect() and per reconnection (default 10) */
+  maxReconnectAttempts?: number;
+  /** the first backoff (default 250 ms), doubled each attempt up to backoffMaxMs (default 8000), jittered to [d/2, d] */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  /** a media transport not connected this long after a negotiation counts as failed (default 15000, 0: only "failed") */
+  iceTimeoutMs?: number;
+  /** ICE restarts of a failed transport before the TURN relay fallback (default 1) */
+  iceRestarts?: number;
+}
+
+export type RoomState = "connecting" | "connected" | "reconnecting" | "disconnected";
+
+export interface TrackInfo {
+  sid: string;
+  kind: "audio" | "video";
+  codec: string;
+  mid: string;
+  muted: boolean;
+  layers?: string[];
+}
+
+export interface ParticipantInfo {
+  identity: string;
+  sid: string;
+  name: string | null;
+  metadata: string | null;
+  kind: string;
+  tracks: TrackInfo[];
+}
+
+export interface RemoteTrack {
+  participant: string;
+  kind: "audio" | "video";
+  trackSid: string;
+  stream: MediaStream;
+  track: MediaStreamTrack;
+  mid: string;
+}
+
+export interface RoomEvents {
+  state: { state: RoomState; previous: RoomState };
+  reconnecting: { attempt: number; error: LevelChatError };
+  reconnected: { resumed: boolean };
+  transport_recovery: { transport: "publisher" | "subscriber"; action: "ice-restart" | "relay"; reason: "failed" | "timeout" };
+  data: { from: string; data: string | Uint8Array; reliable: boolean };
+  participant_joined: { participant: ParticipantInfo };
+  participant_left: { participant: string; sid: string; reason: string };
+  participant_updated: { participant: ParticipantInfo & { permissions: Record<string, boolean> } };
+  track: RemoteTrack;
+  track_removed: { participant: string; trackSid: string; mid: string };
+  track_published: { participant: string; track: TrackInfo };
+  track_unpublished: { participant: string; track: string };
+  track_muted: { participant: string; track: string; muted: boolean; by?: "server" };
+  active_speakers: { speakers: { participant: string; track: string; level: number }[] };
+  disconnected: { reason: string; code: number | null };
+  node_draining: { reason: string };
+  room_closed: { room: string; reason: string };
+  error: LevelChatError;
+}
+
+export class Room {
+  readonly config: Readonly<Required<Omit<ClientOptions, "token" | "tokenProvider" | "name" | "iceServers">>> & ClientOptions;
+  readonly state: RoomState;
+  readonly participant: ParticipantInfo | null;
+  readonly participants: Map<string, ParticipantInfo>;
+  readonly remoteTracks: Map<string, RemoteTrack>;
+  readonly activeSpeakers: { participant: string; track: string; level: number }[];
+  readonly publisher: RTCPeerConnection | null;
+  readonly subscriber: RTCPeerConnection | null;
+  readonly localTracks: Map<MediaStreamTrack, string | null>;
+  readonly dataChannels: { reliable: RTCDataChannel | null; lossy: RTCDataChannel | null };
+  readonly dataReady: Promise<void>;
+  readonly rtcConfig: RTCConfiguration;
+  /** the last join result (`resume` token included) */
+  readonly joined: Record<string, unknown> | null;
+  /** subscribe; returns the unsubscribe function */
+  on<K extends keyof RoomEvents>(event: K, handler: (value: RoomEvents[K]) => void): () => void;
+  call(method: string, params?: Record<string, unknown>, options?: { retries?: number }): Promise<Record<string, unknown>>;
+  publish(stream: MediaStream, options?: { simulcast?: boolean }): Promise<TrackInfo[]>;
+  mute(track: MediaStreamTrack, muted?: boolean): Promise<{ track: string; muted: boolean }>;
+  setLayer(trackSid: string, layer: string): Promise<Record<string, unknown>>;
+  layersOf(trackSid: string): string[];
+  streamOf(identity: string): MediaStream;
+  sendData(data: string | ArrayBuffer | Uint8Array, options?: { reliable?: boolean; destinations?: string[] }): void;
+  openData(): Promise<void>;
+  restartIce(): Promise<void>;
+  leave(): Promise<void>;
+}
+
+export class LevelChatClient {
+  /** the signaling protocol version sent at join */
+  static protocolVersion: number;
+  readonly config: Readonly<ClientOptions>;
+  /** throws config/invalid (err.field names the option) or config/missing-api-key */
+  constructor(options: ClientOptions);
+  /** "error": every error of its rooms, those of connect()'s attempts included */
+  on(event: "error", handler: (err: LevelChatError) => void): () => void;
+  /** transport/unsupported without WebRTC; the join's refusals as signaling/rpc-error */
+  connect(): Promise<Room>;
+}
+
+export function connect(url: string, token: string | TokenProvider, options?: Omit<ClientOptions, "url" | "token" | "tokenProvider">): Promise<Room>;
+
+/** getUserMedia with its failures as media/permission-denied, media/device-not-found, media/unsupported, media/constraint-not-satisfied */
+export function getLocalMedia(constraints?: MediaStreamConstraints): Promise<MediaStream>;
+export function mediaError(err: unknown): LevelChatError;
+
+export const PROTOCOL_VERSION: number;
+export const SIMULCAST_ENCODINGS: RTCRtpEncodingParameters[];
+export const DEFAULTS: Readonly<Record<string, unknown>>;
