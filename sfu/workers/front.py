@@ -46,6 +46,7 @@ from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
 from sfu.workers.proxy import forward, forward_websocket
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
+from sfu.workers.worker import INTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,45 @@ class Front(HttpBound):
         if not web.WebSocketResponse().can_prepare(request).ok:
             return await self._forward(w, request)  # a plain GET: the worker answers the problem
         return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
+
+    # -- /v1/webhooks: every worker queues its own rooms' events, so each holds every endpoint ----
+    def _up(self) -> list[Worker]:
+        up = [w for w in self.workers if w.up and w.session is not None]
+        if not up:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        return up
+
+    async def _to_others(self, first: Worker, method: str, path: str, body: Any = None) -> None:
+        """The same private call to every up worker but ``first`` (failures logged: a worker down
+        now keeps what its own queue file holds)."""
+
+        async def one(w: Worker) -> None:
+            try:
+                await self.supervisor.request(w, method, path, body)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                log.warning("worker %d: %s %s failed: %s", w.index, method, path, exc)
+
+        await asyncio.gather(*(one(w) for w in self.workers if w.up and w is not first))
+
+    async def webhooks_post(self, request: web.Request) -> web.StreamResponse:
+        """The first worker authorizes, validates and names the endpoint; the others get it with
+        that id (``/internal/webhooks``), so the list, the tests and ``DELETE`` agree."""
+        first = self._up()[0]
+        resp = await self._forward(first, request, await request.read())
+        if resp.status == 201 and isinstance(resp.body, bytes):
+            await self._to_others(first, "POST", INTERNAL + "/webhooks", json.loads(resp.body))
+        return resp
+
+    async def webhooks_delete(self, request: web.Request) -> web.StreamResponse:
+        first = self._up()[0]
+        resp = await self._forward(first, request, b"")
+        if resp.status == 204:
+            await self._to_others(first, "DELETE", INTERNAL + "/webhooks/" + request.match_info["id"])
+        return resp
+
+    async def any_worker(self, request: web.Request) -> web.StreamResponse:
+        """A node-wide request every worker answers alike (the webhook list and test, usage)."""
+        return await self._forward(self._up()[0], request, await request.read())
 
     # -- drain and revocation ---------------------------------------------------------------------
     @property
@@ -454,6 +494,10 @@ class Front(HttpBound):
         r.add_post("/v1/rooms/{room}/recording", existing)
         for method, path, _handler in PARTICIPANT_ROUTES:  # the participants API: the room's worker
             r.add_route(method, path, existing)
+        r.add_post("/v1/webhooks", self.webhooks_post)
+        r.add_get("/v1/webhooks", self.any_worker)
+        r.add_delete("/v1/webhooks/{id}", self.webhooks_delete)
+        r.add_post("/v1/webhooks/test", self.any_worker)
         r.add_post("/v1/node/drain", self.drain_post)
         r.add_delete("/v1/node/drain", self.drain_delete)
         r.add_get("/v1/node/drain", self.drain_get)

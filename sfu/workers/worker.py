@@ -97,6 +97,8 @@ class WorkerNode(Node):
         r.add_post(INTERNAL + "/drain", self._drain_post)
         r.add_delete(INTERNAL + "/drain", self._drain_delete)
         r.add_post(INTERNAL + "/close_all", self._close_all)
+        r.add_post(INTERNAL + "/webhooks", self._webhook_add)
+        r.add_delete(INTERNAL + "/webhooks/{id}", self._webhook_remove)
         return app
 
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
@@ -141,6 +143,20 @@ class WorkerNode(Node):
     async def _drain_delete(self, request: web.Request) -> web.StreamResponse:
         self.cancel_drain()
         return json_response(self.drain_state())
+
+    async def _webhook_add(self, request: web.Request) -> web.StreamResponse:
+        """An endpoint another worker accepted (``POST /v1/webhooks`` through the front), same id."""
+        body = await read_json(request)
+        d = await self.webhooks.ensure()
+        ep = d.parse_endpoint({k: body[k] for k in ("url", "events", "key") if body.get(k) is not None})
+        return json_response(await d.add(ep, str(body.get("id") or "")), status=201)
+
+    async def _webhook_remove(self, request: web.Request) -> web.StreamResponse:
+        d = self.webhooks.dispatcher
+        eid = request.match_info["id"]
+        if d is not None and eid in d.endpoints:
+            await d.remove(eid)
+        return json_response({"removed": eid})
 
     async def _close_all(self, request: web.Request) -> web.StreamResponse:
         return json_response({"closed": self.close_all_rooms(CloseReason.DRAINED)})
