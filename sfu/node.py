@@ -18,6 +18,7 @@ from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
+from sfu.api.usage import NodeUsage
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
@@ -68,6 +69,8 @@ class Node(HttpBound):
         #: signed webhooks from the router's room events (sfu.api.webhooks)
         self.webhooks = NodeWebhooks(config)
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
+        #: participant- and recording-minutes of the period, the quota on joins (sfu.api.usage)
+        self.usage = NodeUsage(config)
         self.turn_credentials_issued = 0
         self.draining = False
         self.drained = asyncio.Event()
@@ -103,6 +106,7 @@ class Node(HttpBound):
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
         )
         self.router.observers.append(self.webhooks.on_event)
+        self.router.observers.append(self.usage.on_event)
         cfg = self.config
         self.sessions = SessionService(
             self.router,
@@ -115,6 +119,7 @@ class Node(HttpBound):
         hooks_first = bool(cfg.webhooks_db or cfg.node_id or cfg.http_port)
         if hooks_first:
             await self.webhooks.start(self.node_id, self.http_port)
+            await self.usage.start(self.http_port)
         self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         await self.make_site(self._runner).start()
@@ -123,6 +128,7 @@ class Node(HttpBound):
             self.http_port = int(addresses[0][1])
         if not hooks_first:
             await self.webhooks.start(self.node_id, self.http_port)
+            await self.usage.start(self.http_port)
         self.self_check_ok = True
         self.self_check_reason = "not run yet"
         self.selfcheck = SelfCheck(
@@ -166,6 +172,7 @@ class Node(HttpBound):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.usage.stop()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start
         if self.tcp is not None:
             await self.tcp.stop()

@@ -498,6 +498,7 @@ class Front(HttpBound):
         r.add_get("/v1/webhooks", self.any_worker)
         r.add_delete("/v1/webhooks/{id}", self.webhooks_delete)
         r.add_post("/v1/webhooks/test", self.any_worker)
+        r.add_get("/v1/usage", self.any_worker)  # the workers share the usage file
         r.add_post("/v1/node/drain", self.drain_post)
         r.add_delete("/v1/node/drain", self.drain_delete)
         r.add_get("/v1/node/drain", self.drain_get)

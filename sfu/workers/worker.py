@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -43,7 +44,7 @@ PR_SET_PDEATHSIG = 1
 INTERNAL = "/internal"
 
 
-def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
+def worker_config(cfg: NodeConfig, index: int, run_dir: str = "") -> NodeConfig:
     """Worker ``index``'s configuration: media port ``media_port + index`` and ICE-TCP port
     ``tcp_port + index`` (any free port when the base is 0), no control plane (the front registers the node), no rate limits and no
     CORS of its own (the front applies them, seeing the real clients)."""
@@ -63,7 +64,22 @@ def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
         rate_limit_key_per_s=0.0,
         # each worker queues its own webhook events (its node id names the default file)
         webhooks_db=f"{cfg.webhooks_db}-w{index}" if cfg.webhooks_db not in ("", ":memory:") else cfg.webhooks_db,
+        # the workers share the node's usage file (each adds its own participants' minutes); an
+        # in-memory one would be per worker, so a dev node's workers share one in the front's
+        # ``run_dir`` (removed when the front stops)
+        usage_db=_shared_usage_db(cfg, run_dir),
     )
+
+
+#: the usage file of a dev node's workers, in the front's private directory
+RUN_DIR_USAGE_DB = "usage.db"
+
+
+def _shared_usage_db(cfg: NodeConfig, run_dir: str) -> str:
+    path = cfg.usage_db_at(cfg.http_port)
+    if path == ":memory:":
+        return os.path.join(run_dir or tempfile.gettempdir(), RUN_DIR_USAGE_DB)
+    return path
 
 
 def encode_config(cfg: NodeConfig) -> bytes:

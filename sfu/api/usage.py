@@ -1,0 +1,139 @@
+"""The node's usage accounting (issue 14) when it runs without a control plane, or as one worker
+of a multi-worker node (the workers share one file): the router's joins and leaves feed a
+``UsageMeter``, written every ``usage_flush_s`` to the ``UsageBook``; ``GET /v1/usage``
+(``room:admin``); ``check_quota`` before each new join (WHIP, WHEP, the WebSocket ``join``).
+
+What another worker has not written yet is not seen here: a multi-worker node's total lags by
+up to ``usage_flush_s``, so a quota may be overrun by that much participant time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from levelchat.errors import ApiError
+from levelchat.tokens import TokenVerifier
+from levelchat.usage.book import UsageBook
+from levelchat.usage.meter import Usage, UsageMeter, merge, period_start_ms
+from levelchat.web import bearer_token, json_response
+from sfu.routing.events import RoomEvent, RoomEventKind
+
+if TYPE_CHECKING:
+    from sfu.config import NodeConfig
+
+log = logging.getLogger(__name__)
+
+
+class NodeUsage:
+    def __init__(self, config: NodeConfig, *, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self.config = config
+        self.now_ms = now_ms
+        self.meter = UsageMeter(start_day=config.usage_period_start_day)
+        self.book: UsageBook | None = None
+        #: the book's totals of the current period as last read: (period, participant ms, recording ms)
+        self._stored = (0, 0, 0)
+        self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+
+    async def start(self, http_port: int) -> None:
+        path = self.config.usage_db_at(http_port)
+        self.book = await asyncio.to_thread(UsageBook, path)
+        await self.flush()
+        self._task = asyncio.create_task(self._loop())
+        log.info("usage: %s, quota %s participant-minutes", path, self.config.quota_participant_minutes or "none")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.book is not None:
+            await self.flush()  # the participants still in a room count up to now
+            book, self.book = self.book, None
+            await asyncio.to_thread(book.close)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.usage_flush_s)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage: writing the meter failed (kept for the next try)")
+
+    async def flush(self) -> None:
+        """Write what the meter accrued, then read the period's total (another worker's included)."""
+        book = self.book
+        if book is None:
+            return
+        async with self._flushing:
+            now = self.now_ms()
+            participants, recording = self.meter.take(now)
+            project = self.config.project
+            try:
+                if participants or recording:
+                    await asyncio.to_thread(book.add, project, participants, recording)
+            except BaseException:
+                merge(self.meter.closed, participants)  # not lost: written with the next flush
+                merge(self.meter.recording, recording)
+                raise
+            period = period_start_ms(now, self.config.usage_period_start_day)
+            p_ms, r_ms = await asyncio.to_thread(book.get, project, period)
+            self._stored = (period, p_ms, r_ms)
+
+    # -- feeds ------------------------------------------------------------------------------------
+    def on_event(self, event: RoomEvent) -> None:
+        """The router's observer: participants count from their join to their leave."""
+        kind, p = event.kind, event.participant
+        if kind is RoomEventKind.JOINED and p is not None:
+            self.meter.join(p.sid, self.now_ms())
+        elif kind is RoomEventKind.LEFT and p is not None:
+            self.meter.leave(p.sid, self.now_ms())
+        elif kind is RoomEventKind.ROOM_CLOSED:
+            now = self.now_ms()
+            for gone in event.participants:
+                self.meter.leave(gone.sid, now)
+
+    def add_recording(self, start_ms: int, end_ms: int) -> None:
+        """The recorder (another branch) adds each recording's wall-clock span when it ends."""
+        self.meter.add_recording(start_ms, end_ms)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def current(self) -> Usage:
+        now = self.now_ms()
+        period = period_start_ms(now, self.config.usage_period_start_day)
+        stored_period, p_ms, r_ms = self._stored
+        if stored_period != period:
+            p_ms = r_ms = 0  # a new period began since the last read
+        participants, recording = self.meter.pending(now)
+        return Usage(
+            period_ms=period,
+            participant_ms=p_ms + participants.get(period, 0),
+            recording_ms=r_ms + recording.get(period, 0),
+            quota_participant_minutes=self.config.quota_participant_minutes,
+        )
+
+    def check_quota(self) -> None:
+        """Before a new join: ``quota_exceeded`` once the period's participant-minutes are used up."""
+        if self.config.quota_participant_minutes > 0:
+            usage = self.current()
+            if usage.exhausted:
+                raise ApiError(
+                    "quota_exceeded",
+                    f"this period's {self.config.quota_participant_minutes:g} participant-minutes are used up "
+                    f"({usage.participant_ms / 60_000:.2f}); live sessions go on",
+                )
+
+
+def setup(app: web.Application, usage: NodeUsage, verifier: TokenVerifier) -> None:
+    async def get(request: web.Request) -> web.StreamResponse:
+        claims = verifier.verify(bearer_token(request), time.time())
+        claims.require("room:admin")
+        if claims.room is not None:
+            raise ApiError("token/unauthorized", "usage is project-wide: the token must not be bound to a room")
+        return json_response(usage.current().to_json())
+
+    app.router.add_get("/v1/usage", get)
