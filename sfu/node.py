@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -319,6 +320,12 @@ class Node(HttpBound):
     def revoke(self) -> None:
         """Refuse new work from now on (``node_revoked``); live sessions stay until closed."""
         self.revoked = True
+
+    def usage_report(self) -> dict[str, Any] | None:
+        return self.usage.report()
+
+    def usage_answered(self, body: Mapping[str, Any]) -> None:
+        self.usage.answered(body)
 
     def close_all_rooms(self, reason: CloseReason) -> int:
         """Close every public room and its sessions; the number closed."""

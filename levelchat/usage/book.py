@@ -51,35 +51,50 @@ class UsageBook:
         now_ms: int = 0,
     ) -> bool:
         """Add the milliseconds per period; False (nothing added) when ``report_id`` was applied."""
-        periods = sorted(set(participant_ms) | set(recording_ms))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if report_id:
-                    if self._db.execute("SELECT 1 FROM usage_reports WHERE id = ?", (report_id,)).fetchone():
-                        self._db.execute("ROLLBACK")
-                        return False
-                    self._db.execute("INSERT INTO usage_reports (id, at_ms) VALUES (?, ?)", (report_id, now_ms))
-                    self._db.execute("DELETE FROM usage_reports WHERE at_ms < ?", (now_ms - REPORTS_KEPT_MS,))
-                for period in periods:
-                    self._db.execute(
-                        "INSERT INTO usage (project, period_ms, participant_ms, recording_ms) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (project, period_ms) DO UPDATE SET "
-                        "participant_ms = participant_ms + excluded.participant_ms, "
-                        "recording_ms = recording_ms + excluded.recording_ms",
-                        (project, period, participant_ms.get(period, 0), recording_ms.get(period, 0)),
-                    )
-                self._db.execute("COMMIT")
+                added = apply(self._db, project, participant_ms, recording_ms, report_id=report_id, now_ms=now_ms)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return True
+            self._db.execute("COMMIT")
+        return added
 
     def get(self, project: str, period_ms: int) -> tuple[int, int]:
         """(participant ms, recording ms) of the period."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT participant_ms, recording_ms FROM usage WHERE project = ? AND period_ms = ?",
-                (project, period_ms),
-            ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+            return read(self._db, project, period_ms)
+
+
+# -- on a connection inside the caller's transaction (also the control plane's SQLite store) ------
+def apply(
+    db: sqlite3.Connection,
+    project: str,
+    participant_ms: dict[int, int],
+    recording_ms: dict[int, int],
+    *,
+    report_id: str = "",
+    now_ms: int = 0,
+) -> bool:
+    if report_id:
+        if db.execute("SELECT 1 FROM usage_reports WHERE id = ?", (report_id,)).fetchone():
+            return False
+        db.execute("INSERT INTO usage_reports (id, at_ms) VALUES (?, ?)", (report_id, now_ms))
+        db.execute("DELETE FROM usage_reports WHERE at_ms < ?", (now_ms - REPORTS_KEPT_MS,))
+    for period in sorted(set(participant_ms) | set(recording_ms)):
+        db.execute(
+            "INSERT INTO usage (project, period_ms, participant_ms, recording_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (project, period_ms) DO UPDATE SET "
+            "participant_ms = participant_ms + excluded.participant_ms, "
+            "recording_ms = recording_ms + excluded.recording_ms",
+            (project, period, participant_ms.get(period, 0), recording_ms.get(period, 0)),
+        )
+    return True
+
+
+def read(db: sqlite3.Connection, project: str, period_ms: int) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT participant_ms, recording_ms FROM usage WHERE project = ? AND period_ms = ?", (project, period_ms)
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

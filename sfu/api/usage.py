@@ -1,7 +1,10 @@
-"""The node's usage accounting (issue 14) when it runs without a control plane, or as one worker
-of a multi-worker node (the workers share one file): the router's joins and leaves feed a
-``UsageMeter``, written every ``usage_flush_s`` to the ``UsageBook``; ``GET /v1/usage``
-(``room:admin``); ``check_quota`` before each new join (WHIP, WHEP, the WebSocket ``join``).
+"""The node's usage accounting (issue 14): the router's joins and leaves feed a ``UsageMeter``.
+Alone (or as one worker of a multi-worker node: the workers share one file) the meter is written
+every ``usage_flush_s`` to the ``UsageBook``; under a control plane it goes with the heartbeats
+(``report``/``answered``: one report at a time, re-sent with its id until a heartbeat is answered,
+so the control plane counts it once) and the answer brings the project's total back.
+``GET /v1/usage`` (``room:admin``); ``check_quota`` before each new join (WHIP, WHEP, the
+WebSocket ``join``), against the last known total plus what this node has not reported yet.
 
 What another worker has not written yet is not seen here: a multi-worker node's total lags by
 up to ``usage_flush_s``, so a quota may be overrun by that much participant time."""
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,6 +24,7 @@ from levelchat.errors import ApiError
 from levelchat.tokens import TokenVerifier
 from levelchat.usage.book import UsageBook
 from levelchat.usage.meter import Usage, UsageMeter, merge, period_start_ms
+from levelchat.usage.report import UsageReport
 from levelchat.web import bearer_token, json_response
 from sfu.routing.events import RoomEvent, RoomEventKind
 
@@ -39,8 +44,16 @@ class NodeUsage:
         self._stored = (0, 0, 0)
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        #: under a control plane: the meter goes with the heartbeats, not to a file
+        self.reporting = bool(config.control_endpoints)
+        self._pending: UsageReport | None = None
+        self._report_prefix = "UR_" + secrets.token_hex(6)
+        self._reports = 0
 
     async def start(self, http_port: int) -> None:
+        if self.reporting:
+            log.info("usage: reported to the control plane with the heartbeats")
+            return
         path = self.config.usage_db_at(http_port)
         self.book = await asyncio.to_thread(UsageBook, path)
         await self.flush()
@@ -84,6 +97,26 @@ class NodeUsage:
             p_ms, r_ms = await asyncio.to_thread(book.get, project, period)
             self._stored = (period, p_ms, r_ms)
 
+    # -- under a control plane (sfu.agent) ----------------------------------------------------------
+    def report(self) -> dict[str, Any] | None:
+        """The report to send with this heartbeat: the one not yet answered, else what accrued."""
+        if self._pending is None:
+            participants, recording = self.meter.take(self.now_ms())
+            if not participants and not recording:
+                return None
+            self._reports += 1
+            self._pending = UsageReport(f"{self._report_prefix}-{self._reports}", participants, recording)
+        return self._pending.to_json()
+
+    def answered(self, body: Mapping[str, Any]) -> None:
+        """A heartbeat was answered: the report is counted; the answer's total is the project's."""
+        self._pending = None
+        total = body.get("usage")
+        if isinstance(total, dict):
+            values = [total.get(k) for k in ("period_ms", "participant_ms", "recording_ms")]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                self._stored = (int(values[0]), int(values[1]), int(values[2]))  # type: ignore[arg-type]
+
     # -- feeds ------------------------------------------------------------------------------------
     def on_event(self, event: RoomEvent) -> None:
         """The router's observer: participants count from their join to their leave."""
@@ -109,6 +142,9 @@ class NodeUsage:
         if stored_period != period:
             p_ms = r_ms = 0  # a new period began since the last read
         participants, recording = self.meter.pending(now)
+        if self._pending is not None:  # sent, not answered yet
+            merge(participants, self._pending.participant_ms)
+            merge(recording, self._pending.recording_ms)
         return Usage(
             period_ms=period,
             participant_ms=p_ms + participants.get(period, 0),

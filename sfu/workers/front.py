@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -295,6 +295,13 @@ class Front(HttpBound):
 
     def revoke(self) -> None:
         self.revoked = True
+
+    def usage_report(self) -> dict[str, Any] | None:
+        """The workers write their shared usage file; it is not reported to the control plane yet."""
+        return None
+
+    def usage_answered(self, body: Mapping[str, Any]) -> None:
+        pass
 
     def close_all_rooms(self, reason: CloseReason) -> int:
         """Close every room on every worker (in the background); the number of rooms known now."""
