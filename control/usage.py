@@ -48,4 +48,9 @@ class ControlUsage:
     async def answer(self) -> dict[str, Any]:
         """What a heartbeat's answer tells the node: the project's total, for its own quota check."""
         usage = await self.current()
-        return {"period_ms": usage.period_ms, "participant_ms": usage.participant_ms, "recording_ms": usage.recording_ms}
+        return {
+            "period_ms": usage.period_ms,
+            "participant_ms": usage.participant_ms,
+            "recording_ms": usage.recording_ms,
+            "quota_participant_minutes": self.config.quota_participant_minutes,
+        }

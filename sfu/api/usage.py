@@ -44,11 +44,14 @@ class NodeUsage:
         self._stored = (0, 0, 0)
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self._writing: tuple[dict[int, int], dict[int, int]] | None = None
         #: under a control plane: the meter goes with the heartbeats, not to a file
         self.reporting = bool(config.control_endpoints)
         self._pending: UsageReport | None = None
         self._report_prefix = "UR_" + secrets.token_hex(6)
         self._reports = 0
+        #: the control plane's quota (its heartbeat answers), which overrides this node's own
+        self.control_quota: float | None = None
 
     async def start(self, http_port: int) -> None:
         if self.reporting:
@@ -86,15 +89,21 @@ class NodeUsage:
             now = self.now_ms()
             participants, recording = self.meter.take(now)
             project = self.config.project
+            # counted by ``current`` while on the way to the book (taken from the meter, not read back yet)
+            self._writing = (participants, recording)
             try:
                 if participants or recording:
                     await asyncio.to_thread(book.add, project, participants, recording)
             except BaseException:
                 merge(self.meter.closed, participants)  # not lost: written with the next flush
                 merge(self.meter.recording, recording)
+                self._writing = None
                 raise
             period = period_start_ms(now, self.config.usage_period_start_day)
-            p_ms, r_ms = await asyncio.to_thread(book.get, project, period)
+            try:
+                p_ms, r_ms = await asyncio.to_thread(book.get, project, period)
+            finally:
+                self._writing = None
             self._stored = (period, p_ms, r_ms)
 
     # -- under a control plane (sfu.agent) ----------------------------------------------------------
@@ -116,6 +125,9 @@ class NodeUsage:
             values = [total.get(k) for k in ("period_ms", "participant_ms", "recording_ms")]
             if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 self._stored = (int(values[0]), int(values[1]), int(values[2]))  # type: ignore[arg-type]
+            quota = total.get("quota_participant_minutes")
+            if isinstance(quota, (int, float)) and not isinstance(quota, bool) and quota >= 0:
+                self.control_quota = float(quota)
 
     # -- feeds ------------------------------------------------------------------------------------
     def on_event(self, event: RoomEvent) -> None:
@@ -145,21 +157,28 @@ class NodeUsage:
         if self._pending is not None:  # sent, not answered yet
             merge(participants, self._pending.participant_ms)
             merge(recording, self._pending.recording_ms)
+        if self._writing is not None:  # being written to the book
+            merge(participants, self._writing[0])
+            merge(recording, self._writing[1])
         return Usage(
             period_ms=period,
             participant_ms=p_ms + participants.get(period, 0),
             recording_ms=r_ms + recording.get(period, 0),
-            quota_participant_minutes=self.config.quota_participant_minutes,
+            quota_participant_minutes=self.quota,
         )
+
+    @property
+    def quota(self) -> float:
+        return self.config.quota_participant_minutes if self.control_quota is None else self.control_quota
 
     def check_quota(self) -> None:
         """Before a new join: ``quota_exceeded`` once the period's participant-minutes are used up."""
-        if self.config.quota_participant_minutes > 0:
+        if self.quota > 0:
             usage = self.current()
             if usage.exhausted:
                 raise ApiError(
                     "quota_exceeded",
-                    f"this period's {self.config.quota_participant_minutes:g} participant-minutes are used up "
+                    f"this period's {self.quota:g} participant-minutes are used up "
                     f"({usage.participant_ms / 60_000:.2f}); live sessions go on",
                 )
 

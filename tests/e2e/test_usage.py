@@ -18,6 +18,7 @@ import pytest
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
 from tests.e2e.procs import Proc, Procs, admin_token, call
+from tests.e2e.test_workers import wait_for_ready
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -147,3 +148,56 @@ async def wait_for_async(predicate: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_a_two_worker_node_counts_in_one_file_and_every_worker_refuses(tmp_path: Path) -> None:
+    """The front routes ``/v1/usage``; the workers share the usage file, so a room on either
+    worker is refused once the node's total reaches the quota."""
+    procs = Procs(tmp_path)
+    node = procs.node("usage-front", None, env=_env(tmp_path), extra_args=("--workers", "2"))
+    publisher: WhipPublisher | None = None
+    try:
+        await node.wait_healthy()
+        assert (await wait_for_ready(node)).status == 200
+        room = "front-quota"
+        publisher = WhipPublisher(node.url, room, token(room, "alice"))
+        viewer = WhepSubscriber(node.url, room, token(room, "bob"))
+        await publisher.connect(timeout=20)
+        assert (await viewer.connect(timeout=20))[0] == 201
+        try:
+            await wait_for_async(lambda: _used_up(node), 30, "the quota used up")
+            for other in ("front-quota-1", "front-quota-2", "front-quota-3", "front-quota-4"):
+                # new rooms, placed on either worker: the other worker reads the shared total when
+                # it writes its own meter (every usage_flush_s), so it may take one more join
+                await until_refused(node, other, 10)
+                await assert_joins_refused(node, other)
+            frames = viewer.frames["video"]
+            await wait_for(lambda: viewer.frames["video"] > frames + 30, 20, "the live subscriber goes on receiving")
+        finally:
+            await viewer.close()
+    finally:
+        if publisher is not None:
+            await publisher.close()
+        procs.stop_all()
+
+
+async def until_refused(node: Proc, room: str, timeout_s: float) -> None:
+    """WHIP joins (each accepted one deleted again) until one gets ``quota_exceeded``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        probe = WhipPublisher(node.url, room, token(room, "probe"))
+        try:
+            await probe.pc.setLocalDescription(await probe.pc.createOffer())
+            answer = await call("POST", f"{node.url}/whip/{room}", token=probe.token, sdp=probe.pc.localDescription.sdp)
+        finally:
+            await probe.close()
+        if answer.status == 402:
+            assert answer.body["code"] == "quota_exceeded", answer.body
+            return
+        assert answer.status == 201 and time.monotonic() < deadline, answer.body
+        assert (await call("DELETE", node.url + answer.headers["Location"], token=probe.token)).status == 200
+        await asyncio.sleep(0.2)
+
+
+async def _used_up(node: Proc) -> bool:
+    return float((await usage(node))["participant_minutes"]) >= QUOTA_MIN
