@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -19,6 +20,21 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE TABLE IF NOT EXISTS usage_reports (
     id TEXT PRIMARY KEY,
     at_ms INTEGER NOT NULL
+);
+"""
+#: a multi-worker node under a control plane: what its front reported of the file's totals
+#: (``usage_cursor``), and the report on its way (``usage_outbox``: re-sent after a restart)
+OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_cursor (
+    project TEXT NOT NULL,
+    period_ms INTEGER NOT NULL,
+    participant_ms INTEGER NOT NULL,
+    recording_ms INTEGER NOT NULL,
+    PRIMARY KEY (project, period_ms)
+);
+CREATE TABLE IF NOT EXISTS usage_outbox (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
 );
 """
 #: applied report ids are kept this long (a retry comes within seconds)
@@ -35,7 +51,7 @@ class UsageBook:
         self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + OUTBOX_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -65,6 +81,56 @@ class UsageBook:
         """(participant ms, recording ms) of the period."""
         with self._lock:
             return read(self._db, project, period_ms)
+
+    # -- the outbox of a front that reports the file's totals -----------------------------------
+    def outbox(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(str(r[0]), str(r[1])) for r in self._db.execute("SELECT id, body FROM usage_outbox ORDER BY id")]
+
+    def next_report(
+        self, project: str, periods: list[int], report_id: str, encode: Callable[[dict[int, int], dict[int, int]], str]
+    ) -> tuple[dict[int, int], dict[int, int]] | None:
+        """In one transaction: what the periods' totals grew by since the cursor, the cursor moved
+        to the totals and the report (``encode``d) put in the outbox; None when nothing grew."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                participants: dict[int, int] = {}
+                recording: dict[int, int] = {}
+                totals = {period: read(self._db, project, period) for period in periods}
+                for period, (p_ms, r_ms) in totals.items():
+                    row = self._db.execute(
+                        "SELECT participant_ms, recording_ms FROM usage_cursor WHERE project = ? AND period_ms = ?",
+                        (project, period),
+                    ).fetchone()
+                    seen_p, seen_r = (int(row[0]), int(row[1])) if row else (0, 0)
+                    if p_ms > seen_p:
+                        participants[period] = p_ms - seen_p
+                    if r_ms > seen_r:
+                        recording[period] = r_ms - seen_r
+                if not participants and not recording:
+                    self._db.execute("ROLLBACK")
+                    return None
+                for period, (p_ms, r_ms) in totals.items():
+                    self._db.execute(
+                        "INSERT INTO usage_cursor (project, period_ms, participant_ms, recording_ms) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (project, period_ms) DO UPDATE SET "
+                        "participant_ms = excluded.participant_ms, recording_ms = excluded.recording_ms",
+                        (project, period, p_ms, r_ms),
+                    )
+                self._db.execute(
+                    "INSERT INTO usage_outbox (id, body) VALUES (?, ?)", (report_id, encode(participants, recording))
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return participants, recording
+
+    def sent(self, report_id: str) -> None:
+        """The control plane answered the report: out of the outbox."""
+        with self._lock:
+            self._db.execute("DELETE FROM usage_outbox WHERE id = ?", (report_id,))
 
 
 # -- on a connection inside the caller's transaction (also the control plane's SQLite store) ------

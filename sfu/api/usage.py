@@ -52,6 +52,8 @@ class NodeUsage:
         self._reports = 0
         #: the control plane's quota (its heartbeat answers), which overrides this node's own
         self.control_quota: float | None = None
+        #: a worker of a node under a control plane: the project's total the front last heard
+        self._control = (0, 0, 0)
 
     async def start(self, http_port: int) -> None:
         if self.reporting:
@@ -122,12 +124,20 @@ class NodeUsage:
         self._pending = None
         total = body.get("usage")
         if isinstance(total, dict):
-            values = [total.get(k) for k in ("period_ms", "participant_ms", "recording_ms")]
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                self._stored = (int(values[0]), int(values[1]), int(values[2]))  # type: ignore[arg-type]
-            quota = total.get("quota_participant_minutes")
-            if isinstance(quota, (int, float)) and not isinstance(quota, bool) and quota >= 0:
-                self.control_quota = float(quota)
+            self._stored = self._adopt(total) or self._stored
+
+    def adopt_control_total(self, total: Mapping[str, Any]) -> None:
+        """A worker: the project's total and quota from the control plane (through the front)."""
+        self._control = self._adopt(total) or self._control
+
+    def _adopt(self, total: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        quota = total.get("quota_participant_minutes")
+        if isinstance(quota, (int, float)) and not isinstance(quota, bool) and quota >= 0:
+            self.control_quota = float(quota)
+        values = [total.get(k) for k in ("period_ms", "participant_ms", "recording_ms")]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return (int(values[0]), int(values[1]), int(values[2]))  # type: ignore[arg-type]
+        return None
 
     # -- feeds ------------------------------------------------------------------------------------
     def on_event(self, event: RoomEvent) -> None:
@@ -153,6 +163,9 @@ class NodeUsage:
         stored_period, p_ms, r_ms = self._stored
         if stored_period != period:
             p_ms = r_ms = 0  # a new period began since the last read
+        control_period, control_p, control_r = self._control
+        if control_period == period and control_p > p_ms:  # the project's, beyond this node's file
+            p_ms, r_ms = control_p, max(r_ms, control_r)
         participants, recording = self.meter.pending(now)
         if self._pending is not None:  # sent, not answered yet
             merge(participants, self._pending.participant_ms)

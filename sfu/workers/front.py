@@ -46,6 +46,7 @@ from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
 from sfu.workers.proxy import forward, forward_websocket
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
+from sfu.workers.usage import FrontUsage, control_total
 from sfu.workers.worker import INTERNAL
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class Front(HttpBound):
         self.draining = False
         self.drained = asyncio.Event()
         self.agent: ControlPlaneAgent | None = None
+        #: under a control plane: the workers' usage reported with the heartbeats (sfu.workers.usage)
+        self.usage: FrontUsage | None = None
         self._revoked = False
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -95,6 +98,11 @@ class Front(HttpBound):
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
         if self.config.control_endpoints:
+            self.usage = FrontUsage(
+                self.workers[0].config.usage_db, self.config.project, self.config.usage_period_start_day,
+                self.config.usage_flush_s,
+            )
+            await self.usage.start()
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()
         log.info(
@@ -108,6 +116,8 @@ class Front(HttpBound):
             self._drain_task.cancel()
         if self.agent is not None:
             await self.agent.stop()
+        if self.usage is not None:
+            await self.usage.stop()
         for task in list(self._background):
             task.cancel()
         if self._runner is not None:
@@ -297,11 +307,15 @@ class Front(HttpBound):
         self.revoked = True
 
     def usage_report(self) -> dict[str, Any] | None:
-        """The workers write their shared usage file; it is not reported to the control plane yet."""
-        return None
+        """What the workers wrote to their shared usage file since the last report (``FrontUsage``)."""
+        return self.usage.report() if self.usage is not None else None
 
     def usage_answered(self, body: Mapping[str, Any]) -> None:
-        pass
+        if self.usage is not None:
+            self._spawn(self.usage.answered())
+        total = control_total(body)
+        if total is not None:  # the workers check their joins against the project's total
+            self._spawn(self.supervisor.broadcast("POST", INTERNAL + "/usage", total))
 
     def close_all_rooms(self, reason: CloseReason) -> int:
         """Close every room on every worker (in the background); the number of rooms known now."""

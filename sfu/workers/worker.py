@@ -115,6 +115,7 @@ class WorkerNode(Node):
         r.add_post(INTERNAL + "/close_all", self._close_all)
         r.add_post(INTERNAL + "/webhooks", self._webhook_add)
         r.add_delete(INTERNAL + "/webhooks/{id}", self._webhook_remove)
+        r.add_post(INTERNAL + "/usage", self._usage_total)
         return app
 
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
@@ -173,6 +174,11 @@ class WorkerNode(Node):
         if d is not None and eid in d.endpoints:
             await d.remove(eid)
         return json_response({"removed": eid})
+
+    async def _usage_total(self, request: web.Request) -> web.StreamResponse:
+        """The project's usage and quota from the control plane's heartbeat answer (the front's)."""
+        self.usage.adopt_control_total(await read_json(request))
+        return json_response(self.usage.current().to_json())
 
     async def _close_all(self, request: web.Request) -> web.StreamResponse:
         return json_response({"closed": self.close_all_rooms(CloseReason.DRAINED)})

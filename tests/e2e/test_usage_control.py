@@ -103,3 +103,40 @@ async def test_replicas_agree_the_quota_refuses_tokens_and_joins_and_a_restart_k
         assert after["participant_minutes"] >= before and after["quota"] == {}, (before, after)
     finally:
         procs.stop_all()
+
+
+async def test_a_two_worker_node_reports_its_workers_usage_and_they_refuse_joins(tmp_path: Path) -> None:
+    """The front reports what its workers wrote to their shared file; the control plane's total
+    and quota come back to every worker."""
+    procs = Procs(tmp_path)
+    plane = procs.control("control-w", extra_args=("--store", f"sqlite:///{tmp_path}/control.db"),
+                          env={"LEVELCHAT_CONTROL_QUOTA_PARTICIPANT_MINUTES": str(QUOTA_MIN)})
+    publisher: WhipPublisher | None = None
+    viewer: WhepSubscriber | None = None
+    try:
+        await plane.wait_healthy()
+        node = procs.node("sfu-usage-w", plane.url, extra_args=("--workers", "2"),
+                          env={"LEVELCHAT_SFU_RATE_LIMIT_IP_PER_S": "0", "LEVELCHAT_SFU_USAGE_FLUSH_S": "0.2"})
+        await node.wait_healthy()
+        await wait_nodes_state(plane.url, ["sfu-usage-w"], "live", timeout_s=20)
+        room = "usage-w-room"
+        alice, bob = await join_token(plane, room, "alice"), await join_token(plane, room, "bob")
+        assert alice.status == 200 and bob.status == 200, (alice.body, bob.body)
+        publisher = WhipPublisher(node.url, room, alice.body["token"])
+        viewer = WhepSubscriber(node.url, room, bob.body["token"])
+        await publisher.connect(timeout=20)
+        assert (await viewer.connect(timeout=20))[0] == 201
+        await wait_usage(plane, QUOTA_MIN, 30)
+        refused = await join_token(plane, room, "carol")
+        assert refused.status == 402 and refused.body["code"] == "quota_exceeded", refused.body
+        for other in ("usage-w-1", "usage-w-2", "usage-w-3"):  # new rooms, on either worker
+            await until_refused(node, other, 10)
+        frames = viewer.frames["video"]
+        await wait_for(lambda: viewer is not None and viewer.frames["video"] > frames + 30, 20,
+                       "the live subscriber goes on receiving")
+    finally:
+        if publisher is not None:
+            await publisher.close()
+        if viewer is not None:
+            await viewer.close()
+        procs.stop_all()
