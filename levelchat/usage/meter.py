@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MS_PER_MINUTE = 60_000
 
@@ -45,6 +46,13 @@ def split(start_ms: int, end_ms: int, start_day: int = 1) -> dict[int, int]:
 def merge(into: dict[int, int], more: dict[int, int]) -> None:
     for period, ms in more.items():
         into[period] = into.get(period, 0) + ms
+
+
+class RecordingMinutes(Protocol):
+    """What a recorder needs to count its minutes (``sfu.api.usage.NodeUsage`` on a node): each
+    recording's span, in epoch milliseconds (wall clock), once it ends."""
+
+    def add_recording(self, start_ms: int, end_ms: int) -> None: ...
 
 
 @dataclass

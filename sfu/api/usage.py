@@ -153,7 +153,8 @@ class NodeUsage:
                 self.meter.leave(gone.sid, now)
 
     def add_recording(self, start_ms: int, end_ms: int) -> None:
-        """The recorder (another branch) adds each recording's wall-clock span when it ends."""
+        """``levelchat.usage.meter.RecordingMinutes``: the recorder adds each recording's span
+        (epoch ms) when it ends; written (or reported) with the participant time."""
         self.meter.add_recording(start_ms, end_ms)
 
     # -- reading ----------------------------------------------------------------------------------

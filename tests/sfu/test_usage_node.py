@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from levelchat.errors import ApiError
-from levelchat.usage.meter import period_start_ms
+from levelchat.usage.meter import RecordingMinutes, period_start_ms
 from sfu.api.usage import NodeUsage
 from sfu.config import load
 
@@ -48,12 +48,16 @@ async def test_the_total_never_drops_while_the_meter_is_written_and_the_quota_re
         with pytest.raises(ApiError) as refused:  # 60 s exactly is used up
             usage.check_quota()
         assert refused.value.code == "quota_exceeded"
+        recorder: RecordingMinutes = usage
+        recorder.add_recording(clock.ms - 90_000, clock.ms)
+        assert usage.current().to_json()["recording_minutes"] == 1.5
     finally:
         await usage.stop()
     again = NodeUsage(cfg, now_ms=clock)
     await again.start(0)
     try:
         assert again.current().participant_ms == 60_000  # written at stop
+        assert again.current().recording_ms == 90_000
     finally:
         await again.stop()
 
