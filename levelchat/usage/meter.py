@@ -95,6 +95,11 @@ class UsageMeter:
         return out
 
 
+def minutes(ms: int) -> float:
+    """Minutes with three decimals, rounded down: a total shown as reaching a quota has reached it."""
+    return (ms // 60) / 1000
+
+
 @dataclass(frozen=True)
 class Usage:
     """One period's totals, as ``GET /v1/usage`` answers them."""
@@ -115,7 +120,7 @@ class Usage:
             quota["participant_minutes"] = self.quota_participant_minutes
         return {
             "period_start": dt.datetime.fromtimestamp(self.period_ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "participant_minutes": round(self.participant_ms / MS_PER_MINUTE, 3),
-            "recording_minutes": round(self.recording_ms / MS_PER_MINUTE, 3),
+            "participant_minutes": minutes(self.participant_ms),
+            "recording_minutes": minutes(self.recording_ms),
             "quota": quota,
         }

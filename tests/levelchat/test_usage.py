@@ -86,6 +86,10 @@ def test_usage_json_is_the_contracts() -> None:
         "quota": {"participant_minutes": 100.0},
     }
     assert Usage(0, 0, 0).to_json()["quota"] == {}
+    # rounded down: 2,999 ms is 0.049 minutes, not the 0.05 a 0.05-minute quota refuses at
+    assert Usage(0, 2_999, 59, 0.05).to_json()["participant_minutes"] == 0.049
+    assert Usage(0, 3_000, 59, 0.05).to_json()["participant_minutes"] == 0.05
+    assert Usage(0, 2_999, 59, 0.05).to_json()["recording_minutes"] == 0.0
 
 
 def test_the_book_adds_per_project_and_period_and_applies_a_report_once(tmp_path: Path) -> None:
