@@ -19,8 +19,11 @@ FROM python:3.11-slim
 RUN groupadd --system --gid 10001 levelchat \
  && useradd --system --uid 10001 --gid levelchat --home /var/lib/levelchat --create-home levelchat
 COPY --from=build /install /usr/local
+# PYTHONMALLOC=malloc: objects on glibc's heap, which the node trims after a burst of sessions or
+# connections ends (RSS back near its start; pymalloc's arenas stay pinned): docs/operations.md, "Memory"
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONMALLOC=malloc \
     HEALTHCHECK_URL=http://127.0.0.1:7880/healthz
 USER levelchat
 WORKDIR /var/lib/levelchat

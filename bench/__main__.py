@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--verify-every", type=int, default=0, help="sinks check every V-th packet (0: auto)")
         cmd.add_argument("--size", type=int, default=1200, help="RTP packet size in bytes")
         cmd.add_argument("--no-pin", action="store_true", help="do not pin the forwarder to its own core")
+        cmd.add_argument("--twcc", action="store_true",
+                         help="every packet carries a transport-wide seq extension; the node's publisher "
+                              "negotiates transport-cc, so its feedback is in the node's figure")
         cmd.add_argument("--json", dest="json_path", help="write the result JSON here ('-': to stdout)")
         cmd.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     _workers_parser(sub)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for fanout in args.fanout:
         work = Workload(fanout=fanout, seconds=args.seconds, in_pps=args.in_pps, size=args.size,
-                        verify_every=args.verify_every, pin=not args.no_pin)
+                        verify_every=args.verify_every, pin=not args.no_pin, twcc=args.twcc)
         results.append(compare(targets, work, args.mode, progress=progress))
     doc = results[0] if len(results) == 1 else {"runs": results}
     text = table(results) if len(results) > 1 or args.command == "sweep" else summary(results[0])

@@ -58,6 +58,10 @@ class Workload:
     #: ``max_flood_in_pps``: a forwarder that falls far behind drops long runs in its socket
     #: queue whenever it is descheduled, and a run of >32k lost packets desyncs SRTP (above).
     max_flood_in_pps: float = 0.0
+    #: every packet carries a transport-wide seq extension block (all targets forward it as it
+    #: is); the node's publisher negotiates transport-cc, so the node also records each packet's
+    #: arrival and sends transport-cc feedback every 100 ms: that cost is in its figure
+    twcc: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.fanout <= 64:
@@ -136,13 +140,13 @@ class RunSetup:
 def _sink_argv(work: Workload, bound: float) -> list[str]:
     return [sys.executable, "-m", "bench.traffic", "sink", "--expect", str(work.count),
             "--seconds", str(bound), "--idle-ms", str(work.drain_ms),
-            "--verify-every", str(work.sample_every), "--size", str(work.size)]
+            "--verify-every", str(work.sample_every), "--size", str(work.size)] + (["--twcc"] if work.twcc else [])
 
 
 def _source_argv(work: Workload) -> list[str]:
     return [sys.executable, "-m", "bench.traffic", "source", "--count", str(work.count),
             "--pps", str(work.source_pps), "--seconds", str(work.source_bound_s), "--size", str(work.size),
-            "--wait-go"]
+            "--wait-go"] + (["--twcc"] if work.twcc else [])
 
 
 def kill_all(*procs: subprocess.Popen[str] | None) -> None:
@@ -378,11 +382,13 @@ def compare(targets: list[Target], work: Workload, mode: str = "both",
 def default_targets(names: list[str]) -> list[Target]:
     """Targets by name: ``node`` (the SFU node), ``c``, ``baseline`` (mmsg), ``baseline_plain``,
     ``node_sysmalloc`` (the node with ``PYTHONMALLOC=malloc``), ``node_dualstack`` (the node's
-    media socket dual-stack on ``::``, the bench's IPv4 traffic arriving v4-mapped)."""
+    media socket dual-stack on ``::``, the bench's IPv4 traffic arriving v4-mapped), ``node_recorded``
+    (the node with the room recorded: what recording costs the forwarding process)."""
     known: dict[str, Target] = {NODE: NodeTarget(), "c": CTarget(), "baseline": BaselineTarget("mmsg"),
                                 "baseline_plain": BaselineTarget("plain"),
                                 "node_sysmalloc": NodeTarget(name="node_sysmalloc", env={"PYTHONMALLOC": "malloc"}),
-                                "node_dualstack": NodeTarget(name="node_dualstack", env=DUAL_STACK_ENV)}
+                                "node_dualstack": NodeTarget(name="node_dualstack", env=DUAL_STACK_ENV),
+                                "node_recorded": NodeTarget(name="node_recorded", record=True)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {unknown}; known: {sorted(known)}")

@@ -27,9 +27,19 @@ VP8_INTERFRAME = 0x01
 VP8_PREFIX_LEN = 2
 
 
-def stamp_offset(vp8: bool) -> int:
+#: ``--twcc``: a one-byte header extension block with the transport-wide sequence number
+#: (draft-holmer-rmcat-transport-wide-cc-extensions-01) under id ``TWCC_EXT_ID``, as a publisher
+#: that negotiated transport-cc sends (the node then sends it transport-cc feedback); the 2-byte
+#: value sits at ``TWCC_SEQ_AT``
+TWCC_EXT_ID = 5
+TWCC_BLOCK = bytes([0xBE, 0xDE, 0x00, 0x01, (TWCC_EXT_ID << 4) | 1, 0, 0, 0])
+TWCC_BLOCK_LEN = len(TWCC_BLOCK)
+TWCC_SEQ_AT = RTP_HEADER_LEN + 5
+
+
+def stamp_offset(vp8: bool, twcc: bool = False) -> int:
     """Where the stamp (magic, seq, send_ns) starts in a bench RTP packet."""
-    return RTP_HEADER_LEN + (VP8_PREFIX_LEN if vp8 else 0)
+    return RTP_HEADER_LEN + (TWCC_BLOCK_LEN if twcc else 0) + (VP8_PREFIX_LEN if vp8 else 0)
 
 
 def filler(seq: int, length: int) -> bytes:

@@ -42,6 +42,7 @@ class SessionSpec:
     url: str  # the WHIP or WHEP endpoint, on 127.0.0.1
     token: str
     video_ssrc: int = 0  # the publisher's one VP8 SSRC (PUBLISH only)
+    twcc_ext: int = 0  # the publisher offers transport-wide-cc under this id (0: not)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -108,7 +109,7 @@ async def _open_one(http: aiohttp.ClientSession, spec: SessionSpec, cert: Certif
     ep = LiteEndpoint(cert, srtp_profiles=[PROFILE])
     try:
         if spec.role is Role.PUBLISH:
-            sdp = ep.offer(send=True, video_ssrc=spec.video_ssrc, audio_ssrc=None)
+            sdp = ep.offer(send=True, video_ssrc=spec.video_ssrc, audio_ssrc=None, twcc_ext=spec.twcc_ext or None)
         else:
             sdp = ep.offer(send=False)
         answer = await _post_offer(http, spec, sdp)

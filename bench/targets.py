@@ -214,8 +214,18 @@ _METRIC = re.compile(r'^levelchat_sfu_([a-z_]+?)(?:_total)?(?:\{(?:kind|reason|d
 class RunningNode:
     """A ``python -m sfu --dev`` process on ephemeral loopback ports."""
 
-    def __init__(self, argv: list[str], start_timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], start_timeout: float = 30.0, env: dict[str, str] | None = None, *, record: bool = False
+    ) -> None:
+        """``record``: the room is recorded (``node_recorded``): created with ``recording`` on,
+        its recording started once the source publishes, into a temporary directory."""
         self._log: IO[str] = tempfile.TemporaryFile("w+", prefix="bench-node-")  # noqa: SIM115
+        self.record = record
+        self._recordings: tempfile.TemporaryDirectory[str] | None = None
+        if record:
+            self._recordings = tempfile.TemporaryDirectory(prefix="bench-recordings-")
+            env = {**(env or {}), "LEVELCHAT_SFU_RECORDINGS_DIR": self._recordings.name}
+        self.recording: dict[str, Any] = {}
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=REPO_ROOT,
                                      env={**os.environ, **env} if env else None)
         self.pid = self.proc.pid
@@ -239,19 +249,32 @@ class RunningNode:
         self._log.seek(0)
         return self._log.read()[-limit:]
 
-    def _token(self, identity: str) -> str:
+    def _token(self, identity: str, scopes: tuple[str, ...] = ("room:join", "room:publish", "room:subscribe")) -> str:
         from levelchat.tokens import ApiKey, mint
 
         with warnings.catch_warnings():  # PyJWT: the dev key is short (InsecureKeyLengthWarning)
             warnings.simplefilter("ignore")
             return mint(ApiKey(DEV_KEY_ID, DEV_KEY_SECRET), project="levelchat", now_s=time.time(), ttl_s=600,
-                        identity=identity, room=BENCH_ROOM,
-                        scopes=["room:join", "room:publish", "room:subscribe"])
+                        identity=identity, room=BENCH_ROOM, scopes=list(scopes))
+
+    def _post(self, path: str, body: dict[str, Any], scopes: tuple[str, ...]) -> dict[str, Any]:
+        req = urllib.request.Request(  # noqa: S310 - loopback
+            f"{self.url}{path}", data=json.dumps(body).encode(), method="POST",
+            headers={"Authorization": f"Bearer {self._token('bench-operator', scopes)}",
+                     "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
 
     def publisher(self) -> Endpoint:
+        if self.record:
+            self._post("/v1/rooms", {"room": BENCH_ROOM, "recording": True}, ("room:create",))
         return Endpoint(f"{self.url}/whip/{BENCH_ROOM}", self._token("bench-source"))
 
     def subscriber(self, index: int) -> Endpoint:
+        if self.record and not self.recording:  # the source publishes by now
+            self.recording = self._post(f"/v1/rooms/{BENCH_ROOM}/recording", {}, ("room:join", "recording:write"))
         return Endpoint(f"{self.url}/whep/{BENCH_ROOM}", self._token(f"bench-sink-{index}"))
 
     def counters(self) -> dict[str, Any]:
@@ -279,6 +302,9 @@ class RunningNode:
                 self.proc.stdout.close()
         warnings = [line for line in self.log_tail(20_000).splitlines() if line.strip()]
         self._log.close()
+        if self._recordings is not None:
+            own["recording"] = self.recording.get("id")
+            self._recordings.cleanup()
         if self.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
             raise TargetError(f"the node exited {self.proc.returncode}: {warnings[-20:]}")
         own["log_lines"] = len(warnings)
@@ -307,6 +333,7 @@ def parse_node_metrics(text: str) -> dict[str, Any]:
         "rtcp_in": int(values.get("packets_received.rtcp", 0)),
         "rtcp_out": int(values.get("packets_forwarded.rtcp", 0)),
         "keyframe_requests": int(values.get("keyframe_requests", 0)),
+        "twcc_feedback": int(values.get("twcc_feedback", 0)),
         "drops": drops,
         "srtp_errors": {k.split(".", 1)[1]: int(v) for k, v in values.items()
                         if k.startswith("srtp_errors.") and v},
@@ -336,16 +363,20 @@ class NodeTarget:
     #: row, and libsrtp's rollover guess then fails (``srtp_errors`` in its report).
     max_flood_in_pps = 60_000.0
 
-    def __init__(self, log_level: str = "WARNING", *, name: str = "node", env: dict[str, str] | None = None) -> None:
-        """``name`` and ``env``: a variant of the node side by side with it (``node_sysmalloc``:
-        ``PYTHONMALLOC=malloc``, what the deploy units set)."""
+    def __init__(
+        self, log_level: str = "WARNING", *, name: str = "node", env: dict[str, str] | None = None, record: bool = False
+    ) -> None:
+        """``name``, ``env`` and ``record``: a variant of the node side by side with it
+        (``node_sysmalloc``: ``PYTHONMALLOC=malloc``, what the deploy units set;
+        ``node_recorded``: the room is recorded)."""
         self.log_level = log_level
         self.name = name
         self.env = env or {}
+        self.record = record
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "sfu", "--dev", "--http-port", "0", "--media-port", "0",
                 "--log-level", self.log_level]
 
     def launch(self, seconds: float) -> RunningSessionTarget:
-        return RunningNode(self.argv(), env=self.env)
+        return RunningNode(self.argv(), env=self.env, record=self.record)

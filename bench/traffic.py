@@ -39,6 +39,10 @@ from bench.packet import (
     PAYLOAD_TYPE,
     RTP_HEADER_LEN,
     STAMP_LEN,
+    TWCC_BLOCK,
+    TWCC_BLOCK_LEN,
+    TWCC_EXT_ID,
+    TWCC_SEQ_AT,
     VP8_DESCRIPTOR,
     VP8_INTERFRAME,
     VP8_KEYFRAME,
@@ -85,13 +89,14 @@ class SourceConfig:
     ssrc: int = 0x1EE7B0B0
     vp8: bool = False  # payloads start with a VP8 descriptor (streams through the SFU node)
     keyframe_s: float = 2.0  # vp8: a keyframe first and then this often
+    twcc: bool = False  # a transport-wide sequence number extension on every packet
 
     def __post_init__(self) -> None:
         if not 0 < self.count <= 100_000_000:
             raise ValueError(f"count must be 1..1e8, got {self.count}")
         if self.pps < 0:
             raise ValueError(f"pps must be >= 0, got {self.pps}")
-        low = stamp_offset(self.vp8) + STAMP_LEN
+        low = stamp_offset(self.vp8, self.twcc) + STAMP_LEN
         if not low <= self.size <= 1400:
             raise ValueError(f"size must be {low}..1400, got {self.size}")
         if not 0 < self.batch <= 256:
@@ -119,14 +124,17 @@ def run_source(cfg: SourceConfig, link: SourceLink) -> dict[str, Any]:
     deadline = Deadline(cfg.seconds)
     session = InplaceSession(link.key, outbound=True)
     ring = Ring(cfg.batch, dests=[sockaddr_in(*link.dest)])
-    stamp_at = stamp_offset(cfg.vp8)
+    stamp_at = stamp_offset(cfg.vp8, cfg.twcc)
+    payload_at = stamp_offset(False, cfg.twcc)  # after the header (and the extension block)
     fillers = FillerTable(cfg.size, stamp_at)
     view = ring.view
     for j in range(cfg.batch):
         off = j * SLOT_SIZE
-        view[off] = 0x80
+        view[off] = 0x90 if cfg.twcc else 0x80
         view[off + 1] = PAYLOAD_TYPE
         _SSRC.pack_into(view, off + 8, cfg.ssrc)
+        if cfg.twcc:
+            view[off + RTP_HEADER_LEN : off + RTP_HEADER_LEN + TWCC_BLOCK_LEN] = TWCC_BLOCK
     link.sock.setblocking(True)
     fd = link.sock.fileno()
     cpu0 = self_cpu_seconds()
@@ -162,7 +170,9 @@ def run_source(cfg: SourceConfig, link: SourceLink) -> dict[str, Any]:
                 off = j * SLOT_SIZE
                 _SEQ.pack_into(view, off + 2, seq & 0xFFFF)
                 _TS.pack_into(view, off + 4, (seq * 90) & 0xFFFFFFFF)
-                _VP8_STAMP.pack_into(view, off + RTP_HEADER_LEN, VP8_DESCRIPTOR, frame, MAGIC, seq, now_ns)
+                if cfg.twcc:
+                    _SEQ.pack_into(view, off + TWCC_SEQ_AT, seq & 0xFFFF)
+                _VP8_STAMP.pack_into(view, off + payload_at, VP8_DESCRIPTOR, frame, MAGIC, seq, now_ns)
                 frame = VP8_INTERFRAME
                 view[off + filler_at : off + end] = fillers.for_seq(seq)
                 ring.set_length(j, session.protect(ring.ptrs[j], cfg.size))
@@ -172,6 +182,8 @@ def run_source(cfg: SourceConfig, link: SourceLink) -> dict[str, Any]:
                 off = j * SLOT_SIZE
                 _SEQ.pack_into(view, off + 2, seq & 0xFFFF)
                 _TS.pack_into(view, off + 4, (seq * 90) & 0xFFFFFFFF)
+                if cfg.twcc:
+                    _SEQ.pack_into(view, off + TWCC_SEQ_AT, seq & 0xFFFF)
                 _STAMP.pack_into(view, off + stamp_at, MAGIC, seq, now_ns)
                 view[off + filler_at : off + end] = fillers.for_seq(seq)
                 ring.set_length(j, session.protect(ring.ptrs[j], cfg.size))
@@ -227,13 +239,14 @@ class SinkConfig:
     batch: int = 64
     vp8: bool = False  # payloads carry the source's VP8 prefix
     seq_rewritten: bool = False  # the forwarder renumbers (the SFU node): learn the offset
+    twcc: bool = False  # packets keep the source's transport-wide seq extension block
 
     def __post_init__(self) -> None:
         if self.verify_every < 1:
             raise ValueError(f"verify_every must be >= 1, got {self.verify_every}")
         if self.expect < 0:
             raise ValueError(f"expect must be >= 0, got {self.expect}")
-        if self.size < stamp_offset(self.vp8) + STAMP_LEN:
+        if self.size < stamp_offset(self.vp8, self.twcc) + STAMP_LEN:
             raise ValueError(f"size {self.size} is too small for the stamp")
 
 
@@ -251,7 +264,8 @@ class Sinks:
                                            link.keepalive, seq_offset=-1 if cfg.seq_rewritten else 0))
         self.ports = [s.sock.getsockname()[1] for s in self.streams]
         self.latencies_us: list[float] = []
-        self.stamp_at = stamp_offset(cfg.vp8)
+        self.stamp_at = stamp_offset(cfg.vp8, cfg.twcc)
+        self.payload_at = stamp_offset(False, cfg.twcc)
         self.fillers = FillerTable(cfg.size, self.stamp_at)
         self.stop_requested = False
 
@@ -296,6 +310,7 @@ class Sinks:
             return
         view = stream.ring.view
         stamp_at = self.stamp_at
+        at = self.payload_at
         magic, seq, send_ns = _STAMP.unpack_from(view, off + stamp_at)
         start = off + stamp_at + STAMP_LEN
         offset = (seq16 - seq) & 0xFFFF
@@ -305,8 +320,7 @@ class Sinks:
             magic != MAGIC
             or offset != stream.seq_offset
             or length != self.cfg.size
-            or (stamp_at != RTP_HEADER_LEN and (view[off + RTP_HEADER_LEN] != VP8_DESCRIPTOR
-                                               or view[off + RTP_HEADER_LEN + 1] > VP8_INTERFRAME))
+            or (self.cfg.vp8 and (view[off + at] != VP8_DESCRIPTOR or view[off + at + 1] > VP8_INTERFRAME))
             or view[start : off + length] != self.fillers.for_seq(seq)
         ):
             stream.corrupt += 1
@@ -403,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--size", type=int, default=1200)
     src.add_argument("--batch", type=int, default=32)
     src.add_argument("--keyframe-s", type=float, default=2.0, help="--whip: seconds between keyframes")
+    src.add_argument("--twcc", action="store_true",
+                     help="carry a transport-wide seq extension (--whip: offered, so the node sends transport-cc feedback)")
     src.add_argument("--wait-go", action="store_true", help="print READY <port>, start on a stdin line")
     snk = sub.add_parser("sink", help="receive and verify on one socket per --key or per --whep")
     snk.add_argument("--key", type=Key.parse, action="append", default=[])
@@ -413,6 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     snk.add_argument("--idle-ms", type=int, default=500, help="stop after this much silence")
     snk.add_argument("--verify-every", type=int, default=1, help="decrypt and check every V-th packet")
     snk.add_argument("--size", type=int, default=1200)
+    snk.add_argument("--twcc", action="store_true", help="the source's packets carry the transport-wide seq block")
     return parser
 
 
@@ -429,11 +446,13 @@ def _source_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     vp8 = args.whip is not None
     cfg = SourceConfig(args.count, args.pps, args.seconds, args.size, args.batch, vp8=vp8,
-                       keyframe_s=args.keyframe_s)
+                       keyframe_s=args.keyframe_s, twcc=args.twcc)
     if vp8:
         if not args.token or args.port is not None or args.key is not None:
             parser.error("--whip needs --token and excludes --port/--key")
-        (sess,) = open_sessions([SessionSpec(Role.PUBLISH, args.whip, args.token, video_ssrc=cfg.ssrc)])
+        spec = SessionSpec(Role.PUBLISH, args.whip, args.token, video_ssrc=cfg.ssrc,
+                           twcc_ext=TWCC_EXT_ID if cfg.twcc else 0)
+        (sess,) = open_sessions([spec])
         link = SourceLink(sess.sock, sess.remote, sess.key, sess.keepalive)
     else:
         if args.port is None or args.key is None:
@@ -465,7 +484,7 @@ def _sink_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("give --key (one per socket) or --whep/--token pairs")
     whep = bool(sessions)
     cfg = SinkConfig(args.expect, args.seconds, args.idle_ms, args.verify_every, args.size, vp8=whep,
-                     seq_rewritten=whep)
+                     seq_rewritten=whep, twcc=args.twcc)
     sinks = Sinks(cfg, links)
 
     def on_term(signum: int, frame: Any) -> None:

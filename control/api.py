@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from control import participants
+from control import operator, participants
 from control.fields import parse_node_id
 from control.metrics import CONTENT_TYPE
 from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistration, RoomSpec
@@ -206,6 +206,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/tokens", create_token)
     app.router.add_get("/v1/usage", get_usage)
     participants.add_routes(app, _service)  # the participants API, forwarded to the room's node
+    operator.add_routes(app, _service)  # rooms listing, room close and node drain, through the nodes
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -17,6 +17,7 @@ from control.metrics import ControlMetrics
 from control.service import ControlService
 from control.store import Store, StoreUnavailable, open_store, unavailable_errors
 from control.store.bounded import BoundedStore
+from levelchat.console import add_routes as add_console_routes
 from levelchat.errors import ApiError
 from levelchat.httpserver import serve_forever
 from levelchat.tasks import cancel_and_wait
@@ -82,6 +83,8 @@ def create_app(
         client_max_size=64 * 1024,
     )
     add_routes(app)
+    add_console_routes(app)  # the operator console's static page
+
     def authorize_webhooks(request: web.Request) -> None:
         _service_of(app).authorize(bearer_token(request), "node:admin")  # as the other admin routes
 

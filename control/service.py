@@ -202,6 +202,25 @@ class ControlService:
         token = self._room_token(room, "room:admin")
         return await forward(self._session, node.url, token, method, path, body, self.config.node_timeout_seconds)
 
+    async def forward_as_operator(self, node: Node, method: str, path: str, body: bytes | None) -> NodeReply | None:
+        """One call of ``node``'s own operator API (``/v1/rooms``, ``/v1/node/drain``) with a
+        short-lived room-less ``node:admin`` + ``room:admin`` token of the control plane's own."""
+        token = mint(
+            self._node_key,
+            project=self.config.project,
+            now_s=self.now_s(),
+            ttl_s=NODE_TOKEN_TTL_S,
+            identity=CONTROL_IDENTITY,
+            scopes=["node:admin", "room:admin"],
+        )
+        return await forward(self._session, node.url, token, method, path, body, self.config.node_timeout_seconds)
+
+    async def get_node(self, node_id: str) -> Node:
+        node = await self.store.get_node(node_id)
+        if node is None:
+            raise ApiError("not_found", f"node {node_id!r} is not registered")
+        return node
+
     async def revoke(self, node_id: str) -> Node:
         node = await self.store.revoke(node_id, self.now_ms())
         if node is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TYPE_BASE = "https://levelchat.io/errors/"
-SDK_ONLY_STATUSES = frozenset({400, 406, 415, 422})
+SDK_ONLY_STATUSES = frozenset({400, 406, 415})  # contracts.md: "the nearest fitting status (400/406/415)"
 #: Codes that tell the client to come back later without being marked retryable in the catalogue.
 DEFAULT_RETRY_AFTER_S: Mapping[str, int] = {"room_check_failed": 30, "service_unavailable": 30}
 
@@ -133,7 +133,7 @@ class ApiError(Exception):
         elif status is None:
             status = 400
         elif status not in SDK_ONLY_STATUSES:
-            raise ValueError(f"SDK-only code {code} may only be sent as 400/406/415/422")
+            raise ValueError(f"SDK-only code {code} may only be sent as 400/406/415")
         super().__init__(f"{code}: {detail}")
         self.spec = spec
         self.code = code

@@ -220,6 +220,10 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
         self._header_timer = self._body_timer = None
         self._body = None
         super().connection_lost(exc)
+        # aiohttp leaves the WebSocket's data-received callback (a bound method of the response,
+        # which holds the request, which holds this handler): a reference cycle per closed
+        # WebSocket that only the collector's full pass would free, with all it holds
+        self._data_received_cb = None
 
     # -- read timeouts -----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

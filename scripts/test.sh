@@ -13,6 +13,8 @@ command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
 # ICE-TCP in Chromium: nftables drops the browser's UDP in a private network namespace (tests/browser/test_browser_ice_tcp.py)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
+# shaped links (htb qdiscs) in a private network namespace (tests/browser/test_browser_uplink.py)
+command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
 # GStreamer webrtcbin + libnice clients (tests/e2e/test_gstreamer.py), driven from the system python3
 gst_probe='import gi; gi.require_version("Gst", "1.0"); gi.require_version("GstWebRTC", "1.0"); gi.require_version("GstSdp", "1.0")
 from gi.repository import Gst
@@ -35,7 +37,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 
-.venv/bin/python -m ruff check levelchat sfu control bench tests
+.venv/bin/python -m ruff check levelchat sfu control bench tests examples
 .venv/bin/python -m mypy
 # dependency floors: the unit tests again on the lowest versions pyproject.toml allows (a separate
 # .venv-lowest, about 2 minutes); only for a whole run (no pytest arguments)

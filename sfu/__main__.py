@@ -47,6 +47,8 @@ async def run(cfg: node_config.NodeConfig) -> int:
     # more than one worker: this process is the front (sfu.workers), the workers forward
     node: Node | Front = Front(cfg) if cfg.worker_count > 1 else Node(cfg)
     await node.start()
+    if isinstance(node, Node):
+        node.own_gc()
 
     def announce_drain() -> None:
         print(f"levelchat-sfu: SIGTERM: draining (up to {cfg.drain_deadline_s:.0f} s)", file=sys.stderr, flush=True)

@@ -90,6 +90,13 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: the bitrate each video publisher is told it may send (REMB, once a second, to publishers that
     #: negotiated goog-remb): enough for three simulcast layers up to 720p; 0 sends no REMB
     publisher_max_bitrate_bps: int = 3_000_000
+    #: negotiate transport-wide congestion control with publishers that offer it (the
+    #: transport-wide-cc header extension, ``transport-cc`` feedback): the node sends them
+    #: transport-cc feedback every ``publisher_twcc_interval_ms`` while their packets arrive, so
+    #: their own estimator adapts what they send to their uplink (the REMB above stays the upper
+    #: bound); false: REMB only, as before
+    publisher_transport_cc: bool = True
+    publisher_twcc_interval_ms: int = 100
     #: a subscriber offer unanswered this long is sent again; unanswered again, the session ends
     subscriber_offer_timeout_s: float = 10.0
     #: signaling WebSocket (``/v1/rtc``): a socket that has not joined a room this long after it
@@ -113,6 +120,9 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: a transport that has not completed ICE and DTLS this long after its offer is closed (and
     #: its session with it)
     session_setup_timeout_s: float = 30.0
+    #: threads that run DTLS handshake steps (ECDHE, ECDSA) beside the forwarding loop; 0 runs
+    #: them on the loop itself
+    dtls_handshake_threads: int = 2
     #: what one offer (WHIP, WHEP, the WebSocket ``publish``) may declare: audio/video/data
     #: sections, and ``a=ssrc`` SSRCs over all of them (Chrome's simulcast video with RTX is 6)
     max_media_sections: int = 16
@@ -125,6 +135,26 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: ``~/.local/state/levelchat``): the webhook queue (``WebhookConfig``: an empty
     #: ``webhooks_db`` is ``<data_dir>/webhooks-<node id>.db``; ``:memory:`` is not durable, for tests)
     data_dir: str = ""
+    #: recordings (``sfu.recording``): the directory (empty: ``<data_dir>/recordings``, the
+    #: state directory above when ``data_dir`` is empty), finished recordings kept this many days
+    #: (0: forever; a sweeper removes older ones), recordings at once on this node, bytes one
+    #: recording may write (its files stop growing there, marked ``truncated``), and how long a
+    #: recorder process may take to start
+    recordings_dir: str = ""
+    recording_retention_days: float = 7.0
+    max_recordings: int = 4
+    recording_max_bytes: int = 2 << 30
+    recording_start_timeout_s: float = 20.0
+
+    @property
+    def state_dir(self) -> str:
+        return self.data_dir or os.path.join(
+            os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "levelchat"
+        )
+
+    @property
+    def recordings_path(self) -> str:
+        return self.recordings_dir or os.path.join(self.state_dir, "recordings")
     #: usage accounting (issue 14, ``levelchat.usage``): the SQLite file (empty:
     #: ``<data_dir>/usage-<node id>.db``; in dev mode without a ``data_dir``, ``:memory:``), the
     #: day of the month (UTC) each period starts, how often the meter is written to it, and the
@@ -139,18 +169,14 @@ class NodeConfig(HttpConfig, WebhookConfig):
             return self.usage_db
         if self.dev and not self.data_dir:
             return ":memory:"
-        return os.path.join(self._state_dir(), f"usage-{self.node_id_at(http_port)}.db")
+        return os.path.join(self.state_dir, f"usage-{self.node_id_at(http_port)}.db")
 
-    def _state_dir(self) -> str:
-        return self.data_dir or os.path.join(
-            os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "levelchat"
-        )
 
     def webhooks_db_at(self, http_port: int) -> str:
         """The webhook queue's SQLite file for the node bound to ``http_port``."""
         if self.webhooks_db:
             return self.webhooks_db
-        return os.path.join(self._state_dir(), f"webhooks-{self.node_id_at(http_port)}.db")
+        return os.path.join(self.state_dir, f"webhooks-{self.node_id_at(http_port)}.db")
 
     @property
     def serves_demo_page(self) -> bool:
@@ -204,6 +230,10 @@ class NodeConfig(HttpConfig, WebhookConfig):
             raise ConfigError("self_check_failures and self_check_recoveries must be at least 1")
         if not 0 <= self.publisher_max_bitrate_bps <= 1 << 40:
             raise ConfigError(f"publisher_max_bitrate_bps: {self.publisher_max_bitrate_bps} must be between 0 and 2^40")
+        if not 20 <= self.publisher_twcc_interval_ms <= 500:
+            raise ConfigError(
+                f"publisher_twcc_interval_ms: {self.publisher_twcc_interval_ms} must be between 20 and 500"
+            )
         if self.subscriber_offer_timeout_s <= 0:
             raise ConfigError(f"subscriber_offer_timeout_s: {self.subscriber_offer_timeout_s} must be positive")
         for name in ("signaling_join_timeout_s", "signaling_heartbeat_s"):
@@ -226,6 +256,8 @@ class NodeConfig(HttpConfig, WebhookConfig):
             raise ConfigError(f"dtls_role: {self.dtls_role!r} must be 'passive' or 'active'")
         if self.data_messages_per_s <= 0 or self.data_bytes_per_s <= 0:
             raise ConfigError("data_messages_per_s and data_bytes_per_s must be positive")
+        if not 0 <= self.dtls_handshake_threads <= 16:
+            raise ConfigError(f"dtls_handshake_threads: {self.dtls_handshake_threads} must be from 0 to 16")
         if self.session_setup_timeout_s <= 0:
             raise ConfigError(f"session_setup_timeout_s: {self.session_setup_timeout_s} must be positive")
         for name, ceiling in (("max_media_sections", 64), ("max_ssrcs", 1024), ("max_published_tracks", 256)):
@@ -267,6 +299,14 @@ class NodeConfig(HttpConfig, WebhookConfig):
                         f"turn_servers: the secret of {server.urls[0]} is shorter than {MIN_SECRET_LENGTH} characters"
                         " (anyone who guesses it can mint TURN credentials)"
                     )
+        if not 0 <= self.recording_retention_days <= 36500:
+            raise ConfigError(f"recording_retention_days: {self.recording_retention_days} must be from 0 to 36500")
+        if not 0 <= self.max_recordings <= 1000:
+            raise ConfigError(f"max_recordings: {self.max_recordings} must be from 0 to 1000")
+        if not 1 << 16 <= self.recording_max_bytes <= 1 << 50:
+            raise ConfigError(f"recording_max_bytes: {self.recording_max_bytes} must be from 2^16 to 2^50")
+        if not 0 < self.recording_start_timeout_s <= 600:
+            raise ConfigError(f"recording_start_timeout_s: {self.recording_start_timeout_s} must be positive (at most 600)")
         if not 0 < self.tcp_bind_timeout_s <= 3600:
             raise ConfigError(f"tcp_bind_timeout_s: {self.tcp_bind_timeout_s} must be positive (at most 3600)")
 

@@ -49,6 +49,16 @@ class RecoveredVia(enum.IntEnum):
     REORDER = 1  # the packet itself, late
 
 
+class TwccDrop(enum.IntEnum):
+    """Publisher transport-wide sequence numbers the transport-cc feedback does not report
+    (``sfu.transport.twcc_recv``; ``name.lower()`` is the metric label)."""
+
+    TOO_OLD = 0  # a straggler more than the builder's window behind the highest seq
+    DUPLICATE = 1  # a seq already recorded (its first arrival is kept)
+    OVERFLOWED = 2  # pending seqs pushed out of the window before a feedback reported them
+    RESET = 3  # a jump of a window or more (a sender restart): a new base, not counted per seq
+
+
 class Direction(enum.IntEnum):
     INBOUND = 0
     OUTBOUND = 1
@@ -75,9 +85,12 @@ class MediaCounters:
         "nack_out_seqs",
         "recovered",
         "holes_given_up",
+        "twcc_feedback_out",
+        "twcc_dropped",
         "latency_buckets",
         "latency_sum_s",
         "latency_count",
+        "cc",
     )
 
     #: forward latency histogram bounds (seconds); the last bucket is +Inf.  0.1 ms steps up to
@@ -108,9 +121,15 @@ class MediaCounters:
         self.nack_out_seqs = [0] * len(NackAttempt)
         self.recovered = [0] * len(RecoveredVia)
         self.holes_given_up = [0] * len(GiveUp)
+        #: transport-cc feedback messages sent to publishers, and transport-wide seqs they could
+        #: not report (by TwccDrop; sfu.transport.twcc_feedback)
+        self.twcc_feedback_out = 0
+        self.twcc_dropped = [0] * len(TwccDrop)
         self.latency_buckets = [0] * (len(self.LATENCY_BOUNDS) + 1)
         self.latency_sum_s = 0.0
         self.latency_count = 0
+        #: congestion control on the subscriber leg (issue 12)
+        self.cc = CongestionCounters()
 
     def observe_latency(self, seconds: float) -> None:
         self.latency_buckets[bisect_left(self.LATENCY_BOUNDS, seconds)] += 1  # first bound >= it
@@ -147,3 +166,54 @@ class SignalingCounters:
         self.dropped = [0] * len(WsDrop)
         self.closed = [0] * len(WsClose)
         self.sockets = 0  # open now
+
+
+class SwitchDirection(enum.IntEnum):
+    """A layer switch's direction (``name.lower()`` is the ``direction`` label)."""
+
+    UP = 0
+    DOWN = 1
+
+
+class SwitchReason(enum.IntEnum):
+    """Why a subscriber's layer changed (``name.lower()`` is the ``reason`` label): its
+    bandwidth estimate, its own bounds (set_layer, WHEP's layer route, pause), the publisher
+    (a layer stopped or came back)."""
+
+    BANDWIDTH = 0
+    SUBSCRIBER = 1
+    PUBLISHER = 2
+
+
+class CongestionCounters:
+    """Congestion control on the subscriber leg: transport-cc feedback taken and refused, the
+    estimates the allocator spent (a histogram, sampled per allocation), layer switches."""
+
+    __slots__ = ("feedback_in", "feedback_limited", "feedback_malformed", "remb_in", "unstamped",
+                 "estimate_buckets", "estimate_sum", "estimate_count", "switches", "probes", "probe_packets")
+
+    #: ``sfu_bwe_estimate_bps`` bucket bounds (bps); the last bucket is +Inf
+    ESTIMATE_BOUNDS = (
+        100_000, 200_000, 300_000, 500_000, 700_000, 1_000_000, 1_500_000, 2_000_000, 3_000_000,
+        5_000_000, 10_000_000,
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.feedback_in = 0  # transport-cc messages taken into a send history
+        self.feedback_limited = 0  # over a subscriber's per-second budget: not processed
+        self.feedback_malformed = 0
+        self.remb_in = 0  # REMB from subscribers (their estimate when they send no transport-cc)
+        self.unstamped = 0  # packets to a transport-cc subscriber that could carry no seq
+        self.estimate_buckets = [0] * (len(self.ESTIMATE_BOUNDS) + 1)
+        self.estimate_sum = 0.0
+        self.estimate_count = 0
+        #: [direction][reason]
+        self.switches = [[0] * len(SwitchReason) for _ in SwitchDirection]
+        #: probe clusters by outcome (every subscriber's ``ProbeController`` counts into it)
+        self.probes = {"success": 0, "limited": 0, "failure": 0, "timeout": 0}
+        self.probe_packets = 0  # padding-only packets sent for probes
+
+    def observe_estimate(self, bps: int) -> None:
+        self.estimate_buckets[bisect_left(self.ESTIMATE_BOUNDS, bps)] += 1
+        self.estimate_sum += bps
+        self.estimate_count += 1

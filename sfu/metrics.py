@@ -10,14 +10,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from sfu.counters import (
+    CongestionCounters,
     Direction,
     DropReason,
     MediaCounters,
     RecoveredVia,
     SignalingCounters,
+    SwitchDirection,
+    SwitchReason,
+    TwccDrop,
     WsClose,
     WsDrop,
 )
+from sfu.loopstats import GcPauses, Histogram, LoopLagProbe
 from sfu.packet.nack import GiveUp, NackAttempt
 from sfu.routing.data import DataCounters, DataDrop, DataKind
 from sfu.transport.sctp.association import SctpDrop, SctpStats
@@ -88,10 +93,43 @@ class NodeCollector(Collector):
         h = HistogramMetricFamily(PREFIX + "sfu_forward_latency_seconds", "receive-to-send latency")
         h.add_metric([], buckets, sum_value=c.latency_sum_s)
         yield h
+        yield from _congestion(c.cc)
         http = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests", labels=["route", "code"])
         for (route, code), n in sorted(self._http.items()):
             http.add_metric([route, code], n)
         yield http
+
+
+def _congestion(cc: CongestionCounters) -> Iterator[object]:
+    """Congestion control on the subscriber leg (contract: "Adaptive media")."""
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip(cc.ESTIMATE_BOUNDS, cc.estimate_buckets, strict=False):
+        cumulative += count
+        buckets.append((str(float(bound)), cumulative))
+    buckets.append(("+Inf", cc.estimate_count))
+    h = HistogramMetricFamily(PREFIX + "sfu_bwe_estimate_bps", "subscribers' bandwidth estimates, per allocation")
+    h.add_metric([], buckets, sum_value=cc.estimate_sum)
+    yield h
+    switches = CounterMetricFamily(
+        PREFIX + "sfu_layer_switches", "layer changes the allocator made", labels=["direction", "reason"]
+    )
+    for direction in SwitchDirection:
+        for reason in SwitchReason:
+            switches.add_metric([direction.name.lower(), reason.name.lower()], cc.switches[direction][reason])
+    yield switches
+    probes = CounterMetricFamily(PREFIX + "sfu_probes", "bandwidth probe clusters by outcome", labels=["outcome"])
+    for outcome, n in cc.probes.items():
+        probes.add_metric([outcome], n)
+    yield probes
+    yield CounterMetricFamily(
+        PREFIX + "sfu_transport_cc_feedback", "subscribers' transport-cc messages taken", value=cc.feedback_in
+    )
+    yield CounterMetricFamily(
+        PREFIX + "sfu_transport_cc_feedback_skipped",
+        "subscribers' transport-cc messages over the per-second budget",
+        value=cc.feedback_limited,
+    )
 
 
 def _upstream_recovery(c: MediaCounters) -> Iterator[object]:
@@ -105,6 +143,16 @@ def _upstream_recovery(c: MediaCounters) -> Iterator[object]:
     )
     yield _by_member(
         "sfu_upstream_holes_given_up", "lost publisher packets no longer asked for", "reason", GiveUp, c.holes_given_up
+    )
+    yield CounterMetricFamily(
+        PREFIX + "sfu_twcc_feedback", "transport-cc feedback messages sent to publishers", value=c.twcc_feedback_out
+    )
+    yield _by_member(
+        "sfu_twcc_seqs_dropped",
+        "publisher transport-wide sequence numbers the feedback does not report",
+        "reason",
+        TwccDrop,
+        c.twcc_dropped,
     )
 
 
@@ -171,3 +219,27 @@ class SignalingCollector(Collector):
         yield CounterMetricFamily(PREFIX + "sfu_signaling_frames_received", "signaling frames received", value=c.frames_in)
         yield _by_member("sfu_signaling_frames_dropped", "signaling frames not handled", "reason", WsDrop, c.dropped)
         yield _by_member("sfu_signaling_sockets_closed", "signaling WebSockets the node closed", "reason", WsClose, c.closed)
+
+
+class LoopCollector(Collector):
+    """The forwarding loop's stalls (``sfu_loop_lag_seconds``: how late a 5 ms timer ran) and the
+    garbage collector's pauses by generation (``sfu_gc_pause_seconds``), both histograms."""
+
+    def __init__(self, probe: LoopLagProbe, gc_pauses: GcPauses) -> None:
+        self._probe = probe
+        self._gc = gc_pauses
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        lag = HistogramMetricFamily(PREFIX + "sfu_loop_lag_seconds", "how late the event loop ran a 5 ms timer")
+        _add(lag, [], self._probe.lag)
+        yield lag
+        pauses = HistogramMetricFamily(
+            PREFIX + "sfu_gc_pause_seconds", "garbage collector pauses", labels=["generation"]
+        )
+        for generation, h in enumerate(self._gc.pauses):
+            _add(pauses, [str(generation)], h)
+        yield pauses
+
+
+def _add(family: HistogramMetricFamily, labels: list[str], h: Histogram) -> None:
+    family.add_metric(labels, h.cumulative(), sum_value=h.sum_s)

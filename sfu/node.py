@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -15,7 +16,7 @@ from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
 from levelchat.webhooks.metrics import WebhookCollector
-from sfu import clock
+from sfu import clock, gcpolicy
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
@@ -23,14 +24,19 @@ from sfu.api.usage import NodeUsage
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
+from sfu.gcpolicy import GcFreezer
+from sfu.loopstats import GcPauses, LoopLagProbe
 from sfu.memtrim import HeapTrimmer
-from sfu.metrics import NodeCollector, make_registry
+from sfu.metrics import LoopCollector, NodeCollector, make_registry
+from sfu.recording.manager import RecordingManager
+from sfu.routing.allocation import TICK_MS
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
 from sfu.signaling.limits import OfferLimits
 from sfu.signaling.sdp import Setup
 from sfu.transport.certificate import Certificate
+from sfu.transport.dtls_pool import HandshakePool
 from sfu.transport.peer import CloseReason
 from sfu.transport.srtp import SrtpProfile
 from sfu.transport.tcp import TcpLimits, TcpMediaServer
@@ -39,6 +45,7 @@ from sfu.turn import IceServer, mint_all
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0
+ALLOCATION_TICK_MS = TICK_MS
 DRAIN_POLL_S = 0.5
 
 
@@ -73,6 +80,18 @@ class Node(HttpBound):
         #: participant- and recording-minutes of the period, the quota on joins (sfu.api.usage)
         self.usage = NodeUsage(config)
         self.turn_credentials_issued = 0
+        #: the forwarding loop's stalls and the collector's pauses (sfu.loopstats)
+        self.loop_probe = LoopLagProbe()
+        self.gc_pauses = GcPauses()
+        self.metrics_registry.register(LoopCollector(self.loop_probe, self.gc_pauses))
+        #: DTLS handshake steps off the forwarding loop (sfu.transport.dtls_pool)
+        threads = config.dtls_handshake_threads
+        self.handshakes = HandshakePool(threads) if threads else None
+        #: the process's collector policy (sfu.gcpolicy): set by the programs that own the process
+        #: (``python -m sfu``, a worker), never by an in-process node in tests or tools
+        self.gc_freezer: GcFreezer | None = None
+        #: recording without transcoding: a recorder process per recording (sfu.recording)
+        self.recordings = RecordingManager(config, self.webhooks.emit)
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -81,6 +100,7 @@ class Node(HttpBound):
         self.self_check_reason = "not run yet"
         self._runner: web.AppRunner | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self._allocation_task: asyncio.Task[None] | None = None
         #: gives the heap back to the system after many sessions ended (sfu.memtrim)
         self.heap_trimmer = HeapTrimmer()
         self.router: Router
@@ -93,6 +113,8 @@ class Node(HttpBound):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.port.open(loop)
+        self.loop_probe.start(loop)
+        self.gc_pauses.install()
         if self.tcp is not None:
             await self.tcp.start()
             self.port.tcp_port = self.tcp.bound_port
@@ -105,8 +127,13 @@ class Node(HttpBound):
             loop=loop,
             publisher_max_bitrate_bps=self.config.publisher_max_bitrate_bps,
             setup_timeout_ms=int(self.config.session_setup_timeout_s * 1000),
+            handshakes=self.handshakes,
+            publisher_transport_cc=self.config.publisher_transport_cc,
+            publisher_twcc_interval_ms=self.config.publisher_twcc_interval_ms,
         )
         self.router.observers.append(self.webhooks.on_event)
+        self.router.observers.append(self.recordings.on_event)
+        self.recordings.start_sweeper()
         self.router.observers.append(self.usage.on_event)
         cfg = self.config
         self.sessions = SessionService(
@@ -142,6 +169,7 @@ class Node(HttpBound):
         )
         await self.selfcheck.start()
         self._tick_task = asyncio.create_task(self._ticker())
+        self._allocation_task = asyncio.create_task(self._allocation_ticker())
         if self.config.control_endpoints:
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()  # registers in the background: never delays serving
@@ -162,22 +190,34 @@ class Node(HttpBound):
             await self.agent.stop()
         if self.selfcheck is not None:
             await self.selfcheck.stop()
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            try:
-                await self._tick_task
-            except asyncio.CancelledError:
-                pass
+        self.loop_probe.stop()
+        self.gc_pauses.uninstall()
+        for task in (self._tick_task, self._allocation_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         now = clock.now_ms()
         for room in list(self.rooms.rooms.values()):
             self.router.close_room(room, CloseReason.NODE_SHUTDOWN, now)
+        await self.recordings.close()  # the rooms closed: their recordings finish their files
         if self._runner is not None:
             await self._runner.cleanup()
         await self.usage.stop()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start
+        if self.handshakes is not None:
+            self.handshakes.close()
         if self.tcp is not None:
             await self.tcp.stop()
         self.port.close()
+
+    def own_gc(self) -> None:
+        """This node owns its process: freeze what start-up made (``gc.freeze``), and sessions'
+        objects after each set-up burst (sfu.gcpolicy)."""
+        gcpolicy.freeze_start_up()
+        self.gc_freezer = GcFreezer()
 
     def make_app(self) -> web.Application:
         """The HTTP API (a forwarding worker adds its private routes: ``sfu.workers.worker``)."""
@@ -186,16 +226,45 @@ class Node(HttpBound):
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
         return web.TCPSite(runner, self.config.http_host, self.config.http_port, reuse_address=True)
 
-    async def _ticker(self) -> None:
+    async def _allocation_ticker(self) -> None:
+        """Subscribers' estimates spent on their layers (sfu.routing.allocation): O(those due)."""
+        loop = self.router.allocation
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(ALLOCATION_TICK_MS / 1000)
+            try:
+                loop.run_due(clock.now_ms())
+            except Exception:
+                log.exception("allocation tick failed")
+
+    async def _ticker(self) -> None:
+        """Housekeeping: each participant's once a second, a slot of the router's wheel at a time
+        (every 20 ms: no stall of the forwarding loop for all sessions at once); the node's own
+        once a second."""
+        second_due = clock.now_ms() + int(TICK_S * 1000)
+        while True:
+            await asyncio.sleep(max(0.001, (self.router.wheel.next_due_ms() - clock.now_ms()) / 1000))
             try:
                 now = clock.now_ms()
-                self.router.tick(now)
-                self.sessions.expire()
-                self.heap_trimmer.observe(len(self.router.participants), now)
+                self.router.tick_due(now)
+                if now >= second_due:
+                    second_due = now + int(TICK_S * 1000)
+                    self.sessions.expire()
+                    self.heap_trimmer.observe(self.held_by_clients(), now)
+                    if self.gc_freezer is not None:
+                        action = self.gc_freezer.decide(len(self.router.participants), now)
+                        if action is not None:
+                            gcpolicy.apply(action)
             except Exception:
                 log.exception("housekeeping tick failed")
+
+    def held_by_clients(self) -> int:
+        """What clients make the node hold now, for the heap trimmer: participants (joined or only
+        set up) and open HTTP connections (idle WebSockets and slow requests included)."""
+        held = len(self.router.participants)
+        guarded = self._runner.guarded if isinstance(self._runner, GuardedAppRunner) else None
+        if guarded is not None:
+            held += guarded.registry.total
+        return held
 
     # -- admission -------------------------------------------------------------------------------
     def check_accepting_rooms(self) -> None:
@@ -359,12 +428,20 @@ class Node(HttpBound):
         failures = self.agent.heartbeat_failures if self.agent is not None else 0
         failovers = self.agent.failovers if self.agent is not None else 0
         tcp = self.tcp
+        pool = self.handshakes
         return {
             "sfu_control_plane_heartbeat_failures": failures,
             "sfu_control_plane_failovers": failovers,
             "sfu_tcp_connections_refused": tcp.refused if tcp is not None else 0,
             "sfu_tcp_connections_timed_out": tcp.timed_out if tcp is not None else 0,
             "sfu_turn_credentials_issued": self.turn_credentials_issued,
+            "sfu_gc_freezes": self.gc_freezer.freezes if self.gc_freezer is not None else 0,
+            "sfu_dtls_handshakes_offloaded": pool.handshakes if pool is not None else 0,
+            "sfu_dtls_handshake_jobs": pool.jobs if pool is not None else 0,
+            "sfu_dtls_handshake_queue_overflow": pool.overflow if pool is not None else 0,
+            "sfu_recordings_completed": self.recordings.outcomes["completed"],
+            "sfu_recordings_failed": self.recordings.outcomes["failed"],
+            "sfu_recording_packets_dropped": self.recordings.packets_dropped(),
         }
 
     def _gauges(self) -> dict[str, Any]:
@@ -381,4 +458,6 @@ class Node(HttpBound):
             "sfu_event_loop_lag_seconds": check.last_loop_lag_s if check is not None else 0.0,
             "sfu_tcp_connections": len(self.port.tcp_links),
             "sfu_tcp_queued_bytes": self.tcp.queued_bytes if self.tcp is not None else 0,
+            "sfu_gc_frozen_objects": gc.get_freeze_count(),
+            "sfu_recordings_active": len(self.recordings.active),
         }

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from bench.loadgen.nodes import ControlPlaneTokens, LocalTokens, TokenSource, spawn_node
+from bench.loadgen.plan import ROOM_PREFIX, check_room_prefix
 from bench.loadgen.report import PLOT_MISSING, can_plot, plot, table
 from bench.loadgen.runner import StepError, run_scenario
 from bench.loadgen.scenario import ScenarioError, load_scenario
@@ -36,6 +37,8 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--json", dest="json_path", help="write the result JSON here")
     cmd.add_argument("--plot", dest="plot_path", help="write a PNG plot here")
     cmd.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    cmd.add_argument("--room-prefix", default=ROOM_PREFIX,
+                     help="room names start with this (another run against the same node: a join storm)")
 
 
 def _progress(line: str) -> None:
@@ -85,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
             node_pid = node.pid
             target = {"mode": "spawned", "node_url": node.url, "node_pid": node.pid, "workers": scenario.node_workers}
         started = time.time()
-        doc = run_scenario(scenario, tokens, node_pid, None if args.quiet else _progress)
+        doc = run_scenario(scenario, tokens, node_pid, None if args.quiet else _progress,
+                           room_prefix=check_room_prefix(args.room_prefix))
     except (StepError, TargetError, ValueError, OSError) as exc:
         sys.stderr.write(f"run failed: {exc}\n")
         return 1

@@ -10,6 +10,7 @@ each generator process.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -122,12 +123,25 @@ class Plan:
         return out
 
 
-def room_name(step: int, index: int) -> str:
-    return f"lg-s{step}-r{index}"
+#: what room names start with unless told (``--room-prefix``: two runs against one node keep apart)
+ROOM_PREFIX = "lg"
+_PREFIX_RE = re.compile(r"[a-z0-9]{1,16}")
 
 
-def build_plan(scenario: Scenario, step: int = 0) -> Plan:
-    """Sessions and streams of a fixed (non-ramp) scenario; ``step`` keeps room names apart."""
+def room_name(step: int, index: int, prefix: str = ROOM_PREFIX) -> str:
+    return f"{prefix}-s{step}-r{index}"
+
+
+def check_room_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"room prefix {prefix!r}: 1 to 16 lower-case letters and digits")
+    return prefix
+
+
+def build_plan(scenario: Scenario, step: int = 0, room_prefix: str = ROOM_PREFIX) -> Plan:
+    """Sessions and streams of a fixed (non-ramp) scenario; ``step`` keeps room names apart, and
+    ``room_prefix`` those of another run against the same node."""
+    check_room_prefix(room_prefix)
     if scenario.ramp is not None:
         raise ValueError("build_plan takes one step of a ramp: scenario.at(value)")
     r, a, v = scenario.rooms, scenario.audio, scenario.video
@@ -145,7 +159,7 @@ def build_plan(scenario: Scenario, step: int = 0) -> Plan:
         return sid
 
     for room_i in range(r.count):
-        room = room_name(step, room_i)
+        room = room_name(step, room_i, room_prefix)
         for p in range(r.publishers):
             ids: list[int] = []
             expects: list[int] = []

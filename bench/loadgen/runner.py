@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from bench.loadgen.nodes import NodeProbe, NodeSample, TokenSource
-from bench.loadgen.plan import Plan, build_plan
+from bench.loadgen.plan import ROOM_PREFIX, Plan, build_plan
 from bench.loadgen.scenario import Scenario
 from bench.loadgen.wire import percentiles_ms
 from bench.targets import REPO_ROOT
@@ -418,7 +418,7 @@ def is_clean(step: dict[str, Any], max_loss: float, max_p99_ms: float) -> str | 
 
 
 def run_scenario(scenario: Scenario, tokens: TokenSource, node_pid: int | None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[str], None] | None = None, room_prefix: str = ROOM_PREFIX) -> dict[str, Any]:
     """Every step of ``scenario``; the result document (without node/process metadata)."""
     ramp = scenario.ramp
     values = ramp.values() if ramp else [0]
@@ -427,7 +427,7 @@ def run_scenario(scenario: Scenario, tokens: TokenSource, node_pid: int | None,
     highest_clean: int | None = None
     for index, value in enumerate(values):
         fixed = scenario.at(value)
-        plan = build_plan(fixed, step=index)
+        plan = build_plan(fixed, step=index, room_prefix=room_prefix)
         label = f"{scenario.name} {ramp.vary.value}={value}" if ramp else scenario.name
         runner = StepRunner(tokens, node_pid, Progress(label, progress) if progress else None)
         try:

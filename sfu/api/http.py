@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from levelchat import console
 from levelchat.errors import ApiError
 from levelchat.ratelimit import Limit, make_rate_limit_middleware
 from levelchat.tokens import Claims, validate_room
@@ -23,7 +24,7 @@ from levelchat.web import (
     readiness_response,
 )
 from sfu import clock
-from sfu.api import participants, rtc, session_ice, usage, webhooks
+from sfu.api import participants, recordings, rtc, session_ice, usage, webhooks
 from sfu.api.sessions import MediaSession, Owner
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.participant import ParticipantKind
@@ -40,7 +41,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SDP_TYPE = "application/sdp"
 #: WHEP answer header naming each published track the subscriber's offer cannot carry
 REFUSED_TRACK_HEADER = "LevelChat-Refused-Track"
-RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc")
+RATE_LIMITED_PATHS = ("/whip/", "/whep/", "/v1/rooms", "/v1/rtc", "/v1/recordings")
 WHIP_SCOPES = ("room:join", "room:publish")
 WHEP_SCOPES = ("room:join", "room:subscribe")
 #: the browser SDK, always served; the demo pages, served with ``demo_page`` (dev mode's default)
@@ -317,21 +318,6 @@ async def room_delete(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-async def recording_post(request: web.Request) -> web.StreamResponse:
-    """Start recording a room: the scope and the room's policy are checked; this self-hosted
-    node has no recorder, so a permitted request is answered ``onprem_disabled``."""
-    node = _node(request)
-    room_id = validate_room(request.match_info["room"])
-    claims = _claims(request)
-    if "recording:write" not in claims.scopes:
-        raise ApiError("recording/not-permitted", "recording needs a token with the recording:write scope")
-    claims.require_room_access(room_id)
-    room = node.rooms.get(room_id, clock.now_ms())
-    if not room.policy.recording:
-        raise ApiError("recording/not-permitted", f"room {room_id!r} does not allow recording")
-    raise ApiError("onprem_disabled", "recording is not available on a self-hosted node")
-
-
 # -- drain (operators) ----------------------------------------------------------------------------
 async def drain_post(request: web.Request) -> web.StreamResponse:
     node = _node(request)
@@ -455,7 +441,6 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/v1/rooms", rooms_list)
     r.add_get("/v1/rooms/{room}", room_get)
     r.add_delete("/v1/rooms/{room}", room_delete)
-    r.add_post("/v1/rooms/{room}/recording", recording_post)
     r.add_post("/v1/node/drain", drain_post)
     r.add_delete("/v1/node/drain", drain_delete)
     r.add_get("/v1/node/drain", drain_get)
@@ -464,7 +449,9 @@ def create_app(node: Node) -> web.Application:
     r.add_get("/metrics", metrics)
     rtc.setup(app, node)  # GET /v1/rtc: the signaling WebSocket (issue 7)
     participants.add_routes(app, node)  # the participants (moderation) API (issue 14)
+    console.add_routes(app)  # the operator console's static page
     webhooks.setup(app, node.webhooks, node.verifier)  # /v1/webhooks (issue 14)
+    recordings.add_routes(app, node)  # recording without transcoding (issue 14)
     usage.setup(app, node.usage, node.verifier)  # /v1/usage (issue 14)
     add_static_routes(app, node.config)
     return app

@@ -106,13 +106,31 @@ def quality(p: Participant, now_ms: int) -> str:
     return "poor"
 
 
-def _track_view(t: PublishedTrack) -> dict[str, Any]:
-    return {
+def _track_view(t: PublishedTrack, now_ms: int) -> dict[str, Any]:
+    """The contract's fields, and live figures the operator console shows: the received bit rate
+    (all layers; since the previous listing), the loss so far (the worst layer) and, for a
+    simulcast track, each layer's bit rate."""
+    layers = layers_of(t)
+    rates = [layer.rate.bps(layer.octets_in, now_ms) for layer in layers]
+    view: dict[str, Any] = {
         "id": t.sid,
         "kind": t.kind,
         "muted": t.muted,
         "layers": list(t.group.rids) if t.group is not None else [],
+        "bitrate_bps": sum(rates),
+        "loss": round(max(_loss(layer) for layer in layers), 4),
     }
+    if t.group is not None:
+        view["layer_bitrates_bps"] = {layer.rid or "": bps for layer, bps in zip(layers, rates, strict=True)}
+    return view
+
+
+def transport_of(p: Participant) -> str | None:
+    """``udp`` or ``tcp`` (ICE-TCP): how the participant's media flows; None before a transport."""
+    for t in (p.publisher, p.subscriber):
+        if t is not None:
+            return t.transport_kind
+    return None
 
 
 def participant_view(p: Participant, now_ms: int) -> dict[str, Any]:
@@ -125,8 +143,9 @@ def participant_view(p: Participant, now_ms: int) -> dict[str, Any]:
         "metadata": p.metadata,
         "joined_at": wall_ms,
         "permissions": p.permissions.describe(),
-        "tracks": [_track_view(t) for t in sources(p.tracks.values())],
+        "tracks": [_track_view(t, now_ms) for t in sources(p.tracks.values())],
         "quality": quality(p, now_ms),
+        "transport": transport_of(p),
     }
 
 
@@ -210,7 +229,7 @@ async def track_mute(request: web.Request) -> web.StreamResponse:
     own = _rtc(request).by_sid.get(p.sid)
     if own is not None:  # the others heard it from the router's event; the publisher hears it here
         own.notify("track_muted", {"participant": p.identity, "track": track.sid, "muted": muted, "by": "server"})
-    return json_response(_track_view(track))
+    return json_response(_track_view(track, now))
 
 
 def _payload(body: dict[str, Any]) -> tuple[bytes, bool]:

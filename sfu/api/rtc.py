@@ -298,6 +298,7 @@ def setup(app: web.Application, node: Node) -> None:
     sig = Signaling.of(SocketPolicy.of(node.config))
     app[RTC_SIGNALING_KEY] = sig
     node.metrics_registry.register(SignalingCollector(sig.counters))
+    node.recordings.room_notifiers.append(service.tell_room)  # a recording's status
 
     async def on_startup(_app: web.Application) -> None:
         service.start()

@@ -110,7 +110,12 @@ class SubscriberNegotiator:
                     mid=str(self._next_mid),
                     track_sid=w.track_sid,
                     publisher=w.publisher,
-                    outgoing=sdp.OutgoingTrack(w.description, ssrc=random.getrandbits(32) or 1),
+                    # video gets an RTX stream: the node's bandwidth probes go there as padding
+                    outgoing=sdp.OutgoingTrack(
+                        w.description,
+                        ssrc=random.getrandbits(32) or 1,
+                        rtx_ssrc=(random.getrandbits(32) or 1) if w.description.kind is sdp.MediaKind.VIDEO else None,
+                    ),
                 )
             )
             self._next_mid += 1

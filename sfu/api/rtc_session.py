@@ -207,7 +207,9 @@ class RtcSession:
             self.claims.require("room:publish")  # token/unauthorized: the token never allowed it
             raise ApiError("forbidden", "publishing was revoked for this participant (the participants API)")
         offer = self.service.node.sessions.parse_offer(text)
-        negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
+        negotiation = sdp.negotiate_publish(
+            offer, CodecPolicy.parse(room.policy.codecs), transport_cc=self.service.node.router.publisher_transport_cc
+        )
         if not negotiation.tracks and not negotiation.datachannel:
             raise ApiError("bad_request", "the offer sends no audio, video or data channel")
         # simulcast layers' placeholder SSRCs continue below the ones still unlearnt
@@ -301,6 +303,8 @@ class RtcSession:
                 ssrc=track.ssrc,
                 out_payload_types=track.out_payload_types,
                 out_ext_ids=dict(track.header_extensions),
+                rtx_ssrc=track.rtx_ssrc,
+                rtx_pt=track.mappings[0].subscriber_rtx_pt if track.mappings else None,
             )
             self.downtracks[section.track_sid] = router.subscribe(participant, source, spec, now)
         self.schedule_sync()  # changes that waited for this answer
@@ -480,6 +484,11 @@ class RtcService:
 
     def sessions_in(self, room_id: str) -> list[RtcSession]:
         return [s for s in self.by_sid.values() if s.room_id == room_id and not s.ended]
+
+    def tell_room(self, room_id: str, method: str, params: dict[str, Any]) -> None:
+        """A notification to every WebSocket participant of the room (a recording's status)."""
+        for s in self.sessions_in(room_id):
+            s.notify(method, params)
 
     def resync_room(self, room: Room) -> None:
         for s in self.sessions_in(room.id):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims
+from sfu.packet.twcc import TWCC_URI
 from sfu.routing.participant import Participant, ParticipantKind, Permissions
 from sfu.routing.rooms import Room
 from sfu.routing.router import DownTrackSpec, Router, TrackSpec, TransportSpec
@@ -95,6 +96,13 @@ def publish_track_specs(offer: sdp.SessionDesc, negotiation: sdp.PublishNegotiat
             specs.append(_track_spec(track, placeholder, codecs, rid=rid, rid_params=rid_params.get(rid, "")))
         specs.extend(ssrc_track_specs(track))
     return specs
+
+
+def foreign_ext_ids(offer: sdp.SessionDesc) -> frozenset[int]:
+    """The header extension ids a subscriber's offer uses, in any section, for anything but
+    transport-wide-cc (``PeerTransport.foreign_ext_ids``): receivers such as aiortc map ids
+    across the whole BUNDLE, whatever the answer to one section says."""
+    return frozenset(i for m in offer.media for uri, i in m.header_extensions.items() if uri != TWCC_URI)
 
 
 def new_etag() -> str:
@@ -234,7 +242,9 @@ class SessionService:
     ) -> tuple[MediaSession, str]:
         identity = owner.identity
         offer = self.parse_offer(offer_text)
-        negotiation = sdp.negotiate_publish(offer, CodecPolicy.parse(room.policy.codecs))
+        negotiation = sdp.negotiate_publish(
+            offer, CodecPolicy.parse(room.policy.codecs), transport_cc=self.router.publisher_transport_cc
+        )
         if not negotiation.tracks:
             raise ApiError("bad_request", "the offer sends no audio or video")
         participant = Participant(
@@ -274,7 +284,12 @@ class SessionService:
         policy = CodecPolicy.parse(room.policy.codecs)
         described = [self.description(t.sid) for t in sources(source.tracks.values())]  # one per simulcast group
         outgoing = [
-            sdp.OutgoingTrack(track=self._with_room_codecs(d, offer, policy), ssrc=random.getrandbits(32) or 1)
+            sdp.OutgoingTrack(
+                track=self._with_room_codecs(d, offer, policy),
+                ssrc=random.getrandbits(32) or 1,
+                # video gets an RTX stream when the viewer offers RTX: the node's probes go there
+                rtx_ssrc=(random.getrandbits(32) or 1) if d.kind is sdp.MediaKind.VIDEO else None,
+            )
             for d in described
             if d is not None
         ]
@@ -295,11 +310,14 @@ class SessionService:
                 ssrc=t.ssrc,
                 out_payload_types=t.out_payload_types,
                 out_ext_ids=dict(t.header_extensions),
+                rtx_ssrc=t.rtx_ssrc,
+                rtx_pt=t.mappings[0].subscriber_rtx_pt if t.mappings else None,
             )
             for t in negotiation.tracks
         ]
         self.router.admit(room, participant, now_ms)
         transport, role = self._transport(offer, now_ms)
+        transport.foreign_ext_ids = foreign_ext_ids(offer)
         self.router.attach_subscriber(room, participant, transport, specs, now_ms)
         answer = sdp.build_answer(offer, negotiation, self._local(transport, role))
         session = self._register(room, participant, offer, owner)

@@ -14,7 +14,10 @@ aiohttp lack them, the socket is served unchecked and a warning is logged once.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -31,7 +34,9 @@ class MaskCheck:
 
     def __init__(self, inner: Any, fail: Any) -> None:
         self._inner = inner
-        self._fail = fail  # called once with the WebSocketError to raise in the reader
+        # called once with the WebSocketError to raise in the reader; a bound method is held
+        # weakly: the response holds this check, and a strong one back to it would make a cycle
+        self._fail: Callable[[], Any] = weakref.WeakMethod(fail) if inspect.ismethod(fail) else (lambda: fail)
         self._head = b""  # the header bytes of the frame being read, until complete
         self._skip = 0  # payload bytes left in the current frame
         self._failed = False
@@ -54,7 +59,9 @@ class MaskCheck:
         if bad:  # the frames before the unmasked one are read as usual
             self._inner.feed_data(data[:bad])
         self._failed = True
-        self._fail(WebSocketError(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455 §5.1)"))
+        fail = self._fail()
+        if fail is not None:
+            fail(WebSocketError(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455 §5.1)"))
         return True, b""
 
     def _scan(self, data: bytes) -> int:

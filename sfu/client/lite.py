@@ -19,6 +19,7 @@ from aioice import stun
 from pylibsrtp._binding import ffi
 
 from sfu import clock
+from sfu.packet.twcc import TWCC_URI
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.ice import IceCredentials
@@ -72,8 +73,11 @@ def offer_sdp(
     send: bool,
     video_ssrc: int | None,
     audio_ssrc: int | None,
+    twcc_ext: int | None = None,
 ) -> str:
-    """A BUNDLE offer with a VP8 video and/or opus audio section, sendonly or recvonly."""
+    """A BUNDLE offer with a VP8 video and/or opus audio section, sendonly or recvonly.
+    ``twcc_ext``: offer the transport-wide-cc header extension under that id and ``transport-cc``
+    feedback (the packets sent then carry a transport-wide sequence number, see ``twcc_packet``)."""
     direction = "sendonly" if send else "recvonly"
     sections: list[tuple[str, str, int | None]] = []
     if video_ssrc is not None or not send:
@@ -101,6 +105,8 @@ def offer_sdp(
             f"a={direction}",
             "a=rtcp-mux",
         ]
+        if twcc_ext is not None:
+            lines += [f"a=extmap:{twcc_ext} {TWCC_URI}", f"a=rtcp-fb:{pt} transport-cc"]
         if kind == "video":
             lines += [
                 f"a=rtpmap:{VP8_PT} VP8/90000",
@@ -158,9 +164,21 @@ class LiteEndpoint:
     def local_port(self) -> int:
         return int(self.sock.getsockname()[1])
 
-    def offer(self, *, send: bool, video_ssrc: int | None = None, audio_ssrc: int | None = None) -> str:
+    def offer(
+        self,
+        *,
+        send: bool,
+        video_ssrc: int | None = None,
+        audio_ssrc: int | None = None,
+        twcc_ext: int | None = None,
+    ) -> str:
         return offer_sdp(
-            self.ice, self.certificate.fingerprint("sha-256"), send=send, video_ssrc=video_ssrc, audio_ssrc=audio_ssrc
+            self.ice,
+            self.certificate.fingerprint("sha-256"),
+            send=send,
+            video_ssrc=video_ssrc,
+            audio_ssrc=audio_ssrc,
+            twcc_ext=twcc_ext,
         )
 
     async def connect(

@@ -43,6 +43,7 @@ __all__ = [
     "TransportFeedback",
     "decode_chunk",
     "encode_chunks",
+    "insert_seq",
     "read_seq",
     "size_bound",
     "seq_element",
@@ -93,6 +94,56 @@ def write_seq(buf: bytearray | memoryview, length: int, ext_id: int, seq: int) -
     buf[pos] = (seq >> 8) & 0xFF
     buf[pos + 1] = seq & 0xFF
     return True
+
+
+def insert_seq(buf: bytearray | memoryview, length: int, ext_id: int, seq: int) -> int:
+    """Stamp ``seq`` under ``ext_id`` into the well-formed RTP packet ``buf[:length]``, in
+    place: the 2-byte element is overwritten when the packet has one, else added (a new one-byte
+    block after the CSRCs, or one more 32-bit word at the end of a one-byte or two-byte block,
+    RFC 8285 allowing padding between elements), the rest of the packet moved up.  Returns the
+    new length, or -1 (the packet as it was) when it is malformed, its block has another
+    profile or an element of this id of another size, ``ext_id`` is not 1-14, or the result
+    would not fit in ``buf``."""
+    if not 1 <= ext_id <= 14 or length < 12 or length > len(buf):
+        return -1
+    found = get_extension(buf, length, ext_id)
+    if found is not None:
+        if found[1] != 2:
+            return -1
+        pos = found[0]
+        buf[pos] = (seq >> 8) & 0xFF
+        buf[pos + 1] = seq & 0xFF
+        return length
+    b0 = buf[0]
+    if b0 & 0xC0 != 0x80:
+        return -1
+    start = 12 + (b0 & 0x0F) * 4
+    if length + 8 > len(buf) or start > length:
+        return -1
+    if not b0 & 0x10:  # no block yet: BEDE, one word, the element and a padding byte
+        buf[start + 8 : length + 8] = buf[start:length]
+        buf[start : start + 8] = bytes((0xBE, 0xDE, 0, 1, (ext_id << 4) | 1, (seq >> 8) & 0xFF, seq & 0xFF, 0))
+        buf[0] = b0 | 0x10
+        return length + 8
+    if start + 4 > length:
+        return -1
+    profile = (buf[start] << 8) | buf[start + 1]
+    words = (buf[start + 2] << 8) | buf[start + 3]
+    end = start + 4 + words * 4
+    if end > length or words == 0xFFFF:
+        return -1
+    if profile == 0xBEDE:
+        element = bytes(((ext_id << 4) | 1, (seq >> 8) & 0xFF, seq & 0xFF, 0))
+    elif profile & 0xFFF0 == 0x1000:
+        element = bytes((ext_id, 2, (seq >> 8) & 0xFF, seq & 0xFF))
+    else:
+        return -1
+    buf[end + 4 : length + 4] = buf[end:length]
+    buf[end : end + 4] = element
+    words += 1
+    buf[start + 2] = words >> 8
+    buf[start + 3] = words & 0xFF
+    return length + 4
 
 
 def seq_element(ext_id: int, seq: int) -> tuple[int, bytes]:
@@ -309,17 +360,22 @@ class TransportFeedback:
             )
         if not 0 <= self.fb_count <= 255:
             raise ValueError(f"transport-cc feedback packet count {self.fb_count} out of range 0-255")
-        symbols = [_symbol(d) for d in self.deltas]
+        deltas = self.deltas
+        symbols = [NOT_RECEIVED if d is None else SMALL if 0 <= d <= 255 else LARGE for d in deltas]
         out = bytearray(_FIXED.pack(self.base_seq, count, (self.reference_time << 8) | self.fb_count))
-        for chunk in encode_chunks(symbols):
-            out += struct.pack("!H", chunk)
-        for delta in self.deltas:
-            if delta is None:
-                continue
-            if 0 <= delta <= 255:
-                out.append(delta)
-            else:
-                out += struct.pack("!h", delta)  # in range: _symbol checked it
+        chunks = encode_chunks(symbols)
+        out += struct.pack(f"!{len(chunks)}H", *chunks)
+        if LARGE not in symbols:  # all small: one byte each, in one go
+            out += bytes([d for d in deltas if d is not None])
+        else:
+            for delta in deltas:
+                if delta is None:
+                    continue
+                if 0 <= delta <= 255:
+                    out.append(delta)
+                else:
+                    _symbol(delta)  # raises when it does not fit a large delta
+                    out += struct.pack("!h", delta)
         out += bytes(-len(out) % 4)  # zero padding to 32 bits
         return bytes(out)
 

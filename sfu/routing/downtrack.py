@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import copy_rewrite, get_extension, header_length
 from sfu.packet.seq import SeqMunger, TimestampMunger
+from sfu.packet.twcc import TWCC_URI
 from sfu.packet.vp8 import Vp8Munger
 from sfu.packet.vp9 import Vp9Munger
 from sfu.transport.peer import PeerTransport
@@ -51,6 +52,8 @@ class DownTrack:
         out_payload_types: dict[str, int],
         out_ext_ids: dict[str, int],
         counters: MediaCounters,
+        rtx_ssrc: int | None = None,
+        rtx_pt: int | None = None,
     ) -> None:
         self.sid = "DT_" + secrets.token_hex(6)
         self.peer = peer
@@ -60,9 +63,21 @@ class DownTrack:
         #: codec variant (``TrackCodec.keys``, a plain name for opus or VP8) -> subscriber PT
         self.out_payload_types = {k.lower(): v for k, v in out_payload_types.items()}
         self.out_ext_ids = dict(out_ext_ids)  # uri -> id negotiated with the subscriber
+        #: the subscriber's transport-wide-cc id (0: not negotiated): its transport stamps its own
+        #: seq there on every packet (``PeerTransport.sender``)
+        self.tw_id = self.out_ext_ids.get(TWCC_URI, 0)
+        if not 1 <= self.tw_id <= 14:
+            self.tw_id = 0
+        if self.tw_id:
+            sender = peer.enable_transport_cc(self.tw_id)
+            if kind == "video" and rtx_ssrc is not None and rtx_pt is not None:
+                sender.set_padding(rtx_ssrc, rtx_pt)  # probes go there (padding-only RTX)
         self.source: PublishedTrack | None = None
         #: simulcast: the rid this subscriber wants (None: the best layer sending)
         self.target_rid: str | None = None
+        #: simulcast: the highest layer the allocator gives this subscriber within its bandwidth
+        #: estimate (None: no cap; sfu.routing.allocation); ``target_rid`` bounds it from above
+        self.alloc_rid: str | None = None
         #: simulcast: the layer this downtrack moves to at that layer's next keyframe
         self.pending_source: PublishedTrack | None = None
         #: the track whose fan-out group forwards for this downtrack (its counts are then pending
@@ -209,8 +224,15 @@ class DownTrack:
                 pt_map[codec.payload_type & 0x7F] = out_pt
         ext_map = [0] * 256
         self._mid_patch = None
+        foreign = self.peer.foreign_ext_ids
         for uri, in_id in track.ext_ids.items():
             out_id = self.out_ext_ids.get(uri)
+            if out_id is None and uri == TWCC_URI and foreign is not None and in_id not in foreign:
+                # the publisher's transport-wide seq, at an id the subscriber's offer uses for
+                # nothing else (or for this very extension): left as it is (a receiver ignores an
+                # id it did not negotiate, RFC 8285), so the packet keeps the copying fast path
+                ext_map[in_id] = in_id
+                continue
             if out_id is None:
                 continue
             if uri == HDREXT_MID and track.mid != self.mid:
@@ -305,7 +327,13 @@ class DownTrack:
         else:
             out_ts = tm.map(ts)
         if plain:
-            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc):
+            tw_pos = 0  # where the packet's transport-wide seq is, to be overwritten in place
+            tw = self.tw_id
+            if tw and shape > 0 and (shape >> tw) & 1:
+                found = get_extension(view, length, tw)
+                if found is not None and found[1] == 2:
+                    tw_pos = found[0]
+            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc, tw_pos, now_ms):
                 return 0
         else:
             out = peer.out_view
@@ -314,7 +342,7 @@ class DownTrack:
                 self._patch_mid(out, n)
             if self.descriptor is not None:
                 self._descriptor_rewrite(out, n, False)
-            if not peer.send_rtp(n):
+            if not peer.send_rtp(n, now_ms):
                 return 0
         self._packets_sent += 1
         self._octets_sent += n - 12
@@ -364,7 +392,7 @@ class DownTrack:
                 self._patch_mid(peer.out_view, n)
             if n > 0 and self.descriptor is not None:
                 self._descriptor_rewrite(peer.out_view, n, True)
-            if n > 0 and peer.send_rtp(n):
+            if n > 0 and peer.send_rtp(n, now_ms):
                 sent += 1
         self._counters.retransmits += sent
         return sent

@@ -21,6 +21,7 @@ from sfu.routing.downtrack import DownTrack
 from sfu.routing.simulcast import learn_layer
 from sfu.routing.track import PublishedTrack
 from sfu.transport.peer import CloseReason, PeerTransport
+from sfu.transport.sender import TransportSender
 
 log = logging.getLogger(__name__)
 _unpack_ssrc = Struct("!I").unpack_from
@@ -249,6 +250,10 @@ class SubscriberSink:
                 return dt
         return None
 
+    def _sender(self) -> TransportSender | None:
+        transport = self.participant.subscriber
+        return transport.sender if transport is not None else None
+
     def on_rtcp(self, data: bytes, now_ms: int) -> None:
         try:
             packets = rtcp.parse_compound(data)
@@ -268,6 +273,14 @@ class SubscriberSink:
                 dt = self._downtrack(packet.media_ssrc)
                 if dt is not None:
                     dt.retransmit(packet.seqs, now_ms)
+            elif isinstance(packet, rtcp.TransportCC):
+                sender = self._sender()
+                if sender is not None:
+                    sender.on_transport_cc(packet, now_ms)
+            elif isinstance(packet, rtcp.Remb):
+                sender = self._sender()
+                if sender is not None:
+                    sender.on_remb(packet.bitrate, now_ms)
 
     def on_connected(self, now_ms: int) -> None:
         log.info("subscriber %s connected in room %s (%d track(s))", self.participant.identity,

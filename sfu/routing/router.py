@@ -14,22 +14,31 @@ from dataclasses import dataclass, field
 from levelchat.errors import ApiError
 from sfu import clock
 from sfu.counters import MediaCounters
+from sfu.packet.twcc import TWCC_URI
+from sfu.routing.allocation import AllocationLoop
 from sfu.routing.bandwidth import send_remb
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind, RoomObserver
-from sfu.routing.participant import Participant, PublisherSink, SubscriberSink
+from sfu.routing.participant import NODE_RTCP_SSRC, Participant, PublisherSink, SubscriberSink
 from sfu.routing.rooms import Room, RoomRegistry
 from sfu.routing.simulcast import RidRestrictions, SimulcastGroup, form_groups, groups_of
 from sfu.routing.track import PublishedTrack, TrackCodec
+from sfu.routing.wheel import TickWheel
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsRole
+from sfu.transport.dtls_pool import HandshakePool
 from sfu.transport.peer import SETUP_TIMEOUT_MS, CloseReason, PeerTransport
 from sfu.transport.srtp import SrtpProfile
+from sfu.transport.twcc_feedback import FeedbackTimer
 from sfu.transport.udp import MediaPort
 
 log = logging.getLogger(__name__)
 #: the remote ufrag of a node-offered transport until the answer names the client's
 _UNKNOWN_UFRAG = ""
+#: every participant's housekeeping (consent, setup deadline, RTCP reports, REMB, simulcast checks)
+#: once a period, spread over the period's slots (``tick_due``)
+TICK_PERIOD_MS = 1000
+TICK_SLOTS = 50
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,9 @@ class DownTrackSpec:
     ssrc: int
     out_payload_types: dict[str, int]
     out_ext_ids: dict[str, int]
+    #: the RTX stream the subscriber negotiated for it (its padding carries probes), if any
+    rtx_ssrc: int | None = None
+    rtx_pt: int | None = None
 
 
 class Router:
@@ -80,20 +92,35 @@ class Router:
         loop: asyncio.AbstractEventLoop,
         publisher_max_bitrate_bps: int = 0,
         setup_timeout_ms: int = SETUP_TIMEOUT_MS,
+        handshakes: HandshakePool | None = None,
+        publisher_transport_cc: bool = True,
+        publisher_twcc_interval_ms: int = 100,
     ) -> None:
         self.rooms = rooms
+        #: DTLS handshake steps run in these threads, off the forwarding loop (None: on the loop)
+        self.handshakes = handshakes
         #: a transport that has not connected (ICE, DTLS) this long after it was made is closed
         self.setup_timeout_ms = setup_timeout_ms
         #: REMB sent to each video publisher once a second (0: none; sfu.routing.bandwidth)
         self.publisher_max_bitrate_bps = publisher_max_bitrate_bps
+        #: publish answers accept transport-wide-cc where offered; the node then sends those
+        #: publishers transport-cc feedback, one timer for all of them (sfu.transport.twcc_feedback)
+        self.publisher_transport_cc = publisher_transport_cc
+        self.twcc_timer = FeedbackTimer(loop, counters, publisher_twcc_interval_ms)
         self.port = port
         self.certificate = certificate
         self.counters = counters
         self.srtp_profiles = srtp_profiles
         self.loop = loop
         self.participants: dict[str, Participant] = {}  # by sid
+        #: each participant's once-a-second housekeeping (``tick_due``), spread over the second
+        self.wheel: TickWheel[str] = TickWheel(clock.now_ms(), period_ms=TICK_PERIOD_MS, slots=TICK_SLOTS)
+        self._rooms_due_ms = 0
         #: told of joins, publications, leaves and closed rooms (sfu.routing.events)
         self.observers: list[RoomObserver] = []
+        #: each subscriber's estimate spent on its tracks (sfu.routing.allocation; the node calls
+        #: ``allocation.run_due`` every ``allocation.TICK_MS``)
+        self.allocation = AllocationLoop(counters.cc)
 
     def new_transport(self, spec: TransportSpec, now_ms: int) -> PeerTransport:
         return PeerTransport(
@@ -107,6 +134,7 @@ class Router:
             now_ms=now_ms,
             loop=self.loop,
             setup_timeout_ms=self.setup_timeout_ms,
+            handshakes=self.handshakes,
         )
 
     # -- joining ---------------------------------------------------------------------------------
@@ -116,6 +144,7 @@ class Router:
         participant.joined_ms = now_ms
         participant.on_gone = self._on_participant_gone
         self.participants[participant.sid] = participant
+        self.wheel.add(participant.sid)
         if previous is not None and previous is not participant:
             self._close(previous, CloseReason.REPLACED, now_ms, release=False)
         self._emit(RoomEvent(RoomEventKind.JOINED, room, participant))
@@ -126,6 +155,9 @@ class Router:
         sink = PublisherSink(participant, self.counters)
         participant.publisher = transport
         transport.sink = sink
+        twcc_id = next((s.ext_ids[TWCC_URI] for s in tracks if TWCC_URI in s.ext_ids), None)
+        if twcc_id is not None:  # negotiated: one id for the transport (BUNDLE, RFC 8843 §9.1)
+            transport.enable_twcc(twcc_id, NODE_RTCP_SSRC, self.twcc_timer)
         layers: list[tuple[PublishedTrack, RidRestrictions]] = []
         for spec in tracks:
             track = PublishedTrack(
@@ -174,8 +206,12 @@ class Router:
                     out_payload_types=spec.out_payload_types,
                     out_ext_ids=spec.out_ext_ids,
                     counters=self.counters,
+                    rtx_ssrc=spec.rtx_ssrc,
+                    rtx_pt=spec.rtx_pt,
                 )
             )
+        if transport.sender is not None:
+            self.allocation.watch(participant, now_ms)
         self._rebind_room(room, now_ms)
 
     def current_publisher(self, room: Room, identity: str | None) -> Participant | None:
@@ -214,6 +250,7 @@ class Router:
         log.info("participant %s leaves room %s (%s)", participant.identity, participant.room_id, reason.value)
         participant.close(reason)
         self.participants.pop(participant.sid, None)
+        self.wheel.remove(participant.sid)
         room = self.rooms.rooms.get(participant.room_id)
         if room is not None:
             if release:
@@ -226,6 +263,7 @@ class Router:
         for p in left:
             p.close(reason)
             self.participants.pop(p.sid, None)
+            self.wheel.remove(p.sid)
         self._emit(RoomEvent(RoomEventKind.ROOM_CLOSED, room, reason=reason, participants=tuple(left)))
 
     # -- signaling sessions (sfu.api.rtc): tracks come and go, subscriptions follow -------------
@@ -274,7 +312,11 @@ class Router:
             out_payload_types=spec.out_payload_types,
             out_ext_ids=spec.out_ext_ids,
             counters=self.counters,
+            rtx_ssrc=spec.rtx_ssrc,
+            rtx_pt=spec.rtx_pt,
         )
+        if transport.sender is not None:
+            self.allocation.watch(participant, now_ms)
         dt.held = not participant.permissions.can_subscribe
         dt.paused = track.muted or dt.held
         participant.downtracks.append(dt)
@@ -356,17 +398,36 @@ class Router:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def tick(self, now_ms: int) -> None:
-        """Once a second: consent freshness, RTCP reports, empty rooms."""
+        """Everyone's housekeeping now, and empty rooms (``tick_due`` spreads it over the second)."""
         for participant in list(self.participants.values()):
-            for transport in (participant.publisher, participant.subscriber):
-                if transport is not None:
-                    transport.tick(now_ms)
-            if not participant.closed:
-                participant.send_reports(now_ms)
-                if self.publisher_max_bitrate_bps:
-                    send_remb(participant, self.publisher_max_bitrate_bps)
-                for group in groups_of(participant.tracks.values()):
-                    group.tick(now_ms)
+            self._tick_participant(participant, now_ms)
+        self._close_expired_rooms(now_ms)
+
+    def tick_due(self, now_ms: int) -> None:
+        """The participants whose slot on the wheel has come (each once a second, a 50th of them
+        every 20 ms), and empty rooms once a second: call it every ``wheel.slot_ms``."""
+        participants = self.participants
+        for sid in self.wheel.due(now_ms):
+            participant = participants.get(sid)
+            if participant is not None:
+                self._tick_participant(participant, now_ms)
+        if now_ms >= self._rooms_due_ms:
+            self._rooms_due_ms = now_ms + TICK_PERIOD_MS
+            self._close_expired_rooms(now_ms)
+
+    def _tick_participant(self, participant: Participant, now_ms: int) -> None:
+        """Consent freshness and setup deadlines, RTCP reports, REMB, simulcast layer checks."""
+        for transport in (participant.publisher, participant.subscriber):
+            if transport is not None:
+                transport.tick(now_ms)
+        if not participant.closed:
+            participant.send_reports(now_ms)
+            if self.publisher_max_bitrate_bps:
+                send_remb(participant, self.publisher_max_bitrate_bps)
+            for group in groups_of(participant.tracks.values()):
+                group.tick(now_ms)
+
+    def _close_expired_rooms(self, now_ms: int) -> None:
         for room in self.rooms.expired_empty(now_ms):
             log.info("room %s closed after %d s empty", room.id, room.policy.empty_timeout_s)
             self.close_room(room, CloseReason.ROOM_CLOSED, now_ms)

@@ -19,8 +19,9 @@ packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again, if
 ``SIZE_WATCH_MS`` (a new size comes with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
 encoding: ``set_layer`` and WHEP layer requests keep their meaning.
 
-Choice: a downtrack's ``target_rid`` (None: the highest layer); the best *active* layer at or
-below the target, else the lowest active one above it, else the target itself (waiting for it).
+Choice: a downtrack's ``target_rid`` (None: the highest layer; the subscriber's bound) and its
+``alloc_rid`` (the allocator's choice within the subscriber's estimate, sfu.routing.allocation;
+None: no cap), the lower of the two by rank; the best *active* layer at or below it, else the lowest active one above it, else the target itself (waiting for it).
 A layer is active while packets arrive: ``tick`` (once a second) marks one that sent nothing
 since the previous tick as stopped (the publisher paused it), and moves its subscribers down to
 the next active layer, and back up when it resumes.  Moves happen at the new layer's keyframe
@@ -138,11 +139,15 @@ class SimulcastGroup:
         return layer.stats.packets > 0 if active is None else active
 
     # -- choosing ------------------------------------------------------------------------------
-    def choose(self, target_rid: str | None) -> PublishedTrack:
-        """The layer a subscriber that wants ``target_rid`` should receive now."""
+    def choose(self, target_rid: str | None, cap_rid: str | None = None) -> PublishedTrack:
+        """The layer a subscriber that wants ``target_rid`` should receive now, within the
+        allocator's ``cap_rid`` (None: no cap) as well: the lower of the two, by rank."""
         ranked = self.ranked
         target = self.layer(target_rid) if target_rid is not None else None
         top = ranked.index(target) if target is not None else len(ranked) - 1
+        cap = self.layer(cap_rid) if cap_rid is not None else None
+        if cap is not None:
+            top = min(top, ranked.index(cap))
         for layer in reversed(ranked[: top + 1]):
             if self.is_active(layer):
                 return layer
@@ -158,7 +163,7 @@ class SimulcastGroup:
         if dt not in self.subscribers:
             self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
             self.subscribers.append(dt)
-        chosen = self.choose(dt.target_rid)
+        chosen = self.choose(dt.target_rid, dt.alloc_rid)
         if dt.source is not None and dt.source.group is self:
             dt.switch_to(chosen, now_ms)
         else:
@@ -172,7 +177,7 @@ class SimulcastGroup:
             raise KeyError(rid)
         dt.target_rid = rid
         self.attach(dt, now_ms)
-        return dt.pending_source or self.choose(rid)
+        return dt.pending_source or self.choose(rid, dt.alloc_rid)
 
     # -- once a second ---------------------------------------------------------------------------
     def tick(self, now_ms: int) -> None:
@@ -206,7 +211,7 @@ class SimulcastGroup:
         self._rerank()
         self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
         for dt in self.subscribers:
-            chosen = self.choose(dt.target_rid)
+            chosen = self.choose(dt.target_rid, dt.alloc_rid)
             if chosen is dt.source:
                 dt.cancel_switch()
             elif chosen is not dt.pending_source:

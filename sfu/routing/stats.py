@@ -86,3 +86,31 @@ class ReceiveStats:
             highest_seq=self.extended_max & 0xFFFFFFFF,
             jitter=self.jitter_q4 >> 4,
         )
+
+
+#: the shortest window a rate is measured over; a sooner look gets the last rate again
+RATE_MIN_WINDOW_MS = 500
+
+
+class RateMeter:
+    """A bit rate from a growing octet count, measured between two looks (the participants API's
+    listing), never per packet: ``bps(octets, now_ms)`` is the rate since the previous look at
+    least ``RATE_MIN_WINDOW_MS`` ago (0 at the first look)."""
+
+    __slots__ = ("_ms", "_octets", "_bps")
+
+    def __init__(self) -> None:
+        self._ms: int | None = None
+        self._octets = 0
+        self._bps = 0
+
+    def bps(self, octets: int, now_ms: int) -> int:
+        if self._ms is None:
+            self._ms, self._octets = now_ms, octets
+            return 0
+        elapsed = now_ms - self._ms
+        if elapsed < RATE_MIN_WINDOW_MS:
+            return self._bps
+        self._bps = max(0, octets - self._octets) * 8000 // elapsed
+        self._ms, self._octets = now_ms, octets
+        return self._bps

@@ -23,8 +23,10 @@ from sfu.packet.frame_size import keyframe_size
 from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
+from sfu.packet.twcc import TWCC_URI
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
-from sfu.routing.stats import ReceiveStats
+from sfu.routing.stats import RateMeter, ReceiveStats
+from sfu.transport.twcc_send import SendHistory
 from sfu.transport.udp import SEND_LANE_DEPTH
 
 if TYPE_CHECKING:
@@ -46,10 +48,12 @@ _SHAPE_PLAIN = 0
 _SHAPE_OTHER = -1
 
 
-def extension_ids(view: memoryview, length: int) -> int:
+def extension_ids(view: memoryview, length: int, want: int = 0, found: list[int] | None = None) -> int:
     """Bit mask of the header extension ids in a well-formed RTP packet with its X bit set, or
     -1 when the block is anything but plain elements (empty, padding other than up to 3 zero
-    bytes at its end for the one-byte form, reserved id 15, other profiles)."""
+    bytes at its end for the one-byte form, reserved id 15, other profiles).  With ``want`` (an
+    id) and ``found``, ``found[0]`` is set to where that element's value starts when it is 2
+    bytes long (a transport-wide seq), else left alone: the walk finds it for free."""
     pos = 12 + (view[0] & 0x0F) * 4
     profile = (view[pos] << 8) | view[pos + 1]
     end = pos + 4 + ((view[pos + 2] << 8) | view[pos + 3]) * 4
@@ -66,6 +70,8 @@ def extension_ids(view: memoryview, length: int) -> int:
             if ext_id == 15:
                 return -1
             mask |= 1 << ext_id
+            if ext_id == want and b & 0x0F == 1 and found is not None:
+                found[0] = pos + 1
             pos += 2 + (b & 0x0F)
     elif profile & 0xFFF0 == 0x1000:
         while pos < end:
@@ -76,6 +82,8 @@ def extension_ids(view: memoryview, length: int) -> int:
             if pos + 1 >= end:
                 return -1
             mask |= 1 << ext_id
+            if ext_id == want and view[pos + 1] == 2 and found is not None:
+                found[0] = pos + 2
             pos += 2 + view[pos + 1]
     else:
         return -1
@@ -87,6 +95,7 @@ _LATE = 1  # older than the newest (a recovered hole, reordering or a duplicate)
 _STALE = 2  # so much older that its retransmission cache slot holds a newer packet
 _LANE_DEPTH = SEND_LANE_DEPTH
 KEYFRAME_REQUEST_INTERVAL_MS = 500
+_Row = tuple[Any, int, int, int, list[int], int, SendHistory | None]
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,9 @@ class PublishedTrack:
         self.ext_ids = dict(ext_ids or {})  # uri -> id in the publisher's packets
         self.downtracks: list[DownTrack] = []
         self.stats = ReceiveStats(self.codec.clock_rate)
+        #: RTP octets received (headers included), for the participants API's bitrate
+        self.octets_in = 0
+        self.rate = RateMeter()
         self.rtx_cache = RtxCache() if self.is_video else None
         #: upstream loss recovery, for video that negotiated ``nack``: holes in what the publisher
         #: sends are NACKed to it (``send_nack(media_ssrc, seqs)``), its retransmissions (RTX,
@@ -160,6 +172,11 @@ class PublishedTrack:
         self.rtx_apt = apt_table(rtx_apt or {})
         self._repairing = False  # ``on_rtp`` is handling a retransmission
         self.muted = False
+        #: bytes received (the allocator measures each layer's bitrate from it: sfu.routing.allocation)
+        self.octets = 0
+        self.rate_bps = 0  # the last measured bitrate (bps), 0: not measured yet
+        self.rate_octets = 0  # ``octets`` and the time at the last measurement
+        self.rate_ms = -1
         self._counters = counters
         self._kind_index = 1 if self.is_video else 0
         self._request_keyframe_cb = request_keyframe
@@ -177,12 +194,20 @@ class PublishedTrack:
         self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
+        #: (view, length, now_ms) -> None: a recording's copy of every packet, retransmissions
+        #: that fill holes included (sfu.recording.manager); None for a track not recorded
+        self.tap: Callable[[memoryview, int, int], None] | None = None
         # -- the fan-out group (see ``fast_form``) --
         #: the incoming sequence number the group forwards next; -1: no group
         self._fast_next = -1
         self._fast_members: list[DownTrack] = []
-        #: per member: (srtp_t, ssrc, seq offset, ts offset, second-byte map, trailer length)
-        self._fast_rows: list[tuple[Any, int, int, int, list[int], int]] = []
+        #: per member: (srtp_t, ssrc, seq offset, ts offset, second-byte map, trailer length, the
+        #: send history of its transport's transport-wide seqs or None)
+        self._fast_rows: list[_Row] = []
+        #: the members' transport-wide-cc id (0: none has one): the group's packets carry it there
+        self._fast_tw = 0
+        #: where ``extension_ids`` found the packet's element of that id (0: none), per packet
+        self._tw_found = [0]
         #: the downtracks outside the group, forwarded one by one
         self._fast_rest: list[DownTrack] = []
         self._fast_keep: list[Any] = []  # the members' SrtpContexts, kept alive with their srtp_t
@@ -213,14 +238,19 @@ class PublishedTrack:
         counters = self._counters
         kind = self._kind_index
         counters.rtp_in[kind] += 1
+        self.octets += length
         b0, b1, seq, ts = _unpack_head(view)
         top = b0 & 0xF0  # version, padding, extension
         if top == 0x80:
             shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
         elif top == 0x90 and header_length(view, length) >= 0:
-            shape = extension_ids(view, length)  # a mask of ids (>= 2), or -1 (_SHAPE_OTHER)
+            # a mask of ids (>= 2), or -1 (_SHAPE_OTHER); the group's transport-wide seq found too
+            tw_found = self._tw_found
+            tw_found[0] = 0
+            shape = extension_ids(view, length, self._fast_tw, tw_found)
         else:
             shape = _SHAPE_OTHER
+        self.octets_in += length
         stats = self.stats  # ReceiveStats.update, inlined
         stats.packets += 1
         if (seq - stats.max_seq) & 0xFFFF == 1 and stats.started:  # in order
@@ -240,6 +270,9 @@ class PublishedTrack:
         meter = self.level_meter
         if meter is not None:
             meter(view, length, now_ms)
+        tap = self.tap
+        if tap is not None:
+            tap(view, length, now_ms)
         src = view if cbuf is None else cbuf
         order = _NEWEST
         nack = self.nack
@@ -273,9 +306,12 @@ class PublishedTrack:
         if self._fast_next >= 0:
             ext = self._fast_ext
             ring = self._fast_ring
+            tw = self._fast_tw
+            tw_pos = self._tw_found[0] if tw and shape > 0 else 0  # members stamp their seq in place there
             if (
                 seq == self._fast_next
                 and (shape == _SHAPE_PLAIN or (shape > 0 and shape | ext == ext))
+                and (tw_pos or not tw)
                 and self._fast_pt_ok[b1]
                 and self._fast_generation == ring.generation
             ):
@@ -288,10 +324,21 @@ class PublishedTrack:
                 iov_lens = ring.iov_lens
                 len_p = self._fast_len_p
                 k = self._fast_slot0 + fill
-                for srtp, ssrc, dseq, dts, b1_map, trailer in self._fast_rows:
+                for srtp, ssrc, dseq, dts, b1_map, trailer, history in self._fast_rows:
                     ptr = ptrs[k]
                     _memmove(ptr, src, length)
-                    _pack_header(views[k], 1, b1_map[b1], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+                    out = views[k]
+                    _pack_header(out, 1, b1_map[b1], (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF, ssrc)
+                    if history is not None:  # SendHistory.record, inlined; the seq in place
+                        tw_ext = history.high + 1
+                        history.high = tw_ext
+                        slot = tw_ext & history.mask
+                        history.exts[slot] = tw_ext
+                        history.send_times[slot] = now_ms
+                        history.sizes[slot] = length
+                        history.states[slot] = 0
+                        out[tw_pos] = (tw_ext >> 8) & 0xFF
+                        out[tw_pos + 1] = tw_ext & 0xFF
                     len_p[0] = length
                     if _srtp_protect(srtp, ptr, len_p):
                         # none of this packet's slots count (they are reused): the group
@@ -399,15 +446,19 @@ class PublishedTrack:
         """Form the group of the downtracks that can forward the packet ``next_seq`` plainly."""
         members: list[DownTrack] = []
         rest: list[DownTrack] = []
-        rows: list[tuple[Any, int, int, int, list[int], int]] = []
+        rows: list[_Row] = []
         keep: list[Any] = []
         keys: list[array[int]] = []
         ring: Any = None
         flush: Callable[[], int] | None = None
+        # a member with transport-wide cc stamps in place: the publisher's packets must carry the
+        # element at the subscriber's id (others go one by one, where it is added)
+        tw_in = self.ext_ids.get(TWCC_URI, 0)
         for dt in self.downtracks:
             state = dt.peer.send_state()
             m = dt._seq
             tm = dt._ts
+            sender = dt.peer.sender
             if (
                 state is None
                 or dt._paused
@@ -416,12 +467,14 @@ class PublishedTrack:
                 or tm.fast_offset < 0
                 or (ring is not None and state[0] is not ring)
                 or len(members) == state[0].lanes
+                or (sender is not None and (sender.ext_id != tw_in or dt.tw_id != tw_in))
             ):
                 rest.append(dt)
                 continue
             ring, flush, srtp, key, trailer = state
             members.append(dt)
-            rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer))
+            history = sender.history if sender is not None else None
+            rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer, history))
             keep.append(dt.peer.tx)
             keys.append(array("Q", [key]) * _LANE_DEPTH)
         if not members:
@@ -438,6 +491,7 @@ class PublishedTrack:
         self._fast_members = members
         self._fast_rest = rest
         self._fast_rows = rows
+        self._fast_tw = tw_in if any(row[6] is not None for row in rows) else 0
         self._fast_keep = keep
         self._fast_keys = keys
         self._fast_ext = ext
@@ -492,6 +546,7 @@ class PublishedTrack:
         self._fast_next = -1
         self._fast_members = []
         self._fast_rows = []
+        self._fast_tw = 0
         self._fast_rest = []
         self._fast_keep = []
         self._fast_keys = []
@@ -521,13 +576,22 @@ class PublishedTrack:
             dt.switch_now(self, now_ms)
 
     # -- control ---------------------------------------------------------------------------------
-    def request_keyframe(self, now_ms: int) -> bool:
+    def request_keyframe(self, now_ms: int, *, wait: bool = True) -> bool:
         """Ask the publisher for a keyframe (PLI), at most once per interval.
 
         Before a layer's SSRC is known the request is owed: ``on_rtp`` sends it with the layer's
-        first packets."""
+        first packets.  ``wait=False`` (a recording, which finds keyframes itself): no downtrack
+        waits, so ``on_rtp`` does not look for the keyframe, and a throttled request is dropped
+        (the asker asks again)."""
         if not self.is_video:
             return False
+        if not wait:
+            if self.ssrc < 0 or now_ms - self._last_keyframe_request_ms < KEYFRAME_REQUEST_INTERVAL_MS:
+                return False
+            self._last_keyframe_request_ms = now_ms
+            self._counters.keyframe_requests += 1
+            self._request_keyframe_cb(self.ssrc)
+            return True
         self.keyframe_pending = True
         if self.ssrc < 0:
             self._keyframe_deferred = True
@@ -583,6 +647,7 @@ class PublishedTrack:
         self.group = None
         self.rtx_cache = None
         self.level_meter = None
+        self.tap = None
         self.keyframe_pending = False
         self._request_keyframe_cb = _no_keyframe_request
         self._send_nack = None

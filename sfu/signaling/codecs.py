@@ -39,6 +39,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from sfu.packet.twcc import TWCC_URI
+
 DEFAULT_CODECS: tuple[str, ...] = ("opus", "VP8", "VP9", "H264", "AV1")
 
 
@@ -48,9 +50,9 @@ class MediaKind(enum.Enum):
     APPLICATION = "application"
 
 
-#: Header extensions the node negotiates.  Not transport-wide-cc (the node sends no TWCC
-#: feedback, and a sender that negotiated it would starve its bandwidth estimator), not
-#: playout-delay.
+#: Header extensions the node negotiates.  Not playout-delay.  Transport-wide-cc only with
+#: publishers (``CodecPolicy.with_transport_cc``): the node sends them transport-cc feedback.
+HDREXT_TRANSPORT_CC = TWCC_URI
 HDREXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 HDREXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 HDREXT_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -67,12 +69,18 @@ SUPPORTED_HEADER_EXTENSIONS: frozenset[str] = frozenset(
         HDREXT_VIDEO_ORIENTATION,
     }
 )
+#: transport-wide congestion control (sfu.packet.twcc.TWCC_URI): negotiated with subscribers
+#: (``CodecPolicy.for_subscribers``), whose feedback drives the node's estimate for them
+HDREXT_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+RTCP_FB_TRANSPORT_CC = "transport-cc"
 #: Extensions that make sense only on one kind of media.
 AUDIO_ONLY_EXTENSIONS: frozenset[str] = frozenset({HDREXT_AUDIO_LEVEL})
 VIDEO_ONLY_EXTENSIONS: frozenset[str] = frozenset({HDREXT_VIDEO_ORIENTATION})
 
-#: RTCP feedback the node understands ("type" or "type param").  Not transport-cc.
+#: RTCP feedback the node understands ("type" or "type param").  transport-cc only with
+#: publishers (``CodecPolicy.with_transport_cc``).
 SUPPORTED_RTCP_FB: frozenset[str] = frozenset({"nack", "nack pli", "ccm fir", "goog-remb"})
+TRANSPORT_CC_FB = "transport-cc"
 
 # name (lower) -> (kind, clock rate, channels)
 _KNOWN: Mapping[str, tuple[MediaKind, int, int | None]] = {
@@ -415,6 +423,16 @@ class CodecPolicy:
     def default(cls) -> CodecPolicy:
         return cls.parse(DEFAULT_CODECS)
 
+    def with_transport_cc(self) -> CodecPolicy:
+        """This policy, also negotiating the transport-wide-cc header extension and
+        ``transport-cc`` feedback (when offered): for publishers, to whom the node sends
+        transport-cc feedback (``sfu.transport.twcc_feedback``)."""
+        return replace(
+            self,
+            rtcp_feedback=self.rtcp_feedback | {TRANSPORT_CC_FB},
+            header_extensions=self.header_extensions | {HDREXT_TRANSPORT_CC},
+        )
+
     def allowed_names(self, kind: MediaKind) -> list[str]:
         return [str(e) for e in self.entries if e.kind is kind]
 
@@ -455,6 +473,17 @@ class CodecPolicy:
             ][:1]
             out = reds + out if self.red_first else out + reds
         return out
+
+    def for_subscribers(self) -> CodecPolicy:
+        """The policy of a subscribe negotiation: the node stamps its own transport-wide seqs on
+        what it sends and reads the subscriber's feedback, so the transport-wide-cc extension and
+        ``transport-cc`` feedback are negotiated there whatever the publish side does (issue 12).
+        REMB (``goog-remb``) stays for subscribers that offer only that."""
+        return replace(
+            self,
+            header_extensions=self.header_extensions | {HDREXT_TRANSPORT_CC},
+            rtcp_feedback=self.rtcp_feedback | {RTCP_FB_TRANSPORT_CC},
+        )
 
     def header_extensions_for(self, kind: MediaKind, offered: Mapping[str, int]) -> dict[str, int]:
         """The offered header extensions the node negotiates for ``kind``, with the offer's ids."""

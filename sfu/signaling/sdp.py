@@ -29,6 +29,7 @@ from sfu.signaling.codecs import (
     HDREXT_MID,
     HDREXT_REPAIRED_RID,
     HDREXT_RID,
+    RTCP_FB_TRANSPORT_CC,
     CodecParams,
     CodecPolicy,
     MediaKind,
@@ -920,12 +921,17 @@ def _answer_application(media: MediaSection, taken: bool) -> AnsweredSection:
     return AnsweredSection(media.mid, media.kind, SectionOutcome.ACCEPTED, Direction.SENDRECV)
 
 
-def negotiate_publish(offer: SessionDesc, policy: CodecPolicy) -> PublishNegotiation:
-    """Answer a publisher's offer (WHIP): receive every section it sends, in policy codecs.
+def negotiate_publish(offer: SessionDesc, policy: CodecPolicy, *, transport_cc: bool = True) -> PublishNegotiation:
+    """Answer a publisher's offer (WHIP, the WebSocket ``publish``): receive every section it
+    sends, in policy codecs.  ``transport_cc``: also accept the transport-wide-cc header extension
+    and ``transport-cc`` feedback where offered (the node then sends transport-cc feedback, and
+    the publisher's own estimator adapts its sending; ``goog-remb`` stays, as the upper bound).
 
     Raises ``ApiError("codec/unsupported", status=406)`` when a section the client sends on
     has no codec the room allows.
     """
+    if transport_cc:
+        policy = policy.with_transport_cc()
     sections: list[AnsweredSection] = []
     tracks: list[PublishTrack] = []
     datachannel = False
@@ -1153,6 +1159,7 @@ def negotiate_subscribe(
     answered inactive.  When tracks were given but none can be delivered because of codecs,
     the whole request is refused: ``ApiError("codec/unsupported", status=406)``.
     """
+    policy = policy.for_subscribers()
     receiving = [m for m in offer.media if m.is_rtp and not m.rejected and m.direction.receives]
     assigned: dict[str, AnsweredSection] = {}
     delivered: list[SubscribeTrack] = []
@@ -1488,7 +1495,10 @@ def _node_codecs(tracks: Sequence[OutgoingTrack], policy: CodecPolicy) -> dict[i
         for known in table:
             if known.is_primary and codecs_match(known, codec) and dict(known.fmtp) == dict(codec.fmtp):
                 return known
-        made = replace(filter_rtcp_fb(codec, policy.rtcp_feedback), pt=allocate(), rtx_pt=None)
+        made = filter_rtcp_fb(codec, policy.rtcp_feedback)
+        if RTCP_FB_TRANSPORT_CC in policy.rtcp_feedback and RTCP_FB_TRANSPORT_CC not in made.rtcp_fb:
+            made = replace(made, rtcp_fb=(*made.rtcp_fb, RTCP_FB_TRANSPORT_CC))  # the node's own feedback
+        made = replace(made, pt=allocate(), rtx_pt=None)
         table.append(made)
         return made
 
@@ -1538,6 +1548,7 @@ def build_offer(
     bundle (publishers may number the same codec differently).  ``mids`` defaults to
     "0", "1", ...; the offer is ``a=setup:actpass``.
     """
+    policy = policy.for_subscribers()
     if mids is None:
         mids = [str(i) for i in range(len(tracks))]
     if len(mids) != len(tracks) or len(set(mids)) != len(mids):

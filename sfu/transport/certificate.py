@@ -73,6 +73,8 @@ class Certificate:
         self.key = key
         self.x509 = cert
         self._contexts: dict[tuple[SrtpProfile, ...], SSL.Context] = {}
+        #: fingerprints by algorithm: every answer names one (the certificate never changes)
+        self._fingerprints: dict[str, str] = {}
 
     @classmethod
     def generate(
@@ -102,7 +104,10 @@ class Certificate:
         return self.x509.not_valid_after_utc
 
     def fingerprint(self, algorithm: str = "sha-256") -> str:
-        return fingerprint_of(self.x509, algorithm)
+        value = self._fingerprints.get(algorithm)
+        if value is None:
+            value = self._fingerprints[algorithm] = fingerprint_of(self.x509, algorithm)
+        return value
 
     def fingerprints(self) -> list[tuple[str, str]]:
         """``(algorithm, value)`` for the SDP algorithms browsers use."""

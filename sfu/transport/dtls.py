@@ -150,6 +150,21 @@ class DtlsEndpoint:
         self._guarded(self._process, datagram, received, now_ms)
         return received
 
+    def feed_batch(self, datagrams: Sequence[bytes], now_ms: int) -> tuple[list[bytes], list[bytes], int]:
+        """``feed`` each of ``datagrams`` in order, keeping what the endpoint sends instead of
+        sending it (a handshake thread must not touch the socket: ``sfu.transport.dtls_pool``).
+        Returns (datagrams to send, application data, datagrams refused)."""
+        out: list[bytes] = []
+        app: list[bytes] = []
+        refused = sum(self.drops.values())
+        send, self._send = self._send, out.append
+        try:
+            for datagram in datagrams:
+                app.extend(self.feed(datagram, now_ms))
+        finally:
+            self._send = send
+        return out, app, sum(self.drops.values()) - refused
+
     def handle_timeout(self, now_ms: int) -> None:
         """Fail a handshake past its deadline, or let OpenSSL retransmit its last flight."""
         if self.state is DtlsState.CONNECTING and self._handshake_deadline_ms is not None:

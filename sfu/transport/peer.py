@@ -28,13 +28,17 @@ from pylibsrtp._binding import ffi, lib
 
 from sfu import clock
 from sfu.counters import Direction, DropReason, MediaCounters
+from sfu.transport.bwe.pacer import ProbeCluster
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
+from sfu.transport.dtls_pool import HandshakePool, OffloadedHandshake
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing
 from sfu.transport.ports import Address
+from sfu.transport.sender import TransportSender
 from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
 from sfu.transport.tcp import TcpLink
+from sfu.transport.twcc_feedback import FeedbackTimer, PublisherFeedback
 from sfu.transport.udp import SEND_LANE_DEPTH, MediaPort
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,13 @@ _srtp_protect = lib.srtp_protect
 _srtp_unprotect = lib.srtp_unprotect
 _memmove = ffi.memmove
 _LANE_DEPTH = SEND_LANE_DEPTH
+#: a probe's padding-only packets: this many bytes of padding each (RFC 3550: at most 255),
+#: sent in ``PROBE_SLICES`` bursts spread over the cluster's time at its rate
+PROBE_PADDING = 240
+PROBE_SLICES = 5
+PROBE_MAX_PACKETS = 128
+_PADDING_HEADER = Struct("!BBHII")
+_PADDING_ZEROS = bytes(PROBE_PADDING - 1)
 
 
 class TransportState(enum.Enum):
@@ -120,6 +131,7 @@ class PeerTransport:
         now_ms: int,
         loop: asyncio.AbstractEventLoop,
         setup_timeout_ms: int = SETUP_TIMEOUT_MS,
+        handshakes: HandshakePool | None = None,
     ) -> None:
         self._port = port
         self.setup_timeout_ms = setup_timeout_ms
@@ -160,6 +172,9 @@ class PeerTransport:
         self._tcp: TcpLink | None = None
         self._tcp_cbuf: Any = None  # 2-byte length prefix + a protected packet, made on first use
         self._tcp_view = memoryview(b"")
+        #: the send side of transport-wide congestion control, when the subscriber negotiated it
+        #: (``enable_transport_cc``): every RTP packet sent carries its seq (sfu.transport.sender)
+        self.sender: TransportSender | None = None
         self.rx: SrtpContext | None = None
         self._rtcp_senders: set[int] = set()
         self.tx: SrtpContext | None = None
@@ -173,8 +188,20 @@ class PeerTransport:
             srtp_profiles=srtp_profiles,
             send=self._send_dtls,
         )
+        #: handshake steps in the pool's threads, not on this loop (None: on the loop)
+        self._offload = (
+            OffloadedHandshake(self.dtls, handshakes, loop, self._send_dtls, self._after_dtls)
+            if handshakes is not None
+            else None
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._on_app_data: Callable[[bytes], None] | None = None
+        #: transport-cc feedback to a publisher that negotiated transport-wide-cc (``enable_twcc``)
+        self.twcc: PublisherFeedback | None = None
+        #: a subscriber's: the header extension ids its offer uses for anything but transport-wide-cc,
+        #: in any section (None: not known).  A downtrack may leave a publisher's transport-wide
+        #: seq element in place at an id outside them (``DownTrack.bind``)
+        self.foreign_ext_ids: frozenset[int] | None = None
         port.add_peer(self)
 
     # -- DatagramPeer ------------------------------------------------------------------------------
@@ -247,10 +274,19 @@ class PeerTransport:
     def on_dtls(self, data: bytes, now_ms: int) -> None:
         if self.state is TransportState.CLOSED:
             return
+        offload = self._offload
+        if offload is not None and (offload.busy or self.state is not TransportState.CONNECTED):
+            offload.feed(data, now_ms)  # -> _after_dtls, on this loop, when the pool is done
+            return
         refused = sum(self.dtls.drops.values())
         app = self.dtls.feed(data, now_ms)
-        if sum(self.dtls.drops.values()) != refused:
-            self._counters.drops[DropReason.DTLS_REJECTED] += 1
+        self._after_dtls(app, sum(self.dtls.drops.values()) - refused, now_ms)
+
+    def _after_dtls(self, app: list[bytes], refused: int, now_ms: int) -> None:
+        if self.state is TransportState.CLOSED:
+            return
+        if refused:
+            self._counters.drops[DropReason.DTLS_REJECTED] += refused
         if self.dtls.state is DtlsState.CONNECTED and self.state is not TransportState.CONNECTED:
             self._on_dtls_connected(now_ms)
         elif self.dtls.state is DtlsState.FAILED:
@@ -303,7 +339,16 @@ class PeerTransport:
                 self._srtp_drop(-rc)
                 return
             self.last_consent_ms = now_ms  # authenticated: the client is there (RFC 7675)
+            twcc = self.twcc
+            if twcc is not None:
+                twcc.on_rtp(view, len_p[0])
             sink.on_rtp(cbuf, view, len_p[0], now_ms)
+
+    def enable_twcc(self, ext_id: int, sender_ssrc: int, timer: FeedbackTimer) -> None:
+        """Send transport-cc feedback for the packets carrying the transport-wide sequence number
+        under ``ext_id`` (a publisher that negotiated it); once, later calls change nothing."""
+        if self.twcc is None and self.state is not TransportState.CLOSED:
+            self.twcc = PublisherFeedback(ext_id, sender_ssrc, self.send_rtcp, timer)
 
     def forget_inbound(self, ssrc: int) -> None:
         """Free the libsrtp stream of ``ssrc`` (a stream nothing routes: an unsignalled SSRC)."""
@@ -319,8 +364,19 @@ class PeerTransport:
         self._counters.drops[_SRTP_DROP.get(SrtpError.from_code(-code), DropReason.SRTP_OTHER)] += 1
 
     # -- sending ---------------------------------------------------------------------------------
-    def send_rtp(self, length: int) -> bool:
-        """Protect ``out_view[:length]`` (in a send slot) and queue it on the port."""
+    def enable_transport_cc(self, ext_id: int) -> TransportSender:
+        """Stamp this transport's own transport-wide seq under ``ext_id`` on every RTP packet
+        from now on (the client negotiated the extension; one id per BUNDLE transport)."""
+        if self.sender is None or self.sender.ext_id != ext_id:
+            self.sender = TransportSender(ext_id, self._counters.cc)
+        return self.sender
+
+    def send_rtp(self, length: int, now_ms: int = -1) -> bool:
+        """Protect ``out_view[:length]`` (in a send slot) and queue it on the port (with the
+        transport-wide seq first, when ``sender`` is set: ``now_ms`` is its send time, -1: now)."""
+        sender = self.sender
+        if sender is not None and length + 8 + 16 <= OUT_BUFFER_SIZE:
+            length = sender.stamp(self.out_view, length, clock.now_ms() if now_ms < 0 else now_ms)
         if not self._send_key or length + 16 > OUT_BUFFER_SIZE:
             if self._tcp is not None and length + 16 <= OUT_BUFFER_SIZE:
                 return self._tcp_send(self.out_cbuf, length, None)
@@ -340,13 +396,25 @@ class PeerTransport:
         self._commit(k, fill, len_p[0])
         return True
 
-    def forward_rtp(self, src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+    def forward_rtp(
+        self, src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int, tw_pos: int = 0, now_ms: int = -1
+    ) -> bool:
         """Queue ``src[:length]`` with header bytes 1-11 replaced (``b1`` = marker | PT), protected.
 
         ``src`` is any buffer (or cffi pointer) holding a well-formed RTP packet of ``length``
-        bytes, at most ``BUFFER_SIZE`` of the port; the values must fit their fields.
+        bytes, at most ``BUFFER_SIZE`` of the port; the values must fit their fields.  With a
+        ``sender``, ``tw_pos`` is where the packet's 2-byte transport-wide seq element (under
+        the sender's id) holds its value, overwritten in place; 0: it has none, the packet goes
+        by ``send_rtp``, which adds it.  ``now_ms``: the send time (-1: now).
         """
         key = self._send_key
+        sender = self.sender
+        if sender is not None and (not tw_pos or not key):
+            if length + 8 + 16 > OUT_BUFFER_SIZE:
+                return False
+            _memmove(self.out_cbuf, src, length)
+            _B1_SEQ_TS_SSRC.pack_into(self.out_view, 1, b1, seq, ts, ssrc)
+            return self.send_rtp(length, now_ms)
         if not key:
             if self._tcp is not None:
                 return self._tcp_send(src, length, (b1, seq, ts, ssrc))
@@ -358,7 +426,19 @@ class PeerTransport:
         k = self._lane_base + fill
         ptr = self._ptrs[k]
         _memmove(ptr, src, length)
-        _B1_SEQ_TS_SSRC.pack_into(self._views[k], 1, b1, seq, ts, ssrc)
+        view = self._views[k]
+        _B1_SEQ_TS_SSRC.pack_into(view, 1, b1, seq, ts, ssrc)
+        if sender is not None:  # SendHistory.record, inlined, and the seq written in place
+            history = sender.history
+            ext = history.high + 1
+            history.high = ext
+            slot = ext & history.mask
+            history.exts[slot] = ext
+            history.send_times[slot] = clock.now_ms() if now_ms < 0 else now_ms
+            history.sizes[slot] = length
+            history.states[slot] = 0
+            view[tw_pos] = (ext >> 8) & 0xFF
+            view[tw_pos + 1] = ext & 0xFF
         len_p = self._len_p
         len_p[0] = length
         if _srtp_protect(self._tx_srtp, ptr, len_p):
@@ -397,6 +477,47 @@ class PeerTransport:
         view[0] = n >> 8
         view[1] = n & 0xFF
         return tcp.send_framed(bytes(view[: n + 2]))
+
+    def send_probe(self, cluster: ProbeCluster, now_ms: int) -> int:
+        """Send the probe ``cluster`` as padding-only packets on the sender's RTX stream, in
+        ``PROBE_SLICES`` bursts spread at the cluster's rate (the first now, the others on the
+        event loop); returns the packets it will send (0: no sender, padding stream or keys)."""
+        sender = self.sender
+        if sender is None or sender.padding is None or self._tx_srtp is None:
+            return 0
+        size = 12 + 8 + PROBE_PADDING
+        packets = min(max(cluster.min_packets, -(-cluster.min_bytes // size)), PROBE_MAX_PACKETS)
+        span_ms = packets * size * 8000 / max(cluster.rate_bps, 1)
+        per_slice = -(-packets // PROBE_SLICES)
+        left = packets
+        for i in range(PROBE_SLICES):
+            count = min(per_slice, left)
+            if count <= 0:
+                break
+            left -= count
+            if i == 0:
+                self._send_padding(cluster.id, count)
+            else:
+                self._loop.call_later(span_ms * i / PROBE_SLICES / 1000, self._send_padding, cluster.id, count)
+        return packets
+
+    def _send_padding(self, cluster_id: int, count: int) -> None:
+        sender = self.sender
+        if sender is None or sender.padding is None or self.state is not TransportState.CONNECTED:
+            return
+        pad = sender.padding
+        out = self.out_view
+        now_ms = clock.now_ms()
+        end = 12 + PROBE_PADDING
+        for _ in range(count):
+            _PADDING_HEADER.pack_into(out, 0, 0xA0, pad[1] & 0x7F, pad[2], 0, pad[0])  # V=2, P=1
+            out[12 : end - 1] = _PADDING_ZEROS
+            out[end - 1] = PROBE_PADDING
+            pad[2] = (pad[2] + 1) & 0xFFFF
+            high = sender.history.high
+            if self.send_rtp(end, now_ms) and sender.history.high != high:
+                sender.probes.on_probe_sent(cluster_id, sender.history.high)
+                sender.counters.probe_packets += 1
 
     @property
     def transport_kind(self) -> str:
@@ -502,14 +623,20 @@ class PeerTransport:
             return
         self.state = TransportState.CLOSED
         self._cancel_timer()
-        if send_alert:
+        if self._offload is not None:  # now, or when a running handshake step comes back
+            self._offload.close(send_alert)
+        elif send_alert:
             try:
                 self.dtls.close()
             except Exception:  # never let a teardown path raise
                 log.debug("DTLS close failed", exc_info=True)
         self._port.remove_peer(self)
-        self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
+        if self._offload is None:
+            self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
         self._on_app_data = None
+        if self.twcc is not None:
+            self.twcc.close()
+            self.twcc = None
         self.rx = None
         self.tx = None
         self._tx_srtp = None
@@ -534,7 +661,11 @@ class PeerTransport:
         self._timer = None
         if self.state is TransportState.CLOSED or self.state is TransportState.CONNECTED:
             return
-        self.dtls.handle_timeout(clock.now_ms())
+        if self._offload is not None:
+            if not self._offload.handle_timeout(clock.now_ms()):
+                return  # a handshake step is running: its result re-arms the timer
+        else:
+            self.dtls.handle_timeout(clock.now_ms())
         if self.dtls.state is DtlsState.FAILED:
             self.close(CloseReason.DTLS_FAILED)
         else:

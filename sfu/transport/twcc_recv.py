@@ -43,6 +43,9 @@ from sfu.packet.twcc import (
 __all__ = ["FeedbackBuilder"]
 
 _EMPTY = -(1 << 63)
+#: ``size_bound(n, 2 * n) <= 16 * n / 7 + _SIZE_SLACK`` (header and fixed fields 20, a partial
+#: chunk 2, padding 3)
+_SIZE_SLACK = 25
 _REFERENCE_MOD = 1 << 24
 
 
@@ -119,6 +122,18 @@ class FeedbackBuilder:
 
     def on_packet(self, seq: int, arrival_us: int) -> None:
         """Record the arrival of transport-wide seq ``seq`` (16-bit)."""
+        high = self._high
+        if seq == (high + 1) & 0xFFFF and self._started:  # the next one: most packets
+            ext = high + 1
+            slot = ext & self._mask
+            self._exts[slot] = ext  # above the highest: never recorded before
+            self._arrival[slot] = arrival_us
+            self._high = ext
+            if ext - self._start >= self.window:  # the oldest pending would be overwritten
+                start = ext - self.window + 1
+                self.overflowed += start - self._start
+                self._start = start
+            return
         if self._started:
             d = (seq - self._high) & 0xFFFF  # unwrap: nearest to the highest so far
             if d >= 0x8000:
@@ -191,10 +206,15 @@ class FeedbackBuilder:
         have_reference = False
         ext = first
         limit = min(high, first + 0xFFFE)
+        max_size = self.max_size
+        # this many statuses fit whatever their deltas (2 bytes each, a chunk per 7): the exact
+        # size check below runs only past them
+        sure = (max_size - _SIZE_SLACK) * 7 // 16
         while ext <= limit:
             slot = ext & mask
+            n = len(deltas)
             if exts[slot] != ext:
-                if deltas and size_bound(len(deltas) + 1, delta_bytes) > self.max_size:
+                if n >= sure and n and size_bound(n + 1, delta_bytes) > max_size:
                     break
                 deltas.append(None)
                 ext += 1
@@ -206,9 +226,9 @@ class FeedbackBuilder:
                 t_us = reference * REFERENCE_TICK_US
             delta = (at - t_us + DELTA_TICK_US // 2) // DELTA_TICK_US
             size = 1 if 0 <= delta <= 255 else 2
-            if deltas and (
+            if n and (
                 not LARGE_DELTA_MIN <= delta <= LARGE_DELTA_MAX
-                or size_bound(len(deltas) + 1, delta_bytes + size) > self.max_size
+                or (n >= sure and size_bound(n + 1, delta_bytes + size) > max_size)
             ):
                 break
             deltas.append(delta)

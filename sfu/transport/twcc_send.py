@@ -4,7 +4,8 @@ with the subscriber's transport-cc feedback.
 ``SendHistory`` is sans-I/O: the sender calls ``on_sent(seq, send_ms, size)`` for every packet
 it stamps with its own transport-wide sequence number (O(1), preallocated rings of
 ``capacity`` entries, 8+8+4+1 bytes each; ``send(send_ms, size)`` numbers the next packet
-and records it), and the RTCP path calls ``on_transport_cc(TransportCC)`` (the opaque packet
+and records it, ``record`` does the same without checks for the send path, whose inlined
+copies read ``high``, ``mask``, ``exts``, ``send_times``, ``sizes``, ``states``), and the RTCP path calls ``on_transport_cc(TransportCC)`` (the opaque packet
 ``parse_compound`` gives; it refuses a message claiming more than ``capacity`` statuses) or
 ``on_feedback(TransportFeedback)``, which return one ``PacketFeedback`` per packet the message
 reports for the first time, in sequence order: what a send-side estimator (GCC) consumes.
@@ -25,10 +26,10 @@ reports for the first time, in sequence order: what a send-side estimator (GCC) 
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
 
 from sfu.packet.rtcp import TransportCC
 from sfu.packet.twcc import DELTA_TICK_US, REFERENCE_TICK_US, TransportFeedback
+from sfu.transport.bwe.feedback import PacketFeedback
 
 __all__ = ["PacketFeedback", "SendHistory"]
 
@@ -40,32 +41,22 @@ _REFERENCE_MOD = 1 << 24
 _REFERENCE_HALF = 1 << 23
 
 
-@dataclass(frozen=True, slots=True)
-class PacketFeedback:
-    """One sent packet with its fate: ``recv_ms`` is ``None`` when it was reported lost."""
-
-    seq: int
-    send_ms: float
-    recv_ms: float | None
-    size: int
-
-
 class SendHistory:
     """Transport-wide seq -> (send time, size) for one subscriber transport."""
 
     __slots__ = (
-        "_exts",
-        "_high",
         "_last_fb_count",
-        "_mask",
         "_reference_ext",
         "_reference_raw",
-        "_send_ms",
-        "_sizes",
-        "_state",
         "capacity",
         "duplicates",
+        "exts",
         "feedback_lost",
+        "high",
+        "mask",
+        "send_times",
+        "sizes",
+        "states",
         "unknown",
     )
 
@@ -73,12 +64,12 @@ class SendHistory:
         if capacity < 16 or capacity & (capacity - 1) or capacity > 1 << 15:
             raise ValueError(f"send history capacity {capacity} must be a power of two in 16-32768")
         self.capacity = capacity
-        self._mask = capacity - 1
-        self._exts = array("q", [_EMPTY]) * capacity
-        self._send_ms = array("d", [0.0]) * capacity
-        self._sizes = array("i", [0]) * capacity
-        self._state = bytearray(capacity)
-        self._high = -1  # highest extended seq sent; -1 before the first
+        self.mask = capacity - 1
+        self.exts = array("q", [_EMPTY]) * capacity
+        self.send_times = array("d", [0.0]) * capacity
+        self.sizes = array("i", [0]) * capacity
+        self.states = bytearray(capacity)
+        self.high = -1  # highest extended seq sent; -1 before the first
         self._reference_ext = 0
         self._reference_raw = -1
         self._last_fb_count = -1
@@ -87,7 +78,7 @@ class SendHistory:
         self.feedback_lost = 0
 
     def _extend(self, seq: int) -> int:
-        high = self._high
+        high = self.high
         d = (seq - high) & 0xFFFF
         if d >= 0x8000:
             d -= 0x10000
@@ -100,22 +91,35 @@ class SendHistory:
             raise ValueError(f"transport-wide seq {seq} out of range 0-65535")
         if not 0 <= size <= 0xFFFF:
             raise ValueError(f"packet size {size} out of range 0-65535")
-        ext = seq if self._high < 0 else self._extend(seq)
-        slot = ext & self._mask
-        self._exts[slot] = ext
-        self._send_ms[slot] = send_ms
-        self._sizes[slot] = size
-        self._state[slot] = _UNREPORTED
-        if ext > self._high:
-            self._high = ext
+        ext = seq if self.high < 0 else self._extend(seq)
+        slot = ext & self.mask
+        self.exts[slot] = ext
+        self.send_times[slot] = send_ms
+        self.sizes[slot] = size
+        self.states[slot] = _UNREPORTED
+        if ext > self.high:
+            self.high = ext
         return ext
 
     def send(self, send_ms: float, size: int) -> int:
         """Number the next packet (one after the newest recorded, 0 for the first) and record
         it; returns the 16-bit seq to stamp with ``sfu.packet.twcc.write_seq``."""
-        seq = (self._high + 1) & 0xFFFF
+        seq = (self.high + 1) & 0xFFFF
         self.on_sent(seq, send_ms, size)
         return seq
+
+    def record(self, send_ms: float, size: int) -> int:
+        """``send`` for the sender's own packets, without the checks (the hot path's
+        reference: ``PublishedTrack.on_rtp`` and ``PeerTransport.forward_rtp`` inline it).
+        ``size`` must be 0-65535 (an RTP packet)."""
+        ext = self.high + 1
+        self.high = ext
+        slot = ext & self.mask
+        self.exts[slot] = ext
+        self.send_times[slot] = send_ms
+        self.sizes[slot] = size
+        self.states[slot] = _UNREPORTED
+        return ext & 0xFFFF
 
     def _reference_us(self, raw: int) -> int:
         if self._reference_raw < 0:
@@ -145,7 +149,7 @@ class SendHistory:
         out: list[PacketFeedback] = []
         deltas = fb.deltas
         count = len(deltas)
-        high = self._high
+        high = self.high
         base = self._extend(fb.base_seq) if high >= 0 else 0
         lo = max(0, high - self.capacity + 1 - base)
         hi = min(count, high + 1 - base) if high >= 0 else 0
@@ -155,9 +159,9 @@ class SendHistory:
         self.unknown += count - (hi - lo)
         if lo:
             t_us += sum(d for d in deltas[:lo] if d is not None) * DELTA_TICK_US
-        exts = self._exts
-        state = self._state
-        mask = self._mask
+        exts = self.exts
+        state = self.states
+        mask = self.mask
         for k in range(lo, hi):
             delta = deltas[k]
             if delta is not None:
@@ -172,11 +176,11 @@ class SendHistory:
                     self.duplicates += 1
                     continue
                 state[slot] = _LOST
-                out.append(PacketFeedback(ext, self._send_ms[slot], None, self._sizes[slot]))
+                out.append(PacketFeedback(ext, self.send_times[slot], None, self.sizes[slot]))
             else:
                 if state[slot] == _RECEIVED:
                     self.duplicates += 1
                     continue
                 state[slot] = _RECEIVED
-                out.append(PacketFeedback(ext, self._send_ms[slot], t_us / 1000, self._sizes[slot]))
+                out.append(PacketFeedback(ext, self.send_times[slot], t_us / 1000, self.sizes[slot]))
         return out

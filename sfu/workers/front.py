@@ -24,6 +24,7 @@ import aiohttp
 import jwt
 from aiohttp import web
 
+from levelchat import console
 from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier, validate_room
@@ -38,13 +39,14 @@ from sfu import clock
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import add_static_routes, api_application
 from sfu.api.participants import ROUTES as PARTICIPANT_ROUTES
+from sfu.api.recordings import ROUTES as RECORDING_ROUTES
 from sfu.api.rtc import RTC_PATH
 from sfu.config import HttpBound, NodeConfig
 from sfu.metrics import CONTENT_TYPE
 from sfu.transport.peer import CloseReason
 from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
-from sfu.workers.proxy import forward, forward_websocket
+from sfu.workers.proxy import forward, forward_download, forward_websocket
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
 from sfu.workers.usage import FrontUsage, control_total
 from sfu.workers.worker import INTERNAL
@@ -209,6 +211,29 @@ class Front(HttpBound):
                     room = None
         w = self.worker_for(room, creating=room is not None)
         return await self._forward(w, request, raw)
+
+    async def recording_route(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/recordings/{id}...``: the id names no room, so each worker is asked in turn; the
+        first answer other than ``not_found`` (the worker that has it) is the answer."""
+        up = [w for w in self.workers if w.up]
+        if not up:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        download = request.method == "GET" and "name" in request.match_info
+        resp: web.StreamResponse | None = None
+        for w in up:
+            if w.session is None:
+                continue
+            if download:  # a file: streamed, never held whole in the front
+                resp = await forward_download(w.session, w.index, request)
+            else:
+                resp = await self._forward(w, request, b"")
+            if not isinstance(resp, web.Response) or resp.status != 404:
+                return resp
+            if not isinstance(resp.body, bytes) or b'"not_found"' not in resp.body:
+                return resp
+        if resp is None:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        return resp
 
     async def rooms_list(self, request: web.Request) -> web.StreamResponse:
         """Every worker's open rooms; a worker's refusal (the token) comes back as it is."""
@@ -515,6 +540,8 @@ class Front(HttpBound):
         r.add_post("/v1/rooms/{room}/recording", existing)
         for method, path, _handler in PARTICIPANT_ROUTES:  # the participants API: the room's worker
             r.add_route(method, path, existing)
+        for method, path, _h in RECORDING_ROUTES:  # the worker that has the recording
+            r.add_route(method, path, self.recording_route)
         r.add_post("/v1/webhooks", self.webhooks_post)
         r.add_get("/v1/webhooks", self.any_worker)
         r.add_delete("/v1/webhooks/{id}", self.webhooks_delete)
@@ -528,5 +555,6 @@ class Front(HttpBound):
         r.add_get("/metrics", self.metrics)
         r.add_get(RTC_PATH, self.rtc)
         add_static_routes(app, self.config)
+        console.add_routes(app)  # the operator console's static page
         return app
 

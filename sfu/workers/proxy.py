@@ -89,6 +89,43 @@ async def forward(
         raise unavailable(index, exc) from None
 
 
+#: a download through the front: the worker's answer is copied in chunks this big, never held whole
+STREAM_CHUNK_BYTES = 1 << 16
+#: and its idle limit (a chunk must come within this long); no total (a recording may be large)
+STREAM_IDLE_S = 30.0
+
+
+async def forward_download(
+    session: aiohttp.ClientSession, index: int, request: web.Request
+) -> web.StreamResponse | web.Response:
+    """A ``GET`` whose answer may be large (a recording's file): a success is streamed to the
+    client as it comes from the worker; anything else comes back whole (a problem is small)."""
+    try:
+        resp = await session.get(
+            WORKER_BASE + request.path_qs,
+            headers=_request_headers(request),
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=PROXY_TIMEOUT_S, sock_read=STREAM_IDLE_S),
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise unavailable(index, exc) from None
+    async with resp:
+        try:
+            if resp.status != 200:
+                raw = await resp.read()
+                return web.Response(status=resp.status, body=raw, headers=_response_headers(resp))
+            out = web.StreamResponse(status=200, headers=_response_headers(resp))
+            if resp.content_length is not None:
+                out.content_length = resp.content_length
+            await out.prepare(request)
+            async for chunk in resp.content.iter_chunked(STREAM_CHUNK_BYTES):
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise unavailable(index, exc) from None
+
+
 async def forward_websocket(
     session: aiohttp.ClientSession, index: int, request: web.Request, *, heartbeat_s: float = HEARTBEAT_S
 ) -> web.StreamResponse:

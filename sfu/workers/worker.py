@@ -209,6 +209,7 @@ def die_with_parent(parent_pid: int) -> None:
 async def run(cfg: NodeConfig, index: int, socket_path: str) -> int:
     node = WorkerNode(cfg, index=index, socket_path=socket_path)
     await node.start()
+    node.own_gc()
     loop = asyncio.get_running_loop()
     # the front drains its workers itself; a SIGTERM sent to the worker (systemd's control group,
     # an operator) drains it like a node, and a second one ends it

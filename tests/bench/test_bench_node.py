@@ -6,6 +6,7 @@ and checked at every sink, in order.  Plus the parsing of the node's /metrics te
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -42,6 +43,21 @@ def test_node_forwards_every_packet_intact_and_in_order() -> None:
     assert result["ratio"] is None and result["ratio_vs_c"] is None  # no baseline, no C in this run
 
 
+@needs_node
+@pytest.mark.timeout(90)
+def test_node_with_twcc_sends_feedback_and_forwards_intact() -> None:
+    """``--twcc``: the WHIP source offers transport-cc and numbers every packet; the node sends it
+    feedback (about 10 a second) and the sinks still get every packet intact (the extension
+    block passes through as it is)."""
+    work = replace(SMOKE, twcc=True, seconds=2.0)
+    result = compare([NodeTarget()], work, mode="paced")
+    run = result["targets"]["node"]["paced_run"]
+    sent = int(work.in_pps * work.seconds)
+    assert run["delivered"] == run["verified"] == sent * work.fanout and run["corrupt"] == 0
+    assert run["gaps_at_sinks"] == 0 and run["loss"] == 0
+    assert 10 <= run["forwarder_reported"]["twcc_feedback"] <= 60, run["forwarder_reported"]
+
+
 _METRICS = """\
 # HELP levelchat_sfu_packets_received_total RTP packets received
 # TYPE levelchat_sfu_packets_received_total counter
@@ -55,6 +71,7 @@ levelchat_sfu_packets_dropped_total{reason="srtp_replay"} 3.0
 levelchat_sfu_packets_dropped_total{reason="too_short"} 0.0
 levelchat_sfu_srtp_errors_total{direction="inbound"} 3.0
 levelchat_sfu_keyframe_requests_total 2.0
+levelchat_sfu_twcc_feedback_total 7.0
 levelchat_sfu_rooms 1.0
 levelchat_sfu_forward_latency_seconds_bucket{le="0.0001"} 10.0
 levelchat_sfu_forward_latency_seconds_bucket{le="0.00025"} 60.0
@@ -73,6 +90,7 @@ levelchat_sfu_forward_latency_seconds_count 100.0
         ("rtcp_in", 5),
         ("rtcp_out", 8),
         ("keyframe_requests", 2),
+        ("twcc_feedback", 7),
         ("drops", {"srtp_replay": 3}),
         ("srtp_errors", {"inbound": 3}),
         ("forward_latency", {"samples": 100, "p50_le_ms": 0.25, "p99_le_ms": 0.5, "p999_le_ms": None}),
@@ -84,7 +102,7 @@ def test_parse_node_metrics(field: str, expected: object) -> None:
 
 def test_parse_node_metrics_of_nothing() -> None:
     assert parse_node_metrics("") == {"in_packets": 0, "out_packets": 0, "rtcp_in": 0, "rtcp_out": 0,
-                                      "keyframe_requests": 0, "drops": {}, "srtp_errors": {},
+                                      "keyframe_requests": 0, "twcc_feedback": 0, "drops": {}, "srtp_errors": {},
                                       "forward_latency": {"samples": 0, "p50_le_ms": None,
                                                           "p99_le_ms": None, "p999_le_ms": None}}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bench.loadgen.plan import build_plan
+from bench.loadgen.plan import build_plan, check_room_prefix
 from bench.loadgen.scenario import MAX_SESSIONS, ScenarioError, Vary, load_scenario, parse_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "bench" / "scenarios").glob("*.toml"))
@@ -95,6 +95,14 @@ def test_ramp_steps_and_plans() -> None:
     assert len(plan.publishers) == 20 and len(plan.subscribers) == 5 * 4 * 3  # everyone receives the other three
     assert {p.room for p in plan.publishers} == {f"lg-s1-r{i}" for i in range(5)}
     assert all(s.target != s.identity.split("-rx-")[0] for s in plan.subscribers)
+    other = build_plan(step, step=1, room_prefix="storm2")
+    assert {p.room for p in other.publishers} == {f"storm2-s1-r{i}" for i in range(5)}
+
+
+@pytest.mark.parametrize("prefix", ["", "Storm", "a-b", "x" * 17, "r/1"])
+def test_a_room_prefix_is_letters_and_digits(prefix: str) -> None:
+    with pytest.raises(ValueError, match="room prefix"):
+        check_room_prefix(prefix)
 
 
 def test_simulcast_receivers_expect_audio_and_the_top_layer() -> None:

@@ -63,14 +63,20 @@ class Pictures:
 
     def hook(self, peer: Any) -> None:
         send_rtp, forward_rtp = peer.send_rtp, peer.forward_rtp
+        forwarding = [False]  # forward_rtp may hand the packet to send_rtp (to add a transport-wide seq)
 
-        def send(length: int) -> bool:
-            self._read(peer.out_view, length)
-            return bool(send_rtp(length))
+        def send(length: int, *rest: Any) -> bool:
+            if not forwarding[0]:
+                self._read(peer.out_view, length)
+            return bool(send_rtp(length, *rest))
 
-        def forward(src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int) -> bool:
+        def forward(src: Any, length: int, *rest: Any) -> bool:
             self._read(src, length)
-            return bool(forward_rtp(src, length, b1, seq, ts, ssrc))
+            forwarding[0] = True
+            try:
+                return bool(forward_rtp(src, length, *rest))
+            finally:
+                forwarding[0] = False
 
         peer.send_rtp, peer.forward_rtp = send, forward
 

@@ -91,3 +91,10 @@ def test_exposes_the_default_ports() -> None:
     node, control = NodeConfig(), ControlConfig()
     assert exposed == {str(node.http_port), str(node.ice_tcp_port), f"{node.media_port}/udp", str(control.port)}
     assert ("STOPSIGNAL", "SIGTERM") in final_stage()
+
+
+def test_runs_on_glibcs_heap_which_the_node_trims() -> None:
+    """PYTHONMALLOC=malloc: after a burst ends the node's trim returns the memory (pymalloc's arenas
+    stay pinned; tests/e2e/test_ws_idle_many.py runs the node the same way)."""
+    env = " ".join(rest for op, rest in final_stage() if op == "ENV")
+    assert re.search(r"(^|\s)PYTHONMALLOC=malloc(\s|$)", env), env

@@ -58,6 +58,7 @@ def test_unit_keys(name: str, entry: str) -> None:
     assert s["KillSignal"] == "SIGTERM"
     assert int(s["LimitNOFILE"]) >= 65536
     assert s["EnvironmentFile"].startswith("/etc/levelchat/")
+    assert s["Environment"] == "PYTHONMALLOC=malloc"  # as the Docker image: docs/operations.md, "Memory"
     assert "network-online.target" in u["Unit"]["After"]
     assert u["Install"]["WantedBy"] == "multi-user.target"
     argv = split_command(s["ExecStart"])

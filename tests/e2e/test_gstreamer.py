@@ -2,7 +2,7 @@
 
 libnice sends no connectivity checks once connected, only Binding indications every 25 s; the node
 used to expire such sessions 30 s after the last check, with their media flowing.  A real
-webrtcbin WHIP publisher and a real webrtcbin WHEP subscriber (``tests/e2e/gst_client.py``, run
+webrtcbin WHIP publisher and a real webrtcbin WHEP subscriber (``examples/gstreamer_whip.py``, run
 with the system Python that has GStreamer's bindings) are held 65 s on the default 30 s timeout:
 both transports stay connected and decoded frames keep arriving to the end, while the node sees no
 check from either for more than the timeout.  Then the subscriber is frozen (SIGSTOP): silent, it
@@ -30,7 +30,8 @@ from tests.e2e.clients import wait_for
 from tests.e2e.conftest import token
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-CLIENT = Path(__file__).with_name("gst_client.py")
+#: the example operators are pointed to (README, "Publishing from GStreamer"): tested as it ships
+CLIENT = Path(__file__).resolve().parents[2] / "examples" / "gstreamer_whip.py"
 APT = "gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-plugins-good gir1.2-gst-plugins-bad-1.0 python3-gi"
 #: what the client needs: bindings, webrtcbin, libnice's elements, VP8
 PROBE = """
@@ -62,10 +63,10 @@ pytestmark = [
 
 
 class GstClient:
-    """``gst_client.py`` in a child process; its once-a-second reports are kept."""
+    """``examples/gstreamer_whip.py`` in a child process; its once-a-second reports are kept."""
 
     def __init__(self, role: str, url: str, bearer: str) -> None:
-        self.args = [str(SYSTEM_PYTHON), str(CLIENT), role, url, bearer]
+        self.args = [str(SYSTEM_PYTHON), str(CLIENT), role, url, bearer, "--local-ip", "127.0.0.1"]
         self.proc: asyncio.subprocess.Process | None = None
         self.report: dict[str, Any] = {}
         self.lines: list[str] = []
@@ -189,3 +190,22 @@ async def test_webrtcbin_publisher_and_subscriber_outlive_the_consent_timeout(
         await sub.stop()
         await pub.stop()
         await node.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_the_example_without_max_bundle_gets_a_clear_bad_request(node_factory: Callable[..., Any]) -> None:
+    """webrtcbin's default offers each section on its own transport: the node says BUNDLE is needed
+    (what the README and the example's docstring tell GStreamer users)."""
+    node = await node_factory()
+    room = "gstreamer-nobundle"
+    proc = await asyncio.create_subprocess_exec(
+        str(SYSTEM_PYTHON), str(CLIENT), "publish", f"{node.url}/whip/{room}", token(room, "gst-nb"),
+        "--local-ip", "127.0.0.1", "--bundle-policy", "none",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 45)
+    reports = [json.loads(line) for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
+    assert proc.returncode == 1 and reports and "error" in reports[-1], out.decode(errors="replace")
+    error = reports[-1]["error"]
+    assert "answered 400" in error and '"code": "bad_request"' in error and "a=group:BUNDLE" in error, error
+    assert not [p for p in node.router.participants.values() if p.identity == "gst-nb"]

@@ -193,11 +193,21 @@ def _requests(target: str, routes: list[tuple[str, str]], n: int, rng: random.Ra
     return out
 
 
+def _target_node_down(req: Req, reply: RawReply) -> bool:
+    """The one 5xx a well-formed request may get: the control plane forwards an action to
+    ``TARGET_NODE`` (a node drain), whose registered URL nothing listens on, and says so with a
+    retryable catalogue problem.  Not a fault of the input, and not a crash."""
+    head = req.parts[0].split(b"\r\n", 1)[0]
+    if reply.status != 503 or f"/v1/nodes/{TARGET_NODE}/".encode() not in head:
+        return False
+    return problem_code(reply) == "service_unavailable" and b"did not answer" in reply.body and "retry-after" in reply.headers
+
+
 def _check(req: Req, reply: RawReply) -> str | None:
     """None, or what is wrong with ``reply``."""
     if reply.status == 0:
         return None if req.parser_level else "closed without an answer"
-    if reply.status >= 500:
+    if reply.status >= 500 and not _target_node_down(req, reply):
         return f"{reply.status}: {reply.body[:200]!r}"
     if reply.status >= 400 and req.parts[0].startswith(b"HEAD "):  # a HEAD answer has no body to check
         ctype = reply.headers.get("content-type", "")

@@ -79,6 +79,14 @@ async def test_list_remove_and_rejoin(node: Node) -> None:
         assert by_id["alice"]["permissions"] == {"can_publish": True, "can_subscribe": True, "can_publish_data": True}
         assert by_id["alice"]["name"] == "Alice" and by_id["alice"]["quality"] in ("excellent", "good", "poor")
         assert isinstance(by_id["alice"]["joined_at"], int) and by_id["alice"]["joined_at"] > 1_700_000_000_000
+        assert by_id["alice"]["transport"] == "udp" and by_id["carol"]["transport"] == "udp"
+        assert all(t["loss"] == 0.0 for t in by_id["alice"]["tracks"])  # loopback loses nothing
+
+        # the live bit rate: measured between two listings (the first one starts the meter)
+        await asyncio.sleep(1.0)
+        status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
+        rates = {t["kind"]: t["bitrate_bps"] for p in body["participants"] if p["identity"] == "alice" for t in p["tracks"]}
+        assert rates["audio"] > 8_000 and rates["video"] > 8_000, rates
 
         # refusals: not an admin, another room's admin, unknown participant, unknown room
         status, problem = await api(node.url, "GET", f"/v1/rooms/{room}/participants", tok=token(room, "alice"))
@@ -367,6 +375,13 @@ async def test_server_mute_of_a_simulcast_track_mutes_every_layer(node: Node) ->
         status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
         alice = next(p for p in body["participants"] if p["identity"] == "alice")
         assert [(t["kind"], t["layers"]) for t in alice["tracks"]] == [("video", ["q", "h", "f"])]
+        # each layer's bit rate, measured from this listing to the next
+        await asyncio.sleep(1.0)
+        status, body = await api(node.url, "GET", f"/v1/rooms/{room}/participants", room=room)
+        (video,) = next(p for p in body["participants"] if p["identity"] == "alice")["tracks"]
+        by_layer = video["layer_bitrates_bps"]
+        assert sorted(by_layer) == ["f", "h", "q"] and all(bps > 0 for bps in by_layer.values()), video
+        assert video["bitrate_bps"] == sum(by_layer.values())
         track = alice["tracks"][0]["id"]
         path = f"/v1/rooms/{room}/participants/alice/tracks/{track}/mute"
         status, body = await api(node.url, "POST", path, {"muted": True}, room=room)

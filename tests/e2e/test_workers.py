@@ -117,6 +117,11 @@ async def test_rooms_spread_over_workers_and_media_flows_through_the_front(two: 
         assert sorted(r["room"] for r in reply.body["rooms"]) == ["spread-one", "spread-two"]
         reply = await call("GET", url + "/v1/rooms/spread-two")
         assert reply.status == 200 and reply.body["room"] == "spread-two"
+        # the operator console is served by the front too; its participants listing reaches the room's worker
+        reply = await call("GET", url + "/console")
+        assert reply.status == 200 and "console.js" in reply.body
+        reply = await call("GET", url + "/v1/rooms/spread-two/participants")
+        assert reply.status == 200 and [p["transport"] for p in reply.body["participants"]] == ["udp", "udp"], reply.body
 
         # readiness and metrics aggregate both workers
         reply = await call("GET", url + "/readyz")

@@ -224,10 +224,13 @@ class Live:
 
 
 @asynccontextmanager
-async def live_node(workdir: Path, room: str, *, workers: int = 1, **settings: object) -> AsyncIterator[Live]:
+async def live_node(workdir: Path, room: str, *, workers: int = 1, process_env: Mapping[str, str] | None = None,
+                    **settings: object) -> AsyncIterator[Live]:
+    """``settings``: node config (``LEVELCHAT_SFU_*``); ``process_env``: other environment of the node's
+    process (``PYTHONMALLOC``...)."""
     procs = Procs(workdir)
     settings = {"rate_limit_ip_per_s": 0, "rate_limit_key_per_s": 0, **settings}
-    node = procs.node("ws", None, env=env_of(**settings), extra_args=("--workers", str(workers)))
+    node = procs.node("ws", None, env={**(process_env or {}), **env_of(**settings)}, extra_args=("--workers", str(workers)))
     pub = sub = None
     try:
         await node.wait_healthy()

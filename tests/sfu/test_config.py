@@ -188,6 +188,8 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"self_check_failures": 0}, "self_check_failures"),
         ({"control_url": "ftp://control"}, "control_url"),
         ({"session_setup_timeout_s": 0.0}, "session_setup_timeout_s"),
+        ({"dtls_handshake_threads": -1}, "dtls_handshake_threads"),
+        ({"dtls_handshake_threads": 17}, "dtls_handshake_threads"),
         ({"max_media_sections": 65}, "max_media_sections"),
         ({"max_ssrcs": 0}, "max_ssrcs"),
         ({"max_published_tracks": 257}, "max_published_tracks"),
@@ -195,6 +197,10 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"signaling_heartbeat_s": -1.0}, "signaling_heartbeat_s"),
         ({"signaling_frames_per_s": 0}, "signaling_frames_per_s"),
         ({"signaling_send_queue_bytes": 100}, "signaling_send_queue_bytes"),
+        ({"recording_retention_days": -1.0}, "recording_retention_days"),
+        ({"max_recordings": 1001}, "max_recordings"),
+        ({"recording_max_bytes": 1000}, "recording_max_bytes"),
+        ({"recording_start_timeout_s": 0.0}, "recording_start_timeout_s"),
     ],
 )
 def test_validation_errors_name_the_key(settings: dict[str, Any], key: str) -> None:
@@ -395,3 +401,12 @@ def test_the_media_port_range_must_fit() -> None:
     with pytest.raises(ConfigError, match="media_port"):
         load(environ=KEYS, flags={"workers": 4, "media_port": 65534})
     assert load(environ=KEYS, flags={"workers": 2, "media_port": 65534}).worker_count == 2
+
+
+def test_recordings_directory_defaults_under_the_state_directory(tmp_path: Path) -> None:
+    cfg = load(environ=KEYS, flags={"data_dir": str(tmp_path)})
+    assert cfg.recordings_path == str(tmp_path / "recordings")
+    assert load(environ=KEYS, flags={"recordings_dir": "/srv/recs"}).recordings_path == "/srv/recs"
+    env = {**KEYS, "LEVELCHAT_SFU_RECORDINGS_DIR": str(tmp_path / "r"), "LEVELCHAT_SFU_MAX_RECORDINGS": "2"}
+    cfg = load(environ=env)
+    assert (cfg.recordings_path, cfg.max_recordings) == (str(tmp_path / "r"), 2)

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from sfu.counters import Direction, DropReason, MediaCounters
+from sfu.counters import Direction, DropReason, MediaCounters, SwitchDirection, SwitchReason
 from sfu.metrics import CONTENT_TYPE, NodeCollector, make_registry, render
 
-ALLOWED_LABELS = {"kind", "reason", "direction", "route", "code", "le", "attempt", "via"}  # enum values only
+ALLOWED_LABELS = {"kind", "reason", "direction", "route", "code", "le", "attempt", "via", "outcome"}  # enum values only
 
 
 def scrape(counters: MediaCounters, gauges: Mapping[str, float] | None = None, http: dict[tuple[str, str], int] | None = None) -> dict[str, Sample]:
@@ -54,6 +54,8 @@ def counters() -> MediaCounters:
     c.recovered = [54, 55]
     c.holes_given_up = [56, 57, 58, 59, 60]
     c.stun_keepalives = 61
+    c.twcc_feedback_out = 71
+    c.twcc_dropped = [72, 73, 74, 75]
     return c
 
 
@@ -84,6 +86,11 @@ def counters() -> MediaCounters:
         ("levelchat_sfu_upstream_holes_given_up_total{reason=too_old}", 58),
         ("levelchat_sfu_upstream_holes_given_up_total{reason=reset}", 59),
         ("levelchat_sfu_upstream_holes_given_up_total{reason=keyframe}", 60),
+        ("levelchat_sfu_twcc_feedback_total{}", 71),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=too_old}", 72),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=duplicate}", 73),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=overflowed}", 74),
+        ("levelchat_sfu_twcc_seqs_dropped_total{reason=reset}", 75),
     ],
 )
 def test_counter_names_and_values(counters: MediaCounters, key: str, expected: int) -> None:
@@ -157,3 +164,21 @@ def test_the_process_collector_is_exported_under_the_prefix() -> None:
     values = {f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.samples}
     assert values["levelchat_sfu_process_cpu_seconds"] > 0  # the client strips _total from counter families
     assert values["levelchat_sfu_process_resident_memory_bytes"] > 1 << 20
+
+
+def test_congestion_control_metrics(counters: MediaCounters) -> None:
+    """The contract's names: ``sfu_bwe_estimate_bps`` (histogram), ``sfu_layer_switches_total``
+    and ``sfu_probes_total``."""
+    for bps in (250_000, 700_000, 700_000, 40_000_000):
+        counters.cc.observe_estimate(bps)
+    counters.cc.switches[SwitchDirection.DOWN][SwitchReason.BANDWIDTH] += 3
+    counters.cc.probes["limited"] += 2
+    samples = scrape(counters)
+    name = "levelchat_sfu_bwe_estimate_bps"
+    assert value(samples, name + "_bucket{le=300000.0}") == 1
+    assert value(samples, name + "_bucket{le=700000.0}") == 3
+    assert value(samples, name + "_bucket{le=+Inf}") == 4
+    assert value(samples, name + "_sum{}") == 250_000 + 1_400_000 + 40_000_000
+    assert value(samples, "levelchat_sfu_layer_switches_total{direction=down,reason=bandwidth}") == 3
+    assert value(samples, "levelchat_sfu_layer_switches_total{direction=up,reason=publisher}") == 0
+    assert value(samples, "levelchat_sfu_probes_total{outcome=limited}") == 2

@@ -19,6 +19,7 @@ from sfu.packet.twcc import (
     TransportFeedback,
     decode_chunk,
     encode_chunks,
+    insert_seq,
     read_seq,
     seq_element,
     size_bound,
@@ -330,3 +331,86 @@ def test_fuzz_only_value_errors() -> None:
             TransportFeedback.parse(data)
         except ValueError:
             pass
+
+
+# --------------------------------------------------------------------------- insert_seq
+
+
+def _with_room(packet: bytes, room: int = 8) -> bytearray:
+    return bytearray(packet) + bytearray(room)
+
+
+@pytest.mark.parametrize(
+    ("extensions", "profile", "csrcs", "padding", "want"),
+    [
+        pytest.param([], None, [], 0, [(5, b"\x12\x34")], id="no-block"),
+        pytest.param([], None, [7, 8], 0, [(5, b"\x12\x34")], id="no-block-csrcs"),
+        pytest.param([], None, [], 4, [(5, b"\x12\x34")], id="no-block-padding"),
+        pytest.param([(3, b"\x01\x02\x03")], None, [], 0, [(3, b"\x01\x02\x03"), (5, b"\x12\x34")], id="one-byte"),
+        pytest.param([(5, b"\xff\xff"), (3, b"\x01")], None, [], 0, [(5, b"\x12\x34"), (3, b"\x01")], id="overwrite"),
+        pytest.param([(3, b"\x01\x02")], 0x1000, [], 0, [(3, b"\x01\x02"), (5, b"\x12\x34")], id="two-byte"),
+        pytest.param([(3, b"")], 0x1000, [3], 2, [(3, b""), (5, b"\x12\x34")], id="two-byte-empty-csrc-padding"),
+    ],
+)
+def test_insert_seq_adds_or_overwrites_the_element(
+    extensions: list[tuple[int, bytes]], profile: int | None, csrcs: list[int], padding: int, want: list[tuple[int, bytes]]
+) -> None:
+    header = RtpHeader(payload_type=96, sequence_number=9, timestamp=1234, ssrc=0xCAFE, marker=True,
+                       csrcs=list(csrcs), extensions=list(extensions), padding_size=padding)
+    if profile is not None:
+        header.extension_profile = profile
+    payload = bytes(range(40))
+    packet = bytes(RtpPacket(header, payload))
+    buf = _with_room(packet)
+    n = insert_seq(buf, len(packet), 5, 0x1234)
+    assert n >= len(packet)
+    got = RtpPacket.parse(bytes(buf[:n]))
+    assert got.header.extensions == want
+    assert got.payload == payload and got.header.padding_size == padding
+    assert got.header.csrcs == csrcs and got.header.marker and got.header.sequence_number == 9
+    assert read_seq(buf, n, 5) == 0x1234
+    # memoryview of a bigger buffer (the send path's out_view): the same bytes
+    mem = bytearray(2048)
+    mem[: len(packet)] = packet
+    view = memoryview(mem)
+    assert insert_seq(view, len(packet), 5, 0x1234) == n and bytes(view[:n]) == bytes(buf[:n])
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no-room", "bad-id", "other-profile", "wrong-size", "truncated", "not-rtp"],
+)
+def test_insert_seq_refuses_leaving_the_packet_as_it_was(case: str) -> None:
+    header = RtpHeader(payload_type=96, sequence_number=9, timestamp=1, ssrc=2, extensions=[(5, b"\x01")] if case == "wrong-size" else [])
+    packet = bytearray(bytes(RtpPacket(header, bytes(20))))
+    ext_id = 5
+    length = len(packet)
+    buf = packet + bytearray(8)
+    if case == "no-room":
+        buf = bytearray(packet)
+    elif case == "bad-id":
+        ext_id = 15
+    elif case == "other-profile":
+        buf = bytearray(packet[:12]) + bytearray(b"\xab\xcd\x00\x01\x00\x00\x00\x00") + packet[12:] + bytearray(8)
+        buf[0] |= 0x10
+        length += 8
+    elif case == "truncated":
+        buf[0] |= 0x10  # X bit and no block
+        length = 14
+    elif case == "not-rtp":
+        buf[0] = 0x40
+    before = bytes(buf)
+    assert insert_seq(buf, length, ext_id, 7) == -1
+    assert bytes(buf) == before
+
+
+def test_insert_seq_on_random_packets_never_raises() -> None:
+    rng = random.Random(12)
+    for _ in range(3000):
+        size = rng.randint(0, 80)
+        data = bytearray(rng.getrandbits(8) for _ in range(size))
+        if size and rng.random() < 0.7:
+            data[0] = 0x80 | (data[0] & 0x3F)
+        buf = data + bytearray(8)
+        n = insert_seq(buf, size, rng.randint(1, 14), rng.getrandbits(16))
+        assert n == -1 or size <= n <= size + 8

@@ -21,6 +21,7 @@ from sfu.counters import MediaCounters
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.certificate import Certificate
 from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
+from sfu.transport.dtls_pool import HandshakePool
 from sfu.transport.ice import random_ice_string
 from sfu.transport.peer import CloseReason, PeerTransport, TransportState
 from sfu.transport.ports import Address
@@ -236,6 +237,11 @@ def open_port(counters: MediaCounters | None = None, host: str = "127.0.0.1") ->
     return port
 
 
+#: what ``new_peer`` passes as ``handshakes`` unless told (a test module may set it: test_peer runs
+#: every test with DTLS on the loop and in a pool)
+handshake_pools: list[HandshakePool | None] = [None]
+
+
 def new_peer(
     port: MediaPort,
     client: RawClient,
@@ -245,6 +251,7 @@ def new_peer(
     remote_fingerprints: list[tuple[str, str]] | None = None,
 ) -> PeerTransport:
     return PeerTransport(
+        handshakes=handshake_pools[-1],
         port=port,
         certificate=NODE_CERT,
         dtls_role=node_role,

@@ -113,15 +113,29 @@ async def received(link: Link, count: int) -> list[RtpPacket]:
             {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
             {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
             [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
+            [(3, b"\x01\x02\x03"), (5, b"\x00\x00")],  # the node's own transport-wide seq: its first
             id="identity",
         ),
         pytest.param(
             {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
             {ABS_SEND_TIME: 2, TRANSPORT_CC: 9},
             [(3, b"\x01\x02\x03"), (5, b"\x00\x07")],
-            [(2, b"\x01\x02\x03"), (9, b"\x00\x07")],
+            [(2, b"\x01\x02\x03"), (9, b"\x00\x00")],
             id="renumbered",
+        ),
+        pytest.param(
+            {ABS_SEND_TIME: 3},
+            {ABS_SEND_TIME: 3, TRANSPORT_CC: 5},
+            [(3, b"\x01\x02\x03")],
+            [(3, b"\x01\x02\x03"), (5, b"\x00\x00")],
+            id="transport-cc-added",
+        ),
+        pytest.param(
+            {},
+            {TRANSPORT_CC: 5},
+            [],
+            [(5, b"\x00\x00")],
+            id="transport-cc-added-to-a-packet-without-extensions",
         ),
         pytest.param(
             {ABS_SEND_TIME: 3, ORIENTATION: 7},
@@ -506,3 +520,29 @@ async def test_audio_has_nothing_to_retransmit(link: Link) -> None:
     assert dt.retransmit([got.header.sequence_number], T0 + 10) == 0
     unbound = downtrack(link, "audio", ssrc=0x99)
     assert unbound.retransmit([1, 2, 3], T0) == 0
+
+
+@pytest.mark.parametrize(
+    ("foreign", "kept"),
+    [
+        (None, False),  # what the subscriber maps is not known (the node's own offers): stripped
+        (frozenset(), True),  # its offer uses no id: the element stays, the packet on the fast path
+        (frozenset({3}), True),  # it uses other ids only
+        (frozenset({3, 5}), False),  # it uses id 5 for something (in another section, maybe): stripped
+    ],
+)
+async def test_publisher_transport_cc_element_kept_only_at_an_id_the_subscriber_leaves_free(
+    link: Link, foreign: frozenset[int] | None, kept: bool
+) -> None:
+    """A publisher that negotiated transport-cc stamps every packet.  For a subscriber that did not
+    negotiate it, the element stays (copying fast path) only where no extension of the subscriber's
+    offer, in any section, uses that id: receivers such as aiortc map ids across the BUNDLE."""
+    link.peer.foreign_ext_ids = foreign
+    src = track("audio", ext_ids={ABS_SEND_TIME: 3, TRANSPORT_CC: 5}, link=link)
+    dt = downtrack(link, "audio", out_ext_ids={ABS_SEND_TIME: 3})
+    dt.bind(src, T0)
+    assert bool(dt._ext_same >> 5 & 1) is kept and dt._ext_same & (1 << 3)
+    push(src, 10, 4800, OPUS_FRAME, T0, extensions=[(3, b"\x01\x02\x03"), (5, b"\x00\x07")], marker=True)
+    (got,) = await received(link, 1)
+    want = [(3, b"\x01\x02\x03"), (5, b"\x00\x07")] if kept else [(3, b"\x01\x02\x03")]
+    assert got.header.extensions == want and got.payload == OPUS_FRAME

@@ -354,6 +354,35 @@ async def test_tick_expires_consent_and_the_participant_leaves(node: Node) -> No
     assert not viewer.closed and sources(viewer) == [None]
 
 
+async def test_tick_due_reaches_each_participant_once_a_second_in_its_own_slot(node: Node) -> None:
+    """The node's housekeeping: a wheel slot at a time; consent expiry still comes within a second."""
+    t0 = clock.now_ms()
+    rooms = [node.room(f"wheel-{r}") for r in range(9)]  # ten participants each: the harness caps
+    people = [Participant(identity=f"p{i}", room_id=rooms[i // 10].id, kind=ParticipantKind.RTC) for i in range(90)]
+    for p in people:
+        node.router.admit(rooms[people.index(p) // 10], p, t0)
+    wheel = node.router.wheel
+    assert len(wheel) == 90
+    seen: list[str] = []
+    ticked = node.router._tick_participant  # noqa: SLF001 (counted, then called as it is)
+
+    def counting(participant: Participant, now_ms: int) -> None:
+        seen.append(participant.identity)
+        ticked(participant, now_ms)
+
+    node.router._tick_participant = counting  # type: ignore[method-assign]  # noqa: SLF001
+    start = wheel.next_due_ms()
+    per_tick = []
+    for step in range(50):
+        before = len(seen)
+        node.router.tick_due(start + step * wheel.slot_ms)
+        per_tick.append(len(seen) - before)
+    assert sorted(seen) == sorted(p.identity for p in people)  # everyone once in the second
+    assert max(per_tick) == 2  # 90 over 50 slots, never all at once
+    node.router.leave(people[0], CloseReason.LEFT, t0)
+    assert people[0].sid not in wheel and len(wheel) == 89
+
+
 @pytest.mark.parametrize(
     ("timeout_s", "after_ms", "closed"),
     [(5, 4_999, False), (5, 5_000, True), (0, 0, True), (300, 299_999, False), (300, 300_000, True)],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.routing.stats import ReceiveStats
+from sfu.routing.stats import RATE_MIN_WINDOW_MS, RateMeter, ReceiveStats
 
 AUDIO = 48_000
 VIDEO = 90_000
@@ -166,3 +166,19 @@ def test_jitter_decays_when_arrival_becomes_regular_again() -> None:
         stats.update(i, 960 * i, 20 * i)
     assert peak > 0
     assert stats.report().jitter < peak // 10
+
+
+@pytest.mark.parametrize(
+    ("looks", "expected"),
+    [
+        ([(0, 1_000)], [0]),  # the first look starts the meter
+        ([(0, 0), (1_000, 125_000)], [0, 1_000_000]),  # 125 kB in 1 s: 1 Mbit/s
+        ([(0, 0), (1_000, 12_500), (1_200, 50_000)], [0, 100_000, 100_000]),  # too soon: the last rate
+        ([(0, 0), (1_000, 12_500), (RATE_MIN_WINDOW_MS + 1_000, 25_000)], [0, 100_000, 200_000]),
+        ([(0, 5_000), (2_000, 5_000)], [0, 0]),  # nothing came
+        ([(0, 5_000), (1_000, 1_000)], [0, 0]),  # a count that went back (never negative)
+    ],
+)
+def test_rate_meter(looks: list[tuple[int, int]], expected: list[int]) -> None:
+    meter = RateMeter()
+    assert [meter.bps(octets, now_ms) for now_ms, octets in looks] == expected

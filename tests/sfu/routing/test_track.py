@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from sfu.counters import MediaCounters
-from sfu.packet.rtp import RtpPacket
+from sfu.packet.rtp import RtpPacket, get_extension
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.rtx_cache import RTX_CACHE_FIRST_SLOTS, RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
 from sfu.routing.track import (
@@ -414,6 +414,22 @@ def test_keyframe_requests_are_throttled(times: list[int], sent: list[bool]) -> 
     assert len(requests.ssrcs) == sent.count(True) == counters.keyframe_requests
 
 
+def test_a_request_nobody_waits_on_is_not_owed_and_marks_nothing() -> None:
+    """``wait=False`` (a recording): throttled like the others, not deferred, and ``on_rtp`` is
+    set looking for the keyframe by it (a video track looks only until its first keyframe, for its
+    picture size: no per-packet check for a stream that never sends one after that)."""
+    counters = MediaCounters()
+    requests = KeyframeRequests()
+    track = video_track(counters, requests)
+    track.keyframe_pending = False  # its first keyframe came
+    assert track.request_keyframe(T0, wait=False) is True
+    assert track.request_keyframe(T0 + 100, wait=False) is False  # throttled, and not owed
+    assert not track.keyframe_pending and not track._keyframe_deferred
+    assert track.request_keyframe(T0 + KEYFRAME_REQUEST_INTERVAL_MS, wait=False) is True
+    assert requests.ssrcs == [PUB_SSRC, PUB_SSRC] and counters.keyframe_requests == 2
+    assert audio_track(counters).request_keyframe(T0, wait=False) is False
+
+
 def test_audio_never_requests_keyframes() -> None:
     counters = MediaCounters()
     track = audio_track(counters)
@@ -618,3 +634,23 @@ def test_on_repair_takes_only_a_packet_of_an_open_hole() -> None:
     assert counters.recovered == [1, 0]
     assert track.nack is not None and track.nack.rtt_ms < 100  # answered at the first try: a sample
     assert track.stats.packets == 3
+
+
+@pytest.mark.parametrize(
+    ("packet", "want", "value_at"),
+    [
+        (_with_ext(0xBEDE, bytes([0x10, 0xAA, 0x31, 1, 2])), 3, 12 + 4 + 3),  # the 2-byte element
+        (_with_ext(0xBEDE, bytes([0x10, 0xAA, 0x31, 1, 2])), 1, 0),  # 1 byte long: not a seq
+        (_with_ext(0xBEDE, bytes([0x31, 1, 2]), cc=1), 3, 12 + 4 + 4 + 1),
+        (_with_ext(0x1000, bytes([5, 1, 9, 0, 7, 2, 1, 2])), 7, 12 + 4 + 6),
+        (_with_ext(0x1000, bytes([7, 3, 1, 2, 3])), 7, 0),  # 3 bytes long
+        (_with_ext(0xBEDE, bytes([0x10, 0xAA])), 3, 0),  # absent
+    ],
+)
+def test_extension_ids_finds_the_wanted_2_byte_element(packet: bytes, want: int, value_at: int) -> None:
+    """What the fan-out group stamps members' transport-wide seqs at; the same place get_extension gives."""
+    found = [0]
+    assert extension_ids(memoryview(packet), len(packet), want, found) > 0
+    assert found[0] == value_at
+    if value_at:
+        assert get_extension(packet, len(packet), want) == (value_at, 2)

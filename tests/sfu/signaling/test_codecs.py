@@ -294,3 +294,22 @@ def test_codec_text_forms() -> None:
     assert CodecParams(0, "PCMU", 8000).fmtp_value() is None
     assert rtx(97, 96).apt == 96
     assert CodecParams(97, "rtx", 90000, None, {"apt": "x"}).apt is None
+
+
+def test_with_transport_cc_keeps_it_for_publishers() -> None:
+    """The publisher side's policy keeps transport-cc feedback and the transport-wide-cc
+    extension, for audio and video; the policy itself (subscribers) still drops them."""
+    twcc = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+    codec = CodecParams(
+        102, "H264", 90000, None, h264(102, "42e01f").fmtp, ("goog-remb", "transport-cc", "nack", "nack pli")
+    )
+    policy = CodecPolicy.parse(["opus", "H264"])
+    publish = policy.with_transport_cc()
+    assert publish.select([codec])[0].rtcp_fb == ("goog-remb", "transport-cc", "nack", "nack pli")
+    assert publish.select([OPUS])[0].rtcp_fb == ("transport-cc",)
+    assert policy.select([codec])[0].rtcp_fb == ("goog-remb", "nack", "nack pli")
+    offered = {twcc: 3, "urn:ietf:params:rtp-hdrext:sdes:mid": 4}
+    for kind in (MediaKind.AUDIO, MediaKind.VIDEO):
+        assert publish.header_extensions_for(kind, offered) == offered
+        assert policy.header_extensions_for(kind, offered) == {"urn:ietf:params:rtp-hdrext:sdes:mid": 4}
+    assert publish.entries == policy.entries and publish.red == policy.red

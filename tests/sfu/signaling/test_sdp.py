@@ -299,7 +299,7 @@ def test_publish_chrome_with_default_policy() -> None:
     neg = negotiate_publish(offer, CodecPolicy.default())
     audio, video, app = neg.sections
     assert [c.name for c in audio.codecs] == ["opus", "red"]
-    assert audio.codecs[0].rtcp_fb == ()  # transport-cc dropped
+    assert audio.codecs[0].rtcp_fb == ("transport-cc",)  # the node sends publishers transport-cc feedback
     assert audio.direction is Direction.RECVONLY
     assert [c.pt for c in video.codecs] == [
         96,
@@ -325,9 +325,12 @@ def test_publish_chrome_with_default_policy() -> None:
         45,
         46,  # AV1
     ]
-    assert all("transport-cc" not in c.rtcp_fb for c in video.codecs)
-    assert video.codecs[0].rtcp_fb == ("goog-remb", "ccm fir", "nack", "nack pli")
+    assert all("transport-cc" in c.rtcp_fb for c in video.codecs if c.is_primary)
+    assert video.codecs[0].rtcp_fb == ("goog-remb", "transport-cc", "ccm fir", "nack", "nack pli")
+    assert audio.header_extensions[TWCC] == 3 and video.header_extensions[TWCC] == 3
+    assert all(t.header_extensions[TWCC] == 3 for t in neg.tracks)  # the transport reads it there
     assert video.header_extensions == {
+        TWCC: 3,
         HDREXT_ABS_SEND_TIME: 2,
         "urn:3gpp:video-orientation": 13,
         HDREXT_MID: 4,
@@ -342,6 +345,45 @@ def test_publish_chrome_with_default_policy() -> None:
     assert video_track.rids == ("q", "h", "f") and video_track.rid_ext_id == 10
     assert video_track.repaired_rid_ext_id == 11 and video_track.mid_ext_id == 4
     assert video_track.codec.name == "VP8"
+
+
+def test_publish_without_transport_cc_drops_it() -> None:
+    """``publisher_transport_cc = false``: the answer has neither the extension nor the feedback
+    (the publisher then adapts to the node's REMB only), and everything else is as with it."""
+    offer = parse_sdp(chrome_offer())
+    on = negotiate_publish(offer, CodecPolicy.default())
+    off = negotiate_publish(offer, CodecPolicy.default(), transport_cc=False)
+    for section in off.sections:
+        assert TWCC not in section.header_extensions
+        assert all("transport-cc" not in c.rtcp_fb for c in section.codecs)
+    audio, video, _app = off.sections
+    assert audio.codecs[0].rtcp_fb == ()
+    assert video.codecs[0].rtcp_fb == ("goog-remb", "ccm fir", "nack", "nack pli")
+    assert [c.pt for s in off.sections for c in s.codecs] == [c.pt for s in on.sections for c in s.codecs]
+    answer = build_answer(offer, off, LOCAL)
+    assert TWCC not in answer and "transport-cc" not in answer
+
+
+def test_publish_transport_cc_only_when_offered() -> None:
+    """An offer without the extension and feedback (aiortc before 1.x, GStreamer) gets neither;
+    one with the extension on audio only gets it there only."""
+    text = chrome_offer()
+    bare = "\r\n".join(
+        line for line in text.split("\r\n") if TWCC not in line and not line.endswith(" transport-cc")
+    )
+    neg = negotiate_publish(parse_sdp(bare), CodecPolicy.default())
+    for section in neg.sections:
+        assert TWCC not in section.header_extensions
+        assert all("transport-cc" not in c.rtcp_fb for c in section.codecs)
+    answer = build_answer(parse_sdp(bare), neg, LOCAL)
+    assert TWCC not in answer and "transport-cc" not in answer
+    audio_only = text.replace(f"a=extmap:3 {TWCC}\r\n", "", 2).replace(
+        "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n",
+        f"a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\na=extmap:3 {TWCC}\r\n",
+        1,
+    )
+    audio, video, _app = negotiate_publish(parse_sdp(audio_only), CodecPolicy.default()).sections
+    assert audio.header_extensions.get(TWCC) == 3 and TWCC not in video.header_extensions
 
 
 def test_publish_chrome_answer_text() -> None:
@@ -360,7 +402,10 @@ def test_publish_chrome_answer_text() -> None:
     assert video.startswith(
         "m=video 7882 UDP/TLS/RTP/SAVPF 102 103 104 105 106 107 108 109 127 125 39 40 112 113 96 97"
     )
-    assert TWCC not in answer and "transport-cc" not in answer and "playout-delay" not in answer
+    assert "playout-delay" not in answer
+    assert lines_of(audio, "a=rtcp-fb:") == ["a=rtcp-fb:111 transport-cc"]
+    assert f"a=extmap:3 {TWCC}" in audio and f"a=extmap:3 {TWCC}" in video
+    assert "a=rtcp-fb:102 goog-remb" in video and "a=rtcp-fb:102 transport-cc" in video  # REMB stays
     assert lines_of(video, "a=rid:") == ["a=rid:q recv", "a=rid:h recv", "a=rid:f recv"]
     assert lines_of(video, "a=simulcast:") == ["a=simulcast:recv q;h;f"]
     assert lines_of(app, "a=sctp-port:") == ["a=sctp-port:5000"]
@@ -738,3 +783,52 @@ def test_local_params_are_checked() -> None:
     offer = parse_sdp(chrome_offer())
     answer = build_answer(offer, negotiate_publish(offer, CodecPolicy.default()), six)
     assert "c=IN IP6 ::1" in answer and "a=candidate:1 1 udp 2130706431 ::1 7882 typ host" in answer
+
+
+# --- transport-wide congestion control with subscribers (issue 12) ---------------------------
+
+
+def test_whep_answer_negotiates_transport_cc_with_the_subscriber() -> None:
+    """A subscriber that offers transport-cc gets it in every section, beside goog-remb, at its own
+    id (whatever the publisher's leg negotiated), and its id reaches the forwarder."""
+    audio_pub, video_pub = chrome_published()
+    offer = parse_sdp(chrome_whep_offer())
+    offered_id = offer.media[1].header_extensions[TWCC]
+    neg = negotiate_subscribe(
+        offer, [OutgoingTrack(audio_pub, 1), OutgoingTrack(video_pub, 2, 3)], CodecPolicy.default(), cname="c"
+    )
+    audio, video = neg.tracks
+    assert audio.header_extensions[TWCC] == video.header_extensions[TWCC] == offered_id
+    assert "transport-cc" in audio.codecs[0].rtcp_fb
+    assert {"transport-cc", "goog-remb"} <= set(video.codecs[0].rtcp_fb)
+    answer = build_answer(offer, neg, LOCAL)
+    asec, vsec, _ = answer_sections(answer)
+    assert f"a=extmap:{offered_id} {TWCC}" in asec and f"a=extmap:{offered_id} {TWCC}" in vsec
+    pt = video.codecs[0].pt
+    assert f"a=rtcp-fb:{pt} transport-cc" in vsec and f"a=rtcp-fb:{pt} goog-remb" in vsec
+
+
+def test_whep_answer_without_transport_cc_offered_has_none() -> None:
+    audio_pub, video_pub = chrome_published()
+    text = chrome_whep_offer()
+    text = "\r\n".join(line for line in text.split("\r\n") if TWCC not in line and "transport-cc" not in line)
+    offer = parse_sdp(text)
+    neg = negotiate_subscribe(offer, [OutgoingTrack(video_pub, 2, 3)], CodecPolicy.default(), cname="c")
+    (video,) = neg.tracks
+    assert TWCC not in video.header_extensions
+    answer = build_answer(offer, neg, LOCAL)
+    assert TWCC not in answer and "transport-cc" not in answer and "goog-remb" in answer
+
+
+def test_node_offer_to_a_subscriber_carries_transport_cc() -> None:
+    audio_pub, video_pub = chrome_published()
+    plan = build_offer([OutgoingTrack(audio_pub, 100), OutgoingTrack(video_pub, 200, 201)], CodecPolicy.default(), LOCAL, cname="n")
+    audio, video = answer_sections(plan.sdp)
+    ids = {plan.sections[0].header_extensions[TWCC], plan.sections[1].header_extensions[TWCC]}
+    assert len(ids) == 1  # one id across the bundle
+    for section, codecs in ((audio, plan.sections[0].codecs), (video, plan.sections[1].codecs)):
+        assert f"a=extmap:{next(iter(ids))} {TWCC}" in section
+        primary = next(c for c in codecs if c.is_primary)
+        assert f"a=rtcp-fb:{primary.pt} transport-cc" in section
+    vp8 = next(c for c in plan.sections[1].codecs if c.name == "VP8")
+    assert "goog-remb" in vp8.rtcp_fb

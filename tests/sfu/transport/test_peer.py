@@ -4,7 +4,7 @@ either role, SRTP both ways, consent and setup deadlines on passed-in time, tear
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aioice import stun
@@ -14,6 +14,7 @@ from sfu.counters import Direction, DropReason
 from sfu.packet import rtcp
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.transport.dtls import DtlsFailure, DtlsRole, DtlsState
+from sfu.transport.dtls_pool import HandshakePool
 from sfu.transport.ice import BindingCheck, IceCredentials, parse_check
 from sfu.transport.peer import (
     CONSENT_TIMEOUT_MS,
@@ -25,6 +26,7 @@ from sfu.transport.peer import (
     TransportState,
 )
 from sfu.transport.udp import MediaPort
+from tests.sfu.routing import harness
 from tests.sfu.routing.harness import (
     NODE_CERT,
     Link,
@@ -38,6 +40,17 @@ from tests.sfu.routing.harness import (
 )
 
 ROLES = [DtlsRole.SERVER, DtlsRole.CLIENT]
+
+
+@pytest.fixture(autouse=True, params=["dtls-on-loop", "dtls-in-pool"])
+def handshake_pool(request: pytest.FixtureRequest) -> Iterator[HandshakePool | None]:
+    """Every test twice: handshake steps on the loop, and in a thread pool (sfu.transport.dtls_pool)."""
+    pool = HandshakePool(2) if request.param == "dtls-in-pool" else None
+    harness.handshake_pools.append(pool)
+    yield pool
+    harness.handshake_pools.pop()
+    if pool is not None:
+        pool.close()
 
 
 def rtp(seq: int, payload: bytes = b"payload-bytes", ssrc: int = 0x1234ABCD, pt: int = 96) -> bytes:

@@ -172,7 +172,7 @@ def test_ring_stays_bounded() -> None:
     h = SendHistory(capacity=64)
     for k in range(100_000):
         h.on_sent(k & 0xFFFF, float(k), 1200)
-    assert len(h._exts) == 64 and len(h._send_ms) == 64 and len(h._state) == 64
+    assert len(h.exts) == 64 and len(h.send_times) == 64 and len(h.states) == 64
     (r,) = h.on_feedback(TransportFeedback(1, 2, 99_999 & 0xFFFF, 0, 0, [3]))
     assert r.seq == 99_999 and r.send_ms == 99_999.0
 

@@ -1,22 +1,31 @@
-"""A GStreamer ``webrtcbin`` (libnice) WHIP publisher or WHEP subscriber, for tests/e2e/test_gstreamer.py.
+"""Publish to LevelChat from GStreamer (``webrtcbin``) over WHIP, or watch over WHEP.
 
-Run with the system Python, which has GStreamer's introspection bindings (Debian ``python3-gi``,
-``gir1.2-gst-plugins-bad-1.0``); the project's virtualenv does not:
+Run it with a Python that has GStreamer's introspection bindings (on Debian: ``apt-get install
+python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-bad gstreamer1.0-plugins-good
+gstreamer1.0-nice``; a virtualenv without ``--system-site-packages`` lacks them)::
 
-    /usr/bin/python3 tests/e2e/gst_client.py publish|subscribe URL TOKEN
+    python3 examples/gstreamer_whip.py publish   https://sfu.example.com/whip/ROOM   TOKEN
+    python3 examples/gstreamer_whip.py subscribe https://sfu.example.com/whep/ROOM   TOKEN
 
-``URL`` is the WHIP or WHEP endpoint.  The offer is POSTed once ICE gathering is complete (no
-trickle); the answer comes back in the 201.  Once a second a JSON line goes to stdout:
-``{"ice": ..., "pc": ..., "rtp": <RTP packets sent or received>, "frames": <decoded frames>}``;
-a line ``{"error": ...}`` and exit status 1 on failure.  It runs until it is killed.
+``TOKEN`` is a join token with ``room:publish`` (or ``room:subscribe``); the dev node takes one from
+the demo page.  The publisher sends a VP8 test pattern (``videotestsrc``; put your own source in
+``PUBLISH``); the subscriber decodes what it gets.
 
-libnice only gathers loopback addresses it is told about (``add-local-ip-address``), and once
-connected it keeps the path with STUN Binding indications every 25 s and sends no checks: the
-behaviour of defect 11 (sessions cut at 30 s).
+* ``webrtcbin`` must be told ``bundle-policy=max-bundle``: by default it offers each media section
+  on its own transport, which the node (one port, BUNDLE only, RFC 8843/9725) refuses with a
+  ``400 bad_request`` naming the missing BUNDLE group.
+* The offer is POSTed once ICE gathering is complete (no trickle); the answer comes back in the 201.
+* libnice gathers the host's interface addresses; on loopback (a node on 127.0.0.1) it must be
+  given the address: ``--local-ip 127.0.0.1``.
+
+Once a second a JSON line goes to stdout: ``{"ice": ..., "pc": ..., "rtp": <RTP packets sent or
+received>, "frames": <decoded frames>}``; a line ``{"error": ...}`` and exit status 1 on failure.
+It runs until it is killed.  ``tests/e2e/test_gstreamer.py`` runs this very file against a node.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -35,26 +44,27 @@ VP8_CAPS = "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rat
 PUBLISH = (
     "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 "
     "! vp8enc deadline=1 keyframe-max-dist=30 target-bitrate=300000 ! rtpvp8pay pt=96 "
-    f"! {VP8_CAPS} ! webrtcbin name=webrtc bundle-policy=max-bundle"
+    f"! {VP8_CAPS} ! webrtcbin name=webrtc bundle-policy={{bundle}}"
 )
 
 
 class Client:
-    def __init__(self, role: str, url: str, token: str) -> None:
+    def __init__(self, role: str, url: str, token: str, local_ips: list[str], bundle: str = "max-bundle") -> None:
         self.role = role
         self.url = url
         self.token = token
         self.loop = GLib.MainLoop()
         if role == "publish":
-            self.pipeline: Any = Gst.parse_launch(PUBLISH)
+            self.pipeline: Any = Gst.parse_launch(PUBLISH.format(bundle=bundle))
         else:  # decoders are added as the tracks come (``pad-added``)
             self.pipeline = Gst.Pipeline.new("subscriber")
-            self.pipeline.add(Gst.parse_launch("webrtcbin name=webrtc bundle-policy=max-bundle"))
+            self.pipeline.add(Gst.parse_launch(f"webrtcbin name=webrtc bundle-policy={bundle}"))
         self.webrtc: Any = self.pipeline.get_by_name("webrtc")
         # kept for the process's lifetime: PyGObject releases the property's reference once too
         # often when its wrapper goes (GStreamer 1.22), which would free webrtcbin's agent
         self.ice_agent: Any = self.webrtc.get_property("ice-agent")
-        self.ice_agent.emit("add-local-ip-address", "127.0.0.1")
+        for ip in local_ips:
+            self.ice_agent.emit("add-local-ip-address", ip)
         self.rtp = 0
         self.frames = 0
         self.posted = False
@@ -159,11 +169,16 @@ class Client:
 
 
 def main() -> None:
-    if len(sys.argv) != 4 or sys.argv[1] not in ("publish", "subscribe"):
-        sys.stderr.write(__doc__ or "")
-        sys.exit(2)
+    parser = argparse.ArgumentParser(description="WHIP publisher / WHEP subscriber with GStreamer's webrtcbin")
+    parser.add_argument("role", choices=("publish", "subscribe"))
+    parser.add_argument("url", help="the WHIP (publish) or WHEP (subscribe) endpoint: .../whip/ROOM, .../whep/ROOM")
+    parser.add_argument("token", help="a join token")
+    parser.add_argument("--local-ip", action="append", default=[], help="an address libnice should use (loopback)")
+    parser.add_argument("--bundle-policy", default="max-bundle", choices=("none", "balanced", "max-compat", "max-bundle"),
+                        help="webrtcbin's; the node takes max-bundle only (the others are for showing the refusal)")
+    args = parser.parse_args()
     Gst.init(None)
-    Client(*sys.argv[1:]).run()
+    Client(args.role, args.url, args.token, args.local_ip, args.bundle_policy).run()
 
 
 if __name__ == "__main__":
