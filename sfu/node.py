@@ -92,6 +92,7 @@ class Node(HttpBound):
         self.gc_freezer: GcFreezer | None = None
         #: recording without transcoding: a recorder process per recording (sfu.recording)
         self.recordings = RecordingManager(config, self.webhooks.emit)
+        self.recordings.usage = self.usage  # recording minutes (issue 14)
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
