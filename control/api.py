@@ -20,6 +20,7 @@ from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistrat
 from control.service import ControlService, RoomLocation
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims, validate_room
+from levelchat.usage.report import UsageReport
 from levelchat.web import bearer_token, json_response, read_json, readiness_response
 
 log = logging.getLogger("levelchat.control.http")
@@ -89,9 +90,16 @@ async def node_status(request: web.Request) -> web.Response:
     claims = svc.authorize(bearer_token(request), "node:register")
     node_id = _node_id(request)
     _require_node_identity(claims, node_id)
-    hb: Heartbeat = _parse(Heartbeat.parse, await _body(request, MAX_REGISTRATION_BYTES))
+    body = await _body(request, MAX_REGISTRATION_BYTES)
+    hb: Heartbeat = _parse(Heartbeat.parse, body)
+    report = _parse(UsageReport.parse, body["usage"]) if body.get("usage") is not None else None
+    if report is not None:  # first: the participant time happened whatever the lease says
+        await svc.usage.apply(report)
     node = await svc.heartbeat(node_id, hb)
-    return json_response(_lease_view(svc, node))
+    view = _lease_view(svc, node)
+    if report is not None:
+        view["usage"] = await svc.usage.answer()
+    return json_response(view)
 
 
 async def revoke_node(request: web.Request) -> web.Response:
@@ -145,6 +153,7 @@ async def create_token(request: web.Request) -> web.Response:
     svc = _service(request)
     claims = svc.authorize(bearer_token(request), "room:admin")
     body: Mapping[str, Any] = await _body(request)
+    await svc.usage.check_quota()
     jt = await svc.join_token(
         claims,
         room=body.get("room"),
@@ -155,6 +164,14 @@ async def create_token(request: web.Request) -> web.Response:
         metadata=body.get("metadata"),
     )
     return json_response({"token": jt.token, "url": jt.url, "room": jt.room.room, "node": {"id": jt.node.id}})
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    svc = _service(request)
+    claims = svc.authorize(bearer_token(request), "room:admin")
+    if claims.room is not None:
+        raise ApiError("token/unauthorized", "usage is project-wide: the token must not be bound to a room")
+    return json_response((await svc.usage.current()).to_json())
 
 
 # -- probes ------------------------------------------------------------------------------------
@@ -187,6 +204,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/rooms", create_room)
     app.router.add_get("/v1/rooms/{room}", get_room)
     app.router.add_post("/v1/tokens", create_token)
+    app.router.add_get("/v1/usage", get_usage)
     participants.add_routes(app, _service)  # the participants API, forwarded to the room's node
     operator.add_routes(app, _service)  # rooms listing, room close and node drain, through the nodes
     app.router.add_get("/healthz", healthz)

@@ -40,6 +40,10 @@ class ControlConfig(HttpConfig, WebhookConfig):
     #: after a node's lease lapses its rooms are not placed elsewhere for this long: the node may
     #: come back (a restart, a control-plane or store outage) still hosting them
     room_grace_seconds: float = 30.0
+    #: usage (issue 14): the day of the month (UTC) each period starts, and the participant-minutes
+    #: a period may use before ``POST /v1/tokens`` (and the nodes' joins) get ``quota_exceeded`` (0: none)
+    usage_period_start_day: int = 1
+    quota_participant_minutes: float = 0.0
     cors_origins: tuple[str, ...] | None = ()  # None: any origin (dev mode)
     log_level: str = "info"
     dev: bool = False
@@ -96,6 +100,10 @@ class ControlConfig(HttpConfig, WebhookConfig):
             raise ValueError(f"room_grace_seconds must be 0..86400, got {self.room_grace_seconds}")
         if self.max_placement_attempts < 1:
             raise ValueError(f"max_placement_attempts must be >= 1, got {self.max_placement_attempts}")
+        if not 1 <= self.usage_period_start_day <= 28:
+            raise ValueError(f"usage_period_start_day must be 1..28, got {self.usage_period_start_day}")
+        if self.quota_participant_minutes < 0:
+            raise ValueError(f"quota_participant_minutes must be >= 0 (0: no quota), got {self.quota_participant_minutes}")
         for problem in self.http_limits.problems() + self.webhook_settings.problems():
             raise ValueError(problem)
         for hook in self.webhooks:

@@ -27,6 +27,7 @@ from control.model import (
 from control.nodeclient import NodeCallOutcome, NodeCallResult, NodeReply, answers, create_room, forward
 from control.repair import Repairs
 from control.store import Store
+from control.usage import ControlUsage
 from levelchat.errors import CATALOGUE, SDK_ONLY_STATUSES, ApiError
 from levelchat.tokens import ApiKey, Claims, TokenVerifier, mint, validate_identity, validate_room
 from levelchat.webhooks.dispatcher import WebhookDispatcher
@@ -84,6 +85,8 @@ class ControlService:
             room_token=self._room_token,
             place=self._place_node_id,
         )
+        #: participant- and recording-minutes reported by the nodes, the quota (control.usage)
+        self.usage = ControlUsage(config, store, self.now_ms)
         #: signed webhooks (levelchat.webhooks): node_registered, node_unhealthy, node_revoked
         self.webhooks: WebhookDispatcher | None = None
         self._node_states: dict[str, NodeState] = {}

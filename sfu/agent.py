@@ -284,6 +284,14 @@ class AgentHost(Protocol):
 
     def close_all_rooms(self, reason: CloseReason) -> int: ...
 
+    def usage_report(self) -> dict[str, Any] | None:
+        """Usage to send with the next heartbeat (``sfu.api.usage``), the same until answered."""
+        ...
+
+    def usage_answered(self, body: Mapping[str, Any]) -> None:
+        """A heartbeat was answered (its body)."""
+        ...
+
 
 class ControlPlaneAgent:
     """Keeps one node registered; start with ``start()`` inside the node's loop."""
@@ -432,6 +440,7 @@ class ControlPlaneAgent:
             if reply.kind is ReplyKind.OK:
                 self.heartbeats += 1
                 self._adopt(reply)
+                self.node.usage_answered(reply.body or {})
                 if failing:
                     log.info("heartbeats reach the control plane again")
                 failing = False
@@ -523,6 +532,7 @@ class ControlPlaneAgent:
             },
             "instance": self.instance,
             "room_participants": self.node.room_participants(),
+            **({"usage": usage} if (usage := self.node.usage_report()) is not None else {}),
         }
 
     def settling(self) -> bool:

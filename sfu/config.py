@@ -159,6 +159,22 @@ class NodeConfig(HttpConfig, WebhookConfig):
     @property
     def recordings_path(self) -> str:
         return self.recordings_dir or os.path.join(self.state_dir, "recordings")
+    #: usage accounting (issue 14, ``levelchat.usage``): the SQLite file (empty:
+    #: ``<data_dir>/usage-<node id>.db``; in dev mode without a ``data_dir``, ``:memory:``), the
+    #: day of the month (UTC) each period starts, how often the meter is written to it, and the
+    #: participant-minutes a period may use before new joins get ``quota_exceeded`` (0: no quota)
+    usage_db: str = ""
+    usage_period_start_day: int = 1
+    usage_flush_s: float = 5.0
+    quota_participant_minutes: float = 0.0
+
+    def usage_db_at(self, http_port: int) -> str:
+        if self.usage_db:
+            return self.usage_db
+        if self.dev and not self.data_dir:
+            return ":memory:"
+        return os.path.join(self.state_dir, f"usage-{self.node_id_at(http_port)}.db")
+
 
     def webhooks_db_at(self, http_port: int) -> str:
         """The webhook queue's SQLite file for the node bound to ``http_port``."""
@@ -260,6 +276,12 @@ class NodeConfig(HttpConfig, WebhookConfig):
                 raise ConfigError(f"webhooks: key {hook.key!r} of {hook.url} is not one of the API keys")
         if len(self.webhooks) > self.webhooks_max_endpoints:
             raise ConfigError(f"webhooks: at most {self.webhooks_max_endpoints} endpoints (webhooks_max_endpoints)")
+        if not 1 <= self.usage_period_start_day <= 28:
+            raise ConfigError(f"usage_period_start_day: {self.usage_period_start_day} must be from 1 to 28")
+        if not 0.05 <= self.usage_flush_s <= 3600:
+            raise ConfigError(f"usage_flush_s: {self.usage_flush_s} must be from 0.05 to 3600 seconds")
+        if self.quota_participant_minutes < 0:
+            raise ConfigError(f"quota_participant_minutes: {self.quota_participant_minutes} must be >= 0 (0: no quota)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r}")
         if self.workers != "auto" and (not isinstance(self.workers, int) or self.workers < 1):

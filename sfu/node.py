@@ -7,6 +7,7 @@ import gc
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from sfu import clock, gcpolicy
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
+from sfu.api.usage import NodeUsage
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
@@ -75,6 +77,8 @@ class Node(HttpBound):
         #: signed webhooks from the router's room events (sfu.api.webhooks)
         self.webhooks = NodeWebhooks(config)
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
+        #: participant- and recording-minutes of the period, the quota on joins (sfu.api.usage)
+        self.usage = NodeUsage(config)
         self.turn_credentials_issued = 0
         #: the forwarding loop's stalls and the collector's pauses (sfu.loopstats)
         self.loop_probe = LoopLagProbe()
@@ -88,6 +92,7 @@ class Node(HttpBound):
         self.gc_freezer: GcFreezer | None = None
         #: recording without transcoding: a recorder process per recording (sfu.recording)
         self.recordings = RecordingManager(config, self.webhooks.emit)
+        self.recordings.usage = self.usage  # recording minutes (issue 14)
         self.draining = False
         self.drained = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
@@ -130,6 +135,7 @@ class Node(HttpBound):
         self.router.observers.append(self.webhooks.on_event)
         self.router.observers.append(self.recordings.on_event)
         self.recordings.start_sweeper()
+        self.router.observers.append(self.usage.on_event)
         cfg = self.config
         self.sessions = SessionService(
             self.router,
@@ -142,6 +148,7 @@ class Node(HttpBound):
         hooks_first = bool(cfg.webhooks_db or cfg.node_id or cfg.http_port)
         if hooks_first:
             await self.webhooks.start(self.node_id, self.http_port)
+            await self.usage.start(self.http_port)
         self._runner = GuardedAppRunner(self.make_app(), self.config.http_limits)
         await self._runner.setup()
         await self.make_site(self._runner).start()
@@ -150,6 +157,7 @@ class Node(HttpBound):
             self.http_port = int(addresses[0][1])
         if not hooks_first:
             await self.webhooks.start(self.node_id, self.http_port)
+            await self.usage.start(self.http_port)
         self.self_check_ok = True
         self.self_check_reason = "not run yet"
         self.selfcheck = SelfCheck(
@@ -198,6 +206,7 @@ class Node(HttpBound):
         await self.recordings.close()  # the rooms closed: their recordings finish their files
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.usage.stop()
         await self.webhooks.stop()  # commits what is queued: delivered after the next start
         if self.handshakes is not None:
             self.handshakes.close()
@@ -381,6 +390,12 @@ class Node(HttpBound):
     def revoke(self) -> None:
         """Refuse new work from now on (``node_revoked``); live sessions stay until closed."""
         self.revoked = True
+
+    def usage_report(self) -> dict[str, Any] | None:
+        return self.usage.report()
+
+    def usage_answered(self, body: Mapping[str, Any]) -> None:
+        self.usage.answered(body)
 
     def close_all_rooms(self, reason: CloseReason) -> int:
         """Close every public room and its sessions; the number closed."""

@@ -94,6 +94,17 @@ class Store(ABC):
     async def expire_leases(self, now_ms: int) -> list[str]:
         """Mark live rooms of nodes whose lease lapsed as lost; the ids of those nodes."""
 
+    @abstractmethod
+    async def add_usage(
+        self, project: str, participant_ms: dict[int, int], recording_ms: dict[int, int], report_id: str, now_ms: int
+    ) -> bool:
+        """Add milliseconds per period start (``levelchat.usage``); False, adding nothing, when
+        ``report_id`` was applied already (a retried heartbeat)."""
+
+    @abstractmethod
+    async def get_usage(self, project: str, period_ms: int) -> tuple[int, int]:
+        """The period's (participant ms, recording ms)."""
+
 
 
 # claim_rule: how a node's list of live rooms (registration or heartbeat) updates the records, per

@@ -145,3 +145,12 @@ class BoundedStore(Store):
 
     async def expire_leases(self, now_ms: int) -> list[str]:
         return await self._bounded("expire_leases", lambda: self.inner.expire_leases(now_ms))
+
+    async def add_usage(
+        self, project: str, participant_ms: dict[int, int], recording_ms: dict[int, int], report_id: str, now_ms: int
+    ) -> bool:
+        return await self._bounded(
+            "add_usage", lambda: self.inner.add_usage(project, participant_ms, recording_ms, report_id, now_ms))
+
+    async def get_usage(self, project: str, period_ms: int) -> tuple[int, int]:
+        return await self._bounded("get_usage", lambda: self.inner.get_usage(project, period_ms))

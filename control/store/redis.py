@@ -28,6 +28,7 @@ from control.model import (
 )
 from control.store import redis_scripts as lua
 from control.store.base import Store
+from levelchat.usage.book import REPORTS_KEPT_MS
 
 
 def _opt_int(value: str | None) -> int | None:
@@ -111,6 +112,7 @@ class RedisStore(Store):
         self._place = client.register_script(lua.PLACE)
         self._release = client.register_script(lua.RELEASE)
         self._expire = client.register_script(lua.EXPIRE)
+        self._add_usage = client.register_script(lua.ADD_USAGE)
 
     @classmethod
     async def open(cls, url: str, prefix: str, *, timeout_s: float = 1.0) -> RedisStore:
@@ -168,6 +170,18 @@ class RedisStore(Store):
 
     async def mark_unhealthy(self, node_id: str) -> None:
         await self._call(self._unhealthy, node_id)
+
+    async def add_usage(
+        self, project: str, participant_ms: dict[int, int], recording_ms: dict[int, int], report_id: str, now_ms: int
+    ) -> bool:
+        triples: list[object] = []
+        for period in sorted(set(participant_ms) | set(recording_ms)):
+            triples += [period, participant_ms.get(period, 0), recording_ms.get(period, 0)]
+        return bool(await self._call(self._add_usage, project, report_id, REPORTS_KEPT_MS, *triples))
+
+    async def get_usage(self, project: str, period_ms: int) -> tuple[int, int]:
+        p_ms, r_ms = await self._r.hmget(f"{self._p}usage:{project}:{period_ms}", ["participant_ms", "recording_ms"])
+        return int(p_ms or 0), int(r_ms or 0)
 
     async def get_node(self, node_id: str) -> Node | None:
         h = cast("dict[str, str]", await self._r.hgetall(f"{self._p}node:{node_id}"))

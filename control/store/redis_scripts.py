@@ -258,3 +258,21 @@ for _, id in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
 end
 return out
 """
+
+#: ARGV: P, project, report id ('' for none), ms to keep the report id, then (period, participant
+#: ms, recording ms) triples.  ``P usage:<project>:<period>`` is a hash {participant_ms,
+#: recording_ms}; ``P usage_report:<id>`` marks an applied report (expires).  1 when added.
+ADD_USAGE = r"""
+local P, project, report, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if report ~= '' then
+  if not redis.call('SET', P .. 'usage_report:' .. report, '1', 'NX', 'PX', keep) then
+    return 0
+  end
+end
+for i = 5, #ARGV, 3 do
+  local key = P .. 'usage:' .. project .. ':' .. ARGV[i]
+  redis.call('HINCRBY', key, 'participant_ms', ARGV[i + 1])
+  redis.call('HINCRBY', key, 'recording_ms', ARGV[i + 2])
+end
+return 1
+"""

@@ -31,6 +31,7 @@ from control.model import (
 )
 from control.placement import choose
 from control.store.base import Store
+from levelchat.usage import book as usage_book
 
 T = TypeVar("T")
 
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS rooms (
     seen_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS rooms_by_node ON rooms (node_id, state);
-"""
+""" + usage_book.SCHEMA
 #: columns added after the first release: (table, column, definition), added to older files on open
 MIGRATIONS = (
     ("nodes", "instance", "TEXT"),
@@ -189,6 +190,15 @@ class SqliteStore(Store):
 
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def add_usage(
+        self, project: str, participant_ms: dict[int, int], recording_ms: dict[int, int], report_id: str, now_ms: int
+    ) -> bool:
+        return await self._tx(
+            lambda c: usage_book.apply(c, project, participant_ms, recording_ms, report_id=report_id, now_ms=now_ms))
+
+    async def get_usage(self, project: str, period_ms: int) -> tuple[int, int]:
+        return await self._read(lambda c: usage_book.read(c, project, period_ms))
 
     @staticmethod
     def _get_node(c: sqlite3.Connection, node_id: str) -> Node | None:

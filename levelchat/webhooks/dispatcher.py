@@ -131,10 +131,14 @@ class WebhookDispatcher:
             raise ApiError("bad_request", "key must name one of the API keys (or be left out: the first one)")
         return WebhookEndpoint(url=url, events=events, key=key)
 
-    async def add(self, ep: WebhookEndpoint) -> dict[str, Any]:
+    async def add(self, ep: WebhookEndpoint, eid: str = "") -> dict[str, Any]:
+        """Add ``ep`` under a new id, or under ``eid`` (a multi-worker node's front gives every
+        worker the id the first one chose; an id already present is replaced)."""
+        if eid in self.endpoints and self.endpoints[eid][1] == "api":
+            await self.remove(eid)
         if len(self.endpoints) >= self.settings.max_endpoints:
             raise ApiError("conflict", f"at most {self.settings.max_endpoints} webhook endpoints; delete one first")
-        eid = "wh_" + secrets.token_hex(8)
+        eid = eid or "wh_" + secrets.token_hex(8)
         await self.queue.save_endpoint(eid, ep)
         self.endpoints[eid] = (ep, "api")
         self._start_loop(eid)

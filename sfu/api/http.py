@@ -24,7 +24,7 @@ from levelchat.web import (
     readiness_response,
 )
 from sfu import clock
-from sfu.api import participants, recordings, rtc, session_ice, webhooks
+from sfu.api import participants, recordings, rtc, session_ice, usage, webhooks
 from sfu.api.sessions import MediaSession, Owner
 from sfu.metrics import CONTENT_TYPE, render
 from sfu.routing.participant import ParticipantKind
@@ -136,6 +136,7 @@ def _sdp_created(
 async def whip_post(request: web.Request) -> web.StreamResponse:
     node, room_id, claims = _room_claims(request, *WHIP_SCOPES)
     offer = await _read_sdp(request)
+    node.usage.check_quota()
     now = clock.now_ms()
     room = node.room_for_join(room_id, now)
     owner = _owner(claims, "whip", WHIP_SCOPES)
@@ -149,6 +150,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     offer = await _read_sdp(request)
     if node.revoked:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
+    node.usage.check_quota()
     now = clock.now_ms()
     room = node.existing_room(room_id, now)
     owner = _owner(claims, "whep", WHEP_SCOPES)
@@ -459,5 +461,6 @@ def create_app(node: Node) -> web.Application:
     console.add_routes(app)  # the operator console's static page
     webhooks.setup(app, node.webhooks, node.verifier)  # /v1/webhooks (issue 14)
     recordings.add_routes(app, node)  # recording without transcoding (issue 14)
+    usage.setup(app, node.usage, node.verifier)  # /v1/usage (issue 14)
     add_static_routes(app, node.config)
     return app

@@ -206,6 +206,7 @@ class RtcSession:
         if name is not None and (not isinstance(name, str) or len(name) > 128):
             raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.name must be a string of at most 128 characters"))
         node = self.service.node
+        node.usage.check_quota()
         now = clock.now_ms()
         room = node.room_for_join(self.room_id, now)
         participant = Participant(

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from levelchat.errors import ApiError
+from levelchat.usage.meter import RecordingMinutes
 from sfu import clock
 from sfu.packet.depacketize import codec_of
 from sfu.recording.tap import TapBuffer
@@ -184,6 +185,8 @@ class RecordingManager:
         self.outcomes = {"completed": 0, "failed": 0}
         self._dropped_finished = 0
         self._sweeper: asyncio.Task[None] | None = None
+        #: each finished recording's span counts in the node's usage (``sfu.api.usage.NodeUsage``)
+        self.usage: RecordingMinutes | None = None
 
     def _room_view(self, rec: Recording) -> dict[str, Any]:
         return {"name": rec.room_id, "sid": rec.room_sid}
@@ -344,6 +347,8 @@ class RecordingManager:
         return self._dropped_finished + sum(sum(r.dropped) for r in self.active.values())
 
     def _final(self, rec: Recording, status: RecordingStatus) -> None:
+        if self.usage is not None and not rec.status.final:
+            self.usage.add_recording(int(rec.started_at * 1000), int(time.time() * 1000))
         rec.status = status
         self.outcomes[status.value] += 1
         self._dropped_finished += sum(rec.dropped)

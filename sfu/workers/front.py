@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -48,6 +48,8 @@ from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
 from sfu.workers.proxy import forward, forward_download, forward_websocket
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
+from sfu.workers.usage import FrontUsage, control_total
+from sfu.workers.worker import INTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Front(HttpBound):
         self.draining = False
         self.drained = asyncio.Event()
         self.agent: ControlPlaneAgent | None = None
+        #: under a control plane: the workers' usage reported with the heartbeats (sfu.workers.usage)
+        self.usage: FrontUsage | None = None
         self._revoked = False
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -96,6 +100,11 @@ class Front(HttpBound):
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
         if self.config.control_endpoints:
+            self.usage = FrontUsage(
+                self.workers[0].config.usage_db, self.config.project, self.config.usage_period_start_day,
+                self.config.usage_flush_s,
+            )
+            await self.usage.start()
             self.agent = ControlPlaneAgent(self, AgentSettings.from_config(self.config, node_id=self.node_id))
             self.agent.start()
         log.info(
@@ -109,6 +118,8 @@ class Front(HttpBound):
             self._drain_task.cancel()
         if self.agent is not None:
             await self.agent.stop()
+        if self.usage is not None:
+            await self.usage.stop()
         for task in list(self._background):
             task.cancel()
         if self._runner is not None:
@@ -267,6 +278,45 @@ class Front(HttpBound):
             return await self._forward(w, request)  # a plain GET: the worker answers the problem
         return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
 
+    # -- /v1/webhooks: every worker queues its own rooms' events, so each holds every endpoint ----
+    def _up(self) -> list[Worker]:
+        up = [w for w in self.workers if w.up and w.session is not None]
+        if not up:
+            raise ApiError("service_unavailable", "no forwarding worker of this node is up; retry shortly")
+        return up
+
+    async def _to_others(self, first: Worker, method: str, path: str, body: Any = None) -> None:
+        """The same private call to every up worker but ``first`` (failures logged: a worker down
+        now keeps what its own queue file holds)."""
+
+        async def one(w: Worker) -> None:
+            try:
+                await self.supervisor.request(w, method, path, body)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                log.warning("worker %d: %s %s failed: %s", w.index, method, path, exc)
+
+        await asyncio.gather(*(one(w) for w in self.workers if w.up and w is not first))
+
+    async def webhooks_post(self, request: web.Request) -> web.StreamResponse:
+        """The first worker authorizes, validates and names the endpoint; the others get it with
+        that id (``/internal/webhooks``), so the list, the tests and ``DELETE`` agree."""
+        first = self._up()[0]
+        resp = await self._forward(first, request, await request.read())
+        if resp.status == 201 and isinstance(resp.body, bytes):
+            await self._to_others(first, "POST", INTERNAL + "/webhooks", json.loads(resp.body))
+        return resp
+
+    async def webhooks_delete(self, request: web.Request) -> web.StreamResponse:
+        first = self._up()[0]
+        resp = await self._forward(first, request, b"")
+        if resp.status == 204:
+            await self._to_others(first, "DELETE", INTERNAL + "/webhooks/" + request.match_info["id"])
+        return resp
+
+    async def any_worker(self, request: web.Request) -> web.StreamResponse:
+        """A node-wide request every worker answers alike (the webhook list and test, usage)."""
+        return await self._forward(self._up()[0], request, await request.read())
+
     # -- drain and revocation ---------------------------------------------------------------------
     @property
     def revoked(self) -> bool:
@@ -280,6 +330,17 @@ class Front(HttpBound):
 
     def revoke(self) -> None:
         self.revoked = True
+
+    def usage_report(self) -> dict[str, Any] | None:
+        """What the workers wrote to their shared usage file since the last report (``FrontUsage``)."""
+        return self.usage.report() if self.usage is not None else None
+
+    def usage_answered(self, body: Mapping[str, Any]) -> None:
+        if self.usage is not None:
+            self._spawn(self.usage.answered())
+        total = control_total(body)
+        if total is not None:  # the workers check their joins against the project's total
+            self._spawn(self.supervisor.broadcast("POST", INTERNAL + "/usage", total))
 
     def close_all_rooms(self, reason: CloseReason) -> int:
         """Close every room on every worker (in the background); the number of rooms known now."""
@@ -481,6 +542,11 @@ class Front(HttpBound):
             r.add_route(method, path, existing)
         for method, path, _h in RECORDING_ROUTES:  # the worker that has the recording
             r.add_route(method, path, self.recording_route)
+        r.add_post("/v1/webhooks", self.webhooks_post)
+        r.add_get("/v1/webhooks", self.any_worker)
+        r.add_delete("/v1/webhooks/{id}", self.webhooks_delete)
+        r.add_post("/v1/webhooks/test", self.any_worker)
+        r.add_get("/v1/usage", self.any_worker)  # the workers share the usage file
         r.add_post("/v1/node/drain", self.drain_post)
         r.add_delete("/v1/node/drain", self.drain_delete)
         r.add_get("/v1/node/drain", self.drain_get)

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from sfu.config import NodeConfig
-from sfu.workers.worker import encode_config, worker_config
+from sfu.workers.worker import RUN_DIR_USAGE_DB, encode_config, worker_config
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Supervisor:
         self._dir = tempfile.mkdtemp(prefix="levelchat-sfu-")
         os.chmod(self._dir, 0o700)
         self.workers = [
-            Worker(i, worker_config(config, i), os.path.join(self._dir, f"worker-{i}.sock"))
+            Worker(i, worker_config(config, i, self._dir), os.path.join(self._dir, f"worker-{i}.sock"))
             for i in range(config.worker_count)
         ]
         self.stopping = False
@@ -194,6 +194,11 @@ class Supervisor:
         for w in self.workers:
             try:
                 os.unlink(w.socket_path)
+            except OSError:
+                pass
+        for name in (RUN_DIR_USAGE_DB, RUN_DIR_USAGE_DB + "-wal", RUN_DIR_USAGE_DB + "-shm"):
+            try:
+                os.unlink(os.path.join(self._dir, name))
             except OSError:
                 pass
         try:

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -43,7 +44,7 @@ PR_SET_PDEATHSIG = 1
 INTERNAL = "/internal"
 
 
-def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
+def worker_config(cfg: NodeConfig, index: int, run_dir: str = "") -> NodeConfig:
     """Worker ``index``'s configuration: media port ``media_port + index`` and ICE-TCP port
     ``tcp_port + index`` (any free port when the base is 0), no control plane (the front registers the node), no rate limits and no
     CORS of its own (the front applies them, seeing the real clients)."""
@@ -63,7 +64,22 @@ def worker_config(cfg: NodeConfig, index: int) -> NodeConfig:
         rate_limit_key_per_s=0.0,
         # each worker queues its own webhook events (its node id names the default file)
         webhooks_db=f"{cfg.webhooks_db}-w{index}" if cfg.webhooks_db not in ("", ":memory:") else cfg.webhooks_db,
+        # the workers share the node's usage file (each adds its own participants' minutes); an
+        # in-memory one would be per worker, so a dev node's workers share one in the front's
+        # ``run_dir`` (removed when the front stops)
+        usage_db=_shared_usage_db(cfg, run_dir),
     )
+
+
+#: the usage file of a dev node's workers, in the front's private directory
+RUN_DIR_USAGE_DB = "usage.db"
+
+
+def _shared_usage_db(cfg: NodeConfig, run_dir: str) -> str:
+    path = cfg.usage_db_at(cfg.http_port)
+    if path == ":memory:":
+        return os.path.join(run_dir or tempfile.gettempdir(), RUN_DIR_USAGE_DB)
+    return path
 
 
 def encode_config(cfg: NodeConfig) -> bytes:
@@ -97,6 +113,9 @@ class WorkerNode(Node):
         r.add_post(INTERNAL + "/drain", self._drain_post)
         r.add_delete(INTERNAL + "/drain", self._drain_delete)
         r.add_post(INTERNAL + "/close_all", self._close_all)
+        r.add_post(INTERNAL + "/webhooks", self._webhook_add)
+        r.add_delete(INTERNAL + "/webhooks/{id}", self._webhook_remove)
+        r.add_post(INTERNAL + "/usage", self._usage_total)
         return app
 
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
@@ -141,6 +160,25 @@ class WorkerNode(Node):
     async def _drain_delete(self, request: web.Request) -> web.StreamResponse:
         self.cancel_drain()
         return json_response(self.drain_state())
+
+    async def _webhook_add(self, request: web.Request) -> web.StreamResponse:
+        """An endpoint another worker accepted (``POST /v1/webhooks`` through the front), same id."""
+        body = await read_json(request)
+        d = await self.webhooks.ensure()
+        ep = d.parse_endpoint({k: body[k] for k in ("url", "events", "key") if body.get(k) is not None})
+        return json_response(await d.add(ep, str(body.get("id") or "")), status=201)
+
+    async def _webhook_remove(self, request: web.Request) -> web.StreamResponse:
+        d = self.webhooks.dispatcher
+        eid = request.match_info["id"]
+        if d is not None and eid in d.endpoints:
+            await d.remove(eid)
+        return json_response({"removed": eid})
+
+    async def _usage_total(self, request: web.Request) -> web.StreamResponse:
+        """The project's usage and quota from the control plane's heartbeat answer (the front's)."""
+        self.usage.adopt_control_total(await read_json(request))
+        return json_response(self.usage.current().to_json())
 
     async def _close_all(self, request: web.Request) -> web.StreamResponse:
         return json_response({"closed": self.close_all_rooms(CloseReason.DRAINED)})

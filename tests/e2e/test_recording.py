@@ -165,6 +165,8 @@ async def test_vp8_and_opus_recorded_decodable_aligned_with_webhooks(node_factor
             assert await metric(node.url, "levelchat_sfu_recordings_completed_total") == 1
             assert await metric(node.url, "levelchat_sfu_recording_packets_dropped_total") == 0
             assert await metric(node.url, "levelchat_sfu_recordings_active") == 0
+            # its span counts in the node's usage (GET /v1/usage's recording_minutes)
+            assert node.usage.current().recording_ms >= 1000 * vdur
     finally:
         await pub.close()
         await node.stop()
