@@ -86,7 +86,11 @@ def create_app(
     add_console_routes(app)  # the operator console's static page
 
     def authorize_webhooks(request: web.Request) -> None:
-        _service_of(app).authorize(bearer_token(request), "node:admin")  # as the other admin routes
+        """contracts.md: ``room:admin`` (an operator's token, bound to no room); ``node:admin``, which
+        the control plane's other admin routes take, too."""
+        claims = _service_of(app).authorize_any(bearer_token(request), ("room:admin", "node:admin"))
+        if "node:admin" not in claims.scopes and claims.room is not None:
+            raise ApiError("token/unauthorized", f"token is bound to room {claims.room!r}: webhooks are the project's")
 
     hooks = WebhookApi(
         authorize=authorize_webhooks,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,8 +32,37 @@ ADMIN_SCOPES = ("node:admin", "room:admin", "room:create")
 START_TIMEOUT_S = 20.0
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    """Nothing holds ``port`` on loopback, for TCP or UDP."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(kind: int = socket.SOCK_STREAM, count: int = 1) -> int:
+    """A port, and the ``count - 1`` after it, that nothing holds for TCP or UDP, for a server a
+    test starts (``kind`` is kept for the callers; both are checked).  Taken below the kernel's
+    ephemeral range: a port the kernel hands out (``bind(0)``) can be given again to any client
+    socket, of this run or of another on the machine, between the pick and the server's bind, and
+    a multi-worker node binds ``media_port + i`` for its workers."""
+    low = _ephemeral_low()
+    pick = random.SystemRandom()
+    for _ in range(1000):
+        base = pick.randrange(15_000, max(15_001, low - count))
+        if all(_bindable(p) for p in range(base, base + count)):
+            return base
+    with socket.socket(socket.AF_INET, kind) as s:  # a machine with no room below its ephemeral range
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -180,7 +210,10 @@ class Procs:
 
     def node(self, node_id: str, control_url: str | None, *, env: Mapping[str, str] | None = None,
              extra_args: Sequence[str] = ()) -> Proc:
-        http_port, media_port = free_port(), free_port(socket.SOCK_DGRAM)
+        args_in = list(extra_args)
+        given = args_in[args_in.index("--workers") + 1] if "--workers" in args_in[:-1] else "1"
+        workers = int(given) if given.isdigit() else os.cpu_count() or 1  # "auto": one per core
+        http_port, media_port = free_port(), free_port(socket.SOCK_DGRAM, count=max(1, workers))
         args = ["-m", "sfu", "--dev", "--http-port", str(http_port), "--media-port", str(media_port), "--tcp-port", "0",
                 "--node-id", node_id, *(["--control-url", control_url] if control_url else []), *extra_args]
         name = f"node-{node_id}-{len(self.started)}"

@@ -1,6 +1,7 @@
 """Webhooks from a real control-plane process: node_registered, node_revoked and node_unhealthy
-(a node killed, its lease lapsed) arrive signed at a real receiver; the API refuses without
-``node:admin`` and answers ``no_valid_recipients``; events queued while the receiver is down
+(a node killed, its lease lapsed) arrive signed at a real receiver; the API takes ``room:admin``
+bound to no room (contracts.md) or ``node:admin``, refuses a room's token, and answers
+``no_valid_recipients``; events queued while the receiver is down
 survive a kill -9 of the control plane (the queue is a table in its SQLite store)."""
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ async def test_node_events_arrive_signed_and_survive_a_control_plane_crash(procs
     try:
         control = await _control(procs, tmp_path, rx)
         url = control.url + "/v1/webhooks"
-        reply = await call("GET", url, token=admin_token("room:admin"))
-        assert reply.status == 401 and reply.body["code"] == "token/unauthorized", reply.body
+        for refused in (admin_token("room:join"), admin_token("room:admin", room="some-room")):
+            reply = await call("GET", url, token=refused)
+            assert reply.status == 401 and reply.body["code"] == "token/unauthorized", reply.body
+        for taken in (admin_token("room:admin"), admin_token("node:admin")):
+            assert (await call("GET", url, token=taken)).status == 200
         listed = (await call("GET", url)).body["webhooks"]
         assert [(h["url"], h["source"]) for h in listed] == [(rx.url, "config")]
         reply = await call("POST", url + "/test", {"event": "room_started"})
