@@ -100,7 +100,8 @@ async def test_console_shows_the_cluster_and_performs_each_action(
         video = alice.locator("li", has_text="video")
         # a bit rate over 0 kbit/s once the page has listed the room twice
         await expect(video).to_contain_text(re.compile(r"video: [1-9]\d* kbit/s"), timeout=UI_TIMEOUT_MS)
-        await expect(page.locator("#usage")).to_contain_text("not available")
+        # the control plane's usage (participant-minutes of the period so far)
+        await expect(page.locator("#usage")).to_contain_text("Participant-minutes", timeout=UI_TIMEOUT_MS)
         # a room's participants can be hidden and shown again
         await room.get_by_role("button", name=f"Hide participants of room {ROOM}").click()
         await expect(alice).to_have_count(0, timeout=UI_TIMEOUT_MS)
