@@ -22,7 +22,8 @@ from levelchat.errors import CATALOGUE, TYPE_BASE
 from levelchat.tokens import mint
 from sfu.node import Node
 from tests.e2e.clients import NO_ICE_SERVERS, PatternVideoTrack, WhipPublisher, wait_for
-from tests.e2e.conftest import DEV_KEY, token
+from tests.e2e.conftest import DEV_KEY
+from tests.e2e.conftest import token as conftest_token
 
 ROOM = "demo-1"
 ALL = ("room:join", "room:publish", "room:subscribe")
@@ -106,9 +107,18 @@ def without(sdp: str, prefix: str) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+#: the cases' tokens are minted when the module is collected, and the whole suite runs before some of
+#: them are used (23 minutes in CI): 10-minute tokens had expired by then (token/expired for every case)
+CASE_TOKEN_TTL_S = 6 * 3600
+
+
+def token(room: str, identity: str, scopes: tuple[str, ...] = ("room:join", "room:publish", "room:subscribe")) -> str:
+    return conftest_token(room, identity, scopes, ttl_s=CASE_TOKEN_TTL_S)
+
+
 def unbound_token(identity: str, scopes: tuple[str, ...] = ALL) -> str:
     """A valid dev token with no room claim."""
-    return mint(DEV_KEY, project="levelchat", now_s=time.time(), ttl_s=600, identity=identity, scopes=scopes)
+    return mint(DEV_KEY, project="levelchat", now_s=time.time(), ttl_s=CASE_TOKEN_TTL_S, identity=identity, scopes=scopes)
 
 
 def foreign_token(**claims: Any) -> str:
@@ -116,7 +126,7 @@ def foreign_token(**claims: Any) -> str:
         "iss": "devkey",
         "aud": "levelchat",
         "iat": int(time.time()),
-        "exp": int(time.time()) + 600,
+        "exp": int(time.time()) + CASE_TOKEN_TTL_S,
         "sub": "mallory",
         "room": ROOM,
         "scopes": list(ALL),

@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 
 from sfu.node import Node
+from sfu.packet.codecs import is_keyframe
+from sfu.packet.rtp import header_length
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
 from tests.e2e.procs import Proc, child_env, free_port
@@ -29,6 +31,29 @@ from tests.e2e.webhook_support import Receiver
 async def _start(http: aiohttp.ClientSession, url: str, room: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     async with http.post(f"{url}/v1/rooms/{room}/recording", json=body or {}, headers=_auth(room)) as resp:
         return resp.status, await resp.json()
+
+
+async def _keyframe_taped(node: Node, rec_id: str, timeout_s: float = 20.0) -> None:
+    """Until a keyframe of the recorded video track has gone through its tap to the recorder."""
+    rec = node.recordings.live(rec_id)
+    assert rec is not None
+    video = next(track for _index, track in rec.tracks.values() if track.is_video)
+    inner = video.tap
+    assert inner is not None
+    seen = asyncio.Event()
+
+    def watching(view: memoryview, length: int, now_ms: int) -> None:
+        offset = header_length(view, length)
+        if offset >= 0 and is_keyframe(video.codec.name, view[offset:length]):
+            seen.set()
+        inner(view, length, now_ms)
+
+    video.tap = watching
+    try:
+        await asyncio.wait_for(seen.wait(), timeout_s)
+    finally:
+        if video.tap is watching:
+            video.tap = inner
 
 
 async def test_room_end_stops_the_recording_and_participants_are_told(node_factory: Callable[..., Any], tmp_path: Path) -> None:
@@ -46,7 +71,11 @@ async def test_room_end_stops_the_recording_and_participants_are_told(node_facto
             status, again = await _start(http, node.url, room)
             assert (status, again["code"]) == (409, "conflict")  # one recording per room
             await wait_for(lambda: any(p["status"] == "recording" for p in watcher.named("recording")), 10, "told: recording")
-            await asyncio.sleep(1.0)
+            # the room ends once the recorder has had a keyframe of the video (it asks for one
+            # at the start and again every 500 ms while it skips frames): a fixed second was not
+            # always enough on a loaded machine, and a video file needs its keyframe
+            await _keyframe_taped(node, started["id"])
+            await asyncio.sleep(0.5)
             admin = token(room, "admin", scopes=("room:admin",))
             async with http.delete(f"{node.url}/v1/rooms/{room}", headers={"Authorization": f"Bearer {admin}"}) as resp:
                 assert resp.status == 204
