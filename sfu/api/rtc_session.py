@@ -253,6 +253,9 @@ class RtcSession:
         others = [p for p in room.participants.values() if p is not participant]
         return {
             "room": {"name": room.id, "sid": room.sid, "max_participants": room.policy.max_participants},
+            # the room's codec policy (POST /v1/rooms `codecs`): the SDK checks it against what the
+            # browser can encode and decode before it offers (codec/unsupported)
+            "codecs": list(room.policy.codecs),
             "participant": _participant_view(participant),
             "participants": [_participant_view(p) for p in others],
             "can_publish": participant.permissions.can_publish,

@@ -18,6 +18,9 @@ export type SdkErrorCode =
   | "transport/ice-failed"
   | "transport/dtls-failed"
   | "transport/unsupported"
+  | "codec/unsupported"
+  | "recording/not-permitted"
+  | "recording/backend-failed"
   | "data/not-open"
   | "data/open-timeout"
   | "data/open-failed";
@@ -49,6 +52,8 @@ export class LevelChatError extends Error {
   readonly retryAfterMs: number | null;
   /** config/invalid: the option at fault */
   readonly field: string | null;
+  /** recording/backend-failed from the node's `recording` notification: the recording's id */
+  readonly recording?: string | null;
   constructor(code: string, detail: string, extra?: {
     problem?: Problem | null; inner?: LevelChatError | null; status?: number | null; retryable?: boolean;
     retryAfterMs?: number | null; field?: string | null; cause?: unknown;
@@ -142,7 +147,20 @@ export interface RoomEvents {
   disconnected: { reason: string; code: number | null };
   node_draining: { reason: string };
   room_closed: { room: string; reason: string };
+  /** the room's recording changed status; a failure is also an "error" event recording/backend-failed */
+  recording: { recording: string; status: RecordingStatus; code?: "recording/backend-failed"; detail?: string };
   error: LevelChatError;
+}
+
+export type RecordingStatus = "starting" | "recording" | "finishing" | "completed" | "failed";
+
+/** A recording as the node's API describes it (POST /v1/rooms/{room}/recording, DELETE /v1/recordings/{id}). */
+export interface RecordingInfo {
+  id: string;
+  room: string;
+  status: RecordingStatus;
+  files?: Record<string, unknown>[];
+  error?: { code: "recording/backend-failed"; detail: string };
 }
 
 export class Room {
@@ -158,12 +176,16 @@ export class Room {
   readonly dataChannels: { reliable: RTCDataChannel | null; lossy: RTCDataChannel | null };
   readonly dataReady: Promise<void>;
   readonly rtcConfig: RTCConfiguration;
-  /** the last join result (`resume` token included) */
+  /** the last join result (`resume` token included; `codecs`: the room's codec policy) */
   readonly joined: Record<string, unknown> | null;
   /** subscribe; returns the unsubscribe function */
   on<K extends keyof RoomEvents>(event: K, handler: (value: RoomEvents[K]) => void): () => void;
   call(method: string, params?: Record<string, unknown>, options?: { retries?: number }): Promise<Record<string, unknown>>;
+  /** codec/unsupported (before any offer) when this browser encodes none of the room's codecs of a track's kind, or when the node refuses the offer's codecs */
   publish(stream: MediaStream, options?: { simulcast?: boolean }): Promise<TrackInfo[]>;
+  /** needs recording:write in the token and a room with the recording policy: else recording/not-permitted; recording/backend-failed when the recorder cannot start */
+  startRecording(options?: { tracks?: string[] }): Promise<RecordingInfo>;
+  stopRecording(id: string): Promise<RecordingInfo>;
   mute(track: MediaStreamTrack, muted?: boolean): Promise<{ track: string; muted: boolean }>;
   setLayer(trackSid: string, layer: string): Promise<Record<string, unknown>>;
   layersOf(trackSid: string): string[];

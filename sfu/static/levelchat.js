@@ -24,6 +24,8 @@ import { LevelChatError, getLocalMedia, mediaError } from "./levelchat-errors.js
 import { concatBytes, fromUtf8, outgoingHeader, parseIncoming, utf8 } from "./levelchat-data.js";
 import { Emitter, SignalingRoom, signalingProtocol } from "./levelchat-signaling.js";
 import { TransportWatch } from "./levelchat-transport.js";
+import { codecProblem, codecRefusal, roomCodecs } from "./levelchat-codecs.js";
+import { recordingFailure, recordingRequest } from "./levelchat-recording.js";
 
 export { LevelChatError, getLocalMedia, mediaError, DEFAULTS };
 
@@ -44,7 +46,7 @@ export const SIMULCAST_ENCODINGS = [
  * {participant, reason}, "track" {participant, kind, trackSid, stream, track, mid},
  * "track_removed" {participant, trackSid, mid}, "track_muted" {participant, track, muted},
  * "active_speakers" {speakers}, "disconnected" {reason, code}, "node_draining" {reason},
- * "error" LevelChatError. docs/sdk.md has them all.
+ * "recording" {recording, status, code?, detail?}, "error" LevelChatError. docs/sdk.md has them all.
  */
 export class Room extends SignalingRoom {
   constructor(config) {
@@ -216,6 +218,11 @@ export class Room extends SignalingRoom {
    * (full), and subscribers choose with ``setLayer``. Published again after a fresh join.
    */
   async publish(stream, options = {}) {
+    // codec/unsupported before any offer: the room's codecs against what this browser encodes
+    for (const kind of new Set(stream.getTracks().map((t) => t.kind))) {
+      const problem = codecProblem(this.joined?.codecs, kind, "encode");
+      if (problem) throw problem;
+    }
     if (!this._publications.some(([s]) => s === stream)) this._publications.push([stream, options]);
     return this._publishOnce(stream, options);
   }
@@ -231,13 +238,44 @@ export class Room extends SignalingRoom {
         this.localTracks.set(track, null);
       }
     }
-    const result = await this._offerPublisher();
+    let result;
+    try {
+      result = await this._offerPublisher();
+    } catch (err) {
+      if (err?.inner?.code !== "codec/unsupported") throw err;
+      await this._unpublish(stream, pc);
+      throw codecRefusal(err);
+    }
     const byMid = new Map(result.tracks.map((t) => [t.mid, t.sid]));
     for (const tr of pc.getTransceivers()) {
       const track = tr.sender.track;
       if (track && byMid.has(tr.mid)) this.localTracks.set(track, byMid.get(tr.mid));
     }
     return result.tracks;
+  }
+
+  /** The node refused ``stream``'s offer: its tracks removed, the transport back where it was. */
+  async _unpublish(stream, pc) {
+    const refused = stream.getTracks().filter((t) => this.localTracks.get(t) === null);
+    for (const track of refused) this.localTracks.delete(track);
+    if (!stream.getTracks().some((t) => this.localTracks.has(t))) {
+      this._publications = this._publications.filter(([s]) => s !== stream); // not republished after a fresh join
+    }
+    if (!pc.remoteDescription) {
+      // never negotiated (no data channels): a fresh transport for the next publish
+      this._watches.get("publisher")?.close();
+      this._watches.delete("publisher");
+      pc.close();
+      this.publisher = null;
+      return;
+    }
+    if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
+    for (const tr of pc.getTransceivers()) {
+      if (tr.sender.track && refused.includes(tr.sender.track)) {
+        await tr.sender.replaceTrack(null);
+        tr.direction = "inactive"; // sends nothing: offered again as inactive
+      }
+    }
   }
 
   async _offerPublisher(offerOptions = {}) {
@@ -287,6 +325,29 @@ export class Room extends SignalingRoom {
     return this.call("mute", { track: sid, muted });
   }
 
+  /**
+   * Record the room (all its tracks, or ``tracks``: their sids) through the node's HTTP API with
+   * this room's token (recording:write; the room's policy must allow it). Resolves with
+   * {id, room, status}; rejects with recording/not-permitted, recording/backend-failed, or the
+   * node's own code (conflict: already recorded, not_found: an unknown track, ...).
+   */
+  async startRecording({ tracks } = {}) {
+    const room = this.joined?.room?.name;
+    if (!room) throw new LevelChatError("signaling/closed", "startRecording before the room was joined");
+    return recordingRequest(this.config.url, this._token, "POST", `/v1/rooms/${encodeURIComponent(room)}/recording`, tracks ? { tracks } : null);
+  }
+
+  /** Stop recording ``id``: resolves with the recording ({id, room, status: "finishing" | ...}). */
+  async stopRecording(id) {
+    return recordingRequest(this.config.url, this._token, "DELETE", `/v1/recordings/${encodeURIComponent(id)}`, null);
+  }
+
+  _onNotification(method, params) {
+    super._onNotification(method, params);
+    const failed = method === "recording" ? recordingFailure(params) : null;
+    if (failed) this.emit("error", failed); // the room's recording failed (whoever started it)
+  }
+
   _closeMedia() {
     for (const w of this._watches.values()) w.close();
     this.publisher?.close();
@@ -327,6 +388,14 @@ export class LevelChatClient extends Emitter {
     }
     room._adopt(joined);
     for (const p of joined.participants) room.participants.set(p.identity, p);
+    if (joined.can_subscribe !== false) {
+      // reported, not fatal: the room's other kind (and publishing) may still work
+      for (const kind of ["audio", "video"]) {
+        const problem = codecProblem(joined.codecs, kind, "decode");
+        // a kind the room does not carry at all is no problem for a subscriber
+        if (problem && roomCodecs(joined.codecs, kind).length) room.emit("error", problem);
+      }
+    }
     room._setState("connected");
     room._startHeartbeat();
     if (this.config.data) {

@@ -69,6 +69,7 @@ async def test_cut_socket_keeps_media_and_resume_takes_the_session_over(node: No
         joined = await pub.join()
         assert joined["protocol"] == PROTOCOL_VERSION and joined["resumed"] is False
         assert isinstance(joined["resume"], str) and joined["resume_grace_s"] == 15.0
+        assert joined["codecs"] == ["opus", "VP8", "VP9", "H264", "AV1"]  # the room's policy (the default)
         await pub.publish()
         await wait_for(receives_from(viewer, ["pub"], 10), 20, "viewer receives pub")
 
