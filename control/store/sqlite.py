@@ -31,6 +31,7 @@ from control.model import (
 )
 from control.placement import choose
 from control.store.base import Store
+from levelchat.sqlitefile import retry_busy
 from levelchat.usage import book as usage_book
 
 T = TypeVar("T")
@@ -142,14 +143,22 @@ class SqliteStore(Store):
     def _connect(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.row_factory = sqlite3.Row
-        if self._path != ":memory:":
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        conn.executescript(SCHEMA)
-        for table, column, definition in MIGRATIONS:
-            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+        def setup() -> None:
+            if self._path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(SCHEMA)
+            for table, column, definition in MIGRATIONS:
+                have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+        try:
+            retry_busy(setup, 10.0)  # replicas (or a restart) opening the file together
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     async def _run(self, fn: Callable[[], T]) -> T:

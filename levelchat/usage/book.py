@@ -9,6 +9,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from levelchat.sqlitefile import retry_busy
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     project TEXT NOT NULL,
@@ -37,6 +39,8 @@ CREATE TABLE IF NOT EXISTS usage_outbox (
     body TEXT NOT NULL
 );
 """
+#: how long opening waits for the other processes that open the same file at once
+OPEN_TIMEOUT_S = 10.0
 #: applied report ids are kept this long (a retry comes within seconds)
 REPORTS_KEPT_MS = 86_400_000
 
@@ -48,7 +52,14 @@ class UsageBook:
         if path != ":memory:" and os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            retry_busy(lambda: self._setup(path), OPEN_TIMEOUT_S)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self, path: str) -> None:
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA + OUTBOX_SCHEMA)

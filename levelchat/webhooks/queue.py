@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from levelchat.sqlitefile import retry_busy
 from levelchat.webhooks.model import WebhookEndpoint
 
 log = logging.getLogger("levelchat.webhooks")
@@ -87,10 +88,18 @@ class WebhookQueue:
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a committed row survives a process crash
-        db.executescript(SCHEMA)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+
+        def setup() -> None:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a committed row survives a process crash
+            db.executescript(SCHEMA)
+
+        try:
+            retry_busy(setup, 10.0)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
         self.depth = db.execute("SELECT COUNT(*) FROM webhook_queue").fetchone()[0]
         if self.path != ":memory:":

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from levelchat.sqlitefile import retry_busy
 from levelchat.usage.book import UsageBook
 from levelchat.usage.meter import Usage, UsageMeter, next_period_ms, period_start_ms, split
 
@@ -111,3 +115,53 @@ def test_the_book_adds_per_project_and_period_and_applies_a_report_once(tmp_path
         assert reopened.get("p", 1) == (1600, 7) and reopened.get("other", 1) == (99, 0)
     finally:
         reopened.close()
+
+
+def _open_and_add(path: str, start: Any) -> None:
+    start.wait()
+    book = UsageBook(path)
+    book.add("proj", {0: 1}, {})
+    book.close()
+
+
+def test_processes_opening_a_new_book_at_once_all_open_it(tmp_path: Path) -> None:
+    """The workers of a multi-worker node open the same new file at the same moment: switching it
+    to WAL refused all but one with "database is locked" (a 2-worker node did not start in CI)."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(4):
+        path = str(tmp_path / f"usage-{attempt}.db")
+        start = context.Barrier(6)
+        procs = [context.Process(target=_open_and_add, args=(path, start)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0] * 6
+        book = UsageBook(path)
+        assert book.get("proj", 0) == (6, 0)
+        book.close()
+
+
+def test_opening_waits_out_a_lock_but_not_other_errors() -> None:
+    calls: list[float] = []
+
+    def locked_twice() -> None:
+        calls.append(0.0)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+
+    slept: list[float] = []
+    retry_busy(locked_twice, 10.0, sleep=slept.append)
+    assert len(calls) == 3 and slept == [0.005, 0.01]
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("no such table: usage")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_busy(broken, 10.0, sleep=slept.append)
+
+    def always_locked() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_busy(always_locked, 0.0, sleep=slept.append)
