@@ -142,3 +142,43 @@ async def test_a_whip_publisher_keeps_sending_every_layer(node: Node, browser: B
     finally:
         await sub.close()
         await context.close()
+
+
+async def test_room_page_pauses_and_bounds_a_tile_and_the_publisher_is_told(node: Node, browser: Browser) -> None:
+    """The demo's per-tile controls: "up to 180p" moves ben to ann's q layer and ann's page logs
+    that only q is sent; "pause" stops ann's video to ben, "resume" starts it again."""
+    from tests.browser.test_browser_room import RoomPage
+
+    room = "browser-room-dynacast"
+    ann, ben = await RoomPage.open(browser, node, "ann"), await RoomPage.open(browser, node, "ben")
+    try:
+        await ann.page.set_checked("#simulcast", True)
+        await ann.join(room)
+        await ben.join(room)
+        await ben.wait_receiving(["ann"])
+        viewer = next(p for p in node.router.participants.values() if p.identity == "ben")
+        (dt,) = [d for d in viewer.downtracks if d.kind == "video"]
+        # the demo's camera is 640x480: Chrome may send fewer layers than three at that size
+        await wait_for(lambda: published_layers(node, "ann")["q"].height, 20, "the size of ann's q layer")
+        assert published_layers(node, "ann")["q"].height <= 180
+        quality = ben.page.locator(".tile[data-identity=ann] select.quality")
+        await quality.wait_for(state="visible", timeout=5000)
+        await quality.select_option("180")
+        await wait_for(lambda: dt.prefs.max_height == 180, 5, "ben's bound")
+        await wait_for(lambda: dt.source is not None and dt.source.rid == "q", 15, "ben receives ann's q layer")
+        await ann.page.wait_for_function(
+            "() => document.querySelector('#log').textContent.includes('sending layers q (the others: nobody watches)')",
+            timeout=OFF_DELAY_MS + 10_000,
+        )
+        pause = ben.page.locator(".tile[data-identity=ann] button.pause")
+        await pause.click()
+        await wait_for(lambda: dt.paused and not dt.prefs.enabled, 5, "ann's video paused for ben")
+        await ben.page.wait_for_function(
+            "() => document.querySelector('.tile[data-identity=ann] button.pause').textContent === 'resume'", timeout=5000
+        )
+        await pause.click()
+        await wait_for(lambda: not dt.paused and dt.prefs.enabled, 5, "ann's video resumed for ben")
+        assert ann.errors == [] and ben.errors == []
+    finally:
+        await ann.close()
+        await ben.close()
