@@ -133,6 +133,8 @@ class AllocationLoop:
             group = dt.source.group if dt.source is not None else None
             if group is None:
                 continue
+            if decision.paused == "subscriber":
+                continue  # paused by its subscriber: forwards nothing; its layer is kept for the resume
             rid = decision.rid
             if rid is None:  # paused for congestion: the lowest layer instead
                 rid = group.ranked[0].rid

@@ -377,9 +377,10 @@ class DownTrack:
             out[loc[0] : loc[0] + loc[1]] = value
 
     def retransmit(self, out_seqs: list[int], now_ms: int) -> int:
-        """Answer a NACK from the retransmission cache; returns how many were resent."""
+        """Answer a NACK from the retransmission cache; returns how many were resent (none while
+        paused: nothing at all goes out for a paused track)."""
         track = self.source
-        if track is None or track.rtx_cache is None:
+        if track is None or track.rtx_cache is None or self._paused:
             return 0
         sent = 0
         peer = self.peer
