@@ -427,7 +427,7 @@ class RtcSession:
     async def set_layer(self, params: dict[str, Any]) -> dict[str, Any]:
         room, participant = self._joined()
         result = choose_layer(self.service.node.router, participant, self.downtracks, params)
-        self.service.tell_layers(room.id, clock.now_ms())
+        self.service.tell_publisher(room, self.downtracks.get(result["track"]), clock.now_ms())
         return result
 
     async def update_subscription(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +438,7 @@ class RtcSession:
             raise ApiError("not_found", f"you receive no track {update.track!r}")
         now = clock.now_ms()
         result = apply(participant, dt, update, now)
-        self.service.tell_layers(room.id, now)  # a layer needed now is asked for at once
+        self.service.tell_publisher(room, dt, now)  # a layer needed now is asked for at once
         return result
 
     def on_permissions(self) -> None:
@@ -668,11 +668,14 @@ class RtcService:
             except Exception:
                 log.exception("signaling tick failed")
 
-    def tell_layers(self, room_id: str, now_ms: int) -> None:
-        """``subscribed_layers`` to the room's WebSocket publishers whose layers' needs changed."""
-        for session in self.sessions_in(room_id):
-            if session.participant is not None and not session.participant.closed:
-                session.layers.tell(session.participant, session.notify, now_ms)
+    def tell_publisher(self, room: Room, dt: DownTrack | None, now_ms: int) -> None:
+        """``subscribed_layers`` to the publisher of what ``dt`` receives, if it is a WebSocket
+        participant and the needs of its layers changed (the others wait for the tick)."""
+        source = dt.source if dt is not None else None
+        owner = room.participants.get(source.owner) if source is not None else None
+        session = self.by_sid.get(owner.sid) if owner is not None else None
+        if session is not None and owner is not None and not session.ended and not owner.closed:
+            session.layers.tell(owner, session.notify, now_ms)
 
     def tick(self, now_ms: int) -> None:
         for session in list(self.by_sid.values()):

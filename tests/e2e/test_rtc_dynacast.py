@@ -123,7 +123,9 @@ async def test_pause_resume_bounds_and_subscribed_layers(node: Node) -> None:
         await wait_for(lambda: layers[-15:] == ["h"] * 15, 10, "layer h")
         # nobody needs f: its publisher is told, after the debounce, and stops sending it
         await wait_for(lambda: alice.named("subscribed_layers"), 15, "subscribed_layers")
-        assert time.monotonic() - bounded_at >= (OFF_DELAY_MS - 600) / 1000
+        # not at once: f was last needed at the node's tick before the bound (every 0.5 s, later
+        # on a loaded machine), and goes off 3 s after that
+        assert time.monotonic() - bounded_at >= OFF_DELAY_MS / 2000
         (told,) = alice.named("subscribed_layers")
         assert told["track"] == sid and actives(told) == ["q", "h"], told
         assert [x["rid"] for x in told["layers"]] == ["q", "h", "f"]
