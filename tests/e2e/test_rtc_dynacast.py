@@ -21,7 +21,8 @@ import pytest
 from sfu.node import Node
 from sfu.packet.rtp import RtpHeader, RtpPacket
 from sfu.routing.dynacast import OFF_DELAY_MS
-from tests.e2e.clients import wait_for
+from tests.e2e.clients import WhepSubscriber, wait_for
+from tests.e2e.conftest import token
 from tests.e2e.procs import Proc, Procs
 from tests.e2e.simulcast_support import (
     LAYERS,
@@ -29,9 +30,12 @@ from tests.e2e.simulcast_support import (
     RID_EXT,
     RID_PACKETS,
     SimulcastSender,
+    choose_layer,
     layer_logger,
+    payload_logger,
     runs,
     simulcast_offer,
+    whep_location,
     whip_publish,
 )
 from tests.e2e.test_rtc_signaling import RpcFailure, RtcClient
@@ -212,6 +216,41 @@ async def test_a_whip_publisher_has_no_channel_and_keeps_every_layer(node: Node)
     finally:
         await sender.stop()
         await bob.close()
+
+
+async def test_a_whep_viewers_layer_route_bounds_what_the_publisher_sends(node: Node) -> None:
+    """A WHEP viewer of a WebSocket publisher: its layer route is its bound, for dynacast too."""
+    room = "rtc-dynacast-whep"
+    sender = DynacastSender.create()
+    alice = RtcClient(node, room, "alice", ("room:join", "room:publish"))
+    sub = WhepSubscriber(node.url, room, token(room, "viewer"), audio=False)
+    obey = obeying(alice, sender)
+    layers: list[str] = []
+    try:
+        await alice.join()
+        published = await alice.call("publish", {"sdp": simulcast_offer(sender.lite)})
+        await sender.lite.connect(published["sdp"])
+        sender.start(60)
+        payload_logger(sub, layers)
+        status, answer = await sub.connect()
+        assert status == 201, answer
+        await wait_for(lambda: layers.count("f") >= 20, 10, "the highest layer, by default")
+        location = whep_location(node, room, "viewer")
+        viewer_tok = token(room, "viewer", ("room:join", "room:subscribe"))
+        await choose_layer(node, location, viewer_tok, "h")
+        await wait_for(lambda: alice.named("subscribed_layers"), 15, "subscribed_layers")
+        assert actives(alice.named("subscribed_layers")[0]) == ["q", "h"]
+        await wait_for(lambda: sender.off == {"f"}, 5, "f no longer sent")
+        await choose_layer(node, location, viewer_tok, None)
+        await wait_for(lambda: len(alice.named("subscribed_layers")) >= 2, 5, "f needed again")
+        assert actives(alice.named("subscribed_layers")[1]) == ["q", "h", "f"]
+        await wait_for(lambda: layers[-15:] == ["f"] * 15, 15, "f again")
+        assert runs(layers) == ["f", "h", "f"], runs(layers)
+    finally:
+        obey.cancel()
+        await sender.stop()
+        await sub.close()
+        await alice.close()
 
 
 @pytest.fixture
