@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pylibsrtp._binding import ffi as srtp_ffi
@@ -40,8 +42,60 @@ TS_TAG: int = struct.unpack("=q", struct.pack("=ii", socket.SOL_SOCKET, SO_TIMES
 
 
 def enable_rx_timestamps(sock: socket.socket) -> None:
-    """Have the kernel stamp every datagram ``sock`` receives (``CLOCK_REALTIME``, ns)."""
+    """Have the kernel stamp every datagram ``sock`` receives (``CLOCK_REALTIME``, ns).
+
+    The first socket of the machine that asks turns stamping on through deferred work
+    (``net_enable_timestamp``): until a kworker has run it, datagrams are queued unstamped and
+    get the time they are *read* instead.  ``wait_for_arrival_stamps`` waits for that."""
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def wait_for_arrival_stamps(timeout_s: float = 5.0, pause_s: float = 0.002) -> bool:
+    """Wait until the kernel stamps datagrams when they arrive, not when they are read (see
+    ``enable_rx_timestamps``; on a loaded 2-core machine the deferred switch took > 200 ms, and a
+    test's packets read 200 ms after they arrived showed 200 ms).  Probes loopback: a datagram
+    read ``pause_s`` after it was sent must carry a stamp from before the read.  False if none did
+    within ``timeout_s`` (or loopback cannot be used)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            rx.bind(("127.0.0.1", 0))
+            enable_rx_timestamps(rx)
+            while True:
+                tx.sendto(b"stamp?", rx.getsockname())
+                time.sleep(pause_s)
+                rx.settimeout(max(0.001, deadline - time.monotonic()))
+                read_ns = time.time_ns()
+                _, ancillary, _, _ = rx.recvmsg(16, CTL_SIZE)
+                for level, kind, data in ancillary:
+                    if (level, kind) == (socket.SOL_SOCKET, SO_TIMESTAMPNS) and len(data) >= 16:
+                        sec, nsec = struct.unpack_from("=qq", data)
+                        if sec * 1_000_000_000 + nsec < read_ns:
+                            return True
+                if time.monotonic() > deadline:
+                    return False
+    except OSError:  # no loopback here, or the probe timed out
+        return False
+
+
+def clock_offset_ns(
+    realtime: Callable[[], int] = time.time_ns, monotonic: Callable[[], int] = time.monotonic_ns, tries: int = 3
+) -> int:
+    """``CLOCK_REALTIME - CLOCK_MONOTONIC`` (the kernel's stamps are the former, the senders' the
+    latter): the real-time read between two monotonic ones, the tightest of ``tries`` pairs.  A
+    reader preempted between two plain reads was off by the whole preemption (tens of ms on a
+    loaded machine), and every latency of that batch with it."""
+    if tries < 1:
+        raise ValueError(f"tries must be >= 1, got {tries}")
+    best_gap = best = 0
+    for i in range(tries):
+        m0 = monotonic()
+        r = realtime()
+        m1 = monotonic()
+        if i == 0 or m1 - m0 < best_gap:
+            best_gap, best = m1 - m0, r - (m0 + m1) // 2
+    return best
 
 
 def sockaddr_in(host: str, port: int) -> bytes:

@@ -5,23 +5,42 @@ for 100-400 ms (``sfu_gc_pause_seconds{generation="2"}`` on a loaded 2-core box)
 big set-up.  The node's own objects (modules, certificate, ports) are frozen once after start-up;
 sessions' objects after a set-up burst: when the participant count has grown by ``grow_by`` since
 the last freeze and has not grown for ``quiet_ms`` (the burst is over).  Freezing takes what is
-tracked as it is: cyclic garbage among it stays until ``gc.unfreeze``, which comes when the count
-falls below half of what it was at the last freeze (and by ``grow_by`` at least), so a later full
-collection can reclaim what those sessions left.  The node breaks its own cycles on close
+tracked as it is: cyclic garbage among it stays until the count falls below half of what it was at
+the last freeze (and by ``grow_by`` at least): then everything is thawed, collected once (what
+those sessions left goes) and what survives is frozen again, in one step (one pause, when it
+happens).  A plain ``gc.unfreeze`` there thawed the start-up objects too, and every later full
+collection walked the whole heap again.  The node breaks its own cycles on close
 (``DtlsEndpoint.release``), so what a freeze keeps is small and bounded by the peak it was taken at.
 
-``decide`` is pure (the count and ``now_ms`` passed in); ``apply`` touches ``gc``.
+``decide`` is pure (the count and ``now_ms`` passed in); ``apply`` runs an action on ``GcOps``
+(the real ``gc`` unless a test passes its own).
 """
 
 from __future__ import annotations
 
 import enum
 import gc
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class GcAction(enum.Enum):
+    #: collect the young generations, freeze everything tracked
     FREEZE = "freeze"
-    UNFREEZE = "unfreeze"
+    #: thaw everything, collect it all once, freeze what survived
+    REFREEZE = "refreeze"
+
+
+@dataclass(frozen=True)
+class GcOps:
+    """The collector's calls ``apply`` makes."""
+
+    collect: Callable[[int], int]
+    freeze: Callable[[], None]
+    unfreeze: Callable[[], None]
+
+
+REAL_GC = GcOps(gc.collect, gc.freeze, gc.unfreeze)
 
 
 class GcFreezer:
@@ -31,11 +50,11 @@ class GcFreezer:
         self.grow_by = grow_by
         self.quiet_ms = quiet_ms
         self.frozen_at = 0  # participants at the last freeze (0: sessions' objects not frozen)
-        self._base = 0  # growth is counted from here: the count at the last freeze or unfreeze
+        self._base = 0  # growth is counted from here: the count at the last freeze or refreeze
         self._last = 0
         self._grew_ms = 0  # when the count last grew
         self.freezes = 0
-        self.unfreezes = 0
+        self.refreezes = 0
 
     def decide(self, participants: int, now_ms: int) -> GcAction | None:
         """Called about once a second with the live participant count."""
@@ -49,17 +68,19 @@ class GcFreezer:
         if self.frozen_at and participants < self.frozen_at // 2 and self.frozen_at - participants >= self.grow_by:
             self.frozen_at = 0
             self._base = participants
-            self.unfreezes += 1
-            return GcAction.UNFREEZE
+            self.refreezes += 1
+            return GcAction.REFREEZE
         return None
 
 
-def apply(action: GcAction) -> None:
+def apply(action: GcAction, ops: GcOps = REAL_GC) -> None:
     if action is GcAction.FREEZE:
-        gc.collect(1)  # the young generations only (cheap): their garbage goes, survivors are old
-        gc.freeze()
+        ops.collect(1)  # the young generations only (cheap): their garbage goes, survivors are old
+        ops.freeze()
     else:
-        gc.unfreeze()
+        ops.unfreeze()
+        ops.collect(2)  # the one full pass: what the sessions that left kept in cycles goes
+        ops.freeze()  # the start-up objects and the sessions still here stay out of later passes
 
 
 def freeze_start_up() -> int:

@@ -38,7 +38,16 @@ from bench.loadgen.wire import (
     StreamCheck,
     StreamWriter,
 )
-from bench.mmsg import LEN_INDEX, LEN_STRIDE, TS_TAG, Ring, StampedRecvRing, enable_rx_timestamps, sockaddr_in
+from bench.mmsg import (
+    LEN_INDEX,
+    LEN_STRIDE,
+    TS_TAG,
+    Ring,
+    StampedRecvRing,
+    clock_offset_ns,
+    enable_rx_timestamps,
+    sockaddr_in,
+)
 from bench.proc import self_cpu_seconds
 from bench.srtpkit import SLOT_SIZE, InplaceSession, Key, SrtpError
 
@@ -162,7 +171,7 @@ def drain_ready(receivers: list[Receiver], ring: RecvRing, c: Counters) -> int:
     verified = corrupt = rejected = gaps = missing = late = skipped = kernel = 0
     total = 0
     # CLOCK_REALTIME (the kernel's stamps) -> CLOCK_MONOTONIC (the senders' stamps)
-    rt_off = time.time_ns() - time.monotonic_ns()
+    rt_off = clock_offset_ns()
     for r in receivers:
         fd, ssrcs, every, plens, fillers = r.fd, r.ssrcs, r.every, r.plens, r.fillers
         nchecks = len(plens)

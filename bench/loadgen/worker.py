@@ -20,6 +20,7 @@ from bench.loadgen.engine import Counters, Engine, Receiver, Sender
 from bench.loadgen.plan import Assignment
 from bench.loadgen.sessions import SessionOpener
 from bench.loadgen.wire import checks_for
+from bench.mmsg import wait_for_arrival_stamps
 from bench.session import SessionError
 
 #: how long a worker waits for the runner's next command
@@ -60,6 +61,8 @@ async def _run(job: Assignment) -> int:
                           o.keepalive) for p, o in zip(job.publishers, pubs, strict=True)]
         receivers = [Receiver(o.sock, o.key, checks, counters, job.verify_every, o.keepalive) for o in subs]
         engine = Engine(senders, receivers, counters)
+        if receivers:  # else the first latencies could be read times (see bench.mmsg.enable_rx_timestamps)
+            await loop.run_in_executor(None, wait_for_arrival_stamps)
         emit("ready", publishers=len(senders), receivers=len(receivers))
         line = await loop.run_in_executor(None, _command, COMMAND_TIMEOUT_S)
         if line != "go":

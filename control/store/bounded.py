@@ -2,7 +2,8 @@
 
 A stalled store (a Redis that stopped answering, a locked SQLite file) would otherwise hold each
 request, ``/readyz`` and the lease reaper as long as the client library lets it.  Here every call
-ends within ``timeout_s``; a call that times out or cannot reach the store raises
+ends within ``timeout_s`` (a node's registration or heartbeat: longer by ``PER_LISTED_ROOM_S`` per
+room it lists, ``call_bound_s``); a call that times out or cannot reach the store raises
 ``StoreUnavailable`` (answered ``service_unavailable`` with ``Retry-After``) and starts an
 *outage*: logged once (WARNING) when it starts and once when it ends, with its duration.  During
 an outage one call at a time goes to the store (the probe that notices it is back: the lease
@@ -29,7 +30,7 @@ from control.model import (
     RoomSpec,
     Taken,
 )
-from control.store.base import Store, StoreUnavailable
+from control.store.base import Store, StoreUnavailable, call_bound_s
 from levelchat.tasks import cancel_requests, raise_if_cancel_swallowed
 
 log = logging.getLogger("levelchat.control.store")
@@ -61,23 +62,24 @@ class BoundedStore(Store):
     def available(self) -> bool:
         return self.outage_since is None
 
-    async def _bounded(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _bounded(self, what: str, call: Callable[[], Awaitable[T]], listed_rooms: int = 0) -> T:
         if self.outage_since is not None and self._probing:
             raise StoreUnavailable(f"the store is unavailable (for {self._clock() - self.outage_since:.0f} s)")
         probe = self.outage_since is not None
         self._probing = self._probing or probe
+        bound_s = call_bound_s(self.timeout_s, listed_rooms)
         cancels = cancel_requests()
         try:
             try:
-                async with asyncio.timeout(self.timeout_s):
+                async with asyncio.timeout(bound_s):
                     result = await call()
             finally:
                 # a client library may swallow a cancellation (redis-py does, now and then): the
                 # caller's task must still stop, not take it for an outage and go on
                 raise_if_cancel_swallowed(cancels)
         except TimeoutError:
-            self._down(what, f"no answer within {self.timeout_s:g} s")
-            raise StoreUnavailable(f"the store did not answer within {self.timeout_s:g} s") from None
+            self._down(what, f"no answer within {bound_s:g} s")
+            raise StoreUnavailable(f"the store did not answer within {bound_s:g} s") from None
         except self._unavailable as exc:
             self._down(what, f"{type(exc).__name__}: {exc}")
             raise StoreUnavailable(f"the store cannot be reached: {type(exc).__name__}") from None
@@ -110,12 +112,14 @@ class BoundedStore(Store):
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
     ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
         return await self._bounded(
-            "register_node", lambda: self.inner.register_node(reg, now_ms, lease_ms, takeover=takeover))
+            "register_node", lambda: self.inner.register_node(reg, now_ms, lease_ms, takeover=takeover),
+            len(reg.listing()))
 
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
     ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
-        return await self._bounded("heartbeat", lambda: self.inner.heartbeat(node_id, hb, now_ms, lease_ms))
+        return await self._bounded(
+            "heartbeat", lambda: self.inner.heartbeat(node_id, hb, now_ms, lease_ms), len(hb.listing()))
 
     async def revoke(self, node_id: str, now_ms: int) -> Node | None:
         return await self._bounded("revoke", lambda: self.inner.revoke(node_id, now_ms))

@@ -9,7 +9,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from control.fields import MAX_LIVE_ROOMS
 from control.model import (
     Capacity,
     Heartbeat,
@@ -27,7 +29,7 @@ from control.model import (
     unpack_media_host,
 )
 from control.store import redis_scripts as lua
-from control.store.base import Store
+from control.store.base import Store, call_bound_s
 from levelchat.usage.book import REPORTS_KEPT_MS
 
 
@@ -100,9 +102,15 @@ def _taken(flat: Sequence[str]) -> list[Taken]:
     return [Taken(room, node) for room, node in _pairs(flat).items()]
 
 
+#: a registration or heartbeat listing more rooms than this goes through the client whose reads
+#: wait for the largest bound (``call_bound_s``): its script may run longer than ``timeout_s``
+BULK_FROM_ROOMS = 100
+
+
 class RedisStore(Store):
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, bulk: aioredis.Redis | None = None) -> None:
         self._r = client
+        self._bulk = bulk if bulk is not None else client
         self._p = prefix
         self._register = client.register_script(lua.REGISTER)
         self._heartbeat = client.register_script(lua.HEARTBEAT)
@@ -117,44 +125,56 @@ class RedisStore(Store):
     @classmethod
     async def open(cls, url: str, prefix: str, *, timeout_s: float = 1.0) -> RedisStore:
         """A client whose connects and reads give up after ``timeout_s`` (a stalled Redis must not
-        hold a request), retrying a failed command once at once (a connection Redis dropped)."""
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
-        )
-        store = cls(client, prefix)
+        hold a request), retrying a command once at once when the connection failed (Redis
+        dropped it) but never after a read timed out: the script may have run (a registration
+        run twice answered its own node ``node_exists``).  A second client, for a node's
+        registration or heartbeat with many rooms, waits for replies as long as such a call may
+        take (``call_bound_s``)."""
+
+        def client(read_timeout_s: float) -> aioredis.Redis:
+            return aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=read_timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+
+        store = cls(client(timeout_s), prefix, client(call_bound_s(timeout_s, 2 * MAX_LIVE_ROOMS)))
         await store.ping()
         return store
 
     async def close(self) -> None:
         await self._r.aclose()
+        if self._bulk is not self._r:
+            await self._bulk.aclose()
 
     async def ping(self) -> None:
         await self._r.ping()
 
-    async def _call(self, script: Any, *args: object) -> Any:
-        return await script(keys=[], args=[self._p, *(_s(a) for a in args)])
+    async def _call(self, script: Any, *args: object, listed_rooms: int = 0) -> Any:
+        client = self._bulk if listed_rooms > BULK_FROM_ROOMS else self._r
+        return await script(keys=[], args=[self._p, *(_s(a) for a in args)], client=client)
 
     async def register_node(
         self, reg: NodeRegistration, now_ms: int, lease_ms: int, *, takeover: bool = False
     ) -> tuple[RegisterOutcome, Node | None, list[Taken], list[str]]:
+        listing = reg.listing()
         outcome, taken, dropped = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.stored_media_host, reg.media_port,
             reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, reg.instance,
-            int(takeover), _learnt_settings(reg), *_listing(reg.listing()),
+            int(takeover), _learnt_settings(reg), *_listing(listing), listed_rooms=len(listing),
         )
         return RegisterOutcome(outcome), await self.get_node(reg.id), _taken(taken), [str(r) for r in dropped]
 
     async def heartbeat(
         self, node_id: str, hb: Heartbeat, now_ms: int, lease_ms: int
     ) -> tuple[HeartbeatOutcome, Node | None, list[Taken]]:
+        listing = hb.listing()
         outcome, taken = await self._call(
             self._heartbeat, node_id, now_ms, now_ms + lease_ms, int(hb.healthy), int(hb.draining),
             hb.load.rooms, hb.load.participants, repr(hb.load.cpu), repr(hb.load.packets_per_s), hb.instance,
-            *_listing(hb.listing()),
+            *_listing(listing), listed_rooms=len(listing),
         )
         return HeartbeatOutcome(outcome), await self.get_node(node_id), _taken(taken)
 

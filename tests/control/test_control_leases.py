@@ -48,8 +48,13 @@ async def until_expired(plane: ControlPlane, node_id: str, others: list[StandInN
 
 
 async def keep_alive(plane: ControlPlane, node: StandInNode, **body: Any) -> None:
-    if (await heartbeat_as(plane, node.name, **body)).status == 404:
-        assert (await register_as(plane, node.name, node.url)).status == 201
+    """A heartbeat with ``body``; a node whose short lease lapsed meanwhile (a loaded machine)
+    registers again, listing the same rooms (without them, a listing the test makes was lost)."""
+    beat = await heartbeat_as(plane, node.name, **body)
+    if beat.status == 404:
+        assert (await register_as(plane, node.name, node.url, **body)).status == 201
+    else:
+        assert beat.status == 200, beat.body
 
 
 async def wait_until(cond: Any, what: str, timeout_s: float = 10.0) -> None:

@@ -1,5 +1,6 @@
-"""Store calls bounded in time on a Redis that hangs (SIGSTOP), outages logged once; rooms learnt
-from a registering node keep the settings it reports (both stores)."""
+"""Store calls bounded in time on a Redis that hangs (SIGSTOP), outages logged once; a node's
+registration or heartbeat bounded by the rooms it lists; rooms learnt from a registering node keep
+the settings it reports (both stores)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from control.model import NodeRegistration, RegisterOutcome, RoomSpec, RoomState
+from control.model import Heartbeat, HeartbeatOutcome, NodeRegistration, RegisterOutcome, RoomSpec, RoomState
 from control.store import StoreUnavailable, open_store, unavailable_errors
-from control.store.base import Store
+from control.store.base import Store, call_bound_s
 from control.store.bounded import BoundedStore
 from tests.control.harness import ControlPlane, StandInNode, make_config, start_redis
 from tests.control.test_store import LEASE, T0, reg, store  # noqa: F401 (fixture)
@@ -131,5 +132,46 @@ async def test_calls_on_a_stopped_redis_end_within_the_bound_and_the_outage_is_l
         assert sum("store outage:" in m for m in messages) == 1, messages
         assert sum("store outage ended after" in m for m in messages) == 1, messages
         assert all(r.exc_info is None for r in caplog.records)
+    finally:
+        await inner.close()
+
+
+@pytest.mark.parametrize(("timeout_s", "rooms", "bound_s"), [
+    (1.0, 0, 1.0),
+    (1.0, 1, 1.0005),
+    (1.0, 10_000, 6.0),  # the most a node may report: 10,000 rooms
+    (0.05, 20_000, 10.05),  # a registration listing 10,000 in ``rooms`` and 10,000 other counted ones
+])
+def test_a_store_call_is_bounded_by_the_rooms_it_lists(timeout_s: float, rooms: int, bound_s: float) -> None:
+    assert call_bound_s(timeout_s, rooms) == pytest.approx(bound_s)
+
+
+def test_a_negative_room_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="listed_rooms"):
+        call_bound_s(1.0, -1)
+
+
+TIGHT_S = 0.05  # far below what 10,000 rooms take on either store (0.06-0.3 s unloaded, 1.1 s loaded)
+
+
+async def test_a_node_with_10000_rooms_registers_and_reports_within_a_tight_bound(store_url: str) -> None:
+    """The registration and heartbeat of a node with the most rooms it may report are bounded by
+    what they carry, not refused as an outage; on Redis, the script runs once (a read that timed
+    out was sent again: the node's own registration answered ``node_exists``)."""
+    inner = await open_store(store_url, prefix="tight:", timeout_s=TIGHT_S)
+    bounded = BoundedStore(inner, TIGHT_S, unavailable_errors())
+    try:
+        rooms = [f"{i:064d}" for i in range(10_000)]
+        body = {"id": "many", "url": "http://127.0.0.1:1/many", "media": {"host": "127.0.0.1", "port": 7882},
+                "capacity": {"max_participants": 1000, "max_rooms": 100}, "version": "t", "rooms": rooms,
+                "room_participants": dict.fromkeys(rooms, 1)}
+        outcome, node, _, _ = await bounded.register_node(NodeRegistration.parse(body), T0, LEASE)
+        assert outcome is RegisterOutcome.CREATED and node is not None
+        beat = await bounded.heartbeat("many", Heartbeat.parse({"room_participants": dict.fromkeys(rooms, 2)}),
+                                       T0 + 1, LEASE)
+        assert beat[0] is HeartbeatOutcome.OK
+        last = await inner.get_room(rooms[-1])  # (one room: the plain 50 ms bound is no test of load)
+        assert last is not None and last.node_id == "many" and last.participants == 2
+        assert bounded.available and bounded.outages == 0
     finally:
         await inner.close()

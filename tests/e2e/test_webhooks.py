@@ -166,7 +166,6 @@ async def test_nothing_is_lost_across_sigterm_and_kill9_while_the_receiver_is_do
 ) -> None:
     rx = Receiver()  # down: connection refused
     hooks = [{"url": rx.url}]
-    down_at = time.monotonic()
     node = await _node(procs, tmp_path, hooks=hooks)
     ids: set[str] = set()
     assert (await call("POST", node.url + "/v1/rooms", {"room": "room-one"})).status == 201
@@ -193,9 +192,9 @@ async def test_nothing_is_lost_across_sigterm_and_kill9_while_the_receiver_is_do
     node = await _node(procs, tmp_path, hooks=hooks)
     assert await metric(node.url, "levelchat_webhooks_queue_depth") >= 29
     retried = await metric(node.url, "levelchat_webhooks_retried_total")
-    while time.monotonic() - down_at < 12:  # the receiver stays away a while longer: retries go on
-        await asyncio.sleep(0.5)
-    assert await metric(node.url, "levelchat_webhooks_retried_total") > retried
+    # the receiver stays away a while longer: this process retries too (waited for as an event: a
+    # fixed deadline from the start was already past when a loaded machine took > 12 s to restart)
+    await _until_metric(node, "levelchat_webhooks_retried_total", retried + 1)
     await rx.start()
     try:
         expected_keys = {("room_started", "room-one"), ("room_finished", "room-one"), ("room_started", "room-two")}
@@ -207,8 +206,6 @@ async def test_nothing_is_lost_across_sigterm_and_kill9_while_the_receiver_is_do
         await wait_for(lambda: ids <= rx.accepted_ids() and expected_keys <= rx.keys(), 60, "every event")
         assert all(d.signed for d in rx.got)
         await _until_metric(node, "levelchat_webhooks_queue_depth", 0, at_most=True)
-        down_s = rx.got[0].at - down_at
-        assert down_s >= 12, down_s  # the receiver really was away while all this happened
     finally:
         await rx.stop()
 
