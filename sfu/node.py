@@ -15,12 +15,13 @@ from aiohttp import web
 from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
+from levelchat.usage.metrics import UsageCollector
 from levelchat.webhooks.metrics import WebhookCollector
 from sfu import clock, gcpolicy
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
-from sfu.api.usage import NodeUsage
+from sfu.api.usage import NODE_JOINS, NodeUsage
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
@@ -79,6 +80,7 @@ class Node(HttpBound):
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
         #: participant- and recording-minutes of the period, the quota on joins (sfu.api.usage)
         self.usage = NodeUsage(config)
+        self.metrics_registry.register(UsageCollector(config.project, self.usage.figures, NODE_JOINS))
         self.turn_credentials_issued = 0
         #: the forwarding loop's stalls and the collector's pauses (sfu.loopstats)
         self.loop_probe = LoopLagProbe()

@@ -14,6 +14,7 @@ from levelchat import console
 from levelchat.errors import ApiError
 from levelchat.ratelimit import Limit, make_rate_limit_middleware
 from levelchat.tokens import Claims, validate_room
+from levelchat.usage.meter import JoinKind
 from levelchat.web import (
     bearer_token,
     json_response,
@@ -136,7 +137,7 @@ def _sdp_created(
 async def whip_post(request: web.Request) -> web.StreamResponse:
     node, room_id, claims = _room_claims(request, *WHIP_SCOPES)
     offer = await _read_sdp(request)
-    node.usage.check_quota()
+    node.usage.check_quota(JoinKind.WHIP)
     now = clock.now_ms()
     room = node.room_for_join(room_id, now)
     owner = _owner(claims, "whip", WHIP_SCOPES)
@@ -150,7 +151,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     offer = await _read_sdp(request)
     if node.revoked:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
-    node.usage.check_quota()
+    node.usage.check_quota(JoinKind.WHEP)
     now = clock.now_ms()
     room = node.existing_room(room_id, now)
     owner = _owner(claims, "whep", WHEP_SCOPES)
