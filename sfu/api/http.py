@@ -127,11 +127,16 @@ def _sdp_created(
             "ETag": etag,
         },
     )
-    # the TURN servers, with a credential minted for this session (RFC 9725 §4.6)
-    for server in _node(request).ice_servers(identity):
+    _add_ice_servers(resp, _node(request), identity)
+    return resp
+
+
+def _add_ice_servers(resp: web.Response, node: Node, identity: str) -> None:
+    """The TURN servers, with a credential minted now for this session (RFC 9725 §4.6): on the
+    ``201`` and on an ICE restart's ``200`` (a client restarting may have let the first expire)."""
+    for server in node.ice_servers(identity):
         for value in server.link_values():
             resp.headers.add("Link", value)
-    return resp
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
@@ -235,9 +240,11 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
     )
     if result.fragment is None:
         return web.Response(status=204, headers={"ETag": result.etag})
-    return web.Response(
+    resp = web.Response(
         status=200, body=result.fragment.encode(), headers={"Content-Type": sdpfrag.CONTENT_TYPE, "ETag": result.etag}
     )
+    _add_ice_servers(resp, node, session.owner.identity)
+    return resp
 
 
 # -- rooms -----------------------------------------------------------------------------------------
