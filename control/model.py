@@ -142,6 +142,8 @@ class NodeRegistration:
     #: ``media.hosts``: every address of the node's candidates (an IPv4 and an IPv6 one on a
     #: dual-stack node), ``media_host`` among them; () when the node sent only ``media.host``
     media_hosts: tuple[str, ...] = ()
+    #: ``media.tcp_port``: the node's ICE-TCP port (RFC 6544 passive candidates); None: none
+    media_tcp_port: int | None = None
 
     @property
     def stored_media_host(self) -> str:
@@ -169,6 +171,9 @@ class NodeRegistration:
         if not 1 <= port <= 65535:
             raise ValueError(f"field 'media.port' must be 1..65535, got {port}")
         hosts = parse_media_hosts(media.get("hosts"), host)
+        tcp_port = field_of(media, "tcp_port", int, required=False)
+        if tcp_port is not None and not 1 <= tcp_port <= 65535:
+            raise ValueError(f"field 'media.tcp_port' must be 1..65535, got {tcp_port}")
         version = field_of(obj, "version", str, required=False) or ""
         if len(version) > MAX_VERSION:
             raise ValueError(f"field 'version' must be at most {MAX_VERSION} characters")
@@ -185,6 +190,7 @@ class NodeRegistration:
             participants=parse_room_participants(obj.get("room_participants")) or (),
             room_settings=_parse_room_settings(obj.get("room_settings")),
             media_hosts=hosts,
+            media_tcp_port=tcp_port,
         )
 
 
@@ -293,6 +299,8 @@ class Node:
     instance: str | None = None
     #: every candidate address (``NodeRegistration.media_hosts``); () = ``media_host`` alone
     media_hosts: tuple[str, ...] = ()
+    #: the ICE-TCP port (``NodeRegistration.media_tcp_port``); None: none
+    media_tcp_port: int | None = None
 
     def lease_alive(self, now_ms: int) -> bool:
         return not self.revoked and self.lease_expires_at > now_ms
@@ -320,7 +328,12 @@ class Node:
         return {
             "id": self.id,
             "url": self.url,
-            "media": {"host": self.media_host, "port": self.media_port, "hosts": list(self.media_hosts or (self.media_host,))},
+            "media": {
+                "host": self.media_host,
+                "port": self.media_port,
+                "hosts": list(self.media_hosts or (self.media_host,)),
+                "tcp_port": self.media_tcp_port,
+            },
             "region": self.region,
             "capacity": self.capacity.to_json(),
             "version": self.version,

@@ -320,6 +320,11 @@ class Node(HttpBound):
     def media_port(self) -> int:
         return self.port.port
 
+    @property
+    def tcp_port(self) -> int | None:
+        """The ICE-TCP port (None: ICE-TCP off)."""
+        return self.port.tcp_port or None
+
     def room_ids(self) -> list[str]:
         return [r.id for r in self.rooms.public_rooms()]
 

@@ -58,6 +58,7 @@ def _node(h: Mapping[str, str]) -> Node:
             packets_per_s=float(h.get("load_pps", "0")),
         ),
         placed_since_report=int(h.get("placed", "0")),
+        media_tcp_port=int(h["media_tcp_port"]) if h.get("media_tcp_port") else None,
         instance=h.get("instance") or None,
     )
 
@@ -144,7 +145,7 @@ class RedisStore(Store):
         outcome, taken, dropped = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.stored_media_host, reg.media_port,
             reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, reg.instance,
-            int(takeover), _learnt_settings(reg), *_listing(reg.listing()),
+            int(takeover), _learnt_settings(reg), reg.media_tcp_port, *_listing(reg.listing()),
         )
         return RegisterOutcome(outcome), await self.get_node(reg.id), _taken(taken), [str(r) for r in dropped]
 

@@ -74,7 +74,8 @@ end
 
 # ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version,
 # instance ('' = none), takeover ('1'/'0'), the settings of rooms to learn (JSON {room: [max_participants,
-# codecs JSON, empty_timeout_s]}), then (room, participants or '') pairs: the rooms live on the node.
+# codecs JSON, empty_timeout_s]}), media_tcp_port ('' = none), then (room, participants or '') pairs: the rooms
+# live on the node.
 # Returns {outcome, taken (flat room, node pairs), dropped (rooms it held, lost now: it no longer lists them)}.
 REGISTER = PRELUDE + r"""
 local id = ARGV[2]
@@ -97,9 +98,9 @@ redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_po
   'region', ARGV[8], 'max_participants', ARGV[9], 'max_rooms', ARGV[10], 'version', ARGV[11],
   'registered_at', ARGV[3], 'lease_expires_at', ARGV[4], 'revoked', '0', 'healthy', '1', 'draining', '0',
   'load_rooms', '0', 'load_participants', '0', 'load_cpu', '0', 'load_pps', '0', 'placed', '0',
-  'instance', ARGV[12])
+  'instance', ARGV[12], 'media_tcp_port', ARGV[15])
 redis.call('SADD', P .. 'nodes', id)
-local taken = claim(id, ARGV[3], 15, cjson.decode(ARGV[14]))
+local taken = claim(id, ARGV[3], 16, cjson.decode(ARGV[14]))
 local dropped = {}
 if ARGV[12] == '' or old[3] == ARGV[12] then held = {} end  -- not a restart: its unlisted rooms ended
 -- a restart: the rooms the old process still had (listed or placed within about a lease of its

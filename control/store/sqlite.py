@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     load_cpu REAL NOT NULL DEFAULT 0,
     load_pps REAL NOT NULL DEFAULT 0,
     placed INTEGER NOT NULL DEFAULT 0,
-    instance TEXT
+    instance TEXT,
+    media_tcp_port INTEGER  -- ICE-TCP; NULL: none
 );
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -77,11 +78,13 @@ MIGRATIONS = (
     ("nodes", "instance", "TEXT"),
     ("rooms", "participants", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "seen_at", "INTEGER NOT NULL DEFAULT 0"),  # when its node last listed it
+    ("nodes", "media_tcp_port", "INTEGER"),  # ICE-TCP; NULL: none
 )
 
 NODE_COLS = (
     "id, url, media_host, media_port, region, max_participants, max_rooms, version, registered_at, "
-    "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed, instance"
+    "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed, instance, "
+    "media_tcp_port"
 )
 ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants"
 
@@ -105,6 +108,7 @@ def _node(row: sqlite3.Row) -> Node:
         load=Load(row["load_rooms"], row["load_participants"], row["load_cpu"], row["load_pps"]),
         placed_since_report=row["placed"],
         instance=row["instance"],
+        media_tcp_port=row["media_tcp_port"],
     )
 
 
@@ -263,9 +267,9 @@ class SqliteStore(Store):
             if old is not None:
                 self._lose_rooms(c, reg.id)
             c.execute(
-                f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0,?)",
+                f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0,?,?)",
                 (reg.id, reg.url, reg.stored_media_host, reg.media_port, reg.region, reg.capacity.max_participants,
-                 reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
+                 reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance, reg.media_tcp_port),
             )
             taken = self._claim(c, reg.id, reg.listing(), now_ms, reg.settings_of)
             dropped: list[str] = []
