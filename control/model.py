@@ -232,7 +232,7 @@ MAX_REGISTRATION_BYTES = 4 * 1024 * 1024
 
 
 def _parse_room_settings(value: object) -> dict[str, RoomSpec]:
-    """``{room id: {"max_participants", "codecs", "empty_timeout_s"}}``, each checked as in
+    """``{room id: {"max_participants", "codecs", "empty_timeout_s", "recording"}}``, each checked as in
     ``POST /v1/rooms`` (``RoomSpec.parse``); other keys of an entry are ignored."""
     if value is None:
         return {}
@@ -245,7 +245,8 @@ def _parse_room_settings(value: object) -> dict[str, RoomSpec]:
         if not isinstance(entry, dict):
             raise ValueError(f"field 'room_settings.{room}' must be an object")
         try:
-            spec = RoomSpec.parse({k: entry.get(k) for k in ("max_participants", "codecs", "empty_timeout_s")}, room)
+            keys = ("max_participants", "codecs", "empty_timeout_s", "recording")
+            spec = RoomSpec.parse({k: entry.get(k) for k in keys}, room)
         except ValueError as exc:
             raise ValueError(f"room_settings.{room}: {exc}") from None
         settings[room] = spec
@@ -362,6 +363,8 @@ class RoomSpec:
     codecs: tuple[str, ...] = ()
     region: str | None = None
     empty_timeout_s: int | None = None
+    #: the room's recording policy (the node's ``POST /v1/rooms`` ``recording``): may it be recorded
+    recording: bool = False
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any], room: str) -> RoomSpec:
@@ -377,6 +380,7 @@ class RoomSpec:
             codecs=parse_codecs(obj.get("codecs")),
             region=parse_region(obj.get("region")),
             empty_timeout_s=timeout,
+            recording=bool(field_of(obj, "recording", bool, required=False)),
         )
 
     def node_body(self) -> dict[str, Any]:
@@ -388,6 +392,8 @@ class RoomSpec:
             body["codecs"] = list(self.codecs)
         if self.empty_timeout_s is not None:
             body["empty_timeout_s"] = self.empty_timeout_s
+        if self.recording:
+            body["recording"] = True
         return body
 
 
@@ -412,6 +418,7 @@ class Room:
             "max_participants": self.spec.max_participants,
             "codecs": list(self.spec.codecs),
             "region": self.spec.region,
+            "recording": self.spec.recording,
             "participants": self.participants,
         }
 

@@ -334,6 +334,7 @@ class Node(HttpBound):
                 "max_participants": r.policy.max_participants,
                 "codecs": list(r.policy.codecs),
                 "empty_timeout_s": r.policy.empty_timeout_s,
+                "recording": r.policy.recording,
             }
             for r in self.rooms.public_rooms()
         }

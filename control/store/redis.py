@@ -70,6 +70,7 @@ def _room(h: Mapping[str, str]) -> Room:
         codecs=tuple(json.loads(h.get("codecs") or "[]")),
         region=h.get("region") or None,
         empty_timeout_s=_opt_int(h.get("empty_timeout_s")),
+        recording=h.get("recording") == "1",
     )
     return Room(spec=spec, node_id=h["node_id"], state=RoomState(h["state"]), placed_at=int(h["placed_at"]),
                 participants=int(h.get("participants") or 0))
@@ -84,12 +85,13 @@ def _s(value: object) -> str:
 
 
 def _learnt_settings(reg: NodeRegistration) -> str:
-    """``{room: [max_participants, codecs JSON, empty_timeout_s]}`` as the hash fields of a room
+    """``{room: [max_participants, codecs JSON, empty_timeout_s, recording]}`` as the hash fields of a room
     learnt from a registering node (``REGISTER``)."""
     out: dict[str, list[str]] = {}
     for room, _ in reg.listing():
         spec = reg.settings_of(room)
-        out[room] = [_s(spec.max_participants), json.dumps(list(spec.codecs)), _s(spec.empty_timeout_s)]
+        out[room] = [_s(spec.max_participants), json.dumps(list(spec.codecs)), _s(spec.empty_timeout_s),
+                     "1" if spec.recording else "0"]
     return json.dumps(out)
 
 
@@ -202,6 +204,7 @@ class RedisStore(Store):
         outcome, node_id, live, passing, prev_flat, retry_at = await self._call(
             self._place, spec.room, now_ms, spec.region, json.dumps(sorted(exclude)),
             spec.max_participants, json.dumps(list(spec.codecs)), spec.region, spec.empty_timeout_s, grace_ms,
+            int(spec.recording),
         )
         result = PlacementOutcome(outcome)
         previous = _room(_pairs(prev_flat)) if prev_flat else None
@@ -220,7 +223,8 @@ class RedisStore(Store):
         if restore is not None:
             s = restore.spec
             fields = ["1", restore.node_id, restore.state.value, restore.placed_at, s.max_participants,
-                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, restore.participants]
+                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, restore.participants,
+                      int(s.recording)]
         await self._call(self._release, room, node_id, *fields)
 
     async def get_room(self, room: str) -> Room | None:

@@ -43,10 +43,10 @@ local function claim(id, nowstr, first, learnt)
     if not f[1] then
       if cnt == '' then cnt = '0' end
       -- learnt back after a store loss: with the settings the node reported, when it did
-      local st = (learnt and learnt[r]) or {'', '[]', ''}
+      local st = (learnt and learnt[r]) or {'', '[]', '', '0'}
       redis.call('HSET', rk, 'room', r, 'node_id', id, 'state', 'live', 'placed_at', nowstr,
         'max_participants', st[1], 'codecs', st[2], 'region', '', 'empty_timeout_s', st[3],
-        'participants', cnt, 'seen_at', nowstr)
+        'participants', cnt, 'seen_at', nowstr, 'recording', st[4] or '0')
       redis.call('SADD', nrkey(id), r)
     else
       local move = f[1] == id
@@ -160,7 +160,8 @@ return 1
 """
 
 # ARGV: P, room, now, region ('' = none), exclude (JSON list),
-#       max_participants, codecs (JSON), spec region, empty_timeout_s  ('' = none), grace (ms)
+#       max_participants, codecs (JSON), spec region, empty_timeout_s  ('' = none), grace (ms),
+#       recording ('1'/'0')
 # Returns {outcome, node id, live nodes, passing nodes, previous room hash (flat), retry at (ms, AWAY)}.
 PLACE = PRELUDE + r"""
 local room = ARGV[2]
@@ -220,13 +221,14 @@ if cur[1] and cur[1] ~= chosen.id then redis.call('SREM', nrkey(cur[1]), room) e
 redis.call('HINCRBY', nkey(chosen.id), 'placed', 1)
 redis.call('DEL', rk)
 redis.call('HSET', rk, 'room', room, 'node_id', chosen.id, 'state', 'live', 'placed_at', ARGV[3],
-  'max_participants', ARGV[6], 'codecs', ARGV[7], 'region', ARGV[8], 'empty_timeout_s', ARGV[9])
+  'max_participants', ARGV[6], 'codecs', ARGV[7], 'region', ARGV[8], 'empty_timeout_s', ARGV[9],
+  'recording', ARGV[11])
 redis.call('SADD', nrkey(chosen.id), room)
 return {'placed', chosen.id, live, passing, prev, 0}
 """
 
 # ARGV: P, room, node id, restore ('1'/'0'), then the restored record:
-#       node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants
+#       node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants, recording
 RELEASE = PRELUDE + r"""
 local room = ARGV[2]
 local node = ARGV[3]
@@ -241,7 +243,7 @@ redis.call('DEL', rk)
 if ARGV[4] == '1' then
   redis.call('HSET', rk, 'room', room, 'node_id', ARGV[5], 'state', ARGV[6], 'placed_at', ARGV[7],
     'max_participants', ARGV[8], 'codecs', ARGV[9], 'region', ARGV[10], 'empty_timeout_s', ARGV[11],
-    'participants', ARGV[12])
+    'participants', ARGV[12], 'recording', ARGV[13])
   if ARGV[6] == 'live' then redis.call('SADD', nrkey(ARGV[5]), room) end
 end
 return 1

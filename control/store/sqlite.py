@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     region TEXT,
     empty_timeout_s INTEGER,
     participants INTEGER NOT NULL DEFAULT 0,
-    seen_at INTEGER NOT NULL DEFAULT 0
+    seen_at INTEGER NOT NULL DEFAULT 0,
+    recording INTEGER NOT NULL DEFAULT 0  -- the room's recording policy
 );
 CREATE INDEX IF NOT EXISTS rooms_by_node ON rooms (node_id, state);
 """ + usage_book.SCHEMA
@@ -79,6 +80,7 @@ MIGRATIONS = (
     ("rooms", "participants", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "seen_at", "INTEGER NOT NULL DEFAULT 0"),  # when its node last listed it
     ("nodes", "media_tcp_port", "INTEGER"),  # ICE-TCP; NULL: none
+    ("rooms", "recording", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 NODE_COLS = (
@@ -86,7 +88,7 @@ NODE_COLS = (
     "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed, instance, "
     "media_tcp_port"
 )
-ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants"
+ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants, recording"
 
 
 def _node(row: sqlite3.Row) -> Node:
@@ -119,6 +121,7 @@ def _room(row: sqlite3.Row) -> Room:
         codecs=tuple(json.loads(row["codecs"])),
         region=row["region"],
         empty_timeout_s=row["empty_timeout_s"],
+        recording=bool(row["recording"]),
     )
     return Room(spec=spec, node_id=row["node_id"], state=RoomState(row["state"]), placed_at=row["placed_at"],
                 participants=row["participants"])
@@ -127,7 +130,7 @@ def _room(row: sqlite3.Row) -> Room:
 def _room_params(room: Room) -> tuple[Any, ...]:
     s = room.spec
     return (s.room, room.node_id, room.state.value, room.placed_at, s.max_participants,
-            json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, room.participants)
+            json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, room.participants, int(s.recording))
 
 
 class SqliteStore(Store):
@@ -235,7 +238,7 @@ class SqliteStore(Store):
             if row is None:
                 spec = settings(room) if settings is not None else RoomSpec(room=room)
                 learnt = Room(spec=spec, node_id=node_id, state=RoomState.LIVE, placed_at=now_ms, participants=count or 0)
-                c.execute(f"INSERT INTO rooms ({ROOM_COLS}, seen_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                c.execute(f"INSERT INTO rooms ({ROOM_COLS}, seen_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                           (*_room_params(learnt), now_ms))
                 continue
             if row["node_id"] != node_id:
@@ -361,7 +364,7 @@ class SqliteStore(Store):
                 return Placement(choice.outcome, live_nodes=choice.live_nodes, passing_nodes=choice.passing_nodes)
             c.execute("UPDATE nodes SET placed = placed + 1 WHERE id = ?", (choice.node.id,))
             room = Room(spec=spec, node_id=choice.node.id, state=RoomState.LIVE, placed_at=now_ms)
-            c.execute(f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", _room_params(room))
+            c.execute(f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _room_params(room))
             return Placement(
                 PlacementOutcome.PLACED, room, self._get_node(c, choice.node.id), previous,
                 choice.live_nodes, choice.passing_nodes,
@@ -380,7 +383,7 @@ class SqliteStore(Store):
                 c.execute("DELETE FROM rooms WHERE room = ?", (room,))
             else:
                 c.execute(
-                    f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", _room_params(restore)
+                    f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _room_params(restore)
                 )
 
         await self._tx(tx)
