@@ -19,6 +19,7 @@ from aiohttp import web
 
 from control.model import RoomSpec
 from levelchat.errors import CATALOGUE
+from levelchat.web import request_id
 
 MAX_REPLY_BYTES = 64 * 1024
 
@@ -149,14 +150,32 @@ class NodeReply:
         passed = tuple((k, v) for k in PASSED_HEADERS if (v := resp.headers.get(k)) is not None)
         return cls(resp.status, resp.headers.get("Content-Type", ""), body, passed)
 
-    def as_response(self) -> web.Response:
-        """The reply, passed on to the control plane's caller as it came."""
+    def as_response(self, request: web.Request) -> web.Response:
+        """The reply, passed on to the control plane's caller as it came; a problem's
+        ``request_id`` becomes the control plane's (the ``X-Request-Id`` this response carries,
+        contracts.md "Errors"), the node's kept as ``node_request_id`` (an extension member) to
+        find the node's log line."""
         headers = dict(self.headers)
         if self.content_type:
             headers["Content-Type"] = self.content_type
         if self.status == 204:
             return web.Response(status=204, headers=headers)
-        return web.Response(status=self.status, body=self.body, headers=headers)
+        return web.Response(status=self.status, body=self._relabelled(request_id(request)), headers=headers)
+
+    def _relabelled(self, rid: str) -> bytes:
+        if not self.content_type.startswith("application/problem+json"):
+            return self.body
+        try:
+            problem = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return self.body
+        if not isinstance(problem, dict):
+            return self.body
+        node_rid = problem.get("request_id")
+        problem["request_id"] = rid
+        if isinstance(node_rid, str):
+            problem["node_request_id"] = node_rid
+        return json.dumps(problem).encode()
 
 
 #: the largest reply of a node the control plane passes on (a room's participant list)

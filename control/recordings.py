@@ -69,7 +69,7 @@ async def start(request: web.Request, svc: ControlService) -> web.StreamResponse
     reply = await svc.forward_scoped(node, claims.room, _scopes(claims), "POST", request.rel_url.raw_path, body)
     if reply is None:
         raise _unavailable(f"the node of room {room_id!r} ({node.id}) did not answer")
-    return reply.as_response()
+    return reply.as_response(request)
 
 
 def _not_here(reply: NodeReply | None) -> bool:
@@ -108,7 +108,7 @@ async def by_id(request: web.Request, svc: ControlService) -> web.StreamResponse
     """``GET``/``DELETE /v1/recordings/{id}``: one node acts (the others have no such id)."""
     claims = _claims(svc, request)
     _, reply = await _find(svc, claims, request.match_info["id"], request.method, request.rel_url.raw_path)
-    return reply.as_response()
+    return reply.as_response(request)
 
 
 async def file(request: web.Request, svc: ControlService) -> web.StreamResponse:
@@ -120,7 +120,7 @@ async def file(request: web.Request, svc: ControlService) -> web.StreamResponse:
     got = await svc.download_from(node, claims.room, _scopes(claims), request.rel_url.raw_path, request)
     if got is None:
         raise _unavailable(f"node {node.id!r} did not send recording {rec_id}'s file")
-    return got.as_response() if isinstance(got, NodeReply) else got
+    return got.as_response(request) if isinstance(got, NodeReply) else got
 
 
 def add_routes(app: web.Application, service_of: ServiceOf) -> None:

@@ -75,6 +75,9 @@ async def test_recording_through_the_control_plane(tmp_path: Path) -> None:
         reply = await call("POST", f"{control.url}/v1/rooms/{plain}/recording", {}, token=rec_token(plain))
         assert (reply.status, reply.body["code"]) == (400, "recording/not-permitted"), reply.body
         assert "does not allow recording" in reply.body["detail"]
+        # the node's problem, passed on: its request_id is this response's X-Request-Id
+        assert reply.headers["X-Request-ID"] == reply.body["request_id"] != reply.body["node_request_id"], reply.headers
+        assert reply.body["node_request_id"].startswith("req_")
         reply = await call("POST", f"{control.url}/v1/rooms/nowhere/recording", {}, token=rec_token("nowhere"))
         assert (reply.status, reply.body["code"]) == (404, "room_not_found"), reply.body
 
