@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from control import operator, participants
+from control import operator, participants, recordings
 from control.fields import parse_node_id
 from control.metrics import CONTENT_TYPE
 from control.model import MAX_REGISTRATION_BYTES, Heartbeat, Node, NodeRegistration, RoomSpec
@@ -207,6 +207,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/usage", get_usage)
     participants.add_routes(app, _service)  # the participants API, forwarded to the room's node
     operator.add_routes(app, _service)  # rooms listing, room close and node drain, through the nodes
+    recordings.add_routes(app, _service)  # the recording API, forwarded to the node that records
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -17,10 +17,12 @@ from control.metrics import ControlMetrics
 from control.service import ControlService
 from control.store import Store, StoreUnavailable, open_store, unavailable_errors
 from control.store.bounded import BoundedStore
+from control.usage import CONTROL_JOINS
 from levelchat.console import add_routes as add_console_routes
 from levelchat.errors import ApiError
 from levelchat.httpserver import serve_forever
 from levelchat.tasks import cancel_and_wait
+from levelchat.usage.metrics import UsageCollector, UsageFigures
 from levelchat.web import Handler, bearer_token, make_cors_middleware, make_error_middleware
 from levelchat.webhooks.dispatcher import WebhookDispatcher
 from levelchat.webhooks.http import WebhookApi
@@ -100,6 +102,11 @@ def create_app(
     )
     add_webhook_routes(app, hooks)
     metrics.registry.register(WebhookCollector(lambda: _service_of(app).webhooks if SERVICE_KEY in app else None))
+
+    def usage_figures() -> UsageFigures:
+        return _service_of(app).usage.figures() if SERVICE_KEY in app else UsageFigures(0, 0)
+
+    metrics.registry.register(UsageCollector(config.project, usage_figures, CONTROL_JOINS))
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         own_store = store is None

@@ -142,6 +142,8 @@ class NodeRegistration:
     #: ``media.hosts``: every address of the node's candidates (an IPv4 and an IPv6 one on a
     #: dual-stack node), ``media_host`` among them; () when the node sent only ``media.host``
     media_hosts: tuple[str, ...] = ()
+    #: ``media.tcp_port``: the node's ICE-TCP port (RFC 6544 passive candidates); None: none
+    media_tcp_port: int | None = None
 
     @property
     def stored_media_host(self) -> str:
@@ -169,6 +171,9 @@ class NodeRegistration:
         if not 1 <= port <= 65535:
             raise ValueError(f"field 'media.port' must be 1..65535, got {port}")
         hosts = parse_media_hosts(media.get("hosts"), host)
+        tcp_port = field_of(media, "tcp_port", int, required=False)
+        if tcp_port is not None and not 1 <= tcp_port <= 65535:
+            raise ValueError(f"field 'media.tcp_port' must be 1..65535, got {tcp_port}")
         version = field_of(obj, "version", str, required=False) or ""
         if len(version) > MAX_VERSION:
             raise ValueError(f"field 'version' must be at most {MAX_VERSION} characters")
@@ -185,6 +190,7 @@ class NodeRegistration:
             participants=parse_room_participants(obj.get("room_participants")) or (),
             room_settings=_parse_room_settings(obj.get("room_settings")),
             media_hosts=hosts,
+            media_tcp_port=tcp_port,
         )
 
 
@@ -226,7 +232,7 @@ MAX_REGISTRATION_BYTES = 4 * 1024 * 1024
 
 
 def _parse_room_settings(value: object) -> dict[str, RoomSpec]:
-    """``{room id: {"max_participants", "codecs", "empty_timeout_s"}}``, each checked as in
+    """``{room id: {"max_participants", "codecs", "empty_timeout_s", "recording"}}``, each checked as in
     ``POST /v1/rooms`` (``RoomSpec.parse``); other keys of an entry are ignored."""
     if value is None:
         return {}
@@ -239,7 +245,8 @@ def _parse_room_settings(value: object) -> dict[str, RoomSpec]:
         if not isinstance(entry, dict):
             raise ValueError(f"field 'room_settings.{room}' must be an object")
         try:
-            spec = RoomSpec.parse({k: entry.get(k) for k in ("max_participants", "codecs", "empty_timeout_s")}, room)
+            keys = ("max_participants", "codecs", "empty_timeout_s", "recording")
+            spec = RoomSpec.parse({k: entry.get(k) for k in keys}, room)
         except ValueError as exc:
             raise ValueError(f"room_settings.{room}: {exc}") from None
         settings[room] = spec
@@ -293,6 +300,8 @@ class Node:
     instance: str | None = None
     #: every candidate address (``NodeRegistration.media_hosts``); () = ``media_host`` alone
     media_hosts: tuple[str, ...] = ()
+    #: the ICE-TCP port (``NodeRegistration.media_tcp_port``); None: none
+    media_tcp_port: int | None = None
 
     def lease_alive(self, now_ms: int) -> bool:
         return not self.revoked and self.lease_expires_at > now_ms
@@ -320,7 +329,12 @@ class Node:
         return {
             "id": self.id,
             "url": self.url,
-            "media": {"host": self.media_host, "port": self.media_port, "hosts": list(self.media_hosts or (self.media_host,))},
+            "media": {
+                "host": self.media_host,
+                "port": self.media_port,
+                "hosts": list(self.media_hosts or (self.media_host,)),
+                "tcp_port": self.media_tcp_port,
+            },
             "region": self.region,
             "capacity": self.capacity.to_json(),
             "version": self.version,
@@ -349,6 +363,8 @@ class RoomSpec:
     codecs: tuple[str, ...] = ()
     region: str | None = None
     empty_timeout_s: int | None = None
+    #: the room's recording policy (the node's ``POST /v1/rooms`` ``recording``): may it be recorded
+    recording: bool = False
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any], room: str) -> RoomSpec:
@@ -364,6 +380,7 @@ class RoomSpec:
             codecs=parse_codecs(obj.get("codecs")),
             region=parse_region(obj.get("region")),
             empty_timeout_s=timeout,
+            recording=bool(field_of(obj, "recording", bool, required=False)),
         )
 
     def node_body(self) -> dict[str, Any]:
@@ -375,6 +392,8 @@ class RoomSpec:
             body["codecs"] = list(self.codecs)
         if self.empty_timeout_s is not None:
             body["empty_timeout_s"] = self.empty_timeout_s
+        if self.recording:
+            body["recording"] = True
         return body
 
 
@@ -399,6 +418,7 @@ class Room:
             "max_participants": self.spec.max_participants,
             "codecs": list(self.spec.codecs),
             "region": self.spec.region,
+            "recording": self.spec.recording,
             "participants": self.participants,
         }
 

@@ -15,9 +15,11 @@ from enum import Enum
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from control.model import RoomSpec
 from levelchat.errors import CATALOGUE
+from levelchat.web import request_id
 
 MAX_REPLY_BYTES = 64 * 1024
 
@@ -132,11 +134,48 @@ def _problem(raw: bytes) -> tuple[str | None, str, Any]:
     )
 
 
+#: a node's reply headers the control plane passes on with its body (a problem's retry advice)
+PASSED_HEADERS = ("Retry-After", "X-RateLimit-Reset")
+
+
 @dataclass(frozen=True)
 class NodeReply:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # those of PASSED_HEADERS the node sent
+
+    @classmethod
+    def of(cls, resp: aiohttp.ClientResponse, body: bytes) -> NodeReply:
+        passed = tuple((k, v) for k in PASSED_HEADERS if (v := resp.headers.get(k)) is not None)
+        return cls(resp.status, resp.headers.get("Content-Type", ""), body, passed)
+
+    def as_response(self, request: web.Request) -> web.Response:
+        """The reply, passed on to the control plane's caller as it came; a problem's
+        ``request_id`` becomes the control plane's (the ``X-Request-Id`` this response carries,
+        contracts.md "Errors"), the node's kept as ``node_request_id`` (an extension member) to
+        find the node's log line."""
+        headers = dict(self.headers)
+        if self.content_type:
+            headers["Content-Type"] = self.content_type
+        if self.status == 204:
+            return web.Response(status=204, headers=headers)
+        return web.Response(status=self.status, body=self._relabelled(request_id(request)), headers=headers)
+
+    def _relabelled(self, rid: str) -> bytes:
+        if not self.content_type.startswith("application/problem+json"):
+            return self.body
+        try:
+            problem = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return self.body
+        if not isinstance(problem, dict):
+            return self.body
+        node_rid = problem.get("request_id")
+        problem["request_id"] = rid
+        if isinstance(node_rid, str):
+            problem["node_request_id"] = node_rid
+        return json.dumps(problem).encode()
 
 
 #: the largest reply of a node the control plane passes on (a room's participant list)
@@ -169,6 +208,55 @@ async def forward(
             raw = await resp.content.read(MAX_FORWARDED_REPLY_BYTES + 1)
             if len(raw) > MAX_FORWARDED_REPLY_BYTES:
                 return None
-            return NodeReply(resp.status, resp.headers.get("Content-Type", ""), raw)
+            return NodeReply.of(resp, raw)
     except (TimeoutError, aiohttp.ClientError, OSError):
         return None
+
+
+#: a recording's file through the control plane: copied in chunks this big, never held whole
+STREAM_CHUNK_BYTES = 1 << 16
+#: and the idle limit (a chunk must come within this long); no total (a recording may be large)
+STREAM_IDLE_S = 30.0
+#: the node's headers a download passes on
+DOWNLOAD_HEADERS = ("Content-Type", "Content-Disposition", "Content-Length", "ETag", "Last-Modified")
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    node_url: str,
+    token: str,
+    path: str,
+    request: web.Request,
+    connect_timeout_s: float,
+) -> web.StreamResponse | NodeReply | None:
+    """``GET {node_url}{path}`` streamed to ``request``'s client as it comes; a reply other than
+    200 comes back whole as a ``NodeReply`` (a problem is small); None when the node could not be
+    reached or failed before the headers."""
+    try:
+        resp = await session.get(
+            f"{node_url}{path}",
+            headers={"Authorization": f"Bearer {token}"},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=STREAM_IDLE_S),
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None
+    async with resp:
+        try:
+            if resp.status != 200:
+                return NodeReply.of(resp, await resp.content.read(MAX_REPLY_BYTES))
+            out = web.StreamResponse(
+                status=200, headers={k: v for k in DOWNLOAD_HEADERS if (v := resp.headers.get(k)) is not None}
+            )
+            await out.prepare(request)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        try:
+            async for chunk in resp.content.iter_chunked(STREAM_CHUNK_BYTES):
+                await out.write(chunk)
+            await out.write_eof()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            # the headers are gone: the client sees a short body (Content-Length says so)
+            if request.transport is not None:
+                request.transport.close()
+        return out

@@ -77,7 +77,7 @@ async def node_drain(request: web.Request, svc: ControlService) -> web.StreamRes
     reply = await svc.forward_as_operator(node, request.method, "/v1/node/drain", body)
     if reply is None:
         raise ApiError("service_unavailable", f"node {node.id!r} did not answer", retry_after_s=RETRY_AFTER_S)
-    return web.Response(status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type})
+    return reply.as_response(request)
 
 
 def add_routes(app: web.Application, service_of: ServiceOf) -> None:

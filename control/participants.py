@@ -51,9 +51,7 @@ async def forward_to_room_node(request: web.Request, svc: ControlService) -> web
             f"the node of room {room_id!r} ({node.id}) did not answer",
             retry_after_s=RETRY_AFTER_S,
         )
-    if reply.status == 204:
-        return web.Response(status=204)
-    return web.Response(status=reply.status, body=reply.body, headers={"Content-Type": reply.content_type})
+    return reply.as_response(request)
 
 
 def add_routes(app: web.Application, service_of: ServiceOf) -> None:

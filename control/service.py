@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import aiohttp
+from aiohttp import web
 
 from control.config import ControlConfig
 from control.metrics import ControlMetrics
@@ -24,7 +25,15 @@ from control.model import (
     RoomSpec,
     RoomState,
 )
-from control.nodeclient import NodeCallOutcome, NodeCallResult, NodeReply, answers, create_room, forward
+from control.nodeclient import (
+    NodeCallOutcome,
+    NodeCallResult,
+    NodeReply,
+    answers,
+    create_room,
+    download,
+    forward,
+)
 from control.repair import Repairs
 from control.store import Store
 from control.usage import ControlUsage
@@ -214,6 +223,33 @@ class ControlService:
             scopes=["node:admin", "room:admin"],
         )
         return await forward(self._session, node.url, token, method, path, body, self.config.node_timeout_seconds)
+
+    def scoped_token(self, room: str | None, scopes: Iterable[str]) -> str:
+        """A short-lived token of the control plane's own for a node: ``scopes``, bound to ``room``
+        (or to none, as the caller's token was)."""
+        return mint(
+            self._node_key,
+            project=self.config.project,
+            now_s=self.now_s(),
+            ttl_s=NODE_TOKEN_TTL_S,
+            identity=CONTROL_IDENTITY,
+            room=room,
+            scopes=list(scopes),
+        )
+
+    async def forward_scoped(
+        self, node: Node, room: str | None, scopes: Iterable[str], method: str, path: str, body: bytes | None
+    ) -> NodeReply | None:
+        """One call of ``node``'s API with ``scoped_token(room, scopes)``; the reply as it came."""
+        token = self.scoped_token(room, scopes)
+        return await forward(self._session, node.url, token, method, path, body, self.config.node_timeout_seconds)
+
+    async def download_from(
+        self, node: Node, room: str | None, scopes: Iterable[str], path: str, request: web.Request
+    ) -> web.StreamResponse | NodeReply | None:
+        """A large ``GET`` of ``node``'s (a recording's file) streamed to ``request``'s client."""
+        token = self.scoped_token(room, scopes)
+        return await download(self._session, node.url, token, path, request, self.config.node_timeout_seconds)
 
     async def get_node(self, node_id: str) -> Node:
         node = await self.store.get_node(node_id)

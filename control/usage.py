@@ -11,8 +11,12 @@ from typing import Any
 from control.config import ControlConfig
 from control.store.base import Store
 from levelchat.errors import ApiError
-from levelchat.usage.meter import Usage, period_start_ms
+from levelchat.usage.meter import JoinKind, Usage, period_start_ms
+from levelchat.usage.metrics import UsageFigures
 from levelchat.usage.report import UsageReport
+
+#: where the control plane refuses joins for the quota
+CONTROL_JOINS = (JoinKind.TOKEN,)
 
 
 class ControlUsage:
@@ -20,16 +24,36 @@ class ControlUsage:
         self.config = config
         self.store = store
         self.now_ms = now_ms
+        #: what this instance added from reports (each once), refusals: levelchat.usage.metrics
+        self.applied_participant_ms = 0
+        self.applied_recording_ms = 0
+        self.refusals = dict.fromkeys(CONTROL_JOINS, 0)
+        #: the period's totals as last read from the store (None: not read yet)
+        self.last: Usage | None = None
 
     async def apply(self, report: UsageReport) -> bool:
-        return await self.store.add_usage(
+        added = await self.store.add_usage(
             self.config.project, report.participant_ms, report.recording_ms, report.id, self.now_ms()
         )
+        if added:
+            self.applied_participant_ms += sum(report.participant_ms.values())
+            self.applied_recording_ms += sum(report.recording_ms.values())
+        return added
 
     async def current(self) -> Usage:
         period = period_start_ms(self.now_ms(), self.config.usage_period_start_day)
         p_ms, r_ms = await self.store.get_usage(self.config.project, period)
-        return Usage(period, p_ms, r_ms, self.config.quota_participant_minutes)
+        self.last = Usage(period, p_ms, r_ms, self.config.quota_participant_minutes)
+        return self.last
+
+    def figures(self) -> UsageFigures:
+        """For ``/metrics``: the period's totals as last read (every heartbeat with a report, every
+        ``GET /v1/usage`` and quota check reads them), never a store call at scrape time."""
+        period = self.last
+        quota = self.config.quota_participant_minutes
+        if period is None and quota > 0:
+            period = Usage(period_start_ms(self.now_ms(), self.config.usage_period_start_day), 0, 0, quota)
+        return UsageFigures(self.applied_participant_ms, self.applied_recording_ms, dict(self.refusals), period)
 
     async def check_quota(self) -> Usage | None:
         """``quota_exceeded`` once the period's participant-minutes are used up (no store call
@@ -38,6 +62,7 @@ class ControlUsage:
             return None
         usage = await self.current()
         if usage.exhausted:
+            self.refusals[JoinKind.TOKEN] += 1
             raise ApiError(
                 "quota_exceeded",
                 f"this period's {self.config.quota_participant_minutes:g} participant-minutes are used up "

@@ -263,6 +263,11 @@ class AgentHost(Protocol):
     @property
     def media_port(self) -> int: ...
 
+    @property
+    def tcp_port(self) -> int | None:
+        """The ICE-TCP port (worker 0's on a multi-worker node); None: ICE-TCP off."""
+        ...
+
     def room_ids(self) -> list[str]: ...
 
     def room_participants(self) -> dict[str, int]:
@@ -504,7 +509,12 @@ class ControlPlaneAgent:
             "id": self.settings.node_id,
             "url": self.node.url,
             # every candidate address (IPv4 and IPv6 on a dual-stack node), the first as "host"
-            "media": {"host": cfg.advertised_ip, "hosts": list(cfg.advertised_ips), "port": self.node.media_port},
+            "media": {
+                "host": cfg.advertised_ip,
+                "hosts": list(cfg.advertised_ips),
+                "port": self.node.media_port,
+                **({"tcp_port": tcp} if (tcp := self.node.tcp_port) else {}),  # ICE-TCP (contract: "Connectivity")
+            },
             "region": cfg.region or None,
             "capacity": {"max_participants": cfg.max_participants, "max_rooms": cfg.max_rooms},
             "version": VERSION,

@@ -15,12 +15,13 @@ from aiohttp import web
 from levelchat.errors import ApiError
 from levelchat.httpserver import GuardedAppRunner
 from levelchat.tokens import ApiKey, TokenVerifier
+from levelchat.usage.metrics import UsageCollector
 from levelchat.webhooks.metrics import WebhookCollector
 from sfu import clock, gcpolicy
 from sfu.agent import AgentSettings, ControlPlaneAgent, LoadSnapshot
 from sfu.api.http import create_app
 from sfu.api.sessions import SessionService
-from sfu.api.usage import NodeUsage
+from sfu.api.usage import NODE_JOINS, NodeUsage
 from sfu.api.webhooks import NodeWebhooks
 from sfu.config import HttpBound, NodeConfig
 from sfu.counters import MediaCounters
@@ -79,6 +80,7 @@ class Node(HttpBound):
         self.metrics_registry.register(WebhookCollector(lambda: self.webhooks.dispatcher))
         #: participant- and recording-minutes of the period, the quota on joins (sfu.api.usage)
         self.usage = NodeUsage(config)
+        self.metrics_registry.register(UsageCollector(config.project, self.usage.figures, NODE_JOINS))
         self.turn_credentials_issued = 0
         #: the forwarding loop's stalls and the collector's pauses (sfu.loopstats)
         self.loop_probe = LoopLagProbe()
@@ -318,6 +320,11 @@ class Node(HttpBound):
     def media_port(self) -> int:
         return self.port.port
 
+    @property
+    def tcp_port(self) -> int | None:
+        """The ICE-TCP port (None: ICE-TCP off)."""
+        return self.port.tcp_port or None
+
     def room_ids(self) -> list[str]:
         return [r.id for r in self.rooms.public_rooms()]
 
@@ -327,6 +334,7 @@ class Node(HttpBound):
                 "max_participants": r.policy.max_participants,
                 "codecs": list(r.policy.codecs),
                 "empty_timeout_s": r.policy.empty_timeout_s,
+                "recording": r.policy.recording,
             }
             for r in self.rooms.public_rooms()
         }

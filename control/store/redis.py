@@ -60,6 +60,7 @@ def _node(h: Mapping[str, str]) -> Node:
             packets_per_s=float(h.get("load_pps", "0")),
         ),
         placed_since_report=int(h.get("placed", "0")),
+        media_tcp_port=int(h["media_tcp_port"]) if h.get("media_tcp_port") else None,
         instance=h.get("instance") or None,
     )
 
@@ -71,6 +72,7 @@ def _room(h: Mapping[str, str]) -> Room:
         codecs=tuple(json.loads(h.get("codecs") or "[]")),
         region=h.get("region") or None,
         empty_timeout_s=_opt_int(h.get("empty_timeout_s")),
+        recording=h.get("recording") == "1",
     )
     return Room(spec=spec, node_id=h["node_id"], state=RoomState(h["state"]), placed_at=int(h["placed_at"]),
                 participants=int(h.get("participants") or 0))
@@ -85,12 +87,13 @@ def _s(value: object) -> str:
 
 
 def _learnt_settings(reg: NodeRegistration) -> str:
-    """``{room: [max_participants, codecs JSON, empty_timeout_s]}`` as the hash fields of a room
+    """``{room: [max_participants, codecs JSON, empty_timeout_s, recording]}`` as the hash fields of a room
     learnt from a registering node (``REGISTER``)."""
     out: dict[str, list[str]] = {}
     for room, _ in reg.listing():
         spec = reg.settings_of(room)
-        out[room] = [_s(spec.max_participants), json.dumps(list(spec.codecs)), _s(spec.empty_timeout_s)]
+        out[room] = [_s(spec.max_participants), json.dumps(list(spec.codecs)), _s(spec.empty_timeout_s),
+                     "1" if spec.recording else "0"]
     return json.dumps(out)
 
 
@@ -163,7 +166,7 @@ class RedisStore(Store):
         outcome, taken, dropped = await self._call(
             self._register, reg.id, now_ms, now_ms + lease_ms, reg.url, reg.stored_media_host, reg.media_port,
             reg.region, reg.capacity.max_participants, reg.capacity.max_rooms, reg.version, reg.instance,
-            int(takeover), _learnt_settings(reg), *_listing(listing), listed_rooms=len(listing),
+            int(takeover), _learnt_settings(reg), reg.media_tcp_port, *_listing(listing), listed_rooms=len(listing),
         )
         return RegisterOutcome(outcome), await self.get_node(reg.id), _taken(taken), [str(r) for r in dropped]
 
@@ -221,6 +224,7 @@ class RedisStore(Store):
         outcome, node_id, live, passing, prev_flat, retry_at = await self._call(
             self._place, spec.room, now_ms, spec.region, json.dumps(sorted(exclude)),
             spec.max_participants, json.dumps(list(spec.codecs)), spec.region, spec.empty_timeout_s, grace_ms,
+            int(spec.recording),
         )
         result = PlacementOutcome(outcome)
         previous = _room(_pairs(prev_flat)) if prev_flat else None
@@ -239,7 +243,8 @@ class RedisStore(Store):
         if restore is not None:
             s = restore.spec
             fields = ["1", restore.node_id, restore.state.value, restore.placed_at, s.max_participants,
-                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, restore.participants]
+                      json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, restore.participants,
+                      int(s.recording)]
         await self._call(self._release, room, node_id, *fields)
 
     async def get_room(self, room: str) -> Room | None:

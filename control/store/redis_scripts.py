@@ -43,10 +43,10 @@ local function claim(id, nowstr, first, learnt)
     if not f[1] then
       if cnt == '' then cnt = '0' end
       -- learnt back after a store loss: with the settings the node reported, when it did
-      local st = (learnt and learnt[r]) or {'', '[]', ''}
+      local st = (learnt and learnt[r]) or {'', '[]', '', '0'}
       redis.call('HSET', rk, 'room', r, 'node_id', id, 'state', 'live', 'placed_at', nowstr,
         'max_participants', st[1], 'codecs', st[2], 'region', '', 'empty_timeout_s', st[3],
-        'participants', cnt, 'seen_at', nowstr)
+        'participants', cnt, 'seen_at', nowstr, 'recording', st[4] or '0')
       redis.call('SADD', nrkey(id), r)
     else
       local move = f[1] == id
@@ -74,7 +74,8 @@ end
 
 # ARGV: P, id, now, lease_expires_at, url, media_host, media_port, region, max_participants, max_rooms, version,
 # instance ('' = none), takeover ('1'/'0'), the settings of rooms to learn (JSON {room: [max_participants,
-# codecs JSON, empty_timeout_s]}), then (room, participants or '') pairs: the rooms live on the node.
+# codecs JSON, empty_timeout_s]}), media_tcp_port ('' = none), then (room, participants or '') pairs: the rooms
+# live on the node.
 # Returns {outcome, taken (flat room, node pairs), dropped (rooms it held, lost now: it no longer lists them)}.
 REGISTER = PRELUDE + r"""
 local id = ARGV[2]
@@ -97,9 +98,9 @@ redis.call('HSET', k, 'id', id, 'url', ARGV[5], 'media_host', ARGV[6], 'media_po
   'region', ARGV[8], 'max_participants', ARGV[9], 'max_rooms', ARGV[10], 'version', ARGV[11],
   'registered_at', ARGV[3], 'lease_expires_at', ARGV[4], 'revoked', '0', 'healthy', '1', 'draining', '0',
   'load_rooms', '0', 'load_participants', '0', 'load_cpu', '0', 'load_pps', '0', 'placed', '0',
-  'instance', ARGV[12])
+  'instance', ARGV[12], 'media_tcp_port', ARGV[15])
 redis.call('SADD', P .. 'nodes', id)
-local taken = claim(id, ARGV[3], 15, cjson.decode(ARGV[14]))
+local taken = claim(id, ARGV[3], 16, cjson.decode(ARGV[14]))
 local dropped = {}
 if ARGV[12] == '' or old[3] == ARGV[12] then held = {} end  -- not a restart: its unlisted rooms ended
 -- a restart: the rooms the old process still had (listed or placed within about a lease of its
@@ -159,7 +160,8 @@ return 1
 """
 
 # ARGV: P, room, now, region ('' = none), exclude (JSON list),
-#       max_participants, codecs (JSON), spec region, empty_timeout_s  ('' = none), grace (ms)
+#       max_participants, codecs (JSON), spec region, empty_timeout_s  ('' = none), grace (ms),
+#       recording ('1'/'0')
 # Returns {outcome, node id, live nodes, passing nodes, previous room hash (flat), retry at (ms, AWAY)}.
 PLACE = PRELUDE + r"""
 local room = ARGV[2]
@@ -219,13 +221,14 @@ if cur[1] and cur[1] ~= chosen.id then redis.call('SREM', nrkey(cur[1]), room) e
 redis.call('HINCRBY', nkey(chosen.id), 'placed', 1)
 redis.call('DEL', rk)
 redis.call('HSET', rk, 'room', room, 'node_id', chosen.id, 'state', 'live', 'placed_at', ARGV[3],
-  'max_participants', ARGV[6], 'codecs', ARGV[7], 'region', ARGV[8], 'empty_timeout_s', ARGV[9])
+  'max_participants', ARGV[6], 'codecs', ARGV[7], 'region', ARGV[8], 'empty_timeout_s', ARGV[9],
+  'recording', ARGV[11])
 redis.call('SADD', nrkey(chosen.id), room)
 return {'placed', chosen.id, live, passing, prev, 0}
 """
 
 # ARGV: P, room, node id, restore ('1'/'0'), then the restored record:
-#       node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants
+#       node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants, recording
 RELEASE = PRELUDE + r"""
 local room = ARGV[2]
 local node = ARGV[3]
@@ -240,7 +243,7 @@ redis.call('DEL', rk)
 if ARGV[4] == '1' then
   redis.call('HSET', rk, 'room', room, 'node_id', ARGV[5], 'state', ARGV[6], 'placed_at', ARGV[7],
     'max_participants', ARGV[8], 'codecs', ARGV[9], 'region', ARGV[10], 'empty_timeout_s', ARGV[11],
-    'participants', ARGV[12])
+    'participants', ARGV[12], 'recording', ARGV[13])
   if ARGV[6] == 'live' then redis.call('SADD', nrkey(ARGV[5]), room) end
 end
 return 1

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     load_cpu REAL NOT NULL DEFAULT 0,
     load_pps REAL NOT NULL DEFAULT 0,
     placed INTEGER NOT NULL DEFAULT 0,
-    instance TEXT
+    instance TEXT,
+    media_tcp_port INTEGER  -- ICE-TCP; NULL: none
 );
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     region TEXT,
     empty_timeout_s INTEGER,
     participants INTEGER NOT NULL DEFAULT 0,
-    seen_at INTEGER NOT NULL DEFAULT 0
+    seen_at INTEGER NOT NULL DEFAULT 0,
+    recording INTEGER NOT NULL DEFAULT 0  -- the room's recording policy
 );
 CREATE INDEX IF NOT EXISTS rooms_by_node ON rooms (node_id, state);
 """ + usage_book.SCHEMA
@@ -77,13 +79,16 @@ MIGRATIONS = (
     ("nodes", "instance", "TEXT"),
     ("rooms", "participants", "INTEGER NOT NULL DEFAULT 0"),
     ("rooms", "seen_at", "INTEGER NOT NULL DEFAULT 0"),  # when its node last listed it
+    ("nodes", "media_tcp_port", "INTEGER"),  # ICE-TCP; NULL: none
+    ("rooms", "recording", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 NODE_COLS = (
     "id, url, media_host, media_port, region, max_participants, max_rooms, version, registered_at, "
-    "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed, instance"
+    "lease_expires_at, revoked, healthy, draining, load_rooms, load_participants, load_cpu, load_pps, placed, instance, "
+    "media_tcp_port"
 )
-ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants"
+ROOM_COLS = "room, node_id, state, placed_at, max_participants, codecs, region, empty_timeout_s, participants, recording"
 
 
 def _node(row: sqlite3.Row) -> Node:
@@ -105,6 +110,7 @@ def _node(row: sqlite3.Row) -> Node:
         load=Load(row["load_rooms"], row["load_participants"], row["load_cpu"], row["load_pps"]),
         placed_since_report=row["placed"],
         instance=row["instance"],
+        media_tcp_port=row["media_tcp_port"],
     )
 
 
@@ -115,6 +121,7 @@ def _room(row: sqlite3.Row) -> Room:
         codecs=tuple(json.loads(row["codecs"])),
         region=row["region"],
         empty_timeout_s=row["empty_timeout_s"],
+        recording=bool(row["recording"]),
     )
     return Room(spec=spec, node_id=row["node_id"], state=RoomState(row["state"]), placed_at=row["placed_at"],
                 participants=row["participants"])
@@ -123,7 +130,7 @@ def _room(row: sqlite3.Row) -> Room:
 def _room_params(room: Room) -> tuple[Any, ...]:
     s = room.spec
     return (s.room, room.node_id, room.state.value, room.placed_at, s.max_participants,
-            json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, room.participants)
+            json.dumps(list(s.codecs)), s.region, s.empty_timeout_s, room.participants, int(s.recording))
 
 
 class SqliteStore(Store):
@@ -231,7 +238,7 @@ class SqliteStore(Store):
             if row is None:
                 spec = settings(room) if settings is not None else RoomSpec(room=room)
                 learnt = Room(spec=spec, node_id=node_id, state=RoomState.LIVE, placed_at=now_ms, participants=count or 0)
-                c.execute(f"INSERT INTO rooms ({ROOM_COLS}, seen_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                c.execute(f"INSERT INTO rooms ({ROOM_COLS}, seen_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                           (*_room_params(learnt), now_ms))
                 continue
             if row["node_id"] != node_id:
@@ -263,9 +270,9 @@ class SqliteStore(Store):
             if old is not None:
                 self._lose_rooms(c, reg.id)
             c.execute(
-                f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0,?)",
+                f"INSERT OR REPLACE INTO nodes ({NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,0,1,0,0,0,0,0,0,?,?)",
                 (reg.id, reg.url, reg.stored_media_host, reg.media_port, reg.region, reg.capacity.max_participants,
-                 reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance),
+                 reg.capacity.max_rooms, reg.version, now_ms, now_ms + lease_ms, reg.instance, reg.media_tcp_port),
             )
             taken = self._claim(c, reg.id, reg.listing(), now_ms, reg.settings_of)
             dropped: list[str] = []
@@ -357,7 +364,7 @@ class SqliteStore(Store):
                 return Placement(choice.outcome, live_nodes=choice.live_nodes, passing_nodes=choice.passing_nodes)
             c.execute("UPDATE nodes SET placed = placed + 1 WHERE id = ?", (choice.node.id,))
             room = Room(spec=spec, node_id=choice.node.id, state=RoomState.LIVE, placed_at=now_ms)
-            c.execute(f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", _room_params(room))
+            c.execute(f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _room_params(room))
             return Placement(
                 PlacementOutcome.PLACED, room, self._get_node(c, choice.node.id), previous,
                 choice.live_nodes, choice.passing_nodes,
@@ -376,7 +383,7 @@ class SqliteStore(Store):
                 c.execute("DELETE FROM rooms WHERE room = ?", (room,))
             else:
                 c.execute(
-                    f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", _room_params(restore)
+                    f"INSERT OR REPLACE INTO rooms ({ROOM_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _room_params(restore)
                 )
 
         await self._tx(tx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 MS_PER_MINUTE = 60_000
@@ -48,6 +49,15 @@ def merge(into: dict[int, int], more: dict[int, int]) -> None:
         into[period] = into.get(period, 0) + ms
 
 
+class JoinKind(StrEnum):
+    """Where a quota refused a join: the ``join`` label of ``usage_quota_refusals_total``."""
+
+    WHIP = "whip"
+    WHEP = "whep"
+    RTC = "rtc"  # the WebSocket's ``join``
+    TOKEN = "token"  # the control plane's ``POST /v1/tokens``
+
+
 class RecordingMinutes(Protocol):
     """What a recorder needs to count its minutes (``sfu.api.usage.NodeUsage`` on a node): each
     recording's span, in epoch milliseconds (wall clock), once it ends."""
@@ -67,6 +77,10 @@ class UsageMeter:
     closed: dict[int, int] = field(default_factory=dict)
     #: recording time added since the last take, per period
     recording: dict[int, int] = field(default_factory=dict)
+    #: every participant and recording millisecond this meter ever counted (live participants up
+    #: to their last take), whatever became of the takes: the ``usage_*_seconds_total`` counters
+    counted_participant_ms: int = 0
+    counted_recording_ms: int = 0
 
     def join(self, key: str, now_ms: int) -> None:
         self.live.setdefault(key, now_ms)
@@ -75,9 +89,17 @@ class UsageMeter:
         since = self.live.pop(key, None)
         if since is not None:
             merge(self.closed, split(since, now_ms, self.start_day))
+            self.counted_participant_ms += max(0, now_ms - since)
 
     def add_recording(self, start_ms: int, end_ms: int) -> None:
         merge(self.recording, split(start_ms, end_ms, self.start_day))
+        self.counted_recording_ms += max(0, end_ms - start_ms)
+
+    def counted(self, now_ms: int) -> tuple[int, int]:
+        """(participant ms, recording ms) counted since this meter began, the live participants'
+        time up to ``now_ms`` included: never decreasing while ``now_ms`` does not."""
+        live = sum(max(0, now_ms - since) for since in self.live.values())
+        return self.counted_participant_ms + live, self.counted_recording_ms
 
     def pending(self, now_ms: int) -> tuple[dict[int, int], dict[int, int]]:
         """What ``take`` would hand over now (participant ms, recording ms per period), taking nothing."""
@@ -91,6 +113,7 @@ class UsageMeter:
         out = self.pending(now_ms)
         self.closed, self.recording = {}, {}
         for key, since in self.live.items():
+            self.counted_participant_ms += max(0, now_ms - since)
             self.live[key] = max(since, now_ms)
         return out
 

@@ -14,6 +14,7 @@ from levelchat import console
 from levelchat.errors import ApiError
 from levelchat.ratelimit import Limit, make_rate_limit_middleware
 from levelchat.tokens import Claims, validate_room
+from levelchat.usage.meter import JoinKind
 from levelchat.web import (
     bearer_token,
     json_response,
@@ -126,17 +127,22 @@ def _sdp_created(
             "ETag": etag,
         },
     )
-    # the TURN servers, with a credential minted for this session (RFC 9725 §4.6)
-    for server in _node(request).ice_servers(identity):
+    _add_ice_servers(resp, _node(request), identity)
+    return resp
+
+
+def _add_ice_servers(resp: web.Response, node: Node, identity: str) -> None:
+    """The TURN servers, with a credential minted now for this session (RFC 9725 §4.6): on the
+    ``201`` and on an ICE restart's ``200`` (a client restarting may have let the first expire)."""
+    for server in node.ice_servers(identity):
         for value in server.link_values():
             resp.headers.add("Link", value)
-    return resp
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
     node, room_id, claims = _room_claims(request, *WHIP_SCOPES)
     offer = await _read_sdp(request)
-    node.usage.check_quota()
+    node.usage.check_quota(JoinKind.WHIP)
     now = clock.now_ms()
     room = node.room_for_join(room_id, now)
     owner = _owner(claims, "whip", WHIP_SCOPES)
@@ -150,7 +156,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     offer = await _read_sdp(request)
     if node.revoked:
         raise ApiError("node_revoked", "this node was revoked and accepts no new work")
-    node.usage.check_quota()
+    node.usage.check_quota(JoinKind.WHEP)
     now = clock.now_ms()
     room = node.existing_room(room_id, now)
     owner = _owner(claims, "whep", WHEP_SCOPES)
@@ -234,9 +240,11 @@ async def session_patch(request: web.Request) -> web.StreamResponse:
     )
     if result.fragment is None:
         return web.Response(status=204, headers={"ETag": result.etag})
-    return web.Response(
+    resp = web.Response(
         status=200, body=result.fragment.encode(), headers={"Content-Type": sdpfrag.CONTENT_TYPE, "ETag": result.etag}
     )
+    _add_ice_servers(resp, node, session.owner.identity)
+    return resp
 
 
 # -- rooms -----------------------------------------------------------------------------------------

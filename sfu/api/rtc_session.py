@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from levelchat.errors import ApiError
 from levelchat.tokens import Claims
+from levelchat.usage.meter import JoinKind
 from sfu import clock
 from sfu.api.jsonrpc import RpcCode, RpcError, notification
 from sfu.api.rtc_data import DataService, data_only_offer, data_section
@@ -211,7 +212,7 @@ class RtcSession:
         if name is not None and (not isinstance(name, str) or len(name) > 128):
             raise RpcError(RpcCode.INVALID_PARAMS, ApiError("bad_request", "params.name must be a string of at most 128 characters"))
         node = self.service.node
-        node.usage.check_quota()
+        node.usage.check_quota(JoinKind.RTC)
         now = clock.now_ms()
         room = node.room_for_join(self.room_id, now)
         participant = Participant(

@@ -23,7 +23,8 @@ from aiohttp import web
 from levelchat.errors import ApiError
 from levelchat.tokens import TokenVerifier
 from levelchat.usage.book import UsageBook
-from levelchat.usage.meter import Usage, UsageMeter, merge, period_start_ms
+from levelchat.usage.meter import JoinKind, Usage, UsageMeter, merge, period_start_ms
+from levelchat.usage.metrics import UsageFigures
 from levelchat.usage.report import UsageReport
 from levelchat.web import bearer_token, json_response
 from sfu.routing.events import RoomEvent, RoomEventKind
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from sfu.config import NodeConfig
 
 log = logging.getLogger(__name__)
+
+#: where a node refuses joins for the quota
+NODE_JOINS = (JoinKind.WHIP, JoinKind.WHEP, JoinKind.RTC)
 
 
 class NodeUsage:
@@ -54,6 +58,8 @@ class NodeUsage:
         self.control_quota: float | None = None
         #: a worker of a node under a control plane: the project's total the front last heard
         self._control = (0, 0, 0)
+        #: joins refused with quota_exceeded (levelchat.usage.metrics)
+        self.refusals = dict.fromkeys(NODE_JOINS, 0)
 
     async def start(self, http_port: int) -> None:
         if self.reporting:
@@ -181,15 +187,22 @@ class NodeUsage:
             quota_participant_minutes=self.quota,
         )
 
+    def figures(self) -> UsageFigures:
+        """For ``/metrics`` (``levelchat.usage.metrics``)."""
+        participant_ms, recording_ms = self.meter.counted(self.now_ms())
+        return UsageFigures(participant_ms, recording_ms, dict(self.refusals), self.current())
+
     @property
     def quota(self) -> float:
         return self.config.quota_participant_minutes if self.control_quota is None else self.control_quota
 
-    def check_quota(self) -> None:
-        """Before a new join: ``quota_exceeded`` once the period's participant-minutes are used up."""
+    def check_quota(self, join: JoinKind) -> None:
+        """Before a new join: ``quota_exceeded`` once the period's participant-minutes are used up
+        (counted by ``join`` for ``usage_quota_refusals_total``)."""
         if self.quota > 0:
             usage = self.current()
             if usage.exhausted:
+                self.refusals[join] += 1
                 raise ApiError(
                     "quota_exceeded",
                     f"this period's {self.quota:g} participant-minutes are used up "

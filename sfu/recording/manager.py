@@ -37,6 +37,7 @@ from levelchat.errors import ApiError
 from levelchat.usage.meter import RecordingMinutes
 from sfu import clock
 from sfu.packet.depacketize import codec_of
+from sfu.recording.follow import LayerFollower
 from sfu.recording.tap import TapBuffer
 from sfu.recording.wire import MAX_LINE_BYTES, MAX_TRACKS, SR_BODY, Kind, encode, track_message
 from sfu.routing.events import RoomEvent, RoomEventKind
@@ -99,7 +100,9 @@ class Recording:
         self.proc: asyncio.subprocess.Process | None = None
         self.taps = TapBuffer()
         self.dropped = self.taps.dropped  # per track index: packets the taps could not buffer
-        self.tracks: dict[str, tuple[int, PublishedTrack]] = {}  # sid -> (index, track)
+        self.tracks: dict[str, tuple[int, PublishedTrack]] = {}  # source sid -> (index, layer recorded now)
+        #: simulcast sources move to their best layer at its keyframe (sfu.recording.follow)
+        self.follower = LayerFollower(self.tracks, self.switch_layer)
         self._sr_sent: dict[int, tuple[int, int, int] | None] = {}
         self.ready: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.tasks: list[asyncio.Task[None]] = []
@@ -131,6 +134,8 @@ class Recording:
         index = len(self.tracks)
         self.tracks[source.sid] = (index, track)
         spec = {"sid": source.sid, "kind": track.kind, "codec": track.codec.name, "clock_rate": track.codec.clock_rate}
+        if track.rid is not None:
+            spec["rid"] = track.rid
         self.put(track_message(index, spec))
         self._sr_sent[index] = None
         self.send_reports()
@@ -139,7 +144,20 @@ class Recording:
             track.request_keyframe(now_ms, wait=False)  # the recording starts at a keyframe
         return True
 
+    def switch_layer(self, sid: str, layer: PublishedTrack, now_ms: int) -> None:
+        """Record ``layer`` for source ``sid`` from the packet being tapped (its keyframe's first):
+        the recorder starts a new segment of the track's file (``Kind.LAYER``), and gets the
+        layer's sender report (its RTP time on the publisher's clock) before the layer's packets."""
+        index, old = self.tracks[sid]
+        old.tap = None
+        self.tracks[sid] = (index, layer)
+        self.put(encode(Kind.LAYER, index, now_ms, json.dumps({"rid": layer.rid}).encode()))
+        self._sr_sent[index] = None
+        self.send_reports()
+        layer.tap = self.taps.make_tap(index)
+
     def detach_all(self) -> None:
+        self.follower.detach()
         for _index, track in self.tracks.values():
             track.tap = None
 
@@ -261,6 +279,7 @@ class RecordingManager:
 
     async def _pump(self, rec: Recording) -> None:
         while rec.status is RecordingStatus.RECORDING:
+            rec.follower.tick(clock.now_ms())
             rec.send_reports()
             rec.flush()
             await asyncio.sleep(FLUSH_INTERVAL_S)

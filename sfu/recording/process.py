@@ -75,6 +75,9 @@ def run(directory: str, max_bytes: int) -> int:
                             writers[msg.track] = TrackWriter(directory, msg.track, json.loads(msg.body))
                         except ValueError:
                             ignored += 1
+                elif msg.kind is Kind.LAYER:
+                    if w is not None:
+                        w.on_layer(msg.body, msg.arrival_ms, budget)
                 elif msg.kind is Kind.END:
                     done = True
                     break

@@ -6,6 +6,9 @@ Node to recorder (the recorder's stdin): frames of a header ``kind, track, lengt
 * ``RTP``: one clear RTP packet of track ``track`` as the node received it (after SRTP);
 * ``SR``: the track's latest RTCP sender report, ``!QI`` (NTP time, RTP timestamp);
 * ``TRACK``: JSON ``{"sid", "kind", "codec", "clock_rate"}``, before the track's first packet;
+* ``LAYER``: JSON ``{"rid"}``: from the next packet on, the track's packets are another simulcast
+  layer's (another SSRC, sequence and timestamp space), starting at a keyframe; its sender
+  report follows before its packets;
 * ``END``: stop, finish the files.
 
 Recorder to node (its stdout): one JSON object per line, ``{"event": ...}``: ``ready`` (the
@@ -33,6 +36,7 @@ class Kind(enum.IntEnum):
     SR = 2
     TRACK = 3
     END = 4
+    LAYER = 5
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,19 @@ which stays playable up to its last cluster when the process dies, unlike an MP4
 ``moov``).  Each file starts at its first frame (pts 0); where that frame falls on the
 publisher's clock comes from its RTCP sender reports (NTP), reported as ``started_at`` so that
 files of one participant can be lined up (their ``offset_s`` in the recording).
+
+A simulcast source is recorded one layer at a time (``sfu.recording.follow``); a move to another
+layer (``on_layer``) starts a new *segment* of the same file: what the old layer left in the
+jitter buffer and the assembler is written, then the new layer's packets (another sequence and
+timestamp space, from a keyframe) go through a fresh jitter buffer and assembler.  Its
+timestamps are put on the file's timeline (the first layer's RTP clock) through the two layers'
+sender reports (the same publisher clock), or, without them, after the last frame by the time
+between the packets' arrivals.  ``layers`` lists each segment's rid and where it starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from fractions import Fraction
@@ -39,6 +48,9 @@ PLACEHOLDER_SIZE = (640, 480)
 #: sender reports kept per track: where the first frame falls is their median (one report sent
 #: late by a loaded publisher does not move it)
 MAX_REPORTS = 64
+#: a layer's timestamps mapped by sender reports further than this from the file's last frame are
+#: not believed (the arrival times place the segment instead)
+MAX_SWITCH_JUMP_S = 10
 #: a cluster a second at most, written out as soon as it closes: a recorder that dies loses at
 #: most about a second, and a full disk is found within a second or so (not at the end)
 MUXER_OPTIONS = {"cluster_time_limit": "1000", "cluster_size_limit": "1048576", "flush_packets": "1"}
@@ -95,11 +107,25 @@ class TrackWriter:
         self._container: Any = None
         self._stream: Any = None
         self._time_base = Fraction(1, self.clock_rate)
-        self._first_ts = -1  # extended RTP timestamp of the first frame
-        self._last_ts = -1
+        self._first_ts = -1  # the first frame's timestamp on the file's timeline (extended)
+        self._last_ts = -1  # the last frame's, on the file's timeline
         self._last_pts = -1
-        #: the publisher's sender reports (NTP 64-bit, RTP ts), the first ``MAX_REPORTS``
+        #: the publisher's sender reports (NTP 64-bit, RTP ts) in the file's timestamp space (the
+        #: first segment's), the first ``MAX_REPORTS``
         self.reports: list[tuple[int, int]] = []
+        # -- segments (simulcast layers) --
+        self._seg_last = -1  # the segment's last frame's extended timestamp, in its own space
+        self._seg_offset: int | None = 0  # segment space + offset = file timeline; None: not placed yet
+        self._seg_sr: tuple[float, int] | None = None  # the segment's newest report: (NTP s, RTP ts)
+        self._file_sr: tuple[float, int] | None = None  # a report on the file's timeline: (NTP s, ext ts)
+        self._arrival = 0  # the arrival (ms, 32 bits) of the packet being taken
+        self._switch_arrival = 0  # the last packet's before the move
+        self._pending_rid: str | None = None
+        self._file_space = True  # the segment's timestamps are the file's (its reports date the file)
+        rid = spec.get("rid")
+        #: the layers recorded: rid and the second of the file it starts at
+        self.layers: list[dict[str, Any]] = [{"rid": rid, "at_s": 0.0}] if isinstance(rid, str) else []
+        self._past = {"frames": 0, "frames_skipped": 0, "malformed": 0, "packets_lost": 0, "packets_late": 0}
         self.frame_bytes = 0
         self.malformed_packets = 0
         self.truncated = False
@@ -113,6 +139,7 @@ class TrackWriter:
             self.malformed_packets += 1
             return False
         seq, ts, marker, payload = fields
+        self._arrival = arrival_ms
         skipped = self.assembler.frames_skipped
         self._take(self.jitter.push(seq, arrival_ms, (ts, marker, payload)), budget)
         if self.assembler.frames_skipped != skipped and arrival_ms - self._last_pli_ms >= KEYFRAME_REQUEST_INTERVAL_MS:
@@ -121,8 +148,42 @@ class TrackWriter:
         return False
 
     def on_sr(self, ntp: int, rtp_ts: int) -> None:
-        if len(self.reports) < MAX_REPORTS:
+        self._seg_sr = ((ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32, rtp_ts)
+        if self._file_space and len(self.reports) < MAX_REPORTS:
             self.reports.append((ntp, rtp_ts))
+
+    def on_layer(self, body: bytes, arrival_ms: int, budget: list[int]) -> None:
+        """The track's packets are another layer's from the next one on: the segment so far is
+        written out, the next one starts fresh (placed on the timeline at its first frame)."""
+        self._take(self.jitter.flush(), budget)
+        self._write(self.assembler.flush(), budget)
+        if self._seg_sr is not None and self._seg_offset is not None and self._seg_last >= 0:
+            ntp_s, rtp_ts = self._seg_sr
+            self._file_sr = (ntp_s, self._extend(rtp_ts) + self._seg_offset)
+        past = self._past
+        past["frames"] += self.assembler.frames
+        past["frames_skipped"] += self.assembler.frames_skipped
+        past["malformed"] += self.assembler.malformed
+        past["packets_lost"] += self.jitter.lost
+        past["packets_late"] += self.jitter.late
+        self.jitter = JitterBuffer(max_packets=JITTER_MAX_PACKETS, max_delay_ms=JITTER_MAX_DELAY_MS)
+        self.assembler = FrameAssembler(self.codec)
+        # a file without a frame yet: the new layer's space becomes the file's
+        self._file_space = self._first_ts < 0
+        self._seg_offset = 0 if self._file_space else None
+        if self._file_space:
+            self.reports.clear()
+            self.layers.clear()
+        self._seg_last = -1
+        self._seg_sr = None
+        self._switch_arrival = self._arrival
+        try:
+            rid = json.loads(body).get("rid")
+        except (ValueError, AttributeError):
+            rid = None
+        self._pending_rid = rid if isinstance(rid, str) else None
+        if self._file_space and self._pending_rid is not None:
+            self.layers.append({"rid": self._pending_rid, "at_s": 0.0})
 
     def finish(self, budget: list[int]) -> None:
         self._take(self.jitter.flush(), budget)
@@ -178,7 +239,13 @@ class TrackWriter:
                 return
             if self._container is None:
                 self._open(frame)
-            ext = self._extend(frame.timestamp)
+            seg_ext = self._extend(frame.timestamp)
+            self._seg_last = seg_ext
+            if self._seg_offset is None:
+                self._seg_offset = self._place(seg_ext)
+                at = (seg_ext + self._seg_offset - self._first_ts) / self.clock_rate
+                self.layers.append({"rid": self._pending_rid, "at_s": round(at, 3)})
+            ext = seg_ext + self._seg_offset
             if self._first_ts < 0:
                 self._first_ts = ext
             pts = ext - self._first_ts
@@ -199,12 +266,35 @@ class TrackWriter:
             self.frame_bytes += len(frame.data)
 
     def _extend(self, ts: int) -> int:
-        if self._last_ts < 0:
+        """``ts`` extended in the segment's own space (near its last frame's)."""
+        if self._seg_last < 0:
             return ts
-        delta = (ts - self._last_ts) & 0xFFFFFFFF
+        delta = (ts - self._seg_last) & 0xFFFFFFFF
         if delta >= 0x80000000:
             delta -= 0x100000000
-        return self._last_ts + delta
+        return self._seg_last + delta
+
+    def _place(self, seg_ext: int) -> int:
+        """The offset that puts a new segment's first frame (``seg_ext``, its own space) on the
+        file's timeline: where the publisher's clock says (both layers' sender reports), else the
+        time between the old layer's last packet and this one after the last frame; never at or
+        before the last frame."""
+        clock = self.clock_rate
+        target: int | None = None
+        if self._seg_sr is not None and self._file_sr is not None:
+            ntp_new, rtp_new = self._seg_sr
+            delta = (rtp_new - seg_ext) & 0xFFFFFFFF
+            if delta >= 0x80000000:
+                delta -= 0x100000000
+            frame_ntp = ntp_new - delta / clock
+            ntp_file, ext_file = self._file_sr
+            target = ext_file + round((frame_ntp - ntp_file) * clock)
+            if abs(target - self._last_ts) > MAX_SWITCH_JUMP_S * clock:
+                target = None  # reports that do not agree: placed by arrival
+        if target is None:
+            waited = (self._arrival - self._switch_arrival) & 0xFFFFFFFF
+            target = self._last_ts + waited * clock // 1000
+        return max(target, self._last_ts + 1) - seg_ext
 
     # -- the result --------------------------------------------------------------------------
     @property
@@ -223,7 +313,8 @@ class TrackWriter:
         return statistics.median(starts)
 
     def describe(self) -> dict[str, Any]:
-        frames = self.assembler.frames
+        past = self._past
+        frames = past["frames"] + self.assembler.frames
         span = (self._last_ts - self._first_ts) / self.clock_rate if self._first_ts >= 0 else 0.0
         # the last frame lasts as long as the frames before it did on average
         duration = span + (span / (frames - 1) if frames > 1 else 0.0)
@@ -238,10 +329,11 @@ class TrackWriter:
             "frames": frames,
             "started_at": self.started_at,
             "gaps": {
-                "packets_lost": self.jitter.lost,
-                "packets_late": self.jitter.late,
-                "frames_skipped": self.assembler.frames_skipped,
-                "malformed": self.assembler.malformed + self.malformed_packets,
+                "packets_lost": past["packets_lost"] + self.jitter.lost,
+                "packets_late": past["packets_late"] + self.jitter.late,
+                "frames_skipped": past["frames_skipped"] + self.assembler.frames_skipped,
+                "malformed": past["malformed"] + self.assembler.malformed + self.malformed_packets,
             },
             "truncated": self.truncated,
+            "layers": self.layers,
         }

@@ -18,6 +18,7 @@ export const DEFAULTS = Object.freeze({
   backoffMaxMs: 8000, // ... up to this; each wait is drawn from [d/2, d] (jitter)
   iceTimeoutMs: 15000, // a transport not connected this long after negotiating counts as failed
   iceRestarts: 1, // ICE restarts of a failed transport before the TURN relay fallback
+  dtlsRetries: 1, // fresh joins (new transports) after a DTLS failure before giving up on it
 });
 
 const POLICIES = new Set(["all", "relay"]);
@@ -92,6 +93,7 @@ export function validateOptions(options) {
     backoffMaxMs: wholeNumber(options, "backoffMaxMs", 1, 600000),
     iceTimeoutMs: wholeNumber(options, "iceTimeoutMs", 0, 600000),
     iceRestarts: wholeNumber(options, "iceRestarts", 0, 10),
+    dtlsRetries: wholeNumber(options, "dtlsRetries", 0, 10),
   };
   if (out.backoffMaxMs < out.backoffBaseMs) throw invalid("backoffMaxMs", "must not be below backoffBaseMs");
   return Object.freeze(out);

@@ -15,6 +15,7 @@ const IDEMPOTENT = new Set(["ping", "mute", "set_layer", "update_subscription", 
 const FINAL_CLOSE = (code) => code === 1000 || (code >= 4000 && code < 5000);
 /** The close code the SDK uses for a socket it gives up on (not 1000/1001: the node keeps the seat). */
 const CLOSE_RECONNECT = 4100;
+const CLOSE_ENDED = 4000; // the node ended the session; its reason "dtls_failed": a media transport's DTLS
 
 function rtcUrl(url, token, ws) {
   const u = new URL("/v1/rtc", url);
@@ -203,6 +204,7 @@ export class SignalingRoom extends Emitter {
       this._dropSocket();
       return;
     }
+    if (ev.code === CLOSE_ENDED && ev.reason === "dtls_failed" && this._serverDtlsFailed()) return;
     if (!this.config.reconnect || FINAL_CLOSE(ev.code)) {
       this._end(ev.reason || "closed", ev.code);
       return;
@@ -214,8 +216,26 @@ export class SignalingRoom extends Emitter {
   _lost(err) {
     if (this._closed || this.state === "reconnecting") return;
     this._dropSocket();
+    this._reconnect(err, true);
+  }
+
+  /** Join again afresh (the media transports failed beyond repair, `err` already reported): the
+   * socket is closed normally, so the node ends the old seat, and a new one joins without resume,
+   * then _rebuild opens new transports and publishes again. */
+  _rejoin(err) {
+    if (this._closed || this.state !== "connected") return; // a reconnection under way rebuilds as needed
+    this._resume = null;
+    this._dropSocket(1000, "rejoin");
+    this._reconnect(err, false);
+  }
+
+  /** The node ended the session because a media transport's DTLS failed (before this page saw
+   * it): true when the subclass retries (a fresh join), else the session ends. */
+  _serverDtlsFailed() { return false; }
+
+  _reconnect(err, report) {
     this._setState("reconnecting");
-    this.emit("error", err);
+    if (report) this.emit("error", err);
     this.emit("reconnecting", { attempt: 0, error: err });
     let done;
     this._connected = new Promise((resolve) => { done = resolve; });
@@ -259,7 +279,8 @@ export class SignalingRoom extends Emitter {
   _end(reason, code) {
     const wasOpen = !this._closed;
     this._teardown();
-    if (wasOpen) this.emit("disconnected", { reason, code });
+    const detail = this._endDetail;
+    if (wasOpen) this.emit("disconnected", detail ? { reason, code, detail } : { reason, code });
   }
 
   _startHeartbeat() {
@@ -381,6 +402,11 @@ export class SignalingRoom extends Emitter {
         break;
       case "offer":
         this._onOffer(params);
+        return;
+      case "disconnected":
+        // the node ends this session; its close follows: the room ends with the close's reason
+        // (this detail in the "disconnected" event), or the SDK retries (a DTLS failure)
+        this._endDetail = typeof params?.detail === "string" ? params.detail : undefined;
         return;
       default:
         break;

@@ -2,7 +2,9 @@
 // "failed", or not "connected" within iceTimeoutMs of a negotiation), first ICE restarts
 // (config.iceRestarts), then, when TURN servers are known and the policy is not already
 // "relay", the relay fallback (iceTransportPolicy "relay", one more restart), and only then
-// transport/ice-failed. A failure while ICE is connected is DTLS's: transport/dtls-failed.
+// transport/ice-failed. A failure while ICE is connected is DTLS's: transport/dtls-failed, and
+// the negotiation is retried (an ICE restart cannot mend DTLS: the room joins again afresh with
+// new transports, config.dtlsRetries times, "rejoin" recovery).
 
 import { LevelChatError } from "./levelchat-errors.js";
 
@@ -26,7 +28,10 @@ export class TransportWatch {
    * @param {RTCPeerConnection} pc
    * @param {"publisher"|"subscriber"} name
    * @param {{config: object, rtcConfig: () => RTCConfiguration, restart: () => Promise<unknown>,
-   *          emit: (event: string, value: unknown) => void, closed: () => boolean}} room
+   *          emit: (event: string, value: unknown) => void, closed: () => boolean,
+   *          rejoin: (name: string) => number | null, connected: (name: string) => void}} room
+   *   rejoin: retry after a DTLS failure (a fresh join), the attempt's number, or null when no
+   *   retry is left; connected: the transport connected
    */
   constructor(pc, name, room) {
     this.pc = pc;
@@ -36,6 +41,7 @@ export class TransportWatch {
     this.relay = room.rtcConfig().iceTransportPolicy === "relay";
     this.relayFallback = false;
     this.gaveUp = false;
+    this.stopped = false;
     this.timer = null;
     this.busy = false;
     this.watched = new WeakSet(); // DTLS transports listened to
@@ -44,6 +50,7 @@ export class TransportWatch {
         this.restarts = 0;
         this.gaveUp = false;
         this._clear();
+        this.room.connected(this.name);
       } else if (pc.connectionState === "failed") {
         this.failed("failed");
       }
@@ -72,14 +79,23 @@ export class TransportWatch {
     this.timer = null;
   }
 
-  close() { this._clear(); }
+  /** The transport is given up on (closed, or replaced by a fresh join): nothing more is reported. */
+  close() {
+    this.stopped = true;
+    this._clear();
+  }
 
   async failed(why) {
-    if (this.room.closed() || this.gaveUp || this.busy) return;
+    if (this.stopped || this.room.closed() || this.gaveUp || this.busy) return;
     if (dtlsFailed(this.pc)) {
       this.gaveUp = true;
-      this.room.emit("error", new LevelChatError("transport/dtls-failed",
-        `the ${this.name} transport's DTLS handshake failed after ICE connected`));
+      this._clear();
+      const attempt = this.room.rejoin(this.name);
+      const base = `the ${this.name} transport's DTLS handshake failed after ICE connected`;
+      this.room.emit("error", new LevelChatError("transport/dtls-failed", attempt !== null
+        ? `${base}: joining again with new transports (retry ${attempt} of ${this.room.config.dtlsRetries})`
+        : `${base}${this.room.config.dtlsRetries ? ` after ${this.room.config.dtlsRetries} retry(ies) with new transports` : ""}`));
+      if (attempt !== null) this.room.emit("transport_recovery", { transport: this.name, action: "rejoin", reason: "dtls" });
       return;
     }
     let action;

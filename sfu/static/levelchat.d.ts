@@ -98,6 +98,8 @@ export interface ClientOptions {
   iceTimeoutMs?: number;
   /** ICE restarts of a failed transport before the TURN relay fallback (default 1) */
   iceRestarts?: number;
+  /** fresh joins with new transports after a DTLS failure before giving up on it (default 1, 0 to 10) */
+  dtlsRetries?: number;
 }
 
 export type RoomState = "connecting" | "connected" | "reconnecting" | "disconnected";
@@ -165,7 +167,7 @@ export interface RoomEvents {
   state: { state: RoomState; previous: RoomState };
   reconnecting: { attempt: number; error: LevelChatError };
   reconnected: { resumed: boolean };
-  transport_recovery: { transport: "publisher" | "subscriber"; action: "ice-restart" | "relay"; reason: "failed" | "timeout" };
+  transport_recovery: { transport: "publisher" | "subscriber"; action: "ice-restart" | "relay" | "rejoin"; reason: "failed" | "timeout" | "dtls" };
   data: { from: string; data: string | Uint8Array; reliable: boolean };
   participant_joined: { participant: ParticipantInfo };
   participant_left: { participant: string; sid: string; reason: string };
@@ -176,7 +178,7 @@ export interface RoomEvents {
   track_unpublished: { participant: string; track: string };
   track_muted: { participant: string; track: string; muted: boolean; by?: "server" };
   active_speakers: { speakers: { participant: string; track: string; level: number }[] };
-  disconnected: { reason: string; code: number | null };
+  disconnected: { reason: string; code: number | null; detail?: string };
   node_draining: { reason: string };
   room_closed: { room: string; reason: string };
   /** the room's recording changed status; a failure is also an "error" event recording/backend-failed */

@@ -67,6 +67,8 @@ export class Room extends SignalingRoom {
     this._watches = new Map(); // "publisher" | "subscriber" -> TransportWatch
     // dynacast: the node's subscribed_layers pause and resume this participant's encodings
     this.layerSwitch = new LayerSwitch((sid) => this._senderOf(sid), (event) => this.emit("subscribed_layers", event));
+    // fresh joins after DTLS failures (config.dtlsRetries); final: given up (reported once)
+    this._dtlsRetried = { count: 0, transport: null, final: false };
   }
 
   _senderOf(trackSid) {
@@ -116,9 +118,42 @@ export class Room extends SignalingRoom {
       restart,
       emit: (event, value) => this.emit(event, value),
       closed: () => this._closed,
+      rejoin: (transport) => this._dtlsRetry(transport),
+      connected: (transport) => {
+        if (this._dtlsRetried.transport === transport) this._dtlsRetried = { count: 0, transport: null, final: false };
+      },
     });
     this._watches.set(name, watch);
     return watch;
+  }
+
+  /** A transport's DTLS failed: the negotiation is retried with new transports (a fresh join,
+   * rebuilt as after the grace period) up to config.dtlsRetries times until that transport
+   * connects again. Returns the retry's number, or null when none is left. */
+  _dtlsRetry(transport) {
+    for (const w of this._watches.values()) w.close(); // the other transport failing too is the same failure
+    if (this._closed || this._dtlsRetried.count >= this.config.dtlsRetries) {
+      this._dtlsRetried.final = true;
+      return null;
+    }
+    this._dtlsRetried = { count: this._dtlsRetried.count + 1, transport, final: false };
+    setTimeout(() => this._rejoin(new LevelChatError("transport/dtls-failed", `the ${transport} transport's DTLS failed`)), 0);
+    return this._dtlsRetried.count;
+  }
+
+  /** The node saw the DTLS failure first and ended the session (close 4000 "dtls_failed"):
+   * reported and retried as when a transport here sees it (TransportWatch). */
+  _serverDtlsFailed() {
+    if (this.state !== "connected" || this._dtlsRetried.final) return false; // reported already: the session ends
+    const transport = this.publisher && this.publisher.connectionState !== "connected" ? "publisher" : "subscriber";
+    const attempt = this._dtlsRetry(transport);
+    const base = `the node ended the session: the ${transport} transport's DTLS handshake failed`;
+    this.emit("error", new LevelChatError("transport/dtls-failed", attempt !== null
+      ? `${base}: joining again with new transports (retry ${attempt} of ${this.config.dtlsRetries})`
+      : `${base}${this.config.dtlsRetries ? ` after ${this.config.dtlsRetries} retry(ies) with new transports` : ""}`));
+    if (attempt === null) return false; // the session ends: "disconnected" {reason: "dtls_failed"}
+    this.emit("transport_recovery", { transport, action: "rejoin", reason: "dtls" });
+    return true;
   }
 
   _onOffer(offer) {

@@ -421,6 +421,10 @@ class Front(HttpBound):
     def media_port(self) -> int:
         return self.workers[0].media_port
 
+    @property
+    def tcp_port(self) -> int | None:
+        return self.workers[0].tcp_port
+
     def room_ids(self) -> list[str]:
         rooms: set[str] = set()
         for w in self.workers:

@@ -100,6 +100,12 @@ class Worker:
         port = (self.status or {}).get("media_port")
         return int(port) if isinstance(port, int) else self.config.media_port
 
+    @property
+    def tcp_port(self) -> int | None:
+        """The worker's ICE-TCP port as it reported it (None: off, or not reported yet)."""
+        port = (self.status or {}).get("tcp_port")
+        return port if isinstance(port, int) and not isinstance(port, bool) and port > 0 else None
+
     def cpu_seconds(self) -> float:
         if self.proc is not None and self.proc.returncode is None:
             now = proc_cpu_seconds(self.proc.pid)

@@ -141,6 +141,7 @@ class WorkerNode(Node):
             "participants": snap.participants,
             "packets_out": snap.packets_out,
             "media_port": self.media_port,
+            "tcp_port": self.tcp_port,
         }
 
     async def _status(self, request: web.Request) -> web.StreamResponse:

@@ -22,7 +22,7 @@ from playwright.async_api import Browser, Page, expect
 
 from levelchat.errors import CATALOGUE
 from tests.e2e.clients import WhipPublisher
-from tests.e2e.procs import Proc, Procs, admin_token, call, wait_nodes_state
+from tests.e2e.procs import ADMIN_SCOPES, Proc, Procs, admin_token, call, wait_nodes_state
 
 ROOM = "console-room"
 NODE_ID = "sfu-console"
@@ -63,7 +63,8 @@ async def participants(cluster: Cluster) -> dict[str, dict[str, Any]]:
 
 async def sign_in(page: Page, url: str) -> None:
     await page.goto(url + "/console")
-    await page.get_by_label("Admin token").fill(admin_token())
+    # the operator's token: the recording buttons need recording:write besides room:admin
+    await page.get_by_label("Admin token").fill(admin_token(*ADMIN_SCOPES, "recording:write"))
     await page.get_by_role("button", name="Sign in").click()
 
 
@@ -77,7 +78,7 @@ async def test_console_shows_the_cluster_and_performs_each_action(
     cluster: Cluster, browser: Browser, tmp_path: Path
 ) -> None:
     shots = shots_dir(tmp_path)
-    reply = await call("POST", cluster.control.url + "/v1/rooms", {"room": ROOM})
+    reply = await call("POST", cluster.control.url + "/v1/rooms", {"room": ROOM, "recording": True})
     assert reply.status == 201 and reply.body["node"]["id"] == NODE_ID, reply.body
     publishers = [
         WhipPublisher(cluster.node.url, ROOM, admin_token("room:join", "room:publish", room=ROOM, identity=who))
@@ -122,21 +123,20 @@ async def test_console_shows_the_cluster_and_performs_each_action(
                            cluster, "alice's video muted again")
         await expect(video.locator(".muted")).to_be_visible(timeout=UI_TIMEOUT_MS)
 
-        # recording: the page calls the contract's route and shows what it gets
+        # recording, through the control plane to the room's node: started, then stopped
         await room.get_by_role("button", name=f"Start recording room {ROOM}").click()
         stop = room.get_by_role("button", name=f"Stop recording room {ROOM}")
         problem = page.locator("#problem code")
-        await expect(problem.or_(stop)).to_be_visible(timeout=UI_TIMEOUT_MS)
-        if await stop.is_visible():  # a control plane that records (issue 14's recording branch)
-            await stop.click()
-        else:
-            assert await shown_problem(page) in CATALOGUE
-            await page.screenshot(path=str(shots / "console-problem.png"), full_page=True)
+        await expect(stop).to_be_visible(timeout=UI_TIMEOUT_MS)
+        await stop.click()
+        await expect(room.get_by_role("button", name=f"Start recording room {ROOM}")).to_be_visible(timeout=UI_TIMEOUT_MS)
 
         # a test webhook: this control plane has no endpoint, so nobody takes it
         await page.get_by_label("Event").select_option("room_started")
         await page.get_by_role("button", name="Send a test event").click()
         await expect(problem).to_have_attribute("data-code", "no_valid_recipients", timeout=UI_TIMEOUT_MS)
+        assert await shown_problem(page) in CATALOGUE
+        await page.screenshot(path=str(shots / "console-problem.png"), full_page=True)
 
         # remove bob: his session ends at the node
         await room.get_by_role("button", name=f"Remove bob from room {ROOM}").click()

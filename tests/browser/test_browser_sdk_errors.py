@@ -3,10 +3,11 @@ and asserted as an error object (``code``, ``retryable``, ``status``, ``detail``
 no WebRTC, a node that cannot be reached, a protocol mismatch, a refused RPC, getUserMedia
 failures, 429s on the upgrade and on requests, a stalled socket (RPC deadline, then the heartbeat
 gives up on it and the session is resumed on a new one), and media transports whose ICE (after a
-restart and the TURN relay fallback) or DTLS fails."""
+restart and the TURN relay fallback) or DTLS fails (retried once with new transports)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -203,8 +204,6 @@ async ([room, identity, fault, deadPort, iceTimeoutMs]) => {
     // the node's candidates replaced by one where nothing answers: ICE cannot connect
     ice: (sdp) => sdp.split("\\r\\n").filter((l) => !l.startsWith("a=candidate:")).join("\\r\\n")
       .replace(/(a=mid:[^\\r]*)/, `$1\\r\\na=candidate:1 1 udp 2130706431 127.0.0.1 ${deadPort} typ host`),
-    // a fingerprint that is not the node's certificate: ICE connects, DTLS fails
-    dtls: (sdp) => sdp.replace(/a=fingerprint:sha-256 (\\S+)/g, (m, fp) => "a=fingerprint:sha-256 " + fp.split(":").map((b) => (b === "AB" ? "CD" : "AB")).join(":")),
   };
   if (!window.originalSrd) window.originalSrd = RTCPeerConnection.prototype.setRemoteDescription;
   const original = window.originalSrd;
@@ -241,8 +240,85 @@ async def test_transport_failures_restart_then_relay_then_give_up(node: Node, br
     assert ice["errors"], ice
     failed = _code(ice["errors"][-1], "transport/ice-failed", status=None, retryable=True)
     assert "1 ICE restart(s) and the TURN relay fallback" in failed["detail"], failed
-    # the browser's own "failed", or at the latest the deadline with ICE connected, is DTLS's
-    dtls = await page.evaluate(_TRANSPORT_JS, ["sdk-ice", "dtls", "dtls", _free_port(), 8000])
-    assert dtls["errors"], dtls
-    _code(dtls["errors"][-1], "transport/dtls-failed", status=None, retryable=True)
-    assert dtls["recovery"] == [], dtls  # an ICE restart cannot mend DTLS
+
+
+_DTLS_JS = """
+async ([room, identity, badTransports]) => {
+""" + _PRELUDE + """
+  // the node's answers to the first badTransports publisher transports get a fingerprint that
+  // is not the node's certificate: ICE connects, DTLS fails; later transports get the true one
+  const flip = (sdp) => sdp.replace(/a=fingerprint:sha-256 (\\S+)/g, (m, fp) => "a=fingerprint:sha-256 " + fp.split(":").map((b) => (b === "AB" ? "CD" : "AB")).join(":"));
+  if (!window.originalSrd) window.originalSrd = RTCPeerConnection.prototype.setRemoteDescription;
+  const original = window.originalSrd;
+  const broken = new WeakSet();
+  const fine = new WeakSet();
+  RTCPeerConnection.prototype.setRemoteDescription = function (desc) {
+    if (desc && desc.type === "answer" && !broken.has(this) && !fine.has(this)) {
+      (window.dtlsBroken = (window.dtlsBroken ?? 0) + 1) <= badTransports ? broken.add(this) : fine.add(this);
+    }
+    return original.call(this, desc && desc.sdp && broken.has(this) ? { type: desc.type, sdp: flip(desc.sdp) } : desc);
+  };
+  window.dtlsBroken = 0;
+  const seen = { errors: [], recovery: [], reconnected: [], states: [], disconnected: [] };
+  const client = new LevelChatClient({ url: location.origin, token: await tokenFor(identity), data: false, iceTimeoutMs: 8000, dtlsRetries: 1 });
+  client.on("error", (e) => seen.errors.push(e.toJSON()));
+  const r = await client.connect();
+  r.on("transport_recovery", (v) => seen.recovery.push(`${v.transport}:${v.action}:${v.reason}`));
+  r.on("reconnected", (v) => seen.reconnected.push(v));
+  r.on("state", ({ state }) => seen.states.push(state));
+  r.on("disconnected", (v) => seen.disconnected.push(v.reason));
+  const stream = await getLocalMedia({ video: true });
+  await r.publish(stream);
+  const done = () => badTransports > 1 ? seen.errors.some((e) => e.detail.includes("after 1 retry"))
+    : seen.reconnected.length > 0 && r.publisher?.connectionState === "connected";
+  const deadline = Date.now() + 45000;
+  while (!done() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+  await new Promise((resolve) => setTimeout(resolve, 1000)); // nothing more comes after
+  RTCPeerConnection.prototype.setRemoteDescription = original;
+  seen.publisher = r.publisher?.connectionState ?? null;
+  seen.state = r.state;
+  seen.transports = window.dtlsBroken;
+  window.dtlsRoom = r;
+  window.dtlsStream = stream;
+  return seen;
+}
+"""
+_DTLS_LEAVE_JS = "async () => { await window.dtlsRoom.leave(); window.dtlsStream.getTracks().forEach((t) => t.stop()); }"
+
+
+async def test_a_dtls_failure_is_retried_with_new_transports(node: Node, browser: Browser) -> None:
+    """The error reference: ``transport/dtls-failed`` is retryable, "SDK retries the negotiation".
+    The browser's own "failed", or at the latest the deadline with ICE connected, is DTLS's; an ICE
+    restart cannot mend it, so the room joins again afresh with new transports (``dtlsRetries``)."""
+    page = await _open(browser, node.url)
+    # DTLS fails once: one retry, then the new publisher transport connects and media flows
+    once = await page.evaluate(_DTLS_JS, ["sdk-dtls", "once", 1])
+    assert once["errors"], once
+    first = _code(once["errors"][0], "transport/dtls-failed", status=None, retryable=True)
+    assert "joining again with new transports (retry 1 of 1)" in first["detail"], once
+    assert [e["code"] for e in once["errors"]] == ["transport/dtls-failed"], once
+    assert once["recovery"] == ["publisher:rejoin:dtls"], once
+    assert once["reconnected"] == [{"resumed": False}] and once["states"] == ["reconnecting", "connected"], once
+    assert (once["publisher"], once["state"], once["transports"]) == ("connected", "connected", 2), once
+    assert once["disconnected"] == [], once  # the node's end of the failed session is not the room's
+    room = node.rooms.rooms["sdk-dtls"]
+    assert [p for p in room.participants] == ["once"]  # the old seat ended, the new one published
+    published = room.participants["once"]
+    assert [t.kind for t in published.tracks.values()] == ["video"]
+    before = node.counters.rtp_in[1]
+    deadline = asyncio.get_running_loop().time() + 20
+    while node.counters.rtp_in[1] < before + 30:
+        assert asyncio.get_running_loop().time() < deadline, "no video from the new publisher transport"
+        await asyncio.sleep(0.1)
+    await page.evaluate(_DTLS_LEAVE_JS)
+    # DTLS fails every time: one retry, then final
+    always = await page.evaluate(_DTLS_JS, ["sdk-dtls", "always", 99])
+    codes = [e["code"] for e in always["errors"]]
+    assert codes == ["transport/dtls-failed", "transport/dtls-failed"], always
+    final = _code(always["errors"][1], "transport/dtls-failed", status=None, retryable=True)
+    assert "after 1 retry(ies) with new transports" in final["detail"], final
+    assert always["recovery"] == ["publisher:rejoin:dtls"], always
+    assert always["publisher"] != "connected" and always["reconnected"] == [{"resumed": False}], always
+    # the node may end the session for the failure it saw too: then it ends here, saying why
+    assert always["disconnected"] in ([], ["dtls_failed"]), always
+    await page.evaluate(_DTLS_LEAVE_JS)

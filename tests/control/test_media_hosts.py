@@ -68,6 +68,37 @@ async def test_both_stores_keep_and_list_the_addresses(store: Store) -> None:  #
         await store.register_node(reg, T0, LEASE)
     got = await store.get_node("dual")
     assert got is not None and (got.media_host, got.media_hosts) == ("203.0.113.5", ("203.0.113.5", "2001:db8::5"))
-    assert got.to_json(T0)["media"] == {"host": "203.0.113.5", "port": 7882, "hosts": ["203.0.113.5", "2001:db8::5"]}
+    assert got.to_json(T0)["media"] == {"host": "203.0.113.5", "port": 7882, "hosts": ["203.0.113.5", "2001:db8::5"],
+                                        "tcp_port": None}
     one = await store.get_node("single")
-    assert one is not None and one.to_json(T0)["media"] == {"host": "198.51.100.1", "port": 7882, "hosts": ["198.51.100.1"]}
+    assert one is not None and one.to_json(T0)["media"] == {"host": "198.51.100.1", "port": 7882, "hosts": ["198.51.100.1"],
+                                                            "tcp_port": None}
+
+
+@pytest.mark.parametrize(("tcp_port", "expected"), [(None, None), (7881, 7881), (1, 1), (65535, 65535)])
+def test_the_ice_tcp_port_is_parsed(tcp_port: int | None, expected: int | None) -> None:
+    media: dict[str, Any] = {"host": "203.0.113.5", "port": 7882}
+    if tcp_port is not None:
+        media["tcp_port"] = tcp_port
+    assert parse(media).media_tcp_port == expected
+
+
+@pytest.mark.parametrize("tcp_port", [0, 65536, -1, "7881", 7881.5, True])
+def test_a_bad_ice_tcp_port_is_refused(tcp_port: Any) -> None:
+    with pytest.raises(ValueError, match="tcp_port"):
+        parse({"host": "203.0.113.5", "port": 7882, "tcp_port": tcp_port})
+
+
+async def test_both_stores_keep_and_list_the_ice_tcp_port(store: Store) -> None:  # noqa: F811
+    tcp = NodeRegistration("tcp", "http://127.0.0.1:1/tcp", "203.0.113.5", 7882, None, Capacity(10, 2), "t",
+                           media_tcp_port=7881)
+    await store.register_node(tcp, T0, LEASE)
+    got = await store.get_node("tcp")
+    assert got is not None and got.media_tcp_port == 7881
+    assert got.to_json(T0)["media"]["tcp_port"] == 7881
+    # registering again without it (ICE-TCP turned off) forgets it
+    await store.register_node(NodeRegistration("tcp", "http://127.0.0.1:1/tcp", "203.0.113.5", 7882, None,
+                                               Capacity(10, 2), "t"), T0 + LEASE + 1, LEASE)
+    again = await store.get_node("tcp")
+    assert again is not None and again.media_tcp_port is None
+    assert [n.media_tcp_port for n in await store.list_nodes()] == [None]

@@ -37,7 +37,7 @@ async def test_learnt_rooms_keep_the_settings_the_node_reports(store: Store) -> 
     await store.revoke("a", T0 + 2)
     await store.provision("a", T0 + 3)
     settings = {
-        "learnt-room": RoomSpec("learnt-room", 5, ("opus", "VP9"), None, 600),
+        "learnt-room": RoomSpec("learnt-room", 5, ("opus", "VP9"), None, 600, recording=True),
         "known-room": RoomSpec("known-room", 2, ("AV1",)),
     }
     outcome, *_ = await store.register_node(with_rooms("a", ("learnt-room", "bare-room", "known-room"), settings),
@@ -45,7 +45,7 @@ async def test_learnt_rooms_keep_the_settings_the_node_reports(store: Store) -> 
     assert outcome is RegisterOutcome.REREGISTERED
     learnt = await store.get_room("learnt-room")
     assert learnt is not None and learnt.state is RoomState.LIVE and learnt.node_id == "a"
-    assert learnt.spec == RoomSpec("learnt-room", 5, ("opus", "VP9"), None, 600)
+    assert learnt.spec == RoomSpec("learnt-room", 5, ("opus", "VP9"), None, 600, recording=True)
     bare = await store.get_room("bare-room")
     assert bare is not None and bare.spec == RoomSpec("bare-room")
     known = await store.get_room("known-room")
@@ -58,7 +58,7 @@ def test_room_settings_are_parsed_and_checked() -> None:
             "room_settings": {"room-a": {"max_participants": 3, "codecs": ["opus"], "empty_timeout_s": 0,
                                          "recording": True}}}
     parsed = NodeRegistration.parse(body)
-    assert parsed.settings_of("room-a") == RoomSpec("room-a", 3, ("opus",), None, 0)
+    assert parsed.settings_of("room-a") == RoomSpec("room-a", 3, ("opus",), None, 0, recording=True)
     assert parsed.settings_of("room-b") == RoomSpec("room-b")
     for bad in ([], {"room-a": {"codecs": ["no way"]}}, {"room-a": {"max_participants": 0}}, {"x": {}},
                 {"room-a": "opus"}):
@@ -175,3 +175,27 @@ async def test_a_node_with_10000_rooms_registers_and_reports_within_a_tight_boun
         assert bounded.available and bounded.outages == 0
     finally:
         await inner.close()
+
+
+async def test_both_stores_keep_a_rooms_recording_policy(store: Store) -> None:  # noqa: F811
+    await store.register_node(reg("a"), T0, LEASE)
+    placed = await store.place_room(RoomSpec("rec-room", 4, ("opus", "VP8"), recording=True), T0 + 1, frozenset())
+    assert placed.room is not None
+    got = await store.get_room("rec-room")
+    assert got is not None and got.spec.recording is True and got.to_json(None)["recording"] is True
+    # a placement undone restores the previous record, its policy too
+    again = await store.place_room(RoomSpec("other-room"), T0 + 2, frozenset())
+    assert again.room is not None
+    await store.release_room("rec-room", "a", got)
+    kept = await store.get_room("rec-room")
+    assert kept is not None and kept.spec.recording is True
+    plain = await store.get_room("other-room")
+    assert plain is not None and plain.spec.recording is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, []])
+def test_a_recording_policy_that_is_no_boolean_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="recording"):
+        RoomSpec.parse({"recording": value}, "some-room")
+    assert RoomSpec.parse({"recording": True}, "some-room").node_body() == {"room": "some-room", "recording": True}
+    assert "recording" not in RoomSpec.parse({}, "some-room").node_body()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
-from tests.e2e.procs import Proc, Procs, admin_token, call, control_nodes, wait_nodes_state
+from tests.e2e.procs import Proc, Procs, admin_token, call, control_nodes, free_port, wait_nodes_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -162,3 +162,20 @@ async def test_media_keeps_flowing_when_the_control_plane_dies(cluster: Cluster)
     finally:
         await sub.close()
         await pub.close()
+
+
+async def test_the_registration_names_the_ice_tcp_port(tmp_path: Path) -> None:
+    """contracts.md "Connectivity": a node registers its ICE-TCP port beside its UDP one
+    (``media.tcp_port``), and the control plane lists it; a node with ICE-TCP off names none."""
+    procs = Procs(tmp_path)
+    try:
+        control = procs.control()
+        await control.wait_healthy()
+        tcp_port = free_port()
+        procs.node("tcp-on", control.url, extra_args=("--tcp-port", str(tcp_port)))
+        procs.node("tcp-off", control.url, extra_args=("--no-ice-tcp",))
+        nodes = await wait_nodes_state(control.url, ["tcp-on", "tcp-off"], "live", timeout_s=20)
+        assert nodes["tcp-on"]["media"]["tcp_port"] == tcp_port
+        assert nodes["tcp-off"]["media"]["tcp_port"] is None
+    finally:
+        procs.stop_all()

@@ -71,6 +71,9 @@ async def test_dual_stack_workers_behind_the_front(tmp_path: Path) -> None:
                 await viewer.connect(answer, timeout_s=20)
                 counts.append(got)
         assert len(set(ports)) == 2, ports  # two rooms on two workers, each with its own ports
+        # the registration names worker 0's ports, ICE-TCP's too (as its candidates say)
+        registered = nodes["dual-multi"]["media"]
+        assert (registered["port"], registered["tcp_port"]) in ports, (registered, ports)
         await wait_for(lambda: all(c.packets > 30 for c in counts), 30, "every viewer receives through its worker")
         assert all(c.srtp_failures == 0 for c in clients)
     finally:

@@ -25,7 +25,10 @@ import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer
 
+from sfu.client.lite import LiteEndpoint
 from sfu.node import Node
+from sfu.signaling.sdpfrag import CONTENT_TYPE as FRAG_TYPE
+from sfu.transport.certificate import Certificate
 from sfu.turn import IceServer, TurnUrl, credential_for, parse_link
 from tests.coturn import TURNSERVER, Coturn
 from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
@@ -33,6 +36,7 @@ from tests.e2e.conftest import public_participants, token
 from tests.e2e.procs import Procs
 from tests.e2e.test_http_errors import call
 from tests.e2e.test_ice_tcp import metric
+from tests.e2e.test_rtc_ice_restart import VIDEO_SSRC
 from tests.e2e.test_rtc_signaling import RtcClient
 
 pytestmark = [
@@ -104,6 +108,35 @@ async def test_whip_whep_options_and_join_hand_out_minted_credentials(node_facto
     assert (refused.status, refused.body["code"], "Link" in refused.headers) == (401, "token/unauthorized", False)
     text = (await call(node, "GET", "/metrics")).text
     assert metric(text, "levelchat_sfu_turn_credentials_issued_total") == 5  # 2 OPTIONS, WHIP, WHEP, join
+
+
+async def test_an_ice_restart_answer_carries_fresh_credentials_like_the_201(node_factory: NodeFactory, coturn: Coturn) -> None:
+    """RFC 9725 §4.6: the ``200`` of an ICE-restart ``PATCH`` carries the TURN servers as the
+    ``201`` does, with a credential minted at the restart (a trickle's ``204`` carries none)."""
+    node = await node_factory(turn_servers=turn_servers(coturn))
+    urls = turn_servers(coturn)[0]["urls"]
+    pub = LiteEndpoint(Certificate.generate())
+    tok = token("turn-restart", "alice")
+    try:
+        created = await call(node, "POST", "/whip/turn-restart", bearer=tok, body=pub.offer(send=True, video_ssrc=VIDEO_SSRC),
+                             content_type="application/sdp")
+        assert created.status == 201, created.text
+        loc = created.headers["Location"]
+        await pub.connect(created.text)
+        trickle = await call(node, "PATCH", loc, bearer=tok, body=pub.ice_fragment(), content_type=FRAG_TYPE)
+        assert trickle.status == 204 and "Link" not in trickle.headers
+        restart = await call(node, "PATCH", loc, bearer=tok, body=pub.restart_ice(), content_type=FRAG_TYPE,
+                             headers={"If-Match": "*"})
+        assert restart.status == 200, restart.text
+        servers = links(restart.headers)
+        assert [s.urls[0] for s in servers] == urls
+        assert {s.username.split(":")[1] for s in servers} == {"alice"}
+        assert all(s.credential == credential_for(coturn.secret, s.username) for s in servers)
+        assert int(servers[0].username.split(":")[0]) >= int(links(created.headers)[0].username.split(":")[0])
+        text = (await call(node, "GET", "/metrics")).text
+        assert metric(text, "levelchat_sfu_turn_credentials_issued_total") == 2  # the 201 and the restart
+    finally:
+        pub.close()
 
 
 async def test_a_node_without_turn_servers_hands_out_none(node: Node) -> None:

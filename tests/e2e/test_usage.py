@@ -19,6 +19,7 @@ from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.conftest import token
 from tests.e2e.procs import Proc, Procs, admin_token, call
 from tests.e2e.test_workers import wait_for_ready
+from tests.e2e.webhook_support import sample
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -105,6 +106,13 @@ async def test_the_quota_refuses_new_joins_and_not_live_ones_and_survives_a_rest
         await wait_for_async(used_up, 30, "the quota used up")
         assert seen == sorted(seen), seen  # it only grows
         await assert_joins_refused(node, room)
+        # /metrics: one refusal of each kind, the time counted, the period's total and the quota
+        for join in ("whip", "whep", "rtc"):
+            assert await sample(node.url, "levelchat_usage_quota_refusals_total", project="levelchat", join=join) == 1
+        counted = await sample(node.url, "levelchat_usage_participant_seconds_total", project="levelchat")
+        assert counted >= QUOTA_MIN * 60
+        assert await sample(node.url, "levelchat_usage_period_participant_seconds") >= QUOTA_MIN * 60
+        assert await sample(node.url, "levelchat_usage_quota_participant_seconds") == QUOTA_MIN * 60
         # the live ones go on: the subscriber keeps receiving, and keeps counting
         frames = viewer.frames["video"]
         await wait_for(lambda: viewer.frames["video"] > frames + 30, 20, "the live subscriber goes on receiving")

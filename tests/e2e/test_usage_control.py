@@ -18,6 +18,7 @@ from tests.e2e.clients import WhepSubscriber, WhipPublisher, wait_for
 from tests.e2e.procs import Proc, Procs, admin_token, call, wait_nodes_state
 from tests.e2e.redis_support import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.e2e.test_usage import assert_joins_refused, until_refused
+from tests.e2e.webhook_support import sample
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.timeout(180)]
 
@@ -82,6 +83,13 @@ async def test_replicas_agree_the_quota_refuses_tokens_and_joins_and_a_restart_k
         assert other["participant_minutes"] >= used["participant_minutes"]  # the same store: it only grows
         refused = await join_token(planes[1], room, "carol")
         assert refused.status == 402 and refused.body["code"] == "quota_exceeded", refused.body
+        # /metrics: the refusal where it happened; the reports each counted once, by the replica
+        # that took the heartbeat
+        assert await sample(planes[1].url, "levelchat_usage_quota_refusals_total", join="token") == 1
+        assert await sample(planes[0].url, "levelchat_usage_quota_refusals_total", join="token") == 0
+        applied = [await sample(p.url, "levelchat_usage_participant_seconds_total", project="levelchat") for p in planes]
+        assert sum(applied) >= used["participant_minutes"] * 60, applied
+        assert await sample(planes[1].url, "levelchat_usage_quota_participant_seconds") == QUOTA_MIN * 60
         # the node learns the total with its heartbeat answers: its own joins are refused too
         await until_refused(node, room, 10)
         await assert_joins_refused(node, room)

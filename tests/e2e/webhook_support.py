@@ -81,3 +81,16 @@ async def metric(url: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no metric {name}")
+
+
+async def sample(url: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` (with ``_total`` for a counter) whose labels include
+    ``labels`` in ``url``'s ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = await call("GET", url + "/metrics")
+    for fam in text_string_to_metric_families(str(reply.body)):
+        for s in fam.samples:
+            if s.name == name and labels.items() <= s.labels.items():
+                return float(s.value)
+    raise AssertionError(f"no sample {name} {labels}")

@@ -193,7 +193,8 @@ async def test_registers_and_heartbeats_carry_the_nodes_load(control: ControlPla
     node: Node = await nodes("sfu-load", control.url)
     view = await control.wait_state("sfu-load", "live")
     assert view["url"] == node.url
-    assert view["media"] == {"host": "127.0.0.1", "port": node.port.port, "hosts": ["127.0.0.1"]}
+    assert view["media"] == {"host": "127.0.0.1", "port": node.port.port, "hosts": ["127.0.0.1"],
+                             "tcp_port": node.port.tcp_port}
     assert view["capacity"] == {"max_participants": node.config.max_participants, "max_rooms": node.config.max_rooms}
     agent = agent_of(node)
     assert agent.state is AgentState.REGISTERED and agent.registrations == 1

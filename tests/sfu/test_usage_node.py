@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from levelchat.errors import ApiError
-from levelchat.usage.meter import RecordingMinutes, period_start_ms
+from levelchat.usage.meter import JoinKind, RecordingMinutes, period_start_ms
 from sfu.api.usage import NodeUsage
 from sfu.config import load
 
@@ -40,17 +40,24 @@ async def test_the_total_never_drops_while_the_meter_is_written_and_the_quota_re
         assert usage.current().participant_ms == 20_000
         await flushing
         assert usage.current().participant_ms == 20_000
-        usage.check_quota()
+        usage.check_quota(JoinKind.WHIP)
         usage.meter.join("b", clock.ms)
         clock.ms += 19_999  # a: 39.999 s, b: 19.999 s
-        usage.check_quota()  # 59.998 s of a 60 s quota
+        usage.check_quota(JoinKind.WHIP)  # 59.998 s of a 60 s quota
         clock.ms += 1
         with pytest.raises(ApiError) as refused:  # 60 s exactly is used up
-            usage.check_quota()
+            usage.check_quota(JoinKind.WHIP)
         assert refused.value.code == "quota_exceeded"
+        with pytest.raises(ApiError):
+            usage.check_quota(JoinKind.RTC)
         recorder: RecordingMinutes = usage
         recorder.add_recording(clock.ms - 90_000, clock.ms)
         assert usage.current().to_json()["recording_minutes"] == 1.5
+        # /metrics: each refusal counted where it happened, the time counted, the period's total
+        figures = usage.figures()
+        assert figures.refusals == {JoinKind.WHIP: 1, JoinKind.WHEP: 0, JoinKind.RTC: 1}
+        assert (figures.participant_ms_total, figures.recording_ms_total) == (60_000, 90_000)
+        assert figures.period == usage.current()
     finally:
         await usage.stop()
     again = NodeUsage(cfg, now_ms=clock)
@@ -78,6 +85,6 @@ def test_under_a_control_plane_a_report_is_resent_until_answered() -> None:
                               "quota_participant_minutes": 1.0}})
     assert usage.current().participant_ms == 70_000 and usage.quota == 1.0
     with pytest.raises(ApiError):
-        usage.check_quota()
+        usage.check_quota(JoinKind.WHIP)
     second = usage.report()
     assert second is not None and second["id"] != first["id"] and second["participant_ms"] == {str(P): 5_000}
