@@ -100,6 +100,8 @@ _LANE_DEPTH = SEND_LANE_DEPTH
 KEYFRAME_REQUEST_INTERVAL_MS = 500
 #: codecs whose packets carry a temporal layer id (sfu.packet.temporal), by lower-case name
 _TEMPORAL_READERS: dict[str, Callable[[memoryview, int, int], int]] = {"vp8": vp8_temporal, "vp9": vp9_temporal}
+#: ... and the bit of the descriptor's first byte without which there is no TID (VP8 X, VP9 L)
+_TEMPORAL_BITS = {"vp8": 0x80, "vp9": 0x20}
 _Row = tuple[Any, int, int, int, list[int], int, SendHistory | None]
 
 
@@ -180,8 +182,10 @@ class PublishedTrack:
         # -- temporal layers (sfu.packet.temporal) --
         #: per payload type: the reader of its temporal facts (VP8, VP9), None: none
         self._tl_readers: list[Callable[[memoryview, int, int], int] | None] = [None] * 128
+        self._tl_bits = [0] * 128  # per payload type: the first descriptor byte's bit for a TID
         for c in codecs:
             self._tl_readers[c.payload_type & 0x7F] = _TEMPORAL_READERS.get(c.name.lower())
+            self._tl_bits[c.payload_type & 0x7F] = _TEMPORAL_BITS.get(c.name.lower(), 0)
         self._tl_any = any(r is not None for r in self._tl_readers)
         #: the temporal facts of the packet being forwarded (``TL_NONE``: none), for its downtracks
         self.tl_info = TL_NONE
@@ -263,15 +267,17 @@ class PublishedTrack:
         self.octets += length
         b0, b1, seq, ts = _unpack_head(view)
         top = b0 & 0xF0  # version, padding, extension
+        hlen = 12 + (b0 & 0x0F) * 4  # where the payload starts (-1: malformed; checked below)
         if top == 0x80:
-            shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
-        elif top == 0x90 and header_length(view, length) >= 0:
+            shape = _SHAPE_PLAIN if hlen <= length <= len(view) else _SHAPE_OTHER
+        elif top == 0x90 and (hlen := header_length(view, length)) >= 0:
             # a mask of ids (>= 2), or -1 (_SHAPE_OTHER); the group's transport-wide seq found too
             tw_found = self._tw_found
             tw_found[0] = 0
             shape = extension_ids(view, length, self._fast_tw, tw_found)
         else:
             shape = _SHAPE_OTHER
+            hlen = -1
         self.octets_in += length
         stats = self.stats  # ReceiveStats.update, inlined
         stats.packets += 1
@@ -323,12 +329,15 @@ class PublishedTrack:
             elif self._keyframe_deferred:
                 self.request_keyframe(now_ms)
         if self._tl_any:
-            reader = self._tl_readers[b1 & 0x7F]
+            pt = b1 & 0x7F
+            reader = self._tl_readers[pt]
             info = TL_NONE
             if reader is not None:
-                start = 12 + (b0 & 0x0F) * 4 if top == 0x80 else header_length(view, length)
-                if start >= 0:
-                    info = reader(view, start, length)
+                if hlen < 0 or shape == _SHAPE_OTHER:
+                    hlen = header_length(view, length)
+                # the descriptor's bit that says a TID may follow (VP8 X, VP9 L): else no call
+                if 0 <= hlen < length and view[hlen] & self._tl_bits[pt]:
+                    info = reader(view, hlen, length)
                 if info >= 0 and not self._repairing:
                     tid = info & TID_MASK
                     self.tl_octets[tid] += length
