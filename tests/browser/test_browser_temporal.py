@@ -1,10 +1,11 @@
-"""Temporal layers on a real shaped link (issue 12): a Chromium publisher sends VP8 with three
-temporal layers (``scalabilityMode: "L1T3"``, one encoding) and a Chromium viewer's downlink is
+"""Temporal layers on a real shaped link (issue 12): a Chromium publisher sends VP8 or VP9 with
+three temporal layers (``scalabilityMode: "L1T3"``, one encoding) and a Chromium viewer's downlink is
 limited (``tests/browser/temporal_netns.py``: htb with a ~200 ms FIFO, in a private network
 namespace) to less than the whole stream but more than its lower temporal layers: the node
 forwards T0 (or T0+T1) only, and the viewer decodes a quarter (or half) of the frames with no
 freeze, no loss it would ask again for and no keyframe request; when the limit is lifted it is
-back on every frame."""
+back on every frame.  VP8 is sent with its picture IDs renumbered over the dropped pictures, VP9
+with the gaps left (its references are picture ID differences): Chromium decodes both."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ def in_namespace(*args: str) -> dict[str, Any]:
     return result
 
 
-def test_a_viewer_whose_link_fits_the_lower_temporal_layers_gets_them_then_all() -> None:
-    r = in_namespace()
+@pytest.mark.parametrize("codec", ["VP8", "VP9"])
+def test_a_viewer_whose_link_fits_the_lower_temporal_layers_gets_them_then_all(codec: str) -> None:
+    r = in_namespace("--codec", codec)
     free, shaped, lifted = r["free"], r["shaped"], r["lifted"]
+    assert shaped["codec"] == f"video/{codec}", r
     assert shaped["scalability_mode"] == "L1T3", r  # the publisher does send temporal layers
     assert free["tl_top"] == 2 and len(free["tl_kbps"]) == 3, r  # measured per layer at ingress
     # shaped: a quarter or a half of the frames, decoded without freezes or recovery requests
@@ -56,8 +59,8 @@ def test_a_viewer_whose_link_fits_the_lower_temporal_layers_gets_them_then_all()
     assert shaped["nacks"] <= max(5, shaped["packets"] // 20), r
     assert shaped["lost"] <= max(5, shaped["packets"] // 20), r
     assert shaped["kbps"] <= r["kbit"], r
-    # lifted: every frame again
-    assert lifted["limit"] == 3, r
-    assert lifted["fps"] >= 0.8 * lifted["sent_fps"], r
+    # lifted: every frame again (the estimate climbs back first: 5-18 s here)
+    assert r["timeline"][-1][2] == 3 and r["recovered_after_s"] < 40, r
+    assert lifted["fps"] >= 0.7 * lifted["sent_fps"], r
     assert lifted["freeze_s"] < 1.0, r
     assert r["page_errors"] == [], r
