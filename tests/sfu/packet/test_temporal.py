@@ -258,3 +258,19 @@ def test_vp9_keeps_picture_ids_across_dropped_layers() -> None:
     b = vp9(22, 1)
     m.rewrite(b, 0, len(b))
     assert vp9_descriptor(b).picture_id == 22  # type: ignore[union-attr]
+
+
+def test_any_bytes_read_without_an_exception() -> None:
+    """Truncations of every case and random payloads: an int, never an exception or a read past
+    ``end`` (the bytes after it are there but must not change the answer)."""
+    import random
+
+    rng = random.Random(12)
+    samples = [c[1] for c in VP8_CASES + VP9_CASES]
+    samples += [bytearray(rng.getrandbits(8) for _ in range(rng.randrange(0, 12))) for _ in range(3000)]
+    for buf in samples:
+        for end in range(len(buf) + 1):
+            for read in (vp8_temporal, vp9_temporal):
+                got = read(buf, 0, end)
+                assert got == NONE or got >= 0
+                assert read(buf[:end] + b"\xff\xff\xff\xff", 0, end) == got
