@@ -125,10 +125,6 @@ class TemporalFilter:
         #: packets dropped for the limit
         self.dropped = 0
 
-    @property
-    def limited(self) -> bool:
-        return self.target < ALL_LAYERS or self.current < ALL_LAYERS
-
     def admit(self, info: int) -> bool:
         """Forward the packet of these facts (``vp8_temporal`` / ``vp9_temporal``)?"""
         if info < 0:

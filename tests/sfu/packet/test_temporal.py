@@ -155,7 +155,7 @@ def test_filter_up_at_a_key_frame_and_whole_frames() -> None:
     assert f.admit(2)  # the frame under way is finished
     assert not f.admit(1 | START) and f.current == 0
     assert f.admit(NONE)  # no TID: nothing to choose by
-    assert f.limited
+    assert f.dropped == 3
 
 
 def run_vp8(frames: list[tuple[int, int, int]], target: int, *, wide: bool = True, packets: int = 2,
