@@ -86,14 +86,25 @@ async def remb(link: Link, bps: int) -> None:
             await asyncio.sleep(0.005)
 
 
-async def drain(link: Link) -> list[tuple[int, int, int, int]]:
-    """(seq, picture id, TL0PICIDX, TID) of every packet that arrived."""
+async def drain(link: Link, lose: int = -1) -> list[tuple[int, int, int, int]]:
+    """(seq, picture id, TL0PICIDX, TID) of every RTP packet that arrived; the ``lose``-th is
+    lost before decryption (as on the way)."""
     out = []
+    rx = link.client.rx
+    assert rx is not None
+    n = 0
     while True:
         try:
-            data = await link.client.recv_rtp(timeout=0.2)
+            datagram = await link.client.recv(timeout=0.2)
         except TimeoutError:
             return out
+        if 192 <= datagram[1] <= 223:
+            continue  # RTCP
+        n += 1
+        if n - 1 == lose:
+            continue
+        data = rx.unprotect_rtp_bytes(datagram)
+        assert data is not None, rx.last_error
         p = RtpPacket.parse(data)
         d = vp8_descriptor(p.payload)
         assert d is not None
@@ -119,13 +130,18 @@ async def test_an_estimate_for_t0_only_gets_a_quarter_of_the_frames_then_all(lin
     assert dt.temporal is not None and dt.temporal.target == 0
     assert link.counters.cc.switches[SwitchDirection.DOWN][SwitchReason.BANDWIDTH] == 1
     await drain(link)
-    pub.run(60)  # 2 s: 15 T0 frames of 2 packets
-    got = await drain(link)
+    pub.run(60)  # 2 s: 15 T0 frames of 2 packets; the second packet of the 13th is lost
+    got = await drain(link, lose=25)
+    lost = ((got[24][0] + 1) & 0xFFFF, got[24][1], got[24][2], 0)
+    got.insert(25, lost)
     assert {tid for *_, tid in got} == {0}
     assert len(got) == packets(60, 60, 0) == 30
     assert_continuous(got)
     tl0s = [tl0 for _, _, tl0, _ in got[::2]]
     assert all((b - a) & 0xFF == 1 for a, b in zip(tl0s, tl0s[1:], strict=False))  # wraps at 256
+    # NACKed, it comes again with its seq and its picture's id (9 pictures dropped since)
+    assert dt.retransmit([lost[0]], T0 + 4000) == 1
+    assert await drain(link) == [lost]
     # the limit lifts: up after the allocator's hold, a layer at a time at sync frames
     await remb(link, 2_000_000)
     for _ in range(6):
