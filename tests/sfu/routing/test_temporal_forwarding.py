@@ -1,8 +1,9 @@
 """Temporal layers in the forwarding path, over a real transport: a VP8 L1T3 publisher (30 fps:
 T0 T2 T1 T2 ...), a subscriber whose estimate (its REMB) fits only T0, the allocation loop
 limiting what it gets to 7.5 fps with consecutive sequence numbers and picture IDs (no loss
-seen), back to 30 fps when the estimate allows; the subscriber's own ``max_fps`` bound with
-no estimate at all.  Time is injected (``run_due(now_ms)``, packets stamped with it)."""
+seen), a NACKed packet resent as it was, back to 30 fps when the estimate allows; the
+subscriber's own ``max_fps`` bound with no estimate at all; a simulcast subscriber whose
+estimate fits nothing moved to the lowest layer at T0.  Time is injected (``run_due(now_ms)``, packets stamped with it)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sfu.packet.twcc import TWCC_URI
 from sfu.routing.allocation import AllocationLoop
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, ParticipantKind, SubscriberSink
+from sfu.routing.simulcast import RidRestrictions, form_groups
 from sfu.routing.track import PublishedTrack, TrackCodec
 from tests.sfu.routing.harness import Link, rtp_bytes
 
@@ -35,28 +37,41 @@ def vp8_payload(pid: int, tl0: int, tid: int, *, first: bool, key: bool, size: i
 
 
 class Publisher:
-    def __init__(self, link: Link) -> None:
-        self.track = PublishedTrack(kind="video", ssrc=0x51, codecs=[VP8], mid="0", owner="alice",
-                                    counters=link.counters, request_keyframe=lambda ssrc: None)
-        self.seq = 65000
+    """L1T3 frames on each of its layers (``rids``: a simulcast group; the n-th layer sends n x 2
+    - 1 times the packets of the first); a keyframe on the first frame and, when asked for (a
+    PLI), at the layer's next T0 frame."""
+
+    def __init__(self, link: Link, rids: tuple[str | None, ...] = (None,)) -> None:
+        self.keys: set[int] = set()  # SSRCs a keyframe was asked for
+        self.layers = [
+            PublishedTrack(kind="video", ssrc=0x51 + i, codecs=[VP8], mid="0", owner="alice", rid=rid,
+                           counters=link.counters, request_keyframe=self.keys.add)
+            for i, rid in enumerate(rids)
+        ]
+        self.group = form_groups([(t, RidRestrictions()) for t in self.layers], T0)[0] if len(rids) > 1 else None
+        self.track = self.layers[0]
+        self.seq = [65000] * len(rids)
         self.pid = 0x7FF0  # wraps during the test
         self.tl0 = 250
         self.frames = 0
 
     def run(self, frames: int) -> int:
-        """The next ``frames`` frames, at 30 fps from ``T0`` (the first one a key frame); returns
-        the time after them."""
+        """The next ``frames`` frames, at 30 fps from ``T0``; returns the time after them."""
         for _ in range(frames):
             tid = PATTERN[self.frames % 4]
             if tid == 0:
                 self.tl0 = (self.tl0 + 1) & 0xFF
             now = T0 + self.frames * 100 // 3
-            for k, size in enumerate(FRAME[tid]):
-                data = rtp_bytes(self.seq, (self.frames * 3000) & 0xFFFFFFFF, ssrc=0x51, pt=96,
-                                 payload=vp8_payload(self.pid, self.tl0, tid, first=k == 0, key=self.frames == 0,
-                                                     size=size))
-                self.seq = (self.seq + 1) & 0xFFFF
-                self.track.on_rtp(memoryview(data), len(data), now)
+            for i, track in enumerate(self.layers):
+                key = self.frames == 0 or (tid == 0 and track.ssrc in self.keys)
+                if key:
+                    self.keys.discard(track.ssrc)
+                for k, size in enumerate(FRAME[tid] * (2 * i + 1)):
+                    data = rtp_bytes(self.seq[i], (self.frames * 3000) & 0xFFFFFFFF, ssrc=track.ssrc, pt=96,
+                                     payload=vp8_payload((self.pid + 1000 * i) & 0x7FFF, (self.tl0 + 50 * i) & 0xFF,
+                                                         tid, first=k == 0, key=key, size=size))
+                    self.seq[i] = (self.seq[i] + 1) & 0xFFFF
+                    track.on_rtp(memoryview(data), len(data), now)
             self.pid = (self.pid + 1) & 0x7FFF
             self.frames += 1
         return T0 + self.frames * 100 // 3
@@ -174,3 +189,28 @@ async def test_the_subscribers_max_fps_bounds_the_layers_without_an_estimate(lin
     dt.max_fps = None
     loop.run_due(now + 500)
     assert dt.temporal.target == ALL_LAYERS
+
+
+async def test_simulcast_the_lowest_layer_at_t0_when_nothing_else_fits(link: Link) -> None:
+    """Two layers (q about 130/180/250 kbit/s up to T0/T1/T2, h three times that): an estimate
+    under q's T0 moves the subscriber from h to q at q's keyframe and to T0 there, rather than
+    pausing it; the stream stays continuous across the layer switch and the drops."""
+    pub = Publisher(link, ("q", "h"))
+    participant, dt = subscriber(link, pub)
+    assert dt.source is pub.layers[1]  # no estimate: the best layer
+    loop = AllocationLoop(link.counters.cc, interval_ms=500)
+    loop.watch(participant, T0)
+    await remb(link, 100_000)
+    loop.run_due(pub.run(30))
+    got = await drain(link)
+    loop.run_due(pub.run(30))  # measured: q T0 does not fit either (paused for congestion)
+    assert dt.alloc_rid == "q" and dt.temporal is not None and dt.temporal.target == 0
+    assert dt.pending_source is pub.layers[0] and pub.keys == {pub.layers[0].ssrc}  # a PLI on q
+    got += await drain(link)
+    pub.run(60)  # q's keyframe at its next T0 frame, then q at T0
+    got += await drain(link)
+    assert dt.source is pub.layers[0]
+    assert_continuous(got)
+    tail = got[-20:]
+    assert {tid for *_, tid in tail} == {0}
+    assert [(b[1] - a[1]) & 0x7FFF for a, b in zip(tail[::2], tail[2::2], strict=False)] == [1] * 9
