@@ -110,7 +110,7 @@ async def drain(link: Link, lose: int = -1) -> list[tuple[int, int, int, int]]:
     n = 0
     while True:
         try:
-            datagram = await link.client.recv(timeout=0.2)
+            datagram = await link.client.recv(timeout=0.5)
         except TimeoutError:
             return out
         if 192 <= datagram[1] <= 223:
