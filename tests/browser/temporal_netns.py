@@ -10,7 +10,7 @@ does; after settling, its getStats deltas over the measuring window
 (frames decoded, freezes, NACKs, PLIs, loss) and the node's temporal limit for it; then the
 limit is lifted (the class at 10 Gbit/s) and, after recovery, the same over a second window.
 
-``python -m tests.browser.temporal_netns [--codec VP9] [--settle 15] [--measure 10] [--recover 20]`` prints
+``python -m tests.browser.temporal_netns [--codec VP9] [--settle 15] [--measure 10] [--recover 60]`` prints
 one JSON line.  ``test_browser_temporal`` runs it.
 """
 
@@ -224,7 +224,7 @@ def main() -> int:
     parser.add_argument("--codec", choices=("VP8", "VP9"), default="VP8")
     parser.add_argument("--settle", type=float, default=15.0)
     parser.add_argument("--measure", type=float, default=10.0)
-    parser.add_argument("--recover", type=float, default=40.0)
+    parser.add_argument("--recover", type=float, default=60.0)
     args = parser.parse_args()
     result = asyncio.run(run(args.codec, args.settle, args.measure, args.recover))
     sys.stdout.write(json.dumps(result) + "\n")

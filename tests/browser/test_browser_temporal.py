@@ -59,8 +59,9 @@ def test_a_viewer_whose_link_fits_the_lower_temporal_layers_gets_them_then_all(c
     assert shaped["nacks"] <= max(5, shaped["packets"] // 20), r
     assert shaped["lost"] <= max(5, shaped["packets"] // 20), r
     assert shaped["kbps"] <= r["kbit"], r
-    # lifted: every frame again (the estimate climbs back first: 5-18 s here)
-    assert r["timeline"][-1][2] == 3 and r["recovered_after_s"] < 40, r
+    # lifted: every frame again, once the estimate has climbed back and the allocator's hold
+    # (doubled by each move up undone at the link's edge) has passed: 5.5-26 s in 5 runs here
+    assert r["timeline"][-1][2] == 3 and r["recovered_after_s"] < 60, r
     assert lifted["fps"] >= 0.7 * lifted["sent_fps"], r
     assert lifted["freeze_s"] < 1.0, r
     assert r["page_errors"] == [], r
