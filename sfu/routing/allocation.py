@@ -23,7 +23,8 @@ subscribers whose turn has come (a deque ordered by due time: O(subscribers due)
   layer at a half or a quarter of its frame rate before it would pause the track; the chosen
   temporal layer limits what the downtrack forwards (``DownTrack.set_max_temporal``: down at
   the next frame, up at a sync frame or key frame), a non-simulcast track included.  The
-  subscriber's own ``max_fps`` / ``max_temporal`` bound it, also with no estimate;
+  subscriber's own ``max_fps`` (``update_subscription``: ``dt.prefs``) bounds it, also with no
+  estimate;
 * ``sfu_layer_switches_total{direction,reason}`` counted (a change of the layer a downtrack
   is headed for, up or down by rank; with the same layer, a change of its temporal layer), the
   estimate sampled into ``sfu_bwe_estimate_bps``;
@@ -183,17 +184,21 @@ class AllocationLoop:
             t = by_track[decision.track]
             reason = _REASONS.get(decision.reason or "", SwitchReason.BANDWIDTH)
             group = dt.source.group if dt.source is not None else None
+            if decision.paused == "subscriber":
+                continue  # paused by its subscriber: forwards nothing; its layers are kept for the resume
             moved = False
             if group is not None:
                 rid = decision.rid
                 if rid is None:  # paused for congestion: the lowest layer instead
                     rid = group.ranked[0].rid
                 moved = self._cap(dt, rid, now_ms, reason)
-            if t.kind == "video" and decision.paused != "subscriber":
+            if t.kind == "video":
                 layer = _chosen(t, decision)
                 self._temporal(dt, t, layer, _limit(layer, decision), reason, counted=moved)
         if not sender.feedback_seen or sender.padding is None:
             return  # a REMB-only subscriber (nothing would read a probe's outcome), or no RTX stream
+        if any(dt.paused and dt.rtx_ssrc == sender.padding[0] for dt in downtracks.values()):
+            return  # the padding stream is a paused track's: nothing at all goes out for it
         cluster = sender.probes.want(estimate, allocation.probe_target_bps, now_ms)
         if cluster is not None:
             transport.send_probe(cluster, now_ms)
@@ -262,15 +267,16 @@ def _input(dt: DownTrack, now_ms: int) -> TrackInput:
     if dt.kind == "audio":
         rate = measure(source, now_ms)
         return TrackInput(dt.sid, "audio", (LayerInfo(None, bitrates=(rate,) if rate else ()),), paused=dt.paused)
-    bounds = Bounds(max_rid=dt.target_rid, max_fps=dt.max_fps, max_temporal=dt.max_temporal)
     group = source.group
     if group is None:
         rates, fps = _rates(source, now_ms)
-        return TrackInput(dt.sid, "video", (LayerInfo(None, bitrates=rates, fps=fps),), bounds=bounds, paused=dt.paused)
+        return TrackInput(dt.sid, "video", (LayerInfo(None, bitrates=rates, fps=fps),),
+                          bounds=Bounds(max_fps=dt.prefs.max_fps), paused=dt.paused)
     # the group's ranking, carried as a size the allocator ranks by (layers' real sizes: issue 12)
     layers = []
     for rank, layer in enumerate(group.ranked):
         rates, fps = _rates(layer, now_ms)
         layers.append(LayerInfo(layer.rid, width=rank + 1, height=1, bitrates=rates, fps=fps,
                                 active=group.is_active(layer)))
+    bounds = Bounds(max_rid=group.bound_rid(dt), max_fps=dt.prefs.max_fps)  # set_layer, update_subscription
     return TrackInput(dt.sid, "video", tuple(layers), bounds=bounds, paused=dt.paused)

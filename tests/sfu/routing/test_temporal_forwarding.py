@@ -176,7 +176,7 @@ async def test_the_subscribers_max_fps_bounds_the_layers_without_an_estimate(lin
     participant, dt = subscriber(link, pub)
     loop = AllocationLoop(link.counters.cc, interval_ms=500)
     loop.watch(participant, T0)
-    dt.max_fps = 15
+    dt.prefs.max_fps = 15  # update_subscription {"max_fps": 15}
     loop.run_due(pub.run(30))
     now = pub.run(30)
     loop.run_due(now)  # no estimate: only the subscriber's bound (T0+T1 at 15 fps)
@@ -186,7 +186,7 @@ async def test_the_subscribers_max_fps_bounds_the_layers_without_an_estimate(lin
     got = await drain(link)
     assert {tid for *_, tid in got} == {0, 1} and len(got) == packets(60, 60, 1)
     assert_continuous(got)
-    dt.max_fps = None
+    dt.prefs.max_fps = None
     loop.run_due(now + 500)
     assert dt.temporal.target == ALL_LAYERS
 
