@@ -8,11 +8,20 @@ whole stream: at each switch (marked with ``switch``) the first packet of the ne
 to follow the last one forwarded (picture ID + 1, TL0PICIDX + 1, KEYIDX + 1) and later packets
 keep that offset.  Packets of the first source pass unchanged.
 
+Temporal layers (``sfu.packet.temporal``): a picture the subscriber is not sent (a dropped
+higher temporal layer) is ``drop``-ped here too: later picture IDs are one lower, so the pictures
+it gets are numbered without gaps (libwebrtc's VP8 reference finder waits for a missing picture
+ID before decoding a later frame).  TL0PICIDX and KEYIDX need nothing: T0 frames are never
+dropped.  A retransmission gets the picture ID its picture was sent with (a ring of the last
+``HISTORY`` pictures' offsets), not the offset of the moment.
+
 Widths are kept: a 7-bit picture ID stays 7 bits (the offset works modulo 2^7), a 15-bit one
 15 bits.  No allocation per packet: ``rewrite`` reads and writes the bytes of a buffer.
 """
 
 from __future__ import annotations
+
+from array import array
 
 from sfu.packet.rtp import Buffer
 
@@ -22,6 +31,8 @@ PID15_MASK = 0x7FFF
 PID7_MASK = 0x7F
 TL0_MASK = 0xFF
 KEYIDX_MASK = 0x1F
+#: pictures whose picture ID offset a retransmission finds (a power of two)
+HISTORY = 64
 
 #: ``descriptor_fields`` result slots (offsets into the buffer; -1: the field is absent)
 ABSENT = -1
@@ -39,7 +50,8 @@ def descriptor_fields(buf: Buffer, start: int, end: int) -> tuple[int, int, int,
 class Vp8Munger:
     """One subscriber's continuous picture ID / TL0PICIDX / KEYIDX across source switches."""
 
-    __slots__ = ("_pid_delta", "_tl0_delta", "_key_delta", "_last_pid", "_last_tl0", "_last_key", "_resync", "_started")
+    __slots__ = ("_pid_delta", "_tl0_delta", "_key_delta", "_last_pid", "_last_tl0", "_last_key", "_resync", "_started",
+                 "_dropped_pid", "_hist_pid", "_hist_delta")
 
     def __init__(self) -> None:
         self._pid_delta = 0
@@ -50,6 +62,17 @@ class Vp8Munger:
         self._last_key = -1
         self._resync = False
         self._started = False
+        self._dropped_pid = -1  # the incoming picture ID of the last picture dropped
+        #: per incoming picture ID (modulo ``HISTORY``): that ID and the offset it was sent with
+        self._hist_pid = array("i", [-1]) * HISTORY
+        self._hist_delta = array("i", [0]) * HISTORY
+
+    def drop(self, pid: int) -> None:
+        """A packet of the incoming picture ``pid`` (-1: without one) is not sent: when it is a
+        new picture, the pictures after it are numbered one lower."""
+        if pid >= 0 and pid != self._dropped_pid and self._started:
+            self._dropped_pid = pid
+            self._pid_delta -= 1
 
     def switch(self) -> None:
         """The next packet rewritten is the first of a new source (its keyframe)."""
@@ -103,13 +126,23 @@ class Vp8Munger:
         if not retransmission:
             self._started = True
         if pid_at >= 0:
+            pid_in = ((buf[pid_at] & 0x7F) << 8) | buf[pid_at + 1] if wide else buf[pid_at] & 0x7F
+            slot = pid_in & (HISTORY - 1)
+            if not retransmission:
+                delta = self._pid_delta
+                self._hist_pid[slot] = pid_in
+                self._hist_delta[slot] = delta
+            elif self._hist_pid[slot] == pid_in:
+                delta = self._hist_delta[slot]
+            else:
+                delta = self._pid_delta
             if wide:
-                out = ((((buf[pid_at] & 0x7F) << 8) | buf[pid_at + 1]) + self._pid_delta) & PID15_MASK
+                out = (pid_in + delta) & PID15_MASK
                 buf[pid_at] = 0x80 | (out >> 8)
                 buf[pid_at + 1] = out & 0xFF
                 newer = 0 < (out - self._last_pid) & PID15_MASK < 0x4000
             else:
-                out = ((buf[pid_at] & 0x7F) + self._pid_delta) & PID7_MASK
+                out = (pid_in + delta) & PID7_MASK
                 buf[pid_at] = out
                 newer = 0 < (out - self._last_pid) & PID7_MASK < 0x40
             if not retransmission and (newer or self._last_pid < 0):

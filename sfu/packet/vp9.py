@@ -8,6 +8,12 @@ its width (7 or 15 bits, wrapping there); TL0PICIDX is only in non-flexible mode
 indices.  Flexible mode's P_DIFFs are differences between picture IDs: one offset leaves them
 right.  No allocation per packet.
 
+Temporal layers dropped for a subscriber (``sfu.packet.temporal``) leave the picture IDs as they
+are: VP9 frames name their references by picture ID difference (flexible mode's P_DIFFs, the
+scalability structure's picture group in non-flexible mode), so renumbering what is sent would
+point them at the wrong pictures; a receiver does not wait on a missing picture of a temporal
+layer above the frame's own (libwebrtc's VP9 reference finder), and the dropped ones are above.
+
 Descriptor: ``|I|P|L|F|B|E|V|Z|``, then with I ``|M| PICTURE ID |`` (and a second byte when M),
 with L ``| TID |U| SID |D|`` and, in non-flexible mode (F=0), ``TL0PICIDX``.
 """
@@ -31,6 +37,9 @@ class Vp9Munger(Vp8Munger):
     """One subscriber's continuous VP9 picture ID / TL0PICIDX across source switches."""
 
     __slots__ = ()
+
+    def drop(self, pid: int) -> None:
+        """Picture IDs are kept across dropped temporal layers (see the module docstring)."""
 
     def rewrite(self, buf: Writable, start: int, end: int, *, retransmission: bool = False) -> bool:
         """Rewrite the descriptor at ``buf[start:end]`` in place; False when it is truncated (left

@@ -18,9 +18,16 @@ subscribers whose turn has come (a deque ordered by due time: O(subscribers due)
   PLI), up or down.  A track the allocator would pause for congestion gets its lowest layer
   instead (pausing video is left to subscription control), and a non-simulcast track is
   forwarded as it is;
+* temporal layers (VP8, VP9 with TIDs): each layer's bitrate and frame rate are measured per
+  temporal layer at ingress (cumulative: T0, T0+T1, ...), so the allocator offers the lowest
+  layer at a half or a quarter of its frame rate before it would pause the track; the chosen
+  temporal layer limits what the downtrack forwards (``DownTrack.set_max_temporal``: down at
+  the next frame, up at a sync frame or key frame), a non-simulcast track included.  The
+  subscriber's own ``max_fps`` (``update_subscription``: ``dt.prefs``) bounds it, also with no
+  estimate;
 * ``sfu_layer_switches_total{direction,reason}`` counted (a change of the layer a downtrack
-  is headed for, up or down by rank), the estimate sampled into
-  ``sfu_bwe_estimate_bps``;
+  is headed for, up or down by rank; with the same layer, a change of its temporal layer), the
+  estimate sampled into ``sfu_bwe_estimate_bps``;
 * a probe when the next layer needs more than the estimate (``ProbeController.want``; the
   transport sends the cluster as RTX padding: ``PeerTransport.send_probe``).
 """
@@ -31,7 +38,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sfu.counters import CongestionCounters, SwitchDirection, SwitchReason
-from sfu.routing.allocator import Allocation, Allocator, Bounds, LayerInfo, TrackInput
+from sfu.packet.temporal import ALL_LAYERS
+from sfu.routing.allocator import (
+    Allocation,
+    Allocator,
+    Bounds,
+    LayerInfo,
+    TrackDecision,
+    TrackInput,
+    top_temporal,
+)
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant
 from sfu.routing.track import PublishedTrack
@@ -53,13 +69,45 @@ def measure(track: PublishedTrack, now_ms: int) -> int:
     if track.rate_ms < 0:
         track.rate_ms = now_ms
         track.rate_octets = track.octets
+        track.tl_mark = (*track.tl_octets, *track.tl_frames)
         return 0
     elapsed = now_ms - track.rate_ms
     if elapsed >= RATE_WINDOW_MS:
         track.rate_bps = (track.octets - track.rate_octets) * 8000 // elapsed
         track.rate_octets = track.octets
         track.rate_ms = now_ms
+        if track.tl_top >= 0:
+            _measure_temporal(track, elapsed)
     return track.rate_bps
+
+
+def _measure_temporal(track: PublishedTrack, elapsed: int) -> None:
+    """``tl_rates`` / ``tl_fps``: bps and frame rate up to each temporal layer over the window
+    (the top one at least the whole track's rate: packets without a TID count there)."""
+    mark, octets, frames = track.tl_mark, track.tl_octets, track.tl_frames
+    rates: list[int] = []
+    fps: list[float] = []
+    o = f = 0
+    for t in range(track.tl_top + 1):
+        o += octets[t] - mark[t]
+        f += frames[t] - mark[4 + t]
+        rates.append(o * 8000 // elapsed)
+        fps.append(f * 1000 / elapsed)
+    rates[-1] = max(rates[-1], track.rate_bps)
+    track.tl_rates = tuple(rates)
+    track.tl_fps = tuple(fps)
+    track.tl_mark = (*octets, *frames)
+
+
+def _rates(track: PublishedTrack, now_ms: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """A layer's measured bitrates and frame rates per temporal layer (one entry without
+    temporal layers; none until measured)."""
+    rate = measure(track, now_ms)
+    if not rate:
+        return (), ()
+    if len(track.tl_rates) > 1:
+        return track.tl_rates, track.tl_fps
+    return (rate,), ()
 
 
 @dataclass(slots=True)
@@ -120,25 +168,33 @@ class AllocationLoop:
         downtracks = {dt.sid: dt for dt in sub.participant.downtracks if dt.source is not None}
         inputs = [_input(dt, now_ms) for dt in downtracks.values()]  # measures the bitrates too
         if estimate is None:
-            for dt in downtracks.values():
+            for dt, t in zip(downtracks.values(), inputs, strict=True):
                 self._cap(dt, None, now_ms)
+                if t.kind == "video":  # the subscriber's own frame rate bound only
+                    self._temporal(dt, t, t.layers[-1] if t.layers else None, _bound(t), SwitchReason.SUBSCRIBER)
             return
         self.counters.observe_estimate(estimate)
         if any(layer.active and not layer.bitrates for t in inputs if len(t.layers) > 1 for layer in t.layers):
             return  # a simulcast layer not measured yet (its first second): no choice on guesses
         allocation = sub.allocator.allocate(estimate, inputs, now_ms)
         sub.last = allocation
+        by_track = {t.track: t for t in inputs}
         for decision in allocation.tracks:
             dt = downtracks[decision.track]
+            t = by_track[decision.track]
+            reason = _REASONS.get(decision.reason or "", SwitchReason.BANDWIDTH)
             group = dt.source.group if dt.source is not None else None
-            if group is None:
-                continue
             if decision.paused == "subscriber":
-                continue  # paused by its subscriber: forwards nothing; its layer is kept for the resume
-            rid = decision.rid
-            if rid is None:  # paused for congestion: the lowest layer instead
-                rid = group.ranked[0].rid
-            self._cap(dt, rid, now_ms, _REASONS.get(decision.reason or "", SwitchReason.BANDWIDTH))
+                continue  # paused by its subscriber: forwards nothing; its layers are kept for the resume
+            moved = False
+            if group is not None:
+                rid = decision.rid
+                if rid is None:  # paused for congestion: the lowest layer instead
+                    rid = group.ranked[0].rid
+                moved = self._cap(dt, rid, now_ms, reason)
+            if t.kind == "video":
+                layer = _chosen(t, decision)
+                self._temporal(dt, t, layer, _limit(layer, decision), reason, counted=moved)
         if not sender.feedback_seen or sender.padding is None:
             return  # a REMB-only subscriber (nothing would read a probe's outcome), or no RTX stream
         if any(dt.paused and dt.rtx_ssrc == sender.padding[0] for dt in downtracks.values()):
@@ -148,14 +204,15 @@ class AllocationLoop:
             transport.send_probe(cluster, now_ms)
 
     def _cap(self, dt: DownTrack, rid: str | None, now_ms: int,
-             reason: SwitchReason = SwitchReason.BANDWIDTH) -> None:
-        """Cap ``dt``'s layer at ``rid``; a change of the layer it is headed for is counted."""
+             reason: SwitchReason = SwitchReason.BANDWIDTH) -> bool:
+        """Cap ``dt``'s layer at ``rid``; a change of the layer it is headed for is counted
+        (True)."""
         if dt.alloc_rid == rid:
-            return
+            return False
         dt.alloc_rid = rid
         group = dt.source.group if dt.source is not None else None
         if group is None:
-            return
+            return False
         before = dt.pending_source or dt.source
         group.attach(dt, now_ms)
         after = dt.pending_source or dt.source
@@ -163,6 +220,45 @@ class AllocationLoop:
             assert before is not None and after is not None
             up = group.ranked.index(after) > group.ranked.index(before)
             self.counters.switches[SwitchDirection.UP if up else SwitchDirection.DOWN][reason] += 1
+            return True
+        return False
+
+    def _temporal(self, dt: DownTrack, t: TrackInput, layer: LayerInfo | None, limit: int,
+                  reason: SwitchReason, *, counted: bool = False) -> None:
+        """Limit ``dt`` to temporal layer ``limit`` (``ALL_LAYERS``: none); a change on the same
+        spatial layer is counted as a switch."""
+        if layer is None or len(layer.bitrates) <= 1:
+            limit = ALL_LAYERS  # no temporal layers measured: nothing to choose between
+        before = dt.set_max_temporal(limit)
+        if before != limit and not counted and (dt.temporal is not None):
+            up = limit > before
+            self.counters.switches[SwitchDirection.UP if up else SwitchDirection.DOWN][reason] += 1
+
+
+def _chosen(t: TrackInput, d: TrackDecision) -> LayerInfo | None:
+    """The layer the decision forwards (paused for congestion: the lowest active one)."""
+    active = [layer for layer in t.layers if layer.active] or list(t.layers)
+    if d.rid is None and d.spatial < 0:
+        return active[0] if active else None
+    return next((layer for layer in t.layers if layer.rid == d.rid), None)
+
+
+def _limit(layer: LayerInfo | None, d: TrackDecision) -> int:
+    """The temporal limit a decision sets: its temporal layer, none when that is the top one;
+    T0 when paused for congestion (the lowest layer is forwarded instead)."""
+    if layer is None:
+        return ALL_LAYERS
+    temporal = 0 if d.temporal < 0 else d.temporal
+    return ALL_LAYERS if temporal >= len(layer.bitrates) - 1 else temporal
+
+
+def _bound(t: TrackInput) -> int:
+    """The temporal limit of the subscriber's own bounds on the top layer (no estimate)."""
+    if not t.layers:
+        return ALL_LAYERS
+    layer = t.layers[-1]
+    top = top_temporal(layer, t.bounds)
+    return ALL_LAYERS if top >= len(layer.bitrates) - 1 else top
 
 
 def _input(dt: DownTrack, now_ms: int) -> TrackInput:
@@ -173,13 +269,14 @@ def _input(dt: DownTrack, now_ms: int) -> TrackInput:
         return TrackInput(dt.sid, "audio", (LayerInfo(None, bitrates=(rate,) if rate else ()),), paused=dt.paused)
     group = source.group
     if group is None:
-        rate = measure(source, now_ms)
-        return TrackInput(dt.sid, "video", (LayerInfo(None, bitrates=(rate,) if rate else ()),), paused=dt.paused)
+        rates, fps = _rates(source, now_ms)
+        return TrackInput(dt.sid, "video", (LayerInfo(None, bitrates=rates, fps=fps),),
+                          bounds=Bounds(max_fps=dt.prefs.max_fps), paused=dt.paused)
     # the group's ranking, carried as a size the allocator ranks by (layers' real sizes: issue 12)
-    layers = tuple(
-        LayerInfo(layer.rid, width=rank + 1, height=1, bitrates=(rate,) if (rate := measure(layer, now_ms)) else (),
-                  active=group.is_active(layer))
-        for rank, layer in enumerate(group.ranked)
-    )
+    layers = []
+    for rank, layer in enumerate(group.ranked):
+        rates, fps = _rates(layer, now_ms)
+        layers.append(LayerInfo(layer.rid, width=rank + 1, height=1, bitrates=rates, fps=fps,
+                                active=group.is_active(layer)))
     bounds = Bounds(max_rid=group.bound_rid(dt), max_fps=dt.prefs.max_fps)  # set_layer, update_subscription
-    return TrackInput(dt.sid, "video", layers, bounds=bounds, paused=dt.paused)
+    return TrackInput(dt.sid, "video", tuple(layers), bounds=bounds, paused=dt.paused)

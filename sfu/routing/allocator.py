@@ -9,8 +9,8 @@ track id): every video track gets its lowest option before any gets more, then e
 takes the best option the rest of the budget allows.  A video track's options are its
 publisher's active layers ranked by resolution (width x height) and then bitrate, never by
 rid order, each with its temporal layers (cumulative bitrates); the subscriber's bounds
-(``max_rid`` by rank, ``max_width`` / ``max_height``, ``max_fps``) cut the list from above but
-never below its lowest option.
+(``max_rid`` by rank, ``max_width`` / ``max_height``, ``max_fps`` (with ``FPS_SLACK`` for a
+measured rate), ``max_temporal``) cut the list from above but never below its lowest option.
 
 Frame rate before resolution: above the lowest layer only full-rate temporal layers (or those
 at ``min_fps`` and more) are options, so a squeezed subscriber gets a smaller picture that
@@ -34,6 +34,9 @@ from typing import Literal
 AUDIO_DEFAULT_BPS = 40_000
 #: a layer whose bitrate is not measured yet is assumed to need this much
 UNKNOWN_LAYER_BPS = 150_000
+#: a temporal layer measured at up to this much above ``max_fps`` is within it (a 30 fps bound
+#: keeps a stream measured at 30.4 fps over a one-second window)
+FPS_SLACK = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Bounds:
     max_width: int | None = None
     max_height: int | None = None
     max_fps: float | None = None
+    max_temporal: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +162,24 @@ def video_options(track: TrackInput, min_fps: float = 0.0) -> list[_Option]:
         if too_big and spatial > 0:
             break
         rates = layer.bitrates or (UNKNOWN_LAYER_BPS,)
-        top = len(rates) - 1
-        while top > 0 and b.max_fps is not None and top < len(layer.fps) and layer.fps[top] > b.max_fps:
-            top -= 1
+        top = top_temporal(layer, b)
         for temporal in range(top + 1):
             fps = layer.fps[temporal] if temporal < len(layer.fps) else None
             if spatial > 0 and temporal < top and (fps is None or fps < min_fps):
                 continue  # a higher layer at a reduced rate: take a lower layer at the full one
             out.append(_Option(layer, spatial, temporal, max(rates[temporal], 1)))
     return out
+
+
+def top_temporal(layer: LayerInfo, b: Bounds) -> int:
+    """The highest temporal layer of ``layer`` within the bounds' ``max_fps`` / ``max_temporal``
+    (never below T0)."""
+    top = max(len(layer.bitrates) - 1, 0)
+    if b.max_temporal is not None:
+        top = max(min(top, b.max_temporal), 0)
+    while top > 0 and b.max_fps is not None and top < len(layer.fps) and layer.fps[top] > b.max_fps * FPS_SLACK:
+        top -= 1
+    return top
 
 
 class Allocator:

@@ -8,6 +8,12 @@ Simulcast: binding to a layer of a ``SimulcastGroup`` lets the group pick the la
 downtrack's ``target_rid``, or the best one sending).  A layer change while media flows is
 ``switch_to``: the current layer keeps being forwarded until the new layer's next keyframe, where
 ``switch_now`` moves over without a gap or a duplicate in the outgoing sequence.
+
+Temporal layers (VP8, VP9: ``sfu.packet.temporal``): ``set_max_temporal`` limits the temporal
+layers forwarded (the allocator's choice, the subscriber's bound).  Once limited, a downtrack
+has a ``TemporalFilter`` (and, for VP8, a descriptor munger that renumbers the pictures after
+a dropped one); it forwards one by one, outside its source's fan-out group.  A dropped packet
+is skipped in the outgoing sequence numbers: the subscriber sees no loss.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING
 from sfu.counters import DropReason, MediaCounters
 from sfu.packet.rtp import copy_rewrite, get_extension, header_length
 from sfu.packet.seq import SeqMunger, TimestampMunger
+from sfu.packet.temporal import ALL_LAYERS, PID_SHIFT, TemporalFilter
 from sfu.packet.twcc import TWCC_URI
 from sfu.packet.vp8 import Vp8Munger
 from sfu.packet.vp9 import Vp9Munger
@@ -112,6 +119,8 @@ class DownTrack:
         #: across layer switches (set by ``_take``; such packets take the copying path, where the
         #: payload can change)
         self.descriptor: Vp8Munger | None = None
+        #: the temporal layer limit (``set_max_temporal``); None: never limited
+        self.temporal: TemporalFilter | None = None
 
     # -- state the source's fan-out group may hold pending (see ``PublishedTrack``) ----------------
     @property
@@ -267,8 +276,30 @@ class DownTrack:
         if wait_keyframe:
             track.request_keyframe(now_ms)
 
+    def set_max_temporal(self, tid: int) -> int:
+        """Forward the temporal layers up to ``tid`` (``ALL_LAYERS``: all) from the next frame
+        start down, or the next switching point up; returns the limit it had (``ALL_LAYERS``
+        when none)."""
+        tid = max(0, min(tid, ALL_LAYERS))
+        f = self.temporal
+        before = f.target if f is not None else ALL_LAYERS
+        if tid == before or self.kind != "video":
+            return before
+        if f is None:
+            self.temporal = TemporalFilter(tid)
+            if self.source is not None:
+                self.temporal.current = ALL_LAYERS  # moves down at the next frame start
+                if self.descriptor is None:
+                    munger = _DESCRIPTOR_MUNGERS.get(self.source.codec.name.lower())
+                    self.descriptor = munger() if munger is not None else None
+                self._regroup()  # it leaves the fan-out group: its packets are filtered
+        else:
+            f.target = tid
+        return before
+
     def _descriptor_follow(self, track: PublishedTrack) -> None:
-        munger = _DESCRIPTOR_MUNGERS.get(track.codec.name.lower()) if track.group is not None else None
+        keep = track.group is not None or self.temporal is not None
+        munger = _DESCRIPTOR_MUNGERS.get(track.codec.name.lower()) if keep else None
         if munger is None:
             self.descriptor = None
             return
@@ -303,6 +334,15 @@ class DownTrack:
         waiting = self._waiting_keyframe
         if waiting and not keyframe:
             return 0
+        tf = self.temporal
+        if tf is not None and self.source is not None:
+            info = self.source.tl_info
+            if not tf.admit(info):  # a higher temporal layer than this subscriber takes
+                if not waiting:
+                    self.seq.drop(seq)
+                if self.descriptor is not None:
+                    self.descriptor.drop((info >> PID_SHIFT) - 1)
+                return 0
         b1 = self._b1_map[view[1]]
         if b1 == NO_PT:
             return self._refuse(seq, keyframe, now_ms)

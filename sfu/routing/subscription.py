@@ -4,7 +4,7 @@ what they bound: pure, no I/O.
 ``Preferences`` sits on each ``DownTrack`` (``dt.prefs``): ``enabled`` False pauses the track for
 this subscriber (nothing is forwarded, its allocation frees the budget); ``max_width`` /
 ``max_height`` bound the simulcast layer by the size measured in each layer's keyframes
-(``fitting_rank``); ``max_fps`` is stored for the allocator's temporal choice.  The highest layer
+(``fitting_rank``); ``max_fps`` bounds the allocator's temporal layer choice.  The highest layer
 by rid (``max_layer``, ``set_layer``, WHEP's layer route) stays the downtrack's ``target_rid``.
 """
 

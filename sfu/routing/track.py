@@ -23,6 +23,9 @@ from sfu.packet.frame_size import keyframe_size
 from sfu.packet.nack import NackOutcome, NackTracker
 from sfu.packet.rtp import header_length
 from sfu.packet.rtx import apt_table
+from sfu.packet.temporal import NONE as TL_NONE
+from sfu.packet.temporal import START as TL_START
+from sfu.packet.temporal import TID_MASK, vp8_temporal, vp9_temporal
 from sfu.packet.twcc import TWCC_URI
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
 from sfu.routing.stats import RateMeter, ReceiveStats
@@ -95,6 +98,10 @@ _LATE = 1  # older than the newest (a recovered hole, reordering or a duplicate)
 _STALE = 2  # so much older that its retransmission cache slot holds a newer packet
 _LANE_DEPTH = SEND_LANE_DEPTH
 KEYFRAME_REQUEST_INTERVAL_MS = 500
+#: codecs whose packets carry a temporal layer id (sfu.packet.temporal), by lower-case name
+_TEMPORAL_READERS: dict[str, Callable[[memoryview, int, int], int]] = {"vp8": vp8_temporal, "vp9": vp9_temporal}
+#: ... and the bit of the descriptor's first byte without which there is no TID (VP8 X, VP9 L)
+_TEMPORAL_BITS = {"vp8": 0x80, "vp9": 0x20}
 _Row = tuple[Any, int, int, int, list[int], int, SendHistory | None]
 
 
@@ -172,6 +179,25 @@ class PublishedTrack:
         self.rtx_apt = apt_table(rtx_apt or {})
         self._repairing = False  # ``on_rtp`` is handling a retransmission
         self.muted = False
+        # -- temporal layers (sfu.packet.temporal) --
+        #: per payload type: the reader of its temporal facts (VP8, VP9), None: none
+        self._tl_readers: list[Callable[[memoryview, int, int], int] | None] = [None] * 128
+        self._tl_bits = [0] * 128  # per payload type: the first descriptor byte's bit for a TID
+        for c in codecs:
+            self._tl_readers[c.payload_type & 0x7F] = _TEMPORAL_READERS.get(c.name.lower())
+            self._tl_bits[c.payload_type & 0x7F] = _TEMPORAL_BITS.get(c.name.lower(), 0)
+        self._tl_any = any(r is not None for r in self._tl_readers)
+        #: the temporal facts of the packet being forwarded (``TL_NONE``: none), for its downtracks
+        self.tl_info = TL_NONE
+        #: octets and frames received per temporal layer (T0-T3), the highest TID seen (-1: none);
+        #: ``tl_rates`` / ``tl_fps`` are measured from them (sfu.routing.allocation.measure)
+        self.tl_octets = [0, 0, 0, 0]
+        self.tl_frames = [0, 0, 0, 0]
+        self.tl_top = -1
+        #: bps and frames per second up to each temporal layer (T0, T0+T1, ...) over the last window
+        self.tl_rates: tuple[int, ...] = ()
+        self.tl_fps: tuple[float, ...] = ()
+        self.tl_mark: tuple[int, ...] = (0,) * 8  # tl_octets + tl_frames at the last measurement
         #: bytes received (the allocator measures each layer's bitrate from it: sfu.routing.allocation)
         self.octets = 0
         self.rate_bps = 0  # the last measured bitrate (bps), 0: not measured yet
@@ -241,15 +267,17 @@ class PublishedTrack:
         self.octets += length
         b0, b1, seq, ts = _unpack_head(view)
         top = b0 & 0xF0  # version, padding, extension
+        hlen = 12 + (b0 & 0x0F) * 4  # where the payload starts (-1: malformed; checked below)
         if top == 0x80:
-            shape = _SHAPE_PLAIN if 12 + (b0 & 0x0F) * 4 <= length <= len(view) else _SHAPE_OTHER
-        elif top == 0x90 and header_length(view, length) >= 0:
+            shape = _SHAPE_PLAIN if hlen <= length <= len(view) else _SHAPE_OTHER
+        elif top == 0x90 and (hlen := header_length(view, length)) >= 0:
             # a mask of ids (>= 2), or -1 (_SHAPE_OTHER); the group's transport-wide seq found too
             tw_found = self._tw_found
             tw_found[0] = 0
             shape = extension_ids(view, length, self._fast_tw, tw_found)
         else:
             shape = _SHAPE_OTHER
+            hlen = -1
         self.octets_in += length
         stats = self.stats  # ReceiveStats.update, inlined
         stats.packets += 1
@@ -300,6 +328,24 @@ class PublishedTrack:
                     self._switch_waiting(now_ms)
             elif self._keyframe_deferred:
                 self.request_keyframe(now_ms)
+        if self._tl_any:
+            pt = b1 & 0x7F
+            reader = self._tl_readers[pt]
+            info = TL_NONE
+            if reader is not None:
+                if hlen < 0 or shape == _SHAPE_OTHER:
+                    hlen = header_length(view, length)
+                # the descriptor's bit that says a TID may follow (VP8 X, VP9 L): else no call
+                if 0 <= hlen < length and view[hlen] & self._tl_bits[pt]:
+                    info = reader(view, hlen, length)
+                if info >= 0 and not self._repairing:
+                    tid = info & TID_MASK
+                    self.tl_octets[tid] += length
+                    if info & TL_START:
+                        self.tl_frames[tid] += 1
+                    if tid > self.tl_top:
+                        self.tl_top = tid
+            self.tl_info = info
         sent = 0
         octets = 0
         rest = self.downtracks
@@ -463,6 +509,7 @@ class PublishedTrack:
                 state is None
                 or dt._paused
                 or dt._waiting_keyframe
+                or dt.temporal is not None
                 or m.fast_next != next_seq
                 or tm.fast_offset < 0
                 or (ring is not None and state[0] is not ring)

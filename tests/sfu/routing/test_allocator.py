@@ -202,3 +202,33 @@ def test_a_flapping_layer_doubles_its_hold() -> None:
     while pick(alloc.allocate(3_000_000, [AUDIO, cam()], now))[0] != "f":
         now += 100
     assert now - start == 2000
+
+
+# one layer (no simulcast) with temporal layers: 7.5, 15 and 30 fps
+L1T3 = LayerInfo(None, 0, 0, (120_000, 170_000, 230_000), (7.5, 15.0, 30.0))
+
+
+@pytest.mark.parametrize(
+    ("estimate", "bounds", "temporal"),
+    [
+        (1_000_000, Bounds(), 2),
+        (200_000, Bounds(), 1),  # T2 x 1.1 = 253 k does not fit: half the frame rate
+        (140_000, Bounds(), 0),  # a quarter before pausing
+        (1_000_000, Bounds(max_temporal=0), 0),
+        (1_000_000, Bounds(max_fps=15), 1),
+        (1_000_000, Bounds(max_fps=30), 2),  # 30 fps measured a little over is within a 30 fps bound
+        (1_000_000, Bounds(max_fps=1), 0),  # never below T0
+    ],
+)
+def test_temporal_layers_of_one_layer(estimate: int, bounds: Bounds, temporal: int) -> None:
+    a = Allocator().allocate(estimate, [cam(layers=(L1T3,), bounds=bounds)], 0.0)
+    assert pick(a) == (None, temporal, None)
+
+
+def test_the_lowest_layer_drops_temporal_layers_before_pausing_then_goes_back_up() -> None:
+    alloc = Allocator()
+    assert pick(alloc.allocate(1_000_000, [cam(layers=(L1T3,))], 0.0)) == (None, 2, None)
+    d = alloc.allocate(150_000, [cam(layers=(L1T3,))], 500.0).tracks[0]
+    assert (d.temporal, d.switch, d.keyframe) == (0, "down", False)  # same layer: no keyframe asked
+    assert pick(alloc.allocate(1_000_000, [cam(layers=(L1T3,))], 1000.0)) == (None, 0, None)  # the hold
+    assert pick(alloc.allocate(1_000_000, [cam(layers=(L1T3,))], 3000.0)) == (None, 2, None)
