@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sfu import clock
 from sfu.packet import rtcp
 from sfu.packet.rtp import RtpPacket
 from sfu.packet.twcc import TWCC_URI, TransportFeedback
@@ -133,7 +134,9 @@ async def test_feedback_from_the_subscriber_reaches_its_estimate(link: Link) -> 
     participant.downtracks.append(dt)
     sender = link.peer.sender
     assert sender is not None and sender.estimate_bps(T0) is None  # nothing heard yet
-    now = T0
+    # the node's clock: once the estimate is seeded the transport paces, and its pacer's timer
+    # reads that clock (a packet queued at a time far from it would count as long overdue)
+    now = clock.now_ms()
     base = 0
     for round_ in range(10):  # 100 ms of 30 packets, then their feedback: all received, spaced evenly
         for i in range(30):
