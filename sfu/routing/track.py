@@ -485,12 +485,12 @@ class PublishedTrack:
             pacer = dt.peer.pacer
             if (
                 state is None
-                or (pacer is not None and pacer.pending)  # the one-by-one way, behind its queue
                 or dt._paused
                 or dt._waiting_keyframe
                 or m.fast_next != next_seq
                 or tm.fast_offset < 0
                 or (ring is not None and state[0] is not ring)
+                or (pacer is not None and pacer.pending and self._regroup_later(pacer))
                 or len(members) == state[0].lanes
                 or (sender is not None and (sender.ext_id != tw_in or dt.tw_id != tw_in))
             ):
@@ -534,6 +534,13 @@ class PublishedTrack:
         self._fast_octets = 0
         self._fast_newest_ts = (members[0]._ts.newest_out - members[0]._ts.fast_offset) & 0xFFFFFFFF
         self._fast_next = next_seq
+
+    @staticmethod
+    def _regroup_later(pacer: PacedQueue) -> bool:
+        """A member whose transport has a queue goes the one-by-one way, behind it; the groups
+        form again when it is empty (``PeerTransport.drain_paced``)."""
+        pacer.regroup = True
+        return True
 
     def fast_sync(self) -> None:
         """Hand what the group counted since the last time over to its members."""

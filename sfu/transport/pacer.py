@@ -48,8 +48,11 @@ class PacedKind(enum.IntEnum):
 class PacingConfig:
     #: pacing rate = estimate x factor
     factor: float = 2.5
-    #: budget saved up while idle (ms at the pacing rate): what may leave as one burst
-    burst_ms: float = 5.0
+    #: budget saved up while idle (ms at the pacing rate): what may leave as one burst.  The
+    #: budget is refilled lazily (when it runs out), so after a pause up to two bursts' worth
+    #: leaves at once: 2 x 10 ms x 2.5 = 50 ms at the estimate, more than a delta frame (33 ms
+    #: at 30 fps), less than a keyframe, which is spread
+    burst_ms: float = 10.0
     max_delay_ms: float = 500.0
     max_packets: int = 1024
     max_bytes: int = 1_000_000
@@ -74,7 +77,8 @@ class PacingConfig:
 class PacedQueue:
     """See the module docstring."""
 
-    __slots__ = ("config", "budget", "rate", "queued_packets", "queued_bytes", "drops", "_last_ms", "_rtx", "_video")
+    __slots__ = ("config", "budget", "rate", "queued_packets", "queued_bytes", "drops", "regroup", "_last_ms", "_rtx",
+                 "_video")
 
     def __init__(self, config: PacingConfig | None = None, drops: list[int] | None = None) -> None:
         self.config = config or PacingConfig()
@@ -86,6 +90,9 @@ class PacedQueue:
         self.queued_bytes = 0
         #: by ``PacerDrop`` (a node-wide list may be passed in)
         self.drops = drops if drops is not None else [0] * len(PacerDrop)
+        #: a fan-out group left its transport out while this had a queue (set by the routing
+        #: layer): when the queue is empty the groups are to form again
+        self.regroup = False
         self._last_ms = 0.0
         self._rtx: deque[tuple[float, bytes]] = deque()
         self._video: deque[tuple[float, bytes]] = deque()

@@ -418,8 +418,9 @@ class PeerTransport:
             cc.observe_pacer_delay(waited_ms)
         if pacer.pending:
             return True
-        # fan-out groups left this transport out while it had a queue: they may take it back
-        self._ring.generation += 1
+        if pacer.regroup:  # fan-out groups left this transport out while it had a queue: they may take it back
+            pacer.regroup = False
+            self._ring.generation += 1
         return False
 
     def _send_out(self, length: int, now_ms: int) -> bool:

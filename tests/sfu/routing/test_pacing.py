@@ -25,7 +25,7 @@ TW = 5
 PAYLOAD = 1100  # + 12 header + 8 extension block: 1,120-byte packets
 BURST = 40
 #: a loaded machine may stall the loop for seconds: nothing is dropped for waiting in these tests
-NO_DROPS = PacingConfig(max_delay_ms=5000.0)
+NO_DROPS = PacingConfig(max_delay_ms=5000.0, burst_ms=5.0)
 
 
 def track(link: Link, kind: str, ssrc: int) -> PublishedTrack:

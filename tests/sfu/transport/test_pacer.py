@@ -30,7 +30,11 @@ class Tick:
     at: float
 
 
-def run(steps: list[Offer | Tick], *, config: PacingConfig | None = None, estimate: int | None = ESTIMATE,
+#: bursts of 5 ms: 625 bytes at 1 Mbit/s (the default is 10 ms)
+BURST5 = PacingConfig(burst_ms=5.0)
+
+
+def run(steps: list[Offer | Tick], *, config: PacingConfig = BURST5, estimate: int | None = ESTIMATE,
         start: float = 0.0) -> tuple[list[tuple[float, str]], PacedQueue]:
     q = PacedQueue(config)
     q.set_rate(estimate, start)
@@ -123,7 +127,7 @@ def test_the_rate_is_the_estimate_times_the_factor_and_held_over_a_long_burst() 
 
 
 def test_queued_video_older_than_the_max_delay_is_dropped_and_counted() -> None:
-    config = PacingConfig(max_delay_ms=100.0)
+    config = PacingConfig(burst_ms=5.0, max_delay_ms=100.0)
     sent, q = run(merge(keyframe(0, 30), ticks(5, 400)), config=config)
     # about 100 ms / 9.6 ms leave; the rest waited too long
     assert 10 <= len(sent) <= 12
@@ -134,7 +138,7 @@ def test_queued_video_older_than_the_max_delay_is_dropped_and_counted() -> None:
 
 
 def test_the_queue_is_bounded_in_packets_and_bytes_oldest_video_first() -> None:
-    q = PacedQueue(PacingConfig(max_packets=16, max_bytes=100_000))
+    q = PacedQueue(PacingConfig(burst_ms=5.0, max_packets=16, max_bytes=100_000))
     q.set_rate(ESTIMATE, 0)
     assert q.admit(V, MTU, 0)  # the burst's budget
     q.push(R, b"r" * MTU, 0)
@@ -159,7 +163,7 @@ def test_the_queue_is_bounded_in_packets_and_bytes_oldest_video_first() -> None:
 
 
 def test_a_new_estimate_changes_the_rate_and_none_stops_pacing() -> None:
-    q = PacedQueue()
+    q = PacedQueue(BURST5)
     assert q.budget == INFINITE and q.admit(V, MTU, 0)
     q.set_rate(ESTIMATE, 0)
     assert q.budget == pytest.approx(125 * 5)
