@@ -22,7 +22,10 @@ The rate is the estimate x ``factor`` (2.5, as libwebrtc's pacer); without an es
 Bounds: at most ``max_packets`` packets and ``max_bytes`` bytes queued (beyond that the oldest
 video, else the oldest retransmission, is dropped: ``PacerDrop.QUEUE_FULL``), and no packet
 older than ``max_delay_ms`` is sent (``PacerDrop.QUEUE_DELAY``): a receiver that lost them
-asks again (NACK, PLI).
+asks again (NACK, PLI).  Before that, as libwebrtc's pacer does with its queue time limit, a
+queue that would not drain in time at the pacing rate (a keyframe larger than ``max_delay_ms``
+at that rate) is drained faster: at its bytes over the time its oldest packet has left, so a
+delay drop takes a stalled event loop.
 """
 
 from __future__ import annotations
@@ -155,8 +158,18 @@ class PacedQueue:
         """What may leave now, in order (retransmissions first), with how long each waited (ms).
         Packets that waited longer than ``max_delay_ms`` are dropped."""
         out: list[tuple[PacedKind, bytes, float]] = []
-        self._refill(now_ms)
-        cut = now_ms - self.config.max_delay_ms
+        config = self.config
+        elapsed = now_ms - self._last_ms
+        if elapsed > 0:
+            rate = self.rate
+            if self.queued_packets:  # fast enough that what waits leaves within max_delay_ms
+                rtx, video = self._rtx, self._video
+                oldest = min(rtx[0][0] if rtx else now_ms, video[0][0] if video else now_ms)
+                left = max(config.max_delay_ms - (now_ms - oldest), config.tick_ms)
+                rate = max(rate, self.queued_bytes / left)
+            self.budget += rate * elapsed
+            self._last_ms = now_ms
+        cut = now_ms - config.max_delay_ms
         for kind, q in ((PacedKind.RTX, self._rtx), (PacedKind.VIDEO, self._video)):
             while q and q[0][0] < cut:
                 self.queued_bytes -= len(q.popleft()[1])
@@ -169,7 +182,7 @@ class PacedQueue:
                 self.budget -= len(data)
                 out.append((kind, data, now_ms - queued_ms))
         if not self.queued_packets:
-            cap = self.rate * self.config.burst_ms
+            cap = self.rate * config.burst_ms
             if self.budget > cap:
                 self.budget = cap
         return out

@@ -126,14 +126,21 @@ def test_the_rate_is_the_estimate_times_the_factor_and_held_over_a_long_burst() 
     assert q.budget <= 125 * 5
 
 
+def test_a_queue_that_would_not_drain_within_the_max_delay_is_drained_faster() -> None:
+    """30 packets (36 kB) at 125 B/ms need 288 ms; with a 100 ms limit the pacer speeds up (its
+    bytes over the time its oldest packet has left) and nothing is dropped."""
+    sent, q = run(merge(keyframe(0, 30), ticks(5, 400)), config=PacingConfig(burst_ms=5.0, max_delay_ms=100.0))
+    assert len(sent) == 30 and q.drops == [0, 0]
+    assert sent[-1][0] <= 100
+    assert sent[-1][0] >= 60  # spread all the same, not one burst
+
+
 def test_queued_video_older_than_the_max_delay_is_dropped_and_counted() -> None:
-    config = PacingConfig(burst_ms=5.0, max_delay_ms=100.0)
-    sent, q = run(merge(keyframe(0, 30), ticks(5, 400)), config=config)
-    # about 100 ms / 9.6 ms leave; the rest waited too long
-    assert 10 <= len(sent) <= 12
-    assert q.drops[PacerDrop.QUEUE_DELAY] == 30 - len(sent)
-    assert q.drops[PacerDrop.QUEUE_FULL] == 0
-    assert all(at <= 100 + 5 for at, _ in sent)
+    """A stalled loop: the timer comes 600 ms late; what waited over 500 ms is dropped."""
+    sent, q = run(merge(keyframe(0, 30), [Offer(550, V, "late")], [Tick(600), Tick(605)]))
+    assert sent[0] == (0.0, "v0")
+    assert q.drops[PacerDrop.QUEUE_DELAY] == 29 and q.drops[PacerDrop.QUEUE_FULL] == 0
+    assert sent[1:] == [(600.0, "late")]
     assert q.queued_bytes == 0 and not q.pending
 
 
