@@ -501,7 +501,7 @@ class PublishedTrack:
             history = sender.history if sender is not None else None
             rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer, history))
             keep.append(dt.peer.tx)
-            if pacer is not None:
+            if pacer is not None and pacer.rate:  # an unpaced one's budget is infinite
                 pacers.append(pacer)
             keys.append(array("Q", [key]) * _LANE_DEPTH)
         if not members:

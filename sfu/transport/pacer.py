@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sfu.counters import PacerDrop
@@ -80,8 +81,8 @@ class PacingConfig:
 class PacedQueue:
     """See the module docstring."""
 
-    __slots__ = ("config", "budget", "rate", "queued_packets", "queued_bytes", "drops", "regroup", "_last_ms", "_rtx",
-                 "_video")
+    __slots__ = ("config", "budget", "rate", "queued_packets", "queued_bytes", "drops", "regroup", "on_paced", "_last_ms",
+                 "_rtx", "_video")
 
     def __init__(self, config: PacingConfig | None = None, drops: list[int] | None = None) -> None:
         self.config = config or PacingConfig()
@@ -96,6 +97,9 @@ class PacedQueue:
         #: a fan-out group left its transport out while this had a queue (set by the routing
         #: layer): when the queue is empty the groups are to form again
         self.regroup = False
+        #: called when pacing starts or stops (the transport's fan-out groups count only the
+        #: budgets of paced members: they form again)
+        self.on_paced: Callable[[], None] | None = None
         self._last_ms = 0.0
         self._rtx: deque[tuple[float, bytes]] = deque()
         self._video: deque[tuple[float, bytes]] = deque()
@@ -107,14 +111,21 @@ class PacedQueue:
     def set_rate(self, estimate_bps: float | None, now_ms: float) -> None:
         """Pace at ``estimate_bps`` x factor from now on (None: stop pacing)."""
         if estimate_bps is None:
-            self.rate = 0.0
-            self.budget = INFINITE
+            if self.rate:
+                self.rate = 0.0
+                self.budget = INFINITE
+                if self.on_paced is not None:
+                    self.on_paced()
             return
         rate = max(estimate_bps * self.config.factor, float(self.config.min_rate_bps)) / 8000.0
         if self.rate == 0.0:  # pacing starts: one burst's worth, from now
             self.budget = rate * self.config.burst_ms
             self._last_ms = now_ms
-        elif not self.queued_packets:  # (with a queue, the next drain refills at the new rate)
+            self.rate = rate
+            if self.on_paced is not None:
+                self.on_paced()
+            return
+        if not self.queued_packets:  # (with a queue, the next drain refills at the new rate)
             self._refill(now_ms)
             self.budget = min(self.budget, rate * self.config.burst_ms)
         self.rate = rate

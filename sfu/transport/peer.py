@@ -375,6 +375,7 @@ class PeerTransport:
                 self.drain_paced(clock.now_ms(), flush_all=True)
             self.sender = TransportSender(ext_id, self._counters.cc, pacing=self._port.pacing_config)
             self.pacer = self.sender.pacer
+            self.pacer.on_paced = self._regroup
         return self.sender
 
     def send_rtp(self, length: int, now_ms: int = -1, kind: PacedKind = PacedKind.VIDEO) -> bool:
@@ -388,6 +389,10 @@ class PeerTransport:
             elif not pacer.admit(kind, length, clock.now_ms() if now_ms < 0 else now_ms):
                 return self._queue_paced(kind, length, now_ms)
         return self._send_out(length, now_ms)
+
+    def _regroup(self) -> None:
+        """Pacing started or stopped: the fan-out groups form again (``ring.generation``)."""
+        self._ring.generation += 1
 
     def _queue_paced(self, kind: PacedKind, length: int, now_ms: int) -> bool:
         """Put a copy of ``out_view[:length]`` in the pacer's queue (the timer sends it)."""
@@ -420,7 +425,7 @@ class PeerTransport:
             return True
         if pacer.regroup:  # fan-out groups left this transport out while it had a queue: they may take it back
             pacer.regroup = False
-            self._ring.generation += 1
+            self._regroup()
         return False
 
     def _send_out(self, length: int, now_ms: int) -> bool:
@@ -700,6 +705,7 @@ class PeerTransport:
         self._port.pacing.discard(self)
         if self.pacer is not None:
             self.pacer.clear()
+            self.pacer.on_paced = None
         if self._offload is None:
             self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
         self._on_app_data = None

@@ -191,3 +191,17 @@ def test_min_rate_and_config_bounds() -> None:
                 dict(max_bytes=10), dict(tick_ms=500.0)):
         with pytest.raises(ValueError):
             PacingConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_starting_and_stopping_pacing_is_told() -> None:
+    """The transport's fan-out groups count only paced members' budgets: they form again when
+    pacing starts or stops, not on every new estimate."""
+    q = PacedQueue()
+    calls: list[float] = []
+    q.on_paced = lambda: calls.append(q.rate)
+    q.set_rate(None, 0)
+    q.set_rate(ESTIMATE, 10)
+    q.set_rate(ESTIMATE * 2, 20)
+    q.set_rate(None, 30)
+    q.set_rate(None, 40)
+    assert calls == [125.0, 0.0]
