@@ -12,6 +12,7 @@ from typing import Any
 from levelchat.config import ConfigError, build, from_env, is_loopback, load_toml
 from levelchat.httpserver import HttpConfig
 from levelchat.webhooks.model import WebhookConfig
+from sfu.transport.pacer import PacingConfig
 from sfu.turn import TurnServer, validate_servers
 
 ENV_PREFIX = "LEVELCHAT_SFU_"
@@ -97,6 +98,13 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: bound); false: REMB only, as before
     publisher_transport_cc: bool = True
     publisher_twcc_interval_ms: int = 100
+    #: pacing of each subscriber transport that has a bandwidth estimate (transport-cc or REMB):
+    #: its packets leave at the estimate x ``pacer_factor``, up to ``pacer_burst_ms`` of that rate
+    #: at once; the excess waits (audio never does, retransmissions before video) at most
+    #: ``pacer_max_delay_ms`` (then it is dropped and counted: ``sfu_pacer_dropped_total``)
+    pacer_factor: float = 2.5
+    pacer_burst_ms: float = 5.0
+    pacer_max_delay_ms: float = 500.0
     #: a subscriber offer unanswered this long is sent again; unanswered again, the session ends
     subscriber_offer_timeout_s: float = 10.0
     #: signaling WebSocket (``/v1/rtc``): a socket that has not joined a room this long after it
@@ -186,6 +194,10 @@ class NodeConfig(HttpConfig, WebhookConfig):
     def serves_demo_page(self) -> bool:
         return self.dev if self.demo_page is None else self.demo_page
 
+    def pacing(self) -> PacingConfig:
+        """How subscriber transports pace their packets (``sfu.transport.pacer``)."""
+        return PacingConfig(factor=self.pacer_factor, burst_ms=self.pacer_burst_ms, max_delay_ms=self.pacer_max_delay_ms)
+
     def validate(self) -> None:
         for name in ("http_port", "media_port", "tcp_port"):
             value = getattr(self, name) if name != "tcp_port" else self.ice_tcp_port
@@ -238,6 +250,9 @@ class NodeConfig(HttpConfig, WebhookConfig):
             raise ConfigError(
                 f"publisher_twcc_interval_ms: {self.publisher_twcc_interval_ms} must be between 20 and 500"
             )
+        for name, low, high in (("pacer_factor", 1, 10), ("pacer_burst_ms", 1, 100), ("pacer_max_delay_ms", 50, 5000)):
+            if not low <= getattr(self, name) <= high:  # PacingConfig's bounds
+                raise ConfigError(f"{name}: {getattr(self, name)} must be between {low} and {high}")
         if self.subscriber_offer_timeout_s <= 0:
             raise ConfigError(f"subscriber_offer_timeout_s: {self.subscriber_offer_timeout_s} must be positive")
         for name in ("signaling_join_timeout_s", "signaling_heartbeat_s"):

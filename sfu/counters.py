@@ -196,18 +196,29 @@ class SwitchReason(enum.IntEnum):
     PUBLISHER = 2
 
 
+class PacerDrop(enum.IntEnum):
+    """Why a packet queued by a subscriber transport's pacer was dropped (``name.lower()`` is the
+    ``reason`` label of ``sfu_pacer_dropped_total``)."""
+
+    QUEUE_FULL = 0  # over the queue's packet or byte bound
+    QUEUE_DELAY = 1  # queued longer than the pacer's max delay
+
+
 class CongestionCounters:
     """Congestion control on the subscriber leg: transport-cc feedback taken and refused, the
     estimates the allocator spent (a histogram, sampled per allocation), layer switches."""
 
     __slots__ = ("feedback_in", "feedback_limited", "feedback_malformed", "remb_in", "unstamped",
-                 "estimate_buckets", "estimate_sum", "estimate_count", "switches", "probes", "probe_packets")
+                 "estimate_buckets", "estimate_sum", "estimate_count", "switches", "probes", "probe_packets",
+                 "pacer_drops", "pacer_delay_buckets", "pacer_delay_sum", "pacer_delay_count")
 
     #: ``sfu_bwe_estimate_bps`` bucket bounds (bps); the last bucket is +Inf
     ESTIMATE_BOUNDS = (
         100_000, 200_000, 300_000, 500_000, 700_000, 1_000_000, 1_500_000, 2_000_000, 3_000_000,
         5_000_000, 10_000_000,
     )  # fmt: skip
+    #: ``sfu_pacer_delay_seconds`` bucket bounds (ms; exported in seconds); the last is +Inf
+    PACER_DELAY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
     def __init__(self) -> None:
         self.feedback_in = 0  # transport-cc messages taken into a send history
@@ -223,6 +234,17 @@ class CongestionCounters:
         #: probe clusters by outcome (every subscriber's ``ProbeController`` counts into it)
         self.probes = {"success": 0, "limited": 0, "failure": 0, "timeout": 0}
         self.probe_packets = 0  # padding-only packets sent for probes
+        #: packets the subscriber transports' pacers dropped, by ``PacerDrop``
+        self.pacer_drops = [0] * len(PacerDrop)
+        #: how long each packet a pacer queued waited (packets that left at once are not in it)
+        self.pacer_delay_buckets = [0] * (len(self.PACER_DELAY_BOUNDS_MS) + 1)
+        self.pacer_delay_sum = 0.0  # ms
+        self.pacer_delay_count = 0
+
+    def observe_pacer_delay(self, delay_ms: float) -> None:
+        self.pacer_delay_buckets[bisect_left(self.PACER_DELAY_BOUNDS_MS, delay_ms)] += 1
+        self.pacer_delay_sum += delay_ms
+        self.pacer_delay_count += 1
 
     def observe_estimate(self, bps: int) -> None:
         self.estimate_buckets[bisect_left(self.ESTIMATE_BOUNDS, bps)] += 1

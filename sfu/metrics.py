@@ -14,6 +14,7 @@ from sfu.counters import (
     Direction,
     DropReason,
     MediaCounters,
+    PacerDrop,
     RecoveredVia,
     ResumeOutcome,
     SignalingCounters,
@@ -119,6 +120,21 @@ def _congestion(cc: CongestionCounters) -> Iterator[object]:
         for reason in SwitchReason:
             switches.add_metric([direction.name.lower(), reason.name.lower()], cc.switches[direction][reason])
     yield switches
+    buckets = []
+    cumulative = 0
+    for bound_ms, count in zip(cc.PACER_DELAY_BOUNDS_MS, cc.pacer_delay_buckets, strict=False):
+        cumulative += count
+        buckets.append((str(bound_ms / 1000), cumulative))
+    buckets.append(("+Inf", cc.pacer_delay_count))
+    h = HistogramMetricFamily(PREFIX + "sfu_pacer_delay_seconds", "how long paced packets waited in a subscriber's pacer")
+    h.add_metric([], buckets, sum_value=cc.pacer_delay_sum / 1000)
+    yield h
+    dropped = CounterMetricFamily(
+        PREFIX + "sfu_pacer_dropped", "packets a subscriber's pacer dropped from its queue", labels=["reason"]
+    )
+    for drop in PacerDrop:
+        dropped.add_metric([drop.name.lower()], cc.pacer_drops[drop])
+    yield dropped
     probes = CounterMetricFamily(PREFIX + "sfu_probes", "bandwidth probe clusters by outcome", labels=["outcome"])
     for outcome, n in cc.probes.items():
         probes.add_metric([outcome], n)

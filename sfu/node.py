@@ -56,6 +56,7 @@ class Node(HttpBound):
         self.instance = secrets.token_hex(4)
         self.counters = MediaCounters()
         self.port = MediaPort(config.media_host, config.media_port, self.counters)
+        self.port.set_pacing(config.pacing())
         #: ICE-TCP beside the UDP port (``ice_tcp``)
         self.tcp: TcpMediaServer | None = None
         if config.ice_tcp:

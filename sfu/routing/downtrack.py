@@ -31,6 +31,7 @@ from sfu.packet.twcc import TWCC_URI
 from sfu.packet.vp8 import Vp8Munger
 from sfu.packet.vp9 import Vp9Munger
 from sfu.routing.subscription import Preferences
+from sfu.transport.pacer import PacedKind
 from sfu.transport.peer import PeerTransport
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ class DownTrack:
         self.held = False
         self._counters = counters
         self._kind_index = 1 if kind == "video" else 0
+        #: what its transport's pacer makes of its packets (audio never waits)
+        self._paced_kind = PacedKind.VIDEO if kind == "video" else PacedKind.AUDIO
         self._last_forward_ms = 0
         #: (subscriber's mid extension id, its mid) when the publisher's mid value differs
         self._mid_patch: tuple[int, bytes] | None = None
@@ -382,7 +385,7 @@ class DownTrack:
                 found = get_extension(view, length, tw)
                 if found is not None and found[1] == 2:
                     tw_pos = found[0]
-            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc, tw_pos, now_ms):
+            if not peer.forward_rtp(view, length, b1, out_seq, out_ts, self.ssrc, tw_pos, now_ms, self._paced_kind):
                 return 0
         else:
             out = peer.out_view
@@ -391,7 +394,7 @@ class DownTrack:
                 self._patch_mid(out, n)
             if self.descriptor is not None:
                 self._descriptor_rewrite(out, n, False)
-            if not peer.send_rtp(n, now_ms):
+            if not peer.send_rtp(n, now_ms, self._paced_kind):
                 return 0
         self._packets_sent += 1
         self._octets_sent += n - 12
@@ -442,7 +445,7 @@ class DownTrack:
                 self._patch_mid(peer.out_view, n)
             if n > 0 and self.descriptor is not None:
                 self._descriptor_rewrite(peer.out_view, n, True)
-            if n > 0 and peer.send_rtp(n, now_ms):
+            if n > 0 and peer.send_rtp(n, now_ms, PacedKind.RTX):
                 sent += 1
         self._counters.retransmits += sent
         return sent

@@ -29,6 +29,7 @@ from sfu.packet.temporal import TID_MASK, vp8_temporal, vp9_temporal
 from sfu.packet.twcc import TWCC_URI
 from sfu.routing.rtx_cache import RTX_CACHE_SLOTS, RTX_SLOT_BYTES, RtxCache
 from sfu.routing.stats import RateMeter, ReceiveStats
+from sfu.transport.pacer import PacedKind, PacedQueue
 from sfu.transport.twcc_send import SendHistory
 from sfu.transport.udp import SEND_LANE_DEPTH
 
@@ -236,6 +237,9 @@ class PublishedTrack:
         self._tw_found = [0]
         #: the downtracks outside the group, forwarded one by one
         self._fast_rest: list[DownTrack] = []
+        #: the pacers of the members' transports that have one: each packet pays each budget
+        #: first (``_fast_pay``), or goes the one-by-one way, where it may wait in a queue
+        self._fast_pacers: list[PacedQueue] = []
         self._fast_keep: list[Any] = []  # the members' SrtpContexts, kept alive with their srtp_t
         self._fast_keys: list[array[int]] = []  # per member: its address key, once per lane slot
         self._fast_pt_ok: list[bool] = []  # second header byte -> every member maps it
@@ -360,6 +364,7 @@ class PublishedTrack:
                 and (tw_pos or not tw)
                 and self._fast_pt_ok[b1]
                 and self._fast_generation == ring.generation
+                and (not self._fast_pacers or self._fast_pay(length, now_ms))
             ):
                 # the group forwards the packet (see "the fan-out group" below)
                 fill = self._fast_fill
@@ -422,6 +427,23 @@ class PublishedTrack:
             counters.bytes_out += octets
         if self._fast_next < 0 and self.group is None and order == _NEWEST:
             self.fast_form((seq + 1) & 0xFFFF)
+
+    def _fast_pay(self, length: int, now_ms: int) -> bool:
+        """Pay the packet out of every paced member's budget; False (nothing paid) when one of
+        them has to queue it: the group dissolves and the packet goes one by one."""
+        pacers = self._fast_pacers
+        if not self.is_video:  # audio never waits, it only pays
+            for p in pacers:
+                p.budget -= length
+            return True
+        for i, p in enumerate(pacers):
+            if p.budget > 0:
+                p.budget -= length
+            elif not p.admit(PacedKind.VIDEO, length, now_ms):
+                for q in pacers[:i]:
+                    q.budget += length
+                return False
+        return True
 
     def _nack_update(self, nack: NackTracker, seq: int, now_ms: int) -> int:
         """A packet out of order, or a NACK batch is due: where the packet stands (``_NEWEST``,
@@ -495,6 +517,7 @@ class PublishedTrack:
         rows: list[_Row] = []
         keep: list[Any] = []
         keys: list[array[int]] = []
+        pacers: list[PacedQueue] = []
         ring: Any = None
         flush: Callable[[], int] | None = None
         # a member with transport-wide cc stamps in place: the publisher's packets must carry the
@@ -505,6 +528,7 @@ class PublishedTrack:
             m = dt._seq
             tm = dt._ts
             sender = dt.peer.sender
+            pacer = dt.peer.pacer
             if (
                 state is None
                 or dt._paused
@@ -513,6 +537,7 @@ class PublishedTrack:
                 or m.fast_next != next_seq
                 or tm.fast_offset < 0
                 or (ring is not None and state[0] is not ring)
+                or (pacer is not None and pacer.pending and self._regroup_later(pacer))
                 or len(members) == state[0].lanes
                 or (sender is not None and (sender.ext_id != tw_in or dt.tw_id != tw_in))
             ):
@@ -523,6 +548,8 @@ class PublishedTrack:
             history = sender.history if sender is not None else None
             rows.append((srtp, dt.ssrc, m.fast_delta, tm.fast_offset, dt._b1_map, trailer, history))
             keep.append(dt.peer.tx)
+            if pacer is not None and pacer.rate:  # an unpaced one's budget is infinite
+                pacers.append(pacer)
             keys.append(array("Q", [key]) * _LANE_DEPTH)
         if not members:
             return
@@ -538,6 +565,7 @@ class PublishedTrack:
         self._fast_members = members
         self._fast_rest = rest
         self._fast_rows = rows
+        self._fast_pacers = pacers
         self._fast_tw = tw_in if any(row[6] is not None for row in rows) else 0
         self._fast_keep = keep
         self._fast_keys = keys
@@ -553,6 +581,13 @@ class PublishedTrack:
         self._fast_octets = 0
         self._fast_newest_ts = (members[0]._ts.newest_out - members[0]._ts.fast_offset) & 0xFFFFFFFF
         self._fast_next = next_seq
+
+    @staticmethod
+    def _regroup_later(pacer: PacedQueue) -> bool:
+        """A member whose transport has a queue goes the one-by-one way, behind it; the groups
+        form again when it is empty (``PeerTransport.drain_paced``)."""
+        pacer.regroup = True
+        return True
 
     def fast_sync(self) -> None:
         """Hand what the group counted since the last time over to its members."""
@@ -593,6 +628,7 @@ class PublishedTrack:
         self._fast_next = -1
         self._fast_members = []
         self._fast_rows = []
+        self._fast_pacers = []
         self._fast_tw = 0
         self._fast_rest = []
         self._fast_keep = []

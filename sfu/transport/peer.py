@@ -34,6 +34,7 @@ from sfu.transport.dtls import DtlsEndpoint, DtlsRole, DtlsState
 from sfu.transport.dtls_pool import HandshakePool, OffloadedHandshake
 from sfu.transport.ice import BindingCheck, IceCredentials
 from sfu.transport.mmsg import SendRing
+from sfu.transport.pacer import PacedKind, PacedQueue
 from sfu.transport.ports import Address
 from sfu.transport.sender import TransportSender
 from sfu.transport.srtp import CONTEXT_CLOSED, SrtpContext, SrtpError, SrtpFailure, SrtpProfile
@@ -175,6 +176,8 @@ class PeerTransport:
         #: the send side of transport-wide congestion control, when the subscriber negotiated it
         #: (``enable_transport_cc``): every RTP packet sent carries its seq (sfu.transport.sender)
         self.sender: TransportSender | None = None
+        #: the sender's pacer (``sfu.transport.pacer``): every RTP packet pays its ``budget`` or waits
+        self.pacer: PacedQueue | None = None
         self.rx: SrtpContext | None = None
         self._rtcp_senders: set[int] = set()
         self.tx: SrtpContext | None = None
@@ -368,12 +371,65 @@ class PeerTransport:
         """Stamp this transport's own transport-wide seq under ``ext_id`` on every RTP packet
         from now on (the client negotiated the extension; one id per BUNDLE transport)."""
         if self.sender is None or self.sender.ext_id != ext_id:
-            self.sender = TransportSender(ext_id, self._counters.cc)
+            if self.pacer is not None and self.pacer.pending:
+                self.drain_paced(clock.now_ms(), flush_all=True)
+            self.sender = TransportSender(ext_id, self._counters.cc, pacing=self._port.pacing_config)
+            self.pacer = self.sender.pacer
+            self.pacer.on_paced = self._regroup
         return self.sender
 
-    def send_rtp(self, length: int, now_ms: int = -1) -> bool:
+    def send_rtp(self, length: int, now_ms: int = -1, kind: PacedKind = PacedKind.VIDEO) -> bool:
         """Protect ``out_view[:length]`` (in a send slot) and queue it on the port (with the
-        transport-wide seq first, when ``sender`` is set: ``now_ms`` is its send time, -1: now)."""
+        transport-wide seq first, when ``sender`` is set: ``now_ms`` is its send time, -1: now).
+        With a pacer whose budget is spent, a copy waits in its queue instead (True)."""
+        pacer = self.pacer
+        if pacer is not None:
+            if pacer.budget > 0:
+                pacer.budget -= length
+            elif not pacer.admit(kind, length, clock.now_ms() if now_ms < 0 else now_ms):
+                return self._queue_paced(kind, length, now_ms)
+        return self._send_out(length, now_ms)
+
+    def _regroup(self) -> None:
+        """Pacing started or stopped: the fan-out groups form again (``ring.generation``)."""
+        self._ring.generation += 1
+
+    def _queue_paced(self, kind: PacedKind, length: int, now_ms: int) -> bool:
+        """Put a copy of ``out_view[:length]`` in the pacer's queue (the timer sends it)."""
+        pacer = self.pacer
+        if pacer is None or self._tx_srtp is None or length + 8 + 16 > OUT_BUFFER_SIZE:
+            return False
+        pacer.push(kind, bytes(self.out_view[:length]), clock.now_ms() if now_ms < 0 else now_ms)
+        self._port.pacing.arm(self, self._loop)
+        return True
+
+    def drain_paced(self, now_ms: int, *, flush_all: bool = False) -> bool:
+        """The pacing timer's tick: send what the pacer's budget allows now (everything with
+        ``flush_all``); False when nothing is left queued.  Each packet gets its transport-wide
+        seq now: the send history holds its real send time."""
+        pacer = self.pacer
+        if pacer is None:
+            return False
+        if self.state is TransportState.CLOSED:
+            pacer.clear()
+            return False
+        if flush_all:
+            pacer.budget = float("inf")
+        cc = self._counters.cc
+        out = self.out_cbuf
+        for _, data, waited_ms in pacer.drain(now_ms):
+            _memmove(out, data, len(data))
+            self._send_out(len(data), now_ms)
+            cc.observe_pacer_delay(waited_ms)
+        if pacer.pending:
+            return True
+        if pacer.regroup:  # fan-out groups left this transport out while it had a queue: they may take it back
+            pacer.regroup = False
+            self._regroup()
+        return False
+
+    def _send_out(self, length: int, now_ms: int) -> bool:
+        """``send_rtp`` past the pacer."""
         sender = self.sender
         if sender is not None and length + 8 + 16 <= OUT_BUFFER_SIZE:
             length = sender.stamp(self.out_view, length, clock.now_ms() if now_ms < 0 else now_ms)
@@ -397,7 +453,8 @@ class PeerTransport:
         return True
 
     def forward_rtp(
-        self, src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int, tw_pos: int = 0, now_ms: int = -1
+        self, src: Any, length: int, b1: int, seq: int, ts: int, ssrc: int, tw_pos: int = 0, now_ms: int = -1,
+        kind: PacedKind = PacedKind.VIDEO,
     ) -> bool:
         """Queue ``src[:length]`` with header bytes 1-11 replaced (``b1`` = marker | PT), protected.
 
@@ -405,16 +462,28 @@ class PeerTransport:
         bytes, at most ``BUFFER_SIZE`` of the port; the values must fit their fields.  With a
         ``sender``, ``tw_pos`` is where the packet's 2-byte transport-wide seq element (under
         the sender's id) holds its value, overwritten in place; 0: it has none, the packet goes
-        by ``send_rtp``, which adds it.  ``now_ms``: the send time (-1: now).
+        by ``send_rtp``, which adds it.  ``now_ms``: the send time (-1: now).  ``kind``: what the
+        pacer makes of it (audio never waits).
         """
         key = self._send_key
         sender = self.sender
-        if sender is not None and (not tw_pos or not key):
-            if length + 8 + 16 > OUT_BUFFER_SIZE:
-                return False
-            _memmove(self.out_cbuf, src, length)
-            _B1_SEQ_TS_SSRC.pack_into(self.out_view, 1, b1, seq, ts, ssrc)
-            return self.send_rtp(length, now_ms)
+        if sender is not None:
+            pacer = self.pacer
+            if not tw_pos or not key:
+                if length + 8 + 16 > OUT_BUFFER_SIZE:
+                    return False
+                _memmove(self.out_cbuf, src, length)
+                _B1_SEQ_TS_SSRC.pack_into(self.out_view, 1, b1, seq, ts, ssrc)
+                return self.send_rtp(length, now_ms, kind)
+            if pacer is not None:
+                if pacer.budget > 0:
+                    pacer.budget -= length
+                elif not pacer.admit(kind, length, clock.now_ms() if now_ms < 0 else now_ms):
+                    if length + 8 + 16 > OUT_BUFFER_SIZE:
+                        return False
+                    _memmove(self.out_cbuf, src, length)
+                    _B1_SEQ_TS_SSRC.pack_into(self.out_view, 1, b1, seq, ts, ssrc)
+                    return self._queue_paced(kind, length, now_ms)
         if not key:
             if self._tcp is not None:
                 return self._tcp_send(src, length, (b1, seq, ts, ssrc))
@@ -505,6 +574,8 @@ class PeerTransport:
         sender = self.sender
         if sender is None or sender.padding is None or self.state is not TransportState.CONNECTED:
             return
+        if self.pacer is not None and self.pacer.pending:
+            return  # padding comes last: not while media waits (the link is full)
         pad = sender.padding
         out = self.out_view
         now_ms = clock.now_ms()
@@ -515,7 +586,7 @@ class PeerTransport:
             out[end - 1] = PROBE_PADDING
             pad[2] = (pad[2] + 1) & 0xFFFF
             high = sender.history.high
-            if self.send_rtp(end, now_ms) and sender.history.high != high:
+            if self._send_out(end, now_ms) and sender.history.high != high:
                 sender.probes.on_probe_sent(cluster_id, sender.history.high)
                 sender.counters.probe_packets += 1
 
@@ -631,6 +702,10 @@ class PeerTransport:
             except Exception:  # never let a teardown path raise
                 log.debug("DTLS close failed", exc_info=True)
         self._port.remove_peer(self)
+        self._port.pacing.discard(self)
+        if self.pacer is not None:
+            self.pacer.clear()
+            self.pacer.on_paced = None
         if self._offload is None:
             self.dtls.release()  # its send callback refers to this transport: no cycle outlives it
         self._on_app_data = None

@@ -16,8 +16,12 @@ is refused.  A subscriber that sends only REMB
 is served from it (``on_remb``).  ``estimate_bps`` is None until either arrives (and, with feedback, until its first acknowledged rate seeds the estimator): the allocator
 then leaves the subscriber alone.
 
+Pacing (``pacer``, a ``sfu.transport.pacer.PacedQueue``): its rate follows ``estimate_bps``
+(x the pacing factor) after every feedback, REMB and tick; while there is no estimate nothing is
+paced.  ``PeerTransport`` reads its budget on every packet it sends.
+
 This is the first piece of the transport's own send path (issue 12, "the send path gets one
-owner"): the pacer and the fan-out group's batched writes are to move here.
+owner"): the fan-out group's batched writes are to move here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sfu.packet.rtcp import TransportCC
 from sfu.packet.twcc import insert_seq
 from sfu.transport.bwe.estimator import BweConfig, SendSideBwe
 from sfu.transport.bwe.probe import ProbeConfig, ProbeController
+from sfu.transport.pacer import PacedQueue, PacingConfig
 from sfu.transport.twcc_send import SendHistory
 
 #: probe clusters of 40 ms (not 15): a cluster of a few kB passes a token bucket's burst at its
@@ -49,10 +54,10 @@ class TransportSender:
     """See the module docstring."""
 
     __slots__ = ("ext_id", "history", "bwe", "probes", "padding", "remb_bps", "counters", "feedback_seen",
-                 "_window_ms", "_window_count", "_window_statuses", "sent_since_tick", "seeded")
+                 "_window_ms", "_window_count", "_window_statuses", "sent_since_tick", "seeded", "pacer")
 
     def __init__(self, ext_id: int, counters: CongestionCounters, *, config: BweConfig | None = None,
-                 capacity: int = HISTORY_PACKETS) -> None:
+                 capacity: int = HISTORY_PACKETS, pacing: PacingConfig | None = None) -> None:
         if not 1 <= ext_id <= 14:
             raise ValueError(f"transport-wide cc extension id {ext_id} is outside the one-byte range 1-14")
         self.ext_id = ext_id
@@ -74,6 +79,8 @@ class TransportSender:
         self._window_count = 0
         self._window_statuses = 0
         self.sent_since_tick = -1  # history.high at the last tick
+        #: paces what the transport sends at the estimate x factor (not while there is none)
+        self.pacer = PacedQueue(pacing, counters.pacer_drops)
 
     # -- sending -----------------------------------------------------------------------------------
     def stamp(self, buf: bytearray | memoryview, length: int, now_ms: float) -> int:
@@ -119,6 +126,7 @@ class TransportSender:
                 if acked is not None:  # what got through is a proven capacity: start from there
                     self.seeded = True
                     self.bwe.on_probe_result(acked * SEED_FACTOR, now_ms)
+        self.pacer.set_rate(self.estimate_bps(now_ms), now_ms)
 
     def set_padding(self, ssrc: int, payload_type: int) -> None:
         """Probes go as padding-only packets on this RTX stream (the first one given stays)."""
@@ -128,6 +136,7 @@ class TransportSender:
     def on_remb(self, bps: int, now_ms: float) -> None:
         self.counters.remb_in += 1
         self.remb_bps = bps
+        self.pacer.set_rate(self.estimate_bps(now_ms), now_ms)
 
     def set_rtt(self, rtt_ms: float) -> None:
         self.bwe.set_rtt(rtt_ms)
@@ -139,6 +148,7 @@ class TransportSender:
         self.sent_since_tick = high
         if self.feedback_seen:
             self.bwe.tick(now_ms, sending)
+        self.pacer.set_rate(self.estimate_bps(now_ms), now_ms)
 
     def estimate_bps(self, now_ms: float) -> int | None:
         """What the subscriber can take now (bps): the send-side estimate once its feedback

@@ -47,6 +47,8 @@ from sfu.transport.mmsg import (
     key6_of_address,
     key_of_address,
 )
+from sfu.transport.pacer import PacingConfig
+from sfu.transport.pacer_timer import PacingTimer
 from sfu.transport.ports import Address, DatagramPeer
 from sfu.transport.tcp import TcpLink, is_tcp_address
 
@@ -92,6 +94,11 @@ class MediaPort:
         self.gso_enabled = gso
         self.send_errors = 0
         self._latency_countdown = LATENCY_SAMPLE
+        #: how subscriber transports that have a bandwidth estimate pace their packets
+        #: (``sfu.transport.pacer``; the node sets it from its config), and the one timer that
+        #: drains their queues
+        self.pacing_config = PacingConfig()
+        self.pacing = PacingTimer(self.out_ring, self.flush, self.pacing_config.tick_ms)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -110,7 +117,12 @@ class MediaPort:
         self._loop = loop
         loop.add_reader(sock.fileno(), self._on_readable6 if self.family == socket.AF_INET6 else self._on_readable)
 
+    def set_pacing(self, config: PacingConfig) -> None:
+        self.pacing_config = config
+        self.pacing.tick_ms = config.tick_ms
+
     def close(self) -> None:
+        self.pacing.close()
         if self._sock is not None:
             self.requested_port = self.port  # reopening binds the same port again
         if self._sock is not None and self._loop is not None:

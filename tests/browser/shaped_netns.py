@@ -212,6 +212,10 @@ async def run(kbit: int, two_viewers: bool, settle_s: float, measure_s: float) -
                     "feedback_in": cc.feedback_in, "feedback_limited": cc.feedback_limited,
                     "remb_in": cc.remb_in, "unstamped": cc.unstamped, "probes": dict(cc.probes), "probe_packets": cc.probe_packets,
                     "switches": cc.switches,
+                    # pacing: packets that waited in a pacer, their mean wait, and drops by reason
+                    "paced": cc.pacer_delay_count,
+                    "paced_mean_ms": round(cc.pacer_delay_sum / max(cc.pacer_delay_count, 1), 1),
+                    "pacer_drops": list(cc.pacer_drops),
                 }
                 result["qdisc"] = shaped_drops()
                 result["page_errors"] = [e for p in pages for e in p.errors][:5]

@@ -204,6 +204,9 @@ def test_unreadable_files(tmp_path: Path, problem: str) -> None:
         ({"max_recordings": 1001}, "max_recordings"),
         ({"recording_max_bytes": 1000}, "recording_max_bytes"),
         ({"recording_start_timeout_s": 0.0}, "recording_start_timeout_s"),
+        ({"pacer_factor": 0.5}, "pacer_factor"),
+        ({"pacer_burst_ms": 0.0}, "pacer_burst_ms"),
+        ({"pacer_max_delay_ms": 10_000.0}, "pacer_max_delay_ms"),
     ],
 )
 def test_validation_errors_name_the_key(settings: dict[str, Any], key: str) -> None:
@@ -413,3 +416,9 @@ def test_recordings_directory_defaults_under_the_state_directory(tmp_path: Path)
     env = {**KEYS, "LEVELCHAT_SFU_RECORDINGS_DIR": str(tmp_path / "r"), "LEVELCHAT_SFU_MAX_RECORDINGS": "2"}
     cfg = load(environ=env)
     assert (cfg.recordings_path, cfg.max_recordings) == (str(tmp_path / "r"), 2)
+
+
+def test_pacing_settings_reach_the_pacer() -> None:
+    config = load(environ=KEYS, flags={"pacer_factor": 1.5, "pacer_max_delay_ms": 250.0})
+    pacing = config.pacing()
+    assert (pacing.factor, pacing.burst_ms, pacing.max_delay_ms) == (1.5, 5.0, 250.0)

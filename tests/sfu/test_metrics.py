@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from sfu.counters import Direction, DropReason, MediaCounters, SwitchDirection, SwitchReason
+from sfu.counters import Direction, DropReason, MediaCounters, PacerDrop, SwitchDirection, SwitchReason
 from sfu.metrics import CONTENT_TYPE, NodeCollector, make_registry, render
 
 ALLOWED_LABELS = {"kind", "reason", "direction", "route", "code", "le", "attempt", "via", "outcome"}  # enum values only
@@ -182,3 +182,22 @@ def test_congestion_control_metrics(counters: MediaCounters) -> None:
     assert value(samples, "levelchat_sfu_layer_switches_total{direction=down,reason=bandwidth}") == 3
     assert value(samples, "levelchat_sfu_layer_switches_total{direction=up,reason=publisher}") == 0
     assert value(samples, "levelchat_sfu_probes_total{outcome=limited}") == 2
+
+
+def test_pacer_metrics(counters: MediaCounters) -> None:
+    """``sfu_pacer_delay_seconds`` (histogram of the time queued packets waited) and the queue's
+    drops by reason."""
+    for ms in (0.5, 3.0, 7.0, 7.0, 900.0):
+        counters.cc.observe_pacer_delay(ms)
+    counters.cc.pacer_drops[PacerDrop.QUEUE_DELAY] += 4
+    samples = scrape(counters)
+    name = "levelchat_sfu_pacer_delay_seconds"
+    assert value(samples, name + "_bucket{le=0.001}") == 1
+    assert value(samples, name + "_bucket{le=0.005}") == 2
+    assert value(samples, name + "_bucket{le=0.01}") == 4
+    assert value(samples, name + "_bucket{le=0.5}") == 4
+    assert value(samples, name + "_bucket{le=+Inf}") == 5
+    assert value(samples, name + "_count{}") == 5
+    assert value(samples, name + "_sum{}") == pytest.approx(0.9175)
+    assert value(samples, "levelchat_sfu_pacer_dropped_total{reason=queue_delay}") == 4
+    assert value(samples, "levelchat_sfu_pacer_dropped_total{reason=queue_full}") == 0

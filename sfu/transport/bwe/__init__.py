@@ -7,6 +7,10 @@ cluster above the estimate and reads the cluster's feedback back into the estima
 ``sfu.routing.allocator.Allocator`` spends the estimate on the subscriber's tracks.  None of
 them reads a clock or touches a socket: every call takes ``now_ms``.
 
+Pacing in the node is ``sfu.transport.pacer.PacedQueue`` (a budget the send paths read inline,
+``TransportSender.pacer``); ``pacer.Pacer`` here is the simulation's model of it and the home of
+``ProbeCluster``.
+
 Wiring (per subscriber transport; ``tests/sfu/transport/bwe/test_bwe_loop.py`` runs this loop
 over a simulated bottleneck):
 

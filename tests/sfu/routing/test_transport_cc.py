@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sfu import clock
 from sfu.packet import rtcp
 from sfu.packet.rtp import RtpPacket
 from sfu.packet.twcc import TWCC_URI, TransportFeedback
@@ -133,9 +134,14 @@ async def test_feedback_from_the_subscriber_reaches_its_estimate(link: Link) -> 
     participant.downtracks.append(dt)
     sender = link.peer.sender
     assert sender is not None and sender.estimate_bps(T0) is None  # nothing heard yet
-    now = T0
+    # the node's clock: once the estimate is seeded the transport paces, and its pacer's timer
+    # reads that clock: the packets' times are never ahead of it (a packet queued at a time far
+    # from it would count as long overdue, or its budget would wait for that time to come)
+    now = clock.now_ms()
     base = 0
     for round_ in range(10):  # 100 ms of 30 packets, then their feedback: all received, spaced evenly
+        await asyncio.sleep(max(now - clock.now_ms(), 0) / 1000)
+        now = max(now, clock.now_ms())
         for i in range(30):
             push(src, 1 + round_ * 30 + i, now, payload=VP8_KEY if round_ == i == 0 else VP8_DELTA)
             now += 3
