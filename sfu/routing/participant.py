@@ -295,7 +295,7 @@ class SubscriberSink:
         for block in blocks:
             dt = by_ssrc.get(block.ssrc)
             if dt is not None and dt.source is not None:
-                link.on_report_block(block, dt.source.codec.clock_rate, now_ms)
+                link.on_report_block(block, dt.source.codec.clock_rate, dt.packets_sent, now_ms)
 
     def on_connected(self, now_ms: int) -> None:
         log.info("subscriber %s connected in room %s (%d track(s))", self.participant.identity,

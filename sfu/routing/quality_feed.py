@@ -6,7 +6,7 @@ calls ``LinkMonitor.update``, never the packet path.
   from the highest sequence number against packets received, retransmissions that filled a hole
   included) and its interarrival jitter (RFC 3550 A.8).
 * Subscriber leg: the receiver reports the client sends about the node's streams to it
-  (``on_report_block``: fraction lost and jitter, the worst since the last sample), and the
+  (``on_report_block``: loss on this leg only, and jitter, the worst since the last sample), and the
   round trip from their LSR/DLSR against the sender reports the node sent
   (``on_sender_report``; RFC 3550 6.4.1); the subscriber's bandwidth estimate
   (``TransportSender.estimate_bps``) against what its subscriptions want (each video
@@ -14,7 +14,8 @@ calls ``LinkMonitor.update``, never the packet path.
 * Silence: since the client's transport was last heard (``last_consent_ms``: authenticated
   media, RTCP or ICE checks) while up.
 
-Bounded: a snapshot per published stream (pruned to the participant's tracks), at most
+Bounded: a snapshot per published stream and per stream to the subscriber (pruned to the
+participant's tracks and subscriptions), at most
 ``MAX_SR_REMEMBERED`` sender reports remembered.
 """
 
@@ -54,12 +55,14 @@ class Linked(Protocol):
 
 
 class LinkMonitor:
-    __slots__ = ("scorer", "_seen", "_rr_loss", "_rr_jitter_ms", "rtt_ms", "_sr_sent", "last")
+    __slots__ = ("scorer", "_seen", "_rr_seen", "_rr_loss", "_rr_jitter_ms", "rtt_ms", "_sr_sent", "last")
 
     def __init__(self, config: QualityConfig | None = None) -> None:
         self.scorer = QualityScorer(config)
         #: per published SSRC: (expected, received) at the last sample
         self._seen: dict[int, tuple[int, int]] = {}
+        #: per stream to the subscriber: (highest seq, cumulative lost, packets sent) at its last report
+        self._rr_seen: dict[int, tuple[int, int, int]] = {}
         self._rr_loss: float | None = None
         self._rr_jitter_ms = 0.0
         self.rtt_ms: float | None = None
@@ -78,10 +81,23 @@ class LinkMonitor:
             del sent[next(iter(sent))]
         sent[(ntp_timestamp >> 16) & 0xFFFFFFFF] = now_ms
 
-    def on_report_block(self, block: ReportBlock, clock_rate: int, now_ms: int) -> None:
-        """A receiver report block from the subscriber about one of the node's streams to it."""
-        loss = block.fraction_lost / 256
-        self._rr_loss = loss if self._rr_loss is None else max(self._rr_loss, loss)
+    def on_report_block(self, block: ReportBlock, clock_rate: int, packets_sent: int, now_ms: int) -> None:
+        """A receiver report block from the subscriber about one of the node's streams to it,
+        with how many packets the node has sent on that stream (retransmissions not counted).
+
+        Loss on the node-to-subscriber leg only: what the subscriber received since its previous
+        report (its highest sequence number's advance less its cumulative loss's) against what
+        the node sent meanwhile; the report's own ``fraction_lost`` would count the holes the
+        publisher's leg left in the stream too, and rate every viewer of a lossy publisher poor."""
+        before = self._rr_seen.get(block.ssrc)
+        self._rr_seen[block.ssrc] = (block.highest_seq, block.cumulative_lost, packets_sent)
+        if before is not None:
+            sent = packets_sent - before[2]
+            if sent >= MIN_PACKETS:
+                advanced = (block.highest_seq - before[0]) & 0xFFFFFFFF
+                received = advanced - (block.cumulative_lost - before[1])
+                loss = min(1.0, max(0.0, 1 - received / sent)) if advanced < 0x80000000 else 0.0
+                self._rr_loss = loss if self._rr_loss is None else max(self._rr_loss, loss)
         if clock_rate > 0:
             self._rr_jitter_ms = max(self._rr_jitter_ms, block.jitter * 1000 / clock_rate)
         if block.lsr:
@@ -110,6 +126,9 @@ class LinkMonitor:
             loss = self._rr_loss if loss is None else max(loss, self._rr_loss)
         jitter = max(jitter, self._rr_jitter_ms)
         self._rr_loss, self._rr_jitter_ms = None, 0.0
+        if len(self._rr_seen) > len(participant.downtracks):
+            live = {dt.ssrc for dt in participant.downtracks}
+            self._rr_seen = {ssrc: v for ssrc, v in self._rr_seen.items() if ssrc in live}
         return LinkSample(loss=loss, jitter_ms=jitter, rtt_ms=self.rtt_ms, bandwidth=_bandwidth(participant, now_ms),
                           silent_ms=silent, closed=closed)
 

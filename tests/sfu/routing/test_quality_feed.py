@@ -58,26 +58,38 @@ def test_publisher_loss_is_measured_per_window_on_the_worst_stream() -> None:
     assert by_quality([p]) == {Quality.EXCELLENT: 1, Quality.GOOD: 0, Quality.POOR: 0, Quality.LOST: 0}
 
 
-def test_receiver_reports_give_loss_jitter_and_round_trip() -> None:
+def test_receiver_reports_give_this_legs_loss_jitter_and_round_trip() -> None:
     link = LinkMonitor(FAST)
     p = Participant(identity="bob", room_id="r", kind=ParticipantKind.RTC)
     ntp = 0x1234_5678_9ABC_DEF0
     link.on_sender_report(ntp, 10_000)
     lsr = (ntp >> 16) & 0xFFFFFFFF
-    # sent at 10 000, answered at 10 180 after holding it 100 ms (6553.6 units): 80 ms round trip
-    link.on_report_block(ReportBlock(ssrc=7, fraction_lost=64, jitter=480, lsr=lsr, dlsr=6554), 48_000, 10_180)
-    link.on_report_block(ReportBlock(ssrc=8, fraction_lost=0, jitter=900, lsr=0), 90_000, 10_190)
+    # first reports: baselines (stream 7: 48 kHz audio, stream 8: 90 kHz video)
+    link.on_report_block(ReportBlock(ssrc=7, highest_seq=1000, cumulative_lost=0), 48_000, 1000, 9_000)
+    link.on_report_block(ReportBlock(ssrc=8, highest_seq=0xFFFF_FFF0, cumulative_lost=5), 90_000, 50, 9_000)
+    # sent at 10 000, answered at 10 180 after holding it 100 ms (6553.6 units): 80 ms round trip;
+    # the node sent 100 on 7, 75 of them arrived; the stream's own 25 % fraction_lost says nothing here
+    link.on_report_block(ReportBlock(ssrc=7, fraction_lost=64, highest_seq=1100, cumulative_lost=25, jitter=480,
+                                     lsr=lsr, dlsr=6554), 48_000, 1100, 10_180)
+    # stream 8 wrapped its extended sequence number; the publisher's leg left 20 holes in it that
+    # the node never sent: no loss on this leg
+    link.on_report_block(ReportBlock(ssrc=8, fraction_lost=50, highest_seq=0x50, cumulative_lost=25, jitter=900),
+                         90_000, 50 + 76, 10_190)
     sample = link.sample(p, 10_200)
     assert sample.loss == 0.25 and sample.jitter_ms == 10.0
     assert sample.rtt_ms is not None and abs(sample.rtt_ms - 80) < 0.1
     assert link.sample(p, 11_200).loss is None  # the worst since the last sample, then forgotten
+    link.on_report_block(ReportBlock(ssrc=7, highest_seq=1110, cumulative_lost=25), 48_000, 1110, 11_300)
+    assert link.sample(p, 11_400).loss is None  # too few packets sent to judge
     # an LSR the node never sent, or an absurd answer, leaves the round trip alone
-    link.on_report_block(ReportBlock(ssrc=7, lsr=0xDEAD, dlsr=0), 48_000, 12_000)
-    link.on_report_block(ReportBlock(ssrc=7, lsr=lsr, dlsr=10 * 65536), 48_000, 10_300)
+    link.on_report_block(ReportBlock(ssrc=7, lsr=0xDEAD, dlsr=0), 48_000, 0, 12_000)
+    link.on_report_block(ReportBlock(ssrc=7, lsr=lsr, dlsr=10 * 65536), 48_000, 0, 10_300)
     assert link.rtt_ms is not None and abs(link.rtt_ms - 80) < 0.1
     for i in range(MAX_SR_REMEMBERED + 10):  # bounded
         link.on_sender_report((i + 1) << 16, 20_000 + i)
     assert len(link._sr_sent) == MAX_SR_REMEMBERED
+    link.sample(p, 30_000)
+    assert link._rr_seen == {}  # pruned to the participant's subscriptions (none)
 
 
 async def test_silence_and_closing_of_a_real_transport_make_it_lost() -> None:
