@@ -5,8 +5,8 @@ sfu.routing.quality_feed); ``QualityNotifier.tick`` runs with the signaling serv
 tick and tells each room's WebSocket participants:
 
 * a session that has joined and not been told yet: the full list of the room;
-* everyone, when ratings changed: the participants whose rating changed (one that joins
-  counts as ``excellent`` until rated otherwise), at most once per ``MIN_INTERVAL_MS`` per room.
+* everyone, when ratings changed: the participants whose rating changed or who joined since,
+  at most once per ``MIN_INTERVAL_MS`` per room.
 
 Cost per tick: O(participants) per room with sessions; a message carries at most the room's
 participants.
@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from sfu.routing.participant import Participant
-from sfu.routing.quality import Quality
 from sfu.routing.rooms import Room
 
 
@@ -33,7 +32,6 @@ class Notified(Protocol):
 METHOD = "connection_quality"
 #: changes in a room are told at most this often
 MIN_INTERVAL_MS = 1_000
-_DEFAULT = Quality.EXCELLENT.value
 
 
 def ratings(room: Room) -> dict[str, str]:
@@ -55,7 +53,7 @@ class QualityNotifier:
         last = self._sent.get(room.id)
         if last is None:
             last = self._sent[room.id] = current
-        changed = [(i, q) for i, q in current.items() if last.get(i, _DEFAULT) != q]
+        changed = [(i, q) for i, q in current.items() if last.get(i) != q]
         if changed and now_ms >= self._due_ms.get(room.id, 0):
             self._sent[room.id] = current
             self._due_ms[room.id] = now_ms + MIN_INTERVAL_MS

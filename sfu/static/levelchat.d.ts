@@ -144,6 +144,8 @@ export interface RoomEvents {
   track_unpublished: { participant: string; track: string };
   track_muted: { participant: string; track: string; muted: boolean; by?: "server" };
   active_speakers: { speakers: { participant: string; track: string; level: number }[] };
+  /** after joining: everyone's rating; then, at most once a second, the ratings that changed */
+  connection_quality: { participants: { identity: string; quality: ConnectionQuality }[] };
   disconnected: { reason: string; code: number | null };
   node_draining: { reason: string };
   room_closed: { room: string; reason: string };
@@ -151,6 +153,8 @@ export interface RoomEvents {
   recording: { recording: string; status: RecordingStatus; code?: "recording/backend-failed"; detail?: string };
   error: LevelChatError;
 }
+
+export type ConnectionQuality = "excellent" | "good" | "poor" | "lost";
 
 export type RecordingStatus = "starting" | "recording" | "finishing" | "completed" | "failed";
 
@@ -170,6 +174,8 @@ export class Room {
   readonly participants: Map<string, ParticipantInfo>;
   readonly remoteTracks: Map<string, RemoteTrack>;
   readonly activeSpeakers: { participant: string; track: string; level: number }[];
+  /** each participant's connection quality as last told (the "connection_quality" event), this one's included */
+  readonly connectionQuality: Map<string, ConnectionQuality>;
   readonly publisher: RTCPeerConnection | null;
   readonly subscriber: RTCPeerConnection | null;
   readonly localTracks: Map<MediaStreamTrack, string | null>;

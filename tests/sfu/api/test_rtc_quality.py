@@ -52,14 +52,15 @@ def test_full_list_once_then_changes_at_most_once_a_second() -> None:
     _bad(bob, 600)
     n.tick(room, [a, b], 1000)
     assert _entries(a.got[-1]) == [("bob", "poor")] and _entries(b.got[-1]) == [("bob", "poor")]
-    carol = _rated(room, "carol")  # a newcomer is excellent until rated otherwise: not a change
+    carol = _rated(room, "carol")  # a newcomer is told to the room as a change
     c = Session(carol)
     _bad(alice, 1100)
     n.tick(room, [a, b, c], 1500)  # alice changed, but the room was told 500 ms ago
     assert len(a.got) == 2
     assert _entries(c.got[0]) == [("alice", "poor"), ("bob", "poor"), ("carol", "excellent")]  # the full list now
     n.tick(room, [a, b, c], 2000)
-    assert _entries(a.got[-1]) == [("alice", "poor")] and _entries(c.got[-1]) == [("alice", "poor")]
+    assert _entries(a.got[-1]) == [("alice", "poor"), ("carol", "excellent")]
+    assert _entries(c.got[-1]) == [("alice", "poor"), ("carol", "excellent")]
     del room.participants["bob"]  # gone: not a change
     n.tick(room, [a, c], 3100)
     assert len(a.got) == 3
