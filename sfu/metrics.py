@@ -41,10 +41,13 @@ class NodeCollector(Collector):
         http_counts: dict[tuple[str, str], int],
         counter_values: Callable[[], dict[str, float]] | None = None,
         transports: Callable[[], dict[str, int]] | None = None,
+        qualities: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self._c = counters
         #: sessions (transports with a selected address) by transport: udp, tcp
         self._transports = transports
+        #: participants by connection quality: excellent, good, poor, lost
+        self._qualities = qualities
         self._gauges = gauges
         self._http = http_counts
         #: plain totals kept elsewhere (name without ``_total``), exported as counters
@@ -62,6 +65,13 @@ class NodeCollector(Collector):
             )
             for kind, n in self._transports().items():
                 g.add_metric([kind], n)
+            yield g
+        if self._qualities is not None:
+            g = GaugeMetricFamily(
+                PREFIX + "sfu_participants_by_quality", "participants by connection quality", labels=["quality"]
+            )
+            for quality, n in self._qualities().items():
+                g.add_metric([quality], n)
             yield g
         for name, value in (self._counter_values() if self._counter_values is not None else {}).items():
             yield CounterMetricFamily(PREFIX + name, name.replace("_", " "), value=value)

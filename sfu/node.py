@@ -31,6 +31,7 @@ from sfu.memtrim import HeapTrimmer
 from sfu.metrics import LoopCollector, NodeCollector, make_registry
 from sfu.recording.manager import RecordingManager
 from sfu.routing.allocation import TICK_MS
+from sfu.routing.quality_feed import by_quality
 from sfu.routing.rooms import Room, RoomPolicy, RoomRegistry
 from sfu.routing.router import Router
 from sfu.selfcheck import SelfCheck
@@ -73,7 +74,8 @@ class Node(HttpBound):
         self.http_counts: dict[tuple[str, str], int] = {}
         self.metrics_registry = make_registry(
             NodeCollector(
-                self.counters, self._gauges, self.http_counts, self._counter_values, self.port.sessions_by_transport
+                self.counters, self._gauges, self.http_counts, self._counter_values, self.port.sessions_by_transport,
+                self._qualities,
             )
         )
         #: signed webhooks from the router's room events (sfu.api.webhooks)
@@ -453,6 +455,10 @@ class Node(HttpBound):
             "sfu_recordings_failed": self.recordings.outcomes["failed"],
             "sfu_recording_packets_dropped": self.recordings.packets_dropped(),
         }
+
+    def _qualities(self) -> dict[str, int]:
+        participants = (p for r in self.rooms.public_rooms() for p in r.participants.values())
+        return {q.value: n for q, n in by_quality(participants).items()}
 
     def _gauges(self) -> dict[str, Any]:
         rooms = self.rooms.public_rooms()

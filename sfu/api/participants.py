@@ -34,7 +34,7 @@ from sfu.routing.participant import Participant
 from sfu.routing.rooms import Room
 from sfu.routing.simulcast import sources
 from sfu.routing.track import PublishedTrack
-from sfu.transport.peer import CloseReason, PeerTransport, TransportState
+from sfu.transport.peer import CloseReason
 
 if TYPE_CHECKING:
     from sfu.node import Node
@@ -45,8 +45,6 @@ MAX_DATA_BYTES = 64 * 1024
 MAX_DESTINATIONS = 127
 MAX_METADATA_CHARS = 64 * 1024
 MAX_NAME_CHARS = 128
-#: a transport that has not been heard from (consent, media) this long is ``lost``
-QUALITY_LOST_MS = 5_000
 PERMISSIONS = ("can_publish", "can_subscribe", "can_publish_data")
 
 
@@ -89,23 +87,6 @@ def _loss(track: PublishedTrack) -> float:
     return max(0.0, 1 - st.packets / expected) if expected > 0 else 0.0
 
 
-def quality(p: Participant, now_ms: int) -> str:
-    """``excellent``/``good``/``poor`` from the loss of what it publishes, ``lost`` when a
-    transport is closed or silent for ``QUALITY_LOST_MS`` (a first cut: loss only, no RTT yet)."""
-    transports: list[PeerTransport] = [t for t in (p.publisher, p.subscriber) if t is not None]
-    for t in transports:
-        if t.state is TransportState.CLOSED or (
-            t.state is not TransportState.NEW and now_ms - t.last_consent_ms > QUALITY_LOST_MS
-        ):
-            return "lost"
-    loss = max((_loss(t) for t in p.tracks.values()), default=0.0)
-    if loss < 0.02:
-        return "excellent"
-    if loss < 0.10:
-        return "good"
-    return "poor"
-
-
 def _track_view(t: PublishedTrack, now_ms: int) -> dict[str, Any]:
     """The contract's fields, and live figures the operator console shows: the received bit rate
     (all layers; since the previous listing), the loss so far (the worst layer) and, for a
@@ -144,7 +125,7 @@ def participant_view(p: Participant, now_ms: int) -> dict[str, Any]:
         "joined_at": wall_ms,
         "permissions": p.permissions.describe(),
         "tracks": [_track_view(t, now_ms) for t in sources(p.tracks.values())],
-        "quality": quality(p, now_ms),
+        "quality": p.link.quality.value,  # rated once a second (sfu.routing.quality_feed)
         "transport": transport_of(p),
     }
 

@@ -31,6 +31,7 @@ from sfu.api.rtc_ice import (
 )
 from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
+from sfu.api.rtc_quality import QualityNotifier
 from sfu.api.rtc_resume import CLOSE_RESUMED, PROTOCOL_VERSION, Resumption, check_protocol, resume_param
 from sfu.api.rtc_subscription import LayerTeller, SubscriptionUpdate, apply
 from sfu.api.rtc_timeouts import OfferWatch, check_offer
@@ -513,6 +514,7 @@ class RtcService:
         self.preferred_role = sdp.Setup(node.config.dtls_role)
         self.offer_timeout_ms = int(node.config.subscriber_offer_timeout_s * 1000)
         self._last_speakers: dict[str, tuple[str, ...]] = {}
+        self.qualities = QualityNotifier()
         self._told_draining = ""
         self._task: asyncio.Task[None] | None = None
         self.data = DataService(node)
@@ -660,7 +662,7 @@ class RtcService:
             return "node_revoked"
         return reason.value if reason is not None else "room_closed"
 
-    # -- periodic: active speakers, node state ---------------------------------------------------
+    # -- periodic: active speakers, connection quality, node state ---------------------------------------------------
     async def _periodic(self) -> None:
         while True:
             await asyncio.sleep(SPEAKERS_INTERVAL_S)
@@ -695,6 +697,7 @@ class RtcService:
                 for t in p.tracks.values()
                 if isinstance(t.level_meter, LevelMeter) and not t.muted
             ]
+            self.qualities.tick(room, self.sessions_in(room_id), now_ms)
             speakers = rank(levels)
             key = tuple(f"{s.identity}/{s.track_sid}" for s in speakers)
             if key != self._last_speakers.get(room_id, ()):
@@ -704,6 +707,7 @@ class RtcService:
                     s.notify("active_speakers", params)
         for room_id in [r for r in self._last_speakers if r not in rooms]:
             del self._last_speakers[room_id]
+        self.qualities.forget_rooms(rooms)
         state = "node_revoked" if self.node.revoked else "draining" if self.node.draining else ""
         if state != self._told_draining:
             self._told_draining = state

@@ -18,6 +18,7 @@ from sfu.counters import DropReason, MediaCounters
 from sfu.packet import rtcp
 from sfu.packet.rtx import RtxOutcome, unwrap_rtx
 from sfu.routing.downtrack import DownTrack
+from sfu.routing.quality_feed import LinkMonitor
 from sfu.routing.simulcast import learn_layer
 from sfu.routing.track import PublishedTrack
 from sfu.transport.peer import CloseReason, PeerTransport
@@ -74,6 +75,8 @@ class Participant:
     permissions: Permissions = field(default_factory=Permissions)
     #: sids of its tracks the server muted (the participants API): its own unmute is refused
     server_muted: set[str] = field(default_factory=set)
+    #: its connection quality, rated once a second (sfu.routing.quality_feed)
+    link: LinkMonitor = field(default_factory=LinkMonitor)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -146,7 +149,8 @@ class Participant:
                     octet_count=dt.octets_sent & 0xFFFFFFFF,
                     reports=[],
                 )
-                self.subscriber.send_rtcp(bytes(sr))
+                if self.subscriber.send_rtcp(bytes(sr)):
+                    self.link.on_sender_report(sr.ntp_timestamp, now_ms)
 
 
 def _forget(transport: PeerTransport | None, ssrc: int) -> None:
@@ -281,6 +285,17 @@ class SubscriberSink:
                 sender = self._sender()
                 if sender is not None:
                     sender.on_remb(packet.bitrate, now_ms)
+            elif isinstance(packet, (rtcp.ReceiverReport, rtcp.SenderReport)) and packet.reports:
+                self._on_reports(packet.reports, now_ms)
+
+    def _on_reports(self, blocks: list[rtcp.ReportBlock], now_ms: int) -> None:
+        """Reception reports about the node's streams to the subscriber: its link quality."""
+        by_ssrc = {dt.ssrc: dt for dt in self.participant.downtracks}
+        link = self.participant.link
+        for block in blocks:
+            dt = by_ssrc.get(block.ssrc)
+            if dt is not None and dt.source is not None:
+                link.on_report_block(block, dt.source.codec.clock_rate, dt.packets_sent, now_ms)
 
     def on_connected(self, now_ms: int) -> None:
         log.info("subscriber %s connected in room %s (%d track(s))", self.participant.identity,

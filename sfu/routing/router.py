@@ -416,12 +416,14 @@ class Router:
             self._close_expired_rooms(now_ms)
 
     def _tick_participant(self, participant: Participant, now_ms: int) -> None:
-        """Consent freshness and setup deadlines, RTCP reports, REMB, simulcast layer checks."""
+        """Consent freshness and setup deadlines, RTCP reports, connection quality, REMB, simulcast
+        layer checks."""
         for transport in (participant.publisher, participant.subscriber):
             if transport is not None:
                 transport.tick(now_ms)
         if not participant.closed:
             participant.send_reports(now_ms)
+            participant.link.update(participant, now_ms)
             if self.publisher_max_bitrate_bps:
                 send_remb(participant, self.publisher_max_bitrate_bps)
             for group in groups_of(participant.tracks.values()):

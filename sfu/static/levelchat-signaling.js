@@ -74,6 +74,7 @@ export class SignalingRoom extends Emitter {
     this.participant = null; // this participant, as the node describes it
     this.participants = new Map(); // identity -> {identity, sid, name, tracks}
     this.activeSpeakers = [];
+    this.connectionQuality = new Map(); // identity -> "excellent" | "good" | "poor" | "lost"
     this.joined = null;
     this._token = config.token;
     this._resume = null;
@@ -385,7 +386,10 @@ export class SignalingRoom extends Emitter {
         this.participants.set(params.participant.identity, params.participant);
         break;
       case "participant_left":
-        if (this.participants.get(params.participant)?.sid === params.sid) this.participants.delete(params.participant);
+        if (this.participants.get(params.participant)?.sid === params.sid) {
+          this.participants.delete(params.participant);
+          this.connectionQuality.delete(params.participant);
+        }
         break;
       case "track_published": {
         const p = this.participants.get(params.participant);
@@ -399,6 +403,9 @@ export class SignalingRoom extends Emitter {
       }
       case "active_speakers":
         this.activeSpeakers = params.speakers;
+        break;
+      case "connection_quality":
+        for (const { identity, quality } of params.participants) this.connectionQuality.set(identity, quality);
         break;
       case "offer":
         this._onOffer(params);

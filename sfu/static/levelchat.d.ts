@@ -178,7 +178,13 @@ export interface RoomEvents {
   track_unpublished: { participant: string; track: string };
   track_muted: { participant: string; track: string; muted: boolean; by?: "server" };
   active_speakers: { speakers: { participant: string; track: string; level: number }[] };
+<<<<<<< HEAD
   disconnected: { reason: string; code: number | null; detail?: string };
+=======
+  /** after joining: everyone's rating; then, at most once a second, the ratings that changed */
+  connection_quality: { participants: { identity: string; quality: ConnectionQuality }[] };
+  disconnected: { reason: string; code: number | null };
+>>>>>>> quality
   node_draining: { reason: string };
   room_closed: { room: string; reason: string };
   /** the room's recording changed status; a failure is also an "error" event recording/backend-failed */
@@ -188,6 +194,8 @@ export interface RoomEvents {
   subscribed_layers: { track: string; layers: { rid: string; active: boolean }[]; applied: boolean; reason?: string };
   error: LevelChatError;
 }
+
+export type ConnectionQuality = "excellent" | "good" | "poor" | "lost";
 
 export type RecordingStatus = "starting" | "recording" | "finishing" | "completed" | "failed";
 
@@ -207,6 +215,8 @@ export class Room {
   readonly participants: Map<string, ParticipantInfo>;
   readonly remoteTracks: Map<string, RemoteTrack>;
   readonly activeSpeakers: { participant: string; track: string; level: number }[];
+  /** each participant's connection quality as last told (the "connection_quality" event), this one's included */
+  readonly connectionQuality: Map<string, ConnectionQuality>;
   readonly publisher: RTCPeerConnection | null;
   readonly subscriber: RTCPeerConnection | null;
   readonly localTracks: Map<MediaStreamTrack, string | null>;

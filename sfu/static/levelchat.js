@@ -46,7 +46,8 @@ export const SIMULCAST_ENCODINGS = [
  * "data" {from, data, reliable}, "participant_joined" {participant}, "participant_left"
  * {participant, reason}, "track" {participant, kind, trackSid, stream, track, mid},
  * "track_removed" {participant, trackSid, mid}, "track_muted" {participant, track, muted},
- * "active_speakers" {speakers}, "disconnected" {reason, code}, "node_draining" {reason},
+ * "active_speakers" {speakers}, "connection_quality" {participants: [{identity, quality}]},
+ * "disconnected" {reason, code}, "node_draining" {reason},
  * "recording" {recording, status, code?, detail?}, "subscribed_layers" {track, layers, applied,
  * reason?}, "error" LevelChatError. docs/sdk.md has them all.
  */

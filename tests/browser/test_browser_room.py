@@ -116,6 +116,16 @@ async def test_three_chromium_participants_see_and_hear_each_other(node: Node, b
             for key, n in before.items():
                 assert after[key]["framesDecoded"] > n, f"{p.identity}: {key} stopped decoding"
             assert sorted(await p.tiles()) == sorted(names)
+        # each tile's badge shows the rating the node sent (connection_quality), kept by the SDK
+        for p in pages:
+            for n in names:
+                await p.page.wait_for_selector(f".tile[data-identity={n}] .conn-quality[data-quality]", timeout=10000)
+            shown = await p.page.evaluate(
+                "() => Object.fromEntries([...document.querySelectorAll('.tile')].map("
+                "t => [t.dataset.identity, t.querySelector('.conn-quality').textContent]))"
+            )
+            kept = await p.page.evaluate("() => Object.fromEntries(window.levelchatRoomPage.room.connectionQuality)")
+            assert shown == kept and set(shown.values()) <= {"excellent", "good", "poor"}, (shown, kept)
         assert len(node.rooms.rooms[room].participants) == 3
 
         # cat leaves: ann and ben are told and drop her tile
