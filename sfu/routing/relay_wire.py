@@ -81,6 +81,9 @@ class RelayTrack:
     codecs: tuple[TrackCodec, ...]
     ext_ids: dict[str, int] = field(default_factory=dict)
     muted: bool = False
+    #: the track as its publisher negotiated it (SDP level: codec parameters, feedback), which
+    #: subscriber offers at the far end are built from; opaque here (the node's signaling reads it)
+    description: dict[str, Any] | None = None
 
     @classmethod
     def parse(cls, obj: object) -> RelayTrack:
@@ -110,6 +113,9 @@ class RelayTrack:
             if not isinstance(ext_id, int) or isinstance(ext_id, bool) or not 1 <= ext_id <= 255 or len(uri) > MAX_ID:
                 raise ValueError(f"track.ext_ids[{uri!r:.40}]: an id from 1 to 255 is needed")
             ext_ids[uri] = ext_id
+        description = obj.get("description")
+        if description is not None and not isinstance(description, dict):
+            raise ValueError("track.description: an object is needed")
         return cls(
             ssrc=_int(obj, "ssrc", 1, 0xFFFFFFFF),
             sid=_req(obj, "sid"),
@@ -118,6 +124,7 @@ class RelayTrack:
             codecs=tuple(codecs),
             ext_ids=ext_ids,
             muted=_bool(obj, "muted"),
+            description=description,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +139,7 @@ class RelayTrack:
             ],
             "ext_ids": dict(self.ext_ids),
             "muted": self.muted,
+            **({"description": self.description} if self.description is not None else {}),
         }
 
 

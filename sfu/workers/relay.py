@@ -1,0 +1,388 @@
+"""Relays between the workers of one node: the worker's end (``RelayHub``) and its control channel.
+
+The front sets each relay up (``POST /internal/relay`` to both workers, with the relay's id, a
+fresh 32-byte secret, each end's label and the other's media address and unix socket); it tears
+them down when a worker dies (``POST /internal/relay/close``) and sets them up again when it is
+back.  Media goes over the media ports (``sfu.transport.relay``); room state over a WebSocket
+between the two workers' private unix sockets (the dialing end is the lower index), one JSON
+``RelayMessage`` per text frame, in order.
+
+A room is shared over a relay when it is open at both ends: a worker that sees a room's first
+join tells its relays (``open``); an end that has the room open answers ``open`` and sends what it
+has (``RelayLink.share``).  The secret authenticates the WebSocket too (its HMAC of the relay id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from sfu import clock
+from sfu.metrics import PREFIX
+from sfu.routing.events import RoomEvent, RoomEventKind
+from sfu.routing.relay import RelayLink
+from sfu.routing.relay_wire import RelayMessage, RelayOp
+from sfu.signaling import sdp
+from sfu.signaling.codecs import CodecParams, MediaKind
+from sfu.transport.peer import CloseReason
+from sfu.transport.relay import RELAY_SECRET_BYTES, RelayTransport, relay_keys
+from sfu.transport.srtp import SrtpProfile
+
+if TYPE_CHECKING:
+    from sfu.node import Node
+
+log = logging.getLogger(__name__)
+
+RELAY_WS = "/internal/relay/ws"
+#: the control channel's own message: "room open here" (not a RelayMessage: no identity)
+OPEN = "open"
+#: relays one worker keeps (one per other worker of the node)
+MAX_RELAYS = 64
+#: a relay control message queue that grows past this is a stuck peer: the relay is torn down
+MAX_QUEUED = 10_000
+
+
+def channel_proof(secret: bytes, relay_id: str) -> str:
+    return hmac.new(secret, b"relay-ws " + relay_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class RelaySetup:
+    relay_id: str
+    secret: bytes
+    local: str
+    remote: str
+    peer_host: str
+    peer_port: int
+    peer_socket: str
+    dial: bool
+
+    @classmethod
+    def parse(cls, body: Any) -> RelaySetup:
+        if not isinstance(body, dict):
+            raise ValueError("a relay setup is a JSON object")
+        try:
+            secret = bytes.fromhex(str(body.get("secret", "")))
+        except ValueError:
+            raise ValueError("secret: hex") from None
+        if len(secret) != RELAY_SECRET_BYTES:
+            raise ValueError(f"secret: {RELAY_SECRET_BYTES} bytes")
+        port = body.get("peer_port")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError("peer_port: 1 to 65535")
+        for key in ("relay_id", "local", "remote", "peer_host", "peer_socket"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise ValueError(f"{key}: a non-empty string")
+        return cls(
+            body["relay_id"], secret, body["local"], body["remote"], body["peer_host"], port, body["peer_socket"],
+            bool(body.get("dial")),
+        )
+
+
+class Relay:
+    """One relay at this end: its link and its control channel."""
+
+    def __init__(self, hub: RelayHub, setup: RelaySetup, link: RelayLink) -> None:
+        self.hub = hub
+        self.setup = setup
+        self.link = link
+        self.queue: asyncio.Queue[RelayMessage | dict[str, Any] | None] = asyncio.Queue()
+        #: the far end's tracks as their publishers negotiated them (sid -> description): the
+        #: subscriber offers here are built from them (``SessionService.other_descriptions``)
+        self.descriptions: dict[str, sdp.TrackDescription] = {}
+        self.ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.opened: set[str] = set()  # rooms we said "open" for
+
+    def send(self, obj: RelayMessage | dict[str, Any]) -> None:
+        if self.queue.qsize() > MAX_QUEUED:
+            log.error("relay %s: control channel stuck; tearing it down", self.setup.relay_id)
+            self.hub.close(self.setup.relay_id, CloseReason.CONSENT_EXPIRED)
+            return
+        self.queue.put_nowait(obj)
+
+    def send_all(self, msgs: list[RelayMessage]) -> None:
+        for m in msgs:
+            self.send(m)
+
+    def _encode(self, item: RelayMessage | dict[str, Any]) -> str:
+        """A message as it goes out; a publication takes its track's description now (a signaling
+        publish registers it just after the router's event that made the message)."""
+        if isinstance(item, dict):
+            return json.dumps(item)
+        obj = item.to_json()
+        if item.op is RelayOp.PUBLISH and item.track is not None:
+            found = self.hub.node.sessions.description(item.track.sid)
+            if found is not None:
+                obj["track"]["description"] = describe(found)
+        return json.dumps(obj)
+
+    def say_open(self, room_id: str) -> None:
+        if room_id not in self.opened:
+            self.opened.add(room_id)
+            self.send({"op": OPEN, "room": room_id})
+
+    async def run(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+        """Serve the channel until it closes; then the relay goes."""
+        self.ws = ws
+        writer = asyncio.ensure_future(self._write(ws))
+        try:
+            for room in self.hub.open_rooms():
+                self.say_open(room)
+            async for frame in ws:
+                if frame.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                self.on_frame(frame.data)
+        finally:
+            writer.cancel()
+            self.hub.close(self.setup.relay_id, CloseReason.CONSENT_EXPIRED)
+
+    async def _write(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            await ws.send_str(self._encode(item))
+
+    def on_frame(self, data: str) -> None:
+        now = clock.now_ms()
+        try:
+            obj = json.loads(data)
+            if isinstance(obj, dict) and obj.get("op") == OPEN:
+                room_id = obj.get("room")
+                room = self.hub.node.rooms.rooms.get(room_id) if isinstance(room_id, str) else None
+                if room is not None and room.id not in self.link.rooms:
+                    # ours first (the far end shares back on it, unless it already has), then
+                    # what is here: the far end applies it once the room is shared there
+                    self.opened.add(room.id)
+                    self.send({"op": OPEN, "room": room.id})
+                    self.send_all(self.link.share(room, now))
+                return
+            msg = RelayMessage.parse(obj)
+            if msg.op is RelayOp.PUBLISH and msg.track is not None:
+                if msg.track.description is None:
+                    raise ValueError(f"track {msg.track.sid} came without its description")
+                self.descriptions[msg.track.sid] = undescribe(msg.track.description)
+            elif msg.op is RelayOp.UNPUBLISH:
+                gone = self.link.imported.get(msg.ssrc)
+                if gone is not None:
+                    self.descriptions.pop(gone.sid, None)
+            self.link.apply(msg, now)
+        except ValueError as exc:
+            log.warning("relay %s: message refused: %s", self.setup.relay_id, exc)
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        others = self.hub.node.sessions.other_descriptions
+        if self.descriptions in others:
+            others.remove(self.descriptions)
+        for t in self.tasks:
+            t.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+        if self.session is not None:
+            await self.session.close()
+
+
+class RelayHub:
+    """This worker's relays to the other workers of its node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.relays: dict[str, Relay] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self.closed_total = 0
+
+    def _start(self) -> None:
+        """With the first relay: the router's events and the once-a-second tick."""
+        if self._ticker is None:
+            self.node.router.observers.append(self.on_event)
+            self._ticker = asyncio.ensure_future(self._tick())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for relay_id in list(self.relays):
+            self.close(relay_id, CloseReason.NODE_SHUTDOWN)
+
+    def open_rooms(self) -> list[str]:
+        return [r.id for r in self.node.rooms.public_rooms()]
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = clock.now_ms()
+            for relay in list(self.relays.values()):
+                relay.link.tick(now)
+
+    def on_event(self, event: RoomEvent) -> None:
+        now = clock.now_ms()
+        for relay in list(self.relays.values()):
+            if event.kind is RoomEventKind.JOINED and event.room.id not in relay.link.rooms:
+                if event.participant is not None and not event.participant.relay:
+                    relay.say_open(event.room.id)
+                continue
+            relay.send_all(relay.link.on_event(event, now))
+            if event.kind is RoomEventKind.ROOM_CLOSED:
+                relay.opened.discard(event.room.id)
+
+    def add(self, setup: RelaySetup) -> Relay:
+        """Set a relay up (replacing one to the same peer)."""
+        for old in [r for r in self.relays.values() if r.setup.remote == setup.remote]:
+            self.close(old.setup.relay_id, CloseReason.REPLACED)
+        if len(self.relays) >= MAX_RELAYS:
+            raise ValueError(f"this worker keeps at most {MAX_RELAYS} relays")
+        self._start()
+        node = self.node
+        now = clock.now_ms()
+        transport = RelayTransport(
+            port=node.port, certificate=node.certificate, counters=node.counters, now_ms=now,
+            loop=asyncio.get_running_loop(),
+        )
+        link = RelayLink(node.router, setup.relay_id, transport, node.counters, on_closed=self._link_closed)
+        profile = SrtpProfile.AEAD_AES_128_GCM
+        transport.start((setup.peer_host, setup.peer_port), relay_keys(profile, setup.secret, setup.relay_id, setup.local, setup.remote), now)
+        relay = Relay(self, setup, link)
+        node.sessions.other_descriptions.append(relay.descriptions)
+        self.relays[setup.relay_id] = relay
+        if setup.dial:
+            relay.tasks.append(asyncio.ensure_future(self._dial(relay)))
+        log.info("relay %s up: %s <-> %s at %s:%d", setup.relay_id, setup.local, setup.remote, setup.peer_host, setup.peer_port)
+        return relay
+
+    async def _dial(self, relay: Relay) -> None:
+        s = relay.setup
+        relay.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=s.peer_socket))
+        for _ in range(50):
+            try:
+                ws = await relay.session.ws_connect(
+                    f"http://worker{RELAY_WS}?relay={s.relay_id}&proof={channel_proof(s.secret, s.relay_id)}",
+                    heartbeat=5.0,
+                )
+            except (aiohttp.ClientError, OSError):
+                await asyncio.sleep(0.1)  # the far end's setup may not have landed yet
+                continue
+            await relay.run(ws)
+            return
+        log.error("relay %s: the control channel to %s did not connect", s.relay_id, s.remote)
+        self.close(s.relay_id, CloseReason.SETUP_TIMEOUT)
+
+    async def accept(self, request: web.Request) -> web.StreamResponse:
+        relay = self.relays.get(request.query.get("relay", ""))
+        if relay is None or not hmac.compare_digest(
+            request.query.get("proof", ""), channel_proof(relay.setup.secret, relay.setup.relay_id)
+        ):
+            raise web.HTTPForbidden()
+        ws = web.WebSocketResponse(heartbeat=5.0)
+        await ws.prepare(request)
+        await relay.run(ws)
+        return ws
+
+    def _link_closed(self, link: RelayLink, reason: CloseReason) -> None:
+        relay = self.relays.pop(link.link_id, None)
+        if relay is not None:
+            self.closed_total += 1
+            log.warning("relay %s down (%s)", link.link_id, reason.value)
+            asyncio.ensure_future(relay.close())
+
+    def close(self, relay_id: str, reason: CloseReason) -> None:
+        relay = self.relays.get(relay_id)
+        if relay is not None:
+            relay.link.close(reason)  # _link_closed forgets it
+
+    def close_peer(self, remote: str) -> int:
+        ids = [i for i, r in self.relays.items() if r.setup.remote == remote]
+        for i in ids:
+            self.close(i, CloseReason.CONSENT_EXPIRED)
+        return len(ids)
+
+    # -- figures -------------------------------------------------------------------------------
+    def gauges(self) -> dict[str, float]:
+        links = [r.link for r in self.relays.values()]
+        return {
+            "sfu_relays": len(links),
+            "sfu_relayed_tracks_out": sum(len(k.exported) for k in links),
+            "sfu_relayed_tracks_in": sum(len(k.imported) for k in links),
+        }
+
+    def counters(self) -> dict[str, float]:
+        out_b = in_b = lost = plis = 0
+        for r in self.relays.values():
+            o, i = r.link.octets()
+            out_b += o
+            in_b += i
+            lost += r.link.lost()
+            plis += r.link.keyframe_requests_in
+        return {
+            "sfu_relay_bytes_out": out_b,
+            "sfu_relay_bytes_in": in_b,
+            "sfu_relay_packets_lost": lost,
+            "sfu_relay_keyframe_requests": plis,
+        }
+
+
+def describe(d: sdp.TrackDescription) -> dict[str, Any]:
+    """A track description as JSON (the far end's ``undescribe`` reads it)."""
+    return {
+        "track_id": d.track_id,
+        "kind": d.kind.value,
+        "stream_id": d.stream_id,
+        "codecs": [
+            {"pt": c.pt, "name": c.name, "clock_rate": c.clock_rate, "channels": c.channels, "fmtp": dict(c.fmtp),
+             "rtcp_fb": list(c.rtcp_fb), "rtx_pt": c.rtx_pt}
+            for c in d.codecs
+        ],
+        "header_extensions": dict(d.header_extensions),
+    }
+
+
+def undescribe(obj: dict[str, Any]) -> sdp.TrackDescription:
+    """``describe``'s JSON back; ValueError for anything else."""
+    try:
+        codecs = tuple(
+            CodecParams(
+                pt=int(c["pt"]), name=str(c["name"]), clock_rate=int(c["clock_rate"]),
+                channels=None if c.get("channels") is None else int(c["channels"]),
+                fmtp={str(k): str(v) for k, v in dict(c.get("fmtp", {})).items()},
+                rtcp_fb=tuple(str(f) for f in c.get("rtcp_fb", [])),
+                rtx_pt=None if c.get("rtx_pt") is None else int(c["rtx_pt"]),
+            )
+            for c in obj["codecs"][:32]
+        )
+        return sdp.TrackDescription(
+            track_id=str(obj["track_id"]), kind=MediaKind(obj["kind"]), stream_id=str(obj["stream_id"]),
+            codecs=codecs, header_extensions={str(k): int(v) for k, v in dict(obj.get("header_extensions", {})).items()},
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"track description: {exc!r:.80}") from None
+
+
+class RelayCollector:
+    """The hub's figures for /metrics (the front relabels them per worker)."""
+
+    def __init__(self, hub: RelayHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[object]:
+        for name, value in self.hub.gauges().items():
+            g = GaugeMetricFamily(PREFIX + name, name.replace("_", " "))
+            g.add_metric([], value)
+            yield g
+        for name, value in self.hub.counters().items():
+            yield CounterMetricFamily(PREFIX + name, name.replace("_", " ") + " (relays up now)", value=value)
+
+
+def new_secret() -> str:
+    return secrets.token_bytes(RELAY_SECRET_BYTES).hex()

@@ -1,0 +1,95 @@
+"""A room spread over the two workers of one node (``relay_spread``): real processes, aiortc
+participants over the WebSocket, media between the workers over their relay."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.clients import wait_for
+from tests.e2e.procs import Procs, call
+from tests.e2e.test_rtc_signaling import RtcClient, receives_from
+from tests.e2e.test_workers import wait_for_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+async def _workers(url: str) -> list[dict[str, Any]]:
+    reply = await call("GET", url + "/healthz")
+    workers: list[dict[str, Any]] = reply.body["workers"]
+    return workers
+
+
+async def _metrics(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        return await resp.text()
+
+
+def _value(text: str, name: str, worker: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("worker") == worker:
+                return float(sample.value)
+    raise AssertionError(f"{name} of worker {worker} not in /metrics")
+
+
+async def test_a_room_spread_over_two_workers(tmp_path: Path) -> None:
+    procs = Procs(tmp_path)
+    node = procs.node("relay-2w", None, extra_args=("--workers", "2"), env={"LEVELCHAT_SFU_RELAY_SPREAD": "true"})
+    clients: list[RtcClient] = []
+    try:
+        await node.wait_healthy()
+        await wait_for_ready(node)
+        room = "spread"
+        alice, bob, carol = (RtcClient(node, room, n) for n in ("alice", "bob", "carol"))  # type: ignore[arg-type]
+        clients += [alice, bob, carol]
+        await alice.join()  # worker 0 (the room's home)
+        await alice.publish()
+        await bob.join()  # worker 1 opens the room there: alice arrives over the relay just after
+        await wait_for(lambda: len(bob.named("track_published")) == 2, 10, "bob told of alice's tracks")
+        assert [p["participant"]["identity"] for p in bob.named("participant_joined")][0] == "alice"
+        assert {t["track"]["sid"] for t in bob.named("track_published")} == {t["sid"] for t in alice.published}
+        await carol.join()  # worker 0 again
+        await wait_for(receives_from(bob, ["alice"], 30), 30, "bob (worker 1) decodes alice (worker 0)")
+        await wait_for(receives_from(carol, ["alice"], 30), 30, "carol (worker 0) decodes alice")
+        # a publisher on worker 1 is seen on worker 0: the same events as in one worker
+        await bob.publish()
+        await wait_for(receives_from(alice, ["bob"], 30), 30, "alice (worker 0) decodes bob (worker 1)")
+        assert [p["participant"]["identity"] for p in alice.named("participant_joined")] == ["bob", "carol"]
+        assert {(p["participant"], p["track"]["kind"]) for p in alice.named("track_published")} == {
+            ("bob", "audio"), ("bob", "video")
+        }
+        bob_tracks = {t["sid"] for t in bob.published}
+        assert {p["track"]["sid"] for p in alice.named("track_published")} == bob_tracks
+        # keyframe requests from worker 1's viewers crossed the relay to alice's worker (bob's
+        # subscription asked for one), and the relay is counted
+        text = await _metrics(node.url)
+        assert _value(text, "levelchat_sfu_relays", "0") == 1 and _value(text, "levelchat_sfu_relays", "1") == 1
+        assert _value(text, "levelchat_sfu_relay_keyframe_requests_total", "0") >= 1
+        assert _value(text, "levelchat_sfu_relayed_tracks_out", "0") == 2  # alice's two, once each
+        # worker 1 is killed: worker 0's participants see bob's tracks and bob go; alice's media
+        # to carol never stops
+        pid = next(w["pid"] for w in await _workers(node.url) if w["index"] == 1)
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: any(p["participant"] == "bob" for p in alice.named("participant_left")), 15, "bob left")
+        assert {p["participant"] for p in carol.named("track_unpublished")} >= {"bob"}
+        before = {mid: r.frames for mid, r in carol.flowing().items() if r.participant == "alice"}
+        await wait_for(
+            lambda: all(carol.flowing()[m].frames > n + 20 for m, n in before.items()), 20, "carol still decodes alice"
+        )
+        # the worker comes back: the relay is set up again and a new viewer there sees alice
+        await wait_for_ready(node, 30)
+        dave = RtcClient(node, room, "dave")  # type: ignore[arg-type]
+        clients.append(dave)
+        await dave.join()
+        await wait_for(receives_from(dave, ["alice"], 20), 30, "dave (worker 1 again) decodes alice")
+    finally:
+        for c in clients:
+            await c.close()
+        procs.stop_all()
