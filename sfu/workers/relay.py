@@ -15,6 +15,8 @@ has (``RelayLink.share``).  The secret authenticates the WebSocket too (its HMAC
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -30,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sfu import clock
 from sfu.metrics import PREFIX
+from sfu.routing.data import MAX_DESTINATIONS, DataKind, DataRelay
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.relay import RelayLink
 from sfu.routing.relay_wire import RelayMessage, RelayOp
@@ -171,6 +174,9 @@ class Relay:
                     self.send_all(self.link.share(room, now))
                 return
             msg = RelayMessage.parse(obj)
+            if msg.op is RelayOp.DATA:
+                self._on_data(msg, now)
+                return
             if msg.op is RelayOp.PUBLISH and msg.track is not None:
                 if msg.track.description is None:
                     raise ValueError(f"track {msg.track.sid} came without its description")
@@ -182,6 +188,20 @@ class Relay:
             self.link.apply(msg, now)
         except ValueError as exc:
             log.warning("relay %s: message refused: %s", self.setup.relay_id, exc)
+
+    def _on_data(self, msg: RelayMessage, now_ms: int) -> None:
+        data = self.hub.data
+        if data is None or msg.room not in self.link.rooms:
+            raise ValueError(f"data for room {msg.room!r}, not shared over relay {self.setup.relay_id}")
+        d = msg.data or {}
+        kind, text, to = d.get("kind"), d.get("text"), d.get("to", [])
+        if kind not in (0, 1) or not isinstance(text, bool) or not isinstance(to, list) or len(to) > MAX_DESTINATIONS:
+            raise ValueError("data: kind 0 or 1, text a boolean, to a list of identities")
+        try:
+            envelope = base64.b64decode(str(d.get("envelope", "")), validate=True)
+        except (ValueError, binascii.Error):
+            raise ValueError("data: envelope is not base64") from None
+        data.deliver_relayed(msg.room, DataKind(kind), envelope, text, frozenset(str(t) for t in to), now_ms)
 
     async def close(self) -> None:
         self.queue.put_nowait(None)
@@ -204,6 +224,20 @@ class RelayHub:
         self.relays: dict[str, Relay] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.closed_total = 0
+        #: the node's data relay (its WebSocket service's): messages cross to the far ends too
+        self.data: DataRelay | None = None
+
+    def attach_data(self, data: DataRelay) -> None:
+        self.data = data
+        data.outlets.append(self._on_local_data)
+
+    def _on_local_data(
+        self, room_id: str, kind: DataKind, envelope: bytes, text: bool, to: frozenset[str], now_ms: int
+    ) -> None:
+        for relay in list(self.relays.values()):
+            if room_id in relay.link.rooms:
+                payload = {"kind": int(kind), "text": text, "to": sorted(to), "envelope": base64.b64encode(envelope).decode()}
+                relay.send(RelayMessage(RelayOp.DATA, room_id, "-", data=payload))
 
     def _start(self) -> None:
         """With the first relay: the router's events and the once-a-second tick."""

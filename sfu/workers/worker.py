@@ -30,6 +30,7 @@ from aiohttp import web
 
 from levelchat.config import ConfigError, build
 from levelchat.web import REQUEST_ID_KEY, json_response, read_json
+from sfu.api.rtc import RTC_SERVICE_KEY
 from sfu.config import NodeConfig
 from sfu.logs import setup_logging
 from sfu.node import Node
@@ -115,6 +116,7 @@ class WorkerNode(Node):
 
     def make_app(self) -> web.Application:
         app = super().make_app()
+        self.relays.attach_data(app[RTC_SERVICE_KEY].data.relay)  # data messages cross relays too
         app.middlewares.insert(0, _adopt_front_request_id)
         r = app.router
         r.add_get(INTERNAL + "/status", self._status)

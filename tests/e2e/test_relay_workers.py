@@ -3,6 +3,7 @@ participants over the WebSocket, media between the workers over their relay."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.clients import wait_for
 from tests.e2e.procs import Procs, call
+from tests.e2e.test_rtc_data import DataClient
 from tests.e2e.test_rtc_signaling import RtcClient, receives_from
 from tests.e2e.test_workers import wait_for_ready
 
@@ -89,6 +91,36 @@ async def test_a_room_spread_over_two_workers(tmp_path: Path) -> None:
         clients.append(dave)
         await dave.join()
         await wait_for(receives_from(dave, ["alice"], 20), 30, "dave (worker 1 again) decodes alice")
+    finally:
+        for c in clients:
+            await c.close()
+        procs.stop_all()
+
+
+async def test_data_messages_reach_everyone_across_the_workers(tmp_path: Path) -> None:
+    procs = Procs(tmp_path)
+    node = procs.node("relay-data", None, extra_args=("--workers", "2"), env={"LEVELCHAT_SFU_RELAY_SPREAD": "true"})
+    clients: list[DataClient] = []
+    try:
+        await node.wait_healthy()
+        await wait_for_ready(node)
+        for name in ("alice", "bob", "carol"):  # workers 0, 1, 0
+            c = DataClient(node, "spread-data", name)  # type: ignore[arg-type]
+            clients.append(c)
+            await c.join()
+            await c.open_data()
+        alice, bob, carol = clients
+        await wait_for(lambda: len(alice.named("participant_joined")) == 2, 10, "alice sees bob and carol")
+        alice.send_text("hello all")
+        bob.send_bytes(b"\x00from bob")
+        bob.send_text("only alice", to=("alice",))
+        await wait_for(lambda: bob.from_("alice") == ["hello all"] and carol.from_("alice") == ["hello all"], 10, "alice's")
+        await wait_for(lambda: alice.from_("bob") == [b"\x00from bob", "only alice"], 10, "bob's to alice")
+        await wait_for(lambda: carol.from_("bob") == [b"\x00from bob"], 10, "bob's to carol")
+        await asyncio.sleep(0.3)
+        assert "only alice" not in carol.from_("bob")  # destinations hold across the relay
+        assert alice.from_("alice") == bob.from_("bob") == []  # never echoed
+        assert len(bob.from_("alice")) == 1 and len(carol.from_("alice")) == 1  # exactly once
     finally:
         for c in clients:
             await c.close()
