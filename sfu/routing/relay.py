@@ -184,6 +184,9 @@ class RelayLink:
         #: per room, the participant object that holds the exported downtracks (never seated):
         #: sends their sender reports (``Participant.send_reports``)
         self._holders: dict[str, Participant] = {}
+        #: called when a relayed track here got its first subscriber: ``needs`` has news
+        self.on_needs: Callable[[], None] | None = None
+        self._needs_sent: tuple[int, ...] = ()
         self.keyframe_requests_in = 0
         self.refused = 0  # messages refused (bounds, unknown rooms)
         self.closed = False
@@ -275,7 +278,8 @@ class RelayLink:
         self.exported[ssrc] = Exported(room_id, track, dt)
         self._export_ssrc[id(track)] = ssrc
         dt.bind(track, now_ms)
-        dt.paused = track.muted
+        dt.held = True  # carried once the far end needs it (``RelayOp.NEED``)
+        dt.paused = True
         return RelayMessage(
             RelayOp.PUBLISH, room_id, track.owner,
             track=RelayTrack(ssrc, track.sid, track.kind, track.mid, tuple(track.codecs), dict(track.ext_ids), track.muted),
@@ -310,6 +314,9 @@ class RelayLink:
             raise ValueError("the relay is closed")
         if msg.op is RelayOp.DATA:
             return  # data messages are the node's (sfu.workers.relay)
+        if msg.op is RelayOp.NEED:
+            self._carry(set(msg.ssrcs), now_ms)
+            return
         room = self.host.room_of(msg.room) if msg.room in self.rooms else None
         if room is None:
             self.refused += 1
@@ -354,6 +361,34 @@ class RelayLink:
             del self.relayed[key]
             self.host.leave(p, CloseReason.LEFT, now_ms)
 
+    def _carry(self, wanted: set[int], now_ms: int) -> None:
+        """Carry exactly the exported tracks the far end needs: the others are held (paused, as a
+        subscriber without the right to subscribe is); one needed again restarts at a keyframe."""
+        for ssrc, e in self.exported.items():
+            dt = e.downtrack
+            held = ssrc not in wanted
+            if held == dt.held:
+                continue
+            dt.held = held
+            if held:
+                dt.paused = True
+            elif not e.track.muted:
+                dt.paused = False
+                dt.unbind()  # as Router.set_muted: continuous sequence numbers, a keyframe first
+                dt.bind(e.track, now_ms)
+
+    def needs(self) -> RelayMessage | None:
+        """The far end's tracks someone here receives, when that changed since the last time."""
+        wanted = tuple(sorted(s for s, t in self.imported.items() if t.downtracks or t.switching or t.tap is not None))
+        if wanted == self._needs_sent:
+            return None
+        self._needs_sent = wanted
+        return RelayMessage(RelayOp.NEED, "*", "*", ssrcs=wanted)
+
+    def _demand(self) -> None:
+        if self.on_needs is not None:
+            self.on_needs()
+
     def _import(self, room: Room, p: Participant, spec: RelayTrack, now_ms: int) -> None:
         if spec.ssrc in self.imported:
             raise ValueError(f"relay SSRC {spec.ssrc} is taken")
@@ -375,6 +410,7 @@ class RelayLink:
         )
         track.sid = spec.sid
         track.muted = spec.muted
+        track.on_demand = self._demand
         p.tracks[ssrc] = track
         self.imported[ssrc] = track
         self._imported_room[ssrc] = (room.id, p.identity)

@@ -11,7 +11,8 @@ One message per change, in the order the changes happened at the sender:
   unique on the relay), with what the receiver needs to forward it as if it were published there:
   codecs with their payload types, header extension ids, the track's sid and muted flag;
 - ``mute``, ``unpublish`` (by relay SSRC), ``leave``;
-- ``data``: a data message for the far end's participants (as the sender's node relays it).
+- ``data``: a data message for the far end's participants (as the sender's node relays it);
+- ``need``: which of the far end's tracks someone here receives (the rest is not carried).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_CODECS = 16
 MAX_EXT_IDS = 16
 MAX_TEXT = 64 * 1024
 MAX_ID = 256
+MAX_NEEDS = 4096
 
 
 class RelayOp(enum.Enum):
@@ -37,6 +39,9 @@ class RelayOp(enum.Enum):
     UNPUBLISH = "unpublish"
     MUTE = "mute"
     DATA = "data"
+    #: the relay SSRCs of the tracks someone at the sender's end receives (all of them, each
+    #: time): the others are not carried (``room`` and ``identity`` are "*")
+    NEED = "need"
 
 
 def _str(obj: dict[str, Any], key: str, *, max_len: int = MAX_ID, optional: bool = False) -> str | None:
@@ -162,6 +167,8 @@ class RelayMessage:
     muted: bool = False
     #: data: the payload (the node's own JSON view of a data message)
     data: dict[str, Any] | None = None
+    #: need: the relay SSRCs wanted
+    ssrcs: tuple[int, ...] = ()
 
     @classmethod
     def parse(cls, obj: object) -> RelayMessage:
@@ -186,6 +193,14 @@ class RelayMessage:
             return cls(op, room, identity, ssrc=_int(obj, "ssrc", 1, 0xFFFFFFFF))
         if op is RelayOp.MUTE:
             return cls(op, room, identity, ssrc=_int(obj, "ssrc", 1, 0xFFFFFFFF), muted=_bool(obj, "muted"))
+        if op is RelayOp.NEED:
+            raw = obj.get("ssrcs")
+            if not isinstance(raw, list) or len(raw) > MAX_NEEDS:
+                raise ValueError(f"ssrcs: a list of up to {MAX_NEEDS} SSRCs is needed")
+            for v in raw:
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 0xFFFFFFFF:
+                    raise ValueError(f"ssrcs[]: an SSRC from 1 to 2^32-1 is needed, got {v!r:.40}")
+            return cls(op, room, identity, ssrcs=tuple(raw))
         if op is RelayOp.DATA:
             data = obj.get("data")
             if not isinstance(data, dict):
@@ -206,4 +221,6 @@ class RelayMessage:
             out.update(ssrc=self.ssrc, muted=self.muted)
         elif self.op is RelayOp.DATA:
             out["data"] = self.data
+        elif self.op is RelayOp.NEED:
+            out["ssrcs"] = list(self.ssrcs)
         return out

@@ -108,6 +108,8 @@ class Relay:
         self.tasks: list[asyncio.Task[Any]] = []
         self.session: aiohttp.ClientSession | None = None
         self.opened: set[str] = set()  # rooms we said "open" for
+        self._needs_due = False
+        link.on_needs = self.needs_changed
 
     def send(self, obj: RelayMessage | dict[str, Any]) -> None:
         if self.queue.qsize() > MAX_QUEUED:
@@ -131,6 +133,18 @@ class Relay:
             if found is not None:
                 obj["track"]["description"] = describe(found)
         return json.dumps(obj)
+
+    def flush_needs(self) -> None:
+        self._needs_due = False
+        msg = self.link.needs()
+        if msg is not None and not self.link.closed:
+            self.send(msg)
+
+    def needs_changed(self) -> None:
+        """A relayed track here got its first subscriber: tell the far end now (once per turn)."""
+        if not self._needs_due:
+            self._needs_due = True
+            asyncio.get_running_loop().call_soon(self.flush_needs)
 
     def say_open(self, room_id: str) -> None:
         if room_id not in self.opened:
@@ -260,6 +274,7 @@ class RelayHub:
             now = clock.now_ms()
             for relay in list(self.relays.values()):
                 relay.link.tick(now)
+                relay.flush_needs()
 
     def on_event(self, event: RoomEvent) -> None:
         now = clock.now_ms()

@@ -51,11 +51,20 @@ class Pair:
         gcm = SrtpProfile.AEAD_AES_128_GCM
         self.ta.start(("127.0.0.1", b.port.port), relay_keys(gcm, secret, "w0-w1", "w0", "w1"), now)
         self.tb.start(("127.0.0.1", a.port.port), relay_keys(gcm, secret, "w0-w1", "w1", "w0"), now)
+        # needs go back as the hub sends them: at once when a relayed track gets a subscriber
+        self.la.on_needs = lambda: self._needs(self.la, self.lb)
+        self.lb.on_needs = lambda: self._needs(self.lb, self.la)
         self.events_b: list[RoomEvent] = []
         b.router.observers.append(self.events_b.append)
         # room events cross as the control channel would carry them: JSON both ways
         a.router.observers.append(lambda e: self._cross(self.la, self.lb, e))
         b.router.observers.append(lambda e: self._cross(self.lb, self.la, e))
+
+    @staticmethod
+    def _needs(src: RelayLink, dst: RelayLink) -> None:
+        msg = src.needs()
+        if msg is not None:
+            dst.apply(RelayMessage.parse(msg.to_json()), clock.now_ms())
 
     @staticmethod
     def _cross(src: RelayLink, dst: RelayLink, event: RoomEvent) -> None:
@@ -211,3 +220,33 @@ async def test_an_idle_relay_stays_up_on_its_reports(pair: Pair) -> None:
         pair.lb.tick(now)
         await asyncio.sleep(0.1)
     assert not pair.la.closed and not pair.lb.closed
+
+
+async def test_a_track_nobody_behind_the_relay_receives_is_not_carried(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    room_a = a.room("r")
+    _, pub = await a.publisher(room_a, "alice", audio_ssrc=AUDIO)
+    pair.share("r")
+    audio = next(iter(pair.la.exported.values())).downtrack
+    to_a = ("127.0.0.1", a.port.port)
+
+    def send(seq: int) -> None:
+        pub.send(pub.protect(rtp_bytes(seq, seq * 960, ssrc=AUDIO, pt=OPUS.payload_type, payload=OPUS_FRAME)), to_a)
+
+    for seq in range(1, 6):
+        send(seq)
+    await asyncio.sleep(0.2)
+    assert audio.held and audio.packets_sent == 0  # no one on b: nothing crosses
+    viewer, client = await b.subscriber(b.room("r"), "v1", target="alice")  # needed at once
+    assert not audio.held
+    for seq in range(6, 11):
+        send(seq)
+    assert len([RtpPacket.parse(await client.recv_rtp()) for _ in range(5)]) == 5
+    assert audio.packets_sent == 5
+    b.router.leave(viewer, CloseReason.LEFT, clock.now_ms())
+    Pair._needs(pair.lb, pair.la)  # the hub's once-a-second look: nobody left
+    assert audio.held
+    for seq in range(11, 16):
+        send(seq)
+    await asyncio.sleep(0.2)
+    assert audio.packets_sent == 5

@@ -77,6 +77,7 @@ TRACK = RelayTrack(
         RelayMessage(RelayOp.MUTE, "r", "alice", ssrc=7, muted=True),
         RelayMessage(RelayOp.LEAVE, "r", "alice"),
         RelayMessage(RelayOp.DATA, "r", "alice", data={"payload": "aGk="}),
+        RelayMessage(RelayOp.NEED, "*", "*", ssrcs=(1, 0xFFFFFFFF)),
     ],
 )
 def test_messages_round_trip(msg: RelayMessage) -> None:
@@ -108,6 +109,9 @@ def test_messages_round_trip(msg: RelayMessage) -> None:
             "pt",
         ),
         ({"op": "data", "room": "r", "identity": "a", "data": "x"}, "data: an object"),
+        ({"op": "need", "room": "*", "identity": "*", "ssrcs": [0]}, "ssrcs"),
+        ({"op": "need", "room": "*", "identity": "*", "ssrcs": "1"}, "ssrcs"),
+        ({"op": "need", "room": "*", "identity": "*", "ssrcs": list(range(1, 5000))}, "up to 4096"),
     ],
 )
 def test_bad_messages_are_refused_precisely(obj: object, error: str) -> None:
