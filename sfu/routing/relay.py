@@ -196,7 +196,10 @@ class RelayLink:
     # -- export: local changes to messages ---------------------------------------------------------
     def share(self, room: Room, now_ms: int) -> list[RelayMessage]:
         """The room is forwarded by both ends from now on: the messages that tell the far end what
-        is here (joins, then publications)."""
+        is here (joins, then publications).  Shared already (the far end closed the room and opens
+        it again): shared afresh."""
+        if room.id in self.rooms:
+            self.unshare(room.id, now_ms)
         self.rooms.add(room.id)
         out: list[RelayMessage] = []
         for p in list(room.participants.values()):
@@ -236,13 +239,18 @@ class RelayLink:
                 self._unexport(room.id, p.identity, t)
             return [RelayMessage(RelayOp.LEAVE, room.id, p.identity)]
         if kind is RoomEventKind.ROOM_CLOSED:
-            for ssrc in [s for s, e in self.exported.items() if e.room == room.id]:
-                self._drop_export(ssrc)
-            self.rooms.discard(room.id)
             out = [RelayMessage(RelayOp.LEAVE, room.id, q.identity) for q in event.participants if not q.relay]
-            self._drop_imports(room.id, CloseReason.ROOM_CLOSED, now_ms)
+            self.unshare(room.id, now_ms, CloseReason.ROOM_CLOSED)
             return out
         return []
+
+    def unshare(self, room_id: str, now_ms: int, reason: CloseReason = CloseReason.LEFT) -> None:
+        """The room is no longer forwarded by both ends (closed at one): its exports stop, the far
+        end's participants leave it here."""
+        for ssrc in [s for s, e in self.exported.items() if e.room == room_id]:
+            self._drop_export(ssrc)
+        self.rooms.discard(room_id)
+        self._drop_imports(room_id, reason, now_ms)
 
     def _join(self, room_id: str, p: Participant) -> RelayMessage:
         return RelayMessage(

@@ -330,8 +330,11 @@ class Front(HttpBound):
             return await self._forward(w, request)  # a plain GET: the worker answers the problem
         if room is None:
             return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
+        home = w
         w = self._spread(room, w)
         assert w.session is not None
+        if w is not home:  # the room may not be open there yet: the worker asks its relays first
+            await self._request_quietly(w, "POST", INTERNAL + "/relay/open", {"room": room})
         key = (room, w.index)
         self._room_sockets[key] = self._room_sockets.get(key, 0) + 1
         try:

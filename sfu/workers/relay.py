@@ -30,12 +30,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from levelchat.errors import ApiError
 from sfu import clock
 from sfu.metrics import PREFIX
 from sfu.routing.data import MAX_DESTINATIONS, DataKind, DataRelay
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.relay import RelayLink
 from sfu.routing.relay_wire import RelayMessage, RelayOp
+from sfu.routing.rooms import RoomPolicy
 from sfu.signaling import sdp
 from sfu.signaling.codecs import CodecParams, MediaKind
 from sfu.transport.peer import CloseReason
@@ -50,6 +52,12 @@ log = logging.getLogger(__name__)
 RELAY_WS = "/internal/relay/ws"
 #: the control channel's own message: "room open here" (not a RelayMessage: no identity)
 OPEN = "open"
+#: a worker about to seat a join of a room it does not have asks the far ends (``ask``); they
+#: answer ``here`` (then a snapshot, then ``shared``) or ``none``; a room closed says ``closed``
+ASK, HERE, NONE, SHARED, CLOSED = "ask", "here", "none", "shared", "closed"
+_ROOM_OPS = frozenset({ASK, HERE, NONE, SHARED, CLOSED})
+#: how long a join waits for the far ends' answers about its room
+ASK_TIMEOUT_S = 1.0
 #: relays one worker keeps (one per other worker of the node)
 MAX_RELAYS = 64
 #: a relay control message queue that grows past this is a stuck peer: the relay is torn down
@@ -110,6 +118,8 @@ class Relay:
         self.opened: set[str] = set()  # rooms we said "open" for
         self._needs_due = False
         link.on_needs = self.needs_changed
+        #: rooms asked about (``ask``), answered when the far end's snapshot is in
+        self.asks: dict[str, asyncio.Future[None]] = {}
 
     def send(self, obj: RelayMessage | dict[str, Any]) -> None:
         if self.queue.qsize() > MAX_QUEUED:
@@ -177,7 +187,11 @@ class Relay:
         now = clock.now_ms()
         try:
             obj = json.loads(data)
-            if isinstance(obj, dict) and obj.get("op") == OPEN:
+            op = obj.get("op") if isinstance(obj, dict) else None
+            if op in _ROOM_OPS:
+                self._on_room_op(str(op), obj, now)
+                return
+            if op == OPEN:
                 room_id = obj.get("room")
                 room = self.hub.node.rooms.rooms.get(room_id) if isinstance(room_id, str) else None
                 if room is not None and room.id not in self.link.rooms:
@@ -200,8 +214,55 @@ class Relay:
                 if gone is not None:
                     self.descriptions.pop(gone.sid, None)
             self.link.apply(msg, now)
-        except ValueError as exc:
+        except (ValueError, ApiError) as exc:
             log.warning("relay %s: message refused: %s", self.setup.relay_id, exc)
+
+    def _on_room_op(self, op: str, obj: dict[str, Any], now_ms: int) -> None:
+        """``ask`` (a worker about to seat a join of a room it does not have) and its answers:
+        ``here`` (the room's policy; a snapshot and ``shared`` follow) or ``none``; ``closed``
+        (the room closed at the far end: no longer shared)."""
+        room_id = obj.get("room")
+        if not isinstance(room_id, str) or not room_id:
+            raise ValueError(f"{op}: room missing")
+        node = self.hub.node
+        room = node.rooms.rooms.get(room_id)
+        if op == ASK:
+            if room is None:
+                self.send({"op": NONE, "room": room_id})
+                return
+            self.opened.add(room_id)
+            self.send({"op": HERE, "room": room_id, "policy": policy_json(room.policy)})
+            self.send_all(self.link.share(room, now_ms))
+            self.send({"op": SHARED, "room": room_id})
+        elif op == HERE:
+            if room is None:
+                node.check_accepting_rooms()
+                room, _ = node.rooms.create(room_id, parse_policy(obj.get("policy")), now_ms)
+            self.opened.add(room_id)
+            self.send_all(self.link.share(room, now_ms))
+        elif op in (NONE, SHARED):
+            waiter = self.asks.pop(room_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif op == CLOSED:
+            if room_id in self.link.rooms:
+                self.link.unshare(room_id, now_ms)
+            self.opened.discard(room_id)
+
+    async def ask(self, room_id: str) -> None:
+        """Ask the far end for the room (its answer, and what it has there, arrive before this
+        returns; or nothing, after ``ASK_TIMEOUT_S``)."""
+        if self.ws is None:
+            return
+        waiter = self.asks.get(room_id)
+        if waiter is None:
+            waiter = self.asks[room_id] = asyncio.get_running_loop().create_future()
+            self.send({"op": ASK, "room": room_id})
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), ASK_TIMEOUT_S)
+        except TimeoutError:
+            self.asks.pop(room_id, None)
+            log.warning("relay %s: no answer about room %s in %.1f s", self.setup.relay_id, room_id, ASK_TIMEOUT_S)
 
     def _on_data(self, msg: RelayMessage, now_ms: int) -> None:
         data = self.hub.data
@@ -276,6 +337,14 @@ class RelayHub:
                 relay.link.tick(now)
                 relay.flush_needs()
 
+    async def prepare(self, room_id: str) -> bool:
+        """Before a join of a room this worker does not have: ask the far ends for it, so the
+        join finds it open here with the far end's participants in it (and its policy).  True
+        when the room is open here afterwards."""
+        if room_id not in self.node.rooms.rooms:
+            await asyncio.gather(*(r.ask(room_id) for r in list(self.relays.values())))
+        return room_id in self.node.rooms.rooms
+
     def on_event(self, event: RoomEvent) -> None:
         now = clock.now_ms()
         for relay in list(self.relays.values()):
@@ -283,9 +352,12 @@ class RelayHub:
                 if event.participant is not None and not event.participant.relay:
                     relay.say_open(event.room.id)
                 continue
+            shared = event.room.id in relay.link.rooms
             relay.send_all(relay.link.on_event(event, now))
             if event.kind is RoomEventKind.ROOM_CLOSED:
                 relay.opened.discard(event.room.id)
+                if shared:
+                    relay.send({"op": CLOSED, "room": event.room.id})
 
     def add(self, setup: RelaySetup) -> Relay:
         """Set a relay up (replacing one to the same peer)."""
@@ -380,6 +452,31 @@ class RelayHub:
             "sfu_relay_packets_lost": lost,
             "sfu_relay_keyframe_requests": plis,
         }
+
+
+def policy_json(policy: RoomPolicy) -> dict[str, Any]:
+    return {
+        "max_participants": policy.max_participants,
+        "codecs": list(policy.codecs),
+        "empty_timeout_s": policy.empty_timeout_s,
+        "recording": policy.recording,
+    }
+
+
+def parse_policy(obj: object) -> RoomPolicy:
+    """``policy_json``'s JSON back; ValueError for anything else."""
+    if not isinstance(obj, dict):
+        raise ValueError("policy: an object is needed")
+    cap, codecs, empty, recording = (obj.get(k) for k in ("max_participants", "codecs", "empty_timeout_s", "recording"))
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise ValueError("policy.max_participants: an integer >= 1")
+    if not isinstance(codecs, list) or len(codecs) > 32 or not all(isinstance(c, str) for c in codecs):
+        raise ValueError("policy.codecs: a list of up to 32 names")
+    if not isinstance(empty, int) or isinstance(empty, bool) or empty < 0:
+        raise ValueError("policy.empty_timeout_s: an integer >= 0")
+    if not isinstance(recording, bool):
+        raise ValueError("policy.recording: true or false")
+    return RoomPolicy(max_participants=cap, codecs=tuple(codecs), empty_timeout_s=empty, recording=recording)
 
 
 def describe(d: sdp.TrackDescription) -> dict[str, Any]:

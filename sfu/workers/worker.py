@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from levelchat.config import ConfigError, build
+from levelchat.errors import ApiError
 from levelchat.web import REQUEST_ID_KEY, json_response, read_json
 from sfu.api.rtc import RTC_SERVICE_KEY
 from sfu.config import NodeConfig
@@ -129,6 +130,7 @@ class WorkerNode(Node):
         r.add_post(INTERNAL + "/usage", self._usage_total)
         r.add_post(INTERNAL + "/relay", self._relay_add)
         r.add_post(INTERNAL + "/relay/close", self._relay_close)
+        r.add_post(INTERNAL + "/relay/open", self._relay_open)
         r.add_get(RELAY_WS, self._relay_ws)
         return app
 
@@ -202,6 +204,18 @@ class WorkerNode(Node):
         except ValueError as exc:
             return json_response({"error": str(exc)}, status=400)
         return json_response({"relay": relay.setup.relay_id})
+
+    async def _relay_open(self, request: web.Request) -> web.StreamResponse:
+        """The front is about to proxy a join of this room here: the far ends are asked for it
+        first, so the join finds the room and its participants (``RelayHub.prepare``)."""
+        room = (await read_json(request)).get("room")
+        if not isinstance(room, str):
+            return json_response({"error": "room: a string"}, status=400)
+        try:
+            found = await self.relays.prepare(room)
+        except ApiError as exc:  # not accepting rooms (draining, revoked): the join says so
+            return json_response({"open": False, "error": exc.code})
+        return json_response({"open": found})
 
     async def _relay_close(self, request: web.Request) -> web.StreamResponse:
         """The front saw the far end die: its relays go now (not after their silence)."""

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.clients import wait_for
+from tests.e2e.conftest import token
 from tests.e2e.procs import Procs, call
 from tests.e2e.test_rtc_data import DataClient
 from tests.e2e.test_rtc_signaling import RtcClient, receives_from
@@ -49,14 +50,20 @@ async def test_a_room_spread_over_two_workers(tmp_path: Path) -> None:
         await node.wait_healthy()
         await wait_for_ready(node)
         room = "spread"
+        async with aiohttp.ClientSession() as http:  # a policy of its own, on its home worker
+            tok = token(room, "admin", scopes=("room:create",))
+            async with http.post(f"{node.url}/v1/rooms", json={"room": room, "max_participants": 7},
+                                 headers={"Authorization": f"Bearer {tok}"}) as resp:
+                assert resp.status == 201, await resp.text()
         alice, bob, carol = (RtcClient(node, room, n) for n in ("alice", "bob", "carol"))  # type: ignore[arg-type]
         clients += [alice, bob, carol]
         await alice.join()  # worker 0 (the room's home)
         await alice.publish()
-        await bob.join()  # worker 1 opens the room there: alice arrives over the relay just after
-        await wait_for(lambda: len(bob.named("track_published")) == 2, 10, "bob told of alice's tracks")
-        assert [p["participant"]["identity"] for p in bob.named("participant_joined")][0] == "alice"
-        assert {t["track"]["sid"] for t in bob.named("track_published")} == {t["sid"] for t in alice.published}
+        # worker 1 asks worker 0 for the room before it seats bob: the join answers as one worker's
+        bob_joined = await bob.join()
+        assert bob_joined["room"]["max_participants"] == 7  # the room's policy came along
+        assert [p["identity"] for p in bob_joined["participants"]] == ["alice"]
+        assert {t["sid"] for t in bob_joined["participants"][0]["tracks"]} == {t["sid"] for t in alice.published}
         await carol.join()  # worker 0 again
         await wait_for(receives_from(bob, ["alice"], 30), 30, "bob (worker 1) decodes alice (worker 0)")
         await wait_for(receives_from(carol, ["alice"], 30), 30, "carol (worker 0) decodes alice")
