@@ -93,11 +93,15 @@ async def test_a_room_spread_over_two_workers(tmp_path: Path) -> None:
             lambda: all(carol.flowing()[m].frames > n + 20 for m, n in before.items()), 20, "carol still decodes alice"
         )
         # the worker comes back: the relay is set up again and a new viewer there sees alice
-        await wait_for_ready(node, 30)
+        assert (await wait_for_ready(node, 60)).status == 200
         dave = RtcClient(node, room, "dave")  # type: ignore[arg-type]
         clients.append(dave)
-        await dave.join()
+        dave_joined = await dave.join()  # worker 1 (no session of the room there)
+        assert [p["identity"] for p in dave_joined["participants"]] == ["alice", "carol"]
         await wait_for(receives_from(dave, ["alice"], 20), 30, "dave (worker 1 again) decodes alice")
+        text = await _metrics(node.url)
+        assert _value(text, "levelchat_sfu_relays", "1") == 1
+        assert _value(text, "levelchat_sfu_relayed_tracks_in", "1") == 2  # alice's, into worker 1
     finally:
         for c in clients:
             await c.close()
