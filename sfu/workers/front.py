@@ -47,7 +47,7 @@ from sfu.transport.peer import CloseReason
 from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
 from sfu.workers.proxy import forward, forward_download, forward_websocket
-from sfu.workers.relay import new_secret
+from sfu.workers.spread import FrontRelays
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
 from sfu.workers.usage import FrontUsage, control_total
 from sfu.workers.worker import INTERNAL
@@ -81,9 +81,8 @@ class Front(HttpBound):
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._relay_serial = 0
-        #: live WebSocket sessions proxied per (room, worker): where a spread room's next join goes
-        self._room_sockets: dict[tuple[str, int], int] = {}
+        #: relays between the workers, and where a spread room's joins go (sfu.workers.spread)
+        self.relays = FrontRelays(config, self.supervisor)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,9 +102,7 @@ class Front(HttpBound):
         addresses = self._runner.addresses
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
-        for i, a in enumerate(self.workers):
-            for b in self.workers[i + 1 :]:
-                await self._setup_relay(a, b)
+        await self.relays.setup_all()
         if self.config.control_endpoints:
             self.usage = FrontUsage(
                 self.workers[0].config.usage_db, self.config.project, self.config.usage_period_start_day,
@@ -148,42 +145,14 @@ class Front(HttpBound):
         self.pins.reconcile(w.index, [r for r in rooms if isinstance(r, str)], clock.now_ms())
 
     def _on_down(self, w: Worker) -> None:
-        # the other workers' relays to it go now (their viewers see its tracks unpublished)
-        for other in self.workers:
-            if other is not w and other.up:
-                self._spawn(self._request_quietly(other, "POST", INTERNAL + "/relay/close", {"remote": f"w{w.index}"}))
+        self.relays.worker_down(w, self._spawn)
         lost = self.pins.drop_worker(w.index)
         if lost:
             log.error("worker %d died with %d room(s): %s", w.index, len(lost), ", ".join(sorted(lost)[:20]))
 
-    async def _request_quietly(self, w: Worker, method: str, path: str, body: Any = None) -> Any:
-        try:
-            return await self.supervisor.request(w, method, path, body)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            log.warning("worker %d: %s %s failed: %s", w.index, method, path, exc)
-            return None
-
-    async def _setup_relay(self, a: Worker, b: Worker) -> None:
-        """A relay between two workers: a fresh secret to both; ``a`` (the lower index) dials
-        the control channel (sfu.workers.relay)."""
-        if a.index > b.index:
-            a, b = b, a
-        self._relay_serial += 1
-        relay_id = f"w{a.index}-w{b.index}-{self._relay_serial}"
-        secret = new_secret()
-        host = self.config.media_host if self.config.media_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        for me, peer, dial in ((b, a, False), (a, b, True)):
-            body = {
-                "relay_id": relay_id, "secret": secret, "local": f"w{me.index}", "remote": f"w{peer.index}",
-                "peer_host": host, "peer_port": peer.media_port, "peer_socket": peer.socket_path, "dial": dial,
-            }
-            await self._request_quietly(me, "POST", INTERNAL + "/relay", body)
-
     async def _on_up(self, w: Worker) -> None:
         """A restarted worker takes on the node's state: revoked, draining; its relays again."""
-        for other in self.workers:
-            if other is not w and other.up:
-                await self._setup_relay(w, other)
+        await self.relays.worker_up(w)
         if self._revoked:
             await self.supervisor.request(w, "POST", "/internal/revoke", {"revoked": True})
         if self.draining:
@@ -306,21 +275,6 @@ class Front(HttpBound):
         except ApiError:
             return None
 
-    def _spread(self, room: str, home: Worker) -> Worker:
-        """Where a WebSocket join of a room whose home is ``home`` goes: ``home`` while it has a
-        seat; else (or always with ``relay_spread``) the up and ready worker with the fewest of
-        the room's sessions (then the lowest index): relays carry the room between them."""
-        status = home.status or {}
-        full = isinstance(status.get("participants"), int) and status["participants"] >= home.config.max_participants
-        if not (self.config.relay_spread or full) or len(self.workers) < 2:
-            return home
-        ready = [w for w in self.workers if w.up and bool((w.status or {}).get("ready")) and w.session is not None]
-        if full:
-            ready = [w for w in ready if w is not home]
-        if not ready:
-            return home
-        return min(ready, key=lambda w: (self._room_sockets.get((room, w.index), 0), w.index))
-
     async def rtc(self, request: web.Request) -> web.StreamResponse:
         room = self._rtc_room(request)
         w = self.worker_for(room, creating=room is not None)
@@ -330,21 +284,12 @@ class Front(HttpBound):
             return await self._forward(w, request)  # a plain GET: the worker answers the problem
         if room is None:
             return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
-        home = w
-        w = self._spread(room, w)
+        home, w = w, self.relays.choose(room, w)  # a room spreads over workers (docs/relays.md)
         assert w.session is not None
-        if w is not home:  # the room may not be open there yet: the worker asks its relays first
-            await self._request_quietly(w, "POST", INTERNAL + "/relay/open", {"room": room})
-        key = (room, w.index)
-        self._room_sockets[key] = self._room_sockets.get(key, 0) + 1
-        try:
+        if w is not home:
+            await self.relays.prepare(w, room)
+        with self.relays.session(room, w):
             return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
-        finally:
-            left = self._room_sockets[key] - 1
-            if left:
-                self._room_sockets[key] = left
-            else:
-                del self._room_sockets[key]
 
     # -- /v1/webhooks: every worker queues its own rooms' events, so each holds every endpoint ----
     def _up(self) -> list[Worker]:
