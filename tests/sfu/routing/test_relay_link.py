@@ -250,3 +250,33 @@ async def test_a_track_nobody_behind_the_relay_receives_is_not_carried(pair: Pai
         send(seq)
     await asyncio.sleep(0.2)
     assert audio.packets_sent == 5
+
+
+async def test_mute_unpublish_and_leave_cross_as_events(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    room_a = a.room("r")
+    alice, _ = await a.publisher(room_a, "alice", audio_ssrc=AUDIO, video_ssrc=VIDEO)
+    pair.share("r")
+    room_b = b.room("r")
+    video_a = alice.tracks[VIDEO]
+    video_b = next(t for t in room_b.participants["alice"].tracks.values() if t.sid == video_a.sid)
+    pair.events_b.clear()
+    a.router.set_muted(room_a, alice, video_a, True, clock.now_ms())
+    assert video_b.muted and [e.kind for e in pair.events_b] == [RoomEventKind.MUTED]
+    a.router.unpublish(room_a, alice, video_a, clock.now_ms())
+    assert pair.events_b[-1].kind is RoomEventKind.UNPUBLISHED and pair.events_b[-1].tracks == (video_b,)
+    assert len(pair.la.exported) == 1 and len(pair.lb.imported) == 1
+    a.router.leave(alice, CloseReason.LEFT, clock.now_ms())
+    assert [e.kind for e in pair.events_b[-2:]] == [RoomEventKind.UNPUBLISHED, RoomEventKind.LEFT]
+    assert "alice" not in room_b.participants and not pair.la.exported and not pair.lb.imported
+
+
+async def test_the_far_ends_bounds_hold(pair: Pair) -> None:
+    pair.lb.max_participants = 1
+    a = pair.a
+    room_a = a.room("r")
+    await a.publisher(room_a, "alice", audio_ssrc=AUDIO)
+    await a.publisher(room_a, "bob", audio_ssrc=0x200)
+    with pytest.raises(ValueError, match="bound of 1 participants"):
+        pair.share("r")
+    assert list(pair.b.room("r").participants) == ["alice"] and pair.lb.refused == 1
