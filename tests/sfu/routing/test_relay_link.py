@@ -211,15 +211,20 @@ async def test_a_relay_that_breaks_unpublishes_its_tracks_and_the_room_goes_on(p
     assert pair.la.closed and "bob" not in room_a.participants and "alice" in room_a.participants
 
 
-async def test_an_idle_relay_stays_up_on_its_reports(pair: Pair) -> None:
+async def test_an_idle_relay_stays_up_on_its_reports_and_closes_on_silence(pair: Pair) -> None:
     pair.share("r")
-    pair.ta.silence_ms = pair.tb.silence_ms = 300
-    for _ in range(6):
-        now = clock.now_ms()
-        pair.la.tick(now)
-        pair.lb.tick(now)
-        await asyncio.sleep(0.1)
-    assert not pair.la.closed and not pair.lb.closed
+    tb = pair.tb
+    before = tb.last_consent_ms
+    await asyncio.sleep(0.01)
+    pair.la.tick(clock.now_ms())  # a's once-a-second report: b hears it
+    async with asyncio.timeout(2):
+        while tb.last_consent_ms == before:
+            await asyncio.sleep(0.01)
+    heard = tb.last_consent_ms
+    pair.lb.tick(heard + tb.silence_ms)  # just within the silence allowed
+    assert not pair.lb.closed
+    pair.lb.tick(heard + tb.silence_ms + 1)
+    assert pair.lb.closed and tb.state is TransportState.CLOSED
 
 
 async def test_a_track_nobody_behind_the_relay_receives_is_not_carried(pair: Pair) -> None:
@@ -233,9 +238,16 @@ async def test_a_track_nobody_behind_the_relay_receives_is_not_carried(pair: Pai
     def send(seq: int) -> None:
         pub.send(pub.protect(rtp_bytes(seq, seq * 960, ssrc=AUDIO, pt=OPUS.payload_type, payload=OPUS_FRAME)), to_a)
 
+    source = room_a.participants["alice"].tracks[AUDIO]
+
+    async def taken(count: int) -> None:  # the publisher's packets reached a's track
+        async with asyncio.timeout(3):
+            while source.stats.packets < count:
+                await asyncio.sleep(0.01)
+
     for seq in range(1, 6):
         send(seq)
-    await asyncio.sleep(0.2)
+    await taken(5)
     assert audio.held and audio.packets_sent == 0  # no one on b: nothing crosses
     viewer, client = await b.subscriber(b.room("r"), "v1", target="alice")  # needed at once
     assert not audio.held
@@ -248,7 +260,7 @@ async def test_a_track_nobody_behind_the_relay_receives_is_not_carried(pair: Pai
     assert audio.held
     for seq in range(11, 16):
         send(seq)
-    await asyncio.sleep(0.2)
+    await taken(15)
     assert audio.packets_sent == 5
 
 
