@@ -87,7 +87,7 @@ async def test_a_room_spread_over_two_workers(tmp_path: Path) -> None:
         pid = next(w["pid"] for w in await _workers(node.url) if w["index"] == 1)
         os.kill(pid, signal.SIGKILL)
         await wait_for(lambda: any(p["participant"] == "bob" for p in alice.named("participant_left")), 15, "bob left")
-        assert {p["participant"] for p in carol.named("track_unpublished")} >= {"bob"}
+        await wait_for(lambda: {p["participant"] for p in carol.named("track_unpublished")} >= {"bob"}, 10, "carol told")
         before = {mid: r.frames for mid, r in carol.flowing().items() if r.participant == "alice"}
         await wait_for(
             lambda: all(carol.flowing()[m].frames > n + 20 for m, n in before.items()), 20, "carol still decodes alice"
