@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from sfu.config import NodeConfig
-from sfu.workers.relay import new_secret
+from sfu.workers.relay_json import new_secret
 from sfu.workers.supervisor import Supervisor, Worker
 from sfu.workers.worker import INTERNAL
 

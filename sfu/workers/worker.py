@@ -37,7 +37,8 @@ from sfu.logs import setup_logging
 from sfu.node import Node
 from sfu.signals import stop_on_signals
 from sfu.transport.peer import CloseReason
-from sfu.workers.relay import RELAY_WS, RelayCollector, RelayHub, RelaySetup
+from sfu.workers.relay import RELAY_WS, RelayCollector, RelayHub
+from sfu.workers.relay_json import RelaySetup
 
 log = logging.getLogger("sfu.workers.worker")
 

@@ -7,7 +7,7 @@ import pytest
 from sfu.routing.rooms import RoomPolicy
 from sfu.signaling import sdp
 from sfu.signaling.codecs import CodecParams, MediaKind
-from sfu.workers.relay import RelaySetup, channel_proof, describe, parse_policy, policy_json, undescribe
+from sfu.workers.relay_json import RelaySetup, channel_proof, describe, parse_policy, policy_json, undescribe
 
 SETUP = {
     "relay_id": "w0-w1-1", "secret": "ab" * 32, "local": "w0", "remote": "w1",
