@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.clients import wait_for
+from tests.e2e.clients import WhipPublisher, wait_for
 from tests.e2e.conftest import token
 from tests.e2e.procs import Procs, call
 from tests.e2e.test_rtc_data import DataClient
@@ -135,4 +135,32 @@ async def test_data_messages_reach_everyone_across_the_workers(tmp_path: Path) -
     finally:
         for c in clients:
             await c.close()
+        procs.stop_all()
+
+
+async def test_a_whip_publisher_is_seen_by_websocket_viewers_on_both_workers(tmp_path: Path) -> None:
+    procs = Procs(tmp_path)
+    node = procs.node("relay-whip", None, extra_args=("--workers", "2"), env={"LEVELCHAT_SFU_RELAY_SPREAD": "true"})
+    pub: WhipPublisher | None = None
+    viewers: list[RtcClient] = []
+    try:
+        await node.wait_healthy()
+        await wait_for_ready(node)
+        room = "spread-whip"
+        pub = WhipPublisher(node.url, room, token(room, "cam"))
+        await pub.connect()  # the room's home, worker 0
+        for name, before in (("v0", ["cam"]), ("v1", ["cam", "v0"])):  # workers 0 and 1
+            v = RtcClient(node, room, name)  # type: ignore[arg-type]
+            viewers.append(v)
+            joined = await v.join()
+            assert [p["identity"] for p in joined["participants"]] == before
+        for v in viewers:
+            await wait_for(receives_from(v, ["cam"], 30), 30, f"{v.identity} decodes the WHIP publisher")
+        text = await _metrics(node.url)
+        assert _value(text, "levelchat_sfu_relayed_tracks_in", "1") == 2
+    finally:
+        for v in viewers:
+            await v.close()
+        if pub is not None:
+            await pub.close()
         procs.stop_all()
