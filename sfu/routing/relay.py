@@ -51,6 +51,11 @@ MAX_RELAY_TRACKS = 512
 MAX_RELAY_PARTICIPANTS = 4096
 
 
+def _lost(track: PublishedTrack) -> int:
+    s = track.stats
+    return max(0, s.extended_max - s.base_seq + 1 - s.packets) if s.started else 0
+
+
 class SsrcAllocator:
     """Relay SSRCs for exported tracks: unique among those in use, never 0, never reused while a
     far end may still hold state for them (freed ones go to the back of the line)."""
@@ -188,6 +193,10 @@ class RelayLink:
         self.on_needs: Callable[[], None] | None = None
         self._needs_sent: tuple[int, ...] = ()
         self.keyframe_requests_in = 0
+        # figures of tracks no longer carried (``octets``, ``lost`` stay monotonic)
+        self._gone_out = 0
+        self._gone_in = 0
+        self._gone_lost = 0
         self.refused = 0  # messages refused (bounds, unknown rooms)
         self.closed = False
         self._on_closed = on_closed
@@ -305,6 +314,7 @@ class RelayLink:
         if e is None:
             return
         self._export_ssrc.pop(id(e.track), None)
+        self._gone_out += e.downtrack.octets_sent
         e.downtrack.close()
         holder = self._holders.get(e.room)
         if holder is not None:
@@ -429,6 +439,7 @@ class RelayLink:
         self._imported_room.pop(ssrc, None)
         self.transport.forget_inbound(ssrc)
         if track is not None:
+            self._retire(track)
             self.host.unpublish(room, p, track, now_ms)
 
     def _drop_imports(self, room_id: str | None, reason: CloseReason, now_ms: int) -> None:
@@ -441,8 +452,10 @@ class RelayLink:
                 if room is not None:
                     self._unimport(room, p, ssrc, now_ms)
                 else:
-                    self.imported.pop(ssrc, None)
+                    gone = self.imported.pop(ssrc, None)
                     self._imported_room.pop(ssrc, None)
+                    if gone is not None:
+                        self._retire(gone)
             self.host.leave(p, reason, now_ms)
 
     # -- RTCP towards the far end ---------------------------------------------------------------------
@@ -474,18 +487,18 @@ class RelayLink:
 
     # -- figures --------------------------------------------------------------------------------------
     def octets(self) -> tuple[int, int]:
-        """RTP octets carried out and in so far."""
+        """RTP octets carried out and in so far (tracks no longer carried included)."""
         out = sum(e.downtrack.octets_sent for e in self.exported.values())
-        return out, sum(t.octets_in for t in self.imported.values())
+        return self._gone_out + out, self._gone_in + sum(t.octets_in for t in self.imported.values())
 
     def lost(self) -> int:
         """Packets of imported tracks lost on the relay (what never arrived, repaired or not)."""
-        total = 0
-        for t in self.imported.values():
-            s = t.stats
-            if s.started:
-                total += max(0, s.extended_max - s.base_seq + 1 - s.packets)
-        return total
+        return self._gone_lost + sum(_lost(t) for t in self.imported.values())
+
+    def _retire(self, track: PublishedTrack) -> None:
+        """An imported track leaves: its figures stay in the link's totals."""
+        self._gone_in += track.octets_in
+        self._gone_lost += _lost(track)
 
     # -- teardown -------------------------------------------------------------------------------------
     def transport_closed(self, reason: CloseReason) -> None:

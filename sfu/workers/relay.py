@@ -258,6 +258,7 @@ class RelayHub:
         self.relays: dict[str, Relay] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.closed_total = 0
+        self._retired: dict[str, float] = {}
         #: the node's data relay (its WebSocket service's): messages cross to the far ends too
         self.data: DataRelay | None = None
 
@@ -374,6 +375,8 @@ class RelayHub:
         relay = self.relays.pop(link.link_id, None)
         if relay is not None:
             self.closed_total += 1
+            for name, value in self._figures([link]).items():  # counters never go back
+                self._retired[name] = self._retired.get(name, 0) + value
             log.warning("relay %s down (%s)", link.link_id, reason.value)
             asyncio.ensure_future(relay.close())
 
@@ -398,13 +401,19 @@ class RelayHub:
         }
 
     def counters(self) -> dict[str, float]:
+        """Totals since the worker started: the relays up now and those gone."""
+        now = self._figures([r.link for r in self.relays.values()])
+        return {name: now[name] + self._retired.get(name, 0) for name in now}
+
+    @staticmethod
+    def _figures(links: list[RelayLink]) -> dict[str, float]:
         out_b = in_b = lost = plis = 0
-        for r in self.relays.values():
-            o, i = r.link.octets()
+        for link in links:
+            o, i = link.octets()
             out_b += o
             in_b += i
-            lost += r.link.lost()
-            plis += r.link.keyframe_requests_in
+            lost += link.lost()
+            plis += link.keyframe_requests_in
         return {
             "sfu_relay_bytes_out": out_b,
             "sfu_relay_bytes_in": in_b,
@@ -425,4 +434,4 @@ class RelayCollector:
             g.add_metric([], value)
             yield g
         for name, value in self.hub.counters().items():
-            yield CounterMetricFamily(PREFIX + name, name.replace("_", " ") + " (relays up now)", value=value)
+            yield CounterMetricFamily(PREFIX + name, name.replace("_", " "), value=value)

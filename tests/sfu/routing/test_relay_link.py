@@ -127,6 +127,12 @@ async def test_a_track_crosses_once_and_reaches_every_viewer_behind_the_relay(pa
     assert len(pair.la.exported) == 2
     assert sum(e.downtrack.packets_sent for e in pair.la.exported.values()) == 20
     assert [len(t.downtracks) for t in alice_b.tracks.values()] == [2, 2]
+    # the relay's figures count what was carried, and stay when the tracks go
+    out_a, in_b = pair.la.octets()[0], pair.lb.octets()[1]
+    assert out_a > 0 and in_b > 0 and pair.lb.lost() == 0
+    a.router.leave(room_a.participants["alice"], CloseReason.LEFT, clock.now_ms())
+    assert not pair.la.exported and not pair.lb.imported
+    assert (pair.la.octets()[0], pair.lb.octets()[1]) == (out_a, in_b)
 
 
 async def test_keyframe_requests_reach_the_publisher_and_nacks_are_served_behind_the_relay(pair: Pair) -> None:
