@@ -37,6 +37,7 @@ from sfu.packet.twcc import TWCC_URI
 from sfu.routing.downtrack import DownTrack
 from sfu.routing.events import RoomEvent, RoomEventKind
 from sfu.routing.participant import NODE_RTCP_SSRC, Participant, ParticipantKind
+from sfu.routing.relay_parts import SsrcAllocator, identity_payload_types, lost_packets
 from sfu.routing.relay_wire import RelayMessage, RelayOp, RelayTrack
 from sfu.routing.rooms import Room
 from sfu.routing.track import PublishedTrack
@@ -49,39 +50,6 @@ _unpack_ssrc = Struct("!I").unpack_from
 MAX_RELAY_TRACKS = 512
 #: relayed participants one relay may make this end hold
 MAX_RELAY_PARTICIPANTS = 4096
-
-
-def _lost(track: PublishedTrack) -> int:
-    s = track.stats
-    return max(0, s.extended_max - s.base_seq + 1 - s.packets) if s.started else 0
-
-
-class SsrcAllocator:
-    """Relay SSRCs for exported tracks: unique among those in use, never 0, never reused while a
-    far end may still hold state for them (freed ones go to the back of the line)."""
-
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()
-        self.used: set[int] = set()
-
-    def take(self) -> int:
-        while True:
-            ssrc = self._rng.randrange(1, 0x1_0000_0000)
-            if ssrc not in self.used and ssrc != NODE_RTCP_SSRC:
-                self.used.add(ssrc)
-                return ssrc
-
-    def free(self, ssrc: int) -> None:
-        self.used.discard(ssrc)
-
-
-def identity_payload_types(track: PublishedTrack) -> dict[str, int]:
-    """A downtrack payload type map that keeps the publisher's payload types."""
-    out: dict[str, int] = {}
-    for codec in track.codecs:
-        for key in codec.keys:
-            out.setdefault(key.lower(), codec.payload_type)
-    return out
 
 
 @dataclass
@@ -493,12 +461,12 @@ class RelayLink:
 
     def lost(self) -> int:
         """Packets of imported tracks lost on the relay (what never arrived, repaired or not)."""
-        return self._gone_lost + sum(_lost(t) for t in self.imported.values())
+        return self._gone_lost + sum(lost_packets(t) for t in self.imported.values())
 
     def _retire(self, track: PublishedTrack) -> None:
         """An imported track leaves: its figures stay in the link's totals."""
         self._gone_in += track.octets_in
-        self._gone_lost += _lost(track)
+        self._gone_lost += lost_packets(track)
 
     # -- teardown -------------------------------------------------------------------------------------
     def transport_closed(self, reason: CloseReason) -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sfu.routing.relay import SsrcAllocator
+from sfu.routing.relay_parts import SsrcAllocator
 from sfu.routing.relay_wire import RelayMessage, RelayOp, RelayTrack
 from sfu.routing.track import TrackCodec
 from sfu.transport.relay import relay_keys
