@@ -47,7 +47,7 @@ WHEP_SCOPES = ("room:join", "room:subscribe")
 #: the browser SDK, always served; the demo pages, served with ``demo_page`` (dev mode's default)
 SDK_FILES = frozenset({
     "levelchat.js", "levelchat-signaling.js", "levelchat-errors.js", "levelchat-config.js", "levelchat-data.js",
-    "levelchat-transport.js", "levelchat-codecs.js", "levelchat-recording.js",
+    "levelchat-transport.js", "levelchat-codecs.js", "levelchat-recording.js", "levelchat-dynacast.js",
     "levelchat.d.ts", "whip.js", "stats.js",
 })
 #: content types mimetypes would get wrong (``.ts`` is MPEG transport stream to it)

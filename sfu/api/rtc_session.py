@@ -31,6 +31,7 @@ from sfu.api.rtc_ice import (
 from sfu.api.rtc_layers import choose_layer, layers_of
 from sfu.api.rtc_offers import SectionState, SubscriberNegotiator, Wanted
 from sfu.api.rtc_resume import CLOSE_RESUMED, PROTOCOL_VERSION, Resumption, check_protocol, resume_param
+from sfu.api.rtc_subscription import LayerTeller, SubscriptionUpdate, apply
 from sfu.api.rtc_timeouts import OfferWatch, check_offer
 from sfu.api.sessions import publish_track_specs
 from sfu.routing.downtrack import DownTrack
@@ -129,6 +130,8 @@ class RtcSession:
         #: ICE restart of the subscriber transport: asked for, then in the outstanding offer (sfu.api.rtc_ice)
         self.ice_restart: IceCredentials | None = None
         self.restart_in_offer: IceCredentials | None = None
+        #: what this publisher's simulcast sources were told (``subscribed_layers``)
+        self.layers = LayerTeller()
         self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "join": self.join,
             "publish": self.publish,
@@ -139,6 +142,7 @@ class RtcSession:
             "leave": self.leave,
             "ping": self.ping,
             "set_layer": self.set_layer,
+            "update_subscription": self.update_subscription,
             "restart_ice": self.restart_ice,
         }
 
@@ -180,6 +184,7 @@ class RtcSession:
         self.negotiator, self.downtracks = old.negotiator, old.downtracks
         self.last_offer, self.offer_watch = old.last_offer, old.offer_watch
         self.ice_restart, self.restart_in_offer = old.ice_restart, old.restart_in_offer
+        self.layers = old.layers
         old.participant = old.room = old.negotiator = None  # the end of its socket no longer frees the seat
         old.downtracks = {}
         old.ended, old.detached = True, False
@@ -420,8 +425,21 @@ class RtcSession:
         return request_subscriber_restart(self)
 
     async def set_layer(self, params: dict[str, Any]) -> dict[str, Any]:
-        _room, participant = self._joined()
-        return choose_layer(self.service.node.router, participant, self.downtracks, params)
+        room, participant = self._joined()
+        result = choose_layer(self.service.node.router, participant, self.downtracks, params)
+        self.service.tell_publisher(room, self.downtracks.get(result["track"]), clock.now_ms())
+        return result
+
+    async def update_subscription(self, params: dict[str, Any]) -> dict[str, Any]:
+        room, participant = self._joined()
+        update = SubscriptionUpdate.parse(params)
+        dt = self.downtracks.get(update.track)
+        if dt is None or dt not in participant.downtracks:
+            raise ApiError("not_found", f"you receive no track {update.track!r}")
+        now = clock.now_ms()
+        result = apply(participant, dt, update, now)
+        self.service.tell_publisher(room, dt, now)  # a layer needed now is asked for at once
+        return result
 
     def on_permissions(self) -> None:
         """The participants API changed what this participant may do: a grant of subscribing to
@@ -651,10 +669,21 @@ class RtcService:
             except Exception:
                 log.exception("signaling tick failed")
 
+    def tell_publisher(self, room: Room, dt: DownTrack | None, now_ms: int) -> None:
+        """``subscribed_layers`` to the publisher of what ``dt`` receives, if it is a WebSocket
+        participant and the needs of its layers changed (the others wait for the tick)."""
+        source = dt.source if dt is not None else None
+        owner = room.participants.get(source.owner) if source is not None else None
+        session = self.by_sid.get(owner.sid) if owner is not None else None
+        if session is not None and owner is not None and not session.ended and not owner.closed:
+            session.layers.tell(owner, session.notify, now_ms)
+
     def tick(self, now_ms: int) -> None:
         for session in list(self.by_sid.values()):
             if not session.ended:
                 check_offer(session, now_ms)
+                if session.participant is not None and not session.participant.closed:
+                    session.layers.tell(session.participant, session.notify, now_ms)
         rooms = {s.room_id for s in self.by_sid.values() if not s.ended}
         for room_id in rooms:
             room = self.node.rooms.rooms.get(room_id)

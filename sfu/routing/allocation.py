@@ -133,12 +133,16 @@ class AllocationLoop:
             group = dt.source.group if dt.source is not None else None
             if group is None:
                 continue
+            if decision.paused == "subscriber":
+                continue  # paused by its subscriber: forwards nothing; its layer is kept for the resume
             rid = decision.rid
             if rid is None:  # paused for congestion: the lowest layer instead
                 rid = group.ranked[0].rid
             self._cap(dt, rid, now_ms, _REASONS.get(decision.reason or "", SwitchReason.BANDWIDTH))
         if not sender.feedback_seen or sender.padding is None:
             return  # a REMB-only subscriber (nothing would read a probe's outcome), or no RTX stream
+        if any(dt.paused and dt.rtx_ssrc == sender.padding[0] for dt in downtracks.values()):
+            return  # the padding stream is a paused track's: nothing at all goes out for it
         cluster = sender.probes.want(estimate, allocation.probe_target_bps, now_ms)
         if cluster is not None:
             transport.send_probe(cluster, now_ms)
@@ -177,4 +181,5 @@ def _input(dt: DownTrack, now_ms: int) -> TrackInput:
                   active=group.is_active(layer))
         for rank, layer in enumerate(group.ranked)
     )
-    return TrackInput(dt.sid, "video", layers, bounds=Bounds(max_rid=dt.target_rid), paused=dt.paused)
+    bounds = Bounds(max_rid=group.bound_rid(dt), max_fps=dt.prefs.max_fps)  # set_layer, update_subscription
+    return TrackInput(dt.sid, "video", layers, bounds=bounds, paused=dt.paused)

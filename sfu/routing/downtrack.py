@@ -23,6 +23,7 @@ from sfu.packet.seq import SeqMunger, TimestampMunger
 from sfu.packet.twcc import TWCC_URI
 from sfu.packet.vp8 import Vp8Munger
 from sfu.packet.vp9 import Vp9Munger
+from sfu.routing.subscription import Preferences
 from sfu.transport.peer import PeerTransport
 
 if TYPE_CHECKING:
@@ -72,7 +73,10 @@ class DownTrack:
             sender = peer.enable_transport_cc(self.tw_id)
             if kind == "video" and rtx_ssrc is not None and rtx_pt is not None:
                 sender.set_padding(rtx_ssrc, rtx_pt)  # probes go there (padding-only RTX)
+        self.rtx_ssrc = rtx_ssrc
         self.source: PublishedTrack | None = None
+        #: the subscriber's own preferences (``update_subscription``: pause, size, frame rate)
+        self.prefs = Preferences()
         #: simulcast: the rid this subscriber wants (None: the best layer sending)
         self.target_rid: str | None = None
         #: simulcast: the highest layer the allocator gives this subscriber within its bandwidth
@@ -143,6 +147,11 @@ class DownTrack:
         if value != self._paused:
             self._paused = value
             self._regroup()
+
+    @property
+    def withheld(self) -> bool:
+        """Paused whatever its source does: its participant may not subscribe now, or paused it."""
+        return self.held or not self.prefs.enabled
 
     @property
     def waiting_keyframe(self) -> bool:
@@ -368,9 +377,10 @@ class DownTrack:
             out[loc[0] : loc[0] + loc[1]] = value
 
     def retransmit(self, out_seqs: list[int], now_ms: int) -> int:
-        """Answer a NACK from the retransmission cache; returns how many were resent."""
+        """Answer a NACK from the retransmission cache; returns how many were resent (none while
+        paused: nothing at all goes out for a paused track)."""
         track = self.source
-        if track is None or track.rtx_cache is None:
+        if track is None or track.rtx_cache is None or self._paused:
             return 0
         sent = 0
         peer = self.peer

@@ -339,7 +339,7 @@ class Router:
         if transport.sender is not None:
             self.allocation.watch(participant, now_ms)
         dt.held = not participant.permissions.can_subscribe
-        dt.paused = track.muted or dt.held
+        dt.paused = track.muted or dt.withheld
         participant.downtracks.append(dt)
         dt.bind(track, now_ms)
         return dt
@@ -370,7 +370,7 @@ class Router:
             return
         track.muted = muted
         for dt in list(track.downtracks):
-            dt.paused = muted or dt.held
+            dt.paused = muted or dt.withheld
             if not dt.paused:
                 # a rebind: sequence numbers go on without the gap of the pause, timestamps
                 # advance by the time it lasted, video waits for a keyframe (requested)
@@ -386,7 +386,7 @@ class Router:
             dt.held = not allowed
             if not allowed:
                 dt.paused = True
-            elif dt.paused and (src is None or not src.muted):
+            elif dt.paused and not dt.withheld and (src is None or not src.muted):
                 dt.paused = False
                 if src is not None:
                     dt.unbind()  # as in set_muted: continuous sequence numbers, a keyframe first

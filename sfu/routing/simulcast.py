@@ -19,7 +19,8 @@ packet rate moves by ``RECHECK_RATIO`` has its next keyframe looked at again, if
 ``SIZE_WATCH_MS`` (a new size comes with a keyframe; no per-packet parsing otherwise).  Whatever the ranks, a rid names one
 encoding: ``set_layer`` and WHEP layer requests keep their meaning.
 
-Choice: a downtrack's ``target_rid`` (None: the highest layer; the subscriber's bound) and its
+Choice: a downtrack's bound (``bound_rid``: its ``target_rid``, None: the highest layer, lowered
+by its ``prefs.max_width`` / ``max_height`` to the highest layer whose keyframes fit) and its
 ``alloc_rid`` (the allocator's choice within the subscriber's estimate, sfu.routing.allocation;
 None: no cap), the lower of the two by rank; the best *active* layer at or below it, else the lowest active one above it, else the target itself (waiting for it).
 A layer is active while packets arrive: ``tick`` (once a second) marks one that sent nothing
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from sfu.packet.rtp import get_extension
 from sfu.routing.allocator import LayerInfo
+from sfu.routing.subscription import fitting_rank
 from sfu.routing.track import PublishedTrack
 
 if TYPE_CHECKING:
@@ -156,6 +158,18 @@ class SimulcastGroup:
                 return layer
         return ranked[top]
 
+    def bound_rank(self, dt: DownTrack) -> int:
+        """The rank of the highest layer ``dt``'s subscriber takes by its own choice: its
+        ``target_rid`` and, by the layers' keyframe sizes, its ``max_width`` / ``max_height``."""
+        target = self.layer(dt.target_rid) if dt.target_rid is not None else None
+        top = self.ranked.index(target) if target is not None else len(self.ranked) - 1
+        return min(top, fitting_rank(self.ranked, dt.prefs.max_width, dt.prefs.max_height))
+
+    def bound_rid(self, dt: DownTrack) -> str | None:
+        """``bound_rank`` as a rid (None: no bound, the top layer)."""
+        rank = self.bound_rank(dt)
+        return None if rank == len(self.ranked) - 1 else self.ranked[rank].rid
+
     def attach(self, dt: DownTrack, now_ms: int) -> None:
         """``dt`` receives this source: the chosen layer, from its next keyframe."""
         if dt.target_rid is not None and self.layer(dt.target_rid) is None:
@@ -163,7 +177,7 @@ class SimulcastGroup:
         if dt not in self.subscribers:
             self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
             self.subscribers.append(dt)
-        chosen = self.choose(dt.target_rid, dt.alloc_rid)
+        chosen = self.choose(self.bound_rid(dt), dt.alloc_rid)
         if dt.source is not None and dt.source.group is self:
             dt.switch_to(chosen, now_ms)
         else:
@@ -177,7 +191,7 @@ class SimulcastGroup:
             raise KeyError(rid)
         dt.target_rid = rid
         self.attach(dt, now_ms)
-        return dt.pending_source or self.choose(rid, dt.alloc_rid)
+        return dt.pending_source or self.choose(self.bound_rid(dt), dt.alloc_rid)
 
     # -- once a second ---------------------------------------------------------------------------
     def tick(self, now_ms: int) -> None:
@@ -211,7 +225,7 @@ class SimulcastGroup:
         self._rerank()
         self.subscribers = [d for d in self.subscribers if d.source is not None and d.source.group is self]
         for dt in self.subscribers:
-            chosen = self.choose(dt.target_rid, dt.alloc_rid)
+            chosen = self.choose(self.bound_rid(dt), dt.alloc_rid)
             if chosen is dt.source:
                 dt.cancel_switch()
             elif chosen is not dt.pending_source:

@@ -9,7 +9,7 @@ import { LevelChatError, fromProblem, rpcError } from "./levelchat-errors.js";
 /** The signaling protocol version sent at join (LevelChatClient.protocolVersion). */
 export const signalingProtocol = { version: 1 };
 /** Requests that may be sent again after a timeout (doing them twice is harmless). */
-const IDEMPOTENT = new Set(["ping", "mute", "set_layer", "trickle", "restart_ice"]);
+const IDEMPOTENT = new Set(["ping", "mute", "set_layer", "update_subscription", "trickle", "restart_ice"]);
 /** Close codes after which the SDK does not reconnect: 1000 (left), 4000 (the node ended the
  * session: replaced, drained, room closed), 4000 + HTTP status (refused). */
 const FINAL_CLOSE = (code) => code === 1000 || (code >= 4000 && code < 5000);

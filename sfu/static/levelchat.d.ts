@@ -120,6 +120,32 @@ export interface ParticipantInfo {
   tracks: TrackInfo[];
 }
 
+/** ``updateSubscription``'s options: null lifts a bound, a key left out keeps its value */
+export interface SubscriptionOptions {
+  /** false pauses the track (nothing is sent for it), true resumes it (from a keyframe) */
+  enabled?: boolean;
+  /** the highest simulcast layer (a rid of the track's layers, "auto" or null: no bound) */
+  maxLayer?: string | null;
+  /** the highest simulcast layer whose picture (from its keyframes) fits */
+  maxWidth?: number | null;
+  maxHeight?: number | null;
+  /** kept with the subscription for the node's temporal layer choice */
+  maxFps?: number | null;
+}
+
+export interface SubscriptionState {
+  track: string;
+  enabled: boolean;
+  max_layer: string | null;
+  max_width: number | null;
+  max_height: number | null;
+  max_fps: number | null;
+  /** a simulcast track's layers, low to high, and what it receives */
+  layers?: { rid: string; active: boolean; width: number | null; height: number | null }[];
+  current?: string | null;
+  switching_to?: string | null;
+}
+
 export interface RemoteTrack {
   participant: string;
   kind: "audio" | "video";
@@ -127,6 +153,12 @@ export interface RemoteTrack {
   stream: MediaStream;
   track: MediaStreamTrack;
   mid: string;
+  /** room.updateSubscription(trackSid, options) */
+  updateSubscription(options: SubscriptionOptions): Promise<SubscriptionState>;
+  /** updateSubscription({enabled: false}) */
+  pause(): Promise<SubscriptionState>;
+  /** updateSubscription({enabled: true}) */
+  resume(): Promise<SubscriptionState>;
 }
 
 export interface RoomEvents {
@@ -149,6 +181,9 @@ export interface RoomEvents {
   room_closed: { room: string; reason: string };
   /** the room's recording changed status; a failure is also an "error" event recording/backend-failed */
   recording: { recording: string; status: RecordingStatus; code?: "recording/backend-failed"; detail?: string };
+  /** the node told which simulcast layers of one of this participant's tracks anyone receives; the
+   * SDK paused the others and resumed these (RTCRtpSender.setParameters), or could not (reason) */
+  subscribed_layers: { track: string; layers: { rid: string; active: boolean }[]; applied: boolean; reason?: string };
   error: LevelChatError;
 }
 
@@ -188,6 +223,8 @@ export class Room {
   stopRecording(id: string): Promise<RecordingInfo>;
   mute(track: MediaStreamTrack, muted?: boolean): Promise<{ track: string; muted: boolean }>;
   setLayer(trackSid: string, layer: string): Promise<Record<string, unknown>>;
+  /** bad_request (naming the field) for a wrong option; not_found for a track not received */
+  updateSubscription(trackSid: string, options: SubscriptionOptions): Promise<SubscriptionState>;
   layersOf(trackSid: string): string[];
   streamOf(identity: string): MediaStream;
   sendData(data: string | ArrayBuffer | Uint8Array, options?: { reliable?: boolean; destinations?: string[] }): void;

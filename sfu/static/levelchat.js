@@ -26,6 +26,7 @@ import { Emitter, SignalingRoom, signalingProtocol } from "./levelchat-signaling
 import { TransportWatch } from "./levelchat-transport.js";
 import { codecProblem, codecRefusal, roomCodecs } from "./levelchat-codecs.js";
 import { recordingFailure, recordingRequest } from "./levelchat-recording.js";
+import { LayerSwitch, subscriptionParams, withSubscription } from "./levelchat-dynacast.js";
 
 export { LevelChatError, getLocalMedia, mediaError, DEFAULTS };
 
@@ -46,7 +47,8 @@ export const SIMULCAST_ENCODINGS = [
  * {participant, reason}, "track" {participant, kind, trackSid, stream, track, mid},
  * "track_removed" {participant, trackSid, mid}, "track_muted" {participant, track, muted},
  * "active_speakers" {speakers}, "disconnected" {reason, code}, "node_draining" {reason},
- * "recording" {recording, status, code?, detail?}, "error" LevelChatError. docs/sdk.md has them all.
+ * "recording" {recording, status, code?, detail?}, "subscribed_layers" {track, layers, applied,
+ * reason?}, "error" LevelChatError. docs/sdk.md has them all.
  */
 export class Room extends SignalingRoom {
   constructor(config) {
@@ -63,6 +65,16 @@ export class Room extends SignalingRoom {
     this._offers = Promise.resolve(); // offers are answered one after the other
     this._publications = []; // [stream, options], republished after a fresh join
     this._watches = new Map(); // "publisher" | "subscriber" -> TransportWatch
+    // dynacast: the node's subscribed_layers pause and resume this participant's encodings
+    this.layerSwitch = new LayerSwitch((sid) => this._senderOf(sid), (event) => this.emit("subscribed_layers", event));
+  }
+
+  _senderOf(trackSid) {
+    for (const tr of this.publisher?.getTransceivers() ?? []) {
+      const track = tr.sender.track;
+      if (track && this.localTracks.get(track) === trackSid) return tr.sender;
+    }
+    return null;
   }
 
   /** A fresh join after the grace period: new transports, the same streams published again. */
@@ -140,7 +152,7 @@ export class Room extends SignalingRoom {
       if (!info) return;
       const stream = this._streamOf(info.participant);
       stream.addTrack(ev.track);
-      const remote = { participant: info.participant, kind: info.kind, trackSid: info.track, stream, track: ev.track, mid };
+      const remote = withSubscription(this, { participant: info.participant, kind: info.kind, trackSid: info.track, stream, track: ev.track, mid });
       this.remoteTracks.set(mid, remote);
       this.emit("track", remote);
     });
@@ -308,6 +320,19 @@ export class Room extends SignalingRoom {
     return this.call("set_layer", { track: trackSid, layer });
   }
 
+  /**
+   * Pause, resume or bound what this participant receives of a remote track (its ``trackSid``):
+   * {enabled?, maxLayer?, maxWidth?, maxHeight?, maxFps?}; null lifts a bound, a key left out
+   * keeps its value. Paused: nothing is sent for it; resumed: from a keyframe. maxWidth/maxHeight
+   * pick the highest simulcast layer whose picture fits. Resolves with {track, enabled,
+   * max_layer, max_width, max_height, max_fps} (and a simulcast track's layers, current,
+   * switching_to). The "track" event's object has it as track.updateSubscription(options),
+   * track.pause() and track.resume().
+   */
+  updateSubscription(trackSid, options = {}) {
+    return this.call("update_subscription", subscriptionParams(trackSid, options));
+  }
+
   /** The simulcast layers (rids, low to high) of a remote track, or [] when it has none. */
   layersOf(trackSid) {
     for (const p of this.participants.values()) {
@@ -343,6 +368,10 @@ export class Room extends SignalingRoom {
   }
 
   _onNotification(method, params) {
+    if (method === "subscribed_layers") {
+      this.layerSwitch.onSubscribedLayers(params); // emitted once applied
+      return;
+    }
     super._onNotification(method, params);
     const failed = method === "recording" ? recordingFailure(params) : null;
     if (failed) this.emit("error", failed); // the room's recording failed (whoever started it)

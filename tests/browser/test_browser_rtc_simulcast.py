@@ -70,6 +70,7 @@ async def test_chromium_sends_every_layer_and_a_subscriber_switches_over_signali
     try:
         (video,) = tracks
         assert video["layers"] == ["q", "h", "f"], video
+        await sub.join()  # watching from the start: with nobody watching, Chrome is told to send q only (dynacast)
         # with the node's REMB (3 Mbit/s by default) Chrome sends its top layer too
         await wait_for(lambda: all(t.ssrc > 0 for t in published_layers(node, "sim").values()), 15, "every layer's SSRC learnt")
         await wait_for(lambda: published_layers(node, "sim")["f"].stats.packets > 300, 20, "packets of the top layer")
@@ -80,7 +81,6 @@ async def test_chromium_sends_every_layer_and_a_subscriber_switches_over_signali
         rates = await _packets_per_layer(node, "sim", 2.0)
         assert all(n > 20 for n in rates.values()), rates
 
-        await sub.join()
         await wait_for(lambda: len(sub.widths) >= 30, 20, "frames of the default layer")
         assert sub.widths[-10:] == [1280] * 10, sub.widths[-10:]
         for choice in ("q", "h", "f", "auto", "q"):

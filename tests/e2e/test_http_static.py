@@ -47,7 +47,7 @@ async def test_demo_page_only_in_dev_or_when_configured(node_factory: Callable[.
             reply = await exchange(_port(quiet), [request_bytes("GET", path)])
             assert reply.status == 404 and problem_code(reply) == "not_found", (path, reply)
         sdk = ("levelchat.js", "levelchat-signaling.js", "levelchat-errors.js", "levelchat-config.js", "levelchat-data.js",
-               "levelchat-transport.js", "levelchat-codecs.js", "levelchat-recording.js",
+               "levelchat-transport.js", "levelchat-codecs.js", "levelchat-recording.js", "levelchat-dynacast.js",
                "whip.js", "stats.js")
         for path in [f"/static/{name}" for name in sdk]:  # the SDK, always
             for n in (dev, quiet):

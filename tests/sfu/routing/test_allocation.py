@@ -132,3 +132,31 @@ async def test_a_probe_is_padding_on_the_rtx_stream_with_transport_wide_seqs(lin
     seqs = [int.from_bytes(dict(p.header.extensions)[TW], "big") for p in got]
     assert seqs == list(range(sent_before + 1, sent_before + 1 + packets))
     assert sender.history.high == sent_before + packets
+
+
+async def test_a_track_its_subscriber_paused_keeps_its_layer_and_sends_nothing(link: Link) -> None:
+    """update_subscription's pause: the allocator leaves the paused downtrack's layer alone (it
+    resumes where it was) and frees its budget; nothing more is numbered for the subscriber."""
+    source = Source(link)
+    participant, dt = subscriber(link, source)
+    loop = AllocationLoop(link.counters.cc, interval_ms=500)
+    loop.watch(participant, T0)
+    now = source.run(T0, 1000, keyframe="f")
+    loop.run_due(now)
+    await remb(link, 700_000)
+    now = source.run(now, 1000)
+    loop.run_due(now)
+    assert dt.alloc_rid == "h"
+    now = source.run(now, 500, keyframe="h")
+    dt.prefs.enabled = False
+    dt.paused = True
+    sender = link.peer.sender
+    assert sender is not None
+    sent = sender.history.high
+    for _ in range(4):
+        now = source.run(now, 500)
+        loop.run_due(now)
+    assert dt.alloc_rid == "h" and dt.source is source.layers["h"]
+    last = loop.last(participant)
+    assert last is not None and last.tracks[0].paused == "subscriber" and last.total_bps == 0
+    assert sender.history.high == sent  # nothing numbered for this subscriber
