@@ -125,6 +125,10 @@ class NodeConfig(HttpConfig, WebhookConfig):
     #: forwarding worker processes: an integer >= 1, or "auto" (one per core); with more than one,
     #: ``python -m sfu`` is a front process (``sfu.workers``) and worker i uses ``media_port + i``
     workers: int | str = 1
+    #: with several workers: spread every room's WebSocket participants evenly over the workers
+    #: (relays carry the room between them, sfu.workers.relay); otherwise a room spreads only when
+    #: its worker is full (its ``max_participants``).  For tests and operators who want it
+    relay_spread: bool = False
     #: data channels: each participant's relayed messages and bytes per second (token buckets
     #: holding two seconds' worth); more is dropped and counted
     data_messages_per_s: float = 100.0

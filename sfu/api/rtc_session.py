@@ -553,7 +553,8 @@ class RtcService:
         )
 
     def description(self, track_sid: str) -> sdp.TrackDescription | None:
-        return self.published.get(track_sid) or self.node.sessions.published.get(track_sid)
+        # the node's (WHIP) and the other descriptions: relayed tracks' too (sfu.workers.relay)
+        return self.published.get(track_sid) or self.node.sessions.description(track_sid)
 
     def find_track(self, track_sid: str) -> PublishedTrack | None:
         for session in (self.node.router.participants.values()):

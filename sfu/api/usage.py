@@ -147,8 +147,11 @@ class NodeUsage:
 
     # -- feeds ------------------------------------------------------------------------------------
     def on_event(self, event: RoomEvent) -> None:
-        """The router's observer: participants count from their join to their leave."""
+        """The router's observer: participants count from their join to their leave (where they
+        are seated: a relayed participant counts at its own worker, sfu.routing.relay)."""
         kind, p = event.kind, event.participant
+        if p is not None and p.relay:
+            return
         if kind is RoomEventKind.JOINED and p is not None:
             self.meter.join(p.sid, self.now_ms())
         elif kind is RoomEventKind.LEFT and p is not None:

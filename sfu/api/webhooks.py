@@ -103,8 +103,11 @@ class NodeWebhooks:
             self.emit("room_started", room=_room(room))
 
     def on_event(self, event: RoomEvent) -> None:
-        """The router's observer: enqueue only."""
+        """The router's observer: enqueue only.  A relayed participant's events are its own
+        worker's to send (sfu.routing.relay)."""
         kind, room, p = event.kind, event.room, event.participant
+        if p is not None and p.relay:
+            return
         if kind is RoomEventKind.JOINED and p is not None:
             self.room_created(room)
             self.emit("participant_joined", room=_room(room), participant=_participant(p))
@@ -121,7 +124,8 @@ class NodeWebhooks:
             self._left(room, p, event.reason.value if event.reason is not None else None)
         elif kind is RoomEventKind.ROOM_CLOSED:
             for gone in event.participants:
-                self._left(room, gone, event.reason.value if event.reason is not None else None)
+                if not gone.relay:
+                    self._left(room, gone, event.reason.value if event.reason is not None else None)
             self._started_rooms.discard(room.sid)
             self.emit("room_finished", room=_room(room))
 

@@ -145,6 +145,9 @@ class TokenBucket:
 
 #: an endpoint delivers (kind, envelope bytes, text) to its participant; None when queued
 Deliver = Callable[[DataKind, bytes, bool, int], DataDrop | None]
+#: (room, kind, envelope, text, destinations, now_ms): a message delivered here that the room's
+#: participants elsewhere (behind a relay, sfu.workers.relay) get too
+Outlet = Callable[[str, DataKind, bytes, bool, frozenset[str], int], None]
 
 
 def _removed(kind: DataKind, envelope: bytes, text: bool, now_ms: int) -> DataDrop | None:
@@ -168,6 +171,8 @@ class DataRelay:
     bytes_per_s: float = 1_048_576.0
     #: room -> identity -> member
     rooms: dict[str, dict[str, Member]] = field(default_factory=dict)
+    #: where each relayed message also goes (the relays of the room: ``deliver_relayed`` there)
+    outlets: list[Outlet] = field(default_factory=list)
 
     def add(self, room_id: str, identity: str, deliver: Deliver, *, can_send: bool, now_ms: int) -> Member:
         """Register (or replace) a participant's data endpoint."""
@@ -210,6 +215,29 @@ class DataRelay:
             delivered += 1
             counters.relayed[kind] += 1
             counters.bytes_relayed += len(payload)
+        for outlet in self.outlets:
+            outlet(room_id, kind, envelope, text, destinations, now_ms)
+        return delivered
+
+    def deliver_relayed(
+        self, room_id: str, kind: DataKind, envelope: bytes, text: bool, destinations: frozenset[str], now_ms: int
+    ) -> int:
+        """A message the far end of a relay delivered (its sender's rate and rights were checked
+        there): to the participants here, never back to the sender, nor out again.  ValueError:
+        not an envelope."""
+        sender = Incoming.parse(envelope).sender
+        counters = self.counters
+        delivered = 0
+        for identity, member in list(self.rooms.get(room_id, {}).items()):
+            if identity == sender or (destinations and identity not in destinations):
+                continue
+            refused = member.deliver(kind, envelope, text, now_ms)
+            if refused is not None:
+                counters.drops[refused] += 1
+                continue
+            delivered += 1
+            counters.relayed[kind] += 1
+            counters.bytes_relayed += len(envelope)
         return delivered
 
     def on_message(self, room_id: str, sender: Member, kind: DataKind, data: bytes, text: bool, now_ms: int) -> int:
@@ -241,4 +269,8 @@ class DataRelay:
             delivered += 1
             counters.relayed[kind] += 1
             counters.bytes_relayed += len(message.payload)
+        if self.outlets:
+            outward = frozenset(wanted)
+            for outlet in self.outlets:
+                outlet(room_id, kind, envelope, text, outward, now_ms)
         return delivered

@@ -85,7 +85,8 @@ class RoomRegistry:
 
     @property
     def participant_count(self) -> int:
-        return sum(len(r.participants) for r in self.rooms.values() if not r.internal)
+        """Participants seated here (relayed ones, the far end's, take no seat)."""
+        return sum(1 for r in self.rooms.values() if not r.internal for p in r.participants.values() if not p.relay)
 
     @property
     def room_count(self) -> int:

@@ -237,6 +237,27 @@ class Router:
                 if match is not None:
                     dt.bind(match, now_ms)
 
+    # -- relays (sfu.routing.relay): the far end's participants and tracks ---------------------
+    def room_of(self, room_id: str) -> Room | None:
+        return self.rooms.rooms.get(room_id)
+
+    def admit_relayed(self, room: Room, participant: Participant, now_ms: int) -> None:
+        """Seat the far end's participant here without a seat (no cap check: the far end
+        admitted it); its join is an event like any other.  ValueError: the identity is seated
+        here already."""
+        if participant.identity in room.participants:
+            raise ValueError(f"{participant.identity!r:.80} is in room {room.id!r} here already")
+        participant.joined_ms = now_ms
+        room.participants[participant.identity] = participant
+        room.empty_since_ms = None
+        self.participants[participant.sid] = participant
+        self._emit(RoomEvent(RoomEventKind.JOINED, room, participant))
+
+    def publish_relayed(self, room: Room, participant: Participant, track: PublishedTrack, now_ms: int) -> None:
+        """A track of the far end's participant is a source here now."""
+        self._rebind_room(room, now_ms)
+        self._emit(RoomEvent(RoomEventKind.PUBLISHED, room, participant, tracks=(track,)))
+
     # -- leaving ---------------------------------------------------------------------------------
     def _on_participant_gone(self, participant: Participant, reason: CloseReason) -> None:
         self.leave(participant, reason, clock.now_ms())

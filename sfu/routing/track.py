@@ -221,6 +221,9 @@ class PublishedTrack:
         self.remb = False
         #: (view, length, now_ms) -> None: reads the audio level now and then (sfu.routing.speakers)
         self.level_meter: Callable[[memoryview, int, int], None] | None = None
+        #: called when the track gets its first downtrack (a relayed track: the far end is told
+        #: to carry it, sfu.routing.relay)
+        self.on_demand: Callable[[], None] | None = None
         #: (view, length, now_ms) -> None: a recording's copy of every packet, retransmissions
         #: that fill holes included (sfu.recording.manager); None for a track not recorded
         self.tap: Callable[[memoryview, int, int], None] | None = None
@@ -696,9 +699,12 @@ class PublishedTrack:
         """Add ``dt`` to the fan-out; with ``wait_keyframe`` (video) the next keyframe is looked for."""
         if dt not in self.downtracks:
             self.fast_reset()
+            first = not self.downtracks
             self.downtracks = [*self.downtracks, dt]
             if self.is_video and wait_keyframe:
                 self.keyframe_pending = True
+            if first and self.on_demand is not None:
+                self.on_demand()
 
     def detach(self, dt: DownTrack) -> None:
         if dt in self.downtracks:
@@ -731,6 +737,7 @@ class PublishedTrack:
         self.rtx_cache = None
         self.level_meter = None
         self.tap = None
+        self.on_demand = None
         self.keyframe_pending = False
         self._request_keyframe_cb = _no_keyframe_request
         self._send_nack = None

@@ -47,6 +47,7 @@ from sfu.transport.peer import CloseReason
 from sfu.workers.metrics import FrontCollector, relabel, render_front
 from sfu.workers.placement import PinTable, Route, WorkerLoad, choose
 from sfu.workers.proxy import forward, forward_download, forward_websocket
+from sfu.workers.spread import FrontRelays
 from sfu.workers.supervisor import POLL_S, Supervisor, Worker, WorkerState
 from sfu.workers.usage import FrontUsage, control_total
 from sfu.workers.worker import INTERNAL
@@ -80,6 +81,8 @@ class Front(HttpBound):
         self._runner: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        #: relays between the workers, and where a spread room's joins go (sfu.workers.spread)
+        self.relays = FrontRelays(config, self.supervisor)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +102,7 @@ class Front(HttpBound):
         addresses = self._runner.addresses
         if addresses and isinstance(addresses[0], tuple):
             self.http_port = int(addresses[0][1])
+        await self.relays.setup_all()
         if self.config.control_endpoints:
             self.usage = FrontUsage(
                 self.workers[0].config.usage_db, self.config.project, self.config.usage_period_start_day,
@@ -141,12 +145,14 @@ class Front(HttpBound):
         self.pins.reconcile(w.index, [r for r in rooms if isinstance(r, str)], clock.now_ms())
 
     def _on_down(self, w: Worker) -> None:
+        self.relays.worker_down(w, self._spawn)
         lost = self.pins.drop_worker(w.index)
         if lost:
             log.error("worker %d died with %d room(s): %s", w.index, len(lost), ", ".join(sorted(lost)[:20]))
 
     async def _on_up(self, w: Worker) -> None:
-        """A restarted worker takes on the node's state: revoked, draining."""
+        """A restarted worker takes on the node's state: revoked, draining; its relays again."""
+        await self.relays.worker_up(w)
         if self._revoked:
             await self.supervisor.request(w, "POST", "/internal/revoke", {"revoked": True})
         if self.draining:
@@ -276,7 +282,14 @@ class Front(HttpBound):
             raise ApiError("service_unavailable", f"forwarding worker {w.index} is not up; retry shortly")
         if not web.WebSocketResponse().can_prepare(request).ok:
             return await self._forward(w, request)  # a plain GET: the worker answers the problem
-        return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
+        if room is None:
+            return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
+        home, w = w, self.relays.choose(room, w)  # a room spreads over workers (docs/relays.md)
+        assert w.session is not None
+        if w is not home:
+            await self.relays.prepare(w, room)
+        with self.relays.session(room, w):
+            return await forward_websocket(w.session, w.index, request, heartbeat_s=self.config.signaling_heartbeat_s)
 
     # -- /v1/webhooks: every worker queues its own rooms' events, so each holds every endpoint ----
     def _up(self) -> list[Worker]:

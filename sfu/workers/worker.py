@@ -29,12 +29,16 @@ from typing import Any
 from aiohttp import web
 
 from levelchat.config import ConfigError, build
+from levelchat.errors import ApiError
 from levelchat.web import REQUEST_ID_KEY, json_response, read_json
+from sfu.api.rtc import RTC_SERVICE_KEY
 from sfu.config import NodeConfig
 from sfu.logs import setup_logging
 from sfu.node import Node
 from sfu.signals import stop_on_signals
 from sfu.transport.peer import CloseReason
+from sfu.workers.relay import RELAY_WS, RelayCollector, RelayHub
+from sfu.workers.relay_json import RelaySetup
 
 log = logging.getLogger("sfu.workers.worker")
 
@@ -103,9 +107,18 @@ class WorkerNode(Node):
         super().__init__(config)
         self.index = index
         self.socket_path = socket_path
+        #: relays to the node's other workers (sfu.workers.relay), set up by the front (the
+        #: router it needs exists before the private socket serves)
+        self.relays = RelayHub(self)
+        self.metrics_registry.register(RelayCollector(self.relays))  # type: ignore[arg-type]
+
+    async def stop(self) -> None:
+        await self.relays.stop()
+        await super().stop()
 
     def make_app(self) -> web.Application:
         app = super().make_app()
+        self.relays.attach_data(app[RTC_SERVICE_KEY].data.relay)  # data messages cross relays too
         app.middlewares.insert(0, _adopt_front_request_id)
         r = app.router
         r.add_get(INTERNAL + "/status", self._status)
@@ -116,6 +129,10 @@ class WorkerNode(Node):
         r.add_post(INTERNAL + "/webhooks", self._webhook_add)
         r.add_delete(INTERNAL + "/webhooks/{id}", self._webhook_remove)
         r.add_post(INTERNAL + "/usage", self._usage_total)
+        r.add_post(INTERNAL + "/relay", self._relay_add)
+        r.add_post(INTERNAL + "/relay/close", self._relay_close)
+        r.add_post(INTERNAL + "/relay/open", self._relay_open)
+        r.add_get(RELAY_WS, self._relay_ws)
         return app
 
     def make_site(self, runner: web.AppRunner) -> web.BaseSite:
@@ -141,7 +158,11 @@ class WorkerNode(Node):
             "participants": snap.participants,
             "packets_out": snap.packets_out,
             "media_port": self.media_port,
+<<<<<<< HEAD
             "tcp_port": self.tcp_port,
+=======
+            "relays": sorted(r.setup.remote for r in self.relays.relays.values()),
+>>>>>>> relay
         }
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
@@ -180,6 +201,34 @@ class WorkerNode(Node):
         """The project's usage and quota from the control plane's heartbeat answer (the front's)."""
         self.usage.adopt_control_total(await read_json(request))
         return json_response(self.usage.current().to_json())
+
+    async def _relay_add(self, request: web.Request) -> web.StreamResponse:
+        """A relay to another worker (the front's setup, sfu.workers.relay)."""
+        try:
+            relay = self.relays.add(RelaySetup.parse(await read_json(request)))
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response({"relay": relay.setup.relay_id})
+
+    async def _relay_open(self, request: web.Request) -> web.StreamResponse:
+        """The front is about to proxy a join of this room here: the far ends are asked for it
+        first, so the join finds the room and its participants (``RelayHub.prepare``)."""
+        room = (await read_json(request)).get("room")
+        if not isinstance(room, str):
+            return json_response({"error": "room: a string"}, status=400)
+        try:
+            found = await self.relays.prepare(room)
+        except ApiError as exc:  # not accepting rooms (draining, revoked): the join says so
+            return json_response({"open": False, "error": exc.code})
+        return json_response({"open": found})
+
+    async def _relay_close(self, request: web.Request) -> web.StreamResponse:
+        """The front saw the far end die: its relays go now (not after their silence)."""
+        remote = (await read_json(request)).get("remote")
+        return json_response({"closed": self.relays.close_peer(str(remote))})
+
+    async def _relay_ws(self, request: web.Request) -> web.StreamResponse:
+        return await self.relays.accept(request)
 
     async def _close_all(self, request: web.Request) -> web.StreamResponse:
         return json_response({"closed": self.close_all_rooms(CloseReason.DRAINED)})

@@ -88,3 +88,22 @@ def test_under_a_control_plane_a_report_is_resent_until_answered() -> None:
         usage.check_quota(JoinKind.WHIP)
     second = usage.report()
     assert second is not None and second["id"] != first["id"] and second["participant_ms"] == {str(P): 5_000}
+
+
+def test_a_relayed_participant_counts_at_its_own_worker_only() -> None:
+    from sfu.routing.events import RoomEvent, RoomEventKind
+    from sfu.routing.participant import Participant, ParticipantKind
+    from sfu.routing.rooms import Room, RoomPolicy
+
+    cfg = load(dev=True, environ={}, flags={"control_url": "http://127.0.0.1:9/"})
+    clock = Clock()
+    usage = NodeUsage(cfg, now_ms=clock)
+    room = Room("r", RoomPolicy(10, ("opus",), 30), T0)
+    here = Participant("alice", "r", ParticipantKind.RTC)
+    far = Participant("bob", "r", ParticipantKind.RTC, relay="w0-w1-1")
+    for p in (here, far):
+        usage.on_event(RoomEvent(RoomEventKind.JOINED, room, p))
+    clock.ms += 5_000
+    usage.on_event(RoomEvent(RoomEventKind.ROOM_CLOSED, room, participants=(here, far)))
+    report = usage.report()
+    assert report is not None and report["participant_ms"] == {str(P): 5_000}  # alice's only

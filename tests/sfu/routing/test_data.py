@@ -101,3 +101,26 @@ def test_relay_drops_counted_by_reason() -> None:
     assert counters.received == [6, 0]
     relay.remove("r", room.members["bob"])
     assert "bob" not in relay.rooms["r"]
+
+
+def test_messages_go_out_to_the_relays_and_relayed_ones_stay_here() -> None:
+    """A relayed room: what is delivered here goes to each outlet once (destinations kept);
+    what the far end delivered reaches the participants here, not its sender, and goes out no more."""
+    relay = DataRelay(DataCounters())
+    room = Room(relay, ["alice", "carol"])
+    out: list[tuple[str, DataKind, bytes, bool, frozenset[str]]] = []
+    relay.outlets.append(lambda r, k, e, t, to, now: out.append((r, k, e, t, to)))
+    relay.on_message("r", room.members["alice"], DataKind.RELIABLE, bytes(Outgoing(b"hi", ("bob",))), True, 0)
+    assert out == [("r", DataKind.RELIABLE, bytes(Incoming("alice", b"hi")), True, frozenset({"bob"}))]
+    assert room.got["carol"] == []  # for bob only, who is behind the relay
+    relay.send_from_server("r", DataKind.LOSSY, b"srv", False, frozenset(), 0)
+    assert out[-1][2] == bytes(Incoming("", b"srv"))
+    out.clear()
+    n = relay.deliver_relayed("r", DataKind.LOSSY, bytes(Incoming("bob", b"yo")), False, frozenset(), 0)
+    assert n == 2 and out == []
+    assert room.got["alice"][-1] == (DataKind.LOSSY, bytes(Incoming("bob", b"yo")), False)
+    relay.deliver_relayed("r", DataKind.LOSSY, bytes(Incoming("alice", b"echo?")), False, frozenset({"carol"}), 0)
+    assert room.got["alice"][-1][1] != bytes(Incoming("alice", b"echo?"))  # never back to its sender
+    assert room.got["carol"][-1][1] == bytes(Incoming("alice", b"echo?"))
+    with pytest.raises(ValueError, match="envelope"):
+        relay.deliver_relayed("r", DataKind.LOSSY, b"\x09bad", False, frozenset(), 0)
