@@ -75,14 +75,11 @@ class Participant:
     permissions: Permissions = field(default_factory=Permissions)
     #: sids of its tracks the server muted (the participants API): its own unmute is refused
     server_muted: set[str] = field(default_factory=set)
-<<<<<<< HEAD
     #: its connection quality, rated once a second (sfu.routing.quality_feed)
     link: LinkMonitor = field(default_factory=LinkMonitor)
-=======
     #: the relay it came over ("": a participant of this worker's); a relayed participant is the
     #: far end's, seen here (sfu.routing.relay): no seat here, never relayed again
     relay: str = ""
->>>>>>> relay
 
     def describe(self) -> dict[str, object]:
         return {

@@ -178,13 +178,9 @@ export interface RoomEvents {
   track_unpublished: { participant: string; track: string };
   track_muted: { participant: string; track: string; muted: boolean; by?: "server" };
   active_speakers: { speakers: { participant: string; track: string; level: number }[] };
-<<<<<<< HEAD
-  disconnected: { reason: string; code: number | null; detail?: string };
-=======
   /** after joining: everyone's rating; then, at most once a second, the ratings that changed */
   connection_quality: { participants: { identity: string; quality: ConnectionQuality }[] };
-  disconnected: { reason: string; code: number | null };
->>>>>>> quality
+  disconnected: { reason: string; code: number | null; detail?: string };
   node_draining: { reason: string };
   room_closed: { room: string; reason: string };
   /** the room's recording changed status; a failure is also an "error" event recording/backend-failed */

@@ -158,11 +158,8 @@ class WorkerNode(Node):
             "participants": snap.participants,
             "packets_out": snap.packets_out,
             "media_port": self.media_port,
-<<<<<<< HEAD
             "tcp_port": self.tcp_port,
-=======
             "relays": sorted(r.setup.remote for r in self.relays.relays.values()),
->>>>>>> relay
         }
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
