@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sfu.counters import SwitchDirection, SwitchReason
 from sfu.packet import rtcp
 from sfu.packet.codecs import vp8_descriptor
@@ -20,6 +22,7 @@ from sfu.routing.downtrack import DownTrack
 from sfu.routing.participant import Participant, ParticipantKind, SubscriberSink
 from sfu.routing.simulcast import RidRestrictions, form_groups
 from sfu.routing.track import PublishedTrack, TrackCodec
+from sfu.transport.pacer import PacingConfig
 from tests.sfu.routing.harness import Link, rtp_bytes
 
 VP8 = TrackCodec("VP8", 90_000, 96)
@@ -80,6 +83,15 @@ class Publisher:
 def packets(first: int, count: int, top: int) -> int:
     """How many packets frames ``first`` to ``first + count - 1`` send up to layer ``top``."""
     return sum(len(FRAME[t]) for i in range(first, first + count) if (t := PATTERN[i % 4]) <= top)
+
+
+@pytest.fixture(autouse=True)
+def unpaced(link: Link) -> None:
+    """These tests are about what the temporal filter lets through: they send frames much faster
+    than real time at a 140 kbit/s estimate, which the pacer (tests/sfu/routing/test_pacing.py)
+    would spread and drop past its delay bound (its clock is the real one, theirs a made-up
+    one): paced at 10 Gbit/s whatever the estimate, nothing waits."""
+    link.port.set_pacing(PacingConfig(min_rate_bps=10_000_000_000, burst_ms=100.0))
 
 
 def subscriber(link: Link, publisher: Publisher) -> tuple[Participant, DownTrack]:
